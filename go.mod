@@ -1,0 +1,3 @@
+module github.com/ndlb/ndlb
+
+go 1.26.8
