@@ -1,0 +1,206 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/ndlb/ndlb/framer"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var pool = framer.NewPool()
+
+func batch(s string) *framer.Batch { return pool.NewBatch([]byte(s+"\n"), 1) }
+
+func pop(q *Queue, n int) []string {
+	var out []string
+	for _, b := range q.TryPop(nil, n, 1<<20) {
+		out = append(out, string(b.Data))
+		q.Done(b)
+	}
+	return out
+}
+
+func TestOrderAndRequeueToFront(t *testing.T) {
+	q := New(DefaultConfig())
+	ctx := context.Background()
+	for _, s := range []string{"a", "b", "c", "d"} {
+		if err := q.Push(ctx, batch(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	taken := q.TryPop(nil, 2, 1<<20) // a, b
+	q.Requeue(taken)
+	got := fmt.Sprint(pop(q, 10))
+	if want := fmt.Sprint([]string{"a\n", "b\n", "c\n", "d\n"}); got != want {
+		t.Fatalf("order %s, want %s", got, want)
+	}
+	st := q.Stats()
+	if st.LinesIn != 4 || st.LinesOut != 4 || st.RetriedBatches != 2 || st.Bytes != 0 || st.Depth != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestTryPopByteLimit(t *testing.T) {
+	q := New(DefaultConfig())
+	for _, s := range []string{"aaaa", "bbbb", "cccc"} {
+		if err := q.Push(context.Background(), batch(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name     string
+		maxBytes int
+		want     int
+	}{
+		{name: "one always fits", maxBytes: 1, want: 1},
+		{name: "two of five bytes", maxBytes: 10, want: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := q.TryPop(nil, 10, tt.maxBytes)
+			if len(got) != tt.want {
+				t.Fatalf("popped %d, want %d", len(got), tt.want)
+			}
+			for _, b := range got {
+				q.Done(b)
+			}
+		})
+	}
+}
+
+// Push blocks while the byte budget is spent and resumes when a batch is
+// acknowledged, so backpressure reaches the producer.
+func TestPushBlocksWhenFull(t *testing.T) {
+	b0 := batch("first")
+	q := New(Config{MaxBytes: int64(b0.Weight())})
+	if err := q.Push(context.Background(), b0); err != nil {
+		t.Fatal(err)
+	}
+	pushed := make(chan error)
+	go func() { pushed <- q.Push(context.Background(), batch("second")) }()
+	select {
+	case err := <-pushed:
+		t.Fatalf("push into a full queue returned %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	for _, b := range q.TryPop(nil, 1, 1<<20) {
+		q.Done(b)
+	}
+	if err := <-pushed; err != nil {
+		t.Fatal(err)
+	}
+	if got := pop(q, 1); len(got) != 1 {
+		t.Fatalf("second batch not queued: %v", got)
+	}
+}
+
+func TestPushCancelled(t *testing.T) {
+	b0 := batch("first")
+	q := New(Config{MaxBytes: int64(b0.Weight())})
+	_ = q.Push(context.Background(), b0)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	b := batch("second")
+	if err := q.Push(ctx, b); !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v", err)
+	}
+	b.Release()
+	pop(q, 1)
+}
+
+func TestCloseIdleDiscard(t *testing.T) {
+	q := New(DefaultConfig())
+	_ = q.Push(context.Background(), batch("a"))
+	_ = q.Push(context.Background(), batch("b"))
+	q.CloseInput()
+	b := batch("late")
+	if err := q.Push(context.Background(), b); !errors.Is(err, ErrClosed) {
+		t.Fatalf("push after close: %v", err)
+	}
+	b.Release()
+	select {
+	case <-q.Idle():
+		t.Fatal("idle with batches outstanding")
+	default:
+	}
+	if n := q.Discard(); n != 2 {
+		t.Fatalf("discarded %d lines, want 2", n)
+	}
+	<-q.Idle()
+	if st := q.Stats(); st.LinesDropped != 2 || st.Bytes != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// Many producers and consumers, with requeues: every batch is done exactly
+// once and the budget returns to zero.
+func TestConcurrent(t *testing.T) {
+	q := New(Config{MaxBytes: 16 << 10})
+	const producers, perProducer = 4, 2000
+	var wg sync.WaitGroup
+	for p := range producers {
+		wg.Go(func() {
+			for i := range perProducer {
+				if err := q.Push(context.Background(), batch(fmt.Sprint(p, i))); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var consumers sync.WaitGroup
+	for c := range 3 {
+		consumers.Go(func() {
+			var buf []*framer.Batch
+			for i := 0; ; i++ {
+				select {
+				case <-q.Ready():
+				case <-q.Idle():
+					return
+				case <-ctx.Done():
+					t.Error("timed out")
+					return
+				}
+				buf = q.TryPop(buf[:0], 8, 1<<20)
+				if (i+c)%5 == 0 {
+					q.Requeue(buf)
+					continue
+				}
+				mu.Lock()
+				for _, b := range buf {
+					seen[string(b.Data)]++
+				}
+				mu.Unlock()
+				for _, b := range buf {
+					q.Done(b)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	q.CloseInput()
+	consumers.Wait()
+	if len(seen) != producers*perProducer {
+		t.Fatalf("%d distinct batches, want %d", len(seen), producers*perProducer)
+	}
+	for k, n := range seen {
+		if n != 1 {
+			t.Fatalf("batch %q done %d times", k, n)
+		}
+	}
+	if st := q.Stats(); st.Bytes != 0 || st.LinesOut != producers*perProducer {
+		t.Fatalf("stats %+v", st)
+	}
+}
