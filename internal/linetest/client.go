@@ -1,0 +1,27 @@
+package linetest
+
+import (
+	"io"
+)
+
+// Send writes lines from..to-1 of client c to w, in writes of about chunk
+// bytes, and returns the number of lines fully written.
+func Send(w io.Writer, c, from, to uint32, chunk int) (uint32, error) {
+	buf := make([]byte, 0, chunk+512)
+	s, flushed := from, from
+	for ; s < to; s++ {
+		buf = AppendLine(buf, c, s)
+		if len(buf) >= chunk {
+			if _, err := w.Write(buf); err != nil {
+				return flushed, err
+			}
+			buf, flushed = buf[:0], s+1
+		}
+	}
+	if len(buf) > 0 {
+		if _, err := w.Write(buf); err != nil {
+			return flushed, err
+		}
+	}
+	return to, nil
+}

@@ -1,0 +1,281 @@
+package linetest
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Sink is an NDJSON target on loopback. It records whole lines in its Ledger
+// (when it has one) and counts them. Its faults are real socket operations.
+type Sink struct {
+	addr   string
+	ledger *Ledger // nil: count only
+
+	lines, bytes, partials atomic.Uint64
+
+	mu     sync.Mutex
+	ln     net.Listener           // guarded by mu
+	conns  map[*sinkConn]struct{} // guarded by mu
+	paused bool                   // guarded by mu
+	kill   killMode               // guarded by mu
+	wake   *sync.Cond             // on mu: pause and kill changes
+	wg     sync.WaitGroup         // connection handlers and the accept loop
+}
+
+type killMode int
+
+const (
+	alive   killMode = iota
+	drain            // read what the kernel holds, then reset
+	discard          // reset with the unread data (it is lost)
+)
+
+type sinkConn struct {
+	c        *net.TCPConn
+	unread   int    // discard: bytes unread at the reset
+	unreadLn []byte // discard: the unread data
+}
+
+// NewSink listens on addr ("127.0.0.1:0" for any port) and serves.
+func NewSink(addr string, l *Ledger) (*Sink, error) {
+	s := &Sink{ledger: l, conns: make(map[*sinkConn]struct{})}
+	s.wake = sync.NewCond(&s.mu)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	s.addr = ln.Addr().String()
+	s.serve(ln)
+	return s, nil
+}
+
+// Addr is the sink's host:port; it stays the same across Kill and Restart.
+func (s *Sink) Addr() string { return s.addr }
+
+// Lines is the number of whole lines received.
+func (s *Sink) Lines() uint64 { return s.lines.Load() }
+
+// Bytes is the number of bytes of whole lines received.
+func (s *Sink) Bytes() uint64 { return s.bytes.Load() }
+
+// Partials counts connections that ended inside a line: the torn end of a
+// write cut by a failure, which a target must not take for a line.
+func (s *Sink) Partials() uint64 { return s.partials.Load() }
+
+func (s *Sink) serve(ln net.Listener) {
+	s.mu.Lock()
+	s.ln, s.kill = ln, alive
+	s.mu.Unlock()
+	s.wg.Go(func() { s.acceptLoop(ln) })
+}
+
+func (s *Sink) acceptLoop(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		sc := &sinkConn{c: c.(*net.TCPConn)}
+		s.mu.Lock()
+		if s.kill != alive {
+			s.mu.Unlock()
+			c.Close()
+			continue
+		}
+		s.conns[sc] = struct{}{}
+		s.mu.Unlock()
+		s.wg.Go(func() { s.handle(sc) })
+	}
+}
+
+// handle reads one connection until it ends or the sink is killed.
+func (s *Sink) handle(sc *sinkConn) {
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, sc)
+		s.mu.Unlock()
+	}()
+	buf := make([]byte, 256<<10)
+	n := 0
+	for {
+		s.mu.Lock()
+		for s.paused && s.kill == alive {
+			s.wake.Wait()
+		}
+		kill := s.kill
+		s.mu.Unlock()
+		if kill == discard {
+			s.discard(sc)
+			return
+		}
+		if n == len(buf) { // a line longer than the buffer: not ours
+			n = 0
+		}
+		m, err := sc.c.Read(buf[n:])
+		n += m
+		if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
+			s.record(buf[:i+1])
+			n = copy(buf, buf[i+1:n])
+		}
+		if err != nil {
+			if n > 0 {
+				s.partials.Add(1)
+			}
+			if kill != alive {
+				resetClose(sc.c)
+			} else {
+				sc.c.Close()
+			}
+			return
+		}
+	}
+}
+
+func (s *Sink) record(lines []byte) {
+	s.lines.Add(uint64(bytes.Count(lines, []byte{'\n'})))
+	s.bytes.Add(uint64(len(lines)))
+	if s.ledger != nil {
+		s.ledger.Add(lines)
+	}
+}
+
+// discard measures what is unread in the kernel (SIOCINQ), keeps a peeked
+// copy of it for the test, and resets the connection.
+func (s *Sink) discard(sc *sinkConn) {
+	rc, err := sc.c.SyscallConn()
+	if err == nil {
+		_ = rc.Control(func(fd uintptr) {
+			n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+			if err != nil || n == 0 {
+				return
+			}
+			p := make([]byte, n)
+			m, _, err := unix.Recvfrom(int(fd), p, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			if err == nil {
+				sc.unread, sc.unreadLn = m, p[:m]
+			}
+		})
+	}
+	resetClose(sc.c)
+}
+
+// shutdown stops the connection both ways. From here on any data that
+// arrives is answered with a reset instead of being acknowledged (RFC 1122,
+// FIN-WAIT with the read side shut), so what the kernel holds is all that
+// was acknowledged and nothing more can slip in before the reset.
+func shutdown(c *net.TCPConn) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) { _ = unix.Shutdown(int(fd), unix.SHUT_RDWR) })
+}
+
+// resetClose closes c with a reset (SO_LINGER 0) rather than a FIN.
+func resetClose(c *net.TCPConn) {
+	_ = c.SetLinger(0)
+	_ = c.Close()
+}
+
+// Pause stops reading: the sink's receive queue fills, then the sender's.
+func (s *Sink) Pause() { s.setPaused(true) }
+
+// Resume reads again after Pause.
+func (s *Sink) Resume() { s.setPaused(false) }
+
+func (s *Sink) setPaused(p bool) {
+	s.mu.Lock()
+	s.paused = p
+	s.wake.Broadcast()
+	s.mu.Unlock()
+}
+
+// KillResult says what a Kill left unread.
+type KillResult struct {
+	UnreadBytes int    // bytes acknowledged by the sink's kernel and never read
+	Unread      []byte // those bytes, as peeked before the reset
+}
+
+// Kill closes the listener and resets every connection, as a crashing target
+// would. With drainFirst it first reads what its kernel has already
+// acknowledged, so nothing is lost; without, that data is lost and returned.
+// Kill returns when every connection is closed.
+func (s *Sink) Kill(drainFirst bool) KillResult {
+	s.mu.Lock()
+	s.ln.Close()
+	s.kill = discard
+	if drainFirst {
+		s.kill = drain
+	}
+	conns := make([]*sinkConn, 0, len(s.conns))
+	for sc := range s.conns {
+		conns = append(conns, sc)
+		shutdown(sc.c)
+	}
+	s.wake.Broadcast()
+	s.mu.Unlock()
+	s.wg.Wait()
+	var r KillResult
+	for _, sc := range conns {
+		r.UnreadBytes += sc.unread
+		r.Unread = append(r.Unread, sc.unreadLn...)
+	}
+	return r
+}
+
+// WaitDrained waits until every connection the sink accepted has ended, so
+// that everything its kernel acknowledged has been read and recorded. It
+// returns false if that takes longer than timeout.
+func (s *Sink) WaitDrained(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		s.mu.Lock()
+		n := len(s.conns)
+		s.mu.Unlock()
+		if n == 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Restart listens again on the same address after Kill.
+func (s *Sink) Restart() error {
+	ln, err := net.Listen("tcp", s.addr)
+	if err != nil {
+		return err
+	}
+	s.serve(ln)
+	return nil
+}
+
+// Close stops the sink for good, closing connections normally.
+func (s *Sink) Close() {
+	s.mu.Lock()
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	for sc := range s.conns {
+		sc.c.Close()
+	}
+	s.paused = false
+	s.wake.Broadcast()
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// IsReset tells the errors a client sees when its peer resets.
+func IsReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF)
+}

@@ -1,0 +1,226 @@
+package pool
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/segmentio/ksuid"
+
+	"github.com/ndlb/ndlb/dispatch"
+	"github.com/ndlb/ndlb/framer"
+	"github.com/ndlb/ndlb/upstream"
+)
+
+// pending is a written batch waiting for acknowledgement: it is acknowledged
+// once the connection's acknowledged byte count reaches end.
+type pending struct {
+	b   *framer.Batch
+	end int64
+}
+
+// upConn is one upstream connection and the batches written on it that the
+// target has not acknowledged yet. Only its worker touches it, except the
+// reader goroutine, which only closes dead.
+type upConn struct {
+	id     ksuid.KSUID
+	target *upstream.Target
+	conn   net.Conn        // what batches are written to (TLS or TCP)
+	raw    syscall.RawConn // the TCP socket, for SIOCOUTQ; nil if unknown
+	count  *countConn      // raw bytes written, under TLS
+	log    *slog.Logger
+
+	bufs    net.Buffers
+	written int64     // bytes handed to the socket
+	acked   int64     // bytes known acknowledged
+	unacked []pending // in write order
+
+	dead    chan struct{} // closed when the reader sees EOF or an error
+	readErr error         // set before dead is closed
+}
+
+// countConn counts the bytes written through it: under TLS, the bytes on the
+// wire, which is what SIOCOUTQ speaks of.
+type countConn struct {
+	net.Conn
+	n atomic.Int64
+}
+
+func (c *countConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// dialConn opens a connection to t, with TLS if the pool has it.
+func (p *Pool) dialConn(ctx context.Context, t *upstream.Target) (*upConn, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
+	defer cancel()
+	p.st.dials.Add(1)
+	raw, err := p.dial.DialContext(ctx, "tcp", t.Addr)
+	if err != nil {
+		return nil, err
+	}
+	c := &upConn{id: ksuid.New(), target: t, conn: raw, dead: make(chan struct{})}
+	if sc, ok := raw.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
+	if p.cfg.TLS != nil {
+		if err := c.startTLS(ctx, p.cfg.TLS, t.Addr); err != nil {
+			raw.Close()
+			return nil, err
+		}
+	}
+	c.log = p.log.With("conn", c.id.String(), "target", t.Addr)
+	go c.readLoop()
+	return c, nil
+}
+
+func (c *upConn) startTLS(ctx context.Context, get func() (*tls.Config, error), addr string) error {
+	cfg, err := get()
+	if err != nil {
+		return err
+	}
+	if cfg.ServerName == "" {
+		cfg = cfg.Clone()
+		cfg.ServerName, _, _ = net.SplitHostPort(addr)
+	}
+	c.count = &countConn{Conn: c.conn}
+	tc := tls.Client(c.count, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return err
+	}
+	c.conn = tc
+	return nil
+}
+
+// readLoop notices the target closing or resetting the connection, which an
+// idle writer would not. Targets are not expected to send; what they send is
+// discarded. It returns when the connection is closed.
+func (c *upConn) readLoop() {
+	var buf [512]byte
+	for {
+		if _, err := c.conn.Read(buf[:]); err != nil {
+			c.readErr = err
+			close(c.dead)
+			return
+		}
+	}
+}
+
+// write writes bs as one vectored write (plain TCP) or batch by batch (TLS)
+// and adds them to unacked, written or not: on error the caller requeues
+// everything unacknowledged.
+func (c *upConn) write(bs []*framer.Batch, timeout time.Duration) error {
+	if err := c.conn.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
+		c.unack(bs)
+		return err
+	}
+	if c.count != nil {
+		for i, b := range bs {
+			if _, err := c.conn.Write(b.Data); err != nil {
+				c.unack(bs[i:])
+				return err
+			}
+			c.written = c.count.n.Load()
+			c.unacked = append(c.unacked, pending{b: b, end: c.written})
+		}
+		return nil
+	}
+	c.bufs = c.bufs[:0]
+	for _, b := range bs {
+		c.bufs = append(c.bufs, b.Data)
+	}
+	start := c.written
+	bufs := c.bufs // WriteTo consumes its receiver
+	n, err := bufs.WriteTo(c.conn)
+	c.written += n
+	end := start
+	for _, b := range bs {
+		end += int64(len(b.Data))
+		c.unacked = append(c.unacked, pending{b: b, end: end})
+	}
+	clear(c.bufs)
+	return err
+}
+
+// unack adds batches that were not written; they can never be acknowledged,
+// so their end lies past anything the socket will report.
+func (c *upConn) unack(bs []*framer.Batch) {
+	for _, b := range bs {
+		c.unacked = append(c.unacked, pending{b: b, end: math.MaxInt64})
+	}
+}
+
+// settle samples acknowledgement, reports the acknowledged batches Done and
+// returns how many there were. It is called only while the connection is
+// alive: what a dead connection's socket reports is not relied on.
+func (c *upConn) settle(q *dispatch.Queue) int {
+	if len(c.unacked) == 0 {
+		return 0
+	}
+	c.acked = c.written
+	if c.raw != nil {
+		outq, err := unackedBytes(c.raw)
+		switch {
+		case err == nil:
+			c.acked = c.written - int64(outq)
+		case !errors.Is(err, errors.ErrUnsupported):
+			return 0 // not known: keep the batches until it is, or requeue them
+		}
+	}
+	i := 0
+	for ; i < len(c.unacked) && c.unacked[i].end <= c.acked; i++ {
+		b := c.unacked[i].b
+		c.target.Delivered(b.Lines, len(b.Data))
+		q.Done(b)
+	}
+	c.unacked = dropFront(c.unacked, i)
+	return i
+}
+
+func dropFront(s []pending, n int) []pending {
+	if n == 0 {
+		return s
+	}
+	m := copy(s, s[n:])
+	clear(s[m:])
+	return s[:m]
+}
+
+// requeue hands every unacknowledged batch back to the queue and returns the
+// number of lines.
+func (c *upConn) requeue(q *dispatch.Queue) int {
+	if len(c.unacked) == 0 {
+		return 0
+	}
+	bs := make([]*framer.Batch, len(c.unacked))
+	lines := 0
+	for i, p := range c.unacked {
+		bs[i] = p.b
+		lines += p.b.Lines
+	}
+	c.unacked = c.unacked[:0]
+	q.Requeue(bs)
+	return lines
+}
+
+// close closes the connection and waits for its reader to stop.
+func (c *upConn) close() {
+	c.conn.Close()
+	<-c.dead
+}
+
+// isExpected tells errors that are part of a target going away, logged at
+// Debug, from surprises.
+func isExpected(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}

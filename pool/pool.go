@@ -1,0 +1,187 @@
+package pool
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/ndlb/ndlb/dispatch"
+	"github.com/ndlb/ndlb/upstream"
+)
+
+// Defaults for Config.
+const (
+	DefaultConnections    = 4
+	DefaultFailback       = 5 * time.Minute
+	DefaultConnectTimeout = 5 * time.Second
+	DefaultWriteTimeout   = 15 * time.Second
+	DefaultUserTimeout    = 10 * time.Second
+	DefaultKeepAlive      = 15 * time.Second
+	DefaultBackoffInitial = 100 * time.Millisecond
+	DefaultBackoffMax     = 5 * time.Second
+	DefaultAckInterval    = 2 * time.Millisecond
+	DefaultMaxWriteBytes  = 1 << 20
+	DefaultMaxWriteCount  = 256
+)
+
+// ErrConfig is wrapped by Config.Validate's errors.
+var ErrConfig = errors.New("pool: invalid config")
+
+// Dialer opens raw upstream connections. *net.Dialer satisfies it; tests
+// inject refusals and stalls through it.
+type Dialer interface {
+	DialContext(ctx context.Context, network, address string) (net.Conn, error)
+}
+
+// Config is the pool's behaviour. Start from DefaultConfig.
+type Config struct {
+	// Connections is the number of workers per target (at least 1).
+	Connections int
+	// Failback is how often a worker away from its home target tries it
+	// again. Zero disables failback.
+	Failback time.Duration
+	// ConnectTimeout bounds one dial, TLS handshake included.
+	ConnectTimeout time.Duration
+	// WriteTimeout bounds one write; a target that accepts nothing for this
+	// long is treated as failed.
+	WriteTimeout time.Duration
+	// UserTimeout is TCP_USER_TIMEOUT: how long written data may stay
+	// unacknowledged before the kernel kills the connection. Zero leaves
+	// the system default (many minutes). Linux only.
+	UserTimeout time.Duration
+	// KeepAlive is the idle time before TCP keepalive probes start.
+	KeepAlive time.Duration
+	// BackoffInitial and BackoffMax bound the wait between dial rounds.
+	BackoffInitial, BackoffMax time.Duration
+	// AckInterval is how often acknowledgement is sampled while written
+	// batches wait for it.
+	AckInterval time.Duration
+	// MaxWriteBytes and MaxWriteCount bound one coalesced write.
+	MaxWriteBytes, MaxWriteCount int
+	// TLS, when set, returns the client TLS config for each new connection
+	// (so rotated certificates are picked up). An empty ServerName is set
+	// to the target's host.
+	TLS func() (*tls.Config, error)
+
+	// Dialer opens raw connections; nil means a net.Dialer with the
+	// keepalive and TCP_USER_TIMEOUT settings above.
+	Dialer Dialer
+	// Clock drives backoff and failback; nil means the real clock.
+	Clock clockwork.Clock
+	// Logger receives the pool's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the documented defaults.
+func DefaultConfig() Config {
+	return Config{
+		Connections:    DefaultConnections,
+		Failback:       DefaultFailback,
+		ConnectTimeout: DefaultConnectTimeout,
+		WriteTimeout:   DefaultWriteTimeout,
+		UserTimeout:    DefaultUserTimeout,
+		KeepAlive:      DefaultKeepAlive,
+		BackoffInitial: DefaultBackoffInitial,
+		BackoffMax:     DefaultBackoffMax,
+		AckInterval:    DefaultAckInterval,
+		MaxWriteBytes:  DefaultMaxWriteBytes,
+		MaxWriteCount:  DefaultMaxWriteCount,
+	}
+}
+
+// Validate reports the first value out of range, wrapping ErrConfig.
+func (c Config) Validate() error {
+	switch {
+	case c.Connections < 1 || c.Connections > 1024:
+		return fmt.Errorf("%w: connections %d outside 1..1024", ErrConfig, c.Connections)
+	case c.Failback < 0:
+		return fmt.Errorf("%w: negative failback", ErrConfig)
+	case c.ConnectTimeout <= 0 || c.WriteTimeout <= 0:
+		return fmt.Errorf("%w: connect and write timeouts must be positive", ErrConfig)
+	case c.UserTimeout < 0 || c.KeepAlive < 0:
+		return fmt.Errorf("%w: negative user timeout or keepalive", ErrConfig)
+	case c.BackoffInitial <= 0 || c.BackoffMax < c.BackoffInitial:
+		return fmt.Errorf("%w: backoff needs 0 < initial <= max", ErrConfig)
+	case c.AckInterval <= 0:
+		return fmt.Errorf("%w: ack interval must be positive", ErrConfig)
+	case c.MaxWriteBytes < 1 || c.MaxWriteCount < 1:
+		return fmt.Errorf("%w: write limits must be positive", ErrConfig)
+	}
+	return nil
+}
+
+// Stats are the pool's counters.
+type Stats struct {
+	Dials         uint64 // dial attempts
+	DialFailures  uint64 // failed dial attempts
+	ConnFailures  uint64 // connections that failed after being established
+	Failovers     uint64 // connections made to a target other than home
+	Failbacks     uint64 // returns to home after a failover
+	RequeuedLines uint64 // lines handed back to the queue by failed connections
+}
+
+type stats struct {
+	dials, dialFailures, connFailures, failovers, failbacks, requeuedLines atomic.Uint64
+}
+
+// Pool runs the workers. Make one with New, then Run it.
+type Pool struct {
+	cfg   Config
+	queue *dispatch.Queue
+	set   *upstream.Set
+	log   *slog.Logger
+	clock clockwork.Clock
+	dial  Dialer
+	st    stats
+}
+
+// New returns a pool over set, taking batches from q. cfg must be valid.
+func New(cfg Config, q *dispatch.Queue, set *upstream.Set) *Pool {
+	p := &Pool{cfg: cfg, queue: q, set: set, log: cfg.Logger, clock: cfg.Clock, dial: cfg.Dialer}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	if p.clock == nil {
+		p.clock = clockwork.NewRealClock()
+	}
+	if p.dial == nil {
+		p.dial = &net.Dialer{
+			Timeout:         cfg.ConnectTimeout,
+			KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: cfg.KeepAlive, Interval: 5 * time.Second, Count: 3},
+			Control:         userTimeoutControl(cfg.UserTimeout),
+		}
+	}
+	return p
+}
+
+// Run runs every worker until the queue is idle (its input closed and every
+// batch delivered) or ctx is cancelled. On cancellation each worker hands its
+// unacknowledged batches back to the queue before Run returns, so the caller
+// can count what was left with dispatch.Queue.Discard.
+func (p *Pool) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, t := range p.set.Targets() {
+		for i := range p.cfg.Connections {
+			w := &worker{p: p, home: t, log: p.log.With("worker", fmt.Sprintf("%s#%d", t.Addr, i))}
+			wg.Go(func() { w.run(ctx) })
+		}
+	}
+	wg.Wait()
+}
+
+// Stats returns the pool's counters.
+func (p *Pool) Stats() Stats {
+	return Stats{
+		Dials: p.st.dials.Load(), DialFailures: p.st.dialFailures.Load(),
+		ConnFailures: p.st.connFailures.Load(), Failovers: p.st.failovers.Load(),
+		Failbacks: p.st.failbacks.Load(), RequeuedLines: p.st.requeuedLines.Load(),
+	}
+}

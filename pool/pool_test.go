@@ -1,0 +1,327 @@
+package pool
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"go.uber.org/goleak"
+
+	"github.com/ndlb/ndlb/dispatch"
+	"github.com/ndlb/ndlb/framer"
+	"github.com/ndlb/ndlb/internal/linetest"
+	"github.com/ndlb/ndlb/upstream"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var bufs = framer.NewPool()
+
+// world is a queue, a pool and sinks on loopback.
+type world struct {
+	t      *testing.T
+	q      *dispatch.Queue
+	p      *Pool
+	set    *upstream.Set
+	sinks  []*linetest.Sink
+	ledger *linetest.Ledger
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func testConfig() Config {
+	cfg := DefaultConfig()
+	cfg.Connections = 2
+	cfg.BackoffInitial, cfg.BackoffMax = 10*time.Millisecond, 50*time.Millisecond
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	return cfg
+}
+
+func newWorld(t *testing.T, nSinks int, cfg Config) *world {
+	t.Helper()
+	w := &world{t: t, ledger: linetest.NewLedger(), done: make(chan struct{})}
+	var addrs []string
+	for range nSinks {
+		s, err := linetest.NewSink("127.0.0.1:0", w.ledger)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(s.Close)
+		w.sinks = append(w.sinks, s)
+		addrs = append(addrs, s.Addr())
+	}
+	w.q = dispatch.New(dispatch.Config{MaxBytes: 8 << 20})
+	w.set = upstream.NewSet(addrs)
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	w.p = New(cfg, w.q, w.set)
+	return w
+}
+
+func (w *world) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+	go func() { defer close(w.done); w.p.Run(ctx) }()
+	w.t.Cleanup(func() { cancel(); <-w.done })
+}
+
+// push sends lines [from, to) of client c as batches of per lines.
+func (w *world) push(c, from, to, per uint32) {
+	var data []byte
+	for s := from; s < to; s += per {
+		data = data[:0]
+		n := min(per, to-s)
+		for i := range n {
+			data = linetest.AppendLine(data, c, s+i)
+		}
+		if err := w.q.Push(context.Background(), bufs.NewBatch(data, int(n))); err != nil {
+			w.t.Fatal(err)
+		}
+	}
+}
+
+// finish closes the queue's input and waits for every batch to be delivered.
+func (w *world) finish() {
+	w.t.Helper()
+	w.q.CloseInput()
+	select {
+	case <-w.done:
+	case <-time.After(20 * time.Second):
+		w.t.Fatalf("pool did not finish; queue %+v", w.q.Stats())
+	}
+	for _, s := range w.sinks {
+		if !s.WaitDrained(10 * time.Second) {
+			w.t.Fatalf("sink %s still has connections", s.Addr())
+		}
+	}
+}
+
+func TestDeliversEverythingOnce(t *testing.T) {
+	w := newWorld(t, 2, testConfig())
+	w.start()
+	w.push(1, 0, 20000, 50)
+	w.finish()
+	r := w.ledger.Check(map[uint32]uint32{1: 20000})
+	if r.Lost != 0 || r.Duplicated != 0 || r.Torn != 0 {
+		t.Fatal(r)
+	}
+	for _, s := range w.sinks {
+		if s.Lines() == 0 {
+			t.Fatalf("sink %s got nothing", s.Addr())
+		}
+	}
+	if st := w.q.Stats(); st.LinesOut != 20000 || st.Bytes != 0 {
+		t.Fatalf("queue stats %+v", st)
+	}
+}
+
+// A target is reset mid-stream after draining what its kernel acknowledged:
+// its unacknowledged batches are requeued and nothing is lost.
+func TestFailoverOnReset(t *testing.T) {
+	w := newWorld(t, 2, testConfig())
+	w.start()
+	w.push(1, 0, 10000, 20)
+	w.sinks[0].Kill(true)
+	w.push(1, 10000, 30000, 20)
+	w.finish()
+	r := w.ledger.Check(map[uint32]uint32{1: 30000})
+	if r.Lost != 0 || r.Torn != 0 {
+		t.Fatal(r)
+	}
+	if st := w.p.Stats(); st.Failovers == 0 || st.ConnFailures == 0 {
+		t.Fatalf("pool stats %+v: no failover recorded", st)
+	}
+	if w.set.Targets()[0].Up() {
+		t.Fatal("killed target still marked up")
+	}
+}
+
+// A target that stops reading holds written batches unacknowledged; when it
+// resets, only what sat unread in its own kernel is lost.
+func TestUnacknowledgedRequeuedOnReset(t *testing.T) {
+	cfg := testConfig()
+	cfg.Connections = 1
+	w := newWorld(t, 2, cfg)
+	w.sinks[0].Pause()
+	w.start()
+	w.push(1, 0, 60000, 100) // ~8 MB: more than the paused socket pair can hold
+	deadline := time.After(10 * time.Second)
+	for w.q.Stats().LinesOut < 30000 || w.set.Targets()[0].Stats().Conns == 0 {
+		select {
+		case <-deadline:
+			t.Fatalf("stalled: %+v", w.q.Stats())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if st := w.q.Stats(); st.Bytes == 0 {
+		t.Fatalf("nothing held for the paused target: %+v", st)
+	}
+	killed := w.sinks[0].Kill(false)
+	w.finish()
+	r := w.ledger.Check(map[uint32]uint32{1: 60000})
+	// Every lost line ended inside the unread data: at most its newlines,
+	// plus the line the sink had begun to read when it paused.
+	if r.Torn != 0 || r.Lost > uint64(bytes.Count(killed.Unread, []byte{'\n'}))+1 {
+		t.Fatalf("%s; unread at reset %d bytes", r, killed.UnreadBytes)
+	}
+	t.Logf("%s; unread at reset: %d bytes", r, killed.UnreadBytes)
+}
+
+// With its home refusing, a worker fails over; after Failback (a fake
+// five minutes) it returns home.
+func TestFailbackWithFakeClock(t *testing.T) {
+	clock := clockwork.NewFakeClock()
+	cfg := testConfig()
+	cfg.Connections = 1
+	cfg.Clock = clock
+	w := newWorld(t, 2, cfg)
+	home := w.sinks[0]
+	home.Kill(true) // refuses dials until restarted
+	w.start()
+	w.push(1, 0, 1000, 10)
+	waitFor(t, func() bool { return w.p.Stats().Failovers > 0 && w.sinks[1].Lines() > 0 })
+	if home.Lines() != 0 {
+		t.Fatal("dead home received lines")
+	}
+	if err := home.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := clock.BlockUntilContext(ctx, 1); err != nil { // the failback timer
+		t.Fatal(err)
+	}
+	clock.Advance(DefaultFailback)
+	waitFor(t, func() bool { return w.p.Stats().Failbacks == 1 })
+	w.push(1, 1000, 3000, 10)
+	waitFor(t, func() bool { return home.Lines() > 0 })
+	w.finish()
+	if r := w.ledger.Check(map[uint32]uint32{1: 3000}); r.Lost != 0 || r.Torn != 0 {
+		t.Fatal(r)
+	}
+}
+
+// With every target down, workers back off on the injected clock and deliver
+// once a target returns.
+func TestAllDownThenBack(t *testing.T) {
+	clock := clockwork.NewFakeClock()
+	cfg := testConfig()
+	cfg.Connections = 1
+	cfg.Clock = clock
+	w := newWorld(t, 2, cfg)
+	w.sinks[0].Kill(true)
+	w.sinks[1].Kill(true)
+	w.start()
+	w.push(1, 0, 500, 10)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := clock.BlockUntilContext(ctx, 2); err != nil { // both workers waiting
+		t.Fatal(err)
+	}
+	if err := w.sinks[1].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(cfg.BackoffMax)
+	w.finish()
+	if r := w.ledger.Check(map[uint32]uint32{1: 500}); r.Lost != 0 || r.Duplicated != 0 {
+		t.Fatal(r)
+	}
+}
+
+// Cancelling Run hands every unacknowledged batch back to the queue.
+func TestHardStopRequeues(t *testing.T) {
+	w := newWorld(t, 1, testConfig())
+	w.sinks[0].Pause()
+	w.start()
+	w.push(1, 0, 20000, 100) // fits the budget, more than the sockets hold
+	waitFor(t, func() bool { return w.q.Stats().Depth == 0 || w.set.Targets()[0].Stats().Conns == 2 })
+	w.cancel()
+	select {
+	case <-w.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not stop")
+	}
+	st := w.q.Stats()
+	if dropped := w.q.Discard(); st.LinesOut+dropped != 20000 || dropped == 0 {
+		t.Fatalf("delivered %d + discarded %d != 20000", st.LinesOut, dropped)
+	}
+}
+
+// A dialer that refuses: every failure is counted, and the worker keeps trying.
+type refusingDialer struct{ n chan struct{} }
+
+func (d refusingDialer) DialContext(ctx context.Context, _, _ string) (net.Conn, error) {
+	select {
+	case d.n <- struct{}{}:
+	default:
+	}
+	return nil, errors.New("refused by test")
+}
+
+func TestDialFailuresCounted(t *testing.T) {
+	cfg := testConfig()
+	cfg.Connections = 1
+	d := refusingDialer{n: make(chan struct{}, 1)}
+	cfg.Dialer = d
+	w := newWorld(t, 1, cfg)
+	w.start()
+	for range 3 {
+		select {
+		case <-d.n:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no dial retries")
+		}
+	}
+	w.cancel()
+	<-w.done
+	if st := w.p.Stats(); st.DialFailures < 3 {
+		t.Fatalf("stats %+v", st)
+	}
+	if err := w.set.Targets()[0].LastErr(); err == nil {
+		t.Fatal("no last error recorded")
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		mod  func(*Config)
+	}{
+		{name: "no connections", mod: func(c *Config) { c.Connections = 0 }},
+		{name: "negative failback", mod: func(c *Config) { c.Failback = -1 }},
+		{name: "zero write timeout", mod: func(c *Config) { c.WriteTimeout = 0 }},
+		{name: "backoff max below initial", mod: func(c *Config) { c.BackoffMax = time.Millisecond }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := DefaultConfig()
+			tt.mod(&c)
+			if err := c.Validate(); !errors.Is(err, ErrConfig) {
+				t.Fatalf("Validate() = %v", err)
+			}
+		})
+	}
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 10s")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+var _ io.Writer = (*countConn)(nil)

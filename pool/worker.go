@@ -1,0 +1,271 @@
+package pool
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jonboulle/clockwork"
+
+	"github.com/ndlb/ndlb/framer"
+	"github.com/ndlb/ndlb/upstream"
+)
+
+// worker is one upstream connection slot with a home target.
+type worker struct {
+	p        *Pool
+	home     *upstream.Target
+	log      *slog.Logger
+	bo       backoff.BackOff
+	batches  []*framer.Batch // reused for every pop
+	retiring sync.WaitGroup  // connections being retired after a failback
+}
+
+// run is the worker's life: connect, serve, and on failure connect again
+// elsewhere, until the queue is idle or ctx is done.
+func (w *worker) run(ctx context.Context) {
+	defer w.retiring.Wait()
+	eb := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(w.p.cfg.BackoffInitial),
+		backoff.WithMaxInterval(w.p.cfg.BackoffMax),
+		backoff.WithMaxElapsedTime(0), // retry forever; shutdown stops it
+	)
+	w.bo = backoff.WithContext(eb, ctx)
+	var prev *upstream.Target
+	for {
+		c := w.connect(ctx, prev)
+		if c == nil {
+			return
+		}
+		failed, progress := w.serve(ctx, c)
+		if failed == nil {
+			return
+		}
+		prev = failed
+		if progress {
+			w.bo.Reset()
+		} else if !w.wait(ctx) { // a target that accepts and then fails at once
+			return
+		}
+	}
+}
+
+// wait sleeps for the next backoff interval. It returns false when the
+// worker should stop instead.
+func (w *worker) wait(ctx context.Context) bool {
+	d := w.bo.NextBackOff()
+	if d == backoff.Stop {
+		return false
+	}
+	t := w.p.clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.Chan():
+		return true
+	case <-ctx.Done():
+	case <-w.p.queue.Idle():
+	}
+	return false
+}
+
+// connect dials targets in failover order (see upstream.Set.FailoverOrder)
+// until one answers, waiting a backoff interval after each round in which
+// none did. It returns nil when the worker should stop.
+func (w *worker) connect(ctx context.Context, prev *upstream.Target) *upConn {
+	for {
+		for _, t := range w.p.set.FailoverOrder(w.home, prev) {
+			if ctx.Err() != nil || isClosed(w.p.queue.Idle()) {
+				return nil
+			}
+			c, err := w.p.dialConn(ctx, t)
+			if err != nil {
+				w.p.st.dialFailures.Add(1)
+				if ctx.Err() == nil && t.MarkDown(err) {
+					w.log.Warn("target down: dial failed", "target", t.Addr, "err", err)
+				}
+				w.log.Debug("dial failed", "target", t.Addr, "err", err)
+				continue
+			}
+			w.opened(c)
+			return c
+		}
+		prev = nil
+		if !w.wait(ctx) {
+			return nil
+		}
+	}
+}
+
+// opened records a new connection.
+func (w *worker) opened(c *upConn) {
+	t := c.target
+	if t.MarkUp() {
+		w.log.Info("target up", "target", t.Addr)
+	}
+	t.ConnOpened()
+	if t != w.home {
+		w.p.st.failovers.Add(1)
+		c.log.Info("failed over", "home", w.home.Addr)
+	} else {
+		c.log.Debug("connected")
+	}
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// failbackResult is the outcome of a dial to the home target.
+type failbackResult struct {
+	c   *upConn
+	err error
+}
+
+// serve writes batches on c until it fails, the queue is idle, or ctx is
+// done. It returns the target whose connection failed (nil when the worker
+// should stop) and whether any batch was acknowledged.
+func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target, progress bool) {
+	q, cfg := w.p.queue, w.p.cfg
+	ack := time.NewTimer(cfg.AckInterval)
+	ack.Stop()
+	ackArmed := false
+	var fb clockwork.Timer
+	var fbC <-chan time.Time
+	armFailback := func() {
+		if c.target != w.home && cfg.Failback > 0 {
+			fb = w.p.clock.NewTimer(cfg.Failback)
+			fbC = fb.Chan()
+		} else {
+			fbC = nil
+		}
+	}
+	armFailback()
+	fbDone := make(chan failbackResult, 1)
+	fbPending := false
+	stopWrites := context.AfterFunc(ctx, func() { c.conn.SetWriteDeadline(time.Unix(1, 0)) })
+	defer func() {
+		ack.Stop()
+		if fb != nil {
+			fb.Stop()
+		}
+		if fbPending { // do not leak a connection dialled for a failback
+			if r := <-fbDone; r.c != nil {
+				r.c.close()
+			}
+		}
+		stopWrites()
+	}()
+	settle := func() {
+		progress = c.settle(q) > 0 || progress
+		if len(c.unacked) > 0 && !ackArmed {
+			ack.Reset(cfg.AckInterval)
+			ackArmed = true
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			w.p.st.requeuedLines.Add(uint64(c.requeue(q)))
+			w.closed(c)
+			return nil, progress
+		case <-q.Idle():
+			w.closed(c)
+			return nil, progress
+		case <-c.dead:
+			w.fail(c, c.readErr)
+			return c.target, progress
+		case <-q.Ready():
+			w.batches = q.TryPop(w.batches[:0], cfg.MaxWriteCount, cfg.MaxWriteBytes)
+			if len(w.batches) == 0 {
+				continue
+			}
+			err := c.write(w.batches, cfg.WriteTimeout)
+			clear(w.batches)
+			if err != nil {
+				w.fail(c, err)
+				return c.target, progress
+			}
+			settle()
+		case <-ack.C:
+			ackArmed = false
+			settle()
+		case <-fbC:
+			fbC, fbPending = nil, true
+			go func() {
+				nc, err := w.p.dialConn(ctx, w.home)
+				fbDone <- failbackResult{nc, err}
+			}()
+		case r := <-fbDone:
+			fbPending = false
+			if r.err != nil {
+				w.log.Debug("failback dial failed", "target", w.home.Addr, "err", r.err)
+				armFailback()
+				continue
+			}
+			w.p.st.failbacks.Add(1)
+			r.c.log.Info("failed back", "from", c.target.Addr)
+			w.retire(ctx, c)
+			stopWrites()
+			c = r.c
+			w.opened(c)
+			stopWrites = context.AfterFunc(ctx, func() { c.conn.SetWriteDeadline(time.Unix(1, 0)) })
+			armFailback()
+		}
+	}
+}
+
+// fail handles a connection that broke: its unacknowledged batches go back
+// to the queue and its target is marked down.
+func (w *worker) fail(c *upConn, err error) {
+	lines := c.requeue(w.p.queue)
+	w.p.st.requeuedLines.Add(uint64(lines))
+	w.p.st.connFailures.Add(1)
+	w.closed(c)
+	level := slog.LevelWarn
+	if isExpected(err) {
+		level = slog.LevelInfo
+	}
+	c.log.Log(context.Background(), level, "upstream connection failed", "err", err, "requeued_lines", lines)
+	if c.target.MarkDown(err) {
+		w.log.Warn("target down: connection failed", "target", c.target.Addr, "err", err)
+	}
+}
+
+func (w *worker) closed(c *upConn) {
+	c.close()
+	c.target.ConnClosed()
+}
+
+// retire lets a connection the worker has left finish: its batches get until
+// the write timeout to be acknowledged, and what is left is requeued.
+func (w *worker) retire(ctx context.Context, c *upConn) {
+	w.retiring.Go(func() {
+		q := w.p.queue
+		tick := time.NewTicker(w.p.cfg.AckInterval)
+		defer tick.Stop()
+		limit := time.NewTimer(w.p.cfg.WriteTimeout)
+		defer limit.Stop()
+	wait:
+		for len(c.unacked) > 0 {
+			select {
+			case <-tick.C:
+				c.settle(q)
+			case <-c.dead:
+				break wait
+			case <-limit.C:
+				break wait
+			case <-ctx.Done():
+				break wait
+			}
+		}
+		w.p.st.requeuedLines.Add(uint64(c.requeue(q)))
+		w.closed(c)
+	})
+}

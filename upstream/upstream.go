@@ -1,0 +1,126 @@
+package upstream
+
+import (
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+)
+
+// Target is one upstream address and its state. Its methods are safe for
+// concurrent use.
+type Target struct {
+	// Addr is the target's host:port.
+	Addr string
+
+	down     atomic.Bool
+	mu       sync.Mutex
+	lastErr  error // guarded by mu
+	lines    atomic.Uint64
+	bytes    atomic.Uint64
+	conns    atomic.Int64
+	failures atomic.Uint64
+}
+
+// Up reports whether the last dial or connection to the target succeeded. A
+// target starts up.
+func (t *Target) Up() bool { return !t.down.Load() }
+
+// MarkUp records a successful dial and reports whether the target was down.
+func (t *Target) MarkUp() bool { return t.down.Swap(false) }
+
+// MarkDown records a failed dial or a failed connection and reports whether
+// the target was up.
+func (t *Target) MarkDown(err error) bool {
+	t.failures.Add(1)
+	t.mu.Lock()
+	t.lastErr = err
+	t.mu.Unlock()
+	return !t.down.Swap(true)
+}
+
+// LastErr returns the error of the last failure, or nil.
+func (t *Target) LastErr() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.lastErr
+}
+
+// Delivered counts lines and bytes the target acknowledged.
+func (t *Target) Delivered(lines, bytes int) {
+	t.lines.Add(uint64(lines))
+	t.bytes.Add(uint64(bytes))
+}
+
+// ConnOpened and ConnClosed track the target's open worker connections.
+func (t *Target) ConnOpened() { t.conns.Add(1) }
+
+// ConnClosed is the pair of ConnOpened.
+func (t *Target) ConnClosed() { t.conns.Add(-1) }
+
+// Stats is a snapshot of a target's counters.
+type Stats struct {
+	Addr     string
+	Up       bool
+	Lines    uint64 // lines acknowledged
+	Bytes    uint64 // bytes acknowledged
+	Conns    int64  // open connections
+	Failures uint64 // failed dials and connections
+}
+
+// Stats returns a snapshot of the target's counters.
+func (t *Target) Stats() Stats {
+	return Stats{
+		Addr: t.Addr, Up: t.Up(), Lines: t.lines.Load(), Bytes: t.bytes.Load(),
+		Conns: t.conns.Load(), Failures: t.failures.Load(),
+	}
+}
+
+// Set is a fixed list of targets.
+type Set struct {
+	targets []*Target
+}
+
+// NewSet returns a set of the given addresses, in order.
+func NewSet(addrs []string) *Set {
+	s := &Set{}
+	for _, a := range addrs {
+		s.targets = append(s.targets, &Target{Addr: a})
+	}
+	return s
+}
+
+// Targets returns the targets in configuration order. The slice must not be
+// modified.
+func (s *Set) Targets() []*Target { return s.targets }
+
+// FailoverOrder returns every target except prev, for a worker whose home is
+// home and whose connection to prev failed (prev may be nil): home first if it
+// is up, then the other up targets in random order, then the down ones in
+// random order, and prev last.
+func (s *Set) FailoverOrder(home, prev *Target) []*Target {
+	var up, down []*Target
+	for _, t := range s.targets {
+		switch {
+		case t == prev || t == home:
+		case t.Up():
+			up = append(up, t)
+		default:
+			down = append(down, t)
+		}
+	}
+	rand.Shuffle(len(up), func(i, j int) { up[i], up[j] = up[j], up[i] })
+	rand.Shuffle(len(down), func(i, j int) { down[i], down[j] = down[j], down[i] })
+	order := make([]*Target, 0, len(s.targets))
+	if home != prev && home.Up() {
+		order = append(order, home)
+	}
+	order = append(order, up...)
+	if home != prev && !home.Up() {
+		order = append(order, home)
+	}
+	order = append(order, down...)
+	if prev != nil {
+		order = append(order, prev)
+	}
+	return order
+}
