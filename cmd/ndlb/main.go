@@ -1,0 +1,80 @@
+// Command ndlb is a TCP load balancer that understands lines: it spreads
+// newline-delimited streams (NDJSON logs) over many targets in batches of
+// whole lines, without losing or tearing a line when a target fails.
+//
+// Run `ndlb --help` for the flags, `ndlb demo` to see it work.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/urfave/cli/v2"
+)
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1 // runtime failure, or lines dropped at shutdown
+	exitUsage = 2 // bad flags or values
+)
+
+func main() {
+	os.Exit(run(os.Args, os.Stdout, os.Stderr))
+}
+
+// run executes the command line and returns the exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	app := newApp(stdout, stderr)
+	err := app.Run(args)
+	if err == nil {
+		return exitOK
+	}
+	msg := err.Error()
+	code := exitError
+	var ec cli.ExitCoder
+	if errors.As(err, &ec) {
+		code = ec.ExitCode()
+	}
+	if msg != "" {
+		fmt.Fprintln(stderr, "ndlb: "+msg)
+	}
+	return code
+}
+
+// usageError is a bad flag or value: exit 2 with one line.
+func usageError(format string, a ...any) error {
+	return cli.Exit(fmt.Sprintf(format, a...), exitUsage)
+}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	return &cli.App{
+		Name:      "ndlb",
+		Usage:     "a TCP load balancer that understands lines",
+		UsageText: "ndlb --target HOST:PORT[,HOST:PORT...] [options]\n   ndlb demo\n   ndlb version",
+		Description: "ndlb reads newline-delimited streams (such as NDJSON logs) from its clients and spreads\n" +
+			"them, in batches of whole lines, over persistent connections to all targets. A line is\n" +
+			"never torn, and a batch leaves ndlb only when the target's TCP stack has acknowledged it.\n" +
+			"Every flag can also be set with the environment variable shown beside it.",
+		Version:         version(),
+		Writer:          stdout,
+		ErrWriter:       stderr,
+		Flags:           flags(),
+		Action:          runBalancer,
+		HideHelpCommand: true,
+		ExitErrHandler:  func(*cli.Context, error) {}, // run() prints and exits
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return usageError("%v (see ndlb --help)", err)
+		},
+		Commands: []*cli.Command{
+			{Name: "demo", Usage: "run two targets, ndlb and a generator in-process, kill a target midway, and count every line", Flags: demoFlags(), Action: runDemo},
+			{Name: "version", Usage: "print the version", Action: func(c *cli.Context) error {
+				fmt.Fprintln(c.App.Writer, "ndlb", version())
+				return nil
+			}},
+			{Name: "healthcheck", Usage: "exit 0 if ndlb accepts connections on --addr/--port (for container HEALTHCHECKs)", Action: runHealthcheck},
+		},
+	}
+}

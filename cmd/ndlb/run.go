@@ -1,0 +1,86 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ndlb/ndlb/ndjson"
+)
+
+// runBalancer is the default action: balance until SIGTERM or SIGINT.
+func runBalancer(c *cli.Context) error {
+	if c.Args().Present() {
+		return usageError("unexpected argument %q (flags start with - or --; see ndlb --help)", c.Args().First())
+	}
+	log, err := newLogger(c)
+	if err != nil {
+		return err
+	}
+	addr, err := listenAddr(c)
+	if err != nil {
+		return err
+	}
+	cfg, err := config(c, log)
+	if err != nil {
+		return err
+	}
+	srv, err := ndjson.New(cfg)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	// Signals are caught before the listener opens, so one that arrives as
+	// soon as the port answers is never the default "die at once".
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("listen on %s: %v", addr, err), exitError)
+	}
+	srv.Start(ln)
+	select {
+	case sig := <-sigs:
+		log.Info("signal received; shutting down (a second signal exits at once)", "signal", sig.String())
+	case err := <-srv.Err():
+		log.Error("listener failed", "err", err)
+		srv.Shutdown()
+		return cli.Exit("", exitError)
+	}
+	go func() {
+		sig := <-sigs
+		log.Error("second signal: exiting without delivering what is queued", "signal", sig.String(),
+			"queued_lines_lost", "unknown")
+		os.Exit(exitError)
+	}()
+	if sum := srv.Shutdown(); !sum.Clean {
+		return cli.Exit("", exitError)
+	}
+	return nil
+}
+
+// runHealthcheck exits 0 when ndlb accepts a TCP connection on its port.
+func runHealthcheck(c *cli.Context) error {
+	port := c.Int("port")
+	if port < 1 || port > 65535 {
+		return usageError("invalid value %d for --port: want 1..65535", port)
+	}
+	host := c.String("addr")
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	addr := net.JoinHostPort(host, strconv.Itoa(port))
+	conn, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("unhealthy: %v", err), exitError)
+	}
+	conn.Close()
+	fmt.Fprintln(c.App.Writer, "ok:", addr, "accepts connections")
+	return nil
+}
