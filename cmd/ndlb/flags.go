@@ -15,7 +15,9 @@ import (
 	"github.com/ndlb/ndlb/tlsutil"
 )
 
-func env(name string) []string { return []string{"NDLB_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))} }
+func env(name string) []string {
+	return []string{"NDLB_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}
+}
 
 // flags is the command-line contract of DESIGN.md. Every flag reads an
 // NDLB_* environment variable; single- and double-dash spellings both work.
@@ -202,7 +204,9 @@ func tlsConfig(c *cli.Context, cfg *ndjson.Config, log *slog.Logger) error {
 	case ca != "" && cert == "":
 		return usageError("--tls-client-ca needs --tls-cert and --tls-key")
 	}
-	onErr := func(err error) { log.Error("certificate files changed but cannot be loaded; keeping the previous ones", "err", err) }
+	onErr := func(err error) {
+		log.Error("certificate files changed but cannot be loaded; keeping the previous ones", "err", err)
+	}
 	if cert != "" {
 		srv, err := tlsutil.Server(tlsutil.ServerOptions{CertFile: cert, KeyFile: key, ClientCAFile: ca, OnReloadError: onErr})
 		if err != nil {
@@ -235,4 +239,3 @@ func tlsConfig(c *cli.Context, cfg *ndjson.Config, log *slog.Logger) error {
 	cfg.Pool.TLS = get
 	return nil
 }
-
