@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -15,6 +16,11 @@ import (
 
 // DefaultHandshakeTimeout bounds a client's TLS handshake.
 const DefaultHandshakeTimeout = 10 * time.Second
+
+// backlogGrace is how long Shutdown keeps accepting, so that connections the
+// kernel completed before the shutdown (and whose clients may have sent all
+// their data and gone) are served rather than reset with the listener.
+const backlogGrace = 100 * time.Millisecond
 
 // Conn is an accepted client connection, after its TLS handshake.
 type Conn struct {
@@ -58,11 +64,12 @@ type Listener struct {
 	cfg Config
 	log *slog.Logger
 
-	wg       sync.WaitGroup // one per connection
-	mu       sync.Mutex
-	conns    map[*Conn]struct{} // guarded by mu
-	draining bool               // guarded by mu
-	done     chan struct{}      // closed when Serve returns
+	wg          sync.WaitGroup // one per connection
+	mu          sync.Mutex
+	conns       map[*Conn]struct{} // guarded by mu
+	draining    bool               // Shutdown has begun; guarded by mu
+	interrupted bool               // reads are being cut off; guarded by mu
+	done        chan struct{}      // closed when Serve returns
 
 	accepted, hsFailed atomic.Uint64
 	active             atomic.Int64
@@ -92,6 +99,7 @@ func (l *Listener) Serve() error {
 		c, err := l.ln.Accept()
 		if err != nil {
 			if l.isDraining() {
+				l.ln.Close()
 				return nil
 			}
 			if errors.Is(err, net.ErrClosed) {
@@ -128,28 +136,30 @@ func (l *Listener) serveConn(nc net.Conn) {
 		cancel()
 		if err != nil {
 			l.hsFailed.Add(1)
-			c.Log.Warn("TLS handshake failed", "err", err)
+			level := slog.LevelWarn
+			if errors.Is(err, io.EOF) { // a port probe or health check
+				level = slog.LevelDebug
+			}
+			c.Log.Log(context.Background(), level, "TLS handshake failed", "err", err)
 			return
 		}
 		c.Conn = tc
 	}
-	if !l.track(c) {
-		return
-	}
+	l.track(c)
 	defer l.untrack(c)
 	l.h.ServeConn(c)
 }
 
-// track registers c, unless shutdown has begun.
-func (l *Listener) track(c *Conn) bool {
+// track registers c. A connection that arrives after reads were cut off is
+// cut off too.
+func (l *Listener) track(c *Conn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.draining {
-		return false
+	if l.interrupted {
+		_ = c.SetReadDeadline(time.Unix(1, 0))
 	}
 	l.conns[c] = struct{}{}
 	l.active.Add(1)
-	return true
 }
 
 func (l *Listener) untrack(c *Conn) {
@@ -168,7 +178,10 @@ func (l *Listener) Shutdown(ctx context.Context) error {
 	l.mu.Lock()
 	l.draining = true
 	l.mu.Unlock()
-	l.ln.Close()
+	// Accept what the kernel has already queued, then stop.
+	if dl, ok := l.ln.(interface{ SetDeadline(time.Time) error }); !ok || dl.SetDeadline(time.Now().Add(backlogGrace)) != nil {
+		l.ln.Close()
+	}
 	<-l.done
 	finished := make(chan struct{})
 	go func() { l.wg.Wait(); close(finished) }()
@@ -178,6 +191,7 @@ func (l *Listener) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	l.mu.Lock()
+	l.interrupted = true
 	for c := range l.conns {
 		_ = c.SetReadDeadline(time.Unix(1, 0))
 	}

@@ -115,7 +115,6 @@ func killAndRestart(ctx context.Context, out io.Writer, s *linetest.Sink, start 
 // closes its connection.
 func generate(addr string, clients, lines int, dur time.Duration) error {
 	var g errgroup.Group
-	const ticks = 100
 	for cl := range clients {
 		g.Go(func() error {
 			conn, err := net.Dial("tcp", addr)
@@ -123,17 +122,7 @@ func generate(addr string, clients, lines int, dur time.Duration) error {
 				return err
 			}
 			defer conn.Close()
-			tick := time.NewTicker(dur / ticks)
-			defer tick.Stop()
-			per := (lines + ticks - 1) / ticks
-			for from := 0; from < lines; from += per {
-				to := min(from+per, lines)
-				if _, err := linetest.Send(conn, uint32(cl), uint32(from), uint32(to), 32<<10); err != nil {
-					return err
-				}
-				<-tick.C
-			}
-			return nil
+			return linetest.SendPaced(conn, uint32(cl), 0, uint32(lines), dur)
 		})
 	}
 	return g.Wait()

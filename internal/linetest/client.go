@@ -2,6 +2,7 @@ package linetest
 
 import (
 	"io"
+	"time"
 )
 
 // Send writes lines from..to-1 of client c to w, in writes of about chunk
@@ -24,4 +25,20 @@ func Send(w io.Writer, c, from, to uint32, chunk int) (uint32, error) {
 		}
 	}
 	return to, nil
+}
+
+// SendPaced writes lines from..to-1 of client c to w evenly over about d, in
+// a hundred steps.
+func SendPaced(w io.Writer, c, from, to uint32, d time.Duration) error {
+	const steps = 100
+	tick := time.NewTicker(d / steps)
+	defer tick.Stop()
+	per := max(1, (to-from+steps-1)/steps)
+	for s := from; s < to; s += per {
+		if _, err := Send(w, c, s, min(s+per, to), 32<<10); err != nil {
+			return err
+		}
+		<-tick.C
+	}
+	return nil
 }

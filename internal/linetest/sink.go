@@ -2,6 +2,7 @@ package linetest
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -17,7 +18,8 @@ import (
 // (when it has one) and counts them. Its faults are real socket operations.
 type Sink struct {
 	addr   string
-	ledger *Ledger // nil: count only
+	ledger *Ledger     // nil: count only
+	tls    *tls.Config // nil: plain TCP
 
 	lines, bytes, partials atomic.Uint64
 
@@ -39,14 +41,18 @@ const (
 )
 
 type sinkConn struct {
-	c        *net.TCPConn
-	unread   int    // discard: bytes unread at the reset
-	unreadLn []byte // discard: the unread data
+	c        *net.TCPConn // the socket, for faults
+	r        net.Conn     // what is read: c, or TLS over it
+	unread   int          // discard: bytes unread at the reset
+	unreadLn []byte       // discard: the unread data
 }
 
 // NewSink listens on addr ("127.0.0.1:0" for any port) and serves.
-func NewSink(addr string, l *Ledger) (*Sink, error) {
-	s := &Sink{ledger: l, conns: make(map[*sinkConn]struct{})}
+func NewSink(addr string, l *Ledger) (*Sink, error) { return NewTLSSink(addr, l, nil) }
+
+// NewTLSSink is NewSink with TLS on every connection when cfg is not nil.
+func NewTLSSink(addr string, l *Ledger, cfg *tls.Config) (*Sink, error) {
+	s := &Sink{ledger: l, tls: cfg, conns: make(map[*sinkConn]struct{})}
 	s.wake = sync.NewCond(&s.mu)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -83,7 +89,10 @@ func (s *Sink) acceptLoop(ln net.Listener) {
 		if err != nil {
 			return
 		}
-		sc := &sinkConn{c: c.(*net.TCPConn)}
+		sc := &sinkConn{c: c.(*net.TCPConn), r: c}
+		if s.tls != nil {
+			sc.r = tls.Server(c, s.tls)
+		}
 		s.mu.Lock()
 		if s.kill != alive {
 			s.mu.Unlock()
@@ -119,7 +128,7 @@ func (s *Sink) handle(sc *sinkConn) {
 		if n == len(buf) { // a line longer than the buffer: not ours
 			n = 0
 		}
-		m, err := sc.c.Read(buf[n:])
+		m, err := sc.r.Read(buf[n:])
 		n += m
 		if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
 			s.record(buf[:i+1])

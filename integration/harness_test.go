@@ -1,0 +1,306 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/ndlb/ndlb/internal/linetest"
+)
+
+// bin is ndlb built for these tests (with -race when the tests have it);
+// staticBin is built the way the Dockerfile builds it.
+var bin, staticBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ndlb-integration")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin, staticBin = filepath.Join(dir, "ndlb"), filepath.Join(dir, "ndlb-static")
+	code := build(bin, raceEnabled, nil)
+	if code == 0 {
+		code = build(staticBin, false, []string{"CGO_ENABLED=0"})
+	}
+	if code == 0 {
+		goleak.VerifyTestMain(m) // exits
+	}
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// build compiles cmd/ndlb; the static build uses the Dockerfile's flags.
+func build(out string, race bool, env []string) int {
+	args := []string{"build", "-o", out, "-trimpath", "-ldflags=-s -w -X main.buildVersion=it"}
+	if race {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, "../cmd/ndlb")...)
+	cmd.Env = append(os.Environ(), env...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building ndlb: %v\n%s", err, b)
+		return 1
+	}
+	return 0
+}
+
+// proc is a running ndlb.
+type proc struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	addr string
+
+	mu     sync.Mutex
+	logs   []map[string]any // guarded by mu
+	stderr bytes.Buffer     // guarded by mu
+	logged chan struct{}    // signalled on every log line
+	done   chan struct{}    // closed when the process has exited
+	code   int              // exit code, once done
+}
+
+// startNDLB runs ndlb on a free loopback port with JSON logs and waits until
+// it listens.
+func startNDLB(t *testing.T, args ...string) *proc {
+	t.Helper()
+	return startCmd(t, exec.Command(bin, append([]string{"--addr", "127.0.0.1", "--port", "0", "--log-format", "json"}, args...)...))
+}
+
+func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{t: t, cmd: cmd, logged: make(chan struct{}, 1), done: make(chan struct{})}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go p.readLogs(stderr)
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			p.mu.Lock()
+			t.Logf("ndlb stderr (last 4 KiB):\n%s", tail(p.stderr.Bytes(), 4096))
+			p.mu.Unlock()
+		}
+	})
+	l := p.waitLog("listening", 20*time.Second)
+	p.addr, _ = l["addr"].(string)
+	return p
+}
+
+func tail(b []byte, n int) []byte { return b[max(0, len(b)-n):] }
+
+func (p *proc) readLogs(r interface{ Read([]byte) (int, error) }) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var m map[string]any
+		_ = json.Unmarshal(sc.Bytes(), &m)
+		p.mu.Lock()
+		p.stderr.Write(sc.Bytes())
+		p.stderr.WriteByte('\n')
+		if m != nil {
+			p.logs = append(p.logs, m)
+		}
+		p.mu.Unlock()
+		select {
+		case p.logged <- struct{}{}:
+		default:
+		}
+	}
+	err := p.cmd.Wait()
+	p.code = 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		p.code = ee.ExitCode()
+	}
+	close(p.done)
+}
+
+// findLogs returns the log lines with message msg.
+func (p *proc) findLogs(msg string) []map[string]any {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []map[string]any
+	for _, l := range p.logs {
+		if l["msg"] == msg {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// waitLog waits for a log line with message msg.
+func (p *proc) waitLog(msg string, timeout time.Duration) map[string]any {
+	p.t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		if ls := p.findLogs(msg); len(ls) > 0 {
+			return ls[0]
+		}
+		select {
+		case <-p.logged:
+		case <-p.done:
+			if ls := p.findLogs(msg); len(ls) > 0 {
+				return ls[0]
+			}
+			p.t.Fatalf("ndlb exited (code %d) before logging %q", p.code, msg)
+		case <-deadline.C:
+			p.t.Fatalf("no %q log line in %s", msg, timeout)
+		}
+	}
+}
+
+// stop sends sig and waits for the exit code.
+func (p *proc) stop(sig syscall.Signal, timeout time.Duration) int {
+	p.t.Helper()
+	_ = p.cmd.Process.Signal(sig)
+	return p.wait(timeout)
+}
+
+func (p *proc) wait(timeout time.Duration) int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+		return p.code
+	case <-time.After(timeout):
+		p.t.Fatalf("ndlb did not exit within %s", timeout)
+		return -1
+	}
+}
+
+// summary returns a counter from the summary log line.
+func (p *proc) summary(key string) uint64 {
+	p.t.Helper()
+	ls := p.findLogs("summary")
+	if len(ls) == 0 {
+		p.t.Fatal("no summary log line")
+	}
+	v, _ := ls[0][key].(float64)
+	return uint64(v)
+}
+
+// vmHWM is the process's peak resident set size in bytes.
+func (p *proc) vmHWM() uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseUint(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// world is a set of sinks sharing one ledger.
+type world struct {
+	t      *testing.T
+	ledger *linetest.Ledger
+	sinks  []*linetest.Sink
+}
+
+func newWorld(t *testing.T, n int) *world {
+	t.Helper()
+	w := &world{t: t, ledger: linetest.NewLedger()}
+	for range n {
+		s, err := linetest.NewSink("127.0.0.1:0", w.ledger)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(s.Close)
+		w.sinks = append(w.sinks, s)
+	}
+	return w
+}
+
+func (w *world) targets() string {
+	var a []string
+	for _, s := range w.sinks {
+		a = append(a, s.Addr())
+	}
+	return strings.Join(a, ",")
+}
+
+// drained waits for the sinks to read everything ndlb sent before it closed
+// its connections.
+func (w *world) drained() {
+	w.t.Helper()
+	for _, s := range w.sinks {
+		if !s.WaitDrained(10 * time.Second) {
+			w.t.Fatalf("sink %s still has open connections", s.Addr())
+		}
+	}
+}
+
+// check compares what the sinks got with what was sent.
+func (w *world) check(sent map[uint32]uint32) linetest.Report {
+	w.t.Helper()
+	w.drained()
+	r := w.ledger.Check(sent)
+	w.t.Log(r)
+	return r
+}
+
+func dial(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// clients runs n clients, each sending lines 0..lines-1 through send, and
+// returns what was sent and the first error.
+func clients(n int, lines uint32, send func(c uint32) error) (map[uint32]uint32, error) {
+	sent := make(map[uint32]uint32, n)
+	errs := make(chan error, n)
+	for c := range uint32(n) {
+		sent[c] = lines
+		go func() { errs <- send(c) }()
+	}
+	var first error
+	for range n {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return sent, first
+}
+
+// freePort returns a loopback port that was free a moment ago, for the few
+// tests that must name a port in advance (the healthcheck reads NDLB_PORT).
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	return port
+}

@@ -1,0 +1,353 @@
+package integration
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ndlb/ndlb/internal/linetest"
+)
+
+// 8 client connections × 50 000 lines into 2 targets: every line arrives
+// exactly once, none torn, each target gets at least a quarter.
+func TestSpreadsEveryLineOnce(t *testing.T) {
+	w := newWorld(t, 2)
+	p := startNDLB(t, "--target", w.targets())
+	sent, err := clients(8, 50000, func(c uint32) error {
+		conn := dial(t, p.addr)
+		_, err := linetest.Send(conn, c, 0, 50000, 16<<10)
+		conn.Close()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	r := w.check(sent)
+	if r.Lost != 0 || r.Duplicated != 0 || r.Torn != 0 || r.Unexpected != 0 {
+		t.Fatal(r)
+	}
+	for _, s := range w.sinks {
+		if share := float64(s.Lines()) / float64(r.Sent); share < 0.25 {
+			t.Errorf("target %s got %.1f%% of the lines, want at least 25%%", s.Addr(), 100*share)
+		}
+	}
+	if in, out := p.summary("lines_in"), p.summary("lines_out"); in != 400000 || out != 400000 {
+		t.Fatalf("summary lines_in %d lines_out %d, want 400000", in, out)
+	}
+}
+
+// A target's listener closes and its connections are reset mid-stream (after
+// it read what its kernel had); it returns 3 s later. Nothing is lost or
+// torn, workers fail over, and later fail back.
+func TestTargetResetFailoverAndFailback(t *testing.T) {
+	w := newWorld(t, 2)
+	p := startNDLB(t, "--target", w.targets(), "--failback", "1s", "--backoff-max", "200ms")
+	victim := w.sinks[0]
+	faults := make(chan error, 1)
+	go func() {
+		time.Sleep(1 * time.Second) // mid-stream: the clients send for 7 s
+		victim.Kill(true)
+		time.Sleep(3 * time.Second)
+		faults <- victim.Restart()
+	}()
+	sent, err := clients(4, 70000, func(c uint32) error {
+		conn := dial(t, p.addr)
+		defer conn.Close()
+		return linetest.SendPaced(conn, c, 0, 70000, 7*time.Second)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-faults; err != nil {
+		t.Fatal(err)
+	}
+	before := victim.Lines()
+	p.waitLog("failed back", 10*time.Second)
+	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	r := w.check(sent)
+	if r.Lost != 0 || r.Torn != 0 {
+		t.Fatal(r)
+	}
+	if len(p.findLogs("failed over")) == 0 {
+		t.Error("no failover logged")
+	}
+	if victim.Lines() <= before && len(p.findLogs("failed back")) == 0 {
+		t.Error("the restarted target got nothing back")
+	}
+}
+
+// A target stops reading for 2 s, so its buffers fill, then resets its
+// connections. The only lines lost are those still unread in its own
+// receive queue at the reset (measured there with SIOCINQ): no sender can
+// recover bytes the target's kernel acknowledged.
+func TestStalledTargetResetLosesOnlyItsUnreadQueue(t *testing.T) {
+	w := newWorld(t, 2)
+	p := startNDLB(t, "--target", w.targets())
+	victim := w.sinks[0]
+	killed := make(chan linetest.KillResult, 1)
+	go func() {
+		time.Sleep(1 * time.Second)
+		victim.Pause()
+		time.Sleep(2 * time.Second)
+		killed <- victim.Kill(false)
+	}()
+	// About 100 000 lines/s in all, for 5 s.
+	sent, err := clients(4, 125000, func(c uint32) error {
+		conn := dial(t, p.addr)
+		defer conn.Close()
+		return linetest.SendPaced(conn, c, 0, 125000, 5*time.Second)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := <-killed
+	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	r := w.check(sent)
+	unreadLines := uint64(bytes.Count(k.Unread, []byte{'\n'}))
+	t.Logf("unread in the target's receive queue at the reset: %d bytes, %d lines; lost %d lines",
+		k.UnreadBytes, unreadLines, r.Lost)
+	if r.Torn != 0 || r.Lost > unreadLines+1 {
+		t.Fatalf("%s; more lost than the target's unread queue (%d lines)", r, unreadLines)
+	}
+	if k.UnreadBytes == 0 {
+		t.Fatal("the stalled target had nothing unread: the stall did not happen")
+	}
+}
+
+// Many clients close without a final newline, sharing one worker: every
+// tail arrives as a line of its own, none merged with another.
+func TestUnterminatedTailsNeverMerge(t *testing.T) {
+	w := newWorld(t, 1)
+	p := startNDLB(t, "--target", w.targets(), "--connections", "1")
+	const n = 50
+	sent, err := clients(n, 20, func(c uint32) error {
+		conn := dial(t, p.addr)
+		defer conn.Close()
+		b := linetest.AppendLine(nil, c, 0)
+		for s := uint32(1); s < 20; s++ {
+			b = linetest.AppendLine(b, c, s)
+		}
+		_, err := conn.Write(b[:len(b)-1]) // no final newline
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if r := w.check(sent); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
+		t.Fatal(r)
+	}
+}
+
+// A 5 MiB line with --max-line-bytes 1MiB is dropped and counted, the lines
+// around it arrive, and so do lines after binary garbage; memory stays
+// bounded.
+func TestOversizeLineDroppedAndCounted(t *testing.T) {
+	w := newWorld(t, 1)
+	p := startCmd(t, cmdStatic("--addr", "127.0.0.1", "--port", "0", "--log-format", "json",
+		"--target", w.targets(), "--max-line-bytes", "1MiB"))
+	conn := dial(t, p.addr)
+	var b []byte
+	b = linetest.AppendLine(b, 1, 0)
+	b = append(b, bytes.Repeat([]byte("x"), 5<<20)...)
+	b = append(b, '\n')
+	b = linetest.AppendLine(b, 1, 1)
+	garbage := make([]byte, 3<<20) // random bytes with no newline: one oversize "line"
+	rand.Read(garbage)
+	garbage = bytes.ReplaceAll(garbage, []byte{'\n'}, []byte{'x'})
+	b = append(b, garbage...)
+	b = append(b, '\n')
+	b = linetest.AppendLine(b, 1, 2)
+	if _, err := conn.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	p.waitLog("client disconnected", 10*time.Second)
+	hwm := p.vmHWM()
+	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if r := w.check(map[uint32]uint32{1: 3}); r.Lost != 0 || r.Torn != 0 || r.Received != 3 {
+		t.Fatal(r)
+	}
+	if got := p.summary("dropped_oversize"); got != 2 {
+		t.Fatalf("dropped_oversize %d, want 2", got)
+	}
+	if len(p.findLogs("line longer than --max-line-bytes dropped")) == 0 {
+		t.Fatal("the drop was not logged")
+	}
+	t.Logf("peak RSS %d MiB after 8 MiB of oversize input", hwm>>20)
+	if hwm > 48<<20 {
+		t.Fatalf("peak RSS %d MiB: memory grew with the oversize line", hwm>>20)
+	}
+}
+
+// All targets are down for 5 s while clients keep sending: the clients are
+// slowed, not disconnected, and everything arrives once the targets return.
+func TestAllTargetsDownClientsSlowedNotDropped(t *testing.T) {
+	w := newWorld(t, 2)
+	p := startNDLB(t, "--target", w.targets(), "--buffer-bytes", "8MiB", "--backoff-max", "200ms")
+	down := make(chan error, 1)
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		w.sinks[0].Kill(true)
+		w.sinks[1].Kill(true)
+		time.Sleep(5 * time.Second)
+		err := w.sinks[0].Restart()
+		if err == nil {
+			err = w.sinks[1].Restart()
+		}
+		down <- err
+	}()
+	start := time.Now()
+	sent, err := clients(4, 200000, func(c uint32) error {
+		conn := dial(t, p.addr)
+		defer conn.Close()
+		_, err := linetest.Send(conn, c, 0, 200000, 32<<10)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("a client was disconnected: %v", err)
+	}
+	if err := <-down; err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < 5*time.Second {
+		t.Logf("clients finished in %s: they were not held back (the buffer absorbed everything)", took)
+	}
+	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if r := w.check(sent); r.Lost != 0 || r.Torn != 0 {
+		t.Fatal(r)
+	}
+}
+
+// SIGTERM while clients are sending: ndlb stops accepting, reads the open
+// connections until their clients close them, delivers everything and exits 0.
+func TestSIGTERMDeliversEverythingRead(t *testing.T) {
+	w := newWorld(t, 2)
+	p := startNDLB(t, "--target", w.targets())
+	signalled := make(chan struct{})
+	go func() {
+		time.Sleep(1 * time.Second)
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		close(signalled)
+	}()
+	sent, err := clients(4, 60000, func(c uint32) error {
+		conn := dial(t, p.addr)
+		defer conn.Close()
+		return linetest.SendPaced(conn, c, 0, 60000, 3*time.Second)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-signalled
+	if _, err := net.DialTimeout("tcp", p.addr, time.Second); err == nil {
+		t.Error("a new connection was accepted after SIGTERM")
+	}
+	if code := p.wait(30 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if r := w.check(sent); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
+		t.Fatal(r)
+	}
+	if p.summary("lines_out") != 240000 {
+		t.Fatalf("summary lines_out %d", p.summary("lines_out"))
+	}
+}
+
+// A client that keeps its connection open past --drain-timeout is cut off;
+// its last, unfinished line is dropped as incomplete, and ndlb exits 0.
+func TestDrainTimeoutCutsSlowClient(t *testing.T) {
+	w := newWorld(t, 1)
+	p := startNDLB(t, "--target", w.targets(), "--drain-timeout", "500ms")
+	conn := dial(t, p.addr)
+	b := linetest.AppendLine(nil, 1, 0)
+	b = linetest.AppendLine(b, 1, 1)
+	if _, err := conn.Write(b[:len(b)-10]); err != nil { // one line and most of another
+		t.Fatal(err)
+	}
+	p.waitLog("client connected", 5*time.Second)
+	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if r := w.check(map[uint32]uint32{1: 1}); r.Lost != 0 || r.Torn != 0 || r.Received != 1 {
+		t.Fatal(r)
+	}
+	if p.summary("dropped_incomplete") != 1 {
+		t.Fatalf("dropped_incomplete %d, want 1", p.summary("dropped_incomplete"))
+	}
+}
+
+// Bad flags and values exit 2 with one line on stderr naming the flag.
+func TestBadFlagsExit2(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name string
+		args []string
+		env  []string
+		want string
+	}{
+		{name: "no target", args: nil, want: "--target"},
+		{name: "not host:port", args: []string{"-target", "localhost"}, want: "--target"},
+		{name: "port out of range in target", args: []string{"-target", "a:70000"}, want: "--target"},
+		{name: "listen port out of range", args: []string{"-target", "a:1", "-port", "65536"}, want: "--port"},
+		{name: "connections below 1", args: []string{"-target", "a:1", "-connections", "0"}, want: "--connections"},
+		{name: "connections not a number", args: []string{"-target", "a:1", "--connections", "four"}, want: "connections"},
+		{name: "cert without key", args: []string{"-target", "a:1", "-tls-cert", dir + "/c.pem"}, want: "--tls-key"},
+		{name: "unreadable cert", args: []string{"-target", "a:1", "-tls-cert", dir + "/c.pem", "-tls-key", dir + "/k.pem"}, want: "--tls-cert"},
+		{name: "bad size", args: []string{"-target", "a:1", "--max-line-bytes", "lots"}, want: "--max-line-bytes"},
+		{name: "buffer below one line", args: []string{"-target", "a:1", "--buffer-bytes", "64KiB"}, want: "--buffer-bytes"},
+		{name: "negative failback", args: []string{"-target", "a:1", "--failback", "-1s"}, want: "--failback"},
+		{name: "bad log format", args: []string{"-target", "a:1", "--log-format", "xml"}, want: "--log-format"},
+		{name: "unknown flag", args: []string{"-target", "a:1", "--bogus"}, want: "-bogus"},
+		{name: "bad env var", env: []string{"NDLB_TARGET=a:1", "NDLB_CONNECTIONS=-3"}, want: "--connections"},
+		{name: "skip verify without tls-target", args: []string{"-target", "a:1", "-tls-target-skip-verify"}, want: "--tls-target"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cmd := command(bin, tt.args...)
+			cmd.Env = tt.env
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			code := cmd.ProcessState.ExitCode()
+			msg := strings.TrimSpace(stderr.String())
+			if code != 2 || strings.Count(msg, "\n") != 0 || !strings.Contains(msg, tt.want) {
+				t.Fatalf("exit %d (%v), stderr %q: want exit 2 and one line naming %s", code, err, msg, tt.want)
+			}
+		})
+	}
+}
+
+func TestVersionAndHelp(t *testing.T) {
+	out, err := command(bin, "version").Output()
+	if err != nil || strings.TrimSpace(string(out)) != "ndlb it" {
+		t.Fatalf("version: %q %v", out, err)
+	}
+	out, err = command(bin, "--help").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"--target", "NDLB_TARGET", "--max-line-bytes", "--failback", "--drain-timeout", "--tls-client-ca"} {
+		if !strings.Contains(string(out), f) {
+			t.Errorf("--help does not mention %s", f)
+		}
+	}
+	_ = fmt.Sprint()
+}
