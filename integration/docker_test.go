@@ -76,3 +76,25 @@ func TestContainerStyleRun(t *testing.T) {
 		t.Fatalf("healthcheck passed with ndlb stopped: %s", out)
 	}
 }
+
+// The Dockerfile builds what TestContainerStyleRun runs: the same static
+// build, a non-root user, the port, the entrypoint and the healthcheck.
+func TestDockerfileMatchesTheTestedBuild(t *testing.T) {
+	b, err := os.ReadFile("../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	df := string(b)
+	for _, want := range []string{
+		"CGO_ENABLED=0 go build -trimpath -ldflags=\"-s -w",
+		"FROM gcr.io/distroless/static",
+		"USER 65532:65532",
+		"EXPOSE 9000",
+		`ENTRYPOINT ["/ndlb"]`,
+		`HEALTHCHECK`, `CMD ["/ndlb", "healthcheck"]`,
+	} {
+		if !strings.Contains(df, want) {
+			t.Errorf("Dockerfile lacks %q", want)
+		}
+	}
+}

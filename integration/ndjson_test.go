@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"fmt"
 	"net"
+	"os"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -349,5 +351,49 @@ func TestVersionAndHelp(t *testing.T) {
 			t.Errorf("--help does not mention %s", f)
 		}
 	}
-	_ = fmt.Sprint()
+}
+
+// The README's flag table names every flag of --help with its variable.
+func TestREADMEListsEveryFlag(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	help, err := command(bin, "--help").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	flags := regexp.MustCompile(`(?m)^\s+(--[a-z-]+)[^\[]*\[\$(NDLB_[A-Z_]+)\]`).FindAllStringSubmatch(string(help), -1)
+	if len(flags) < 20 {
+		t.Fatalf("found only %d flags in --help", len(flags))
+	}
+	for _, f := range flags {
+		row := fmt.Sprintf("| `%s` | `%s` |", f[1], f[2])
+		if !strings.Contains(string(readme), row) {
+			t.Errorf("README lacks the row %s", row)
+		}
+	}
+}
+
+// With every target gone, lines still queued when the shutdown deadline
+// passes are dropped, counted and logged, and ndlb exits 1, not 0.
+func TestShutdownDeadlineCountsUndelivered(t *testing.T) {
+	w := newWorld(t, 1)
+	p := startNDLB(t, "--target", w.targets(), "--drain-timeout", "300ms", "--deliver-timeout", "300ms", "--backoff-max", "50ms")
+	w.sinks[0].Kill(true)
+	conn := dial(t, p.addr)
+	if _, err := linetest.Send(conn, 1, 0, 1000, 16<<10); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	p.waitLog("client disconnected", 5*time.Second)
+	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 1 {
+		t.Fatalf("exit code %d, want 1", code)
+	}
+	if got := p.summary("dropped_shutdown"); got != 1000 {
+		t.Fatalf("dropped_shutdown %d, want 1000", got)
+	}
+	if len(p.findLogs("shutdown deadline passed: undelivered lines dropped")) == 0 {
+		t.Fatal("the drop was not logged")
+	}
 }

@@ -106,6 +106,9 @@ func (w *world) finish() {
 func TestDeliversEverythingOnce(t *testing.T) {
 	w := newWorld(t, 2, testConfig())
 	w.start()
+	waitFor(t, func() bool { // every worker connected, so both targets take part
+		return w.set.Targets()[0].Stats().Conns == 2 && w.set.Targets()[1].Stats().Conns == 2
+	})
 	w.push(1, 0, 20000, 50)
 	w.finish()
 	r := w.ledger.Check(map[uint32]uint32{1: 20000})

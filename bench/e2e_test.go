@@ -1,0 +1,252 @@
+package bench
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ndlb/ndlb/internal/linetest"
+)
+
+const (
+	e2eClients = 4
+	e2eBytes   = 512 << 20 // per run, over all clients
+	e2eChunk   = 64 << 10  // bytes per client write
+)
+
+// buildNDLB builds the static binary the Dockerfile builds.
+func buildNDLB(b *testing.B) string {
+	b.Helper()
+	out := filepath.Join(b.TempDir(), "ndlb")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, "../cmd/ndlb")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, msg)
+	}
+	return out
+}
+
+// ndlbProc is ndlb running as a child process.
+type ndlbProc struct {
+	cmd  *exec.Cmd
+	addr string
+}
+
+func startNDLB(b *testing.B, bin string, targets []string) *ndlbProc {
+	b.Helper()
+	args := append([]string{"--addr", "127.0.0.1", "--port", "0", "--log-format", "json", "--target", strings.Join(targets, ",")}, strings.Fields(os.Getenv("NDLB_BENCH_ARGS"))...)
+	cmd := exec.Command(bin, args...)
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	p := &ndlbProc{cmd: cmd}
+	sc := bufio.NewScanner(stderr)
+	for sc.Scan() {
+		if line := sc.Text(); strings.Contains(line, `"msg":"listening"`) {
+			i := strings.Index(line, `"addr":"`) + len(`"addr":"`)
+			p.addr = line[i : i+strings.IndexByte(line[i:], '"')]
+			break
+		}
+	}
+	go func() {
+		for sc.Scan() { // keep draining logs
+		}
+	}()
+	if p.addr == "" {
+		b.Fatal("ndlb did not start")
+	}
+	return p
+}
+
+func (p *ndlbProc) stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.cmd.Wait()
+}
+
+// cpuSeconds is the process's user+system CPU time so far.
+func (p *ndlbProc) cpuSeconds() float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}
+
+func (p *ndlbProc) peakRSS() float64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// A generator writes one client's share of the run to w.
+type generator interface {
+	// chunks is how many writes one client makes; each holds chunkLines lines.
+	chunks() int
+	chunkLines() int
+	// write makes and writes chunk i.
+	write(w net.Conn, buf []byte, i int) ([]byte, error)
+}
+
+// bulk writes ready-made 64 KiB chunks: the cheapest possible client, so the
+// direct run measures the kernel's copying alone.
+type bulk struct{ chunk []byte }
+
+func (g bulk) chunks() int     { return e2eBytes / e2eClients / len(g.chunk) }
+func (g bulk) chunkLines() int { return len(g.chunk) / 256 }
+func (g bulk) write(w net.Conn, buf []byte, _ int) ([]byte, error) {
+	_, err := w.Write(g.chunk)
+	return buf, err
+}
+
+// shipper formats every line as a 256-byte JSON log record and writes 16 KiB
+// at a time, as log shippers do.
+type shipper struct{}
+
+const shipperLines = 64 // 16 KiB of 256-byte records
+
+func (shipper) chunks() int     { return e2eBytes / e2eClients / (shipperLines * 256) }
+func (shipper) chunkLines() int { return shipperLines }
+func (shipper) write(w net.Conn, buf []byte, i int) ([]byte, error) {
+	buf = buf[:0]
+	for j := range shipperLines {
+		buf = appendRecord(buf, i*shipperLines+j)
+	}
+	_, err := w.Write(buf)
+	return buf, err
+}
+
+var epoch = time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC)
+
+// appendRecord appends a 256-byte JSON log record (255 bytes and '\n').
+func appendRecord(dst []byte, seq int) []byte {
+	start := len(dst)
+	dst = append(dst, `{"ts":"`...)
+	dst = epoch.Add(time.Duration(seq)*time.Microsecond).AppendFormat(dst, time.RFC3339Nano)
+	dst = append(dst, `","level":"info","host":"web-`...)
+	dst = strconv.AppendInt(dst, int64(seq%64), 10)
+	dst = append(dst, `","service":"checkout","seq":`...)
+	dst = strconv.AppendInt(dst, int64(seq), 10)
+	dst = append(dst, `,"msg":"order placed","pad":"`...)
+	for len(dst)-start < 253 {
+		dst = append(dst, 'x')
+	}
+	return append(dst, "\"}\n"...)
+}
+
+// generate sends e2eBytes of 256-byte lines over e2eClients connections,
+// client i to addrs[i%len(addrs)], and waits until the sinks have counted
+// every line. It returns the elapsed time.
+func generate(b *testing.B, gen generator, addrs []string, sinks []*linetest.Sink) time.Duration {
+	b.Helper()
+	want := uint64(0)
+	for _, s := range sinks {
+		want += s.Lines()
+	}
+	want += uint64(e2eClients * gen.chunks() * gen.chunkLines())
+	conns := make([]net.Conn, e2eClients)
+	for i := range conns {
+		c, err := net.Dial("tcp", addrs[i%len(addrs)])
+		if err != nil {
+			b.Fatal(err)
+		}
+		conns[i] = c
+	}
+	start := time.Now()
+	var g errgroup.Group
+	for _, c := range conns {
+		g.Go(func() error {
+			defer c.Close()
+			buf := make([]byte, 0, 32<<10)
+			var err error
+			for i := range gen.chunks() {
+				if buf, err = gen.write(c, buf, i); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		b.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		got := uint64(0)
+		for _, s := range sinks {
+			got += s.Lines()
+		}
+		if got >= want {
+			return time.Since(start)
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("sinks got %d of %d lines", got, want)
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+}
+
+// BenchmarkEndToEnd moves 512 MiB of 256-byte lines from 4 client
+// connections into 2 sinks, directly and through ndlb, in each iteration,
+// and reports both rates, their ratio, ndlb's CPU seconds per GB and its
+// peak RSS; once with shipper-like clients that format every record, once
+// with bulk clients that write ready-made chunks.
+func BenchmarkEndToEnd(b *testing.B) {
+	bin := buildNDLB(b)
+	b.Run("shipper", func(b *testing.B) { endToEnd(b, bin, shipper{}) })
+	b.Run("bulk", func(b *testing.B) { endToEnd(b, bin, bulk{lines256(e2eChunk)}) })
+}
+
+func endToEnd(b *testing.B, bin string, gen generator) {
+	var sinks []*linetest.Sink
+	var addrs []string
+	for range 2 {
+		s, err := linetest.NewSink("127.0.0.1:0", nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer s.Close()
+		sinks = append(sinks, s)
+		addrs = append(addrs, s.Addr())
+	}
+	p := startNDLB(b, bin, addrs)
+	var once sync.Once
+	defer once.Do(p.stop)
+	var direct, via time.Duration
+	var cpu float64
+	for b.Loop() {
+		direct += generate(b, gen, addrs, sinks)
+		c0 := p.cpuSeconds()
+		via += generate(b, gen, []string{p.addr}, sinks)
+		cpu += p.cpuSeconds() - c0
+	}
+	gb := float64(b.N) * e2eBytes / 1e9
+	rss := p.peakRSS()
+	once.Do(p.stop)
+	b.ReportMetric(gb*1e3/direct.Seconds(), "direct-MB/s")
+	b.ReportMetric(gb*1e3/via.Seconds(), "ndlb-MB/s")
+	b.ReportMetric(gb*1e9/256/via.Seconds(), "ndlb-lines/s")
+	b.ReportMetric(direct.Seconds()/via.Seconds(), "ndlb/direct")
+	b.ReportMetric(cpu/gb, "ndlb-cpu-s/GB")
+	b.ReportMetric(rss, "ndlb-peak-RSS-MiB")
+	b.ReportMetric(0, "ns/op")
+}
