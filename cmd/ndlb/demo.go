@@ -34,7 +34,7 @@ func runDemo(c *cli.Context) error {
 	if clients < 1 || clients > 1000 || lines < 1 || dur <= 0 {
 		return usageError("demo: --clients 1..1000, --lines and --duration must be positive")
 	}
-	out := c.App.Writer
+	out := &lockedWriter{w: c.App.Writer} // progress and events print from two goroutines
 	ledger := linetest.NewLedger()
 	var sinks []*linetest.Sink
 	for range 2 {
@@ -168,4 +168,16 @@ func verdict(out io.Writer, ledger *linetest.Ledger, clients, lines int, sinks [
 		return cli.Exit("demo: "+r.String(), exitError)
 	}
 	return nil
+}
+
+// lockedWriter serialises writes from several goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
