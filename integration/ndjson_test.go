@@ -277,7 +277,7 @@ func TestSIGTERMDeliversEverythingRead(t *testing.T) {
 // its last, unfinished line is dropped as incomplete, and ndlb exits 0.
 func TestDrainTimeoutCutsSlowClient(t *testing.T) {
 	w := newWorld(t, 1)
-	p := startNDLB(t, "--target", w.targets(), "--drain-timeout", "500ms")
+	p := startNDLB(t, "--target", w.targets(), "--drain-timeout", "500ms", "--log-level", "debug")
 	conn := dial(t, p.addr)
 	b := linetest.AppendLine(nil, 1, 0)
 	b = linetest.AppendLine(b, 1, 1)
@@ -395,5 +395,24 @@ func TestShutdownDeadlineCountsUndelivered(t *testing.T) {
 	}
 	if len(p.findLogs("shutdown deadline passed: undelivered lines dropped")) == 0 {
 		t.Fatal("the drop was not logged")
+	}
+}
+
+// A second signal during the drain exits at once, with status 1.
+func TestSecondSignalExitsAtOnce(t *testing.T) {
+	w := newWorld(t, 1)
+	p := startNDLB(t, "--target", w.targets(), "--log-level", "debug")
+	conn := dial(t, p.addr) // stays open: the drain would wait 30 s for it
+	if _, err := conn.Write(linetest.AppendLine(nil, 1, 0)); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog("client connected", 5*time.Second)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	p.waitLog("shutting down: no new connections; draining clients", 5*time.Second)
+	if code := p.stop(syscall.SIGTERM, 5*time.Second); code != 1 {
+		t.Fatalf("exit code %d, want 1", code)
+	}
+	if len(p.findLogs("second signal: exiting without delivering what is queued")) == 0 {
+		t.Fatal("the second signal was not logged")
 	}
 }

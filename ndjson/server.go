@@ -133,7 +133,7 @@ func (s *Server) Err() <-chan error { return s.serveErr }
 // listener.Handler.
 func (s *Server) ServeConn(c *listener.Conn) {
 	start := time.Now()
-	c.Log.Info("client connected")
+	c.Log.Debug("client connected")
 	f := framer.New(c, s.cfg.Framer, s.bufs)
 	defer f.Close()
 	var lines, bytes, oversize uint64
@@ -173,6 +173,8 @@ func (s *Server) ServeConn(c *listener.Conn) {
 func (s *Server) logClose(c *listener.Conn, err error, start time.Time, lines, bytes, oversize uint64) {
 	attrs := []any{"lines", lines, "bytes", bytes, "dropped_oversize", oversize, "duration", time.Since(start).Round(time.Millisecond)}
 	switch {
+	case errors.Is(err, io.EOF) && lines == 0 && oversize == 0:
+		c.Log.Debug("client disconnected", attrs...) // a health check or port probe
 	case errors.Is(err, io.EOF):
 		c.Log.Info("client disconnected", attrs...)
 	case errors.Is(err, os.ErrDeadlineExceeded):

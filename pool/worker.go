@@ -149,7 +149,7 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 	armFailback()
 	fbDone := make(chan failbackResult, 1)
 	fbPending := false
-	stopWrites := context.AfterFunc(ctx, func() { c.conn.SetWriteDeadline(time.Unix(1, 0)) })
+	stopWrites := interruptWrites(ctx, c)
 	defer func() {
 		ack.Stop()
 		if fb != nil {
@@ -215,10 +215,16 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 			stopWrites()
 			c = r.c
 			w.opened(c)
-			stopWrites = context.AfterFunc(ctx, func() { c.conn.SetWriteDeadline(time.Unix(1, 0)) })
+			stopWrites = interruptWrites(ctx, c)
 			armFailback()
 		}
 	}
+}
+
+// interruptWrites makes a write blocked on c fail once ctx is done, so a hard
+// stop is not held up by a target that stopped reading.
+func interruptWrites(ctx context.Context, c *upConn) (stop func() bool) {
+	return context.AfterFunc(ctx, func() { _ = c.conn.SetWriteDeadline(time.Unix(1, 0)) })
 }
 
 // fail handles a connection that broke: its unacknowledged batches go back

@@ -55,8 +55,9 @@ func runBalancer(c *cli.Context) error {
 	}
 	go func() {
 		sig := <-sigs
+		q := srv.Stats().Queue
 		log.Error("second signal: exiting without delivering what is queued", "signal", sig.String(),
-			"queued_lines_lost", "unknown")
+			"undelivered_lines", q.LinesIn-q.LinesOut)
 		os.Exit(exitError)
 	}()
 	if sum := srv.Shutdown(); !sum.Clean {
