@@ -70,6 +70,16 @@ type Drop struct {
 	Bytes int
 }
 
+// BufferReader is implemented by readers that can wait for data before they
+// need a buffer: ReadBuffer calls get for the buffer to read into only when
+// data may be ready, and put to give it back when the read would block. A
+// framer that carries no partial line reads through it, so an idle stream
+// holds no buffer while it waits. Otherwise it behaves as io.Reader's Read
+// into the buffer from get.
+type BufferReader interface {
+	ReadBuffer(get func() []byte, put func()) (int, error)
+}
+
 // Framer turns one stream into batches of whole lines. It is not safe for
 // concurrent use: one goroutine calls Next until it returns an error.
 type Framer struct {
@@ -77,6 +87,9 @@ type Framer struct {
 	OnDrop func(Drop)
 
 	r    io.Reader
+	br   BufferReader // r, when it is one
+	get  func() []byte
+	put  func()
 	cfg  Config
 	pool *Pool
 
@@ -88,7 +101,25 @@ type Framer struct {
 
 // New returns a Framer reading r. cfg must be valid (see Config.Validate).
 func New(r io.Reader, cfg Config, pool *Pool) *Framer {
-	return &Framer{r: r, cfg: cfg, pool: pool}
+	f := &Framer{r: r, cfg: cfg, pool: pool}
+	if br, ok := r.(BufferReader); ok {
+		f.br, f.get, f.put = br, f.getBuffer, f.putBuffer
+	}
+	return f
+}
+
+// getBuffer and putBuffer lend cur to a BufferReader while no partial line
+// is carried.
+func (f *Framer) getBuffer() []byte {
+	f.ensureRoom()
+	return f.cur.buf[f.n:]
+}
+
+func (f *Framer) putBuffer() {
+	if f.n == 0 && f.cur != nil {
+		f.cur.Release()
+		f.cur = nil
+	}
 }
 
 // Next returns the next batch of whole lines. It returns io.EOF after the last
@@ -96,8 +127,14 @@ func New(r io.Reader, cfg Config, pool *Pool) *Framer {
 // an error the framer holds no buffers.
 func (f *Framer) Next() (*Batch, error) {
 	for f.err == nil {
-		f.ensureRoom()
-		n, err := f.r.Read(f.cur.buf[f.n:])
+		var n int
+		var err error
+		if f.br != nil && f.n == 0 {
+			n, err = f.br.ReadBuffer(f.get, f.put)
+		} else {
+			f.ensureRoom()
+			n, err = f.r.Read(f.cur.buf[f.n:])
+		}
 		f.err = err
 		if n > 0 {
 			if b := f.consume(f.n, f.n+n); b != nil {

@@ -227,3 +227,56 @@ func (r *loopReader) Read(p []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// lazyReader is a BufferReader over a chunkReader: every other read "would
+// block" first, giving the buffer back, as a socket with no data does.
+type lazyReader struct {
+	*chunkReader
+	f        *Framer
+	calls    int
+	heldIdle bool // the framer held a buffer while "blocked"
+}
+
+func (r *lazyReader) ReadBuffer(get func() []byte, put func()) (int, error) {
+	r.calls++
+	if r.calls%2 == 0 {
+		get()
+		put() // would block: give it back and wait
+		if r.f.cur != nil {
+			r.heldIdle = true
+		}
+	}
+	return r.Read(get())
+}
+
+// An idle stream with no partial line holds no buffer while it waits, and
+// the output is the same as through a plain reader.
+func TestBufferReaderHoldsNoBufferWhileIdle(t *testing.T) {
+	for _, tt := range tableTests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			if tt.maxLine > 0 {
+				cfg.MaxLineBytes = tt.maxLine
+			}
+			lr := &lazyReader{chunkReader: &chunkReader{data: []byte(tt.in), sizes: tt.sizes, err: tt.err}}
+			f := New(lr, cfg, NewPool())
+			lr.f = f
+			var out []byte
+			for {
+				b, err := f.Next()
+				if err != nil {
+					break
+				}
+				out = append(out, b.Data...)
+				b.Release()
+			}
+			want, _, _ := reference([]byte(tt.in), cfg.MaxLineBytes, tt.err == nil)
+			if !bytes.Equal(out, want) {
+				t.Fatalf("got %q, want %q", out, want)
+			}
+			if lr.heldIdle {
+				t.Fatal("the framer kept a buffer while waiting with no partial line")
+			}
+		})
+	}
+}

@@ -16,6 +16,7 @@ func FuzzFramer(f *testing.F) {
 	}
 	f.Add(bytes.Repeat([]byte("line of text\n"), 100), []byte{200, 13}, uint16(8), true)
 	f.Fuzz(func(t *testing.T, in, sizes []byte, maxLine uint16, clean bool) {
+		lazy := len(sizes) > 0 && sizes[0]%2 == 1 // read through a BufferReader
 		cfg := Config{ReadBytes: 16, MaxLineBytes: int(maxLine%600) + 1}
 		var readErr error
 		if !clean {
@@ -25,7 +26,10 @@ func FuzzFramer(f *testing.F) {
 		for i, s := range sizes {
 			ints[i] = int(s)
 		}
-		r := &chunkReader{data: in, sizes: ints, err: readErr}
+		var r io.Reader = &chunkReader{data: in, sizes: ints, err: readErr}
+		if lazy {
+			r = &lazyReader{chunkReader: r.(*chunkReader), f: &Framer{}}
+		}
 		out, lines, drops, err := frame(t, r, cfg)
 		wantOut, wantLines, wantDropped := reference(in, cfg.MaxLineBytes, clean)
 		if !bytes.Equal(out, wantOut) {

@@ -134,7 +134,7 @@ func (s *Server) Err() <-chan error { return s.serveErr }
 func (s *Server) ServeConn(c *listener.Conn) {
 	start := time.Now()
 	c.Log.Debug("client connected")
-	f := framer.New(c, s.cfg.Framer, s.bufs)
+	f := framer.New(clientReader(c), s.cfg.Framer, s.bufs)
 	defer f.Close()
 	var lines, bytes, oversize uint64
 	warn := rate.Sometimes{First: 1, Interval: time.Second}
