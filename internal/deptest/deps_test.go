@@ -1,0 +1,62 @@
+package deptest
+
+import (
+	"encoding/json"
+	"io"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/ndlb/ndlb/"
+
+// allowed lists, for each library package, the packages of this module it
+// may import (directly or not). cmd/ndlb wires everything and is not listed;
+// nothing can import it, as it is a main package.
+var allowed = map[string][]string{
+	"framer":   {},
+	"upstream": {},
+	"tlsutil":  {},
+	"listener": {},
+	"dispatch": {"framer"},
+	"pool":     {"dispatch", "framer", "upstream"},
+	"ndjson":   {"dispatch", "framer", "listener", "pool", "upstream"},
+}
+
+type pkg struct {
+	ImportPath string
+	Deps       []string
+}
+
+func TestImportRules(t *testing.T) {
+	out, err := exec.Command("go", "list", "-json", "../../...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	seen := 0
+	for {
+		var p pkg
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		name := strings.TrimPrefix(p.ImportPath, module)
+		rules, ok := allowed[name]
+		if !ok {
+			continue
+		}
+		seen++
+		for _, d := range p.Deps {
+			dep, ours := strings.CutPrefix(d, module)
+			if ours && !slices.Contains(rules, dep) {
+				t.Errorf("%s imports %s; DESIGN.md allows only %v", name, dep, rules)
+			}
+		}
+	}
+	if seen != len(allowed) {
+		t.Fatalf("checked %d packages, want %d: a package was renamed or removed", seen, len(allowed))
+	}
+}
