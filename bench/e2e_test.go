@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/ndlb/ndlb/internal/linetest"
 )
 
@@ -155,38 +153,24 @@ func appendRecord(dst []byte, seq int) []byte {
 
 // generate sends e2eBytes of 256-byte lines over e2eClients connections,
 // client i to addrs[i%len(addrs)], and waits until the sinks have counted
-// every line. It returns the elapsed time.
-func generate(b *testing.B, gen generator, addrs []string, sinks []*linetest.Sink) time.Duration {
+// every line. It returns the elapsed time. With oneCPU the clients run in a
+// separate process limited to one CPU (GOMAXPROCS=1), as a single-threaded
+// shipper would.
+func generate(b *testing.B, gen generator, oneCPU bool, addrs []string, sinks []*linetest.Sink) time.Duration {
 	b.Helper()
 	want := uint64(0)
 	for _, s := range sinks {
 		want += s.Lines()
 	}
 	want += uint64(e2eClients * gen.chunks() * gen.chunkLines())
-	conns := make([]net.Conn, e2eClients)
-	for i := range conns {
-		c, err := net.Dial("tcp", addrs[i%len(addrs)])
-		if err != nil {
-			b.Fatal(err)
-		}
-		conns[i] = c
-	}
 	start := time.Now()
-	var g errgroup.Group
-	for _, c := range conns {
-		g.Go(func() error {
-			defer c.Close()
-			buf := make([]byte, 0, 32<<10)
-			var err error
-			for i := range gen.chunks() {
-				if buf, err = gen.write(c, buf, i); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+	if oneCPU {
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), genEnv+"="+strings.Join(addrs, ","), "GOMAXPROCS=1")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("generator process: %v\n%s", err, out)
+		}
+	} else if err := runGenerator(addrs, gen); err != nil {
 		b.Fatal(err)
 	}
 	deadline := time.Now().Add(60 * time.Second)
@@ -208,15 +192,17 @@ func generate(b *testing.B, gen generator, addrs []string, sinks []*linetest.Sin
 // BenchmarkEndToEnd moves 512 MiB of 256-byte lines from 4 client
 // connections into 2 sinks, directly and through ndlb, in each iteration,
 // and reports both rates, their ratio, ndlb's CPU seconds per GB and its
-// peak RSS; once with shipper-like clients that format every record, once
-// with bulk clients that write ready-made chunks.
+// peak RSS: with shipper-like clients that format every record, in a
+// single-threaded process of their own and spread over both CPUs, and with
+// bulk clients that write ready-made chunks.
 func BenchmarkEndToEnd(b *testing.B) {
 	bin := buildNDLB(b)
-	b.Run("shipper", func(b *testing.B) { endToEnd(b, bin, shipper{}) })
-	b.Run("bulk", func(b *testing.B) { endToEnd(b, bin, bulk{lines256(e2eChunk)}) })
+	b.Run("shipper-1cpu", func(b *testing.B) { endToEnd(b, bin, shipper{}, true) })
+	b.Run("shipper", func(b *testing.B) { endToEnd(b, bin, shipper{}, false) })
+	b.Run("bulk", func(b *testing.B) { endToEnd(b, bin, bulk{lines256(e2eChunk)}, false) })
 }
 
-func endToEnd(b *testing.B, bin string, gen generator) {
+func endToEnd(b *testing.B, bin string, gen generator, oneCPU bool) {
 	var sinks []*linetest.Sink
 	var addrs []string
 	for range 2 {
@@ -234,9 +220,9 @@ func endToEnd(b *testing.B, bin string, gen generator) {
 	var direct, via time.Duration
 	var cpu float64
 	for b.Loop() {
-		direct += generate(b, gen, addrs, sinks)
+		direct += generate(b, gen, oneCPU, addrs, sinks)
 		c0 := p.cpuSeconds()
-		via += generate(b, gen, []string{p.addr}, sinks)
+		via += generate(b, gen, oneCPU, []string{p.addr}, sinks)
 		cpu += p.cpuSeconds() - c0
 	}
 	gb := float64(b.N) * e2eBytes / 1e9

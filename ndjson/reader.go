@@ -19,6 +19,14 @@ import (
 type idleReader struct {
 	*listener.Conn
 	rc syscall.RawConn
+
+	// State of the read in progress. readFn is r.read bound once, so that
+	// a read allocates nothing.
+	readFn  func(fd uintptr) bool
+	get     func() []byte
+	put     func()
+	n       int
+	readErr error
 }
 
 var _ framer.BufferReader = (*idleReader)(nil)
@@ -33,26 +41,17 @@ func clientReader(c *listener.Conn) io.Reader {
 	if err != nil {
 		return c
 	}
-	return &idleReader{Conn: c, rc: rc}
+	r := &idleReader{Conn: c, rc: rc}
+	r.readFn = r.read
+	return r
 }
 
 // ReadBuffer implements framer.BufferReader.
 func (r *idleReader) ReadBuffer(get func() []byte, put func()) (int, error) {
-	var n int
-	var rerr error
-	err := r.rc.Read(func(fd uintptr) bool {
-		for {
-			n, rerr = syscall.Read(int(fd), get())
-			switch {
-			case errors.Is(rerr, syscall.EINTR):
-				continue
-			case errors.Is(rerr, syscall.EAGAIN):
-				put()
-				return false // wait for readability without a buffer
-			}
-			return true
-		}
-	})
+	r.get, r.put = get, put
+	err := r.rc.Read(r.readFn)
+	n, rerr := r.n, r.readErr
+	r.get, r.put, r.readErr = nil, nil, nil
 	switch {
 	case err != nil: // closed, or the read deadline passed
 		return 0, err
@@ -62,4 +61,20 @@ func (r *idleReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 		return 0, io.EOF
 	}
 	return n, nil
+}
+
+// read is called by the runtime when the socket may be readable; returning
+// false waits for readability.
+func (r *idleReader) read(fd uintptr) bool {
+	for {
+		r.n, r.readErr = syscall.Read(int(fd), r.get())
+		switch {
+		case errors.Is(r.readErr, syscall.EINTR):
+			continue
+		case errors.Is(r.readErr, syscall.EAGAIN):
+			r.put()
+			return false // wait without holding a buffer
+		}
+		return true
+	}
 }

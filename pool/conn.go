@@ -33,14 +33,16 @@ type upConn struct {
 	id     ksuid.KSUID
 	target *upstream.Target
 	conn   net.Conn        // what batches are written to (TLS or TCP)
-	raw    syscall.RawConn // the TCP socket, for SIOCOUTQ; nil if unknown
+	raw    syscall.RawConn // the TCP socket; nil if unknown
+	outq   *outq           // samples raw's send queue; nil if raw is
 	count  *countConn      // raw bytes written, under TLS
 	log    *slog.Logger
 
-	bufs    net.Buffers
-	written int64     // bytes handed to the socket
-	acked   int64     // bytes known acknowledged
-	unacked []pending // in write order
+	bufs    net.Buffers // the batches of the write in progress
+	wv      net.Buffers // what WriteTo consumes; a field, so it does not escape per write
+	written int64       // bytes handed to the socket
+	acked   int64       // bytes known acknowledged
+	unacked []pending   // in write order
 
 	dead    chan struct{} // closed when the reader sees EOF or an error
 	readErr error         // set before dead is closed
@@ -70,7 +72,9 @@ func (p *Pool) dialConn(ctx context.Context, t *upstream.Target) (*upConn, error
 	}
 	c := &upConn{id: ksuid.New(), target: t, conn: raw, dead: make(chan struct{})}
 	if sc, ok := raw.(syscall.Conn); ok {
-		c.raw, _ = sc.SyscallConn()
+		if c.raw, _ = sc.SyscallConn(); c.raw != nil {
+			c.outq = newOutq(c.raw)
+		}
 	}
 	if p.cfg.TLS != nil {
 		if err := c.startTLS(ctx, p.cfg.TLS, t.Addr); err != nil {
@@ -139,8 +143,8 @@ func (c *upConn) write(bs []*framer.Batch, timeout time.Duration) error {
 		c.bufs = append(c.bufs, b.Data)
 	}
 	start := c.written
-	bufs := c.bufs // WriteTo consumes its receiver
-	n, err := bufs.WriteTo(c.conn)
+	c.wv = c.bufs // WriteTo consumes its receiver
+	n, err := c.wv.WriteTo(c.conn)
 	c.written += n
 	end := start
 	for _, b := range bs {
@@ -167,8 +171,8 @@ func (c *upConn) settle(q *dispatch.Queue) int {
 		return 0
 	}
 	c.acked = c.written
-	if c.raw != nil {
-		outq, err := unackedBytes(c.raw)
+	if c.outq != nil {
+		outq, err := c.outq.unacked()
 		switch {
 		case err == nil:
 			c.acked = c.written - int64(outq)

@@ -7,15 +7,30 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// unackedBytes returns the bytes in the socket's send queue: written but not
-// yet acknowledged by the peer (SIOCOUTQ).
-func unackedBytes(rc syscall.RawConn) (int, error) {
-	var n int
-	var ierr error
-	if err := rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) }); err != nil {
+// outq samples SIOCOUTQ: the bytes in a socket's send queue, written but
+// not yet acknowledged by the peer. One is made per connection so that a
+// sample allocates nothing (a closure passed to Control would).
+type outq struct {
+	rc  syscall.RawConn
+	fn  func(fd uintptr)
+	n   int
+	err error
+}
+
+func newOutq(rc syscall.RawConn) *outq {
+	q := &outq{rc: rc}
+	q.fn = q.sample
+	return q
+}
+
+func (q *outq) sample(fd uintptr) { q.n, q.err = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) }
+
+// unacked returns the bytes written and not yet acknowledged.
+func (q *outq) unacked() (int, error) {
+	if err := q.rc.Control(q.fn); err != nil {
 		return 0, err
 	}
-	return n, ierr
+	return q.n, q.err
 }
 
 // userTimeoutControl sets TCP_USER_TIMEOUT on new sockets, so data left

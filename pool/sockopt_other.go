@@ -8,10 +8,12 @@ import (
 	"time"
 )
 
-// unackedBytes is unknown off Linux: batches count as delivered once written.
-func unackedBytes(syscall.RawConn) (int, error) {
-	return 0, errors.ErrUnsupported
-}
+// outq is unknown off Linux: batches count as delivered once written.
+type outq struct{}
+
+func newOutq(syscall.RawConn) *outq { return &outq{} }
+
+func (*outq) unacked() (int, error) { return 0, errors.ErrUnsupported }
 
 // userTimeoutControl is a no-op off Linux.
 func userTimeoutControl(time.Duration) func(string, string, syscall.RawConn) error {

@@ -162,7 +162,7 @@ func (s *Sink) discard(sc *sinkConn) {
 	rc, err := sc.c.SyscallConn()
 	if err == nil {
 		_ = rc.Control(func(fd uintptr) {
-			n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+			n, err := unreadBytes(int(fd))
 			if err != nil || n == 0 {
 				return
 			}
