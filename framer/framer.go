@@ -9,7 +9,9 @@ import (
 
 // Defaults for Config.
 const (
-	DefaultReadBytes    = 16 << 10
+	// DefaultReadBytes is Config.ReadBytes: 16 KiB.
+	DefaultReadBytes = 16 << 10
+	// DefaultMaxLineBytes is Config.MaxLineBytes: 1 MiB.
 	DefaultMaxLineBytes = 1 << 20
 	// MaxMaxLineBytes is the largest MaxLineBytes Validate accepts.
 	MaxMaxLineBytes = 1 << 30

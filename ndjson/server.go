@@ -24,7 +24,9 @@ import (
 
 // Defaults for Config.
 const (
-	DefaultDrainTimeout   = 30 * time.Second
+	// DefaultDrainTimeout is Config.DrainTimeout.
+	DefaultDrainTimeout = 30 * time.Second
+	// DefaultDeliverTimeout is Config.DeliverTimeout.
 	DefaultDeliverTimeout = 30 * time.Second
 )
 

@@ -55,6 +55,7 @@ type countConn struct {
 	n atomic.Int64
 }
 
+// Write writes to the connection and counts what was written.
 func (c *countConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	c.n.Add(int64(n))

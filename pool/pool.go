@@ -17,19 +17,30 @@ import (
 	"github.com/ndlb/ndlb/upstream"
 )
 
-// Defaults for Config.
+// Defaults for Config; each field's doc says what it means.
 const (
-	DefaultConnections    = 4
-	DefaultFailback       = 5 * time.Minute
+	// DefaultConnections is Config.Connections: workers per target.
+	DefaultConnections = 4
+	// DefaultFailback is Config.Failback.
+	DefaultFailback = 5 * time.Minute
+	// DefaultConnectTimeout is Config.ConnectTimeout.
 	DefaultConnectTimeout = 5 * time.Second
-	DefaultWriteTimeout   = 15 * time.Second
-	DefaultUserTimeout    = 10 * time.Second
-	DefaultKeepAlive      = 15 * time.Second
+	// DefaultWriteTimeout is Config.WriteTimeout.
+	DefaultWriteTimeout = 15 * time.Second
+	// DefaultUserTimeout is Config.UserTimeout (TCP_USER_TIMEOUT).
+	DefaultUserTimeout = 10 * time.Second
+	// DefaultKeepAlive is Config.KeepAlive.
+	DefaultKeepAlive = 15 * time.Second
+	// DefaultBackoffInitial is Config.BackoffInitial.
 	DefaultBackoffInitial = 100 * time.Millisecond
-	DefaultBackoffMax     = 5 * time.Second
-	DefaultAckInterval    = 2 * time.Millisecond
-	DefaultMaxWriteBytes  = 1 << 20
-	DefaultMaxWriteCount  = 256
+	// DefaultBackoffMax is Config.BackoffMax.
+	DefaultBackoffMax = 5 * time.Second
+	// DefaultAckInterval is Config.AckInterval.
+	DefaultAckInterval = 2 * time.Millisecond
+	// DefaultMaxWriteBytes is Config.MaxWriteBytes.
+	DefaultMaxWriteBytes = 1 << 20
+	// DefaultMaxWriteCount is Config.MaxWriteCount (well under IOV_MAX).
+	DefaultMaxWriteCount = 256
 )
 
 // ErrConfig is wrapped by Config.Validate's errors.

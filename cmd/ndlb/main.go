@@ -1,8 +1,3 @@
-// Command ndlb is a TCP load balancer that understands lines: it spreads
-// newline-delimited streams (NDJSON logs) over many targets in batches of
-// whole lines, without losing or tearing a line when a target fails.
-//
-// Run `ndlb --help` for the flags, `ndlb demo` to see it work.
 package main
 
 import (
