@@ -308,6 +308,7 @@ func TestBadFlagsExit2(t *testing.T) {
 		{name: "no target", args: nil, want: "--target"},
 		{name: "not host:port", args: []string{"-target", "localhost"}, want: "--target"},
 		{name: "port out of range in target", args: []string{"-target", "a:70000"}, want: "--target"},
+		{name: "duplicate target", args: []string{"-target", "a:1,b:2", "-target", "a:1"}, want: "--target"},
 		{name: "listen port out of range", args: []string{"-target", "a:1", "-port", "65536"}, want: "--port"},
 		{name: "connections below 1", args: []string{"-target", "a:1", "-connections", "0"}, want: "--connections"},
 		{name: "connections not a number", args: []string{"-target", "a:1", "--connections", "four"}, want: "connections"},

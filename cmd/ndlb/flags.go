@@ -3,6 +3,7 @@ package main
 import (
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -99,6 +100,9 @@ func targets(c *cli.Context) ([]string, error) {
 			}
 			if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
 				return nil, usageError("invalid value %q for --target: port must be 1..65535", t)
+			}
+			if slices.Contains(out, t) {
+				return nil, usageError("invalid value for --target: %q is listed twice (use --connections for more connections per target)", t)
 			}
 			out = append(out, t)
 		}
