@@ -323,3 +323,56 @@ func waitFor(t *testing.T, cond func() bool) {
 }
 
 var _ io.Writer = (*countConn)(nil)
+
+// A target that accepts and at once resets every connection (a receiver in a
+// crash loop behind a live port): the workers back off instead of spinning,
+// and every line reaches the healthy target except those the flapping
+// target's kernel had already acknowledged, which no sender can recover.
+func TestFlappingTargetBacksOff(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var unread bytes.Buffer // what the flapping target's kernel held at each reset
+	accepted := make(chan struct{})
+	go func() {
+		defer close(accepted)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			unread.Write(linetest.ResetUnread(c.(*net.TCPConn)))
+		}
+	}()
+	defer func() { ln.Close(); <-accepted }()
+
+	cfg := testConfig()
+	cfg.Connections = 1
+	w := newWorld(t, 1, cfg)
+	w.set = upstream.NewSet([]string{ln.Addr().String(), w.sinks[0].Addr()})
+	w.p = New(cfg, w.q, w.set)
+	w.start()
+	start := time.Now()
+	for i := range uint32(20) {
+		w.push(1, i*500, (i+1)*500, 50)
+		time.Sleep(10 * time.Millisecond) // traffic spread over ~200 ms
+	}
+	w.finish()
+	elapsed := time.Since(start)
+	ln.Close()
+	<-accepted
+	r := w.ledger.Check(map[uint32]uint32{1: 10000})
+	acked := uint64(bytes.Count(unread.Bytes(), []byte{'\n'}))
+	t.Logf("%s; the flapping target acknowledged %d lines it never read", r, acked)
+	if r.Torn != 0 || r.Lost > acked {
+		t.Fatal(r)
+	}
+	// With backoff starting at 10 ms and capped at 50 ms, the workers make a
+	// few dials in this time; without it they would make thousands.
+	dials := w.p.Stats().Dials
+	t.Logf("%d dials in %s", dials, elapsed.Round(time.Millisecond))
+	if limit := uint64(2 + 2*elapsed/(10*time.Millisecond)); dials > limit {
+		t.Fatalf("%d dials in %s: the workers are not backing off (limit %d)", dials, elapsed, limit)
+	}
+}

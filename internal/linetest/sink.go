@@ -176,6 +176,17 @@ func (s *Sink) discard(sc *sinkConn) {
 	resetClose(sc.c)
 }
 
+// ResetUnread resets c as a crashing target would, and returns the data its
+// kernel had acknowledged and the process never read: exactly what the
+// sender loses. Nothing can slip in between the measurement and the reset
+// (see shutdown).
+func ResetUnread(c *net.TCPConn) []byte {
+	shutdown(c)
+	sc := &sinkConn{c: c}
+	(&Sink{}).discard(sc)
+	return sc.unreadLn
+}
+
 // shutdown stops the connection both ways. From here on any data that
 // arrives is answered with a reset instead of being acknowledged (RFC 1122,
 // FIN-WAIT with the read side shut), so what the kernel holds is all that
