@@ -8,7 +8,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/ndlb/ndlb/internal/linetest"
 )
@@ -66,9 +65,7 @@ func TestContainerStyleRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
-		t.Fatalf("exit code %d", code)
-	}
+	p.stopOK()
 	if r := w.check(sent); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
 		t.Fatal(r)
 	}

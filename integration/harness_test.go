@@ -180,6 +180,14 @@ func (p *proc) stop(sig syscall.Signal, timeout time.Duration) int {
 	return p.wait(timeout)
 }
 
+// stopOK sends SIGTERM and fails the test unless ndlb exits 0.
+func (p *proc) stopOK() {
+	p.t.Helper()
+	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
+		p.t.Fatalf("exit code %d, want 0", code)
+	}
+}
+
 func (p *proc) wait(timeout time.Duration) int {
 	p.t.Helper()
 	select {

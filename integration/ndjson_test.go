@@ -29,9 +29,7 @@ func TestSpreadsEveryLineOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
-		t.Fatalf("exit code %d", code)
-	}
+	p.stopOK()
 	r := w.check(sent)
 	if r.Lost != 0 || r.Duplicated != 0 || r.Torn != 0 || r.Unexpected != 0 {
 		t.Fatal(r)
@@ -73,9 +71,7 @@ func TestTargetResetFailoverAndFailback(t *testing.T) {
 	}
 	before := victim.Lines()
 	p.waitLog("failed back", 10*time.Second)
-	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
-		t.Fatalf("exit code %d", code)
-	}
+	p.stopOK()
 	r := w.check(sent)
 	if r.Lost != 0 || r.Torn != 0 {
 		t.Fatal(r)
@@ -113,9 +109,7 @@ func TestStalledTargetResetLosesOnlyItsUnreadQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := <-killed
-	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
-		t.Fatalf("exit code %d", code)
-	}
+	p.stopOK()
 	r := w.check(sent)
 	unreadLines := uint64(bytes.Count(k.Unread, []byte{'\n'}))
 	t.Logf("unread in the target's receive queue at the reset: %d bytes, %d lines; lost %d lines",
@@ -147,9 +141,7 @@ func TestUnterminatedTailsNeverMerge(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
-		t.Fatalf("exit code %d", code)
-	}
+	p.stopOK()
 	if r := w.check(sent); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
 		t.Fatal(r)
 	}
@@ -180,9 +172,7 @@ func TestOversizeLineDroppedAndCounted(t *testing.T) {
 	conn.Close()
 	p.waitLog("client disconnected", 10*time.Second)
 	hwm := p.vmHWM()
-	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
-		t.Fatalf("exit code %d", code)
-	}
+	p.stopOK()
 	if r := w.check(map[uint32]uint32{1: 3}); r.Lost != 0 || r.Torn != 0 || r.Received != 3 {
 		t.Fatal(r)
 	}
@@ -231,9 +221,7 @@ func TestAllTargetsDownClientsSlowedNotDropped(t *testing.T) {
 	if took := time.Since(start); took < 5*time.Second {
 		t.Logf("clients finished in %s: they were not held back (the buffer absorbed everything)", took)
 	}
-	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
-		t.Fatalf("exit code %d", code)
-	}
+	p.stopOK()
 	if r := w.check(sent); r.Lost != 0 || r.Torn != 0 {
 		t.Fatal(r)
 	}
@@ -285,9 +273,7 @@ func TestDrainTimeoutCutsSlowClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.waitLog("client connected", 5*time.Second)
-	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
-		t.Fatalf("exit code %d", code)
-	}
+	p.stopOK()
 	if r := w.check(map[uint32]uint32{1: 1}); r.Lost != 0 || r.Torn != 0 || r.Received != 1 {
 		t.Fatal(r)
 	}

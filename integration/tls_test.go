@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"io"
-	"syscall"
 	"testing"
 	"time"
 
@@ -104,9 +103,7 @@ func TestTLSBothSidesWithClientCertificates(t *testing.T) {
 	}
 	proc.waitLog("TLS handshake failed", 5*time.Second)
 
-	if code := proc.stop(syscall.SIGTERM, 30*time.Second); code != 0 {
-		t.Fatalf("exit code %d", code)
-	}
+	proc.stopOK()
 	if r := w.check(sent); r.Lost != 0 || r.Duplicated != 0 || r.Torn != 0 || r.Unexpected != 0 {
 		t.Fatal(r)
 	}

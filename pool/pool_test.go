@@ -45,10 +45,18 @@ func testConfig() Config {
 
 func newWorld(t *testing.T, nSinks int, cfg Config) *world {
 	t.Helper()
+	return newWorldWith(t, nSinks, cfg, func(l *linetest.Ledger) (*linetest.Sink, error) {
+		return linetest.NewSink("127.0.0.1:0", l)
+	})
+}
+
+// newWorldWith is newWorld with sinks made by newSink (TLS ones, say).
+func newWorldWith(t *testing.T, nSinks int, cfg Config, newSink func(*linetest.Ledger) (*linetest.Sink, error)) *world {
+	t.Helper()
 	w := &world{t: t, ledger: linetest.NewLedger(), done: make(chan struct{})}
 	var addrs []string
 	for range nSinks {
-		s, err := linetest.NewSink("127.0.0.1:0", w.ledger)
+		s, err := newSink(w.ledger)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -70,6 +78,17 @@ func (w *world) start() {
 	w.cancel = cancel
 	go func() { defer close(w.done); w.p.Run(ctx) }()
 	w.t.Cleanup(func() { cancel(); <-w.done })
+}
+
+// resetMidStream sends 30 000 lines, draining and resetting the first sink
+// after 10 000, and returns what the sinks got.
+func (w *world) resetMidStream() linetest.Report {
+	w.start()
+	w.push(1, 0, 10000, 20)
+	w.sinks[0].Kill(true)
+	w.push(1, 10000, 30000, 20)
+	w.finish()
+	return w.ledger.Check(map[uint32]uint32{1: 30000})
 }
 
 // push sends lines [from, to) of client c as batches of per lines.
@@ -129,13 +148,7 @@ func TestDeliversEverythingOnce(t *testing.T) {
 // its unacknowledged batches are requeued and nothing is lost.
 func TestFailoverOnReset(t *testing.T) {
 	w := newWorld(t, 2, testConfig())
-	w.start()
-	w.push(1, 0, 10000, 20)
-	w.sinks[0].Kill(true)
-	w.push(1, 10000, 30000, 20)
-	w.finish()
-	r := w.ledger.Check(map[uint32]uint32{1: 30000})
-	if r.Lost != 0 || r.Torn != 0 {
+	if r := w.resetMidStream(); r.Lost != 0 || r.Torn != 0 {
 		t.Fatal(r)
 	}
 	if st := w.p.Stats(); st.Failovers == 0 || st.ConnFailures == 0 {

@@ -7,7 +7,6 @@ import (
 
 	"github.com/ndlb/ndlb/internal/certtest"
 	"github.com/ndlb/ndlb/internal/linetest"
-	"github.com/ndlb/ndlb/upstream"
 )
 
 // Over TLS, acknowledgement is counted in bytes on the wire (records and
@@ -31,26 +30,11 @@ func TestTLSTargetFailover(t *testing.T) {
 
 	cfg := testConfig()
 	cfg.TLS = func() (*tls.Config, error) { return &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, nil }
-	w := newWorld(t, 0, cfg)
-	var addrs []string
-	for range 2 {
-		s, err := linetest.NewTLSSink("127.0.0.1:0", w.ledger, &tls.Config{Certificates: []tls.Certificate{cert}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(s.Close)
-		w.sinks = append(w.sinks, s)
-		addrs = append(addrs, s.Addr())
-	}
-	w.set = upstream.NewSet(addrs)
-	w.p = New(cfg, w.q, w.set)
-	w.start()
-	w.push(1, 0, 10000, 20)
-	w.sinks[0].Kill(true)
-	w.push(1, 10000, 30000, 20)
-	w.finish()
-	r := w.ledger.Check(map[uint32]uint32{1: 30000})
-	if r.Lost != 0 || r.Torn != 0 {
+	sinkTLS := &tls.Config{Certificates: []tls.Certificate{cert}}
+	w := newWorldWith(t, 2, cfg, func(l *linetest.Ledger) (*linetest.Sink, error) {
+		return linetest.NewTLSSink("127.0.0.1:0", l, sinkTLS)
+	})
+	if r := w.resetMidStream(); r.Lost != 0 || r.Torn != 0 {
 		t.Fatal(r)
 	}
 	var lines uint64
