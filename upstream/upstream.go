@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Target is one upstream address and its state. Its methods are safe for
@@ -19,6 +20,11 @@ type Target struct {
 	bytes    atomic.Uint64
 	conns    atomic.Int64
 	failures atomic.Uint64
+
+	// Passive health (passthrough mode): failed attempts in a row, and
+	// the time (Unix nanoseconds) until which the target is skipped.
+	streak    atomic.Int64
+	skipUntil atomic.Int64
 }
 
 // Up reports whether the last dial or connection to the target succeeded. A
@@ -45,13 +51,42 @@ func (t *Target) LastErr() error {
 	return t.lastErr
 }
 
+// AttemptFailed records a failed connection attempt (passthrough mode). After
+// maxFails failures in a row the target is skipped until now+failTimeout;
+// AttemptFailed reports whether this failure started such a period. A target
+// tried again after its period and failing again is skipped again at once.
+func (t *Target) AttemptFailed(err error, now time.Time, maxFails int, failTimeout time.Duration) bool {
+	t.MarkDown(err)
+	if maxFails <= 0 || t.streak.Add(1) < int64(maxFails) {
+		return false
+	}
+	was := t.Skipped(now)
+	t.skipUntil.Store(now.Add(failTimeout).UnixNano())
+	return !was
+}
+
+// AttemptSucceeded records a successful connection attempt and reports
+// whether the target had been down.
+func (t *Target) AttemptSucceeded() bool {
+	t.streak.Store(0)
+	t.skipUntil.Store(0)
+	return t.MarkUp()
+}
+
+// Skipped reports whether passive health check excludes the target at now.
+func (t *Target) Skipped(now time.Time) bool { return now.UnixNano() < t.skipUntil.Load() }
+
+// Active is the number of the target's open connections.
+func (t *Target) Active() int64 { return t.conns.Load() }
+
 // Delivered counts lines and bytes the target acknowledged.
 func (t *Target) Delivered(lines, bytes int) {
 	t.lines.Add(uint64(lines))
 	t.bytes.Add(uint64(bytes))
 }
 
-// ConnOpened and ConnClosed track the target's open worker connections.
+// ConnOpened and ConnClosed track the target's open connections: worker
+// connections in NDJSON mode, proxied ones in passthrough mode.
 func (t *Target) ConnOpened() { t.conns.Add(1) }
 
 // ConnClosed is the pair of ConnOpened.

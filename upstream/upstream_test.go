@@ -3,6 +3,7 @@ package upstream
 import (
 	"errors"
 	"testing"
+	"time"
 )
 
 func TestFailoverOrder(t *testing.T) {
@@ -56,5 +57,35 @@ func TestStateAndCounters(t *testing.T) {
 	tg.MarkUp()
 	if !tg.Up() {
 		t.Fatal("MarkUp did not mark up")
+	}
+}
+
+func TestPassiveHealth(t *testing.T) {
+	tg := &Target{Addr: "x:1"}
+	now := time.Unix(1000, 0)
+	refused := errors.New("refused")
+	for i := range 2 {
+		if tg.AttemptFailed(refused, now, 3, 10*time.Second) || tg.Skipped(now) {
+			t.Fatalf("skipped after %d failures, want 3", i+1)
+		}
+	}
+	if !tg.AttemptFailed(refused, now, 3, 10*time.Second) || !tg.Skipped(now) {
+		t.Fatal("not skipped after 3 failures")
+	}
+	if !tg.Skipped(now.Add(9*time.Second)) || tg.Skipped(now.Add(10*time.Second)) {
+		t.Fatal("skip period is not --fail-timeout")
+	}
+	later := now.Add(11 * time.Second)
+	if !tg.AttemptFailed(refused, later, 3, 10*time.Second) || !tg.Skipped(later) {
+		t.Fatal("a failed retry after the period does not skip again at once")
+	}
+	if !tg.AttemptSucceeded() || tg.Skipped(later) || !tg.Up() {
+		t.Fatal("a success does not clear the skip")
+	}
+	if tg.AttemptFailed(refused, later, 3, time.Second) {
+		t.Fatal("the streak was not reset by the success")
+	}
+	if (&Target{}).AttemptFailed(refused, now, 0, time.Second) {
+		t.Fatal("maxFails 0 must disable skipping")
 	}
 }
