@@ -14,6 +14,8 @@ require (
 	golang.org/x/sys v0.49.0
 )
 
+require github.com/pires/go-proxyproto v0.15.0 // indirect
+
 require (
 	github.com/cpuguy83/go-md2man/v2 v2.0.7 // indirect
 	github.com/russross/blackfriday/v2 v2.1.0 // indirect

@@ -12,23 +12,54 @@ import (
 	"time"
 
 	"github.com/segmentio/ksuid"
+	"golang.org/x/time/rate"
 )
 
-// DefaultHandshakeTimeout bounds a client's TLS handshake.
-const DefaultHandshakeTimeout = 10 * time.Second
+// Defaults for Config.
+const (
+	// DefaultHandshakeTimeout bounds a client's TLS handshake.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultProxyHeaderTimeout bounds reading a PROXY protocol header.
+	DefaultProxyHeaderTimeout = 5 * time.Second
+)
 
 // backlogGrace is how long Shutdown keeps accepting, so that connections the
 // kernel completed before the shutdown (and whose clients may have sent all
 // their data and gone) are served rather than reset with the listener.
 const backlogGrace = 100 * time.Millisecond
 
-// Conn is an accepted client connection, after its TLS handshake.
+// Conn is an accepted client connection, after its PROXY header and TLS
+// handshake.
 type Conn struct {
 	net.Conn
 	// ID names the connection in logs.
 	ID ksuid.KSUID
-	// Log carries the connection's id and peer address.
+	// Log carries the connection's id and client address.
 	Log *slog.Logger
+	// Client is the client's address: the source of the PROXY header when
+	// the listener accepts one, else the peer's address.
+	Client net.Addr
+	// Local is the address the client connected to: the destination of
+	// the PROXY header when there is one, else the local address.
+	Local net.Addr
+}
+
+// Raw returns the plain TCP connection under c, and the bytes the listener
+// read past the PROXY header, which come before anything read from tcp.
+// It is for handlers that read the socket directly (zero-copy, or waiting
+// for data without a buffer); call it before reading c, and after it read
+// only tcp. ok is false when c is TLS or not TCP: read c itself.
+func (c *Conn) Raw() (tcp *net.TCPConn, pending []byte, ok bool) {
+	switch x := c.Conn.(type) {
+	case *net.TCPConn:
+		return x, nil, true
+	case *prefixConn:
+		if tc, ok := x.Conn.(*net.TCPConn); ok {
+			pending, x.pending = x.pending, nil
+			return tc, pending, true
+		}
+	}
+	return nil, nil, false
 }
 
 // Handler serves one connection. The listener closes the connection after
@@ -48,6 +79,17 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// Logger receives the listener's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// AcceptProxy requires a PROXY protocol header (v1 or v2) at the start
+	// of every connection, before any TLS handshake. A connection without
+	// a valid header within ProxyHeaderTimeout is logged and closed.
+	AcceptProxy bool
+	// ProxyHeaderTimeout bounds reading the header; zero means the
+	// default.
+	ProxyHeaderTimeout time.Duration
+	// MaxConns bounds the connections served at once; zero means no
+	// bound. At the bound the listener stops accepting, so that new
+	// clients wait in the kernel's accept backlog rather than in memory.
+	MaxConns int
 }
 
 // Stats are the listener's counters.
@@ -55,6 +97,8 @@ type Stats struct {
 	Accepted        uint64 // connections accepted
 	Active          int64  // connections open now
 	HandshakeFailed uint64 // TLS handshakes that failed
+	ProxyRejected   uint64 // connections closed for a missing or malformed PROXY header
+	LimitReached    uint64 // times accepting paused at MaxConns
 }
 
 // Listener accepts connections and hands them to a Handler.
@@ -70,9 +114,13 @@ type Listener struct {
 	draining    bool               // Shutdown has begun; guarded by mu
 	interrupted bool               // reads are being cut off; guarded by mu
 	done        chan struct{}      // closed when Serve returns
+	slots       chan struct{}      // one per connection served, if MaxConns > 0
+	graceOver   chan struct{}      // closed when Shutdown stops accepting
+	graceOnce   sync.Once
+	limitLog    rate.Sometimes
 
-	accepted, hsFailed atomic.Uint64
-	active             atomic.Int64
+	accepted, hsFailed, proxyRejected, limited atomic.Uint64
+	active                                     atomic.Int64
 }
 
 // New returns a Listener that will serve ln with h.
@@ -80,9 +128,19 @@ func New(ln net.Listener, h Handler, cfg Config) *Listener {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
 	}
-	l := &Listener{ln: ln, h: h, cfg: cfg, log: cfg.Logger, conns: make(map[*Conn]struct{}), done: make(chan struct{})}
+	if cfg.ProxyHeaderTimeout <= 0 {
+		cfg.ProxyHeaderTimeout = DefaultProxyHeaderTimeout
+	}
+	l := &Listener{
+		ln: ln, h: h, cfg: cfg, log: cfg.Logger, conns: make(map[*Conn]struct{}),
+		done: make(chan struct{}), graceOver: make(chan struct{}),
+		limitLog: rate.Sometimes{First: 1, Interval: time.Minute},
+	}
 	if l.log == nil {
 		l.log = slog.Default()
+	}
+	if cfg.MaxConns > 0 {
+		l.slots = make(chan struct{}, cfg.MaxConns)
 	}
 	return l
 }
@@ -96,8 +154,13 @@ func (l *Listener) Serve() error {
 	defer close(l.done)
 	var delay time.Duration
 	for {
+		if !l.takeSlot() {
+			l.ln.Close()
+			return nil
+		}
 		c, err := l.ln.Accept()
 		if err != nil {
+			l.freeSlot()
 			if l.isDraining() {
 				l.ln.Close()
 				return nil
@@ -114,7 +177,36 @@ func (l *Listener) Serve() error {
 		}
 		delay = 0
 		l.accepted.Add(1)
-		l.wg.Go(func() { l.serveConn(c) })
+		l.wg.Go(func() { defer l.freeSlot(); l.serveConn(c) })
+	}
+}
+
+// takeSlot waits for room under MaxConns. It returns false when Shutdown
+// has stopped accepting.
+func (l *Listener) takeSlot() bool {
+	if l.slots == nil {
+		return true
+	}
+	select {
+	case l.slots <- struct{}{}:
+		return true
+	default:
+	}
+	l.limited.Add(1)
+	l.limitLog.Do(func() {
+		l.log.Warn("--max-conns reached; new clients wait in the accept backlog", "max_conns", l.cfg.MaxConns)
+	})
+	select {
+	case l.slots <- struct{}{}:
+		return true
+	case <-l.graceOver:
+		return false
+	}
+}
+
+func (l *Listener) freeSlot() {
+	if l.slots != nil {
+		<-l.slots
 	}
 }
 
@@ -126,9 +218,19 @@ func (l *Listener) isDraining() bool {
 
 // serveConn runs the handshake and the handler for one connection.
 func (l *Listener) serveConn(nc net.Conn) {
-	c := &Conn{Conn: nc, ID: ksuid.New()}
-	c.Log = l.log.With("conn", c.ID.String(), "client", nc.RemoteAddr().String())
+	c := &Conn{Conn: nc, ID: ksuid.New(), Client: nc.RemoteAddr(), Local: nc.LocalAddr()}
 	defer nc.Close()
+	if l.cfg.AcceptProxy {
+		if err := l.readProxyHeader(c); err != nil {
+			l.proxyRejected.Add(1)
+			c.Log = l.log.With("conn", c.ID.String(), "proxy", nc.RemoteAddr().String())
+			c.Log.Warn("connection rejected: no valid PROXY protocol header", "err", err)
+			return
+		}
+		c.Log = l.log.With("conn", c.ID.String(), "client", c.Client.String(), "proxy", nc.RemoteAddr().String())
+	} else {
+		c.Log = l.log.With("conn", c.ID.String(), "client", c.Client.String())
+	}
 	if l.cfg.TLS != nil {
 		tc := tls.Server(nc, l.cfg.TLS)
 		ctx, cancel := context.WithTimeout(context.Background(), l.cfg.HandshakeTimeout)
@@ -182,7 +284,10 @@ func (l *Listener) Shutdown(ctx context.Context) error {
 	if dl, ok := l.ln.(interface{ SetDeadline(time.Time) error }); !ok || dl.SetDeadline(time.Now().Add(backlogGrace)) != nil {
 		l.ln.Close()
 	}
+	stop := time.AfterFunc(backlogGrace, l.stopAccepting)
+	defer stop.Stop()
 	<-l.done
+	l.stopAccepting()
 	finished := make(chan struct{})
 	go func() { l.wg.Wait(); close(finished) }()
 	select {
@@ -200,7 +305,12 @@ func (l *Listener) Shutdown(ctx context.Context) error {
 	return ctx.Err()
 }
 
+func (l *Listener) stopAccepting() { l.graceOnce.Do(func() { close(l.graceOver) }) }
+
 // Stats returns the listener's counters.
 func (l *Listener) Stats() Stats {
-	return Stats{Accepted: l.accepted.Load(), Active: l.active.Load(), HandshakeFailed: l.hsFailed.Load()}
+	return Stats{
+		Accepted: l.accepted.Load(), Active: l.active.Load(), HandshakeFailed: l.hsFailed.Load(),
+		ProxyRejected: l.proxyRejected.Load(), LimitReached: l.limited.Load(),
+	}
 }

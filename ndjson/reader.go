@@ -1,9 +1,9 @@
 package ndjson
 
 import (
+	"bytes"
 	"errors"
 	"io"
-	"net"
 	"os"
 	"syscall"
 
@@ -18,7 +18,8 @@ import (
 // buffer back before waiting. Deadlines apply as on the connection.
 type idleReader struct {
 	*listener.Conn
-	rc syscall.RawConn
+	rc      syscall.RawConn
+	pending []byte // read past a PROXY header; served first
 
 	// State of the read in progress. readFn is r.read bound once, so that
 	// a read allocates nothing.
@@ -33,21 +34,26 @@ var _ framer.BufferReader = (*idleReader)(nil)
 
 // clientReader returns the reader the framer should use for c.
 func clientReader(c *listener.Conn) io.Reader {
-	tc, ok := c.Conn.(*net.TCPConn)
+	tc, pending, ok := c.Raw()
 	if !ok {
 		return c // TLS keeps its own buffers; nothing to gain
 	}
 	rc, err := tc.SyscallConn()
 	if err != nil {
-		return c
+		return io.MultiReader(bytes.NewReader(pending), tc)
 	}
-	r := &idleReader{Conn: c, rc: rc}
+	r := &idleReader{Conn: c, rc: rc, pending: pending}
 	r.readFn = r.read
 	return r
 }
 
 // ReadBuffer implements framer.BufferReader.
 func (r *idleReader) ReadBuffer(get func() []byte, put func()) (int, error) {
+	if len(r.pending) > 0 {
+		n := copy(get(), r.pending)
+		r.pending = r.pending[n:]
+		return n, nil
+	}
 	r.get, r.put = get, put
 	err := r.rc.Read(r.readFn)
 	n, rerr := r.n, r.readErr

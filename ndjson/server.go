@@ -2,7 +2,6 @@ package ndjson
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -39,8 +38,9 @@ type Config struct {
 	Framer  framer.Config
 	Queue   dispatch.Config
 	Pool    pool.Config
-	// TLS, if set, terminates TLS on the listener.
-	TLS *tls.Config
+	// Listener configures the client side: TLS termination, PROXY
+	// protocol, the connection limit. Its Logger is set from Logger.
+	Listener listener.Config
 	// DrainTimeout is how long clients may go on sending after Shutdown.
 	DrainTimeout time.Duration
 	// DeliverTimeout is how much longer delivery may take after that.
@@ -116,13 +116,16 @@ func New(cfg Config) (*Server, error) {
 
 // Start serves ln in the background. Call Shutdown to stop.
 func (s *Server) Start(ln net.Listener) {
-	s.ln = listener.New(ln, s, listener.Config{TLS: s.cfg.TLS, Logger: s.log})
+	lc := s.cfg.Listener
+	lc.Logger = s.log
+	s.ln = listener.New(ln, s, lc)
 	s.serveErr = make(chan error, 1)
 	s.poolDone = make(chan struct{})
 	go func() { s.serveErr <- s.ln.Serve() }()
 	go func() { defer close(s.poolDone); s.pool.Run(s.hard) }()
 	s.log.Info("listening", "addr", ln.Addr().String(), "mode", "ndjson", "targets", s.cfg.Targets,
-		"connections_per_target", s.cfg.Pool.Connections, "tls", s.cfg.TLS != nil)
+		"connections_per_target", s.cfg.Pool.Connections, "tls", lc.TLS != nil,
+		"accept_proxy", lc.AcceptProxy, "max_conns", lc.MaxConns)
 }
 
 // Addr is the listening address.

@@ -216,7 +216,7 @@ func tlsConfig(c *cli.Context, cfg *ndjson.Config, log *slog.Logger) error {
 		if err != nil {
 			return usageError("invalid --tls-cert/--tls-key/--tls-client-ca: %v", err)
 		}
-		cfg.TLS = srv
+		cfg.Listener.TLS = srv
 	}
 	tcert, tkey := c.String("tls-target-cert"), c.String("tls-target-key")
 	if !c.Bool("tls-target") {

@@ -22,6 +22,10 @@ var allowed = map[string][]string{
 	"dispatch": {"framer"},
 	"pool":     {"dispatch", "framer", "upstream"},
 	"ndjson":   {"dispatch", "framer", "listener", "pool", "upstream"},
+	"balance":  {"upstream"},
+	// passthrough proxies whole connections; it must not reach into the
+	// line path.
+	"passthrough": {"balance", "listener", "upstream"},
 }
 
 type pkg struct {

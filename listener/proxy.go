@@ -1,0 +1,58 @@
+package listener
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/pires/go-proxyproto"
+)
+
+// ErrNoProxyHeader is wrapped by the error for a connection that does not
+// start with a PROXY protocol header in time.
+var ErrNoProxyHeader = errors.New("no PROXY protocol header")
+
+// proxyBufferBytes is the read buffer for the header. A v2 header with TLVs
+// may be longer; bufio then reads the rest through.
+const proxyBufferBytes = 256
+
+// readProxyHeader reads the PROXY header at the start of c and sets
+// c.Client and c.Local from it. Bytes read past the header are kept for the
+// handler in a prefixConn.
+func (l *Listener) readProxyHeader(c *Conn) error {
+	br := bufio.NewReaderSize(c.Conn, proxyBufferBytes)
+	h, err := proxyproto.ReadHeaderTimeout(c.Conn, br, l.cfg.ProxyHeaderTimeout)
+	switch {
+	case errors.Is(err, proxyproto.ErrNoProxyProtocol):
+		return fmt.Errorf("%w within %s", ErrNoProxyHeader, l.cfg.ProxyHeaderTimeout)
+	case err != nil:
+		return err
+	}
+	// LOCAL (a front balancer's own health check) and UNSPEC keep the
+	// connection's addresses, as the protocol says.
+	if h.Command.IsProxy() && (h.TransportProtocol.IsIPv4() || h.TransportProtocol.IsIPv6()) {
+		c.Client, c.Local = h.SourceAddr, h.DestinationAddr
+	}
+	if n := br.Buffered(); n > 0 {
+		pending, _ := br.Peek(n)
+		c.Conn = &prefixConn{Conn: c.Conn, pending: append([]byte(nil), pending...)}
+	}
+	return nil
+}
+
+// prefixConn is a connection with bytes already read from it.
+type prefixConn struct {
+	net.Conn
+	pending []byte
+}
+
+// Read returns the pending bytes first.
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if len(p.pending) > 0 {
+		n := copy(b, p.pending)
+		p.pending = p.pending[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
+}

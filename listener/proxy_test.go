@@ -1,0 +1,187 @@
+package listener
+
+import (
+	"context"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+)
+
+// recordConn is a handler that records each connection's addresses and
+// what Raw and a read to the end return.
+type recordConn struct {
+	mu     sync.Mutex
+	client []string
+	data   []string
+}
+
+func (h *recordConn) ServeConn(c *Conn) {
+	tc, pending, ok := c.Raw()
+	var data []byte
+	if ok {
+		rest, _ := io.ReadAll(tc)
+		data = append(pending, rest...)
+	} else {
+		data, _ = io.ReadAll(c)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.client = append(h.client, c.Client.String())
+	h.data = append(h.data, string(data))
+}
+
+func TestAcceptProxy(t *testing.T) {
+	src := &net.TCPAddr{IP: net.ParseIP("203.0.113.7"), Port: 41000}
+	dst := &net.TCPAddr{IP: net.ParseIP("198.51.100.1"), Port: 443}
+	v6 := &net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 5}
+	v6dst := &net.TCPAddr{IP: net.ParseIP("2001:db8::2"), Port: 6}
+	header := func(v byte, s, d net.Addr) []byte {
+		b, err := proxyproto.HeaderProxyFromAddrs(v, s, d).Format()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	local := header(2, src, dst)
+	local[12] = 0x20 // v2 LOCAL: a health check of the front balancer
+	tests := []struct {
+		name       string
+		send       []byte
+		wantClient string // "" means the peer's own address
+		wantData   string
+		rejected   bool
+	}{
+		{name: "v1 then data in the same write", send: append(header(1, src, dst), "hello\n"...), wantClient: src.String(), wantData: "hello\n"},
+		{name: "v2", send: append(header(2, src, dst), "hi\n"...), wantClient: src.String(), wantData: "hi\n"},
+		{name: "v2 IPv6", send: header(2, v6, v6dst), wantClient: v6.String()},
+		{name: "v2 LOCAL keeps the peer address", send: append(local, "x"...), wantData: "x"},
+		{name: "no header", send: []byte("GET / HTTP/1.1\r\n\r\n"), rejected: true},
+		{name: "malformed v1", send: []byte("PROXY TCP4 1.2.3.4 nonsense\r\nhello\n"), rejected: true},
+		{name: "truncated v2", send: header(2, src, dst)[:20], rejected: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := &recordConn{}
+			l := start(t, h, Config{AcceptProxy: true, ProxyHeaderTimeout: 300 * time.Millisecond})
+			c, err := net.Dial("tcp", l.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Write(tt.send); err != nil {
+				t.Fatal(err)
+			}
+			c.(*net.TCPConn).CloseWrite()
+			io.Copy(io.Discard, c) // until the listener closes it
+			c.Close()
+			if err := l.Shutdown(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			st := l.Stats()
+			if tt.rejected {
+				if st.ProxyRejected != 1 || len(h.data) != 0 {
+					t.Fatalf("rejected %d, served %d; want the connection rejected", st.ProxyRejected, len(h.data))
+				}
+				return
+			}
+			if st.ProxyRejected != 0 || len(h.data) != 1 {
+				t.Fatalf("rejected %d, served %d", st.ProxyRejected, len(h.data))
+			}
+			want := tt.wantClient
+			if want == "" {
+				want = c.LocalAddr().String()
+			}
+			if h.client[0] != want || h.data[0] != tt.wantData {
+				t.Fatalf("client %s data %q, want %s %q", h.client[0], h.data[0], want, tt.wantData)
+			}
+		})
+	}
+}
+
+// A client that sends nothing is closed after the header timeout.
+func TestProxyHeaderTimeout(t *testing.T) {
+	l := start(t, &recordConn{}, Config{AcceptProxy: true, ProxyHeaderTimeout: 100 * time.Millisecond})
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read %v, want EOF once the header timeout closed the connection", err)
+	}
+	l.Shutdown(context.Background())
+	if l.Stats().ProxyRejected != 1 {
+		t.Fatal("not counted")
+	}
+}
+
+// holdConn holds each connection until released.
+type holdConn struct {
+	served  chan struct{}
+	release chan struct{}
+}
+
+func (h *holdConn) ServeConn(c *Conn) {
+	h.served <- struct{}{}
+	<-h.release
+}
+
+// Beyond MaxConns, clients wait in the backlog and are served as slots
+// free up.
+func TestMaxConns(t *testing.T) {
+	h := &holdConn{served: make(chan struct{}, 10), release: make(chan struct{})}
+	l := start(t, h, Config{MaxConns: 2})
+	var conns []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", l.Addr().String()) // the kernel completes it
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	<-h.served
+	<-h.served
+	select {
+	case <-h.served:
+		t.Fatal("a third connection was served beyond MaxConns 2")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if l.Stats().Active != 2 || l.Stats().LimitReached == 0 {
+		t.Fatalf("stats %+v", l.Stats())
+	}
+	h.release <- struct{}{} // one finishes: the third is served
+	select {
+	case <-h.served:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiting client was not served when a slot freed")
+	}
+	close(h.release)
+	if err := l.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Shutdown ends a Serve that waits for a slot.
+func TestShutdownWhileAtMaxConns(t *testing.T) {
+	h := &holdConn{served: make(chan struct{}, 10), release: make(chan struct{})}
+	l := start(t, h, Config{MaxConns: 1})
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	<-h.served
+	done := make(chan struct{})
+	go func() { l.Shutdown(context.Background()); close(done) }()
+	close(h.release)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown hung")
+	}
+}
