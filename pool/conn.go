@@ -16,6 +16,7 @@ import (
 
 	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/framer"
+	"github.com/ndlb/ndlb/tlsutil"
 	"github.com/ndlb/ndlb/upstream"
 )
 
@@ -89,13 +90,9 @@ func (p *Pool) dialConn(ctx context.Context, t *upstream.Target) (*upConn, error
 }
 
 func (c *upConn) startTLS(ctx context.Context, get func() (*tls.Config, error), addr string) error {
-	cfg, err := get()
+	cfg, err := tlsutil.ForTarget(get, addr)
 	if err != nil {
 		return err
-	}
-	if cfg.ServerName == "" {
-		cfg = cfg.Clone()
-		cfg.ServerName, _, _ = net.SplitHostPort(addr)
 	}
 	c.count = &countConn{Conn: c.conn}
 	tc := tls.Client(c.count, cfg)

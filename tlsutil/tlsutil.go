@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sync"
 	"syscall"
@@ -196,4 +197,17 @@ func equal(a, b []fingerprint) bool {
 		}
 	}
 	return true
+}
+
+// ForTarget returns get's config for a connection to addr (host:port): the
+// config itself, or a copy whose ServerName is addr's host when the config
+// names no server.
+func ForTarget(get func() (*tls.Config, error), addr string) (*tls.Config, error) {
+	cfg, err := get()
+	if err != nil || cfg.ServerName != "" {
+		return cfg, err
+	}
+	cfg = cfg.Clone()
+	cfg.ServerName, _, _ = net.SplitHostPort(addr)
+	return cfg, nil
 }

@@ -20,12 +20,12 @@ var allowed = map[string][]string{
 	"tlsutil":  {},
 	"listener": {},
 	"dispatch": {"framer"},
-	"pool":     {"dispatch", "framer", "upstream"},
-	"ndjson":   {"dispatch", "framer", "listener", "pool", "upstream"},
+	"pool":     {"dispatch", "framer", "tlsutil", "upstream"},
+	"ndjson":   {"dispatch", "framer", "listener", "pool", "tlsutil", "upstream"},
 	"balance":  {"upstream"},
 	// passthrough proxies whole connections; it must not reach into the
 	// line path.
-	"passthrough": {"balance", "listener", "upstream"},
+	"passthrough": {"balance", "listener", "tlsutil", "upstream"},
 }
 
 type pkg struct {

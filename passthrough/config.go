@@ -1,0 +1,134 @@
+package passthrough
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/ndlb/ndlb/balance"
+	"github.com/ndlb/ndlb/listener"
+)
+
+// Defaults for Config.
+const (
+	DefaultConnectTimeout = 5 * time.Second
+	DefaultConnectRetries = 9
+	DefaultMaxFails       = 3
+	DefaultFailTimeout    = 10 * time.Second
+	DefaultIdleTimeout    = time.Hour
+	DefaultDrainTimeout   = 30 * time.Second
+	DefaultBackoffInitial = 100 * time.Millisecond
+	DefaultBackoffMax     = 2 * time.Second
+	DefaultKeepAlive      = 15 * time.Second
+)
+
+// Errors. ErrConfig is wrapped by Validate's errors; ErrNoTarget by the
+// error of a connection that no target accepted.
+var (
+	ErrConfig   = errors.New("passthrough: invalid config")
+	ErrNoTarget = errors.New("no target accepted the connection")
+)
+
+// HashKey is what the hash policy hashes of the client's address.
+type HashKey string
+
+// The hash keys.
+const (
+	HashIP     HashKey = "ip"      // the client's IP: a client sticks to one target
+	HashIPPort HashKey = "ip-port" // IP and port: each connection is placed on its own
+)
+
+// Config is the whole passthrough mode. Start from DefaultConfig.
+type Config struct {
+	// Targets are host:port addresses, in order (the order matters to the
+	// first policy).
+	Targets []string
+	// Balance names the policy (balance.Names).
+	Balance string
+	// HashKey is hashed by the hash policy.
+	HashKey HashKey
+	// ConnectTimeout bounds one attempt: dial, PROXY header, TLS
+	// handshake.
+	ConnectTimeout time.Duration
+	// ConnectRetries is how many more rounds over the targets are tried,
+	// with backoff between rounds, when every target failed; 0 means one
+	// round.
+	ConnectRetries int
+	// BackoffInitial and BackoffMax bound the wait between rounds.
+	BackoffInitial, BackoffMax time.Duration
+	// MaxFails failed attempts in a row make a target skipped for
+	// FailTimeout, unless every target is; 0 never skips.
+	MaxFails    int
+	FailTimeout time.Duration
+	// IdleTimeout closes a connection with no traffic either way for that
+	// long; 0 never does.
+	IdleTimeout time.Duration
+	// KeepAlive is the idle time before TCP keepalive probes start on
+	// target connections; negative disables them.
+	KeepAlive time.Duration
+	// SendProxy, if 1 or 2, sends a PROXY protocol header of that version
+	// with the client's address at the start of each target connection.
+	SendProxy int
+	// TLS, if set, returns the client config for TLS to the targets.
+	TLS func() (*tls.Config, error)
+	// Listener configures the client side: TLS termination, PROXY
+	// protocol, the connection limit. Its Logger is set from Logger.
+	Listener listener.Config
+	// DrainTimeout is how long open connections may go on after Shutdown
+	// before they are closed.
+	DrainTimeout time.Duration
+
+	// Dial opens target connections; nil means a net.Dialer with
+	// KeepAlive. Tests inject refusals and stalls here.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Clock times backoff, passive health and idle timeouts; nil means
+	// the real clock.
+	Clock clockwork.Clock
+	// Logger receives every log; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the documented defaults, without targets.
+func DefaultConfig() Config {
+	return Config{
+		Balance:        balance.Names[0],
+		HashKey:        HashIP,
+		ConnectTimeout: DefaultConnectTimeout,
+		ConnectRetries: DefaultConnectRetries,
+		BackoffInitial: DefaultBackoffInitial,
+		BackoffMax:     DefaultBackoffMax,
+		MaxFails:       DefaultMaxFails,
+		FailTimeout:    DefaultFailTimeout,
+		IdleTimeout:    DefaultIdleTimeout,
+		KeepAlive:      DefaultKeepAlive,
+		DrainTimeout:   DefaultDrainTimeout,
+	}
+}
+
+// Validate reports the first problem, wrapping ErrConfig.
+func (c Config) Validate() error {
+	if _, err := balance.New(c.Balance); err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	switch {
+	case len(c.Targets) == 0:
+		return fmt.Errorf("%w: no targets", ErrConfig)
+	case c.HashKey != HashIP && c.HashKey != HashIPPort:
+		return fmt.Errorf("%w: hash key %q: want ip or ip-port", ErrConfig, c.HashKey)
+	case c.ConnectTimeout <= 0 || c.DrainTimeout <= 0:
+		return fmt.Errorf("%w: connect and drain timeouts must be positive", ErrConfig)
+	case c.ConnectRetries < 0 || c.MaxFails < 0 || c.FailTimeout < 0 || c.IdleTimeout < 0:
+		return fmt.Errorf("%w: retries, max fails, fail timeout and idle timeout must not be negative", ErrConfig)
+	case c.BackoffInitial <= 0 || c.BackoffMax < c.BackoffInitial:
+		return fmt.Errorf("%w: backoff needs 0 < initial <= max", ErrConfig)
+	case c.SendProxy != 0 && c.SendProxy != 1 && c.SendProxy != 2:
+		return fmt.Errorf("%w: PROXY protocol version %d: want 1 or 2", ErrConfig, c.SendProxy)
+	}
+	return nil
+}

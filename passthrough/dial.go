@@ -1,0 +1,164 @@
+package passthrough
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/pires/go-proxyproto"
+
+	"github.com/ndlb/ndlb/listener"
+	"github.com/ndlb/ndlb/tlsutil"
+	"github.com/ndlb/ndlb/upstream"
+)
+
+// connect returns a connection to the first target that accepts c, trying
+// the policy's order round by round, and the number of attempts it made.
+func (s *Server) connect(ctx context.Context, c *listener.Conn) (net.Conn, *upstream.Target, int, error) {
+	key := hashKey(c.Client, s.cfg.HashKey)
+	targets := s.set.Targets()
+	order := make([]int, 0, len(targets))
+	bo := backoff.WithContext(backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(s.cfg.BackoffInitial),
+		backoff.WithMaxInterval(s.cfg.BackoffMax),
+		backoff.WithMaxElapsedTime(0),
+	), ctx)
+	attempts := 0
+	var lastErr error
+	for round := 0; ; round++ {
+		for _, i := range s.candidates(order[:0], key) {
+			t := targets[i]
+			attempts++
+			conn, err := s.attempt(ctx, t, c)
+			if err == nil {
+				if t.AttemptSucceeded() {
+					s.log.Info("target accepts connections again", "target", t.Addr)
+				}
+				return conn, t, attempts, nil
+			}
+			if ctx.Err() != nil {
+				return nil, nil, attempts, ctx.Err()
+			}
+			lastErr = err
+			s.dialFailed.Add(1)
+			c.Log.Debug("target attempt failed; trying the next", "target", t.Addr, "err", err)
+			if t.AttemptFailed(err, s.clock.Now(), s.cfg.MaxFails, s.cfg.FailTimeout) {
+				s.log.Warn("target skipped: its last attempts failed", "target", t.Addr,
+					"max_fails", s.cfg.MaxFails, "fail_timeout", s.cfg.FailTimeout, "err", err)
+			}
+		}
+		if round == s.cfg.ConnectRetries {
+			return nil, nil, attempts, fmt.Errorf("%w after %d attempts: %w", ErrNoTarget, attempts, lastErr)
+		}
+		if err := s.wait(ctx, bo.NextBackOff()); err != nil {
+			return nil, nil, attempts, err
+		}
+	}
+}
+
+// candidates appends the targets to try, in order: the policy's order of
+// the targets not skipped by passive health, or of all when all are.
+func (s *Server) candidates(dst []int, key []byte) []int {
+	targets := s.set.Targets()
+	dst = s.policy.Order(dst, targets, key)
+	now := s.clock.Now()
+	healthy := dst[:0]
+	for _, i := range dst {
+		if !targets[i].Skipped(now) {
+			healthy = append(healthy, i)
+		}
+	}
+	if len(healthy) > 0 {
+		return healthy
+	}
+	return s.policy.Order(dst[:0], targets, key)
+}
+
+func (s *Server) wait(ctx context.Context, d time.Duration) error {
+	if d == backoff.Stop {
+		return ctx.Err()
+	}
+	t := s.clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.Chan():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// attempt opens one connection to t for c: dial, PROXY header, TLS, all
+// within ConnectTimeout.
+func (s *Server) attempt(ctx context.Context, t *upstream.Target, c *listener.Conn) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
+	defer cancel()
+	conn, err := s.dial(ctx, "tcp", t.Addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.sendProxy(ctx, conn, c); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if s.cfg.TLS != nil {
+		tc, err := s.startTLS(ctx, conn, t)
+		if err != nil {
+			conn.Close()
+			return nil, err
+		}
+		conn = tc
+	}
+	return conn, nil
+}
+
+// sendProxy writes the PROXY header, if configured, with c's addresses.
+func (s *Server) sendProxy(ctx context.Context, conn net.Conn, c *listener.Conn) error {
+	if s.cfg.SendProxy == 0 {
+		return nil
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetWriteDeadline(dl)
+		defer conn.SetWriteDeadline(time.Time{})
+	}
+	h := proxyproto.HeaderProxyFromAddrs(byte(s.cfg.SendProxy), c.Client, c.Local)
+	if _, err := h.WriteTo(conn); err != nil {
+		return fmt.Errorf("send PROXY header: %w", err)
+	}
+	return nil
+}
+
+// startTLS wraps conn in TLS to t.
+func (s *Server) startTLS(ctx context.Context, conn net.Conn, t *upstream.Target) (net.Conn, error) {
+	cfg, err := tlsutil.ForTarget(s.cfg.TLS, t.Addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(conn, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("TLS handshake: %w", err)
+	}
+	return tc, nil
+}
+
+// hashKey is what the hash policy hashes of the client's address: its IP
+// in 4-byte form for IPv4 (so that IPv4 and IPv4-mapped IPv6 listeners
+// agree), then the port for HashIPPort.
+func hashKey(client net.Addr, k HashKey) []byte {
+	ta, ok := client.(*net.TCPAddr)
+	if !ok {
+		return []byte(client.String())
+	}
+	ip := ta.IP
+	if v4 := ip.To4(); v4 != nil {
+		ip = v4
+	}
+	key := append(make([]byte, 0, 18), ip...)
+	if k == HashIPPort {
+		key = append(key, byte(ta.Port>>8), byte(ta.Port))
+	}
+	return key
+}

@@ -1,0 +1,483 @@
+package passthrough
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"github.com/pires/go-proxyproto"
+	"go.uber.org/goleak"
+
+	"github.com/ndlb/ndlb/internal/certtest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func newLocalListener(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// backend is a loopback target that runs serve on each connection.
+type backend struct {
+	ln    net.Listener
+	wg    sync.WaitGroup
+	conns atomic.Int64
+}
+
+func newBackend(t *testing.T, tlsCfg *tls.Config, serve func(net.Conn)) *backend {
+	t.Helper()
+	b := &backend{ln: newLocalListener(t)}
+	if tlsCfg != nil {
+		b.ln = tls.NewListener(b.ln, tlsCfg)
+	}
+	b.wg.Go(func() {
+		for {
+			c, err := b.ln.Accept()
+			if err != nil {
+				return
+			}
+			b.conns.Add(1)
+			b.wg.Go(func() { defer c.Close(); serve(c) })
+		}
+	})
+	t.Cleanup(func() { b.ln.Close(); b.wg.Wait() })
+	return b
+}
+
+func (b *backend) addr() string { return b.ln.Addr().String() }
+
+// echo copies the connection back to itself, then half-closes it.
+func echo(c net.Conn) {
+	io.Copy(c, c)
+	closeWrite(c)
+	io.Copy(io.Discard, c)
+}
+
+// deadAddr is a loopback port nobody listens on.
+func deadAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func testConfig(targets ...string) Config {
+	cfg := DefaultConfig()
+	cfg.Targets = targets
+	cfg.Logger = quiet()
+	cfg.BackoffInitial, cfg.BackoffMax = time.Millisecond, 5*time.Millisecond
+	cfg.DrainTimeout = 5 * time.Second
+	return cfg
+}
+
+func start(t *testing.T, cfg Config) *Server {
+	t.Helper()
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start(newLocalListener(t))
+	t.Cleanup(func() { s.Shutdown() })
+	return s
+}
+
+type tlsWorld struct {
+	server *tls.Config // for a listener
+	client *tls.Config // trusts server
+}
+
+func newTLSWorld(t *testing.T) tlsWorld {
+	t.Helper()
+	ca, err := certtest.NewCA("test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := ca.Issue("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(pair.CertPEM, pair.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	return tlsWorld{
+		server: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+		client: &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12},
+	}
+}
+
+// roundTrip sends payload through addr, half-closes, and returns the
+// SHA-256 of what came back.
+func roundTrip(t *testing.T, addr string, clientTLS *tls.Config, payload []byte) [32]byte {
+	t.Helper()
+	var c net.Conn
+	var err error
+	if clientTLS != nil {
+		c, err = tls.Dial("tcp", addr, clientTLS)
+	} else {
+		c, err = net.Dial("tcp", addr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	go func() {
+		c.Write(payload)
+		closeWrite(c)
+	}()
+	h := sha256.New()
+	if _, err := io.Copy(h, c); err != nil {
+		t.Fatalf("read back: %v", err)
+	}
+	return [32]byte(h.Sum(nil))
+}
+
+// One test body over plain TCP, TLS termination, TLS origination and both:
+// the bytes come back unchanged, and only plain TCP on both sides splices.
+func TestEchoConnTypes(t *testing.T) {
+	w := newTLSWorld(t)
+	payload := make([]byte, 4<<20+17)
+	rand.Read(payload)
+	want := sha256.Sum256(payload)
+	tests := []struct {
+		name                 string
+		terminate, originate bool
+	}{
+		{name: "plain"},
+		{name: "terminate TLS", terminate: true},
+		{name: "originate TLS", originate: true},
+		{name: "TLS both sides", terminate: true, originate: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var backendTLS, clientTLS *tls.Config
+			cfg := testConfig()
+			if tt.originate {
+				backendTLS = w.server
+				cfg.TLS = func() (*tls.Config, error) { return w.client, nil }
+			}
+			if tt.terminate {
+				cfg.Listener.TLS = w.server
+				clientTLS = w.client
+			}
+			b := newBackend(t, backendTLS, echo)
+			cfg.Targets = []string{b.addr()}
+			s := start(t, cfg)
+			if got := roundTrip(t, s.Addr().String(), clientTLS, payload); got != want {
+				t.Fatal("payload changed on the way")
+			}
+			s.Shutdown()
+			st := s.Stats()
+			total := uint64(2 * len(payload))
+			if st.BytesFromClient+st.BytesFromTarget != total {
+				t.Fatalf("counted %d+%d bytes, want %d", st.BytesFromClient, st.BytesFromTarget, total)
+			}
+			wantSpliced := uint64(0)
+			if !tt.terminate && !tt.originate {
+				wantSpliced = total
+			}
+			if st.BytesSpliced != wantSpliced {
+				t.Fatalf("spliced %d bytes, want %d", st.BytesSpliced, wantSpliced)
+			}
+		})
+	}
+}
+
+// The client shuts its write side; the target replies after reading to EOF,
+// and the reply arrives in full. Then the other way round: the target
+// half-closes first and still receives what the client sends.
+func TestHalfClose(t *testing.T) {
+	reply := bytes.Repeat([]byte("reply "), 100000)
+	b := newBackend(t, nil, func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		if n != 5 {
+			return
+		}
+		c.Write(reply)
+	})
+	s := start(t, testConfig(b.addr()))
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("hello"))
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	if err != nil || !bytes.Equal(got, reply) {
+		t.Fatalf("read %d bytes (%v), want the %d-byte reply", len(got), err, len(reply))
+	}
+
+	greeting := []byte("220 ready\r\n")
+	got2 := make(chan []byte, 1)
+	b2 := newBackend(t, nil, func(c net.Conn) {
+		c.Write(greeting)
+		c.(*net.TCPConn).CloseWrite()
+		b, _ := io.ReadAll(c)
+		got2 <- b
+	})
+	s2 := start(t, testConfig(b2.addr()))
+	c2, err := net.Dial("tcp", s2.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if g, err := io.ReadAll(c2); err != nil || !bytes.Equal(g, greeting) {
+		t.Fatalf("greeting %q (%v)", g, err)
+	}
+	c2.Write([]byte("QUIT\r\n"))
+	c2.(*net.TCPConn).CloseWrite()
+	if g := <-got2; string(g) != "QUIT\r\n" {
+		t.Fatalf("target received %q after it half-closed", g)
+	}
+}
+
+// countingDial counts attempts per address.
+type countingDial struct {
+	mu    sync.Mutex
+	count map[string]int
+}
+
+func (d *countingDial) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	d.mu.Lock()
+	if d.count == nil {
+		d.count = map[string]int{}
+	}
+	d.count[addr]++
+	d.mu.Unlock()
+	var nd net.Dialer
+	return nd.DialContext(ctx, network, addr)
+}
+
+func (d *countingDial) n(addr string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.count[addr]
+}
+
+func echoOnce(t *testing.T, addr string) error {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return err
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != "ping" {
+		return errors.New("bad echo")
+	}
+	return nil
+}
+
+// A refused target is passed over within the connection, and skipped
+// after MaxFails refusals.
+func TestFailoverAndPassiveHealth(t *testing.T) {
+	dead := deadAddr(t)
+	live := newBackend(t, nil, echo)
+	d := &countingDial{}
+	cfg := testConfig(dead, live.addr())
+	cfg.Balance = "first"
+	cfg.Dial = d.dial
+	clock := clockwork.NewFakeClock()
+	cfg.Clock = clock
+	s := start(t, cfg)
+	for i := range 10 {
+		if err := echoOnce(t, s.Addr().String()); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+	}
+	if n := d.n(dead); n != cfg.MaxFails {
+		t.Fatalf("dead target tried %d times, want %d (then skipped)", n, cfg.MaxFails)
+	}
+	clock.Advance(cfg.FailTimeout)
+	if err := echoOnce(t, s.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	if n := d.n(dead); n != cfg.MaxFails+1 {
+		t.Fatalf("dead target tried %d times after the fail timeout, want %d", n, cfg.MaxFails+1)
+	}
+	if err := echoOnce(t, s.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	if n := d.n(dead); n != cfg.MaxFails+1 {
+		t.Fatalf("a failed retry did not skip the target again at once (%d attempts)", n)
+	}
+	if st := s.Stats(); st.Failed != 0 || st.Proxied != 12 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// With every target down, the client is closed after ConnectRetries more
+// rounds.
+func TestAllTargetsDown(t *testing.T) {
+	a, b := deadAddr(t), deadAddr(t)
+	d := &countingDial{}
+	cfg := testConfig(a, b)
+	cfg.Dial = d.dial
+	cfg.ConnectRetries = 2
+	s := start(t, cfg)
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read %v, want EOF", err)
+	}
+	if d.n(a)+d.n(b) != 6 {
+		t.Fatalf("%d+%d attempts, want 3 rounds over 2 targets", d.n(a), d.n(b))
+	}
+	if st := s.Stats(); st.Failed != 1 || st.Proxied != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// A target that never answers the SYN is given up after ConnectTimeout.
+func TestConnectTimeout(t *testing.T) {
+	live := newBackend(t, nil, echo)
+	hole := "hole:1"
+	cfg := testConfig(hole, live.addr())
+	cfg.Balance = "first"
+	cfg.ConnectTimeout = 50 * time.Millisecond
+	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if addr == hole {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+	s := start(t, cfg)
+	if err := echoOnce(t, s.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.DialFailures != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	b := newBackend(t, nil, echo)
+	clock := clockwork.NewFakeClock()
+	cfg := testConfig(b.addr())
+	cfg.Clock = clock
+	cfg.IdleTimeout = time.Minute
+	s := start(t, cfg)
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	ping := func() {
+		t.Helper()
+		c.Write([]byte("x"))
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ping()
+	clock.BlockUntilContext(context.Background(), 1)
+	clock.Advance(50 * time.Second)
+	ping() // traffic at 50s
+	clock.Advance(30 * time.Second)
+	// The timer fired at 60s, saw traffic 10s before, and waits until
+	// 110s.
+	clock.BlockUntilContext(context.Background(), 1)
+	ping()
+	clock.Advance(100 * time.Second)
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read %v, want EOF after the idle timeout", err)
+	}
+	s.Shutdown()
+	if s.Stats().IdleClosed != 1 {
+		t.Fatalf("stats %+v", s.Stats())
+	}
+}
+
+// The PROXY header reaches the target with the client's address.
+func TestSendProxy(t *testing.T) {
+	for _, v := range []int{1, 2} {
+		headers := make(chan *proxyproto.Header, 1)
+		b := newBackend(t, nil, func(c net.Conn) {
+			h, err := proxyproto.Read(bufio.NewReader(c))
+			if err != nil {
+				t.Error(err)
+			}
+			headers <- h
+		})
+		cfg := testConfig(b.addr())
+		cfg.SendProxy = v
+		s := start(t, cfg)
+		c, err := net.Dial("tcp", s.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := <-headers
+		if h.Version != byte(v) || h.SourceAddr.String() != c.LocalAddr().String() || h.DestinationAddr.String() != s.Addr().String() {
+			t.Fatalf("v%d header %+v; client %s", v, h, c.LocalAddr())
+		}
+		c.Close()
+	}
+}
+
+// When the drain timeout passes, Shutdown closes open connections.
+func TestShutdownDrainTimeout(t *testing.T) {
+	b := newBackend(t, nil, echo)
+	cfg := testConfig(b.addr())
+	cfg.DrainTimeout = 50 * time.Millisecond
+	s := start(t, cfg)
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := echoOnce(t, s.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("x"))
+	io.ReadFull(c, make([]byte, 1))
+	sum := s.Shutdown()
+	if sum.ShutdownClosed != 1 {
+		t.Fatalf("summary %+v", sum)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read %v, want EOF", err)
+	}
+}

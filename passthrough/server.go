@@ -1,0 +1,207 @@
+package passthrough
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/ndlb/ndlb/balance"
+	"github.com/ndlb/ndlb/listener"
+	"github.com/ndlb/ndlb/upstream"
+)
+
+// Server is passthrough mode: a listener whose connections are proxied.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	clock  clockwork.Clock
+	policy balance.Policy
+	set    *upstream.Set
+	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
+	ln     *listener.Listener
+
+	// stop is cancelled when the drain timeout passes: dials give up and
+	// open sessions are closed.
+	stop       context.Context
+	stopCancel context.CancelFunc
+	serveErr   chan error
+	shutdown   sync.Once
+	summary    Summary
+
+	mu       sync.Mutex
+	sessions map[*session]struct{} // guarded by mu
+	expired  bool                  // the drain timeout passed; guarded by mu
+
+	proxied, failed, dialFailed, idleClosed, shutClosed atomic.Uint64
+	fromClient, fromTarget, spliced                     atomic.Uint64
+}
+
+// New returns a server for a valid cfg.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clockwork.NewRealClock()
+	}
+	policy, _ := balance.New(cfg.Balance) // checked by Validate
+	s := &Server{
+		cfg: cfg, log: cfg.Logger, clock: cfg.Clock, policy: policy, set: upstream.NewSet(cfg.Targets),
+		dial: cfg.Dial, sessions: make(map[*session]struct{}), serveErr: make(chan error, 1),
+	}
+	if s.dial == nil {
+		d := &net.Dialer{KeepAlive: cfg.KeepAlive}
+		s.dial = d.DialContext
+	}
+	s.stop, s.stopCancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// Start serves ln in the background. Call Shutdown to stop.
+func (s *Server) Start(ln net.Listener) {
+	lc := s.cfg.Listener
+	lc.Logger = s.log
+	s.ln = listener.New(ln, s, lc)
+	go func() { s.serveErr <- s.ln.Serve() }()
+	args := []any{"addr", ln.Addr().String(), "mode", "passthrough", "targets", s.cfg.Targets,
+		"balance", s.cfg.Balance, "tls", lc.TLS != nil, "tls_target", s.cfg.TLS != nil,
+		"accept_proxy", lc.AcceptProxy, "send_proxy", s.cfg.SendProxy, "max_conns", lc.MaxConns}
+	if s.cfg.Balance == "hash" {
+		args = append(args, "hash_key", string(s.cfg.HashKey))
+	}
+	s.log.Info("listening", args...)
+}
+
+// Addr is the listening address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Err is signalled if the listener fails on its own (not by Shutdown).
+func (s *Server) Err() <-chan error { return s.serveErr }
+
+// ServeConn proxies one client connection. It implements listener.Handler.
+func (s *Server) ServeConn(c *listener.Conn) {
+	backend, t, attempts, err := s.connect(s.stop, c)
+	if err != nil {
+		s.failed.Add(1)
+		c.Log.Warn("closing the client: no target accepted its connection", "attempts", attempts, "err", err)
+		return
+	}
+	defer backend.Close()
+	t.ConnOpened()
+	defer t.ConnClosed()
+	s.proxied.Add(1)
+	ss := newSession(s, c, t, backend)
+	if !s.track(ss) {
+		ss.abort(byShutdown)
+	}
+	defer s.untrack(ss)
+	c.Log.Info("proxying", "target", t.Addr, "attempts", attempts)
+	ss.run()
+	ss.logClose()
+}
+
+// track registers ss; it returns false when the drain timeout has passed.
+func (s *Server) track(ss *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sessions[ss] = struct{}{}
+	return !s.expired
+}
+
+func (s *Server) untrack(ss *session) {
+	s.mu.Lock()
+	delete(s.sessions, ss)
+	s.mu.Unlock()
+}
+
+// expire closes every open connection: the drain timeout has passed.
+func (s *Server) expire() {
+	s.stopCancel()
+	s.mu.Lock()
+	s.expired = true
+	open := make([]*session, 0, len(s.sessions))
+	for ss := range s.sessions {
+		open = append(open, ss)
+	}
+	s.mu.Unlock()
+	if len(open) > 0 {
+		s.log.Warn("drain timeout passed; closing open connections", "connections", len(open))
+	}
+	s.shutClosed.Add(uint64(len(open)))
+	for _, ss := range open {
+		ss.abort(byShutdown)
+	}
+}
+
+// Stats are the server's counters.
+type Stats struct {
+	Listener        listener.Stats
+	Proxied         uint64 // connections that reached a target
+	Failed          uint64 // connections closed because no target accepted them
+	DialFailures    uint64 // failed attempts (some then served by another target)
+	IdleClosed      uint64 // connections closed by IdleTimeout
+	ShutdownClosed  uint64 // connections closed when the drain timeout passed
+	BytesFromClient uint64
+	BytesFromTarget uint64
+	BytesSpliced    uint64 // bytes moved by splice(2), never copied through ndlb's memory
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() Stats {
+	st := Stats{
+		Proxied: s.proxied.Load(), Failed: s.failed.Load(), DialFailures: s.dialFailed.Load(),
+		IdleClosed: s.idleClosed.Load(), ShutdownClosed: s.shutClosed.Load(),
+		BytesFromClient: s.fromClient.Load(), BytesFromTarget: s.fromTarget.Load(), BytesSpliced: s.spliced.Load(),
+	}
+	if s.ln != nil {
+		st.Listener = s.ln.Stats()
+	}
+	return st
+}
+
+// Targets returns each target's counters, in configuration order.
+func (s *Server) Targets() []upstream.Stats {
+	var out []upstream.Stats
+	for _, t := range s.set.Targets() {
+		out = append(out, t.Stats())
+	}
+	return out
+}
+
+// Summary is what Shutdown reports.
+type Summary struct {
+	Stats
+}
+
+// Shutdown stops accepting, lets open connections run until they end or
+// the drain timeout passes (then closes them), logs a summary line and
+// returns it. It is safe to call more than once.
+func (s *Server) Shutdown() Summary {
+	s.shutdown.Do(func() {
+		s.log.Info("shutting down: no new connections; open connections may finish", "drain_timeout", s.cfg.DrainTimeout)
+		// The listener's context is cancelled only after the sessions are
+		// closed, so that its cut-off reads are never taken for a
+		// client's error.
+		ctx, cancel := context.WithCancel(context.Background())
+		timer := time.AfterFunc(s.cfg.DrainTimeout, func() { s.expire(); cancel() })
+		_ = s.ln.Shutdown(ctx)
+		timer.Stop()
+		cancel()
+		s.stopCancel()
+		st := s.Stats()
+		s.summary = Summary{Stats: st}
+		s.log.Info("summary", "connections", st.Listener.Accepted, "proxied", st.Proxied, "failed", st.Failed,
+			"dial_failures", st.DialFailures, "idle_closed", st.IdleClosed, "shutdown_closed", st.ShutdownClosed,
+			"proxy_rejected", st.Listener.ProxyRejected, "bytes_from_client", st.BytesFromClient,
+			"bytes_from_target", st.BytesFromTarget, "bytes_spliced", st.BytesSpliced)
+	})
+	return s.summary
+}
