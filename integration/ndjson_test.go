@@ -307,6 +307,16 @@ func TestBadFlagsExit2(t *testing.T) {
 		{name: "unknown flag", args: []string{"-target", "a:1", "--bogus"}, want: "-bogus"},
 		{name: "bad env var", env: []string{"NDLB_TARGET=a:1", "NDLB_CONNECTIONS=-3"}, want: "--connections"},
 		{name: "skip verify without tls-target", args: []string{"-target", "a:1", "-tls-target-skip-verify"}, want: "--tls-target"},
+		{name: "unknown balance", args: []string{"-passthrough", "-target", "a:1", "--balance", "fastest"}, want: "--balance"},
+		{name: "bad hash key", args: []string{"-passthrough", "-target", "a:1", "--balance", "hash", "--hash-key", "mac"}, want: "--hash-key"},
+		{name: "hash key without hash", args: []string{"-passthrough", "-target", "a:1", "--hash-key", "ip"}, want: "--hash-key"},
+		{name: "bad PROXY version", args: []string{"-passthrough", "-target", "a:1", "--send-proxy", "v3"}, want: "--send-proxy"},
+		{name: "send-proxy in NDJSON mode", args: []string{"-target", "a:1", "--send-proxy", "v1"}, want: "--send-proxy"},
+		{name: "NDJSON flag with passthrough", args: []string{"-passthrough", "-target", "a:1", "--max-line-bytes", "1KiB"}, want: "--max-line-bytes"},
+		{name: "negative max-conns", args: []string{"-target", "a:1", "--max-conns", "-1"}, want: "--max-conns"},
+		{name: "negative retries", args: []string{"-passthrough", "-target", "a:1", "--connect-retries", "-1"}, want: "--connect-retries"},
+		{name: "negative idle timeout", env: []string{"NDLB_PASSTHROUGH=true", "NDLB_TARGET=a:1", "NDLB_IDLE_TIMEOUT=-1s"}, want: "--idle-timeout"},
+		{name: "header timeout without accept-proxy", args: []string{"-target", "a:1", "--proxy-header-timeout", "1s"}, want: "--accept-proxy"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -350,7 +360,7 @@ func TestREADMEListsEveryFlag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	flags := regexp.MustCompile(`(?m)^\s+(--[a-z-]+)[^\[]*\[\$(NDLB_[A-Z_]+)\]`).FindAllStringSubmatch(string(help), -1)
+	flags := regexp.MustCompile(`(?m)^[ \t]+(--[a-z-]+)[^\[\n]*\[\$(NDLB_[A-Z_]+)\]`).FindAllStringSubmatch(string(help), -1)
 	if len(flags) < 20 {
 		t.Fatalf("found only %d flags in --help", len(flags))
 	}
@@ -399,7 +409,7 @@ func TestSecondSignalExitsAtOnce(t *testing.T) {
 	if code := p.stop(syscall.SIGTERM, 5*time.Second); code != 1 {
 		t.Fatalf("exit code %d, want 1", code)
 	}
-	if len(p.findLogs("second signal: exiting without delivering what is queued")) == 0 {
+	if len(p.findLogs("second signal: exiting without finishing the shutdown")) == 0 {
 		t.Fatal("the second signal was not logged")
 	}
 }

@@ -34,9 +34,8 @@ func (s *Server) connect(ctx context.Context, c *listener.Conn) (net.Conn, *upst
 			attempts++
 			conn, err := s.attempt(ctx, t, c)
 			if err == nil {
-				if t.AttemptSucceeded() {
-					s.log.Info("target accepts connections again", "target", t.Addr)
-				}
+				// The attempt is judged by the session: a target
+				// that accepts and then resets has not succeeded.
 				return conn, t, attempts, nil
 			}
 			if ctx.Err() != nil {
@@ -45,10 +44,7 @@ func (s *Server) connect(ctx context.Context, c *listener.Conn) (net.Conn, *upst
 			lastErr = err
 			s.dialFailed.Add(1)
 			c.Log.Debug("target attempt failed; trying the next", "target", t.Addr, "err", err)
-			if t.AttemptFailed(err, s.clock.Now(), s.cfg.MaxFails, s.cfg.FailTimeout) {
-				s.log.Warn("target skipped: its last attempts failed", "target", t.Addr,
-					"max_fails", s.cfg.MaxFails, "fail_timeout", s.cfg.FailTimeout, "err", err)
-			}
+			s.attemptFailed(t, err)
 		}
 		if round == s.cfg.ConnectRetries {
 			return nil, nil, attempts, fmt.Errorf("%w after %d attempts: %w", ErrNoTarget, attempts, lastErr)
@@ -56,6 +52,21 @@ func (s *Server) connect(ctx context.Context, c *listener.Conn) (net.Conn, *upst
 		if err := s.wait(ctx, bo.NextBackOff()); err != nil {
 			return nil, nil, attempts, err
 		}
+	}
+}
+
+// attemptFailed records a failed attempt on t for passive health.
+func (s *Server) attemptFailed(t *upstream.Target, err error) {
+	if t.AttemptFailed(err, s.clock.Now(), s.cfg.MaxFails, s.cfg.FailTimeout) {
+		s.log.Warn("target skipped: its last attempts failed", "target", t.Addr,
+			"max_fails", s.cfg.MaxFails, "fail_timeout", s.cfg.FailTimeout, "err", err)
+	}
+}
+
+// attemptSucceeded records that t served a connection.
+func (s *Server) attemptSucceeded(t *upstream.Target) {
+	if t.AttemptSucceeded() {
+		s.log.Info("target serves connections again", "target", t.Addr)
 	}
 }
 

@@ -37,8 +37,8 @@ type Server struct {
 	sessions map[*session]struct{} // guarded by mu
 	expired  bool                  // the drain timeout passed; guarded by mu
 
-	proxied, failed, dialFailed, idleClosed, shutClosed atomic.Uint64
-	fromClient, fromTarget, spliced                     atomic.Uint64
+	proxied, failed, dialFailed, earlyClosed, idleClosed, shutClosed atomic.Uint64
+	fromClient, fromTarget, spliced                                  atomic.Uint64
 }
 
 // New returns a server for a valid cfg.
@@ -105,6 +105,7 @@ func (s *Server) ServeConn(c *listener.Conn) {
 	defer s.untrack(ss)
 	c.Log.Info("proxying", "target", t.Addr, "attempts", attempts)
 	ss.run()
+	ss.judge()
 	ss.logClose()
 }
 
@@ -147,6 +148,7 @@ type Stats struct {
 	Proxied         uint64 // connections that reached a target
 	Failed          uint64 // connections closed because no target accepted them
 	DialFailures    uint64 // failed attempts (some then served by another target)
+	EarlyClosed     uint64 // connections a target closed at once, sending nothing
 	IdleClosed      uint64 // connections closed by IdleTimeout
 	ShutdownClosed  uint64 // connections closed when the drain timeout passed
 	BytesFromClient uint64
@@ -157,7 +159,7 @@ type Stats struct {
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats {
 	st := Stats{
-		Proxied: s.proxied.Load(), Failed: s.failed.Load(), DialFailures: s.dialFailed.Load(),
+		Proxied: s.proxied.Load(), Failed: s.failed.Load(), DialFailures: s.dialFailed.Load(), EarlyClosed: s.earlyClosed.Load(),
 		IdleClosed: s.idleClosed.Load(), ShutdownClosed: s.shutClosed.Load(),
 		BytesFromClient: s.fromClient.Load(), BytesFromTarget: s.fromTarget.Load(), BytesSpliced: s.spliced.Load(),
 	}
@@ -199,7 +201,7 @@ func (s *Server) Shutdown() Summary {
 		st := s.Stats()
 		s.summary = Summary{Stats: st}
 		s.log.Info("summary", "connections", st.Listener.Accepted, "proxied", st.Proxied, "failed", st.Failed,
-			"dial_failures", st.DialFailures, "idle_closed", st.IdleClosed, "shutdown_closed", st.ShutdownClosed,
+			"dial_failures", st.DialFailures, "early_closed", st.EarlyClosed, "idle_closed", st.IdleClosed, "shutdown_closed", st.ShutdownClosed,
 			"proxy_rejected", st.Listener.ProxyRejected, "bytes_from_client", st.BytesFromClient,
 			"bytes_from_target", st.BytesFromTarget, "bytes_spliced", st.BytesSpliced)
 	})

@@ -22,6 +22,10 @@ const (
 	byShutdown = "shutdown" // the drain timeout passed
 )
 
+// errClosedEarly is the failure of a target that closed a connection at
+// once, sending nothing.
+var errClosedEarly = errors.New("target closed the connection without sending anything")
+
 // session is one proxied connection: a client and its target.
 type session struct {
 	s       *Server
@@ -109,7 +113,9 @@ func (ss *session) movedFromClient(n int) {
 }
 
 func (ss *session) movedFromTarget(n int) {
-	ss.fromTarget.Add(int64(n))
+	if ss.fromTarget.Add(int64(n)) == int64(n) && n > 0 {
+		ss.s.attemptSucceeded(ss.t) // the first bytes: the target works
+	}
 	ss.s.fromTarget.Add(uint64(n))
 	ss.last.Store(ss.s.clock.Now().UnixNano())
 }
@@ -161,6 +167,29 @@ func (ss *session) checkIdle() {
 	}
 	ss.s.idleClosed.Add(1)
 	ss.abort(byIdle)
+}
+
+// judge records the session's outcome for passive health, unless the
+// target already proved itself by sending: a target that ended the
+// connection first, having sent nothing, within ConnectTimeout of its
+// start, failed (it accepts and resets, or crashed). Any other ending is a
+// success.
+func (ss *session) judge() {
+	if ss.fromTarget.Load() > 0 {
+		return
+	}
+	ss.mu.Lock()
+	by, err := ss.closedBy, ss.err
+	ss.mu.Unlock()
+	if by == byTarget && ss.s.clock.Since(ss.start) < ss.s.cfg.ConnectTimeout {
+		if err == nil {
+			err = errClosedEarly
+		}
+		ss.s.earlyClosed.Add(1)
+		ss.s.attemptFailed(ss.t, err)
+		return
+	}
+	ss.s.attemptSucceeded(ss.t)
 }
 
 // logClose writes the connection's close line.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"slices"
@@ -10,8 +11,11 @@ import (
 	"github.com/dustin/go-humanize"
 	"github.com/urfave/cli/v2"
 
+	"github.com/ndlb/ndlb/balance"
 	"github.com/ndlb/ndlb/framer"
+	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/ndjson"
+	"github.com/ndlb/ndlb/passthrough"
 	"github.com/ndlb/ndlb/pool"
 	"github.com/ndlb/ndlb/tlsutil"
 )
@@ -20,40 +24,101 @@ func env(name string) []string {
 	return []string{"NDLB_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}
 }
 
+// Flag categories, as --help groups them.
+const (
+	catListen      = "Listener (both modes)"
+	catTargets     = "Targets (both modes)"
+	catTLS         = "TLS (both modes)"
+	catNDJSON      = "NDJSON mode (the default)"
+	catPassthrough = "Passthrough mode (--passthrough)"
+	catLog         = "Logging"
+)
+
+// ndjsonOnly and passthroughOnly are the flags that mean nothing in the
+// other mode; setting one there is a usage error rather than a silent no-op.
+var (
+	ndjsonOnly      = []string{"connections", "max-line-bytes", "buffer-bytes", "read-bytes", "failback", "write-timeout", "tcp-user-timeout", "deliver-timeout"}
+	passthroughOnly = []string{"balance", "hash-key", "connect-retries", "max-fails", "fail-timeout", "idle-timeout", "send-proxy"}
+)
+
 // flags is the command-line contract of DESIGN.md. Every flag reads an
 // NDLB_* environment variable; single- and double-dash spellings both work.
 func flags() []cli.Flag {
 	d := pool.DefaultConfig()
+	p := passthrough.DefaultConfig()
 	return []cli.Flag{
-		&cli.StringFlag{Name: "addr", Value: "0.0.0.0", Usage: "address to listen on", EnvVars: env("addr")},
-		&cli.IntFlag{Name: "port", Value: 9000, Usage: "port to listen on (0 picks a free port, shown in the 'listening' log line)", EnvVars: env("port")},
-		&cli.StringSliceFlag{Name: "target", Usage: "target HOST:PORT; comma-separated and/or repeated (required)", EnvVars: env("target")},
-		&cli.IntFlag{Name: "connections", Value: d.Connections, Usage: "worker connections per target", EnvVars: env("connections")},
+		&cli.StringFlag{Name: "addr", Category: catListen, Value: "0.0.0.0", Usage: "address to listen on", EnvVars: env("addr")},
+		&cli.IntFlag{Name: "port", Category: catListen, Value: 9000, Usage: "port to listen on (0 picks a free port, shown in the 'listening' log line)", EnvVars: env("port")},
+		&cli.IntFlag{Name: "max-conns", Category: catListen, Value: 0, Usage: "most client connections served at once; beyond it new clients wait in the accept backlog (0: no limit)", EnvVars: env("max-conns")},
+		&cli.BoolFlag{Name: "accept-proxy", Category: catListen, Usage: "require a PROXY protocol header (v1 or v2) from a front load balancer on every connection; its client address is used and logged", EnvVars: env("accept-proxy")},
+		&cli.DurationFlag{Name: "proxy-header-timeout", Category: catListen, Value: listener.DefaultProxyHeaderTimeout, Usage: "with --accept-proxy, how long a connection may take to send its header", EnvVars: env("proxy-header-timeout")},
+		&cli.DurationFlag{Name: "drain-timeout", Category: catListen, Value: ndjson.DefaultDrainTimeout, Usage: "on SIGTERM, how long clients may keep their connections before they are closed", EnvVars: env("drain-timeout")},
+		&cli.BoolFlag{Name: "passthrough", Category: catListen, Usage: "L4 mode: proxy each client connection whole to one target, bytes unchanged", EnvVars: env("passthrough")},
 
-		&cli.StringFlag{Name: "tls-cert", Usage: "listen with TLS: certificate file (PEM)", EnvVars: env("tls-cert")},
-		&cli.StringFlag{Name: "tls-key", Usage: "listen with TLS: key file (PEM)", EnvVars: env("tls-key")},
-		&cli.StringFlag{Name: "tls-client-ca", Usage: "require client certificates signed by this CA file (PEM)", EnvVars: env("tls-client-ca")},
-		&cli.BoolFlag{Name: "tls-target", Usage: "connect to targets with TLS", EnvVars: env("tls-target")},
-		&cli.StringFlag{Name: "tls-target-ca", Usage: "CA file to verify targets with (default: system roots)", EnvVars: env("tls-target-ca")},
-		&cli.StringFlag{Name: "tls-target-server-name", Usage: "name to verify in target certificates (default: the target's host)", EnvVars: env("tls-target-server-name")},
-		&cli.BoolFlag{Name: "tls-target-skip-verify", Usage: "accept any target certificate (insecure; for testing)", EnvVars: env("tls-target-skip-verify")},
-		&cli.StringFlag{Name: "tls-target-cert", Usage: "client certificate file for targets that require one (mTLS)", EnvVars: env("tls-target-cert")},
-		&cli.StringFlag{Name: "tls-target-key", Usage: "key file of --tls-target-cert", EnvVars: env("tls-target-key")},
+		&cli.StringSliceFlag{Name: "target", Category: catTargets, Usage: "target HOST:PORT; comma-separated and/or repeated (required)", EnvVars: env("target")},
+		&cli.DurationFlag{Name: "connect-timeout", Category: catTargets, Value: d.ConnectTimeout, Usage: "timeout of one target dial, TLS handshake included", EnvVars: env("connect-timeout")},
+		&cli.DurationFlag{Name: "backoff-max", Category: catTargets, Value: d.BackoffMax, DefaultText: d.BackoffMax.String() + "; " + p.BackoffMax.String() + " with --passthrough", Usage: "longest wait between dial rounds when targets are down", EnvVars: env("backoff-max")},
 
-		&cli.StringFlag{Name: "max-line-bytes", Value: "1MiB", Usage: "longest line forwarded; longer lines are dropped whole, counted and logged", EnvVars: env("max-line-bytes")},
-		&cli.StringFlag{Name: "buffer-bytes", Value: "64MiB", Usage: "memory for lines read and not yet acknowledged; when full, clients are slowed (TCP backpressure)", EnvVars: env("buffer-bytes")},
-		&cli.StringFlag{Name: "read-bytes", Value: "16KiB", Usage: "size of each read from a client", EnvVars: env("read-bytes")},
-		&cli.DurationFlag{Name: "failback", Value: d.Failback, Usage: "how often a worker that failed over tries its home target again (0: never)", EnvVars: env("failback")},
-		&cli.DurationFlag{Name: "connect-timeout", Value: d.ConnectTimeout, Usage: "timeout of one target dial, TLS handshake included", EnvVars: env("connect-timeout")},
-		&cli.DurationFlag{Name: "write-timeout", Value: d.WriteTimeout, Usage: "a target that accepts no data for this long is failed over", EnvVars: env("write-timeout")},
-		&cli.DurationFlag{Name: "tcp-user-timeout", Value: d.UserTimeout, Usage: "TCP_USER_TIMEOUT: unacknowledged data this old fails a target connection (0: system default)", EnvVars: env("tcp-user-timeout")},
-		&cli.DurationFlag{Name: "backoff-max", Value: d.BackoffMax, Usage: "longest wait between dial rounds when targets are down", EnvVars: env("backoff-max")},
-		&cli.DurationFlag{Name: "drain-timeout", Value: ndjson.DefaultDrainTimeout, Usage: "on SIGTERM, how long clients may keep sending before their connections are closed", EnvVars: env("drain-timeout")},
-		&cli.DurationFlag{Name: "deliver-timeout", Value: ndjson.DefaultDeliverTimeout, Usage: "after the drain, how long ndlb keeps delivering before it drops (and counts) what is left", EnvVars: env("deliver-timeout")},
+		&cli.StringFlag{Name: "tls-cert", Category: catTLS, Usage: "listen with TLS: certificate file (PEM)", EnvVars: env("tls-cert")},
+		&cli.StringFlag{Name: "tls-key", Category: catTLS, Usage: "listen with TLS: key file (PEM)", EnvVars: env("tls-key")},
+		&cli.StringFlag{Name: "tls-client-ca", Category: catTLS, Usage: "require client certificates signed by this CA file (PEM)", EnvVars: env("tls-client-ca")},
+		&cli.BoolFlag{Name: "tls-target", Category: catTLS, Usage: "connect to targets with TLS", EnvVars: env("tls-target")},
+		&cli.StringFlag{Name: "tls-target-ca", Category: catTLS, Usage: "CA file to verify targets with (default: system roots)", EnvVars: env("tls-target-ca")},
+		&cli.StringFlag{Name: "tls-target-server-name", Category: catTLS, Usage: "name to verify in target certificates (default: the target's host)", EnvVars: env("tls-target-server-name")},
+		&cli.BoolFlag{Name: "tls-target-skip-verify", Category: catTLS, Usage: "accept any target certificate (insecure; for testing)", EnvVars: env("tls-target-skip-verify")},
+		&cli.StringFlag{Name: "tls-target-cert", Category: catTLS, Usage: "client certificate file for targets that require one (mTLS)", EnvVars: env("tls-target-cert")},
+		&cli.StringFlag{Name: "tls-target-key", Category: catTLS, Usage: "key file of --tls-target-cert", EnvVars: env("tls-target-key")},
 
-		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: env("log-format")},
-		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn or error", EnvVars: env("log-level")},
+		&cli.IntFlag{Name: "connections", Category: catNDJSON, Value: d.Connections, Usage: "worker connections per target", EnvVars: env("connections")},
+		&cli.StringFlag{Name: "max-line-bytes", Category: catNDJSON, Value: "1MiB", Usage: "longest line forwarded; longer lines are dropped whole, counted and logged", EnvVars: env("max-line-bytes")},
+		&cli.StringFlag{Name: "buffer-bytes", Category: catNDJSON, Value: "64MiB", Usage: "memory for lines read and not yet acknowledged; when full, clients are slowed (TCP backpressure)", EnvVars: env("buffer-bytes")},
+		&cli.StringFlag{Name: "read-bytes", Category: catNDJSON, Value: "16KiB", Usage: "size of each read from a client", EnvVars: env("read-bytes")},
+		&cli.DurationFlag{Name: "failback", Category: catNDJSON, Value: d.Failback, Usage: "how often a worker that failed over tries its home target again (0: never)", EnvVars: env("failback")},
+		&cli.DurationFlag{Name: "write-timeout", Category: catNDJSON, Value: d.WriteTimeout, Usage: "a target that accepts no data for this long is failed over", EnvVars: env("write-timeout")},
+		&cli.DurationFlag{Name: "tcp-user-timeout", Category: catNDJSON, Value: d.UserTimeout, Usage: "TCP_USER_TIMEOUT: unacknowledged data this old fails a target connection (0: system default)", EnvVars: env("tcp-user-timeout")},
+		&cli.DurationFlag{Name: "deliver-timeout", Category: catNDJSON, Value: ndjson.DefaultDeliverTimeout, Usage: "after the drain, how long ndlb keeps delivering before it drops (and counts) what is left", EnvVars: env("deliver-timeout")},
+
+		&cli.StringFlag{Name: "balance", Category: catPassthrough, Value: p.Balance, Usage: "how a connection's target is chosen: " + strings.Join(balance.Names, ", "), EnvVars: env("balance")},
+		&cli.StringFlag{Name: "hash-key", Category: catPassthrough, Value: string(p.HashKey), Usage: "what --balance hash hashes: ip (a client sticks to its target) or ip-port", EnvVars: env("hash-key")},
+		&cli.IntFlag{Name: "connect-retries", Category: catPassthrough, Value: p.ConnectRetries, Usage: "when every target failed, how many more rounds are tried (with backoff) before the client is closed", EnvVars: env("connect-retries")},
+		&cli.IntFlag{Name: "max-fails", Category: catPassthrough, Value: p.MaxFails, Usage: "a target whose last N attempts failed is skipped for --fail-timeout, unless all are (0: never skip)", EnvVars: env("max-fails")},
+		&cli.DurationFlag{Name: "fail-timeout", Category: catPassthrough, Value: p.FailTimeout, Usage: "how long a failing target is skipped", EnvVars: env("fail-timeout")},
+		&cli.DurationFlag{Name: "idle-timeout", Category: catPassthrough, Value: p.IdleTimeout, Usage: "close a connection with no traffic either way for this long (0: never)", EnvVars: env("idle-timeout")},
+		&cli.StringFlag{Name: "send-proxy", Category: catPassthrough, Usage: "send a PROXY protocol header (v1 or v2) with the client's address to each target", EnvVars: env("send-proxy")},
+
+		&cli.StringFlag{Name: "log-format", Category: catLog, Value: "text", Usage: "log format: text or json", EnvVars: env("log-format")},
+		&cli.StringFlag{Name: "log-level", Category: catLog, Value: "info", Usage: "log level: debug, info, warn or error (passthrough logs each connection at info)", EnvVars: env("log-level")},
 	}
+}
+
+// checkMode rejects flags set for the other mode.
+func checkMode(c *cli.Context) error {
+	pass := c.Bool("passthrough")
+	wrong, mode := ndjsonOnly, "--passthrough"
+	if !pass {
+		wrong, mode = passthroughOnly, "NDJSON mode (add --passthrough)"
+	}
+	for _, n := range wrong {
+		if c.IsSet(n) {
+			return usageError("--%s has no effect in %s", n, mode)
+		}
+	}
+	return nil
+}
+
+// listenerConfig maps the flags both modes share onto the listener's config.
+func listenerConfig(c *cli.Context) (listener.Config, error) {
+	lc := listener.Config{AcceptProxy: c.Bool("accept-proxy"), ProxyHeaderTimeout: c.Duration("proxy-header-timeout"), MaxConns: c.Int("max-conns")}
+	if lc.MaxConns < 0 {
+		return lc, usageError("invalid value %d for --max-conns: must not be negative (0: no limit)", lc.MaxConns)
+	}
+	if err := positive(c, "proxy-header-timeout"); err != nil {
+		return lc, err
+	}
+	if c.IsSet("proxy-header-timeout") && !lc.AcceptProxy {
+		return lc, usageError("--proxy-header-timeout needs --accept-proxy")
+	}
+	return lc, nil
 }
 
 // newLogger builds the logger from --log-format and --log-level.
@@ -139,9 +204,9 @@ func positive(c *cli.Context, names ...string) error {
 	return nil
 }
 
-// config maps the flags onto ndjson.Config, validating each value and
+// ndjsonConfig maps the flags onto ndjson.Config, validating each value and
 // naming the flag when one is wrong.
-func config(c *cli.Context, log *slog.Logger) (ndjson.Config, error) {
+func ndjsonConfig(c *cli.Context, log *slog.Logger) (ndjson.Config, error) {
 	cfg := ndjson.DefaultConfig()
 	cfg.Logger = log
 	var err error
@@ -187,7 +252,10 @@ func config(c *cli.Context, log *slog.Logger) (ndjson.Config, error) {
 	cfg.Pool.BackoffInitial = min(cfg.Pool.BackoffInitial, cfg.Pool.BackoffMax)
 	cfg.DrainTimeout = c.Duration("drain-timeout")
 	cfg.DeliverTimeout = c.Duration("deliver-timeout")
-	if err := tlsConfig(c, &cfg, log); err != nil {
+	if cfg.Listener, err = listenerConfig(c); err != nil {
+		return cfg, err
+	}
+	if cfg.Listener.TLS, cfg.Pool.TLS, err = tlsConfig(c, log); err != nil {
 		return cfg, err
 	}
 	if err := cfg.Validate(); err != nil { // a gap in the checks above
@@ -198,48 +266,105 @@ func config(c *cli.Context, log *slog.Logger) (ndjson.Config, error) {
 
 // tlsConfig maps the TLS flags, reading the files now so that a bad path or
 // PEM is reported at start.
-func tlsConfig(c *cli.Context, cfg *ndjson.Config, log *slog.Logger) error {
+func tlsConfig(c *cli.Context, log *slog.Logger) (server *tls.Config, client func() (*tls.Config, error), err error) {
 	cert, key, ca := c.String("tls-cert"), c.String("tls-key"), c.String("tls-client-ca")
 	switch {
 	case cert != "" && key == "":
-		return usageError("--tls-cert needs --tls-key")
+		return nil, nil, usageError("--tls-cert needs --tls-key")
 	case key != "" && cert == "":
-		return usageError("--tls-key needs --tls-cert")
+		return nil, nil, usageError("--tls-key needs --tls-cert")
 	case ca != "" && cert == "":
-		return usageError("--tls-client-ca needs --tls-cert and --tls-key")
+		return nil, nil, usageError("--tls-client-ca needs --tls-cert and --tls-key")
 	}
 	onErr := func(err error) {
 		log.Error("certificate files changed but cannot be loaded; keeping the previous ones", "err", err)
 	}
 	if cert != "" {
-		srv, err := tlsutil.Server(tlsutil.ServerOptions{CertFile: cert, KeyFile: key, ClientCAFile: ca, OnReloadError: onErr})
-		if err != nil {
-			return usageError("invalid --tls-cert/--tls-key/--tls-client-ca: %v", err)
+		if server, err = tlsutil.Server(tlsutil.ServerOptions{CertFile: cert, KeyFile: key, ClientCAFile: ca, OnReloadError: onErr}); err != nil {
+			return nil, nil, usageError("invalid --tls-cert/--tls-key/--tls-client-ca: %v", err)
 		}
-		cfg.Listener.TLS = srv
 	}
 	tcert, tkey := c.String("tls-target-cert"), c.String("tls-target-key")
 	if !c.Bool("tls-target") {
 		for _, n := range []string{"tls-target-ca", "tls-target-server-name", "tls-target-cert", "tls-target-key"} {
 			if c.String(n) != "" {
-				return usageError("--%s needs --tls-target", n)
+				return nil, nil, usageError("--%s needs --tls-target", n)
 			}
 		}
 		if c.Bool("tls-target-skip-verify") {
-			return usageError("--tls-target-skip-verify needs --tls-target")
+			return nil, nil, usageError("--tls-target-skip-verify needs --tls-target")
 		}
-		return nil
+		return server, nil, nil
 	}
 	if (tcert == "") != (tkey == "") {
-		return usageError("--tls-target-cert and --tls-target-key go together")
+		return nil, nil, usageError("--tls-target-cert and --tls-target-key go together")
 	}
-	get, err := tlsutil.Client(tlsutil.ClientOptions{
+	client, err = tlsutil.Client(tlsutil.ClientOptions{
 		CAFile: c.String("tls-target-ca"), ServerName: c.String("tls-target-server-name"),
 		SkipVerify: c.Bool("tls-target-skip-verify"), CertFile: tcert, KeyFile: tkey, OnReloadError: onErr,
 	})
 	if err != nil {
-		return usageError("invalid --tls-target-ca/--tls-target-cert/--tls-target-key: %v", err)
+		return nil, nil, usageError("invalid --tls-target-ca/--tls-target-cert/--tls-target-key: %v", err)
 	}
-	cfg.Pool.TLS = get
-	return nil
+	return server, client, nil
+}
+
+// passthroughConfig maps the flags onto passthrough.Config.
+func passthroughConfig(c *cli.Context, log *slog.Logger) (passthrough.Config, error) {
+	cfg := passthrough.DefaultConfig()
+	cfg.Logger = log
+	var err error
+	if cfg.Targets, err = targets(c); err != nil {
+		return cfg, err
+	}
+	if _, err := balance.New(c.String("balance")); err != nil {
+		return cfg, usageError("invalid value %q for --balance: want %s", c.String("balance"), strings.Join(balance.Names, ", "))
+	}
+	cfg.Balance = c.String("balance")
+	switch k := passthrough.HashKey(c.String("hash-key")); k {
+	case passthrough.HashIP, passthrough.HashIPPort:
+		cfg.HashKey = k
+	default:
+		return cfg, usageError("invalid value %q for --hash-key: want ip or ip-port", k)
+	}
+	if c.IsSet("hash-key") && cfg.Balance != "hash" {
+		return cfg, usageError("--hash-key needs --balance hash")
+	}
+	for _, n := range []string{"connect-retries", "max-fails"} {
+		if v := c.Int(n); v < 0 || v > 1000 {
+			return cfg, usageError("invalid value %d for --%s: want 0..1000", v, n)
+		}
+	}
+	cfg.ConnectRetries, cfg.MaxFails = c.Int("connect-retries"), c.Int("max-fails")
+	if err := nonNegative(c, "fail-timeout", "idle-timeout"); err != nil {
+		return cfg, err
+	}
+	if err := positive(c, "connect-timeout", "backoff-max", "drain-timeout"); err != nil {
+		return cfg, err
+	}
+	cfg.FailTimeout, cfg.IdleTimeout = c.Duration("fail-timeout"), c.Duration("idle-timeout")
+	cfg.ConnectTimeout, cfg.DrainTimeout = c.Duration("connect-timeout"), c.Duration("drain-timeout")
+	if c.IsSet("backoff-max") {
+		cfg.BackoffMax = c.Duration("backoff-max")
+		cfg.BackoffInitial = min(cfg.BackoffInitial, cfg.BackoffMax)
+	}
+	switch v := c.String("send-proxy"); v {
+	case "":
+	case "v1", "1":
+		cfg.SendProxy = 1
+	case "v2", "2":
+		cfg.SendProxy = 2
+	default:
+		return cfg, usageError("invalid value %q for --send-proxy: want v1 or v2", v)
+	}
+	if cfg.Listener, err = listenerConfig(c); err != nil {
+		return cfg, err
+	}
+	if cfg.Listener.TLS, cfg.TLS, err = tlsConfig(c, log); err != nil {
+		return cfg, err
+	}
+	if err := cfg.Validate(); err != nil { // a gap in the checks above
+		return cfg, usageError("%v", err)
+	}
+	return cfg, nil
 }

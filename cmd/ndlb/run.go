@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -12,7 +13,55 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ndlb/ndlb/ndjson"
+	"github.com/ndlb/ndlb/passthrough"
 )
+
+// server is what runBalancer needs of either mode.
+type server struct {
+	start    func(net.Listener)
+	err      func() <-chan error
+	shutdown func() (clean bool)
+	// lost describes, for the log, what a second signal abandons.
+	lost func() []any
+}
+
+// newServer builds the server of the mode the flags choose.
+func newServer(c *cli.Context, log *slog.Logger) (*server, error) {
+	if err := checkMode(c); err != nil {
+		return nil, err
+	}
+	if c.Bool("passthrough") {
+		cfg, err := passthroughConfig(c, log)
+		if err != nil {
+			return nil, err
+		}
+		srv, err := passthrough.New(cfg)
+		if err != nil {
+			return nil, usageError("%v", err)
+		}
+		return &server{
+			start: srv.Start, err: srv.Err,
+			shutdown: func() bool { srv.Shutdown(); return true },
+			lost:     func() []any { return []any{"open_connections", srv.Stats().Listener.Active} },
+		}, nil
+	}
+	cfg, err := ndjsonConfig(c, log)
+	if err != nil {
+		return nil, err
+	}
+	srv, err := ndjson.New(cfg)
+	if err != nil {
+		return nil, usageError("%v", err)
+	}
+	return &server{
+		start: srv.Start, err: srv.Err,
+		shutdown: func() bool { return srv.Shutdown().Clean },
+		lost: func() []any {
+			q := srv.Stats().Queue
+			return []any{"undelivered_lines", q.LinesIn - q.LinesOut}
+		},
+	}, nil
+}
 
 // runBalancer is the default action: balance until SIGTERM or SIGINT.
 func runBalancer(c *cli.Context) error {
@@ -27,13 +76,9 @@ func runBalancer(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := config(c, log)
+	srv, err := newServer(c, log)
 	if err != nil {
 		return err
-	}
-	srv, err := ndjson.New(cfg)
-	if err != nil {
-		return usageError("%v", err)
 	}
 	// Signals are caught before the listener opens, so one that arrives as
 	// soon as the port answers is never the default "die at once".
@@ -44,23 +89,21 @@ func runBalancer(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("listen on %s: %v", addr, err), exitError)
 	}
-	srv.Start(ln)
+	srv.start(ln)
 	select {
 	case sig := <-sigs:
 		log.Info("signal received; shutting down (a second signal exits at once)", "signal", sig.String())
-	case err := <-srv.Err():
+	case err := <-srv.err():
 		log.Error("listener failed", "err", err)
-		srv.Shutdown()
+		srv.shutdown()
 		return cli.Exit("", exitError)
 	}
 	go func() {
 		sig := <-sigs
-		q := srv.Stats().Queue
-		log.Error("second signal: exiting without delivering what is queued", "signal", sig.String(),
-			"undelivered_lines", q.LinesIn-q.LinesOut)
+		log.Error("second signal: exiting without finishing the shutdown", append([]any{"signal", sig.String()}, srv.lost()...)...)
 		os.Exit(exitError)
 	}()
-	if sum := srv.Shutdown(); !sum.Clean {
+	if !srv.shutdown() {
 		return cli.Exit("", exitError)
 	}
 	return nil
