@@ -1,0 +1,404 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// Passthrough benchmarks: the same work direct to the backend, through
+// ndlb --passthrough, and through HAProxy (mode tcp) and socat when they are
+// installed, one after the other in each iteration.
+//
+//	go test ./bench -run '^$' -bench Passthrough -benchtime 1x -count 3
+
+// peer is a way to reach the backend: direct, or through a proxy.
+type peer struct {
+	name string
+	addr string
+	pid  int // 0 for direct
+	stop func()
+}
+
+// startPeers starts every proxy in front of backend. Proxies not installed
+// are left out.
+func startPeers(b *testing.B, ndlb, backend string) []peer {
+	b.Helper()
+	peers := []peer{{name: "direct", addr: backend, stop: func() {}}}
+	port := freeLoopbackPort(b)
+	peers = append(peers, startProxy(b, "ndlb", port, exec.Command(ndlb, "--passthrough", "--addr", "127.0.0.1", "--port", port,
+		"--target", backend, "--log-level", "warn")))
+	if path, err := exec.LookPath("haproxy"); err == nil {
+		port := freeLoopbackPort(b)
+		cfg := filepath.Join(b.TempDir(), "haproxy.cfg")
+		// HAProxy's defaults, as most deployments run it: no logging,
+		// no kernel splicing, one thread per core.
+		conf := fmt.Sprintf(`global
+  maxconn 9000
+  nbthread 2
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+frontend f
+  bind 127.0.0.1:%s
+  default_backend b
+backend b
+  server s1 %s
+`, port, backend)
+		if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		peers = append(peers, startProxy(b, "haproxy", port, exec.Command(path, "-db", "-f", cfg)))
+	}
+	if path, err := exec.LookPath("socat"); err == nil {
+		port := freeLoopbackPort(b)
+		peers = append(peers, startProxy(b, "socat", port, exec.Command(path,
+			"TCP-LISTEN:"+port+",bind=127.0.0.1,fork,reuseaddr,backlog=4096", "TCP:"+backend)))
+	}
+	return peers
+}
+
+func freeLoopbackPort(b *testing.B) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	return port
+}
+
+// startProxy runs cmd and waits until it accepts on port.
+func startProxy(b *testing.B, name, port string, cmd *exec.Cmd) peer {
+	b.Helper()
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("%s: %v", name, err)
+	}
+	addr := "127.0.0.1:" + port
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			b.Fatalf("%s does not accept on %s", name, addr)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return peer{name: name, addr: addr, pid: cmd.Process.Pid, stop: func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	}}
+}
+
+func stopAll(peers []peer) {
+	for _, p := range peers {
+		p.stop()
+	}
+}
+
+// server is an in-process backend: it serves each connection with fn.
+type server struct {
+	ln net.Listener
+	wg sync.WaitGroup
+}
+
+func newServer(b *testing.B, fn func(net.Conn)) *server {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := &server{ln: ln}
+	s.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.wg.Go(func() { defer c.Close(); fn(c) })
+		}
+	})
+	return s
+}
+
+func (s *server) addr() string { return s.ln.Addr().String() }
+func (s *server) close()       { s.ln.Close(); s.wg.Wait() }
+
+// echoConn echoes until EOF.
+func echoConn(c net.Conn) {
+	buf := make([]byte, 4096)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if _, err := c.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// ratioTable logs one metric per peer and its ratio to direct and to
+// HAProxy.
+type ratioTable map[string]float64
+
+func (r ratioTable) report(b *testing.B, metric, unit string, order []peer) {
+	line := metric + ":"
+	for _, p := range order {
+		v, ok := r[p.name]
+		if !ok {
+			continue
+		}
+		line += fmt.Sprintf("  %s %.0f %s (%.2f of direct", p.name, v, unit, v/r["direct"])
+		if h, ok := r["haproxy"]; ok && p.name != "haproxy" && p.name != "direct" {
+			line += fmt.Sprintf(", %.2f of haproxy", v/h)
+		}
+		line += ")"
+		b.ReportMetric(v, p.name+"-"+unit)
+	}
+	b.Log(line)
+}
+
+// BenchmarkPassthrough measures bulk throughput with 1 and 4 streams,
+// request/response rate and latency over kept-alive connections, and new
+// connections per second.
+func BenchmarkPassthrough(b *testing.B) {
+	bin := buildNDLB(b)
+	b.Run("throughput", func(b *testing.B) {
+		var received atomic.Int64
+		sink := newServer(b, func(c net.Conn) {
+			buf := make([]byte, 256<<10)
+			for {
+				n, err := c.Read(buf)
+				received.Add(int64(n))
+				if err != nil {
+					return
+				}
+			}
+		})
+		defer sink.close()
+		peers := startPeers(b, bin, sink.addr())
+		defer stopAll(peers)
+		for b.Loop() {
+			for _, streams := range []int{1, 4} {
+				r := ratioTable{}
+				for _, p := range peers {
+					const perStream = 512 << 20
+					received.Store(0)
+					start := time.Now()
+					if err := bulkSend(p.addr, streams, perStream); err != nil {
+						b.Fatalf("%s: %v", p.name, err)
+					}
+					for received.Load() < int64(streams*perStream) {
+						time.Sleep(100 * time.Microsecond)
+					}
+					r[p.name] = float64(streams*perStream) / time.Since(start).Seconds() / 1e6
+				}
+				r.report(b, fmt.Sprintf("%d stream(s)", streams), "MB/s", peers)
+			}
+		}
+		b.ReportMetric(0, "ns/op")
+	})
+	b.Run("reqresp", func(b *testing.B) {
+		echo := newServer(b, echoConn)
+		defer echo.close()
+		peers := startPeers(b, bin, echo.addr())
+		defer stopAll(peers)
+		for b.Loop() {
+			rate, p50, p99 := ratioTable{}, ratioTable{}, ratioTable{}
+			for _, p := range peers {
+				n, elapsed, lat, err := reqResp(p.addr, 16, 3000)
+				if err != nil {
+					b.Fatalf("%s: %v", p.name, err)
+				}
+				rate[p.name] = float64(n) / elapsed.Seconds()
+				p50[p.name] = float64(lat[len(lat)/2].Microseconds())
+				p99[p.name] = float64(lat[len(lat)*99/100].Microseconds())
+			}
+			rate.report(b, "16 connections, 64-byte request/response", "req/s", peers)
+			p50.report(b, "latency p50", "µs-p50", peers)
+			p99.report(b, "latency p99", "µs-p99", peers)
+		}
+		b.ReportMetric(0, "ns/op")
+	})
+	b.Run("newconns", func(b *testing.B) {
+		echo := newServer(b, echoConn)
+		defer echo.close()
+		peers := startPeers(b, bin, echo.addr())
+		defer stopAll(peers)
+		for b.Loop() {
+			r := ratioTable{}
+			for _, p := range peers {
+				const workers, each = 8, 500
+				start := time.Now()
+				if err := newConns(p.addr, workers, each); err != nil {
+					b.Fatalf("%s: %v", p.name, err)
+				}
+				r[p.name] = workers * each / time.Since(start).Seconds()
+			}
+			r.report(b, "new connections (connect, 16-byte exchange, close; 8 at a time)", "conn/s", peers)
+		}
+		b.ReportMetric(0, "ns/op")
+	})
+}
+
+// bulkSend writes bytes on each of streams connections, 256 KiB at a time.
+func bulkSend(addr string, streams, bytes int) error {
+	chunk := make([]byte, 256<<10)
+	var g errgroup.Group
+	for range streams {
+		g.Go(func() error {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			for sent := 0; sent < bytes; sent += len(chunk) {
+				if _, err := c.Write(chunk); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// reqResp runs conns kept-alive connections, each making n sequential
+// 64-byte exchanges, and returns the count, the time taken and the sorted
+// latencies.
+func reqResp(addr string, conns, n int) (int, time.Duration, []time.Duration, error) {
+	lats := make([][]time.Duration, conns)
+	var g errgroup.Group
+	start := time.Now()
+	for i := range conns {
+		g.Go(func() error {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			req, resp := make([]byte, 64), make([]byte, 64)
+			lats[i] = make([]time.Duration, 0, n)
+			for range n {
+				t := time.Now()
+				if _, err := c.Write(req); err != nil {
+					return err
+				}
+				if _, err := io.ReadFull(c, resp); err != nil {
+					return err
+				}
+				lats[i] = append(lats[i], time.Since(t))
+			}
+			return nil
+		})
+	}
+	err := g.Wait()
+	elapsed := time.Since(start)
+	all := slices.Concat(lats...)
+	slices.Sort(all)
+	if len(all) == 0 && err == nil {
+		err = errors.New("no exchanges")
+	}
+	return len(all), elapsed, all, err
+}
+
+// newConns runs workers that each open each connections in turn: connect,
+// one 16-byte exchange, close.
+func newConns(addr string, workers, each int) error {
+	var g errgroup.Group
+	for range workers {
+		g.Go(func() error {
+			msg, buf := []byte("0123456789abcdef"), make([]byte, 16)
+			for range each {
+				c, err := net.Dial("tcp", addr)
+				if err != nil {
+					return err
+				}
+				_, err = c.Write(msg)
+				if err == nil {
+					_, err = io.ReadFull(c, buf)
+				}
+				c.Close()
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// BenchmarkPassthroughIdle holds 5000 idle proxied connections through ndlb
+// (and HAProxy when installed) and reports each proxy's resident memory per
+// connection.
+func BenchmarkPassthroughIdle(b *testing.B) {
+	const conns = 5000
+	bin := buildNDLB(b)
+	echo := newServer(b, echoConn)
+	defer echo.close()
+	peers := startPeers(b, bin, echo.addr())
+	defer stopAll(peers)
+	for b.Loop() {
+		r := ratioTable{}
+		for _, p := range peers {
+			if p.pid == 0 || p.name == "socat" { // socat forks a process per connection
+				continue
+			}
+			before := rss(p.pid)
+			open := make([]net.Conn, 0, conns)
+			buf := make([]byte, 1)
+			for range conns {
+				c, err := net.Dial("tcp", p.addr)
+				if err != nil {
+					b.Fatalf("%s: %v", p.name, err)
+				}
+				// One byte each way: the connection is proxied.
+				if _, err := c.Write([]byte{'x'}); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, buf); err != nil {
+					b.Fatal(err)
+				}
+				open = append(open, c)
+			}
+			r[p.name] = (rss(p.pid) - before) / conns / 1024
+			b.Logf("%s: RSS %.1f MiB with %d idle connections (%.1f MiB before)", p.name, rss(p.pid)/(1<<20), conns, before/(1<<20))
+			for _, c := range open {
+				c.Close()
+			}
+		}
+		r["direct"] = 1 // no proxy; keeps the ratio columns meaningful
+		r.report(b, strconv.Itoa(conns)+" idle proxied connections", "KiB/conn", peers)
+	}
+	b.ReportMetric(0, "ns/op")
+}
