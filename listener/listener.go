@@ -42,6 +42,21 @@ type Conn struct {
 	// Local is the address the client connected to: the destination of
 	// the PROXY header when there is one, else the local address.
 	Local net.Addr
+
+	detached bool   // Detach was called
+	release  func() // untracks and closes; set by the listener
+}
+
+// Detach lets ServeConn return while the connection stays open: the handler
+// then serves it on goroutines of its own and calls done, once, when it has
+// finished. The listener closes the connection in done, and until then
+// counts it as active, cuts its reads off at the shutdown deadline and waits
+// for it in Shutdown. It matters for memory: ServeConn's goroutine has grown
+// its stack through the handshake and the dial, while fresh goroutines that
+// only wait on a socket keep the smallest stack.
+func (c *Conn) Detach() (done func()) {
+	c.detached = true
+	return sync.OnceFunc(c.release)
 }
 
 // Raw returns the plain TCP connection under c, and the bytes the listener
@@ -177,7 +192,8 @@ func (l *Listener) Serve() error {
 		}
 		delay = 0
 		l.accepted.Add(1)
-		l.wg.Go(func() { defer l.freeSlot(); l.serveConn(c) })
+		l.wg.Add(1) // done in finish
+		go l.serveConn(c)
 	}
 }
 
@@ -216,23 +232,49 @@ func (l *Listener) isDraining() bool {
 	return l.draining
 }
 
-// serveConn runs the handshake and the handler for one connection.
+// serveConn runs the PROXY header, the handshake and the handler for one
+// connection, and finishes it unless the handler detached it.
 func (l *Listener) serveConn(nc net.Conn) {
+	c, ok := l.prepare(nc)
+	if !ok {
+		l.finish(nc)
+		return
+	}
+	l.track(c)
+	c.release = func() {
+		l.untrack(c)
+		l.finish(nc)
+	}
+	l.h.ServeConn(c)
+	if !c.detached {
+		c.release()
+	}
+}
+
+// finish closes a connection and frees its place.
+func (l *Listener) finish(nc net.Conn) {
+	nc.Close()
+	l.freeSlot()
+	l.wg.Done()
+}
+
+// prepare reads the PROXY header and runs the TLS handshake. On failure it
+// logs and returns false.
+func (l *Listener) prepare(nc net.Conn) (*Conn, bool) {
 	c := &Conn{Conn: nc, ID: ksuid.New(), Client: nc.RemoteAddr(), Local: nc.LocalAddr()}
-	defer nc.Close()
 	if l.cfg.AcceptProxy {
 		if err := l.readProxyHeader(c); err != nil {
 			l.proxyRejected.Add(1)
 			c.Log = l.log.With("conn", c.ID.String(), "proxy", nc.RemoteAddr().String())
 			c.Log.Warn("connection rejected: no valid PROXY protocol header", "err", err)
-			return
+			return nil, false
 		}
 		c.Log = l.log.With("conn", c.ID.String(), "client", c.Client.String(), "proxy", nc.RemoteAddr().String())
 	} else {
 		c.Log = l.log.With("conn", c.ID.String(), "client", c.Client.String())
 	}
 	if l.cfg.TLS != nil {
-		tc := tls.Server(nc, l.cfg.TLS)
+		tc := tls.Server(c.Conn, l.cfg.TLS) // after any bytes read past the PROXY header
 		ctx, cancel := context.WithTimeout(context.Background(), l.cfg.HandshakeTimeout)
 		err := tc.HandshakeContext(ctx)
 		cancel()
@@ -243,13 +285,11 @@ func (l *Listener) serveConn(nc net.Conn) {
 				level = slog.LevelDebug
 			}
 			c.Log.Log(context.Background(), level, "TLS handshake failed", "err", err)
-			return
+			return nil, false
 		}
 		c.Conn = tc
 	}
-	l.track(c)
-	defer l.untrack(c)
-	l.h.ServeConn(c)
+	return c, true
 }
 
 // track registers c. A connection that arrives after reads were cut off is

@@ -94,19 +94,16 @@ func (s *Server) ServeConn(c *listener.Conn) {
 		c.Log.Warn("closing the client: no target accepted its connection", "attempts", attempts, "err", err)
 		return
 	}
-	defer backend.Close()
 	t.ConnOpened()
-	defer t.ConnClosed()
 	s.proxied.Add(1)
 	ss := newSession(s, c, t, backend)
 	if !s.track(ss) {
 		ss.abort(byShutdown)
 	}
-	defer s.untrack(ss)
 	c.Log.Info("proxying", "target", t.Addr, "attempts", attempts)
-	ss.run()
-	ss.judge()
-	ss.logClose()
+	// The session runs on fresh goroutines, whose stacks stay small while
+	// the connection idles; this one's grew through the dial.
+	go ss.serve(c.Detach())
 }
 
 // track registers ss; it returns false when the drain timeout has passed.

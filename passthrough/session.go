@@ -58,6 +58,18 @@ func newSession(s *Server, c *listener.Conn, t *upstream.Target, backend net.Con
 	return ss
 }
 
+// serve runs the session to its end, then releases the client connection
+// with done.
+func (ss *session) serve(done func()) {
+	defer done()
+	defer ss.s.untrack(ss)
+	defer ss.t.ConnClosed()
+	defer ss.backend.Close()
+	ss.run()
+	ss.judge()
+	ss.logClose()
+}
+
 // run proxies both ways until both streams have ended, or one failed.
 func (ss *session) run() {
 	if d := ss.s.cfg.IdleTimeout; d > 0 {
