@@ -539,3 +539,30 @@ func TestNDJSONAcceptProxyLogsClient(t *testing.T) {
 	}
 	p.stopOK()
 }
+
+// A connection idle long enough for ndlb to let its goroutines go (2s)
+// carries traffic both ways again, and its half-close still works.
+func TestPassthroughIdleConnectionResumes(t *testing.T) {
+	b := newIDBackend(t, "b0", nil)
+	p := startPassthrough(t, []string{b.addr()})
+	c := dial(t, p.addr)
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	r := bufio.NewReader(c)
+	if name, err := r.ReadString('\n'); err != nil || name != "b0\n" {
+		t.Fatalf("greeting %q %v", name, err)
+	}
+	time.Sleep(3500 * time.Millisecond) // parked by now
+	c.Write([]byte("after the nap\n"))
+	if got, err := r.ReadString('\n'); err != nil || got != "after the nap\n" {
+		t.Fatalf("echo %q %v", got, err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	if rest, err := io.ReadAll(r); err != nil || len(rest) != 0 {
+		t.Fatalf("after half-close: %q %v", rest, err)
+	}
+	cl := p.waitLog("connection closed", 5*time.Second)
+	if cl["closed_by"] != "client" || cl["err"] != nil {
+		t.Fatalf("close log %v", cl)
+	}
+	p.stopOK()
+}

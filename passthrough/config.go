@@ -26,6 +26,7 @@ const (
 	DefaultBackoffInitial = 100 * time.Millisecond
 	DefaultBackoffMax     = 2 * time.Second
 	DefaultKeepAlive      = 15 * time.Second
+	DefaultParkAfter      = 2 * time.Second
 )
 
 // Errors. ErrConfig is wrapped by Validate's errors; ErrNoTarget by the
@@ -69,6 +70,9 @@ type Config struct {
 	// IdleTimeout closes a connection with no traffic either way for that
 	// long; 0 never does.
 	IdleTimeout time.Duration
+	// ParkAfter is how long a spliced connection must be idle before its
+	// goroutines are let go (see the package doc); 0 never parks.
+	ParkAfter time.Duration
 	// KeepAlive is the idle time before TCP keepalive probes start on
 	// target connections; negative disables them.
 	KeepAlive time.Duration
@@ -107,6 +111,7 @@ func DefaultConfig() Config {
 		FailTimeout:    DefaultFailTimeout,
 		IdleTimeout:    DefaultIdleTimeout,
 		KeepAlive:      DefaultKeepAlive,
+		ParkAfter:      DefaultParkAfter,
 		DrainTimeout:   DefaultDrainTimeout,
 	}
 }
@@ -123,7 +128,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: hash key %q: want ip or ip-port", ErrConfig, c.HashKey)
 	case c.ConnectTimeout <= 0 || c.DrainTimeout <= 0:
 		return fmt.Errorf("%w: connect and drain timeouts must be positive", ErrConfig)
-	case c.ConnectRetries < 0 || c.MaxFails < 0 || c.FailTimeout < 0 || c.IdleTimeout < 0:
+	case c.ConnectRetries < 0 || c.MaxFails < 0 || c.FailTimeout < 0 || c.IdleTimeout < 0 || c.ParkAfter < 0:
 		return fmt.Errorf("%w: retries, max fails, fail timeout and idle timeout must not be negative", ErrConfig)
 	case c.BackoffInitial <= 0 || c.BackoffMax < c.BackoffInitial:
 		return fmt.Errorf("%w: backoff needs 0 < initial <= max", ErrConfig)

@@ -5,6 +5,9 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
 )
 
 // copyBufferBytes is the buffer of a copy that cannot splice (TLS on one
@@ -13,27 +16,108 @@ const copyBufferBytes = 16 << 10
 
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferBytes); return &b }}
 
-// stream is one direction of a proxied connection.
+// Stream states.
+const (
+	running int32 = iota // a goroutine copies (or waits in the runtime's poller)
+	parked               // no goroutine: the parker resumes it when src has data
+	ended
+)
+
+// stream is one direction of a proxied connection. A goroutine runs it
+// until its source ends; a spliced stream idle for Config.ParkAfter gives
+// up its goroutine instead, and the parker starts a new one when the source
+// has data again.
 type stream struct {
+	ss       *session
+	side     string // byClient for the client's bytes, byTarget for the target's
 	src, dst net.Conn
-	// srcTCP and dstTCP are the plain TCP sockets, when both are plain
-	// TCP, for splicing.
-	srcTCP, dstTCP *net.TCPConn
-	// moved is called with every count of bytes written to dst.
-	moved func(n int)
+	srcRaw   syscall.RawConn // the source socket, when it is spliced
+	sp       *splicer        // nil unless both sockets are plain TCP on Linux
+	pending  []byte          // bytes to write before copying
+	moved    func(n int)
+
+	state     atomic.Int32
+	parkReq   atomic.Bool // the sweeper asks the stream to park
+	canSplice atomic.Bool // sp works on these sockets
+	id        uint64      // the stream's key in the parker
+	armed     bool        // registered with the parker's epoll; owned by the stream's goroutine
 }
 
-// proxyCopy copies s.src to s.dst until src ends, and returns the bytes
-// written, whether they were spliced, and the error that ended the copy
-// (nil at EOF). It is a named function so that it shows in stack dumps.
-func proxyCopy(s *stream) (n int64, spliced bool, err error) {
-	if s.srcTCP != nil && s.dstTCP != nil {
-		if n, handled, err := spliceCopy(s.dstTCP, s.srcTCP, s.moved); handled {
-			return n, true, err
+// newStream returns a stream from src to dst. srcTCP and dstTCP are the
+// plain TCP sockets, when they are.
+func newStream(ss *session, side string, src, dst net.Conn, srcTCP, dstTCP *net.TCPConn, moved func(int)) *stream {
+	st := &stream{ss: ss, side: side, src: src, dst: dst, moved: moved}
+	if srcTCP != nil && dstTCP != nil {
+		st.sp = newSplicer(srcTCP, dstTCP, moved, &ss.s.spliced)
+		if st.sp != nil {
+			st.srcRaw = st.sp.src
+			st.canSplice.Store(true)
 		}
 	}
-	n, err = bufferCopy(s.dst, s.src, s.moved)
-	return n, false, err
+	return st
+}
+
+// proxyCopy runs st until its source ends, then reports how it ended to
+// the session. It is a named function so that it shows in stack dumps.
+func proxyCopy(st *stream) {
+	st.state.Store(running)
+	err, parked := st.copy()
+	if parked {
+		return
+	}
+	st.state.Store(ended)
+	st.ss.ended(st, err)
+}
+
+// copy moves bytes until the source ends (err nil), fails, or the stream
+// parks.
+func (st *stream) copy() (err error, parked bool) {
+	if len(st.pending) > 0 {
+		n, err := st.dst.Write(st.pending)
+		st.moved(n)
+		st.pending = nil
+		if err != nil {
+			return err, false
+		}
+	}
+	if st.canSplice.Load() {
+		handled, parkNow, err := st.sp.copy(&st.parkReq)
+		switch {
+		case parkNow:
+			if st.park() {
+				return nil, true
+			}
+			return st.copy() // parking failed: go on with this goroutine
+		case handled:
+			return err, false
+		}
+		st.canSplice.Store(false) // the kernel cannot splice these sockets
+	}
+	_, err = bufferCopy(st.dst, st.src, st.moved)
+	return err, false
+}
+
+// askPark asks a running spliced stream to park: a read deadline in the
+// past cuts its wait short, and it parks instead of failing. It returns 1
+// if it asked, else 0.
+func (st *stream) askPark() int {
+	if !st.canSplice.Load() || st.state.Load() != running || st.parkReq.Swap(true) {
+		return 0
+	}
+	_ = st.src.SetReadDeadline(time.Unix(1, 0))
+	return 1
+}
+
+// park hands the stream to the parker; false means it could not.
+func (st *stream) park() bool {
+	p := st.ss.s.parker
+	if p == nil {
+		return false
+	}
+	// The sweeper's deadline has done its work; a resumed stream waits
+	// without one.
+	_ = st.src.SetReadDeadline(time.Time{})
+	return p.park(st)
 }
 
 // bufferCopy is io.Copy with a pooled buffer and a progress callback.

@@ -91,6 +91,9 @@ func testConfig(targets ...string) Config {
 	cfg.Logger = quiet()
 	cfg.BackoffInitial, cfg.BackoffMax = time.Millisecond, 5*time.Millisecond
 	cfg.DrainTimeout = 5 * time.Second
+	// Park idle streams almost at once, so that every test exercises
+	// parking and resuming.
+	cfg.ParkAfter = 2 * time.Millisecond
 	return cfg
 }
 

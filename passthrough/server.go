@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,13 +18,16 @@ import (
 
 // Server is passthrough mode: a listener whose connections are proxied.
 type Server struct {
-	cfg    Config
-	log    *slog.Logger
-	clock  clockwork.Clock
-	policy balance.Policy
-	set    *upstream.Set
-	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
-	ln     *listener.Listener
+	cfg      Config
+	log      *slog.Logger
+	clock    clockwork.Clock
+	policy   balance.Policy
+	set      *upstream.Set
+	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
+	ln       *listener.Listener
+	parker   *parker // nil: streams keep their goroutines
+	sweep    sync.WaitGroup
+	lastFree time.Time // last returnMemory; owned by the sweeper
 
 	// stop is cancelled when the drain timeout passes: dials give up and
 	// open sessions are closed.
@@ -71,6 +75,15 @@ func (s *Server) Start(ln net.Listener) {
 	lc.Logger = s.log
 	s.ln = listener.New(ln, s, lc)
 	go func() { s.serveErr <- s.ln.Serve() }()
+	if s.cfg.ParkAfter > 0 {
+		p, err := newParker()
+		if err != nil {
+			s.log.Warn("idle connections keep their goroutines", "err", err)
+		} else {
+			s.parker = p
+			s.sweep.Go(s.sweeper)
+		}
+	}
 	args := []any{"addr", ln.Addr().String(), "mode", "passthrough", "targets", s.cfg.Targets,
 		"balance", s.cfg.Balance, "tls", lc.TLS != nil, "tls_target", s.cfg.TLS != nil,
 		"accept_proxy", lc.AcceptProxy, "send_proxy", s.cfg.SendProxy, "max_conns", lc.MaxConns}
@@ -104,6 +117,49 @@ func (s *Server) ServeConn(c *listener.Conn) {
 	// The session runs on fresh goroutines, whose stacks stay small while
 	// the connection idles; this one's grew through the dial.
 	go ss.serve(c.Detach())
+}
+
+// sweeper asks the streams of connections idle for ParkAfter to park, until
+// the server stops.
+func (s *Server) sweeper() {
+	tick := time.NewTicker(s.cfg.ParkAfter / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stop.Done():
+			return
+		case <-tick.C:
+		}
+		quiet := s.clock.Now().Add(-s.cfg.ParkAfter).UnixNano()
+		asked := 0
+		s.mu.Lock()
+		for ss := range s.sessions {
+			if ss.last.Load() <= quiet {
+				asked += ss.up.askPark() + ss.down.askPark()
+			}
+		}
+		s.mu.Unlock()
+		s.returnMemory(asked)
+	}
+}
+
+// freeEvery bounds how often returnMemory runs.
+const freeEvery = time.Minute
+
+// returnMemory gives the stacks of goroutines let go by parking back to
+// the operating system when many were let go at once (thousands of
+// connections going quiet together), at most once a minute. Otherwise the
+// runtime keeps them for reuse, and a process that once had 10 000 busy
+// connections keeps their memory while they idle.
+func (s *Server) returnMemory(parked int) {
+	if parked < 1024 || time.Since(s.lastFree) < freeEvery {
+		return
+	}
+	s.lastFree = time.Now()
+	go func() {
+		time.Sleep(s.cfg.ParkAfter / 4) // let the goroutines exit
+		debug.FreeOSMemory()
+	}()
 }
 
 // track registers ss; it returns false when the drain timeout has passed.
@@ -195,6 +251,10 @@ func (s *Server) Shutdown() Summary {
 		timer.Stop()
 		cancel()
 		s.stopCancel()
+		s.sweep.Wait()
+		if s.parker != nil {
+			s.parker.Stop()
+		}
 		st := s.Stats()
 		s.summary = Summary{Stats: st}
 		s.log.Info("summary", "connections", st.Listener.Accepted, "proxied", st.Proxied, "failed", st.Failed,

@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jonboulle/clockwork"
@@ -33,11 +34,13 @@ type session struct {
 	t       *upstream.Target
 	backend net.Conn
 	start   time.Time
+	done    func() // releases the client connection to the listener
 
-	client  net.Conn     // what to read and write on the client side
-	cTCP    *net.TCPConn // the client's socket, when it is plain TCP
-	bTCP    *net.TCPConn // the target's socket, when it is plain TCP
-	pending []byte       // read past the client's PROXY header
+	client   net.Conn     // what to read and write on the client side
+	cTCP     *net.TCPConn // the client's socket, when it is plain TCP
+	bTCP     *net.TCPConn // the target's socket, when it is plain TCP
+	up, down *stream      // client to target, target to client
+	live     atomic.Int32 // streams not ended
 
 	last                   atomic.Int64 // Unix nanoseconds of the last bytes moved
 	fromClient, fromTarget atomic.Int64
@@ -50,72 +53,45 @@ type session struct {
 
 func newSession(s *Server, c *listener.Conn, t *upstream.Target, backend net.Conn) *session {
 	ss := &session{s: s, c: c, t: t, backend: backend, start: s.clock.Now(), client: c.Conn}
-	if tcp, pending, ok := c.Raw(); ok {
-		ss.client, ss.cTCP, ss.pending = tcp, tcp, pending
+	var pending []byte
+	if tcp, p, ok := c.Raw(); ok {
+		ss.client, ss.cTCP, pending = tcp, tcp, p
 	}
 	ss.bTCP, _ = backend.(*net.TCPConn)
+	ss.up = newStream(ss, byClient, ss.client, backend, ss.cTCP, ss.bTCP, ss.movedFromClient)
+	ss.up.pending = pending
+	ss.down = newStream(ss, byTarget, backend, ss.client, ss.bTCP, ss.cTCP, ss.movedFromTarget)
 	ss.last.Store(ss.start.UnixNano())
 	return ss
 }
 
-// serve runs the session to its end, then releases the client connection
-// with done.
+// serve starts both streams. The session finishes when both have ended;
+// then done releases the client connection.
 func (ss *session) serve(done func()) {
-	defer done()
-	defer ss.s.untrack(ss)
-	defer ss.t.ConnClosed()
-	defer ss.backend.Close()
-	ss.run()
-	ss.judge()
-	ss.logClose()
-}
-
-// run proxies both ways until both streams have ended, or one failed.
-func (ss *session) run() {
+	ss.done = done
 	if d := ss.s.cfg.IdleTimeout; d > 0 {
 		ss.mu.Lock()
 		ss.idle = ss.s.clock.AfterFunc(d, ss.checkIdle)
 		ss.mu.Unlock()
-		defer func() {
-			ss.mu.Lock()
-			ss.idle.Stop()
-			ss.mu.Unlock()
-		}()
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go ss.copyFromTarget(&wg)
-	ss.copyFromClient()
-	wg.Wait()
+	ss.live.Store(2)
+	go proxyCopy(ss.down)
+	proxyCopy(ss.up)
 }
 
-// copyFromClient copies the client's bytes to the target.
-func (ss *session) copyFromClient() {
-	var err error
-	if len(ss.pending) > 0 {
-		var n int
-		n, err = ss.backend.Write(ss.pending)
-		ss.movedFromClient(n)
+// finish runs when both streams have ended.
+func (ss *session) finish() {
+	ss.mu.Lock()
+	if ss.idle != nil {
+		ss.idle.Stop()
 	}
-	if err == nil {
-		var n int64
-		var spliced bool
-		n, spliced, err = proxyCopy(&stream{src: ss.client, dst: ss.backend, srcTCP: ss.cTCP, dstTCP: ss.bTCP, moved: ss.movedFromClient})
-		if spliced {
-			ss.s.spliced.Add(uint64(n))
-		}
-	}
-	ss.ended(byClient, err, ss.backend)
-}
-
-// copyFromTarget copies the target's bytes to the client.
-func (ss *session) copyFromTarget(wg *sync.WaitGroup) {
-	defer wg.Done()
-	n, spliced, err := proxyCopy(&stream{src: ss.backend, dst: ss.client, srcTCP: ss.bTCP, dstTCP: ss.cTCP, moved: ss.movedFromTarget})
-	if spliced {
-		ss.s.spliced.Add(uint64(n))
-	}
-	ss.ended(byTarget, err, ss.client)
+	ss.mu.Unlock()
+	ss.judge()
+	ss.logClose()
+	ss.backend.Close()
+	ss.t.ConnClosed()
+	ss.s.untrack(ss)
+	ss.done()
 }
 
 func (ss *session) movedFromClient(n int) {
@@ -132,23 +108,27 @@ func (ss *session) movedFromTarget(n int) {
 	ss.last.Store(ss.s.clock.Now().UnixNano())
 }
 
-// ended records that side's stream ended with err. At EOF the other side
-// is half-closed and its stream goes on; on an error both are closed.
-func (ss *session) ended(side string, err error, peer net.Conn) {
+// ended records that st ended with err. At EOF the other side is
+// half-closed and its stream goes on; on an error both are shut down. The
+// last stream to end finishes the session.
+func (ss *session) ended(st *stream, err error) {
 	ss.mu.Lock()
 	aborted := ss.closedBy == byIdle || ss.closedBy == byShutdown
 	if ss.closedBy == "" {
-		ss.closedBy = side
+		ss.closedBy = st.side
 	}
 	if err != nil && ss.err == nil && !aborted && !errors.Is(err, net.ErrClosed) {
 		ss.err = err
 	}
 	ss.mu.Unlock()
 	if err != nil {
-		ss.close()
-		return
+		ss.shutdown()
+	} else {
+		closeWrite(st.dst)
 	}
-	closeWrite(peer)
+	if ss.live.Add(-1) == 0 {
+		ss.finish()
+	}
 }
 
 // abort ends the session for reason, unless it already ended.
@@ -158,12 +138,26 @@ func (ss *session) abort(reason string) {
 		ss.closedBy = reason
 	}
 	ss.mu.Unlock()
-	ss.close()
+	ss.shutdown()
 }
 
-func (ss *session) close() {
-	ss.c.Close()
-	ss.backend.Close()
+// shutdown ends both streams: plain sockets are shut down both ways (which
+// wakes a parked stream, where closing would not), others are closed.
+func (ss *session) shutdown() {
+	for _, c := range []net.Conn{ss.client, ss.backend} {
+		if tc, ok := c.(*net.TCPConn); ok {
+			shutdownBoth(tc)
+		} else {
+			c.Close()
+		}
+	}
+}
+
+// shutdownBoth shuts tc down both ways without closing it.
+func shutdownBoth(tc *net.TCPConn) {
+	if rc, err := tc.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) { _ = syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
+	}
 }
 
 // checkIdle runs when the idle timer fires: it closes the connection if

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -65,54 +66,67 @@ func (p *pipe) close() {
 
 // splicer moves bytes from one socket to another through a pipe. It takes
 // a pipe when the source has data and gives it back when the source is
-// drained, so that an idle connection holds none.
+// drained, so that an idle stream holds none.
 type splicer struct {
 	src, dst syscall.RawConn
 	p        *pipe
 	inPipe   int   // bytes in the pipe
 	n        int   // bytes the last fill moved; 0 at EOF
 	err      error // error of the last splice call
-	written  int64
+	started  bool  // a splice has worked on these sockets
 	moved    func(int)
+	spliced  *atomic.Uint64
 	// fillFn and drainFn are fill and drain bound once, so that the
 	// RawConn calls allocate nothing.
 	fillFn, drainFn func(fd uintptr) bool
 }
 
-// spliceCopy copies src to dst with splice(2). handled is false when the
-// kernel cannot splice these sockets (nothing was moved: copy otherwise).
-func spliceCopy(dst, src *net.TCPConn, moved func(int)) (written int64, handled bool, err error) {
+// newSplicer returns a splicer from src to dst, or nil if their raw
+// sockets are not available.
+func newSplicer(src, dst *net.TCPConn, moved func(int), spliced *atomic.Uint64) *splicer {
 	srcRC, err := src.SyscallConn()
 	if err != nil {
-		return 0, false, nil
+		return nil
 	}
 	dstRC, err := dst.SyscallConn()
 	if err != nil {
-		return 0, false, nil
+		return nil
 	}
-	sp := &splicer{src: srcRC, dst: dstRC, moved: moved}
+	sp := &splicer{src: srcRC, dst: dstRC, moved: moved, spliced: spliced}
 	sp.fillFn, sp.drainFn = sp.fill, sp.drain
+	return sp
+}
+
+// copy splices until the source ends (err nil) or fails. handled is false
+// when the kernel cannot splice these sockets (nothing was moved: copy
+// otherwise). It returns parkNow when a read deadline cut a wait short
+// while parkReq was set: the caller parks the stream.
+func (sp *splicer) copy(parkReq *atomic.Bool) (handled, parkNow bool, err error) {
 	defer sp.release()
-	for first := true; ; first = false {
+	for {
 		sp.n, sp.err = 0, nil
 		if err := sp.src.Read(sp.fillFn); err != nil {
-			return sp.written, true, err // closed, or a deadline
+			if errors.Is(err, os.ErrDeadlineExceeded) && parkReq.Swap(false) {
+				return true, true, nil
+			}
+			return true, false, err // closed, or a deadline
 		}
-		if first && errors.Is(sp.err, unix.EINVAL) {
-			return 0, false, nil
+		if !sp.started && errors.Is(sp.err, unix.EINVAL) {
+			return false, false, nil
 		}
+		sp.started = true
 		if sp.err != nil {
-			return sp.written, true, os.NewSyscallError("splice", sp.err)
+			return true, false, os.NewSyscallError("splice", sp.err)
 		}
 		if sp.n == 0 {
-			return sp.written, true, nil
+			return true, false, nil
 		}
 		sp.inPipe = sp.n
 		if err := sp.dst.Write(sp.drainFn); err != nil {
-			return sp.written, true, err
+			return true, false, err
 		}
 		if sp.err != nil {
-			return sp.written, true, os.NewSyscallError("splice", sp.err)
+			return true, false, os.NewSyscallError("splice", sp.err)
 		}
 	}
 }
@@ -160,7 +174,7 @@ func (sp *splicer) drain(fd uintptr) bool {
 			return true
 		}
 		sp.inPipe -= int(n)
-		sp.written += n
+		sp.spliced.Add(uint64(n))
 		sp.moved(int(n))
 	}
 	return true

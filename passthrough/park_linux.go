@@ -1,0 +1,124 @@
+package passthrough
+
+import (
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// parker holds idle spliced streams without goroutines. A parked stream's
+// source socket is armed, one-shot, in the parker's own epoll instance (the
+// runtime's poller keeps its registration too); when it becomes readable,
+// or is shut down, one goroutine waiting in epoll_wait starts a new
+// goroutine for the stream. An idle connection then costs its sockets and
+// a few hundred bytes of state, not two goroutine stacks.
+type parker struct {
+	epfd, evfd int
+	wg         sync.WaitGroup
+
+	mu     sync.Mutex
+	next   uint64             // last id given; guarded by mu
+	parked map[uint64]*stream // guarded by mu
+}
+
+// newParker starts a parker; Stop stops it.
+func newParker() (*parker, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN} // id 0: stop
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	p := &parker{epfd: epfd, evfd: evfd, parked: make(map[uint64]*stream)}
+	p.wg.Go(p.run)
+	return p, nil
+}
+
+// park arms st's source and lets its goroutine go. It returns false if the
+// source cannot be armed; st then keeps its goroutine.
+func (p *parker) park(st *stream) bool {
+	// Everything the stream's next goroutine reads is written before the
+	// stream enters the map, under the lock that goroutine's start
+	// passes through.
+	p.mu.Lock()
+	if st.id == 0 {
+		p.next++
+		st.id = p.next
+	}
+	op := unix.EPOLL_CTL_ADD
+	if st.armed {
+		op = unix.EPOLL_CTL_MOD
+	}
+	wasArmed := st.armed
+	st.armed = true
+	st.state.Store(parked)
+	p.parked[st.id] = st
+	p.mu.Unlock()
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(st.id), Pad: int32(st.id >> 32)}
+	var err error
+	cerr := st.srcRaw.Control(func(fd uintptr) { err = unix.EpollCtl(p.epfd, op, int(fd), &ev) })
+	if cerr == nil && err == nil {
+		return true
+	}
+	// Not armed, so not resumed: take it back.
+	p.mu.Lock()
+	delete(p.parked, st.id)
+	st.armed = wasArmed
+	st.state.Store(running)
+	p.mu.Unlock()
+	return false
+}
+
+// run resumes streams whose sources are ready, until Stop.
+func (p *parker) run() {
+	events := make([]unix.EpollEvent, 256)
+	for {
+		n, err := unix.EpollWait(p.epfd, events, -1)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			return
+		}
+		for _, ev := range events[:n] {
+			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			if id == 0 {
+				return
+			}
+			p.mu.Lock()
+			st := p.parked[id]
+			delete(p.parked, id)
+			p.mu.Unlock()
+			if st != nil {
+				go proxyCopy(st)
+			}
+		}
+	}
+}
+
+// Parked is the number of parked streams.
+func (p *parker) Parked() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.parked)
+}
+
+// Stop ends the parker's goroutine and closes its descriptors. No stream
+// may be parked.
+func (p *parker) Stop() {
+	var one = [8]byte{1}
+	_, _ = unix.Write(p.evfd, one[:])
+	p.wg.Wait()
+	unix.Close(p.epfd)
+	unix.Close(p.evfd)
+}
