@@ -191,9 +191,10 @@ func TestPassthroughEcho100MB(t *testing.T) {
 			}
 			p.stopOK()
 			spliced := p.summary("bytes_spliced")
-			// Only TLS termination needs the bytes in user space.
+			// Only TLS termination needs the bytes in user space;
+			// otherwise all but the first read each way is spliced.
 			total := p.summary("bytes_from_client") + p.summary("bytes_from_target")
-			if total < uint64(2*len(payload)) || (tt.args == nil) != (spliced == total) {
+			if total < uint64(2*len(payload)) || (tt.args == nil) != (spliced >= total-64<<10) {
 				t.Fatalf("bytes_spliced %d", spliced)
 			}
 		})

@@ -25,7 +25,6 @@ const (
 	DefaultDrainTimeout   = 30 * time.Second
 	DefaultBackoffInitial = 100 * time.Millisecond
 	DefaultBackoffMax     = 2 * time.Second
-	DefaultKeepAlive      = 15 * time.Second
 	DefaultParkAfter      = 2 * time.Second
 )
 
@@ -73,8 +72,10 @@ type Config struct {
 	// ParkAfter is how long a spliced connection must be idle before its
 	// goroutines are let go (see the package doc); 0 never parks.
 	ParkAfter time.Duration
-	// KeepAlive is the idle time before TCP keepalive probes start on
-	// target connections; negative disables them.
+	// KeepAlive, if positive, turns TCP keepalive on for target
+	// connections, probing after that much idle time. Off by default, as
+	// in HAProxy and nginx: IdleTimeout ends connections to vanished
+	// peers, and each connection saves four system calls.
 	KeepAlive time.Duration
 	// SendProxy, if 1 or 2, sends a PROXY protocol header of that version
 	// with the client's address at the start of each target connection.
@@ -110,7 +111,6 @@ func DefaultConfig() Config {
 		MaxFails:       DefaultMaxFails,
 		FailTimeout:    DefaultFailTimeout,
 		IdleTimeout:    DefaultIdleTimeout,
-		KeepAlive:      DefaultKeepAlive,
 		ParkAfter:      DefaultParkAfter,
 		DrainTimeout:   DefaultDrainTimeout,
 	}

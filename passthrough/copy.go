@@ -2,8 +2,10 @@ package passthrough
 
 import (
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -36,6 +38,14 @@ type stream struct {
 	pending  []byte          // bytes to write before copying
 	moved    func(n int)
 
+	// Small-message copying (see copySmall); owned by the stream's
+	// goroutine.
+	bulk   bool    // splice: the last burst filled a buffer
+	buf    *[]byte // held only during a read and its write
+	n      int
+	rerr   error
+	readFn func(fd uintptr) bool
+
 	state     atomic.Int32
 	parkReq   atomic.Bool // the sweeper asks the stream to park
 	canSplice atomic.Bool // sp works on these sockets
@@ -51,6 +61,7 @@ func newStream(ss *session, side string, src, dst net.Conn, srcTCP, dstTCP *net.
 		st.sp = newSplicer(srcTCP, dstTCP, moved, &ss.s.spliced)
 		if st.sp != nil {
 			st.srcRaw = st.sp.src
+			st.readFn = st.read
 			st.canSplice.Store(true)
 		}
 	}
@@ -80,21 +91,88 @@ func (st *stream) copy() (err error, parked bool) {
 			return err, false
 		}
 	}
-	if st.canSplice.Load() {
-		handled, parkNow, err := st.sp.copy(&st.parkReq)
-		switch {
-		case parkNow:
-			if st.park() {
-				return nil, true
+	if !st.canSplice.Load() {
+		_, err = bufferCopy(st.dst, st.src, st.moved)
+		return err, false
+	}
+	for {
+		var parkNow bool
+		if st.bulk {
+			var handled bool
+			handled, parkNow, err = st.sp.copy(&st.parkReq)
+			if !handled { // the kernel cannot splice these sockets
+				st.canSplice.Store(false)
+				_, err = bufferCopy(st.dst, st.src, st.moved)
+				return err, false
 			}
-			return st.copy() // parking failed: go on with this goroutine
-		case handled:
+		} else {
+			parkNow, err = st.copySmall()
+			if st.bulk && !parkNow && err == nil {
+				continue // bulk now: splice
+			}
+		}
+		if !parkNow {
 			return err, false
 		}
-		st.canSplice.Store(false) // the kernel cannot splice these sockets
+		st.bulk = false // a burst after a pause starts small again
+		if st.park() {
+			return nil, true
+		}
 	}
-	_, err = bufferCopy(st.dst, st.src, st.moved)
-	return err, false
+}
+
+// copySmall copies through a buffer, which is cheaper than splicing for
+// small messages, until a read fills the buffer: then the stream is bulk
+// and splices. It returns parkNow as splicer.copy does.
+func (st *stream) copySmall() (parkNow bool, err error) {
+	for {
+		st.n, st.rerr = 0, nil
+		if err := st.srcRaw.Read(st.readFn); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && st.parkReq.Swap(false) {
+				return true, nil
+			}
+			return false, err
+		}
+		if st.rerr != nil {
+			return false, os.NewSyscallError("read", st.rerr)
+		}
+		if st.n == 0 {
+			return false, nil
+		}
+		full := st.n == len(*st.buf)
+		m, werr := st.dst.Write((*st.buf)[:st.n])
+		copyBuffers.Put(st.buf)
+		st.buf = nil
+		st.moved(m)
+		if werr != nil {
+			return false, werr
+		}
+		if full {
+			st.bulk = true
+			return false, nil
+		}
+	}
+}
+
+// read is called by the runtime when the source may be readable. It takes
+// a buffer only for the read, so that a waiting stream holds none.
+func (st *stream) read(fd uintptr) bool {
+	if st.buf == nil {
+		st.buf = copyBuffers.Get().(*[]byte)
+	}
+	for {
+		n, err := syscall.Read(int(fd), *st.buf)
+		switch err {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			copyBuffers.Put(st.buf)
+			st.buf = nil
+			return false
+		}
+		st.n, st.rerr = n, err
+		return true
+	}
 }
 
 // askPark asks a running spliced stream to park: a read deadline in the

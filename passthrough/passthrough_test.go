@@ -202,12 +202,11 @@ func TestEchoConnTypes(t *testing.T) {
 			if st.BytesFromClient+st.BytesFromTarget != total {
 				t.Fatalf("counted %d+%d bytes, want %d", st.BytesFromClient, st.BytesFromTarget, total)
 			}
-			wantSpliced := uint64(0)
-			if !tt.terminate && !tt.originate {
-				wantSpliced = total
-			}
-			if st.BytesSpliced != wantSpliced {
-				t.Fatalf("spliced %d bytes, want %d", st.BytesSpliced, wantSpliced)
+			// Plain TCP splices all but the first read of each
+			// burst; TLS on either side splices nothing.
+			plain := !tt.terminate && !tt.originate
+			if plain && st.BytesSpliced < total*95/100 || !plain && st.BytesSpliced != 0 {
+				t.Fatalf("spliced %d of %d bytes", st.BytesSpliced, total)
 			}
 		})
 	}

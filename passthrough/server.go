@@ -62,7 +62,10 @@ func New(cfg Config) (*Server, error) {
 		dial: cfg.Dial, sessions: make(map[*session]struct{}), serveErr: make(chan error, 1),
 	}
 	if s.dial == nil {
-		d := &net.Dialer{KeepAlive: cfg.KeepAlive}
+		d := &net.Dialer{KeepAlive: -1}
+		if cfg.KeepAlive > 0 {
+			d.KeepAlive = cfg.KeepAlive
+		}
 		s.dial = d.DialContext
 	}
 	s.stop, s.stopCancel = context.WithCancel(context.Background())
@@ -114,9 +117,9 @@ func (s *Server) ServeConn(c *listener.Conn) {
 		ss.abort(byShutdown)
 	}
 	c.Log.Info("proxying", "target", t.Addr, "attempts", attempts)
-	// The session runs on fresh goroutines, whose stacks stay small while
-	// the connection idles; this one's grew through the dial.
-	go ss.serve(c.Detach())
+	// The client's stream runs on this goroutine until it ends or parks;
+	// the session may go on after ServeConn returns.
+	ss.serve(c.Detach())
 }
 
 // sweeper asks the streams of connections idle for ParkAfter to park, until

@@ -121,12 +121,16 @@ func (ss *session) ended(st *stream, err error) {
 		ss.err = err
 	}
 	ss.mu.Unlock()
-	if err != nil {
+	last := ss.live.Add(-1) == 0
+	switch {
+	case err != nil:
 		ss.shutdown()
-	} else {
+	case !last:
 		closeWrite(st.dst)
 	}
-	if ss.live.Add(-1) == 0 {
+	// The last stream's end needs no half-close: finish closes both
+	// sockets, which sends the FIN.
+	if last {
 		ss.finish()
 	}
 }

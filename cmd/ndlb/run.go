@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -23,6 +24,8 @@ type server struct {
 	shutdown func() (clean bool)
 	// lost describes, for the log, what a second signal abandons.
 	lost func() []any
+	// keepAlive is the client sockets' TCP keepalive (negative: off).
+	keepAlive time.Duration
 }
 
 // newServer builds the server of the mode the flags choose.
@@ -43,6 +46,9 @@ func newServer(c *cli.Context, log *slog.Logger) (*server, error) {
 			start: srv.Start, err: srv.Err,
 			shutdown: func() bool { srv.Shutdown(); return true },
 			lost:     func() []any { return []any{"open_connections", srv.Stats().Listener.Active} },
+			// Off, as in HAProxy and nginx: --idle-timeout ends
+			// connections of vanished clients.
+			keepAlive: -1,
 		}, nil
 	}
 	cfg, err := ndjsonConfig(c, log)
@@ -85,7 +91,8 @@ func runBalancer(c *cli.Context) error {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	ln, err := net.Listen("tcp", addr)
+	lc := net.ListenConfig{KeepAlive: srv.keepAlive}
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("listen on %s: %v", addr, err), exitError)
 	}
