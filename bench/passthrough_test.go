@@ -392,8 +392,9 @@ func BenchmarkPassthroughIdle(b *testing.B) {
 				open = append(open, c)
 			}
 			// Idle connections: ndlb lets the goroutines of
-			// connections idle for 2s go.
-			time.Sleep(4 * time.Second)
+			// connections idle for 2s go, and returns their
+			// stacks to the system.
+			time.Sleep(6 * time.Second)
 			r[p.name] = (rss(p.pid) - before) / conns / 1024
 			b.Logf("%s: RSS %.1f MiB with %d idle connections (%.1f MiB before)", p.name, rss(p.pid)/(1<<20), conns, before/(1<<20))
 			for _, c := range open {

@@ -207,7 +207,7 @@ func (l *Listener) Serve() error {
 }
 
 // maxIdleWorkers bounds the goroutines kept waiting for connections.
-const maxIdleWorkers = 128
+const maxIdleWorkers = 32
 
 // worker serves c, then waits for more connections while fewer than
 // maxIdleWorkers wait. Reusing goroutines saves growing a fresh stack

@@ -176,14 +176,12 @@ func (st *stream) read(fd uintptr) bool {
 }
 
 // askPark asks a running spliced stream to park: a read deadline in the
-// past cuts its wait short, and it parks instead of failing. It returns 1
-// if it asked, else 0.
-func (st *stream) askPark() int {
+// past cuts its wait short, and it parks instead of failing.
+func (st *stream) askPark() {
 	if !st.canSplice.Load() || st.state.Load() != running || st.parkReq.Swap(true) {
-		return 0
+		return
 	}
 	_ = st.src.SetReadDeadline(time.Unix(1, 0))
-	return 1
 }
 
 // park hands the stream to the parker; false means it could not.

@@ -3,6 +3,7 @@ package passthrough
 import (
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,6 +17,8 @@ import (
 type parker struct {
 	epfd, evfd int
 	wg         sync.WaitGroup
+
+	parks atomic.Uint64 // streams parked so far
 
 	mu     sync.Mutex
 	next   uint64             // last id given; guarded by mu
@@ -68,6 +71,7 @@ func (p *parker) park(st *stream) bool {
 	var err error
 	cerr := st.srcRaw.Control(func(fd uintptr) { err = unix.EpollCtl(p.epfd, op, int(fd), &ev) })
 	if cerr == nil && err == nil {
+		p.parks.Add(1)
 		return true
 	}
 	// Not armed, so not resumed: take it back.
@@ -112,6 +116,9 @@ func (p *parker) Parked() int {
 	defer p.mu.Unlock()
 	return len(p.parked)
 }
+
+// Parks is the number of times a stream was parked.
+func (p *parker) Parks() uint64 { return p.parks.Load() }
 
 // Stop ends the parker's goroutine and closes its descriptors. No stream
 // may be parked.

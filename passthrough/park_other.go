@@ -11,4 +11,5 @@ func newParker() (*parker, error) { return nil, errors.New("parking idle streams
 
 func (p *parker) park(st *stream) bool { return false }
 func (p *parker) Parked() int          { return 0 }
+func (p *parker) Parks() uint64        { return 0 }
 func (p *parker) Stop()                {}

@@ -18,16 +18,18 @@ import (
 
 // Server is passthrough mode: a listener whose connections are proxied.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	clock    clockwork.Clock
-	policy   balance.Policy
-	set      *upstream.Set
-	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
-	ln       *listener.Listener
-	parker   *parker // nil: streams keep their goroutines
-	sweep    sync.WaitGroup
-	lastFree time.Time // last returnMemory; owned by the sweeper
+	cfg    Config
+	log    *slog.Logger
+	clock  clockwork.Clock
+	policy balance.Policy
+	set    *upstream.Set
+	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
+	ln     *listener.Listener
+	parker *parker // nil: streams keep their goroutines
+	sweep  sync.WaitGroup
+	// The parker's count of parks at the sweeper's last tick and at the
+	// last returnMemory; owned by the sweeper.
+	parksAtTick, parksAtFree uint64
 
 	// stop is cancelled when the drain timeout passes: dials give up and
 	// open sessions are closed.
@@ -117,8 +119,8 @@ func (s *Server) ServeConn(c *listener.Conn) {
 		ss.abort(byShutdown)
 	}
 	c.Log.Info("proxying", "target", t.Addr, "attempts", attempts)
-	// The client's stream runs on this goroutine until it ends or parks;
-	// the session may go on after ServeConn returns.
+	// The client's stream runs on this worker goroutine until it ends or
+	// parks; the session may go on after ServeConn returns.
 	ss.serve(c.Detach())
 }
 
@@ -134,35 +136,38 @@ func (s *Server) sweeper() {
 		case <-tick.C:
 		}
 		quiet := s.clock.Now().Add(-s.cfg.ParkAfter).UnixNano()
-		asked := 0
 		s.mu.Lock()
 		for ss := range s.sessions {
 			if ss.last.Load() <= quiet {
-				asked += ss.up.askPark() + ss.down.askPark()
+				ss.up.askPark()
+				ss.down.askPark()
 			}
 		}
 		s.mu.Unlock()
-		s.returnMemory(asked)
+		s.returnMemory()
 	}
 }
 
-// freeEvery bounds how often returnMemory runs.
-const freeEvery = time.Minute
+// freeAfterParks is how many streams must have parked since the last
+// returnMemory for it to run again.
+const freeAfterParks = 1024
 
-// returnMemory gives the stacks of goroutines let go by parking back to
-// the operating system when many were let go at once (thousands of
-// connections going quiet together), at most once a minute. Otherwise the
-// runtime keeps them for reuse, and a process that once had 10 000 busy
-// connections keeps their memory while they idle.
-func (s *Server) returnMemory(parked int) {
-	if parked < 1024 || time.Since(s.lastFree) < freeEvery {
+// returnMemory gives the memory of goroutines let go by parking back to the
+// operating system once a wave of parking ends (no stream parked since the
+// last tick) that let at least freeAfterParks go: thousands of connections
+// going quiet together. Otherwise the runtime keeps that memory for reuse,
+// and a process that once had 10 000 busy connections keeps their stacks
+// while they idle. The cost, a garbage collection, is small beside the
+// wave.
+func (s *Server) returnMemory() {
+	parks := s.parker.Parks()
+	wave := parks != s.parksAtTick
+	s.parksAtTick = parks
+	if wave || parks-s.parksAtFree < freeAfterParks {
 		return
 	}
-	s.lastFree = time.Now()
-	go func() {
-		time.Sleep(s.cfg.ParkAfter / 4) // let the goroutines exit
-		debug.FreeOSMemory()
-	}()
+	s.parksAtFree = parks
+	debug.FreeOSMemory()
 }
 
 // track registers ss; it returns false when the drain timeout has passed.
