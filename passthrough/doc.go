@@ -13,14 +13,21 @@
 // connection; when every target fails, the round is retried with backoff
 // ConnectRetries times before the client is closed.
 //
-// Bytes are then copied both ways. Between two plain TCP sockets on Linux
-// they move with splice(2) through a pipe, without entering user space; the
-// pipe is held only while data moves, so an idle connection costs two
-// sockets and two parked goroutines. With TLS on either side a pooled buffer
-// is used. A side that ends its stream (EOF) is half-closed on the other
-// side (CloseWrite), so request/response protocols that shut their write
-// side keep working. A connection with no traffic either way for
-// IdleTimeout is closed.
+// Bytes are then copied both ways, each way by its own stream. Between two
+// plain TCP sockets on Linux a stream copies small messages with read and
+// write through a pooled buffer taken only for the read, and once a read
+// fills the buffer it switches to splice(2), which moves bulk data through a
+// pipe without entering user space (the pipe, too, is held only while data
+// moves). With TLS on either side a pooled buffer is used. A side that ends
+// its stream (EOF) is half-closed on the other side (CloseWrite), so
+// protocols that shut their write side keep working. A connection with no
+// traffic either way for IdleTimeout is closed.
+//
+// A spliced connection idle for ParkAfter gives up its goroutines: a
+// sweeper cuts their waits short with a read deadline, and they arm their
+// sockets in the parker's own epoll set instead, where one goroutine waits
+// for all of them and starts a stream's goroutine again when its socket has
+// data. An idle connection then holds no goroutine, stack or buffer.
 //
 // The package does not parse what it proxies and does not retry a
 // connection once the target has accepted it: a target that accepts and
