@@ -220,13 +220,7 @@ func (s *Server) Stats() Stats {
 }
 
 // Targets returns each target's counters, in configuration order.
-func (s *Server) Targets() []upstream.Stats {
-	var out []upstream.Stats
-	for _, t := range s.set.Targets() {
-		out = append(out, t.Stats())
-	}
-	return out
-}
+func (s *Server) Targets() []upstream.Stats { return s.set.Stats() }
 
 // Shutdown stops the server as the package doc describes, logs a summary
 // line and returns it. It is safe to call more than once.

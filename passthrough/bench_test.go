@@ -10,33 +10,7 @@ import (
 // 16-byte exchange, close. Run with -cpuprofile to see the per-connection
 // cost; bench/ compares it with other proxies.
 func BenchmarkNewConn(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
-	cfg := DefaultConfig()
-	cfg.Targets = []string{ln.Addr().String()}
-	cfg.Logger = quiet()
-	s, err := New(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	pl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	s.Start(pl)
-	defer s.Shutdown()
+	_, s := benchWorld(b, DefaultConfig())
 	msg, buf := []byte("0123456789abcdef"), make([]byte, 16)
 	b.SetParallelism(4)
 	b.RunParallel(func(pb *testing.PB) {
@@ -52,4 +26,37 @@ func BenchmarkNewConn(b *testing.B) {
 			c.Close()
 		}
 	})
+}
+
+// benchWorld starts an echo target and a server in front of it, with cfg
+// (its targets and logger set here), and returns the target's address and
+// the server.
+func benchWorld(b *testing.B, cfg Config) (string, *Server) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	cfg.Targets = []string{ln.Addr().String()}
+	cfg.Logger = quiet()
+	s, err := New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	s.Start(pl)
+	b.Cleanup(func() { s.Shutdown() })
+	return ln.Addr().String(), s
 }

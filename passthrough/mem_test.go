@@ -12,37 +12,12 @@ import (
 // holds once parked, and its goroutines, measured in-process (the client
 // and the echo target's side are measured alone first and taken off). bench/ measures the whole process's RSS against other proxies.
 func BenchmarkIdleSession(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
 	cfg := DefaultConfig()
-	cfg.Targets = []string{ln.Addr().String()}
-	cfg.Logger = quiet()
 	cfg.ParkAfter = 50 * time.Millisecond
-	s, err := New(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	pl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	s.Start(pl)
-	defer s.Shutdown()
+	echo, s := benchWorld(b, cfg)
 	const n = 2000
 	for b.Loop() {
-		heap0, g0 := idleCost(b, ln.Addr().String(), n, 0)
+		heap0, g0 := idleCost(b, echo, n, 0)
 		heap, g := idleCost(b, s.Addr().String(), n, 4*cfg.ParkAfter)
 		b.ReportMetric(float64(heap-heap0)/n, "heap-B/conn")
 		b.ReportMetric(float64(g-g0)/n, "goroutines/conn")

@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"io"
 	"log/slog"
@@ -115,24 +114,11 @@ type tlsWorld struct {
 
 func newTLSWorld(t *testing.T) tlsWorld {
 	t.Helper()
-	ca, err := certtest.NewCA("test CA")
+	server, client, err := certtest.Configs("127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	pair, err := ca.Issue("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair(pair.CertPEM, pair.KeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.Cert)
-	return tlsWorld{
-		server: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
-		client: &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12},
-	}
+	return tlsWorld{server: server, client: client}
 }
 
 // roundTrip sends payload through addr, half-closes, and returns the

@@ -2,7 +2,6 @@ package pool
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"testing"
 
 	"github.com/ndlb/ndlb/internal/certtest"
@@ -13,24 +12,14 @@ import (
 // handshake included). A TLS target reset mid-stream loses nothing, and
 // every batch lands exactly where the counts say.
 func TestTLSTargetFailover(t *testing.T) {
-	ca, err := certtest.NewCA("pool test ca")
+	serverTLS, clientTLS, err := certtest.Configs("127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	pair, err := ca.Issue("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair(pair.CertPEM, pair.KeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.Cert)
 
 	cfg := testConfig()
-	cfg.TLS = func() (*tls.Config, error) { return &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, nil }
-	sinkTLS := &tls.Config{Certificates: []tls.Certificate{cert}}
+	cfg.TLS = func() (*tls.Config, error) { return clientTLS, nil }
+	sinkTLS := serverTLS
 	w := newWorldWith(t, 2, cfg, func(l *linetest.Ledger) (*linetest.Sink, error) {
 		return linetest.NewTLSSink("127.0.0.1:0", l, sinkTLS)
 	})

@@ -128,6 +128,15 @@ func NewSet(addrs []string) *Set {
 // modified.
 func (s *Set) Targets() []*Target { return s.targets }
 
+// Stats returns each target's counters, in configuration order.
+func (s *Set) Stats() []Stats {
+	out := make([]Stats, 0, len(s.targets))
+	for _, t := range s.targets {
+		out = append(out, t.Stats())
+	}
+	return out
+}
+
 // FailoverOrder returns every target except prev, for a worker whose home is
 // home and whose connection to prev failed (prev may be nil): home first if it
 // is up, then the other up targets in random order, then the down ones in

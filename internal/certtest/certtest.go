@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -117,4 +118,27 @@ func writeAtomic(path string, data []byte) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// Configs makes a CA and a certificate for name, and returns a server
+// config that presents it and a client config that trusts the CA and
+// expects name. Both require TLS 1.2 or later.
+func Configs(name string) (server, client *tls.Config, err error) {
+	ca, err := NewCA(name + " test CA")
+	if err != nil {
+		return nil, nil, err
+	}
+	pair, err := ca.Issue(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := tls.X509KeyPair(pair.CertPEM, pair.KeyPEM)
+	if err != nil {
+		return nil, nil, err
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	server = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	client = &tls.Config{RootCAs: roots, ServerName: name, MinVersion: tls.VersionTLS12}
+	return server, client, nil
 }
