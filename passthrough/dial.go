@@ -2,6 +2,7 @@ package passthrough
 
 import (
 	"context"
+	"errors"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -19,8 +20,7 @@ import (
 // the policy's order round by round, and the number of attempts it made.
 func (s *Server) connect(ctx context.Context, c *listener.Conn) (net.Conn, *upstream.Target, int, error) {
 	key := hashKey(c.Client, s.cfg.HashKey)
-	targets := s.set.Targets()
-	order := make([]int, 0, len(targets))
+	var order []int
 	bo := backoff.WithContext(backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(s.cfg.BackoffInitial),
 		backoff.WithMaxInterval(s.cfg.BackoffMax),
@@ -29,7 +29,12 @@ func (s *Server) connect(ctx context.Context, c *listener.Conn) (net.Conn, *upst
 	attempts := 0
 	var lastErr error
 	for round := 0; ; round++ {
-		for _, i := range s.candidates(order[:0], key) {
+		targets := s.set.Targets() // a snapshot per round: the set may change
+		order = s.candidates(order[:0], targets, key)
+		if len(order) == 0 {
+			lastErr = errNoneAccepts
+		}
+		for _, i := range order {
 			t := targets[i]
 			attempts++
 			conn, err := s.attempt(ctx, t, c)
@@ -55,6 +60,9 @@ func (s *Server) connect(ctx context.Context, c *listener.Conn) (net.Conn, *upst
 	}
 }
 
+// errNoneAccepts is the last error of a round without candidates.
+var errNoneAccepts = errors.New("every target is draining, disabled or failing its health checks")
+
 // attemptFailed records a failed attempt on t for passive health.
 func (s *Server) attemptFailed(t *upstream.Target, err error) {
 	if t.AttemptFailed(err, s.clock.Now(), s.cfg.MaxFails, s.cfg.FailTimeout) {
@@ -70,22 +78,30 @@ func (s *Server) attemptSucceeded(t *upstream.Target) {
 	}
 }
 
-// candidates appends the targets to try, in order: the policy's order of
-// the targets not skipped by passive health, or of all when all are.
-func (s *Server) candidates(dst []int, key []byte) []int {
-	targets := s.set.Targets()
+// candidates appends the targets to try, in the policy's order: those that
+// accept new work (not draining, disabled or failing health checks) and are
+// not skipped by passive health, or, when every accepting target is
+// skipped, all accepting targets.
+func (s *Server) candidates(dst []int, targets []*upstream.Target, key []byte) []int {
 	dst = s.policy.Order(dst, targets, key)
 	now := s.clock.Now()
-	healthy := dst[:0]
+	accepting := dst[:0]
 	for _, i := range dst {
+		if targets[i].Accepts() {
+			accepting = append(accepting, i)
+		}
+	}
+	n := len(accepting)
+	healthy := accepting[n:]
+	for _, i := range accepting {
 		if !targets[i].Skipped(now) {
 			healthy = append(healthy, i)
 		}
 	}
 	if len(healthy) > 0 {
-		return healthy
+		return append(dst[:0], healthy...)
 	}
-	return s.policy.Order(dst[:0], targets, key)
+	return accepting
 }
 
 func (s *Server) wait(ctx context.Context, d time.Duration) error {

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ndlb/ndlb/internal/certtest"
+	"github.com/ndlb/ndlb/upstream"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -467,5 +468,64 @@ func TestShutdownDrainTimeout(t *testing.T) {
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("read %v, want EOF", err)
+	}
+}
+
+// Draining, disabled and check-failed targets get no new connections;
+// existing connections to them go on.
+func TestStatesSteerNewConnections(t *testing.T) {
+	a, b := newBackend(t, nil, echo), newBackend(t, nil, echo)
+	d := &countingDial{}
+	cfg := testConfig(a.addr(), b.addr())
+	cfg.Dial = d.dial
+	cfg.ConnectRetries = 0
+	s := start(t, cfg)
+	held, err := net.Dial("tcp", s.Addr().String()) // to a (round-robin starts there)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := echoOnce(t, s.Addr().String()); err != nil { // to b
+		t.Fatal(err)
+	}
+	ta, _ := s.set.Lookup(a.addr())
+	tb, _ := s.set.Lookup(b.addr())
+	for _, tt := range []struct {
+		name string
+		out  func() bool
+	}{
+		{name: "draining", out: ta.Drain},
+		{name: "disabled", out: ta.Disable},
+		{name: "failing checks", out: func() bool {
+			ta.Enable()
+			return ta.SetChecked(upstream.CheckResult{Err: errors.New("503")}, false, true)
+		}},
+	} {
+		tt.out()
+		before := d.n(a.addr())
+		for range 4 {
+			if err := echoOnce(t, s.Addr().String()); err != nil {
+				t.Fatalf("%s: %v", tt.name, err)
+			}
+		}
+		if d.n(a.addr()) != before {
+			t.Fatalf("%s: a new connection went to the %s target", tt.name, tt.name)
+		}
+	}
+	// The connection opened before still works.
+	held.Write([]byte("x"))
+	if _, err := io.ReadFull(held, make([]byte, 1)); err != nil {
+		t.Fatalf("established connection: %v", err)
+	}
+	// With no target accepting, the client is closed.
+	tb.Drain()
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read %v, want EOF when no target accepts", err)
 	}
 }

@@ -25,6 +25,13 @@ type Target struct {
 	// the time (Unix nanoseconds) until which the target is skipped.
 	streak    atomic.Int64
 	skipUntil atomic.Int64
+
+	// See state.go.
+	set       *Set         // the set that notifies on changes
+	admin     atomic.Int32 // adminEnabled, adminDraining or adminDisabled
+	checkDown atomic.Bool  // failed its active health checks
+	removed   atomic.Bool  // left the configuration; draining until Prune
+	lastCheck CheckResult  // guarded by mu
 }
 
 // Up reports whether the last dial or connection to the target succeeded. A
@@ -92,10 +99,12 @@ func (t *Target) ConnOpened() { t.conns.Add(1) }
 // ConnClosed is the pair of ConnOpened.
 func (t *Target) ConnClosed() { t.conns.Add(-1) }
 
-// Stats is a snapshot of a target's counters.
+// Stats is a snapshot of a target's state and counters.
 type Stats struct {
 	Addr     string
-	Up       bool
+	State    State
+	Removed  bool // left the configuration; draining
+	Up       bool // the last dial or connection succeeded
 	Lines    uint64 // lines acknowledged
 	Bytes    uint64 // bytes acknowledged
 	Conns    int64  // open connections
@@ -105,46 +114,53 @@ type Stats struct {
 // Stats returns a snapshot of the target's counters.
 func (t *Target) Stats() Stats {
 	return Stats{
-		Addr: t.Addr, Up: t.Up(), Lines: t.lines.Load(), Bytes: t.bytes.Load(),
+		Addr: t.Addr, State: t.State(), Removed: t.Removed(), Up: t.Up(), Lines: t.lines.Load(), Bytes: t.bytes.Load(),
 		Conns: t.conns.Load(), Failures: t.failures.Load(),
 	}
 }
 
-// Set is a fixed list of targets.
+// Set is the list of targets. Targets may be added, drained and removed
+// while it is in use (see Update); readers take a snapshot with Targets.
 type Set struct {
-	targets []*Target
+	setFields
 }
 
 // NewSet returns a set of the given addresses, in order.
 func NewSet(addrs []string) *Set {
 	s := &Set{}
-	for _, a := range addrs {
-		s.targets = append(s.targets, &Target{Addr: a})
-	}
+	s.watch = make(chan struct{})
+	empty := []*Target{}
+	s.targets.Store(&empty)
+	s.Update(addrs)
 	return s
 }
 
-// Targets returns the targets in configuration order. The slice must not be
-// modified.
-func (s *Set) Targets() []*Target { return s.targets }
+// Targets returns a snapshot of the targets: configured ones in
+// configuration order, then removed ones still draining. The slice must
+// not be modified.
+func (s *Set) Targets() []*Target { return *s.targets.Load() }
 
 // Stats returns each target's counters, in configuration order.
 func (s *Set) Stats() []Stats {
-	out := make([]Stats, 0, len(s.targets))
-	for _, t := range s.targets {
+	targets := s.Targets()
+	out := make([]Stats, 0, len(targets))
+	for _, t := range targets {
 		out = append(out, t.Stats())
 	}
 	return out
 }
 
-// FailoverOrder returns every target except prev, for a worker whose home is
-// home and whose connection to prev failed (prev may be nil): home first if it
-// is up, then the other up targets in random order, then the down ones in
-// random order, and prev last.
+// FailoverOrder returns every target that accepts new work (see Accepts)
+// except prev, for a worker whose home is home and whose connection to prev
+// failed (prev may be nil): home first if it is up, then the other up
+// targets in random order, then the down ones in random order, and prev
+// last.
 func (s *Set) FailoverOrder(home, prev *Target) []*Target {
+	targets := s.Targets()
 	var up, down []*Target
-	for _, t := range s.targets {
+	for _, t := range targets {
 		switch {
+		case !t.Accepts():
 		case t == prev || t == home:
 		case t.Up():
 			up = append(up, t)
@@ -154,16 +170,17 @@ func (s *Set) FailoverOrder(home, prev *Target) []*Target {
 	}
 	rand.Shuffle(len(up), func(i, j int) { up[i], up[j] = up[j], up[i] })
 	rand.Shuffle(len(down), func(i, j int) { down[i], down[j] = down[j], down[i] })
-	order := make([]*Target, 0, len(s.targets))
-	if home != prev && home.Up() {
+	order := make([]*Target, 0, len(targets))
+	homeOK := home != prev && home.Accepts()
+	if homeOK && home.Up() {
 		order = append(order, home)
 	}
 	order = append(order, up...)
-	if home != prev && !home.Up() {
+	if homeOK && !home.Up() {
 		order = append(order, home)
 	}
 	order = append(order, down...)
-	if prev != nil {
+	if prev != nil && prev.Accepts() {
 		order = append(order, prev)
 	}
 	return order

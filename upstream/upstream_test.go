@@ -8,7 +8,8 @@ import (
 
 func TestFailoverOrder(t *testing.T) {
 	s := NewSet([]string{"a:1", "b:1", "c:1", "d:1"})
-	a, b, c, d := s.targets[0], s.targets[1], s.targets[2], s.targets[3]
+	ts := s.Targets()
+	a, b, c, d := ts[0], ts[1], ts[2], ts[3]
 	c.MarkDown(errors.New("refused"))
 	tests := []struct {
 		name       string
@@ -87,5 +88,75 @@ func TestPassiveHealth(t *testing.T) {
 	}
 	if (&Target{}).AttemptFailed(refused, now, 0, time.Second) {
 		t.Fatal("maxFails 0 must disable skipping")
+	}
+}
+
+func TestStates(t *testing.T) {
+	s := NewSet([]string{"a:1", "b:1"})
+	a, _ := s.Lookup("a:1")
+	w := s.Watch()
+	tests := []struct {
+		name    string
+		do      func() bool
+		want    State
+		accepts bool
+	}{
+		{name: "starts up", do: func() bool { return true }, want: StateUp, accepts: true},
+		{name: "passive failure: down but tried", do: func() bool { return a.MarkDown(errors.New("refused")) }, want: StateDown, accepts: true},
+		{name: "dial works again", do: a.MarkUp, want: StateUp, accepts: true},
+		{name: "checks fail", do: func() bool { return a.SetChecked(CheckResult{Err: errors.New("503")}, false, true) }, want: StateDown},
+		{name: "drain wins over down", do: a.Drain, want: StateDraining},
+		{name: "disable", do: a.Disable, want: StateDisabled},
+		{name: "enable: back to the check verdict", do: a.Enable, want: StateDown},
+		{name: "checks pass", do: func() bool { return a.SetChecked(CheckResult{}, true, true) }, want: StateUp, accepts: true},
+	}
+	for _, tt := range tests {
+		if !tt.do() {
+			t.Fatalf("%s: no change reported", tt.name)
+		}
+		if a.State() != tt.want || a.Accepts() != tt.accepts {
+			t.Fatalf("%s: state %s accepts %v, want %s %v", tt.name, a.State(), a.Accepts(), tt.want, tt.accepts)
+		}
+	}
+	select {
+	case <-w:
+	default:
+		t.Fatal("Watch was not signalled")
+	}
+	if a.Drain(); a.Drain() {
+		t.Fatal("a second Drain reported a change")
+	}
+	if _, err := s.Lookup("z:1"); !errors.Is(err, ErrUnknownTarget) {
+		t.Fatal(err)
+	}
+}
+
+func TestUpdateDrainsThenPrunes(t *testing.T) {
+	s := NewSet([]string{"a:1", "b:1"})
+	b, _ := s.Lookup("b:1")
+	b.ConnOpened()
+	added, removed := s.Update([]string{"a:1", "c:1"})
+	if len(added) != 1 || added[0].Addr != "c:1" || len(removed) != 1 || removed[0] != b {
+		t.Fatalf("added %v removed %v", added, removed)
+	}
+	if b.State() != StateDraining || !b.Removed() || b.Enable() {
+		t.Fatalf("removed target: %s removed=%v", b.State(), b.Removed())
+	}
+	if got := s.Prune(); len(got) != 0 || len(s.Targets()) != 3 {
+		t.Fatal("a removed target with a connection was pruned")
+	}
+	b.ConnClosed()
+	if got := s.Prune(); len(got) != 1 || len(s.Targets()) != 2 {
+		t.Fatalf("pruned %v, targets %d", got, len(s.Targets()))
+	}
+	// A removed target that comes back before it is pruned is enabled.
+	d, _ := s.Update([]string{"a:1", "c:1", "d:1"})
+	s.Update([]string{"a:1", "c:1"})
+	s.Update([]string{"a:1", "c:1", "d:1"})
+	if dd, _ := s.Lookup("d:1"); dd != d[0] || dd.State() != StateUp || dd.Removed() {
+		t.Fatal("a returning target is not up again")
+	}
+	if order := s.FailoverOrder(s.Targets()[0], nil); len(order) != 3 {
+		t.Fatalf("failover order %d targets", len(order))
 	}
 }

@@ -1,0 +1,236 @@
+package upstream
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// State is a target's state, as both modes and the admin API see it.
+type State int32
+
+// The states. A target is in exactly one, decided in this order: an
+// operator's disable or drain first, then failed health checks.
+const (
+	// StateUp takes new connections and batches.
+	StateUp State = iota
+	// StateDown failed its health checks (active, or passive: its last
+	// dial or connection failed). New work avoids it while others are up.
+	StateDown
+	// StateDraining takes no new connections or batches; existing ones
+	// finish. Operators drain a target before maintenance, and targets that
+	// leave the configuration or DNS are drained.
+	StateDraining
+	// StateDisabled is taken out by an operator: no new work at all.
+	StateDisabled
+)
+
+var stateNames = [...]string{"up", "down", "draining", "disabled"}
+
+// String returns the state's name, as logs and the admin API show it.
+func (s State) String() string {
+	if s < 0 || int(s) >= len(stateNames) {
+		return fmt.Sprintf("State(%d)", int32(s))
+	}
+	return stateNames[s]
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// Operator modes of a target (Target.admin).
+const (
+	adminEnabled int32 = iota
+	adminDraining
+	adminDisabled
+)
+
+// ErrUnknownTarget is returned for an address not in the set.
+var ErrUnknownTarget = errors.New("no such target")
+
+// State returns the target's state.
+func (t *Target) State() State {
+	switch t.admin.Load() {
+	case adminDisabled:
+		return StateDisabled
+	case adminDraining:
+		return StateDraining
+	}
+	if t.checkDown.Load() || t.down.Load() {
+		return StateDown
+	}
+	return StateUp
+}
+
+// Accepts reports whether new work may go to the target: it is neither
+// draining nor disabled, and has not failed its active health checks. A
+// target that is down only because its last dial failed still accepts:
+// trying it is how it is found up again.
+func (t *Target) Accepts() bool {
+	return t.admin.Load() == adminEnabled && !t.checkDown.Load()
+}
+
+// Removed reports whether the target has left the configuration (it drains
+// until its last connection closes, then leaves the set).
+func (t *Target) Removed() bool { return t.removed.Load() }
+
+func (t *Target) setAdmin(mode int32) (changed bool) {
+	if t.admin.Swap(mode) == mode {
+		return false
+	}
+	t.notify()
+	return true
+}
+
+// Drain stops new work going to the target; existing connections finish.
+// It reports whether the state changed.
+func (t *Target) Drain() bool { return t.setAdmin(adminDraining) }
+
+// Disable takes the target out. It reports whether the state changed.
+func (t *Target) Disable() bool { return t.setAdmin(adminDisabled) }
+
+// Enable undoes Drain and Disable. It reports whether the state changed. A
+// target that left the configuration cannot be enabled.
+func (t *Target) Enable() bool {
+	if t.removed.Load() {
+		return false
+	}
+	return t.setAdmin(adminEnabled)
+}
+
+// CheckResult is the outcome of one active health check.
+type CheckResult struct {
+	At  time.Time
+	Err error // nil: passed
+}
+
+// SetChecked records an active health check and, when the checker has seen
+// enough in a row (rise or fall), the verdict. It reports whether the
+// verdict changed the target's state.
+func (t *Target) SetChecked(r CheckResult, verdict, decided bool) bool {
+	t.mu.Lock()
+	t.lastCheck = r
+	if r.Err != nil {
+		t.lastErr = r.Err
+	}
+	t.mu.Unlock()
+	if !decided || t.checkDown.Swap(!verdict) == !verdict {
+		return false
+	}
+	t.notify()
+	return true
+}
+
+// LastCheck returns the last active health check, or the zero value.
+func (t *Target) LastCheck() CheckResult {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.lastCheck
+}
+
+// notify tells the set's watchers that a state changed.
+func (t *Target) notify() {
+	if s := t.set; s != nil {
+		s.changed()
+	}
+}
+
+// Watch returns a channel that is closed at the next change of the set: a
+// target added, removed, or changing state through Drain, Disable, Enable or
+// a health verdict. Passive dial results do not count.
+func (s *Set) Watch() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.watch
+}
+
+func (s *Set) changed() {
+	s.mu.Lock()
+	close(s.watch)
+	s.watch = make(chan struct{})
+	s.mu.Unlock()
+}
+
+// Lookup returns the target with address addr.
+func (s *Set) Lookup(addr string) (*Target, error) {
+	for _, t := range s.Targets() {
+		if t.Addr == addr {
+			return t, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: %s", ErrUnknownTarget, addr)
+}
+
+// Update makes addrs the configured targets, in that order: new addresses
+// are added (up), and targets not in addrs are drained and marked removed;
+// they stay in the set until Prune finds them without connections. A
+// removed target that comes back is enabled again. Update returns the
+// targets added and removed.
+func (s *Set) Update(addrs []string) (added, removed []*Target) {
+	s.update.Lock()
+	defer s.update.Unlock()
+	old := s.Targets()
+	next := make([]*Target, 0, len(addrs)+len(old))
+	for _, a := range addrs {
+		i := slices.IndexFunc(old, func(t *Target) bool { return t.Addr == a })
+		if i < 0 {
+			t := &Target{Addr: a, set: s}
+			next = append(next, t)
+			added = append(added, t)
+			continue
+		}
+		t := old[i]
+		if t.removed.Swap(false) {
+			t.admin.Store(adminEnabled)
+		}
+		next = append(next, t)
+	}
+	for _, t := range old {
+		if slices.Contains(addrs, t.Addr) {
+			continue
+		}
+		if !t.removed.Swap(true) {
+			t.admin.Store(adminDraining)
+			removed = append(removed, t)
+		}
+		next = append(next, t) // draining until Prune
+	}
+	s.targets.Store(&next)
+	if len(added)+len(removed) > 0 {
+		s.changed()
+	}
+	return added, removed
+}
+
+// Prune drops removed targets that have no open connection left, and
+// returns them.
+func (s *Set) Prune() []*Target {
+	s.update.Lock()
+	defer s.update.Unlock()
+	old := s.Targets()
+	var gone []*Target
+	next := slices.DeleteFunc(slices.Clone(old), func(t *Target) bool {
+		if t.removed.Load() && t.Active() == 0 {
+			gone = append(gone, t)
+			return true
+		}
+		return false
+	})
+	if len(gone) > 0 {
+		s.targets.Store(&next)
+		s.changed()
+	}
+	return gone
+}
+
+// setFields are the Set's fields for dynamic membership, kept here beside
+// their methods.
+type setFields struct {
+	targets atomic.Pointer[[]*Target] // copy on write
+	update  sync.Mutex                // serialises Update and Prune
+	mu      sync.Mutex
+	watch   chan struct{} // closed at the next change; guarded by mu
+}
