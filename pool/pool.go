@@ -152,6 +152,9 @@ type Pool struct {
 	clock clockwork.Clock
 	dial  Dialer
 	st    stats
+
+	mu      sync.Mutex
+	staffed map[*upstream.Target]int // running workers per home target; guarded by mu
 }
 
 // New returns a pool over set, taking batches from q. cfg must be valid.
@@ -176,16 +179,47 @@ func New(cfg Config, q *dispatch.Queue, set *upstream.Set) *Pool {
 // Run runs every worker until the queue is idle (its input closed and every
 // batch delivered) or ctx is cancelled. On cancellation each worker hands its
 // unacknowledged batches back to the queue before Run returns, so the caller
-// can count what was left with dispatch.Queue.Discard.
+// can count what was left with dispatch.Queue.Discard. Targets added to the
+// set while it runs get their workers; the workers of a removed target
+// leave once their batches are acknowledged.
 func (p *Pool) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	for _, t := range p.set.Targets() {
-		for i := range p.cfg.Connections {
-			w := &worker{p: p, home: t, log: p.log.With("worker", fmt.Sprintf("%s#%d", t.Addr, i))}
-			wg.Go(func() { w.run(ctx) })
+	defer wg.Wait()
+	for {
+		watch := p.set.Watch()
+		p.startWorkers(ctx, &wg)
+		select {
+		case <-watch:
+		case <-ctx.Done():
+			return
+		case <-p.queue.Idle():
+			return
 		}
 	}
-	wg.Wait()
+}
+
+// startWorkers starts Connections workers for each target that has none.
+func (p *Pool) startWorkers(ctx context.Context, wg *sync.WaitGroup) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.staffed == nil {
+		p.staffed = make(map[*upstream.Target]int)
+	}
+	for _, t := range p.set.Targets() {
+		if p.staffed[t] > 0 || t.Removed() {
+			continue
+		}
+		p.staffed[t] = p.cfg.Connections
+		for i := range p.cfg.Connections {
+			w := &worker{p: p, home: t, log: p.log.With("worker", fmt.Sprintf("%s#%d", t.Addr, i))}
+			wg.Go(func() {
+				w.run(ctx)
+				p.mu.Lock()
+				p.staffed[t]--
+				p.mu.Unlock()
+			})
+		}
+	}
 }
 
 // Stats returns the pool's counters.

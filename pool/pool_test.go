@@ -389,3 +389,58 @@ func TestFlappingTargetBacksOff(t *testing.T) {
 		t.Fatalf("%d dials in %s: the workers are not backing off (limit %d)", dials, elapsed, limit)
 	}
 }
+
+// Draining a target mid-stream moves its workers elsewhere once their
+// batches are acknowledged: nothing is lost or duplicated, and the drained
+// target's connections close. Enabling it brings workers back.
+func TestDrainMovesWorkersWithoutLoss(t *testing.T) {
+	w := newWorld(t, 2, testConfig())
+	w.start()
+	a := w.set.Targets()[0]
+	waitFor(t, func() bool { return a.Active() == 2 })
+	w.push(1, 0, 10000, 20)
+	a.Drain()
+	waitFor(t, func() bool { return a.Active() == 0 })
+	before := w.sinks[0].Lines()
+	w.push(1, 10000, 20000, 20)
+	waitFor(t, func() bool { return w.q.Stats().LinesOut == 20000 })
+	if w.sinks[0].Lines() != before {
+		t.Fatal("the drained target got batches after its workers left")
+	}
+	a.Enable()
+	waitFor(t, func() bool { return a.Active() > 0 }) // failback to the home
+	w.push(1, 20000, 30000, 20)
+	w.finish()
+	if r := w.ledger.Check(map[uint32]uint32{1: 30000}); r.Lost != 0 || r.Duplicated != 0 || r.Torn != 0 {
+		t.Fatal(r)
+	}
+}
+
+// Targets added to the set get workers; a removed target's workers leave
+// after their batches are acknowledged, and it is pruned.
+func TestMembershipChanges(t *testing.T) {
+	w := newWorld(t, 2, testConfig())
+	w.start()
+	extra, err := linetest.NewSink("127.0.0.1:0", w.ledger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(extra.Close)
+	w.sinks = append(w.sinks, extra)
+	a := w.set.Targets()[0]
+	w.push(1, 0, 5000, 20)
+	w.set.Update([]string{w.sinks[1].Addr(), extra.Addr()})
+	c, _ := w.set.Lookup(extra.Addr())
+	waitFor(t, func() bool { return c.Active() == 2 && a.Active() == 0 })
+	if gone := w.set.Prune(); len(gone) != 1 || gone[0] != a {
+		t.Fatalf("pruned %v", gone)
+	}
+	w.push(1, 5000, 10000, 20)
+	w.finish()
+	if r := w.ledger.Check(map[uint32]uint32{1: 10000}); r.Lost != 0 || r.Duplicated != 0 || r.Torn != 0 {
+		t.Fatal(r)
+	}
+	if extra.Lines() == 0 {
+		t.Fatal("the added target got nothing")
+	}
+}

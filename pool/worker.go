@@ -75,6 +75,9 @@ func (w *worker) wait(ctx context.Context) bool {
 // none did. It returns nil when the worker should stop.
 func (w *worker) connect(ctx context.Context, prev *upstream.Target) *upConn {
 	for {
+		if w.home.Removed() {
+			return nil
+		}
 		for _, t := range w.p.set.FailoverOrder(w.home, prev) {
 			if ctx.Err() != nil || isClosed(w.p.queue.Idle()) {
 				return nil
@@ -139,7 +142,7 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 	var fb clockwork.Timer
 	var fbC <-chan time.Time
 	armFailback := func() {
-		if c.target != w.home && cfg.Failback > 0 {
+		if c.target != w.home && cfg.Failback > 0 && w.home.Accepts() {
 			fb = w.p.clock.NewTimer(cfg.Failback)
 			fbC = fb.Chan()
 		} else {
@@ -149,6 +152,13 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 	armFailback()
 	fbDone := make(chan failbackResult, 1)
 	fbPending := false
+	startFailback := func() {
+		fbC, fbPending = nil, true
+		go func() {
+			nc, err := w.p.dialConn(ctx, w.home)
+			fbDone <- failbackResult{nc, err}
+		}()
+	}
 	stopWrites := interruptWrites(ctx, c)
 	defer func() {
 		ack.Stop()
@@ -169,8 +179,32 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 			ackArmed = true
 		}
 	}
+	watch := w.p.set.Watch()
 	for {
 		select {
+		case <-watch:
+			watch = w.p.set.Watch()
+			switch {
+			case w.home.Removed():
+				// The home left the configuration: other targets
+				// have workers of their own.
+				c.log.Info("leaving: home target removed", "home", w.home.Addr)
+				w.retire(ctx, c)
+				return nil, progress
+			case !c.target.Accepts():
+				// Draining, disabled or failing its checks: no
+				// new batches; the written ones finish in retire.
+				c.log.Info("leaving target", "state", c.target.State().String())
+				w.retire(ctx, c)
+				return c.target, true // connect elsewhere at once
+			case c.target != w.home && w.home.Accepts() && !fbPending:
+				// The home accepts again (enabled, or its
+				// checks pass): go back now.
+				if fb != nil {
+					fb.Stop()
+				}
+				startFailback()
+			}
 		case <-ctx.Done():
 			w.p.st.requeuedLines.Add(uint64(c.requeue(q)))
 			w.closed(c)
@@ -197,11 +231,7 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 			ackArmed = false
 			settle()
 		case <-fbC:
-			fbC, fbPending = nil, true
-			go func() {
-				nc, err := w.p.dialConn(ctx, w.home)
-				fbDone <- failbackResult{nc, err}
-			}()
+			startFailback()
 		case r := <-fbDone:
 			fbPending = false
 			if r.err != nil {
