@@ -2,8 +2,8 @@ package passthrough
 
 import (
 	"context"
-	"errors"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"time"

@@ -401,6 +401,9 @@ func TestDrainMovesWorkersWithoutLoss(t *testing.T) {
 	w.push(1, 0, 10000, 20)
 	a.Drain()
 	waitFor(t, func() bool { return a.Active() == 0 })
+	if !w.sinks[0].WaitDrained(10 * time.Second) { // it has read all it was sent
+		t.Fatal("the drained target's connections stay open")
+	}
 	before := w.sinks[0].Lines()
 	w.push(1, 10000, 20000, 20)
 	waitFor(t, func() bool { return w.q.Stats().LinesOut == 20000 })

@@ -103,8 +103,8 @@ func (t *Target) ConnClosed() { t.conns.Add(-1) }
 type Stats struct {
 	Addr     string
 	State    State
-	Removed  bool // left the configuration; draining
-	Up       bool // the last dial or connection succeeded
+	Removed  bool   // left the configuration; draining
+	Up       bool   // the last dial or connection succeeded
 	Lines    uint64 // lines acknowledged
 	Bytes    uint64 // bytes acknowledged
 	Conns    int64  // open connections
