@@ -96,6 +96,7 @@ func (ss *session) finish() {
 
 func (ss *session) movedFromClient(n int) {
 	ss.fromClient.Add(int64(n))
+	ss.t.Delivered(0, n)
 	ss.s.fromClient.Add(uint64(n))
 	ss.last.Store(ss.s.clock.Now().UnixNano())
 }
@@ -105,6 +106,7 @@ func (ss *session) movedFromTarget(n int) {
 		ss.s.attemptSucceeded(ss.t) // the first bytes: the target works
 	}
 	ss.s.fromTarget.Add(uint64(n))
+	ss.t.Received(n)
 	ss.last.Store(ss.s.clock.Now().UnixNano())
 }
 

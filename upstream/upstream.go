@@ -18,6 +18,7 @@ type Target struct {
 	lastErr  error // guarded by mu
 	lines    atomic.Uint64
 	bytes    atomic.Uint64
+	bytesIn  atomic.Uint64
 	conns    atomic.Int64
 	failures atomic.Uint64
 
@@ -92,6 +93,9 @@ func (t *Target) Delivered(lines, bytes int) {
 	t.bytes.Add(uint64(bytes))
 }
 
+// Received counts bytes the target sent (passthrough mode).
+func (t *Target) Received(bytes int) { t.bytesIn.Add(uint64(bytes)) }
+
 // ConnOpened and ConnClosed track the target's open connections: worker
 // connections in NDJSON mode, proxied ones in passthrough mode.
 func (t *Target) ConnOpened() { t.conns.Add(1) }
@@ -105,8 +109,9 @@ type Stats struct {
 	State    State
 	Removed  bool   // left the configuration; draining
 	Up       bool   // the last dial or connection succeeded
-	Lines    uint64 // lines acknowledged
-	Bytes    uint64 // bytes acknowledged
+	Lines    uint64 // lines acknowledged (NDJSON mode)
+	Bytes    uint64 // bytes sent: acknowledged in NDJSON mode, forwarded in passthrough
+	BytesIn  uint64 // bytes the target sent (passthrough mode)
 	Conns    int64  // open connections
 	Failures uint64 // failed dials and connections
 }
@@ -114,7 +119,7 @@ type Stats struct {
 // Stats returns a snapshot of the target's counters.
 func (t *Target) Stats() Stats {
 	return Stats{
-		Addr: t.Addr, State: t.State(), Removed: t.Removed(), Up: t.Up(), Lines: t.lines.Load(), Bytes: t.bytes.Load(),
+		Addr: t.Addr, State: t.State(), Removed: t.Removed(), Up: t.Up(), Lines: t.lines.Load(), Bytes: t.bytes.Load(), BytesIn: t.bytesIn.Load(),
 		Conns: t.conns.Load(), Failures: t.failures.Load(),
 	}
 }

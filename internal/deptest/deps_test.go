@@ -23,6 +23,7 @@ var allowed = map[string][]string{
 	"pool":     {"dispatch", "framer", "tlsutil", "upstream"},
 	"ndjson":   {"dispatch", "framer", "listener", "pool", "tlsutil", "upstream"},
 	"balance":  {"upstream"},
+	"admin":    {"upstream"},
 	// passthrough proxies whole connections; it must not reach into the
 	// line path.
 	"passthrough": {"balance", "listener", "tlsutil", "upstream"},

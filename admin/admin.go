@@ -1,0 +1,300 @@
+package admin
+
+import (
+	"context"
+	"crypto/subtle"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/ndlb/ndlb/upstream"
+)
+
+// Listener is what the API shows of one listener and lets operators change.
+type Listener interface {
+	// Info describes the listener and its counters now.
+	Info() ListenerInfo
+	// Targets is the listener's target set.
+	Targets() *upstream.Set
+}
+
+// ListenerInfo describes a listener.
+type ListenerInfo struct {
+	Name     string `json:"name"`
+	Addr     string `json:"addr"`
+	Mode     string `json:"mode"`              // "ndjson" or "passthrough"
+	Balance  string `json:"balance,omitempty"` // passthrough's policy
+	TLS      bool   `json:"tls"`
+	Active   int64  `json:"active_connections"`
+	Accepted uint64 `json:"accepted_connections"`
+}
+
+// Config configures the admin server.
+type Config struct {
+	// Addr is host:port to listen on. Bind it to loopback.
+	Addr string
+	// TokenFile, if set, holds the bearer token the POST routes require.
+	// It is read once, at New; surrounding white space is ignored.
+	TokenFile string
+	// Listeners returns the listeners now (they may change on reload).
+	Listeners func() []Listener
+	// Logger receives the server's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Errors of New.
+var (
+	ErrConfig     = errors.New("admin: invalid config")
+	ErrEmptyToken = errors.New("admin: token file is empty")
+)
+
+//go:embed openapi.json
+var spec []byte
+
+// Server is the admin HTTP server.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	token []byte
+	mux   *http.ServeMux
+	http  *http.Server
+	ln    net.Listener
+	done  chan error
+}
+
+// New checks cfg, reads the token file and listens on cfg.Addr.
+func New(cfg Config) (*Server, error) {
+	if cfg.Addr == "" || cfg.Listeners == nil {
+		return nil, fmt.Errorf("%w: an address and listeners are required", ErrConfig)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), done: make(chan error, 1)}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if cfg.TokenFile != "" {
+		b, err := os.ReadFile(cfg.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("admin: token file: %w", err)
+		}
+		if s.token = []byte(strings.TrimSpace(string(b))); len(s.token) == 0 {
+			return nil, fmt.Errorf("%w: %s", ErrEmptyToken, cfg.TokenFile)
+		}
+	}
+	for pattern, h := range s.routes() {
+		s.mux.Handle(pattern, h)
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	s.ln = ln
+	s.http = &http.Server{Handler: s.mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	return s, nil
+}
+
+// routes maps each route pattern to its handler. The spec test checks this
+// table against openapi.json.
+func (s *Server) routes() map[string]http.Handler {
+	return map[string]http.Handler{
+		"GET /healthz":                         http.HandlerFunc(s.healthz),
+		"GET /readyz":                          http.HandlerFunc(s.readyz),
+		"GET /api/v1/listeners":                http.HandlerFunc(s.listeners),
+		"GET /api/v1/targets":                  http.HandlerFunc(s.targets),
+		"POST /api/v1/targets/{addr}/{action}": s.authorized(http.HandlerFunc(s.setState)),
+		"GET /openapi.json":                    http.HandlerFunc(s.openapi),
+	}
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Handler is the API's handler, for tests.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Start serves in the background.
+func (s *Server) Start() {
+	go func() { s.done <- s.http.Serve(s.ln) }()
+	s.log.Info("admin API listening", "addr", s.ln.Addr().String(), "token", len(s.token) > 0)
+}
+
+// Shutdown stops the server, waiting for requests in flight until ctx is
+// done.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.http.Shutdown(ctx)
+	<-s.done
+	return err
+}
+
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// readiness is /readyz's body.
+type readiness struct {
+	Ready     bool            `json:"ready"`
+	Listeners map[string]bool `json:"listeners"` // listener name: has a target up
+}
+
+// readyz is ready when every listener has at least one target up.
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	r := readiness{Ready: true, Listeners: map[string]bool{}}
+	for _, l := range s.cfg.Listeners() {
+		up := false
+		for _, t := range l.Targets().Targets() {
+			if t.State() == upstream.StateUp {
+				up = true
+				break
+			}
+		}
+		r.Listeners[l.Info().Name] = up
+		r.Ready = r.Ready && up
+	}
+	code := http.StatusOK
+	if !r.Ready {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, r)
+}
+
+func (s *Server) listeners(w http.ResponseWriter, _ *http.Request) {
+	out := []ListenerInfo{}
+	for _, l := range s.cfg.Listeners() {
+		out = append(out, l.Info())
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// targetInfo is one target in /api/v1/targets.
+type targetInfo struct {
+	Listener  string     `json:"listener"`
+	Addr      string     `json:"addr"`
+	State     string     `json:"state"`
+	Removed   bool       `json:"removed"`
+	Active    int64      `json:"active_connections"`
+	LinesOut  uint64     `json:"lines_out"`
+	BytesOut  uint64     `json:"bytes_out"`
+	BytesIn   uint64     `json:"bytes_in"`
+	Failures  uint64     `json:"failures"`
+	LastError string     `json:"last_error,omitempty"`
+	LastCheck *checkInfo `json:"last_check,omitempty"`
+}
+
+type checkInfo struct {
+	At    time.Time `json:"at"`
+	OK    bool      `json:"ok"`
+	Error string    `json:"error,omitempty"`
+}
+
+func (s *Server) targets(w http.ResponseWriter, _ *http.Request) {
+	out := []targetInfo{}
+	for _, l := range s.cfg.Listeners() {
+		name := l.Info().Name
+		for _, t := range l.Targets().Targets() {
+			st := t.Stats()
+			ti := targetInfo{
+				Listener: name, Addr: st.Addr, State: st.State.String(), Removed: st.Removed, Active: st.Conns,
+				LinesOut: st.Lines, BytesOut: st.Bytes, BytesIn: st.BytesIn, Failures: st.Failures,
+			}
+			if err := t.LastErr(); err != nil {
+				ti.LastError = err.Error()
+			}
+			if c := t.LastCheck(); !c.At.IsZero() {
+				ti.LastCheck = &checkInfo{At: c.At, OK: c.Err == nil}
+				if c.Err != nil {
+					ti.LastCheck.Error = c.Err.Error()
+				}
+			}
+			out = append(out, ti)
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// stateChange is the body of a POST's answer.
+type stateChange struct {
+	Addr    string   `json:"addr"`
+	Action  string   `json:"action"`
+	Changed []string `json:"changed"` // listeners whose target changed
+	State   string   `json:"state"`
+}
+
+// setState drains, enables or disables a target in every listener that has
+// it, or in ?listener=NAME only.
+func (s *Server) setState(w http.ResponseWriter, r *http.Request) {
+	addr, action := r.PathValue("addr"), r.PathValue("action")
+	only := r.URL.Query().Get("listener")
+	res := stateChange{Addr: addr, Action: action, Changed: []string{}}
+	found := false
+	for _, l := range s.cfg.Listeners() {
+		name := l.Info().Name
+		if only != "" && name != only {
+			continue
+		}
+		t, err := l.Targets().Lookup(addr)
+		if err != nil {
+			continue
+		}
+		found = true
+		var changed bool
+		switch action {
+		case "drain":
+			changed = t.Drain()
+		case "enable":
+			changed = t.Enable()
+		case "disable":
+			changed = t.Disable()
+		default:
+			writeError(w, http.StatusNotFound, fmt.Sprintf("unknown action %q: want drain, enable or disable", action))
+			return
+		}
+		if changed {
+			res.Changed = append(res.Changed, name)
+			s.log.Info("target state set by operator", "listener", name, "target", addr, "action", action, "state", t.State().String())
+		}
+		res.State = t.State().String()
+	}
+	if !found {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no target %q", addr))
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (s *Server) openapi(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(spec)
+}
+
+// authorized requires the bearer token, when one is configured.
+func (s *Server) authorized(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(s.token) > 0 {
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || subtle.ConstantTimeCompare([]byte(got), s.token) != 1 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="ndlb"`)
+				writeError(w, http.StatusUnauthorized, "a valid bearer token is required")
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
