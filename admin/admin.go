@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ndlb/ndlb/upstream"
@@ -60,14 +61,19 @@ var spec []byte
 
 // Server is the admin HTTP server.
 type Server struct {
-	cfg   Config
-	log   *slog.Logger
-	token []byte
-	mux   *http.ServeMux
-	http  *http.Server
-	ln    net.Listener
-	done  chan error
+	cfg      Config
+	log      *slog.Logger
+	token    []byte
+	mux      *http.ServeMux
+	http     *http.Server
+	ln       net.Listener
+	done     chan error
+	stopping atomic.Bool // shutting down: not ready
 }
+
+// Stopping makes /readyz fail from now on: the process is shutting down, so
+// orchestrators should send no new traffic.
+func (s *Server) Stopping() { s.stopping.Store(true) }
 
 // New checks cfg, reads the token file and listens on cfg.Addr.
 func New(cfg Config) (*Server, error) {
@@ -138,13 +144,14 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 
 // readiness is /readyz's body.
 type readiness struct {
-	Ready     bool            `json:"ready"`
-	Listeners map[string]bool `json:"listeners"` // listener name: has a target up
+	Ready        bool            `json:"ready"`
+	ShuttingDown bool            `json:"shutting_down,omitempty"`
+	Listeners    map[string]bool `json:"listeners"` // listener name: has a target up
 }
 
 // readyz is ready when every listener has at least one target up.
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
-	r := readiness{Ready: true, Listeners: map[string]bool{}}
+	r := readiness{Ready: !s.stopping.Load(), ShuttingDown: s.stopping.Load(), Listeners: map[string]bool{}}
 	for _, l := range s.cfg.Listeners() {
 		up := false
 		for _, t := range l.Targets().Targets() {

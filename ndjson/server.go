@@ -222,6 +222,9 @@ func (s *Server) Stats() Stats {
 // Targets returns each target's counters, in configuration order.
 func (s *Server) Targets() []upstream.Stats { return s.set.Stats() }
 
+// Set is the server's target set, for the admin API and health checks.
+func (s *Server) Set() *upstream.Set { return s.set }
+
 // Shutdown stops the server as the package doc describes, logs a summary
 // line and returns it. It is safe to call more than once.
 func (s *Server) Shutdown() Summary {

@@ -233,6 +233,9 @@ func (s *Server) Stats() Stats {
 // Targets returns each target's counters, in configuration order.
 func (s *Server) Targets() []upstream.Stats { return s.set.Stats() }
 
+// Set is the server's target set, for the admin API and health checks.
+func (s *Server) Set() *upstream.Set { return s.set }
+
 // Summary is what Shutdown reports.
 type Summary struct {
 	Stats

@@ -32,6 +32,7 @@ const (
 	catNDJSON      = "NDJSON mode (the default)"
 	catPassthrough = "Passthrough mode (--passthrough)"
 	catLog         = "Logging"
+	catAdmin       = "Admin API"
 )
 
 // ndjsonOnly and passthroughOnly are the flags that mean nothing in the
@@ -86,8 +87,21 @@ func flags() []cli.Flag {
 		&cli.DurationFlag{Name: "idle-timeout", Category: catPassthrough, Value: p.IdleTimeout, Usage: "close a connection with no traffic either way for this long (0: never)", EnvVars: env("idle-timeout")},
 		&cli.StringFlag{Name: "send-proxy", Category: catPassthrough, Usage: "send a PROXY protocol header (v1 or v2) with the client's address to each target", EnvVars: env("send-proxy")},
 
+		&cli.StringFlag{Name: "admin", Category: catAdmin, Usage: "serve the admin HTTP API (health, readiness, targets, drain) on HOST:PORT; bind it to loopback (off by default)", EnvVars: env("admin")},
+		&cli.StringFlag{Name: "admin-token-file", Category: catAdmin, Usage: "file holding a bearer token that the admin API's POST routes require", EnvVars: env("admin-token-file")},
+
 		&cli.StringFlag{Name: "log-format", Category: catLog, Value: "text", Usage: "log format: text or json", EnvVars: env("log-format")},
 		&cli.StringFlag{Name: "log-level", Category: catLog, Value: "info", Usage: "log level: debug, info, warn or error (passthrough logs each connection at info)", EnvVars: env("log-level")},
+	}
+}
+
+// healthcheckFlags are the healthcheck command's own: where to find ndlb,
+// from the same environment variables the balancer reads.
+func healthcheckFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "addr", Value: "0.0.0.0", Usage: "ndlb's listen address (0.0.0.0 means 127.0.0.1)", EnvVars: env("addr")},
+		&cli.IntFlag{Name: "port", Value: 9000, Usage: "ndlb's listen port", EnvVars: env("port")},
+		&cli.StringFlag{Name: "admin", Usage: "ndlb's admin API HOST:PORT: ask its /healthz instead", EnvVars: env("admin")},
 	}
 }
 

@@ -71,7 +71,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				fmt.Fprintln(c.App.Writer, "ndlb", version())
 				return nil
 			}},
-			{Name: "healthcheck", Usage: "exit 0 if ndlb accepts connections on --addr/--port (for container HEALTHCHECKs)", Action: runHealthcheck},
+			{Name: "healthcheck", Usage: "exit 0 if ndlb's admin API answers /healthz (with --admin), else if ndlb accepts connections on --addr/--port (for container HEALTHCHECKs)",
+				Flags: healthcheckFlags(), Action: runHealthcheck},
 		},
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
@@ -13,8 +14,10 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/ndlb/ndlb/admin"
 	"github.com/ndlb/ndlb/ndjson"
 	"github.com/ndlb/ndlb/passthrough"
+	"github.com/ndlb/ndlb/upstream"
 )
 
 // server is what runBalancer needs of either mode.
@@ -26,7 +29,18 @@ type server struct {
 	lost func() []any
 	// keepAlive is the client sockets' TCP keepalive (negative: off).
 	keepAlive time.Duration
+	// admin is what the admin API shows of the server, once it listens.
+	admin func(addr string) admin.Listener
 }
+
+// adminListener adapts a server to admin.Listener.
+type adminListener struct {
+	info func() admin.ListenerInfo
+	set  *upstream.Set
+}
+
+func (a adminListener) Info() admin.ListenerInfo { return a.info() }
+func (a adminListener) Targets() *upstream.Set   { return a.set }
 
 // newServer builds the server of the mode the flags choose.
 func newServer(c *cli.Context, log *slog.Logger) (*server, error) {
@@ -49,6 +63,13 @@ func newServer(c *cli.Context, log *slog.Logger) (*server, error) {
 			// Off, as in HAProxy and nginx: --idle-timeout ends
 			// connections of vanished clients.
 			keepAlive: -1,
+			admin: func(addr string) admin.Listener {
+				return adminListener{set: srv.Set(), info: func() admin.ListenerInfo {
+					st := srv.Stats().Listener
+					return admin.ListenerInfo{Name: listenerName, Addr: addr, Mode: "passthrough", Balance: cfg.Balance,
+						TLS: cfg.Listener.TLS != nil, Active: st.Active, Accepted: st.Accepted}
+				}}
+			},
 		}, nil
 	}
 	cfg, err := ndjsonConfig(c, log)
@@ -65,6 +86,13 @@ func newServer(c *cli.Context, log *slog.Logger) (*server, error) {
 		lost: func() []any {
 			q := srv.Stats().Queue
 			return []any{"undelivered_lines", q.LinesIn - q.LinesOut}
+		},
+		admin: func(addr string) admin.Listener {
+			return adminListener{set: srv.Set(), info: func() admin.ListenerInfo {
+				st := srv.Stats().Listener
+				return admin.ListenerInfo{Name: listenerName, Addr: addr, Mode: "ndjson",
+					TLS: cfg.Listener.TLS != nil, Active: st.Active, Accepted: st.Accepted}
+			}}
 		},
 	}, nil
 }
@@ -97,6 +125,11 @@ func runBalancer(c *cli.Context) error {
 		return cli.Exit(fmt.Sprintf("listen on %s: %v", addr, err), exitError)
 	}
 	srv.start(ln)
+	adm, err := startAdmin(c, log, srv.admin(ln.Addr().String()))
+	if err != nil {
+		srv.shutdown()
+		return err
+	}
 	select {
 	case sig := <-sigs:
 		log.Info("signal received; shutting down (a second signal exits at once)", "signal", sig.String())
@@ -104,6 +137,10 @@ func runBalancer(c *cli.Context) error {
 		log.Error("listener failed", "err", err)
 		srv.shutdown()
 		return cli.Exit("", exitError)
+	}
+	if adm != nil {
+		adm.Stopping()
+		defer adm.Shutdown(context.Background())
 	}
 	go func() {
 		sig := <-sigs
@@ -116,8 +153,35 @@ func runBalancer(c *cli.Context) error {
 	return nil
 }
 
-// runHealthcheck exits 0 when ndlb accepts a TCP connection on its port.
+// listenerName names the one listener the flags configure.
+const listenerName = "default"
+
+// startAdmin starts the admin API if --admin is set.
+func startAdmin(c *cli.Context, log *slog.Logger, l admin.Listener) (*admin.Server, error) {
+	addr := c.String("admin")
+	if addr == "" {
+		if c.String("admin-token-file") != "" {
+			return nil, usageError("--admin-token-file needs --admin")
+		}
+		return nil, nil
+	}
+	adm, err := admin.New(admin.Config{
+		Addr: addr, TokenFile: c.String("admin-token-file"), Logger: log,
+		Listeners: func() []admin.Listener { return []admin.Listener{l} },
+	})
+	if err != nil {
+		return nil, cli.Exit(fmt.Sprintf("--admin: %v", err), exitError)
+	}
+	adm.Start()
+	return adm, nil
+}
+
+// runHealthcheck exits 0 when ndlb's admin API answers /healthz (with
+// --admin), or else when ndlb accepts a TCP connection on its port.
 func runHealthcheck(c *cli.Context) error {
+	if a := c.String("admin"); a != "" {
+		return healthz(c, a)
+	}
 	port := c.Int("port")
 	if port < 1 || port > 65535 {
 		return usageError("invalid value %d for --port: want 1..65535", port)
@@ -133,5 +197,28 @@ func runHealthcheck(c *cli.Context) error {
 	}
 	conn.Close()
 	fmt.Fprintln(c.App.Writer, "ok:", addr, "accepts connections")
+	return nil
+}
+
+// healthz asks the admin API at addr for /healthz.
+func healthz(c *cli.Context, addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return usageError("invalid value %q for --admin: want HOST:PORT", addr)
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	url := "http://" + net.JoinHostPort(host, port) + "/healthz"
+	client := http.Client{Timeout: 3 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("unhealthy: %v", err), exitError)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return cli.Exit(fmt.Sprintf("unhealthy: %s answered %s", url, resp.Status), exitError)
+	}
+	fmt.Fprintln(c.App.Writer, "ok:", url)
 	return nil
 }
