@@ -24,6 +24,7 @@ var allowed = map[string][]string{
 	"ndjson":   {"dispatch", "framer", "listener", "pool", "tlsutil", "upstream"},
 	"balance":  {"upstream"},
 	"admin":    {"upstream"},
+	"health":   {"tlsutil", "upstream"},
 	// passthrough proxies whole connections; it must not reach into the
 	// line path.
 	"passthrough": {"balance", "listener", "tlsutil", "upstream"},

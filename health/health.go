@@ -1,0 +1,252 @@
+package health
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ndlb/ndlb/tlsutil"
+	"github.com/ndlb/ndlb/upstream"
+)
+
+// Defaults for Config.
+const (
+	DefaultInterval = 5 * time.Second
+	DefaultTimeout  = 2 * time.Second
+	DefaultRise     = 2
+	DefaultFall     = 3
+)
+
+// Kinds of check.
+const (
+	KindTCP  = "tcp"  // a TCP connection is accepted
+	KindHTTP = "http" // an HTTP request gets the expected status (and body)
+)
+
+// ErrConfig is wrapped by Validate's errors.
+var ErrConfig = errors.New("health: invalid config")
+
+// HTTP configures an http check.
+type HTTP struct {
+	Method string // default GET
+	Path   string // default /
+	Status int    // expected status; default 200
+	// Body, if set, must appear in the first 64 KiB of the response.
+	Body string
+	// TLS, if set, makes the check HTTPS with this config (its server
+	// name defaults to the target's host).
+	TLS func() (*tls.Config, error)
+}
+
+// Config configures the checks of one target set.
+type Config struct {
+	Kind              string // KindTCP or KindHTTP
+	Interval, Timeout time.Duration
+	Rise, Fall        int
+	HTTP              HTTP
+	// Dial opens check connections; nil means a net.Dialer.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Logger receives state changes; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the documented defaults for kind.
+func DefaultConfig(kind string) Config {
+	return Config{
+		Kind: kind, Interval: DefaultInterval, Timeout: DefaultTimeout, Rise: DefaultRise, Fall: DefaultFall,
+		HTTP: HTTP{Method: http.MethodGet, Path: "/", Status: http.StatusOK},
+	}
+}
+
+// Validate reports the first problem, wrapping ErrConfig.
+func (c Config) Validate() error {
+	switch {
+	case c.Kind != KindTCP && c.Kind != KindHTTP:
+		return fmt.Errorf("%w: check %q: want tcp or http", ErrConfig, c.Kind)
+	case c.Interval <= 0 || c.Timeout <= 0:
+		return fmt.Errorf("%w: interval and timeout must be positive", ErrConfig)
+	case c.Timeout > c.Interval:
+		return fmt.Errorf("%w: timeout %s is longer than the interval %s", ErrConfig, c.Timeout, c.Interval)
+	case c.Rise < 1 || c.Fall < 1:
+		return fmt.Errorf("%w: rise and fall must be at least 1", ErrConfig)
+	}
+	if c.Kind == KindHTTP {
+		h := c.HTTP
+		switch {
+		case !strings.HasPrefix(h.Path, "/"):
+			return fmt.Errorf("%w: HTTP path %q must start with /", ErrConfig, h.Path)
+		case h.Status < 100 || h.Status > 599:
+			return fmt.Errorf("%w: HTTP status %d", ErrConfig, h.Status)
+		case h.Method == "" || strings.ContainsAny(h.Method, " \t/"):
+			return fmt.Errorf("%w: HTTP method %q", ErrConfig, h.Method)
+		}
+	}
+	return nil
+}
+
+// Checker runs the checks of one target set.
+type Checker struct {
+	cfg    Config
+	set    *upstream.Set
+	log    *slog.Logger
+	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
+	client *http.Client
+}
+
+// New returns a checker for set; cfg must be valid.
+func New(cfg Config, set *upstream.Set) (*Checker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c := &Checker{cfg: cfg, set: set, log: cfg.Logger, dial: cfg.Dial}
+	if c.log == nil {
+		c.log = slog.Default()
+	}
+	if c.dial == nil {
+		d := &net.Dialer{KeepAlive: -1}
+		c.dial = d.DialContext
+	}
+	if cfg.Kind == KindHTTP {
+		c.client = &http.Client{
+			Transport: &http.Transport{DialContext: c.dial, DisableKeepAlives: true, Proxy: nil},
+			// A check judges the target's own answer.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
+	}
+	return c, nil
+}
+
+// Run checks every target of the set until ctx is done, following the
+// set's membership.
+func (c *Checker) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	running := map[*upstream.Target]context.CancelFunc{}
+	defer func() {
+		for _, cancel := range running {
+			cancel()
+		}
+	}()
+	for {
+		watch := c.set.Watch()
+		seen := map[*upstream.Target]bool{}
+		for _, t := range c.set.Targets() {
+			seen[t] = true
+			if _, ok := running[t]; ok || t.Removed() {
+				continue
+			}
+			tctx, cancel := context.WithCancel(ctx)
+			running[t] = cancel
+			wg.Go(func() { c.watch(tctx, t) })
+		}
+		for t, cancel := range running {
+			if !seen[t] || t.Removed() {
+				cancel()
+				delete(running, t)
+			}
+		}
+		select {
+		case <-watch:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// watch checks t every interval and applies rise and fall.
+func (c *Checker) watch(ctx context.Context, t *upstream.Target) {
+	// Spread the first checks over an interval, so that many targets are
+	// not all checked at once.
+	timer := time.NewTimer(rand.N(c.cfg.Interval))
+	defer timer.Stop()
+	ok, fail := 0, 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		err := c.Check(ctx, t.Addr)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			ok, fail = ok+1, 0
+		} else {
+			ok, fail = 0, fail+1
+		}
+		decided := ok >= c.cfg.Rise || fail >= c.cfg.Fall
+		if t.SetChecked(upstream.CheckResult{At: time.Now(), Err: err}, err == nil, decided) {
+			if err == nil {
+				c.log.Info("target up: health checks pass", "target", t.Addr, "check", c.cfg.Kind, "rise", c.cfg.Rise)
+			} else {
+				c.log.Warn("target down: health checks fail", "target", t.Addr, "check", c.cfg.Kind, "fall", c.cfg.Fall, "err", err)
+			}
+		}
+		timer.Reset(c.cfg.Interval)
+	}
+}
+
+// Check runs one check of addr.
+func (c *Checker) Check(ctx context.Context, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	if c.cfg.Kind == KindTCP {
+		conn, err := c.dial(ctx, "tcp", addr)
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	}
+	return c.checkHTTP(ctx, addr)
+}
+
+func (c *Checker) checkHTTP(ctx context.Context, addr string) error {
+	h := c.cfg.HTTP
+	scheme := "http"
+	req, err := http.NewRequestWithContext(ctx, h.Method, "http://"+addr+h.Path, nil)
+	if err != nil {
+		return err
+	}
+	client := c.client
+	if h.TLS != nil {
+		cfg, err := tlsutil.ForTarget(h.TLS, addr)
+		if err != nil {
+			return err
+		}
+		scheme = "https"
+		req.URL.Scheme = scheme
+		tr := c.client.Transport.(*http.Transport).Clone()
+		tr.TLSClientConfig = cfg
+		client = &http.Client{Transport: tr, CheckRedirect: c.client.CheckRedirect}
+		defer tr.CloseIdleConnections()
+	}
+	req.Header.Set("User-Agent", "ndlb-health-check")
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != h.Status {
+		return fmt.Errorf("%s %s://%s%s: status %d, want %d", h.Method, scheme, addr, h.Path, resp.StatusCode, h.Status)
+	}
+	if h.Body != "" {
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(body), h.Body) {
+			return fmt.Errorf("%s %s://%s%s: body lacks %q", h.Method, scheme, addr, h.Path, h.Body)
+		}
+	}
+	return nil
+}
