@@ -316,6 +316,11 @@ func TestBadFlagsExit2(t *testing.T) {
 		{name: "negative max-conns", args: []string{"-target", "a:1", "--max-conns", "-1"}, want: "--max-conns"},
 		{name: "negative retries", args: []string{"-passthrough", "-target", "a:1", "--connect-retries", "-1"}, want: "--connect-retries"},
 		{name: "negative idle timeout", env: []string{"NDLB_PASSTHROUGH=true", "NDLB_TARGET=a:1", "NDLB_IDLE_TIMEOUT=-1s"}, want: "--idle-timeout"},
+		{name: "unknown check", args: []string{"-target", "a:1", "--check", "icmp"}, want: "--check"},
+		{name: "check flag without check", args: []string{"-target", "a:1", "--check-rise", "5"}, want: "--check"},
+		{name: "http check flag on tcp check", args: []string{"-target", "a:1", "--check", "tcp", "--check-http-path", "/x"}, want: "--check http"},
+		{name: "check timeout over interval", args: []string{"-target", "a:1", "--check", "tcp", "--check-timeout", "10s"}, want: "--check"},
+		{name: "token file without admin", args: []string{"-target", "a:1", "--admin-token-file", "/x"}, want: "--admin"},
 		{name: "header timeout without accept-proxy", args: []string{"-target", "a:1", "--proxy-header-timeout", "1s"}, want: "--accept-proxy"},
 	}
 	for _, tt := range tests {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ndlb/ndlb/balance"
 	"github.com/ndlb/ndlb/framer"
+	"github.com/ndlb/ndlb/health"
 	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/ndjson"
 	"github.com/ndlb/ndlb/passthrough"
@@ -33,6 +34,7 @@ const (
 	catPassthrough = "Passthrough mode (--passthrough)"
 	catLog         = "Logging"
 	catAdmin       = "Admin API"
+	catCheck       = "Health checks (both modes)"
 )
 
 // ndjsonOnly and passthroughOnly are the flags that mean nothing in the
@@ -86,6 +88,17 @@ func flags() []cli.Flag {
 		&cli.DurationFlag{Name: "fail-timeout", Category: catPassthrough, Value: p.FailTimeout, Usage: "how long a failing target is skipped", EnvVars: env("fail-timeout")},
 		&cli.DurationFlag{Name: "idle-timeout", Category: catPassthrough, Value: p.IdleTimeout, Usage: "close a connection with no traffic either way for this long (0: never)", EnvVars: env("idle-timeout")},
 		&cli.StringFlag{Name: "send-proxy", Category: catPassthrough, Usage: "send a PROXY protocol header (v1 or v2) with the client's address to each target", EnvVars: env("send-proxy")},
+
+		&cli.StringFlag{Name: "check", Category: catCheck, Usage: "active health checks of the targets: tcp (connect) or http (off by default)", EnvVars: env("check")},
+		&cli.DurationFlag{Name: "check-interval", Category: catCheck, Value: health.DefaultInterval, Usage: "time between checks of a target", EnvVars: env("check-interval")},
+		&cli.DurationFlag{Name: "check-timeout", Category: catCheck, Value: health.DefaultTimeout, Usage: "timeout of one check", EnvVars: env("check-timeout")},
+		&cli.IntFlag{Name: "check-rise", Category: catCheck, Value: health.DefaultRise, Usage: "passing checks in a row that bring a down target up", EnvVars: env("check-rise")},
+		&cli.IntFlag{Name: "check-fall", Category: catCheck, Value: health.DefaultFall, Usage: "failing checks in a row that take a target down", EnvVars: env("check-fall")},
+		&cli.StringFlag{Name: "check-http-method", Category: catCheck, Value: "GET", Usage: "method of http checks", EnvVars: env("check-http-method")},
+		&cli.StringFlag{Name: "check-http-path", Category: catCheck, Value: "/", Usage: "path of http checks", EnvVars: env("check-http-path")},
+		&cli.IntFlag{Name: "check-http-status", Category: catCheck, Value: 200, Usage: "status an http check expects", EnvVars: env("check-http-status")},
+		&cli.StringFlag{Name: "check-http-body", Category: catCheck, Usage: "text the answer to an http check must contain", EnvVars: env("check-http-body")},
+		&cli.BoolFlag{Name: "check-tls", Category: catCheck, Usage: "make http checks over TLS: with the --tls-target settings when set, else without verifying the certificate", EnvVars: env("check-tls")},
 
 		&cli.StringFlag{Name: "admin", Category: catAdmin, Usage: "serve the admin HTTP API (health, readiness, targets, drain) on HOST:PORT; bind it to loopback (off by default)", EnvVars: env("admin")},
 		&cli.StringFlag{Name: "admin-token-file", Category: catAdmin, Usage: "file holding a bearer token that the admin API's POST routes require", EnvVars: env("admin-token-file")},
@@ -381,4 +394,45 @@ func passthroughConfig(c *cli.Context, log *slog.Logger) (passthrough.Config, er
 		return cfg, usageError("%v", err)
 	}
 	return cfg, nil
+}
+
+// checkConfig maps the --check flags; ok is false when checks are off.
+func checkConfig(c *cli.Context, log *slog.Logger, targetTLS func() (*tls.Config, error)) (cfg health.Config, ok bool, err error) {
+	kind := c.String("check")
+	if kind == "" {
+		for _, n := range []string{"check-interval", "check-timeout", "check-rise", "check-fall", "check-http-method",
+			"check-http-path", "check-http-status", "check-http-body", "check-tls"} {
+			if c.IsSet(n) {
+				return cfg, false, usageError("--%s needs --check", n)
+			}
+		}
+		return cfg, false, nil
+	}
+	cfg = health.DefaultConfig(kind)
+	cfg.Logger = log
+	cfg.Interval, cfg.Timeout = c.Duration("check-interval"), c.Duration("check-timeout")
+	cfg.Rise, cfg.Fall = c.Int("check-rise"), c.Int("check-fall")
+	cfg.HTTP.Method, cfg.HTTP.Path = c.String("check-http-method"), c.String("check-http-path")
+	cfg.HTTP.Status, cfg.HTTP.Body = c.Int("check-http-status"), c.String("check-http-body")
+	if c.Bool("check-tls") {
+		cfg.HTTP.TLS = targetTLS
+		if cfg.HTTP.TLS == nil {
+			// A check proves the target answers, not who it is.
+			cfg.HTTP.TLS = func() (*tls.Config, error) {
+				return &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}, nil
+			}
+		}
+	}
+	if kind != health.KindHTTP {
+		for _, n := range []string{"check-http-method", "check-http-path", "check-http-status", "check-http-body", "check-tls"} {
+			if c.IsSet(n) {
+				return cfg, false, usageError("--%s needs --check http", n)
+			}
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		msg := strings.TrimPrefix(err.Error(), health.ErrConfig.Error()+": ")
+		return cfg, false, usageError("invalid health check (--check*): %s", msg)
+	}
+	return cfg, true, nil
 }

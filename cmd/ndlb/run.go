@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ndlb/ndlb/admin"
+	"github.com/ndlb/ndlb/health"
 	"github.com/ndlb/ndlb/ndjson"
 	"github.com/ndlb/ndlb/passthrough"
 	"github.com/ndlb/ndlb/upstream"
@@ -31,6 +33,8 @@ type server struct {
 	keepAlive time.Duration
 	// admin is what the admin API shows of the server, once it listens.
 	admin func(addr string) admin.Listener
+	// checks, if not nil, runs the active health checks.
+	checks *health.Checker
 }
 
 // adminListener adapts a server to admin.Listener.
@@ -56,8 +60,13 @@ func newServer(c *cli.Context, log *slog.Logger) (*server, error) {
 		if err != nil {
 			return nil, usageError("%v", err)
 		}
+		checks, err := newChecker(c, log, cfg.TLS, srv.Set())
+		if err != nil {
+			return nil, err
+		}
 		return &server{
-			start: srv.Start, err: srv.Err,
+			checks: checks,
+			start:  srv.Start, err: srv.Err,
 			shutdown: func() bool { srv.Shutdown(); return true },
 			lost:     func() []any { return []any{"open_connections", srv.Stats().Listener.Active} },
 			// Off, as in HAProxy and nginx: --idle-timeout ends
@@ -80,8 +89,13 @@ func newServer(c *cli.Context, log *slog.Logger) (*server, error) {
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
+	checks, err := newChecker(c, log, cfg.Pool.TLS, srv.Set())
+	if err != nil {
+		return nil, err
+	}
 	return &server{
-		start: srv.Start, err: srv.Err,
+		checks: checks,
+		start:  srv.Start, err: srv.Err,
 		shutdown: func() bool { return srv.Shutdown().Clean },
 		lost: func() []any {
 			q := srv.Stats().Queue
@@ -124,11 +138,22 @@ func runBalancer(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("listen on %s: %v", addr, err), exitError)
 	}
-	srv.start(ln)
-	adm, err := startAdmin(c, log, srv.admin(ln.Addr().String()))
+	var shown admin.Listener // what the admin API shows, once listening
+	adm, err := newAdmin(c, log, func() []admin.Listener { return []admin.Listener{shown} })
 	if err != nil {
-		srv.shutdown()
+		ln.Close()
 		return err
+	}
+	shown = srv.admin(ln.Addr().String())
+	srv.start(ln)
+	if srv.checks != nil {
+		ctx, stopChecks := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); srv.checks.Run(ctx) }()
+		defer func() { stopChecks(); <-done }()
+	}
+	if adm != nil {
+		adm.Start()
 	}
 	select {
 	case sig := <-sigs:
@@ -153,11 +178,25 @@ func runBalancer(c *cli.Context) error {
 	return nil
 }
 
+// newChecker returns the health checker the --check flags ask for, or nil.
+func newChecker(c *cli.Context, log *slog.Logger, targetTLS func() (*tls.Config, error), set *upstream.Set) (*health.Checker, error) {
+	cfg, ok, err := checkConfig(c, log, targetTLS)
+	if err != nil || !ok {
+		return nil, err
+	}
+	checks, err := health.New(cfg, set)
+	if err != nil {
+		return nil, usageError("%v", err)
+	}
+	return checks, nil
+}
+
 // listenerName names the one listener the flags configure.
 const listenerName = "default"
 
-// startAdmin starts the admin API if --admin is set.
-func startAdmin(c *cli.Context, log *slog.Logger, l admin.Listener) (*admin.Server, error) {
+// newAdmin makes the admin API server if --admin is set: it listens, and a
+// bad address or token file is reported before any traffic.
+func newAdmin(c *cli.Context, log *slog.Logger, listeners func() []admin.Listener) (*admin.Server, error) {
 	addr := c.String("admin")
 	if addr == "" {
 		if c.String("admin-token-file") != "" {
@@ -166,13 +205,11 @@ func startAdmin(c *cli.Context, log *slog.Logger, l admin.Listener) (*admin.Serv
 		return nil, nil
 	}
 	adm, err := admin.New(admin.Config{
-		Addr: addr, TokenFile: c.String("admin-token-file"), Logger: log,
-		Listeners: func() []admin.Listener { return []admin.Listener{l} },
+		Addr: addr, TokenFile: c.String("admin-token-file"), Logger: log, Listeners: listeners,
 	})
 	if err != nil {
-		return nil, cli.Exit(fmt.Sprintf("--admin: %v", err), exitError)
+		return nil, usageError("invalid --admin or --admin-token-file: %v", err)
 	}
-	adm.Start()
 	return adm, nil
 }
 
