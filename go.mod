@@ -14,7 +14,10 @@ require (
 	golang.org/x/sys v0.49.0
 )
 
-require github.com/pires/go-proxyproto v0.15.0 // indirect
+require (
+	github.com/pires/go-proxyproto v0.15.0 // indirect
+	golang.org/x/net v0.62.0 // indirect
+)
 
 require (
 	github.com/cpuguy83/go-md2man/v2 v2.0.7 // indirect

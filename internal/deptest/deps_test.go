@@ -15,16 +15,17 @@ const module = "github.com/ndlb/ndlb/"
 // may import (directly or not). cmd/ndlb wires everything and is not listed;
 // nothing can import it, as it is a main package.
 var allowed = map[string][]string{
-	"framer":   {},
-	"upstream": {},
-	"tlsutil":  {},
-	"listener": {},
-	"dispatch": {"framer"},
-	"pool":     {"dispatch", "framer", "tlsutil", "upstream"},
-	"ndjson":   {"dispatch", "framer", "listener", "pool", "tlsutil", "upstream"},
-	"balance":  {"upstream"},
-	"admin":    {"upstream"},
-	"health":   {"tlsutil", "upstream"},
+	"framer":    {},
+	"upstream":  {},
+	"tlsutil":   {},
+	"listener":  {},
+	"dispatch":  {"framer"},
+	"pool":      {"dispatch", "framer", "tlsutil", "upstream"},
+	"ndjson":    {"dispatch", "framer", "listener", "pool", "tlsutil", "upstream"},
+	"balance":   {"upstream"},
+	"admin":     {"upstream"},
+	"health":    {"tlsutil", "upstream"},
+	"discovery": {"upstream"},
 	// passthrough proxies whole connections; it must not reach into the
 	// line path.
 	"passthrough": {"balance", "listener", "tlsutil", "upstream"},

@@ -1,0 +1,223 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ndlb/ndlb/upstream"
+)
+
+// DefaultInterval is Config.Interval.
+const DefaultInterval = 30 * time.Second
+
+// pruneEvery is how often targets that left DNS are checked for their last
+// connection, between refreshes.
+const pruneEvery = time.Second
+
+// ErrConfig is wrapped by Validate's errors.
+var ErrConfig = errors.New("discovery: invalid config")
+
+// Resolver looks names up. *net.Resolver satisfies it.
+type Resolver interface {
+	LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error)
+	LookupSRV(ctx context.Context, service, proto, name string) (string, []*net.SRV, error)
+}
+
+// Config configures discovery for one target set.
+type Config struct {
+	// Static targets (host:port) are always in the set, first.
+	Static []string
+	// DNS names with a port (name:port) are resolved to A and AAAA
+	// records.
+	DNS []string
+	// SRV names (_service._proto.name) are resolved to SRV records; the
+	// records with the lowest priority value that resolve are used.
+	SRV []string
+	// Interval between refreshes.
+	Interval time.Duration
+	// Resolver; nil means net.DefaultResolver.
+	Resolver Resolver
+	// Logger receives changes and lookup failures; nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Validate reports the first problem, wrapping ErrConfig.
+func (c Config) Validate() error {
+	if c.Interval <= 0 {
+		return fmt.Errorf("%w: interval must be positive", ErrConfig)
+	}
+	for _, n := range c.DNS {
+		host, port, err := net.SplitHostPort(n)
+		if p, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || p < 1 || p > 65535 {
+			return fmt.Errorf("%w: DNS target %q: want NAME:PORT", ErrConfig, n)
+		}
+	}
+	for _, n := range c.SRV {
+		if _, _, _, err := splitSRV(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// splitSRV splits _service._proto.name.
+func splitSRV(n string) (service, proto, name string, err error) {
+	parts := strings.SplitN(n, ".", 3)
+	if len(parts) != 3 || !strings.HasPrefix(parts[0], "_") || !strings.HasPrefix(parts[1], "_") || parts[2] == "" {
+		return "", "", "", fmt.Errorf("%w: SRV name %q: want _service._proto.name", ErrConfig, n)
+	}
+	return parts[0][1:], parts[1][1:], parts[2], nil
+}
+
+// Discoverer keeps a target set in step with DNS.
+type Discoverer struct {
+	cfg  Config
+	set  *upstream.Set
+	res  Resolver
+	log  *slog.Logger
+	last map[string][]string // name: its last good answer; owned by Refresh's caller
+}
+
+// New returns a discoverer for set; cfg must be valid.
+func New(cfg Config, set *upstream.Set) (*Discoverer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	d := &Discoverer{cfg: cfg, set: set, res: cfg.Resolver, log: cfg.Logger, last: map[string][]string{}}
+	if d.res == nil {
+		d.res = net.DefaultResolver
+	}
+	if d.log == nil {
+		d.log = slog.Default()
+	}
+	return d, nil
+}
+
+// Run refreshes every interval and prunes drained targets until ctx is
+// done.
+func (d *Discoverer) Run(ctx context.Context) {
+	refresh := time.NewTicker(d.cfg.Interval)
+	defer refresh.Stop()
+	prune := time.NewTicker(pruneEvery)
+	defer prune.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-refresh.C:
+			d.Refresh(ctx)
+		case <-prune.C:
+			for _, t := range d.set.Prune() {
+				d.log.Info("target left the set: drained", "target", t.Addr)
+			}
+		}
+	}
+}
+
+// Refresh resolves every name once and updates the set: static targets,
+// then each name's addresses in the order given. It returns the addresses.
+func (d *Discoverer) Refresh(ctx context.Context) []string {
+	addrs := slices.Clone(d.cfg.Static)
+	for _, n := range d.cfg.DNS {
+		addrs = appendNew(addrs, d.answer(n, func() ([]string, error) { return d.lookupDNS(ctx, n) })...)
+	}
+	for _, n := range d.cfg.SRV {
+		addrs = appendNew(addrs, d.answer(n, func() ([]string, error) { return d.lookupSRV(ctx, n) })...)
+	}
+	added, removed := d.set.Update(addrs)
+	for _, t := range added {
+		d.log.Info("target discovered", "target", t.Addr)
+	}
+	for _, t := range removed {
+		d.log.Info("target gone from DNS: draining", "target", t.Addr)
+	}
+	d.set.Prune()
+	return addrs
+}
+
+// answer runs lookup for name, keeping the last good answer when it fails.
+// An authoritative "no such name" or an empty answer is an answer: the
+// name's targets drain. Timeouts and server failures are not.
+func (d *Discoverer) answer(name string, lookup func() ([]string, error)) []string {
+	got, err := lookup()
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+		if len(d.last[name]) > 0 {
+			d.log.Warn("DNS name has no records now; its targets drain", "name", name)
+		}
+		got, err = nil, nil
+	}
+	if err != nil {
+		prev, ok := d.last[name]
+		d.log.Warn("DNS lookup failed; keeping the last answer", "name", name, "err", err, "kept", len(prev))
+		if ok {
+			return prev
+		}
+		return nil
+	}
+	d.last[name] = got
+	return got
+}
+
+func (d *Discoverer) lookupDNS(ctx context.Context, n string) ([]string, error) {
+	host, port, _ := net.SplitHostPort(n)
+	ips, err := d.res.LookupIPAddr(ctx, host)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, ip := range ips {
+		out = append(out, net.JoinHostPort(ip.IP.String(), port))
+	}
+	slices.Sort(out) // a stable order, whatever order DNS answers in
+	return slices.Compact(out), nil
+}
+
+// lookupSRV returns the targets of the lowest priority value. SRV targets
+// are names; each is resolved to its addresses. Weights are not used:
+// every record of the chosen priority gets traffic.
+func (d *Discoverer) lookupSRV(ctx context.Context, n string) ([]string, error) {
+	service, proto, name, _ := splitSRV(n)
+	_, srvs, err := d.res.LookupSRV(ctx, service, proto, name)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortStableFunc(srvs, func(a, b *net.SRV) int { return int(a.Priority) - int(b.Priority) })
+	var out []string
+	for i := 0; i < len(srvs) && len(out) == 0; {
+		prio := srvs[i].Priority
+		for ; i < len(srvs) && srvs[i].Priority == prio; i++ {
+			port := strconv.Itoa(int(srvs[i].Port))
+			host := strings.TrimSuffix(srvs[i].Target, ".")
+			if ip := net.ParseIP(host); ip != nil {
+				out = append(out, net.JoinHostPort(host, port))
+				continue
+			}
+			got, err := d.lookupDNS(ctx, net.JoinHostPort(host, port))
+			if err != nil {
+				d.log.Warn("SRV target does not resolve", "srv", n, "target", host, "err", err)
+				continue
+			}
+			out = append(out, got...)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+func appendNew(dst []string, add ...string) []string {
+	for _, a := range add {
+		if !slices.Contains(dst, a) {
+			dst = append(dst, a)
+		}
+	}
+	return dst
+}

@@ -1,0 +1,140 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"slices"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/ndlb/ndlb/internal/dnstest"
+	"github.com/ndlb/ndlb/upstream"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func newDNS(t *testing.T) *dnstest.Server {
+	t.Helper()
+	s, err := dnstest.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+func addrs(set *upstream.Set) (live, draining []string) {
+	for _, t := range set.Targets() {
+		if t.Removed() {
+			draining = append(draining, t.Addr)
+		} else {
+			live = append(live, t.Addr)
+		}
+	}
+	return live, draining
+}
+
+// Records change from {A, B} to {B, C}: A drains (and leaves once it has
+// no connection), C joins, B stays; a failed lookup keeps the last answer.
+func TestDNSChanges(t *testing.T) {
+	dns := newDNS(t)
+	dns.SetIPs("logs.test", "10.0.0.1", "10.0.0.2")
+	set := upstream.NewSet(nil)
+	d, err := New(Config{Static: []string{"192.0.2.9:5170"}, DNS: []string{"logs.test.:5170"}, Interval: DefaultInterval,
+		Resolver: dns.Resolver(), Logger: slog.New(slog.DiscardHandler)}, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	d.Refresh(ctx)
+	live, _ := addrs(set)
+	if !slices.Equal(live, []string{"192.0.2.9:5170", "10.0.0.1:5170", "10.0.0.2:5170"}) {
+		t.Fatalf("targets %v", live)
+	}
+	a, _ := set.Lookup("10.0.0.1:5170")
+	a.ConnOpened() // a connection still open on A
+	dns.SetIPs("logs.test", "10.0.0.2", "10.0.0.3")
+	d.Refresh(ctx)
+	live, draining := addrs(set)
+	if !slices.Equal(live, []string{"192.0.2.9:5170", "10.0.0.2:5170", "10.0.0.3:5170"}) || !slices.Equal(draining, []string{"10.0.0.1:5170"}) {
+		t.Fatalf("live %v draining %v", live, draining)
+	}
+	if a.State() != upstream.StateDraining {
+		t.Fatalf("A is %s, want draining", a.State())
+	}
+	a.ConnClosed()
+	d.Refresh(ctx)
+	if _, draining = addrs(set); len(draining) != 0 {
+		t.Fatalf("A still in the set after its last connection: %v", draining)
+	}
+	// The name disappears (NXDOMAIN): its last answer is kept.
+	dns.SetIPs("other.test", "10.9.9.9")
+	d2, _ := New(Config{DNS: []string{"gone.test.:1"}, Interval: DefaultInterval, Resolver: dns.Resolver(), Logger: slog.New(slog.DiscardHandler)}, upstream.NewSet(nil))
+	if got := d2.Refresh(ctx); len(got) != 0 {
+		t.Fatalf("unknown name gave %v", got)
+	}
+	d.cfg.DNS = []string{"logs.test.:5170"}
+	dns.SetIPs("logs.test") // now no records at all
+	d.Refresh(ctx)
+	if live, _ = addrs(set); len(live) != 1 {
+		t.Fatalf("an empty answer should drain the name's targets: %v", live)
+	}
+}
+
+func TestSRVPriority(t *testing.T) {
+	dns := newDNS(t)
+	dns.SetIPs("r1.test", "10.1.0.1")
+	dns.SetIPs("r2.test", "10.1.0.2")
+	dns.SetIPs("backup.test", "10.1.0.9")
+	dns.SetSRV("_ndjson._tcp.logs.test",
+		net.SRV{Target: "r1.test", Port: 5170, Priority: 10, Weight: 50},
+		net.SRV{Target: "r2.test", Port: 5171, Priority: 10, Weight: 50},
+		net.SRV{Target: "backup.test", Port: 5170, Priority: 20, Weight: 1},
+	)
+	set := upstream.NewSet(nil)
+	d, err := New(Config{SRV: []string{"_ndjson._tcp.logs.test."}, Interval: DefaultInterval, Resolver: dns.Resolver(), Logger: slog.New(slog.DiscardHandler)}, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := d.Refresh(context.Background()); !slices.Equal(got, []string{"10.1.0.1:5170", "10.1.0.2:5171"}) {
+		t.Fatalf("priority 10 targets: %v", got)
+	}
+	// Priority 10's targets stop resolving: the backup is used.
+	dns.SetIPs("r1.test")
+	dns.SetIPs("r2.test")
+	if got := d.Refresh(context.Background()); !slices.Equal(got, []string{"10.1.0.9:5170"}) {
+		t.Fatalf("fallback to priority 20: %v", got)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, c := range []Config{
+		{Interval: 0},
+		{Interval: 1, DNS: []string{"no-port"}},
+		{Interval: 1, DNS: []string{"name:99999"}},
+		{Interval: 1, SRV: []string{"logs.test"}},
+	} {
+		if err := c.Validate(); !errors.Is(err, ErrConfig) {
+			t.Errorf("%+v: %v", c, err)
+		}
+	}
+}
+
+// A DNS outage keeps the last answer: nothing drains.
+func TestOutageKeepsLastAnswer(t *testing.T) {
+	dns := newDNS(t)
+	dns.SetIPs("logs.test", "10.0.0.1")
+	set := upstream.NewSet(nil)
+	d, _ := New(Config{DNS: []string{"logs.test.:5170"}, Interval: DefaultInterval, Resolver: dns.Resolver(), Logger: slog.New(slog.DiscardHandler)}, set)
+	d.Refresh(context.Background())
+	dns.Close() // the server is gone: lookups fail, they do not say "no such name"
+	if got := d.Refresh(context.Background()); !slices.Equal(got, []string{"10.0.0.1:5170"}) {
+		t.Fatalf("after the outage: %v", got)
+	}
+	if live, draining := addrs(set); len(live) != 1 || len(draining) != 0 {
+		t.Fatalf("live %v draining %v", live, draining)
+	}
+}
