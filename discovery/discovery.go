@@ -115,9 +115,7 @@ func (d *Discoverer) Run(ctx context.Context) {
 		case <-refresh.C:
 			d.Refresh(ctx)
 		case <-prune.C:
-			for _, t := range d.set.Prune() {
-				d.log.Info("target left the set: drained", "target", t.Addr)
-			}
+			d.prune()
 		}
 	}
 }
@@ -139,8 +137,15 @@ func (d *Discoverer) Refresh(ctx context.Context) []string {
 	for _, t := range removed {
 		d.log.Info("target gone from DNS: draining", "target", t.Addr)
 	}
-	d.set.Prune()
+	d.prune()
 	return addrs
+}
+
+// prune drops drained targets that have no connection left.
+func (d *Discoverer) prune() {
+	for _, t := range d.set.Prune() {
+		d.log.Info("target left the set: drained", "target", t.Addr)
+	}
 }
 
 // answer runs lookup for name, keeping the last good answer when it fails.

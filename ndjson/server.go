@@ -35,9 +35,12 @@ var ErrConfig = errors.New("ndjson: invalid config")
 // Config is the whole NDJSON mode. Start from DefaultConfig.
 type Config struct {
 	Targets []string
-	Framer  framer.Config
-	Queue   dispatch.Config
-	Pool    pool.Config
+	// Discovered means targets also come from DNS discovery, so Targets
+	// may start empty.
+	Discovered bool
+	Framer     framer.Config
+	Queue      dispatch.Config
+	Pool       pool.Config
 	// Listener configures the client side: TLS termination, PROXY
 	// protocol, the connection limit. Its Logger is set from Logger.
 	Listener listener.Config
@@ -62,7 +65,7 @@ func DefaultConfig() Config {
 
 // Validate reports the first problem, wrapping the package's ErrConfig.
 func (c Config) Validate() error {
-	if len(c.Targets) == 0 {
+	if len(c.Targets) == 0 && !c.Discovered {
 		return fmt.Errorf("%w: no targets", ErrConfig)
 	}
 	if c.DrainTimeout <= 0 || c.DeliverTimeout <= 0 {

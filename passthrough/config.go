@@ -49,6 +49,9 @@ type Config struct {
 	// Targets are host:port addresses, in order (the order matters to the
 	// first policy).
 	Targets []string
+	// Discovered means targets also come from DNS discovery, so Targets
+	// may start empty.
+	Discovered bool
 	// Balance names the policy (balance.Names).
 	Balance string
 	// HashKey is hashed by the hash policy.
@@ -122,7 +125,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	switch {
-	case len(c.Targets) == 0:
+	case len(c.Targets) == 0 && !c.Discovered:
 		return fmt.Errorf("%w: no targets", ErrConfig)
 	case c.HashKey != HashIP && c.HashKey != HashIPPort:
 		return fmt.Errorf("%w: hash key %q: want ip or ip-port", ErrConfig, c.HashKey)

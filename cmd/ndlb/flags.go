@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"log/slog"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ndlb/ndlb/balance"
+	"github.com/ndlb/ndlb/discovery"
 	"github.com/ndlb/ndlb/framer"
 	"github.com/ndlb/ndlb/health"
 	"github.com/ndlb/ndlb/listener"
@@ -59,6 +61,10 @@ func flags() []cli.Flag {
 		&cli.BoolFlag{Name: "passthrough", Category: catListen, Usage: "L4 mode: proxy each client connection whole to one target, bytes unchanged", EnvVars: env("passthrough")},
 
 		&cli.StringSliceFlag{Name: "target", Category: catTargets, Usage: "target HOST:PORT; comma-separated and/or repeated (required)", EnvVars: env("target")},
+		&cli.StringSliceFlag{Name: "target-dns", Category: catTargets, Usage: "targets from DNS: NAME:PORT, re-resolved (A and AAAA) every --dns-interval; comma-separated and/or repeated", EnvVars: env("target-dns")},
+		&cli.StringSliceFlag{Name: "target-srv", Category: catTargets, Usage: "targets from DNS SRV records: _service._proto.name (lowest priority value first); comma-separated and/or repeated", EnvVars: env("target-srv")},
+		&cli.DurationFlag{Name: "dns-interval", Category: catTargets, Value: discovery.DefaultInterval, Usage: "how often --target-dns and --target-srv names are resolved again", EnvVars: env("dns-interval")},
+		&cli.StringFlag{Name: "dns-resolver", Category: catTargets, Usage: "DNS server HOST:PORT for discovery (default: the system's)", EnvVars: env("dns-resolver")},
 		&cli.DurationFlag{Name: "connect-timeout", Category: catTargets, Value: d.ConnectTimeout, Usage: "timeout of one target dial, TLS handshake included", EnvVars: env("connect-timeout")},
 		&cli.DurationFlag{Name: "backoff-max", Category: catTargets, Value: d.BackoffMax, DefaultText: d.BackoffMax.String() + "; " + p.BackoffMax.String() + " with --passthrough", Usage: "longest wait between dial rounds when targets are down", EnvVars: env("backoff-max")},
 
@@ -199,8 +205,8 @@ func targets(c *cli.Context) ([]string, error) {
 			out = append(out, t)
 		}
 	}
-	if len(out) == 0 {
-		return nil, usageError("no target: set --target HOST:PORT (or NDLB_TARGET)")
+	if len(out) == 0 && len(c.StringSlice("target-dns"))+len(c.StringSlice("target-srv")) == 0 {
+		return nil, usageError("no target: set --target HOST:PORT (or NDLB_TARGET), --target-dns or --target-srv")
 	}
 	return out, nil
 }
@@ -240,6 +246,7 @@ func ndjsonConfig(c *cli.Context, log *slog.Logger) (ndjson.Config, error) {
 	if cfg.Targets, err = targets(c); err != nil {
 		return cfg, err
 	}
+	cfg.Discovered = discovered(c)
 	if n := c.Int("connections"); n < 1 || n > 1024 {
 		return cfg, usageError("invalid value %d for --connections: want 1..1024", n)
 	}
@@ -344,6 +351,7 @@ func passthroughConfig(c *cli.Context, log *slog.Logger) (passthrough.Config, er
 	if cfg.Targets, err = targets(c); err != nil {
 		return cfg, err
 	}
+	cfg.Discovered = discovered(c)
 	if _, err := balance.New(c.String("balance")); err != nil {
 		return cfg, usageError("invalid value %q for --balance: want %s", c.String("balance"), strings.Join(balance.Names, ", "))
 	}
@@ -433,6 +441,53 @@ func checkConfig(c *cli.Context, log *slog.Logger, targetTLS func() (*tls.Config
 	if err := cfg.Validate(); err != nil {
 		msg := strings.TrimPrefix(err.Error(), health.ErrConfig.Error()+": ")
 		return cfg, false, usageError("invalid health check (--check*): %s", msg)
+	}
+	return cfg, true, nil
+}
+
+// discovered reports whether targets also come from DNS.
+func discovered(c *cli.Context) bool {
+	return len(c.StringSlice("target-dns"))+len(c.StringSlice("target-srv")) > 0
+}
+
+// discoveryConfig maps the DNS flags; ok is false when there are no names.
+func discoveryConfig(c *cli.Context, log *slog.Logger, static []string) (cfg discovery.Config, ok bool, err error) {
+	split := func(name string) []string {
+		var out []string
+		for _, raw := range c.StringSlice(name) {
+			for _, v := range strings.Split(raw, ",") {
+				if v = strings.TrimSpace(v); v != "" {
+					out = append(out, v)
+				}
+			}
+		}
+		return out
+	}
+	cfg = discovery.Config{Static: static, DNS: split("target-dns"), SRV: split("target-srv"), Interval: c.Duration("dns-interval"), Logger: log}
+	if len(cfg.DNS)+len(cfg.SRV) == 0 {
+		for _, n := range []string{"dns-interval", "dns-resolver"} {
+			if c.IsSet(n) {
+				return cfg, false, usageError("--%s needs --target-dns or --target-srv", n)
+			}
+		}
+		return cfg, false, nil
+	}
+	if r := c.String("dns-resolver"); r != "" {
+		if _, _, err := net.SplitHostPort(r); err != nil {
+			return cfg, false, usageError("invalid value %q for --dns-resolver: want HOST:PORT", r)
+		}
+		cfg.Resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, r)
+		}}
+	}
+	if err := cfg.Validate(); err != nil {
+		msg := strings.TrimPrefix(err.Error(), discovery.ErrConfig.Error()+": ")
+		name := "--target-dns/--target-srv"
+		if strings.HasPrefix(msg, "interval") {
+			name = "--dns-interval"
+		}
+		return cfg, false, usageError("invalid %s: %s", name, msg)
 	}
 	return cfg, true, nil
 }

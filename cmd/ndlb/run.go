@@ -16,6 +16,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ndlb/ndlb/admin"
+	"github.com/ndlb/ndlb/discovery"
 	"github.com/ndlb/ndlb/health"
 	"github.com/ndlb/ndlb/ndjson"
 	"github.com/ndlb/ndlb/passthrough"
@@ -35,6 +36,8 @@ type server struct {
 	admin func(addr string) admin.Listener
 	// checks, if not nil, runs the active health checks.
 	checks *health.Checker
+	// discovery, if not nil, keeps the targets in step with DNS.
+	discovery *discovery.Discoverer
 }
 
 // adminListener adapts a server to admin.Listener.
@@ -56,6 +59,11 @@ func newServer(c *cli.Context, log *slog.Logger) (*server, error) {
 		if err != nil {
 			return nil, err
 		}
+		dcfg, discover, err := discoveryConfig(c, log, cfg.Targets)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Discovered = discover
 		srv, err := passthrough.New(cfg)
 		if err != nil {
 			return nil, usageError("%v", err)
@@ -64,9 +72,13 @@ func newServer(c *cli.Context, log *slog.Logger) (*server, error) {
 		if err != nil {
 			return nil, err
 		}
+		disc, err := newDiscoverer(dcfg, discover, srv.Set())
+		if err != nil {
+			return nil, err
+		}
 		return &server{
-			checks: checks,
-			start:  srv.Start, err: srv.Err,
+			checks: checks, discovery: disc,
+			start: srv.Start, err: srv.Err,
 			shutdown: func() bool { srv.Shutdown(); return true },
 			lost:     func() []any { return []any{"open_connections", srv.Stats().Listener.Active} },
 			// Off, as in HAProxy and nginx: --idle-timeout ends
@@ -85,6 +97,11 @@ func newServer(c *cli.Context, log *slog.Logger) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
+	dcfg, discover, err := discoveryConfig(c, log, cfg.Targets)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Discovered = discover
 	srv, err := ndjson.New(cfg)
 	if err != nil {
 		return nil, usageError("%v", err)
@@ -93,9 +110,13 @@ func newServer(c *cli.Context, log *slog.Logger) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
+	disc, err := newDiscoverer(dcfg, discover, srv.Set())
+	if err != nil {
+		return nil, err
+	}
 	return &server{
-		checks: checks,
-		start:  srv.Start, err: srv.Err,
+		checks: checks, discovery: disc,
+		start: srv.Start, err: srv.Err,
 		shutdown: func() bool { return srv.Shutdown().Clean },
 		lost: func() []any {
 			q := srv.Stats().Queue
@@ -145,6 +166,14 @@ func runBalancer(c *cli.Context) error {
 		return err
 	}
 	shown = srv.admin(ln.Addr().String())
+	if srv.discovery != nil {
+		// Resolve once before traffic, then keep resolving.
+		ctx, stopDiscovery := context.WithCancel(context.Background())
+		srv.discovery.Refresh(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); srv.discovery.Run(ctx) }()
+		defer func() { stopDiscovery(); <-done }()
+	}
 	srv.start(ln)
 	if srv.checks != nil {
 		ctx, stopChecks := context.WithCancel(context.Background())
@@ -176,6 +205,18 @@ func runBalancer(c *cli.Context) error {
 		return cli.Exit("", exitError)
 	}
 	return nil
+}
+
+// newDiscoverer returns the DNS discoverer of set, if discover.
+func newDiscoverer(cfg discovery.Config, discover bool, set *upstream.Set) (*discovery.Discoverer, error) {
+	if !discover {
+		return nil, nil
+	}
+	d, err := discovery.New(cfg, set)
+	if err != nil {
+		return nil, usageError("%v", err)
+	}
+	return d, nil
 }
 
 // newChecker returns the health checker the --check flags ask for, or nil.
