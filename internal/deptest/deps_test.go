@@ -26,6 +26,7 @@ var allowed = map[string][]string{
 	"admin":     {"upstream"},
 	"health":    {"tlsutil", "upstream"},
 	"discovery": {"upstream"},
+	"config":    {},
 	// passthrough proxies whole connections; it must not reach into the
 	// line path.
 	"passthrough": {"balance", "listener", "tlsutil", "upstream"},
