@@ -368,7 +368,7 @@ func TestREADMEListsEveryFlag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	flags := regexp.MustCompile(`(?m)^[ \t]+(--[a-z-]+)[^\[\n]*\[\$(NDLB_[A-Z_]+)\]`).FindAllStringSubmatch(string(help), -1)
+	flags := regexp.MustCompile(`(?m)^[ \t]+(--[a-z-]+)(?:[^\[\n]|\[[^$])*\[\$(NDLB_[A-Z_]+)\]`).FindAllStringSubmatch(string(help), -1)
 	if len(flags) < 20 {
 		t.Fatalf("found only %d flags in --help", len(flags))
 	}

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ndlb/ndlb/config"
+)
+
+// globalFlags are process-wide: in a config file they sit at the top, not
+// in a [[listener]] table.
+var globalFlags = []string{"log-format", "log-level", "admin", "admin-token-file"}
+
+// schema is what a config file may hold: every flag but --config, with its
+// kind.
+func schema() config.Schema {
+	var s config.Schema
+	for _, f := range flags() {
+		name := f.Names()[0]
+		if name == "config" {
+			continue
+		}
+		k := config.Key{Name: name, Global: slices.Contains(globalFlags, name)}
+		switch f.(type) {
+		case *cli.IntFlag:
+			k.Kind = config.Int
+		case *cli.BoolFlag:
+			k.Kind = config.Bool
+		case *cli.DurationFlag:
+			k.Kind = config.Duration
+		case *cli.StringSliceFlag:
+			k.Kind = config.Strings
+		}
+		s = append(s, k)
+	}
+	return s
+}
+
+// loadSetup returns the process-wide flags and the listeners to run: the
+// one the flags describe, or those of --config, with flags (and NDLB_*
+// variables) overriding the file.
+func loadSetup(c *cli.Context) (*cli.Context, []*instance, error) {
+	path := c.String("config")
+	if path == "" {
+		return c, []*instance{{name: listenerName, c: c}}, nil
+	}
+	f, err := config.Load(path, schema())
+	if err != nil {
+		return nil, nil, usageError("invalid --config: %v", err)
+	}
+	over := overrides(c)
+	g, err := parseFlags(c, merge(f.Global, over, true))
+	if err != nil {
+		return nil, nil, usageError("%s: %v", path, err)
+	}
+	var insts []*instance
+	for _, sec := range f.Listeners {
+		if len(f.Listeners) > 1 {
+			for name := range over {
+				if !slices.Contains(globalFlags, name) {
+					return nil, nil, usageError("--%s is set, but %s has %d listeners: set it in the file", name, path, len(f.Listeners))
+				}
+			}
+		}
+		in := &instance{name: sec.Name, file: f, sec: sec}
+		if in.c, err = parseFlags(c, merge(sec, over, false)); err != nil {
+			return nil, nil, in.wrap(usageError("%v", err))
+		}
+		insts = append(insts, in)
+	}
+	return g, insts, nil
+}
+
+// overrides renders the flags set on the command line or by NDLB_*
+// variables as arguments, by flag name.
+func overrides(c *cli.Context) map[string][]string {
+	out := map[string][]string{}
+	for _, f := range flags() {
+		name := f.Names()[0]
+		if name == "config" || !c.IsSet(name) {
+			continue
+		}
+		switch f.(type) {
+		case *cli.StringSliceFlag:
+			for _, v := range c.StringSlice(name) {
+				out[name] = append(out[name], "--"+name+"="+v)
+			}
+		case *cli.BoolFlag:
+			out[name] = []string{"--" + name + "=" + strconv.FormatBool(c.Bool(name))}
+		case *cli.IntFlag:
+			out[name] = []string{"--" + name + "=" + strconv.Itoa(c.Int(name))}
+		case *cli.DurationFlag:
+			out[name] = []string{"--" + name + "=" + c.Duration(name).String()}
+		default:
+			out[name] = []string{"--" + name + "=" + c.String(name)}
+		}
+	}
+	return out
+}
+
+// merge returns the section's arguments with the overrides of its level
+// in place of the file's values.
+func merge(sec config.Section, over map[string][]string, global bool) []string {
+	var args []string
+	for _, v := range sec.Values {
+		if _, ok := over[v.Key]; !ok {
+			args = append(args, v.Args...)
+		}
+	}
+	for name, a := range over {
+		if slices.Contains(globalFlags, name) == global {
+			args = append(args, a...)
+		}
+	}
+	return args
+}
+
+// parseFlags parses args with ndlb's flags, ignoring the environment (the
+// caller has already applied it), and returns the context.
+func parseFlags(parent *cli.Context, args []string) (*cli.Context, error) {
+	var got *cli.Context
+	app := &cli.App{
+		Name: "ndlb", Flags: withoutEnv(flags()), HideHelp: true, HideVersion: true,
+		Writer: parent.App.Writer, ErrWriter: parent.App.ErrWriter,
+		Action:         func(c *cli.Context) error { got = c; return nil },
+		ExitErrHandler: func(*cli.Context, error) {},
+		OnUsageError:   func(_ *cli.Context, err error, _ bool) error { return err },
+	}
+	if err := app.Run(append([]string{"ndlb"}, args...)); err != nil {
+		return nil, err
+	}
+	if got == nil {
+		return nil, fmt.Errorf("arguments %q were not parsed", args)
+	}
+	return got, nil
+}
+
+// withoutEnv strips the environment variables from fs.
+func withoutEnv(fs []cli.Flag) []cli.Flag {
+	for _, f := range fs {
+		switch x := f.(type) {
+		case *cli.StringFlag:
+			x.EnvVars = nil
+		case *cli.IntFlag:
+			x.EnvVars = nil
+		case *cli.BoolFlag:
+			x.EnvVars = nil
+		case *cli.DurationFlag:
+			x.EnvVars = nil
+		case *cli.StringSliceFlag:
+			x.EnvVars = nil
+		}
+	}
+	return fs
+}
