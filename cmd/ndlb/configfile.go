@@ -2,8 +2,11 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
+	"os"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -47,11 +50,15 @@ func loadSetup(c *cli.Context) (*cli.Context, []*instance, error) {
 	if path == "" {
 		return c, []*instance{{name: listenerName, c: c}}, nil
 	}
+	return loadFile(c, path, overrides(c))
+}
+
+// loadFile reads the config file at path, with over in place of its values.
+func loadFile(c *cli.Context, path string, over map[string][]string) (*cli.Context, []*instance, error) {
 	f, err := config.Load(path, schema())
 	if err != nil {
-		return nil, nil, usageError("invalid --config: %v", err)
+		return nil, nil, usageError("invalid config: %v", err)
 	}
-	over := overrides(c)
 	g, err := parseFlags(c, merge(f.Global, over, true))
 	if err != nil {
 		return nil, nil, usageError("%s: %v", path, err)
@@ -155,4 +162,38 @@ func withoutEnv(fs []cli.Flag) []cli.Flag {
 		}
 	}
 	return fs
+}
+
+// runCheckConfig checks a config file as ndlb would run it, without
+// listening: exit 0, or 2 with FILE:LINE and the problem.
+func runCheckConfig(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usageError("check-config takes one argument: the config file")
+	}
+	path := c.Args().First()
+	g, insts, err := loadFile(c, path, nil)
+	if err != nil {
+		return err
+	}
+	if _, err := newLogger(g); err != nil {
+		return usageError("%s: %v", path, err)
+	}
+	quiet := slog.New(slog.DiscardHandler)
+	var names []string
+	for _, in := range insts {
+		if _, err := listenAddr(in.c); err != nil {
+			return in.wrap(err)
+		}
+		if _, err := newServer(in.c, quiet); err != nil {
+			return in.wrap(err)
+		}
+		names = append(names, in.name)
+	}
+	if tf := g.String("admin-token-file"); tf != "" {
+		if _, err := os.ReadFile(tf); err != nil {
+			return usageError("%s: admin-token-file: %v", path, err)
+		}
+	}
+	fmt.Fprintf(c.App.Writer, "ok: %s: %d listeners (%s)\n", path, len(insts), strings.Join(names, ", "))
+	return nil
 }

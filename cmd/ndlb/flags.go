@@ -52,7 +52,7 @@ func flags() []cli.Flag {
 	d := pool.DefaultConfig()
 	p := passthrough.DefaultConfig()
 	return []cli.Flag{
-		&cli.StringFlag{Name: "config", Category: catListen, Usage: "TOML file of settings: flag names as keys, one [[listener]] table per listener (flags override it); reloaded on SIGHUP and when it changes", EnvVars: env("config")},
+		&cli.StringFlag{Name: "config", Category: catListen, Usage: "TOML file of settings: flag names as keys, one [[listener]] table per listener (flags override it)", EnvVars: env("config")},
 		&cli.StringFlag{Name: "addr", Category: catListen, Value: "0.0.0.0", Usage: "address to listen on", EnvVars: env("addr")},
 		&cli.IntFlag{Name: "port", Category: catListen, Value: 9000, Usage: "port to listen on (0 picks a free port, shown in the 'listening' log line)", EnvVars: env("port")},
 		&cli.IntFlag{Name: "max-conns", Category: catListen, Value: 0, Usage: "most client connections served at once; beyond it new clients wait in the accept backlog (0: no limit)", EnvVars: env("max-conns")},

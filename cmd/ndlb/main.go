@@ -67,6 +67,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		},
 		Commands: []*cli.Command{
 			{Name: "demo", Usage: "run two targets, ndlb and a generator in-process, kill a target midway, and count every line", Flags: demoFlags(), Action: runDemo},
+			{Name: "check-config", Usage: "check a config file without running it: exit 0 if valid, else 2 with FILE:LINE", ArgsUsage: "FILE", Action: runCheckConfig},
 			{Name: "version", Usage: "print the version", Action: func(c *cli.Context) error {
 				fmt.Fprintln(c.App.Writer, "ndlb", version())
 				return nil

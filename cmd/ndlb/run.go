@@ -234,9 +234,9 @@ func shutdownAll(insts []*instance) bool {
 // DNS discovery that run beside it.
 type instance struct {
 	name  string
-	file  *config.File    // nil: flags only
-	sec   config.Section  // its table in file
-	c     *cli.Context    // its flags
+	file  *config.File   // nil: flags only
+	sec   config.Section // its table in file
+	c     *cli.Context   // its flags
 	srv   *server
 	ln    net.Listener
 	shown admin.Listener // what the admin API shows
