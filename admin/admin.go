@@ -46,8 +46,19 @@ type Config struct {
 	TokenFile string
 	// Listeners returns the listeners now (they may change on reload).
 	Listeners func() []Listener
+	// Reloads, if set, reports the config file's reloads.
+	Reloads func() ReloadInfo
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
+}
+
+// ReloadInfo describes the config file's reloads.
+type ReloadInfo struct {
+	Path      string    `json:"path,omitempty"` // "" without a config file
+	Reloads   uint64    `json:"reloads"`        // applied
+	Failures  uint64    `json:"failures"`       // refused: the running config stayed
+	Last      time.Time `json:"last,omitzero"`
+	LastError string    `json:"last_error,omitempty"` // of the last reload, if refused
 }
 
 // Errors of New.
@@ -115,6 +126,7 @@ func (s *Server) routes() map[string]http.Handler {
 		"GET /api/v1/targets":                  http.HandlerFunc(s.targets),
 		"POST /api/v1/targets/{addr}/{action}": s.authorized(http.HandlerFunc(s.setState)),
 		"GET /openapi.json":                    http.HandlerFunc(s.openapi),
+		"GET /api/v1/config":                   http.HandlerFunc(s.config),
 	}
 }
 
@@ -272,6 +284,14 @@ func (s *Server) setState(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+func (s *Server) config(w http.ResponseWriter, _ *http.Request) {
+	var info ReloadInfo
+	if s.cfg.Reloads != nil {
+		info = s.cfg.Reloads()
+	}
+	writeJSON(w, http.StatusOK, info)
 }
 
 func (s *Server) openapi(w http.ResponseWriter, _ *http.Request) {

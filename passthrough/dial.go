@@ -83,7 +83,8 @@ func (s *Server) attemptSucceeded(t *upstream.Target) {
 // not skipped by passive health, or, when every accepting target is
 // skipped, all accepting targets.
 func (s *Server) candidates(dst []int, targets []*upstream.Target, key []byte) []int {
-	dst = s.policy.Order(dst, targets, key)
+	policy := s.policy.Load().p
+	dst = policy.Order(dst, targets, key)
 	now := s.clock.Now()
 	accepting := dst[:0]
 	for _, i := range dst {

@@ -21,7 +21,7 @@ type Server struct {
 	cfg    Config
 	log    *slog.Logger
 	clock  clockwork.Clock
-	policy balance.Policy
+	policy atomic.Pointer[policyBox] // swapped by SetBalance
 	set    *upstream.Set
 	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
 	ln     *listener.Listener
@@ -60,7 +60,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	policy, _ := balance.New(cfg.Balance) // checked by Validate
 	s := &Server{
-		cfg: cfg, log: cfg.Logger, clock: cfg.Clock, policy: policy, set: upstream.NewSet(cfg.Targets),
+		cfg: cfg, log: cfg.Logger, clock: cfg.Clock, set: upstream.NewSet(cfg.Targets),
 		dial: cfg.Dial, sessions: make(map[*session]struct{}), serveErr: make(chan error, 1),
 	}
 	if s.dial == nil {
@@ -70,9 +70,30 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.dial = d.DialContext
 	}
+	s.policy.Store(&policyBox{name: cfg.Balance, p: policy})
 	s.stop, s.stopCancel = context.WithCancel(context.Background())
 	return s, nil
 }
+
+// policyBox holds a policy for atomic.Pointer.
+type policyBox struct {
+	name string
+	p    balance.Policy
+}
+
+// SetBalance switches the balancing policy for new connections; open ones
+// keep their target.
+func (s *Server) SetBalance(name string) error {
+	p, err := balance.New(name)
+	if err != nil {
+		return err
+	}
+	s.policy.Store(&policyBox{name: name, p: p})
+	return nil
+}
+
+// Balance is the name of the balancing policy.
+func (s *Server) Balance() string { return s.policy.Load().name }
 
 // Start serves ln in the background. Call Shutdown to stop.
 func (s *Server) Start(ln net.Listener) {

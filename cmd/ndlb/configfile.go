@@ -73,12 +73,24 @@ func loadFile(c *cli.Context, path string, over map[string][]string) (*cli.Conte
 			}
 		}
 		in := &instance{name: sec.Name, file: f, sec: sec}
-		if in.c, err = parseFlags(c, merge(sec, over, false)); err != nil {
+		args := merge(sec, over, false)
+		if in.c, err = parseFlags(c, args); err != nil {
 			return nil, nil, in.wrap(usageError("%v", err))
 		}
+		in.args = byKey(args)
 		insts = append(insts, in)
 	}
 	return g, insts, nil
+}
+
+// byKey groups "--key=value" arguments by key, in order.
+func byKey(args []string) map[string][]string {
+	out := map[string][]string{}
+	for _, a := range args {
+		k, v, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+		out[k] = append(out[k], v)
+	}
+	return out
 }
 
 // overrides renders the flags set on the command line or by NDLB_*
@@ -175,7 +187,7 @@ func runCheckConfig(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := newLogger(g); err != nil {
+	if _, _, err := newLogger(g); err != nil {
 		return usageError("%s: %v", path, err)
 	}
 	quiet := slog.New(slog.DiscardHandler)

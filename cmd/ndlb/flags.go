@@ -52,7 +52,7 @@ func flags() []cli.Flag {
 	d := pool.DefaultConfig()
 	p := passthrough.DefaultConfig()
 	return []cli.Flag{
-		&cli.StringFlag{Name: "config", Category: catListen, Usage: "TOML file of settings: flag names as keys, one [[listener]] table per listener (flags override it)", EnvVars: env("config")},
+		&cli.StringFlag{Name: "config", Category: catListen, Usage: "TOML file of settings: flag names as keys, one [[listener]] table per listener (flags override it); reloaded on SIGHUP and when it changes", EnvVars: env("config")},
 		&cli.StringFlag{Name: "addr", Category: catListen, Value: "0.0.0.0", Usage: "address to listen on", EnvVars: env("addr")},
 		&cli.IntFlag{Name: "port", Category: catListen, Value: 9000, Usage: "port to listen on (0 picks a free port, shown in the 'listening' log line)", EnvVars: env("port")},
 		&cli.IntFlag{Name: "max-conns", Category: catListen, Value: 0, Usage: "most client connections served at once; beyond it new clients wait in the accept backlog (0: no limit)", EnvVars: env("max-conns")},
@@ -155,20 +155,21 @@ func listenerConfig(c *cli.Context) (listener.Config, error) {
 	return lc, nil
 }
 
-// newLogger builds the logger from --log-format and --log-level.
-func newLogger(c *cli.Context) (*slog.Logger, error) {
-	var level slog.Level
+// newLogger builds the logger from --log-format and --log-level. The level
+// can be changed later through the returned LevelVar.
+func newLogger(c *cli.Context) (*slog.Logger, *slog.LevelVar, error) {
+	var level slog.LevelVar
 	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
-		return nil, usageError("invalid value %q for --log-level: want debug, info, warn or error", c.String("log-level"))
+		return nil, nil, usageError("invalid value %q for --log-level: want debug, info, warn or error", c.String("log-level"))
 	}
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: &level}
 	switch c.String("log-format") {
 	case "text":
-		return slog.New(slog.NewTextHandler(c.App.ErrWriter, opts)), nil
+		return slog.New(slog.NewTextHandler(c.App.ErrWriter, opts)), &level, nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(c.App.ErrWriter, opts)), nil
+		return slog.New(slog.NewJSONHandler(c.App.ErrWriter, opts)), &level, nil
 	}
-	return nil, usageError("invalid value %q for --log-format: want text or json", c.String("log-format"))
+	return nil, nil, usageError("invalid value %q for --log-format: want text or json", c.String("log-format"))
 }
 
 // listenAddr validates --addr and --port.

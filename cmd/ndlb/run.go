@@ -1,24 +1,17 @@
 package main
 
 import (
-	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"os/signal"
-	"regexp"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/ndlb/ndlb/admin"
-	"github.com/ndlb/ndlb/config"
 	"github.com/ndlb/ndlb/discovery"
 	"github.com/ndlb/ndlb/health"
 	"github.com/ndlb/ndlb/ndjson"
@@ -41,6 +34,11 @@ type server struct {
 	checks *health.Checker
 	// discovery, if not nil, keeps the targets in step with DNS.
 	discovery *discovery.Discoverer
+	// set is the server's targets; targetTLS its client TLS, if any.
+	set       *upstream.Set
+	targetTLS func() (*tls.Config, error)
+	// setBalance switches the policy (passthrough only; nil otherwise).
+	setBalance func(string) error
 }
 
 // adminListener adapts a server to admin.Listener.
@@ -80,7 +78,7 @@ func newServer(c *cli.Context, log *slog.Logger) (*server, error) {
 			return nil, err
 		}
 		return &server{
-			checks: checks, discovery: disc,
+			checks: checks, discovery: disc, set: srv.Set(), targetTLS: cfg.TLS, setBalance: srv.SetBalance,
 			start: srv.Start, err: srv.Err,
 			shutdown: func() bool { srv.Shutdown(); return true },
 			lost:     func() []any { return []any{"open_connections", srv.Stats().Listener.Active} },
@@ -90,7 +88,7 @@ func newServer(c *cli.Context, log *slog.Logger) (*server, error) {
 			admin: func(name, addr string) admin.Listener {
 				return adminListener{set: srv.Set(), info: func() admin.ListenerInfo {
 					st := srv.Stats().Listener
-					return admin.ListenerInfo{Name: name, Addr: addr, Mode: "passthrough", Balance: cfg.Balance,
+					return admin.ListenerInfo{Name: name, Addr: addr, Mode: "passthrough", Balance: srv.Balance(),
 						TLS: cfg.Listener.TLS != nil, Active: st.Active, Accepted: st.Accepted}
 				}}
 			},
@@ -118,7 +116,7 @@ func newServer(c *cli.Context, log *slog.Logger) (*server, error) {
 		return nil, err
 	}
 	return &server{
-		checks: checks, discovery: disc,
+		checks: checks, discovery: disc, set: srv.Set(), targetTLS: cfg.Pool.TLS,
 		start: srv.Start, err: srv.Err,
 		shutdown: func() bool { return srv.Shutdown().Clean },
 		lost: func() []any {
@@ -133,187 +131,6 @@ func newServer(c *cli.Context, log *slog.Logger) (*server, error) {
 			}}
 		},
 	}, nil
-}
-
-// runBalancer is the default action: balance until SIGTERM or SIGINT.
-func runBalancer(c *cli.Context) error {
-	if c.Args().Present() {
-		return usageError("unexpected argument %q (flags start with - or --; see ndlb --help)", c.Args().First())
-	}
-	g, insts, err := loadSetup(c)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(g)
-	if err != nil {
-		return err
-	}
-	for _, in := range insts {
-		if in.srv, err = newServer(in.c, in.logger(log)); err != nil {
-			return in.wrap(err)
-		}
-	}
-	// Signals are caught before the listeners open, so one that arrives as
-	// soon as a port answers is never the default "die at once".
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
-	for i, in := range insts {
-		if err := in.listen(); err != nil {
-			for _, prev := range insts[:i] {
-				prev.ln.Close()
-			}
-			return err
-		}
-	}
-	adm, err := newAdmin(g, log, func() []admin.Listener {
-		out := make([]admin.Listener, len(insts))
-		for i, in := range insts {
-			out[i] = in.shown
-		}
-		return out
-	})
-	if err != nil {
-		for _, in := range insts {
-			in.ln.Close()
-		}
-		return err
-	}
-	for _, in := range insts {
-		in.start()
-	}
-	if adm != nil {
-		adm.Start()
-	}
-	failed := make(chan error, len(insts))
-	for _, in := range insts {
-		go func() { failed <- <-in.srv.err() }()
-	}
-	select {
-	case sig := <-sigs:
-		log.Info("signal received; shutting down (a second signal exits at once)", "signal", sig.String())
-	case err := <-failed:
-		log.Error("listener failed", "err", err)
-		shutdownAll(insts)
-		return cli.Exit("", exitError)
-	}
-	if adm != nil {
-		adm.Stopping()
-		defer adm.Shutdown(context.Background())
-	}
-	go func() {
-		sig := <-sigs
-		var lost []any
-		for _, in := range insts {
-			lost = append(lost, in.srv.lost()...)
-		}
-		log.Error("second signal: exiting without finishing the shutdown", append([]any{"signal", sig.String()}, lost...)...)
-		os.Exit(exitError)
-	}()
-	if !shutdownAll(insts) {
-		return cli.Exit("", exitError)
-	}
-	return nil
-}
-
-// shutdownAll shuts every instance down at once and reports whether all
-// were clean.
-func shutdownAll(insts []*instance) bool {
-	clean := make(chan bool, len(insts))
-	for _, in := range insts {
-		go func() { clean <- in.shutdown() }()
-	}
-	ok := true
-	for range insts {
-		ok = <-clean && ok
-	}
-	return ok
-}
-
-// instance is one listener: its flags, server, listener, and the checks and
-// DNS discovery that run beside it.
-type instance struct {
-	name  string
-	file  *config.File   // nil: flags only
-	sec   config.Section // its table in file
-	c     *cli.Context   // its flags
-	srv   *server
-	ln    net.Listener
-	shown admin.Listener // what the admin API shows
-	stop  []func()       // stops checks and discovery
-}
-
-// logger is log for this instance's server.
-func (in *instance) logger(log *slog.Logger) *slog.Logger {
-	if in.file == nil {
-		return log
-	}
-	return log.With("listener", in.name)
-}
-
-// wrap places a usage error of a listener from the file at its line.
-func (in *instance) wrap(err error) error {
-	if in.file == nil {
-		return err
-	}
-	var ec cli.ExitCoder
-	if !errors.As(err, &ec) || ec.ExitCode() != exitUsage {
-		return err
-	}
-	line := in.sec.Line
-	if m := flagName.FindStringSubmatch(err.Error()); m != nil {
-		line = in.sec.LineOf(m[1])
-	}
-	return usageError("%s", (&config.Error{Path: in.file.Path, Line: line, Msg: fmt.Sprintf("listener %q: %v", in.name, err)}).Error())
-}
-
-var flagName = regexp.MustCompile(`--([a-z][a-z-]*)`)
-
-// listen opens the instance's port.
-func (in *instance) listen() error {
-	addr, err := listenAddr(in.c)
-	if err != nil {
-		return in.wrap(err)
-	}
-	lc := net.ListenConfig{KeepAlive: in.srv.keepAlive}
-	ln, err := lc.Listen(context.Background(), "tcp", addr)
-	if err != nil {
-		return cli.Exit(fmt.Sprintf("listen on %s: %v", addr, err), exitError)
-	}
-	in.ln = ln
-	in.shown = in.srv.admin(in.name, ln.Addr().String())
-	return nil
-}
-
-// start resolves DNS targets once, then serves, checks and resolves in the
-// background.
-func (in *instance) start() {
-	if d := in.srv.discovery; d != nil {
-		ctx, cancel := context.WithCancel(context.Background())
-		d.Refresh(ctx)
-		in.stop = append(in.stop, background(cancel, d.Run, ctx))
-	}
-	in.srv.start(in.ln)
-	if ch := in.srv.checks; ch != nil {
-		ctx, cancel := context.WithCancel(context.Background())
-		in.stop = append(in.stop, background(cancel, ch.Run, ctx))
-	}
-}
-
-// background runs run(ctx) and returns a function that stops it and waits.
-func background(cancel context.CancelFunc, run func(context.Context), ctx context.Context) func() {
-	done := make(chan struct{})
-	go func() { defer close(done); run(ctx) }()
-	return func() { cancel(); <-done }
-}
-
-// shutdown drains the server, then stops checks and discovery.
-func (in *instance) shutdown() bool {
-	clean := in.srv.shutdown()
-	for _, stop := range in.stop {
-		stop()
-	}
-	return clean
 }
 
 // newDiscoverer returns the DNS discoverer of set, if discover.
@@ -346,7 +163,7 @@ const listenerName = "default"
 
 // newAdmin makes the admin API server if --admin is set: it listens, and a
 // bad address or token file is reported before any traffic.
-func newAdmin(c *cli.Context, log *slog.Logger, listeners func() []admin.Listener) (*admin.Server, error) {
+func newAdmin(c *cli.Context, log *slog.Logger, listeners func() []admin.Listener, reloads func() admin.ReloadInfo) (*admin.Server, error) {
 	addr := c.String("admin")
 	if addr == "" {
 		if c.String("admin-token-file") != "" {
@@ -355,7 +172,7 @@ func newAdmin(c *cli.Context, log *slog.Logger, listeners func() []admin.Listene
 		return nil, nil
 	}
 	adm, err := admin.New(admin.Config{
-		Addr: addr, TokenFile: c.String("admin-token-file"), Logger: log, Listeners: listeners,
+		Addr: addr, TokenFile: c.String("admin-token-file"), Logger: log, Listeners: listeners, Reloads: reloads,
 	})
 	if err != nil {
 		return nil, usageError("invalid --admin or --admin-token-file: %v", err)

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"crypto/sha256"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// debounce is how long the config file must stay unchanged after an event
+// before it is read: editors and ConfigMap updates write in several steps.
+const debounce = 200 * time.Millisecond
+
+// watchConfig reports changes of the --config file's content. It watches
+// the file's directory, so that a file replaced by a rename and a
+// Kubernetes ConfigMap's symlink swap (..data) are seen. stop ends it.
+func (r *runtime) watchConfig() (changed <-chan struct{}, stop func()) {
+	path := r.c.String("config")
+	if path == "" {
+		return nil, func() {}
+	}
+	w, err := fsnotify.NewWatcher()
+	if err == nil {
+		err = w.Add(filepath.Dir(path))
+	}
+	if err != nil {
+		r.log.Warn("cannot watch the config file; reload it with SIGHUP", "path", path, "err", err)
+		if w != nil {
+			w.Close()
+		}
+		return nil, func() {}
+	}
+	out := make(chan struct{}, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		watchLoop(w, path, out, r)
+	}()
+	return out, func() { w.Close(); <-done }
+}
+
+// watchLoop turns the watcher's events into content changes on out.
+func watchLoop(w *fsnotify.Watcher, path string, out chan<- struct{}, r *runtime) {
+	base := filepath.Base(path)
+	last := fileHash(path)
+	var settle <-chan time.Time
+	for {
+		select {
+		case ev, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			if name := filepath.Base(ev.Name); name == base || name == "..data" {
+				settle = time.After(debounce)
+			}
+		case err, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+			r.log.Warn("watching the config file", "err", err)
+		case <-settle:
+			settle = nil
+			if h := fileHash(path); h != last {
+				last = h
+				select {
+				case out <- struct{}{}:
+				default: // a reload is already due
+				}
+			}
+		}
+	}
+}
+
+// fileHash is the SHA-256 of the file's content (zero if unreadable).
+func fileHash(path string) [32]byte {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return [32]byte{}
+	}
+	return sha256.Sum256(b)
+}

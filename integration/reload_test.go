@@ -1,0 +1,161 @@
+package integration
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ndlb/ndlb/internal/linetest"
+)
+
+// A reload adds a listener, removes a target, changes the algorithm and
+// replaces a listener (a setting that needs a new one), under traffic and
+// without resetting any connection; a broken file then changes nothing and
+// is logged and counted.
+func TestReloadUnderTraffic(t *testing.T) {
+	dir := t.TempDir()
+	b0, b1, b2 := newIDBackend(t, "b0", nil), newIDBackend(t, "b1", nil), newIDBackend(t, "b2", nil)
+	w := newWorld(t, 1)
+	web := func(balance, idle string, targets ...string) string {
+		return fmt.Sprintf(`
+[[listener]]
+name = "web"
+passthrough = true
+addr = "127.0.0.1"
+port = 0
+drain-timeout = "20s"
+balance = %q
+idle-timeout = %q
+target = %s
+`, balance, idle, tomlList(targets))
+	}
+	head := "log-format = \"json\"\nadmin = \"127.0.0.1:0\"\n"
+	path := writeConfig(t, dir, head+web("roundrobin", "1h", b0.addr(), b1.addr(), b2.addr()))
+	p := startCmd(t, command(bin, "--config", path))
+	addr := listening(t, p, 1)["web"]
+	api := newAdminAPI(t, p, "")
+
+	// Long-lived connections, one to each target, that must survive.
+	var held []*bufio.ReadWriter
+	var heldConns []net.Conn
+	for range 3 {
+		c := dial(t, addr)
+		heldConns = append(heldConns, c)
+		rw := bufio.NewReadWriter(bufio.NewReader(c), bufio.NewWriter(c))
+		if _, err := rw.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, rw)
+	}
+	ping := func(when string) {
+		t.Helper()
+		for i, rw := range held {
+			rw.WriteString("ping\n")
+			rw.Flush()
+			if got, err := rw.ReadString('\n'); err != nil || got != "ping\n" {
+				t.Fatalf("%s: held connection %d: %q %v", when, i, got, err)
+			}
+		}
+	}
+	ping("before the reload")
+
+	logs := fmt.Sprintf("\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\ntarget = [%q]\n", w.sinks[0].Addr())
+	// Step 1, applied in place: a listener added, b2 removed, "first".
+	os.WriteFile(path, []byte(head+web("first", "1h", b0.addr(), b1.addr())+logs), 0o600)
+	p.waitLog("config reloaded", 10*time.Second)
+	p.waitLog("target removed; draining", time.Second)
+	if l := p.findLogs("listener replaced; the old one drains"); len(l) != 0 {
+		t.Fatalf("a live change replaced the listener: %v", l)
+	}
+	ping("after the live reload")
+	for i := range 10 {
+		if name, err := hello(t, addr, nil, false); err != nil || name != "b0" {
+			t.Fatalf("new connection %d after the reload: %q %v, want b0 (first)", i, name, err)
+		}
+	}
+	// Step 2: a setting that needs a new listener; the old one drains.
+	os.WriteFile(path, []byte(head+web("first", "30m", b0.addr(), b1.addr())+logs), 0o600)
+	p.waitLog("listener replaced; the old one drains", 10*time.Second)
+	ping("after the listener was replaced") // on the old, draining listener
+	// For its last 100ms the old listener still takes connections from its
+	// backlog (the kernel shares the port); then only the new one serves.
+	deadline := time.Now().Add(10 * time.Second)
+	for inRow := 0; inRow < 10; {
+		name, err := hello(t, addr, nil, false)
+		if err != nil {
+			t.Fatalf("new connection after the reload: %v", err)
+		}
+		if inRow++; name != "b0" {
+			inRow = 0
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("new connections do not all go to b0 (first) after the reload")
+		}
+	}
+	var added map[string]any
+	for _, l := range p.findLogs("listener added") {
+		added = l
+	}
+	lc := dial(t, added["addr"].(string))
+	if _, err := linetest.Send(lc, 1, 0, 500, 4096); err != nil {
+		t.Fatal(err)
+	}
+	lc.Close()
+
+	// A broken file: refused, logged, counted; everything keeps serving.
+	os.WriteFile(path, []byte(head+web("first", "30m", b0.addr())+"\nbogus-key = 1\n"), 0o600)
+	refused := p.waitLog("config reload refused; the running config stays", 10*time.Second)
+	t.Logf("refused: %v", refused["err"])
+	var info struct {
+		Reloads, Failures uint64
+		LastError         string `json:"last_error"`
+	}
+	api.call("GET", "/api/v1/config", &info)
+	if info.Reloads != 2 || info.Failures != 1 || info.LastError == "" {
+		t.Fatalf("reload counters %+v", info)
+	}
+	if name, err := hello(t, addr, nil, false); err != nil || name != "b0" {
+		t.Fatalf("after the refused reload: %q %v", name, err)
+	}
+	ping("after the refused reload")
+	// SIGHUP reloads too (the file is fixed first).
+	os.WriteFile(path, []byte(head+web("first", "30m", b0.addr(), b1.addr())+logs), 0o600)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	deadline = time.Now().Add(10 * time.Second)
+	for api.call("GET", "/api/v1/config", &info); info.Reloads < 3; api.call("GET", "/api/v1/config", &info) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reload after SIGHUP: %+v", info)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, c := range heldConns {
+		c.Close()
+	}
+	p.stopOK()
+	if r := w.check(map[uint32]uint32{1: 500}); r.Lost != 0 || r.Torn != 0 {
+		t.Fatal(r)
+	}
+	if n := len(p.findLogs("connection closed")); n == 0 {
+		t.Fatal("no connection was logged closed")
+	}
+	for _, l := range p.findLogs("connection closed") {
+		if l["closed_by"] == "shutdown" && l["err"] != nil {
+			t.Fatalf("a connection was cut: %v", l)
+		}
+	}
+}
+
+func tomlList(xs []string) string {
+	s := "["
+	for i, x := range xs {
+		if i > 0 {
+			s += ", "
+		}
+		s += fmt.Sprintf("%q", x)
+	}
+	return s + "]"
+}
