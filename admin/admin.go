@@ -196,6 +196,7 @@ type targetInfo struct {
 	Addr      string     `json:"addr"`
 	State     string     `json:"state"`
 	Removed   bool       `json:"removed"`
+	Weight    int        `json:"weight"`
 	Active    int64      `json:"active_connections"`
 	LinesOut  uint64     `json:"lines_out"`
 	BytesOut  uint64     `json:"bytes_out"`
@@ -218,7 +219,7 @@ func (s *Server) targets(w http.ResponseWriter, _ *http.Request) {
 		for _, t := range l.Targets().Targets() {
 			st := t.Stats()
 			ti := targetInfo{
-				Listener: name, Addr: st.Addr, State: st.State.String(), Removed: st.Removed, Active: st.Conns,
+				Listener: name, Addr: st.Addr, State: st.State.String(), Removed: st.Removed, Weight: st.Weight, Active: st.Conns,
 				LinesOut: st.Lines, BytesOut: st.Bytes, BytesIn: st.BytesIn, Failures: st.Failures,
 			}
 			if err := t.LastErr(); err != nil {

@@ -1,10 +1,13 @@
 package balance
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/cespare/xxhash/v2"
@@ -63,14 +66,48 @@ func (First) Order(dst []int, targets []*upstream.Target, _ []byte) []int {
 	return dst
 }
 
-// RoundRobin starts each connection at the next target in turn.
+// RoundRobin starts each connection at the next target in turn. With
+// weights it is smooth weighted round-robin (as nginx does it): a target of
+// weight 3 gets three connections for each of a target of weight 1's,
+// interleaved.
 type RoundRobin struct {
 	next atomic.Uint64
+
+	mu      sync.Mutex
+	current map[*upstream.Target]int // weighted round-robin state; guarded by mu
 }
 
 // Order implements Policy.
 func (r *RoundRobin) Order(dst []int, targets []*upstream.Target, _ []byte) []int {
-	return rotated(dst, len(targets), r.next.Add(1)-1)
+	if uniform(targets) {
+		return rotated(dst, len(targets), r.next.Add(1)-1)
+	}
+	r.mu.Lock()
+	if r.current == nil || len(r.current) > 2*len(targets) {
+		r.current = make(map[*upstream.Target]int, len(targets))
+	}
+	total, best := 0, 0
+	for i, t := range targets {
+		w := t.Weight()
+		total += w
+		r.current[t] += w
+		if r.current[t] > r.current[targets[best]] {
+			best = i
+		}
+	}
+	r.current[targets[best]] -= total
+	r.mu.Unlock()
+	return rotated(dst, len(targets), uint64(best))
+}
+
+// uniform reports whether every target has the same weight.
+func uniform(targets []*upstream.Target) bool {
+	for _, t := range targets[min(1, len(targets)):] {
+		if t.Weight() != targets[0].Weight() {
+			return false
+		}
+	}
+	return true
 }
 
 // rotated appends 0..n-1 starting at start mod n.
@@ -85,9 +122,9 @@ func rotated(dst []int, n int, start uint64) []int {
 	return dst
 }
 
-// LeastConn prefers the targets with the fewest open connections. Ties are
-// broken in turn, so that short connections that never overlap still spread
-// over every target.
+// LeastConn prefers the targets with the fewest open connections for their
+// weight. Ties are broken in turn, so that short connections that never
+// overlap still spread over every target.
 type LeastConn struct {
 	next atomic.Uint64
 }
@@ -96,13 +133,17 @@ type LeastConn struct {
 func (l *LeastConn) Order(dst []int, targets []*upstream.Target, _ []byte) []int {
 	base := len(dst)
 	dst = rotated(dst, len(targets), l.next.Add(1)-1)
-	sortBy(dst[base:], func(i int) int64 { return targets[i].Active() })
+	sortBy(dst[base:], func(i int) int64 { return load(targets[i]) })
 	return dst
 }
 
-// Random is the power of two choices: of two targets picked at random, the
-// one with fewer open connections comes first, then the other, then the rest
-// in random order.
+// load is a target's open connections per unit of weight, in millionths.
+func load(t *upstream.Target) int64 { return t.Active() * 1_000_000 / int64(t.Weight()) }
+
+// Random is the power of two choices: of two targets picked at random
+// (in proportion to their weights), the one with fewer open connections
+// for its weight comes first, then the other, then the rest in random
+// order.
 type Random struct{}
 
 // Order implements Policy.
@@ -112,8 +153,19 @@ func (Random) Order(dst []int, targets []*upstream.Target, _ []byte) []int {
 		dst = append(dst, i)
 	}
 	o := dst[base:]
-	rand.Shuffle(len(o), func(i, j int) { o[i], o[j] = o[j], o[i] })
-	if len(o) >= 2 && targets[o[1]].Active() < targets[o[0]].Active() {
+	if uniform(targets) {
+		rand.Shuffle(len(o), func(i, j int) { o[i], o[j] = o[j], o[i] })
+	} else {
+		// A weighted random order (Efraimidis and Spirakis): sort by
+		// -ln(u)/weight.
+		var buf [32]float64
+		keys := buf[:0]
+		for _, t := range targets {
+			keys = append(keys, -math.Log(1-rand.Float64())/float64(t.Weight()))
+		}
+		sortBy(o, func(i int) float64 { return keys[i] })
+	}
+	if len(o) >= 2 && load(targets[o[1]]) < load(targets[o[0]]) {
 		o[0], o[1] = o[1], o[0]
 	}
 	return dst
@@ -130,16 +182,23 @@ type Hash struct{}
 func (Hash) Order(dst []int, targets []*upstream.Target, key []byte) []int {
 	base := len(dst)
 	k := xxhash.Sum64(key)
-	var buf [32]uint64 // scores, on the stack for up to 32 targets
+	var buf [32]float64 // scores, on the stack for up to 32 targets
 	scores := buf[:0]
 	for i, t := range targets {
 		dst = append(dst, i)
-		scores = append(scores, Score(k, t.Addr))
+		scores = append(scores, weighted(Score(k, t.Addr), t.Weight()))
 	}
-	// Highest score first: sortBy sorts ascending, so negate (after a
-	// shift, so that the uint64 fits an int64).
-	sortBy(dst[base:], func(i int) int64 { return -int64(scores[i] >> 1) })
+	sortBy(dst[base:], func(i int) float64 { return -scores[i] }) // highest first
 	return dst
+}
+
+// weighted turns a score into weighted rendezvous hashing's: -weight/ln(u)
+// for u, the score as a number in (0, 1). A target of weight 2 then wins
+// twice as many keys as one of weight 1, and with equal weights the order
+// is the scores' order.
+func weighted(score uint64, weight int) float64 {
+	u := (float64(score>>11) + 0.5) / (1 << 53)
+	return -float64(weight) / math.Log(u)
 }
 
 // Score is target's rendezvous weight for a key whose xxhash is k.
@@ -160,7 +219,7 @@ func mix(x uint64) uint64 {
 
 // sortBy is a stable insertion sort of idx by weight, ascending. Target
 // lists are short, and it allocates nothing.
-func sortBy(idx []int, weight func(int) int64) {
+func sortBy[K cmp.Ordered](idx []int, weight func(int) K) {
 	for i := 1; i < len(idx); i++ {
 		v, w := idx[i], weight(idx[i])
 		j := i

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/ndlb/ndlb/upstream"
@@ -158,5 +159,54 @@ func BenchmarkOrder(b *testing.B) {
 				dst = p.Order(dst[:0], ts, key)
 			}
 		})
+	}
+}
+
+// With weights 1, 2 and 3, every policy but first gives each target its
+// share.
+func TestWeightedDistribution(t *testing.T) {
+	tests := []struct {
+		name   string
+		policy string
+		hold   bool
+		slack  int // allowed distance from the exact share
+	}{
+		{name: "roundrobin is smooth and exact", policy: "roundrobin", slack: 1},
+		{name: "leastconn by load per weight", policy: "leastconn", hold: true, slack: 2},
+		{name: "random", policy: "random", hold: true, slack: 25},
+		{name: "hash", policy: "hash", slack: 60},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, _ := New(tt.policy)
+			s := upstream.NewSet([]string{"10.0.0.1:80=1", "10.0.0.2:80=2", "10.0.0.3:80=3"})
+			ts := s.Targets()
+			var got [3]int
+			var order []int
+			for c := range 1200 {
+				order = p.Order(order[:0], ts, fmt.Appendf(nil, "10.1.%d.%d", c/256, c%256))
+				checkPermutation(t, order, 3)
+				got[order[0]]++
+				if tt.hold {
+					ts[order[0]].ConnOpened()
+				}
+			}
+			for i, want := range []int{200, 400, 600} {
+				if got[i] < want-tt.slack || got[i] > want+tt.slack {
+					t.Fatalf("distribution %v, want 200/400/600 within %d", got, tt.slack)
+				}
+			}
+			t.Logf("%s: %v", tt.policy, got)
+		})
+	}
+	// Smooth: weight 3 of 6 never gets three in a row.
+	p := &RoundRobin{}
+	ts := upstream.NewSet([]string{"a:1=1", "b:1=2", "c:1=3"}).Targets()
+	seq := ""
+	for range 12 {
+		seq += ts[p.Order(nil, ts, nil)[0]].Addr[:1]
+	}
+	if strings.Contains(seq, "ccc") || seq[:6] != seq[6:] {
+		t.Fatalf("weighted round-robin sequence %s is not smooth", seq)
 	}
 }

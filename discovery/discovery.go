@@ -186,9 +186,10 @@ func (d *Discoverer) lookupDNS(ctx context.Context, n string) ([]string, error) 
 	return slices.Compact(out), nil
 }
 
-// lookupSRV returns the targets of the lowest priority value. SRV targets
-// are names; each is resolved to its addresses. Weights are not used:
-// every record of the chosen priority gets traffic.
+// lookupSRV returns the targets of the lowest priority value that
+// resolves, with their weights scaled to 1..upstream.MaxWeight (a weight
+// of 0 gets the smallest share). SRV targets are names; each is resolved
+// to its addresses.
 func (d *Discoverer) lookupSRV(ctx context.Context, n string) ([]string, error) {
 	service, proto, name, _ := splitSRV(n)
 	_, srvs, err := d.res.LookupSRV(ctx, service, proto, name)
@@ -199,19 +200,33 @@ func (d *Discoverer) lookupSRV(ctx context.Context, n string) ([]string, error) 
 	var out []string
 	for i := 0; i < len(srvs) && len(out) == 0; {
 		prio := srvs[i].Priority
-		for ; i < len(srvs) && srvs[i].Priority == prio; i++ {
+		j := i
+		maxW, minW := srvs[i].Weight, srvs[i].Weight
+		for ; j < len(srvs) && srvs[j].Priority == prio; j++ {
+			maxW, minW = max(maxW, srvs[j].Weight), min(minW, srvs[j].Weight)
+		}
+		for ; i < j; i++ {
 			port := strconv.Itoa(int(srvs[i].Port))
 			host := strings.TrimSuffix(srvs[i].Target, ".")
-			if ip := net.ParseIP(host); ip != nil {
-				out = append(out, net.JoinHostPort(host, port))
-				continue
+			w := 1 // equal weights: plain targets
+			if maxW != minW {
+				w = max(1, int(srvs[i].Weight)*upstream.MaxWeight/int(maxW))
 			}
-			got, err := d.lookupDNS(ctx, net.JoinHostPort(host, port))
-			if err != nil {
-				d.log.Warn("SRV target does not resolve", "srv", n, "target", host, "err", err)
-				continue
+			addrs := []string{net.JoinHostPort(host, port)}
+			if net.ParseIP(host) == nil {
+				got, err := d.lookupDNS(ctx, addrs[0])
+				if err != nil {
+					d.log.Warn("SRV target does not resolve", "srv", n, "target", host, "err", err)
+					continue
+				}
+				addrs = got
 			}
-			out = append(out, got...)
+			for _, a := range addrs {
+				if w != 1 {
+					a += "=" + strconv.Itoa(w)
+				}
+				out = append(out, a)
+			}
 		}
 	}
 	slices.Sort(out)

@@ -108,6 +108,19 @@ func TestSRVPriority(t *testing.T) {
 	if got := d.Refresh(context.Background()); !slices.Equal(got, []string{"10.1.0.9:5170"}) {
 		t.Fatalf("fallback to priority 20: %v", got)
 	}
+	// Unequal weights become target weights, scaled to 1..256.
+	dns.SetIPs("r1.test", "10.1.0.1")
+	dns.SetIPs("r2.test", "10.1.0.2")
+	dns.SetSRV("_ndjson._tcp.logs.test",
+		net.SRV{Target: "r1.test", Port: 5170, Priority: 10, Weight: 30},
+		net.SRV{Target: "r2.test", Port: 5171, Priority: 10, Weight: 10},
+	)
+	if got := d.Refresh(context.Background()); !slices.Equal(got, []string{"10.1.0.1:5170=256", "10.1.0.2:5171=85"}) {
+		t.Fatalf("weighted: %v", got)
+	}
+	if r1, _ := set.Lookup("10.1.0.1:5170"); r1.Weight() != 256 {
+		t.Fatalf("weight %d", r1.Weight())
+	}
 }
 
 func TestValidate(t *testing.T) {

@@ -321,6 +321,7 @@ func TestBadFlagsExit2(t *testing.T) {
 		{name: "http check flag on tcp check", args: []string{"-target", "a:1", "--check", "tcp", "--check-http-path", "/x"}, want: "--check http"},
 		{name: "check timeout over interval", args: []string{"-target", "a:1", "--check", "tcp", "--check-timeout", "10s"}, want: "--check"},
 		{name: "token file without admin", args: []string{"-target", "a:1", "--admin-token-file", "/x"}, want: "--admin"},
+		{name: "bad weight", args: []string{"-target", "a:1=0"}, want: "--target"},
 		{name: "DNS target without port", args: []string{"--target-dns", "logs.example"}, want: "--target-dns"},
 		{name: "bad SRV name", args: []string{"--target-srv", "logs.example"}, want: "--target-srv"},
 		{name: "dns interval without names", args: []string{"-target", "a:1", "--dns-interval", "5s"}, want: "--target-dns"},

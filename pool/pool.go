@@ -198,19 +198,36 @@ func (p *Pool) Run(ctx context.Context) {
 	}
 }
 
-// startWorkers starts Connections workers for each target that has none.
+// maxWeightRatio bounds how many times Connections a heavy target gets.
+const maxWeightRatio = 16
+
+// startWorkers starts workers for each target that has fewer than
+// Connections × its weight relative to the lightest target (at most
+// maxWeightRatio): a target of twice the weight takes batches on twice as
+// many connections. When a weight goes down, the extra workers stay until
+// the target leaves.
 func (p *Pool) startWorkers(ctx context.Context, wg *sync.WaitGroup) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.staffed == nil {
 		p.staffed = make(map[*upstream.Target]int)
 	}
-	for _, t := range p.set.Targets() {
-		if p.staffed[t] > 0 || t.Removed() {
+	targets := p.set.Targets()
+	lightest := upstream.MaxWeight
+	for _, t := range targets {
+		if !t.Removed() {
+			lightest = min(lightest, t.Weight())
+		}
+	}
+	for _, t := range targets {
+		ratio := min(maxWeightRatio, (t.Weight()+lightest/2)/lightest)
+		want := p.cfg.Connections * max(1, ratio)
+		have := p.staffed[t]
+		if have >= want || t.Removed() {
 			continue
 		}
-		p.staffed[t] = p.cfg.Connections
-		for i := range p.cfg.Connections {
+		p.staffed[t] = want
+		for i := have; i < want; i++ {
 			w := &worker{p: p, home: t, log: p.log.With("worker", fmt.Sprintf("%s#%d", t.Addr, i))}
 			wg.Go(func() {
 				w.run(ctx)

@@ -456,3 +456,17 @@ func TestMembershipChanges(t *testing.T) {
 		t.Fatal("the added target got nothing")
 	}
 }
+
+// A target of weight 3 gets three times the workers of one of weight 1.
+func TestWeightScalesWorkers(t *testing.T) {
+	w := newWorld(t, 2, testConfig())
+	w.set.Update([]string{w.sinks[0].Addr() + "=3", w.sinks[1].Addr()})
+	w.start()
+	heavy, light := w.set.Targets()[0], w.set.Targets()[1]
+	waitFor(t, func() bool { return heavy.Active() == 6 && light.Active() == 2 })
+	w.push(1, 0, 2000, 10)
+	w.finish()
+	if r := w.ledger.Check(map[uint32]uint32{1: 2000}); r.Lost != 0 || r.Torn != 0 {
+		t.Fatal(r)
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -164,20 +166,60 @@ func (s *Set) Lookup(addr string) (*Target, error) {
 	return nil, fmt.Errorf("%w: %s", ErrUnknownTarget, addr)
 }
 
-// Update makes addrs the configured targets, in that order: new addresses
-// are added (up), and targets not in addrs are drained and marked removed;
-// they stay in the set until Prune finds them without connections. A
-// removed target that comes back is enabled again. Update returns the
-// targets added and removed.
-func (s *Set) Update(addrs []string) (added, removed []*Target) {
+// MaxWeight bounds a target's weight.
+const MaxWeight = 256
+
+// ErrSpec is wrapped by ParseSpec's errors.
+var ErrSpec = errors.New("invalid target")
+
+// ParseSpec splits a target spec, "host:port" or "host:port=weight", into
+// the address and the weight (1 when absent).
+func ParseSpec(spec string) (addr string, weight int, err error) {
+	addr, w, found := strings.Cut(spec, "=")
+	weight = 1
+	if found {
+		if weight, err = strconv.Atoi(w); err != nil || weight < 1 || weight > MaxWeight {
+			return "", 0, fmt.Errorf("%w %q: weight must be 1..%d", ErrSpec, spec, MaxWeight)
+		}
+	}
+	return addr, weight, nil
+}
+
+// Weight is the target's share relative to the others (default 1).
+func (t *Target) Weight() int {
+	if w := t.weight.Load(); w > 0 {
+		return int(w)
+	}
+	return 1
+}
+
+// Update makes specs ("host:port" or "host:port=weight", see ParseSpec)
+// the configured targets, in that order: new addresses are added (up),
+// weights are set, and targets not in specs are drained and marked
+// removed; they stay in the set until Prune finds them without
+// connections. A removed target that comes back is enabled again. A spec
+// that does not parse is taken as an address of weight 1 (callers validate
+// first). Update returns the targets added and removed.
+func (s *Set) Update(specs []string) (added, removed []*Target) {
 	s.update.Lock()
 	defer s.update.Unlock()
 	old := s.Targets()
-	next := make([]*Target, 0, len(addrs)+len(old))
-	for _, a := range addrs {
+	next := make([]*Target, 0, len(specs)+len(old))
+	addrs := make([]string, 0, len(specs))
+	reweighted := false
+	for _, spec := range specs {
+		a, w, err := ParseSpec(spec)
+		if err != nil {
+			a, w = spec, 1
+		}
+		if slices.Contains(addrs, a) {
+			continue // listed twice (by two DNS names, say): the first wins
+		}
+		addrs = append(addrs, a)
 		i := slices.IndexFunc(old, func(t *Target) bool { return t.Addr == a })
 		if i < 0 {
 			t := &Target{Addr: a, set: s}
+			t.weight.Store(int32(w))
 			next = append(next, t)
 			added = append(added, t)
 			continue
@@ -185,6 +227,10 @@ func (s *Set) Update(addrs []string) (added, removed []*Target) {
 		t := old[i]
 		if t.removed.Swap(false) {
 			t.admin.Store(adminEnabled)
+		}
+		if t.Weight() != w {
+			t.weight.Store(int32(w))
+			reweighted = true
 		}
 		next = append(next, t)
 	}
@@ -199,7 +245,7 @@ func (s *Set) Update(addrs []string) (added, removed []*Target) {
 		next = append(next, t) // draining until Prune
 	}
 	s.targets.Store(&next)
-	if len(added)+len(removed) > 0 {
+	if len(added)+len(removed) > 0 || reweighted {
 		s.changed()
 	}
 	return added, removed

@@ -32,6 +32,7 @@ type Target struct {
 	admin     atomic.Int32 // adminEnabled, adminDraining or adminDisabled
 	checkDown atomic.Bool  // failed its active health checks
 	removed   atomic.Bool  // left the configuration; draining until Prune
+	weight    atomic.Int32 // 0 means 1
 	lastCheck CheckResult  // guarded by mu
 }
 
@@ -108,6 +109,7 @@ type Stats struct {
 	Addr     string
 	State    State
 	Removed  bool   // left the configuration; draining
+	Weight   int    // share relative to the other targets
 	Up       bool   // the last dial or connection succeeded
 	Lines    uint64 // lines acknowledged (NDJSON mode)
 	Bytes    uint64 // bytes sent: acknowledged in NDJSON mode, forwarded in passthrough
@@ -119,7 +121,7 @@ type Stats struct {
 // Stats returns a snapshot of the target's counters.
 func (t *Target) Stats() Stats {
 	return Stats{
-		Addr: t.Addr, State: t.State(), Removed: t.Removed(), Up: t.Up(), Lines: t.lines.Load(), Bytes: t.bytes.Load(), BytesIn: t.bytesIn.Load(),
+		Addr: t.Addr, State: t.State(), Removed: t.Removed(), Weight: t.Weight(), Up: t.Up(), Lines: t.lines.Load(), Bytes: t.bytes.Load(), BytesIn: t.bytesIn.Load(),
 		Conns: t.conns.Load(), Failures: t.failures.Load(),
 	}
 }

@@ -160,3 +160,32 @@ func TestUpdateDrainsThenPrunes(t *testing.T) {
 		t.Fatalf("failover order %d targets", len(order))
 	}
 }
+
+func TestWeights(t *testing.T) {
+	if a, w, err := ParseSpec("10.0.0.1:80=3"); err != nil || a != "10.0.0.1:80" || w != 3 {
+		t.Fatalf("%q %d %v", a, w, err)
+	}
+	if a, w, err := ParseSpec("[::1]:80"); err != nil || a != "[::1]:80" || w != 1 {
+		t.Fatalf("%q %d %v", a, w, err)
+	}
+	for _, bad := range []string{"a:1=0", "a:1=x", "a:1=257"} {
+		if _, _, err := ParseSpec(bad); !errors.Is(err, ErrSpec) {
+			t.Fatalf("%s: %v", bad, err)
+		}
+	}
+	s := NewSet([]string{"a:1=2", "b:1"})
+	a, _ := s.Lookup("a:1")
+	if a.Weight() != 2 || s.Targets()[1].Weight() != 1 {
+		t.Fatal("weights not set")
+	}
+	w := s.Watch()
+	s.Update([]string{"a:1=5", "b:1"})
+	select {
+	case <-w:
+	default:
+		t.Fatal("a weight change is not a set change")
+	}
+	if a.Weight() != 5 || a.Stats().Weight != 5 {
+		t.Fatalf("weight %d", a.Weight())
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/ndlb/ndlb/passthrough"
 	"github.com/ndlb/ndlb/pool"
 	"github.com/ndlb/ndlb/tlsutil"
+	"github.com/ndlb/ndlb/upstream"
 )
 
 func env(name string) []string {
@@ -61,7 +62,7 @@ func flags() []cli.Flag {
 		&cli.DurationFlag{Name: "drain-timeout", Category: catListen, Value: ndjson.DefaultDrainTimeout, Usage: "on SIGTERM, how long clients may keep their connections before they are closed", EnvVars: env("drain-timeout")},
 		&cli.BoolFlag{Name: "passthrough", Category: catListen, Usage: "L4 mode: proxy each client connection whole to one target, bytes unchanged", EnvVars: env("passthrough")},
 
-		&cli.StringSliceFlag{Name: "target", Category: catTargets, Usage: "target HOST:PORT; comma-separated and/or repeated (required)", EnvVars: env("target")},
+		&cli.StringSliceFlag{Name: "target", Category: catTargets, Usage: "target HOST:PORT, or HOST:PORT=WEIGHT (1..256, default 1); comma-separated and/or repeated (required)", EnvVars: env("target")},
 		&cli.StringSliceFlag{Name: "target-dns", Category: catTargets, Usage: "targets from DNS: NAME:PORT, re-resolved (A and AAAA) every --dns-interval; comma-separated and/or repeated", EnvVars: env("target-dns")},
 		&cli.StringSliceFlag{Name: "target-srv", Category: catTargets, Usage: "targets from DNS SRV records: _service._proto.name (lowest priority value first); comma-separated and/or repeated", EnvVars: env("target-srv")},
 		&cli.DurationFlag{Name: "dns-interval", Category: catTargets, Value: discovery.DefaultInterval, Usage: "how often --target-dns and --target-srv names are resolved again", EnvVars: env("dns-interval")},
@@ -194,15 +195,19 @@ func targets(c *cli.Context) ([]string, error) {
 			if t == "" {
 				continue
 			}
-			host, port, err := net.SplitHostPort(t)
+			addr, _, err := upstream.ParseSpec(t)
+			if err != nil {
+				return nil, usageError("invalid value %q for --target: weight must be 1..%d", t, upstream.MaxWeight)
+			}
+			host, port, err := net.SplitHostPort(addr)
 			if err != nil || host == "" {
-				return nil, usageError("invalid value %q for --target: want HOST:PORT", t)
+				return nil, usageError("invalid value %q for --target: want HOST:PORT or HOST:PORT=WEIGHT", t)
 			}
 			if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
 				return nil, usageError("invalid value %q for --target: port must be 1..65535", t)
 			}
-			if slices.Contains(out, t) {
-				return nil, usageError("invalid value for --target: %q is listed twice (use --connections for more connections per target)", t)
+			if slices.ContainsFunc(out, func(o string) bool { a, _, _ := upstream.ParseSpec(o); return a == addr }) {
+				return nil, usageError("invalid value for --target: %q is listed twice (use --connections for more connections per target, or a weight)", addr)
 			}
 			out = append(out, t)
 		}
