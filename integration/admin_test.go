@@ -4,16 +4,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/ndlb/ndlb/internal/linetest"
 )
 
 // adminAPI talks to a running ndlb's admin API.
@@ -92,20 +88,7 @@ func TestRollingRestartWithDrain(t *testing.T) {
 	os.WriteFile(tokenFile, []byte("rolling\n"), 0o600)
 	p := startNDLB(t, "--target", w.targets(), "--admin", "127.0.0.1:0", "--admin-token-file", tokenFile)
 	api := newAdminAPI(t, p, "rolling")
-	const clientsN, lines = 8, 30000
-	var sent map[uint32]uint32
-	var sendErr error
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		sent, sendErr = clients(clientsN, lines, func(c uint32) error {
-			conn, err := net.Dial("tcp", p.addr)
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			return linetest.SendPaced(conn, c, 0, lines, 6*time.Second)
-		})
-	})
+	wait := pacedClients(p.addr, 8, 30000, 6*time.Second)
 	for _, s := range w.sinks {
 		addr := s.Addr()
 		if code := api.call("POST", "/api/v1/targets/"+addr+"/drain", nil); code != 200 {
@@ -125,9 +108,9 @@ func TestRollingRestartWithDrain(t *testing.T) {
 		api.call("POST", "/api/v1/targets/"+addr+"/enable", nil)
 		api.waitTarget(addr, "back", func(x apiTarget) bool { return x.State == "up" && x.Active > 0 })
 	}
-	wg.Wait()
-	if sendErr != nil {
-		t.Fatal(sendErr)
+	sent, err := wait()
+	if err != nil {
+		t.Fatal(err)
 	}
 	p.stopOK()
 	if r := w.check(sent); r.Lost != 0 || r.Torn != 0 {

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -57,20 +56,7 @@ func TestDNSDiscoveryChange(t *testing.T) {
 	a, b, c := w.sinks[0], w.sinks[1], w.sinks[2]
 	dns.SetIPs("logs.test", "127.0.0.2", "127.0.0.3")
 	p := startNDLB(t, "--target-dns", "logs.test.:"+port, "--dns-resolver", dns.Addr(), "--dns-interval", "200ms")
-	const clientsN, lines = 8, 20000
-	var sent map[uint32]uint32
-	var sendErr error
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		sent, sendErr = clients(clientsN, lines, func(cl uint32) error {
-			conn, err := net.Dial("tcp", p.addr)
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			return linetest.SendPaced(conn, cl, 0, lines, 3*time.Second)
-		})
-	})
+	wait := pacedClients(p.addr, 8, 20000, 3*time.Second)
 	deadline := time.Now().Add(10 * time.Second)
 	for a.Lines() == 0 || b.Lines() == 0 {
 		if time.Now().After(deadline) {
@@ -88,9 +74,9 @@ func TestDNSDiscoveryChange(t *testing.T) {
 		t.Fatal("A's connections stay open")
 	}
 	aLines := a.Lines()
-	wg.Wait()
-	if sendErr != nil {
-		t.Fatal(sendErr)
+	sent, err := wait()
+	if err != nil {
+		t.Fatal(err)
 	}
 	p.stopOK()
 	if r := w.check(sent); r.Lost != 0 || r.Torn != 0 {

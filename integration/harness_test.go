@@ -314,3 +314,23 @@ func freePort(t *testing.T) string {
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	return port
 }
+
+// pacedClients starts n clients that each send lines to addr evenly over
+// d, in the background. wait returns what was sent and the first error.
+func pacedClients(addr string, n int, lines uint32, d time.Duration) (wait func() (map[uint32]uint32, error)) {
+	var sent map[uint32]uint32
+	var err error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sent, err = clients(n, lines, func(c uint32) error {
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			return linetest.SendPaced(conn, c, 0, lines, d)
+		})
+	}()
+	return func() (map[uint32]uint32, error) { <-done; return sent, err }
+}
