@@ -1,8 +1,11 @@
 // Package listener owns accepting client connections: the accept loop with
-// its retry on resource errors, the optional TLS handshake (bounded by a
-// timeout, off the accept loop), a ksuid per connection that goes into every
-// log line about it, tracking of open connections, and graceful shutdown.
+// its retry on resource errors and its connection limit (MaxConns: beyond
+// it, clients wait in the kernel's backlog), the optional PROXY protocol
+// header and TLS handshake (bounded by timeouts, off the accept loop, on
+// reused worker goroutines), a ksuid per connection that goes into every
+// log line about it, tracking of open connections (also of those a handler
+// detached to serve on its own goroutines), and graceful shutdown.
 //
 // What a connection carries is the Handler's business; the listener neither
-// reads nor writes application data.
+// reads nor writes application data after the PROXY header.
 package listener

@@ -1,5 +1,3 @@
-// Package dnstest is an in-process DNS server on loopback for tests: it
-// answers A, AAAA and SRV questions from records the test sets and changes.
 package dnstest
 
 import (
