@@ -179,31 +179,45 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 			ackArmed = true
 		}
 	}
+	// review acts on the targets' states: it is called at the start, on
+	// every change of the set (changed), and after a failback, so that a
+	// change that came between a dial and the watch is not missed. leave
+	// is true when serve must return, with failed as its result.
+	review := func(changed bool) (leave bool, failed *upstream.Target) {
+		switch {
+		case w.home.Removed():
+			// The home left the configuration: other targets have
+			// workers of their own.
+			c.log.Info("leaving: home target removed", "home", w.home.Addr)
+			w.retire(ctx, c)
+			return true, nil
+		case !c.target.Accepts():
+			// Draining, disabled or failing its checks: no new
+			// batches; the written ones finish in retire.
+			c.log.Info("leaving target", "state", c.target.State().String())
+			w.retire(ctx, c)
+			progress = true // connect elsewhere at once
+			return true, c.target
+		case changed && c.target != w.home && w.home.Accepts() && !fbPending:
+			// The home accepts again (enabled, or its checks pass):
+			// go back now.
+			if fb != nil {
+				fb.Stop()
+			}
+			startFailback()
+		}
+		return false, nil
+	}
 	watch := w.p.set.Watch()
+	if leave, failed := review(false); leave {
+		return failed, progress
+	}
 	for {
 		select {
 		case <-watch:
 			watch = w.p.set.Watch()
-			switch {
-			case w.home.Removed():
-				// The home left the configuration: other targets
-				// have workers of their own.
-				c.log.Info("leaving: home target removed", "home", w.home.Addr)
-				w.retire(ctx, c)
-				return nil, progress
-			case !c.target.Accepts():
-				// Draining, disabled or failing its checks: no
-				// new batches; the written ones finish in retire.
-				c.log.Info("leaving target", "state", c.target.State().String())
-				w.retire(ctx, c)
-				return c.target, true // connect elsewhere at once
-			case c.target != w.home && w.home.Accepts() && !fbPending:
-				// The home accepts again (enabled, or its
-				// checks pass): go back now.
-				if fb != nil {
-					fb.Stop()
-				}
-				startFailback()
+			if leave, failed := review(true); leave {
+				return failed, progress
 			}
 		case <-ctx.Done():
 			w.p.st.requeuedLines.Add(uint64(c.requeue(q)))
@@ -247,6 +261,9 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 			w.opened(c)
 			stopWrites = interruptWrites(ctx, c)
 			armFailback()
+			if leave, failed := review(false); leave {
+				return failed, progress
+			}
 		}
 	}
 }
