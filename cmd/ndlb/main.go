@@ -48,7 +48,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	return &cli.App{
 		Name:      "ndlb",
 		Usage:     "a TCP load balancer that understands lines",
-		UsageText: "ndlb --target HOST:PORT[,HOST:PORT...] [options]\n   ndlb --passthrough --target HOST:PORT[,...] [--balance POLICY] [options]\n   ndlb demo\n   ndlb version",
+		UsageText: "ndlb --target HOST:PORT[,HOST:PORT...] [options]\n   ndlb --passthrough --target HOST:PORT[,...] [--balance POLICY] [options]\n   ndlb --config ndlb.toml [options]\n   ndlb check-config ndlb.toml\n   ndlb demo\n   ndlb version",
 		Description: "ndlb reads newline-delimited streams (such as NDJSON logs) from its clients and spreads\n" +
 			"them, in batches of whole lines, over persistent connections to all targets. A line is\n" +
 			"never torn, and a batch leaves ndlb only when the target's TCP stack has acknowledged it.\n" +
