@@ -15,6 +15,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/ndlb/ndlb/upstream"
 )
 
@@ -48,6 +52,8 @@ type Config struct {
 	Listeners func() []Listener
 	// Reloads, if set, reports the config file's reloads.
 	Reloads func() ReloadInfo
+	// Metrics, if set, serves GET /metrics (Prometheus text format).
+	Metrics http.Handler
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -60,6 +66,8 @@ type ReloadInfo struct {
 	Last      time.Time `json:"last,omitzero"`
 	LastError string    `json:"last_error,omitempty"` // of the last reload, if refused
 }
+
+var tracer = otel.Tracer("github.com/ndlb/ndlb/admin")
 
 // Errors of New.
 var (
@@ -127,6 +135,7 @@ func (s *Server) routes() map[string]http.Handler {
 		"POST /api/v1/targets/{addr}/{action}": s.authorized(http.HandlerFunc(s.setState)),
 		"GET /openapi.json":                    http.HandlerFunc(s.openapi),
 		"GET /api/v1/config":                   http.HandlerFunc(s.config),
+		"GET /metrics":                         http.HandlerFunc(s.metrics),
 	}
 }
 
@@ -276,6 +285,9 @@ func (s *Server) setState(w http.ResponseWriter, r *http.Request) {
 		}
 		if changed {
 			res.Changed = append(res.Changed, name)
+			_, span := tracer.Start(r.Context(), "ndlb.admin.target_state")
+			span.AddEvent(action, trace.WithAttributes(attribute.String("ndlb.listener", name), attribute.String("server.address", addr)))
+			span.End()
 			s.log.Info("target state set by operator", "listener", name, "target", addr, "action", action, "state", t.State().String())
 		}
 		res.State = t.State().String()
@@ -285,6 +297,14 @@ func (s *Server) setState(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Metrics == nil {
+		writeError(w, http.StatusNotFound, "metrics are off")
+		return
+	}
+	s.cfg.Metrics.ServeHTTP(w, r)
 }
 
 func (s *Server) config(w http.ResponseWriter, _ *http.Request) {

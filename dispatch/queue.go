@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/semaphore"
 
@@ -89,6 +90,7 @@ func (q *Queue) Push(ctx context.Context, b *framer.Batch) error {
 	if err := q.budget.Acquire(ctx, w); err != nil {
 		return err
 	}
+	b.Enqueued = time.Now()
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()

@@ -3,6 +3,7 @@ package framer
 import (
 	"math/bits"
 	"sync"
+	"time"
 )
 
 const (
@@ -55,6 +56,9 @@ type Batch struct {
 	Data []byte
 	// Lines is the number of lines in Data.
 	Lines int
+	// Enqueued is when the batch was first queued (dispatch sets it), for
+	// the delivery latency.
+	Enqueued time.Time
 
 	buf   []byte
 	pool  *Pool

@@ -14,6 +14,10 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
 	"github.com/ndlb/ndlb/tlsutil"
 	"github.com/ndlb/ndlb/upstream"
 )
@@ -92,6 +96,12 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
+
+var checkCounter = sync.OnceValue(func() metric.Int64Counter {
+	c, _ := otel.Meter("github.com/ndlb/ndlb/health").Int64Counter("ndlb.health.checks", metric.WithUnit("{check}"),
+		metric.WithDescription("Active health checks, by server.address and ndlb.outcome (ok or failed)."))
+	return c
+})
 
 // Checker runs the checks of one target set.
 type Checker struct {
@@ -178,6 +188,13 @@ func (c *Checker) watch(ctx context.Context, t *upstream.Target) {
 		err := c.Check(ctx, t.Addr)
 		if ctx.Err() != nil {
 			return
+		}
+		outcome := "ok"
+		if err != nil {
+			outcome = "failed"
+		}
+		if cnt := checkCounter(); cnt != nil {
+			cnt.Add(ctx, 1, metric.WithAttributes(upstream.AttrServer.String(t.Addr), attribute.String("ndlb.outcome", outcome)))
 		}
 		if err == nil {
 			ok, fail = ok+1, 0

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"golang.org/x/time/rate"
 
 	"github.com/ndlb/ndlb/dispatch"
@@ -35,6 +37,8 @@ var ErrConfig = errors.New("ndjson: invalid config")
 // Config is the whole NDJSON mode. Start from DefaultConfig.
 type Config struct {
 	Targets []string
+	// Name labels the server's metrics (ndlb.listener); "" means "default".
+	Name string
 	// Discovered means targets also come from DNS discovery, so Targets
 	// may start empty.
 	Discovered bool
@@ -100,6 +104,7 @@ type Server struct {
 	summary    Summary
 
 	oversize, incomplete, dropShutdown atomic.Uint64
+	metrics                            []metric.Registration
 }
 
 // New returns a server for a valid cfg.
@@ -111,6 +116,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger = slog.Default()
 	}
 	cfg.Pool.Logger = cfg.Logger
+	cfg.Pool.Name = cfg.Name
 	s := &Server{cfg: cfg, log: cfg.Logger, bufs: framer.NewPool(), q: dispatch.New(cfg.Queue), set: upstream.NewSet(cfg.Targets)}
 	s.pool = pool.New(cfg.Pool, s.q, s.set)
 	s.hard, s.hardCancel = context.WithCancel(context.Background())
@@ -126,6 +132,10 @@ func (s *Server) Start(ln net.Listener) {
 	s.poolDone = make(chan struct{})
 	go func() { s.serveErr <- s.ln.Serve() }()
 	go func() { defer close(s.poolDone); s.pool.Run(s.hard) }()
+	s.metrics = registerAll(s.log,
+		func() (metric.Registration, error) { return s.ln.ObserveMetrics(s.attrs()...) },
+		func() (metric.Registration, error) { return s.observe(s.attrs()...) },
+		func() (metric.Registration, error) { return s.set.ObserveMetrics(s.name()) })
 	s.log.Info("listening", "addr", ln.Addr().String(), "mode", "ndjson", "targets", s.cfg.Targets,
 		"connections_per_target", s.cfg.Pool.Connections, "tls", lc.TLS != nil,
 		"accept_proxy", lc.AcceptProxy, "max_conns", lc.MaxConns)
@@ -252,6 +262,9 @@ func (s *Server) Shutdown() Summary {
 			s.log.Error("shutdown deadline passed: undelivered lines dropped", "lines", n)
 		}
 		s.hardCancel()
+		for _, r := range s.metrics {
+			_ = r.Unregister()
+		}
 		st := s.Stats()
 		s.summary = Summary{Stats: st, Clean: st.DroppedShutdown == 0}
 		s.log.Info("summary", "lines_in", st.Queue.LinesIn, "lines_out", st.Queue.LinesOut,
@@ -260,4 +273,30 @@ func (s *Server) Shutdown() Summary {
 			"retried_lines", st.Queue.RetriedLines, "failovers", st.Pool.Failovers, "failbacks", st.Pool.Failbacks)
 	})
 	return s.summary
+}
+
+func (s *Server) name() string {
+	if s.cfg.Name == "" {
+		return "default"
+	}
+	return s.cfg.Name
+}
+
+// attrs label the server's metrics.
+func (s *Server) attrs() []attribute.KeyValue {
+	return []attribute.KeyValue{upstream.AttrListener.String(s.name()), attribute.String("ndlb.mode", "ndjson")}
+}
+
+// registerAll runs each registration, logging (not failing on) errors.
+func registerAll(log *slog.Logger, regs ...func() (metric.Registration, error)) []metric.Registration {
+	var out []metric.Registration
+	for _, reg := range regs {
+		r, err := reg()
+		if err != nil {
+			log.Warn("metrics unavailable", "err", err)
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
 }

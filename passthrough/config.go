@@ -49,6 +49,8 @@ type Config struct {
 	// Targets are host:port addresses, in order (the order matters to the
 	// first policy).
 	Targets []string
+	// Name labels the server's metrics (ndlb.listener); "" means "default".
+	Name string
 	// Discovered means targets also come from DNS discovery, so Targets
 	// may start empty.
 	Discovered bool

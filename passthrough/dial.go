@@ -10,6 +10,8 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/pires/go-proxyproto"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/tlsutil"
@@ -124,6 +126,21 @@ func (s *Server) wait(ctx context.Context, d time.Duration) error {
 func (s *Server) attempt(ctx context.Context, t *upstream.Target, c *listener.Conn) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
 	defer cancel()
+	ctx, span := tracer.Start(ctx, "ndlb.upstream.dial", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(upstream.AttrServer.String(t.Addr)))
+	defer span.End()
+	start := time.Now()
+	conn, err := s.dialHandshake(ctx, t, c)
+	s.recordDial(ctx, t, time.Since(start), err)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	return conn, err
+}
+
+// dialHandshake dials t and runs the PROXY header and TLS.
+func (s *Server) dialHandshake(ctx context.Context, t *upstream.Target, c *listener.Conn) (net.Conn, error) {
 	conn, err := s.dial(ctx, "tcp", t.Addr)
 	if err != nil {
 		return nil, err

@@ -10,6 +10,10 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/ndlb/ndlb/balance"
 	"github.com/ndlb/ndlb/listener"
@@ -44,6 +48,7 @@ type Server struct {
 	expired  bool                  // the drain timeout passed; guarded by mu
 
 	proxied, failed, dialFailed, earlyClosed, idleClosed, shutClosed atomic.Uint64
+	metrics                                                          []metric.Registration
 	fromClient, fromTarget, spliced                                  atomic.Uint64
 }
 
@@ -110,6 +115,7 @@ func (s *Server) Start(ln net.Listener) {
 			s.sweep.Go(s.sweeper)
 		}
 	}
+	s.metrics = s.observe()
 	args := []any{"addr", ln.Addr().String(), "mode", "passthrough", "targets", s.cfg.Targets,
 		"balance", s.cfg.Balance, "tls", lc.TLS != nil, "tls_target", s.cfg.TLS != nil,
 		"accept_proxy", lc.AcceptProxy, "send_proxy", s.cfg.SendProxy, "max_conns", lc.MaxConns}
@@ -127,19 +133,28 @@ func (s *Server) Err() <-chan error { return s.serveErr }
 
 // ServeConn proxies one client connection. It implements listener.Handler.
 func (s *Server) ServeConn(c *listener.Conn) {
-	backend, t, attempts, err := s.connect(s.stop, c)
+	ctx, span := tracer.Start(s.stop, "ndlb.passthrough.connect", trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(upstream.AttrListener.String(s.name()), attribute.String("ndlb.conn.id", c.ID.String()),
+			attribute.String("client.address", c.Client.String())))
+	backend, t, attempts, err := s.connect(ctx, c)
+	span.SetAttributes(attribute.Int("ndlb.attempts", attempts))
 	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		span.End()
 		s.failed.Add(1)
-		c.Log.Warn("closing the client: no target accepted its connection", "attempts", attempts, "err", err)
+		c.Log.WarnContext(ctx, "closing the client: no target accepted its connection", "attempts", attempts, "err", err)
 		return
 	}
+	span.SetAttributes(upstream.AttrServer.String(t.Addr))
+	span.End()
 	t.ConnOpened()
 	s.proxied.Add(1)
 	ss := newSession(s, c, t, backend)
 	if !s.track(ss) {
 		ss.abort(byShutdown)
 	}
-	c.Log.Info("proxying", "target", t.Addr, "attempts", attempts)
+	c.Log.InfoContext(ctx, "proxying", "target", t.Addr, "attempts", attempts)
 	// The client's stream runs on this worker goroutine until it ends or
 	// parks; the session may go on after ServeConn returns.
 	ss.serve(c.Detach())
@@ -280,6 +295,9 @@ func (s *Server) Shutdown() Summary {
 		s.sweep.Wait()
 		if s.parker != nil {
 			s.parker.Stop()
+		}
+		for _, r := range s.metrics {
+			_ = r.Unregister()
 		}
 		st := s.Stats()
 		s.summary = Summary{Stats: st}

@@ -88,6 +88,7 @@ func (ss *session) finish() {
 	ss.mu.Unlock()
 	ss.judge()
 	ss.logClose()
+	ss.s.recordDuration(ss.s.clock.Since(ss.start), ss.t.Addr)
 	ss.backend.Close()
 	ss.t.ConnClosed()
 	ss.s.untrack(ss)

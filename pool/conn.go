@@ -31,6 +31,7 @@ type pending struct {
 // target has not acknowledged yet. Only its worker touches it, except the
 // reader goroutine, which only closes dead.
 type upConn struct {
+	tel    *telemetry
 	id     ksuid.KSUID
 	target *upstream.Target
 	conn   net.Conn        // what batches are written to (TLS or TCP)
@@ -64,15 +65,18 @@ func (c *countConn) Write(p []byte) (int, error) {
 }
 
 // dialConn opens a connection to t, with TLS if the pool has it.
-func (p *Pool) dialConn(ctx context.Context, t *upstream.Target) (*upConn, error) {
+func (p *Pool) dialConn(ctx context.Context, t *upstream.Target, reason string) (c *upConn, err error) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
 	defer cancel()
+	ctx, span := p.tel.dialSpan(ctx, t, reason)
+	start := time.Now()
+	defer func() { p.tel.dialDone(ctx, span, t, reason, start, err) }()
 	p.st.dials.Add(1)
 	raw, err := p.dial.DialContext(ctx, "tcp", t.Addr)
 	if err != nil {
 		return nil, err
 	}
-	c := &upConn{id: ksuid.New(), target: t, conn: raw, dead: make(chan struct{})}
+	c = &upConn{id: ksuid.New(), target: t, conn: raw, dead: make(chan struct{}), tel: p.tel}
 	if sc, ok := raw.(syscall.Conn); ok {
 		if c.raw, _ = sc.SyscallConn(); c.raw != nil {
 			c.outq = newOutq(c.raw)
@@ -182,6 +186,7 @@ func (c *upConn) settle(q *dispatch.Queue) int {
 	for ; i < len(c.unacked) && c.unacked[i].end <= c.acked; i++ {
 		b := c.unacked[i].b
 		c.target.Delivered(b.Lines, len(b.Data))
+		c.tel.delivered(c.target, b.Enqueued)
 		q.Done(b)
 	}
 	c.unacked = dropFront(c.unacked, i)

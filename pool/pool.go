@@ -68,6 +68,8 @@ type Config struct {
 	// unacknowledged before the kernel kills the connection. Zero leaves
 	// the system default (many minutes). Linux only.
 	UserTimeout time.Duration
+	// Name labels the pool's metrics and spans (ndlb.listener).
+	Name string
 	// KeepAlive is the idle time before TCP keepalive probes start.
 	KeepAlive time.Duration
 	// BackoffInitial and BackoffMax bound the wait between dial rounds.
@@ -153,13 +155,15 @@ type Pool struct {
 	dial  Dialer
 	st    stats
 
+	tel *telemetry
+
 	mu      sync.Mutex
 	staffed map[*upstream.Target]int // running workers per home target; guarded by mu
 }
 
 // New returns a pool over set, taking batches from q. cfg must be valid.
 func New(cfg Config, q *dispatch.Queue, set *upstream.Set) *Pool {
-	p := &Pool{cfg: cfg, queue: q, set: set, log: cfg.Logger, clock: cfg.Clock, dial: cfg.Dialer}
+	p := &Pool{cfg: cfg, queue: q, set: set, log: cfg.Logger, clock: cfg.Clock, dial: cfg.Dialer, tel: newTelemetry(cfg.Name)}
 	if p.log == nil {
 		p.log = slog.Default()
 	}

@@ -17,7 +17,7 @@ func TestUpstreamSocketOptions(t *testing.T) {
 	cfg.UserTimeout = 7 * time.Second
 	cfg.KeepAlive = 11 * time.Second
 	w := newWorld(t, 1, cfg)
-	c, err := w.p.dialConn(context.Background(), &upstream.Target{Addr: w.sinks[0].Addr()})
+	c, err := w.p.dialConn(context.Background(), &upstream.Target{Addr: w.sinks[0].Addr()}, "home")
 	if err != nil {
 		t.Fatal(err)
 	}

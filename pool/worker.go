@@ -82,7 +82,11 @@ func (w *worker) connect(ctx context.Context, prev *upstream.Target) *upConn {
 			if ctx.Err() != nil || isClosed(w.p.queue.Idle()) {
 				return nil
 			}
-			c, err := w.p.dialConn(ctx, t)
+			reason := "home"
+			if t != w.home {
+				reason = "failover"
+			}
+			c, err := w.p.dialConn(ctx, t, reason)
 			if err != nil {
 				w.p.st.dialFailures.Add(1)
 				if ctx.Err() == nil && t.MarkDown(err) {
@@ -155,7 +159,7 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 	startFailback := func() {
 		fbC, fbPending = nil, true
 		go func() {
-			nc, err := w.p.dialConn(ctx, w.home)
+			nc, err := w.p.dialConn(ctx, w.home, "failback")
 			fbDone <- failbackResult{nc, err}
 		}()
 	}
@@ -286,6 +290,9 @@ func (w *worker) fail(c *upConn, err error) {
 		level = slog.LevelInfo
 	}
 	c.log.Log(context.Background(), level, "upstream connection failed", "err", err, "requeued_lines", lines)
+	if lines > 0 {
+		w.p.tel.retried(c.target, lines, err)
+	}
 	if c.target.MarkDown(err) {
 		w.log.Warn("target down: connection failed", "target", c.target.Addr, "err", err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/ndlb/ndlb/ndjson"
 	"github.com/ndlb/ndlb/passthrough"
 	"github.com/ndlb/ndlb/pool"
+	"github.com/ndlb/ndlb/telemetry"
 	"github.com/ndlb/ndlb/tlsutil"
 	"github.com/ndlb/ndlb/upstream"
 )
@@ -166,9 +167,9 @@ func newLogger(c *cli.Context) (*slog.Logger, *slog.LevelVar, error) {
 	opts := &slog.HandlerOptions{Level: &level}
 	switch c.String("log-format") {
 	case "text":
-		return slog.New(slog.NewTextHandler(c.App.ErrWriter, opts)), &level, nil
+		return slog.New(telemetry.LogHandler(slog.NewTextHandler(c.App.ErrWriter, opts))), &level, nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(c.App.ErrWriter, opts)), &level, nil
+		return slog.New(telemetry.LogHandler(slog.NewJSONHandler(c.App.ErrWriter, opts))), &level, nil
 	}
 	return nil, nil, usageError("invalid value %q for --log-format: want text or json", c.String("log-format"))
 }

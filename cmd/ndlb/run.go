@@ -50,8 +50,9 @@ type adminListener struct {
 func (a adminListener) Info() admin.ListenerInfo { return a.info() }
 func (a adminListener) Targets() *upstream.Set   { return a.set }
 
-// newServer builds the server of the mode the flags choose.
-func newServer(c *cli.Context, log *slog.Logger) (*server, error) {
+// newServer builds the server of the mode the flags choose; name labels its
+// metrics.
+func newServer(c *cli.Context, log *slog.Logger, name string) (*server, error) {
 	if err := checkMode(c); err != nil {
 		return nil, err
 	}
@@ -64,7 +65,7 @@ func newServer(c *cli.Context, log *slog.Logger) (*server, error) {
 		if err != nil {
 			return nil, err
 		}
-		cfg.Discovered = discover
+		cfg.Discovered, cfg.Name = discover, name
 		srv, err := passthrough.New(cfg)
 		if err != nil {
 			return nil, usageError("%v", err)
@@ -102,7 +103,7 @@ func newServer(c *cli.Context, log *slog.Logger) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg.Discovered = discover
+	cfg.Discovered, cfg.Name = discover, name
 	srv, err := ndjson.New(cfg)
 	if err != nil {
 		return nil, usageError("%v", err)
@@ -163,7 +164,7 @@ const listenerName = "default"
 
 // newAdmin makes the admin API server if --admin is set: it listens, and a
 // bad address or token file is reported before any traffic.
-func newAdmin(c *cli.Context, log *slog.Logger, listeners func() []admin.Listener, reloads func() admin.ReloadInfo) (*admin.Server, error) {
+func newAdmin(c *cli.Context, log *slog.Logger, listeners func() []admin.Listener, reloads func() admin.ReloadInfo, metrics http.Handler) (*admin.Server, error) {
 	addr := c.String("admin")
 	if addr == "" {
 		if c.String("admin-token-file") != "" {
@@ -172,7 +173,7 @@ func newAdmin(c *cli.Context, log *slog.Logger, listeners func() []admin.Listene
 		return nil, nil
 	}
 	adm, err := admin.New(admin.Config{
-		Addr: addr, TokenFile: c.String("admin-token-file"), Logger: log, Listeners: listeners, Reloads: reloads,
+		Addr: addr, TokenFile: c.String("admin-token-file"), Logger: log, Listeners: listeners, Reloads: reloads, Metrics: metrics,
 	})
 	if err != nil {
 		return nil, usageError("invalid --admin or --admin-token-file: %v", err)

@@ -16,10 +16,16 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/ndlb/ndlb/admin"
 	"github.com/ndlb/ndlb/config"
 	"github.com/ndlb/ndlb/discovery"
+	"github.com/ndlb/ndlb/telemetry"
 	"github.com/ndlb/ndlb/upstream"
 )
 
@@ -54,8 +60,26 @@ func runBalancer(c *cli.Context) error {
 	if r.log, r.level, err = newLogger(g); err != nil {
 		return err
 	}
+	// Telemetry first, so that the servers' instruments reach the SDK.
+	tel, err := telemetry.Setup(context.Background(), telemetry.Config{Version: version(), Prometheus: g.String("admin") != ""})
+	if err != nil {
+		return usageError("invalid OTEL_* settings: %v", err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tel.Shutdown(ctx); err != nil {
+			r.log.Warn("telemetry did not flush", "err", err)
+		}
+	}()
+	if tel.Traces || tel.MetricsPushed {
+		r.log.Info("OpenTelemetry export on", "traces", tel.Traces, "metrics", tel.MetricsPushed)
+	}
+	if reg, err := r.observeReloads(); err == nil {
+		defer reg.Unregister()
+	}
 	for _, in := range insts {
-		if in.srv, err = newServer(in.c, in.logger(r.log)); err != nil {
+		if in.srv, err = newServer(in.c, in.logger(r.log), in.name); err != nil {
 			return in.wrap(err)
 		}
 	}
@@ -77,7 +101,7 @@ func runBalancer(c *cli.Context) error {
 		}
 	}
 	r.insts = insts
-	adm, err := newAdmin(g, r.log, r.shown, r.reloadInfo)
+	adm, err := newAdmin(g, r.log, r.shown, r.reloadInfo, tel.Metrics())
 	if err != nil {
 		for _, in := range insts {
 			in.ln.Close()
@@ -345,7 +369,15 @@ func (r *runtime) reload(why string) {
 	r.lastReload.Store(info)
 }
 
-func (r *runtime) apply() error {
+func (r *runtime) apply() (err error) {
+	_, span := tracer.Start(context.Background(), "ndlb.config.reload")
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
 	g, next, err := loadSetup(r.c)
 	if err != nil {
 		return err
@@ -354,7 +386,7 @@ func (r *runtime) apply() error {
 		return err
 	}
 	for _, in := range next {
-		if in.srv, err = newServer(in.c, in.logger(r.log)); err != nil {
+		if in.srv, err = newServer(in.c, in.logger(r.log), in.name); err != nil {
 			return in.wrap(err)
 		}
 	}
@@ -378,6 +410,7 @@ func (r *runtime) apply() error {
 				continue
 			}
 			r.start(in)
+			span.AddEvent("listener added", trace.WithAttributes(upstream.AttrListener.String(in.name)))
 			r.log.Info("listener added", "listener", in.name, "addr", in.ln.Addr().String())
 			result = append(result, in)
 		case len(keys) == 0:
@@ -386,6 +419,8 @@ func (r *runtime) apply() error {
 			if err := r.applyLive(o, in, keys); err != nil {
 				return err
 			}
+			span.AddEvent("listener changed in place", trace.WithAttributes(upstream.AttrListener.String(in.name),
+				attribute.StringSlice("ndlb.changed", keys)))
 			result = append(result, o)
 		default:
 			bind := ""
@@ -398,12 +433,14 @@ func (r *runtime) apply() error {
 				continue
 			}
 			r.start(in)
+			span.AddEvent("listener replaced", trace.WithAttributes(upstream.AttrListener.String(in.name)))
 			r.log.Info("listener replaced; the old one drains", "listener", in.name, "changed", keys)
 			r.drain(o)
 			result = append(result, in)
 		}
 	}
 	for _, o := range old {
+		span.AddEvent("listener removed", trace.WithAttributes(upstream.AttrListener.String(o.name)))
 		r.log.Info("listener removed; draining", "listener", o.name)
 		r.drain(o)
 	}
@@ -501,4 +538,23 @@ func logUpdate(log *slog.Logger, set *upstream.Set, addrs []string) {
 	for _, t := range removed {
 		log.Info("target removed; draining", "target", t.Addr)
 	}
+}
+
+var tracer = otel.Tracer("github.com/ndlb/ndlb/cmd/ndlb")
+
+// observeReloads reports the reload counters as a metric.
+func (r *runtime) observeReloads() (metric.Registration, error) {
+	m := otel.Meter("github.com/ndlb/ndlb/cmd/ndlb")
+	c, err := m.Int64ObservableCounter("ndlb.config.reloads", metric.WithUnit("{reload}"),
+		metric.WithDescription("Config reloads, by ndlb.outcome: applied, or refused (the running config stayed)."))
+	if err != nil {
+		return nil, err
+	}
+	applied := metric.WithAttributes(attribute.String("ndlb.outcome", "applied"))
+	refused := metric.WithAttributes(attribute.String("ndlb.outcome", "refused"))
+	return m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		o.ObserveInt64(c, int64(r.reloads.Load()), applied)
+		o.ObserveInt64(c, int64(r.reloadFailures.Load()), refused)
+		return nil
+	}, c)
 }

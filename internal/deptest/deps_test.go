@@ -27,6 +27,8 @@ var allowed = map[string][]string{
 	"health":    {"tlsutil", "upstream"},
 	"discovery": {"upstream"},
 	"config":    {},
+	// telemetry installs the SDK; only cmd/ndlb may import it.
+	"telemetry": {},
 	// passthrough proxies whole connections; it must not reach into the
 	// line path.
 	"passthrough": {"balance", "listener", "tlsutil", "upstream"},
@@ -58,6 +60,9 @@ func TestImportRules(t *testing.T) {
 		}
 		seen++
 		for _, d := range p.Deps {
+			if name != "telemetry" && strings.HasPrefix(d, "go.opentelemetry.io/otel/sdk") {
+				t.Errorf("%s imports %s: library packages use only the OpenTelemetry API", name, d)
+			}
 			dep, ours := strings.CutPrefix(d, module)
 			if ours && !slices.Contains(rules, dep) {
 				t.Errorf("%s imports %s; DESIGN.md allows only %v", name, dep, rules)

@@ -1,0 +1,57 @@
+package listener
+
+import (
+	"context"
+	"sync"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+var listenerInstruments = sync.OnceValues(func() (listenerMetrics, error) {
+	m := otel.Meter("github.com/ndlb/ndlb/listener")
+	var l listenerMetrics
+	var errs [4]error
+	l.active, errs[0] = m.Int64ObservableUpDownCounter("ndlb.connections.active", metric.WithUnit("{connection}"),
+		metric.WithDescription("Client connections open now."))
+	l.accepted, errs[1] = m.Int64ObservableCounter("ndlb.connections.accepted", metric.WithUnit("{connection}"),
+		metric.WithDescription("Client connections accepted."))
+	l.rejected, errs[2] = m.Int64ObservableCounter("ndlb.connections.rejected", metric.WithUnit("{connection}"),
+		metric.WithDescription("Client connections closed before serving: a failed TLS handshake or PROXY header (ndlb.reason)."))
+	l.limited, errs[3] = m.Int64ObservableCounter("ndlb.connections.limit_reached", metric.WithUnit("{event}"),
+		metric.WithDescription("Times accepting paused at --max-conns."))
+	for _, err := range errs {
+		if err != nil {
+			return l, err
+		}
+	}
+	return l, nil
+})
+
+type listenerMetrics struct {
+	active                      metric.Int64ObservableUpDownCounter
+	accepted, rejected, limited metric.Int64ObservableCounter
+}
+
+// ObserveMetrics reports the listener's counters through the OpenTelemetry
+// meter provider, labelled with attrs (the listener's name and mode), until
+// the registration is unregistered.
+func (l *Listener) ObserveMetrics(attrs ...attribute.KeyValue) (metric.Registration, error) {
+	m, err := listenerInstruments()
+	if err != nil {
+		return nil, err
+	}
+	set := metric.WithAttributes(attrs...)
+	tls := metric.WithAttributes(append(attrs, attribute.String("ndlb.reason", "tls_handshake"))...)
+	proxy := metric.WithAttributes(append(attrs, attribute.String("ndlb.reason", "proxy_header"))...)
+	return otel.Meter("github.com/ndlb/ndlb/listener").RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		st := l.Stats()
+		o.ObserveInt64(m.active, st.Active, set)
+		o.ObserveInt64(m.accepted, int64(st.Accepted), set)
+		o.ObserveInt64(m.rejected, int64(st.HandshakeFailed), tls)
+		o.ObserveInt64(m.rejected, int64(st.ProxyRejected), proxy)
+		o.ObserveInt64(m.limited, int64(st.LimitReached), set)
+		return nil
+	}, m.active, m.accepted, m.rejected, m.limited)
+}

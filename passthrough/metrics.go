@@ -1,0 +1,113 @@
+package passthrough
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/ndlb/ndlb/upstream"
+)
+
+var tracer = otel.Tracer("github.com/ndlb/ndlb/passthrough")
+
+var instruments = sync.OnceValues(func() (ptMetrics, error) {
+	m := otel.Meter("github.com/ndlb/ndlb/passthrough")
+	var p ptMetrics
+	var errs [5]error
+	p.conns, errs[0] = m.Int64ObservableCounter("ndlb.passthrough.connections", metric.WithUnit("{connection}"),
+		metric.WithDescription("Client connections by ndlb.outcome: proxied, or failed (no target accepted)."))
+	p.closed, errs[1] = m.Int64ObservableCounter("ndlb.passthrough.closed", metric.WithUnit("{connection}"),
+		metric.WithDescription("Connections ndlb closed, by ndlb.reason: idle, shutdown."))
+	p.spliced, errs[2] = m.Int64ObservableCounter("ndlb.passthrough.spliced", metric.WithUnit("By"),
+		metric.WithDescription("Bytes moved by splice(2), never copied through ndlb's memory."))
+	p.duration, errs[3] = m.Float64Histogram("ndlb.connection.duration", metric.WithUnit("s"),
+		metric.WithDescription("How long proxied connections lasted."),
+		metric.WithExplicitBucketBoundaries(0.001, 0.01, 0.1, 1, 10, 60, 600, 3600))
+	p.dial, errs[4] = m.Float64Histogram("ndlb.dial.duration", metric.WithUnit("s"),
+		metric.WithDescription("Target connection attempts: dial, PROXY header and TLS handshake, by ndlb.outcome."),
+		metric.WithExplicitBucketBoundaries(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
+	for _, err := range errs {
+		if err != nil {
+			return p, err
+		}
+	}
+	return p, nil
+})
+
+type ptMetrics struct {
+	conns, closed, spliced metric.Int64ObservableCounter
+	duration, dial         metric.Float64Histogram
+}
+
+func (s *Server) name() string {
+	if s.cfg.Name == "" {
+		return "default"
+	}
+	return s.cfg.Name
+}
+
+// attrs label the server's metrics.
+func (s *Server) attrs() []attribute.KeyValue {
+	return []attribute.KeyValue{upstream.AttrListener.String(s.name()), attribute.String("ndlb.mode", "passthrough")}
+}
+
+// observe registers the server's metrics.
+func (s *Server) observe() []metric.Registration {
+	m, err := instruments()
+	if err != nil {
+		s.log.Warn("metrics unavailable", "err", err)
+		return nil
+	}
+	with := func(k, v string) metric.ObserveOption {
+		return metric.WithAttributes(append(s.attrs(), attribute.String(k, v))...)
+	}
+	proxied, failed := with("ndlb.outcome", "proxied"), with("ndlb.outcome", "failed")
+	idle, shut := with("ndlb.reason", "idle"), with("ndlb.reason", "shutdown")
+	set := metric.WithAttributes(s.attrs()...)
+	var regs []metric.Registration
+	add := func(r metric.Registration, err error) {
+		if err != nil {
+			s.log.Warn("metrics unavailable", "err", err)
+			return
+		}
+		regs = append(regs, r)
+	}
+	add(otel.Meter("github.com/ndlb/ndlb/passthrough").RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		st := s.Stats()
+		o.ObserveInt64(m.conns, int64(st.Proxied), proxied)
+		o.ObserveInt64(m.conns, int64(st.Failed), failed)
+		o.ObserveInt64(m.closed, int64(st.IdleClosed), idle)
+		o.ObserveInt64(m.closed, int64(st.ShutdownClosed), shut)
+		o.ObserveInt64(m.spliced, int64(st.BytesSpliced), set)
+		return nil
+	}, m.conns, m.closed, m.spliced))
+	add(s.ln.ObserveMetrics(s.attrs()...))
+	add(s.set.ObserveMetrics(s.name()))
+	return regs
+}
+
+// recordDial records one attempt's duration.
+func (s *Server) recordDial(ctx context.Context, t *upstream.Target, d time.Duration, err error) {
+	m, merr := instruments()
+	if merr != nil {
+		return
+	}
+	outcome := "ok"
+	if err != nil {
+		outcome = "failed"
+	}
+	m.dial.Record(ctx, d.Seconds(), metric.WithAttributes(upstream.AttrListener.String(s.name()),
+		upstream.AttrServer.String(t.Addr), attribute.String("ndlb.outcome", outcome)))
+}
+
+// recordDuration records a finished connection.
+func (s *Server) recordDuration(d time.Duration, target string) {
+	if m, err := instruments(); err == nil {
+		m.duration.Record(context.Background(), d.Seconds(), metric.WithAttributes(upstream.AttrListener.String(s.name()),
+			upstream.AttrServer.String(target)))
+	}
+}

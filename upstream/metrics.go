@@ -1,0 +1,86 @@
+package upstream
+
+import (
+	"context"
+	"sync"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// Attribute keys of the metrics, after the OpenTelemetry semantic
+// conventions where they have one.
+const (
+	AttrListener  = attribute.Key("ndlb.listener")
+	AttrServer    = attribute.Key("server.address")
+	AttrDirection = attribute.Key("network.io.direction")
+	AttrState     = attribute.Key("ndlb.target.state")
+)
+
+// targetInstruments are the per-target observable instruments, made once.
+var targetInstruments = sync.OnceValues(func() (targetMetrics, error) {
+	m := otel.Meter("github.com/ndlb/ndlb/upstream")
+	var t targetMetrics
+	var err, e error
+	t.lines, e = m.Int64ObservableCounter("ndlb.target.lines", metric.WithUnit("{line}"),
+		metric.WithDescription("Lines the target acknowledged (NDJSON mode)."))
+	err = join(err, e)
+	t.bytes, e = m.Int64ObservableCounter("ndlb.target.bytes", metric.WithUnit("By"),
+		metric.WithDescription("Bytes to (transmit) and from (receive) the target: acknowledged in NDJSON mode, forwarded in passthrough."))
+	err = join(err, e)
+	t.conns, e = m.Int64ObservableUpDownCounter("ndlb.target.connections", metric.WithUnit("{connection}"),
+		metric.WithDescription("Open connections to the target."))
+	err = join(err, e)
+	t.failures, e = m.Int64ObservableCounter("ndlb.target.failures", metric.WithUnit("{failure}"),
+		metric.WithDescription("Failed dials and connections."))
+	err = join(err, e)
+	t.state, e = m.Int64ObservableGauge("ndlb.target.state",
+		metric.WithDescription("1 for the target's state (up, down, draining or disabled), 0 for the others."))
+	err = join(err, e)
+	return t, err
+})
+
+type targetMetrics struct {
+	lines, bytes, failures metric.Int64ObservableCounter
+	conns                  metric.Int64ObservableUpDownCounter
+	state                  metric.Int64ObservableGauge
+}
+
+func join(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// ObserveMetrics reports the set's targets through the OpenTelemetry
+// meter provider, labelled with the listener's name, until the returned
+// registration is unregistered. It costs nothing until metrics are read.
+func (s *Set) ObserveMetrics(listener string) (metric.Registration, error) {
+	t, err := targetInstruments()
+	if err != nil {
+		return nil, err
+	}
+	l := AttrListener.String(listener)
+	tx, rx := AttrDirection.String("transmit"), AttrDirection.String("receive")
+	return otel.Meter("github.com/ndlb/ndlb/upstream").RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		for _, target := range s.Targets() {
+			st := target.Stats()
+			srv := AttrServer.String(st.Addr)
+			o.ObserveInt64(t.lines, int64(st.Lines), metric.WithAttributes(l, srv, tx))
+			o.ObserveInt64(t.bytes, int64(st.Bytes), metric.WithAttributes(l, srv, tx))
+			o.ObserveInt64(t.bytes, int64(st.BytesIn), metric.WithAttributes(l, srv, rx))
+			o.ObserveInt64(t.conns, st.Conns, metric.WithAttributes(l, srv))
+			o.ObserveInt64(t.failures, int64(st.Failures), metric.WithAttributes(l, srv))
+			for _, state := range []State{StateUp, StateDown, StateDraining, StateDisabled} {
+				v := int64(0)
+				if st.State == state {
+					v = 1
+				}
+				o.ObserveInt64(t.state, v, metric.WithAttributes(l, srv, AttrState.String(state.String())))
+			}
+		}
+		return nil
+	}, t.lines, t.bytes, t.conns, t.failures, t.state)
+}
