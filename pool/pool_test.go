@@ -4,6 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"go.opentelemetry.io/otel"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"io"
 	"log/slog"
 	"net"
@@ -20,7 +25,19 @@ import (
 	"github.com/ndlb/ndlb/upstream"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// spans and metrics record what the pool reports through the OpenTelemetry
+// API, installed before any test so that the global providers delegate to
+// them.
+var (
+	spans   = tracetest.NewSpanRecorder()
+	metrics = sdkmetric.NewManualReader()
+)
+
+func TestMain(m *testing.M) {
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans)))
+	otel.SetMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(metrics)))
+	goleak.VerifyTestMain(m)
+}
 
 var bufs = framer.NewPool()
 
@@ -474,5 +491,67 @@ func TestWeightScalesWorkers(t *testing.T) {
 	w.finish()
 	if r := w.ledger.Check(map[uint32]uint32{1: 2000}); r.Lost != 0 || r.Torn != 0 {
 		t.Fatal(r)
+	}
+}
+
+// After a scripted failover the spans and metrics are there, with their
+// attributes: a failover dial with its event, the retry of the reset
+// target's batches, dial and delivery latencies per target.
+func TestTelemetryAfterFailover(t *testing.T) {
+	w := newWorld(t, 2, testConfig())
+	w.start()
+	dead := w.sinks[0].Addr()
+	a := w.set.Targets()[0]
+	waitFor(t, func() bool { return a.Active() == 2 })
+	// The first target stops reading, so that written batches wait
+	// unacknowledged; its reset hands them back for a retry.
+	w.sinks[0].Pause()
+	w.push(1, 0, 100000, 100) // the other target drains the queue
+	w.sinks[0].Kill(false)
+	w.finish()
+	if w.p.Stats().RequeuedLines == 0 {
+		t.Fatal("nothing was requeued")
+	}
+	var failover, retry bool
+	for _, s := range spans.Ended() {
+		attrs := map[string]string{}
+		for _, a := range s.Attributes() {
+			attrs[string(a.Key)] = a.Value.Emit()
+		}
+		switch s.Name() {
+		case "ndlb.upstream.dial":
+			if attrs["ndlb.dial.reason"] == "failover" && attrs["server.address"] != dead && len(s.Events()) > 0 && s.Events()[0].Name == "failover" {
+				failover = true
+			}
+		case "ndlb.batches.retry":
+			if attrs["server.address"] == dead && attrs["ndlb.lines"] != "0" {
+				retry = true
+			}
+		}
+	}
+	if !failover || !retry {
+		t.Fatalf("failover span %v, retry span %v among %d spans", failover, retry, len(spans.Ended()))
+	}
+	var rm metricdata.ResourceMetrics
+	if err := metrics.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if h, ok := m.Data.(metricdata.Histogram[float64]); ok {
+				for _, dp := range h.DataPoints {
+					if addr, ok := dp.Attributes.Value("server.address"); ok && dp.Count > 0 {
+						seen[m.Name+" "+addr.AsString()] = true
+					}
+				}
+			}
+		}
+	}
+	live := w.sinks[1].Addr()
+	for _, want := range []string{"ndlb.dial.duration " + dead, "ndlb.dial.duration " + live, "ndlb.batch.delivery.duration " + live} {
+		if !seen[want] {
+			t.Errorf("no %s in %v", want, seen)
+		}
 	}
 }
