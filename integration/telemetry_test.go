@@ -2,14 +2,22 @@ package integration
 
 import (
 	"bufio"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ndlb/ndlb/internal/linetest"
 )
@@ -99,4 +107,73 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// otlpReceiver is an OTLP/HTTP endpoint that keeps the spans it receives.
+type otlpReceiver struct {
+	srv   *httptest.Server
+	mu    sync.Mutex
+	spans []*tracepb.Span
+	attrs map[string]string // resource attributes seen
+}
+
+func newOTLPReceiver(t *testing.T) *otlpReceiver {
+	r := &otlpReceiver{attrs: map[string]string{}}
+	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		body, _ := io.ReadAll(req.Body)
+		if req.URL.Path == "/v1/traces" {
+			var msg coltracepb.ExportTraceServiceRequest
+			if err := proto.Unmarshal(body, &msg); err != nil {
+				t.Errorf("OTLP traces: %v", err)
+			}
+			r.mu.Lock()
+			for _, rs := range msg.ResourceSpans {
+				for _, a := range rs.GetResource().GetAttributes() {
+					r.attrs[a.Key] = a.GetValue().GetStringValue()
+				}
+				for _, ss := range rs.ScopeSpans {
+					r.spans = append(r.spans, ss.Spans...)
+				}
+			}
+			r.mu.Unlock()
+		}
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+// The real binary exports spans over OTLP/HTTP when
+// OTEL_EXPORTER_OTLP_ENDPOINT is set, and its log lines carry the trace id.
+func TestOTLPSpansFromTheBinary(t *testing.T) {
+	rcv := newOTLPReceiver(t)
+	b := newIDBackend(t, "b0", nil)
+	cmd := command(bin, "--passthrough", "--addr", "127.0.0.1", "--port", "0", "--log-format", "json", "--target", b.addr())
+	cmd.Env = append(os.Environ(), "OTEL_EXPORTER_OTLP_ENDPOINT="+rcv.srv.URL, "OTEL_BSP_SCHEDULE_DELAY=50", "OTEL_METRIC_EXPORT_INTERVAL=200")
+	p := startCmd(t, cmd)
+	if name, err := hello(t, p.addr, nil, false); err != nil || name != "b0" {
+		t.Fatalf("%q %v", name, err)
+	}
+	open := p.waitLog("proxying", 5*time.Second)
+	p.stopOK() // flushes
+	rcv.mu.Lock()
+	defer rcv.mu.Unlock()
+	var connect, dial bool
+	for _, s := range rcv.spans {
+		attrs := map[string]string{}
+		for _, a := range s.Attributes {
+			attrs[a.Key] = a.GetValue().GetStringValue()
+		}
+		switch s.Name {
+		case "ndlb.passthrough.connect":
+			connect = attrs["ndlb.conn.id"] == open["conn"] && attrs["server.address"] == b.addr() &&
+				hex.EncodeToString(s.TraceId) == open["trace_id"]
+		case "ndlb.upstream.dial":
+			dial = attrs["server.address"] == b.addr()
+		}
+	}
+	if !connect || !dial || rcv.attrs["service.name"] != "ndlb" {
+		t.Fatalf("connect span %v, dial span %v, resource %v; %d spans; log %v", connect, dial, rcv.attrs, len(rcv.spans), open)
+	}
 }
