@@ -78,6 +78,9 @@ var (
 //go:embed openapi.json
 var spec []byte
 
+//go:embed status.html
+var statusPage []byte
+
 // Server is the admin HTTP server.
 type Server struct {
 	cfg      Config
@@ -136,6 +139,7 @@ func (s *Server) routes() map[string]http.Handler {
 		"GET /openapi.json":                    http.HandlerFunc(s.openapi),
 		"GET /api/v1/config":                   http.HandlerFunc(s.config),
 		"GET /metrics":                         http.HandlerFunc(s.metrics),
+		"GET /{$}":                             http.HandlerFunc(s.status),
 	}
 }
 
@@ -297,6 +301,13 @@ func (s *Server) setState(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+// status serves the status page: one self-contained HTML document.
+func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+	w.Write(statusPage)
 }
 
 func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {

@@ -185,6 +185,7 @@ func TestSpecMatchesRoutes(t *testing.T) {
 	}
 	s := &Server{}
 	for pattern := range s.routes() {
+		pattern = strings.Replace(pattern, "/{$}", "/", 1) // the exact-match form of /
 		if !inSpec[pattern] {
 			t.Errorf("route %q is not in openapi.json", pattern)
 		}
