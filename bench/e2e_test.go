@@ -41,10 +41,11 @@ type ndlbProc struct {
 	addr string
 }
 
-func startNDLB(b *testing.B, bin string, targets []string) *ndlbProc {
+func startNDLB(b *testing.B, bin string, targets []string, env ...string) *ndlbProc {
 	b.Helper()
 	args := append([]string{"--addr", "127.0.0.1", "--port", "0", "--log-format", "json", "--target", strings.Join(targets, ",")}, strings.Fields(os.Getenv("NDLB_BENCH_ARGS"))...)
 	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)

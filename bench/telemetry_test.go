@@ -1,0 +1,77 @@
+package bench
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ndlb/ndlb/internal/linetest"
+)
+
+// BenchmarkTelemetryOverhead runs the shipper end-to-end load through two
+// ndlb processes, one with telemetry off and one exporting traces and
+// metrics over OTLP/HTTP to a collector stub (and serving /metrics, scraped
+// every second), alternately in each iteration, and reports the lines/s of
+// both and their ratio.
+//
+//	go test ./bench -run '^$' -bench TelemetryOverhead -benchtime 3x -count 3
+func BenchmarkTelemetryOverhead(b *testing.B) {
+	bin := buildNDLB(b)
+	var exports atomic.Int64
+	stub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		exports.Add(1)
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer stub.Close()
+	var sinks []*linetest.Sink
+	var addrs []string
+	for range 2 {
+		s, err := linetest.NewSink("127.0.0.1:0", nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer s.Close()
+		sinks = append(sinks, s)
+		addrs = append(addrs, s.Addr())
+	}
+	off := startNDLB(b, bin, addrs)
+	defer off.stop()
+	adminPort := freeLoopbackPort(b)
+	on := startNDLB(b, bin, addrs, "NDLB_ADMIN=127.0.0.1:"+adminPort,
+		"OTEL_EXPORTER_OTLP_ENDPOINT="+stub.URL, "OTEL_METRIC_EXPORT_INTERVAL=1000", "OTEL_BSP_SCHEDULE_DELAY=500")
+	defer on.stop()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { // a Prometheus scraping every second
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				if resp, err := http.Get("http://127.0.0.1:" + adminPort + "/metrics"); err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}
+		}
+	})
+	defer func() { close(stop); wg.Wait() }()
+	var tOff, tOn time.Duration
+	for b.Loop() {
+		tOff += generate(b, shipper{}, true, []string{off.addr}, sinks)
+		tOn += generate(b, shipper{}, true, []string{on.addr}, sinks)
+	}
+	lines := float64(b.N) * e2eBytes / 256
+	b.ReportMetric(lines/tOff.Seconds(), "off-lines/s")
+	b.ReportMetric(lines/tOn.Seconds(), "on-lines/s")
+	b.ReportMetric(tOff.Seconds()/tOn.Seconds(), "on/off")
+	b.ReportMetric(float64(exports.Load()), "otlp-exports")
+	b.ReportMetric(0, "ns/op")
+}
