@@ -9,6 +9,13 @@ import (
 	"go.opentelemetry.io/otel/metric"
 )
 
+var connDuration = sync.OnceValue(func() metric.Float64Histogram {
+	h, _ := otel.Meter("github.com/ndlb/ndlb/ndjson").Float64Histogram("ndlb.connection.duration", metric.WithUnit("s"),
+		metric.WithDescription("How long client connections lasted."),
+		metric.WithExplicitBucketBoundaries(0.001, 0.01, 0.1, 1, 10, 60, 600, 3600))
+	return h
+})
+
 var instruments = sync.OnceValues(func() (ndjsonMetrics, error) {
 	m := otel.Meter("github.com/ndlb/ndlb/ndjson")
 	var n ndjsonMetrics

@@ -189,6 +189,9 @@ func (s *Server) ServeConn(c *listener.Conn) {
 }
 
 func (s *Server) logClose(c *listener.Conn, err error, start time.Time, lines, bytes, oversize uint64) {
+	if h := connDuration(); h != nil {
+		h.Record(context.Background(), time.Since(start).Seconds(), metric.WithAttributes(s.attrs()...))
+	}
 	attrs := []any{"lines", lines, "bytes", bytes, "dropped_oversize", oversize, "duration", time.Since(start).Round(time.Millisecond)}
 	switch {
 	case errors.Is(err, io.EOF) && lines == 0 && oversize == 0:

@@ -10,6 +10,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/pires/go-proxyproto"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
@@ -39,7 +40,7 @@ func (s *Server) connect(ctx context.Context, c *listener.Conn) (net.Conn, *upst
 		for _, i := range order {
 			t := targets[i]
 			attempts++
-			conn, err := s.attempt(ctx, t, c)
+			conn, err := s.attempt(ctx, t, c, attempts)
 			if err == nil {
 				// The attempt is judged by the session: a target
 				// that accepts and then resets has not succeeded.
@@ -123,11 +124,11 @@ func (s *Server) wait(ctx context.Context, d time.Duration) error {
 
 // attempt opens one connection to t for c: dial, PROXY header, TLS, all
 // within ConnectTimeout.
-func (s *Server) attempt(ctx context.Context, t *upstream.Target, c *listener.Conn) (net.Conn, error) {
+func (s *Server) attempt(ctx context.Context, t *upstream.Target, c *listener.Conn, n int) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
 	defer cancel()
 	ctx, span := tracer.Start(ctx, "ndlb.upstream.dial", trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(upstream.AttrServer.String(t.Addr)))
+		trace.WithAttributes(upstream.AttrServer.String(t.Addr), attribute.Int("ndlb.attempt", n)))
 	defer span.End()
 	start := time.Now()
 	conn, err := s.dialHandshake(ctx, t, c)
