@@ -204,17 +204,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 }
 
 func endToEnd(b *testing.B, bin string, gen generator, oneCPU bool) {
-	var sinks []*linetest.Sink
-	var addrs []string
-	for range 2 {
-		s, err := linetest.NewSink("127.0.0.1:0", nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer s.Close()
-		sinks = append(sinks, s)
-		addrs = append(addrs, s.Addr())
-	}
+	sinks, addrs := newSinks(b, 2)
 	p := startNDLB(b, bin, addrs)
 	var once sync.Once
 	defer once.Do(p.stop)
@@ -236,4 +226,20 @@ func endToEnd(b *testing.B, bin string, gen generator, oneCPU bool) {
 	b.ReportMetric(cpu/gb, "ndlb-cpu-s/GB")
 	b.ReportMetric(rss, "ndlb-peak-RSS-MiB")
 	b.ReportMetric(0, "ns/op")
+}
+
+// newSinks starts n counting sinks, closed when b ends.
+func newSinks(b *testing.B, n int) ([]*linetest.Sink, []string) {
+	var sinks []*linetest.Sink
+	var addrs []string
+	for range n {
+		s, err := linetest.NewSink("127.0.0.1:0", nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(s.Close)
+		sinks = append(sinks, s)
+		addrs = append(addrs, s.Addr())
+	}
+	return sinks, addrs
 }

@@ -8,8 +8,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/ndlb/ndlb/internal/linetest"
 )
 
 // BenchmarkTelemetryOverhead runs the shipper end-to-end load through two
@@ -28,17 +26,7 @@ func BenchmarkTelemetryOverhead(b *testing.B) {
 		w.WriteHeader(http.StatusOK)
 	}))
 	defer stub.Close()
-	var sinks []*linetest.Sink
-	var addrs []string
-	for range 2 {
-		s, err := linetest.NewSink("127.0.0.1:0", nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer s.Close()
-		sinks = append(sinks, s)
-		addrs = append(addrs, s.Addr())
-	}
+	sinks, addrs := newSinks(b, 2)
 	off := startNDLB(b, bin, addrs)
 	defer off.stop()
 	adminPort := freeLoopbackPort(b)
