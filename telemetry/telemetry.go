@@ -75,6 +75,9 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 		otel.SetTracerProvider(t.tp)
 		otel.SetTextMapPropagator(propagation.TraceContext{})
 	}
+	if !t.MetricsPushed && !cfg.Prometheus {
+		return t, nil // traces only
+	}
 	opts := []sdkmetric.Option{sdkmetric.WithResource(res)}
 	if t.MetricsPushed {
 		r, err := autoexport.NewMetricReader(ctx)
