@@ -70,11 +70,7 @@ func newServer(c *cli.Context, log *slog.Logger, name string) (*server, error) {
 		if err != nil {
 			return nil, usageError("%v", err)
 		}
-		checks, err := newChecker(c, log, cfg.TLS, srv.Set())
-		if err != nil {
-			return nil, err
-		}
-		disc, err := newDiscoverer(dcfg, discover, srv.Set())
+		checks, disc, err := sidecars(c, log, cfg.TLS, srv.Set(), dcfg, discover)
 		if err != nil {
 			return nil, err
 		}
@@ -108,11 +104,7 @@ func newServer(c *cli.Context, log *slog.Logger, name string) (*server, error) {
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
-	checks, err := newChecker(c, log, cfg.Pool.TLS, srv.Set())
-	if err != nil {
-		return nil, err
-	}
-	disc, err := newDiscoverer(dcfg, discover, srv.Set())
+	checks, disc, err := sidecars(c, log, cfg.Pool.TLS, srv.Set(), dcfg, discover)
 	if err != nil {
 		return nil, err
 	}
@@ -132,6 +124,18 @@ func newServer(c *cli.Context, log *slog.Logger, name string) (*server, error) {
 			}}
 		},
 	}, nil
+}
+
+// sidecars makes what runs beside a server: its health checker and DNS
+// discoverer (each nil when not configured).
+func sidecars(c *cli.Context, log *slog.Logger, targetTLS func() (*tls.Config, error), set *upstream.Set,
+	dcfg discovery.Config, discover bool) (*health.Checker, *discovery.Discoverer, error) {
+	checks, err := newChecker(c, log, targetTLS, set)
+	if err != nil {
+		return nil, nil, err
+	}
+	disc, err := newDiscoverer(dcfg, discover, set)
+	return checks, disc, err
 }
 
 // newDiscoverer returns the DNS discoverer of set, if discover.
