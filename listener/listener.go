@@ -13,6 +13,8 @@ import (
 
 	"github.com/segmentio/ksuid"
 	"golang.org/x/time/rate"
+
+	"github.com/ndlb/ndlb/internal/gopool"
 )
 
 // Defaults for Config.
@@ -130,10 +132,8 @@ type Listener struct {
 	interrupted bool               // reads are being cut off; guarded by mu
 	done        chan struct{}      // closed when Serve returns
 	slots       chan struct{}      // one per connection served, if MaxConns > 0
-	work        chan net.Conn      // accepted connections for idle workers
-	workers     sync.WaitGroup     // one per worker goroutine
-	idleWorkers atomic.Int32
-	graceOver   chan struct{} // closed when Shutdown stops accepting
+	workers     *gopool.Pool       // serve connections
+	graceOver   chan struct{}      // closed when Shutdown stops accepting
 	graceOnce   sync.Once
 	limitLog    rate.Sometimes
 
@@ -151,7 +151,7 @@ func New(ln net.Listener, h Handler, cfg Config) *Listener {
 	}
 	l := &Listener{
 		ln: ln, h: h, cfg: cfg, log: cfg.Logger, conns: make(map[*Conn]struct{}),
-		done: make(chan struct{}), graceOver: make(chan struct{}), work: make(chan net.Conn),
+		done: make(chan struct{}), graceOver: make(chan struct{}), workers: gopool.New(maxIdleWorkers),
 		limitLog: rate.Sometimes{First: 1, Interval: time.Minute},
 	}
 	if l.log == nil {
@@ -170,7 +170,6 @@ func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 // returns nil. Other accept errors that persist are returned.
 func (l *Listener) Serve() error {
 	defer close(l.done)
-	defer close(l.work) // idle workers exit
 	var delay time.Duration
 	for {
 		if !l.takeSlot() {
@@ -197,39 +196,15 @@ func (l *Listener) Serve() error {
 		delay = 0
 		l.accepted.Add(1)
 		l.wg.Add(1) // done in finish
-		select {
-		case l.work <- c: // an idle worker takes it
-		default:
-			l.workers.Add(1)
-			go l.worker(c)
-		}
+		// Reused goroutines: a connection's handshake and the
+		// handler's dial grow a stack, which costs more than a little
+		// at thousands of new connections a second.
+		l.workers.Go(func() { l.serveConn(c) })
 	}
 }
 
 // maxIdleWorkers bounds the goroutines kept waiting for connections.
 const maxIdleWorkers = 32
-
-// worker serves c, then waits for more connections while fewer than
-// maxIdleWorkers wait. Reusing goroutines saves growing a fresh stack
-// (through the handshake and the handler's dial) for every connection,
-// which costs more than a little at thousands of new connections a
-// second.
-func (l *Listener) worker(c net.Conn) {
-	defer l.workers.Done()
-	for {
-		l.serveConn(c)
-		if l.idleWorkers.Add(1) > maxIdleWorkers {
-			l.idleWorkers.Add(-1)
-			return
-		}
-		var ok bool
-		c, ok = <-l.work
-		l.idleWorkers.Add(-1)
-		if !ok {
-			return
-		}
-	}
-}
 
 // takeSlot waits for room under MaxConns. It returns false when Shutdown
 // has stopped accepting.
@@ -363,7 +338,7 @@ func (l *Listener) Shutdown(ctx context.Context) error {
 	<-l.done
 	l.stopAccepting()
 	finished := make(chan struct{})
-	go func() { l.wg.Wait(); l.workers.Wait(); close(finished) }()
+	go func() { l.wg.Wait(); l.workers.Close(); close(finished) }()
 	select {
 	case <-finished:
 		return nil

@@ -18,6 +18,32 @@ const copyBufferBytes = 16 << 10
 
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferBytes); return &b }}
 
+// smallBufferBytes is the buffer of a plain stream's small-message reads; a
+// read that fills it makes the stream bulk (splice).
+const smallBufferBytes = 4 << 10
+
+// smallBuffers is a free list of small-message buffers. Unlike a sync.Pool
+// it survives garbage collections, so that new connections do not allocate
+// and clear a buffer each.
+var smallBuffers = make(chan *[]byte, 256)
+
+func getSmall() *[]byte {
+	select {
+	case b := <-smallBuffers:
+		return b
+	default:
+		b := make([]byte, smallBufferBytes)
+		return &b
+	}
+}
+
+func putSmall(b *[]byte) {
+	select {
+	case smallBuffers <- b:
+	default: // enough kept
+	}
+}
+
 // Stream states.
 const (
 	running int32 = iota // a goroutine copies (or waits in the runtime's poller)
@@ -67,6 +93,9 @@ func newStream(ss *session, side string, src, dst net.Conn, srcTCP, dstTCP *net.
 	}
 	return st
 }
+
+// run is proxyCopy(st), as a method value for the goroutine pool.
+func (st *stream) run() { proxyCopy(st) }
 
 // proxyCopy runs st until its source ends, then reports how it ended to
 // the session. It is a named function so that it shows in stack dumps.
@@ -141,7 +170,7 @@ func (st *stream) copySmall() (parkNow bool, err error) {
 		}
 		full := st.n == len(*st.buf)
 		m, werr := st.dst.Write((*st.buf)[:st.n])
-		copyBuffers.Put(st.buf)
+		putSmall(st.buf)
 		st.buf = nil
 		st.moved(m)
 		if werr != nil {
@@ -158,7 +187,7 @@ func (st *stream) copySmall() (parkNow bool, err error) {
 // a buffer only for the read, so that a waiting stream holds none.
 func (st *stream) read(fd uintptr) bool {
 	if st.buf == nil {
-		st.buf = copyBuffers.Get().(*[]byte)
+		st.buf = getSmall()
 	}
 	for {
 		n, err := syscall.Read(int(fd), *st.buf)
@@ -166,7 +195,7 @@ func (st *stream) read(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
-			copyBuffers.Put(st.buf)
+			putSmall(st.buf)
 			st.buf = nil
 			return false
 		}

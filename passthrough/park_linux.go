@@ -104,7 +104,7 @@ func (p *parker) run() {
 			delete(p.parked, id)
 			p.mu.Unlock()
 			if st != nil {
-				go proxyCopy(st)
+				st.ss.s.streams.Go(st.run)
 			}
 		}
 	}

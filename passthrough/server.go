@@ -16,21 +16,25 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/ndlb/ndlb/balance"
+	"github.com/ndlb/ndlb/internal/gopool"
 	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/upstream"
 )
 
 // Server is passthrough mode: a listener whose connections are proxied.
 type Server struct {
-	cfg    Config
-	log    *slog.Logger
-	clock  clockwork.Clock
-	policy atomic.Pointer[policyBox] // swapped by SetBalance
-	set    *upstream.Set
-	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
-	ln     *listener.Listener
-	parker *parker // nil: streams keep their goroutines
-	sweep  sync.WaitGroup
+	cfg     Config
+	log     *slog.Logger
+	clock   clockwork.Clock
+	policy  atomic.Pointer[policyBox] // swapped by SetBalance
+	set     *upstream.Set
+	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
+	ln      *listener.Listener
+	parker  *parker      // nil: streams keep their goroutines
+	streams *gopool.Pool // runs streams on reused goroutines
+	// attrCache holds each target's metric attribute sets (*targetOpts).
+	attrCache sync.Map
+	sweep     sync.WaitGroup
 	// The parker's count of parks at the sweeper's last tick and at the
 	// last returnMemory; owned by the sweeper.
 	parksAtTick, parksAtFree uint64
@@ -66,7 +70,7 @@ func New(cfg Config) (*Server, error) {
 	policy, _ := balance.New(cfg.Balance) // checked by Validate
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, clock: cfg.Clock, set: upstream.NewSet(cfg.Targets),
-		dial: cfg.Dial, sessions: make(map[*session]struct{}), serveErr: make(chan error, 1),
+		dial: cfg.Dial, sessions: make(map[*session]struct{}), serveErr: make(chan error, 1), streams: gopool.New(64),
 	}
 	if s.dial == nil {
 		d := &net.Dialer{KeepAlive: -1}
@@ -293,6 +297,7 @@ func (s *Server) Shutdown() Summary {
 		cancel()
 		s.stopCancel()
 		s.sweep.Wait()
+		s.streams.Close()
 		if s.parker != nil {
 			s.parker.Stop()
 		}

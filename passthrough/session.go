@@ -75,7 +75,7 @@ func (ss *session) serve(done func()) {
 		ss.mu.Unlock()
 	}
 	ss.live.Store(2)
-	go proxyCopy(ss.down)
+	ss.s.streams.Go(ss.down.run)
 	proxyCopy(ss.up)
 }
 
@@ -88,7 +88,7 @@ func (ss *session) finish() {
 	ss.mu.Unlock()
 	ss.judge()
 	ss.logClose()
-	ss.s.recordDuration(ss.s.clock.Since(ss.start), ss.t.Addr)
+	ss.s.recordDuration(ss.s.clock.Since(ss.start), ss.t)
 	ss.backend.Close()
 	ss.t.ConnClosed()
 	ss.s.untrack(ss)

@@ -18,10 +18,10 @@ var allowed = map[string][]string{
 	"framer":    {},
 	"upstream":  {},
 	"tlsutil":   {},
-	"listener":  {},
+	"listener":  {"internal/gopool"},
 	"dispatch":  {"framer"},
 	"pool":      {"dispatch", "framer", "tlsutil", "upstream"},
-	"ndjson":    {"dispatch", "framer", "listener", "pool", "tlsutil", "upstream"},
+	"ndjson":    {"dispatch", "framer", "internal/gopool", "listener", "pool", "tlsutil", "upstream"},
 	"balance":   {"upstream"},
 	"admin":     {"upstream"},
 	"health":    {"tlsutil", "upstream"},
@@ -31,7 +31,7 @@ var allowed = map[string][]string{
 	"telemetry": {},
 	// passthrough proxies whole connections; it must not reach into the
 	// line path.
-	"passthrough": {"balance", "listener", "tlsutil", "upstream"},
+	"passthrough": {"balance", "internal/gopool", "listener", "tlsutil", "upstream"},
 }
 
 type pkg struct {

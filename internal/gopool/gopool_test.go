@@ -1,0 +1,46 @@
+package gopool
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestRunsEveryTaskAndCloses(t *testing.T) {
+	p := New(4)
+	var n atomic.Int32
+	var wg sync.WaitGroup
+	for range 1000 {
+		wg.Add(1)
+		p.Go(func() { n.Add(1); wg.Done() })
+	}
+	wg.Wait()
+	if n.Load() != 1000 {
+		t.Fatalf("%d tasks ran", n.Load())
+	}
+	if idle := p.idle.Load(); idle > 4 {
+		t.Fatalf("%d idle goroutines, want at most 4", idle)
+	}
+	p.Close() // goleak checks that every goroutine is gone
+}
+
+func TestCloseWaitsForRunningTasks(t *testing.T) {
+	p := New(1)
+	release := make(chan struct{})
+	started := make(chan struct{})
+	p.Go(func() { close(started); <-release })
+	<-started
+	closed := make(chan struct{})
+	go func() { p.Close(); close(closed) }()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while a task ran")
+	default:
+	}
+	close(release)
+	<-closed
+}
