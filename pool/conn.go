@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/segmentio/ksuid"
+	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/framer"
@@ -77,6 +78,7 @@ func (p *Pool) dialConn(ctx context.Context, t *upstream.Target, reason string) 
 		return nil, err
 	}
 	c = &upConn{id: ksuid.New(), target: t, conn: raw, dead: make(chan struct{}), tel: p.tel}
+	span.SetAttributes(attribute.String("ndlb.conn.id", c.id.String()))
 	if sc, ok := raw.(syscall.Conn); ok {
 		if c.raw, _ = sc.SyscallConn(); c.raw != nil {
 			c.outq = newOutq(c.raw)

@@ -520,7 +520,8 @@ func TestTelemetryAfterFailover(t *testing.T) {
 		}
 		switch s.Name() {
 		case "ndlb.upstream.dial":
-			if attrs["ndlb.dial.reason"] == "failover" && attrs["server.address"] != dead && len(s.Events()) > 0 && s.Events()[0].Name == "failover" {
+			if attrs["ndlb.dial.reason"] == "failover" && attrs["server.address"] != dead && len(s.Events()) > 0 &&
+				s.Events()[0].Name == "failover" && len(attrs["ndlb.conn.id"]) == 27 {
 				failover = true
 			}
 		case "ndlb.batches.retry":
