@@ -14,6 +14,7 @@ import (
 
 	"github.com/segmentio/ksuid"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/framer"
@@ -32,14 +33,15 @@ type pending struct {
 // target has not acknowledged yet. Only its worker touches it, except the
 // reader goroutine, which only closes dead.
 type upConn struct {
-	tel    *telemetry
-	id     ksuid.KSUID
-	target *upstream.Target
-	conn   net.Conn        // what batches are written to (TLS or TCP)
-	raw    syscall.RawConn // the TCP socket; nil if unknown
-	outq   *outq           // samples raw's send queue; nil if raw is
-	count  *countConn      // raw bytes written, under TLS
-	log    *slog.Logger
+	tel      *telemetry
+	delivery metric.RecordOption // attributes of its delivery latencies
+	id       ksuid.KSUID
+	target   *upstream.Target
+	conn     net.Conn        // what batches are written to (TLS or TCP)
+	raw      syscall.RawConn // the TCP socket; nil if unknown
+	outq     *outq           // samples raw's send queue; nil if raw is
+	count    *countConn      // raw bytes written, under TLS
+	log      *slog.Logger
 
 	bufs    net.Buffers // the batches of the write in progress
 	wv      net.Buffers // what WriteTo consumes; a field, so it does not escape per write
@@ -77,7 +79,7 @@ func (p *Pool) dialConn(ctx context.Context, t *upstream.Target, reason string) 
 	if err != nil {
 		return nil, err
 	}
-	c = &upConn{id: ksuid.New(), target: t, conn: raw, dead: make(chan struct{}), tel: p.tel}
+	c = &upConn{id: ksuid.New(), target: t, conn: raw, dead: make(chan struct{}), tel: p.tel, delivery: p.tel.deliveryOpt(t)}
 	span.SetAttributes(attribute.String("ndlb.conn.id", c.id.String()))
 	if sc, ok := raw.(syscall.Conn); ok {
 		if c.raw, _ = sc.SyscallConn(); c.raw != nil {
@@ -188,7 +190,7 @@ func (c *upConn) settle(q *dispatch.Queue) int {
 	for ; i < len(c.unacked) && c.unacked[i].end <= c.acked; i++ {
 		b := c.unacked[i].b
 		c.target.Delivered(b.Lines, len(b.Data))
-		c.tel.delivered(c.target, b.Enqueued)
+		c.tel.delivered(c.delivery, b.Enqueued)
 		q.Done(b)
 	}
 	c.unacked = dropFront(c.unacked, i)

@@ -43,8 +43,6 @@ type telemetry struct {
 	m        poolMetrics
 	ok       bool
 	listener attribute.KeyValue
-	mu       sync.Mutex
-	delivery map[*upstream.Target]metric.RecordOption // guarded by mu
 }
 
 func newTelemetry(name string) *telemetry {
@@ -52,7 +50,7 @@ func newTelemetry(name string) *telemetry {
 		name = "default"
 	}
 	m, err := instruments()
-	return &telemetry{m: m, ok: err == nil, listener: upstream.AttrListener.String(name), delivery: map[*upstream.Target]metric.RecordOption{}}
+	return &telemetry{m: m, ok: err == nil, listener: upstream.AttrListener.String(name)}
 }
 
 // dialSpan starts the span of one dial to t.
@@ -80,19 +78,18 @@ func (tm *telemetry) dialDone(ctx context.Context, span trace.Span, t *upstream.
 	}
 }
 
-// delivered records the delivery latency of a batch acknowledged by t.
-func (tm *telemetry) delivered(t *upstream.Target, enqueued time.Time) {
-	if !tm.ok || enqueued.IsZero() {
-		return
+// deliveryOpt is the attribute set of t's delivery latencies; a
+// connection makes it once, so that acknowledging a batch takes no lock.
+func (tm *telemetry) deliveryOpt(t *upstream.Target) metric.RecordOption {
+	return metric.WithAttributeSet(attribute.NewSet(tm.listener, upstream.AttrServer.String(t.Addr)))
+}
+
+// delivered records the delivery latency of a batch acknowledged on a
+// connection whose attribute set is opt.
+func (tm *telemetry) delivered(opt metric.RecordOption, enqueued time.Time) {
+	if tm.ok && !enqueued.IsZero() {
+		tm.m.delivery.Record(context.Background(), time.Since(enqueued).Seconds(), opt)
 	}
-	tm.mu.Lock()
-	opt, ok := tm.delivery[t]
-	if !ok {
-		opt = metric.WithAttributeSet(attribute.NewSet(tm.listener, upstream.AttrServer.String(t.Addr)))
-		tm.delivery[t] = opt
-	}
-	tm.mu.Unlock()
-	tm.m.delivery.Record(context.Background(), time.Since(enqueued).Seconds(), opt)
 }
 
 // retried records, as a span, batches handed back after a connection to t

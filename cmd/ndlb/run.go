@@ -61,16 +61,12 @@ func newServer(c *cli.Context, log *slog.Logger, name string) (*server, error) {
 		if err != nil {
 			return nil, err
 		}
-		dcfg, discover, err := discoveryConfig(c, log, cfg.Targets)
-		if err != nil {
-			return nil, err
-		}
-		cfg.Discovered, cfg.Name = discover, name
+		cfg.Name = name
 		srv, err := passthrough.New(cfg)
 		if err != nil {
 			return nil, usageError("%v", err)
 		}
-		checks, disc, err := sidecars(c, log, cfg.TLS, srv.Set(), dcfg, discover)
+		checks, disc, err := sidecars(c, log, cfg.TLS, srv.Set(), cfg.Targets)
 		if err != nil {
 			return nil, err
 		}
@@ -95,16 +91,12 @@ func newServer(c *cli.Context, log *slog.Logger, name string) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	dcfg, discover, err := discoveryConfig(c, log, cfg.Targets)
-	if err != nil {
-		return nil, err
-	}
-	cfg.Discovered, cfg.Name = discover, name
+	cfg.Name = name
 	srv, err := ndjson.New(cfg)
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
-	checks, disc, err := sidecars(c, log, cfg.Pool.TLS, srv.Set(), dcfg, discover)
+	checks, disc, err := sidecars(c, log, cfg.Pool.TLS, srv.Set(), cfg.Targets)
 	if err != nil {
 		return nil, err
 	}
@@ -127,9 +119,14 @@ func newServer(c *cli.Context, log *slog.Logger, name string) (*server, error) {
 }
 
 // sidecars makes what runs beside a server: its health checker and DNS
-// discoverer (each nil when not configured).
+// discoverer, which merges static with what DNS gives (each nil when not
+// configured).
 func sidecars(c *cli.Context, log *slog.Logger, targetTLS func() (*tls.Config, error), set *upstream.Set,
-	dcfg discovery.Config, discover bool) (*health.Checker, *discovery.Discoverer, error) {
+	static []string) (*health.Checker, *discovery.Discoverer, error) {
+	dcfg, discover, err := discoveryConfig(c, log, static)
+	if err != nil {
+		return nil, nil, err
+	}
 	checks, err := newChecker(c, log, targetTLS, set)
 	if err != nil {
 		return nil, nil, err
