@@ -39,6 +39,18 @@ type ListenerInfo struct {
 	TLS      bool   `json:"tls"`
 	Active   int64  `json:"active_connections"`
 	Accepted uint64 `json:"accepted_connections"`
+	// Ledger is the NDJSON listener's account of its lines, replaced
+	// and removed instances of the same name included.
+	Ledger *LedgerInfo `json:"ledger,omitempty"`
+}
+
+// LedgerInfo is a listener's account of its lines: received = delivered +
+// the sum of dropped + in flight.
+type LedgerInfo struct {
+	Received  uint64            `json:"received"`
+	Delivered uint64            `json:"delivered"`
+	InFlight  uint64            `json:"in_flight"`
+	Dropped   map[string]uint64 `json:"dropped"` // by reason
 }
 
 // Config configures the admin server.

@@ -29,6 +29,9 @@ type Config struct {
 	// MaxBytes is the byte budget: the summed Weight of every batch pushed
 	// and not yet Done. It must be at least one batch's largest weight.
 	MaxBytes int64
+	// Ledger, if set, is the account the queue adds its lines to
+	// (received at Push, delivered at Done, dropped at Discard).
+	Ledger *Ledger
 }
 
 // DefaultConfig returns a 64 MiB budget.
@@ -58,6 +61,7 @@ type Stats struct {
 type Queue struct {
 	budget *semaphore.Weighted
 	max    int64
+	ledger *Ledger
 	ready  chan struct{} // holds a token while batches may be waiting
 
 	mu          sync.Mutex
@@ -76,6 +80,7 @@ func New(cfg Config) *Queue {
 	return &Queue{
 		budget: semaphore.NewWeighted(cfg.MaxBytes),
 		max:    cfg.MaxBytes,
+		ledger: cfg.Ledger,
 		ready:  make(chan struct{}, 1),
 		idle:   make(chan struct{}),
 	}
@@ -84,12 +89,15 @@ func New(cfg Config) *Queue {
 func (q *Queue) weight(b *framer.Batch) int64 { return min(int64(b.Weight()), q.max) }
 
 // Push appends b, blocking while the budget is spent. On success the queue
-// owns b until a worker reports it Done; on error the caller still owns it.
+// owns b until a worker reports it Done, and b's memory counts against the
+// queue's budget instead of the framers' (framer.Batch.Uncharge); on error
+// the caller still owns it.
 func (q *Queue) Push(ctx context.Context, b *framer.Batch) error {
 	w, lines := q.weight(b), uint64(b.Lines) // b may be Done as soon as it is queued
 	if err := q.budget.Acquire(ctx, w); err != nil {
 		return err
 	}
+	b.Uncharge()
 	b.Enqueued = time.Now()
 	q.mu.Lock()
 	if q.closed {
@@ -100,8 +108,9 @@ func (q *Queue) Push(ctx context.Context, b *framer.Batch) error {
 	q.bytes.Add(w)
 	q.items.pushBack(b)
 	q.outstanding++
-	q.mu.Unlock()
 	q.linesIn.Add(lines)
+	q.ledger.Received(lines)
+	q.mu.Unlock()
 	q.signal()
 	return nil
 }
@@ -161,6 +170,7 @@ func (q *Queue) Requeue(bs []*framer.Batch) {
 // batch is released and its budget returned.
 func (q *Queue) Done(b *framer.Batch) {
 	q.linesOut.Add(uint64(b.Lines))
+	q.ledger.Delivered(uint64(b.Lines))
 	q.finish(b)
 }
 
@@ -214,6 +224,7 @@ func (q *Queue) Discard() uint64 {
 		q.mu.Unlock()
 		lines += uint64(b.Lines)
 		q.linesDropped.Add(uint64(b.Lines))
+		q.ledger.Dropped(DropShutdown, uint64(b.Lines))
 		q.finish(b)
 	}
 }

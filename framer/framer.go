@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
+	"time"
 )
 
 // Defaults for Config.
@@ -15,6 +17,8 @@ const (
 	DefaultMaxLineBytes = 1 << 20
 	// MaxMaxLineBytes is the largest MaxLineBytes Validate accepts.
 	MaxMaxLineBytes = 1 << 30
+	// DefaultMemoryWait is Config.MemoryWait.
+	DefaultMemoryWait = time.Second
 )
 
 // Reason says why a line was dropped.
@@ -27,6 +31,9 @@ const (
 	// ReasonIncomplete: the stream failed (reset, timeout, forced close)
 	// in the middle of a line, so the fragment read so far is not a line.
 	ReasonIncomplete Reason = "incomplete"
+	// ReasonMemory: the line grew past one read while the memory Budget
+	// had no room for it within Config.MemoryWait.
+	ReasonMemory Reason = "memory"
 )
 
 // ErrConfig is returned by Config.Validate for a value out of range.
@@ -40,11 +47,16 @@ type Config struct {
 	// MaxLineBytes is the longest line forwarded, not counting its '\n'.
 	// Longer lines are dropped whole and reported as ReasonOversize.
 	MaxLineBytes int
+	// MemoryWait is how long a line longer than one read waits for room
+	// in the Budget before it is dropped as ReasonMemory. Zero drops it at
+	// once.
+	MemoryWait time.Duration
 }
 
-// DefaultConfig returns 16 KiB reads and a 1 MiB line limit.
+// DefaultConfig returns 16 KiB reads, a 1 MiB line limit and a one-second
+// memory wait.
 func DefaultConfig() Config {
-	return Config{ReadBytes: DefaultReadBytes, MaxLineBytes: DefaultMaxLineBytes}
+	return Config{ReadBytes: DefaultReadBytes, MaxLineBytes: DefaultMaxLineBytes, MemoryWait: DefaultMemoryWait}
 }
 
 // Validate reports a value out of range, wrapping ErrConfig.
@@ -54,6 +66,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: read size %d outside 1..16MiB", ErrConfig, c.ReadBytes)
 	case c.MaxLineBytes < 1 || c.MaxLineBytes > MaxMaxLineBytes:
 		return fmt.Errorf("%w: max line bytes %d outside 1..1GiB", ErrConfig, c.MaxLineBytes)
+	case c.MemoryWait < 0:
+		return fmt.Errorf("%w: negative memory wait", ErrConfig)
 	}
 	return nil
 }
@@ -75,9 +89,12 @@ type Drop struct {
 // BufferReader is implemented by readers that can wait for data before they
 // need a buffer: ReadBuffer calls get for the buffer to read into only when
 // data may be ready, and put to give it back when the read would block. A
-// framer that carries no partial line reads through it, so an idle stream
-// holds no buffer while it waits. Otherwise it behaves as io.Reader's Read
-// into the buffer from get.
+// framer reads through it, so an idle stream holds no read buffer while it
+// waits (a partial line shorter than one read is moved to a buffer of its
+// size). Otherwise it behaves as io.Reader's Read into the buffer from get.
+//
+// get returns nil when the framer's Budget has no room now; ReadBuffer must
+// then return (0, nil) without reading, and the framer waits for room.
 type BufferReader interface {
 	ReadBuffer(get func() []byte, put func()) (int, error)
 }
@@ -87,6 +104,11 @@ type BufferReader interface {
 type Framer struct {
 	// OnDrop, if set, is called for every dropped line, from Next's goroutine.
 	OnDrop func(Drop)
+	// Budget, if set, bounds the memory the framer holds together with
+	// every other framer sharing it. Set it before the first Next.
+	Budget *Budget
+	// Stop, if set, ends a wait for memory: Next then returns ErrStopped.
+	Stop <-chan struct{}
 
 	r    io.Reader
 	br   BufferReader // r, when it is one
@@ -99,6 +121,10 @@ type Framer struct {
 	n          int
 	discarding bool  // inside an oversize line: skip up to its newline
 	err        error // the reader's error, returned after pending output
+	res        int64 // bytes charged to Budget for cur and the next emit
+	starved    bool  // get found no room in the budget
+
+	idleSince atomic.Int64 // unix nanos since a partial line waits for data; 0 if none
 }
 
 // New returns a Framer reading r. cfg must be valid (see Config.Validate).
@@ -110,18 +136,128 @@ func New(r io.Reader, cfg Config, pool *Pool) *Framer {
 	return f
 }
 
-// getBuffer and putBuffer lend cur to a BufferReader while no partial line
-// is carried.
+// getBuffer lends a BufferReader the room after the carried tail, or nil
+// when the budget has none now.
 func (f *Framer) getBuffer() []byte {
+	f.idleSince.Store(0)
+	if !f.tryReserve() {
+		f.starved = true
+		return nil
+	}
 	f.ensureRoom()
 	return f.cur.buf[f.n:]
 }
 
+// putBuffer is called when the read would block: the framer gives back the
+// read buffer, keeping only the partial line (in a buffer of its size when
+// it is shorter than one read), and what it reserved beyond that.
 func (f *Framer) putBuffer() {
-	if f.n == 0 && f.cur != nil {
+	if f.n > 0 {
+		f.idleSince.Store(time.Now().UnixNano())
+	}
+	f.shrink()
+}
+
+// shrink releases what the framer holds beyond its partial line.
+func (f *Framer) shrink() {
+	switch {
+	case f.cur == nil:
+	case f.n == 0:
 		f.cur.Release()
 		f.cur = nil
+	case f.n < f.cfg.ReadBytes && classSize(f.n) < len(f.cur.buf):
+		small := f.pool.Get(f.n)
+		copy(small.buf, f.cur.buf[:f.n])
+		f.cur.Release()
+		f.cur = small
 	}
+	f.setReserved(int64(f.held()))
+}
+
+// held is the weight of cur.
+func (f *Framer) held() int {
+	if f.cur == nil {
+		return 0
+	}
+	return len(f.cur.buf)
+}
+
+// setReserved moves the framer's charge to n bytes, releasing the rest. It
+// never waits: it is for giving back.
+func (f *Framer) setReserved(n int64) {
+	if n < f.res {
+		f.Budget.release(f.res - n)
+		f.res = n
+	}
+}
+
+// readNeed is what the next read must have reserved: the buffer it reads
+// into, and room for the one buffer that cutting what it reads may add (a
+// small batch copied out, or the new tail).
+func (f *Framer) readNeed() int64 {
+	c := classSize(f.n + f.cfg.ReadBytes)
+	if f.cur != nil && len(f.cur.buf)-f.n >= f.cfg.ReadBytes {
+		c = len(f.cur.buf)
+	}
+	return int64(c + classSize(c-f.n))
+}
+
+// long reports whether the framer grows a line longer than one read.
+func (f *Framer) long() bool { return f.n >= f.cfg.ReadBytes }
+
+// tryReserve reserves what the next read needs if the budget has room now.
+func (f *Framer) tryReserve() bool {
+	need := f.readNeed()
+	if f.res >= need {
+		return true
+	}
+	if !f.Budget.tryAcquire(need-f.res, f.long()) {
+		return false
+	}
+	f.res = need
+	return true
+}
+
+// waitMemory waits for what the next read needs. A line longer than one
+// read waits at most MemoryWait; then it is dropped as ReasonMemory and the
+// framer skips to its newline without buffering it.
+func (f *Framer) waitMemory() error {
+	if f.tryReserve() {
+		return nil
+	}
+	long := f.long()
+	wait := time.Duration(-1) // forever
+	if long {
+		wait = f.cfg.MemoryWait
+	}
+	need := f.readNeed()
+	var err error
+	if wait == 0 {
+		err = errNoRoom
+	} else {
+		err = f.Budget.acquire(need-f.res, long, max(wait, 0), f.Stop)
+	}
+	switch {
+	case err == nil:
+		f.res = need
+		return nil
+	case errors.Is(err, errNoRoom):
+		f.drop(ReasonMemory, f.n)
+		f.discarding, f.n = true, 0
+		f.shrink()
+		return f.waitMemory() // an ordinary read now: waits as long as it takes
+	}
+	return err
+}
+
+// IdleSince returns when the framer began waiting for the rest of a
+// partial line, or the zero time when it is not waiting or holds none. It
+// is safe to call from any goroutine (for a timeout on idle clients).
+func (f *Framer) IdleSince() time.Time {
+	if ns := f.idleSince.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // Next returns the next batch of whole lines. It returns io.EOF after the last
@@ -131,11 +267,26 @@ func (f *Framer) Next() (*Batch, error) {
 	for f.err == nil {
 		var n int
 		var err error
-		if f.br != nil && f.n == 0 {
+		if f.br != nil {
 			n, err = f.br.ReadBuffer(f.get, f.put)
+			if f.starved {
+				f.starved = false
+				if n == 0 && err == nil {
+					f.err = f.waitMemory()
+					continue
+				}
+			}
 		} else {
+			if err := f.waitMemory(); err != nil {
+				f.err = err
+				break
+			}
 			f.ensureRoom()
+			if f.n > 0 {
+				f.idleSince.Store(time.Now().UnixNano())
+			}
 			n, err = f.r.Read(f.cur.buf[f.n:])
+			f.idleSince.Store(0)
 		}
 		f.err = err
 		if n > 0 {
@@ -147,9 +298,12 @@ func (f *Framer) Next() (*Batch, error) {
 	return f.finish()
 }
 
-// finish handles the carried tail once the reader has failed.
+// finish handles the carried tail once the reader has failed. It leaves
+// the framer holding nothing.
 func (f *Framer) finish() (*Batch, error) {
+	f.idleSince.Store(0)
 	if f.cur == nil {
+		f.setReserved(0)
 		return nil, f.err
 	}
 	cur, n := f.cur, f.n
@@ -157,22 +311,53 @@ func (f *Framer) finish() (*Batch, error) {
 	switch {
 	case f.discarding || n == 0:
 		cur.Release()
+		f.setReserved(0)
 		return nil, f.err
 	case !errors.Is(f.err, io.EOF):
 		f.drop(ReasonIncomplete, n)
 		cur.Release()
+		f.setReserved(0)
 		return nil, f.err
 	}
 	// A clean EOF: terminate the tail so it stays a line of its own.
 	if n == len(cur.buf) {
 		grown := f.pool.Get(n + 1)
+		f.force(int64(len(grown.buf))) // a one-off, at most one buffer
 		copy(grown.buf, cur.buf[:n])
 		cur.Release()
 		cur = grown
 	}
 	cur.buf[n] = '\n'
 	cur.Data, cur.Lines = cur.buf[:n+1], 1
+	f.charge(cur)
+	f.setReserved(0)
 	return cur, nil
+}
+
+// force charges n bytes beyond the reservation without waiting.
+func (f *Framer) force(n int64) {
+	if f.Budget != nil {
+		f.Budget.mu.Lock()
+		f.Budget.used += n
+		f.Budget.inUse.Store(f.Budget.used)
+		f.Budget.mu.Unlock()
+	}
+	f.res += n
+}
+
+// charge moves b's weight from the framer's reservation to b: the batch
+// carries it until Batch.Uncharge or Release.
+func (f *Framer) charge(b *Batch) {
+	if f.Budget == nil {
+		return
+	}
+	w := int64(len(b.buf))
+	b.budget, b.charge = f.Budget, w
+	f.res -= w
+	if f.res < 0 { // cannot happen while reservations cover every buffer
+		f.Budget.release(-f.res) // keep the budget's count honest anyway
+		f.res = 0
+	}
 }
 
 // ensureRoom makes sure at least ReadBytes are free after the carried tail.
@@ -234,17 +419,27 @@ func (f *Framer) consume(start, end int) *Batch {
 // the tail cur.buf[cut:cut+tail] into the next read. Small batches are copied
 // into a right-sized buffer so that a trickle of short writes cannot pin a
 // full read buffer per line in the queue.
+//
+// The tail goes into a buffer of its own size (the next read grows it), so
+// that what one read can add to the framer's memory is bounded by the
+// reservation readNeed made for it.
 func (f *Framer) emit(data []byte, cut, tail int) *Batch {
 	lines := bytes.Count(data, nl)
 	if len(data) <= len(f.cur.buf)/4 {
 		b := f.pool.NewBatch(data, lines)
 		f.n = copy(f.cur.buf, f.cur.buf[cut:cut+tail])
+		f.charge(b)
 		return b
 	}
 	b := f.cur
-	f.cur = f.pool.Get(tail + f.cfg.ReadBytes)
-	f.n = copy(f.cur.buf, b.buf[cut:cut+tail])
+	f.cur = nil
+	if tail > 0 {
+		f.cur = f.pool.Get(tail)
+		copy(f.cur.buf, b.buf[cut:cut+tail])
+	}
+	f.n = tail
 	b.Data, b.Lines = data, lines
+	f.charge(b)
 	return b
 }
 
@@ -281,4 +476,19 @@ func (f *Framer) Close() {
 		f.cur.Release()
 		f.cur, f.n = nil, 0
 	}
+	f.setReserved(0)
+	f.idleSince.Store(0)
 }
+
+// Partial returns how many bytes of an unfinished line the framer carries.
+// Call it from Next's goroutine only.
+func (f *Framer) Partial() int {
+	if f.discarding {
+		return 0
+	}
+	return f.n
+}
+
+// Discarding reports whether the framer is skipping the rest of a dropped
+// line. Call it from Next's goroutine only.
+func (f *Framer) Discarding() bool { return f.discarding }

@@ -242,11 +242,15 @@ func (r *lazyReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 	if r.calls%2 == 0 {
 		get()
 		put() // would block: give it back and wait
-		if r.f.cur != nil {
+		if r.f.cur != nil && r.f.n == 0 {
 			r.heldIdle = true
 		}
 	}
-	return r.Read(get())
+	buf := get()
+	if buf == nil {
+		return 0, nil // no room in the budget
+	}
+	return r.Read(buf)
 }
 
 // An idle stream with no partial line holds no buffer while it waits, and

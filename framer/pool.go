@@ -29,6 +29,9 @@ func classOf(n int) int {
 	return bits.Len(uint(n-1)) - minClassShift
 }
 
+// classSize is the size of the buffers of n's class.
+func classSize(n int) int { return 1 << (classOf(n) + minClassShift) }
+
 // Get returns an empty Batch whose buffer holds at least n bytes.
 func (p *Pool) Get(n int) *Batch {
 	c := classOf(n)
@@ -42,6 +45,7 @@ func (p *Pool) Get(n int) *Batch {
 }
 
 func (p *Pool) put(b *Batch) {
+	b.Uncharge()
 	b.Data, b.Lines = nil, 0
 	p.classes[b.class].Put(b)
 }
@@ -60,9 +64,21 @@ type Batch struct {
 	// the delivery latency.
 	Enqueued time.Time
 
-	buf   []byte
-	pool  *Pool
-	class int
+	buf    []byte
+	pool   *Pool
+	class  int
+	budget *Budget // what charge is owed to, until Uncharge
+	charge int64
+}
+
+// Uncharge returns the batch's memory charge to the framers' Budget: the
+// batch's memory is now counted elsewhere (the queue's byte budget). It is
+// safe to call more than once; Release calls it.
+func (b *Batch) Uncharge() {
+	if b.budget != nil {
+		b.budget.release(b.charge)
+		b.budget, b.charge = nil, 0
+	}
 }
 
 // Weight is the memory the batch holds, in bytes: the capacity of its buffer.

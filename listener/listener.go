@@ -45,8 +45,9 @@ type Conn struct {
 	// the PROXY header when there is one, else the local address.
 	Local net.Addr
 
-	detached bool   // Detach was called
-	release  func() // untracks and closes; set by the listener
+	detached    bool   // Detach was called
+	release     func() // untracks and closes; set by the listener
+	interrupted atomic.Bool
 }
 
 // Detach lets ServeConn return while the connection stays open: the handler
@@ -81,8 +82,10 @@ func (c *Conn) Raw() (tcp *net.TCPConn, pending []byte, ok bool) {
 
 // Handler serves one connection. The listener closes the connection after
 // ServeConn returns. When the listener's shutdown deadline passes, reads on
-// the connection start failing (the read deadline is moved to the past);
-// ServeConn must then return once it has dealt with what it read.
+// the connection start failing (the read deadline is moved to the past, and
+// Conn.Interrupted is true); ServeConn should then read what the kernel
+// still holds (FinalRead; TLS connections do so in their own reads) and
+// return.
 type Handler interface {
 	ServeConn(c *Conn)
 }
@@ -135,6 +138,7 @@ type Listener struct {
 	workers     *gopool.Pool       // serve connections
 	graceOver   chan struct{}      // closed when Shutdown stops accepting
 	graceOnce   sync.Once
+	handedOver  bool // Handover gave the socket away; guarded by mu
 	limitLog    rate.Sometimes
 
 	accepted, hsFailed, proxyRejected, limited atomic.Uint64
@@ -173,14 +177,14 @@ func (l *Listener) Serve() error {
 	var delay time.Duration
 	for {
 		if !l.takeSlot() {
-			l.ln.Close()
+			l.closeSocket()
 			return nil
 		}
 		c, err := l.ln.Accept()
 		if err != nil {
 			l.freeSlot()
 			if l.isDraining() {
-				l.ln.Close()
+				l.closeSocket()
 				return nil
 			}
 			if errors.Is(err, net.ErrClosed) {
@@ -235,6 +239,38 @@ func (l *Listener) freeSlot() {
 	}
 }
 
+// closeSocket closes the listening socket unless Handover gave it away.
+func (l *Listener) closeSocket() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.handedOver {
+		l.ln.Close()
+	}
+}
+
+type deadliner interface{ SetDeadline(time.Time) error }
+
+// Handover stops accepting and returns the listening socket, still open,
+// for a successor to serve (a reload that replaces this listener's
+// settings): connections the kernel has queued wait in its backlog for the
+// successor instead of being reset. It returns nil, and changes nothing,
+// when the socket cannot stop an Accept without closing. Call Shutdown
+// afterwards to drain the connections this listener serves.
+func (l *Listener) Handover() net.Listener {
+	dl, ok := l.ln.(deadliner)
+	if !ok {
+		return nil
+	}
+	l.mu.Lock()
+	l.draining, l.handedOver = true, true
+	l.mu.Unlock()
+	_ = dl.SetDeadline(time.Unix(1, 0)) // wakes Accept
+	l.stopAccepting()                   // wakes a wait at MaxConns
+	<-l.done
+	_ = dl.SetDeadline(time.Time{})
+	return l.ln
+}
+
 func (l *Listener) isDraining() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -283,7 +319,9 @@ func (l *Listener) prepare(nc net.Conn) (*Conn, bool) {
 		c.Log = l.log.With("conn", c.ID.String(), "client", c.Client.String())
 	}
 	if l.cfg.TLS != nil {
-		tc := tls.Server(c.Conn, l.cfg.TLS) // after any bytes read past the PROXY header
+		// After any bytes read past the PROXY header; reads of what the
+		// kernel holds at the drain deadline still decrypt.
+		tc := tls.Server(newDrainConn(c.Conn, c), l.cfg.TLS)
 		ctx, cancel := context.WithTimeout(context.Background(), l.cfg.HandshakeTimeout)
 		err := tc.HandshakeContext(ctx)
 		cancel()
@@ -307,6 +345,7 @@ func (l *Listener) track(c *Conn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.interrupted {
+		c.interrupted.Store(true)
 		_ = c.SetReadDeadline(time.Unix(1, 0))
 	}
 	l.conns[c] = struct{}{}
@@ -328,13 +367,16 @@ func (l *Listener) untrack(c *Conn) {
 func (l *Listener) Shutdown(ctx context.Context) error {
 	l.mu.Lock()
 	l.draining = true
+	handedOver := l.handedOver
 	l.mu.Unlock()
-	// Accept what the kernel has already queued, then stop.
-	if dl, ok := l.ln.(interface{ SetDeadline(time.Time) error }); !ok || dl.SetDeadline(time.Now().Add(backlogGrace)) != nil {
-		l.ln.Close()
+	if !handedOver {
+		// Accept what the kernel has already queued, then stop.
+		if dl, ok := l.ln.(deadliner); !ok || dl.SetDeadline(time.Now().Add(backlogGrace)) != nil {
+			l.ln.Close()
+		}
+		stop := time.AfterFunc(backlogGrace, l.stopAccepting)
+		defer stop.Stop()
 	}
-	stop := time.AfterFunc(backlogGrace, l.stopAccepting)
-	defer stop.Stop()
 	<-l.done
 	l.stopAccepting()
 	finished := make(chan struct{})
@@ -347,6 +389,7 @@ func (l *Listener) Shutdown(ctx context.Context) error {
 	l.mu.Lock()
 	l.interrupted = true
 	for c := range l.conns {
+		c.interrupted.Store(true)
 		_ = c.SetReadDeadline(time.Unix(1, 0))
 	}
 	l.mu.Unlock()

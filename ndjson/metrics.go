@@ -2,11 +2,15 @@ package ndjson
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/ndlb/ndlb/dispatch"
+	"github.com/ndlb/ndlb/upstream"
 )
 
 var connDuration = sync.OnceValue(func() metric.Float64Histogram {
@@ -19,13 +23,7 @@ var connDuration = sync.OnceValue(func() metric.Float64Histogram {
 var instruments = sync.OnceValues(func() (ndjsonMetrics, error) {
 	m := otel.Meter("github.com/ndlb/ndlb/ndjson")
 	var n ndjsonMetrics
-	var errs [8]error
-	n.linesIn, errs[0] = m.Int64ObservableCounter("ndlb.lines.received", metric.WithUnit("{line}"),
-		metric.WithDescription("Lines read from clients and queued."))
-	n.linesOut, errs[1] = m.Int64ObservableCounter("ndlb.lines.delivered", metric.WithUnit("{line}"),
-		metric.WithDescription("Lines acknowledged by a target."))
-	n.dropped, errs[2] = m.Int64ObservableCounter("ndlb.lines.dropped", metric.WithUnit("{line}"),
-		metric.WithDescription("Lines dropped, by ndlb.drop.reason: oversize, incomplete, shutdown."))
+	var errs [10]error
 	n.retried, errs[3] = m.Int64ObservableCounter("ndlb.batches.retried", metric.WithUnit("{batch}"),
 		metric.WithDescription("Batches sent again after their connection failed."))
 	n.failovers, errs[4] = m.Int64ObservableCounter("ndlb.failovers", metric.WithUnit("{connection}"),
@@ -36,6 +34,10 @@ var instruments = sync.OnceValues(func() (ndjsonMetrics, error) {
 		metric.WithDescription("Bytes read and not yet acknowledged (bounded by --buffer-bytes)."))
 	n.queueDepth, errs[7] = m.Int64ObservableGauge("ndlb.queue.batches", metric.WithUnit("{batch}"),
 		metric.WithDescription("Batches waiting for a worker."))
+	n.clientMemory, errs[8] = m.Int64ObservableGauge("ndlb.client.memory", metric.WithUnit("By"),
+		metric.WithDescription("Bytes client connections hold before their lines are queued (bounded by --client-buffer-bytes)."))
+	n.lineTimeouts, errs[9] = m.Int64ObservableCounter("ndlb.client.line_timeouts", metric.WithUnit("{connection}"),
+		metric.WithDescription("Clients closed for holding a partial line past --line-timeout."))
 	for _, err := range errs {
 		if err != nil {
 			return n, err
@@ -45,8 +47,53 @@ var instruments = sync.OnceValues(func() (ndjsonMetrics, error) {
 })
 
 type ndjsonMetrics struct {
-	linesIn, linesOut, dropped, retried, failovers, failbacks metric.Int64ObservableCounter
-	queueBytes, queueDepth                                    metric.Int64ObservableGauge
+	retried, failovers, failbacks, lineTimeouts metric.Int64ObservableCounter
+	queueBytes, queueDepth, clientMemory        metric.Int64ObservableGauge
+}
+
+var ledgerInstruments = sync.OnceValues(func() (ledgerMetrics, error) {
+	m := otel.Meter("github.com/ndlb/ndlb/ndjson")
+	var l ledgerMetrics
+	var errs [4]error
+	l.received, errs[0] = m.Int64ObservableCounter("ndlb.lines.received", metric.WithUnit("{line}"),
+		metric.WithDescription("Lines read from clients (fragments included): delivered + dropped + in flight."))
+	l.delivered, errs[1] = m.Int64ObservableCounter("ndlb.lines.delivered", metric.WithUnit("{line}"),
+		metric.WithDescription("Lines acknowledged by a target."))
+	l.dropped, errs[2] = m.Int64ObservableCounter("ndlb.lines.dropped", metric.WithUnit("{line}"),
+		metric.WithDescription("Lines dropped, by ndlb.drop.reason: oversize, incomplete, memory, shutdown."))
+	l.inFlight, errs[3] = m.Int64ObservableGauge("ndlb.lines.in_flight", metric.WithUnit("{line}"),
+		metric.WithDescription("Lines received and not yet delivered or dropped."))
+	return l, errors.Join(errs[:]...)
+})
+
+type ledgerMetrics struct {
+	received, delivered, dropped metric.Int64ObservableCounter
+	inFlight                     metric.Int64ObservableGauge
+}
+
+// ObserveLedgers reports the ledger of every listener in b (replaced and
+// removed instances included) as the ndlb.lines.* metrics, labelled with
+// the listener's name.
+func ObserveLedgers(b *dispatch.Book) (metric.Registration, error) {
+	m, err := ledgerInstruments()
+	if err != nil {
+		return nil, err
+	}
+	return otel.Meter("github.com/ndlb/ndlb/ndjson").RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		for _, name := range b.Names() {
+			st := b.Stats(name)
+			attrs := []attribute.KeyValue{upstream.AttrListener.String(name), attribute.String("ndlb.mode", "ndjson")}
+			set := metric.WithAttributes(attrs...)
+			o.ObserveInt64(m.received, int64(st.Received), set)
+			o.ObserveInt64(m.delivered, int64(st.Delivered), set)
+			o.ObserveInt64(m.inFlight, int64(st.InFlight), set)
+			for _, r := range dispatch.DropReasons {
+				o.ObserveInt64(m.dropped, int64(st.Dropped[r]),
+					metric.WithAttributes(append(attrs, attribute.String("ndlb.drop.reason", r))...))
+			}
+		}
+		return nil
+	}, m.received, m.delivered, m.dropped, m.inFlight)
 }
 
 // observe registers the server's metrics, labelled with attrs.
@@ -56,22 +103,15 @@ func (s *Server) observe(attrs ...attribute.KeyValue) (metric.Registration, erro
 		return nil, err
 	}
 	set := metric.WithAttributes(attrs...)
-	reason := func(r string) metric.MeasurementOption {
-		return metric.WithAttributes(append(attrs, attribute.String("ndlb.drop.reason", r))...)
-	}
-	oversize, incomplete, shutdown := reason("oversize"), reason("incomplete"), reason("shutdown")
 	return otel.Meter("github.com/ndlb/ndlb/ndjson").RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		st := s.Stats()
-		o.ObserveInt64(m.linesIn, int64(st.Queue.LinesIn), set)
-		o.ObserveInt64(m.linesOut, int64(st.Queue.LinesOut), set)
-		o.ObserveInt64(m.dropped, int64(st.DroppedOversize), oversize)
-		o.ObserveInt64(m.dropped, int64(st.DroppedIncomplete), incomplete)
-		o.ObserveInt64(m.dropped, int64(st.DroppedShutdown), shutdown)
+		o.ObserveInt64(m.clientMemory, st.ClientMemory.Used, set)
+		o.ObserveInt64(m.lineTimeouts, int64(st.LineTimeouts), set)
 		o.ObserveInt64(m.retried, int64(st.Queue.RetriedBatches), set)
 		o.ObserveInt64(m.failovers, int64(st.Pool.Failovers), set)
 		o.ObserveInt64(m.failbacks, int64(st.Pool.Failbacks), set)
 		o.ObserveInt64(m.queueBytes, st.Queue.Bytes, set)
 		o.ObserveInt64(m.queueDepth, int64(st.Queue.Depth), set)
 		return nil
-	}, m.linesIn, m.linesOut, m.dropped, m.retried, m.failovers, m.failbacks, m.queueBytes, m.queueDepth)
+	}, m.retried, m.failovers, m.failbacks, m.queueBytes, m.queueDepth, m.clientMemory, m.lineTimeouts)
 }

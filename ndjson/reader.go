@@ -28,6 +28,9 @@ type idleReader struct {
 	put     func()
 	n       int
 	readErr error
+	noBuf   bool // get had no memory for the read
+
+	final bool // the drain deadline passed: read what the kernel holds
 }
 
 var _ framer.BufferReader = (*idleReader)(nil)
@@ -50,17 +53,30 @@ func clientReader(c *listener.Conn) io.Reader {
 // ReadBuffer implements framer.BufferReader.
 func (r *idleReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 	if len(r.pending) > 0 {
-		n := copy(get(), r.pending)
+		buf := get()
+		if buf == nil {
+			return 0, nil
+		}
+		n := copy(buf, r.pending)
 		r.pending = r.pending[n:]
 		return n, nil
 	}
+	if r.final {
+		return r.finalRead(get, put)
+	}
 	r.get, r.put = get, put
 	err := r.rc.Read(r.readFn)
-	n, rerr := r.n, r.readErr
-	r.get, r.put, r.readErr = nil, nil, nil
+	n, rerr, noBuf := r.n, r.readErr, r.noBuf
+	r.get, r.put, r.readErr, r.noBuf = nil, nil, nil, false
 	switch {
+	case err != nil && errors.Is(err, os.ErrDeadlineExceeded) && r.Interrupted():
+		// The drain deadline: what the kernel holds is still read.
+		r.final = true
+		return r.finalRead(get, put)
 	case err != nil: // closed, or the read deadline passed
 		return 0, err
+	case noBuf:
+		return 0, nil // the framer waits for memory, then reads again
 	case rerr != nil:
 		return 0, os.NewSyscallError("read", rerr)
 	case n == 0:
@@ -73,7 +89,12 @@ func (r *idleReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 // false waits for readability.
 func (r *idleReader) read(fd uintptr) bool {
 	for {
-		r.n, r.readErr = syscall.Read(int(fd), r.get())
+		buf := r.get()
+		if buf == nil {
+			r.noBuf = true
+			return true
+		}
+		r.n, r.readErr = syscall.Read(int(fd), buf)
 		switch {
 		case errors.Is(r.readErr, syscall.EINTR):
 			continue
@@ -83,4 +104,36 @@ func (r *idleReader) read(fd uintptr) bool {
 		}
 		return true
 	}
+}
+
+// finalRead reads what the kernel holds without waiting, after the drain
+// deadline; listener.ErrDrained when nothing is left.
+func (r *idleReader) finalRead(get func() []byte, put func()) (int, error) {
+	buf := get()
+	if buf == nil {
+		return 0, nil
+	}
+	n, err := listener.FinalRead(r.rc, buf)
+	if n == 0 {
+		put()
+	}
+	return n, err
+}
+
+// readFinal reads what the kernel holds for c into p without waiting, for
+// counting what is dropped: through the socket for plain TCP, through TLS
+// (whose reads do the same once the listener interrupted c) otherwise.
+func readFinal(c *listener.Conn, r any, p []byte) (int, error) {
+	if ir, ok := r.(*idleReader); ok {
+		if len(ir.pending) > 0 {
+			n := copy(p, ir.pending)
+			ir.pending = ir.pending[n:]
+			return n, nil
+		}
+		return listener.FinalRead(ir.rc, p)
+	}
+	if !c.Interrupted() {
+		return 0, listener.ErrDrained // a TLS read could wait
+	}
+	return c.Read(p)
 }

@@ -1,6 +1,7 @@
 package ndjson
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -29,6 +30,10 @@ const (
 	DefaultDrainTimeout = 30 * time.Second
 	// DefaultDeliverTimeout is Config.DeliverTimeout.
 	DefaultDeliverTimeout = 30 * time.Second
+	// DefaultClientMemory is Config.ClientMemory: 64 MiB.
+	DefaultClientMemory = 64 << 20
+	// DefaultLineTimeout is Config.LineTimeout.
+	DefaultLineTimeout = time.Minute
 )
 
 // ErrConfig is wrapped by Config.Validate's errors.
@@ -52,8 +57,43 @@ type Config struct {
 	DrainTimeout time.Duration
 	// DeliverTimeout is how much longer delivery may take after that.
 	DeliverTimeout time.Duration
+	// ClientMemory bounds, in bytes, what every client connection holds
+	// together before its lines reach the queue: read buffers, partial
+	// lines, TLS read buffers, batches waiting to be queued (see
+	// framer.Budget for what happens when it is spent).
+	ClientMemory int64
+	// LineTimeout is how long a client may hold a partial line without
+	// sending; then the fragment is dropped as incomplete and the
+	// connection closed. Zero means no limit.
+	LineTimeout time.Duration
+	// Book, if set, is where the server files its ledger under its name,
+	// and what reports the ledger metrics (the caller registers them with
+	// ObserveLedgers). Nil: the server keeps and reports its own.
+	Book *dispatch.Book
 	// Logger receives every log; nil means slog.Default().
 	Logger *slog.Logger
+}
+
+// Bounds of DefaultMaxConns.
+const (
+	// MaxAutoConns caps the connection limit derived from the file limit.
+	MaxAutoConns = 100_000
+	// reservedFiles are left for upstream connections, the admin API,
+	// listening sockets and files.
+	reservedFiles = 1024
+)
+
+// DefaultMaxConns is the client connection limit used when none is set:
+// 90% of the open-file limit less reservedFiles, at least 64 and at most
+// MaxAutoConns (4096 when the limit is unknown). A client beyond it waits
+// in the kernel's accept backlog; it cannot make ndlb fail for want of
+// files.
+func DefaultMaxConns() int {
+	n := fileLimit()
+	if n == 0 {
+		return 4096
+	}
+	return int(min(max(n*9/10, reservedFiles+64)-reservedFiles, MaxAutoConns))
 }
 
 // DefaultConfig returns the documented defaults, without targets.
@@ -64,6 +104,8 @@ func DefaultConfig() Config {
 		Pool:           pool.DefaultConfig(),
 		DrainTimeout:   DefaultDrainTimeout,
 		DeliverTimeout: DefaultDeliverTimeout,
+		ClientMemory:   DefaultClientMemory,
+		LineTimeout:    DefaultLineTimeout,
 	}
 }
 
@@ -74,6 +116,13 @@ func (c Config) Validate() error {
 	}
 	if c.DrainTimeout <= 0 || c.DeliverTimeout <= 0 {
 		return fmt.Errorf("%w: drain and deliver timeouts must be positive", ErrConfig)
+	}
+	if c.LineTimeout < 0 {
+		return fmt.Errorf("%w: negative line timeout", ErrConfig)
+	}
+	if min := int64(2 * c.Framer.MaxBatchBytes()); c.ClientMemory < min {
+		return fmt.Errorf("%w: client memory of %d bytes cannot hold one longest line and its read (%d bytes)",
+			ErrConfig, c.ClientMemory, min)
 	}
 	if err := c.Framer.Validate(); err != nil {
 		return err
@@ -86,10 +135,13 @@ func (c Config) Validate() error {
 
 // Server is the NDJSON mode: listener, framers, queue and pool.
 type Server struct {
-	cfg  Config
-	log  *slog.Logger
-	bufs *framer.Pool
-	q    *dispatch.Queue
+	cfg    Config
+	log    *slog.Logger
+	bufs   *framer.Pool
+	budget *framer.Budget
+	ledger *dispatch.Ledger
+	book   *dispatch.Book // cfg.Book, or the server's own
+	q      *dispatch.Queue
 	set  *upstream.Set
 	pool *pool.Pool
 	ln   *listener.Listener
@@ -103,8 +155,14 @@ type Server struct {
 	shutdown   sync.Once
 	summary    Summary
 
-	oversize, incomplete, dropShutdown atomic.Uint64
-	metrics                            []metric.Registration
+	oversize, incomplete, memory, dropShutdown atomic.Uint64
+	lineTimeouts, cutAtDrain                   atomic.Uint64
+	metrics                                    []metric.Registration
+
+	scratch struct {
+		sync.Mutex
+		buf []byte // for counting what is dropped unread at shutdown
+	}
 }
 
 // New returns a server for a valid cfg.
@@ -117,7 +175,14 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg.Pool.Logger = cfg.Logger
 	cfg.Pool.Name = cfg.Name
-	s := &Server{cfg: cfg, log: cfg.Logger, bufs: framer.NewPool(), q: dispatch.New(cfg.Queue), set: upstream.NewSet(cfg.Targets)}
+	s := &Server{cfg: cfg, log: cfg.Logger, bufs: framer.NewPool(), budget: framer.NewBudget(cfg.ClientMemory),
+		ledger: dispatch.NewLedger(), book: cfg.Book, set: upstream.NewSet(cfg.Targets)}
+	qc := cfg.Queue
+	qc.Ledger = s.ledger
+	s.q = dispatch.New(qc)
+	if s.book == nil {
+		s.book = dispatch.NewBook()
+	}
 	s.pool = pool.New(cfg.Pool, s.q, s.set)
 	s.hard, s.hardCancel = context.WithCancel(context.Background())
 	return s, nil
@@ -130,15 +195,22 @@ func (s *Server) Start(ln net.Listener) {
 	s.ln = listener.New(ln, s, lc)
 	s.serveErr = make(chan error, 1)
 	s.poolDone = make(chan struct{})
+	s.book.Add(s.name(), s.ledger) // only servers that run are on the books
 	go func() { s.serveErr <- s.ln.Serve() }()
 	go func() { defer close(s.poolDone); s.pool.Run(s.hard) }()
-	s.metrics = registerAll(s.log,
+	regs := []func() (metric.Registration, error){
 		func() (metric.Registration, error) { return s.ln.ObserveMetrics(s.attrs()...) },
 		func() (metric.Registration, error) { return s.observe(s.attrs()...) },
-		func() (metric.Registration, error) { return s.set.ObserveMetrics(s.name()) })
+		func() (metric.Registration, error) { return s.set.ObserveMetrics(s.name()) },
+	}
+	if s.cfg.Book == nil {
+		regs = append(regs, func() (metric.Registration, error) { return ObserveLedgers(s.book) })
+	}
+	s.metrics = registerAll(s.log, regs...)
 	s.log.Info("listening", "addr", ln.Addr().String(), "mode", "ndjson", "targets", s.cfg.Targets,
 		"connections_per_target", s.cfg.Pool.Connections, "tls", lc.TLS != nil,
-		"accept_proxy", lc.AcceptProxy, "max_conns", lc.MaxConns)
+		"accept_proxy", lc.AcceptProxy, "max_conns", lc.MaxConns, "client_memory", s.cfg.ClientMemory,
+		"line_timeout", s.cfg.LineTimeout.String())
 }
 
 // Addr is the listening address.
@@ -150,84 +222,235 @@ func (s *Server) Err() <-chan error { return s.serveErr }
 // ServeConn frames one client connection into the queue. It implements
 // listener.Handler.
 func (s *Server) ServeConn(c *listener.Conn) {
-	start := time.Now()
+	cs := &clientConn{s: s, c: c, start: time.Now(), warn: rate.Sometimes{First: 1, Interval: time.Second}}
 	c.Log.Debug("client connected")
-	f := framer.New(clientReader(c), s.cfg.Framer, s.bufs)
+	cs.r = clientReader(c)
+	f := framer.New(cs.r, s.cfg.Framer, s.bufs)
+	f.Budget, f.Stop, f.OnDrop = s.budget, s.hard.Done(), cs.dropped
 	defer f.Close()
-	var lines, bytes, oversize uint64
-	warn := rate.Sometimes{First: 1, Interval: time.Second}
-	f.OnDrop = func(d framer.Drop) {
-		switch d.Reason {
-		case framer.ReasonOversize:
-			s.oversize.Add(1)
-			oversize++
-			warn.Do(func() {
-				c.Log.Warn("line longer than --max-line-bytes dropped", "limit", s.cfg.Framer.MaxLineBytes,
-					"dropped_on_conn", oversize)
-			})
-		case framer.ReasonIncomplete:
-			s.incomplete.Add(1)
-			c.Log.Warn("connection ended inside a line; the fragment was dropped", "fragment_bytes", d.Bytes)
-		}
+	if s.cfg.LineTimeout > 0 {
+		cs.timer = startLineTimer(c, f, s.cfg.LineTimeout)
+		defer cs.timer.stop()
 	}
 	for {
 		b, err := f.Next()
 		if err != nil {
-			s.logClose(c, err, start, lines, bytes, oversize)
+			if errors.Is(err, framer.ErrStopped) {
+				// The shutdown deadline passed while the framer waited
+				// for memory: count what is left unread.
+				cs.countRest(f.Discarding() || cs.fragmentCounted, false)
+			}
+			cs.logClose(err)
 			return
 		}
 		n, size := b.Lines, len(b.Data)
 		if err := s.q.Push(s.hard, b); err != nil {
-			s.dropShutdown.Add(uint64(n))
 			b.Release()
-			c.Log.Error("shutdown deadline passed: lines read but not queued were dropped", "lines", n)
+			s.dropShutdown.Add(uint64(n))
+			s.ledger.DropRead(dispatch.DropShutdown, uint64(n))
+			rest := cs.countRest(f.Discarding(), f.Partial() > 0)
+			c.Log.Error("shutdown deadline passed: lines read but not queued were dropped", "lines", uint64(n)+rest)
+			cs.logClose(err)
 			return
 		}
-		lines += uint64(n)
-		bytes += uint64(size)
+		cs.lines += uint64(n)
+		cs.bytes += uint64(size)
 	}
 }
 
-func (s *Server) logClose(c *listener.Conn, err error, start time.Time, lines, bytes, oversize uint64) {
-	if h := connDuration(); h != nil {
-		h.Record(context.Background(), time.Since(start).Seconds(), metric.WithAttributes(s.attrs()...))
+// clientConn is one client connection's state, for counting and logs.
+type clientConn struct {
+	s     *Server
+	c     *listener.Conn
+	r     io.Reader
+	start time.Time
+	timer *lineTimer
+	warn  rate.Sometimes
+
+	lines, bytes, oversize uint64
+	fragmentCounted        bool // the framer dropped the partial line it held
+}
+
+// dropped counts a line the framer dropped.
+func (cs *clientConn) dropped(d framer.Drop) {
+	s, c := cs.s, cs.c
+	switch d.Reason {
+	case framer.ReasonOversize:
+		s.oversize.Add(1)
+		s.ledger.DropRead(dispatch.DropOversize, 1)
+		cs.oversize++
+		cs.warn.Do(func() {
+			c.Log.Warn("line longer than --max-line-bytes dropped", "limit", s.cfg.Framer.MaxLineBytes,
+				"dropped_on_conn", cs.oversize)
+		})
+	case framer.ReasonMemory:
+		s.memory.Add(1)
+		s.ledger.DropRead(dispatch.DropMemory, 1)
+		c.Log.Warn("client memory budget spent: a long line was dropped", "line_bytes_read", d.Bytes,
+			"client_buffer_bytes", s.cfg.ClientMemory)
+	case framer.ReasonIncomplete:
+		s.incomplete.Add(1)
+		s.ledger.DropRead(dispatch.DropIncomplete, 1)
+		cs.fragmentCounted = true
+		if c.Interrupted() {
+			s.cutAtDrain.Add(1)
+		}
+		c.Log.Warn("connection ended inside a line; the fragment was dropped", "fragment_bytes", d.Bytes)
 	}
-	attrs := []any{"lines", lines, "bytes", bytes, "dropped_oversize", oversize, "duration", time.Since(start).Round(time.Millisecond)}
+}
+
+// countRest reads what the kernel still holds for the connection, without
+// waiting and without keeping it, and counts its lines as dropped at
+// shutdown. continued says the first bytes finish a line already counted;
+// partial that they finish the line the framer held, not counted yet. It
+// returns the lines counted as shutdown drops.
+func (cs *clientConn) countRest(continued, partial bool) uint64 {
+	s := cs.s
+	s.scratch.Lock()
+	defer s.scratch.Unlock()
+	if s.scratch.buf == nil {
+		s.scratch.buf = make([]byte, 256<<10)
+	}
+	var newlines, tail uint64
+	for {
+		n, err := readFinal(cs.c, cs.r, s.scratch.buf)
+		data := s.scratch.buf[:n]
+		if k := bytes.Count(data, []byte{'\n'}); k > 0 {
+			newlines += uint64(k)
+			tail = uint64(n - 1 - bytes.LastIndexByte(data, '\n'))
+		} else {
+			tail += uint64(n)
+		}
+		if err != nil || n == 0 {
+			break
+		}
+	}
+	lines := newlines
 	switch {
-	case errors.Is(err, io.EOF) && lines == 0 && oversize == 0:
+	case continued && newlines > 0:
+		lines-- // the end of a line counted when it was dropped
+	case continued:
+		tail = 0 // still inside that line
+	case partial && newlines == 0:
+		tail++ // the held fragment never ended
+	}
+	s.dropShutdown.Add(lines)
+	s.ledger.DropRead(dispatch.DropShutdown, lines)
+	if tail > 0 {
+		s.cutAtDrain.Add(1)
+		s.incomplete.Add(1)
+		s.ledger.DropRead(dispatch.DropIncomplete, 1)
+	}
+	if lines > 0 || tail > 0 {
+		cs.c.Log.Error("shutdown deadline passed: lines the client had sent were read and dropped",
+			"lines", lines, "fragment", tail > 0)
+	}
+	return lines
+}
+
+func (cs *clientConn) logClose(err error) {
+	s, c := cs.s, cs.c
+	if h := connDuration(); h != nil {
+		h.Record(context.Background(), time.Since(cs.start).Seconds(), metric.WithAttributes(s.attrs()...))
+	}
+	attrs := []any{"lines", cs.lines, "bytes", cs.bytes, "dropped_oversize", cs.oversize,
+		"duration", time.Since(cs.start).Round(time.Millisecond)}
+	switch {
+	case cs.timer != nil && cs.timer.fired.Load():
+		s.lineTimeouts.Add(1)
+		c.Log.Warn("client held a partial line past --line-timeout without sending; closed",
+			append(attrs, "line_timeout", s.cfg.LineTimeout.String())...)
+	case errors.Is(err, io.EOF) && cs.lines == 0 && cs.oversize == 0:
 		c.Log.Debug("client disconnected", attrs...) // a health check or port probe
 	case errors.Is(err, io.EOF):
 		c.Log.Info("client disconnected", attrs...)
+	case errors.Is(err, listener.ErrDrained):
+		c.Log.Warn("drain timeout: read what the client had sent, then closed", attrs...)
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		c.Log.Warn("drain timeout: stopped reading from client", attrs...)
+	case errors.Is(err, framer.ErrStopped), errors.Is(err, context.Canceled):
+		c.Log.Warn("shutdown deadline passed: client closed", attrs...)
 	default:
 		c.Log.Info("client connection failed", append(attrs, "err", err)...)
 	}
 }
 
+// lineTimer closes a connection whose client holds a partial line without
+// sending for longer than the line timeout. One lazy timer per connection:
+// it looks at the framer when it fires and re-arms for the time left.
+type lineTimer struct {
+	t       *time.Timer
+	fired   atomic.Bool
+	stopped atomic.Bool
+}
+
+func startLineTimer(c *listener.Conn, f *framer.Framer, d time.Duration) *lineTimer {
+	lt := &lineTimer{}
+	lt.t = time.AfterFunc(d, func() {
+		if lt.stopped.Load() {
+			return
+		}
+		wait := d
+		if since := f.IdleSince(); !since.IsZero() {
+			idle := time.Since(since)
+			if idle >= d {
+				lt.fired.Store(true)
+				_ = c.SetReadDeadline(time.Unix(1, 0))
+				return
+			}
+			wait = d - idle
+		}
+		lt.t.Reset(wait)
+	})
+	return lt
+}
+
+func (lt *lineTimer) stop() {
+	lt.stopped.Store(true)
+	lt.t.Stop()
+}
+
 // Summary is what a shutdown reports.
 type Summary struct {
 	Stats
-	// Clean is true when everything read was delivered.
+	// Clean is true when shutdown dropped no line: every whole line read
+	// was delivered. Fragments cut at the drain deadline are counted
+	// (CutAtDrain) but are not lines the client finished.
 	Clean bool
 }
+
+// Handover stops accepting and returns the listening socket, open, for a
+// replacement server to Start on (a reload that changes settings): clients
+// waiting in its backlog are served by the replacement, never reset. Call
+// Shutdown afterwards to drain this server. It returns nil when the socket
+// cannot be handed over; Shutdown then closes it as usual.
+func (s *Server) Handover() net.Listener { return s.ln.Handover() }
 
 // Stats are the server's counters.
 type Stats struct {
 	Listener          listener.Stats
 	Queue             dispatch.Stats
 	Pool              pool.Stats
+	Ledger            dispatch.LedgerStats
+	ClientMemory      framer.BudgetStats
 	DroppedOversize   uint64
 	DroppedIncomplete uint64
+	DroppedMemory     uint64
 	DroppedShutdown   uint64
+	LineTimeouts      uint64
+	// CutAtDrain counts fragments dropped because shutdown closed their
+	// connections (part of DroppedIncomplete).
+	CutAtDrain uint64
 }
 
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats {
 	st := Stats{
+		Ledger: s.ledger.Stats(), ClientMemory: s.budget.Stats(),
 		Queue: s.q.Stats(), Pool: s.pool.Stats(),
 		DroppedOversize: s.oversize.Load(), DroppedIncomplete: s.incomplete.Load(),
-		DroppedShutdown: s.dropShutdown.Load(),
+		DroppedMemory: s.memory.Load(), DroppedShutdown: s.dropShutdown.Load(),
+		LineTimeouts: s.lineTimeouts.Load(), CutAtDrain: s.cutAtDrain.Load(),
 	}
 	if s.ln != nil {
 		st.Listener = s.ln.Stats()
@@ -237,6 +460,9 @@ func (s *Server) Stats() Stats {
 
 // Targets returns each target's counters, in configuration order.
 func (s *Server) Targets() []upstream.Stats { return s.set.Stats() }
+
+// Ledger is this server's own account of its lines.
+func (s *Server) Ledger() *dispatch.Ledger { return s.ledger }
 
 // Set is the server's target set, for the admin API and health checks.
 func (s *Server) Set() *upstream.Set { return s.set }
@@ -270,9 +496,19 @@ func (s *Server) Shutdown() Summary {
 		}
 		st := s.Stats()
 		s.summary = Summary{Stats: st, Clean: st.DroppedShutdown == 0}
-		s.log.Info("summary", "lines_in", st.Queue.LinesIn, "lines_out", st.Queue.LinesOut,
+		l := st.Ledger
+		level := slog.LevelInfo
+		if !s.summary.Clean {
+			level = slog.LevelError
+		}
+		s.log.Log(context.Background(), level, "summary", "received", l.Received, "delivered", l.Delivered,
+			"dropped", l.DroppedTotal(), "in_flight", l.InFlight, "ledger_closed", l.Closed(),
+			"lines_in", st.Queue.LinesIn, "lines_out", st.Queue.LinesOut,
 			"dropped_oversize", st.DroppedOversize, "dropped_incomplete", st.DroppedIncomplete,
-			"dropped_shutdown", st.DroppedShutdown, "retried_batches", st.Queue.RetriedBatches,
+			"dropped_memory", st.DroppedMemory, "dropped_shutdown", st.DroppedShutdown,
+			"cut_at_drain", st.CutAtDrain, "line_timeouts", st.LineTimeouts,
+			"client_memory_peak", st.ClientMemory.Peak, "client_memory_waits", st.ClientMemory.Waits,
+			"retried_batches", st.Queue.RetriedBatches,
 			"retried_lines", st.Queue.RetriedLines, "failovers", st.Pool.Failovers, "failbacks", st.Pool.Failbacks)
 	})
 	return s.summary

@@ -129,6 +129,13 @@ func (s *Server) Start(ln net.Listener) {
 	s.log.Info("listening", args...)
 }
 
+// Handover stops accepting and returns the listening socket, open, for a
+// replacement server to Start on (a reload that changes settings): clients
+// waiting in its backlog are served by the replacement, never reset. Call
+// Shutdown afterwards to drain this server's connections. It returns nil
+// when the socket cannot be handed over.
+func (s *Server) Handover() net.Listener { return s.ln.Handover() }
+
 // Addr is the listening address.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 

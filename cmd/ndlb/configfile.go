@@ -196,7 +196,7 @@ func runCheckConfig(c *cli.Context) error {
 		if _, err := listenAddr(in.c); err != nil {
 			return in.wrap(err)
 		}
-		if _, err := newServer(in.c, quiet, in.name); err != nil {
+		if _, err := newServer(in.c, quiet, in.name, nil); err != nil {
 			return in.wrap(err)
 		}
 		names = append(names, in.name)

@@ -44,7 +44,7 @@ const (
 // ndjsonOnly and passthroughOnly are the flags that mean nothing in the
 // other mode; setting one there is a usage error rather than a silent no-op.
 var (
-	ndjsonOnly      = []string{"connections", "max-line-bytes", "buffer-bytes", "read-bytes", "failback", "write-timeout", "tcp-user-timeout", "deliver-timeout"}
+	ndjsonOnly      = []string{"connections", "max-line-bytes", "buffer-bytes", "client-buffer-bytes", "line-timeout", "read-bytes", "failback", "write-timeout", "tcp-user-timeout", "deliver-timeout"}
 	passthroughOnly = []string{"balance", "hash-key", "connect-retries", "max-fails", "fail-timeout", "idle-timeout", "send-proxy"}
 )
 
@@ -57,7 +57,7 @@ func flags() []cli.Flag {
 		&cli.StringFlag{Name: "config", Category: catListen, Usage: "TOML file of settings: flag names as keys, one [[listener]] table per listener (flags override it); reloaded on SIGHUP and when it changes", EnvVars: env("config")},
 		&cli.StringFlag{Name: "addr", Category: catListen, Value: "0.0.0.0", Usage: "address to listen on", EnvVars: env("addr")},
 		&cli.IntFlag{Name: "port", Category: catListen, Value: 9000, Usage: "port to listen on (0 picks a free port, shown in the 'listening' log line)", EnvVars: env("port")},
-		&cli.IntFlag{Name: "max-conns", Category: catListen, Value: 0, Usage: "most client connections served at once; beyond it new clients wait in the accept backlog (0: no limit)", EnvVars: env("max-conns")},
+		&cli.IntFlag{Name: "max-conns", Category: catListen, Value: 0, Usage: "most client connections served at once; beyond it new clients wait in the accept backlog (0: in NDJSON mode 90% of the open-file limit less 1024, at most 100000; in passthrough no limit)", EnvVars: env("max-conns")},
 		&cli.BoolFlag{Name: "accept-proxy", Category: catListen, Usage: "require a PROXY protocol header (v1 or v2) from a front load balancer on every connection; its client address is used and logged", EnvVars: env("accept-proxy")},
 		&cli.DurationFlag{Name: "proxy-header-timeout", Category: catListen, Value: listener.DefaultProxyHeaderTimeout, Usage: "with --accept-proxy, how long a connection may take to send its header", EnvVars: env("proxy-header-timeout")},
 		&cli.DurationFlag{Name: "drain-timeout", Category: catListen, Value: ndjson.DefaultDrainTimeout, Usage: "on SIGTERM, how long clients may keep their connections before they are closed", EnvVars: env("drain-timeout")},
@@ -84,6 +84,8 @@ func flags() []cli.Flag {
 		&cli.IntFlag{Name: "connections", Category: catNDJSON, Value: d.Connections, Usage: "worker connections per target", EnvVars: env("connections")},
 		&cli.StringFlag{Name: "max-line-bytes", Category: catNDJSON, Value: "1MiB", Usage: "longest line forwarded; longer lines are dropped whole, counted and logged", EnvVars: env("max-line-bytes")},
 		&cli.StringFlag{Name: "buffer-bytes", Category: catNDJSON, Value: "64MiB", Usage: "memory for lines read and not yet acknowledged; when full, clients are slowed (TCP backpressure)", EnvVars: env("buffer-bytes")},
+		&cli.StringFlag{Name: "client-buffer-bytes", Category: catNDJSON, Value: "64MiB", Usage: "memory all clients together may hold before their lines are queued (read buffers, partial lines, TLS); when spent, clients wait and lines longer than one read are dropped after 1s", EnvVars: env("client-buffer-bytes")},
+		&cli.DurationFlag{Name: "line-timeout", Category: catNDJSON, Value: ndjson.DefaultLineTimeout, Usage: "a client holding a partial line without sending for this long is closed and the fragment counted (0: no limit)", EnvVars: env("line-timeout")},
 		&cli.StringFlag{Name: "read-bytes", Category: catNDJSON, Value: "16KiB", Usage: "size of each read from a client", EnvVars: env("read-bytes")},
 		&cli.DurationFlag{Name: "failback", Category: catNDJSON, Value: d.Failback, Usage: "how often a worker that failed over tries its home target again (0: never)", EnvVars: env("failback")},
 		&cli.DurationFlag{Name: "write-timeout", Category: catNDJSON, Value: d.WriteTimeout, Usage: "a target that accepts no data for this long is failed over", EnvVars: env("write-timeout")},
@@ -280,9 +282,19 @@ func ndjsonConfig(c *cli.Context, log *slog.Logger) (ndjson.Config, error) {
 		return cfg, usageError("invalid value %q for --buffer-bytes: must hold at least one longest line plus one read (%s)",
 			c.String("buffer-bytes"), humanize.IBytes(uint64(cfg.Framer.MaxBatchBytes())))
 	}
-	if err := nonNegative(c, "failback", "tcp-user-timeout"); err != nil {
+	cb, err := size(c, "client-buffer-bytes")
+	if err != nil {
 		return cfg, err
 	}
+	cfg.ClientMemory = int64(cb)
+	if min := 2 * cfg.Framer.MaxBatchBytes(); cb < min {
+		return cfg, usageError("invalid value %q for --client-buffer-bytes: must hold at least two longest lines plus reads (%s)",
+			c.String("client-buffer-bytes"), humanize.IBytes(uint64(min)))
+	}
+	if err := nonNegative(c, "failback", "tcp-user-timeout", "line-timeout"); err != nil {
+		return cfg, err
+	}
+	cfg.LineTimeout = c.Duration("line-timeout")
 	if err := positive(c, "connect-timeout", "write-timeout", "backoff-max", "drain-timeout", "deliver-timeout"); err != nil {
 		return cfg, err
 	}
@@ -296,6 +308,9 @@ func ndjsonConfig(c *cli.Context, log *slog.Logger) (ndjson.Config, error) {
 	cfg.DeliverTimeout = c.Duration("deliver-timeout")
 	if cfg.Listener, err = listenerConfig(c); err != nil {
 		return cfg, err
+	}
+	if cfg.Listener.MaxConns == 0 {
+		cfg.Listener.MaxConns = ndjson.DefaultMaxConns()
 	}
 	if cfg.Listener.TLS, cfg.Pool.TLS, err = tlsConfig(c, log); err != nil {
 		return cfg, err

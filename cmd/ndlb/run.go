@@ -13,6 +13,7 @@ import (
 
 	"github.com/ndlb/ndlb/admin"
 	"github.com/ndlb/ndlb/discovery"
+	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/health"
 	"github.com/ndlb/ndlb/ndjson"
 	"github.com/ndlb/ndlb/passthrough"
@@ -39,6 +40,9 @@ type server struct {
 	targetTLS func() (*tls.Config, error)
 	// setBalance switches the policy (passthrough only; nil otherwise).
 	setBalance func(string) error
+	// handover stops accepting and returns the open listening socket for
+	// a replacement (nil if it cannot).
+	handover func() net.Listener
 }
 
 // adminListener adapts a server to admin.Listener.
@@ -52,7 +56,7 @@ func (a adminListener) Targets() *upstream.Set   { return a.set }
 
 // newServer builds the server of the mode the flags choose; name labels its
 // metrics.
-func newServer(c *cli.Context, log *slog.Logger, name string) (*server, error) {
+func newServer(c *cli.Context, log *slog.Logger, name string, book *dispatch.Book) (*server, error) {
 	if err := checkMode(c); err != nil {
 		return nil, err
 	}
@@ -72,7 +76,7 @@ func newServer(c *cli.Context, log *slog.Logger, name string) (*server, error) {
 		}
 		return &server{
 			checks: checks, discovery: disc, set: srv.Set(), targetTLS: cfg.TLS, setBalance: srv.SetBalance,
-			start: srv.Start, err: srv.Err,
+			start: srv.Start, err: srv.Err, handover: srv.Handover,
 			shutdown: func() bool { srv.Shutdown(); return true },
 			lost:     func() []any { return []any{"open_connections", srv.Stats().Listener.Active} },
 			// Off, as in HAProxy and nginx: --idle-timeout ends
@@ -91,7 +95,7 @@ func newServer(c *cli.Context, log *slog.Logger, name string) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg.Name = name
+	cfg.Name, cfg.Book = name, book
 	srv, err := ndjson.New(cfg)
 	if err != nil {
 		return nil, usageError("%v", err)
@@ -102,7 +106,7 @@ func newServer(c *cli.Context, log *slog.Logger, name string) (*server, error) {
 	}
 	return &server{
 		checks: checks, discovery: disc, set: srv.Set(), targetTLS: cfg.Pool.TLS,
-		start: srv.Start, err: srv.Err,
+		start: srv.Start, err: srv.Err, handover: srv.Handover,
 		shutdown: func() bool { return srv.Shutdown().Clean },
 		lost: func() []any {
 			q := srv.Stats().Queue
@@ -111,8 +115,10 @@ func newServer(c *cli.Context, log *slog.Logger, name string) (*server, error) {
 		admin: func(name, addr string) admin.Listener {
 			return adminListener{set: srv.Set(), info: func() admin.ListenerInfo {
 				st := srv.Stats().Listener
+				l := book.Stats(name)
 				return admin.ListenerInfo{Name: name, Addr: addr, Mode: "ndjson",
-					TLS: cfg.Listener.TLS != nil, Active: st.Active, Accepted: st.Accepted}
+					TLS: cfg.Listener.TLS != nil, Active: st.Active, Accepted: st.Accepted,
+					Ledger: &admin.LedgerInfo{Received: l.Received, Delivered: l.Delivered, InFlight: l.InFlight, Dropped: l.Dropped}}
 			}}
 		},
 	}, nil

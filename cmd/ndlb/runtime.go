@@ -25,6 +25,8 @@ import (
 	"github.com/ndlb/ndlb/admin"
 	"github.com/ndlb/ndlb/config"
 	"github.com/ndlb/ndlb/discovery"
+	"github.com/ndlb/ndlb/dispatch"
+	"github.com/ndlb/ndlb/ndjson"
 	"github.com/ndlb/ndlb/telemetry"
 	"github.com/ndlb/ndlb/upstream"
 )
@@ -41,6 +43,8 @@ type runtime struct {
 
 	failed   chan error     // a listener failed on its own
 	draining sync.WaitGroup // listeners replaced or removed by a reload
+	dirty    atomic.Bool    // a replaced or removed listener dropped lines at its shutdown
+	book     *dispatch.Book // every NDJSON listener's ledger, by name
 
 	reloads, reloadFailures atomic.Uint64
 	lastReload              atomic.Pointer[admin.ReloadInfo]
@@ -52,7 +56,7 @@ func runBalancer(c *cli.Context) error {
 	if c.Args().Present() {
 		return usageError("unexpected argument %q (flags start with - or --; see ndlb --help)", c.Args().First())
 	}
-	r := &runtime{c: c, failed: make(chan error, 16)}
+	r := &runtime{c: c, failed: make(chan error, 16), book: dispatch.NewBook()}
 	g, insts, err := loadSetup(c)
 	if err != nil {
 		return err
@@ -78,8 +82,11 @@ func runBalancer(c *cli.Context) error {
 	if reg, err := r.observeReloads(); err == nil {
 		defer reg.Unregister()
 	}
+	if reg, err := ndjson.ObserveLedgers(r.book); err == nil {
+		defer reg.Unregister()
+	}
 	for _, in := range insts {
-		if in.srv, err = newServer(in.c, in.logger(r.log), in.name); err != nil {
+		if in.srv, err = newServer(in.c, in.logger(r.log), in.name, r.book); err != nil {
 			return in.wrap(err)
 		}
 	}
@@ -91,9 +98,8 @@ func runBalancer(c *cli.Context) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	reuse := c.String("config") != "" // a reload may replace a listener on its port
 	for i, in := range insts {
-		if err := in.listen(reuse, ""); err != nil {
+		if err := in.listen(""); err != nil {
 			for _, prev := range insts[:i] {
 				prev.ln.Close()
 			}
@@ -129,6 +135,7 @@ func runBalancer(c *cli.Context) error {
 			r.log.Error("listener failed", "err", err)
 			shutdownAll(r.snapshot())
 			r.draining.Wait()
+			r.logLedgers()
 			return cli.Exit("", exitError)
 		}
 	}
@@ -147,10 +154,31 @@ func runBalancer(c *cli.Context) error {
 	}()
 	clean := shutdownAll(r.snapshot())
 	r.draining.Wait()
-	if !clean {
+	if !r.logLedgers() || !clean || r.dirty.Load() {
 		return cli.Exit("", exitError)
 	}
 	return nil
+}
+
+// logLedgers logs each NDJSON listener's ledger over its whole life
+// (replaced and removed instances included) and reports whether none
+// dropped lines at shutdown and every ledger closes.
+func (r *runtime) logLedgers() (ok bool) {
+	ok = true
+	for _, name := range r.book.Names() {
+		l := r.book.Stats(name)
+		attrs := []any{"listener", name, "received", l.Received, "delivered", l.Delivered,
+			"dropped", l.DroppedTotal(), "in_flight", l.InFlight}
+		for _, reason := range dispatch.DropReasons {
+			attrs = append(attrs, "dropped_"+reason, l.Dropped[reason])
+		}
+		level := slog.LevelInfo
+		if l.Dropped[dispatch.DropShutdown] > 0 || l.InFlight > 0 || !l.Closed() {
+			level, ok = slog.LevelError, false
+		}
+		r.log.Log(context.Background(), level, "ledger", attrs...)
+	}
+	return ok
 }
 
 func (r *runtime) snapshot() []*instance {
@@ -242,11 +270,9 @@ func (in *instance) wrap(err error) error {
 
 var flagName = regexp.MustCompile(`--([a-z][a-z-]*)`)
 
-// listen opens the instance's port. With reuse the socket allows another
-// on the same port (SO_REUSEPORT), so that a replacement can take over
-// while this one drains. bind, if set, is the address to bind instead of
-// the configured one (the port a replaced listener got for port 0).
-func (in *instance) listen(reuse bool, bind string) error {
+// listen opens the instance's port. bind, if set, is the address to bind
+// instead of the configured one.
+func (in *instance) listen(bind string) error {
 	addr, err := listenAddr(in.c)
 	if err != nil {
 		return in.wrap(err)
@@ -256,16 +282,33 @@ func (in *instance) listen(reuse bool, bind string) error {
 		bind = addr
 	}
 	lc := net.ListenConfig{KeepAlive: in.srv.keepAlive}
-	if reuse {
-		lc.Control = reusePort
-	}
 	ln, err := lc.Listen(context.Background(), "tcp", bind)
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("listen on %s: %v", bind, err), exitError)
 	}
+	in.use(ln)
+	return nil
+}
+
+// use makes ln the instance's listening socket.
+func (in *instance) use(ln net.Listener) {
 	in.ln = ln
 	in.shown = in.srv.admin(in.name, ln.Addr().String())
-	return nil
+}
+
+// takeOver gives in the listening socket of o, which stops accepting: the
+// connections waiting in its backlog are in's to serve, so a reload resets
+// none. It reports false when o's socket cannot be handed over.
+func (in *instance) takeOver(o *instance) bool {
+	if o.srv.handover == nil {
+		return false
+	}
+	ln := o.srv.handover()
+	if ln == nil {
+		return false
+	}
+	in.use(ln)
+	return true
 }
 
 // start resolves DNS targets once, then serves, checks, resolves and
@@ -386,7 +429,7 @@ func (r *runtime) apply() (err error) {
 		return err
 	}
 	for _, in := range next {
-		if in.srv, err = newServer(in.c, in.logger(r.log), in.name); err != nil {
+		if in.srv, err = newServer(in.c, in.logger(r.log), in.name, r.book); err != nil {
 			return in.wrap(err)
 		}
 	}
@@ -399,13 +442,41 @@ func (r *runtime) apply() (err error) {
 	for _, in := range r.snapshot() {
 		old[in.name] = in
 	}
+	// A listener renamed on the same address takes over the old one's
+	// socket, as a replacement does.
+	byAddr := map[string]*instance{}
+	for _, in := range next {
+		if o := old[in.name]; o == nil {
+			if a, err := listenAddr(in.c); err == nil {
+				byAddr[a] = nil
+			}
+		}
+	}
+	for _, o := range old {
+		if _, ok := byAddr[o.addr]; ok && !slices.ContainsFunc(next, func(n *instance) bool { return n.name == o.name }) {
+			byAddr[o.addr] = o
+		}
+	}
 	var result []*instance
 	for _, in := range next {
 		o := old[in.name]
 		delete(old, in.name)
 		switch keys := changedKeysOf(o, in); {
 		case o == nil:
-			if err := in.listen(true, ""); err != nil {
+			a, _ := listenAddr(in.c)
+			if prev := byAddr[a]; prev != nil && in.takeOver(prev) {
+				in.addr = a
+				delete(old, prev.name)
+				byAddr[a] = nil
+				r.start(in)
+				span.AddEvent("listener renamed", trace.WithAttributes(upstream.AttrListener.String(in.name)))
+				r.log.Info("listener added on the socket of a removed one; the old one drains", "listener", in.name,
+					"removed", prev.name, "addr", in.ln.Addr().String())
+				r.drain(prev)
+				result = append(result, in)
+				continue
+			}
+			if err := in.listen(""); err != nil {
 				r.log.Error("new listener cannot listen; skipped", "listener", in.name, "err", err)
 				continue
 			}
@@ -423,11 +494,15 @@ func (r *runtime) apply() (err error) {
 				attribute.StringSlice("ndlb.changed", keys)))
 			result = append(result, o)
 		default:
-			bind := ""
-			if a, _ := listenAddr(in.c); a == o.addr {
-				bind = o.ln.Addr().String() // keep the port, even one picked by port 0
+			a, err := listenAddr(in.c)
+			if err != nil {
+				return in.wrap(err)
 			}
-			if err := in.listen(true, bind); err != nil {
+			if a == o.addr && in.takeOver(o) {
+				// The same socket: clients in its backlog are served
+				// by the replacement.
+				in.addr = a
+			} else if err := in.listen(""); err != nil {
 				r.log.Error("changed listener cannot listen; the old one stays", "listener", in.name, "err", err)
 				result = append(result, o)
 				continue
@@ -466,9 +541,14 @@ func allLive(keys []string) bool {
 	return true
 }
 
-// drain shuts o down in the background.
+// drain shuts o down in the background; lines it drops make the exit code
+// 1, as the listeners still running at exit do.
 func (r *runtime) drain(o *instance) {
-	r.draining.Go(func() { o.shutdown() })
+	r.draining.Go(func() {
+		if !o.shutdown() {
+			r.dirty.Store(true)
+		}
+	})
 }
 
 // applyLive applies changed live keys of n to the running o.

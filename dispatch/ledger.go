@@ -1,0 +1,167 @@
+package dispatch
+
+import (
+	"slices"
+	"sync"
+	"sync/atomic"
+)
+
+// Reasons a line is dropped, as the ledger counts them.
+const (
+	// DropOversize: longer than --max-line-bytes.
+	DropOversize = "oversize"
+	// DropIncomplete: a fragment the client never finished (it reset,
+	// went quiet past --line-timeout, or was cut at the drain deadline).
+	DropIncomplete = "incomplete"
+	// DropMemory: a long line that found no room in the client memory
+	// budget.
+	DropMemory = "memory"
+	// DropShutdown: read but not delivered when the shutdown deadline
+	// passed.
+	DropShutdown = "shutdown"
+)
+
+// DropReasons lists every reason, in the order reports show them.
+var DropReasons = []string{DropOversize, DropIncomplete, DropMemory, DropShutdown}
+
+// Ledger is the account of one listener's lines: every line read from a
+// client is received, and ends delivered or dropped with a reason; until
+// then it is in flight. Several queues may share one ledger (a listener
+// replaced by a reload keeps its account). Its methods are safe for
+// concurrent use; a nil *Ledger counts nothing.
+type Ledger struct {
+	received, delivered                    atomic.Uint64
+	oversize, incomplete, memory, shutdown atomic.Uint64
+}
+
+// NewLedger returns an empty ledger.
+func NewLedger() *Ledger { return &Ledger{} }
+
+// LedgerStats is a ledger at one moment.
+type LedgerStats struct {
+	Received  uint64            `json:"received"`
+	Delivered uint64            `json:"delivered"`
+	InFlight  uint64            `json:"in_flight"`
+	Dropped   map[string]uint64 `json:"dropped"`
+}
+
+// DroppedTotal adds up the drops.
+func (s LedgerStats) DroppedTotal() uint64 {
+	var n uint64
+	for _, v := range s.Dropped {
+		n += v
+	}
+	return n
+}
+
+// Closed reports whether received = delivered + dropped + in flight, which
+// holds by construction; tests and the exit summary assert it anyway.
+func (s LedgerStats) Closed() bool { return s.Received == s.Delivered+s.DroppedTotal()+s.InFlight }
+
+func (l *Ledger) counter(reason string) *atomic.Uint64 {
+	switch reason {
+	case DropOversize:
+		return &l.oversize
+	case DropIncomplete:
+		return &l.incomplete
+	case DropMemory:
+		return &l.memory
+	default:
+		return &l.shutdown
+	}
+}
+
+// Received counts lines read and queued.
+func (l *Ledger) Received(lines uint64) {
+	if l != nil {
+		l.received.Add(lines)
+	}
+}
+
+// Delivered counts lines a target acknowledged.
+func (l *Ledger) Delivered(lines uint64) {
+	if l != nil {
+		l.delivered.Add(lines)
+	}
+}
+
+// DropRead counts lines that were read and dropped before they reached a
+// queue: they are received and dropped at once.
+func (l *Ledger) DropRead(reason string, lines uint64) {
+	if l != nil && lines > 0 {
+		l.counter(reason).Add(lines)
+		l.received.Add(lines)
+	}
+}
+
+// Dropped counts lines already received (queued) and then dropped.
+func (l *Ledger) Dropped(reason string, lines uint64) {
+	if l != nil && lines > 0 {
+		l.counter(reason).Add(lines)
+	}
+}
+
+// Stats returns the account now. Delivered and dropped are read before
+// received, so in flight is never negative.
+func (l *Ledger) Stats() LedgerStats {
+	if l == nil {
+		return LedgerStats{Dropped: map[string]uint64{}}
+	}
+	st := LedgerStats{Delivered: l.delivered.Load(), Dropped: make(map[string]uint64, len(DropReasons))}
+	var dropped uint64
+	for _, r := range DropReasons {
+		v := l.counter(r).Load()
+		st.Dropped[r] = v
+		dropped += v
+	}
+	st.Received = l.received.Load()
+	st.InFlight = st.Received - min(st.Received, st.Delivered+dropped)
+	return st
+}
+
+// Book keeps the ledgers of listeners by name, including those of instances
+// a reload replaced or removed, so a listener's account survives them. Its
+// methods are safe for concurrent use.
+type Book struct {
+	mu     sync.Mutex
+	names  []string             // in the order first added; guarded by mu
+	byName map[string][]*Ledger // guarded by mu
+}
+
+// NewBook returns an empty book.
+func NewBook() *Book { return &Book{byName: make(map[string][]*Ledger)} }
+
+// Add files l under name.
+func (b *Book) Add(name string, l *Ledger) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.byName[name]; !ok {
+		b.names = append(b.names, name)
+	}
+	b.byName[name] = append(b.byName[name], l)
+}
+
+// Names returns the names in the order they were first added.
+func (b *Book) Names() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.names)
+}
+
+// Stats returns the sum of name's ledgers.
+func (b *Book) Stats(name string) LedgerStats {
+	b.mu.Lock()
+	ls := slices.Clone(b.byName[name])
+	b.mu.Unlock()
+	sum := LedgerStats{Dropped: make(map[string]uint64, len(DropReasons))}
+	for _, l := range ls {
+		st := l.Stats()
+		sum.Received += st.Received
+		sum.Delivered += st.Delivered
+		sum.InFlight += st.InFlight
+		for r, v := range st.Dropped {
+			sum.Dropped[r] += v
+		}
+	}
+	return sum
+}

@@ -1,0 +1,169 @@
+package framer
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrStopped is returned by Next when Framer.Stop closed while the framer
+// waited for memory.
+var ErrStopped = errors.New("framer: stopped while waiting for memory")
+
+// Budget bounds the memory that every framer sharing it holds: read
+// buffers, partial lines, and batches handed out until their charge moves
+// elsewhere (Batch.Uncharge). It is global, not per connection, so the total
+// is set by configuration whatever the number of clients.
+//
+// Two kinds of request share it:
+//   - a framer that carries no line longer than one read (the ordinary case)
+//     may use the whole budget, and waits while it is spent: its client is
+//     then held back by TCP;
+//   - a framer growing a line longer than one read may use only up to
+//     LongLineShare of the budget, and waits at most Config.MemoryWait for
+//     room; then that line is dropped as ReasonMemory and skipped to its
+//     newline without buffering.
+//
+// Long lines can therefore never take the room ordinary clients need, and
+// no wait is unbounded unless the whole budget is held by ordinary reads and
+// batches waiting for the queue, which the queue releases as it delivers.
+//
+// A nil *Budget is unlimited.
+type Budget struct {
+	max, longMax int64
+
+	mu      sync.Mutex
+	used    int64         // guarded by mu
+	waiters int           // guarded by mu
+	wake    chan struct{} // closed at a release while waiters > 0; guarded by mu
+
+	peak     atomic.Int64
+	waits    atomic.Uint64
+	inUse    atomic.Int64
+	refusals atomic.Uint64
+}
+
+// LongLineShare is the part of a Budget that lines longer than one read may
+// hold together: three quarters.
+const LongLineShare = 0.75
+
+// NewBudget returns a budget of max bytes (at least 1).
+func NewBudget(max int64) *Budget {
+	if max < 1 {
+		max = 1
+	}
+	return &Budget{max: max, longMax: int64(float64(max) * LongLineShare), wake: make(chan struct{})}
+}
+
+// BudgetStats describe a Budget.
+type BudgetStats struct {
+	Max   int64  // the bound, in bytes
+	Used  int64  // charged now
+	Peak  int64  // the most charged at once
+	Waits uint64 // requests that had to wait for room
+	// Refused counts long lines that found no room within MemoryWait.
+	Refused uint64
+}
+
+// Stats returns the budget's figures; the zero value for a nil budget.
+func (b *Budget) Stats() BudgetStats {
+	if b == nil {
+		return BudgetStats{}
+	}
+	return BudgetStats{Max: b.max, Used: b.inUse.Load(), Peak: b.peak.Load(), Waits: b.waits.Load(), Refused: b.refusals.Load()}
+}
+
+func (b *Budget) limit(long bool) int64 {
+	if long {
+		return b.longMax
+	}
+	return b.max
+}
+
+// tryAcquire charges n bytes if they fit now.
+func (b *Budget) tryAcquire(n int64, long bool) bool {
+	if b == nil || n <= 0 {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.take(n, long)
+}
+
+// take charges n if it fits under the limit. b.mu must be held.
+func (b *Budget) take(n int64, long bool) bool {
+	if b.used+n > b.limit(long) && b.used > 0 {
+		// An empty budget always grants one request, so a single
+		// read larger than the bound cannot wait forever.
+		return false
+	}
+	b.used += n
+	b.inUse.Store(b.used)
+	if b.used > b.peak.Load() {
+		b.peak.Store(b.used)
+	}
+	return true
+}
+
+// acquire charges n bytes, waiting for room until stop closes or, when
+// timeout > 0, until it passes. It returns ErrStopped when stop closed and
+// errNoRoom when the timeout passed.
+func (b *Budget) acquire(n int64, long bool, timeout time.Duration, stop <-chan struct{}) error {
+	if b == nil || n <= 0 {
+		return nil
+	}
+	var expire <-chan time.Time
+	counted := false
+	for {
+		b.mu.Lock()
+		if b.take(n, long) {
+			b.mu.Unlock()
+			return nil
+		}
+		b.waiters++
+		wake := b.wake
+		b.mu.Unlock()
+		if !counted {
+			counted = true
+			b.waits.Add(1)
+			if timeout > 0 {
+				t := time.NewTimer(timeout)
+				defer t.Stop()
+				expire = t.C
+			}
+		}
+		var err error
+		select {
+		case <-wake:
+		case <-stop:
+			err = ErrStopped
+		case <-expire:
+			err = errNoRoom
+			b.refusals.Add(1)
+		}
+		b.mu.Lock()
+		b.waiters--
+		b.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+var errNoRoom = errors.New("framer: no room in the memory budget")
+
+// release returns n bytes and wakes the waiters.
+func (b *Budget) release(n int64) {
+	if b == nil || n <= 0 {
+		return
+	}
+	b.mu.Lock()
+	b.used -= n
+	b.inUse.Store(b.used)
+	if b.waiters > 0 {
+		close(b.wake)
+		b.wake = make(chan struct{})
+	}
+	b.mu.Unlock()
+}

@@ -1,0 +1,159 @@
+package framer
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+	"time"
+)
+
+// holdReader sends a long line without its newline, then blocks until
+// release closes (the client that sits on half a line).
+type holdReader struct {
+	data    []byte
+	release chan struct{}
+}
+
+func (r *holdReader) Read(p []byte) (int, error) {
+	if len(r.data) == 0 {
+		<-r.release
+		return 0, io.EOF
+	}
+	n := copy(p, r.data)
+	r.data = r.data[n:]
+	return n, nil
+}
+
+// Framers that each grow a long line share a budget: together they never
+// charge more than the long-line share, the lines that find no room are
+// dropped as ReasonMemory, and an ordinary stream still flows beside them.
+func TestBudgetBoundsLongLinesAndOrdinaryClientsFlow(t *testing.T) {
+	const maxLine = 64 << 10
+	cfg := Config{ReadBytes: 1 << 10, MaxLineBytes: maxLine, MemoryWait: 20 * time.Millisecond}
+	budget := NewBudget(512 << 10)
+	pool := NewPool()
+	release := make(chan struct{})
+	drops := make(chan Drop, 64)
+	done := make(chan error, 32)
+	for range 32 {
+		f := New(&holdReader{data: bytes.Repeat([]byte("x"), maxLine-100), release: release}, cfg, pool)
+		f.Budget = budget
+		f.OnDrop = func(d Drop) { drops <- d }
+		go func() {
+			defer f.Close()
+			for {
+				b, err := f.Next()
+				if err != nil {
+					done <- err
+					return
+				}
+				b.Release()
+			}
+		}()
+	}
+	// The ordinary client: many short lines, every one delivered.
+	in := bytes.Repeat([]byte("short line\n"), 20000)
+	f := New(&chunkReader{data: in, sizes: []int{700}}, cfg, pool)
+	f.Budget = budget
+	var out []byte
+	for {
+		b, err := f.Next()
+		if err != nil {
+			break
+		}
+		out = append(out, b.Data...)
+		b.Release()
+	}
+	if !bytes.Equal(out, in) {
+		t.Fatalf("ordinary client got %d bytes, want %d", len(out), len(in))
+	}
+	memory := 0
+	for memory == 0 {
+		select {
+		case d := <-drops:
+			if d.Reason == ReasonMemory {
+				memory++
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no line dropped for memory")
+		}
+	}
+	close(release)
+	for range 32 {
+		<-done
+	}
+	st := budget.Stats()
+	if st.Peak > st.Max {
+		t.Fatalf("peak %d over the budget %d", st.Peak, st.Max)
+	}
+	if st.Used != 0 {
+		t.Fatalf("%d bytes still charged after every framer finished", st.Used)
+	}
+	t.Logf("budget %+v", st)
+}
+
+// A framer waiting for memory returns ErrStopped when Stop closes, and gives
+// back what it held.
+func TestBudgetWaitStops(t *testing.T) {
+	budget := NewBudget(1)
+	hog := New(&chunkReader{data: []byte("abc")}, DefaultConfig(), NewPool())
+	hog.Budget = budget
+	if !budget.tryAcquire(1<<20, false) { // the empty budget grants one request
+		t.Fatal("empty budget refused")
+	}
+	stop := make(chan struct{})
+	f := New(&chunkReader{data: []byte("line\n")}, DefaultConfig(), NewPool())
+	f.Budget, f.Stop = budget, stop
+	errc := make(chan error, 1)
+	go func() { _, err := f.Next(); errc <- err }()
+	close(stop)
+	if err := <-errc; !errors.Is(err, ErrStopped) {
+		t.Fatalf("err = %v, want ErrStopped", err)
+	}
+	budget.release(1 << 20)
+	if st := budget.Stats(); st.Used != 0 {
+		t.Fatalf("used %d", st.Used)
+	}
+}
+
+// With a budget, output is unchanged and every charge comes back once the
+// batches are released, on both reading paths.
+func TestBudgetChargesComeBack(t *testing.T) {
+	for _, tt := range tableTests {
+		for _, lazy := range []bool{false, true} {
+			cfg := DefaultConfig()
+			if tt.maxLine > 0 {
+				cfg.MaxLineBytes = tt.maxLine
+			}
+			budget := NewBudget(1 << 30)
+			var r io.Reader = &chunkReader{data: []byte(tt.in), sizes: tt.sizes, err: tt.err}
+			lr := &lazyReader{chunkReader: r.(*chunkReader)}
+			if lazy {
+				r = lr
+			}
+			f := New(r, cfg, NewPool())
+			lr.f, f.Budget = f, budget
+			var out []byte
+			var held []*Batch
+			for {
+				b, err := f.Next()
+				if err != nil {
+					break
+				}
+				out = append(out, b.Data...)
+				held = append(held, b)
+			}
+			want, _, _ := reference([]byte(tt.in), cfg.MaxLineBytes, tt.err == nil)
+			if !bytes.Equal(out, want) {
+				t.Fatalf("%s: got %q, want %q", tt.name, out, want)
+			}
+			for _, b := range held {
+				b.Release()
+			}
+			if st := budget.Stats(); st.Used != 0 {
+				t.Fatalf("%s lazy=%v: %d bytes still charged", tt.name, lazy, st.Used)
+			}
+		}
+	}
+}
