@@ -142,9 +142,9 @@ type Server struct {
 	ledger *dispatch.Ledger
 	book   *dispatch.Book // cfg.Book, or the server's own
 	q      *dispatch.Queue
-	set  *upstream.Set
-	pool *pool.Pool
-	ln   *listener.Listener
+	set    *upstream.Set
+	pool   *pool.Pool
+	ln     *listener.Listener
 
 	// hard is cancelled when delivery must stop: pushes and the pool
 	// give up, and what is left is counted as dropped.
