@@ -1,6 +1,7 @@
 package passthrough
 
 import (
+	"slices"
 	"context"
 	"log/slog"
 	"net"
@@ -192,7 +193,20 @@ func (s *Server) sweeper() {
 		}
 		s.mu.Unlock()
 		s.returnMemory()
+		s.pruneAttrs()
 	}
+}
+
+// pruneAttrs forgets the cached metric attributes of targets that left the
+// set, so DNS churn cannot grow the cache.
+func (s *Server) pruneAttrs() {
+	targets := s.set.Targets()
+	s.attrCache.Range(func(k, _ any) bool {
+		if !slices.Contains(targets, k.(*upstream.Target)) {
+			s.attrCache.Delete(k)
+		}
+		return true
+	})
 }
 
 // freeAfterParks is how many streams must have parked since the last

@@ -126,6 +126,10 @@ func (ss *session) ended(st *stream, err error) {
 	ss.mu.Unlock()
 	last := ss.live.Add(-1) == 0
 	switch {
+	case err != nil && !aborted && !errors.Is(err, net.ErrClosed):
+		// One side failed (reset, timeout): the other must not read
+		// what it got so far followed by a clean end of stream.
+		ss.reset()
 	case err != nil:
 		ss.shutdown()
 	case !last:
@@ -156,6 +160,23 @@ func (ss *session) shutdown() {
 			shutdownBoth(tc)
 		} else {
 			c.Close()
+		}
+	}
+}
+
+// reset ends both streams so that the final close sends RST, not FIN: plain
+// sockets get SO_LINGER 0 and are shut down for reading only (which wakes a
+// parked stream and sends nothing); others are closed.
+func (ss *session) reset() {
+	for _, c := range []net.Conn{ss.client, ss.backend} {
+		tc, ok := c.(*net.TCPConn)
+		if !ok {
+			c.Close()
+			continue
+		}
+		_ = tc.SetLinger(0)
+		if rc, err := tc.SyscallConn(); err == nil {
+			_ = rc.Control(func(fd uintptr) { _ = syscall.Shutdown(int(fd), syscall.SHUT_RD) })
 		}
 	}
 }

@@ -38,6 +38,7 @@ type upConn struct {
 	id       ksuid.KSUID
 	target   *upstream.Target
 	conn     net.Conn        // what batches are written to (TLS or TCP)
+	tcp      net.Conn        // the connection under TLS, or conn
 	raw      syscall.RawConn // the TCP socket; nil if unknown
 	outq     *outq           // samples raw's send queue; nil if raw is
 	count    *countConn      // raw bytes written, under TLS
@@ -79,7 +80,7 @@ func (p *Pool) dialConn(ctx context.Context, t *upstream.Target, reason string) 
 	if err != nil {
 		return nil, err
 	}
-	c = &upConn{id: ksuid.New(), target: t, conn: raw, dead: make(chan struct{}), tel: p.tel, delivery: p.tel.deliveryOpt(t)}
+	c = &upConn{id: ksuid.New(), target: t, conn: raw, tcp: raw, dead: make(chan struct{}), tel: p.tel, delivery: p.tel.deliveryOpt(t)}
 	span.SetAttributes(attribute.String("ndlb.conn.id", c.id.String()))
 	if sc, ok := raw.(syscall.Conn); ok {
 		if c.raw, _ = sc.SyscallConn(); c.raw != nil {
@@ -223,11 +224,31 @@ func (c *upConn) requeue(q *dispatch.Queue) int {
 	return lines
 }
 
-// close closes the connection and waits for its reader to stop.
+// close closes the connection and waits for its reader to stop. A
+// connection given up with bytes written and not known acknowledged ends
+// with a reset, never a FIN: the target must not read a fragment followed
+// by a clean end of stream, and the unsent rest is discarded rather than
+// delivered after its batches were requeued.
 func (c *upConn) close() {
-	c.conn.Close()
+	if c.written > c.acked {
+		c.reset()
+	} else {
+		c.conn.Close()
+	}
 	<-c.dead
 }
+
+// reset closes the TCP connection with SO_LINGER 0, so the kernel sends RST
+// and drops what it had not sent. Under TLS no close_notify is sent.
+func (c *upConn) reset() {
+	if tc, ok := c.tcp.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	c.tcp.Close()
+}
+
+// abandoned reports whether closing c now would reset it.
+func (c *upConn) abandoned() bool { return c.written > c.acked }
 
 // isExpected tells errors that are part of a target going away, logged at
 // Debug, from surprises.

@@ -139,10 +139,13 @@ type Stats struct {
 	Failovers     uint64 // connections made to a target other than home
 	Failbacks     uint64 // returns to home after a failover
 	RequeuedLines uint64 // lines handed back to the queue by failed connections
+	// Resets counts connections given up with bytes unacknowledged,
+	// closed with a reset so the target never sees a fragment and a FIN.
+	Resets uint64
 }
 
 type stats struct {
-	dials, dialFailures, connFailures, failovers, failbacks, requeuedLines atomic.Uint64
+	dials, dialFailures, connFailures, failovers, failbacks, requeuedLines, resets atomic.Uint64
 }
 
 // Pool runs the workers. Make one with New, then Run it.
@@ -159,11 +162,13 @@ type Pool struct {
 
 	mu      sync.Mutex
 	staffed map[*upstream.Target]int // running workers per home target; guarded by mu
+	left    chan struct{}            // a worker stopped: staffing may be short
 }
 
 // New returns a pool over set, taking batches from q. cfg must be valid.
 func New(cfg Config, q *dispatch.Queue, set *upstream.Set) *Pool {
-	p := &Pool{cfg: cfg, queue: q, set: set, log: cfg.Logger, clock: cfg.Clock, dial: cfg.Dialer, tel: newTelemetry(cfg.Name)}
+	p := &Pool{cfg: cfg, queue: q, set: set, log: cfg.Logger, clock: cfg.Clock, dial: cfg.Dialer, tel: newTelemetry(cfg.Name),
+		left: make(chan struct{}, 1)}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -194,6 +199,7 @@ func (p *Pool) Run(ctx context.Context) {
 		p.startWorkers(ctx, &wg)
 		select {
 		case <-watch:
+		case <-p.left: // a target removed and added back may need workers again
 		case <-ctx.Done():
 			return
 		case <-p.queue.Idle():
@@ -235,11 +241,23 @@ func (p *Pool) startWorkers(ctx context.Context, wg *sync.WaitGroup) {
 			w := &worker{p: p, home: t, log: p.log.With("worker", fmt.Sprintf("%s#%d", t.Addr, i))}
 			wg.Go(func() {
 				w.run(ctx)
-				p.mu.Lock()
-				p.staffed[t]--
-				p.mu.Unlock()
+				p.workerLeft(t)
 			})
 		}
+	}
+}
+
+// workerLeft counts a worker of t out, forgets t once it has none, and
+// lets Run look at the staffing again.
+func (p *Pool) workerLeft(t *upstream.Target) {
+	p.mu.Lock()
+	if p.staffed[t]--; p.staffed[t] <= 0 {
+		delete(p.staffed, t)
+	}
+	p.mu.Unlock()
+	select {
+	case p.left <- struct{}{}:
+	default:
 	}
 }
 
@@ -249,5 +267,6 @@ func (p *Pool) Stats() Stats {
 		Dials: p.st.dials.Load(), DialFailures: p.st.dialFailures.Load(),
 		ConnFailures: p.st.connFailures.Load(), Failovers: p.st.failovers.Load(),
 		Failbacks: p.st.failbacks.Load(), RequeuedLines: p.st.requeuedLines.Load(),
+		Resets: p.st.resets.Load(),
 	}
 }

@@ -299,6 +299,11 @@ func (w *worker) fail(c *upConn, err error) {
 }
 
 func (w *worker) closed(c *upConn) {
+	if c.abandoned() {
+		w.p.st.resets.Add(1)
+		c.log.Debug("closing with a reset: bytes written were not acknowledged",
+			"unacknowledged_bytes", c.written-c.acked)
+	}
 	c.close()
 	c.target.ConnClosed()
 }

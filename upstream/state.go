@@ -197,7 +197,8 @@ func (t *Target) Weight() int {
 // the configured targets, in that order: new addresses are added (up),
 // weights are set, and targets not in specs are drained and marked
 // removed; they stay in the set until Prune finds them without
-// connections. A removed target that comes back is enabled again. A spec
+// connections. A removed target that comes back is enabled again and
+// reported as added. A spec
 // that does not parse is taken as an address of weight 1 (callers validate
 // first). Update returns the targets added and removed.
 func (s *Set) Update(specs []string) (added, removed []*Target) {
@@ -226,7 +227,10 @@ func (s *Set) Update(specs []string) (added, removed []*Target) {
 		}
 		t := old[i]
 		if t.removed.Swap(false) {
+			// Back before it was pruned: it is added again, and its
+			// workers and checks must start again.
 			t.admin.Store(adminEnabled)
+			added = append(added, t)
 		}
 		if t.Weight() != w {
 			t.weight.Store(int32(w))
