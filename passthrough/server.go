@@ -1,11 +1,11 @@
 package passthrough
 
 import (
-	"slices"
 	"context"
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
