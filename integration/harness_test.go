@@ -199,15 +199,79 @@ func (p *proc) wait(timeout time.Duration) int {
 	}
 }
 
-// summary returns a counter from the summary log line.
+// summary returns a counter from the summary log line; a missing key fails
+// the test (a renamed key must not read as 0).
 func (p *proc) summary(key string) uint64 {
 	p.t.Helper()
 	ls := p.findLogs("summary")
 	if len(ls) == 0 {
 		p.t.Fatal("no summary log line")
 	}
-	v, _ := ls[0][key].(float64)
+	v, ok := ls[0][key].(float64)
+	if !ok {
+		p.t.Fatalf("the summary has no %q", key)
+	}
 	return uint64(v)
+}
+
+// ledger is a listener's account from the "ledger" log line ndlb writes at
+// exit, over the listener's whole life.
+type ledger struct {
+	received, delivered, dropped, inFlight uint64
+	byReason                               map[string]uint64
+}
+
+// ledger returns the exit ledger of listener name ("default" without a
+// config file) and fails the test unless it closes: received = delivered +
+// dropped, nothing in flight, and the reasons add up.
+func (p *proc) ledger(name string) ledger {
+	p.t.Helper()
+	for _, l := range p.findLogs("ledger") {
+		if l["listener"] != name {
+			continue
+		}
+		num := func(k string) uint64 {
+			v, ok := l[k].(float64)
+			if !ok {
+				p.t.Fatalf("ledger line lacks %q: %v", k, l)
+			}
+			return uint64(v)
+		}
+		g := ledger{received: num("received"), delivered: num("delivered"), dropped: num("dropped"),
+			inFlight: num("in_flight"), byReason: map[string]uint64{}}
+		var sum uint64
+		for _, r := range []string{"oversize", "incomplete", "memory", "shutdown"} {
+			g.byReason[r] = num("dropped_" + r)
+			sum += g.byReason[r]
+		}
+		if g.received != g.delivered+g.dropped || g.inFlight != 0 || sum != g.dropped {
+			p.t.Fatalf("ledger of %q does not close: %+v", name, g)
+		}
+		return g
+	}
+	p.t.Fatalf("no ledger line for listener %q", name)
+	return ledger{}
+}
+
+// checkLedger asserts the exit ledger closes and that what ndlb counts as
+// delivered is what the sinks received, when no fault can make the two
+// differ (a target reset after its kernel acknowledged data, a duplicate).
+func (w *world) checkLedger(p *proc, exact bool) ledger {
+	w.t.Helper()
+	g := p.ledger("default")
+	var got uint64
+	for _, s := range w.sinks {
+		got += s.Lines()
+	}
+	if exact && g.delivered != got {
+		w.t.Fatalf("ndlb counted %d lines delivered, the sinks received %d", g.delivered, got)
+	}
+	for _, s := range w.sinks {
+		if n := s.TornEOF(); n != 0 {
+			w.t.Fatalf("sink %s saw %d fragments followed by a clean end of stream", s.Addr(), n)
+		}
+	}
+	return g
 }
 
 // vmHWM is the process's peak resident set size in bytes.

@@ -42,6 +42,9 @@ func TestSpreadsEveryLineOnce(t *testing.T) {
 	if in, out := p.summary("lines_in"), p.summary("lines_out"); in != 400000 || out != 400000 {
 		t.Fatalf("summary lines_in %d lines_out %d, want 400000", in, out)
 	}
+	if g := w.checkLedger(p, true); g.received != 400000 || g.dropped != 0 {
+		t.Fatalf("ledger %+v", g)
+	}
 }
 
 // A target's listener closes and its connections are reset mid-stream (after
@@ -82,6 +85,9 @@ func TestTargetResetFailoverAndFailback(t *testing.T) {
 	if victim.Lines() <= before && len(p.findLogs("failed back")) == 0 {
 		t.Error("the restarted target got nothing back")
 	}
+	if g := w.checkLedger(p, false); g.received != r.Sent || g.dropped != 0 {
+		t.Fatalf("ledger %+v, sent %d", g, r.Sent)
+	}
 }
 
 // A target stops reading for 2 s, so its buffers fill, then resets its
@@ -120,6 +126,9 @@ func TestStalledTargetResetLosesOnlyItsUnreadQueue(t *testing.T) {
 	if k.UnreadBytes == 0 {
 		t.Fatal("the stalled target had nothing unread: the stall did not happen")
 	}
+	if g := w.checkLedger(p, false); g.received != r.Sent || g.dropped != 0 {
+		t.Fatalf("ledger %+v, sent %d", g, r.Sent)
+	}
 }
 
 // Many clients close without a final newline, sharing one worker: every
@@ -144,6 +153,9 @@ func TestUnterminatedTailsNeverMerge(t *testing.T) {
 	p.stopOK()
 	if r := w.check(sent); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
 		t.Fatal(r)
+	}
+	if g := w.checkLedger(p, true); g.received != n*20 {
+		t.Fatalf("ledger %+v", g)
 	}
 }
 
@@ -181,6 +193,9 @@ func TestOversizeLineDroppedAndCounted(t *testing.T) {
 	}
 	if len(p.findLogs("line longer than --max-line-bytes dropped")) == 0 {
 		t.Fatal("the drop was not logged")
+	}
+	if g := w.checkLedger(p, true); g.received != 5 || g.byReason["oversize"] != 2 {
+		t.Fatalf("ledger %+v", g)
 	}
 	t.Logf("peak RSS %d MiB after 8 MiB of oversize input", hwm>>20)
 	if hwm > 48<<20 {
@@ -225,6 +240,9 @@ func TestAllTargetsDownClientsSlowedNotDropped(t *testing.T) {
 	if r := w.check(sent); r.Lost != 0 || r.Torn != 0 {
 		t.Fatal(r)
 	}
+	if g := w.checkLedger(p, false); g.dropped != 0 || g.received != 800000 {
+		t.Fatalf("ledger %+v", g)
+	}
 }
 
 // SIGTERM while clients are sending: ndlb stops accepting, reads the open
@@ -259,6 +277,9 @@ func TestSIGTERMDeliversEverythingRead(t *testing.T) {
 	if p.summary("lines_out") != 240000 {
 		t.Fatalf("summary lines_out %d", p.summary("lines_out"))
 	}
+	if g := w.checkLedger(p, true); g.received != 240000 {
+		t.Fatalf("ledger %+v", g)
+	}
 }
 
 // A client that keeps its connection open past --drain-timeout is cut off;
@@ -279,6 +300,9 @@ func TestDrainTimeoutCutsSlowClient(t *testing.T) {
 	}
 	if p.summary("dropped_incomplete") != 1 {
 		t.Fatalf("dropped_incomplete %d, want 1", p.summary("dropped_incomplete"))
+	}
+	if g := w.checkLedger(p, true); g.received != 2 || g.byReason["incomplete"] != 1 {
+		t.Fatalf("ledger %+v", g)
 	}
 }
 
@@ -401,6 +425,9 @@ func TestShutdownDeadlineCountsUndelivered(t *testing.T) {
 	}
 	if len(p.findLogs("shutdown deadline passed: undelivered lines dropped")) == 0 {
 		t.Fatal("the drop was not logged")
+	}
+	if g := w.checkLedger(p, true); g.received != 1000 || g.byReason["shutdown"] != 1000 {
+		t.Fatalf("ledger %+v", g)
 	}
 }
 

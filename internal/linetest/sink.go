@@ -21,7 +21,7 @@ type Sink struct {
 	ledger *Ledger     // nil: count only
 	tls    *tls.Config // nil: plain TCP
 
-	lines, bytes, partials atomic.Uint64
+	lines, bytes, partials, tornEOF atomic.Uint64
 
 	mu     sync.Mutex
 	ln     net.Listener           // guarded by mu
@@ -75,6 +75,12 @@ func (s *Sink) Bytes() uint64 { return s.bytes.Load() }
 // Partials counts connections that ended inside a line: the torn end of a
 // write cut by a failure, which a target must not take for a line.
 func (s *Sink) Partials() uint64 { return s.partials.Load() }
+
+// TornEOF counts connections whose sender ended them cleanly (FIN) inside a
+// line: a fragment presented as the end of the stream, which a receiver
+// that terminates tails at EOF would store as a torn line. A sender that
+// gives up mid-line must reset instead.
+func (s *Sink) TornEOF() uint64 { return s.tornEOF.Load() }
 
 func (s *Sink) serve(ln net.Listener) {
 	s.mu.Lock()
@@ -137,6 +143,9 @@ func (s *Sink) handle(sc *sinkConn) {
 		if err != nil {
 			if n > 0 {
 				s.partials.Add(1)
+				if kill == alive && errors.Is(err, io.EOF) {
+					s.tornEOF.Add(1)
+				}
 			}
 			if kill != alive {
 				resetClose(sc.c)
