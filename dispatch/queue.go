@@ -174,6 +174,14 @@ func (q *Queue) Done(b *framer.Batch) {
 	q.finish(b)
 }
 
+// DeliveredPart counts lines that a worker cut from the front of a batch it
+// holds because the target acknowledged them; the rest of the batch is still
+// reported with Done or Requeue.
+func (q *Queue) DeliveredPart(lines int) {
+	q.linesOut.Add(uint64(lines))
+	q.ledger.Delivered(uint64(lines))
+}
+
 func (q *Queue) finish(b *framer.Batch) {
 	w := q.weight(b)
 	b.Release()

@@ -152,7 +152,7 @@ func (f *Framer) getBuffer() []byte {
 // read buffer, keeping only the partial line (in a buffer of its size when
 // it is shorter than one read), and what it reserved beyond that.
 func (f *Framer) putBuffer() {
-	if f.n > 0 {
+	if f.n > 0 || f.discarding {
 		f.idleSince.Store(time.Now().UnixNano())
 	}
 	f.shrink()
@@ -251,7 +251,8 @@ func (f *Framer) waitMemory() error {
 }
 
 // IdleSince returns when the framer began waiting for the rest of a
-// partial line, or the zero time when it is not waiting or holds none. It
+// partial line (one it holds, or one it is skipping after a drop), or the
+// zero time when it is not waiting or is between lines. It
 // is safe to call from any goroutine (for a timeout on idle clients).
 func (f *Framer) IdleSince() time.Time {
 	if ns := f.idleSince.Load(); ns != 0 {
@@ -282,7 +283,7 @@ func (f *Framer) Next() (*Batch, error) {
 				break
 			}
 			f.ensureRoom()
-			if f.n > 0 {
+			if f.n > 0 || f.discarding {
 				f.idleSince.Store(time.Now().UnixNano())
 			}
 			n, err = f.r.Read(f.cur.buf[f.n:])

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"syscall"
+	"time"
 )
 
 // ErrDrained is returned by reads of a connection whose drain deadline
@@ -19,18 +20,38 @@ var ErrDrained = fmt.Errorf("drain deadline passed; what the kernel held was rea
 // the kernel still holds with FinalRead rather than lose it.
 func (c *Conn) Interrupted() bool { return c.interrupted.Load() }
 
+// interrupt marks c interrupted, shuts its socket down both ways and moves
+// its read deadline to the past. After the shutdown the kernel acknowledges
+// nothing more from the client (data that still arrives is answered with a
+// reset, RFC 1122's FIN-WAIT with the read side shut), so what it holds is
+// exactly what the client handed over, and FinalRead can read all of it.
+func (c *Conn) interrupt() {
+	c.interrupted.Store(true)
+	_ = c.SetReadDeadline(time.Unix(1, 0)) // first: a woken reader sees the deadline
+	if c.tcp != nil {
+		if rc, err := c.tcp.SyscallConn(); err == nil {
+			_ = rc.Control(func(fd uintptr) { _ = syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
+		}
+	}
+}
+
 // FinalRead reads what the kernel already holds for the socket rc without
 // waiting and whatever its deadline: (n, nil) with data, (0, io.EOF) once
-// the peer has closed, (0, ErrDrained) when nothing is left.
+// the peer has closed its side, (0, ErrDrained) when nothing is left of a
+// stream the peer had not ended (the read side was shut at the deadline).
 func FinalRead(rc syscall.RawConn, p []byte) (int, error) {
 	var n int
 	var rerr error
+	peerDone := false
 	err := rc.Control(func(fd uintptr) {
 		for {
 			n, rerr = syscall.Read(int(fd), p)
 			if !errors.Is(rerr, syscall.EINTR) {
-				return
+				break
 			}
+		}
+		if n == 0 && rerr == nil {
+			peerDone = peerClosed(fd)
 		}
 	})
 	switch {
@@ -40,8 +61,10 @@ func FinalRead(rc syscall.RawConn, p []byte) (int, error) {
 		return 0, ErrDrained
 	case rerr != nil:
 		return 0, os.NewSyscallError("read", rerr)
-	case n <= 0:
+	case n <= 0 && peerDone:
 		return 0, io.EOF
+	case n <= 0:
+		return 0, ErrDrained
 	}
 	return n, nil
 }
@@ -80,7 +103,8 @@ func newDrainConn(nc net.Conn, c *Conn) net.Conn {
 func (d *drainConn) Read(p []byte) (int, error) {
 	if !d.final {
 		n, err := d.Conn.Read(p)
-		if n > 0 || err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || !d.c.Interrupted() {
+		cut := errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, io.EOF) // EOF: our own shutdown, maybe
+		if n > 0 || err == nil || !cut || !d.c.Interrupted() {
 			return n, err
 		}
 		d.final = true

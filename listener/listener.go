@@ -48,6 +48,7 @@ type Conn struct {
 	detached    bool   // Detach was called
 	release     func() // untracks and closes; set by the listener
 	interrupted atomic.Bool
+	tcp         *net.TCPConn // the socket, when it is TCP
 }
 
 // Detach lets ServeConn return while the connection stays open: the handler
@@ -307,6 +308,7 @@ func (l *Listener) finish(nc net.Conn) {
 // logs and returns false.
 func (l *Listener) prepare(nc net.Conn) (*Conn, bool) {
 	c := &Conn{Conn: nc, ID: ksuid.New(), Client: nc.RemoteAddr(), Local: nc.LocalAddr()}
+	c.tcp, _ = nc.(*net.TCPConn)
 	if l.cfg.AcceptProxy {
 		if err := l.readProxyHeader(c); err != nil {
 			l.proxyRejected.Add(1)
@@ -345,8 +347,7 @@ func (l *Listener) track(c *Conn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.interrupted {
-		c.interrupted.Store(true)
-		_ = c.SetReadDeadline(time.Unix(1, 0))
+		c.interrupt()
 	}
 	l.conns[c] = struct{}{}
 	l.active.Add(1)
@@ -389,8 +390,7 @@ func (l *Listener) Shutdown(ctx context.Context) error {
 	l.mu.Lock()
 	l.interrupted = true
 	for c := range l.conns {
-		c.interrupted.Store(true)
-		_ = c.SetReadDeadline(time.Unix(1, 0))
+		c.interrupt()
 	}
 	l.mu.Unlock()
 	<-finished

@@ -79,6 +79,11 @@ func (r *idleReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 		return 0, nil // the framer waits for memory, then reads again
 	case rerr != nil:
 		return 0, os.NewSyscallError("read", rerr)
+	case n == 0 && r.Interrupted():
+		// The listener shut the socket at the drain deadline: this end
+		// of stream may be ours, not the client's.
+		r.final = true
+		return r.finalRead(get, put)
 	case n == 0:
 		return 0, io.EOF
 	}

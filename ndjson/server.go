@@ -509,7 +509,8 @@ func (s *Server) Shutdown() Summary {
 			"cut_at_drain", st.CutAtDrain, "line_timeouts", st.LineTimeouts,
 			"client_memory_peak", st.ClientMemory.Peak, "client_memory_waits", st.ClientMemory.Waits,
 			"retried_batches", st.Queue.RetriedBatches,
-			"retried_lines", st.Queue.RetriedLines, "failovers", st.Pool.Failovers, "failbacks", st.Pool.Failbacks)
+			"retried_lines", st.Queue.RetriedLines, "failovers", st.Pool.Failovers, "failbacks", st.Pool.Failbacks,
+			"resets", st.Pool.Resets)
 	})
 	return s.summary
 }

@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -171,8 +172,9 @@ func (c *upConn) unack(bs []*framer.Batch) {
 }
 
 // settle samples acknowledgement, reports the acknowledged batches Done and
-// returns how many there were. It is called only while the connection is
-// alive: what a dead connection's socket reports is not relied on.
+// returns how many there were. It is called while the connection is open
+// (also after it failed: Linux keeps a reset socket's unacknowledged count);
+// when the sample fails, the batches stay unacknowledged.
 func (c *upConn) settle(q *dispatch.Queue) int {
 	if len(c.unacked) == 0 {
 		return 0
@@ -198,6 +200,25 @@ func (c *upConn) settle(q *dispatch.Queue) int {
 	return i
 }
 
+// settleWithin settles every interval while batches are unacknowledged,
+// until limit has passed or acknowledgement made no progress for a delayed
+// ACK's time (60 ms).
+func (c *upConn) settleWithin(q *dispatch.Queue, interval, limit time.Duration) {
+	const stuck = 60 * time.Millisecond
+	deadline := time.Now().Add(limit)
+	last, lastMove := c.acked, time.Now()
+	for c.settle(q); len(c.unacked) > 0; c.settle(q) {
+		now := time.Now()
+		if c.acked != last {
+			last, lastMove = c.acked, now
+		}
+		if now.After(deadline) || now.Sub(lastMove) > stuck {
+			return
+		}
+		time.Sleep(interval)
+	}
+}
+
 func dropFront(s []pending, n int) []pending {
 	if n == 0 {
 		return s
@@ -208,11 +229,14 @@ func dropFront(s []pending, n int) []pending {
 }
 
 // requeue hands every unacknowledged batch back to the queue and returns the
-// number of lines.
+// number of lines. The whole lines of the first batch that the target has
+// acknowledged are delivered, not sent again: only what the target's TCP
+// stack did not acknowledge is requeued (and may be duplicated).
 func (c *upConn) requeue(q *dispatch.Queue) int {
 	if len(c.unacked) == 0 {
 		return 0
 	}
+	c.trimAcked(q)
 	bs := make([]*framer.Batch, len(c.unacked))
 	lines := 0
 	for i, p := range c.unacked {
@@ -222,6 +246,29 @@ func (c *upConn) requeue(q *dispatch.Queue) int {
 	c.unacked = c.unacked[:0]
 	q.Requeue(bs)
 	return lines
+}
+
+// trimAcked removes from the first unacknowledged batch the whole lines
+// that lie within the acknowledged bytes, and reports them delivered. Under
+// TLS the wire bytes do not map onto lines, so nothing is trimmed.
+func (c *upConn) trimAcked(q *dispatch.Queue) {
+	if c.count != nil {
+		return
+	}
+	p := c.unacked[0]
+	start := p.end - int64(len(p.b.Data))
+	if p.end == math.MaxInt64 || c.acked <= start {
+		return
+	}
+	acked := p.b.Data[:c.acked-start]
+	cut := bytes.LastIndexByte(acked, '\n') + 1
+	if cut == 0 {
+		return
+	}
+	lines := bytes.Count(acked[:cut], []byte{'\n'})
+	p.b.Data, p.b.Lines = p.b.Data[cut:], p.b.Lines-lines
+	c.target.Delivered(lines, cut)
+	q.DeliveredPart(lines)
 }
 
 // close closes the connection and waits for its reader to stop. A

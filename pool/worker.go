@@ -224,6 +224,9 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 				return failed, progress
 			}
 		case <-ctx.Done():
+			// What was acknowledged since the last sample is delivered;
+			// a target's delayed acknowledgement gets a moment to come.
+			c.settleWithin(q, cfg.AckInterval, hardStopAckGrace)
 			w.p.st.requeuedLines.Add(uint64(c.requeue(q)))
 			w.closed(c)
 			return nil, progress
@@ -240,6 +243,13 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 			}
 			err := c.write(w.batches, cfg.WriteTimeout)
 			clear(w.batches)
+			if err != nil && ctx.Err() != nil {
+				// Cut by the shutdown deadline, not a target failure.
+				c.settleWithin(q, cfg.AckInterval, hardStopAckGrace)
+				w.p.st.requeuedLines.Add(uint64(c.requeue(q)))
+				w.closed(c)
+				return nil, progress
+			}
 			if err != nil {
 				w.fail(c, err)
 				return c.target, progress
@@ -272,6 +282,11 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 	}
 }
 
+// hardStopAckGrace is how long a worker stopped by the shutdown deadline
+// waits for acknowledgements (a receiver may delay its ACK up to 200 ms)
+// before it counts what is left as undelivered.
+const hardStopAckGrace = 250 * time.Millisecond
+
 // interruptWrites makes a write blocked on c fail once ctx is done, so a hard
 // stop is not held up by a target that stopped reading.
 func interruptWrites(ctx context.Context, c *upConn) (stop func() bool) {
@@ -281,6 +296,10 @@ func interruptWrites(ctx context.Context, c *upConn) (stop func() bool) {
 // fail handles a connection that broke: its unacknowledged batches go back
 // to the queue and its target is marked down.
 func (w *worker) fail(c *upConn, err error) {
+	// The socket's count of unacknowledged bytes survives a reset (the
+	// kernel keeps snd_una), so what the target acknowledged before it
+	// failed is delivered, not sent again.
+	c.settle(w.p.queue)
 	lines := c.requeue(w.p.queue)
 	w.p.st.requeuedLines.Add(uint64(lines))
 	w.p.st.connFailures.Add(1)
@@ -330,6 +349,7 @@ func (w *worker) retire(ctx context.Context, c *upConn) {
 				break wait
 			}
 		}
+		c.settle(q)
 		w.p.st.requeuedLines.Add(uint64(c.requeue(q)))
 		w.closed(c)
 	})

@@ -1,0 +1,141 @@
+package integration
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ndlb/ndlb/internal/linetest"
+)
+
+// memoryBound is the README's formula for ndlb's peak RSS in NDJSON mode:
+// a base, --buffer-bytes and --client-buffer-bytes each up to twice (the
+// garbage collector lets the heap reach twice what is live before it
+// collects), and a fixed cost per client connection.
+func memoryBound(bufferBytes, clientBytes, conns uint64) uint64 {
+	const base, perConn = 40 << 20, 16 << 10
+	return base + 2*(bufferBytes+clientBytes) + perConn*conns
+}
+
+// Several hundred clients each send most of a --max-line-bytes line and then
+// sit on it, while an ordinary client sends 30 000 lines. Peak RSS stays
+// within the formula, the ordinary client's lines all arrive, and each held
+// line is counted (memory or incomplete) when its client resets or goes
+// quiet past --line-timeout. The static build: the race detector's shadow
+// memory would blur the figure.
+func TestHeldLongLinesCannotGrowMemory(t *testing.T) {
+	const holders, lines = 300, 30000
+	const maxLine, clientBytes, bufferBytes = 512 << 10, 16 << 20, 16 << 20
+	w := newWorld(t, 1)
+	p := startCmd(t, cmdStatic("--addr", "127.0.0.1", "--port", "0", "--log-format", "json",
+		"--target", w.targets(), "--max-line-bytes", "512KiB", "--client-buffer-bytes", "16MiB",
+		"--buffer-bytes", "16MiB", "--line-timeout", "4s"))
+	held := bytes.Repeat([]byte("h"), maxLine-maxLine/16)
+	conns := make([]*net.TCPConn, holders)
+	var wg sync.WaitGroup
+	errs := make(chan error, holders)
+	for i := range conns {
+		c, err := net.DialTimeout("tcp", p.addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c.(*net.TCPConn)
+		t.Cleanup(func() { c.Close() })
+		wg.Go(func() {
+			_ = c.SetWriteDeadline(time.Now().Add(20 * time.Second))
+			if _, err := c.Write(held); err != nil {
+				errs <- err
+			}
+		})
+	}
+	// The ordinary client, while the holders fill the budget.
+	conn := dial(t, p.addr)
+	if _, err := linetest.Send(conn, 1, 0, lines, 16<<10); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("a holder could not send: %v", err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for w.sinks[0].Lines() < lines && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := w.sinks[0].Lines(); got < lines {
+		t.Fatalf("the ordinary client's lines did not get through: %d of %d", got, lines)
+	}
+	// Half the holders give up with a reset; the rest go quiet until the
+	// line timeout closes them.
+	for _, c := range conns[:holders/2] {
+		_ = c.SetLinger(0)
+		c.Close()
+	}
+	for _, c := range conns[holders/2:] {
+		_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("a quiet holder was not closed by --line-timeout: %v", err)
+		}
+	}
+	hwm := p.vmHWM()
+	p.stopOK()
+	r := w.check(map[uint32]uint32{1: lines})
+	if r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
+		t.Fatal(r)
+	}
+	g := w.checkLedger(p, true)
+	if g.received != lines+holders || g.byReason["memory"]+g.byReason["incomplete"] != holders {
+		t.Fatalf("ledger %+v: every held line must be counted as memory or incomplete", g)
+	}
+	if g.byReason["memory"] == 0 {
+		t.Fatal("no held line was dropped for memory: the budget never filled")
+	}
+	bound := memoryBound(bufferBytes, clientBytes, holders+1)
+	t.Logf("peak RSS %d MiB with %d clients holding %d KiB each (%d MiB held at most without a bound); formula %d MiB; ledger %+v",
+		hwm>>20, holders, len(held)>>10, holders*len(held)>>20, bound>>20, g)
+	if hwm > bound {
+		t.Fatalf("peak RSS %d MiB over the documented bound %d MiB", hwm>>20, bound>>20)
+	}
+}
+
+// Clients stream flat out while every target is down: ndlb stops reading
+// once its budgets are full, so RSS stays within the formula; at shutdown
+// what it read and could not deliver is counted, and it exits 1.
+func TestAllTargetsDownMemoryBounded(t *testing.T) {
+	const clients, bufferBytes, clientBytes = 8, 16 << 20, 8 << 20
+	w := newWorld(t, 2)
+	w.sinks[0].Kill(true)
+	w.sinks[1].Kill(true)
+	p := startCmd(t, cmdStatic("--addr", "127.0.0.1", "--port", "0", "--log-format", "json",
+		"--target", w.targets(), "--buffer-bytes", "16MiB", "--client-buffer-bytes", "8MiB",
+		"--drain-timeout", "500ms", "--deliver-timeout", "500ms", "--backoff-max", "100ms"))
+	var wg sync.WaitGroup
+	for c := range uint32(clients) {
+		conn := dial(t, p.addr)
+		wg.Go(func() {
+			// Flat out for 3 s: writes block once ndlb stops reading.
+			_ = conn.SetWriteDeadline(time.Now().Add(3 * time.Second))
+			_, _ = linetest.Send(conn, c, 0, 1<<30, 64<<10)
+		})
+	}
+	wg.Wait()
+	hwm := p.vmHWM()
+	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 1 {
+		t.Fatalf("exit code %d, want 1 (lines were dropped at shutdown)", code)
+	}
+	g := p.ledger("default")
+	bound := memoryBound(bufferBytes, clientBytes, clients)
+	t.Logf("peak RSS %d MiB with every target down; formula %d MiB; ledger %+v", hwm>>20, bound>>20, g)
+	if hwm > bound {
+		t.Fatalf("peak RSS %d MiB over the documented bound %d MiB", hwm>>20, bound>>20)
+	}
+	if g.delivered != 0 || g.byReason["shutdown"] == 0 {
+		t.Fatalf("ledger %+v: with every target down, what was read must be dropped at shutdown", g)
+	}
+}
