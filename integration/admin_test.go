@@ -49,9 +49,13 @@ func (a *adminAPI) call(method, path string, out any) int {
 }
 
 type apiTarget struct {
-	Addr   string `json:"addr"`
-	State  string `json:"state"`
-	Active int64  `json:"active_connections"`
+	Addr      string `json:"addr"`
+	State     string `json:"state"`
+	Active    int64  `json:"active_connections"`
+	Removed   bool   `json:"removed"`
+	LastCheck *struct {
+		At time.Time `json:"at"`
+	} `json:"last_check"`
 }
 
 // target returns the API's view of addr.

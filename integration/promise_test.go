@@ -293,3 +293,56 @@ func oneShot(addr string, c, s uint32) error {
 	}
 	return nil
 }
+
+// A target removed by a reload and added back within a second gets its
+// workers, its lines and its health checks again.
+func TestTargetRemovedAndAddedBackServesAgain(t *testing.T) {
+	dir := t.TempDir()
+	w := newWorld(t, 2)
+	s0, s1 := w.sinks[0].Addr(), w.sinks[1].Addr()
+	conf := func(targets ...string) string {
+		return fmt.Sprintf("log-format = \"json\"\nadmin = \"127.0.0.1:0\"\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\n"+
+			"check = \"tcp\"\ncheck-interval = \"300ms\"\ncheck-timeout = \"250ms\"\ntarget = %s\n", tomlList(targets))
+	}
+	path := writeConfig(t, dir, conf(s0, s1))
+	p := startCmd(t, command(bin, "--config", path))
+	addr := listening(t, p, 1)["logs"]
+	api := newAdminAPI(t, p, "")
+	api.waitTarget(s1, "a health check", func(a apiTarget) bool { return a.LastCheck != nil })
+
+	send := func(c, lines uint32) {
+		t.Helper()
+		conn := dial(t, addr)
+		if _, err := linetest.Send(conn, c, 0, lines, 16<<10); err != nil {
+			t.Fatal(err)
+		}
+		conn.Close()
+	}
+	send(1, 20000)
+	os.WriteFile(path, []byte(conf(s0)), 0o600)
+	_ = p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLog("target removed; draining", 10*time.Second)
+	api.waitTarget(s1, "removed", func(a apiTarget) bool { return a.Removed })
+	os.WriteFile(path, []byte(conf(s0, s1)), 0o600)
+	_ = p.cmd.Process.Signal(syscall.SIGHUP)
+	api.waitTarget(s1, "added back", func(a apiTarget) bool { return !a.Removed && a.State == "up" })
+	back := time.Now()
+	before := w.sinks[1].Lines()
+	deadline := time.Now().Add(20 * time.Second)
+	for c := uint32(2); w.sinks[1].Lines() == before; c++ {
+		if time.Now().After(deadline) {
+			t.Fatal("the target added back got no lines")
+		}
+		send(c, 5000)
+	}
+	api.waitTarget(s1, "a health check after it came back", func(a apiTarget) bool {
+		return a.LastCheck != nil && a.LastCheck.At.After(back)
+	})
+	p.stopOK()
+	w.drained()
+	g := p.ledger("logs")
+	r := w.ledger.Check(map[uint32]uint32{})
+	if g.dropped != 0 || g.delivered != r.Received || r.Torn != 0 {
+		t.Fatalf("ledger %+v; sinks %s", g, r)
+	}
+}
