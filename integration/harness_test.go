@@ -275,13 +275,19 @@ func (w *world) checkLedger(p *proc, exact bool) ledger {
 }
 
 // vmHWM is the process's peak resident set size in bytes.
-func (p *proc) vmHWM() uint64 {
+func (p *proc) vmHWM() uint64 { return p.status("VmHWM:") }
+
+// vmRSS is the process's resident set size now, in bytes.
+func (p *proc) vmRSS() uint64 { return p.status("VmRSS:") }
+
+// status reads a size in kB from /proc/PID/status.
+func (p *proc) status(key string) uint64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == key {
 			kb, _ := strconv.ParseUint(f[1], 10, 64)
 			return kb << 10
 		}

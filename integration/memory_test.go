@@ -139,3 +139,86 @@ func TestAllTargetsDownMemoryBounded(t *testing.T) {
 		t.Fatalf("ledger %+v: with every target down, what was read must be dropped at shutdown", g)
 	}
 }
+
+// raiseFileLimit makes room for n sockets in this process and in the ndlb
+// it starts (which inherits the limit), raising the hard limit as root may.
+func raiseFileLimit(t *testing.T, n uint64) {
+	t.Helper()
+	var r syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Cur >= n {
+		return
+	}
+	old := r
+	r.Cur, r.Max = max(n, r.Cur), max(n, r.Max)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r); err != nil {
+		t.Fatalf("this test needs %d open files (soft limit %d, hard %d) and cannot raise the limit: %v", n, old.Cur, old.Max, err)
+	}
+	t.Cleanup(func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old) })
+}
+
+// 10 000 NDJSON clients connect, each sends a line and goes quiet: they all
+// stay connected, idle, and are served again when they send once more. The
+// memory each idle client costs is logged (docs/benchmarks.md records it).
+func TestTenThousandIdleClients(t *testing.T) {
+	const n = 10000
+	raiseFileLimit(t, n+2048) // each process holds one end of each connection
+	w := newWorld(t, 1)
+	p := startCmd(t, cmdStatic("--addr", "127.0.0.1", "--port", "0", "--log-format", "json",
+		"--target", w.targets()))
+	base := p.vmRSS()
+	conns := make([]net.Conn, 0, n)
+	for c := range uint32(n) {
+		conn, err := net.DialTimeout("tcp", p.addr, 10*time.Second)
+		if err != nil {
+			t.Fatalf("client %d: %v", c, err)
+		}
+		conns = append(conns, conn)
+		if _, err := conn.Write(linetest.AppendLine(nil, c, 0)); err != nil {
+			t.Fatalf("client %d: %v", c, err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	waitLines := func(want uint64) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for w.sinks[0].Lines() < want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d lines arrived, want %d", w.sinks[0].Lines(), want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitLines(n)
+	// Let the clients sit idle, then measure.
+	time.Sleep(2 * time.Second)
+	idle := p.vmRSS()
+	perClient := (int64(idle) - int64(base)) / n
+	t.Logf("RSS %d MiB before the clients, %d MiB with %d idle clients: %.1f KiB per idle client",
+		base>>20, idle>>20, n, float64(perClient)/1024)
+	for i, conn := range conns {
+		if _, err := conn.Write(linetest.AppendLine(nil, uint32(i), 1)); err != nil {
+			t.Fatalf("idle client %d was disconnected: %v", i, err)
+		}
+	}
+	waitLines(2 * n)
+	for _, c := range conns {
+		c.Close()
+	}
+	p.stopOK()
+	if r := w.check(map[uint32]uint32{}); r.Torn != 0 {
+		t.Fatal(r)
+	}
+	if g := w.checkLedger(p, true); g.received != 2*n || g.dropped != 0 {
+		t.Fatalf("ledger %+v", g)
+	}
+	if perClient > 16<<10 {
+		t.Fatalf("%d bytes per idle client, over 16 KiB", perClient)
+	}
+}
