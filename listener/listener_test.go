@@ -1,7 +1,9 @@
 package listener
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"crypto/tls"
 	"io"
 	"log/slog"
@@ -135,3 +137,118 @@ func TestTLSHandshakeFailureCounted(t *testing.T) {
 		t.Fatalf("handler saw %q", h.data)
 	}
 }
+
+// Handover stops one listener and lets a successor accept on the same open
+// socket: connections made before, during and after (also those queued in
+// the backlog meanwhile) are all served, none refused or reset, and
+// Shutdown of the old listener leaves the socket to the successor.
+func TestHandoverServesEveryConnection(t *testing.T) {
+	h1, h2 := &readAll{}, &readAll{}
+	ln := newLocalListener(t)
+	l1 := New(ln, h1, Config{Logger: quiet()})
+	go l1.Serve()
+	addr := ln.Addr().String()
+	send := func(i int) error {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte{byte(i)}); err != nil {
+			return err
+		}
+		return c.(*net.TCPConn).CloseWrite()
+	}
+	for i := range 20 {
+		if err := send(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := l1.Handover()
+	if got != ln {
+		t.Fatalf("Handover returned %v, want the listening socket", got)
+	}
+	for i := 20; i < 40; i++ { // queued in the backlog: nobody accepts yet
+		if err := send(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l2 := New(got, h2, Config{Logger: quiet()})
+	go l2.Serve()
+	for i := 40; i < 60; i++ {
+		if err := send(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l1.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(60); err != nil {
+		t.Fatalf("after the old listener's Shutdown: %v", err)
+	}
+	if err := l2.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h1.mu.Lock()
+	h2.mu.Lock()
+	defer h1.mu.Unlock()
+	defer h2.mu.Unlock()
+	if n := len(h1.data) + len(h2.data); n != 61 {
+		t.Fatalf("served %d+%d connections, want 61", len(h1.data), len(h2.data))
+	}
+	for _, err := range append(h1.errs, h2.errs...) {
+		if err != nil {
+			t.Fatalf("a connection failed: %v", err)
+		}
+	}
+	if len(h2.data) < 41 {
+		t.Fatalf("the successor served %d connections, want the 41 made after the hand-over", len(h2.data))
+	}
+}
+
+// At the shutdown deadline a connection's socket is shut both ways: the
+// handler reads what the kernel holds with FinalRead, which then reports
+// ErrDrained (the client never ended its stream), not a clean EOF.
+func TestInterruptedConnectionReadsWhatTheKernelHolds(t *testing.T) {
+	got := make(chan []byte, 1)
+	h := handlerFunc(func(c *Conn) {
+		tc, _, _ := c.Raw()
+		rc, _ := tc.SyscallConn()
+		for !c.Interrupted() {
+			time.Sleep(time.Millisecond)
+		}
+		var all []byte
+		buf := make([]byte, 4096)
+		for {
+			n, err := FinalRead(rc, buf)
+			all = append(all, buf[:n]...)
+			if err != nil {
+				if !errors.Is(err, ErrDrained) {
+					t.Errorf("FinalRead: %v, want ErrDrained", err)
+				}
+				break
+			}
+		}
+		got <- all
+	})
+	l := start(t, h, Config{})
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	payload := bytes.Repeat([]byte("x"), 100000)
+	if _, err := c.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the deadline has passed at once
+	_ = l.Shutdown(ctx)
+	if b := <-got; !bytes.Equal(b, payload) {
+		t.Fatalf("read %d bytes after the deadline, want %d", len(b), len(payload))
+	}
+}
+
+type handlerFunc func(*Conn)
+
+func (f handlerFunc) ServeConn(c *Conn) { f(c) }

@@ -189,3 +189,27 @@ func TestWeights(t *testing.T) {
 		t.Fatalf("weight %d", a.Weight())
 	}
 }
+
+// A target removed and listed again before Prune comes back enabled, is
+// reported added and wakes the watchers, so workers and checks restart.
+func TestRemovedTargetAddedBack(t *testing.T) {
+	s := NewSet([]string{"a:1", "b:1"})
+	s.Update([]string{"a:1"})
+	b, err := s.Lookup("b:1")
+	if err != nil || !b.Removed() {
+		t.Fatalf("b not removed: %v", err)
+	}
+	watch := s.Watch()
+	added, removed := s.Update([]string{"a:1", "b:1"})
+	if len(added) != 1 || added[0] != b || len(removed) != 0 {
+		t.Fatalf("added %v removed %v, want b added back", added, removed)
+	}
+	select {
+	case <-watch:
+	default:
+		t.Fatal("adding b back did not wake the watchers")
+	}
+	if b.Removed() || b.State() != StateUp {
+		t.Fatalf("b removed=%v state=%v", b.Removed(), b.State())
+	}
+}
