@@ -73,6 +73,22 @@ func TestStatusPageInChromium(t *testing.T) {
 	if _, err := wait(); err != nil {
 		t.Fatal(err)
 	}
+	// The listener's ledger: every line received is delivered.
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		got, err := chromedp.Run(ctx, chromedp.Evaluate[string](
+			`[...document.querySelectorAll("#l-default .ledger span")].map(s => s.textContent).join("; ")`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(got, "received 40.0 k") && strings.Contains(got, "delivered 40.0 k") &&
+			strings.Contains(got, "in flight 0") && strings.Contains(got, "dropped shutdown 0") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the page's ledger does not show 40 000 lines received and delivered: %q", got)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	if err := chromedp.Do(ctx, chromedp.Sleep(1500*time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
