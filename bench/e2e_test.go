@@ -243,3 +243,81 @@ func newSinks(b *testing.B, n int) ([]*linetest.Sink, []string) {
 	}
 	return sinks, addrs
 }
+
+// buildRevision builds the static binary of git revision rev (the working
+// tree is not touched: the revision is exported with git archive).
+func buildRevision(b *testing.B, rev string) string {
+	b.Helper()
+	src := b.TempDir()
+	archive := exec.Command("sh", "-c", fmt.Sprintf("git archive %q | tar -x -C %q", rev, src))
+	archive.Dir = ".."
+	if out, err := archive.CombinedOutput(); err != nil {
+		b.Fatalf("git archive %s: %v\n%s", rev, err, out)
+	}
+	out := filepath.Join(b.TempDir(), "ndlb-"+rev)
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, "./cmd/ndlb")
+	cmd.Dir = src
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("build %s: %v\n%s", rev, err, msg)
+	}
+	return out
+}
+
+// BenchmarkEndToEndBeforeAfter is BenchmarkEndToEnd with two builds of
+// ndlb in one invocation: the working tree ("after") and the git revision
+// NDLB_BENCH_BASE ("before", default HEAD). Each iteration runs direct,
+// before and after, in an order that rotates between iterations, and the
+// benchmark reports each one's lines/s and CPU seconds per GB and the
+// after/before ratios.
+func BenchmarkEndToEndBeforeAfter(b *testing.B) {
+	base := os.Getenv("NDLB_BENCH_BASE")
+	if base == "" {
+		base = "HEAD"
+	}
+	after, before := buildNDLB(b), buildRevision(b, base)
+	b.Logf("before: %s", base)
+	b.Run("shipper-1cpu", func(b *testing.B) { beforeAfter(b, before, after, shipper{}, true) })
+	b.Run("shipper", func(b *testing.B) { beforeAfter(b, before, after, shipper{}, false) })
+	b.Run("bulk", func(b *testing.B) { beforeAfter(b, before, after, bulk{lines256(e2eChunk)}, false) })
+}
+
+func beforeAfter(b *testing.B, beforeBin, afterBin string, gen generator, oneCPU bool) {
+	sinks, addrs := newSinks(b, 2)
+	procs := []*ndlbProc{startNDLB(b, beforeBin, addrs), startNDLB(b, afterBin, addrs)}
+	defer func() {
+		for _, p := range procs {
+			p.stop()
+		}
+	}()
+	var took [3]time.Duration // direct, before, after
+	var cpu [2]float64
+	i := 0
+	for b.Loop() {
+		for k := range 3 {
+			run := (i + k) % 3
+			switch run {
+			case 0:
+				took[0] += generate(b, gen, oneCPU, addrs, sinks)
+			default:
+				p := procs[run-1]
+				c0 := p.cpuSeconds()
+				took[run] += generate(b, gen, oneCPU, []string{p.addr}, sinks)
+				cpu[run-1] += p.cpuSeconds() - c0
+			}
+		}
+		i++
+	}
+	gb := float64(b.N) * e2eBytes / 1e9
+	lines := func(d time.Duration) float64 { return gb * 1e9 / 256 / d.Seconds() }
+	b.ReportMetric(lines(took[0]), "direct-lines/s")
+	b.ReportMetric(lines(took[1]), "before-lines/s")
+	b.ReportMetric(lines(took[2]), "after-lines/s")
+	b.ReportMetric(took[1].Seconds()/took[2].Seconds(), "after/before-rate")
+	b.ReportMetric(cpu[0]/gb, "before-cpu-s/GB")
+	b.ReportMetric(cpu[1]/gb, "after-cpu-s/GB")
+	b.ReportMetric(cpu[1]/cpu[0], "after/before-cpu")
+	b.ReportMetric(procs[0].peakRSS(), "before-peak-RSS-MiB")
+	b.ReportMetric(procs[1].peakRSS(), "after-peak-RSS-MiB")
+	b.ReportMetric(0, "ns/op")
+}

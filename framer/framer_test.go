@@ -63,7 +63,17 @@ func reference(in []byte, maxLine int, cleanEOF bool) (out []byte, lines, droppe
 // frame runs a Framer over r and checks every batch's shape.
 func frame(t testing.TB, r io.Reader, cfg Config) (out []byte, lines int, drops []Drop, err error) {
 	t.Helper()
+	return frameWith(t, r, cfg, nil)
+}
+
+// frameWith is frame with the framer charging budget.
+func frameWith(t testing.TB, r io.Reader, cfg Config, budget *Budget) (out []byte, lines int, drops []Drop, err error) {
+	t.Helper()
 	f := New(r, cfg, NewPool())
+	f.Budget = budget
+	if lr, ok := r.(*lazyReader); ok {
+		lr.f = f
+	}
 	f.OnDrop = func(d Drop) { drops = append(drops, d) }
 	for {
 		b, err := f.Next()

@@ -30,7 +30,11 @@ func FuzzFramer(f *testing.F) {
 		if lazy {
 			r = &lazyReader{chunkReader: r.(*chunkReader), f: &Framer{}}
 		}
-		out, lines, drops, err := frame(t, r, cfg)
+		budget := NewBudget(1 << 20) // room for everything: no memory drops
+		out, lines, drops, err := frameWith(t, r, cfg, budget)
+		if st := budget.Stats(); st.Used != 0 {
+			t.Fatalf("%d bytes still charged after every batch was released", st.Used)
+		}
 		wantOut, wantLines, wantDropped := reference(in, cfg.MaxLineBytes, clean)
 		if !bytes.Equal(out, wantOut) {
 			t.Fatalf("output %q, want %q", out, wantOut)
