@@ -3,8 +3,8 @@ package listener
 import (
 	"bytes"
 	"context"
-	"errors"
 	"crypto/tls"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
