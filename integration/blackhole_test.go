@@ -67,7 +67,10 @@ func TestBlackHoledTargetDetectedInSeconds(t *testing.T) {
 		run(t, "ip", "route", "add", "blackhole", "127.0.0.2/32", "table", "local")
 	}()
 	sent, err := clients(4, 60000, func(c uint32) error {
-		conn := dial(t, p.addr)
+		conn, err := dialClient(p.addr)
+		if err != nil {
+			return err
+		}
 		defer conn.Close()
 		return linetest.SendPaced(conn, c, 0, 60000, 6*time.Second)
 	})
@@ -76,7 +79,10 @@ func TestBlackHoledTargetDetectedInSeconds(t *testing.T) {
 	}
 	<-faults
 	down := p.waitLog("target down: connection failed", 20*time.Second)
-	at, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(down["time"]))
+	at, err := time.Parse(time.RFC3339Nano, fmt.Sprint(down["time"]))
+	if err != nil || holed.IsZero() {
+		t.Fatalf("cannot time the detection: log time %v (%v), fault at %v", down["time"], err, holed)
+	}
 	detected := at.Sub(holed)
 	t.Logf("black hole detected after %s (TCP_USER_TIMEOUT 2s): %v", detected.Round(time.Millisecond), down["err"])
 	if detected > 8*time.Second {

@@ -74,8 +74,11 @@ target = [%q]
 		t.Fatalf("web: %q %v", name, err)
 	}
 	p.stopOK()
-	if r := w.check(map[uint32]uint32{1: 1000}); r.Lost != 0 || r.Torn != 0 {
+	if r := w.check(map[uint32]uint32{1: 1000}); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
 		t.Fatal(r)
+	}
+	if g := p.ledger("logs"); g.received != 1000 || g.delivered != 1000 {
+		t.Fatalf("ledger %+v", g)
 	}
 }
 

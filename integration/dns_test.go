@@ -79,9 +79,10 @@ func TestDNSDiscoveryChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.stopOK()
-	if r := w.check(sent); r.Lost != 0 || r.Torn != 0 {
+	if r := w.check(sent); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
 		t.Fatal(r)
 	}
+	w.checkLedger(p, true)
 	if c.Lines() == 0 || a.Lines() != aLines {
 		t.Fatalf("C got %d lines; A got %d more after it was drained", c.Lines(), a.Lines()-aLines)
 	}

@@ -57,9 +57,12 @@ func TestContainerStyleRun(t *testing.T) {
 		t.Fatalf("healthcheck: %v %s", err, out)
 	}
 	sent, err := clients(2, 10000, func(c uint32) error {
-		conn := dial(t, p.addr)
+		conn, err := dialClient(p.addr)
+		if err != nil {
+			return err
+		}
 		defer conn.Close()
-		_, err := linetest.Send(conn, c, 0, 10000, 8<<10)
+		_, err = linetest.Send(conn, c, 0, 10000, 8<<10)
 		return err
 	})
 	if err != nil {

@@ -81,6 +81,11 @@ func startNDLB(t *testing.T, args ...string) *proc {
 	return startCmd(t, exec.Command(bin, append([]string{"--addr", "127.0.0.1", "--port", "0", "--log-format", "json"}, args...)...))
 }
 
+// testBudget bounds one integration test: past it the test fails and its
+// ndlb processes are killed, which unblocks every wait on them and on their
+// sockets, so a hang costs one test, not the package's results.
+const testBudget = 4 * time.Minute
+
 func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
 	t.Helper()
 	p := &proc{t: t, cmd: cmd, logged: make(chan struct{}, 1), done: make(chan struct{})}
@@ -92,7 +97,12 @@ func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
 		t.Fatal(err)
 	}
 	go p.readLogs(stderr)
+	watchdog := time.AfterFunc(testBudget, func() {
+		t.Errorf("%s ran past its %s budget: ndlb (pid %d) killed", t.Name(), testBudget, cmd.Process.Pid)
+		cmd.Process.Kill()
+	})
 	t.Cleanup(func() {
+		watchdog.Stop()
 		select {
 		case <-p.done:
 		default:
@@ -151,24 +161,35 @@ func (p *proc) findLogs(msg string) []map[string]any {
 	return out
 }
 
-// waitLog waits for a log line with message msg.
+// waitLog waits for a log line with message msg. Call it from the test's
+// goroutine; others use awaitLog.
 func (p *proc) waitLog(msg string, timeout time.Duration) map[string]any {
 	p.t.Helper()
+	l, err := p.awaitLog(msg, timeout)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return l
+}
+
+// awaitLog waits for a log line with message msg and returns an error
+// rather than failing the test, so any goroutine may call it.
+func (p *proc) awaitLog(msg string, timeout time.Duration) (map[string]any, error) {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	for {
 		if ls := p.findLogs(msg); len(ls) > 0 {
-			return ls[0]
+			return ls[0], nil
 		}
 		select {
 		case <-p.logged:
 		case <-p.done:
 			if ls := p.findLogs(msg); len(ls) > 0 {
-				return ls[0]
+				return ls[0], nil
 			}
-			p.t.Fatalf("ndlb exited (code %d) before logging %q", p.code, msg)
+			return nil, fmt.Errorf("ndlb exited (code %d) before logging %q", p.code, msg)
 		case <-deadline.C:
-			p.t.Fatalf("no %q log line in %s", msg, timeout)
+			return nil, fmt.Errorf("no %q log line in %s", msg, timeout)
 		}
 	}
 }
@@ -344,9 +365,12 @@ func (w *world) check(sent map[uint32]uint32) linetest.Report {
 	return r
 }
 
+// dial connects to addr and closes the connection when the test ends. It
+// fails the test, so call it from the test's goroutine only; clients use
+// dialClient.
 func dial(t *testing.T, addr string) net.Conn {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	c, err := dialClient(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,8 +378,23 @@ func dial(t *testing.T, addr string) net.Conn {
 	return c
 }
 
+// dialClient connects to addr within 5 s; any goroutine may call it.
+func dialClient(addr string) (net.Conn, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	return c, nil
+}
+
+// clientsBudget bounds a clients() run.
+const clientsBudget = 2 * time.Minute
+
 // clients runs n clients, each sending lines 0..lines-1 through send, and
-// returns what was sent and the first error.
+// returns what was sent and the first error. send runs on its own
+// goroutine: it must return errors, never fail the test. Clients still
+// running after clientsBudget are reported as an error (the test then
+// ends, and its cleanup closes what they wait on).
 func clients(n int, lines uint32, send func(c uint32) error) (map[uint32]uint32, error) {
 	sent := make(map[uint32]uint32, n)
 	errs := make(chan error, n)
@@ -364,9 +403,16 @@ func clients(n int, lines uint32, send func(c uint32) error) (map[uint32]uint32,
 		go func() { errs <- send(c) }()
 	}
 	var first error
+	deadline := time.NewTimer(clientsBudget)
+	defer deadline.Stop()
 	for range n {
-		if err := <-errs; err != nil && first == nil {
-			first = err
+		select {
+		case err := <-errs:
+			if err != nil && first == nil {
+				first = err
+			}
+		case <-deadline.C:
+			return sent, fmt.Errorf("clients still sending after %s", clientsBudget)
 		}
 	}
 	return sent, first

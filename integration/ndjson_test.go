@@ -21,8 +21,11 @@ func TestSpreadsEveryLineOnce(t *testing.T) {
 	w := newWorld(t, 2)
 	p := startNDLB(t, "--target", w.targets())
 	sent, err := clients(8, 50000, func(c uint32) error {
-		conn := dial(t, p.addr)
-		_, err := linetest.Send(conn, c, 0, 50000, 16<<10)
+		conn, err := dialClient(p.addr)
+		if err != nil {
+			return err
+		}
+		_, err = linetest.Send(conn, c, 0, 50000, 16<<10)
 		conn.Close()
 		return err
 	})
@@ -62,7 +65,10 @@ func TestTargetResetFailoverAndFailback(t *testing.T) {
 		faults <- victim.Restart()
 	}()
 	sent, err := clients(4, 70000, func(c uint32) error {
-		conn := dial(t, p.addr)
+		conn, err := dialClient(p.addr)
+		if err != nil {
+			return err
+		}
 		defer conn.Close()
 		return linetest.SendPaced(conn, c, 0, 70000, 7*time.Second)
 	})
@@ -72,8 +78,26 @@ func TestTargetResetFailoverAndFailback(t *testing.T) {
 	if err := <-faults; err != nil {
 		t.Fatal(err)
 	}
-	before := victim.Lines()
 	p.waitLog("failed back", 10*time.Second)
+	// After the failback the restarted target takes lines again.
+	before := victim.Lines()
+	more := uint32(0)
+	for c := uint32(100); victim.Lines() == before; c++ {
+		if c > 200 {
+			t.Fatal("the restarted target got no lines after failing back")
+		}
+		conn := dial(t, p.addr)
+		if _, err := linetest.Send(conn, c, 0, 2000, 16<<10); err != nil {
+			t.Fatal(err)
+		}
+		conn.Close()
+		sent[c] = 2000
+		more += 2000
+		deadline := time.Now().Add(5 * time.Second)
+		for w.sinks[0].Lines()+w.sinks[1].Lines() < uint64(280000+more) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	p.stopOK()
 	r := w.check(sent)
 	if r.Lost != 0 || r.Torn != 0 {
@@ -82,11 +106,11 @@ func TestTargetResetFailoverAndFailback(t *testing.T) {
 	if len(p.findLogs("failed over")) == 0 {
 		t.Error("no failover logged")
 	}
-	if victim.Lines() <= before && len(p.findLogs("failed back")) == 0 {
-		t.Error("the restarted target got nothing back")
-	}
 	if g := w.checkLedger(p, false); g.received != r.Sent || g.dropped != 0 {
 		t.Fatalf("ledger %+v, sent %d", g, r.Sent)
+	}
+	if r.Duplicated > p.summary("retried_lines") {
+		t.Fatalf("%d duplicates, but only %d lines were sent again", r.Duplicated, p.summary("retried_lines"))
 	}
 }
 
@@ -107,7 +131,10 @@ func TestStalledTargetResetLosesOnlyItsUnreadQueue(t *testing.T) {
 	}()
 	// About 100 000 lines/s in all, for 5 s.
 	sent, err := clients(4, 125000, func(c uint32) error {
-		conn := dial(t, p.addr)
+		conn, err := dialClient(p.addr)
+		if err != nil {
+			return err
+		}
 		defer conn.Close()
 		return linetest.SendPaced(conn, c, 0, 125000, 5*time.Second)
 	})
@@ -122,6 +149,19 @@ func TestStalledTargetResetLosesOnlyItsUnreadQueue(t *testing.T) {
 		k.UnreadBytes, unreadLines, r.Lost)
 	if r.Torn != 0 || r.Lost > unreadLines+1 {
 		t.Fatalf("%s; more lost than the target's unread queue (%d lines)", r, unreadLines)
+	}
+	// Every lost line is one of those the target held unread (in its
+	// kernel, or begun in its own buffer).
+	unread := map[uint64]bool{}
+	for _, part := range k.UnreadConns {
+		for key := range linetest.Keys(part) {
+			unread[key] = true
+		}
+	}
+	for _, key := range w.ledger.Lost(sent) {
+		if !unread[key] {
+			t.Fatalf("line %d of client %d was lost but was not in the target's unread queue", uint32(key), key>>32)
+		}
 	}
 	if k.UnreadBytes == 0 {
 		t.Fatal("the stalled target had nothing unread: the stall did not happen")
@@ -138,13 +178,16 @@ func TestUnterminatedTailsNeverMerge(t *testing.T) {
 	p := startNDLB(t, "--target", w.targets(), "--connections", "1")
 	const n = 50
 	sent, err := clients(n, 20, func(c uint32) error {
-		conn := dial(t, p.addr)
+		conn, err := dialClient(p.addr)
+		if err != nil {
+			return err
+		}
 		defer conn.Close()
 		b := linetest.AppendLine(nil, c, 0)
 		for s := uint32(1); s < 20; s++ {
 			b = linetest.AppendLine(b, c, s)
 		}
-		_, err := conn.Write(b[:len(b)-1]) // no final newline
+		_, err = conn.Write(b[:len(b)-1]) // no final newline
 		return err
 	})
 	if err != nil {
@@ -222,9 +265,12 @@ func TestAllTargetsDownClientsSlowedNotDropped(t *testing.T) {
 	}()
 	start := time.Now()
 	sent, err := clients(4, 200000, func(c uint32) error {
-		conn := dial(t, p.addr)
+		conn, err := dialClient(p.addr)
+		if err != nil {
+			return err
+		}
 		defer conn.Close()
-		_, err := linetest.Send(conn, c, 0, 200000, 32<<10)
+		_, err = linetest.Send(conn, c, 0, 200000, 32<<10)
 		return err
 	})
 	if err != nil {
@@ -250,6 +296,7 @@ func TestAllTargetsDownClientsSlowedNotDropped(t *testing.T) {
 func TestSIGTERMDeliversEverythingRead(t *testing.T) {
 	w := newWorld(t, 2)
 	p := startNDLB(t, "--target", w.targets())
+	held := dial(t, p.addr) // keeps ndlb draining until the check below
 	signalled := make(chan struct{})
 	go func() {
 		time.Sleep(1 * time.Second)
@@ -257,7 +304,10 @@ func TestSIGTERMDeliversEverythingRead(t *testing.T) {
 		close(signalled)
 	}()
 	sent, err := clients(4, 60000, func(c uint32) error {
-		conn := dial(t, p.addr)
+		conn, err := dialClient(p.addr)
+		if err != nil {
+			return err
+		}
 		defer conn.Close()
 		return linetest.SendPaced(conn, c, 0, 60000, 3*time.Second)
 	})
@@ -265,9 +315,27 @@ func TestSIGTERMDeliversEverythingRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-signalled
-	if _, err := net.DialTimeout("tcp", p.addr, time.Second); err == nil {
-		t.Error("a new connection was accepted after SIGTERM")
+	p.waitLog("shutting down: no new connections; draining clients", 10*time.Second)
+	// ndlb is still draining (held is open); past the backlog grace it
+	// accepts nothing new.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", p.addr, time.Second)
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("new connections are still accepted seconds after SIGTERM")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
+	select {
+	case <-p.done:
+		t.Fatal("ndlb exited before the held client closed: the check above proved nothing")
+	default:
+	}
+	held.Close()
 	if code := p.wait(30 * time.Second); code != 0 {
 		t.Fatalf("exit code %d", code)
 	}

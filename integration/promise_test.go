@@ -31,12 +31,12 @@ func TestWriteTimeoutResetsNeverTearsDownstream(t *testing.T) {
 		"--client-buffer-bytes", "1MiB", "--read-bytes", "4KiB")
 	a := startNDLB(t, "--target", b.addr, "--max-line-bytes", "64KiB", "--write-timeout", "1s",
 		"--connections", "2", "--backoff-max", "200ms", "--log-level", "debug")
-	resumed := make(chan struct{})
+	resumed := make(chan error, 1)
 	go func() {
-		defer close(resumed)
 		// Resume once A has given up at least one connection mid-write.
-		a.waitLog("upstream connection failed", 30*time.Second)
+		_, err := a.awaitLog("upstream connection failed", 30*time.Second)
 		w.sinks[0].Resume()
+		resumed <- err
 	}()
 	sent, err := clients(4, 60000, func(c uint32) error {
 		conn, err := net.DialTimeout("tcp", a.addr, 5*time.Second)
@@ -50,7 +50,9 @@ func TestWriteTimeoutResetsNeverTearsDownstream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	<-resumed
+	if err := <-resumed; err != nil {
+		t.Fatal(err)
+	}
 	a.stopOK()
 	b.stopOK()
 	r := w.check(sent)
@@ -168,7 +170,7 @@ func TestDrainDeadlineReadsWhatTheKernelHolds(t *testing.T) {
 	streams := make([][]byte, clients)
 	var wg sync.WaitGroup
 	for i := range conns {
-		conns[i] = dial(t, p.addr).(*net.TCPConn)
+		conns[i] = dial(t, p.addr).(*net.TCPConn) // on the test's goroutine
 		wg.Go(func() { streams[i] = fillClient(conns[i], uint32(i)) })
 	}
 	wg.Wait()

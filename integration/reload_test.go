@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -132,12 +133,20 @@ target = %s
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// The file watcher would also reload, after its debounce: the signal's
+	// own reload must come first and say so.
+	if !slices.ContainsFunc(p.findLogs("config reloaded"), func(l map[string]any) bool { return l["trigger"] == "SIGHUP" }) {
+		t.Fatalf("no reload triggered by SIGHUP: %v", p.findLogs("config reloaded"))
+	}
 	for _, c := range heldConns {
 		c.Close()
 	}
 	p.stopOK()
-	if r := w.check(map[uint32]uint32{1: 500}); r.Lost != 0 || r.Torn != 0 {
+	if r := w.check(map[uint32]uint32{1: 500}); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
 		t.Fatal(r)
+	}
+	if g := p.ledger("logs"); g.received != 500 || g.delivered != 500 {
+		t.Fatalf("ledger %+v", g)
 	}
 	if n := len(p.findLogs("connection closed")); n == 0 {
 		t.Fatal("no connection was logged closed")

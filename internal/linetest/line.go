@@ -142,6 +142,41 @@ func (l *Ledger) Check(sent map[uint32]uint32) Report {
 	return r
 }
 
+// Lost returns the keys (client<<32 | seq) of the lines in sent that the
+// ledger never received.
+func (l *Ledger) Lost(sent map[uint32]uint32) []uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []uint64
+	for c, n := range sent {
+		for s := range n {
+			if k := uint64(c)<<32 | uint64(s); l.seen[k] == 0 {
+				out = append(out, k)
+			}
+		}
+	}
+	return out
+}
+
+// Keys returns the keys (client<<32 | seq) of the well-formed lines in b; a
+// final line without its newline counts if it parses.
+func Keys(b []byte) map[uint64]bool {
+	out := map[uint64]bool{}
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		line := b
+		if i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		if c, s, ok := ParseLine(line); ok {
+			out[uint64(c)<<32|uint64(s)] = true
+		}
+	}
+	return out
+}
+
 // String is a one-line summary.
 func (r Report) String() string {
 	s := fmt.Sprintf("sent %d, received %d (%d unique), lost %d, duplicated %d, torn %d",

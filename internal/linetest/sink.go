@@ -44,7 +44,8 @@ type sinkConn struct {
 	c        *net.TCPConn // the socket, for faults
 	r        net.Conn     // what is read: c, or TLS over it
 	unread   int          // discard: bytes unread at the reset
-	unreadLn []byte       // discard: the unread data
+	unreadLn []byte       // discard: the unread data, after carried
+	carried  []byte       // discard: the start of a line read but not recorded
 }
 
 // NewSink listens on addr ("127.0.0.1:0" for any port) and serves.
@@ -128,6 +129,9 @@ func (s *Sink) handle(sc *sinkConn) {
 		kill := s.kill
 		s.mu.Unlock()
 		if kill == discard {
+			// What the sink had read of an unfinished line is lost
+			// with the unread rest: keep it in front of the peek.
+			sc.carried = append([]byte(nil), buf[:n]...)
 			s.discard(sc)
 			return
 		}
@@ -168,6 +172,7 @@ func (s *Sink) record(lines []byte) {
 // discard measures what is unread in the kernel (SIOCINQ), keeps a peeked
 // copy of it for the test, and resets the connection.
 func (s *Sink) discard(sc *sinkConn) {
+	sc.unreadLn = sc.carried
 	rc, err := sc.c.SyscallConn()
 	if err == nil {
 		_ = rc.Control(func(fd uintptr) {
@@ -178,7 +183,7 @@ func (s *Sink) discard(sc *sinkConn) {
 			p := make([]byte, n)
 			m, _, err := unix.Recvfrom(int(fd), p, unix.MSG_PEEK|unix.MSG_DONTWAIT)
 			if err == nil {
-				sc.unread, sc.unreadLn = m, p[:m]
+				sc.unread, sc.unreadLn = m, append(sc.carried, p[:m]...)
 			}
 		})
 	}
@@ -231,6 +236,10 @@ func (s *Sink) setPaused(p bool) {
 type KillResult struct {
 	UnreadBytes int    // bytes acknowledged by the sink's kernel and never read
 	Unread      []byte // those bytes, as peeked before the reset
+	// UnreadConns is the same per connection, each preceded by the start
+	// of a line the sink had read but not recorded (so each begins at a
+	// line's start).
+	UnreadConns [][]byte
 }
 
 // Kill closes the listener and resets every connection, as a crashing target
@@ -255,7 +264,8 @@ func (s *Sink) Kill(drainFirst bool) KillResult {
 	var r KillResult
 	for _, sc := range conns {
 		r.UnreadBytes += sc.unread
-		r.Unread = append(r.Unread, sc.unreadLn...)
+		r.Unread = append(r.Unread, sc.unreadLn[len(sc.carried):]...)
+		r.UnreadConns = append(r.UnreadConns, sc.unreadLn)
 	}
 	return r
 }
