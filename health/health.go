@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -36,8 +37,17 @@ const (
 	KindHTTP = "http" // an HTTP request gets the expected status (and body)
 )
 
-// ErrConfig is wrapped by Validate's errors.
-var ErrConfig = errors.New("health: invalid config")
+// Errors of the package.
+var (
+	// ErrConfig is wrapped by Validate's errors.
+	ErrConfig = errors.New("health: invalid config")
+	// ErrStatus is wrapped by an http check whose answer had another
+	// status than the expected one.
+	ErrStatus = errors.New("unexpected HTTP status")
+	// ErrBody is wrapped by an http check whose answer lacked the
+	// expected body text.
+	ErrBody = errors.New("body lacks the expected text")
+)
 
 // HTTP configures an http check.
 type HTTP struct {
@@ -61,6 +71,9 @@ type Config struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Logger receives state changes; nil means slog.Default().
 	Logger *slog.Logger
+	// Clock paces the checks and stamps their results; nil means the real
+	// clock.
+	Clock clockwork.Clock
 }
 
 // DefaultConfig returns the documented defaults for kind.
@@ -110,6 +123,7 @@ type Checker struct {
 	log    *slog.Logger
 	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
 	client *http.Client
+	clock  clockwork.Clock
 }
 
 // New returns a checker for set; cfg must be valid.
@@ -117,9 +131,12 @@ func New(cfg Config, set *upstream.Set) (*Checker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Checker{cfg: cfg, set: set, log: cfg.Logger, dial: cfg.Dial}
+	c := &Checker{cfg: cfg, set: set, log: cfg.Logger, dial: cfg.Dial, clock: cfg.Clock}
 	if c.log == nil {
 		c.log = slog.Default()
+	}
+	if c.clock == nil {
+		c.clock = clockwork.NewRealClock()
 	}
 	if c.dial == nil {
 		d := &net.Dialer{KeepAlive: -1}
@@ -176,14 +193,14 @@ func (c *Checker) Run(ctx context.Context) {
 func (c *Checker) watch(ctx context.Context, t *upstream.Target) {
 	// Spread the first checks over an interval, so that many targets are
 	// not all checked at once.
-	timer := time.NewTimer(rand.N(c.cfg.Interval))
+	timer := c.clock.NewTimer(rand.N(c.cfg.Interval))
 	defer timer.Stop()
 	ok, fail := 0, 0
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-timer.C:
+		case <-timer.Chan():
 		}
 		err := c.Check(ctx, t.Addr)
 		if ctx.Err() != nil {
@@ -202,7 +219,7 @@ func (c *Checker) watch(ctx context.Context, t *upstream.Target) {
 			ok, fail = 0, fail+1
 		}
 		decided := ok >= c.cfg.Rise || fail >= c.cfg.Fall
-		if t.SetChecked(upstream.CheckResult{At: time.Now(), Err: err}, err == nil, decided) {
+		if t.SetChecked(upstream.CheckResult{At: c.clock.Now(), Err: err}, err == nil, decided) {
 			if err == nil {
 				c.log.Info("target up: health checks pass", "target", t.Addr, "check", c.cfg.Kind, "rise", c.cfg.Rise)
 			} else {
@@ -255,14 +272,14 @@ func (c *Checker) checkHTTP(ctx context.Context, addr string) error {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode != h.Status {
-		return fmt.Errorf("%s %s://%s%s: status %d, want %d", h.Method, scheme, addr, h.Path, resp.StatusCode, h.Status)
+		return fmt.Errorf("%s %s://%s%s: %w %d, want %d", h.Method, scheme, addr, h.Path, ErrStatus, resp.StatusCode, h.Status)
 	}
 	if h.Body != "" {
 		if err != nil {
 			return err
 		}
 		if !strings.Contains(string(body), h.Body) {
-			return fmt.Errorf("%s %s://%s%s: body lacks %q", h.Method, scheme, addr, h.Path, h.Body)
+			return fmt.Errorf("%s %s://%s%s: %w %q", h.Method, scheme, addr, h.Path, ErrBody, h.Body)
 		}
 	}
 	return nil

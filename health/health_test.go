@@ -9,9 +9,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"go.uber.org/goleak"
 
 	"github.com/ndlb/ndlb/internal/certtest"
@@ -20,9 +22,11 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func fast(kind string) Config {
+// quick is a check config for one-off Check calls: a timeout long enough
+// that a loaded machine does not fail a good check.
+func quick(kind string) Config {
 	cfg := DefaultConfig(kind)
-	cfg.Interval, cfg.Timeout = 10*time.Millisecond, 10*time.Millisecond
+	cfg.Interval, cfg.Timeout = 5*time.Second, 5*time.Second
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	return cfg
 }
@@ -38,14 +42,13 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// An HTTP target goes down after fall failing checks and up after rise
-// passing ones.
+// An HTTP target goes down exactly at its fall-th failing check and up at
+// its rise-th passing one. The checks run on a fake clock, one interval at a
+// time, so every check is counted and none is missed.
 func TestRiseAndFall(t *testing.T) {
 	var status atomic.Int32
 	status.Store(200)
-	var hits atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hits.Add(1)
 		if r.URL.Path != "/health" || r.Method != http.MethodHead {
 			w.WriteHeader(404)
 			return
@@ -56,8 +59,11 @@ func TestRiseAndFall(t *testing.T) {
 	addr := srv.Listener.Addr().String()
 	set := upstream.NewSet([]string{addr})
 	target := set.Targets()[0]
-	cfg := fast(KindHTTP)
+	clock := clockwork.NewFakeClock()
+	cfg := DefaultConfig(KindHTTP)
+	cfg.Logger, cfg.Clock = slog.New(slog.DiscardHandler), clock
 	cfg.HTTP.Method, cfg.HTTP.Path = http.MethodHead, "/health"
+	cfg.Rise, cfg.Fall = 2, 3
 	c, err := New(cfg, set)
 	if err != nil {
 		t.Fatal(err)
@@ -66,25 +72,38 @@ func TestRiseAndFall(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); c.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-
-	waitFor(t, "first checks", func() bool { return hits.Load() >= 3 })
-	if target.State() != upstream.StateUp {
-		t.Fatalf("state %s", target.State())
+	// check lets one check run and waits until its result is recorded.
+	check := func() {
+		t.Helper()
+		if err := clock.BlockUntilContext(ctx, 1); err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(cfg.Interval)
+		now := clock.Now()
+		waitFor(t, "the check's result", func() bool { return target.LastCheck().At.Equal(now) })
+	}
+	for i := range 3 {
+		check()
+		if target.State() != upstream.StateUp || target.LastCheck().Err != nil {
+			t.Fatalf("check %d: state %s, err %v", i, target.State(), target.LastCheck().Err)
+		}
 	}
 	status.Store(503)
-	from := hits.Load()
-	waitFor(t, "down", func() bool { return target.State() == upstream.StateDown })
-	if n := hits.Load() - from; n < int32(cfg.Fall) {
-		t.Fatalf("down after %d failing checks, want %d", n, cfg.Fall)
+	for i := 1; i <= cfg.Fall; i++ {
+		check()
+		if down := target.State() == upstream.StateDown; down != (i == cfg.Fall) {
+			t.Fatalf("after %d failing checks: state %s, want down only after %d", i, target.State(), cfg.Fall)
+		}
 	}
-	if target.Accepts() || target.LastCheck().Err == nil {
-		t.Fatal("a down target accepts work, or its last check shows no error")
+	if target.Accepts() || !errors.Is(target.LastCheck().Err, ErrStatus) {
+		t.Fatalf("a down target accepts work, or its last check's error is not ErrStatus: %v", target.LastCheck().Err)
 	}
 	status.Store(200)
-	from = hits.Load()
-	waitFor(t, "up", func() bool { return target.State() == upstream.StateUp })
-	if n := hits.Load() - from; n < int32(cfg.Rise) {
-		t.Fatalf("up after %d passing checks, want %d", n, cfg.Rise)
+	for i := 1; i <= cfg.Rise; i++ {
+		check()
+		if up := target.State() == upstream.StateUp; up != (i == cfg.Rise) {
+			t.Fatalf("after %d passing checks: state %s, want up only after %d", i, target.State(), cfg.Rise)
+		}
 	}
 }
 
@@ -113,27 +132,28 @@ func TestCheckKinds(t *testing.T) {
 		cfg  func() Config
 		addr string
 		ok   bool
+		want error // the failure expected, when not ok
 	}{
-		{name: "tcp up", cfg: func() Config { return fast(KindTCP) }, addr: plain.Listener.Addr().String(), ok: true},
-		{name: "tcp refused", cfg: func() Config { return fast(KindTCP) }, addr: dead},
+		{name: "tcp up", cfg: func() Config { return quick(KindTCP) }, addr: plain.Listener.Addr().String(), ok: true},
+		{name: "tcp refused", cfg: func() Config { return quick(KindTCP) }, addr: dead, want: syscall.ECONNREFUSED},
 		{name: "https with body", addr: tlsSrv.Listener.Addr().String(), ok: true, cfg: func() Config {
-			c := fast(KindHTTP)
+			c := quick(KindHTTP)
 			c.Timeout = time.Second
 			c.Interval = time.Second
 			c.HTTP.Body = "green"
 			c.HTTP.TLS = func() (*tls.Config, error) { return client, nil }
 			return c
 		}},
-		{name: "body missing", addr: tlsSrv.Listener.Addr().String(), cfg: func() Config {
-			c := fast(KindHTTP)
+		{name: "body missing", addr: tlsSrv.Listener.Addr().String(), want: ErrBody, cfg: func() Config {
+			c := quick(KindHTTP)
 			c.Timeout, c.Interval = time.Second, time.Second
 			c.HTTP.Body = "red"
 			c.HTTP.TLS = func() (*tls.Config, error) { return client, nil }
 			return c
 		}},
-		{name: "redirect is not 200", addr: plain.Listener.Addr().String(), cfg: func() Config { return fast(KindHTTP) }},
+		{name: "redirect is not 200", addr: plain.Listener.Addr().String(), want: ErrStatus, cfg: func() Config { return quick(KindHTTP) }},
 		{name: "redirect expected", addr: plain.Listener.Addr().String(), ok: true, cfg: func() Config {
-			c := fast(KindHTTP)
+			c := quick(KindHTTP)
 			c.HTTP.Status = http.StatusFound
 			return c
 		}},
@@ -144,8 +164,9 @@ func TestCheckKinds(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := c.Check(context.Background(), tt.addr); (err == nil) != tt.ok {
-				t.Fatalf("check: %v, want ok=%v", err, tt.ok)
+			err = c.Check(context.Background(), tt.addr)
+			if (err == nil) != tt.ok || !tt.ok && !errors.Is(err, tt.want) {
+				t.Fatalf("check: %v, want ok=%v (failure: %v)", err, tt.ok, tt.want)
 			}
 		})
 	}

@@ -4,6 +4,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 )
@@ -36,10 +37,13 @@ func TestCloseWaitsForRunningTasks(t *testing.T) {
 	<-started
 	closed := make(chan struct{})
 	go func() { p.Close(); close(closed) }()
+	// A Close that does not wait returns at once: give it 100 ms to show
+	// it. A correct Close cannot return before release, however long this
+	// takes.
 	select {
 	case <-closed:
 		t.Fatal("Close returned while a task ran")
-	default:
+	case <-time.After(100 * time.Millisecond):
 	}
 	close(release)
 	<-closed
