@@ -218,7 +218,9 @@ func TestTenThousandIdleClients(t *testing.T) {
 	if g := w.checkLedger(p, true); g.received != 2*n || g.dropped != 0 {
 		t.Fatalf("ledger %+v", g)
 	}
-	if perClient > 16<<10 {
-		t.Fatalf("%d bytes per idle client, over 16 KiB", perClient)
+	// Reading through a held buffer costs about 11.6 KiB per idle client;
+	// the idle reader, which gives the buffer back, about 7.
+	if perClient > 10<<10 {
+		t.Fatalf("%d bytes per idle client, over 10 KiB: idle clients hold read buffers", perClient)
 	}
 }

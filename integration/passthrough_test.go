@@ -567,4 +567,8 @@ func TestPassthroughIdleConnectionResumes(t *testing.T) {
 		t.Fatalf("close log %v", cl)
 	}
 	p.stopOK()
+	// Both directions were quiet for more than 2 s: both parked.
+	if parks := p.summary("parks"); parks < 2 {
+		t.Fatalf("%d streams parked, want both directions of the idle connection", parks)
+	}
 }

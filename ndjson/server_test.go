@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -90,5 +91,112 @@ func TestConfigValidate(t *testing.T) {
 	c := DefaultConfig()
 	if err := c.Validate(); !errors.Is(err, ErrConfig) {
 		t.Fatalf("no targets: %v", err)
+	}
+}
+
+// startServer runs a server with one sink and returns it with the sink.
+func startServer(t *testing.T, edit func(*Config)) (*Server, *linetest.Sink) {
+	t.Helper()
+	sink, err := linetest.NewSink("127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sink.Close)
+	cfg := DefaultConfig()
+	cfg.Targets = []string{sink.Addr()}
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	if edit != nil {
+		edit(&cfg)
+	}
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start(newLocalListener(t))
+	return srv, sink
+}
+
+// waitUntil polls cond for up to 10 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not reached in 10 s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Plain TCP clients are read through the idle reader: once a client is
+// between lines and quiet, it holds nothing of the client memory budget;
+// one that stops inside a line holds only that line, in a buffer of its
+// size. Through a plain net.Conn read, each would hold a read buffer.
+func TestIdleClientsHoldNoBuffer(t *testing.T) {
+	srv, sink := startServer(t, nil)
+	var conns []net.Conn
+	for i := range 50 {
+		c, err := net.Dial("tcp", srv.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+		c.Write(linetest.AppendLine(nil, uint32(i), 0))
+	}
+	waitUntil(t, "50 lines delivered", func() bool { return sink.Lines() == 50 })
+	waitUntil(t, "no memory held by idle clients", func() bool { return srv.Stats().ClientMemory.Used == 0 })
+	for _, c := range conns[:10] {
+		c.Write([]byte("a partial line of forty bytes, no end.."))
+	}
+	// Ten clients inside a line hold ten 512-byte buffers, not read buffers.
+	waitUntil(t, "ten small partial lines", func() bool { return srv.Stats().ClientMemory.Used == 10*512 })
+	for _, c := range conns {
+		c.Close()
+	}
+	sum := srv.Shutdown()
+	if sum.Ledger.Received != 60 || sum.Ledger.Delivered != 60 || !sum.Ledger.Closed() {
+		t.Fatalf("ledger %+v", sum.Ledger)
+	}
+}
+
+// A client that holds part of a line and sends nothing past the line
+// timeout is closed; its fragment is counted as incomplete, and a client
+// that keeps sending whole lines is not touched.
+func TestLineTimeoutClosesQuietPartialLine(t *testing.T) {
+	srv, sink := startServer(t, func(c *Config) { c.LineTimeout = 200 * time.Millisecond })
+	quiet, err := net.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer quiet.Close()
+	busy, err := net.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	quiet.Write([]byte("half a li"))
+	quiet.SetReadDeadline(time.Now().Add(10 * time.Second))
+	closed := make(chan error, 1)
+	go func() { _, err := quiet.Read(make([]byte, 1)); closed <- err }()
+	sent := uint32(0)
+	for done := false; !done; {
+		select {
+		case err := <-closed:
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal("the quiet client was not closed")
+			}
+			done = true
+		default:
+			busy.Write(linetest.AppendLine(nil, 1, sent))
+			sent++
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	busy.Close()
+	waitUntil(t, "busy client's lines", func() bool { return sink.Lines() == uint64(sent) })
+	sum := srv.Shutdown()
+	if sum.LineTimeouts != 1 || sum.DroppedIncomplete != 1 || sum.Ledger.Delivered != uint64(sent) {
+		t.Fatalf("line timeouts %d, incomplete %d, ledger %+v (busy sent %d)", sum.LineTimeouts, sum.DroppedIncomplete, sum.Ledger, sent)
 	}
 }

@@ -276,6 +276,9 @@ type Stats struct {
 	BytesFromClient uint64
 	BytesFromTarget uint64
 	BytesSpliced    uint64 // bytes moved by splice(2), never copied through ndlb's memory
+	// Parks counts idle streams that gave up their goroutine to wait in
+	// the parker's epoll set.
+	Parks uint64
 }
 
 // Stats returns the server's counters.
@@ -287,6 +290,9 @@ func (s *Server) Stats() Stats {
 	}
 	if s.ln != nil {
 		st.Listener = s.ln.Stats()
+	}
+	if s.parker != nil {
+		st.Parks = s.parker.Parks()
 	}
 	return st
 }
@@ -330,7 +336,7 @@ func (s *Server) Shutdown() Summary {
 		s.log.Info("summary", "connections", st.Listener.Accepted, "proxied", st.Proxied, "failed", st.Failed,
 			"dial_failures", st.DialFailures, "early_closed", st.EarlyClosed, "idle_closed", st.IdleClosed, "shutdown_closed", st.ShutdownClosed,
 			"proxy_rejected", st.Listener.ProxyRejected, "bytes_from_client", st.BytesFromClient,
-			"bytes_from_target", st.BytesFromTarget, "bytes_spliced", st.BytesSpliced)
+			"bytes_from_target", st.BytesFromTarget, "bytes_spliced", st.BytesSpliced, "parks", st.Parks)
 	})
 	return s.summary
 }

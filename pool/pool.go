@@ -142,10 +142,14 @@ type Stats struct {
 	// Resets counts connections given up with bytes unacknowledged,
 	// closed with a reset so the target never sees a fragment and a FIN.
 	Resets uint64
+	// Writes and BatchesWritten count write calls and the batches they
+	// carried: more batches than writes is coalescing at work.
+	Writes, BatchesWritten uint64
 }
 
 type stats struct {
 	dials, dialFailures, connFailures, failovers, failbacks, requeuedLines, resets atomic.Uint64
+	writes, batchesWritten                                                        atomic.Uint64
 }
 
 // Pool runs the workers. Make one with New, then Run it.
@@ -267,6 +271,6 @@ func (p *Pool) Stats() Stats {
 		Dials: p.st.dials.Load(), DialFailures: p.st.dialFailures.Load(),
 		ConnFailures: p.st.connFailures.Load(), Failovers: p.st.failovers.Load(),
 		Failbacks: p.st.failbacks.Load(), RequeuedLines: p.st.requeuedLines.Load(),
-		Resets: p.st.resets.Load(),
+		Resets: p.st.resets.Load(), Writes: p.st.writes.Load(), BatchesWritten: p.st.batchesWritten.Load(),
 	}
 }

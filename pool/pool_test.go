@@ -140,6 +140,25 @@ func (w *world) finish() {
 	}
 }
 
+// With the queue deep, a worker writes many batches in one vectored write;
+// every line still arrives once and in order within its batch.
+func TestDeepQueueCoalescesWrites(t *testing.T) {
+	cfg := testConfig()
+	cfg.Connections = 1
+	w := newWorld(t, 1, cfg)
+	w.push(1, 0, 20000, 20) // 1000 batches queued before any worker runs
+	w.start()
+	w.finish()
+	if r := w.ledger.Check(map[uint32]uint32{1: 20000}); r.Lost != 0 || r.Duplicated != 0 || r.Torn != 0 {
+		t.Fatal(r)
+	}
+	st := w.p.Stats()
+	t.Logf("%d batches in %d writes", st.BatchesWritten, st.Writes)
+	if st.BatchesWritten != 1000 || st.Writes*10 > st.BatchesWritten {
+		t.Fatalf("%d batches in %d writes: want 1000 batches, at least 10 per write", st.BatchesWritten, st.Writes)
+	}
+}
+
 func TestDeliversEverythingOnce(t *testing.T) {
 	w := newWorld(t, 2, testConfig())
 	w.start()

@@ -242,6 +242,8 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 				continue
 			}
 			err := c.write(w.batches, cfg.WriteTimeout)
+			w.p.st.writes.Add(1)
+			w.p.st.batchesWritten.Add(uint64(len(w.batches)))
 			clear(w.batches)
 			if err != nil && ctx.Err() != nil {
 				// Cut by the shutdown deadline, not a target failure.
