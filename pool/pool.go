@@ -149,7 +149,7 @@ type Stats struct {
 
 type stats struct {
 	dials, dialFailures, connFailures, failovers, failbacks, requeuedLines, resets atomic.Uint64
-	writes, batchesWritten                                                        atomic.Uint64
+	writes, batchesWritten                                                         atomic.Uint64
 }
 
 // Pool runs the workers. Make one with New, then Run it.
