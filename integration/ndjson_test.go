@@ -38,6 +38,9 @@ func TestSpreadsEveryLineOnce(t *testing.T) {
 		t.Fatal(r)
 	}
 	for _, s := range w.sinks {
+		if n := s.OutOfOrder(); n != 0 {
+			t.Fatalf("sink %s: %d lines out of order on their connection", s.Addr(), n)
+		}
 		if share := float64(s.Lines()) / float64(r.Sent); share < 0.25 {
 			t.Errorf("target %s got %.1f%% of the lines, want at least 25%%", s.Addr(), 100*share)
 		}

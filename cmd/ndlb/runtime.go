@@ -45,6 +45,7 @@ type runtime struct {
 	draining sync.WaitGroup // listeners replaced or removed by a reload
 	dirty    atomic.Bool    // a replaced or removed listener dropped lines at its shutdown
 	book     *dispatch.Book // every NDJSON listener's ledger, by name
+	loaded   [32]byte       // hash of the config file as first loaded
 
 	reloads, reloadFailures atomic.Uint64
 	lastReload              atomic.Pointer[admin.ReloadInfo]
@@ -57,6 +58,9 @@ func runBalancer(c *cli.Context) error {
 		return usageError("unexpected argument %q (flags start with - or --; see ndlb --help)", c.Args().First())
 	}
 	r := &runtime{c: c, failed: make(chan error, 16), book: dispatch.NewBook()}
+	// The content being loaded: a change made before the watcher starts
+	// is then still seen as a change.
+	r.loaded = fileHash(c.String("config"))
 	g, insts, err := loadSetup(c)
 	if err != nil {
 		return err

@@ -44,8 +44,8 @@ func (r *runtime) watchConfig() (changed <-chan struct{}, stop func()) {
 // watchLoop turns the watcher's events into content changes on out.
 func watchLoop(w *fsnotify.Watcher, path string, out chan<- struct{}, r *runtime) {
 	base := filepath.Base(path)
-	last := fileHash(path)
-	var settle <-chan time.Time
+	last := r.loaded
+	settle := time.After(debounce) // a change before the watch began counts too
 	for {
 		select {
 		case ev, ok := <-w.Events:

@@ -62,6 +62,14 @@ func (s *Server) SetSRV(name string, recs ...net.SRV) {
 	s.srv[fqdn(name)] = recs
 }
 
+// Remove forgets name: queries for it get NXDOMAIN.
+func (s *Server) Remove(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.ips, fqdn(name))
+	delete(s.srv, fqdn(name))
+}
+
 // Close stops the server.
 func (s *Server) Close() {
 	s.conn.Close()

@@ -21,7 +21,7 @@ type Sink struct {
 	ledger *Ledger     // nil: count only
 	tls    *tls.Config // nil: plain TCP
 
-	lines, bytes, partials, tornEOF atomic.Uint64
+	lines, bytes, partials, tornEOF, outOfOrder atomic.Uint64
 
 	mu     sync.Mutex
 	ln     net.Listener           // guarded by mu
@@ -121,6 +121,7 @@ func (s *Sink) handle(sc *sinkConn) {
 	}()
 	buf := make([]byte, 256<<10)
 	n := 0
+	last := map[uint32]uint32{} // per client, the last sequence number on this connection
 	for {
 		s.mu.Lock()
 		for s.paused && s.kill == alive {
@@ -141,6 +142,7 @@ func (s *Sink) handle(sc *sinkConn) {
 		m, err := sc.r.Read(buf[n:])
 		n += m
 		if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
+			s.checkOrder(buf[:i+1], last)
 			s.record(buf[:i+1])
 			n = copy(buf, buf[i+1:n])
 		}
@@ -159,6 +161,35 @@ func (s *Sink) handle(sc *sinkConn) {
 			return
 		}
 	}
+}
+
+// checkOrder counts lines that arrive on a connection after a later line of
+// the same client: a worker writes a client's batches in queue order, so on
+// one connection that happens only after a failure sent a batch again.
+func (s *Sink) checkOrder(lines []byte, last map[uint32]uint32) {
+	for len(lines) > 0 {
+		i := bytes.IndexByte(lines, '\n')
+		if c, seq, ok := ParseLine(lines[:i]); ok {
+			if prev, seen := last[c]; seen && seq <= prev {
+				s.outOfOrder.Add(1)
+			}
+			last[c] = seq
+		}
+		lines = lines[i+1:]
+	}
+}
+
+// OutOfOrder counts lines that arrived on a connection after a later line
+// of the same client.
+func (s *Sink) OutOfOrder() uint64 { return s.outOfOrder.Load() }
+
+// StopAccepting closes the sink's listener (new connections are refused)
+// and leaves the connections it has alone: a target whose health checks
+// fail while its data connections still work.
+func (s *Sink) StopAccepting() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ln.Close()
 }
 
 func (s *Sink) record(lines []byte) {
