@@ -61,24 +61,37 @@ type apiTarget struct {
 // target returns the API's view of addr.
 func (a *adminAPI) target(addr string) apiTarget {
 	a.t.Helper()
+	t, ok := a.find(addr)
+	if !ok {
+		a.t.Fatalf("no target %s", addr)
+	}
+	return t
+}
+
+// find looks addr up among the targets.
+func (a *adminAPI) find(addr string) (apiTarget, bool) {
+	a.t.Helper()
 	var ts []apiTarget
 	a.call("GET", "/api/v1/targets", &ts)
 	for _, t := range ts {
 		if t.Addr == addr {
-			return t
+			return t, true
 		}
 	}
-	a.t.Fatalf("no target %s in %v", addr, ts)
-	return apiTarget{}
+	return apiTarget{}, false
 }
 
-// waitTarget polls until cond holds for addr.
+// waitTarget polls until addr is a target and cond holds for it.
 func (a *adminAPI) waitTarget(addr string, what string, cond func(apiTarget) bool) {
 	a.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
-	for !cond(a.target(addr)) {
+	for {
+		if t, ok := a.find(addr); ok && cond(t) {
+			return
+		}
 		if time.Now().After(deadline) {
-			a.t.Fatalf("target %s: %s not reached: %+v", addr, what, a.target(addr))
+			t, ok := a.find(addr)
+			a.t.Fatalf("target %s: %s not reached: %+v (listed: %v)", addr, what, t, ok)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

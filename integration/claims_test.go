@@ -384,3 +384,78 @@ func TestConfigReloadOnRenameAndConfigMapSwap(t *testing.T) {
 		p.stopOK()
 	})
 }
+
+// A reload changes a listener's DNS name, turns on health checks and
+// removes another listener: the new name's address takes the lines, the
+// checks run, and the removed listener's port stops accepting.
+func TestReloadDNSNameChecksAndRemovedListener(t *testing.T) {
+	dns, err := dnstest.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dns.Close()
+	w := newWorld(t, 0)
+	port := sinksOnOnePort(t, w)
+	a, b := w.sinks[0], w.sinks[1]
+	dns.SetIPs("a.test", "127.0.0.2")
+	dns.SetIPs("b.test", "127.0.0.3")
+	echo := newIDBackend(t, "echo", nil)
+	dir := t.TempDir()
+	doc := func(name, check string, web bool) string {
+		d := fmt.Sprintf("log-format = \"json\"\nadmin = \"127.0.0.1:0\"\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\n"+
+			"target-dns = [\"%s:%s\"]\ndns-resolver = %q\ndns-interval = \"300ms\"\n%s", name, port, dns.Addr(), check)
+		if web {
+			d += fmt.Sprintf("[[listener]]\nname = \"web\"\npassthrough = true\naddr = \"127.0.0.1\"\nport = 0\ntarget = [%q]\n", echo.addr())
+		}
+		return d
+	}
+	path := writeConfig(t, dir, doc("a.test", "", true))
+	p := startCmd(t, command(bin, "--config", path))
+	addrs := listening(t, p, 2)
+	api := newAdminAPI(t, p, "")
+	send := func(c uint32) {
+		t.Helper()
+		conn := dial(t, addrs["logs"])
+		if _, err := linetest.Send(conn, c, 0, 2000, 8<<10); err != nil {
+			t.Fatal(err)
+		}
+		conn.Close()
+	}
+	send(1)
+	// The name changes.
+	os.WriteFile(path, []byte(doc("b.test", "", true)), 0o600)
+	api.waitTarget(b.Addr(), "up", func(x apiTarget) bool { return x.State == "up" && x.Active > 0 })
+	p.waitLog("target left the set: drained", 10*time.Second)
+	before := a.Lines()
+	send(2)
+	// Checks turn on.
+	os.WriteFile(path, []byte(doc("b.test", "check = \"tcp\"\ncheck-interval = \"300ms\"\ncheck-timeout = \"250ms\"\n", true)), 0o600)
+	p.waitLog("health checks changed", 10*time.Second)
+	api.waitTarget(b.Addr(), "checked", func(x apiTarget) bool { return x.LastCheck != nil })
+	// The web listener goes.
+	os.WriteFile(path, []byte(doc("b.test", "check = \"tcp\"\ncheck-interval = \"300ms\"\ncheck-timeout = \"250ms\"\n", false)), 0o600)
+	p.waitLog("listener removed; draining", 10*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addrs["web"], time.Second)
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the removed listener's port still accepts")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	send(3)
+	p.stopOK()
+	if a.Lines() != before {
+		t.Fatalf("the old name's target got %d lines after it left", a.Lines()-before)
+	}
+	if r := w.check(map[uint32]uint32{1: 2000, 2: 2000, 3: 2000}); r.Lost != 0 || r.Duplicated != 0 || r.Torn != 0 {
+		t.Fatal(r)
+	}
+	if g := p.ledger("logs"); g.received != 6000 || g.delivered != 6000 {
+		t.Fatalf("ledger %+v", g)
+	}
+}

@@ -6,9 +6,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 )
 
@@ -41,6 +43,31 @@ func TestStatusPageInChromium(t *testing.T) {
 	ctx, cancelT := context.WithTimeout(ctx, 60*time.Second)
 	defer cancelT()
 
+	// Every request the page makes goes to ndlb: it loads nothing from
+	// outside (an operator's console may have no internet).
+	var mu sync.Mutex
+	var requested []string
+	if err := chromedp.Listen(ctx, func(ev any) {
+		if r, ok := ev.(*network.EventRequestWillBeSent); ok {
+			mu.Lock()
+			requested = append(requested, r.Request.URL)
+			mu.Unlock()
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(requested) == 0 {
+			t.Error("no request was seen: the check of what the page loads did not run")
+		}
+		for _, u := range requested {
+			if !strings.HasPrefix(u, api.url+"/") && !strings.HasPrefix(u, "data:") {
+				t.Errorf("the status page requested %s, outside ndlb", u)
+			}
+		}
+	}()
 	row := chromedp.CSS(`tr[data-addr="` + w.sinks[0].Addr() + `"]`)
 	if err := chromedp.Do(ctx, chromedp.Navigate(api.url+"/"), chromedp.WaitVisible(row)); err != nil {
 		t.Fatal(err)

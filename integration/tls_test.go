@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"io"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -112,4 +113,109 @@ func TestTLSBothSidesWithClientCertificates(t *testing.T) {
 			t.Errorf("TLS target %s got nothing", s.Addr())
 		}
 	}
+}
+
+// Rotated files take effect without a restart, end to end: a new client CA
+// admits the clients it signed, and a new client certificate toward the
+// targets is presented on the next connection (the target now trusting only
+// the new CA).
+func TestTLSRotationOfClientCAAndTargetCertificate(t *testing.T) {
+	old, next := newPKI(t), newPKI(t)
+	dir := t.TempDir()
+	srvCert, srvKey, _ := old.files(t, "ndlb", "127.0.0.1", "localhost")
+	caFile, err := old.ca.WriteCA(dir, "client-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	upPair, err := old.ca.Issue("ndlb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	upCert, upKey, err := upPair.Write(dir, "upstream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, oldShipper := old.files(t, "shipper", "shipper")
+	_, _, newShipper := next.files(t, "shipper", "shipper")
+	_, _, target := old.files(t, "target", "127.0.0.1")
+
+	// The target trusts one CA at a time, as an operator rotating would.
+	var trusted atomic.Pointer[x509.CertPool]
+	trusted.Store(old.pool())
+	targetTLS := &tls.Config{Certificates: []tls.Certificate{target}, ClientAuth: tls.RequireAnyClientCert,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			cert, err := x509.ParseCertificate(raw[0])
+			if err != nil {
+				return err
+			}
+			_, err = cert.Verify(x509.VerifyOptions{Roots: trusted.Load(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+			return err
+		}}
+	w := &world{t: t, ledger: linetest.NewLedger()}
+	sink, err := linetest.NewTLSSink("127.0.0.1:0", w.ledger, targetTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sink.Close)
+	w.sinks = []*linetest.Sink{sink}
+	p := startNDLB(t, "--target", w.targets(), "--backoff-max", "200ms",
+		"-tls-cert", srvCert, "-tls-key", srvKey, "--tls-client-ca", caFile,
+		"-tls-target", "--tls-target-ca", old.caFile, "--tls-target-cert", upCert, "--tls-target-key", upKey)
+	send := func(cert tls.Certificate, c uint32) error {
+		conn, err := tls.Dial("tcp", p.addr, &tls.Config{RootCAs: old.pool(), ServerName: "localhost", Certificates: []tls.Certificate{cert}})
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		if _, err := linetest.Send(conn, c, 0, 100, 4096); err != nil {
+			return err
+		}
+		conn.CloseWrite()
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = io.ReadAll(conn) // a refused certificate shows here, with TLS 1.3
+		return err
+	}
+	if err := send(oldShipper, 1); err != nil {
+		t.Fatalf("old client before the rotation: %v", err)
+	}
+	if err := send(newShipper, 99); err == nil {
+		t.Fatal("a client of the new CA was served before the rotation")
+	}
+	// Rotate the client CA: clients of the new CA get in.
+	if _, err := next.ca.WriteCA(dir, "client-ca"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for c := uint32(2); send(newShipper, c) != nil; c++ {
+		if time.Now().After(deadline) {
+			t.Fatal("the rotated client CA was not picked up")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Rotate the certificate toward the target: the target now trusts only
+	// the new CA, and drops ndlb's connections so it must dial again.
+	newUp, err := next.ca.Issue("ndlb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := newUp.Write(dir, "upstream"); err != nil {
+		t.Fatal(err)
+	}
+	trusted.Store(next.pool())
+	sink.Kill(true)
+	if err := sink.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	before := sink.Lines()
+	if err := send(newShipper, 50); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(20 * time.Second)
+	for sink.Lines() < before+100 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no line reached the target after the certificate rotation (%d)", sink.Lines()-before)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.stopOK()
 }
