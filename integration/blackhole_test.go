@@ -61,7 +61,7 @@ func TestBlackHoledTargetDetectedInSeconds(t *testing.T) {
 	faults := make(chan struct{})
 	go func() {
 		defer close(faults)
-		time.Sleep(time.Second)
+		w.untilLines(40000) // mid-stream, by what was delivered
 		// Every packet to the first target is discarded from now on.
 		holed = time.Now()
 		run(t, "ip", "route", "add", "blackhole", "127.0.0.2/32", "table", "local")

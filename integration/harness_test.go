@@ -356,6 +356,29 @@ func (w *world) drained() {
 	}
 }
 
+// lines is what the sinks have counted so far.
+func (w *world) lines() uint64 {
+	var n uint64
+	for _, s := range w.sinks {
+		n += s.Lines()
+	}
+	return n
+}
+
+// untilLines waits until the sinks have counted n lines (at most 60 s): a
+// fault injected then lands mid-stream by what was delivered, not by the
+// clock. It returns false on timeout; any goroutine may call it.
+func (w *world) untilLines(n uint64) bool {
+	deadline := time.Now().Add(60 * time.Second)
+	for w.lines() < n {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return true
+}
+
 // check compares what the sinks got with what was sent.
 func (w *world) check(sent map[uint32]uint32) linetest.Report {
 	w.t.Helper()

@@ -61,7 +61,7 @@ func get(t *testing.T, addr string) string {
 func TestHTTPCheckSteersPassthrough(t *testing.T) {
 	b0, b1 := newHTTPBackend(t, "b0"), newHTTPBackend(t, "b1")
 	p := startPassthrough(t, []string{b0.addr, b1.addr}, "--check", "http", "--check-http-path", "/health",
-		"--check-interval", "100ms", "--check-timeout", "100ms", "--check-fall", "3", "--check-rise", "2")
+		"--check-interval", "300ms", "--check-timeout", "250ms", "--check-fall", "3", "--check-rise", "2")
 	seen := map[string]int{}
 	for range 10 {
 		seen[get(t, p.addr)]++

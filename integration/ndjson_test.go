@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -62,9 +63,17 @@ func TestTargetResetFailoverAndFailback(t *testing.T) {
 	victim := w.sinks[0]
 	faults := make(chan error, 1)
 	go func() {
-		time.Sleep(1 * time.Second) // mid-stream: the clients send for 7 s
+		// Mid-stream, by what was delivered: a seventh of the 280 000.
+		if !w.untilLines(40000) {
+			faults <- errors.New("the clients never got going")
+			return
+		}
 		victim.Kill(true)
-		time.Sleep(3 * time.Second)
+		// Down while the other target takes 60 000 more.
+		other := w.sinks[1].Lines()
+		for w.sinks[1].Lines() < other+60000 && w.lines() < 280000 {
+			time.Sleep(2 * time.Millisecond)
+		}
 		faults <- victim.Restart()
 	}()
 	sent, err := clients(4, 70000, func(c uint32) error {
@@ -127,9 +136,14 @@ func TestStalledTargetResetLosesOnlyItsUnreadQueue(t *testing.T) {
 	victim := w.sinks[0]
 	killed := make(chan linetest.KillResult, 1)
 	go func() {
-		time.Sleep(1 * time.Second)
+		w.untilLines(100000) // a fifth of the way
 		victim.Pause()
-		time.Sleep(2 * time.Second)
+		// Stalled while the other target takes 100 000 more: its
+		// buffers are full by then.
+		other := w.sinks[1].Lines()
+		for w.sinks[1].Lines() < other+100000 && w.lines() < 400000 {
+			time.Sleep(2 * time.Millisecond)
+		}
 		killed <- victim.Kill(false)
 	}()
 	// About 100 000 lines/s in all, for 5 s.
@@ -304,7 +318,7 @@ func TestSIGTERMDeliversEverythingRead(t *testing.T) {
 	held := dial(t, p.addr) // keeps ndlb draining until the check below
 	signalled := make(chan struct{})
 	go func() {
-		time.Sleep(1 * time.Second)
+		w.untilLines(60000) // a quarter of the way
 		_ = p.cmd.Process.Signal(syscall.SIGTERM)
 		close(signalled)
 	}()
