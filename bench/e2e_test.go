@@ -75,8 +75,11 @@ func (p *ndlbProc) stop() {
 }
 
 // cpuSeconds is the process's user+system CPU time so far.
-func (p *ndlbProc) cpuSeconds() float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+func (p *ndlbProc) cpuSeconds() float64 { return cpuSecondsOf(p.cmd.Process.Pid) }
+
+// cpuSecondsOf is process pid's user+system CPU time so far.
+func cpuSecondsOf(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0
 	}
@@ -86,8 +89,11 @@ func (p *ndlbProc) cpuSeconds() float64 {
 	return (ut + st) / 100 // USER_HZ
 }
 
-func (p *ndlbProc) peakRSS() float64 {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+func (p *ndlbProc) peakRSS() float64 { return peakRSSOf(p.cmd.Process.Pid) }
+
+// peakRSSOf is process pid's peak resident set size in MiB.
+func peakRSSOf(pid int) float64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	for _, line := range strings.Split(string(b), "\n") {
 		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
 			kb, _ := strconv.ParseFloat(f[1], 64)
@@ -191,11 +197,14 @@ func generate(b *testing.B, gen generator, oneCPU bool, addrs []string, sinks []
 }
 
 // BenchmarkEndToEnd moves 512 MiB of 256-byte lines from 4 client
-// connections into 2 sinks, directly and through ndlb, in each iteration,
-// and reports both rates, their ratio, ndlb's CPU seconds per GB and its
-// peak RSS: with shipper-like clients that format every record, in a
-// single-threaded process of their own and spread over both CPUs, and with
-// bulk clients that write ready-made chunks.
+// connections into 2 sinks, directly, through ndlb and through HAProxy
+// (mode tcp, round-robin over the same sinks: it forwards whole
+// connections), in each iteration, rotating the order between iterations.
+// It reports each one's rate, the ratios, and CPU seconds per GB and peak
+// RSS of both proxies: with shipper-like clients that format every record,
+// in a single-threaded process of their own and spread over both CPUs, and
+// with bulk clients that write ready-made chunks. HAProxy must be installed
+// (apt-get install haproxy): a missing peer fails the benchmark.
 func BenchmarkEndToEnd(b *testing.B) {
 	bin := buildNDLB(b)
 	b.Run("shipper-1cpu", func(b *testing.B) { endToEnd(b, bin, shipper{}, true) })
@@ -203,28 +212,72 @@ func BenchmarkEndToEnd(b *testing.B) {
 	b.Run("bulk", func(b *testing.B) { endToEnd(b, bin, bulk{lines256(e2eChunk)}, false) })
 }
 
+// startHAProxy runs HAProxy in mode tcp in front of addrs, round-robin,
+// with the same threads as ndlb has cores.
+func startHAProxy(b *testing.B, addrs []string) peer {
+	b.Helper()
+	path, err := exec.LookPath("haproxy")
+	if err != nil {
+		b.Fatal("haproxy is not installed (apt-get install haproxy): the end-to-end benchmark compares with it")
+	}
+	port := freeLoopbackPort(b)
+	var servers strings.Builder
+	for i, a := range addrs {
+		fmt.Fprintf(&servers, "  server s%d %s\n", i, a)
+	}
+	conf := fmt.Sprintf("global\n  maxconn 9000\n  nbthread 2\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n"+
+		"frontend f\n  bind 127.0.0.1:%s\n  default_backend b\nbackend b\n  balance roundrobin\n%s", port, servers.String())
+	cfg := filepath.Join(b.TempDir(), "haproxy.cfg")
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return startProxy(b, "haproxy", port, exec.Command(path, "-db", "-f", cfg))
+}
+
 func endToEnd(b *testing.B, bin string, gen generator, oneCPU bool) {
 	sinks, addrs := newSinks(b, 2)
 	p := startNDLB(b, bin, addrs)
 	var once sync.Once
 	defer once.Do(p.stop)
-	var direct, via time.Duration
-	var cpu float64
+	hap := startHAProxy(b, addrs)
+	defer hap.stop()
+	var took [3]time.Duration // direct, ndlb, haproxy
+	var cpu [2]float64        // ndlb, haproxy
+	runs := []func(){
+		func() { took[0] += generate(b, gen, oneCPU, addrs, sinks) },
+		func() {
+			c0 := p.cpuSeconds()
+			took[1] += generate(b, gen, oneCPU, []string{p.addr}, sinks)
+			cpu[0] += p.cpuSeconds() - c0
+		},
+		func() {
+			c0 := cpuSecondsOf(hap.pid)
+			took[2] += generate(b, gen, oneCPU, []string{hap.addr}, sinks)
+			cpu[1] += cpuSecondsOf(hap.pid) - c0
+		},
+	}
+	i := 0
 	for b.Loop() {
-		direct += generate(b, gen, oneCPU, addrs, sinks)
-		c0 := p.cpuSeconds()
-		via += generate(b, gen, oneCPU, []string{p.addr}, sinks)
-		cpu += p.cpuSeconds() - c0
+		for k := range runs {
+			runs[(i+k)%len(runs)]()
+		}
+		i++
 	}
 	gb := float64(b.N) * e2eBytes / 1e9
-	rss := p.peakRSS()
+	rss, hapRSS := p.peakRSS(), peakRSSOf(hap.pid)
 	once.Do(p.stop)
-	b.ReportMetric(gb*1e3/direct.Seconds(), "direct-MB/s")
-	b.ReportMetric(gb*1e3/via.Seconds(), "ndlb-MB/s")
-	b.ReportMetric(gb*1e9/256/via.Seconds(), "ndlb-lines/s")
-	b.ReportMetric(direct.Seconds()/via.Seconds(), "ndlb/direct")
-	b.ReportMetric(cpu/gb, "ndlb-cpu-s/GB")
+	b.ReportMetric(gb*1e3/took[0].Seconds(), "direct-MB/s")
+	b.ReportMetric(gb*1e3/took[1].Seconds(), "ndlb-MB/s")
+	b.ReportMetric(gb*1e9/256/took[1].Seconds(), "ndlb-lines/s")
+	b.ReportMetric(gb*1e3/took[2].Seconds(), "haproxy-MB/s")
+	b.ReportMetric(took[0].Seconds()/took[1].Seconds(), "ndlb/direct")
+	b.ReportMetric(took[0].Seconds()/took[2].Seconds(), "haproxy/direct")
+	b.ReportMetric(took[2].Seconds()/took[1].Seconds(), "ndlb/haproxy")
+	b.ReportMetric(cpu[0]/gb, "ndlb-cpu-s/GB")
+	b.ReportMetric(cpu[1]/gb, "haproxy-cpu-s/GB")
+	b.ReportMetric(cpu[0]/cpu[1], "ndlb/haproxy-cpu")
 	b.ReportMetric(rss, "ndlb-peak-RSS-MiB")
+	b.ReportMetric(hapRSS, "haproxy-peak-RSS-MiB")
 	b.ReportMetric(0, "ns/op")
 }
 

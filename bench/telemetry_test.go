@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,10 +20,16 @@ import (
 //	go test ./bench -run '^$' -bench TelemetryOverhead -benchtime 3x -count 3
 func BenchmarkTelemetryOverhead(b *testing.B) {
 	bin := buildNDLB(b)
-	var exports atomic.Int64
+	var exports, traces, metricExports, scrapes atomic.Int64
 	stub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		exports.Add(1)
+		switch r.URL.Path {
+		case "/v1/traces":
+			traces.Add(1)
+		case "/v1/metrics":
+			metricExports.Add(1)
+		}
 		w.WriteHeader(http.StatusOK)
 	}))
 	defer stub.Close()
@@ -44,8 +51,11 @@ func BenchmarkTelemetryOverhead(b *testing.B) {
 				return
 			case <-tick.C:
 				if resp, err := http.Get("http://127.0.0.1:" + adminPort + "/metrics"); err == nil {
-					io.Copy(io.Discard, resp.Body)
+					body, _ := io.ReadAll(resp.Body)
 					resp.Body.Close()
+					if resp.StatusCode == http.StatusOK && strings.Contains(string(body), "ndlb_lines_delivered_total") {
+						scrapes.Add(1)
+					}
 				}
 			}
 		}
@@ -62,4 +72,14 @@ func BenchmarkTelemetryOverhead(b *testing.B) {
 	b.ReportMetric(tOff.Seconds()/tOn.Seconds(), "on/off")
 	b.ReportMetric(float64(exports.Load()), "otlp-exports")
 	b.ReportMetric(0, "ns/op")
+	// The "on" runs must really have exported: otherwise the ratio
+	// compares off with off.
+	stop2 := time.Now().Add(5 * time.Second)
+	for (traces.Load() == 0 || metricExports.Load() == 0 || scrapes.Load() == 0) && time.Now().Before(stop2) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if traces.Load() == 0 || metricExports.Load() == 0 || scrapes.Load() == 0 {
+		b.Fatalf("telemetry was not on: %d trace exports, %d metric exports, %d good scrapes of /metrics",
+			traces.Load(), metricExports.Load(), scrapes.Load())
+	}
 }
