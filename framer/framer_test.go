@@ -15,6 +15,12 @@ type chunkReader struct {
 	sizes []int
 	i     int
 	err   error
+	// zeros makes a size of 0 a read of (0, nil), which a reader may
+	// return and which is not an end of stream (never twice in a row: a
+	// reader that never progresses is not one the framer can serve).
+	zeros, wasZero bool
+	// withErr returns the last chunk together with the end (n > 0, err).
+	withErr bool
 }
 
 func (r *chunkReader) Read(p []byte) (int, error) {
@@ -26,12 +32,24 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 	}
 	n := len(r.data)
 	if len(r.sizes) > 0 {
-		n = max(1, r.sizes[r.i%len(r.sizes)])
+		n = r.sizes[r.i%len(r.sizes)]
 		r.i++
+		if n == 0 && r.zeros && !r.wasZero {
+			r.wasZero = true
+			return 0, nil
+		}
+		r.wasZero = false
+		n = max(1, n)
 	}
 	n = min(n, len(p), len(r.data))
 	copy(p, r.data[:n])
 	r.data = r.data[n:]
+	if len(r.data) == 0 && r.withErr {
+		if r.err != nil {
+			return n, r.err
+		}
+		return n, io.EOF
+	}
 	return n, nil
 }
 
