@@ -102,6 +102,10 @@ func (w *world) start() {
 // after 10 000, and returns what the sinks got.
 func (w *world) resetMidStream() linetest.Report {
 	w.start()
+	waitFor(w.t, func() bool { // every worker connected: the reset cuts live connections
+		n := int64(w.p.cfg.Connections)
+		return w.set.Targets()[0].Stats().Conns == n && w.set.Targets()[1].Stats().Conns == n
+	})
 	w.push(1, 0, 10000, 20)
 	w.sinks[0].Kill(true)
 	w.push(1, 10000, 30000, 20)
@@ -160,7 +164,9 @@ func TestDeepQueueCoalescesWrites(t *testing.T) {
 }
 
 func TestDeliversEverythingOnce(t *testing.T) {
-	w := newWorld(t, 2, testConfig())
+	cfg := testConfig()
+	cfg.MaxWriteCount = 8 // many pops, so every worker takes part
+	w := newWorld(t, 2, cfg)
 	w.start()
 	waitFor(t, func() bool { // every worker connected, so both targets take part
 		return w.set.Targets()[0].Stats().Conns == 2 && w.set.Targets()[1].Stats().Conns == 2
@@ -186,7 +192,7 @@ func TestDeliversEverythingOnce(t *testing.T) {
 func TestFailoverOnReset(t *testing.T) {
 	w := newWorld(t, 2, testConfig())
 	if r := w.resetMidStream(); r.Lost != 0 || r.Torn != 0 {
-		t.Fatal(r)
+		t.Fatalf("%s; queue %+v; sink lines %d %d partials %d %d", r, w.q.Stats(), w.sinks[0].Lines(), w.sinks[1].Lines(), w.sinks[0].Partials(), w.sinks[1].Partials())
 	}
 	if st := w.p.Stats(); st.Failovers == 0 || st.ConnFailures == 0 {
 		t.Fatalf("pool stats %+v: no failover recorded", st)

@@ -101,10 +101,15 @@ func (s *Sink) acceptLoop(ln net.Listener) {
 			sc.r = tls.Server(c, s.tls)
 		}
 		s.mu.Lock()
-		if s.kill != alive {
+		switch s.kill {
+		case discard:
 			s.mu.Unlock()
-			c.Close()
+			resetClose(sc.c)
 			continue
+		case drain:
+			// Completed in the kernel before the kill, and maybe holding
+			// acknowledged data: read it like the others.
+			shutdown(sc.c)
 		}
 		s.conns[sc] = struct{}{}
 		s.mu.Unlock()
@@ -279,10 +284,16 @@ type KillResult struct {
 // Kill returns when every connection is closed.
 func (s *Sink) Kill(drainFirst bool) KillResult {
 	s.mu.Lock()
-	s.ln.Close()
 	s.kill = discard
-	if drainFirst {
+	ln := s.ln
+	if tl, ok := ln.(*net.TCPListener); drainFirst && ok {
+		// Connections waiting in the accept backlog were completed by the
+		// kernel, which may have acknowledged their data: accept and
+		// drain them too, then stop.
 		s.kill = drain
+		_ = tl.SetDeadline(time.Now().Add(50 * time.Millisecond))
+	} else {
+		ln.Close()
 	}
 	conns := make([]*sinkConn, 0, len(s.conns))
 	for sc := range s.conns {
@@ -292,6 +303,7 @@ func (s *Sink) Kill(drainFirst bool) KillResult {
 	s.wake.Broadcast()
 	s.mu.Unlock()
 	s.wg.Wait()
+	ln.Close()
 	var r KillResult
 	for _, sc := range conns {
 		r.UnreadBytes += sc.unread
