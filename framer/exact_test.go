@@ -2,6 +2,8 @@ package framer
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -38,9 +40,10 @@ func TestSizeClasses(t *testing.T) {
 // batch and carry the tail into a buffer of its own; small batches are
 // copied into buffers of their size. Every line comes out once, in order.
 func TestBigAndSmallBatches(t *testing.T) {
-	line := bytes.Repeat([]byte("x"), 99)
-	line = append(line, '\n')
-	in := bytes.Repeat(line, 100)
+	var in []byte
+	for i := range 100 { // distinct lines: a tail lost or misplaced shows
+		in = fmt.Appendf(in, "%099d\n", i)
+	}
 	cfg := Config{ReadBytes: 1024, MaxLineBytes: 4096}
 	// Reads of 1000 bytes: 10 lines and a 0-byte tail, or 9 and a tail.
 	f := New(&chunkReader{data: in, sizes: []int{1000, 950, 30}}, cfg, NewPool())
@@ -295,4 +298,54 @@ func (r *blockingLazy) ReadBuffer(get func() []byte, put func()) (int, error) {
 		return 0, nil
 	}
 	return r.Read(buf)
+}
+
+// The small accessors and the edges of the API.
+func TestAccessorsAndEdges(t *testing.T) {
+	f := New(&chunkReader{data: []byte("abc\n0123456789ABCDEF")}, Config{ReadBytes: 4, MaxLineBytes: 8}, NewPool())
+	b, err := f.Next()
+	if err != nil || string(b.Data) != "abc\n" {
+		t.Fatalf("%q %v", b.Data, err)
+	}
+	b.Release()
+	// The rest, 16 bytes without a newline, passed the limit of 8 in the
+	// same read: the framer skips it.
+	if !f.Discarding() || f.Partial() != 0 {
+		t.Fatalf("after a line and a long rest: partial %d, discarding %v", f.Partial(), f.Discarding())
+	}
+	f.Close()
+	if f.Partial() != 0 {
+		t.Fatalf("partial %d after Close", f.Partial())
+	}
+	g := New(&chunkReader{data: []byte("0123456789ABCDEF")}, Config{ReadBytes: 4, MaxLineBytes: 8}, NewPool())
+	var drops []Drop
+	g.OnDrop = func(d Drop) { drops = append(drops, d) }
+	for range 3 { // three reads of 4: 12 bytes, past the limit of 8
+		g.ensureRoom()
+		n, _ := g.r.Read(g.cur.buf[g.n:][:4])
+		g.consume(g.n, g.n+n)
+	}
+	if !g.Discarding() || g.Partial() != 0 || len(drops) != 1 || drops[0].Reason != ReasonOversize {
+		t.Fatalf("discarding %v partial %d drops %+v", g.Discarding(), g.Partial(), drops)
+	}
+	g.Close()
+	if (Config{ReadBytes: 1, MaxLineBytes: 1, MemoryWait: -1}).Validate() == nil {
+		t.Fatal("a negative memory wait was accepted")
+	}
+	if !errors.Is((Config{ReadBytes: 0, MaxLineBytes: 1}).Validate(), ErrConfig) {
+		t.Fatal("a zero read size was accepted")
+	}
+	if st := NewBudget(0).Stats(); st.Max != 1 {
+		t.Fatalf("a budget of 0 bytes has max %d, want 1", st.Max)
+	}
+	var nilBudget *Budget
+	if st := nilBudget.Stats(); st != (BudgetStats{}) || nilBudget.acquire(5, true, time.Second, nil) != nil {
+		t.Fatal("a nil budget must be unlimited and empty")
+	}
+	defer func() {
+		if recover() == nil {
+			t.Fatal("a buffer beyond the largest class did not panic")
+		}
+	}()
+	NewPool().Get(1 << 40)
 }
