@@ -174,6 +174,7 @@ func TestWeightedDistribution(t *testing.T) {
 		{name: "roundrobin is smooth and exact", policy: "roundrobin", slack: 1},
 		{name: "leastconn by load per weight", policy: "leastconn", hold: true, slack: 2},
 		{name: "random", policy: "random", hold: true, slack: 25},
+		{name: "random with no load: by weight alone", policy: "random", slack: 90},
 		{name: "hash", policy: "hash", slack: 60},
 	}
 	for _, tt := range tests {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -252,3 +253,160 @@ func TestInterruptedConnectionReadsWhatTheKernelHolds(t *testing.T) {
 type handlerFunc func(*Conn)
 
 func (f handlerFunc) ServeConn(c *Conn) { f(c) }
+
+// Zero timeouts and a nil logger take the defaults: a TLS handshake and a
+// PROXY header are read (a zero timeout would fail both at once), and the
+// count of active connections comes back to zero.
+func TestZeroConfigTakesDefaults(t *testing.T) {
+	dir := t.TempDir()
+	ca, _ := certtest.NewCA("ca")
+	pair, _ := ca.Issue("localhost")
+	cert, key, _ := pair.Write(dir, "srv")
+	srv, err := tlsutil.Server(tlsutil.ServerOptions{CertFile: cert, KeyFile: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &readAll{}
+	l := New(newLocalListener(t), h, Config{TLS: srv, AcceptProxy: true}) // no timeouts, no logger
+	go l.Serve()
+	raw, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Write([]byte("PROXY TCP4 192.0.2.1 192.0.2.2 1000 2000\r\n"))
+	tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true})
+	if _, err := tc.Write([]byte("fine")); err != nil {
+		t.Fatalf("with default timeouts: %v", err)
+	}
+	tc.Close()
+	if err := l.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if st := l.Stats(); st.Active != 0 || st.Accepted != 1 || st.HandshakeFailed != 0 || st.ProxyRejected != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	if len(h.data) != 1 || h.data[0] != "fine" {
+		t.Fatalf("handler saw %q", h.data)
+	}
+}
+
+// interruptedHandler waits until its connection is interrupted, then reads
+// what the kernel holds with FinalRead and reports it with the final error.
+type interruptedHandler struct {
+	got  chan []byte
+	errs chan error
+}
+
+func (h *interruptedHandler) ServeConn(c *Conn) {
+	tc, _, _ := c.Raw()
+	rc, _ := tc.SyscallConn()
+	for !c.Interrupted() {
+		time.Sleep(time.Millisecond)
+	}
+	var all []byte
+	buf := make([]byte, 4096)
+	for {
+		n, err := FinalRead(rc, buf)
+		all = append(all, buf[:n]...)
+		if err != nil {
+			h.got <- all
+			h.errs <- err
+			return
+		}
+	}
+}
+
+// A client that had ended its stream (FIN) before the deadline: what it
+// sent is read, then a clean EOF, not ErrDrained.
+func TestFinalReadSeesTheClientsEnd(t *testing.T) {
+	h := &interruptedHandler{got: make(chan []byte, 1), errs: make(chan error, 1)}
+	l := start(t, h, Config{})
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("all I had"))
+	c.(*net.TCPConn).CloseWrite()
+	time.Sleep(50 * time.Millisecond) // the FIN reaches the server's kernel
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = l.Shutdown(ctx)
+	if b, err := <-h.got, <-h.errs; string(b) != "all I had" || !errors.Is(err, io.EOF) {
+		t.Fatalf("read %q, then %v; want the data and io.EOF", b, err)
+	}
+}
+
+// After the deadline's shutdown the kernel acknowledges nothing more from
+// the client: its later writes fail instead of vanishing into a socket
+// nobody reads.
+func TestInterruptStopsAcknowledging(t *testing.T) {
+	h := &interruptedHandler{got: make(chan []byte, 1), errs: make(chan error, 1)}
+	l := start(t, h, Config{})
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("before"))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	done := make(chan struct{})
+	go func() { _ = l.Shutdown(ctx); close(done) }()
+	if b, err := <-h.got, <-h.errs; string(b) != "before" || !errors.Is(err, ErrDrained) {
+		t.Fatalf("read %q, then %v; want the data and ErrDrained", b, err)
+	}
+	<-done
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	for i := range 100 {
+		if _, err := c.Write([]byte("after")); err != nil {
+			return // reset: the server's kernel refused the data
+		}
+		if i == 99 {
+			t.Fatal("writes after the shutdown kept succeeding")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A TLS client's records in the kernel at the deadline are still read and
+// decrypted; then the read ends with the drain error.
+func TestTLSReadsWhatTheKernelHoldsAtTheDeadline(t *testing.T) {
+	dir := t.TempDir()
+	ca, _ := certtest.NewCA("ca")
+	pair, _ := ca.Issue("localhost")
+	cert, key, _ := pair.Write(dir, "srv")
+	srv, err := tlsutil.Server(tlsutil.ServerOptions{CertFile: cert, KeyFile: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte, 1)
+	errc := make(chan error, 1)
+	sent := make(chan struct{})
+	h := handlerFunc(func(c *Conn) {
+		<-sent
+		for !c.Interrupted() {
+			time.Sleep(time.Millisecond)
+		}
+		b, err := io.ReadAll(c)
+		got <- b
+		errc <- err
+	})
+	l := start(t, h, Config{TLS: srv})
+	tc, err := tls.Dial("tcp", l.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	payload := bytes.Repeat([]byte("secret "), 5000)
+	if _, err := tc.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	close(sent)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = l.Shutdown(ctx)
+	if b, err := <-got, <-errc; !bytes.Equal(b, payload) || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read %d of %d bytes, then %v", len(b), len(payload), err)
+	}
+}

@@ -213,3 +213,37 @@ func TestRemovedTargetAddedBack(t *testing.T) {
 		t.Fatalf("b removed=%v state=%v", b.Removed(), b.State())
 	}
 }
+
+// A passing check keeps the last failure's error for the operator; a spec's
+// weight must be 1..MaxWeight; removing a target wakes the watchers.
+func TestCheckErrorWeightsAndRemovalWatch(t *testing.T) {
+	s := NewSet([]string{"a:1", "b:1"})
+	a := s.Targets()[0]
+	boom := errors.New("boom")
+	a.SetChecked(CheckResult{Err: boom}, false, true)
+	a.SetChecked(CheckResult{}, true, true)
+	if !errors.Is(a.LastErr(), boom) || a.LastCheck().Err != nil {
+		t.Fatalf("last error %v, last check %v", a.LastErr(), a.LastCheck().Err)
+	}
+	for _, tt := range []struct {
+		spec string
+		ok   bool
+		w    int
+	}{
+		{"h:1=1", true, 1}, {"h:1=256", true, 256}, {"h:1=0", false, 0}, {"h:1=257", false, 0}, {"h:1", true, 1},
+	} {
+		_, w, err := ParseSpec(tt.spec)
+		if (err == nil) != tt.ok || tt.ok && w != tt.w {
+			t.Errorf("ParseSpec(%q) = %d, %v", tt.spec, w, err)
+		}
+	}
+	watch := s.Watch()
+	if _, removed := s.Update([]string{"a:1"}); len(removed) != 1 {
+		t.Fatalf("removed %v", removed)
+	}
+	select {
+	case <-watch:
+	default:
+		t.Fatal("removing a target did not wake the watchers")
+	}
+}
