@@ -94,6 +94,10 @@ func (s *Sink) acceptLoop(ln net.Listener) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
+			// A kill's drain window ended (or the listener closed):
+			// close at once, so the kernel completes no connection, and
+			// acknowledges no data, that nobody would read.
+			ln.Close()
 			return
 		}
 		sc := &sinkConn{c: c.(*net.TCPConn), r: c}
