@@ -57,3 +57,47 @@ func TestLedgerCloses(t *testing.T) {
 		t.Fatalf("a nil ledger counted: %+v", st)
 	}
 }
+
+// In the middle of a queue's life, in flight is what is neither delivered
+// nor dropped, and the ledger still closes.
+func TestLedgerInFlight(t *testing.T) {
+	l := NewLedger()
+	l.Received(8)
+	l.Delivered(2)
+	l.Dropped(DropShutdown, 2)
+	st := l.Stats()
+	if st.InFlight != 4 || !st.Closed() {
+		t.Fatalf("%+v: want 4 in flight, closed", st)
+	}
+	st.InFlight = 3
+	if st.Closed() {
+		t.Fatal("a ledger with a line unaccounted for says it closes")
+	}
+}
+
+// A pop that leaves batches behind passes the ready signal on, so another
+// worker takes them without waiting for the next push.
+func TestTryPopPassesTheSignalOn(t *testing.T) {
+	q := New(Config{MaxBytes: 1 << 20})
+	for range 3 {
+		if err := q.Push(context.Background(), batch("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-q.Ready()
+	got := q.TryPop(nil, 1, 1<<20)
+	select {
+	case <-q.Ready():
+	default:
+		t.Fatal("batches remain but no signal was passed on")
+	}
+	got = q.TryPop(got, 2, 1<<20)
+	select {
+	case <-q.Ready():
+		t.Fatal("a signal with nothing left to pop")
+	default:
+	}
+	for _, b := range got {
+		q.Done(b)
+	}
+}
