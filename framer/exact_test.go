@@ -317,6 +317,11 @@ func TestAccessorsAndEdges(t *testing.T) {
 	if f.Partial() != 0 {
 		t.Fatalf("partial %d after Close", f.Partial())
 	}
+	h := New(&chunkReader{data: []byte("ok\npart")}, Config{ReadBytes: 4, MaxLineBytes: 8}, NewPool())
+	if b, err := h.Next(); err != nil || string(b.Data) != "ok\n" || h.Partial() != 4 || h.Discarding() {
+		t.Fatalf("after a line and a short rest: %q %v, partial %d", b.Data, err, h.Partial())
+	}
+	h.Close()
 	g := New(&chunkReader{data: []byte("0123456789ABCDEF")}, Config{ReadBytes: 4, MaxLineBytes: 8}, NewPool())
 	var drops []Drop
 	g.OnDrop = func(d Drop) { drops = append(drops, d) }
