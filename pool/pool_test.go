@@ -312,6 +312,49 @@ func TestHardStopRequeues(t *testing.T) {
 	}
 }
 
+// At a hard stop against a target that stopped reading, what its kernel
+// acknowledged is delivered to the line (whole lines of a batch cut short
+// included), the rest is left to discard, and the connections end with a
+// reset: the target reads the acknowledged lines, then an error, never a
+// fragment and a clean end.
+func TestHardStopDeliversTheAcknowledgedLinesAndResets(t *testing.T) {
+	cfg := testConfig()
+	cfg.Connections, cfg.Logger = 1, nil // the default logger, too
+	w := newWorld(t, 1, cfg)
+	w.sinks[0].Pause()
+	w.start()
+	w.push(1, 0, 20000, 1000) // big batches: the acknowledgement stops inside one
+	waitFor(t, func() bool { return w.set.Targets()[0].Stats().Conns == 1 })
+	// Let the kernels fill: the written bytes stop moving.
+	prev := int64(-1)
+	waitFor(t, func() bool {
+		time.Sleep(50 * time.Millisecond)
+		now := int64(w.q.Stats().Depth)
+		same := now == prev
+		prev = now
+		return same
+	})
+	w.cancel()
+	<-w.done
+	delivered := w.q.Stats().LinesOut
+	dropped := w.q.Discard()
+	w.sinks[0].Resume()
+	if !w.sinks[0].WaitDrained(10 * time.Second) {
+		t.Fatal("the sink did not finish")
+	}
+	r := w.ledger.Check(map[uint32]uint32{1: 20000})
+	t.Logf("delivered %d, dropped %d; %s", delivered, dropped, r)
+	if delivered+dropped != 20000 || r.Received != delivered || r.Duplicated != 0 || r.Torn != 0 {
+		t.Fatalf("delivered %d + dropped %d; the target got %d: every acknowledged line and no other", delivered, dropped, r.Received)
+	}
+	if delivered%1000 == 0 {
+		t.Fatalf("%d lines delivered, a whole number of batches: the cut batch's acknowledged lines were not counted", delivered)
+	}
+	if w.sinks[0].TornEOF() != 0 || w.p.Stats().Resets != 1 {
+		t.Fatalf("torn EOFs %d, resets %d: the connection must end with a reset", w.sinks[0].TornEOF(), w.p.Stats().Resets)
+	}
+}
+
 // A dialer that refuses: every failure is counted, and the worker keeps trying.
 type refusingDialer struct{ n chan struct{} }
 
