@@ -108,6 +108,8 @@ func (w *world) resetMidStream() linetest.Report {
 	})
 	w.push(1, 0, 10000, 20)
 	w.sinks[0].Kill(true)
+	// The killed target's workers move to the other before the rest comes.
+	waitFor(w.t, func() bool { return w.p.Stats().Failovers >= uint64(w.p.cfg.Connections) })
 	w.push(1, 10000, 30000, 20)
 	w.finish()
 	return w.ledger.Check(map[uint32]uint32{1: 30000})
