@@ -405,15 +405,18 @@ func (r *runtime) reload(why string) {
 	}
 	err := r.apply()
 	info := &admin.ReloadInfo{Last: time.Now()}
+	// The record and the counters first, then the log: whoever reads the
+	// log line and then asks the admin API sees this reload.
 	if err != nil {
-		r.reloadFailures.Add(1)
 		info.LastError = err.Error()
+		r.lastReload.Store(info)
+		r.reloadFailures.Add(1)
 		r.log.Error("config reload refused; the running config stays", "trigger", why, "err", err)
 	} else {
+		r.lastReload.Store(info)
 		r.reloads.Add(1)
 		r.log.Info("config reloaded", "trigger", why)
 	}
-	r.lastReload.Store(info)
 }
 
 func (r *runtime) apply() (err error) {
