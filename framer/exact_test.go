@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"testing"
 	"time"
 )
@@ -41,8 +42,8 @@ func TestSizeClasses(t *testing.T) {
 // copied into buffers of their size. Every line comes out once, in order.
 func TestBigAndSmallBatches(t *testing.T) {
 	var in []byte
-	for i := range 100 { // distinct lines: a tail lost or misplaced shows
-		in = fmt.Appendf(in, "%099d\n", i)
+	for i := range 100 { // distinct bytes all along: a tail lost or misplaced shows
+		in = append(in, strings.Repeat(fmt.Sprintf("%03d,", i), 24)+"end\n"...)
 	}
 	cfg := Config{ReadBytes: 1024, MaxLineBytes: 4096}
 	// Reads of 1000 bytes: 10 lines and a 0-byte tail, or 9 and a tail.
