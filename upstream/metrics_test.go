@@ -100,7 +100,7 @@ func collect(t *testing.T, r *sdkmetric.ManualReader) map[string]int64 {
 
 // States print their names, also as text, and an unknown one says so.
 func TestStateNames(t *testing.T) {
-	for s, want := range map[State]string{StateUp: "up", StateDown: "down", StateDraining: "draining", StateDisabled: "disabled", State(9): "State(9)"} {
+	for s, want := range map[State]string{StateUp: "up", StateDown: "down", StateDraining: "draining", StateDisabled: "disabled", State(4): "State(4)", State(-1): "State(-1)"} {
 		if s.String() != want {
 			t.Errorf("%d: %q", s, s.String())
 		}
