@@ -549,10 +549,23 @@ func TestMembershipChanges(t *testing.T) {
 // A target of weight 3 gets three times the workers of one of weight 1.
 func TestWeightScalesWorkers(t *testing.T) {
 	w := newWorld(t, 2, testConfig())
-	w.set.Update([]string{w.sinks[0].Addr() + "=3", w.sinks[1].Addr()})
+	// Weights 5 and 2: the heavy target gets round(5/2) = 3 times the
+	// connections of the light one.
+	w.set.Update([]string{w.sinks[0].Addr() + "=5", w.sinks[1].Addr() + "=2"})
 	w.start()
 	heavy, light := w.set.Targets()[0], w.set.Targets()[1]
 	waitFor(t, func() bool { return heavy.Active() == 6 && light.Active() == 2 })
+	// A change of the set makes the pool look at its staffing again: a
+	// target that has its workers gets no more.
+	light.Drain()
+	light.Enable()
+	waitFor(t, func() bool { return light.Active() == 2 })
+	w.p.mu.Lock()
+	staffed := w.p.staffed[heavy]
+	w.p.mu.Unlock()
+	if staffed != 6 {
+		t.Fatalf("the heavy target has %d workers after a change, want 6", staffed)
+	}
 	w.push(1, 0, 2000, 10)
 	w.finish()
 	if r := w.ledger.Check(map[uint32]uint32{1: 2000}); r.Lost != 0 || r.Torn != 0 {
