@@ -295,6 +295,7 @@ func TestZeroConfigTakesDefaults(t *testing.T) {
 type interruptedHandler struct {
 	got  chan []byte
 	errs chan error
+	hold chan struct{} // if set, the handler keeps the connection until it closes
 }
 
 func (h *interruptedHandler) ServeConn(c *Conn) {
@@ -311,6 +312,9 @@ func (h *interruptedHandler) ServeConn(c *Conn) {
 		if err != nil {
 			h.got <- all
 			h.errs <- err
+			if h.hold != nil {
+				<-h.hold
+			}
 			return
 		}
 	}
@@ -341,7 +345,8 @@ func TestFinalReadSeesTheClientsEnd(t *testing.T) {
 // the client: its later writes fail instead of vanishing into a socket
 // nobody reads.
 func TestInterruptStopsAcknowledging(t *testing.T) {
-	h := &interruptedHandler{got: make(chan []byte, 1), errs: make(chan error, 1)}
+	hold := make(chan struct{})
+	h := &interruptedHandler{got: make(chan []byte, 1), errs: make(chan error, 1), hold: hold}
 	l := start(t, h, Config{})
 	c, err := net.Dial("tcp", l.Addr().String())
 	if err != nil {
@@ -356,7 +361,9 @@ func TestInterruptStopsAcknowledging(t *testing.T) {
 	if b, err := <-h.got, <-h.errs; string(b) != "before" || !errors.Is(err, ErrDrained) {
 		t.Fatalf("read %q, then %v; want the data and ErrDrained", b, err)
 	}
-	<-done
+	// The handler still holds the connection open: only the shutdown can
+	// make the kernel refuse what the client sends now.
+	defer func() { close(hold); <-done }()
 	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	for i := range 100 {
 		if _, err := c.Write([]byte("after")); err != nil {
