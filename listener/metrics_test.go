@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"sync"
 	"testing"
 
 	"go.opentelemetry.io/otel"
@@ -17,10 +18,7 @@ import (
 // the counts with the caller's labels. A half-close through a PROXY
 // connection reaches the client.
 func TestDetachHalfCloseAndMetrics(t *testing.T) {
-	reader := sdkmetric.NewManualReader()
-	prev := otel.GetMeterProvider()
-	otel.SetMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)))
-	defer otel.SetMeterProvider(prev)
+	reader := testReader()
 	finish := make(chan func(), 1)
 	h := handlerFunc(func(c *Conn) {
 		buf := make([]byte, 5)
@@ -61,6 +59,15 @@ func TestDetachHalfCloseAndMetrics(t *testing.T) {
 		t.Fatalf("after done: %+v", st)
 	}
 }
+
+// testReader installs, once per test binary, an SDK meter provider with a
+// manual reader: the package's instruments are made once, against the
+// first provider, so every run of the test must use the same one.
+var testReader = sync.OnceValue(func() *sdkmetric.ManualReader {
+	r := sdkmetric.NewManualReader()
+	otel.SetMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(r)))
+	return r
+})
 
 // points reads each int64 metric's sum over its points.
 func points(t *testing.T, r *sdkmetric.ManualReader) map[string]int64 {

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"sync"
 	"testing"
 
 	"go.opentelemetry.io/otel"
@@ -12,10 +13,7 @@ import (
 // The set's metrics report each target's counters and a 1 for its state
 // only, labelled with the listener and the target; unregistered, they stop.
 func TestObserveMetrics(t *testing.T) {
-	reader := sdkmetric.NewManualReader()
-	prev := otel.GetMeterProvider()
-	otel.SetMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)))
-	defer otel.SetMeterProvider(prev)
+	reader := testReader()
 	s := NewSet([]string{"a:1", "b:1"})
 	a, b := s.Targets()[0], s.Targets()[1]
 	a.Delivered(7, 70)
@@ -59,6 +57,15 @@ func TestObserveMetrics(t *testing.T) {
 		t.Fatalf("after Unregister: %v", got)
 	}
 }
+
+// testReader installs, once per test binary, an SDK meter provider with a
+// manual reader: the package's instruments are made once, against the
+// first provider, so every run of the test must use the same one.
+var testReader = sync.OnceValue(func() *sdkmetric.ManualReader {
+	r := sdkmetric.NewManualReader()
+	otel.SetMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(r)))
+	return r
+})
 
 // collect reads the int64 points as "name target [direction|state]" → value,
 // checking each has the listener's label.
