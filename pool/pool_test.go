@@ -530,6 +530,13 @@ func TestMembershipChanges(t *testing.T) {
 	if gone := w.set.Prune(); len(gone) != 1 || gone[0] != a {
 		t.Fatalf("pruned %v", gone)
 	}
+	// The pool forgets the removed target once its workers left.
+	waitFor(t, func() bool {
+		w.p.mu.Lock()
+		defer w.p.mu.Unlock()
+		_, kept := w.p.staffed[a]
+		return !kept
+	})
 	// Both remaining targets take from the queue; push until the added
 	// one has had some (on a loaded machine the other may take a burst).
 	sent := uint32(5000)
