@@ -14,5 +14,11 @@
 // bounded by configuration whatever the input. Delivery is at-least-once: a
 // batch requeued after a failure may have partly reached the old target.
 //
+// A Ledger accounts for a listener's lines: received (at Push, or dropped
+// before the queue with a reason), delivered (Done, or DeliveredPart for the
+// acknowledged lines of a batch cut short), dropped at Discard; the rest is
+// in flight. A Book sums the ledgers of one listener name across the
+// instances a reload replaced.
+//
 // The queue does not dial, write or retry by itself; package pool does.
 package dispatch

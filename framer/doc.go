@@ -23,6 +23,13 @@
 //   - Buffers come from a Pool with power-of-two size classes, so steady-state
 //     framing allocates nothing per batch, and a batch's memory is at most
 //     about twice its length (small batches are copied into small buffers).
+//   - With a Budget, every framer sharing it stays within one bound: a read
+//     reserves its buffer and the one buffer cutting may add before it
+//     starts; a framer waiting for data between lines holds nothing, and one
+//     waiting inside a line holds only that line. A batch carries its charge
+//     until Batch.Uncharge (dispatch.Queue.Push calls it). Ordinary reads
+//     wait for room; a line longer than one read that finds none within
+//     Config.MemoryWait is dropped as ReasonMemory.
 //
 // The framer owns no sockets and imports nothing else of ndlb's.
 package framer

@@ -4,7 +4,11 @@
 // header and TLS handshake (bounded by timeouts, off the accept loop, on
 // reused worker goroutines), a ksuid per connection that goes into every
 // log line about it, tracking of open connections (also of those a handler
-// detached to serve on its own goroutines), and graceful shutdown.
+// detached to serve on its own goroutines), and graceful shutdown: at its
+// deadline each connection is interrupted (its socket shut both ways, so the
+// kernel acknowledges nothing more) and FinalRead reads what the kernel
+// holds; TLS connections do so in their own reads. Handover gives the open
+// listening socket to a successor, so a reload resets no queued client.
 //
 // What a connection carries is the Handler's business; the listener neither
 // reads nor writes application data after the PROXY header.

@@ -8,12 +8,18 @@
 //	<-sigterm
 //	sum := srv.Shutdown() // stop accepting, drain clients, deliver, report
 //
+// Memory: every client of a server shares one framer.Budget
+// (Config.ClientMemory); a client holding a partial line without sending for
+// Config.LineTimeout is closed, its fragment counted as incomplete.
+//
 // Shutdown: the listener stops accepting; clients may keep sending until they
-// close or Config.DrainTimeout passes (then reads stop, and a line cut short
-// is dropped as incomplete); the queue's input closes; the pool delivers what
-// is queued. Whatever is still undelivered Config.DrainTimeout +
-// Config.DeliverTimeout after Shutdown began is dropped, counted and logged
-// with the reason "shutdown".
+// close or Config.DrainTimeout passes (then their sockets are shut, what the
+// kernel holds is read and framed, and a line cut short is dropped as
+// incomplete); the queue's input closes; the pool delivers what is queued.
+// Whatever is still undelivered Config.DrainTimeout + Config.DeliverTimeout
+// after Shutdown began, including what clients had handed to the kernel and
+// could not be queued, is dropped, counted and logged with the reason
+// "shutdown". Every line is on the server's dispatch.Ledger.
 //
 // The package does not parse lines beyond the framer's newline cutting, and
 // holds no socket of its own.
