@@ -173,8 +173,9 @@ func TestOrdinaryReadWaitsForRoom(t *testing.T) {
 			got <- nil
 			return
 		}
-		got <- bytes.Clone(b.Data)
-		b.Release()
+		data := bytes.Clone(b.Data)
+		b.Release() // before the test looks at the budget
+		got <- data
 	}()
 	// Waiting well past MemoryWait: an ordinary read is not dropped.
 	select {
