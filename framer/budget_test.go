@@ -41,10 +41,10 @@ func TestBudgetBoundsLongLinesAndOrdinaryClientsFlow(t *testing.T) {
 		f.Budget = budget
 		f.OnDrop = func(d Drop) { drops <- d }
 		go func() {
-			defer f.Close()
 			for {
 				b, err := f.Next()
 				if err != nil {
+					f.Close() // before the test looks at the budget
 					done <- err
 					return
 				}
