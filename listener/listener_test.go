@@ -211,27 +211,7 @@ func TestHandoverServesEveryConnection(t *testing.T) {
 // handler reads what the kernel holds with FinalRead, which then reports
 // ErrDrained (the client never ended its stream), not a clean EOF.
 func TestInterruptedConnectionReadsWhatTheKernelHolds(t *testing.T) {
-	got := make(chan []byte, 1)
-	h := handlerFunc(func(c *Conn) {
-		tc, _, _ := c.Raw()
-		rc, _ := tc.SyscallConn()
-		for !c.Interrupted() {
-			time.Sleep(time.Millisecond)
-		}
-		var all []byte
-		buf := make([]byte, 4096)
-		for {
-			n, err := FinalRead(rc, buf)
-			all = append(all, buf[:n]...)
-			if err != nil {
-				if !errors.Is(err, ErrDrained) {
-					t.Errorf("FinalRead: %v, want ErrDrained", err)
-				}
-				break
-			}
-		}
-		got <- all
-	})
+	h := &interruptedHandler{got: make(chan []byte, 1), errs: make(chan error, 1)}
 	l := start(t, h, Config{})
 	c, err := net.Dial("tcp", l.Addr().String())
 	if err != nil {
@@ -245,8 +225,8 @@ func TestInterruptedConnectionReadsWhatTheKernelHolds(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // the deadline has passed at once
 	_ = l.Shutdown(ctx)
-	if b := <-got; !bytes.Equal(b, payload) {
-		t.Fatalf("read %d bytes after the deadline, want %d", len(b), len(payload))
+	if b, err := <-h.got, <-h.errs; !bytes.Equal(b, payload) || !errors.Is(err, ErrDrained) {
+		t.Fatalf("read %d bytes after the deadline, want %d; then %v, want ErrDrained", len(b), len(payload), err)
 	}
 }
 
