@@ -56,17 +56,7 @@ func TestMaxConnsHoldsClientsInTheBacklog(t *testing.T) {
 	first, second := dial(t, p.addr), dial(t, p.addr)
 	first.Write(linetest.AppendLine(nil, 1, 0))
 	second.Write(linetest.AppendLine(nil, 2, 0))
-	waitSink := func(n uint64) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for w.sinks[0].Lines() < n {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d lines arrived, want %d", w.sinks[0].Lines(), n)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	waitSink(2)
+	w.waitLines(2)
 	third := dial(t, p.addr) // completes in the kernel, not served
 	third.Write(linetest.AppendLine(nil, 3, 0))
 	p.waitLog("--max-conns reached; new clients wait in the accept backlog", 10*time.Second)
@@ -75,7 +65,7 @@ func TestMaxConnsHoldsClientsInTheBacklog(t *testing.T) {
 		t.Fatalf("%d lines arrived with the third client beyond --max-conns, want 2", got)
 	}
 	first.Close()
-	waitSink(3)
+	w.waitLines(3)
 	second.Close()
 	third.Close()
 	p.stopOK()

@@ -379,6 +379,15 @@ func (w *world) untilLines(n uint64) bool {
 	return true
 }
 
+// waitLines is untilLines for the test's goroutine: it fails the test on
+// timeout.
+func (w *world) waitLines(n uint64) {
+	w.t.Helper()
+	if !w.untilLines(n) {
+		w.t.Fatalf("%d lines arrived, want %d", w.lines(), n)
+	}
+}
+
 // check compares what the sinks got with what was sent.
 func (w *world) check(sent map[uint32]uint32) linetest.Report {
 	w.t.Helper()

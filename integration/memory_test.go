@@ -185,17 +185,7 @@ func TestTenThousandIdleClients(t *testing.T) {
 			c.Close()
 		}
 	})
-	waitLines := func(want uint64) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for w.sinks[0].Lines() < want {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d lines arrived, want %d", w.sinks[0].Lines(), want)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	waitLines(n)
+	w.waitLines(n)
 	// Let the clients sit idle, then measure.
 	time.Sleep(2 * time.Second)
 	idle := p.vmRSS()
@@ -207,7 +197,7 @@ func TestTenThousandIdleClients(t *testing.T) {
 			t.Fatalf("idle client %d was disconnected: %v", i, err)
 		}
 	}
-	waitLines(2 * n)
+	w.waitLines(2 * n)
 	for _, c := range conns {
 		c.Close()
 	}

@@ -47,6 +47,21 @@ func (h *readAll) ServeConn(c *Conn) {
 	h.mu.Unlock()
 }
 
+// tlsServer is a server TLS config with a certificate for localhost from a
+// fresh CA.
+func tlsServer(t *testing.T) *tls.Config {
+	t.Helper()
+	dir := t.TempDir()
+	ca, _ := certtest.NewCA("ca")
+	pair, _ := ca.Issue("localhost")
+	cert, key, _ := pair.Write(dir, "srv")
+	srv, err := tlsutil.Server(tlsutil.ServerOptions{CertFile: cert, KeyFile: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv
+}
+
 func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 func start(t *testing.T, h Handler, cfg Config) *Listener {
@@ -106,18 +121,11 @@ func TestShutdownDeadlineInterruptsReads(t *testing.T) {
 }
 
 func TestTLSHandshakeFailureCounted(t *testing.T) {
-	dir := t.TempDir()
-	ca, _ := certtest.NewCA("ca")
-	pair, _ := ca.Issue("localhost")
-	cert, key, _ := pair.Write(dir, "srv")
-	srv, err := tlsutil.Server(tlsutil.ServerOptions{CertFile: cert, KeyFile: key})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := tlsServer(t)
 	h := &readAll{}
 	l := start(t, h, Config{TLS: srv, HandshakeTimeout: time.Second})
 	// A client that does not trust the server's CA fails the handshake.
-	_, err = tls.Dial("tcp", l.Addr().String(), &tls.Config{ServerName: "localhost"})
+	_, err := tls.Dial("tcp", l.Addr().String(), &tls.Config{ServerName: "localhost"})
 	if err == nil {
 		t.Fatal("handshake with an untrusted certificate succeeded")
 	}
@@ -238,14 +246,7 @@ func (f handlerFunc) ServeConn(c *Conn) { f(c) }
 // PROXY header are read (a zero timeout would fail both at once), and the
 // count of active connections comes back to zero.
 func TestZeroConfigTakesDefaults(t *testing.T) {
-	dir := t.TempDir()
-	ca, _ := certtest.NewCA("ca")
-	pair, _ := ca.Issue("localhost")
-	cert, key, _ := pair.Write(dir, "srv")
-	srv, err := tlsutil.Server(tlsutil.ServerOptions{CertFile: cert, KeyFile: key})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := tlsServer(t)
 	h := &readAll{}
 	l := New(newLocalListener(t), h, Config{TLS: srv, AcceptProxy: true}) // no timeouts, no logger
 	go l.Serve()
@@ -359,14 +360,7 @@ func TestInterruptStopsAcknowledging(t *testing.T) {
 // A TLS client's records in the kernel at the deadline are still read and
 // decrypted; then the read ends with the drain error.
 func TestTLSReadsWhatTheKernelHoldsAtTheDeadline(t *testing.T) {
-	dir := t.TempDir()
-	ca, _ := certtest.NewCA("ca")
-	pair, _ := ca.Issue("localhost")
-	cert, key, _ := pair.Write(dir, "srv")
-	srv, err := tlsutil.Server(tlsutil.ServerOptions{CertFile: cert, KeyFile: key})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := tlsServer(t)
 	got := make(chan []byte, 1)
 	errc := make(chan error, 1)
 	sent := make(chan struct{})
