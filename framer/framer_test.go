@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 )
 
 // chunkReader returns its data in reads of the given sizes, cycling through
@@ -207,6 +208,12 @@ func TestConfigValidate(t *testing.T) {
 		{name: "zero read", cfg: Config{ReadBytes: 0, MaxLineBytes: 10}},
 		{name: "zero line", cfg: Config{ReadBytes: 10, MaxLineBytes: 0}},
 		{name: "huge line", cfg: Config{ReadBytes: 10, MaxLineBytes: 2 << 30}},
+		{name: "smallest", cfg: Config{ReadBytes: 1, MaxLineBytes: 1}, ok: true},
+		{name: "largest", cfg: Config{ReadBytes: 1 << 24, MaxLineBytes: MaxMaxLineBytes, MemoryWait: time.Hour}, ok: true},
+		{name: "read over 16MiB", cfg: Config{ReadBytes: 1<<24 + 1, MaxLineBytes: 10}},
+		{name: "line over max", cfg: Config{ReadBytes: 10, MaxLineBytes: MaxMaxLineBytes + 1}},
+		{name: "no memory wait", cfg: Config{ReadBytes: 10, MaxLineBytes: 10, MemoryWait: 0}, ok: true},
+		{name: "negative memory wait", cfg: Config{ReadBytes: 10, MaxLineBytes: 10, MemoryWait: -time.Nanosecond}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -263,6 +270,7 @@ type lazyReader struct {
 	f        *Framer
 	calls    int
 	heldIdle bool // the framer held a buffer while "blocked"
+	heldBig  bool // it held a partial line shorter than a read in a bigger buffer
 }
 
 func (r *lazyReader) ReadBuffer(get func() []byte, put func()) (int, error) {
@@ -272,6 +280,9 @@ func (r *lazyReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 		put() // would block: give it back and wait
 		if r.f.cur != nil && r.f.n == 0 {
 			r.heldIdle = true
+		}
+		if r.f.n > 0 && r.f.n < r.f.cfg.ReadBytes && len(r.f.cur.buf) != classSize(r.f.n) {
+			r.heldBig = true
 		}
 	}
 	buf := get()
@@ -308,6 +319,9 @@ func TestBufferReaderHoldsNoBufferWhileIdle(t *testing.T) {
 			}
 			if lr.heldIdle {
 				t.Fatal("the framer kept a buffer while waiting with no partial line")
+			}
+			if lr.heldBig {
+				t.Fatal("the framer kept a short partial line in a buffer bigger than its size class while waiting")
 			}
 		})
 	}

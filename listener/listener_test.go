@@ -9,7 +9,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -390,4 +393,97 @@ func TestTLSReadsWhatTheKernelHoldsAtTheDeadline(t *testing.T) {
 	if b, err := <-got, <-errc; !bytes.Equal(b, payload) || !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("read %d of %d bytes, then %v", len(b), len(payload), err)
 	}
+}
+
+// New fills in the documented defaults for zero and negative timeouts, and
+// keeps a timeout that is set. A zero PROXY header timeout left in place
+// would let a client that never sends its header hold a connection forever.
+func TestTimeoutDefaults(t *testing.T) {
+	ln := newLocalListener(t)
+	for _, d := range []time.Duration{0, -time.Second} {
+		l := New(ln, &readAll{}, Config{HandshakeTimeout: d, ProxyHeaderTimeout: d})
+		if l.cfg.HandshakeTimeout != 10*time.Second || l.cfg.ProxyHeaderTimeout != 5*time.Second {
+			t.Errorf("timeouts %v: handshake %v, PROXY header %v; want 10s and 5s", d,
+				l.cfg.HandshakeTimeout, l.cfg.ProxyHeaderTimeout)
+		}
+	}
+	l := New(ln, &readAll{}, Config{HandshakeTimeout: time.Millisecond, ProxyHeaderTimeout: 2 * time.Millisecond})
+	if l.cfg.HandshakeTimeout != time.Millisecond || l.cfg.ProxyHeaderTimeout != 2*time.Millisecond {
+		t.Errorf("set timeouts replaced: %+v", l.cfg)
+	}
+}
+
+// failingListener fails its first accepts with an error that is not
+// net.ErrClosed (as running out of file descriptors does), then accepts
+// from the real listener.
+type failingListener struct {
+	net.Listener
+	fails int
+}
+
+func (f *failingListener) Accept() (net.Conn, error) {
+	if f.fails > 0 {
+		f.fails--
+		return nil, syscall.EMFILE
+	}
+	return f.Listener.Accept()
+}
+
+// An accept error other than a closed listener is retried after a delay
+// that doubles from 5ms, and the listener then serves as before.
+func TestAcceptErrorsBackOff(t *testing.T) {
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
+	got := make(chan string, 1)
+	h := handlerFunc(func(c *Conn) {
+		b, _ := io.ReadAll(c)
+		got <- string(b)
+	})
+	l := New(&failingListener{Listener: newLocalListener(t), fails: 4}, h, Config{Logger: log})
+	served := make(chan error, 1)
+	go func() { served <- l.Serve() }()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("after the errors"))
+	c.Close()
+	select {
+	case s := <-got:
+		if s != "after the errors" {
+			t.Fatalf("handler read %q", s)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection after the accept errors was not served")
+	}
+	if err := l.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var delays []string
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if _, d, ok := strings.Cut(line, "delay="); ok {
+			delays = append(delays, d)
+		}
+	}
+	if want := []string{"5ms", "10ms", "20ms", "40ms"}; !slices.Equal(delays, want) {
+		t.Fatalf("retry delays %q, want %q\n%s", delays, want, logs.String())
+	}
+}
+
+// lockedWriter serialises writes to a buffer read by the test.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
