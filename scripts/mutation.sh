@@ -20,8 +20,10 @@ out=${MUTATION_OUT:-/tmp/ndlb-mutation}
 mkdir -p "$out"
 printf '| package | killed | lived | not covered | timed out | test efficacy | mutator coverage | efficacy, time-outs as killed |\n|---|---|---|---|---|---|---|---|\n'
 for p in "${pkgs[@]}"; do
-  # One worker: the machines have two cores and the tests use sockets.
-  gremlins unleash "./$p" --workers 1 --timeout-coefficient 5 -S lct > "$out/$p.txt" 2>&1 || true
+  # One worker: the machines have two cores and the tests use sockets. The
+  # timeout is a multiple of the coverage run, which is shorter than building
+  # a mutant: a small multiple turns every mutant into a time-out.
+  gremlins unleash "./$p" --workers 1 --timeout-coefficient "${MUTATION_TIMEOUT_COEFFICIENT:-15}" -S lct > "$out/$p.txt" 2>&1 || true
   # gremlins v0.6.0 marks the conditions of tagless switches and constant
   # declarations NOT COVERED without running them (gremlins issue #298):
   # recheck runs each of them.

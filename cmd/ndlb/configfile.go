@@ -4,42 +4,20 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/ndlb/ndlb/config"
+	"github.com/ndlb/ndlb/settings"
 )
 
-// globalFlags are process-wide: in a config file they sit at the top, not
-// in a [[listener]] table.
-var globalFlags = []string{"log-format", "log-level", "admin", "admin-token-file"}
-
-// schema is what a config file may hold: every flag but --config, with its
-// kind.
-func schema() config.Schema {
-	var s config.Schema
-	for _, f := range flags() {
-		name := f.Names()[0]
-		if name == "config" {
-			continue
-		}
-		k := config.Key{Name: name, Global: slices.Contains(globalFlags, name)}
-		switch f.(type) {
-		case *cli.IntFlag:
-			k.Kind = config.Int
-		case *cli.BoolFlag:
-			k.Kind = config.Bool
-		case *cli.DurationFlag:
-			k.Kind = config.Duration
-		case *cli.StringSliceFlag:
-			k.Kind = config.Strings
-		}
-		s = append(s, k)
-	}
-	return s
+// global reports whether the setting called name is process-wide: in a
+// config file it sits at the top, not in a [[listener]] table.
+func global(name string) bool {
+	s, _ := settings.Lookup(name)
+	return s.Global
 }
 
 // loadSetup returns the process-wide flags and the listeners to run: the
@@ -55,7 +33,7 @@ func loadSetup(c *cli.Context) (*cli.Context, []*instance, error) {
 
 // loadFile reads the config file at path, with over in place of its values.
 func loadFile(c *cli.Context, path string, over map[string][]string) (*cli.Context, []*instance, error) {
-	f, err := config.Load(path, schema())
+	f, err := config.Load(path, settings.Schema())
 	if err != nil {
 		return nil, nil, usageError("invalid config: %v", err)
 	}
@@ -67,7 +45,7 @@ func loadFile(c *cli.Context, path string, over map[string][]string) (*cli.Conte
 	for _, sec := range f.Listeners {
 		if len(f.Listeners) > 1 {
 			for name := range over {
-				if !slices.Contains(globalFlags, name) {
+				if !global(name) {
 					return nil, nil, usageError("--%s is set, but %s has %d listeners: set it in the file", name, path, len(f.Listeners))
 				}
 			}
@@ -122,7 +100,7 @@ func overrides(c *cli.Context) map[string][]string {
 
 // merge returns the section's arguments with the overrides of its level
 // in place of the file's values.
-func merge(sec config.Section, over map[string][]string, global bool) []string {
+func merge(sec config.Section, over map[string][]string, top bool) []string {
 	var args []string
 	for _, v := range sec.Values {
 		if _, ok := over[v.Key]; !ok {
@@ -130,7 +108,7 @@ func merge(sec config.Section, over map[string][]string, global bool) []string {
 		}
 	}
 	for name, a := range over {
-		if slices.Contains(globalFlags, name) == global {
+		if global(name) == top {
 			args = append(args, a...)
 		}
 	}

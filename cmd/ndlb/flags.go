@@ -8,115 +8,58 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/urfave/cli/v2"
 
 	"github.com/ndlb/ndlb/balance"
+	"github.com/ndlb/ndlb/config"
 	"github.com/ndlb/ndlb/discovery"
 	"github.com/ndlb/ndlb/framer"
 	"github.com/ndlb/ndlb/health"
 	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/ndjson"
 	"github.com/ndlb/ndlb/passthrough"
-	"github.com/ndlb/ndlb/pool"
+	"github.com/ndlb/ndlb/settings"
 	"github.com/ndlb/ndlb/telemetry"
 	"github.com/ndlb/ndlb/tlsutil"
 	"github.com/ndlb/ndlb/upstream"
 )
 
 func env(name string) []string {
-	return []string{"NDLB_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}
+	return []string{settings.Setting{Name: name}.Env()}
 }
 
-// Flag categories, as --help groups them.
-const (
-	catListen      = "Listener (both modes)"
-	catTargets     = "Targets (both modes)"
-	catTLS         = "TLS (both modes)"
-	catNDJSON      = "NDJSON mode (the default)"
-	catPassthrough = "Passthrough mode (--passthrough)"
-	catLog         = "Logging"
-	catAdmin       = "Admin API"
-	catCheck       = "Health checks (both modes)"
-)
-
-// ndjsonOnly and passthroughOnly are the flags that mean nothing in the
-// other mode; setting one there is a usage error rather than a silent no-op.
-var (
-	ndjsonOnly      = []string{"connections", "max-line-bytes", "buffer-bytes", "client-buffer-bytes", "line-timeout", "read-bytes", "failback", "write-timeout", "tcp-user-timeout", "deliver-timeout"}
-	passthroughOnly = []string{"balance", "hash-key", "connect-retries", "max-fails", "fail-timeout", "idle-timeout", "send-proxy"}
-)
-
-// flags is the command-line contract of DESIGN.md. Every flag reads an
-// NDLB_* environment variable; single- and double-dash spellings both work.
+// flags is the command-line contract of DESIGN.md, made from the settings
+// registry. Every flag reads an NDLB_* environment variable; single- and
+// double-dash spellings both work.
 func flags() []cli.Flag {
-	d := pool.DefaultConfig()
-	p := passthrough.DefaultConfig()
-	return []cli.Flag{
-		&cli.StringFlag{Name: "config", Category: catListen, Usage: "TOML file of settings: flag names as keys, one [[listener]] table per listener (flags override it); reloaded on SIGHUP and when it changes", EnvVars: env("config")},
-		&cli.StringFlag{Name: "addr", Category: catListen, Value: "0.0.0.0", Usage: "address to listen on", EnvVars: env("addr")},
-		&cli.IntFlag{Name: "port", Category: catListen, Value: 9000, Usage: "port to listen on (0 picks a free port, shown in the 'listening' log line)", EnvVars: env("port")},
-		&cli.IntFlag{Name: "max-conns", Category: catListen, Value: 0, Usage: "most client connections served at once; beyond it new clients wait in the accept backlog (0: in NDJSON mode 90% of the open-file limit less 1024, at most 100000; in passthrough no limit)", EnvVars: env("max-conns")},
-		&cli.BoolFlag{Name: "accept-proxy", Category: catListen, Usage: "require a PROXY protocol header (v1 or v2) from a front load balancer on every connection; its client address is used and logged", EnvVars: env("accept-proxy")},
-		&cli.DurationFlag{Name: "proxy-header-timeout", Category: catListen, Value: listener.DefaultProxyHeaderTimeout, Usage: "with --accept-proxy, how long a connection may take to send its header", EnvVars: env("proxy-header-timeout")},
-		&cli.DurationFlag{Name: "drain-timeout", Category: catListen, Value: ndjson.DefaultDrainTimeout, Usage: "on SIGTERM, how long clients may keep their connections before they are closed", EnvVars: env("drain-timeout")},
-		&cli.BoolFlag{Name: "passthrough", Category: catListen, Usage: "L4 mode: proxy each client connection whole to one target, bytes unchanged", EnvVars: env("passthrough")},
-
-		&cli.StringSliceFlag{Name: "target", Category: catTargets, Usage: "target HOST:PORT, or HOST:PORT=WEIGHT (1..256, default 1); comma-separated and/or repeated (required)", EnvVars: env("target")},
-		&cli.StringSliceFlag{Name: "target-dns", Category: catTargets, Usage: "targets from DNS: NAME:PORT, re-resolved (A and AAAA) every --dns-interval; comma-separated and/or repeated", EnvVars: env("target-dns")},
-		&cli.StringSliceFlag{Name: "target-srv", Category: catTargets, Usage: "targets from DNS SRV records: _service._proto.name (lowest priority value first); comma-separated and/or repeated", EnvVars: env("target-srv")},
-		&cli.DurationFlag{Name: "dns-interval", Category: catTargets, Value: discovery.DefaultInterval, Usage: "how often --target-dns and --target-srv names are resolved again", EnvVars: env("dns-interval")},
-		&cli.StringFlag{Name: "dns-resolver", Category: catTargets, Usage: "DNS server HOST:PORT for discovery (default: the system's)", EnvVars: env("dns-resolver")},
-		&cli.DurationFlag{Name: "connect-timeout", Category: catTargets, Value: d.ConnectTimeout, Usage: "timeout of one target dial, TLS handshake included", EnvVars: env("connect-timeout")},
-		&cli.DurationFlag{Name: "backoff-max", Category: catTargets, Value: d.BackoffMax, DefaultText: d.BackoffMax.String() + "; " + p.BackoffMax.String() + " with --passthrough", Usage: "longest wait between dial rounds when targets are down", EnvVars: env("backoff-max")},
-
-		&cli.StringFlag{Name: "tls-cert", Category: catTLS, Usage: "listen with TLS: certificate file (PEM)", EnvVars: env("tls-cert")},
-		&cli.StringFlag{Name: "tls-key", Category: catTLS, Usage: "listen with TLS: key file (PEM)", EnvVars: env("tls-key")},
-		&cli.StringFlag{Name: "tls-client-ca", Category: catTLS, Usage: "require client certificates signed by this CA file (PEM)", EnvVars: env("tls-client-ca")},
-		&cli.BoolFlag{Name: "tls-target", Category: catTLS, Usage: "connect to targets with TLS", EnvVars: env("tls-target")},
-		&cli.StringFlag{Name: "tls-target-ca", Category: catTLS, Usage: "CA file to verify targets with (default: system roots)", EnvVars: env("tls-target-ca")},
-		&cli.StringFlag{Name: "tls-target-server-name", Category: catTLS, Usage: "name to verify in target certificates (default: the target's host)", EnvVars: env("tls-target-server-name")},
-		&cli.BoolFlag{Name: "tls-target-skip-verify", Category: catTLS, Usage: "accept any target certificate (insecure; for testing)", EnvVars: env("tls-target-skip-verify")},
-		&cli.StringFlag{Name: "tls-target-cert", Category: catTLS, Usage: "client certificate file for targets that require one (mTLS)", EnvVars: env("tls-target-cert")},
-		&cli.StringFlag{Name: "tls-target-key", Category: catTLS, Usage: "key file of --tls-target-cert", EnvVars: env("tls-target-key")},
-
-		&cli.IntFlag{Name: "connections", Category: catNDJSON, Value: d.Connections, Usage: "worker connections per target", EnvVars: env("connections")},
-		&cli.StringFlag{Name: "max-line-bytes", Category: catNDJSON, Value: "1MiB", Usage: "longest line forwarded; longer lines are dropped whole, counted and logged", EnvVars: env("max-line-bytes")},
-		&cli.StringFlag{Name: "buffer-bytes", Category: catNDJSON, Value: "64MiB", Usage: "memory for lines read and not yet acknowledged; when full, clients are slowed (TCP backpressure)", EnvVars: env("buffer-bytes")},
-		&cli.StringFlag{Name: "client-buffer-bytes", Category: catNDJSON, Value: "64MiB", Usage: "memory all clients together may hold before their lines are queued (read buffers, partial lines, TLS); when spent, clients wait and lines longer than one read are dropped after 1s", EnvVars: env("client-buffer-bytes")},
-		&cli.DurationFlag{Name: "line-timeout", Category: catNDJSON, Value: ndjson.DefaultLineTimeout, Usage: "a client holding a partial line without sending for this long is closed and the fragment counted (0: no limit)", EnvVars: env("line-timeout")},
-		&cli.StringFlag{Name: "read-bytes", Category: catNDJSON, Value: "16KiB", Usage: "size of each read from a client", EnvVars: env("read-bytes")},
-		&cli.DurationFlag{Name: "failback", Category: catNDJSON, Value: d.Failback, Usage: "how often a worker that failed over tries its home target again (0: never)", EnvVars: env("failback")},
-		&cli.DurationFlag{Name: "write-timeout", Category: catNDJSON, Value: d.WriteTimeout, Usage: "a target that accepts no data for this long is failed over", EnvVars: env("write-timeout")},
-		&cli.DurationFlag{Name: "tcp-user-timeout", Category: catNDJSON, Value: d.UserTimeout, Usage: "TCP_USER_TIMEOUT: unacknowledged data this old fails a target connection (0: system default)", EnvVars: env("tcp-user-timeout")},
-		&cli.DurationFlag{Name: "deliver-timeout", Category: catNDJSON, Value: ndjson.DefaultDeliverTimeout, Usage: "after the drain, how long ndlb keeps delivering before it drops (and counts) what is left", EnvVars: env("deliver-timeout")},
-
-		&cli.StringFlag{Name: "balance", Category: catPassthrough, Value: p.Balance, Usage: "how a connection's target is chosen: " + strings.Join(balance.Names, ", "), EnvVars: env("balance")},
-		&cli.StringFlag{Name: "hash-key", Category: catPassthrough, Value: string(p.HashKey), Usage: "what --balance hash hashes: ip (a client sticks to its target) or ip-port", EnvVars: env("hash-key")},
-		&cli.IntFlag{Name: "connect-retries", Category: catPassthrough, Value: p.ConnectRetries, Usage: "when every target failed, how many more rounds are tried (with backoff) before the client is closed", EnvVars: env("connect-retries")},
-		&cli.IntFlag{Name: "max-fails", Category: catPassthrough, Value: p.MaxFails, Usage: "a target whose last N attempts failed is skipped for --fail-timeout, unless all are (0: never skip)", EnvVars: env("max-fails")},
-		&cli.DurationFlag{Name: "fail-timeout", Category: catPassthrough, Value: p.FailTimeout, Usage: "how long a failing target is skipped", EnvVars: env("fail-timeout")},
-		&cli.DurationFlag{Name: "idle-timeout", Category: catPassthrough, Value: p.IdleTimeout, Usage: "close a connection with no traffic either way for this long (0: never)", EnvVars: env("idle-timeout")},
-		&cli.StringFlag{Name: "send-proxy", Category: catPassthrough, Usage: "send a PROXY protocol header (v1 or v2) with the client's address to each target", EnvVars: env("send-proxy")},
-
-		&cli.StringFlag{Name: "check", Category: catCheck, Usage: "active health checks of the targets: tcp (connect) or http (off by default)", EnvVars: env("check")},
-		&cli.DurationFlag{Name: "check-interval", Category: catCheck, Value: health.DefaultInterval, Usage: "time between checks of a target", EnvVars: env("check-interval")},
-		&cli.DurationFlag{Name: "check-timeout", Category: catCheck, Value: health.DefaultTimeout, Usage: "timeout of one check", EnvVars: env("check-timeout")},
-		&cli.IntFlag{Name: "check-rise", Category: catCheck, Value: health.DefaultRise, Usage: "passing checks in a row that bring a down target up", EnvVars: env("check-rise")},
-		&cli.IntFlag{Name: "check-fall", Category: catCheck, Value: health.DefaultFall, Usage: "failing checks in a row that take a target down", EnvVars: env("check-fall")},
-		&cli.StringFlag{Name: "check-http-method", Category: catCheck, Value: "GET", Usage: "method of http checks", EnvVars: env("check-http-method")},
-		&cli.StringFlag{Name: "check-http-path", Category: catCheck, Value: "/", Usage: "path of http checks", EnvVars: env("check-http-path")},
-		&cli.IntFlag{Name: "check-http-status", Category: catCheck, Value: 200, Usage: "status an http check expects", EnvVars: env("check-http-status")},
-		&cli.StringFlag{Name: "check-http-body", Category: catCheck, Usage: "text the answer to an http check must contain", EnvVars: env("check-http-body")},
-		&cli.BoolFlag{Name: "check-tls", Category: catCheck, Usage: "make http checks over TLS: with the --tls-target settings when set, else without verifying the certificate", EnvVars: env("check-tls")},
-
-		&cli.StringFlag{Name: "admin", Category: catAdmin, Usage: "serve the admin HTTP API (health, readiness, targets, drain) on HOST:PORT; bind it to loopback (off by default)", EnvVars: env("admin")},
-		&cli.StringFlag{Name: "admin-token-file", Category: catAdmin, Usage: "file holding a bearer token that the admin API's POST routes require", EnvVars: env("admin-token-file")},
-
-		&cli.StringFlag{Name: "log-format", Category: catLog, Value: "text", Usage: "log format: text or json", EnvVars: env("log-format")},
-		&cli.StringFlag{Name: "log-level", Category: catLog, Value: "info", Usage: "log level: debug, info, warn or error (passthrough logs each connection at info)", EnvVars: env("log-level")},
+	out := make([]cli.Flag, 0, len(settings.All))
+	for _, s := range settings.All {
+		out = append(out, flagOf(s))
 	}
+	return out
+}
+
+// flagOf is the flag of setting s.
+func flagOf(s settings.Setting) cli.Flag {
+	envs := []string{s.Env()}
+	switch s.Kind {
+	case config.Int:
+		v, _ := s.Default.(int)
+		return &cli.IntFlag{Name: s.Name, Category: s.Group, Value: v, DefaultText: s.DefaultText, Usage: s.Usage, EnvVars: envs}
+	case config.Bool:
+		v, _ := s.Default.(bool)
+		return &cli.BoolFlag{Name: s.Name, Category: s.Group, Value: v, DefaultText: s.DefaultText, Usage: s.Usage, EnvVars: envs}
+	case config.Duration:
+		v, _ := s.Default.(time.Duration)
+		return &cli.DurationFlag{Name: s.Name, Category: s.Group, Value: v, DefaultText: s.DefaultText, Usage: s.Usage, EnvVars: envs}
+	case config.Strings:
+		return &cli.StringSliceFlag{Name: s.Name, Category: s.Group, DefaultText: s.DefaultText, Usage: s.Usage, EnvVars: envs}
+	}
+	v, _ := s.Default.(string)
+	return &cli.StringFlag{Name: s.Name, Category: s.Group, Value: v, DefaultText: s.DefaultText, Usage: s.Usage, EnvVars: envs}
 }
 
 // healthcheckFlags are the healthcheck command's own: where to find ndlb,
@@ -131,10 +74,9 @@ func healthcheckFlags() []cli.Flag {
 
 // checkMode rejects flags set for the other mode.
 func checkMode(c *cli.Context) error {
-	pass := c.Bool("passthrough")
-	wrong, mode := ndjsonOnly, "--passthrough"
-	if !pass {
-		wrong, mode = passthroughOnly, "NDJSON mode (add --passthrough)"
+	wrong, mode := settings.OnlyIn(settings.NDJSON), "--passthrough"
+	if !c.Bool("passthrough") {
+		wrong, mode = settings.OnlyIn(settings.Passthrough), "NDJSON mode (add --passthrough)"
 	}
 	for _, n := range wrong {
 		if c.IsSet(n) {

@@ -27,6 +27,7 @@ import (
 	"github.com/ndlb/ndlb/discovery"
 	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/ndjson"
+	"github.com/ndlb/ndlb/settings"
 	"github.com/ndlb/ndlb/telemetry"
 	"github.com/ndlb/ndlb/upstream"
 )
@@ -368,15 +369,6 @@ func (in *instance) shutdown() bool {
 	return clean
 }
 
-// liveKeys are the settings a reload applies to a running listener; any
-// other change replaces the listener (on the same port, while the old one
-// drains).
-var liveKeys = []string{
-	"target", "target-dns", "target-srv", "dns-interval", "dns-resolver", "balance",
-	"check", "check-interval", "check-timeout", "check-rise", "check-fall",
-	"check-http-method", "check-http-path", "check-http-status", "check-http-body", "check-tls",
-}
-
 // changedKeys lists the keys whose values differ between a and b.
 func changedKeys(a, b map[string][]string) []string {
 	var out []string
@@ -539,9 +531,11 @@ func changedKeysOf(o, n *instance) []string {
 	return changedKeys(o.args, n.args)
 }
 
+// allLive reports whether a reload can apply every key to the running
+// listener (see settings.Reload).
 func allLive(keys []string) bool {
 	for _, k := range keys {
-		if !slices.Contains(liveKeys, k) {
+		if !settings.RuleOf(k).Live() {
 			return false
 		}
 	}
@@ -561,10 +555,10 @@ func (r *runtime) drain(o *instance) {
 // applyLive applies changed live keys of n to the running o.
 func (r *runtime) applyLive(o, n *instance, keys []string) error {
 	log := o.logger(r.log)
-	has := func(names ...string) bool {
-		return slices.ContainsFunc(keys, func(k string) bool { return slices.Contains(names, k) })
+	has := func(rule settings.Reload) bool {
+		return slices.ContainsFunc(keys, func(k string) bool { return settings.RuleOf(k) == rule })
 	}
-	if has("target", "target-dns", "target-srv", "dns-interval", "dns-resolver") {
+	if has(settings.LiveTargets) {
 		static, err := targets(n.c)
 		if err != nil {
 			return n.wrap(err)
@@ -587,13 +581,13 @@ func (r *runtime) applyLive(o, n *instance, keys []string) error {
 			logUpdate(log, o.srv.set, static)
 		}
 	}
-	if has("balance") && o.srv.setBalance != nil {
+	if has(settings.LiveBalance) && o.srv.setBalance != nil {
 		if err := o.srv.setBalance(n.c.String("balance")); err != nil {
 			return n.wrap(usageError("%v", err))
 		}
 		log.Info("balancing policy changed", "balance", n.c.String("balance"))
 	}
-	if has(liveKeys[6:]...) { // the check keys
+	if has(settings.LiveChecks) {
 		if o.stopChecks != nil {
 			o.stopChecks()
 			o.stopChecks = nil

@@ -27,6 +27,9 @@ var allowed = map[string][]string{
 	"health":    {"tlsutil", "upstream"},
 	"discovery": {"upstream"},
 	"config":    {},
+	// settings takes its defaults from the libraries it names.
+	"settings": {"balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool", "listener",
+		"ndjson", "passthrough", "pool", "tlsutil", "upstream"},
 	// telemetry installs the SDK; only cmd/ndlb may import it.
 	"telemetry": {},
 	// passthrough proxies whole connections; it must not reach into the

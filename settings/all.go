@@ -1,0 +1,99 @@
+package settings
+
+import (
+	"strings"
+
+	"github.com/ndlb/ndlb/balance"
+	"github.com/ndlb/ndlb/config"
+	"github.com/ndlb/ndlb/discovery"
+	"github.com/ndlb/ndlb/health"
+	"github.com/ndlb/ndlb/listener"
+	"github.com/ndlb/ndlb/ndjson"
+	"github.com/ndlb/ndlb/passthrough"
+	"github.com/ndlb/ndlb/pool"
+)
+
+// The --help groups.
+const (
+	groupListen      = "Listener (both modes)"
+	groupTargets     = "Targets (both modes)"
+	groupTLS         = "TLS (both modes)"
+	groupNDJSON      = "NDJSON mode (the default)"
+	groupPassthrough = "Passthrough mode (--passthrough)"
+	groupLog         = "Logging"
+	groupAdmin       = "Admin API"
+	groupCheck       = "Health checks (both modes)"
+)
+
+// The libraries' defaults, shown as the flags' defaults.
+var (
+	poolDefaults = pool.DefaultConfig()
+	passDefaults = passthrough.DefaultConfig()
+)
+
+// All is every setting, in --help order. A setting's reload rule sits
+// beside it: unless it says otherwise, a change replaces the listener.
+var All = []Setting{
+	{Name: "config", Kind: config.String, Group: groupListen, CommandLine: true, Usage: "TOML file of settings: flag names as keys, one [[listener]] table per listener (flags override it); reloaded on SIGHUP and when it changes"},
+	{Name: "addr", Kind: config.String, Default: "0.0.0.0", Group: groupListen, Usage: "address to listen on"},
+	{Name: "port", Kind: config.Int, Default: 9000, Group: groupListen, Usage: "port to listen on (0 picks a free port, shown in the 'listening' log line)"},
+	{Name: "max-conns", Kind: config.Int, Default: 0, Group: groupListen, Usage: "most client connections served at once; beyond it new clients wait in the accept backlog (0: in NDJSON mode 90% of the open-file limit less 1024, at most 100000; in passthrough no limit)"},
+	{Name: "accept-proxy", Kind: config.Bool, Group: groupListen, Usage: "require a PROXY protocol header (v1 or v2) from a front load balancer on every connection; its client address is used and logged"},
+	{Name: "proxy-header-timeout", Kind: config.Duration, Default: listener.DefaultProxyHeaderTimeout, Group: groupListen, Usage: "with --accept-proxy, how long a connection may take to send its header"},
+	{Name: "drain-timeout", Kind: config.Duration, Default: ndjson.DefaultDrainTimeout, Group: groupListen, Usage: "on SIGTERM, how long clients may keep their connections before they are closed"},
+	{Name: "passthrough", Kind: config.Bool, Group: groupListen, Usage: "L4 mode: proxy each client connection whole to one target, bytes unchanged"},
+
+	{Name: "target", Kind: config.Strings, Group: groupTargets, Reload: LiveTargets, Usage: "target HOST:PORT, or HOST:PORT=WEIGHT (1..256, default 1); comma-separated and/or repeated (required)"},
+	{Name: "target-dns", Kind: config.Strings, Group: groupTargets, Reload: LiveTargets, Usage: "targets from DNS: NAME:PORT, re-resolved (A and AAAA) every --dns-interval; comma-separated and/or repeated"},
+	{Name: "target-srv", Kind: config.Strings, Group: groupTargets, Reload: LiveTargets, Usage: "targets from DNS SRV records: _service._proto.name (lowest priority value first); comma-separated and/or repeated"},
+	{Name: "dns-interval", Kind: config.Duration, Default: discovery.DefaultInterval, Group: groupTargets, Reload: LiveTargets, Usage: "how often --target-dns and --target-srv names are resolved again"},
+	{Name: "dns-resolver", Kind: config.String, Group: groupTargets, Reload: LiveTargets, Usage: "DNS server HOST:PORT for discovery (default: the system's)"},
+	{Name: "connect-timeout", Kind: config.Duration, Default: poolDefaults.ConnectTimeout, Group: groupTargets, Usage: "timeout of one target dial, TLS handshake included"},
+	{Name: "backoff-max", Kind: config.Duration, Default: poolDefaults.BackoffMax, DefaultText: poolDefaults.BackoffMax.String() + "; " + passDefaults.BackoffMax.String() + " with --passthrough", Group: groupTargets, Usage: "longest wait between dial rounds when targets are down"},
+
+	{Name: "tls-cert", Kind: config.String, Group: groupTLS, Usage: "listen with TLS: certificate file (PEM)"},
+	{Name: "tls-key", Kind: config.String, Group: groupTLS, Usage: "listen with TLS: key file (PEM)"},
+	{Name: "tls-client-ca", Kind: config.String, Group: groupTLS, Usage: "require client certificates signed by this CA file (PEM)"},
+	{Name: "tls-target", Kind: config.Bool, Group: groupTLS, Usage: "connect to targets with TLS"},
+	{Name: "tls-target-ca", Kind: config.String, Group: groupTLS, Usage: "CA file to verify targets with (default: system roots)"},
+	{Name: "tls-target-server-name", Kind: config.String, Group: groupTLS, Usage: "name to verify in target certificates (default: the target's host)"},
+	{Name: "tls-target-skip-verify", Kind: config.Bool, Group: groupTLS, Usage: "accept any target certificate (insecure; for testing)"},
+	{Name: "tls-target-cert", Kind: config.String, Group: groupTLS, Usage: "client certificate file for targets that require one (mTLS)"},
+	{Name: "tls-target-key", Kind: config.String, Group: groupTLS, Usage: "key file of --tls-target-cert"},
+
+	{Name: "connections", Kind: config.Int, Default: poolDefaults.Connections, Group: groupNDJSON, Mode: NDJSON, Usage: "worker connections per target"},
+	{Name: "max-line-bytes", Kind: config.String, Default: "1MiB", Group: groupNDJSON, Mode: NDJSON, Usage: "longest line forwarded; longer lines are dropped whole, counted and logged"},
+	{Name: "buffer-bytes", Kind: config.String, Default: "64MiB", Group: groupNDJSON, Mode: NDJSON, Usage: "memory for lines read and not yet acknowledged; when full, clients are slowed (TCP backpressure)"},
+	{Name: "client-buffer-bytes", Kind: config.String, Default: "64MiB", Group: groupNDJSON, Mode: NDJSON, Usage: "memory all clients together may hold before their lines are queued (read buffers, partial lines, TLS); when spent, clients wait and lines longer than one read are dropped after 1s"},
+	{Name: "line-timeout", Kind: config.Duration, Default: ndjson.DefaultLineTimeout, Group: groupNDJSON, Mode: NDJSON, Usage: "a client holding a partial line without sending for this long is closed and the fragment counted (0: no limit)"},
+	{Name: "read-bytes", Kind: config.String, Default: "16KiB", Group: groupNDJSON, Mode: NDJSON, Usage: "size of each read from a client"},
+	{Name: "failback", Kind: config.Duration, Default: poolDefaults.Failback, Group: groupNDJSON, Mode: NDJSON, Usage: "how often a worker that failed over tries its home target again (0: never)"},
+	{Name: "write-timeout", Kind: config.Duration, Default: poolDefaults.WriteTimeout, Group: groupNDJSON, Mode: NDJSON, Usage: "a target that accepts no data for this long is failed over"},
+	{Name: "tcp-user-timeout", Kind: config.Duration, Default: poolDefaults.UserTimeout, Group: groupNDJSON, Mode: NDJSON, Usage: "TCP_USER_TIMEOUT: unacknowledged data this old fails a target connection (0: system default)"},
+	{Name: "deliver-timeout", Kind: config.Duration, Default: ndjson.DefaultDeliverTimeout, Group: groupNDJSON, Mode: NDJSON, Usage: "after the drain, how long ndlb keeps delivering before it drops (and counts) what is left"},
+
+	{Name: "balance", Kind: config.String, Default: passDefaults.Balance, Group: groupPassthrough, Mode: Passthrough, Reload: LiveBalance, Usage: "how a connection's target is chosen: " + strings.Join(balance.Names, ", ")},
+	{Name: "hash-key", Kind: config.String, Default: string(passDefaults.HashKey), Group: groupPassthrough, Mode: Passthrough, Usage: "what --balance hash hashes: ip (a client sticks to its target) or ip-port"},
+	{Name: "connect-retries", Kind: config.Int, Default: passDefaults.ConnectRetries, Group: groupPassthrough, Mode: Passthrough, Usage: "when every target failed, how many more rounds are tried (with backoff) before the client is closed"},
+	{Name: "max-fails", Kind: config.Int, Default: passDefaults.MaxFails, Group: groupPassthrough, Mode: Passthrough, Usage: "a target whose last N attempts failed is skipped for --fail-timeout, unless all are (0: never skip)"},
+	{Name: "fail-timeout", Kind: config.Duration, Default: passDefaults.FailTimeout, Group: groupPassthrough, Mode: Passthrough, Usage: "how long a failing target is skipped"},
+	{Name: "idle-timeout", Kind: config.Duration, Default: passDefaults.IdleTimeout, Group: groupPassthrough, Mode: Passthrough, Usage: "close a connection with no traffic either way for this long (0: never)"},
+	{Name: "send-proxy", Kind: config.String, Group: groupPassthrough, Mode: Passthrough, Usage: "send a PROXY protocol header (v1 or v2) with the client's address to each target"},
+
+	{Name: "check", Kind: config.String, Group: groupCheck, Reload: LiveChecks, Usage: "active health checks of the targets: tcp (connect) or http (off by default)"},
+	{Name: "check-interval", Kind: config.Duration, Default: health.DefaultInterval, Group: groupCheck, Reload: LiveChecks, Usage: "time between checks of a target"},
+	{Name: "check-timeout", Kind: config.Duration, Default: health.DefaultTimeout, Group: groupCheck, Reload: LiveChecks, Usage: "timeout of one check"},
+	{Name: "check-rise", Kind: config.Int, Default: health.DefaultRise, Group: groupCheck, Reload: LiveChecks, Usage: "passing checks in a row that bring a down target up"},
+	{Name: "check-fall", Kind: config.Int, Default: health.DefaultFall, Group: groupCheck, Reload: LiveChecks, Usage: "failing checks in a row that take a target down"},
+	{Name: "check-http-method", Kind: config.String, Default: "GET", Group: groupCheck, Reload: LiveChecks, Usage: "method of http checks"},
+	{Name: "check-http-path", Kind: config.String, Default: "/", Group: groupCheck, Reload: LiveChecks, Usage: "path of http checks"},
+	{Name: "check-http-status", Kind: config.Int, Default: 200, Group: groupCheck, Reload: LiveChecks, Usage: "status an http check expects"},
+	{Name: "check-http-body", Kind: config.String, Group: groupCheck, Reload: LiveChecks, Usage: "text the answer to an http check must contain"},
+	{Name: "check-tls", Kind: config.Bool, Group: groupCheck, Reload: LiveChecks, Usage: "make http checks over TLS: with the --tls-target settings when set, else without verifying the certificate"},
+
+	{Name: "admin", Kind: config.String, Group: groupAdmin, Global: true, Reload: Restart, Usage: "serve the admin HTTP API (health, readiness, targets, drain) on HOST:PORT; bind it to loopback (off by default)"},
+	{Name: "admin-token-file", Kind: config.String, Group: groupAdmin, Global: true, Reload: Restart, Usage: "file holding a bearer token that the admin API's POST routes require"},
+
+	{Name: "log-format", Kind: config.String, Default: "text", Group: groupLog, Global: true, Reload: Restart, Usage: "log format: text or json"},
+	{Name: "log-level", Kind: config.String, Default: "info", Group: groupLog, Global: true, Reload: LiveProcess, Usage: "log level: debug, info, warn or error (passthrough logs each connection at info)"},
+}
