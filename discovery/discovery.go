@@ -17,10 +17,6 @@ import (
 // DefaultInterval is Config.Interval.
 const DefaultInterval = 30 * time.Second
 
-// pruneEvery is how often targets that left DNS are checked for their last
-// connection, between refreshes.
-const pruneEvery = time.Second
-
 // ErrConfig is wrapped by Validate's errors.
 var ErrConfig = errors.New("discovery: invalid config")
 
@@ -101,21 +97,17 @@ func New(cfg Config, set *upstream.Set) (*Discoverer, error) {
 	return d, nil
 }
 
-// Run refreshes every interval and prunes drained targets until ctx is
-// done.
+// Run refreshes every interval until ctx is done. Targets that left DNS
+// drain; whoever owns the set prunes them (Set.Prune) once drained.
 func (d *Discoverer) Run(ctx context.Context) {
 	refresh := time.NewTicker(d.cfg.Interval)
 	defer refresh.Stop()
-	prune := time.NewTicker(pruneEvery)
-	defer prune.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-refresh.C:
 			d.Refresh(ctx)
-		case <-prune.C:
-			d.prune()
 		}
 	}
 }
@@ -137,15 +129,7 @@ func (d *Discoverer) Refresh(ctx context.Context) []string {
 	for _, t := range removed {
 		d.log.Info("target gone from DNS: draining", "target", t.Addr)
 	}
-	d.prune()
 	return addrs
-}
-
-// prune drops drained targets that have no connection left.
-func (d *Discoverer) prune() {
-	for _, t := range d.set.Prune() {
-		d.log.Info("target left the set: drained", "target", t.Addr)
-	}
 }
 
 // answer runs lookup for name, keeping the last good answer when it fails.

@@ -67,8 +67,11 @@ func TestDNSChanges(t *testing.T) {
 	}
 	a.ConnClosed()
 	d.Refresh(ctx)
-	if _, draining = addrs(set); len(draining) != 0 {
-		t.Fatalf("A still in the set after its last connection: %v", draining)
+	if _, draining = addrs(set); !slices.Equal(draining, []string{"10.0.0.1:5170"}) {
+		t.Fatalf("discovery pruned A itself: draining %v", draining) // the supervisor's pruner does
+	}
+	if pruned := set.Prune(); len(pruned) != 1 || pruned[0] != a {
+		t.Fatalf("A not prunable after its last connection: %v", pruned)
 	}
 	// The name disappears (NXDOMAIN): its last answer is kept.
 	dns.SetIPs("other.test", "10.9.9.9")

@@ -3,7 +3,8 @@
 // _service._proto.name) are re-resolved every interval and merged with the
 // static targets into the upstream set. A target that disappears from DNS
 // is drained, not cut: it leaves the set once its last connection has
-// closed. A failed lookup keeps the name's last answer, so a DNS outage
+// closed, when the set's owner prunes it (the supervisor does, once a
+// second, for every listener). A failed lookup keeps the name's last answer, so a DNS outage
 // changes nothing. Kubernetes headless services work this way.
 //
 //	d, err := discovery.New(cfg, set)

@@ -540,3 +540,7 @@ func registerAll(log *slog.Logger, regs ...func() (metric.Registration, error)) 
 	}
 	return out
 }
+
+// Drain is Shutdown for a supervisor: it reports whether every line read
+// was delivered or dropped for a reason other than the shutdown deadline.
+func (s *Server) Drain() (clean bool) { return s.Shutdown().Clean }

@@ -340,3 +340,11 @@ func (s *Server) Shutdown() Summary {
 	})
 	return s.summary
 }
+
+// Drain is Shutdown for a supervisor. Passthrough holds no data of its own,
+// so a drain is always clean: connections cut at the deadline are counted
+// in the summary (shutdown_closed).
+func (s *Server) Drain() (clean bool) {
+	s.Shutdown()
+	return true
+}

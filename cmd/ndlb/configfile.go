@@ -11,6 +11,7 @@ import (
 
 	"github.com/ndlb/ndlb/config"
 	"github.com/ndlb/ndlb/settings"
+	"github.com/ndlb/ndlb/supervisor"
 )
 
 // global reports whether the setting called name is process-wide: in a
@@ -23,16 +24,16 @@ func global(name string) bool {
 // loadSetup returns the process-wide flags and the listeners to run: the
 // one the flags describe, or those of --config, with flags (and NDLB_*
 // variables) overriding the file.
-func loadSetup(c *cli.Context) (*cli.Context, []*instance, error) {
+func loadSetup(c *cli.Context) (*cli.Context, []*source, error) {
 	path := c.String("config")
 	if path == "" {
-		return c, []*instance{{name: listenerName, c: c}}, nil
+		return c, []*source{{name: listenerName, c: c}}, nil
 	}
 	return loadFile(c, path, overrides(c))
 }
 
 // loadFile reads the config file at path, with over in place of its values.
-func loadFile(c *cli.Context, path string, over map[string][]string) (*cli.Context, []*instance, error) {
+func loadFile(c *cli.Context, path string, over map[string][]string) (*cli.Context, []*source, error) {
 	f, err := config.Load(path, settings.Schema())
 	if err != nil {
 		return nil, nil, usageError("invalid config: %v", err)
@@ -41,7 +42,7 @@ func loadFile(c *cli.Context, path string, over map[string][]string) (*cli.Conte
 	if err != nil {
 		return nil, nil, usageError("%s: %v", path, err)
 	}
-	var insts []*instance
+	var insts []*source
 	for _, sec := range f.Listeners {
 		if len(f.Listeners) > 1 {
 			for name := range over {
@@ -50,7 +51,7 @@ func loadFile(c *cli.Context, path string, over map[string][]string) (*cli.Conte
 				}
 			}
 		}
-		in := &instance{name: sec.Name, file: f, sec: sec}
+		in := &source{name: sec.Name, file: f, sec: sec}
 		args := merge(sec, over, false)
 		if in.c, err = parseFlags(c, args); err != nil {
 			return nil, nil, in.wrap(usageError("%v", err))
@@ -168,15 +169,15 @@ func runCheckConfig(c *cli.Context) error {
 	if _, _, err := newLogger(g); err != nil {
 		return usageError("%s: %v", path, err)
 	}
-	quiet := slog.New(slog.DiscardHandler)
+	spec, err := specOf(g, insts, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	if err := supervisor.Check(spec); err != nil {
+		return exitOf(err, insts)
+	}
 	var names []string
 	for _, in := range insts {
-		if _, err := listenAddr(in.c); err != nil {
-			return in.wrap(err)
-		}
-		if _, err := newServer(in.c, quiet, in.name, nil); err != nil {
-			return in.wrap(err)
-		}
 		names = append(names, in.name)
 	}
 	if tf := g.String("admin-token-file"); tf != "" {

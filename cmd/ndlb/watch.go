@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/sha256"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -16,8 +17,9 @@ const debounce = 200 * time.Millisecond
 // watchConfig reports changes of the --config file's content. It watches
 // the file's directory, so that a file replaced by a rename and a
 // Kubernetes ConfigMap's symlink swap (..data) are seen. stop ends it.
-func (r *runtime) watchConfig() (changed <-chan struct{}, stop func()) {
-	path := r.c.String("config")
+// loaded is the hash of the content first loaded: a change made before the
+// watch began counts too.
+func watchConfig(path string, loaded [32]byte, log *slog.Logger) (changed <-chan struct{}, stop func()) {
 	if path == "" {
 		return nil, func() {}
 	}
@@ -26,7 +28,7 @@ func (r *runtime) watchConfig() (changed <-chan struct{}, stop func()) {
 		err = w.Add(filepath.Dir(path))
 	}
 	if err != nil {
-		r.log.Warn("cannot watch the config file; reload it with SIGHUP", "path", path, "err", err)
+		log.Warn("cannot watch the config file; reload it with SIGHUP", "path", path, "err", err)
 		if w != nil {
 			w.Close()
 		}
@@ -36,15 +38,15 @@ func (r *runtime) watchConfig() (changed <-chan struct{}, stop func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		watchLoop(w, path, out, r)
+		watchLoop(w, path, out, loaded, log)
 	}()
 	return out, func() { w.Close(); <-done }
 }
 
 // watchLoop turns the watcher's events into content changes on out.
-func watchLoop(w *fsnotify.Watcher, path string, out chan<- struct{}, r *runtime) {
+func watchLoop(w *fsnotify.Watcher, path string, out chan<- struct{}, loaded [32]byte, log *slog.Logger) {
 	base := filepath.Base(path)
-	last := r.loaded
+	last := loaded
 	settle := time.After(debounce) // a change before the watch began counts too
 	for {
 		select {
@@ -59,7 +61,7 @@ func watchLoop(w *fsnotify.Watcher, path string, out chan<- struct{}, r *runtime
 			if !ok {
 				return
 			}
-			r.log.Warn("watching the config file", "err", err)
+			log.Warn("watching the config file", "err", err)
 		case <-settle:
 			settle = nil
 			if h := fileHash(path); h != last {

@@ -27,6 +27,10 @@ var allowed = map[string][]string{
 	"health":    {"tlsutil", "upstream"},
 	"discovery": {"upstream"},
 	"config":    {},
+	// supervisor runs listeners of both modes; it knows the settings only
+	// for their reload rules.
+	"supervisor": {"admin", "balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool", "listener",
+		"ndjson", "passthrough", "pool", "settings", "tlsutil", "upstream"},
 	// settings takes its defaults from the libraries it names.
 	"settings": {"balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool", "listener",
 		"ndjson", "passthrough", "pool", "tlsutil", "upstream"},

@@ -1,0 +1,74 @@
+package supervisor
+
+import (
+	"time"
+
+	"github.com/ndlb/ndlb/admin"
+	"github.com/ndlb/ndlb/dispatch"
+	"github.com/ndlb/ndlb/ndjson"
+	"github.com/ndlb/ndlb/passthrough"
+)
+
+// NDJSON is the line mode: ndjson.Server with Config.
+type NDJSON struct{ Config ndjson.Config }
+
+// Name is "ndjson".
+func (NDJSON) Name() string { return "ndjson" }
+
+// New makes the server; its ledger joins book under name.
+func (m NDJSON) New(name string, book *dispatch.Book) (Server, error) {
+	cfg := m.Config
+	cfg.Name, cfg.Book = name, book
+	return ndjson.New(cfg)
+}
+
+// Info shows the server's connections and the ledger of its name.
+func (m NDJSON) Info(srv Server, name, addr string, book *dispatch.Book) admin.ListenerInfo {
+	st := srv.(*ndjson.Server).Stats().Listener
+	info := admin.ListenerInfo{Name: name, Addr: addr, Mode: m.Name(), TLS: m.Config.Listener.TLS != nil,
+		Active: st.Active, Accepted: st.Accepted}
+	if book != nil {
+		l := book.Stats(name)
+		info.Ledger = &admin.LedgerInfo{Received: l.Received, Delivered: l.Delivered, InFlight: l.InFlight, Dropped: l.Dropped}
+	}
+	return info
+}
+
+// Lost is the lines read and not yet delivered.
+func (NDJSON) Lost(srv Server) []any {
+	q := srv.(*ndjson.Server).Stats().Queue
+	return []any{"undelivered_lines", q.LinesIn - q.LinesOut}
+}
+
+// KeepAlive is Go's default: shippers' connections live for days.
+func (NDJSON) KeepAlive() time.Duration { return 0 }
+
+// Passthrough is the L4 mode: passthrough.Server with Config.
+type Passthrough struct{ Config passthrough.Config }
+
+// Name is "passthrough".
+func (Passthrough) Name() string { return "passthrough" }
+
+// New makes the server; its metrics are labelled with name.
+func (m Passthrough) New(name string, _ *dispatch.Book) (Server, error) {
+	cfg := m.Config
+	cfg.Name = name
+	return passthrough.New(cfg)
+}
+
+// Info shows the server's connections and policy.
+func (m Passthrough) Info(srv Server, name, addr string, _ *dispatch.Book) admin.ListenerInfo {
+	s := srv.(*passthrough.Server)
+	st := s.Stats().Listener
+	return admin.ListenerInfo{Name: name, Addr: addr, Mode: m.Name(), Balance: s.Balance(),
+		TLS: m.Config.Listener.TLS != nil, Active: st.Active, Accepted: st.Accepted}
+}
+
+// Lost is the connections still open.
+func (Passthrough) Lost(srv Server) []any {
+	return []any{"open_connections", srv.(*passthrough.Server).Stats().Listener.Active}
+}
+
+// KeepAlive is off, as in HAProxy and nginx: --idle-timeout ends the
+// connections of vanished clients.
+func (Passthrough) KeepAlive() time.Duration { return -1 }

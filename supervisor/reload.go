@@ -1,0 +1,307 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/ndlb/ndlb/admin"
+	"github.com/ndlb/ndlb/discovery"
+	"github.com/ndlb/ndlb/health"
+	"github.com/ndlb/ndlb/settings"
+	"github.com/ndlb/ndlb/upstream"
+)
+
+// ErrNoReload is returned by Reload when Config.Load is nil.
+var ErrNoReload = errors.New("nothing to reload: ndlb runs without --config")
+
+// Reload reads the Spec again and applies it: new listeners start, removed
+// ones drain, live settings change a running listener in place, and other
+// changes replace a listener on the same socket while the old one drains
+// (see settings.Reload). A Spec that does not load or build changes
+// nothing. why is logged.
+func (s *Supervisor) Reload(why string) error {
+	if s.cfg.Load == nil {
+		s.log.Warn("nothing to reload: ndlb runs without --config", "trigger", why)
+		return ErrNoReload
+	}
+	err := s.reload()
+	info := &admin.ReloadInfo{Last: time.Now()}
+	// The record and the counters first, then the log: whoever reads the
+	// log line and then asks the admin API sees this reload.
+	if err != nil {
+		info.LastError = err.Error()
+		s.lastReload.Store(info)
+		s.reloadFailures.Add(1)
+		s.log.Error("config reload refused; the running config stays", "trigger", why, "err", err)
+	} else {
+		s.lastReload.Store(info)
+		s.reloads.Add(1)
+		s.log.Info("config reloaded", "trigger", why)
+	}
+	return err
+}
+
+// ReloadInfo is what the admin API shows of the reloads.
+func (s *Supervisor) ReloadInfo() admin.ReloadInfo {
+	info := admin.ReloadInfo{Path: s.cfg.Path, Reloads: s.reloads.Load(), Failures: s.reloadFailures.Load()}
+	if last := s.lastReload.Load(); last != nil {
+		info.Last, info.LastError = last.Last, last.LastError
+	}
+	return info
+}
+
+var tracer = otel.Tracer("github.com/ndlb/ndlb/supervisor")
+
+func (s *Supervisor) reload() (err error) {
+	_, span := tracer.Start(context.Background(), "ndlb.config.reload")
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
+	spec, err := s.cfg.Load()
+	if err != nil {
+		return err
+	}
+	next, err := s.build(spec)
+	if err != nil {
+		return err
+	}
+	s.applyProcess(spec)
+	return s.apply(span, next)
+}
+
+// applyProcess applies the process-wide settings: the log level at once;
+// the others only at the next start, which the log says.
+func (s *Supervisor) applyProcess(spec Spec) {
+	if lv := s.cfg.Level; lv != nil && spec.LogLevel != lv.Level() {
+		lv.Set(spec.LogLevel)
+		s.log.Info("log level changed", "level", spec.LogLevel.String())
+	}
+	s.mu.Lock()
+	old := s.process
+	s.process = spec.Process
+	s.mu.Unlock()
+	for _, k := range Changed(old, spec.Process) {
+		if settings.RuleOf(k) == settings.Restart {
+			s.log.Warn("process-wide setting changed; it applies at the next start", "setting", k)
+		}
+	}
+}
+
+// apply runs next in place of the running instances.
+func (s *Supervisor) apply(span trace.Span, next []*instance) error {
+	old := map[string]*instance{}
+	for _, in := range s.snapshot() {
+		old[in.spec.Name] = in
+	}
+	// A listener renamed on the same address takes over the old one's
+	// socket, as a replacement does.
+	byAddr := map[string]*instance{}
+	for _, in := range next {
+		if old[in.spec.Name] == nil {
+			byAddr[in.spec.Addr] = nil
+		}
+	}
+	for _, o := range old {
+		if _, ok := byAddr[o.spec.Addr]; ok && !slices.ContainsFunc(next, func(n *instance) bool { return n.spec.Name == o.spec.Name }) {
+			byAddr[o.spec.Addr] = o
+		}
+	}
+	var result []*instance
+	for _, in := range next {
+		name := in.spec.Name
+		o := old[name]
+		delete(old, name)
+		var keys []string
+		if o != nil {
+			keys = Changed(o.spec.Settings, in.spec.Settings)
+		}
+		switch {
+		case o == nil:
+			if prev := byAddr[in.spec.Addr]; prev != nil && in.takeOver(prev) {
+				delete(old, prev.spec.Name)
+				byAddr[in.spec.Addr] = nil
+				s.start(in)
+				span.AddEvent("listener renamed", trace.WithAttributes(upstream.AttrListener.String(name)))
+				s.log.Info("listener added on the socket of a removed one; the old one drains", "listener", name,
+					"removed", prev.spec.Name, "addr", in.ln.Addr().String())
+				s.drain(prev)
+				result = append(result, in)
+				continue
+			}
+			if err := in.listen(); err != nil {
+				s.log.Error("new listener cannot listen; skipped", "listener", name, "err", err)
+				continue
+			}
+			s.start(in)
+			span.AddEvent("listener added", trace.WithAttributes(upstream.AttrListener.String(name)))
+			s.log.Info("listener added", "listener", name, "addr", in.ln.Addr().String())
+			result = append(result, in)
+		case len(keys) == 0:
+			result = append(result, o)
+		case AllLive(keys):
+			s.applyLive(o, in, keys)
+			span.AddEvent("listener changed in place", trace.WithAttributes(upstream.AttrListener.String(name),
+				attribute.StringSlice("ndlb.changed", keys)))
+			result = append(result, o)
+		default:
+			if in.spec.Addr != o.spec.Addr || !in.takeOver(o) {
+				if err := in.listen(); err != nil {
+					s.log.Error("changed listener cannot listen; the old one stays", "listener", name, "err", err)
+					result = append(result, o)
+					continue
+				}
+			}
+			// On the same socket, clients in its backlog are served by
+			// the replacement.
+			s.start(in)
+			span.AddEvent("listener replaced", trace.WithAttributes(upstream.AttrListener.String(name)))
+			s.log.Info("listener replaced; the old one drains", "listener", name, "changed", keys)
+			s.drain(o)
+			result = append(result, in)
+		}
+	}
+	for _, o := range old {
+		span.AddEvent("listener removed", trace.WithAttributes(upstream.AttrListener.String(o.spec.Name)))
+		s.log.Info("listener removed; draining", "listener", o.spec.Name)
+		s.drain(o)
+	}
+	s.mu.Lock()
+	s.insts = result
+	s.mu.Unlock()
+	return nil
+}
+
+// Changed lists, sorted, the settings whose values differ between a and b.
+func Changed(a, b map[string][]string) []string {
+	var out []string
+	for k, v := range a {
+		if !slices.Equal(v, b[k]) {
+			out = append(out, k)
+		}
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// AllLive reports whether a reload can apply every setting of keys to the
+// running listener (see settings.Reload).
+func AllLive(keys []string) bool {
+	for _, k := range keys {
+		if !settings.RuleOf(k).Live() {
+			return false
+		}
+	}
+	return true
+}
+
+// drain shuts o down in the background; lines it drops make Shutdown
+// unclean, as those of the listeners still running at exit do.
+func (s *Supervisor) drain(o *instance) {
+	s.draining.Go(func() {
+		if !o.shutdown() {
+			s.dirty.Store(true)
+		}
+	})
+}
+
+// applyLive applies the changed live settings of n to the running o. n
+// was built but never started; what o needs of it is its spec.
+func (s *Supervisor) applyLive(o, n *instance, keys []string) {
+	log := o.log
+	has := func(rule settings.Reload) bool {
+		return slices.ContainsFunc(keys, func(k string) bool { return settings.RuleOf(k) == rule })
+	}
+	set := o.srv.Set()
+	if has(settings.LiveTargets) {
+		if o.stopDiscovery != nil {
+			o.stopDiscovery()
+			o.stopDiscovery, o.disc = nil, nil
+		}
+		if n.spec.Discovery != nil {
+			// New cannot fail: build made the same discoverer for n.
+			if d, err := discovery.New(*n.spec.Discovery, set); err == nil {
+				o.disc = d
+				o.stopDiscovery = runDiscovery(d)
+			}
+		} else {
+			logUpdate(log, set, n.spec.Targets)
+		}
+	}
+	if b, ok := o.srv.(interface{ SetBalance(string) error }); ok && has(settings.LiveBalance) {
+		if err := b.SetBalance(n.spec.Balance); err == nil {
+			log.Info("balancing policy changed", "balance", n.spec.Balance)
+		}
+	}
+	if has(settings.LiveChecks) {
+		if o.stopChecks != nil {
+			o.stopChecks()
+			o.stopChecks, o.checks = nil, nil
+		}
+		if n.spec.Health != nil {
+			if chk, err := health.New(*n.spec.Health, set); err == nil {
+				o.checks = chk
+				ctx, cancel := context.WithCancel(context.Background())
+				o.stopChecks = background(cancel, chk.Run, ctx)
+			}
+		} else {
+			for _, t := range set.Targets() { // no checks: no verdict
+				t.SetChecked(upstream.CheckResult{}, true, true)
+			}
+		}
+		check := ""
+		if n.spec.Health != nil {
+			check = n.spec.Health.Kind
+		}
+		log.Info("health checks changed", "check", check)
+	}
+	// The running server keeps its mode; the rest of the spec is n's.
+	mode := o.spec.Mode
+	o.spec = n.spec
+	o.spec.Mode = mode
+}
+
+// logUpdate makes addrs the set's static targets and logs the change.
+func logUpdate(log *slog.Logger, set *upstream.Set, addrs []string) {
+	added, removed := set.Update(addrs)
+	for _, t := range added {
+		log.Info("target added", "target", t.Addr)
+	}
+	for _, t := range removed {
+		log.Info("target removed; draining", "target", t.Addr)
+	}
+}
+
+// ObserveReloads reports the reload counters as a metric.
+func (s *Supervisor) ObserveReloads() (metric.Registration, error) {
+	m := otel.Meter("github.com/ndlb/ndlb/supervisor")
+	c, err := m.Int64ObservableCounter("ndlb.config.reloads", metric.WithUnit("{reload}"),
+		metric.WithDescription("Config reloads, by ndlb.outcome: applied, or refused (the running config stayed)."))
+	if err != nil {
+		return nil, err
+	}
+	applied := metric.WithAttributes(attribute.String("ndlb.outcome", "applied"))
+	refused := metric.WithAttributes(attribute.String("ndlb.outcome", "refused"))
+	return m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		o.ObserveInt64(c, int64(s.reloads.Load()), applied)
+		o.ObserveInt64(c, int64(s.reloadFailures.Load()), refused)
+		return nil
+	}, c)
+}

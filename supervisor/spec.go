@@ -1,0 +1,117 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/ndlb/ndlb/admin"
+	"github.com/ndlb/ndlb/discovery"
+	"github.com/ndlb/ndlb/dispatch"
+	"github.com/ndlb/ndlb/health"
+	"github.com/ndlb/ndlb/upstream"
+)
+
+// Server is a listener's data path. ndjson.Server and passthrough.Server
+// implement it.
+type Server interface {
+	// Start serves ln in the background.
+	Start(ln net.Listener)
+	// Err reports the listener failing on its own.
+	Err() <-chan error
+	// Handover stops accepting and returns the open listening socket for
+	// a replacement, or nil when it cannot.
+	Handover() net.Listener
+	// Set is the server's targets.
+	Set() *upstream.Set
+	// Drain shuts the server down and reports whether it lost nothing.
+	Drain() (clean bool)
+}
+
+// Mode makes a listener's Server from its mode's config, and describes it.
+type Mode interface {
+	// Name is the mode's name in the admin API: "ndjson" or
+	// "passthrough".
+	Name() string
+	// New makes the server of the listener called name; book, if not
+	// nil, keeps its ledger across reloads.
+	New(name string, book *dispatch.Book) (Server, error)
+	// Info is what the admin API shows of srv, which New made.
+	Info(srv Server, name, addr string, book *dispatch.Book) admin.ListenerInfo
+	// Lost describes, for the log, what exiting now would abandon.
+	Lost(srv Server) []any
+	// KeepAlive is the client sockets' TCP keepalive (negative: off).
+	KeepAlive() time.Duration
+}
+
+// Spec is what the process runs.
+type Spec struct {
+	// LogLevel is applied by a reload at once.
+	LogLevel slog.Level
+	// Process is every process-wide setting as set (name: values), so
+	// that a reload can tell which changed (see settings.Restart).
+	Process map[string][]string
+	// Listeners run side by side; their names are unique.
+	Listeners []Listener
+}
+
+// Listener is one listener of a Spec.
+type Listener struct {
+	Name string
+	Addr string // HOST:PORT to listen on
+	Mode Mode
+	// Targets are the static targets; Discovery, if not nil, adds those
+	// of DNS names (its Static must be Targets).
+	Targets   []string
+	Discovery *discovery.Config
+	// Health, if not nil, runs active health checks.
+	Health *health.Config
+	// Balance is the policy a reload switches to live (passthrough).
+	Balance string
+	// Settings is every setting of the listener as set (name: values).
+	// A reload compares them and applies each change by its rule.
+	Settings map[string][]string
+	// Logger logs what concerns this listener (nil: the supervisor's).
+	Logger *slog.Logger
+}
+
+// Validate checks what the supervisor relies on; each library checks its
+// own config.
+func (s Spec) Validate() error {
+	if len(s.Listeners) == 0 {
+		return fmt.Errorf("%w: no listener", ErrSpec)
+	}
+	seen := map[string]bool{}
+	for _, l := range s.Listeners {
+		switch {
+		case l.Name == "":
+			return fmt.Errorf("%w: a listener has no name", ErrSpec)
+		case seen[l.Name]:
+			return fmt.Errorf("%w: listener name %q is used twice", ErrSpec, l.Name)
+		case l.Mode == nil:
+			return &Error{Listener: l.Name, Err: fmt.Errorf("%w: no mode", ErrSpec)}
+		case l.Addr == "":
+			return &Error{Listener: l.Name, Err: fmt.Errorf("%w: no address", ErrSpec)}
+		}
+		seen[l.Name] = true
+	}
+	return nil
+}
+
+// ErrSpec is wrapped by the errors of Spec.Validate.
+var ErrSpec = errors.New("invalid spec")
+
+// Error is a problem with one listener.
+type Error struct {
+	Listener string
+	// Listen is true when the listener's socket could not be opened;
+	// otherwise its server could not be made.
+	Listen bool
+	Err    error
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("listener %q: %v", e.Listener, e.Err) }
+
+func (e *Error) Unwrap() error { return e.Err }

@@ -1,0 +1,358 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ndlb/ndlb/admin"
+	"github.com/ndlb/ndlb/discovery"
+	"github.com/ndlb/ndlb/dispatch"
+	"github.com/ndlb/ndlb/health"
+	"github.com/ndlb/ndlb/upstream"
+)
+
+// Config is how a Supervisor runs.
+type Config struct {
+	Logger *slog.Logger // nil: slog.Default()
+	// Level is the logger's level, which a reload changes (nil: none).
+	Level *slog.LevelVar
+	// Book keeps every NDJSON listener's ledger by name (nil: a new one).
+	Book *dispatch.Book
+	// Load reads the Spec again for Reload; nil means there is nothing to
+	// reload. Its errors are shown as they are.
+	Load func() (Spec, error)
+	// Path is the config file, for the admin API.
+	Path string
+	// PruneInterval is how often targets removed from the config are
+	// dropped once drained (default 1s).
+	PruneInterval time.Duration
+}
+
+// Supervisor runs the listeners of a Spec and reloads them.
+type Supervisor struct {
+	cfg Config
+	log *slog.Logger
+
+	mu      sync.Mutex
+	insts   []*instance         // guarded by mu
+	process map[string][]string // guarded by mu
+
+	failed   chan error
+	draining sync.WaitGroup // instances replaced or removed by a reload
+	dirty    atomic.Bool    // one of them dropped lines at its shutdown
+
+	reloads, reloadFailures atomic.Uint64
+	lastReload              atomic.Pointer[admin.ReloadInfo]
+
+	stopPrune func()
+}
+
+// New makes the servers of spec and opens their sockets; Start serves
+// them. An error is a *Error naming the listener, or wraps ErrSpec.
+func New(cfg Config, spec Spec) (*Supervisor, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Book == nil {
+		cfg.Book = dispatch.NewBook()
+	}
+	if cfg.PruneInterval <= 0 {
+		cfg.PruneInterval = time.Second
+	}
+	s := &Supervisor{cfg: cfg, log: cfg.Logger, failed: make(chan error, 16), process: spec.Process}
+	insts, err := s.build(spec)
+	if err != nil {
+		return nil, err
+	}
+	for i, in := range insts {
+		if err := in.listen(); err != nil {
+			for _, prev := range insts[:i] {
+				prev.ln.Close()
+			}
+			return nil, err
+		}
+	}
+	s.insts = insts
+	return s, nil
+}
+
+// build makes an instance of every listener of spec, without sockets.
+func (s *Supervisor) build(spec Spec) ([]*instance, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	var out []*instance
+	for _, l := range spec.Listeners {
+		in, err := s.newInstance(l)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, in)
+	}
+	return out, nil
+}
+
+// Book is the ledgers of every NDJSON listener, by name.
+func (s *Supervisor) Book() *dispatch.Book { return s.cfg.Book }
+
+// Start serves every listener, with its checks and discovery.
+func (s *Supervisor) Start() {
+	for _, in := range s.snapshot() {
+		s.start(in)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopPrune = background(cancel, s.prune, ctx)
+}
+
+// Failed reports a listener that failed on its own; the process should
+// then shut down.
+func (s *Supervisor) Failed() <-chan error { return s.failed }
+
+// Shutdown drains every listener at once, waits for those a reload
+// replaced or removed, logs each NDJSON listener's ledger, and reports
+// whether nothing was lost: no listener dropped lines at its shutdown and
+// every ledger closes.
+func (s *Supervisor) Shutdown() (clean bool) {
+	insts := s.snapshot()
+	done := make(chan bool, len(insts))
+	for _, in := range insts {
+		go func() { done <- in.shutdown() }()
+	}
+	clean = true
+	for range insts {
+		clean = <-done && clean
+	}
+	s.draining.Wait()
+	if s.stopPrune != nil {
+		s.stopPrune()
+	}
+	return s.logLedgers() && clean && !s.dirty.Load()
+}
+
+// Lost describes, for the log, what exiting now would abandon.
+func (s *Supervisor) Lost() []any {
+	var out []any
+	for _, in := range s.snapshot() {
+		out = append(out, in.spec.Mode.Lost(in.srv)...)
+	}
+	return out
+}
+
+// Listeners is what the admin API lists.
+func (s *Supervisor) Listeners() []admin.Listener {
+	var out []admin.Listener
+	for _, in := range s.snapshot() {
+		out = append(out, in.shown)
+	}
+	return out
+}
+
+// Addrs returns each listener's address, by name.
+func (s *Supervisor) Addrs() map[string]net.Addr {
+	out := map[string]net.Addr{}
+	for _, in := range s.snapshot() {
+		out[in.spec.Name] = in.ln.Addr()
+	}
+	return out
+}
+
+// logLedgers logs each NDJSON listener's ledger over its whole life
+// (replaced and removed instances included) and reports whether none
+// dropped lines at shutdown and every ledger closes.
+func (s *Supervisor) logLedgers() (ok bool) {
+	ok = true
+	book := s.cfg.Book
+	for _, name := range book.Names() {
+		l := book.Stats(name)
+		attrs := []any{"listener", name, "received", l.Received, "delivered", l.Delivered,
+			"dropped", l.DroppedTotal(), "in_flight", l.InFlight}
+		for _, reason := range dispatch.DropReasons {
+			attrs = append(attrs, "dropped_"+reason, l.Dropped[reason])
+		}
+		level := slog.LevelInfo
+		if l.Dropped[dispatch.DropShutdown] > 0 || l.InFlight > 0 || !l.Closed() {
+			level, ok = slog.LevelError, false
+		}
+		s.log.Log(context.Background(), level, "ledger", attrs...)
+	}
+	return ok
+}
+
+func (s *Supervisor) snapshot() []*instance {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.insts)
+}
+
+// start starts in and reports its listener failing on its own.
+func (s *Supervisor) start(in *instance) {
+	in.start()
+	go func() {
+		if err := <-in.srv.Err(); err != nil {
+			s.failed <- fmt.Errorf("listener %q: %w", in.spec.Name, err)
+		}
+	}()
+}
+
+// prune drops, for every listener, the targets a reload or DNS removed
+// once they have drained. It is the only pruner.
+func (s *Supervisor) prune(ctx context.Context) {
+	tick := time.NewTicker(s.cfg.PruneInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			s.pruneOnce()
+		}
+	}
+}
+
+func (s *Supervisor) pruneOnce() {
+	s.mu.Lock()
+	insts := slices.Clone(s.insts)
+	s.mu.Unlock()
+	for _, in := range insts {
+		for _, t := range in.srv.Set().Prune() {
+			in.log.Info("target left the set: drained", "target", t.Addr)
+		}
+	}
+}
+
+// instance is one running listener: its spec, server and socket, and the
+// checks and DNS discovery that run beside it.
+type instance struct {
+	spec   Listener
+	log    *slog.Logger
+	book   *dispatch.Book
+	srv    Server
+	checks *health.Checker
+	disc   *discovery.Discoverer
+	ln     net.Listener
+	shown  admin.Listener // what the admin API shows
+
+	stopChecks, stopDiscovery func()
+}
+
+// newInstance makes the server of l and what runs beside it.
+func (s *Supervisor) newInstance(l Listener) (*instance, error) {
+	in := &instance{spec: l, log: l.Logger, book: s.cfg.Book}
+	if in.log == nil {
+		in.log = s.log
+	}
+	var err error
+	if in.srv, err = l.Mode.New(l.Name, s.cfg.Book); err != nil {
+		return nil, &Error{Listener: l.Name, Err: err}
+	}
+	if l.Health != nil {
+		if in.checks, err = health.New(*l.Health, in.srv.Set()); err != nil {
+			return nil, &Error{Listener: l.Name, Err: err}
+		}
+	}
+	if l.Discovery != nil {
+		if in.disc, err = discovery.New(*l.Discovery, in.srv.Set()); err != nil {
+			return nil, &Error{Listener: l.Name, Err: err}
+		}
+	}
+	return in, nil
+}
+
+// listen opens the instance's socket.
+func (in *instance) listen() error {
+	lc := net.ListenConfig{KeepAlive: in.spec.Mode.KeepAlive()}
+	ln, err := lc.Listen(context.Background(), "tcp", in.spec.Addr)
+	if err != nil {
+		return &Error{Listener: in.spec.Name, Listen: true, Err: fmt.Errorf("listen on %s: %w", in.spec.Addr, err)}
+	}
+	in.use(ln)
+	return nil
+}
+
+// use makes ln the instance's listening socket.
+func (in *instance) use(ln net.Listener) {
+	in.ln = ln
+	in.shown = shown{in: in, addr: ln.Addr().String()}
+}
+
+// shown adapts an instance to admin.Listener.
+type shown struct {
+	in   *instance
+	addr string
+}
+
+func (a shown) Info() admin.ListenerInfo {
+	return a.in.spec.Mode.Info(a.in.srv, a.in.spec.Name, a.addr, a.in.book)
+}
+
+func (a shown) Targets() *upstream.Set { return a.in.srv.Set() }
+
+// takeOver gives in the listening socket of o, which stops accepting: the
+// connections waiting in its backlog are in's to serve, so a reload resets
+// none. It reports false when o's socket cannot be handed over.
+func (in *instance) takeOver(o *instance) bool {
+	ln := o.srv.Handover()
+	if ln == nil {
+		return false
+	}
+	in.use(ln)
+	return true
+}
+
+// start resolves DNS targets once, then serves, checks and resolves in the
+// background.
+func (in *instance) start() {
+	if in.disc != nil {
+		in.stopDiscovery = runDiscovery(in.disc)
+	}
+	in.srv.Start(in.ln)
+	if in.checks != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		in.stopChecks = background(cancel, in.checks.Run, ctx)
+	}
+}
+
+func runDiscovery(d *discovery.Discoverer) func() {
+	ctx, cancel := context.WithCancel(context.Background())
+	d.Refresh(ctx)
+	return background(cancel, d.Run, ctx)
+}
+
+// background runs run(ctx) and returns a function that stops it and waits.
+func background(cancel context.CancelFunc, run func(context.Context), ctx context.Context) func() {
+	done := make(chan struct{})
+	go func() { defer close(done); run(ctx) }()
+	return func() { cancel(); <-done }
+}
+
+// shutdown drains the server, then stops what runs beside it.
+func (in *instance) shutdown() bool {
+	clean := in.srv.Drain()
+	for _, stop := range []func(){in.stopChecks, in.stopDiscovery} {
+		if stop != nil {
+			stop()
+		}
+	}
+	return clean
+}
+
+// Close closes the sockets of a Supervisor that was never started.
+func (s *Supervisor) Close() {
+	for _, in := range s.snapshot() {
+		in.ln.Close()
+	}
+}
+
+// Check makes every server of spec, as New does, without opening sockets
+// or starting anything: what `ndlb check-config` runs.
+func Check(spec Spec) error {
+	s := &Supervisor{cfg: Config{Book: dispatch.NewBook()}, log: slog.New(slog.DiscardHandler)}
+	_, err := s.build(spec)
+	return err
+}

@@ -1,0 +1,392 @@
+package supervisor
+
+import (
+	"bytes"
+	"errors"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/ndlb/ndlb/admin"
+	"github.com/ndlb/ndlb/dispatch"
+	"github.com/ndlb/ndlb/settings"
+	"github.com/ndlb/ndlb/upstream"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeMode makes fakeServers; fail, if set, is New's error.
+type fakeMode struct{ fail error }
+
+func (fakeMode) Name() string { return "fake" }
+
+func (m fakeMode) New(name string, _ *dispatch.Book) (Server, error) {
+	if m.fail != nil {
+		return nil, m.fail
+	}
+	return &fakeServer{name: name, set: upstream.NewSet(nil), errs: make(chan error, 1)}, nil
+}
+
+func (m fakeMode) Info(srv Server, name, addr string, _ *dispatch.Book) admin.ListenerInfo {
+	return admin.ListenerInfo{Name: name, Addr: addr, Mode: m.Name()}
+}
+
+func (fakeMode) Lost(Server) []any { return []any{"fake_lost", 1} }
+
+func (fakeMode) KeepAlive() time.Duration { return -1 }
+
+// fakeServer holds its socket and records what the supervisor does to it.
+type fakeServer struct {
+	name string
+	set  *upstream.Set
+	errs chan error
+
+	mu                          sync.Mutex
+	ln                          net.Listener
+	started, drained, handedOff bool
+	balance                     string
+	unclean                     bool
+}
+
+func (f *fakeServer) Start(ln net.Listener) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ln, f.started = ln, true
+}
+
+func (f *fakeServer) Err() <-chan error { return f.errs }
+
+func (f *fakeServer) Handover() net.Listener {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.handedOff = true
+	return f.ln
+}
+
+func (f *fakeServer) Set() *upstream.Set { return f.set }
+
+func (f *fakeServer) Drain() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.handedOff && f.ln != nil {
+		f.ln.Close()
+	}
+	if !f.drained {
+		close(f.errs) // as the real servers end Err when they stop
+	}
+	f.drained = true
+	return !f.unclean
+}
+
+func (f *fakeServer) SetBalance(name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.balance = name
+	return nil
+}
+
+func (f *fakeServer) state() (started, drained, handedOff bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.started, f.drained, f.handedOff
+}
+
+// listener is a fake listener on a free loopback port, with one value for
+// every listener setting.
+func listener(name string) Listener {
+	l := Listener{Name: name, Addr: "127.0.0.1:0", Mode: fakeMode{}, Targets: []string{"192.0.2.1:1"},
+		Balance: "roundrobin", Settings: map[string][]string{}}
+	for _, s := range settings.All {
+		if !s.Global && !s.CommandLine {
+			l.Settings[s.Name] = []string{"a"}
+		}
+	}
+	return l
+}
+
+// world is a started supervisor whose next reload loads *next.
+type world struct {
+	sup  *Supervisor
+	next Spec
+	logs *syncBuffer
+	lvl  *slog.LevelVar
+}
+
+func newWorld(t *testing.T, spec Spec) *world {
+	t.Helper()
+	w := &world{next: spec, logs: &syncBuffer{}, lvl: &slog.LevelVar{}}
+	sup, err := New(Config{
+		Logger: slog.New(slog.NewTextHandler(w.logs, nil)), Level: w.lvl,
+		Load: func() (Spec, error) { return w.next, nil }, PruneInterval: time.Hour,
+	}, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.sup = sup
+	sup.Start()
+	t.Cleanup(func() { sup.Shutdown() })
+	return w
+}
+
+func (w *world) server(t *testing.T, name string) *fakeServer {
+	t.Helper()
+	for _, in := range w.sup.snapshot() {
+		if in.spec.Name == name {
+			return in.srv.(*fakeServer)
+		}
+	}
+	t.Fatalf("no listener %q", name)
+	return nil
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Every listener setting, changed alone, is applied by its rule: a live
+// setting changes the running server in place; any other replaces it on
+// the same socket while the old one drains.
+func TestEverySettingFollowsItsReloadRule(t *testing.T) {
+	for _, s := range settings.All {
+		if s.Global || s.CommandLine {
+			continue
+		}
+		t.Run(s.Name, func(t *testing.T) {
+			w := newWorld(t, Spec{Listeners: []Listener{listener("x")}})
+			before := w.server(t, "x")
+			addr := w.sup.Addrs()["x"].String()
+			next := listener("x")
+			next.Settings[s.Name] = []string{"b"}
+			w.next = Spec{Listeners: []Listener{next}}
+			if err := w.sup.Reload("test"); err != nil {
+				t.Fatal(err)
+			}
+			after := w.server(t, "x")
+			if got := w.sup.Addrs()["x"].String(); got != addr {
+				t.Fatalf("the listener moved from %s to %s", addr, got)
+			}
+			w.sup.draining.Wait()
+			_, drained, handedOff := before.state()
+			if s.Reload.Live() {
+				if after != before || drained {
+					t.Fatalf("live setting %s (%v) replaced the server", s.Name, s.Reload)
+				}
+				return
+			}
+			if after == before || !drained || !handedOff {
+				t.Fatalf("%s (%v): replaced %v, old drained %v, socket handed over %v", s.Name, s.Reload, after != before, drained, handedOff)
+			}
+			if started, _, _ := after.state(); !started {
+				t.Fatal("the replacement was not started")
+			}
+		})
+	}
+}
+
+// The live rules do what they say: new static targets, a new policy, and
+// checks turned off (every target then counts as passing).
+func TestLiveChangesApply(t *testing.T) {
+	w := newWorld(t, Spec{Listeners: []Listener{listener("x")}})
+	srv := w.server(t, "x")
+	logUpdate(slog.New(slog.DiscardHandler), srv.set, []string{"192.0.2.1:1"})
+	next := listener("x")
+	next.Targets = []string{"192.0.2.2:1"}
+	next.Balance = "leastconn"
+	next.Settings["target"] = []string{"192.0.2.2:1"}
+	next.Settings["balance"] = []string{"leastconn"}
+	next.Settings["check"] = []string{""}
+	w.next = Spec{Listeners: []Listener{next}}
+	if err := w.sup.Reload("test"); err != nil {
+		t.Fatal(err)
+	}
+	if w.server(t, "x") != srv {
+		t.Fatal("live changes replaced the server")
+	}
+	var live []string
+	for _, tg := range srv.set.Targets() {
+		if !tg.Removed() {
+			live = append(live, tg.Addr)
+		}
+	}
+	if len(live) != 1 || live[0] != "192.0.2.2:1" {
+		t.Errorf("live targets %v", live)
+	}
+	if srv.balance != "leastconn" {
+		t.Errorf("balance %q", srv.balance)
+	}
+	for _, want := range []string{"target added", "target removed; draining", "balancing policy changed", "health checks changed"} {
+		if !strings.Contains(w.logs.String(), want) {
+			t.Errorf("no %q in the log", want)
+		}
+	}
+	// The pruner drops the removed target: it has no connection.
+	w.sup.pruneOnce()
+	if n := len(srv.set.Targets()); n != 1 {
+		t.Errorf("%d targets after pruning, want 1", n)
+	}
+}
+
+// A spec that is invalid or whose server cannot be made changes nothing,
+// and the failure is recorded.
+func TestBadSpecChangesNothing(t *testing.T) {
+	w := newWorld(t, Spec{Listeners: []Listener{listener("x")}})
+	srv := w.server(t, "x")
+	bad := []Spec{
+		{},
+		{Listeners: []Listener{listener("x"), listener("x")}},
+		{Listeners: []Listener{{Name: "x", Addr: "127.0.0.1:0"}}},
+		{Listeners: []Listener{{Name: "x", Mode: fakeMode{}}}},
+		{Listeners: []Listener{{Mode: fakeMode{}, Addr: "127.0.0.1:0"}}},
+		{Listeners: []Listener{func() Listener { l := listener("x"); l.Mode = fakeMode{fail: errors.New("no")}; return l }()}},
+	}
+	for i, spec := range bad {
+		// A change that alone would replace x.
+		for j := range spec.Listeners {
+			if spec.Listeners[j].Settings != nil {
+				spec.Listeners[j].Settings["port"] = []string{"changed"}
+			}
+		}
+		w.next = spec
+		if err := w.sup.Reload("test"); err == nil {
+			t.Fatalf("spec %d: reload accepted", i)
+		}
+		if got := w.server(t, "x"); got != srv {
+			t.Fatalf("spec %d: the running server changed", i)
+		}
+		if _, drained, _ := srv.state(); drained {
+			t.Fatalf("spec %d: the running server was drained", i)
+		}
+	}
+	info := w.sup.ReloadInfo()
+	if info.Failures != uint64(len(bad)) || info.Reloads != 0 || info.LastError == "" {
+		t.Fatalf("reload info %+v", info)
+	}
+	var se *Error
+	w.next = bad[5]
+	if err := w.sup.Reload("test"); !errors.As(err, &se) || se.Listener != "x" || se.Listen {
+		t.Fatalf("error %v, want a *Error for x", err)
+	}
+	if err := Check(bad[1]); !errors.Is(err, ErrSpec) {
+		t.Fatalf("Check of a duplicate name: %v", err)
+	}
+	if err := Check(Spec{Listeners: []Listener{listener("y")}}); err != nil {
+		t.Fatalf("Check of a good spec: %v", err)
+	}
+}
+
+// Listeners added, removed and renamed on the same address.
+func TestListenersComeAndGo(t *testing.T) {
+	w := newWorld(t, Spec{Listeners: []Listener{listener("a"), listener("b")}})
+	a, b := w.server(t, "a"), w.server(t, "b")
+	// b renamed to c on its address ("127.0.0.1:0" for both): c takes
+	// b's socket; a is removed; d is new.
+	c := listener("c")
+	d := listener("d")
+	d.Addr = "127.0.0.1:0"
+	w.next = Spec{Listeners: []Listener{c, d}}
+	if err := w.sup.Reload("test"); err != nil {
+		t.Fatal(err)
+	}
+	w.sup.draining.Wait()
+	if _, drained, _ := a.state(); !drained {
+		t.Error("removed listener a not drained")
+	}
+	if _, drained, handedOff := b.state(); !drained || !handedOff {
+		t.Error("renamed listener b did not hand its socket over and drain")
+	}
+	names := map[string]bool{}
+	for _, l := range w.sup.Listeners() {
+		names[l.Info().Name] = true
+	}
+	if len(names) != 2 || !names["c"] || !names["d"] {
+		t.Fatalf("listeners %v", names)
+	}
+	for _, want := range []string{"listener removed; draining", "listener added on the socket of a removed one", "listener added"} {
+		if !strings.Contains(w.logs.String(), want) {
+			t.Errorf("no %q in the log", want)
+		}
+	}
+}
+
+// Process-wide settings: the level applies at once; a setting read only at
+// start says so.
+func TestProcessSettings(t *testing.T) {
+	spec := Spec{Listeners: []Listener{listener("x")}, Process: map[string][]string{"admin": {""}, "log-level": {"info"}}}
+	w := newWorld(t, spec)
+	spec.LogLevel = slog.LevelDebug
+	spec.Process = map[string][]string{"admin": {"127.0.0.1:1"}, "log-level": {"debug"}}
+	w.next = spec
+	if err := w.sup.Reload("test"); err != nil {
+		t.Fatal(err)
+	}
+	if w.lvl.Level() != slog.LevelDebug {
+		t.Errorf("level %v", w.lvl.Level())
+	}
+	logs := w.logs.String()
+	if !strings.Contains(logs, "log level changed") || !strings.Contains(logs, "setting=admin") ||
+		strings.Contains(logs, "setting=log-level") {
+		t.Errorf("logs:\n%s", logs)
+	}
+}
+
+// Without Load there is nothing to reload; a listener failing on its own is
+// reported; an unclean drain makes Shutdown unclean.
+func TestFailuresAndShutdown(t *testing.T) {
+	sup, err := New(Config{Logger: slog.New(slog.DiscardHandler)}, Spec{Listeners: []Listener{listener("x")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup.Start()
+	if err := sup.Reload("test"); !errors.Is(err, ErrNoReload) {
+		t.Fatalf("reload without Load: %v", err)
+	}
+	srv := sup.snapshot()[0].srv.(*fakeServer)
+	srv.errs <- errors.New("accept: broken")
+	select {
+	case err := <-sup.Failed():
+		if !strings.Contains(err.Error(), `listener "x"`) {
+			t.Fatalf("failure %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("failure not reported")
+	}
+	if lost := sup.Lost(); len(lost) != 2 {
+		t.Fatalf("lost %v", lost)
+	}
+	srv.unclean = true
+	if sup.Shutdown() {
+		t.Fatal("an unclean drain made a clean shutdown")
+	}
+	// A socket in use: New fails with a listen error and leaves no socket
+	// open.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	l1, l2 := listener("ok"), listener("taken")
+	l2.Addr = ln.Addr().String()
+	_, err = New(Config{}, Spec{Listeners: []Listener{l1, l2}})
+	var se *Error
+	if !errors.As(err, &se) || !se.Listen || se.Listener != "taken" {
+		t.Fatalf("New on a taken port: %v", err)
+	}
+}
