@@ -5,12 +5,12 @@
 //
 // Run `ndlb --help` for the flags, `ndlb demo` to see it work.
 //
-// This package owns the command line only: flags, NDLB_* environment
-// variables and the --config file (whose keys are the flag names, so both
-// go through one validation, with exit status 2 and one line naming the
-// flag, or FILE:LINE) mapped onto the library packages' configs; the
-// runtime of one or more listeners with their health checks and DNS
-// discovery; reloads on SIGHUP and file changes; signals and exit codes;
-// and the demo, version, healthcheck and check-config commands. The data
+// This package owns the command line only: flags and NDLB_* environment
+// variables (made from the settings registry) and the --config file (whose
+// keys are the setting names, so both go through one validation, with exit
+// status 2 and one line naming the flag, or FILE:LINE), turned into a
+// supervisor.Spec; the triggers of a reload (SIGHUP, the file watch);
+// signals and exit codes; and the demo, version, healthcheck and
+// check-config commands. The running process is the supervisor's; the data
 // path lives in the library packages.
 package main
