@@ -68,6 +68,9 @@ type Config struct {
 	Metrics http.Handler
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// Listen opens the socket (nil: net.Listen). A process started by an
+	// upgrade takes the old process's socket this way.
+	Listen func(addr string) (net.Listener, error)
 }
 
 // ReloadInfo describes the config file's reloads.
@@ -130,7 +133,11 @@ func New(cfg Config) (*Server, error) {
 	for pattern, h := range s.routes() {
 		s.mux.Handle(pattern, h)
 	}
-	ln, err := net.Listen("tcp", cfg.Addr)
+	listen := cfg.Listen
+	if listen == nil {
+		listen = func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
+	}
+	ln, err := listen(cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin: %w", err)
 	}
@@ -157,6 +164,9 @@ func (s *Server) routes() map[string]http.Handler {
 
 // Addr is the address the server listens on.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Socket is the listening socket, to pass on in an upgrade.
+func (s *Server) Socket() net.Listener { return s.ln }
 
 // Handler is the API's handler, for tests.
 func (s *Server) Handler() http.Handler { return s.mux }

@@ -296,8 +296,39 @@ func (f *Framer) Next() (*Batch, error) {
 			}
 		}
 	}
+	if errors.Is(f.err, ErrSuspend) {
+		f.idleSince.Store(0)
+		return nil, f.err // the partial line stays for Carry
+	}
 	return f.finish()
 }
+
+// ErrSuspend is what a reader returns to stop the framer without ending
+// its stream: Next returns it (after any batch of whole lines read with
+// it) and keeps the partial line, for Carry to give to whoever reads the
+// stream next (another process, after an upgrade).
+var ErrSuspend = errors.New("framer: stream suspended to move it elsewhere")
+
+// Carry returns a copy of the unfinished line the framer holds and whether
+// it was skipping the rest of a dropped line, and releases its buffers.
+// Call it after Next returned ErrSuspend; the stream's next reader resumes
+// with Resume.
+func (f *Framer) Carry() (partial []byte, skipping bool) {
+	if f.cur != nil && f.n > 0 && !f.discarding {
+		partial = append([]byte(nil), f.cur.buf[:f.n]...)
+	}
+	skipping = f.discarding
+	f.Close()
+	f.discarding = false
+	return partial, skipping
+}
+
+// Resume makes a new framer continue a stream that another framer carried:
+// skipping says the stream starts inside a dropped line (already counted),
+// whose rest is skipped up to its newline. The partial line itself goes
+// ahead of the stream's bytes (the reader returns it first). Call it before
+// the first Next.
+func (f *Framer) Resume(skipping bool) { f.discarding = skipping }
 
 // finish handles the carried tail once the reader has failed. It leaves
 // the framer holding nothing.

@@ -120,6 +120,7 @@ type Stats struct {
 	HandshakeFailed uint64 // TLS handshakes that failed
 	ProxyRejected   uint64 // connections closed for a missing or malformed PROXY header
 	LimitReached    uint64 // times accepting paused at MaxConns
+	Adopted         uint64 // connections taken over from an older process (Adopt)
 }
 
 // Listener accepts connections and hands them to a Handler.
@@ -130,6 +131,7 @@ type Listener struct {
 	log *slog.Logger
 
 	wg          sync.WaitGroup // one per connection
+	prep        sync.WaitGroup // one per connection still in its PROXY header or handshake
 	mu          sync.Mutex
 	conns       map[*Conn]struct{} // guarded by mu
 	draining    bool               // Shutdown has begun; guarded by mu
@@ -142,8 +144,8 @@ type Listener struct {
 	handedOver  bool // Handover gave the socket away; guarded by mu
 	limitLog    rate.Sometimes
 
-	accepted, hsFailed, proxyRejected, limited atomic.Uint64
-	active                                     atomic.Int64
+	accepted, hsFailed, proxyRejected, limited, adopted atomic.Uint64
+	active                                              atomic.Int64
 }
 
 // New returns a Listener that will serve ln with h.
@@ -200,7 +202,8 @@ func (l *Listener) Serve() error {
 		}
 		delay = 0
 		l.accepted.Add(1)
-		l.wg.Add(1) // done in finish
+		l.wg.Add(1)   // done in finish
+		l.prep.Add(1) // done once the handler has it, or it failed
 		// Reused goroutines: a connection's handshake and the
 		// handler's dial grow a stack, which costs more than a little
 		// at thousands of new connections a second.
@@ -283,10 +286,12 @@ func (l *Listener) isDraining() bool {
 func (l *Listener) serveConn(nc net.Conn) {
 	c, ok := l.prepare(nc)
 	if !ok {
+		l.prep.Done()
 		l.finish(nc)
 		return
 	}
 	l.track(c)
+	l.prep.Done()
 	c.release = func() {
 		l.untrack(c)
 		l.finish(nc)
@@ -403,6 +408,70 @@ func (l *Listener) stopAccepting() { l.graceOnce.Do(func() { close(l.graceOver) 
 func (l *Listener) Stats() Stats {
 	return Stats{
 		Accepted: l.accepted.Load(), Active: l.active.Load(), HandshakeFailed: l.hsFailed.Load(),
-		ProxyRejected: l.proxyRejected.Load(), LimitReached: l.limited.Load(),
+		ProxyRejected: l.proxyRejected.Load(), LimitReached: l.limited.Load(), Adopted: l.adopted.Load(),
 	}
+}
+
+// WaitPrepared waits until every connection accepted so far has passed its
+// PROXY header and TLS handshake (or failed them) and is tracked, or ctx is
+// done. Call it after accepting stopped (Handover), to know every
+// connection the handler will see.
+func (l *Listener) WaitPrepared(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { l.prep.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Adopt serves nc, a client connection that another process accepted
+// (the one this process upgraded from), as if this listener had accepted
+// it: its PROXY header and TLS handshake are behind it, so id, client and
+// local come with it, and pending are bytes read from it before, which the
+// handler reads first. It counts as active and drains with the listener. It
+// returns false, leaving nc to the caller, when the listener is shutting
+// down. Adopted connections take a place under MaxConns when one is free
+// and are served even when none is: their clients were served already.
+func (l *Listener) Adopt(nc net.Conn, id ksuid.KSUID, client, local net.Addr, pending []byte) bool {
+	l.mu.Lock()
+	if l.draining {
+		l.mu.Unlock()
+		return false
+	}
+	l.wg.Add(1) // done in release; under mu, so never after Shutdown's Wait began
+	l.mu.Unlock()
+	slot := false
+	if l.slots != nil {
+		select {
+		case l.slots <- struct{}{}:
+			slot = true
+		default:
+		}
+	}
+	l.adopted.Add(1)
+	c := &Conn{Conn: nc, ID: id, Client: client, Local: local}
+	if len(pending) > 0 {
+		c.Conn = &prefixConn{Conn: nc, pending: pending}
+	}
+	c.tcp, _ = nc.(*net.TCPConn)
+	c.Log = l.log.With("conn", id.String(), "client", client.String())
+	l.workers.Go(func() {
+		l.track(c)
+		c.release = func() {
+			l.untrack(c)
+			nc.Close()
+			if slot {
+				l.freeSlot()
+			}
+			l.wg.Done()
+		}
+		l.h.ServeConn(c)
+		if !c.detached {
+			c.release()
+		}
+	})
+	return true
 }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/ndlb/ndlb/framer"
@@ -18,6 +20,7 @@ import (
 // buffer back before waiting. Deadlines apply as on the connection.
 type idleReader struct {
 	*listener.Conn
+	tcp     *net.TCPConn
 	rc      syscall.RawConn
 	pending []byte // read past a PROXY header; served first
 
@@ -30,7 +33,8 @@ type idleReader struct {
 	readErr error
 	noBuf   bool // get had no memory for the read
 
-	final bool // the drain deadline passed: read what the kernel holds
+	final  bool         // the drain deadline passed: read what the kernel holds
+	moving *atomic.Bool // set when the connection is being handed to another process
 }
 
 var _ framer.BufferReader = (*idleReader)(nil)
@@ -45,7 +49,7 @@ func clientReader(c *listener.Conn) io.Reader {
 	if err != nil {
 		return io.MultiReader(bytes.NewReader(pending), tc)
 	}
-	r := &idleReader{Conn: c, rc: rc, pending: pending}
+	r := &idleReader{Conn: c, tcp: tc, rc: rc, pending: pending}
 	r.readFn = r.read
 	return r
 }
@@ -69,6 +73,9 @@ func (r *idleReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 	n, rerr, noBuf := r.n, r.readErr, r.noBuf
 	r.get, r.put, r.readErr, r.noBuf = nil, nil, nil, false
 	switch {
+	case err != nil && errors.Is(err, os.ErrDeadlineExceeded) && r.moving != nil && r.moving.Load() && !r.Interrupted():
+		// HandOff stopped the reads: the framer keeps its partial line.
+		return 0, framer.ErrSuspend
 	case err != nil && errors.Is(err, os.ErrDeadlineExceeded) && r.Interrupted():
 		// The drain deadline: what the kernel holds is still read.
 		r.final = true

@@ -163,6 +163,10 @@ type Server struct {
 		sync.Mutex
 		buf []byte // for counting what is dropped unread at shutdown
 	}
+
+	clients  sync.Map // *clientConn → struct{}: the connections HandOff can move
+	giving   atomic.Pointer[handOff]
+	resuming sync.Map // ksuid.KSUID → bool (skipping): connections Adopt took over
 }
 
 // New returns a server for a valid cfg.
@@ -225,8 +229,44 @@ func (s *Server) ServeConn(c *listener.Conn) {
 	cs := &clientConn{s: s, c: c, start: time.Now(), warn: rate.Sometimes{First: 1, Interval: time.Second}}
 	c.Log.Debug("client connected")
 	cs.r = clientReader(c)
+	skipping := false
+	if v, ok := s.resuming.LoadAndDelete(c.ID); ok {
+		skipping = v.(bool)
+	}
+	if ir, ok := cs.r.(*idleReader); ok {
+		ir.moving = &cs.moving
+		s.clients.Store(cs, struct{}{})
+		defer func() {
+			s.clients.Delete(cs)
+			cs.settled(true)
+		}()
+		if s.giving.Load() != nil { // a HandOff began as it was tracked
+			cs.moving.Store(true)
+			_ = c.SetReadDeadline(time.Unix(1, 0))
+		}
+	}
+	for {
+		err := cs.serve(skipping)
+		if !errors.Is(err, framer.ErrSuspend) {
+			cs.logClose(err)
+			return
+		}
+		var resume bool
+		if resume, skipping = cs.handOff(); !resume {
+			return
+		}
+	}
+}
+
+// serve frames the connection until its reader fails, and returns why.
+// skipping says the stream starts inside a dropped line (see
+// framer.Resume). When HandOff suspends the reads, it returns
+// framer.ErrSuspend with cs.partial and cs.skipping set.
+func (cs *clientConn) serve(skipping bool) error {
+	s, c := cs.s, cs.c
 	f := framer.New(cs.r, s.cfg.Framer, s.bufs)
 	f.Budget, f.Stop, f.OnDrop = s.budget, s.hard.Done(), cs.dropped
+	f.Resume(skipping)
 	defer f.Close()
 	if s.cfg.LineTimeout > 0 {
 		cs.timer = startLineTimer(c, f, s.cfg.LineTimeout)
@@ -235,13 +275,15 @@ func (s *Server) ServeConn(c *listener.Conn) {
 	for {
 		b, err := f.Next()
 		if err != nil {
-			if errors.Is(err, framer.ErrStopped) {
+			switch {
+			case errors.Is(err, framer.ErrSuspend):
+				cs.partial, cs.skipping = f.Carry()
+			case errors.Is(err, framer.ErrStopped):
 				// The shutdown deadline passed while the framer waited
 				// for memory: count what is left unread.
 				cs.countRest(f.Discarding() || cs.fragmentCounted, false)
 			}
-			cs.logClose(err)
-			return
+			return err
 		}
 		n, size := b.Lines, len(b.Data)
 		if err := s.q.Push(s.hard, b); err != nil {
@@ -250,8 +292,7 @@ func (s *Server) ServeConn(c *listener.Conn) {
 			s.ledger.DropRead(dispatch.DropShutdown, uint64(n))
 			rest := cs.countRest(f.Discarding(), f.Partial() > 0)
 			c.Log.Error("shutdown deadline passed: lines read but not queued were dropped", "lines", uint64(n)+rest)
-			cs.logClose(err)
-			return
+			return err
 		}
 		cs.lines += uint64(n)
 		cs.bytes += uint64(size)
@@ -269,6 +310,13 @@ type clientConn struct {
 
 	lines, bytes, oversize uint64
 	fragmentCounted        bool // the framer dropped the partial line it held
+
+	moving   atomic.Bool // HandOff is moving the connection to another process
+	mu       sync.Mutex  // guards h and ended
+	h        *handOff    // the HandOff waiting for this connection
+	ended    bool        // ServeConn returned
+	partial  []byte      // the line in progress when the reads were suspended
+	skipping bool        // inside a dropped line when the reads were suspended
 }
 
 // dropped counts a line the framer dropped.

@@ -2,6 +2,7 @@ package settings
 
 import (
 	"strings"
+	"time"
 
 	"github.com/ndlb/ndlb/balance"
 	"github.com/ndlb/ndlb/config"
@@ -23,6 +24,7 @@ const (
 	groupLog         = "Logging"
 	groupAdmin       = "Admin API"
 	groupCheck       = "Health checks (both modes)"
+	groupProcess     = "Process (upgrades)"
 )
 
 // The libraries' defaults, shown as the flags' defaults.
@@ -96,4 +98,7 @@ var All = []Setting{
 
 	{Name: "log-format", Kind: config.String, Default: "text", Group: groupLog, Global: true, Reload: Restart, Usage: "log format: text or json"},
 	{Name: "log-level", Kind: config.String, Default: "info", Group: groupLog, Global: true, Reload: LiveProcess, Usage: "log level: debug, info, warn or error (passthrough logs each connection at info)"},
+
+	{Name: "pid-file", Kind: config.String, Group: groupProcess, Global: true, Reload: Restart, Usage: "write the process id to this file once ready (and the new process's after an upgrade), for systemd's PIDFile= and `kill -USR2`"},
+	{Name: "upgrade-timeout", Kind: config.Duration, Default: time.Minute, Group: groupProcess, Global: true, Reload: Restart, Usage: "on SIGUSR2 (upgrade), how long the new process may take to be ready before it is stopped and this one serves on"},
 }

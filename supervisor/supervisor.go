@@ -32,6 +32,9 @@ type Config struct {
 	// PruneInterval is how often targets removed from the config are
 	// dropped once drained (default 1s).
 	PruneInterval time.Duration
+	// Listen opens the socket of the listener called name (nil: a new
+	// socket). A process started by Upgrade passes Inherited.Listen.
+	Listen func(name, addr string, keepAlive time.Duration) (net.Listener, error)
 }
 
 // Supervisor runs the listeners of a Spec and reloads them.
@@ -51,6 +54,7 @@ type Supervisor struct {
 	lastReload              atomic.Pointer[admin.ReloadInfo]
 
 	stopPrune func()
+	upgrading atomic.Bool
 }
 
 // New makes the servers of spec and opens their sockets; Start serves
@@ -64,6 +68,9 @@ func New(cfg Config, spec Spec) (*Supervisor, error) {
 	}
 	if cfg.PruneInterval <= 0 {
 		cfg.PruneInterval = time.Second
+	}
+	if cfg.Listen == nil {
+		cfg.Listen = func(_, addr string, keepAlive time.Duration) (net.Listener, error) { return listen(addr, keepAlive) }
 	}
 	s := &Supervisor{cfg: cfg, log: cfg.Logger, failed: make(chan error, 16), process: spec.Process}
 	insts, err := s.build(spec)
@@ -239,11 +246,12 @@ type instance struct {
 	shown  admin.Listener // what the admin API shows
 
 	stopChecks, stopDiscovery func()
+	open                      func(name, addr string, keepAlive time.Duration) (net.Listener, error)
 }
 
 // newInstance makes the server of l and what runs beside it.
 func (s *Supervisor) newInstance(l Listener) (*instance, error) {
-	in := &instance{spec: l, log: l.Logger, book: s.cfg.Book}
+	in := &instance{spec: l, log: l.Logger, book: s.cfg.Book, open: s.cfg.Listen}
 	if in.log == nil {
 		in.log = s.log
 	}
@@ -266,8 +274,7 @@ func (s *Supervisor) newInstance(l Listener) (*instance, error) {
 
 // listen opens the instance's socket.
 func (in *instance) listen() error {
-	lc := net.ListenConfig{KeepAlive: in.spec.Mode.KeepAlive()}
-	ln, err := lc.Listen(context.Background(), "tcp", in.spec.Addr)
+	ln, err := in.open(in.spec.Name, in.spec.Addr, in.spec.Mode.KeepAlive())
 	if err != nil {
 		return &Error{Listener: in.spec.Name, Listen: true, Err: fmt.Errorf("listen on %s: %w", in.spec.Addr, err)}
 	}
@@ -352,7 +359,9 @@ func (s *Supervisor) Close() {
 // Check makes every server of spec, as New does, without opening sockets
 // or starting anything: what `ndlb check-config` runs.
 func Check(spec Spec) error {
-	s := &Supervisor{cfg: Config{Book: dispatch.NewBook()}, log: slog.New(slog.DiscardHandler)}
+	s := &Supervisor{cfg: Config{Book: dispatch.NewBook(), Listen: func(_, addr string, ka time.Duration) (net.Listener, error) {
+		return listen(addr, ka)
+	}}, log: slog.New(slog.DiscardHandler)}
 	_, err := s.build(spec)
 	return err
 }

@@ -18,7 +18,8 @@ const listenerName = "default"
 
 // newAdmin makes the admin API server if --admin is set: it listens, and a
 // bad address or token file is reported before any traffic.
-func newAdmin(c *cli.Context, log *slog.Logger, listeners func() []admin.Listener, reloads func() admin.ReloadInfo, metrics http.Handler) (*admin.Server, error) {
+func newAdmin(c *cli.Context, log *slog.Logger, listeners func() []admin.Listener, reloads func() admin.ReloadInfo,
+	metrics http.Handler, listen func(string) (net.Listener, error)) (*admin.Server, error) {
 	addr := c.String("admin")
 	if addr == "" {
 		if c.String("admin-token-file") != "" {
@@ -28,6 +29,7 @@ func newAdmin(c *cli.Context, log *slog.Logger, listeners func() []admin.Listene
 	}
 	adm, err := admin.New(admin.Config{
 		Addr: addr, TokenFile: c.String("admin-token-file"), Logger: log, Listeners: listeners, Reloads: reloads, Metrics: metrics,
+		Listen: listen,
 	})
 	if err != nil {
 		return nil, usageError("invalid --admin or --admin-token-file: %v", err)

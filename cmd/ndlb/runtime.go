@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"regexp"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -59,6 +62,16 @@ func runBalancer(c *cli.Context) error {
 		return err
 	}
 	cfg := supervisor.Config{Logger: log, Level: level, Path: path}
+	// Started by an upgrade: the old process's sockets are ours.
+	inh, err := supervisor.Inherit(log)
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("upgrade: %v", err), exitError)
+	}
+	listenAdmin := func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
+	if inh != nil {
+		cfg.Listen = inh.Listen
+		listenAdmin = func(addr string) (net.Listener, error) { return inh.Listen(adminSocket, addr, 0) }
+	}
 	if path != "" {
 		cfg.Load = func() (supervisor.Spec, error) {
 			g, srcs, err := loadSetup(c)
@@ -76,6 +89,9 @@ func runBalancer(c *cli.Context) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
 	sup, err := supervisor.New(cfg, spec)
 	if err != nil {
 		return exitOf(err, srcs)
@@ -86,7 +102,7 @@ func runBalancer(c *cli.Context) error {
 	if reg, err := ndjson.ObserveLedgers(sup.Book()); err == nil {
 		defer reg.Unregister()
 	}
-	adm, err := newAdmin(g, log, sup.Listeners, sup.ReloadInfo, tel.Metrics())
+	adm, err := newAdmin(g, log, sup.Listeners, sup.ReloadInfo, tel.Metrics(), listenAdmin)
 	if err != nil {
 		sup.Close()
 		return err
@@ -95,6 +111,19 @@ func runBalancer(c *cli.Context) error {
 	if adm != nil {
 		adm.Start()
 	}
+	if inh != nil {
+		go inh.Serve(sup) // tells the old process we are ready, then takes its clients
+	}
+	pidFile := g.String("pid-file")
+	if err := writePID(pidFile); err != nil {
+		log.Error("cannot write the PID file", "path", pidFile, "err", err)
+	}
+	upgraded := false
+	defer func() {
+		if !upgraded {
+			removePID(pidFile)
+		}
+	}()
 	changed, stopWatch := watchConfig(path, loaded, log)
 	defer stopWatch()
 	for done := false; !done; {
@@ -102,6 +131,16 @@ func runBalancer(c *cli.Context) error {
 		case sig := <-sigs:
 			log.Info("signal received; shutting down (a second signal exits at once)", "signal", sig.String())
 			done = true
+		case <-usr2:
+			var extra []supervisor.Socket
+			if adm != nil {
+				extra = append(extra, supervisor.Socket{Name: adminSocket, Addr: g.String("admin"), Listener: adm.Socket()})
+			}
+			if err := sup.Upgrade(context.Background(), "", g.Duration("upgrade-timeout"), extra...); err != nil {
+				log.Error("upgrade failed; this process serves on", "err", err)
+				continue
+			}
+			upgraded, done = true, true
 		case <-hup:
 			_ = sup.Reload("SIGHUP")
 		case <-changed:
@@ -125,6 +164,32 @@ func runBalancer(c *cli.Context) error {
 		return cli.Exit("", exitError)
 	}
 	return nil
+}
+
+// adminSocket names the admin API's socket among those an upgrade passes on.
+const adminSocket = "process:admin"
+
+// writePID writes the process id to path, if set, through a temporary
+// file, so that a reader never sees it half written.
+func writePID(path string) error {
+	if path == "" {
+		return nil
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// removePID removes the PID file at exit if it still names this process.
+func removePID(path string) {
+	if path == "" {
+		return
+	}
+	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid()) {
+		os.Remove(path)
+	}
 }
 
 // exitOf turns an error of supervisor.New into the exit: 1 when a socket
@@ -155,10 +220,13 @@ func specOf(g *cli.Context, srcs []*source, log *slog.Logger) (supervisor.Spec, 
 	if err != nil {
 		return supervisor.Spec{}, err
 	}
+	if d := g.Duration("upgrade-timeout"); d <= 0 {
+		return supervisor.Spec{}, usageError("invalid value %s for --upgrade-timeout: must be positive", d)
+	}
 	spec := supervisor.Spec{LogLevel: level.Level(), Process: map[string][]string{}}
 	for _, s := range settings.All {
 		if s.Global {
-			spec.Process[s.Name] = []string{g.String(s.Name)}
+			spec.Process[s.Name] = []string{fmt.Sprint(g.Value(s.Name))}
 		}
 	}
 	for _, in := range srcs {

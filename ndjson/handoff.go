@@ -1,0 +1,136 @@
+package ndjson
+
+import (
+	"context"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/segmentio/ksuid"
+
+	"github.com/ndlb/ndlb/dispatch"
+)
+
+// Transfer is a client connection on its way to another ndlb process (an
+// upgrade): the socket, who the client is, and where the stream stands.
+type Transfer struct {
+	Conn          *net.TCPConn
+	ID            ksuid.KSUID // the connection's id in logs, kept across processes
+	Client, Local net.Addr    // as the listener saw them (after a PROXY header)
+	// Partial is the start of the line in progress, read by the old
+	// process and not yet framed: the new one reads it first.
+	Partial []byte
+	// Skipping says the stream is inside a line already dropped (and
+	// counted) as too long: the new process skips to its newline.
+	Skipping bool
+}
+
+// handOff is one HandOff in progress.
+type handOff struct {
+	give  func(Transfer) error
+	wg    sync.WaitGroup // one per connection asked to move
+	moved atomic.Int64
+}
+
+// HandOff moves the server's plain TCP client connections to another
+// process. Each connection's reads are suspended, and give receives it
+// with the line it was in the middle of; the batches of whole lines
+// already read stay in this server's queue, which it delivers. A
+// connection that give refuses, and every TLS connection (its session
+// cannot move), stays and is served on. HandOff returns the number moved
+// once every connection was moved or kept, or when ctx is done. Stop
+// accepting first (Handover); call Shutdown after, to deliver and drain.
+func (s *Server) HandOff(ctx context.Context, give func(Transfer) error) int {
+	h := &handOff{give: give}
+	s.giving.Store(h)
+	defer s.giving.Store(nil)
+	if s.ln != nil {
+		_ = s.ln.WaitPrepared(ctx) // connections still in a handshake are served here
+	}
+	s.clients.Range(func(k, _ any) bool {
+		cs := k.(*clientConn)
+		cs.mu.Lock()
+		if cs.ended {
+			cs.mu.Unlock()
+			return true
+		}
+		cs.h = h
+		h.wg.Add(1)
+		cs.mu.Unlock()
+		cs.moving.Store(true)
+		_ = cs.c.SetReadDeadline(time.Unix(1, 0)) // wakes the read; the reader suspends
+		return true
+	})
+	done := make(chan struct{})
+	go func() { h.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	return int(h.moved.Load())
+}
+
+// settled tells the HandOff that asked cs to move that it has moved or
+// stays.
+func (cs *clientConn) settled(end bool) {
+	cs.mu.Lock()
+	h := cs.h
+	cs.h = nil
+	if end {
+		cs.ended = true
+	}
+	cs.mu.Unlock()
+	if h != nil {
+		h.wg.Done()
+	}
+}
+
+// handOff gives the suspended connection to the HandOff in progress. It
+// reports whether this server goes on serving it (give refused it, or the
+// HandOff is over), and then whether its stream starts inside a dropped
+// line.
+func (cs *clientConn) handOff() (resume, skipping bool) {
+	s, c := cs.s, cs.c
+	ir := cs.r.(*idleReader) // only such connections are asked to move
+	partial := append(cs.partial, ir.pending...)
+	cs.partial, ir.pending = nil, nil
+	if h := s.giving.Load(); h != nil {
+		err := h.give(Transfer{Conn: ir.tcp, ID: c.ID, Client: c.Client, Local: c.Local, Partial: partial, Skipping: cs.skipping})
+		if err == nil {
+			h.moved.Add(1)
+			c.Log.Info("client connection handed over to the new process", "lines", cs.lines, "bytes", cs.bytes,
+				"partial_bytes", len(partial), "duration", time.Since(cs.start).Round(time.Millisecond))
+			cs.settled(true)
+			return false, false
+		}
+		c.Log.Warn("client connection not handed over; this process serves it on", "err", err)
+	}
+	ir.pending = partial
+	cs.moving.Store(false)
+	_ = c.SetReadDeadline(time.Time{})
+	if c.Interrupted() { // the drain deadline came meanwhile: keep it
+		_ = c.SetReadDeadline(time.Unix(1, 0))
+	}
+	cs.settled(false)
+	return true, cs.skipping
+}
+
+// Adopt serves t, a connection that another process handed over with
+// HandOff. It returns false when the server is shutting down; the caller
+// then closes t.Conn, and the partial line it carried is counted as
+// dropped (incomplete).
+func (s *Server) Adopt(t Transfer) bool {
+	if t.Skipping {
+		s.resuming.Store(t.ID, true)
+	}
+	if s.ln != nil && s.ln.Adopt(t.Conn, t.ID, t.Client, t.Local, t.Partial) {
+		return true
+	}
+	s.resuming.Delete(t.ID)
+	if len(t.Partial) > 0 {
+		s.incomplete.Add(1)
+		s.ledger.DropRead(dispatch.DropIncomplete, 1)
+	}
+	return false
+}

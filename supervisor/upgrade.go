@@ -1,0 +1,441 @@
+package supervisor
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/segmentio/ksuid"
+
+	"github.com/ndlb/ndlb/ndjson"
+)
+
+// upgradeEnv passes what a new process inherits (JSON of inheritance).
+const upgradeEnv = "NDLB_UPGRADE"
+
+// inheritance is what Upgrade passes to the new process: the file
+// descriptors of its channel and of the listening sockets.
+type inheritance struct {
+	Channel   int                 `json:"channel"`
+	Listeners []inheritedListener `json:"listeners"`
+}
+
+type inheritedListener struct {
+	Name string `json:"name"`
+	Addr string `json:"addr"` // as configured, e.g. 0.0.0.0:9000
+	FD   int    `json:"fd"`
+}
+
+// handOffer is a server that can move its client connections (NDJSON).
+type handOffer interface {
+	HandOff(ctx context.Context, give func(ndjson.Transfer) error) int
+}
+
+// adopter is a server that can take moved client connections.
+type adopter interface {
+	Adopt(t ndjson.Transfer) bool
+}
+
+// Socket is a listening socket that Upgrade passes on besides the
+// listeners': Addr is its address as configured, which the new process
+// asks Inherited.Listen for.
+type Socket struct {
+	Name, Addr string
+	Listener   net.Listener
+}
+
+// ErrUpgrading is returned by Upgrade while another upgrade runs.
+var ErrUpgrading = errors.New("an upgrade is already in progress")
+
+// Upgrade starts the binary at path (the running one when empty) with the
+// same arguments, passing it every listening socket, so that no client is
+// refused. Once it is ready, this process stops accepting, hands each
+// NDJSON client connection over with the line it was carrying, and returns;
+// the caller then shuts down, delivering what it queued. Passthrough
+// connections stay here until they end or the drain timeout. If the new
+// process exits or is not ready within timeout, it is stopped and this one
+// serves on: Upgrade returns why.
+//
+// extra are other listening sockets of the process (the admin API's),
+// passed on too; the new process takes them with Inherited.Listen.
+func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Duration, extra ...Socket) error {
+	if !s.upgrading.CompareAndSwap(false, true) {
+		return ErrUpgrading
+	}
+	defer s.upgrading.Store(false)
+	if path == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		path = exe
+	}
+	pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return os.NewSyscallError("socketpair", err)
+	}
+	mine, theirs := os.NewFile(uintptr(pair[0]), "upgrade-channel"), os.NewFile(uintptr(pair[1]), "upgrade-channel")
+	fc, err := net.FileConn(mine)
+	mine.Close()
+	if err != nil {
+		theirs.Close()
+		return err
+	}
+	ch := fc.(*net.UnixConn)
+	defer ch.Close()
+
+	insts := s.snapshot()
+	files := []*os.File{theirs}
+	inh := inheritance{Channel: 3}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	pass := func(name, addr string, ln net.Listener) error {
+		fl, ok := ln.(interface{ File() (*os.File, error) })
+		if !ok {
+			return fmt.Errorf("%s: its socket cannot be passed on", name)
+		}
+		f, err := fl.File()
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		files = append(files, f)
+		inh.Listeners = append(inh.Listeners, inheritedListener{Name: name, Addr: addr, FD: 2 + len(files)})
+		return nil
+	}
+	for _, in := range insts {
+		if err := pass(in.spec.Name, in.spec.Addr, in.ln); err != nil {
+			return err
+		}
+	}
+	for _, x := range extra {
+		if err := pass(x.Name, x.Addr, x.Listener); err != nil {
+			return err
+		}
+	}
+	js, _ := json.Marshal(inh)
+	cmd := exec.Command(path, os.Args[1:]...)
+	cmd.Env = append(withoutEnv(os.Environ(), upgradeEnv), upgradeEnv+"="+string(js))
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, os.Stdout, os.Stderr
+	cmd.ExtraFiles = files
+	s.log.Info("upgrade: starting the new process", "path", path)
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", path, err)
+	}
+	for _, f := range files {
+		f.Close()
+	}
+	files = nil
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	ready := make(chan error, 1)
+	go func() {
+		var b [1]byte
+		_, err := io.ReadFull(ch, b[:])
+		ready <- err
+	}()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case err := <-ready:
+		if err != nil {
+			_ = cmd.Process.Kill()
+			return fmt.Errorf("the new process (pid %d) closed its channel before it was ready: %v", cmd.Process.Pid, err)
+		}
+	case err := <-exited:
+		return fmt.Errorf("the new process (pid %d) exited before it was ready: %v", cmd.Process.Pid, err)
+	case <-timer.C:
+		_ = cmd.Process.Kill()
+		return fmt.Errorf("the new process (pid %d) was not ready within %s; it was killed", cmd.Process.Pid, timeout)
+	case <-ctx.Done():
+		_ = cmd.Process.Kill()
+		return ctx.Err()
+	}
+	s.log.Info("upgrade: the new process is ready; handing over", "pid", cmd.Process.Pid)
+	for _, in := range insts {
+		if ln := in.srv.Handover(); ln != nil {
+			ln.Close() // the new process holds the socket and accepts
+		}
+	}
+	var mu sync.Mutex // one transfer at a time on the channel
+	moved := 0
+	for _, in := range insts {
+		h, ok := in.srv.(handOffer)
+		if !ok {
+			continue
+		}
+		name := in.spec.Name
+		moved += h.HandOff(ctx, func(t ndjson.Transfer) error {
+			mu.Lock()
+			defer mu.Unlock()
+			return sendTransfer(ch, name, t)
+		})
+	}
+	s.log.Info("upgrade: client connections handed over; this process delivers what it read and exits",
+		"connections", moved, "pid", cmd.Process.Pid)
+	return nil
+}
+
+func withoutEnv(env []string, name string) []string {
+	var out []string
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, name+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// transferMeta is a transfer's description on the channel.
+type transferMeta struct {
+	Listener string `json:"listener"`
+	ID       string `json:"id"`
+	Client   string `json:"client"`
+	Local    string `json:"local"`
+	Partial  int    `json:"partial"`
+	Skipping bool   `json:"skipping,omitempty"`
+}
+
+// maxMeta bounds a transfer's description.
+const maxMeta = 64 << 10
+
+// sendTransfer writes one transfer: a 4-byte length, the description and
+// the partial line, with the socket attached (SCM_RIGHTS).
+func sendTransfer(ch *net.UnixConn, listener string, t ndjson.Transfer) error {
+	meta, _ := json.Marshal(transferMeta{Listener: listener, ID: t.ID.String(), Client: t.Client.String(),
+		Local: t.Local.String(), Partial: len(t.Partial), Skipping: t.Skipping})
+	msg := binary.BigEndian.AppendUint32(nil, uint32(len(meta)))
+	msg = append(append(msg, meta...), t.Partial...)
+	rc, err := t.Conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var n int
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		n, _, serr = ch.WriteMsgUnix(msg, syscall.UnixRights(int(fd)), nil)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return serr
+	}
+	if n < len(msg) {
+		_, err = ch.Write(msg[n:])
+	}
+	return err
+}
+
+// receiveTransfer reads one transfer written by sendTransfer.
+func receiveTransfer(ch *net.UnixConn) (listener string, t ndjson.Transfer, err error) {
+	var hdr [4]byte
+	oob := make([]byte, syscall.CmsgSpace(4*4))
+	n, oobn, _, _, err := ch.ReadMsgUnix(hdr[:], oob)
+	if err != nil {
+		return "", t, err
+	}
+	if n == 0 {
+		return "", t, io.EOF
+	}
+	var fds []int
+	if cmsgs, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil {
+		for _, m := range cmsgs {
+			if got, err := syscall.ParseUnixRights(&m); err == nil {
+				fds = append(fds, got...)
+			}
+		}
+	}
+	closeFDs := func() {
+		for _, fd := range fds {
+			syscall.Close(fd)
+		}
+	}
+	if _, err := io.ReadFull(ch, hdr[n:]); err != nil {
+		closeFDs()
+		return "", t, err
+	}
+	if len(fds) != 1 {
+		closeFDs()
+		return "", t, fmt.Errorf("transfer with %d sockets, want 1", len(fds))
+	}
+	size := binary.BigEndian.Uint32(hdr[:])
+	if size > maxMeta {
+		closeFDs()
+		return "", t, fmt.Errorf("transfer description of %d bytes", size)
+	}
+	meta := make([]byte, size)
+	var m transferMeta
+	if _, err := io.ReadFull(ch, meta); err != nil {
+		closeFDs()
+		return "", t, err
+	}
+	if err := json.Unmarshal(meta, &m); err != nil || m.Partial < 0 || m.Partial > 1<<31 {
+		closeFDs()
+		return "", t, fmt.Errorf("bad transfer description %q", meta)
+	}
+	t.Partial = make([]byte, m.Partial)
+	if _, err := io.ReadFull(ch, t.Partial); err != nil {
+		closeFDs()
+		return "", t, err
+	}
+	f := os.NewFile(uintptr(fds[0]), "client")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return "", t, err
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		c.Close()
+		return "", t, fmt.Errorf("transferred socket is %T, not TCP", c)
+	}
+	t.Conn, t.Skipping = tc, m.Skipping
+	t.ID, _ = ksuid.Parse(m.ID)
+	t.Client, t.Local = addrOf(m.Client, tc.RemoteAddr()), addrOf(m.Local, tc.LocalAddr())
+	return m.Listener, t, nil
+}
+
+// addrOf parses an IP:port address, or returns def.
+func addrOf(s string, def net.Addr) net.Addr {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return def
+	}
+	return net.TCPAddrFromAddrPort(ap)
+}
+
+// Inherited is what a process that Upgrade started received from the old
+// one: the listening sockets and the channel of client connections.
+type Inherited struct {
+	ch        *net.UnixConn
+	listeners []inheritedListener
+	mu        sync.Mutex
+	used      map[int]bool
+	log       *slog.Logger
+}
+
+// Inherit returns what the old process passed, or nil when this process
+// was not started by Upgrade.
+func Inherit(log *slog.Logger) (*Inherited, error) {
+	v, ok := os.LookupEnv(upgradeEnv)
+	if !ok {
+		return nil, nil
+	}
+	os.Unsetenv(upgradeEnv) // not for this process's own upgrades
+	var inh inheritance
+	if err := json.Unmarshal([]byte(v), &inh); err != nil {
+		return nil, fmt.Errorf("%s: %w", upgradeEnv, err)
+	}
+	f := os.NewFile(uintptr(inh.Channel), "upgrade-channel")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("%s: the channel: %w", upgradeEnv, err)
+	}
+	ch, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("%s: the channel is %T", upgradeEnv, c)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Inherited{ch: ch, listeners: inh.Listeners, used: map[int]bool{}, log: log}, nil
+}
+
+// Listen returns the inherited socket configured for addr, or a new one:
+// it is Config.Listen for a process started by Upgrade.
+func (in *Inherited) Listen(name, addr string, keepAlive time.Duration) (net.Listener, error) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	pick := -1
+	for i, l := range in.listeners {
+		if in.used[l.FD] || l.Addr != addr {
+			continue
+		}
+		if pick < 0 || l.Name == name {
+			pick = i
+		}
+	}
+	if pick < 0 {
+		return listen(addr, keepAlive)
+	}
+	l := in.listeners[pick]
+	in.used[l.FD] = true
+	f := os.NewFile(uintptr(l.FD), "listener "+l.Name)
+	ln, err := net.FileListener(f)
+	f.Close()
+	return ln, err
+}
+
+// Serve tells the old process that this one is ready, closes the
+// inherited sockets no listener took, then gives every client connection
+// the old process hands over to the listener of its name in sup, until the
+// old process closes the channel.
+func (in *Inherited) Serve(sup *Supervisor) {
+	in.mu.Lock()
+	for _, l := range in.listeners {
+		if !in.used[l.FD] {
+			in.used[l.FD] = true
+			syscall.Close(l.FD)
+		}
+	}
+	in.mu.Unlock()
+	defer in.ch.Close()
+	if _, err := in.ch.Write([]byte{'R'}); err != nil {
+		in.log.Error("upgrade: cannot tell the old process this one is ready", "err", err)
+		return
+	}
+	adopted := 0
+	for {
+		name, t, err := receiveTransfer(in.ch)
+		if errors.Is(err, io.EOF) {
+			in.log.Info("upgrade: the old process handed over its client connections", "connections", adopted)
+			return
+		}
+		if err != nil {
+			in.log.Error("upgrade: the channel from the old process failed", "err", err)
+			return
+		}
+		if sup.adopt(name, t) {
+			adopted++
+		}
+	}
+}
+
+// adopt gives t to the listener called name.
+func (s *Supervisor) adopt(name string, t ndjson.Transfer) bool {
+	for _, in := range s.snapshot() {
+		if in.spec.Name != name {
+			continue
+		}
+		if a, ok := in.srv.(adopter); ok && a.Adopt(t) {
+			return true
+		}
+		break
+	}
+	s.log.Error("upgrade: a client connection from the old process has no listener here; closed",
+		"listener", name, "conn", t.ID.String(), "partial_bytes", len(t.Partial))
+	t.Conn.Close()
+	return false
+}
+
+// listen opens a new listening socket.
+func listen(addr string, keepAlive time.Duration) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAlive: keepAlive}
+	return lc.Listen(context.Background(), "tcp", addr)
+}
