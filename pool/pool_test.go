@@ -414,6 +414,40 @@ func TestConfigValidate(t *testing.T) {
 	if err := DefaultConfig().Validate(); err != nil {
 		t.Fatal(err)
 	}
+	// Each bound itself is valid; one step past it is not.
+	edges := []struct {
+		name      string
+		ok, wrong func(*Config)
+	}{
+		{"connections 1", func(c *Config) { c.Connections = 1 }, func(c *Config) { c.Connections = 0 }},
+		{"connections 1024", func(c *Config) { c.Connections = 1024 }, func(c *Config) { c.Connections = 1025 }},
+		{"failback 0", func(c *Config) { c.Failback = 0 }, func(c *Config) { c.Failback = -1 }},
+		{"connect timeout", func(c *Config) { c.ConnectTimeout = 1 }, func(c *Config) { c.ConnectTimeout = 0 }},
+		{"write timeout", func(c *Config) { c.WriteTimeout = 1 }, func(c *Config) { c.WriteTimeout = 0 }},
+		{"user timeout 0", func(c *Config) { c.UserTimeout = 0 }, func(c *Config) { c.UserTimeout = -1 }},
+		{"keepalive 0", func(c *Config) { c.KeepAlive = 0 }, func(c *Config) { c.KeepAlive = -1 }},
+		{"backoff initial", func(c *Config) { c.BackoffInitial = 1 }, func(c *Config) { c.BackoffInitial = 0 }},
+		{"backoff max = initial", func(c *Config) { c.BackoffMax = c.BackoffInitial }, func(c *Config) { c.BackoffMax = c.BackoffInitial - 1 }},
+		{"ack interval", func(c *Config) { c.AckInterval = 1 }, func(c *Config) { c.AckInterval = 0 }},
+		{"write bytes", func(c *Config) { c.MaxWriteBytes = 1 }, func(c *Config) { c.MaxWriteBytes = 0 }},
+		{"write count", func(c *Config) { c.MaxWriteCount = 1 }, func(c *Config) { c.MaxWriteCount = 0 }},
+	}
+	for _, e := range edges {
+		ok, wrong := DefaultConfig(), DefaultConfig()
+		e.ok(&ok)
+		e.wrong(&wrong)
+		if err := ok.Validate(); err != nil {
+			t.Errorf("%s: the bound is refused: %v", e.name, err)
+		}
+		if err := wrong.Validate(); !errors.Is(err, ErrConfig) {
+			t.Errorf("%s: past the bound: Validate() = %v", e.name, err)
+		}
+	}
+	d := DefaultConfig()
+	if d.ConnectTimeout != 5*time.Second || d.WriteTimeout != 15*time.Second || d.UserTimeout != 10*time.Second ||
+		d.KeepAlive != 15*time.Second || d.Failback != 5*time.Minute {
+		t.Errorf("defaults differ from the documented ones: %+v", d)
+	}
 }
 
 func waitFor(t *testing.T, cond func() bool) {
