@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -82,39 +81,49 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 		}
 		path = exe
 	}
+	// The child's files are passed as raw descriptors (syscall.StartProcess):
+	// os/exec would call os.File.Fd, which puts a socket in blocking mode,
+	// and with it this process's listening sockets, which share the flag.
 	pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return os.NewSyscallError("socketpair", err)
 	}
-	mine, theirs := os.NewFile(uintptr(pair[0]), "upgrade-channel"), os.NewFile(uintptr(pair[1]), "upgrade-channel")
+	fds := []int{pair[1]}
+	defer func() {
+		for _, fd := range fds {
+			syscall.Close(fd)
+		}
+	}()
+	mine := os.NewFile(uintptr(pair[0]), "upgrade-channel")
 	fc, err := net.FileConn(mine)
 	mine.Close()
 	if err != nil {
-		theirs.Close()
 		return err
 	}
 	ch := fc.(*net.UnixConn)
 	defer ch.Close()
 
 	insts := s.snapshot()
-	files := []*os.File{theirs}
 	inh := inheritance{Channel: 3}
-	defer func() {
-		for _, f := range files {
-			f.Close()
-		}
-	}()
 	pass := func(name, addr string, ln net.Listener) error {
-		fl, ok := ln.(interface{ File() (*os.File, error) })
+		sc, ok := ln.(syscall.Conn)
 		if !ok {
 			return fmt.Errorf("%s: its socket cannot be passed on", name)
 		}
-		f, err := fl.File()
+		rc, err := sc.SyscallConn()
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
-		files = append(files, f)
-		inh.Listeners = append(inh.Listeners, inheritedListener{Name: name, Addr: addr, FD: 2 + len(files)})
+		var dup int
+		var derr error
+		if err := rc.Control(func(fd uintptr) { dup, derr = dupCloexec(int(fd)) }); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		if derr != nil {
+			return fmt.Errorf("%s: %w", name, derr)
+		}
+		fds = append(fds, dup)
+		inh.Listeners = append(inh.Listeners, inheritedListener{Name: name, Addr: addr, FD: 2 + len(fds)})
 		return nil
 	}
 	for _, in := range insts {
@@ -128,20 +137,29 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 		}
 	}
 	js, _ := json.Marshal(inh)
-	cmd := exec.Command(path, os.Args[1:]...)
-	cmd.Env = append(withoutEnv(os.Environ(), upgradeEnv), upgradeEnv+"="+string(js))
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, os.Stdout, os.Stderr
-	cmd.ExtraFiles = files
+	files := []uintptr{0, 1, 2}
+	for _, fd := range fds {
+		files = append(files, uintptr(fd))
+	}
+	env := append(withoutEnv(os.Environ(), upgradeEnv), upgradeEnv+"="+string(js))
 	s.log.Info("upgrade: starting the new process", "path", path)
-	if err := cmd.Start(); err != nil {
+	pid, _, err := syscall.StartProcess(path, append([]string{path}, os.Args[1:]...), &syscall.ProcAttr{Env: env, Files: files})
+	if err != nil {
 		return fmt.Errorf("start %s: %w", path, err)
 	}
-	for _, f := range files {
-		f.Close()
+	for _, fd := range fds {
+		syscall.Close(fd)
 	}
-	files = nil
+	fds = nil
+	child, _ := os.FindProcess(pid) // never fails on Unix
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	go func() {
+		st, err := child.Wait()
+		if err == nil {
+			err = errors.New(st.String())
+		}
+		exited <- err
+	}()
 	ready := make(chan error, 1)
 	go func() {
 		var b [1]byte
@@ -153,19 +171,24 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 	select {
 	case err := <-ready:
 		if err != nil {
-			_ = cmd.Process.Kill()
-			return fmt.Errorf("the new process (pid %d) closed its channel before it was ready: %v", cmd.Process.Pid, err)
+			select { // most often it exited: say how
+			case xerr := <-exited:
+				return fmt.Errorf("the new process (pid %d) exited before it was ready: %v", pid, xerr)
+			case <-time.After(time.Second):
+			}
+			_ = child.Kill()
+			return fmt.Errorf("the new process (pid %d) closed its channel before it was ready: %v", pid, err)
 		}
 	case err := <-exited:
-		return fmt.Errorf("the new process (pid %d) exited before it was ready: %v", cmd.Process.Pid, err)
+		return fmt.Errorf("the new process (pid %d) exited before it was ready: %v", pid, err)
 	case <-timer.C:
-		_ = cmd.Process.Kill()
-		return fmt.Errorf("the new process (pid %d) was not ready within %s; it was killed", cmd.Process.Pid, timeout)
+		_ = child.Kill()
+		return fmt.Errorf("the new process (pid %d) was not ready within %s; it was killed", pid, timeout)
 	case <-ctx.Done():
-		_ = cmd.Process.Kill()
+		_ = child.Kill()
 		return ctx.Err()
 	}
-	s.log.Info("upgrade: the new process is ready; handing over", "pid", cmd.Process.Pid)
+	s.log.Info("upgrade: the new process is ready; handing over", "pid", pid)
 	for _, in := range insts {
 		if ln := in.srv.Handover(); ln != nil {
 			ln.Close() // the new process holds the socket and accepts
@@ -186,7 +209,7 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 		})
 	}
 	s.log.Info("upgrade: client connections handed over; this process delivers what it read and exits",
-		"connections", moved, "pid", cmd.Process.Pid)
+		"connections", moved, "pid", pid)
 	return nil
 }
 
@@ -438,4 +461,14 @@ func (s *Supervisor) adopt(name string, t ndjson.Transfer) bool {
 func listen(addr string, keepAlive time.Duration) (net.Listener, error) {
 	lc := net.ListenConfig{KeepAlive: keepAlive}
 	return lc.Listen(context.Background(), "tcp", addr)
+}
+
+// dupCloexec duplicates fd, close-on-exec (StartProcess places the copies
+// it passes).
+func dupCloexec(fd int) (int, error) {
+	r, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_DUPFD_CLOEXEC, 0)
+	if errno != 0 {
+		return -1, os.NewSyscallError("fcntl", errno)
+	}
+	return int(r), nil
 }

@@ -1,0 +1,310 @@
+package integration
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ndlb/ndlb/internal/linetest"
+)
+
+// readPID reads the PID file, waiting up to 30 s for it to name a process
+// other than not.
+func readPID(t *testing.T, path string, not int) int {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, _ := os.ReadFile(path)
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid != not {
+			return pid
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the PID file %s does not name a process other than %d: %q", path, not, b)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// ledgers sums the exit ledgers of every process that logged to p (an
+// upgrade's old and new processes share its stderr), each of which must
+// close.
+func (p *proc) ledgers(name string) (sum ledger, n int) {
+	p.t.Helper()
+	for _, l := range p.findLogs("ledger") {
+		if l["listener"] != name {
+			continue
+		}
+		num := func(k string) uint64 { v, _ := l[k].(float64); return uint64(v) }
+		g := ledger{received: num("received"), delivered: num("delivered"), dropped: num("dropped"), inFlight: num("in_flight")}
+		if g.received != g.delivered+g.dropped || g.inFlight != 0 {
+			p.t.Fatalf("a ledger of %q does not close: %+v", name, g)
+		}
+		sum.received += g.received
+		sum.delivered += g.delivered
+		sum.dropped += g.dropped
+		n++
+	}
+	return sum, n
+}
+
+// An upgrade while 8 long-lived clients send flat out: the clients' own
+// connections carry on (no error, no end of stream), a line that was half
+// sent when the connection moved arrives whole, and nothing is lost,
+// duplicated or torn; the two processes' ledgers close and add up to what
+// was sent.
+func TestUpgradeKeepsClientConnections(t *testing.T) {
+	w := newWorld(t, 2)
+	pidFile := filepath.Join(t.TempDir(), "ndlb.pid")
+	p := startNDLB(t, "--target", w.targets(), "--pid-file", pidFile)
+	oldPID := readPID(t, pidFile, 0)
+	if oldPID != p.cmd.Process.Pid {
+		t.Fatalf("PID file names %d, ndlb is %d", oldPID, p.cmd.Process.Pid)
+	}
+	const n, perClient = 8, 40000
+	upgraded := make(chan struct{})
+	var wg sync.WaitGroup
+	sent := map[uint32]uint32{}
+	errs := make(chan error, n+1)
+	for c := range uint32(n) {
+		sent[c] = perClient
+		conn := dial(t, p.addr)
+		wg.Go(func() {
+			// Flat out, in odd-sized writes that cut lines, until the
+			// upgrade is done; then the rest.
+			if _, err := linetest.Send(conn, c, 0, perClient/2, 3001); err != nil {
+				errs <- fmt.Errorf("client %d before: %w", c, err)
+				return
+			}
+			<-upgraded
+			if _, err := linetest.Send(conn, c, perClient/2, perClient, 3001); err != nil {
+				errs <- fmt.Errorf("client %d after: %w", c, err)
+				return
+			}
+			errs <- endClean(conn)
+		})
+	}
+	// One more client holds half a line across the upgrade.
+	const half = n
+	sent[half] = 2
+	hc := dial(t, p.addr)
+	line := linetest.AppendLine(nil, half, 0)
+	if _, err := hc.Write(line[:len(line)/2]); err != nil {
+		t.Fatal(err)
+	}
+	w.waitLines(n * perClient / 4)
+	if err := syscall.Kill(oldPID, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	done := p.waitLog("upgrade: client connections handed over; this process delivers what it read and exits", time.Minute)
+	if got := done["connections"].(float64); got != n+1 {
+		t.Errorf("%v connections handed over, want %d", got, n+1)
+	}
+	newPID := readPID(t, pidFile, oldPID)
+	close(upgraded)
+	if _, err := hc.Write(append(line[len(line)/2:], linetest.AppendLine(nil, half, 1)...)); err != nil {
+		t.Fatal(err)
+	}
+	errs <- endClean(hc)
+	wg.Wait()
+	for range n + 1 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	carried := false
+	moved := map[string]bool{}
+	for _, l := range p.findLogs("client connection handed over to the new process") {
+		moved[l["conn"].(string)] = true
+		if l["partial_bytes"].(float64) > 0 {
+			carried = true
+		}
+	}
+	if !carried {
+		t.Error("no connection carried a partial line across the upgrade")
+	}
+	w.waitLines(n*perClient + 2)
+	if err := syscall.Kill(newPID, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(time.Minute); code != 0 {
+		t.Errorf("the old process exited %d", code)
+	}
+	// The new process served the very connections the old one had.
+	for _, l := range p.findLogs("client disconnected") {
+		delete(moved, l["conn"].(string))
+	}
+	if len(moved) != 0 {
+		t.Errorf("connections handed over but never ended in the new process: %v", moved)
+	}
+	r := w.check(sent)
+	if r.Lost != 0 || r.Duplicated != 0 || r.Torn != 0 || r.Unexpected != 0 {
+		t.Fatalf("upgrade lost or broke lines: %s", r)
+	}
+	sum, procs := p.ledgers("default")
+	if procs != 2 || sum.received != r.Sent || sum.delivered != r.Received || sum.dropped != 0 {
+		t.Fatalf("%d ledgers adding to %+v; sent %d, the sinks received %d", procs, sum, r.Sent, r.Received)
+	}
+}
+
+// endClean half-closes conn and waits for ndlb to close it: a client that
+// finished sees neither an error nor a reset.
+func endClean(conn net.Conn) error {
+	if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+		return err
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(time.Minute))
+	if _, err := io.Copy(io.Discard, conn); err != nil {
+		return fmt.Errorf("after its last line: %w", err)
+	}
+	return nil
+}
+
+// An upgrade while clients open connections as fast as they can: none is
+// refused or reset, and every line arrives.
+func TestUpgradeRefusesNoConnection(t *testing.T) {
+	w := newWorld(t, 1)
+	pidFile := filepath.Join(t.TempDir(), "ndlb.pid")
+	p := startNDLB(t, "--target", w.targets(), "--pid-file", pidFile)
+	oldPID := readPID(t, pidFile, 0)
+	stop := make(chan struct{})
+	var opened atomic.Uint32
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	sent := map[uint32]uint32{}
+	var mu sync.Mutex
+	for g := range uint32(4) {
+		wg.Go(func() {
+			for i := uint32(0); ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c := g<<20 | i
+				conn, err := net.DialTimeout("tcp", p.addr, 5*time.Second)
+				if err != nil {
+					errs <- fmt.Errorf("connection %d refused: %w", c, err)
+					return
+				}
+				opened.Add(1)
+				_, err = conn.Write(linetest.AppendLine(nil, c, 0))
+				if err == nil {
+					err = endClean(conn)
+				}
+				conn.Close()
+				if err != nil {
+					errs <- fmt.Errorf("connection %d: %w", c, err)
+					return
+				}
+				mu.Lock()
+				sent[c] = 1
+				mu.Unlock()
+			}
+		})
+	}
+	waitOpened := func(n uint32) {
+		deadline := time.Now().Add(time.Minute)
+		for opened.Load() < n && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitOpened(200)
+	if err := syscall.Kill(oldPID, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	newPID := readPID(t, pidFile, oldPID)
+	p.waitLog("upgrade: client connections handed over; this process delivers what it read and exits", time.Minute)
+	at := opened.Load()
+	waitOpened(at + 200)
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if err := syscall.Kill(newPID, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(time.Minute); code != 0 {
+		t.Errorf("the old process exited %d", code)
+	}
+	r := w.check(sent)
+	if r.Lost != 0 || r.Duplicated != 0 || r.Torn != 0 || len(sent) < 400 {
+		t.Fatalf("%d connections: %s", len(sent), r)
+	}
+	if sum, procs := p.ledgers("default"); procs != 2 || sum.received != r.Sent || sum.dropped != 0 {
+		t.Fatalf("%d ledgers adding to %+v; sent %d", procs, sum, r.Sent)
+	}
+}
+
+// An upgrade to a binary that exits at once: the old process logs why and
+// serves on, with its PID file unchanged.
+func TestUpgradeToABrokenBinaryKeepsServing(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "ndlb")
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(exe, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	w := newWorld(t, 1)
+	pidFile := filepath.Join(dir, "ndlb.pid")
+	p := startCmd(t, exec.Command(exe, "--addr", "127.0.0.1", "--port", "0", "--log-format", "json",
+		"--target", w.targets(), "--pid-file", pidFile))
+	oldPID := readPID(t, pidFile, 0)
+	c := dial(t, p.addr)
+	if _, err := linetest.Send(c, 0, 0, 100, 4096); err != nil {
+		t.Fatal(err)
+	}
+	// The package manager replaces the binary; the new one is broken.
+	broken := filepath.Join(dir, "broken")
+	if err := os.WriteFile(broken, []byte("#!/bin/sh\necho broken >&2\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(broken, exe); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(oldPID, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	failed := p.waitLog("upgrade failed; this process serves on", time.Minute)
+	if !strings.Contains(fmt.Sprint(failed["err"]), "exited before it was ready") {
+		t.Errorf("reason: %v", failed["err"])
+	}
+	// The same connection, and new ones, are served.
+	if _, err := linetest.Send(c, 0, 100, 200, 4096); err != nil {
+		t.Fatal(err)
+	}
+	c2 := dial(t, p.addr)
+	if _, err := linetest.Send(c2, 1, 0, 100, 4096); err != nil {
+		t.Fatal(err)
+	}
+	for _, conn := range []net.Conn{c, c2} {
+		if err := endClean(conn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if pid := readPID(t, pidFile, 0); pid != oldPID {
+		t.Fatalf("PID file names %d after a failed upgrade, want %d", pid, oldPID)
+	}
+	p.stopOK()
+	if r := w.check(map[uint32]uint32{0: 200, 1: 100}); r.Lost != 0 || r.Duplicated != 0 {
+		t.Fatal(r)
+	}
+	if _, err := os.Stat(pidFile); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("PID file left behind at exit: %v", err)
+	}
+}
