@@ -326,3 +326,63 @@ func TestBufferReaderHoldsNoBufferWhileIdle(t *testing.T) {
 		})
 	}
 }
+
+// suspendReader returns its data, then ErrSuspend.
+type suspendReader struct{ data []byte }
+
+func (r *suspendReader) Read(p []byte) (int, error) {
+	if len(r.data) == 0 {
+		return 0, ErrSuspend
+	}
+	n := copy(p, r.data)
+	r.data = r.data[n:]
+	return n, nil
+}
+
+// A suspended stream keeps its partial line for Carry, and a framer that
+// resumes it (with the partial line ahead of the rest) cuts the same lines;
+// a stream suspended inside a dropped line is skipped to its newline by the
+// next framer without a second drop.
+func TestCarryAndResume(t *testing.T) {
+	cfg := Config{ReadBytes: 64, MaxLineBytes: 16}
+	collect := func(f *Framer) (out string, err error) {
+		for {
+			b, err := f.Next()
+			if err != nil {
+				return out, err
+			}
+			out += string(b.Data)
+			b.Release()
+		}
+	}
+	f := New(&suspendReader{data: []byte("one\ntw")}, cfg, NewPool())
+	if out, err := collect(f); out != "one\n" || !errors.Is(err, ErrSuspend) {
+		t.Fatalf("before: %q, %v", out, err)
+	}
+	partial, skipping := f.Carry()
+	if string(partial) != "tw" || skipping || f.Partial() != 0 {
+		t.Fatalf("carried %q, skipping %v", partial, skipping)
+	}
+	g := New(strings.NewReader(string(partial)+"o\nthree\n"), cfg, NewPool())
+	g.Resume(skipping)
+	if out, err := collect(g); out != "two\nthree\n" || err != io.EOF {
+		t.Fatalf("after: %q, %v", out, err)
+	}
+
+	drops := 0
+	f = New(&suspendReader{data: []byte("a very long line that is over the limit")}, cfg, NewPool())
+	f.OnDrop = func(Drop) { drops++ }
+	if out, err := collect(f); out != "" || !errors.Is(err, ErrSuspend) {
+		t.Fatalf("before: %q, %v", out, err)
+	}
+	partial, skipping = f.Carry()
+	if len(partial) != 0 || !skipping || drops != 1 {
+		t.Fatalf("carried %q, skipping %v, drops %d", partial, skipping, drops)
+	}
+	g = New(strings.NewReader(" and its end\nnext\n"), cfg, NewPool())
+	g.OnDrop = func(Drop) { drops++ }
+	g.Resume(skipping)
+	if out, err := collect(g); out != "next\n" || err != io.EOF || drops != 1 {
+		t.Fatalf("after: %q, %v, drops %d", out, err, drops)
+	}
+}

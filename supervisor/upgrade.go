@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -268,6 +269,9 @@ func receiveTransfer(ch *net.UnixConn) (listener string, t ndjson.Transfer, err 
 	var hdr [4]byte
 	oob := make([]byte, syscall.CmsgSpace(4*4))
 	n, oobn, _, _, err := ch.ReadMsgUnix(hdr[:], oob)
+	if errors.Is(err, io.EOF) {
+		return "", t, io.EOF // the old process is done
+	}
 	if err != nil {
 		return "", t, err
 	}
@@ -472,3 +476,6 @@ func dupCloexec(fd int) (int, error) {
 	}
 	return int(r), nil
 }
+
+// fileOf wraps a descriptor this process owns.
+func fileOf(fd int) *os.File { return os.NewFile(uintptr(fd), "fd "+strconv.Itoa(fd)) }

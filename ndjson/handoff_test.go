@@ -1,0 +1,120 @@
+package ndjson
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ndlb/ndlb/internal/linetest"
+)
+
+// moveTo gives each transfer to srv as another process would get it: a
+// duplicate of the socket (SCM_RIGHTS makes one), the old one closed.
+func moveTo(t *testing.T, srv *Server) func(Transfer) error {
+	return func(tr Transfer) error {
+		f, err := tr.Conn.File()
+		if err != nil {
+			return err
+		}
+		nc, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		tr.Conn = nc.(*net.TCPConn)
+		if !srv.Adopt(tr) {
+			t.Error("the new server refused a connection")
+		}
+		return nil
+	}
+}
+
+// HandOff moves plain connections with the line each was in the middle of,
+// and the line they were skipping; the new server completes the first and
+// skips the rest of the second without counting it again. Whole lines read
+// before the move are delivered by the old server.
+func TestHandOffCarriesPartialAndSkippedLines(t *testing.T) {
+	old, sink := startServer(t, func(c *Config) { c.Framer.MaxLineBytes = 512 })
+	next, err := New(old.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next.Start(newLocalListener(t))
+
+	partial, err := net.Dial("tcp", old.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer partial.Close()
+	skipping, err := net.Dial("tcp", old.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer skipping.Close()
+	line1 := linetest.AppendLine(nil, 1, 1)
+	partial.Write(append(linetest.AppendLine(nil, 1, 0), line1[:10]...))
+	skipping.Write([]byte(strings.Repeat("x", 600))) // over the limit: dropped, skipped
+	waitUntil(t, "first line delivered", func() bool { return sink.Lines() == 1 })
+	waitUntil(t, "oversize line counted", func() bool { return old.Stats().DroppedOversize == 1 })
+
+	if ln := old.Handover(); ln != nil {
+		ln.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if moved := old.HandOff(ctx, moveTo(t, next)); moved != 2 {
+		t.Fatalf("moved %d connections, want 2", moved)
+	}
+	partial.Write(line1[10:])
+	skipping.Write(append([]byte(strings.Repeat("y", 100)+"\n"), linetest.AppendLine(nil, 2, 0)...))
+	partial.Close()
+	skipping.Close()
+	waitUntil(t, "three lines delivered", func() bool { return sink.Lines() == 3 })
+	a, b := old.Shutdown(), next.Shutdown()
+	if a.Ledger.Received != 2 || a.Ledger.Delivered != 1 || a.DroppedOversize != 1 || !a.Clean {
+		t.Errorf("old server: %+v", a.Ledger)
+	}
+	if b.Ledger.Received != 2 || b.Ledger.Delivered != 2 || b.DroppedOversize != 0 || b.DroppedIncomplete != 0 {
+		t.Errorf("new server: %+v, oversize %d", b.Ledger, b.DroppedOversize)
+	}
+	if b.Listener.Adopted != 2 {
+		t.Errorf("adopted %d", b.Listener.Adopted)
+	}
+}
+
+// A connection the new process refuses stays: the old server reads on,
+// and the line it was in the middle of arrives whole.
+func TestHandOffRefusedConnectionIsServedOn(t *testing.T) {
+	srv, sink := startServer(t, nil)
+	c, err := net.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	line := linetest.AppendLine(nil, 1, 0)
+	c.Write(line[:7])
+	waitUntil(t, "partial line held", func() bool { return srv.Stats().ClientMemory.Used > 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if moved := srv.HandOff(ctx, func(Transfer) error { return errors.New("no room") }); moved != 0 {
+		t.Fatalf("moved %d", moved)
+	}
+	c.Write(line[7:])
+	c.Write(linetest.AppendLine(nil, 1, 1))
+	waitUntil(t, "both lines delivered", func() bool { return sink.Lines() == 2 })
+	c.Close()
+	if sum := srv.Shutdown(); sum.Ledger.Received != 2 || sum.Ledger.Delivered != 2 || sum.DroppedIncomplete != 0 {
+		t.Fatalf("ledger %+v", sum.Ledger)
+	}
+	// A server that is shutting down adopts nothing, and counts the
+	// fragment it was given as incomplete.
+	if srv.Adopt(Transfer{Partial: []byte("half")}) {
+		t.Fatal("a stopped server adopted a connection")
+	}
+	if st := srv.Stats(); st.DroppedIncomplete != 1 || !st.Ledger.Closed() {
+		t.Fatalf("after a refused adoption: incomplete %d, ledger %+v", st.DroppedIncomplete, st.Ledger)
+	}
+}
