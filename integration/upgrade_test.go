@@ -308,3 +308,43 @@ func TestUpgradeToABrokenBinaryKeepsServing(t *testing.T) {
 		t.Errorf("PID file left behind at exit: %v", err)
 	}
 }
+
+// The systemd unit in deploy/ runs flags ndlb has, reloads by upgrading,
+// and reads the PID file ndlb writes.
+func TestSystemdUnit(t *testing.T) {
+	unit, err := os.ReadFile("../deploy/ndlb.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := map[string]string{}
+	for _, line := range strings.Split(string(unit), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+			keys[k] = v
+		}
+	}
+	help, err := exec.Command(bin, "--help").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := strings.Fields(keys["ExecStart"])
+	pid := ""
+	for i, a := range args[1:] {
+		if strings.HasPrefix(a, "--") && !strings.Contains(string(help), a+" ") {
+			t.Errorf("ExecStart uses %s, which ndlb does not have", a)
+		}
+		if a == "--pid-file" {
+			pid = args[i+2]
+		}
+	}
+	if pid == "" || keys["PIDFile"] != pid {
+		t.Errorf("PIDFile=%s, --pid-file %s", keys["PIDFile"], pid)
+	}
+	if !strings.Contains(keys["ExecReload"], "-USR2") {
+		t.Errorf("ExecReload=%s does not upgrade", keys["ExecReload"])
+	}
+	for _, k := range []string{"NoNewPrivileges", "ProtectSystem", "DynamicUser", "RestrictAddressFamilies", "SystemCallFilter"} {
+		if keys[k] == "" {
+			t.Errorf("the unit lacks %s", k)
+		}
+	}
+}
