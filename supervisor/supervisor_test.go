@@ -294,13 +294,16 @@ func TestBadSpecChangesNothing(t *testing.T) {
 
 // Listeners added, removed and renamed on the same address.
 func TestListenersComeAndGo(t *testing.T) {
-	w := newWorld(t, Spec{Listeners: []Listener{listener("a"), listener("b")}})
+	la, lb := listener("a"), listener("b")
+	lb.Addr = "127.0.0.2:0"
+	w := newWorld(t, Spec{Listeners: []Listener{la, lb}})
 	a, b := w.server(t, "a"), w.server(t, "b")
-	// b renamed to c on its address ("127.0.0.1:0" for both): c takes
-	// b's socket; a is removed; d is new.
+	// b renamed to c on its address: c takes b's socket; a is removed; d
+	// is new, on an address nobody had.
 	c := listener("c")
+	c.Addr = lb.Addr
 	d := listener("d")
-	d.Addr = "127.0.0.1:0"
+	d.Addr = "127.0.0.3:0"
 	w.next = Spec{Listeners: []Listener{c, d}}
 	if err := w.sup.Reload("test"); err != nil {
 		t.Fatal(err)
