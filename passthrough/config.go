@@ -20,6 +20,8 @@ const (
 	DefaultConnectTimeout = 5 * time.Second
 	DefaultConnectRetries = 9
 	DefaultMaxFails       = 3
+	// MaxRetries bounds ConnectRetries and MaxFails.
+	MaxRetries            = 1000
 	DefaultFailTimeout    = 10 * time.Second
 	DefaultIdleTimeout    = time.Hour
 	DefaultDrainTimeout   = 30 * time.Second
@@ -133,8 +135,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: hash key %q: want ip or ip-port", ErrConfig, c.HashKey)
 	case c.ConnectTimeout <= 0 || c.DrainTimeout <= 0:
 		return fmt.Errorf("%w: connect and drain timeouts must be positive", ErrConfig)
-	case c.ConnectRetries < 0 || c.MaxFails < 0 || c.FailTimeout < 0 || c.IdleTimeout < 0 || c.ParkAfter < 0:
-		return fmt.Errorf("%w: retries, max fails, fail timeout and idle timeout must not be negative", ErrConfig)
+	case c.ConnectRetries < 0 || c.ConnectRetries > MaxRetries || c.MaxFails < 0 || c.MaxFails > MaxRetries:
+		return fmt.Errorf("%w: connect retries and max fails must be 0..%d", ErrConfig, MaxRetries)
+	case c.FailTimeout < 0 || c.IdleTimeout < 0 || c.ParkAfter < 0:
+		return fmt.Errorf("%w: fail timeout, idle timeout and park delay must not be negative", ErrConfig)
 	case c.BackoffInitial <= 0 || c.BackoffMax < c.BackoffInitial:
 		return fmt.Errorf("%w: backoff needs 0 < initial <= max", ErrConfig)
 	case c.SendProxy != 0 && c.SendProxy != 1 && c.SendProxy != 2:

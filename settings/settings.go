@@ -1,6 +1,7 @@
 package settings
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/ndlb/ndlb/config"
@@ -146,4 +147,20 @@ func Schema() config.Schema {
 		}
 	}
 	return out
+}
+
+// Error is a bad value of a setting, or a setting that needs another.
+// Setting names it (empty when no one setting is at fault), so that the
+// command line and a config file can point at it without reading the
+// message.
+type Error struct {
+	Setting string
+	Msg     string
+}
+
+func (e *Error) Error() string { return e.Msg }
+
+// Errorf returns an *Error about setting.
+func Errorf(setting, format string, a ...any) error {
+	return &Error{Setting: setting, Msg: fmt.Sprintf(format, a...)}
 }

@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,6 +18,7 @@ import (
 	"github.com/ndlb/ndlb/config"
 	"github.com/ndlb/ndlb/ndjson"
 	"github.com/ndlb/ndlb/settings"
+	"github.com/ndlb/ndlb/setup"
 	"github.com/ndlb/ndlb/supervisor"
 	"github.com/ndlb/ndlb/telemetry"
 )
@@ -207,7 +206,7 @@ func exitOf(err error, srcs []*source) error {
 				}
 				return cli.Exit(err.Error(), exitError)
 			}
-			return in.wrap(usageError("%v", se.Err))
+			return in.wrap(settings.Errorf("", "%v", se.Err))
 		}
 	}
 	return usageError("%v", err)
@@ -260,61 +259,23 @@ func (in *source) logger(log *slog.Logger) *slog.Logger {
 // spec turns the source into the supervisor's Listener, checking every
 // value and naming the flag (or FILE:LINE) of a wrong one.
 func (in *source) spec(log *slog.Logger) (supervisor.Listener, error) {
-	c := in.c
-	log = in.logger(log)
-	l := supervisor.Listener{Name: in.name, Settings: in.args, Logger: log}
-	if err := checkMode(c); err != nil {
-		return l, in.wrap(err)
-	}
-	var err error
-	if l.Addr, err = listenAddr(c); err != nil {
-		return l, in.wrap(err)
-	}
-	var targetTLS func() (*tls.Config, error)
-	if c.Bool("passthrough") {
-		cfg, err := passthroughConfig(c, log)
-		if err != nil {
-			return l, in.wrap(err)
-		}
-		l.Mode, l.Targets, l.Balance, targetTLS = supervisor.Passthrough{Config: cfg}, cfg.Targets, cfg.Balance, cfg.TLS
-	} else {
-		cfg, err := ndjsonConfig(c, log)
-		if err != nil {
-			return l, in.wrap(err)
-		}
-		l.Mode, l.Targets, targetTLS = supervisor.NDJSON{Config: cfg}, cfg.Targets, cfg.Pool.TLS
-	}
-	dcfg, discover, err := discoveryConfig(c, log, l.Targets)
-	if err != nil {
-		return l, in.wrap(err)
-	}
-	if discover {
-		l.Discovery = &dcfg
-	}
-	hcfg, check, err := checkConfig(c, log, targetTLS)
-	if err != nil {
-		return l, in.wrap(err)
-	}
-	if check {
-		l.Health = &hcfg
-	}
-	return l, nil
+	l, err := setup.Listener(in.name, in.c, in.args, in.logger(log))
+	return l, in.wrap(err)
 }
 
-// wrap places a usage error of a listener from the file at its line.
+// wrap turns a bad setting into a usage error (exit 2), placed at its line
+// when the listener comes from the config file.
 func (in *source) wrap(err error) error {
-	if in.file == nil {
+	var se *settings.Error
+	if !errors.As(err, &se) {
 		return err
 	}
-	var ec cli.ExitCoder
-	if !errors.As(err, &ec) || ec.ExitCode() != exitUsage {
-		return err
+	if in.file == nil {
+		return usageError("%s", se.Msg)
 	}
 	line := in.sec.Line
-	if m := flagName.FindStringSubmatch(err.Error()); m != nil {
-		line = in.sec.LineOf(m[1])
+	if se.Setting != "" {
+		line = in.sec.LineOf(se.Setting)
 	}
-	return usageError("%s", (&config.Error{Path: in.file.Path, Line: line, Msg: fmt.Sprintf("listener %q: %v", in.name, err)}).Error())
+	return usageError("%s", (&config.Error{Path: in.file.Path, Line: line, Msg: fmt.Sprintf("listener %q: %v", in.name, se.Msg)}).Error())
 }
-
-var flagName = regexp.MustCompile(`--([a-z][a-z-]*)`)

@@ -31,6 +31,11 @@ var allowed = map[string][]string{
 	// for their reload rules.
 	"supervisor": {"admin", "balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool", "listener",
 		"ndjson", "passthrough", "pool", "settings", "tlsutil", "upstream"},
+	// setup maps settings onto the libraries' configs and a supervisor spec.
+	"setup": {"admin", "balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool", "listener",
+		"ndjson", "passthrough", "pool", "settings", "supervisor", "tlsutil", "upstream"},
+	// demo runs the NDJSON mode against linetest's sinks, in one process.
+	"demo": {"dispatch", "framer", "internal/gopool", "internal/linetest", "listener", "ndjson", "pool", "tlsutil", "upstream"},
 	// settings takes its defaults from the libraries it names.
 	"settings": {"balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool", "listener",
 		"ndjson", "passthrough", "pool", "tlsutil", "upstream"},

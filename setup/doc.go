@@ -1,0 +1,7 @@
+// Package setup turns settings, as the command line, NDLB_* variables and
+// config files give them (Values), into the supervisor's Listener: it maps
+// each value onto the libraries' configs (reading certificate files, so a
+// bad one is reported before any traffic) and checks it. A bad value is a
+// *settings.Error that names the setting, so the command line names the
+// flag and a config file its line without reading the message.
+package setup

@@ -1,0 +1,95 @@
+package setup
+
+import (
+	"errors"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/ndlb/ndlb/settings"
+	"github.com/ndlb/ndlb/supervisor"
+)
+
+// values is Values from a map, on top of the settings' defaults.
+type values map[string]any
+
+func (v values) get(name string) any {
+	if x, ok := v[name]; ok {
+		return x
+	}
+	s, _ := settings.Lookup(name)
+	return s.Default
+}
+
+func (v values) String(n string) string          { s, _ := v.get(n).(string); return s }
+func (v values) Int(n string) int                { i, _ := v.get(n).(int); return i }
+func (v values) Bool(n string) bool              { b, _ := v.get(n).(bool); return b }
+func (v values) Duration(n string) time.Duration { d, _ := v.get(n).(time.Duration); return d }
+func (v values) StringSlice(n string) []string   { s, _ := v.get(n).([]string); return s }
+func (v values) IsSet(n string) bool             { _, ok := v[n]; return ok }
+
+var quiet = slog.New(slog.DiscardHandler)
+
+// Each bad value is a *settings.Error naming its setting.
+func TestBadValuesNameTheirSetting(t *testing.T) {
+	target := []string{"127.0.0.1:9"}
+	for _, tc := range []struct {
+		setting string
+		v       values
+	}{
+		{"port", values{"target": target, "port": 70000}},
+		{"addr", values{"target": target, "addr": "a b"}},
+		{"target", values{}},
+		{"target", values{"target": []string{"nohost"}}},
+		{"target", values{"target": []string{"h:1", "h:1"}}},
+		{"connections", values{"target": target, "connections": 0}},
+		{"max-line-bytes", values{"target": target, "max-line-bytes": "2GiB"}},
+		{"read-bytes", values{"target": target, "read-bytes": "0"}},
+		{"buffer-bytes", values{"target": target, "buffer-bytes": "1KiB"}},
+		{"client-buffer-bytes", values{"target": target, "client-buffer-bytes": "1KiB"}},
+		{"write-timeout", values{"target": target, "write-timeout": time.Duration(0)}},
+		{"line-timeout", values{"target": target, "line-timeout": -time.Second}},
+		{"max-conns", values{"target": target, "max-conns": -1}},
+		{"proxy-header-timeout", values{"target": target, "proxy-header-timeout": time.Second}},
+		{"balance", values{"target": target, "balance": "leastconn"}}, // NDJSON mode
+		{"balance", values{"target": target, "passthrough": true, "balance": "nope"}},
+		{"hash-key", values{"target": target, "passthrough": true, "hash-key": "ip-port"}},
+		{"connect-retries", values{"target": target, "passthrough": true, "connect-retries": 1001}},
+		{"send-proxy", values{"target": target, "passthrough": true, "send-proxy": "v3"}},
+		{"tls-cert", values{"target": target, "tls-cert": "c.pem"}},
+		{"tls-target-ca", values{"target": target, "tls-target-ca": "ca.pem"}},
+		{"check-http-path", values{"target": target, "check-http-path": "/x"}},
+		{"check-http-path", values{"target": target, "check": "tcp", "check-http-path": "/x"}},
+		{"check", values{"target": target, "check": "udp"}},
+		{"dns-interval", values{"target": target, "dns-interval": time.Second}},
+		{"dns-resolver", values{"target-dns": []string{"a.test:1"}, "dns-resolver": "nope"}},
+	} {
+		_, err := Listener("x", tc.v, nil, quiet)
+		var se *settings.Error
+		if !errors.As(err, &se) || se.Setting != tc.setting {
+			t.Errorf("%v: error %v, want one about %s", tc.v, err, tc.setting)
+		}
+	}
+}
+
+// Good settings make a listener of the right mode, with checks and DNS
+// discovery when asked for.
+func TestListenerOfEachMode(t *testing.T) {
+	l, err := Listener("logs", values{"target": []string{"127.0.0.1:9"}, "check": "tcp", "port": 0, "addr": "127.0.0.1"}, nil, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.Mode.(supervisor.NDJSON); !ok || l.Health == nil || l.Discovery != nil || l.Addr != "127.0.0.1:0" {
+		t.Fatalf("ndjson listener %+v", l)
+	}
+	l, err = Listener("web", values{"passthrough": true, "target-dns": []string{"web.test:443"}, "balance": "leastconn"}, nil, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.Mode.(supervisor.Passthrough); !ok || l.Discovery == nil || l.Health != nil || l.Balance != "leastconn" {
+		t.Fatalf("passthrough listener %+v", l)
+	}
+	if err := supervisor.Check(supervisor.Spec{Listeners: []supervisor.Listener{l}}); err != nil {
+		t.Fatal(err)
+	}
+}
