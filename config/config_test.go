@@ -2,9 +2,13 @@ package config
 
 import (
 	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 var schema = Schema{
@@ -82,5 +86,33 @@ func TestErrorsHaveLines(t *testing.T) {
 				t.Fatalf("error %q does not start with FILE:LINE", err)
 			}
 		})
+	}
+}
+
+// Watch reports a new content written by rename, as editors and ConfigMap
+// updates do, and Hash tells contents apart.
+func TestWatchSeesARename(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ndlb.toml")
+	if err := os.WriteFile(path, []byte("a = 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	first := Hash(path)
+	changed, stop := Watch(path, first, slog.New(slog.DiscardHandler))
+	defer stop()
+	tmp := filepath.Join(dir, ".ndlb.toml.swp")
+	if err := os.WriteFile(tmp, []byte("a = 2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the renamed file was not reported")
+	}
+	if Hash(path) == first || Hash(filepath.Join(dir, "missing")) != [32]byte{} {
+		t.Fatal("Hash does not tell contents apart")
 	}
 }

@@ -21,6 +21,7 @@
 // Load checks the document against a Schema (the flags' names and kinds)
 // and returns each section as flag arguments with the line of every key,
 // so that the caller validates a file exactly as it validates flags and
-// reports errors as FILE:LINE. The package knows nothing of what the keys
-// mean.
+// reports errors as FILE:LINE. Watch reports changes of the file's
+// content (editors' renames and Kubernetes ConfigMap swaps included). The
+// package knows nothing of what the keys mean.
 package config

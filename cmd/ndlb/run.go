@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -41,7 +42,15 @@ func newAdmin(c *cli.Context, log *slog.Logger, listeners func() []admin.Listene
 // --admin), or else when ndlb accepts a TCP connection on its port.
 func runHealthcheck(c *cli.Context) error {
 	if a := c.String("admin"); a != "" {
-		return healthz(c, a)
+		url, err := admin.Probe(a)
+		if errors.Is(err, admin.ErrProbeAddr) {
+			return usageError("invalid value %q for --admin: want HOST:PORT", a)
+		}
+		if err != nil {
+			return cli.Exit(fmt.Sprintf("unhealthy: %v", err), exitError)
+		}
+		fmt.Fprintln(c.App.Writer, "ok:", url)
+		return nil
 	}
 	port := c.Int("port")
 	if port < 1 || port > 65535 {
@@ -58,28 +67,5 @@ func runHealthcheck(c *cli.Context) error {
 	}
 	conn.Close()
 	fmt.Fprintln(c.App.Writer, "ok:", addr, "accepts connections")
-	return nil
-}
-
-// healthz asks the admin API at addr for /healthz.
-func healthz(c *cli.Context, addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return usageError("invalid value %q for --admin: want HOST:PORT", addr)
-	}
-	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
-		host = "127.0.0.1"
-	}
-	url := "http://" + net.JoinHostPort(host, port) + "/healthz"
-	client := http.Client{Timeout: 3 * time.Second}
-	resp, err := client.Get(url)
-	if err != nil {
-		return cli.Exit(fmt.Sprintf("unhealthy: %v", err), exitError)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return cli.Exit(fmt.Sprintf("unhealthy: %s answered %s", url, resp.Status), exitError)
-	}
-	fmt.Fprintln(c.App.Writer, "ok:", url)
 	return nil
 }

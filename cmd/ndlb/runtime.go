@@ -8,8 +8,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -32,7 +30,7 @@ func runBalancer(c *cli.Context) error {
 	path := c.String("config")
 	// The content being loaded: a change made before the watcher starts
 	// is then still seen as a change.
-	loaded := fileHash(path)
+	loaded := config.Hash(path)
 	g, srcs, err := loadSetup(c)
 	if err != nil {
 		return err
@@ -114,16 +112,16 @@ func runBalancer(c *cli.Context) error {
 		go inh.Serve(sup) // tells the old process we are ready, then takes its clients
 	}
 	pidFile := g.String("pid-file")
-	if err := writePID(pidFile); err != nil {
+	if err := supervisor.WritePID(pidFile); err != nil {
 		log.Error("cannot write the PID file", "path", pidFile, "err", err)
 	}
 	upgraded := false
 	defer func() {
 		if !upgraded {
-			removePID(pidFile)
+			supervisor.RemovePID(pidFile)
 		}
 	}()
-	changed, stopWatch := watchConfig(path, loaded, log)
+	changed, stopWatch := config.Watch(path, loaded, log)
 	defer stopWatch()
 	for done := false; !done; {
 		select {
@@ -167,29 +165,6 @@ func runBalancer(c *cli.Context) error {
 
 // adminSocket names the admin API's socket among those an upgrade passes on.
 const adminSocket = "process:admin"
-
-// writePID writes the process id to path, if set, through a temporary
-// file, so that a reader never sees it half written.
-func writePID(path string) error {
-	if path == "" {
-		return nil
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-// removePID removes the PID file at exit if it still names this process.
-func removePID(path string) {
-	if path == "" {
-		return
-	}
-	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid()) {
-		os.Remove(path)
-	}
-}
 
 // exitOf turns an error of supervisor.New into the exit: 1 when a socket
 // cannot be opened, else 2 with the listener's place in the file.

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"crypto/sha256"
@@ -14,12 +14,12 @@ import (
 // before it is read: editors and ConfigMap updates write in several steps.
 const debounce = 200 * time.Millisecond
 
-// watchConfig reports changes of the --config file's content. It watches
+// Watch reports changes of the config file's content. It watches
 // the file's directory, so that a file replaced by a rename and a
 // Kubernetes ConfigMap's symlink swap (..data) are seen. stop ends it.
 // loaded is the hash of the content first loaded: a change made before the
 // watch began counts too.
-func watchConfig(path string, loaded [32]byte, log *slog.Logger) (changed <-chan struct{}, stop func()) {
+func Watch(path string, loaded [32]byte, log *slog.Logger) (changed <-chan struct{}, stop func()) {
 	if path == "" {
 		return nil, func() {}
 	}
@@ -64,7 +64,7 @@ func watchLoop(w *fsnotify.Watcher, path string, out chan<- struct{}, loaded [32
 			log.Warn("watching the config file", "err", err)
 		case <-settle:
 			settle = nil
-			if h := fileHash(path); h != last {
+			if h := Hash(path); h != last {
 				last = h
 				select {
 				case out <- struct{}{}:
@@ -75,8 +75,8 @@ func watchLoop(w *fsnotify.Watcher, path string, out chan<- struct{}, loaded [32
 	}
 }
 
-// fileHash is the SHA-256 of the file's content (zero if unreadable).
-func fileHash(path string) [32]byte {
+// Hash is the SHA-256 of the file's content (zero if unreadable).
+func Hash(path string) [32]byte {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return [32]byte{}
