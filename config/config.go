@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pelletier/go-toml/v2"
 )
@@ -59,6 +60,9 @@ type Value struct {
 	Key  string
 	Line int
 	Args []string // "--key=value", once per element for Strings
+	// V is the value, typed by the key's Kind: string, int, bool,
+	// time.Duration or []string.
+	V any
 }
 
 // Args returns every value's arguments, in file order.
@@ -121,13 +125,20 @@ func Parse(path string, doc []byte, schema Schema) (*File, error) {
 		return nil, decodeError(path, err)
 	}
 	lines := keyLines(doc)
-	f := &File{Path: path, Global: section(raw, schema, lines[0], 0)}
+	g, err := section(path, raw, schema, lines[0], 0)
+	if err != nil {
+		return nil, err
+	}
+	f := &File{Path: path, Global: g}
 	tables, _ := raw["listener"].([]any)
 	names := map[string]int{}
 	for i, t := range tables {
 		m, _ := t.(map[string]any)
 		ln := lines[i+1]
-		s := section(m, schema, ln, ln.header)
+		s, err := section(path, m, schema, ln, ln.header)
+		if err != nil {
+			return nil, err
+		}
 		name, _ := m[NameKey].(string)
 		switch {
 		case strings.TrimSpace(name) == "":
@@ -178,31 +189,51 @@ func field(key string, kind Kind) reflect.StructField {
 	return reflect.StructField{Name: name, Type: goTypes[kind], Tag: reflect.StructTag(`toml:"` + key + `"`)}
 }
 
-// section turns one table's values into arguments, in file order.
-func section(m map[string]any, schema Schema, ln sectionLines, line int) Section {
+// section turns one table's values into typed values and arguments, in
+// file order. A duration that does not parse is an error at its line.
+func section(path string, m map[string]any, schema Schema, ln sectionLines, line int) (Section, error) {
+	kinds := map[string]Kind{}
+	for _, k := range schema {
+		kinds[k.Name] = k.Kind
+	}
 	s := Section{Line: line}
 	for _, key := range ln.order {
 		v, ok := m[key]
 		if !ok || key == NameKey || key == "listener" {
 			if key == NameKey && ok {
-				s.Values = append(s.Values, Value{Key: key, Line: ln.keys[key]})
+				s.Values = append(s.Values, Value{Key: key, Line: ln.keys[key], V: v})
 			}
 			continue
 		}
 		val := Value{Key: key, Line: ln.keys[key]}
 		switch x := v.(type) {
 		case []any:
+			var list []string
 			for _, e := range x {
 				val.Args = append(val.Args, "--"+key+"="+fmt.Sprint(e))
+				list = append(list, fmt.Sprint(e))
 			}
+			val.V = list
 		case bool:
 			val.Args = []string{"--" + key + "=" + strconv.FormatBool(x)}
+			val.V = x
+		case int64:
+			val.Args = []string{"--" + key + "=" + fmt.Sprint(x)}
+			val.V = int(x)
 		default:
 			val.Args = []string{"--" + key + "=" + fmt.Sprint(x)}
+			val.V = fmt.Sprint(x)
+			if kinds[key] == Duration {
+				d, err := time.ParseDuration(fmt.Sprint(x))
+				if err != nil {
+					return s, &Error{path, val.Line, fmt.Sprintf("invalid duration %q for %s (want e.g. 90s or 5m)", x, key)}
+				}
+				val.V = d
+			}
 		}
 		s.Values = append(s.Values, val)
 	}
-	return s
+	return s, nil
 }
 
 // sectionLines holds where a table and its keys are.

@@ -2,157 +2,122 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
-	"strconv"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/ndlb/ndlb/config"
 	"github.com/ndlb/ndlb/settings"
+	"github.com/ndlb/ndlb/setup"
 	"github.com/ndlb/ndlb/supervisor"
 )
 
-// global reports whether the setting called name is process-wide: in a
-// config file it sits at the top, not in a [[listener]] table.
-func global(name string) bool {
-	s, _ := settings.Lookup(name)
-	return s.Global
-}
-
-// loadSetup returns the process-wide flags and the listeners to run: the
+// loadSetup returns the process-wide settings and the listeners to run: the
 // one the flags describe, or those of --config, with flags (and NDLB_*
 // variables) overriding the file.
-func loadSetup(c *cli.Context) (*cli.Context, []*source, error) {
+func loadSetup(c *cli.Context) (setup.Values, []*source, error) {
 	path := c.String("config")
 	if path == "" {
 		return c, []*source{{name: listenerName, c: c}}, nil
 	}
-	return loadFile(c, path, overrides(c))
+	return loadFile(c, path, true)
 }
 
-// loadFile reads the config file at path, with over in place of its values.
-func loadFile(c *cli.Context, path string, over map[string][]string) (*cli.Context, []*source, error) {
+// loadFile reads the config file at path; with over, the settings set on
+// the command line or by NDLB_* variables take the place of the file's.
+func loadFile(c *cli.Context, path string, over bool) (setup.Values, []*source, error) {
 	f, err := config.Load(path, settings.Schema())
 	if err != nil {
 		return nil, nil, usageError("invalid config: %v", err)
 	}
-	g, err := parseFlags(c, merge(f.Global, over, true))
-	if err != nil {
-		return nil, nil, usageError("%s: %v", path, err)
-	}
-	var insts []*source
-	for _, sec := range f.Listeners {
+	var flags setup.Values
+	if over {
+		flags = c
 		if len(f.Listeners) > 1 {
-			for name := range over {
-				if !global(name) {
-					return nil, nil, usageError("--%s is set, but %s has %d listeners: set it in the file", name, path, len(f.Listeners))
+			for _, s := range settings.All {
+				if !s.Global && !s.CommandLine && c.IsSet(s.Name) {
+					return nil, nil, usageError("--%s is set, but %s has %d listeners: set it in the file", s.Name, path, len(f.Listeners))
 				}
 			}
 		}
-		in := &source{name: sec.Name, file: f, sec: sec}
-		args := merge(sec, over, false)
-		if in.c, err = parseFlags(c, args); err != nil {
-			return nil, nil, in.wrap(usageError("%v", err))
-		}
-		in.args = byKey(args)
-		insts = append(insts, in)
 	}
-	return g, insts, nil
+	var srcs []*source
+	for _, sec := range f.Listeners {
+		v := layered{flags: flags, file: valuesOf(sec)}
+		srcs = append(srcs, &source{name: sec.Name, file: f, sec: sec, c: v, args: v.set()})
+	}
+	return layered{flags: flags, file: valuesOf(f.Global)}, srcs, nil
 }
 
-// byKey groups "--key=value" arguments by key, in order.
-func byKey(args []string) map[string][]string {
-	out := map[string][]string{}
-	for _, a := range args {
-		k, v, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
-		out[k] = append(out[k], v)
+// valuesOf is a section's typed values by key.
+func valuesOf(sec config.Section) map[string]any {
+	out := map[string]any{}
+	for _, v := range sec.Values {
+		out[v.Key] = v.V
 	}
 	return out
 }
 
-// overrides renders the flags set on the command line or by NDLB_*
-// variables as arguments, by flag name.
-func overrides(c *cli.Context) map[string][]string {
+// layered are a listener's (or the process's) settings: those set by flags
+// or NDLB_* variables, else the config file's, else the defaults.
+type layered struct {
+	flags setup.Values // nil: the file alone (check-config)
+	file  map[string]any
+}
+
+// get returns the value of name and whether flags or the file set it.
+func (l layered) get(name string) (any, bool) {
+	if l.flags != nil && l.flags.IsSet(name) {
+		s, _ := settings.Lookup(name)
+		switch s.Kind {
+		case config.Int:
+			return l.flags.Int(name), true
+		case config.Bool:
+			return l.flags.Bool(name), true
+		case config.Duration:
+			return l.flags.Duration(name), true
+		case config.Strings:
+			return l.flags.StringSlice(name), true
+		}
+		return l.flags.String(name), true
+	}
+	if v, ok := l.file[name]; ok {
+		return v, true
+	}
+	s, _ := settings.Lookup(name)
+	return s.Default, false
+}
+
+func (l layered) String(n string) string { v, _ := l.get(n); s, _ := v.(string); return s }
+func (l layered) Int(n string) int       { v, _ := l.get(n); i, _ := v.(int); return i }
+func (l layered) Bool(n string) bool     { v, _ := l.get(n); b, _ := v.(bool); return b }
+func (l layered) Duration(n string) time.Duration {
+	v, _ := l.get(n)
+	d, _ := v.(time.Duration)
+	return d
+}
+func (l layered) StringSlice(n string) []string { v, _ := l.get(n); s, _ := v.([]string); return s }
+func (l layered) IsSet(n string) bool           { _, ok := l.get(n); return ok }
+
+// set renders every setting that is set, for a reload to compare.
+func (l layered) set() map[string][]string {
 	out := map[string][]string{}
-	for _, f := range flags() {
-		name := f.Names()[0]
-		if name == "config" || !c.IsSet(name) {
+	for _, s := range settings.All {
+		v, ok := l.get(s.Name)
+		if !ok {
 			continue
 		}
-		switch f.(type) {
-		case *cli.StringSliceFlag:
-			for _, v := range c.StringSlice(name) {
-				out[name] = append(out[name], "--"+name+"="+v)
-			}
-		case *cli.BoolFlag:
-			out[name] = []string{"--" + name + "=" + strconv.FormatBool(c.Bool(name))}
-		case *cli.IntFlag:
-			out[name] = []string{"--" + name + "=" + strconv.Itoa(c.Int(name))}
-		case *cli.DurationFlag:
-			out[name] = []string{"--" + name + "=" + c.Duration(name).String()}
-		default:
-			out[name] = []string{"--" + name + "=" + c.String(name)}
+		if list, isList := v.([]string); isList {
+			out[s.Name] = list
+		} else {
+			out[s.Name] = []string{fmt.Sprint(v)}
 		}
 	}
 	return out
-}
-
-// merge returns the section's arguments with the overrides of its level
-// in place of the file's values.
-func merge(sec config.Section, over map[string][]string, top bool) []string {
-	var args []string
-	for _, v := range sec.Values {
-		if _, ok := over[v.Key]; !ok {
-			args = append(args, v.Args...)
-		}
-	}
-	for name, a := range over {
-		if global(name) == top {
-			args = append(args, a...)
-		}
-	}
-	return args
-}
-
-// parseFlags parses args with ndlb's flags, ignoring the environment (the
-// caller has already applied it), and returns the context.
-func parseFlags(parent *cli.Context, args []string) (*cli.Context, error) {
-	var got *cli.Context
-	app := &cli.App{
-		Name: "ndlb", Flags: withoutEnv(flags()), HideHelp: true, HideVersion: true,
-		Writer: parent.App.Writer, ErrWriter: parent.App.ErrWriter,
-		Action:         func(c *cli.Context) error { got = c; return nil },
-		ExitErrHandler: func(*cli.Context, error) {},
-		OnUsageError:   func(_ *cli.Context, err error, _ bool) error { return err },
-	}
-	if err := app.Run(append([]string{"ndlb"}, args...)); err != nil {
-		return nil, err
-	}
-	if got == nil {
-		return nil, fmt.Errorf("arguments %q were not parsed", args)
-	}
-	return got, nil
-}
-
-// withoutEnv strips the environment variables from fs.
-func withoutEnv(fs []cli.Flag) []cli.Flag {
-	for _, f := range fs {
-		switch x := f.(type) {
-		case *cli.StringFlag:
-			x.EnvVars = nil
-		case *cli.IntFlag:
-			x.EnvVars = nil
-		case *cli.BoolFlag:
-			x.EnvVars = nil
-		case *cli.DurationFlag:
-			x.EnvVars = nil
-		case *cli.StringSliceFlag:
-			x.EnvVars = nil
-		}
-	}
-	return fs
 }
 
 // runCheckConfig checks a config file as ndlb would run it, without
@@ -162,22 +127,22 @@ func runCheckConfig(c *cli.Context) error {
 		return usageError("check-config takes one argument: the config file")
 	}
 	path := c.Args().First()
-	g, insts, err := loadFile(c, path, nil)
+	g, srcs, err := loadFile(c, path, false)
 	if err != nil {
 		return err
 	}
-	if _, _, err := newLogger(g); err != nil {
+	if _, _, err := newLogger(g, io.Discard); err != nil {
 		return usageError("%s: %v", path, err)
 	}
-	spec, err := specOf(g, insts, slog.New(slog.DiscardHandler))
+	spec, err := specOf(g, srcs, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return err
 	}
 	if err := supervisor.Check(spec); err != nil {
-		return exitOf(err, insts)
+		return exitOf(err, srcs)
 	}
 	var names []string
-	for _, in := range insts {
+	for _, in := range srcs {
 		names = append(names, in.name)
 	}
 	if tf := g.String("admin-token-file"); tf != "" {
@@ -185,6 +150,6 @@ func runCheckConfig(c *cli.Context) error {
 			return usageError("%s: admin-token-file: %v", path, err)
 		}
 	}
-	fmt.Fprintf(c.App.Writer, "ok: %s: %d listeners (%s)\n", path, len(insts), strings.Join(names, ", "))
+	fmt.Fprintf(c.App.Writer, "ok: %s: %d listeners (%s)\n", path, len(srcs), strings.Join(names, ", "))
 	return nil
 }

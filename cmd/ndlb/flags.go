@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"log/slog"
 	"time"
 
@@ -8,6 +9,7 @@ import (
 
 	"github.com/ndlb/ndlb/config"
 	"github.com/ndlb/ndlb/settings"
+	"github.com/ndlb/ndlb/setup"
 	"github.com/ndlb/ndlb/telemetry"
 )
 
@@ -58,7 +60,7 @@ func healthcheckFlags() []cli.Flag {
 
 // newLogger builds the logger from --log-format and --log-level. The level
 // can be changed later through the returned LevelVar.
-func newLogger(c *cli.Context) (*slog.Logger, *slog.LevelVar, error) {
+func newLogger(c setup.Values, w io.Writer) (*slog.Logger, *slog.LevelVar, error) {
 	var level slog.LevelVar
 	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return nil, nil, usageError("invalid value %q for --log-level: want debug, info, warn or error", c.String("log-level"))
@@ -66,9 +68,9 @@ func newLogger(c *cli.Context) (*slog.Logger, *slog.LevelVar, error) {
 	opts := &slog.HandlerOptions{Level: &level}
 	switch c.String("log-format") {
 	case "text":
-		return slog.New(telemetry.LogHandler(slog.NewTextHandler(c.App.ErrWriter, opts))), &level, nil
+		return slog.New(telemetry.LogHandler(slog.NewTextHandler(w, opts))), &level, nil
 	case "json":
-		return slog.New(telemetry.LogHandler(slog.NewJSONHandler(c.App.ErrWriter, opts))), &level, nil
+		return slog.New(telemetry.LogHandler(slog.NewJSONHandler(w, opts))), &level, nil
 	}
 	return nil, nil, usageError("invalid value %q for --log-format: want text or json", c.String("log-format"))
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ndlb/ndlb/admin"
+	"github.com/ndlb/ndlb/setup"
 )
 
 // listenerName names the one listener the flags configure.
@@ -19,7 +20,7 @@ const listenerName = "default"
 
 // newAdmin makes the admin API server if --admin is set: it listens, and a
 // bad address or token file is reported before any traffic.
-func newAdmin(c *cli.Context, log *slog.Logger, listeners func() []admin.Listener, reloads func() admin.ReloadInfo,
+func newAdmin(c setup.Values, log *slog.Logger, listeners func() []admin.Listener, reloads func() admin.ReloadInfo,
 	metrics http.Handler, listen func(string) (net.Listener, error)) (*admin.Server, error) {
 	addr := c.String("admin")
 	if addr == "" {

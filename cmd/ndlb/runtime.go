@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -35,7 +38,7 @@ func runBalancer(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	log, level, err := newLogger(g)
+	log, level, err := newLogger(g, c.App.ErrWriter)
 	if err != nil {
 		return err
 	}
@@ -189,8 +192,8 @@ func exitOf(err error, srcs []*source) error {
 
 // specOf turns the process-wide flags g and the listeners' sources into a
 // Spec, checking every value; log is the process's logger.
-func specOf(g *cli.Context, srcs []*source, log *slog.Logger) (supervisor.Spec, error) {
-	_, level, err := newLogger(g)
+func specOf(g setup.Values, srcs []*source, log *slog.Logger) (supervisor.Spec, error) {
+	_, level, err := newLogger(g, io.Discard)
 	if err != nil {
 		return supervisor.Spec{}, err
 	}
@@ -200,7 +203,7 @@ func specOf(g *cli.Context, srcs []*source, log *slog.Logger) (supervisor.Spec, 
 	spec := supervisor.Spec{LogLevel: level.Level(), Process: map[string][]string{}}
 	for _, s := range settings.All {
 		if s.Global {
-			spec.Process[s.Name] = []string{fmt.Sprint(g.Value(s.Name))}
+			spec.Process[s.Name] = []string{textOf(g, s)}
 		}
 	}
 	for _, in := range srcs {
@@ -213,13 +216,28 @@ func specOf(g *cli.Context, srcs []*source, log *slog.Logger) (supervisor.Spec, 
 	return spec, nil
 }
 
+// textOf is the value of setting s in v, as text.
+func textOf(v setup.Values, s settings.Setting) string {
+	switch s.Kind {
+	case config.Int:
+		return strconv.Itoa(v.Int(s.Name))
+	case config.Bool:
+		return strconv.FormatBool(v.Bool(s.Name))
+	case config.Duration:
+		return v.Duration(s.Name).String()
+	case config.Strings:
+		return strings.Join(v.StringSlice(s.Name), ",")
+	}
+	return v.String(s.Name)
+}
+
 // source is one listener as configured: its flags, and where in the config
 // file it came from.
 type source struct {
 	name string
 	file *config.File   // nil: flags only
 	sec  config.Section // its table in file
-	c    *cli.Context   // its flags
+	c    setup.Values   // its settings
 	args map[string][]string
 }
 
