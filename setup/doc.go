@@ -3,5 +3,7 @@
 // each value onto the libraries' configs (reading certificate files, so a
 // bad one is reported before any traffic) and checks it. A bad value is a
 // *settings.Error that names the setting, so the command line names the
-// flag and a config file its line without reading the message.
+// flag and a config file its line without reading the message. Layered
+// stacks the sources of values: flags and NDLB_* variables over the config
+// file's typed values over the registry's defaults.
 package setup

@@ -93,3 +93,34 @@ func TestListenerOfEachMode(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Flags win over the file, the file over the defaults; Set lists what
+// either set, as text, for a reload to compare.
+func TestLayeredPrecedence(t *testing.T) {
+	l := Layered{
+		Flags: values{"port": 7000},
+		File:  map[string]any{"port": 9100, "connections": 2, "target": []string{"a:1", "b:2"}, "failback": time.Minute},
+	}
+	if l.Int("port") != 7000 || l.Int("connections") != 2 || l.String("addr") != "0.0.0.0" ||
+		l.Duration("failback") != time.Minute || len(l.StringSlice("target")) != 2 {
+		t.Fatalf("port %d connections %d addr %q failback %v targets %v", l.Int("port"), l.Int("connections"),
+			l.String("addr"), l.Duration("failback"), l.StringSlice("target"))
+	}
+	if !l.IsSet("port") || !l.IsSet("target") || l.IsSet("addr") {
+		t.Fatal("IsSet")
+	}
+	set := l.Set()
+	if len(set) != 4 || set["port"][0] != "7000" || set["failback"][0] != "1m0s" || len(set["target"]) != 2 {
+		t.Fatalf("Set() = %v", set)
+	}
+	fileOnly := Layered{File: map[string]any{"passthrough": true}}
+	if !fileOnly.Bool("passthrough") || fileOnly.Int("port") != 9000 {
+		t.Fatal("without flags, the file and the defaults")
+	}
+	for name, want := range map[string]string{"port": "7000", "failback": "1m0s", "target": "a:1,b:2", "addr": "0.0.0.0", "passthrough": "false"} {
+		s, _ := settings.Lookup(name)
+		if got := Text(l, s); got != want {
+			t.Errorf("Text(%s) = %q, want %q", name, got, want)
+		}
+	}
+}

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -47,10 +46,10 @@ func loadFile(c *cli.Context, path string, over bool) (setup.Values, []*source, 
 	}
 	var srcs []*source
 	for _, sec := range f.Listeners {
-		v := layered{flags: flags, file: valuesOf(sec)}
-		srcs = append(srcs, &source{name: sec.Name, file: f, sec: sec, c: v, args: v.set()})
+		v := setup.Layered{Flags: flags, File: valuesOf(sec)}
+		srcs = append(srcs, &source{name: sec.Name, file: f, sec: sec, c: v, args: v.Set()})
 	}
-	return layered{flags: flags, file: valuesOf(f.Global)}, srcs, nil
+	return setup.Layered{Flags: flags, File: valuesOf(f.Global)}, srcs, nil
 }
 
 // valuesOf is a section's typed values by key.
@@ -58,64 +57,6 @@ func valuesOf(sec config.Section) map[string]any {
 	out := map[string]any{}
 	for _, v := range sec.Values {
 		out[v.Key] = v.V
-	}
-	return out
-}
-
-// layered are a listener's (or the process's) settings: those set by flags
-// or NDLB_* variables, else the config file's, else the defaults.
-type layered struct {
-	flags setup.Values // nil: the file alone (check-config)
-	file  map[string]any
-}
-
-// get returns the value of name and whether flags or the file set it.
-func (l layered) get(name string) (any, bool) {
-	if l.flags != nil && l.flags.IsSet(name) {
-		s, _ := settings.Lookup(name)
-		switch s.Kind {
-		case config.Int:
-			return l.flags.Int(name), true
-		case config.Bool:
-			return l.flags.Bool(name), true
-		case config.Duration:
-			return l.flags.Duration(name), true
-		case config.Strings:
-			return l.flags.StringSlice(name), true
-		}
-		return l.flags.String(name), true
-	}
-	if v, ok := l.file[name]; ok {
-		return v, true
-	}
-	s, _ := settings.Lookup(name)
-	return s.Default, false
-}
-
-func (l layered) String(n string) string { v, _ := l.get(n); s, _ := v.(string); return s }
-func (l layered) Int(n string) int       { v, _ := l.get(n); i, _ := v.(int); return i }
-func (l layered) Bool(n string) bool     { v, _ := l.get(n); b, _ := v.(bool); return b }
-func (l layered) Duration(n string) time.Duration {
-	v, _ := l.get(n)
-	d, _ := v.(time.Duration)
-	return d
-}
-func (l layered) StringSlice(n string) []string { v, _ := l.get(n); s, _ := v.([]string); return s }
-func (l layered) IsSet(n string) bool           { _, ok := l.get(n); return ok }
-
-// set renders every setting that is set, for a reload to compare.
-func (l layered) set() map[string][]string {
-	out := map[string][]string{}
-	for _, s := range settings.All {
-		v, ok := l.get(s.Name)
-		if !ok {
-			continue
-		}
-		if list, isList := v.([]string); isList {
-			out[s.Name] = list
-		} else {
-			out[s.Name] = []string{fmt.Sprint(v)}
-		}
 	}
 	return out
 }

@@ -9,8 +9,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -203,7 +201,7 @@ func specOf(g setup.Values, srcs []*source, log *slog.Logger) (supervisor.Spec, 
 	spec := supervisor.Spec{LogLevel: level.Level(), Process: map[string][]string{}}
 	for _, s := range settings.All {
 		if s.Global {
-			spec.Process[s.Name] = []string{textOf(g, s)}
+			spec.Process[s.Name] = []string{setup.Text(g, s)}
 		}
 	}
 	for _, in := range srcs {
@@ -214,21 +212,6 @@ func specOf(g setup.Values, srcs []*source, log *slog.Logger) (supervisor.Spec, 
 		spec.Listeners = append(spec.Listeners, l)
 	}
 	return spec, nil
-}
-
-// textOf is the value of setting s in v, as text.
-func textOf(v setup.Values, s settings.Setting) string {
-	switch s.Kind {
-	case config.Int:
-		return strconv.Itoa(v.Int(s.Name))
-	case config.Bool:
-		return strconv.FormatBool(v.Bool(s.Name))
-	case config.Duration:
-		return v.Duration(s.Name).String()
-	case config.Strings:
-		return strings.Join(v.StringSlice(s.Name), ",")
-	}
-	return v.String(s.Name)
 }
 
 // source is one listener as configured: its flags, and where in the config
