@@ -146,7 +146,7 @@ func (s *Supervisor) Shutdown() (clean bool) {
 func (s *Supervisor) Lost() []any {
 	var out []any
 	for _, in := range s.snapshot() {
-		out = append(out, in.spec.Mode.Lost(in.srv)...)
+		out = append(out, in.mode.Lost(in.srv)...)
 	}
 	return out
 }
@@ -164,7 +164,7 @@ func (s *Supervisor) Listeners() []admin.Listener {
 func (s *Supervisor) Addrs() map[string]net.Addr {
 	out := map[string]net.Addr{}
 	for _, in := range s.snapshot() {
-		out[in.spec.Name] = in.ln.Addr()
+		out[in.name] = in.ln.Addr()
 	}
 	return out
 }
@@ -202,7 +202,7 @@ func (s *Supervisor) start(in *instance) {
 	in.start()
 	go func() {
 		if err := <-in.srv.Err(); err != nil {
-			s.failed <- fmt.Errorf("listener %q: %w", in.spec.Name, err)
+			s.failed <- fmt.Errorf("listener %q: %w", in.name, err)
 		}
 	}()
 }
@@ -236,6 +236,10 @@ func (s *Supervisor) pruneOnce() {
 // instance is one running listener: its spec, server and socket, and the
 // checks and DNS discovery that run beside it.
 type instance struct {
+	// name and mode never change, so any goroutine may read them; spec
+	// is the main goroutine's (reloads change it).
+	name   string
+	mode   Mode
 	spec   Listener
 	log    *slog.Logger
 	book   *dispatch.Book
@@ -251,7 +255,7 @@ type instance struct {
 
 // newInstance makes the server of l and what runs beside it.
 func (s *Supervisor) newInstance(l Listener) (*instance, error) {
-	in := &instance{spec: l, log: l.Logger, book: s.cfg.Book, open: s.cfg.Listen}
+	in := &instance{name: l.Name, mode: l.Mode, spec: l, log: l.Logger, book: s.cfg.Book, open: s.cfg.Listen}
 	if in.log == nil {
 		in.log = s.log
 	}
@@ -295,7 +299,7 @@ type shown struct {
 }
 
 func (a shown) Info() admin.ListenerInfo {
-	return a.in.spec.Mode.Info(a.in.srv, a.in.spec.Name, a.addr, a.in.book)
+	return a.in.mode.Info(a.in.srv, a.in.name, a.addr, a.in.book)
 }
 
 func (a shown) Targets() *upstream.Set { return a.in.srv.Set() }

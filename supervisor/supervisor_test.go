@@ -3,6 +3,7 @@ package supervisor
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -392,4 +393,38 @@ func TestFailuresAndShutdown(t *testing.T) {
 	if !errors.As(err, &se) || !se.Listen || se.Listener != "taken" {
 		t.Fatalf("New on a taken port: %v", err)
 	}
+}
+
+// The admin API and the signal handler read the listeners while reloads
+// change them in place (run with -race).
+func TestReadersDuringLiveReloads(t *testing.T) {
+	w := newWorld(t, Spec{Listeners: []Listener{listener("x")}})
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for _, l := range w.sup.Listeners() {
+				_ = l.Info()
+				_ = l.Targets()
+			}
+			_ = w.sup.Lost()
+			w.sup.pruneOnce()
+		}
+	}()
+	for i := range 20 {
+		next := listener("x")
+		next.Settings["target"] = []string{fmt.Sprint(i)}
+		w.next = Spec{Listeners: []Listener{next}}
+		if err := w.sup.Reload("test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	<-done
 }

@@ -447,7 +447,7 @@ func (in *Inherited) Serve(sup *Supervisor) {
 // adopt gives t to the listener called name.
 func (s *Supervisor) adopt(name string, t ndjson.Transfer) bool {
 	for _, in := range s.snapshot() {
-		if in.spec.Name != name {
+		if in.name != name {
 			continue
 		}
 		if a, ok := in.srv.(adopter); ok && a.Adopt(t) {
