@@ -557,6 +557,9 @@ func TestMembershipChanges(t *testing.T) {
 	t.Cleanup(extra.Close)
 	w.sinks = append(w.sinks, extra)
 	a := w.set.Targets()[0]
+	// Every worker of a connected first: a removal must meet running
+	// workers, not beat them to the start.
+	waitFor(t, func() bool { return a.Active() == int64(w.p.cfg.Connections) })
 	w.push(1, 0, 5000, 20)
 	w.set.Update([]string{w.sinks[1].Addr(), extra.Addr()})
 	c, _ := w.set.Lookup(extra.Addr())
