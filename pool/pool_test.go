@@ -183,6 +183,16 @@ func TestDeliversEverythingOnce(t *testing.T) {
 	if st := w.q.Stats(); st.LinesOut != 20000 || st.Bytes != 0 {
 		t.Fatalf("queue stats %+v", st)
 	}
+	// Everything acknowledged: every connection ends with a FIN, none
+	// with a reset.
+	for _, s := range w.sinks {
+		if n := s.Resets(); n != 0 {
+			t.Fatalf("sink %s saw %d resets at a clean finish", s.Addr(), n)
+		}
+	}
+	if n := w.p.Stats().Resets; n != 0 {
+		t.Fatalf("the pool counted %d resets at a clean finish", n)
+	}
 }
 
 // A target is reset mid-stream after draining what its kernel acknowledged:

@@ -21,7 +21,7 @@ type Sink struct {
 	ledger *Ledger     // nil: count only
 	tls    *tls.Config // nil: plain TCP
 
-	lines, bytes, partials, tornEOF, outOfOrder atomic.Uint64
+	lines, bytes, partials, tornEOF, outOfOrder, resets atomic.Uint64
 
 	mu     sync.Mutex
 	ln     net.Listener           // guarded by mu
@@ -156,6 +156,9 @@ func (s *Sink) handle(sc *sinkConn) {
 			n = copy(buf, buf[i+1:n])
 		}
 		if err != nil {
+			if kill == alive && errors.Is(err, syscall.ECONNRESET) {
+				s.resets.Add(1)
+			}
 			if n > 0 {
 				s.partials.Add(1)
 				if kill == alive && errors.Is(err, io.EOF) {
@@ -171,6 +174,10 @@ func (s *Sink) handle(sc *sinkConn) {
 		}
 	}
 }
+
+// Resets counts connections the sender ended with a reset rather than a
+// clean end of stream (while the sink was alive).
+func (s *Sink) Resets() uint64 { return s.resets.Load() }
 
 // checkOrder counts lines that arrive on a connection after a later line of
 // the same client: a worker writes a client's batches in queue order, so on
