@@ -86,29 +86,49 @@ func DefaultConfig(kind string) Config {
 
 // Validate reports the first problem, wrapping ErrConfig.
 func (c Config) Validate() error {
+	bad := func(field, format string, a ...any) error {
+		return &FieldError{Field: field, Msg: fmt.Sprintf(format, a...)}
+	}
 	switch {
 	case c.Kind != KindTCP && c.Kind != KindHTTP:
-		return fmt.Errorf("%w: check %q: want tcp or http", ErrConfig, c.Kind)
-	case c.Interval <= 0 || c.Timeout <= 0:
-		return fmt.Errorf("%w: interval and timeout must be positive", ErrConfig)
+		return bad("Kind", "check %q: want tcp or http", c.Kind)
+	case c.Interval <= 0:
+		return bad("Interval", "interval %s must be positive", c.Interval)
+	case c.Timeout <= 0:
+		return bad("Timeout", "timeout %s must be positive", c.Timeout)
 	case c.Timeout > c.Interval:
-		return fmt.Errorf("%w: timeout %s is longer than the interval %s", ErrConfig, c.Timeout, c.Interval)
-	case c.Rise < 1 || c.Fall < 1:
-		return fmt.Errorf("%w: rise and fall must be at least 1", ErrConfig)
+		return bad("Timeout", "timeout %s is longer than the interval %s", c.Timeout, c.Interval)
+	case c.Rise < 1:
+		return bad("Rise", "rise %d must be at least 1", c.Rise)
+	case c.Fall < 1:
+		return bad("Fall", "fall %d must be at least 1", c.Fall)
 	}
 	if c.Kind == KindHTTP {
 		h := c.HTTP
 		switch {
 		case !strings.HasPrefix(h.Path, "/"):
-			return fmt.Errorf("%w: HTTP path %q must start with /", ErrConfig, h.Path)
+			return bad("HTTP.Path", "HTTP path %q must start with /", h.Path)
 		case h.Status < 100 || h.Status > 599:
-			return fmt.Errorf("%w: HTTP status %d", ErrConfig, h.Status)
+			return bad("HTTP.Status", "HTTP status %d: want 100..599", h.Status)
 		case h.Method == "" || strings.ContainsAny(h.Method, " \t/"):
-			return fmt.Errorf("%w: HTTP method %q", ErrConfig, h.Method)
+			return bad("HTTP.Method", "HTTP method %q", h.Method)
 		}
 	}
 	return nil
 }
+
+// FieldError is what Validate returns: Field names the Config field at
+// fault ("HTTP.Path" for one of HTTP's), so that a caller can name its own
+// setting for it without reading Msg. It wraps ErrConfig.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return ErrConfig.Error() + ": " + e.Msg }
+
+// Unwrap is ErrConfig.
+func (e *FieldError) Unwrap() error { return ErrConfig }
 
 var checkCounter = sync.OnceValue(func() metric.Int64Counter {
 	c, _ := otel.Meter("github.com/ndlb/ndlb/health").Int64Counter("ndlb.health.checks", metric.WithUnit("{check}"),

@@ -90,6 +90,10 @@ type Setting struct {
 	// config file (the file's own path).
 	CommandLine bool
 	Reload      Reload
+	// Field is the library config field the setting fills, as the
+	// library's Validate names it in a FieldError ("health.Interval"), so
+	// that its errors name the setting without matching text.
+	Field string
 }
 
 // Env is the setting's environment variable.
@@ -101,6 +105,17 @@ func (s Setting) Env() string {
 func Lookup(name string) (Setting, bool) {
 	for _, s := range All {
 		if s.Name == name {
+			return s, true
+		}
+	}
+	return Setting{}, false
+}
+
+// ByField returns the setting that fills the library config field f (see
+// Setting.Field).
+func ByField(f string) (Setting, bool) {
+	for _, s := range All {
+		if s.Field == f && f != "" {
 			return s, true
 		}
 	}

@@ -81,6 +81,22 @@ func TestLookupsFollowTheTable(t *testing.T) {
 			t.Errorf("schema key %+v differs from the setting %+v", k, s)
 		}
 	}
+	fields := map[string]bool{}
+	for _, s := range All {
+		if s.Field == "" {
+			continue
+		}
+		if fields[s.Field] {
+			t.Errorf("field %s is filled by two settings", s.Field)
+		}
+		fields[s.Field] = true
+		if got, ok := ByField(s.Field); !ok || got.Name != s.Name {
+			t.Errorf("ByField(%s) = %s", s.Field, got.Name)
+		}
+	}
+	if _, ok := ByField(""); ok {
+		t.Error("ByField of no field found a setting")
+	}
 	if len(Schema()) != len(All)-1 {
 		t.Errorf("schema has %d keys for %d settings", len(Schema()), len(All))
 	}

@@ -3,6 +3,7 @@ package setup
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"log/slog"
 	"net"
 	"slices"
@@ -394,10 +395,23 @@ func checkConfig(c Values, log *slog.Logger, targetTLS func() (*tls.Config, erro
 		}
 	}
 	if err := cfg.Validate(); err != nil {
-		msg := strings.TrimPrefix(err.Error(), health.ErrConfig.Error()+": ")
-		return cfg, false, settings.Errorf("check", "invalid health check (--check*): %s", msg)
+		var fe *health.FieldError
+		if errors.As(err, &fe) {
+			return cfg, false, fieldError("health."+fe.Field, fe.Msg)
+		}
+		return cfg, false, settings.Errorf("check", "invalid health check: %v", err)
 	}
 	return cfg, true, nil
+}
+
+// fieldError names the setting of a library's config field (see
+// settings.Setting.Field) in a usage error.
+func fieldError(field, msg string) error {
+	s, ok := settings.ByField(field)
+	if !ok {
+		return settings.Errorf("", "invalid settings: %s", msg)
+	}
+	return settings.Errorf(s.Name, "invalid value for --%s: %s", s.Name, msg)
 }
 
 // discovered reports whether targets also come from DNS.
@@ -437,12 +451,11 @@ func discoveryConfig(c Values, log *slog.Logger, static []string) (cfg discovery
 		}}
 	}
 	if err := cfg.Validate(); err != nil {
-		msg := strings.TrimPrefix(err.Error(), discovery.ErrConfig.Error()+": ")
-		name := "--target-dns/--target-srv"
-		if strings.HasPrefix(msg, "interval") {
-			name = "--dns-interval"
+		var fe *discovery.FieldError
+		if errors.As(err, &fe) {
+			return cfg, false, fieldError("discovery."+fe.Field, fe.Msg)
 		}
-		return cfg, false, settings.Errorf(strings.TrimPrefix(strings.SplitN(name, "/", 2)[0], "--"), "invalid %s: %s", name, msg)
+		return cfg, false, settings.Errorf("target-dns", "invalid DNS discovery: %v", err)
 	}
 	return cfg, true, nil
 }

@@ -61,6 +61,11 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"check-http-path", values{"target": target, "check-http-path": "/x"}},
 		{"check-http-path", values{"target": target, "check": "tcp", "check-http-path": "/x"}},
 		{"check", values{"target": target, "check": "udp"}},
+		{"check-timeout", values{"target": target, "check": "tcp", "check-timeout": 10 * time.Second}},
+		{"check-rise", values{"target": target, "check": "tcp", "check-rise": 0}},
+		{"check-http-status", values{"target": target, "check": "http", "check-http-status": 99}},
+		{"target-srv", values{"target-srv": []string{"logs.example"}}},
+		{"target-dns", values{"target-dns": []string{"logs.example"}}},
 		{"dns-interval", values{"target": target, "dns-interval": time.Second}},
 		{"dns-resolver", values{"target-dns": []string{"a.test:1"}, "dns-resolver": "nope"}},
 	} {
