@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/segmentio/ksuid"
 	"go.uber.org/goleak"
 
 	"github.com/ndlb/ndlb/internal/certtest"
@@ -486,4 +487,70 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// An adopted connection is served with the bytes read before it moved
+// first, keeps its id and client address, takes a free place under
+// MaxConns, and a listener that shuts down adopts nothing.
+func TestAdopt(t *testing.T) {
+	got := make(chan string, 4)
+	h := handlerFunc(func(c *Conn) {
+		b, _ := io.ReadAll(c)
+		got <- c.ID.String() + " " + c.Client.String() + " " + string(b)
+	})
+	// Two places: the accept loop holds one for its next client, the
+	// adopted connection takes the other.
+	l := start(t, h, Config{MaxConns: 2})
+	peer, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	client, err := net.Dial("tcp", peer.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	nc, err := peer.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := ksuid.New()
+	from := &net.TCPAddr{IP: net.ParseIP("192.0.2.9"), Port: 99}
+	if !l.Adopt(nc, id, from, nc.LocalAddr(), []byte("before ")) {
+		t.Fatal("a running listener refused to adopt")
+	}
+	// A new client takes the other place; with both held, the accept loop
+	// finds none free for the next one.
+	waiting, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiting.Write([]byte("second"))
+	deadline := time.Now().Add(10 * time.Second)
+	for l.Stats().LimitReached == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the adopted connection took no place under MaxConns")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	waiting.Close()
+	client.Write([]byte("after"))
+	client.Close()
+	seen := map[string]bool{<-got: true, <-got: true}
+	if !seen[id.String()+" 192.0.2.9:99 before after"] {
+		t.Fatalf("the adopted connection was not read as it should: %v", seen)
+	}
+	if err := l.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if st := l.Stats(); st.Adopted != 1 || st.Active != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if l.Adopt(a, ksuid.New(), from, from, nil) {
+		t.Fatal("a listener that shut down adopted a connection")
+	}
 }
