@@ -278,6 +278,36 @@ func TestFailbackWithFakeClock(t *testing.T) {
 	}
 }
 
+// With --failback 0 a worker that failed over never returns home, however
+// long it runs after the home is back.
+func TestNoFailbackWhenOff(t *testing.T) {
+	clock := clockwork.NewFakeClock()
+	cfg := testConfig()
+	cfg.Connections = 1
+	cfg.Clock = clock
+	cfg.Failback = 0
+	w := newWorld(t, 2, cfg)
+	home := w.sinks[0]
+	home.Kill(true)
+	w.start()
+	w.push(1, 0, 1000, 10)
+	waitFor(t, func() bool { return w.p.Stats().Failovers > 0 && w.sinks[1].Lines() > 0 })
+	if err := home.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	// The worker that failed over stays where it is, an hour of fake time
+	// later too.
+	clock.Advance(time.Hour)
+	w.push(1, 1000, 3000, 10)
+	w.finish()
+	if n := w.p.Stats().Failbacks; n != 0 {
+		t.Fatalf("%d failbacks with failback off", n)
+	}
+	if r := w.ledger.Check(map[uint32]uint32{1: 3000}); r.Lost != 0 || r.Torn != 0 {
+		t.Fatal(r)
+	}
+}
+
 // With every target down, workers back off on the injected clock and deliver
 // once a target returns.
 func TestAllDownThenBack(t *testing.T) {
