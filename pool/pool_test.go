@@ -683,6 +683,11 @@ func TestTelemetryAfterFailover(t *testing.T) {
 		}
 		switch s.Name() {
 		case "ndlb.upstream.dial":
+			// Only the dead target's own workers dial it (the other
+			// never fails): each such dial is a "home" one.
+			if attrs["server.address"] == dead && attrs["ndlb.dial.reason"] != "home" {
+				t.Errorf("a dial of the first target's own workers has reason %q", attrs["ndlb.dial.reason"])
+			}
 			if attrs["ndlb.dial.reason"] == "failover" && attrs["server.address"] != dead && len(s.Events()) > 0 &&
 				s.Events()[0].Name == "failover" && len(attrs["ndlb.conn.id"]) == 27 {
 				failover = true
