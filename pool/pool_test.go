@@ -693,6 +693,9 @@ func TestTelemetryAfterFailover(t *testing.T) {
 				failover = true
 			}
 		case "ndlb.batches.retry":
+			if attrs["ndlb.lines"] == "0" {
+				t.Error("a retry span for no line")
+			}
 			if attrs["server.address"] == dead && attrs["ndlb.lines"] != "0" {
 				retry = true
 			}
