@@ -204,3 +204,19 @@ func TestConcurrent(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// The queue must hold at least one largest batch of the framer's config:
+// exactly that is enough, a byte less is not.
+func TestConfigValidate(t *testing.T) {
+	fc := framer.DefaultConfig()
+	least := int64(fc.MaxBatchBytes())
+	if err := (Config{MaxBytes: least}).Validate(fc); err != nil {
+		t.Fatalf("room for exactly one batch refused: %v", err)
+	}
+	if err := (Config{MaxBytes: 64 << 20}).Validate(fc); err != nil {
+		t.Fatalf("the default refused: %v", err)
+	}
+	if err := (Config{MaxBytes: least - 1}).Validate(fc); !errors.Is(err, ErrConfig) {
+		t.Fatalf("a byte short: %v", err)
+	}
+}
