@@ -733,9 +733,10 @@ func TestTelemetryAfterFailover(t *testing.T) {
 }
 
 // A target that stops reading fails its connection at the write timeout:
-// the failure is counted, the target marked down, the unacknowledged batches
-// go to the other target, and once the stalled one reads again nothing is
-// missing.
+// the failure is counted, the unacknowledged batches go to the other
+// target, and once the stalled one reads again nothing is missing. (Its
+// state is not asserted: it still accepts connections, so a redial may mark
+// it up again at once.)
 func TestWriteTimeoutFailsOver(t *testing.T) {
 	cfg := testConfig()
 	cfg.Connections = 1
@@ -748,9 +749,6 @@ func TestWriteTimeoutFailsOver(t *testing.T) {
 	const lines = 400000 // far more than two socket buffers hold
 	w.push(1, 0, lines, 200)
 	waitFor(t, func() bool { return w.p.Stats().ConnFailures > 0 })
-	if stalled.Up() {
-		t.Error("the stalled target is still up after its write timed out")
-	}
 	w.sinks[0].Resume()
 	w.finish()
 	if r := w.ledger.Check(map[uint32]uint32{1: lines}); r.Lost != 0 || r.Torn != 0 {
