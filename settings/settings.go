@@ -141,17 +141,6 @@ func OnlyIn(m Mode) []string {
 	return out
 }
 
-// Named lists the settings whose reload rule is r.
-func Named(r Reload) []string {
-	var out []string
-	for _, s := range All {
-		if s.Reload == r {
-			out = append(out, s.Name)
-		}
-	}
-	return out
-}
-
 // Schema is what a config file may hold: every setting but the
 // command-line-only ones.
 func Schema() config.Schema {

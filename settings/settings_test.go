@@ -70,9 +70,6 @@ func TestLookupsFollowTheTable(t *testing.T) {
 		slices.Contains(OnlyIn(Passthrough), "target") {
 		t.Errorf("OnlyIn: ndjson %v, passthrough %v", OnlyIn(NDJSON), OnlyIn(Passthrough))
 	}
-	if got := Named(LiveBalance); !slices.Equal(got, []string{"balance"}) {
-		t.Errorf("Named(LiveBalance) = %v", got)
-	}
 	for _, k := range Schema() {
 		if k.Name == "config" {
 			t.Error("the file's own path is not a key of the file")

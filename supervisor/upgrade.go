@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -476,6 +475,3 @@ func dupCloexec(fd int) (int, error) {
 	}
 	return int(r), nil
 }
-
-// fileOf wraps a descriptor this process owns.
-func fileOf(fd int) *os.File { return os.NewFile(uintptr(fd), "fd "+strconv.Itoa(fd)) }

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -159,3 +161,6 @@ func TestInheritedListen(t *testing.T) {
 		t.Fatal("a socket was passed twice")
 	}
 }
+
+// fileOf wraps a descriptor the test owns.
+func fileOf(fd int) *os.File { return os.NewFile(uintptr(fd), "fd "+strconv.Itoa(fd)) }
