@@ -3,7 +3,6 @@ package discovery
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"slices"
@@ -11,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ndlb/ndlb/invalid"
 	"github.com/ndlb/ndlb/upstream"
 )
 
@@ -45,15 +45,16 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Validate reports the first problem, wrapping ErrConfig.
+// Validate reports the first problem as an *invalid.Error naming the field,
+// wrapping ErrConfig.
 func (c Config) Validate() error {
 	if c.Interval <= 0 {
-		return &FieldError{Field: "Interval", Msg: fmt.Sprintf("interval %s must be positive", c.Interval)}
+		return invalid.Field(ErrConfig, "Interval", "interval %s must be positive", c.Interval)
 	}
 	for _, n := range c.DNS {
 		host, port, err := net.SplitHostPort(n)
 		if p, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || p < 1 || p > 65535 {
-			return &FieldError{Field: "DNS", Msg: fmt.Sprintf("DNS target %q: want NAME:PORT", n)}
+			return invalid.Field(ErrConfig, "DNS", "DNS target %q: want NAME:PORT", n)
 		}
 	}
 	for _, n := range c.SRV {
@@ -64,24 +65,11 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// FieldError is what Validate returns: Field names the Config field at
-// fault, so that a caller can name its own setting for it without reading
-// Msg. It wraps ErrConfig.
-type FieldError struct {
-	Field string
-	Msg   string
-}
-
-func (e *FieldError) Error() string { return ErrConfig.Error() + ": " + e.Msg }
-
-// Unwrap is ErrConfig.
-func (e *FieldError) Unwrap() error { return ErrConfig }
-
 // splitSRV splits _service._proto.name.
 func splitSRV(n string) (service, proto, name string, err error) {
 	parts := strings.SplitN(n, ".", 3)
 	if len(parts) != 3 || !strings.HasPrefix(parts[0], "_") || !strings.HasPrefix(parts[1], "_") || parts[2] == "" {
-		return "", "", "", &FieldError{Field: "SRV", Msg: fmt.Sprintf("SRV name %q: want _service._proto.name", n)}
+		return "", "", "", invalid.Field(ErrConfig, "SRV", "SRV name %q: want _service._proto.name", n)
 	}
 	return parts[0][1:], parts[1][1:], parts[2], nil
 }

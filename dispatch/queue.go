@@ -3,7 +3,6 @@ package dispatch
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"github.com/ndlb/ndlb/framer"
+	"github.com/ndlb/ndlb/invalid"
 )
 
 // DefaultMaxBytes is the default byte budget: 64 MiB.
@@ -37,11 +37,12 @@ type Config struct {
 // DefaultConfig returns a 64 MiB budget.
 func DefaultConfig() Config { return Config{MaxBytes: DefaultMaxBytes} }
 
-// Validate checks the budget against the largest batch the framer can make.
+// Validate checks the budget against the largest batch the framer can make;
+// its error is an *invalid.Error about MaxBytes, wrapping ErrConfig.
 func (c Config) Validate(fc framer.Config) error {
 	if c.MaxBytes < int64(fc.MaxBatchBytes()) {
-		return fmt.Errorf("%w: buffer of %d bytes cannot hold one batch of %d bytes (a line of the maximum length plus one read)",
-			ErrConfig, c.MaxBytes, fc.MaxBatchBytes())
+		return invalid.Field(ErrConfig, "MaxBytes", "buffer of %s cannot hold one batch of %s (a line of the maximum length plus one read)",
+			invalid.Bytes(c.MaxBytes), invalid.Bytes(int64(fc.MaxBatchBytes())))
 	}
 	return nil
 }

@@ -3,10 +3,11 @@ package framer
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"io"
 	"sync/atomic"
 	"time"
+
+	"github.com/ndlb/ndlb/invalid"
 )
 
 // Defaults for Config.
@@ -17,6 +18,8 @@ const (
 	DefaultMaxLineBytes = 1 << 20
 	// MaxMaxLineBytes is the largest MaxLineBytes Validate accepts.
 	MaxMaxLineBytes = 1 << 30
+	// MaxReadBytes is the largest ReadBytes Validate accepts.
+	MaxReadBytes = 16 << 20
 	// DefaultMemoryWait is Config.MemoryWait.
 	DefaultMemoryWait = time.Second
 )
@@ -59,15 +62,16 @@ func DefaultConfig() Config {
 	return Config{ReadBytes: DefaultReadBytes, MaxLineBytes: DefaultMaxLineBytes, MemoryWait: DefaultMemoryWait}
 }
 
-// Validate reports a value out of range, wrapping ErrConfig.
+// Validate reports the first value out of range as an *invalid.Error
+// naming the field, wrapping ErrConfig.
 func (c Config) Validate() error {
 	switch {
-	case c.ReadBytes < 1 || c.ReadBytes > 1<<24:
-		return fmt.Errorf("%w: read size %d outside 1..16MiB", ErrConfig, c.ReadBytes)
+	case c.ReadBytes < 1 || c.ReadBytes > MaxReadBytes:
+		return invalid.Field(ErrConfig, "ReadBytes", "read size of %s: want 1 byte to 16MiB", invalid.Bytes(int64(c.ReadBytes)))
 	case c.MaxLineBytes < 1 || c.MaxLineBytes > MaxMaxLineBytes:
-		return fmt.Errorf("%w: max line bytes %d outside 1..1GiB", ErrConfig, c.MaxLineBytes)
+		return invalid.Field(ErrConfig, "MaxLineBytes", "line limit of %s: want 1 byte to 1GiB", invalid.Bytes(int64(c.MaxLineBytes)))
 	case c.MemoryWait < 0:
-		return fmt.Errorf("%w: negative memory wait", ErrConfig)
+		return invalid.Field(ErrConfig, "MemoryWait", "memory wait %s must not be negative", c.MemoryWait)
 	}
 	return nil
 }

@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
+	"github.com/ndlb/ndlb/invalid"
 	"github.com/ndlb/ndlb/tlsutil"
 	"github.com/ndlb/ndlb/upstream"
 )
@@ -84,11 +85,10 @@ func DefaultConfig(kind string) Config {
 	}
 }
 
-// Validate reports the first problem, wrapping ErrConfig.
+// Validate reports the first problem as an *invalid.Error naming the field
+// ("HTTP.Path" for one of HTTP's), wrapping ErrConfig.
 func (c Config) Validate() error {
-	bad := func(field, format string, a ...any) error {
-		return &FieldError{Field: field, Msg: fmt.Sprintf(format, a...)}
-	}
+	bad := func(field, format string, a ...any) error { return invalid.Field(ErrConfig, field, format, a...) }
 	switch {
 	case c.Kind != KindTCP && c.Kind != KindHTTP:
 		return bad("Kind", "check %q: want tcp or http", c.Kind)
@@ -116,19 +116,6 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
-
-// FieldError is what Validate returns: Field names the Config field at
-// fault ("HTTP.Path" for one of HTTP's), so that a caller can name its own
-// setting for it without reading Msg. It wraps ErrConfig.
-type FieldError struct {
-	Field string
-	Msg   string
-}
-
-func (e *FieldError) Error() string { return ErrConfig.Error() + ": " + e.Msg }
-
-// Unwrap is ErrConfig.
-func (e *FieldError) Unwrap() error { return ErrConfig }
 
 var checkCounter = sync.OnceValue(func() metric.Int64Counter {
 	c, _ := otel.Meter("github.com/ndlb/ndlb/health").Int64Counter("ndlb.health.checks", metric.WithUnit("{check}"),

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/ndlb/ndlb/internal/gopool"
+	"github.com/ndlb/ndlb/invalid"
 )
 
 // Defaults for Config.
@@ -111,6 +112,25 @@ type Config struct {
 	// bound. At the bound the listener stops accepting, so that new
 	// clients wait in the kernel's accept backlog rather than in memory.
 	MaxConns int
+}
+
+// ErrConfig is wrapped by Config.Validate's errors.
+var ErrConfig = errors.New("listener: invalid config")
+
+// Validate reports the first value out of range as an *invalid.Error
+// naming the field, wrapping ErrConfig. New does not call it: it takes a
+// zero or negative timeout as the default.
+func (c Config) Validate() error {
+	bad := func(field, format string, a ...any) error { return invalid.Field(ErrConfig, field, format, a...) }
+	switch {
+	case c.HandshakeTimeout < 0:
+		return bad("HandshakeTimeout", "TLS handshake timeout %s must not be negative (0: the default)", c.HandshakeTimeout)
+	case c.ProxyHeaderTimeout < 0:
+		return bad("ProxyHeaderTimeout", "PROXY header timeout %s must not be negative (0: the default)", c.ProxyHeaderTimeout)
+	case c.MaxConns < 0:
+		return bad("MaxConns", "connection limit %d must not be negative (0: no limit)", c.MaxConns)
+	}
+	return nil
 }
 
 // Stats are the listener's counters.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/framer"
+	"github.com/ndlb/ndlb/invalid"
 	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/pool"
 	"github.com/ndlb/ndlb/upstream"
@@ -109,28 +109,33 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate reports the first problem, wrapping the package's ErrConfig.
+// Validate reports the first problem as an *invalid.Error naming the field
+// ("Pool.Connections" for one of a nested config's), wrapping ErrConfig
+// (and the nested package's).
 func (c Config) Validate() error {
-	if len(c.Targets) == 0 && !c.Discovered {
-		return fmt.Errorf("%w: no targets", ErrConfig)
-	}
-	if c.DrainTimeout <= 0 || c.DeliverTimeout <= 0 {
-		return fmt.Errorf("%w: drain and deliver timeouts must be positive", ErrConfig)
-	}
-	if c.LineTimeout < 0 {
-		return fmt.Errorf("%w: negative line timeout", ErrConfig)
-	}
-	if min := int64(2 * c.Framer.MaxBatchBytes()); c.ClientMemory < min {
-		return fmt.Errorf("%w: client memory of %d bytes cannot hold one longest line and its read (%d bytes)",
-			ErrConfig, c.ClientMemory, min)
-	}
+	bad := func(field, format string, a ...any) error { return invalid.Field(ErrConfig, field, format, a...) }
 	if err := c.Framer.Validate(); err != nil {
-		return err
+		return invalid.In(ErrConfig, "Framer", err)
+	}
+	switch min := int64(2 * c.Framer.MaxBatchBytes()); {
+	case len(c.Targets) == 0 && !c.Discovered:
+		return bad("Targets", "no targets")
+	case c.DrainTimeout <= 0:
+		return bad("DrainTimeout", "drain timeout %s must be positive", c.DrainTimeout)
+	case c.DeliverTimeout <= 0:
+		return bad("DeliverTimeout", "deliver timeout %s must be positive", c.DeliverTimeout)
+	case c.LineTimeout < 0:
+		return bad("LineTimeout", "line timeout %s must not be negative (0: no limit)", c.LineTimeout)
+	case c.ClientMemory < min:
+		return bad("ClientMemory", "client memory of %s cannot hold two longest lines and their reads (%s)", invalid.Bytes(c.ClientMemory), invalid.Bytes(min))
 	}
 	if err := c.Queue.Validate(c.Framer); err != nil {
-		return err
+		return invalid.In(ErrConfig, "Queue", err)
 	}
-	return c.Pool.Validate()
+	if err := c.Pool.Validate(); err != nil {
+		return invalid.In(ErrConfig, "Pool", err)
+	}
+	return invalid.In(ErrConfig, "Listener", c.Listener.Validate())
 }
 
 // Server is the NDJSON mode: listener, framers, queue and pool.

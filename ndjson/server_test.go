@@ -12,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ndlb/ndlb/internal/linetest"
+	"github.com/ndlb/ndlb/invalid"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -67,21 +68,28 @@ func TestServeAndShutdown(t *testing.T) {
 
 func TestConfigValidate(t *testing.T) {
 	tests := []struct {
-		name string
-		mod  func(*Config)
+		name  string
+		mod   func(*Config)
+		field string // what the error names, through the nested configs
 	}{
-		{name: "no targets", mod: func(c *Config) { c.Targets = nil }},
-		{name: "zero drain", mod: func(c *Config) { c.DrainTimeout = 0 }},
-		{name: "buffer smaller than a line", mod: func(c *Config) { c.Queue.MaxBytes = 1024 }},
-		{name: "bad pool", mod: func(c *Config) { c.Pool.Connections = 0 }},
+		{name: "no targets", mod: func(c *Config) { c.Targets = nil }, field: "Targets"},
+		{name: "zero drain", mod: func(c *Config) { c.DrainTimeout = 0 }, field: "DrainTimeout"},
+		{name: "zero deliver", mod: func(c *Config) { c.DeliverTimeout = 0 }, field: "DeliverTimeout"},
+		{name: "negative line timeout", mod: func(c *Config) { c.LineTimeout = -1 }, field: "LineTimeout"},
+		{name: "client memory below two lines", mod: func(c *Config) { c.ClientMemory = 1 << 20 }, field: "ClientMemory"},
+		{name: "bad framer", mod: func(c *Config) { c.Framer.ReadBytes = 0 }, field: "Framer.ReadBytes"},
+		{name: "buffer smaller than a line", mod: func(c *Config) { c.Queue.MaxBytes = 1024 }, field: "Queue.MaxBytes"},
+		{name: "bad pool", mod: func(c *Config) { c.Pool.Connections = 0 }, field: "Pool.Connections"},
+		{name: "bad listener", mod: func(c *Config) { c.Listener.MaxConns = -1 }, field: "Listener.MaxConns"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := DefaultConfig()
 			c.Targets = []string{"127.0.0.1:1"}
 			tt.mod(&c)
-			if err := c.Validate(); err == nil {
-				t.Fatal("Validate accepted a bad config")
+			var ie *invalid.Error
+			if err := c.Validate(); !errors.Is(err, ErrConfig) || !errors.As(err, &ie) || ie.Field != tt.field {
+				t.Fatalf("Validate() = %v, want an error about %s", err, tt.field)
 			}
 			if _, err := New(c); err == nil {
 				t.Fatal("New accepted a bad config")

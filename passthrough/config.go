@@ -4,14 +4,15 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/jonboulle/clockwork"
 
 	"github.com/ndlb/ndlb/balance"
+	"github.com/ndlb/ndlb/invalid"
 	"github.com/ndlb/ndlb/listener"
 )
 
@@ -123,26 +124,40 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate reports the first problem, wrapping ErrConfig.
+// Validate reports the first problem as an *invalid.Error naming the field
+// ("Listener.MaxConns" for one of Listener's), wrapping ErrConfig.
 func (c Config) Validate() error {
+	bad := func(field, format string, a ...any) error { return invalid.Field(ErrConfig, field, format, a...) }
 	if _, err := balance.New(c.Balance); err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
+		return bad("Balance", "balance %q: want %s", c.Balance, strings.Join(balance.Names, ", "))
 	}
 	switch {
 	case len(c.Targets) == 0 && !c.Discovered:
-		return fmt.Errorf("%w: no targets", ErrConfig)
+		return bad("Targets", "no targets")
 	case c.HashKey != HashIP && c.HashKey != HashIPPort:
-		return fmt.Errorf("%w: hash key %q: want ip or ip-port", ErrConfig, c.HashKey)
-	case c.ConnectTimeout <= 0 || c.DrainTimeout <= 0:
-		return fmt.Errorf("%w: connect and drain timeouts must be positive", ErrConfig)
-	case c.ConnectRetries < 0 || c.ConnectRetries > MaxRetries || c.MaxFails < 0 || c.MaxFails > MaxRetries:
-		return fmt.Errorf("%w: connect retries and max fails must be 0..%d", ErrConfig, MaxRetries)
-	case c.FailTimeout < 0 || c.IdleTimeout < 0 || c.ParkAfter < 0:
-		return fmt.Errorf("%w: fail timeout, idle timeout and park delay must not be negative", ErrConfig)
-	case c.BackoffInitial <= 0 || c.BackoffMax < c.BackoffInitial:
-		return fmt.Errorf("%w: backoff needs 0 < initial <= max", ErrConfig)
+		return bad("HashKey", "hash key %q: want ip or ip-port", c.HashKey)
+	case c.ConnectTimeout <= 0:
+		return bad("ConnectTimeout", "connect timeout %s must be positive", c.ConnectTimeout)
+	case c.DrainTimeout <= 0:
+		return bad("DrainTimeout", "drain timeout %s must be positive", c.DrainTimeout)
+	case c.ConnectRetries < 0 || c.ConnectRetries > MaxRetries:
+		return bad("ConnectRetries", "%d connect retries: want 0..%d", c.ConnectRetries, MaxRetries)
+	case c.MaxFails < 0 || c.MaxFails > MaxRetries:
+		return bad("MaxFails", "%d failures in a row: want 0..%d", c.MaxFails, MaxRetries)
+	case c.FailTimeout < 0:
+		return bad("FailTimeout", "fail timeout %s must not be negative", c.FailTimeout)
+	case c.IdleTimeout < 0:
+		return bad("IdleTimeout", "idle timeout %s must not be negative (0: no limit)", c.IdleTimeout)
+	case c.ParkAfter < 0:
+		return bad("ParkAfter", "park delay %s must not be negative (0: never park)", c.ParkAfter)
+	case c.KeepAlive < 0:
+		return bad("KeepAlive", "keepalive %s must not be negative (0: off)", c.KeepAlive)
+	case c.BackoffMax <= 0:
+		return bad("BackoffMax", "longest backoff %s must be positive", c.BackoffMax)
+	case c.BackoffInitial <= 0 || c.BackoffInitial > c.BackoffMax:
+		return bad("BackoffInitial", "first backoff %s: want more than 0 and at most the longest, %s", c.BackoffInitial, c.BackoffMax)
 	case c.SendProxy != 0 && c.SendProxy != 1 && c.SendProxy != 2:
-		return fmt.Errorf("%w: PROXY protocol version %d: want 1 or 2", ErrConfig, c.SendProxy)
+		return bad("SendProxy", "PROXY protocol version %d: want 1 or 2 (0: none)", c.SendProxy)
 	}
-	return nil
+	return invalid.In(ErrConfig, "Listener", c.Listener.Validate())
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/jonboulle/clockwork"
 
 	"github.com/ndlb/ndlb/dispatch"
+	"github.com/ndlb/ndlb/invalid"
 	"github.com/ndlb/ndlb/upstream"
 )
 
@@ -21,6 +22,8 @@ import (
 const (
 	// DefaultConnections is Config.Connections: workers per target.
 	DefaultConnections = 4
+	// MaxConnections is the largest Connections Validate accepts.
+	MaxConnections = 1024
 	// DefaultFailback is Config.Failback.
 	DefaultFailback = 5 * time.Minute
 	// DefaultConnectTimeout is Config.ConnectTimeout.
@@ -110,23 +113,33 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate reports the first value out of range, wrapping ErrConfig.
+// Validate reports the first value out of range as an *invalid.Error
+// naming the field, wrapping ErrConfig.
 func (c Config) Validate() error {
+	bad := func(field, format string, a ...any) error { return invalid.Field(ErrConfig, field, format, a...) }
 	switch {
-	case c.Connections < 1 || c.Connections > 1024:
-		return fmt.Errorf("%w: connections %d outside 1..1024", ErrConfig, c.Connections)
+	case c.Connections < 1 || c.Connections > MaxConnections:
+		return bad("Connections", "%d connections per target: want 1..%d", c.Connections, MaxConnections)
 	case c.Failback < 0:
-		return fmt.Errorf("%w: negative failback", ErrConfig)
-	case c.ConnectTimeout <= 0 || c.WriteTimeout <= 0:
-		return fmt.Errorf("%w: connect and write timeouts must be positive", ErrConfig)
-	case c.UserTimeout < 0 || c.KeepAlive < 0:
-		return fmt.Errorf("%w: negative user timeout or keepalive", ErrConfig)
-	case c.BackoffInitial <= 0 || c.BackoffMax < c.BackoffInitial:
-		return fmt.Errorf("%w: backoff needs 0 < initial <= max", ErrConfig)
+		return bad("Failback", "failback %s must not be negative", c.Failback)
+	case c.ConnectTimeout <= 0:
+		return bad("ConnectTimeout", "connect timeout %s must be positive", c.ConnectTimeout)
+	case c.WriteTimeout <= 0:
+		return bad("WriteTimeout", "write timeout %s must be positive", c.WriteTimeout)
+	case c.UserTimeout < 0:
+		return bad("UserTimeout", "TCP user timeout %s must not be negative", c.UserTimeout)
+	case c.KeepAlive < 0:
+		return bad("KeepAlive", "keepalive %s must not be negative", c.KeepAlive)
+	case c.BackoffMax <= 0:
+		return bad("BackoffMax", "longest backoff %s must be positive", c.BackoffMax)
+	case c.BackoffInitial <= 0 || c.BackoffInitial > c.BackoffMax:
+		return bad("BackoffInitial", "first backoff %s: want more than 0 and at most the longest, %s", c.BackoffInitial, c.BackoffMax)
 	case c.AckInterval <= 0:
-		return fmt.Errorf("%w: ack interval must be positive", ErrConfig)
-	case c.MaxWriteBytes < 1 || c.MaxWriteCount < 1:
-		return fmt.Errorf("%w: write limits must be positive", ErrConfig)
+		return bad("AckInterval", "acknowledgement interval %s must be positive", c.AckInterval)
+	case c.MaxWriteBytes < 1:
+		return bad("MaxWriteBytes", "write limit of %d bytes must be positive", c.MaxWriteBytes)
+	case c.MaxWriteCount < 1:
+		return bad("MaxWriteCount", "write limit of %d batches must be positive", c.MaxWriteCount)
 	}
 	return nil
 }

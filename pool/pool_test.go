@@ -22,6 +22,7 @@ import (
 	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/framer"
 	"github.com/ndlb/ndlb/internal/linetest"
+	"github.com/ndlb/ndlb/invalid"
 	"github.com/ndlb/ndlb/upstream"
 )
 
@@ -458,19 +459,20 @@ func TestConfigValidate(t *testing.T) {
 	edges := []struct {
 		name      string
 		ok, wrong func(*Config)
+		field     string // what the error names
 	}{
-		{"connections 1", func(c *Config) { c.Connections = 1 }, func(c *Config) { c.Connections = 0 }},
-		{"connections 1024", func(c *Config) { c.Connections = 1024 }, func(c *Config) { c.Connections = 1025 }},
-		{"failback 0", func(c *Config) { c.Failback = 0 }, func(c *Config) { c.Failback = -1 }},
-		{"connect timeout", func(c *Config) { c.ConnectTimeout = 1 }, func(c *Config) { c.ConnectTimeout = 0 }},
-		{"write timeout", func(c *Config) { c.WriteTimeout = 1 }, func(c *Config) { c.WriteTimeout = 0 }},
-		{"user timeout 0", func(c *Config) { c.UserTimeout = 0 }, func(c *Config) { c.UserTimeout = -1 }},
-		{"keepalive 0", func(c *Config) { c.KeepAlive = 0 }, func(c *Config) { c.KeepAlive = -1 }},
-		{"backoff initial", func(c *Config) { c.BackoffInitial = 1 }, func(c *Config) { c.BackoffInitial = 0 }},
-		{"backoff max = initial", func(c *Config) { c.BackoffMax = c.BackoffInitial }, func(c *Config) { c.BackoffMax = c.BackoffInitial - 1 }},
-		{"ack interval", func(c *Config) { c.AckInterval = 1 }, func(c *Config) { c.AckInterval = 0 }},
-		{"write bytes", func(c *Config) { c.MaxWriteBytes = 1 }, func(c *Config) { c.MaxWriteBytes = 0 }},
-		{"write count", func(c *Config) { c.MaxWriteCount = 1 }, func(c *Config) { c.MaxWriteCount = 0 }},
+		{"connections 1", func(c *Config) { c.Connections = 1 }, func(c *Config) { c.Connections = 0 }, "Connections"},
+		{"connections 1024", func(c *Config) { c.Connections = 1024 }, func(c *Config) { c.Connections = 1025 }, "Connections"},
+		{"failback 0", func(c *Config) { c.Failback = 0 }, func(c *Config) { c.Failback = -1 }, "Failback"},
+		{"connect timeout", func(c *Config) { c.ConnectTimeout = 1 }, func(c *Config) { c.ConnectTimeout = 0 }, "ConnectTimeout"},
+		{"write timeout", func(c *Config) { c.WriteTimeout = 1 }, func(c *Config) { c.WriteTimeout = 0 }, "WriteTimeout"},
+		{"user timeout 0", func(c *Config) { c.UserTimeout = 0 }, func(c *Config) { c.UserTimeout = -1 }, "UserTimeout"},
+		{"keepalive 0", func(c *Config) { c.KeepAlive = 0 }, func(c *Config) { c.KeepAlive = -1 }, "KeepAlive"},
+		{"backoff initial", func(c *Config) { c.BackoffInitial = 1 }, func(c *Config) { c.BackoffInitial = 0 }, "BackoffInitial"},
+		{"backoff max = initial", func(c *Config) { c.BackoffMax = c.BackoffInitial }, func(c *Config) { c.BackoffMax = c.BackoffInitial - 1 }, "BackoffInitial"},
+		{"ack interval", func(c *Config) { c.AckInterval = 1 }, func(c *Config) { c.AckInterval = 0 }, "AckInterval"},
+		{"write bytes", func(c *Config) { c.MaxWriteBytes = 1 }, func(c *Config) { c.MaxWriteBytes = 0 }, "MaxWriteBytes"},
+		{"write count", func(c *Config) { c.MaxWriteCount = 1 }, func(c *Config) { c.MaxWriteCount = 0 }, "MaxWriteCount"},
 	}
 	for _, e := range edges {
 		ok, wrong := DefaultConfig(), DefaultConfig()
@@ -479,8 +481,9 @@ func TestConfigValidate(t *testing.T) {
 		if err := ok.Validate(); err != nil {
 			t.Errorf("%s: the bound is refused: %v", e.name, err)
 		}
-		if err := wrong.Validate(); !errors.Is(err, ErrConfig) {
-			t.Errorf("%s: past the bound: Validate() = %v", e.name, err)
+		var ie *invalid.Error
+		if err := wrong.Validate(); !errors.Is(err, ErrConfig) || !errors.As(err, &ie) || ie.Field != e.field {
+			t.Errorf("%s: past the bound: Validate() = %v, want an error about %s", e.name, err, e.field)
 		}
 	}
 	d := DefaultConfig()

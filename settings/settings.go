@@ -2,6 +2,7 @@ package settings
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/ndlb/ndlb/config"
@@ -90,10 +91,12 @@ type Setting struct {
 	// config file (the file's own path).
 	CommandLine bool
 	Reload      Reload
-	// Field is the library config field the setting fills, as the
-	// library's Validate names it in a FieldError ("health.Interval"), so
-	// that its errors name the setting without matching text.
-	Field string
+	// Fields are the library config fields the setting fills, each as
+	// PACKAGE.FIELD, the field dotted as an invalid.Error from that
+	// package's Config.Validate names it ("ndjson.Pool.Connections",
+	// "health.Interval"), so that a rejected value names its setting
+	// without matching text.
+	Fields []string
 }
 
 // Env is the setting's environment variable.
@@ -111,11 +114,11 @@ func Lookup(name string) (Setting, bool) {
 	return Setting{}, false
 }
 
-// ByField returns the setting that fills the library config field f (see
-// Setting.Field).
+// ByField returns the setting that fills the library config field f, as
+// PACKAGE.FIELD (see Setting.Fields).
 func ByField(f string) (Setting, bool) {
 	for _, s := range All {
-		if s.Field == f && f != "" {
+		if slices.Contains(s.Fields, f) {
 			return s, true
 		}
 	}

@@ -1,12 +1,17 @@
 package settings
 
 import (
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ndlb/ndlb/config"
+	"github.com/ndlb/ndlb/discovery"
+	"github.com/ndlb/ndlb/health"
+	"github.com/ndlb/ndlb/ndjson"
+	"github.com/ndlb/ndlb/passthrough"
 )
 
 // Every setting is declared whole and once, with a default of its kind and
@@ -80,15 +85,17 @@ func TestLookupsFollowTheTable(t *testing.T) {
 	}
 	fields := map[string]bool{}
 	for _, s := range All {
-		if s.Field == "" {
-			continue
-		}
-		if fields[s.Field] {
-			t.Errorf("field %s is filled by two settings", s.Field)
-		}
-		fields[s.Field] = true
-		if got, ok := ByField(s.Field); !ok || got.Name != s.Name {
-			t.Errorf("ByField(%s) = %s", s.Field, got.Name)
+		for _, f := range s.Fields {
+			if fields[f] {
+				t.Errorf("field %s is filled by two settings", f)
+			}
+			fields[f] = true
+			if got, ok := ByField(f); !ok || got.Name != s.Name {
+				t.Errorf("ByField(%s) = %s", f, got.Name)
+			}
+			if !fieldExists(f) {
+				t.Errorf("setting %s names %s, which is no field of that package's Config", s.Name, f)
+			}
 		}
 	}
 	if _, ok := ByField(""); ok {
@@ -107,4 +114,24 @@ func TestLookupsFollowTheTable(t *testing.T) {
 			t.Errorf("mode %d has no name", m)
 		}
 	}
+}
+
+// fieldExists reports whether PACKAGE.FIELD (dotted through nested
+// structs) is a field of that package's Config.
+func fieldExists(f string) bool {
+	configs := map[string]reflect.Type{
+		"ndjson": reflect.TypeFor[ndjson.Config](), "passthrough": reflect.TypeFor[passthrough.Config](),
+		"health": reflect.TypeFor[health.Config](), "discovery": reflect.TypeFor[discovery.Config](),
+	}
+	pkg, path, _ := strings.Cut(f, ".")
+	t, ok := configs[pkg]
+	for name := range strings.SplitSeq(path, ".") {
+		if !ok || t.Kind() != reflect.Struct {
+			return false
+		}
+		var sf reflect.StructField
+		sf, ok = t.FieldByName(name)
+		t = sf.Type
+	}
+	return ok
 }

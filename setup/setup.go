@@ -13,10 +13,9 @@ import (
 
 	"github.com/dustin/go-humanize"
 
-	"github.com/ndlb/ndlb/balance"
 	"github.com/ndlb/ndlb/discovery"
-	"github.com/ndlb/ndlb/framer"
 	"github.com/ndlb/ndlb/health"
+	"github.com/ndlb/ndlb/invalid"
 	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/ndjson"
 	"github.com/ndlb/ndlb/passthrough"
@@ -97,12 +96,6 @@ func checkMode(c Values) error {
 // listenerConfig maps the flags both modes share onto the listener's config.
 func listenerConfig(c Values) (listener.Config, error) {
 	lc := listener.Config{AcceptProxy: c.Bool("accept-proxy"), ProxyHeaderTimeout: c.Duration("proxy-header-timeout"), MaxConns: c.Int("max-conns")}
-	if lc.MaxConns < 0 {
-		return lc, settings.Errorf("max-conns", "invalid value %d for --max-conns: must not be negative (0: no limit)", lc.MaxConns)
-	}
-	if err := positive(c, "proxy-header-timeout"); err != nil {
-		return lc, err
-	}
 	if c.IsSet("proxy-header-timeout") && !lc.AcceptProxy {
 		return lc, settings.Errorf("proxy-header-timeout", "--proxy-header-timeout needs --accept-proxy")
 	}
@@ -162,24 +155,6 @@ func size(c Values, name string) (int, error) {
 	return int(v), nil
 }
 
-func nonNegative(c Values, names ...string) error {
-	for _, n := range names {
-		if c.Duration(n) < 0 {
-			return settings.Errorf(n, "invalid value %s for --%s: must not be negative", c.Duration(n), n)
-		}
-	}
-	return nil
-}
-
-func positive(c Values, names ...string) error {
-	for _, n := range names {
-		if c.Duration(n) <= 0 {
-			return settings.Errorf(n, "invalid value %s for --%s: must be positive", c.Duration(n), n)
-		}
-	}
-	return nil
-}
-
 // ndjsonConfig maps the flags onto ndjson.Config, validating each value and
 // naming the flag when one is wrong.
 func ndjsonConfig(c Values, log *slog.Logger) (ndjson.Config, error) {
@@ -190,47 +165,24 @@ func ndjsonConfig(c Values, log *slog.Logger) (ndjson.Config, error) {
 		return cfg, err
 	}
 	cfg.Discovered = discovered(c)
-	if n := c.Int("connections"); n < 1 || n > 1024 {
-		return cfg, settings.Errorf("connections", "invalid value %d for --connections: want 1..1024", n)
-	}
 	cfg.Pool.Connections = c.Int("connections")
 	if cfg.Framer.MaxLineBytes, err = size(c, "max-line-bytes"); err != nil {
 		return cfg, err
 	}
-	if cfg.Framer.MaxLineBytes > framer.MaxMaxLineBytes {
-		return cfg, settings.Errorf("max-line-bytes", "invalid value %q for --max-line-bytes: at most 1GiB", c.String("max-line-bytes"))
-	}
 	if cfg.Framer.ReadBytes, err = size(c, "read-bytes"); err != nil {
 		return cfg, err
-	}
-	if cfg.Framer.ReadBytes > 16<<20 {
-		return cfg, settings.Errorf("read-bytes", "invalid value %q for --read-bytes: at most 16MiB", c.String("read-bytes"))
 	}
 	buf, err := size(c, "buffer-bytes")
 	if err != nil {
 		return cfg, err
 	}
 	cfg.Queue.MaxBytes = int64(buf)
-	if err := cfg.Queue.Validate(cfg.Framer); err != nil {
-		return cfg, settings.Errorf("buffer-bytes", "invalid value %q for --buffer-bytes: must hold at least one longest line plus one read (%s)",
-			c.String("buffer-bytes"), humanize.IBytes(uint64(cfg.Framer.MaxBatchBytes())))
-	}
 	cb, err := size(c, "client-buffer-bytes")
 	if err != nil {
 		return cfg, err
 	}
 	cfg.ClientMemory = int64(cb)
-	if min := 2 * cfg.Framer.MaxBatchBytes(); cb < min {
-		return cfg, settings.Errorf("client-buffer-bytes", "invalid value %q for --client-buffer-bytes: must hold at least two longest lines plus reads (%s)",
-			c.String("client-buffer-bytes"), humanize.IBytes(uint64(min)))
-	}
-	if err := nonNegative(c, "failback", "tcp-user-timeout", "line-timeout"); err != nil {
-		return cfg, err
-	}
 	cfg.LineTimeout = c.Duration("line-timeout")
-	if err := positive(c, "connect-timeout", "write-timeout", "backoff-max", "drain-timeout", "deliver-timeout"); err != nil {
-		return cfg, err
-	}
 	cfg.Pool.Failback = c.Duration("failback")
 	cfg.Pool.ConnectTimeout = c.Duration("connect-timeout")
 	cfg.Pool.WriteTimeout = c.Duration("write-timeout")
@@ -248,10 +200,7 @@ func ndjsonConfig(c Values, log *slog.Logger) (ndjson.Config, error) {
 	if cfg.Listener.TLS, cfg.Pool.TLS, err = tlsConfig(c, log); err != nil {
 		return cfg, err
 	}
-	if err := cfg.Validate(); err != nil { // a gap in the checks above
-		return cfg, settings.Errorf("", "%v", err)
-	}
-	return cfg, nil
+	return cfg, fieldError("ndjson", cfg.Validate())
 }
 
 // tlsConfig maps the TLS flags, reading the files now so that a bad path or
@@ -308,31 +257,11 @@ func passthroughConfig(c Values, log *slog.Logger) (passthrough.Config, error) {
 		return cfg, err
 	}
 	cfg.Discovered = discovered(c)
-	if _, err := balance.New(c.String("balance")); err != nil {
-		return cfg, settings.Errorf("balance", "invalid value %q for --balance: want %s", c.String("balance"), strings.Join(balance.Names, ", "))
-	}
-	cfg.Balance = c.String("balance")
-	switch k := passthrough.HashKey(c.String("hash-key")); k {
-	case passthrough.HashIP, passthrough.HashIPPort:
-		cfg.HashKey = k
-	default:
-		return cfg, settings.Errorf("hash-key", "invalid value %q for --hash-key: want ip or ip-port", k)
-	}
+	cfg.Balance, cfg.HashKey = c.String("balance"), passthrough.HashKey(c.String("hash-key"))
 	if c.IsSet("hash-key") && cfg.Balance != "hash" {
 		return cfg, settings.Errorf("hash-key", "--hash-key needs --balance hash")
 	}
-	for _, n := range []string{"connect-retries", "max-fails"} {
-		if v := c.Int(n); v < 0 || v > passthrough.MaxRetries {
-			return cfg, settings.Errorf(n, "invalid value %d for --%s: want 0..%d", v, n, passthrough.MaxRetries)
-		}
-	}
 	cfg.ConnectRetries, cfg.MaxFails = c.Int("connect-retries"), c.Int("max-fails")
-	if err := nonNegative(c, "fail-timeout", "idle-timeout"); err != nil {
-		return cfg, err
-	}
-	if err := positive(c, "connect-timeout", "backoff-max", "drain-timeout"); err != nil {
-		return cfg, err
-	}
 	cfg.FailTimeout, cfg.IdleTimeout = c.Duration("fail-timeout"), c.Duration("idle-timeout")
 	cfg.ConnectTimeout, cfg.DrainTimeout = c.Duration("connect-timeout"), c.Duration("drain-timeout")
 	if c.IsSet("backoff-max") {
@@ -354,10 +283,7 @@ func passthroughConfig(c Values, log *slog.Logger) (passthrough.Config, error) {
 	if cfg.Listener.TLS, cfg.TLS, err = tlsConfig(c, log); err != nil {
 		return cfg, err
 	}
-	if err := cfg.Validate(); err != nil { // a gap in the checks above
-		return cfg, settings.Errorf("", "%v", err)
-	}
-	return cfg, nil
+	return cfg, fieldError("passthrough", cfg.Validate())
 }
 
 // checkConfig maps the --check flags; ok is false when checks are off.
@@ -394,24 +320,29 @@ func checkConfig(c Values, log *slog.Logger, targetTLS func() (*tls.Config, erro
 			}
 		}
 	}
-	if err := cfg.Validate(); err != nil {
-		var fe *health.FieldError
-		if errors.As(err, &fe) {
-			return cfg, false, fieldError("health."+fe.Field, fe.Msg)
-		}
-		return cfg, false, settings.Errorf("check", "invalid health check: %v", err)
+	if err := fieldError("health", cfg.Validate()); err != nil {
+		return cfg, false, err
 	}
 	return cfg, true, nil
 }
 
-// fieldError names the setting of a library's config field (see
-// settings.Setting.Field) in a usage error.
-func fieldError(field, msg string) error {
-	s, ok := settings.ByField(field)
-	if !ok {
-		return settings.Errorf("", "invalid settings: %s", msg)
+// fieldError turns an error of package pkg's Config.Validate into a
+// *settings.Error naming the setting of the field at fault (see
+// settings.Setting.Fields); nil stays nil. A field no setting fills (its
+// value came from a library default, so this is a bug) names none.
+func fieldError(pkg string, err error) error {
+	if err == nil {
+		return nil
 	}
-	return settings.Errorf(s.Name, "invalid value for --%s: %s", s.Name, msg)
+	var ie *invalid.Error
+	if !errors.As(err, &ie) {
+		return settings.Errorf("", "invalid settings: %v", err)
+	}
+	s, ok := settings.ByField(pkg + "." + ie.Field)
+	if !ok {
+		return settings.Errorf("", "invalid settings: %s: %s", ie.Field, ie.Msg)
+	}
+	return settings.Errorf(s.Name, "invalid value for --%s: %s", s.Name, ie.Msg)
 }
 
 // discovered reports whether targets also come from DNS.
@@ -450,12 +381,8 @@ func discoveryConfig(c Values, log *slog.Logger, static []string) (cfg discovery
 			return d.DialContext(ctx, network, r)
 		}}
 	}
-	if err := cfg.Validate(); err != nil {
-		var fe *discovery.FieldError
-		if errors.As(err, &fe) {
-			return cfg, false, fieldError("discovery."+fe.Field, fe.Msg)
-		}
-		return cfg, false, settings.Errorf("target-dns", "invalid DNS discovery: %v", err)
+	if err := fieldError("discovery", cfg.Validate()); err != nil {
+		return cfg, false, err
 	}
 	return cfg, true, nil
 }

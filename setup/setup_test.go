@@ -3,6 +3,7 @@ package setup
 import (
 	"errors"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -33,6 +34,7 @@ var quiet = slog.New(slog.DiscardHandler)
 // Each bad value is a *settings.Error naming its setting.
 func TestBadValuesNameTheirSetting(t *testing.T) {
 	target := []string{"127.0.0.1:9"}
+	covered := map[string]bool{}
 	for _, tc := range []struct {
 		setting string
 		v       values
@@ -68,11 +70,40 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"target-dns", values{"target-dns": []string{"logs.example"}}},
 		{"dns-interval", values{"target": target, "dns-interval": time.Second}},
 		{"dns-resolver", values{"target-dns": []string{"a.test:1"}, "dns-resolver": "nope"}},
+		{"read-bytes", values{"target": target, "read-bytes": "32MiB"}},
+		{"failback", values{"target": target, "failback": -time.Second}},
+		{"tcp-user-timeout", values{"target": target, "tcp-user-timeout": -time.Second}},
+		{"deliver-timeout", values{"target": target, "deliver-timeout": time.Duration(0)}},
+		{"drain-timeout", values{"target": target, "drain-timeout": time.Duration(0)}},
+		{"drain-timeout", values{"target": target, "passthrough": true, "drain-timeout": -time.Second}},
+		{"connect-timeout", values{"target": target, "connect-timeout": time.Duration(0)}},
+		{"connect-timeout", values{"target": target, "passthrough": true, "connect-timeout": -time.Second}},
+		{"backoff-max", values{"target": target, "backoff-max": time.Duration(0)}},
+		{"backoff-max", values{"target": target, "passthrough": true, "backoff-max": -time.Second}},
+		{"max-conns", values{"target": target, "passthrough": true, "max-conns": -5}},
+		{"proxy-header-timeout", values{"target": target, "accept-proxy": true, "proxy-header-timeout": -time.Second}},
+		{"hash-key", values{"target": target, "passthrough": true, "balance": "hash", "hash-key": "mac"}},
+		{"max-fails", values{"target": target, "passthrough": true, "max-fails": -1}},
+		{"fail-timeout", values{"target": target, "passthrough": true, "fail-timeout": -time.Second}},
+		{"idle-timeout", values{"target": target, "passthrough": true, "idle-timeout": -time.Second}},
+		{"check-interval", values{"target": target, "check": "tcp", "check-interval": time.Duration(0)}},
+		{"check-fall", values{"target": target, "check": "tcp", "check-fall": 0}},
+		{"check-http-method", values{"target": target, "check": "http", "check-http-method": "GET /"}},
 	} {
 		_, err := Listener("x", tc.v, nil, quiet)
 		var se *settings.Error
 		if !errors.As(err, &se) || se.Setting != tc.setting {
 			t.Errorf("%v: error %v, want one about %s", tc.v, err, tc.setting)
+		} else if !strings.Contains(se.Error(), "--"+tc.setting) {
+			t.Errorf("%q does not name --%s", se.Error(), tc.setting)
+		}
+		covered[tc.setting] = true
+	}
+	// Every limit a library checks is named by its setting: each setting
+	// that fills a library field has a bad value above.
+	for _, s := range settings.All {
+		if len(s.Fields) > 0 && !covered[s.Name] {
+			t.Errorf("no bad value of --%s is tried", s.Name)
 		}
 	}
 }

@@ -15,35 +15,39 @@ const module = "github.com/ndlb/ndlb/"
 // may import (directly or not). cmd/ndlb wires everything and is not listed;
 // nothing can import it, as it is a main package.
 var allowed = map[string][]string{
-	"framer":    {},
+	// invalid holds the error type of every Config.Validate; it imports
+	// nothing of ours, so framer may import it.
+	"invalid":   {},
+	"framer":    {"invalid"},
 	"upstream":  {},
 	"tlsutil":   {},
-	"listener":  {"internal/gopool"},
-	"dispatch":  {"framer"},
-	"pool":      {"dispatch", "framer", "tlsutil", "upstream"},
-	"ndjson":    {"dispatch", "framer", "internal/gopool", "listener", "pool", "tlsutil", "upstream"},
+	"listener":  {"internal/gopool", "invalid"},
+	"dispatch":  {"framer", "invalid"},
+	"pool":      {"dispatch", "framer", "invalid", "tlsutil", "upstream"},
+	"ndjson":    {"dispatch", "framer", "internal/gopool", "invalid", "listener", "pool", "tlsutil", "upstream"},
 	"balance":   {"upstream"},
 	"admin":     {"upstream"},
-	"health":    {"tlsutil", "upstream"},
-	"discovery": {"upstream"},
+	"health":    {"invalid", "tlsutil", "upstream"},
+	"discovery": {"invalid", "upstream"},
 	"config":    {},
 	// supervisor runs listeners of both modes; it knows the settings only
 	// for their reload rules.
-	"supervisor": {"admin", "balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool", "listener",
-		"ndjson", "passthrough", "pool", "settings", "tlsutil", "upstream"},
+	"supervisor": {"admin", "balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool",
+		"invalid", "listener", "ndjson", "passthrough", "pool", "settings", "tlsutil", "upstream"},
 	// setup maps settings onto the libraries' configs and a supervisor spec.
-	"setup": {"admin", "balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool", "listener",
-		"ndjson", "passthrough", "pool", "settings", "supervisor", "tlsutil", "upstream"},
+	"setup": {"admin", "balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool",
+		"invalid", "listener", "ndjson", "passthrough", "pool", "settings", "supervisor", "tlsutil", "upstream"},
 	// demo runs the NDJSON mode against linetest's sinks, in one process.
-	"demo": {"dispatch", "framer", "internal/gopool", "internal/linetest", "listener", "ndjson", "pool", "tlsutil", "upstream"},
+	"demo": {"dispatch", "framer", "internal/gopool", "internal/linetest", "invalid", "listener", "ndjson",
+		"pool", "tlsutil", "upstream"},
 	// settings takes its defaults from the libraries it names.
-	"settings": {"balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool", "listener",
-		"ndjson", "passthrough", "pool", "tlsutil", "upstream"},
+	"settings": {"balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool", "invalid",
+		"listener", "ndjson", "passthrough", "pool", "tlsutil", "upstream"},
 	// telemetry installs the SDK; only cmd/ndlb may import it.
 	"telemetry": {},
 	// passthrough proxies whole connections; it must not reach into the
 	// line path.
-	"passthrough": {"balance", "internal/gopool", "listener", "tlsutil", "upstream"},
+	"passthrough": {"balance", "internal/gopool", "invalid", "listener", "tlsutil", "upstream"},
 }
 
 type pkg struct {
