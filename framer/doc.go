@@ -31,5 +31,6 @@
 //     wait for room; a line longer than one read that finds none within
 //     Config.MemoryWait is dropped as ReasonMemory.
 //
-// The framer owns no sockets and imports nothing else of ndlb's.
+// The framer owns no sockets and imports nothing else of ndlb's but invalid
+// (the error type of Config.Validate).
 package framer

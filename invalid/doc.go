@@ -4,6 +4,8 @@
 // it (cmd/ndlb names the flag) without reading the message, and each limit
 // is checked once, in the library that owns it.
 //
+// Bytes writes sizes in those messages as a user would type them.
+//
 // It imports nothing of ndlb's, so that every library, framer included,
 // can use it.
 package invalid

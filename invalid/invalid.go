@@ -47,8 +47,9 @@ func Field(sentinel error, field, format string, a ...any) error {
 
 // In is err as the config that holds the one that returned it, under the
 // field outer, reports it: an *Error's Field gains the prefix "outer." and
-// it also wraps sentinel, the holder's own. Other errors, and nil, are
-// returned as they are.
+// it also wraps sentinel, the holder's own. An error that wraps an *Error
+// is reported as that *Error alone (Validate returns an *Error itself).
+// Other errors, and nil, are returned as they are.
 func In(sentinel error, outer string, err error) error {
 	var e *Error
 	if !errors.As(err, &e) {
@@ -67,6 +68,9 @@ func Bytes(n int64) string {
 		if n != 0 && n%(1<<u.shift) == 0 {
 			return fmt.Sprintf("%d%s", n>>u.shift, u.name)
 		}
+	}
+	if n == 1 {
+		return "1 byte"
 	}
 	return fmt.Sprintf("%d bytes", n)
 }

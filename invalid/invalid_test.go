@@ -43,7 +43,7 @@ func TestFieldAndIn(t *testing.T) {
 
 func TestBytes(t *testing.T) {
 	for n, want := range map[int64]string{
-		0: "0 bytes", 1: "1 bytes", 1000: "1000 bytes", 1024: "1KiB", 1536: "1536 bytes", 64 << 10: "64KiB",
+		0: "0 bytes", 1: "1 byte", 1000: "1000 bytes", 1024: "1KiB", 1536: "1536 bytes", 64 << 10: "64KiB",
 		2 << 20: "2MiB", 1 << 30: "1GiB", 3 << 40: "3TiB", -2048: "-2KiB",
 	} {
 		if got := Bytes(n); got != want {

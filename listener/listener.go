@@ -128,7 +128,7 @@ func (c Config) Validate() error {
 	case c.ProxyHeaderTimeout < 0:
 		return bad("ProxyHeaderTimeout", "PROXY header timeout %s must not be negative (0: the default)", c.ProxyHeaderTimeout)
 	case c.MaxConns < 0:
-		return bad("MaxConns", "connection limit %d must not be negative (0: no limit)", c.MaxConns)
+		return bad("MaxConns", "connection limit %d must not be negative", c.MaxConns)
 	}
 	return nil
 }

@@ -117,6 +117,9 @@ func (c Config) Validate() error {
 	if err := c.Framer.Validate(); err != nil {
 		return invalid.In(ErrConfig, "Framer", err)
 	}
+	if err := c.Queue.Validate(c.Framer); err != nil {
+		return invalid.In(ErrConfig, "Queue", err)
+	}
 	switch min := int64(2 * c.Framer.MaxBatchBytes()); {
 	case len(c.Targets) == 0 && !c.Discovered:
 		return bad("Targets", "no targets")
@@ -128,9 +131,6 @@ func (c Config) Validate() error {
 		return bad("LineTimeout", "line timeout %s must not be negative (0: no limit)", c.LineTimeout)
 	case c.ClientMemory < min:
 		return bad("ClientMemory", "client memory of %s cannot hold two longest lines and their reads (%s)", invalid.Bytes(c.ClientMemory), invalid.Bytes(min))
-	}
-	if err := c.Queue.Validate(c.Framer); err != nil {
-		return invalid.In(ErrConfig, "Queue", err)
 	}
 	if err := c.Pool.Validate(); err != nil {
 		return invalid.In(ErrConfig, "Pool", err)

@@ -81,7 +81,8 @@ type Config struct {
 	// goroutines are let go (see the package doc); 0 never parks.
 	ParkAfter time.Duration
 	// KeepAlive, if positive, turns TCP keepalive on for target
-	// connections, probing after that much idle time. Off by default, as
+	// connections, probing after that much idle time; 0 leaves it off
+	// and Validate refuses a negative value. Off by default, as
 	// in HAProxy and nginx: IdleTimeout ends connections to vanished
 	// peers, and each connection saves four system calls.
 	KeepAlive time.Duration
@@ -125,7 +126,8 @@ func DefaultConfig() Config {
 }
 
 // Validate reports the first problem as an *invalid.Error naming the field
-// ("Listener.MaxConns" for one of Listener's), wrapping ErrConfig.
+// ("Listener.MaxConns" for one of Listener's), wrapping ErrConfig (and
+// listener.ErrConfig for one of Listener's).
 func (c Config) Validate() error {
 	bad := func(field, format string, a ...any) error { return invalid.Field(ErrConfig, field, format, a...) }
 	if _, err := balance.New(c.Balance); err != nil {

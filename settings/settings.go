@@ -161,11 +161,18 @@ func Schema() config.Schema {
 // command line and a config file can point at it without reading the
 // message.
 type Error struct {
-	Setting string
-	Msg     string
+	Setting string // "" when no one setting is at fault
+	Msg     string // the whole message, naming the setting's flag
+	// Err, if set, is the library's error the message was made from
+	// (an *invalid.Error from a Config.Validate).
+	Err error
 }
 
+// Error is Msg.
 func (e *Error) Error() string { return e.Msg }
+
+// Unwrap is Err.
+func (e *Error) Unwrap() error { return e.Err }
 
 // Errorf returns an *Error about setting.
 func Errorf(setting, format string, a ...any) error {

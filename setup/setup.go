@@ -99,6 +99,12 @@ func listenerConfig(c Values) (listener.Config, error) {
 	if c.IsSet("proxy-header-timeout") && !lc.AcceptProxy {
 		return lc, settings.Errorf("proxy-header-timeout", "--proxy-header-timeout needs --accept-proxy")
 	}
+	// The library reads 0 as its default; on the command line, where 0
+	// means "no limit" for other timeouts, it would surprise: refuse it.
+	// Negative values are the library's to refuse.
+	if lc.ProxyHeaderTimeout == 0 {
+		return lc, settings.Errorf("proxy-header-timeout", "invalid value 0s for --proxy-header-timeout: must be positive (a header must come in bounded time)")
+	}
 	return lc, nil
 }
 
@@ -258,9 +264,6 @@ func passthroughConfig(c Values, log *slog.Logger) (passthrough.Config, error) {
 	}
 	cfg.Discovered = discovered(c)
 	cfg.Balance, cfg.HashKey = c.String("balance"), passthrough.HashKey(c.String("hash-key"))
-	if c.IsSet("hash-key") && cfg.Balance != "hash" {
-		return cfg, settings.Errorf("hash-key", "--hash-key needs --balance hash")
-	}
 	cfg.ConnectRetries, cfg.MaxFails = c.Int("connect-retries"), c.Int("max-fails")
 	cfg.FailTimeout, cfg.IdleTimeout = c.Duration("fail-timeout"), c.Duration("idle-timeout")
 	cfg.ConnectTimeout, cfg.DrainTimeout = c.Duration("connect-timeout"), c.Duration("drain-timeout")
@@ -283,7 +286,13 @@ func passthroughConfig(c Values, log *slog.Logger) (passthrough.Config, error) {
 	if cfg.Listener.TLS, cfg.TLS, err = tlsConfig(c, log); err != nil {
 		return cfg, err
 	}
-	return cfg, fieldError("passthrough", cfg.Validate())
+	if err := fieldError("passthrough", cfg.Validate()); err != nil {
+		return cfg, err
+	}
+	if c.IsSet("hash-key") && cfg.Balance != "hash" {
+		return cfg, settings.Errorf("hash-key", "--hash-key needs --balance hash")
+	}
+	return cfg, nil
 }
 
 // checkConfig maps the --check flags; ok is false when checks are off.
@@ -336,13 +345,13 @@ func fieldError(pkg string, err error) error {
 	}
 	var ie *invalid.Error
 	if !errors.As(err, &ie) {
-		return settings.Errorf("", "invalid settings: %v", err)
+		return &settings.Error{Msg: "invalid settings: " + err.Error(), Err: err}
 	}
 	s, ok := settings.ByField(pkg + "." + ie.Field)
 	if !ok {
-		return settings.Errorf("", "invalid settings: %s: %s", ie.Field, ie.Msg)
+		return &settings.Error{Msg: "invalid settings: " + ie.Field + ": " + ie.Msg, Err: err}
 	}
-	return settings.Errorf(s.Name, "invalid value for --%s: %s", s.Name, ie.Msg)
+	return &settings.Error{Setting: s.Name, Msg: "invalid value for --" + s.Name + ": " + ie.Msg, Err: err}
 }
 
 // discovered reports whether targets also come from DNS.
