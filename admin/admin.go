@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/ndlb/ndlb/invalid"
 	"github.com/ndlb/ndlb/upstream"
 )
 
@@ -114,20 +116,20 @@ func (s *Server) Stopping() { s.stopping.Store(true) }
 
 // New checks cfg, reads the token file and listens on cfg.Addr.
 func New(cfg Config) (*Server, error) {
-	if cfg.Addr == "" || cfg.Listeners == nil {
-		return nil, fmt.Errorf("%w: an address and listeners are required", ErrConfig)
+	if cfg.Listeners == nil {
+		return nil, fmt.Errorf("%w: listeners are required", ErrConfig)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), done: make(chan error, 1)}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
 	if cfg.TokenFile != "" {
-		b, err := os.ReadFile(cfg.TokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("admin: token file: %w", err)
-		}
-		if s.token = []byte(strings.TrimSpace(string(b))); len(s.token) == 0 {
-			return nil, fmt.Errorf("%w: %s", ErrEmptyToken, cfg.TokenFile)
+		var err error
+		if s.token, err = readToken(cfg.TokenFile); err != nil {
+			return nil, err
 		}
 	}
 	for pattern, h := range s.routes() {
@@ -144,6 +146,35 @@ func New(cfg Config) (*Server, error) {
 	s.ln = ln
 	s.http = &http.Server{Handler: s.mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	return s, nil
+}
+
+// Validate checks the address (HOST:PORT) and reads the token file, so
+// that a bad one is reported before anything starts. Its errors are
+// *invalid.Error naming the field, wrapping ErrConfig (ErrEmptyToken for
+// an empty token file).
+func (c Config) Validate() error {
+	host, port, err := net.SplitHostPort(c.Addr)
+	if p, perr := strconv.Atoi(port); err != nil || perr != nil || p < 0 || p > 65535 || strings.ContainsAny(host, " /") {
+		return invalid.Field(ErrConfig, "Addr", "address %q: want HOST:PORT, such as 127.0.0.1:9900", c.Addr)
+	}
+	if c.TokenFile != "" {
+		if _, err := readToken(c.TokenFile); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readToken reads the bearer token from path.
+func readToken(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, invalid.Field(ErrConfig, "TokenFile", "token file: %v", err)
+	}
+	if tok := []byte(strings.TrimSpace(string(b))); len(tok) > 0 {
+		return tok, nil
+	}
+	return nil, invalid.Field(ErrEmptyToken, "TokenFile", "token file %s holds no token", path)
 }
 
 // routes maps each route pattern to its handler. The spec test checks this

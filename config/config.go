@@ -1,12 +1,12 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
-	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -55,23 +55,13 @@ type Section struct {
 	Values []Value
 }
 
-// Value is one key's value, as command-line arguments.
+// Value is one key's value.
 type Value struct {
 	Key  string
 	Line int
-	Args []string // "--key=value", once per element for Strings
 	// V is the value, typed by the key's Kind: string, int, bool,
 	// time.Duration or []string.
 	V any
-}
-
-// Args returns every value's arguments, in file order.
-func (s Section) Args() []string {
-	var out []string
-	for _, v := range s.Values {
-		out = append(out, v.Args...)
-	}
-	return out
 }
 
 // LineOf returns the line of key in the section, or the section's line.
@@ -88,14 +78,25 @@ func (s Section) LineOf(key string) int {
 type Error struct {
 	Path string
 	Line int // 0: the file as a whole
-	Msg  string
+	// Listener names the [[listener]] table the problem is in; "" for the
+	// top of the file or the file as a whole.
+	Listener string
+	Msg      string
 }
 
+// Error is PATH:LINE: listener "NAME": MSG, without the parts not known.
 func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Path)
 	if e.Line > 0 {
-		return fmt.Sprintf("%s:%d: %s", e.Path, e.Line, e.Msg)
+		fmt.Fprintf(&b, ":%d", e.Line)
 	}
-	return fmt.Sprintf("%s: %s", e.Path, e.Msg)
+	b.WriteString(": ")
+	if e.Listener != "" {
+		fmt.Fprintf(&b, "listener %q: ", e.Listener)
+	}
+	b.WriteString(e.Msg)
+	return b.String()
 }
 
 // ErrNoListener is wrapped when the file has no [[listener]] table.
@@ -112,42 +113,42 @@ func Load(path string, schema Schema) (*File, error) {
 
 // Parse is Load of a document already read.
 func Parse(path string, doc []byte, schema Schema) (*File, error) {
-	// First decode into a struct built from the schema, which rejects
-	// unknown keys and wrong types with their positions.
-	dec := toml.NewDecoder(bytes.NewReader(doc))
-	dec.DisallowUnknownFields()
-	strict := reflect.New(fileType(schema))
-	if err := dec.Decode(strict.Interface()); err != nil {
-		return nil, decodeError(path, err)
-	}
 	var raw map[string]any
 	if err := toml.Unmarshal(doc, &raw); err != nil {
 		return nil, decodeError(path, err)
 	}
+	p := parser{path: path, keys: map[string]Key{}}
+	for _, k := range schema {
+		p.keys[k.Name] = k
+	}
 	lines := keyLines(doc)
-	g, err := section(path, raw, schema, lines[0], 0)
+	g, err := p.section(raw, lines[0], true)
 	if err != nil {
 		return nil, err
 	}
 	f := &File{Path: path, Global: g}
-	tables, _ := raw["listener"].([]any)
+	tables, ok := raw["listener"].([]any)
+	if !ok && raw["listener"] != nil {
+		return nil, &Error{Path: path, Line: lines[0].keys["listener"], Msg: "listener: write each listener as a [[listener]] table (two brackets)"}
+	}
 	names := map[string]int{}
 	for i, t := range tables {
-		m, _ := t.(map[string]any)
-		ln := lines[i+1]
-		s, err := section(path, m, schema, ln, ln.header)
+		m, ok := t.(map[string]any)
+		if !ok {
+			return nil, &Error{Path: path, Msg: "listener: write each listener as a [[listener]] table (two brackets)"}
+		}
+		ln := sectionLines{keys: map[string]int{}}
+		if i+1 < len(lines) {
+			ln = lines[i+1]
+		}
+		s, err := p.section(m, ln, false)
 		if err != nil {
 			return nil, err
 		}
-		name, _ := m[NameKey].(string)
-		switch {
-		case strings.TrimSpace(name) == "":
-			return nil, &Error{path, ln.header, "[[listener]] needs a name"}
-		case names[name] > 0:
-			return nil, &Error{path, s.LineOf(NameKey), fmt.Sprintf("listener name %q is used twice (first on line %d)", name, names[name])}
+		if first, dup := names[s.Name]; dup {
+			return nil, &Error{Path: path, Line: s.LineOf(NameKey), Listener: s.Name, Msg: fmt.Sprintf("name %q is used twice (first on line %d)", s.Name, first)}
 		}
-		s.Name = name
-		names[name] = s.LineOf(NameKey)
+		names[s.Name] = s.LineOf(NameKey)
 		f.Listeners = append(f.Listeners, s)
 	}
 	if len(f.Listeners) == 0 {
@@ -156,84 +157,205 @@ func Parse(path string, doc []byte, schema Schema) (*File, error) {
 	return f, nil
 }
 
-// fileType is the struct the strict decoding fills: global keys, and a
-// listener array of structs with the listener keys.
-func fileType(schema Schema) reflect.Type {
-	var global, listener []reflect.StructField
-	listener = append(listener, field(NameKey, String))
-	for _, k := range schema {
-		if k.Global {
-			global = append(global, field(k.Name, k.Kind))
-		} else {
-			listener = append(listener, field(k.Name, k.Kind))
+// parser checks one document's sections against the schema.
+type parser struct {
+	path string
+	keys map[string]Key
+}
+
+// section checks one table's keys (the top of the file when top) and
+// types their values, in file order. Each problem is an *Error at its
+// key's line.
+func (p parser) section(m map[string]any, ln sectionLines, top bool) (Section, error) {
+	s := Section{Line: ln.header}
+	bad := func(key, format string, a ...any) error {
+		line := ln.keys[key]
+		if line == 0 {
+			line = ln.header
+		}
+		return &Error{Path: p.path, Line: line, Listener: s.Name, Msg: fmt.Sprintf(format, a...)}
+	}
+	if !top {
+		name, ok := m[NameKey].(string)
+		switch {
+		case m[NameKey] != nil && !ok:
+			return s, bad(NameKey, "name: %s; want a name in quotes", describe(m[NameKey]))
+		case strings.TrimSpace(name) == "":
+			return s, &Error{Path: p.path, Line: ln.header, Msg: `[[listener]] needs a name (name = "logs")`}
+		}
+		s.Name = name
+		s.Values = append(s.Values, Value{Key: NameKey, Line: ln.keys[NameKey], V: name})
+	}
+	// File order first; keys the line scan did not see (unusual shapes)
+	// after them, sorted.
+	order := slices.Clone(ln.order)
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if !slices.Contains(order, k) {
+			order = append(order, k)
 		}
 	}
-	global = append(global, reflect.StructField{
-		Name: "Listener", Type: reflect.SliceOf(reflect.StructOf(listener)), Tag: `toml:"listener"`,
-	})
-	return reflect.StructOf(global)
-}
-
-var goTypes = map[Kind]reflect.Type{
-	String: reflect.TypeOf(""), Int: reflect.TypeOf(int64(0)), Bool: reflect.TypeOf(false),
-	Duration: reflect.TypeOf(""), Strings: reflect.TypeOf([]string(nil)),
-}
-
-// field is a struct field for key; its Go name only has to be unique and
-// exported.
-func field(key string, kind Kind) reflect.StructField {
-	name := "F"
-	for _, part := range strings.FieldsFunc(key, func(r rune) bool { return r == '-' || r == '_' }) {
-		name += strings.ToUpper(part[:1]) + part[1:]
-	}
-	return reflect.StructField{Name: name, Type: goTypes[kind], Tag: reflect.StructTag(`toml:"` + key + `"`)}
-}
-
-// section turns one table's values into typed values and arguments, in
-// file order. A duration that does not parse is an error at its line.
-func section(path string, m map[string]any, schema Schema, ln sectionLines, line int) (Section, error) {
-	kinds := map[string]Kind{}
-	for _, k := range schema {
-		kinds[k.Name] = k.Kind
-	}
-	s := Section{Line: line}
-	for _, key := range ln.order {
-		v, ok := m[key]
-		if !ok || key == NameKey || key == "listener" {
-			if key == NameKey && ok {
-				s.Values = append(s.Values, Value{Key: key, Line: ln.keys[key], V: v})
-			}
+	for _, key := range order {
+		raw, ok := m[key]
+		if !ok || key == NameKey && !top || key == "listener" && top {
 			continue
 		}
-		val := Value{Key: key, Line: ln.keys[key]}
-		switch x := v.(type) {
-		case []any:
-			var list []string
-			for _, e := range x {
-				val.Args = append(val.Args, "--"+key+"="+fmt.Sprint(e))
-				list = append(list, fmt.Sprint(e))
-			}
-			val.V = list
-		case bool:
-			val.Args = []string{"--" + key + "=" + strconv.FormatBool(x)}
-			val.V = x
-		case int64:
-			val.Args = []string{"--" + key + "=" + fmt.Sprint(x)}
-			val.V = int(x)
-		default:
-			val.Args = []string{"--" + key + "=" + fmt.Sprint(x)}
-			val.V = fmt.Sprint(x)
-			if kinds[key] == Duration {
-				d, err := time.ParseDuration(fmt.Sprint(x))
-				if err != nil {
-					return s, &Error{path, val.Line, fmt.Sprintf("invalid duration %q for %s (want e.g. 90s or 5m)", x, key)}
-				}
-				val.V = d
-			}
+		k, known := p.keys[key]
+		switch {
+		case !known && top && key == NameKey:
+			return s, bad(key, "name: belongs in a [[listener]] table")
+		case !known:
+			return s, bad(key, "unknown key %q%s", key, p.suggest(key))
+		case k.Global && !top:
+			return s, bad(key, "%s: is process-wide: set it at the top of the file, before the first [[listener]]", key)
+		case !k.Global && top:
+			return s, bad(key, "%s: belongs in a [[listener]] table (each listener has its own)", key)
 		}
-		s.Values = append(s.Values, val)
+		v, err := typed(key, k.Kind, raw)
+		if err != nil {
+			return s, bad(key, "%s", err)
+		}
+		s.Values = append(s.Values, Value{Key: key, Line: ln.keys[key], V: v})
 	}
 	return s, nil
+}
+
+// suggest is " (did you mean NAME?)" for a key one or two edits from a
+// known one, else where the keys are listed.
+func (p parser) suggest(key string) string {
+	best, dist := "", 3
+	for name := range p.keys {
+		if d := editDistance(key, name); d < dist || d == dist && best != "" && name < best {
+			best, dist = name, d
+		}
+	}
+	if best == "" {
+		return " (the keys are the flags' names: see ndlb --help)"
+	}
+	return fmt.Sprintf(" (did you mean %s?)", best)
+}
+
+// typed checks that raw, as go-toml decoded it, fits kind and returns it
+// as Value.V holds it. A string setting written as a number (a size) is
+// taken as its text, and one string where a list is wanted as a list of
+// one.
+func typed(key string, kind Kind, raw any) (any, error) {
+	switch kind {
+	case Int:
+		if n, ok := raw.(int64); ok {
+			return int(n), nil
+		}
+		if t, ok := raw.(string); ok {
+			if _, err := strconv.Atoi(strings.TrimSpace(t)); err == nil {
+				return nil, fmt.Errorf("%s: %q is text; want a number without quotes (%s = %s)", key, t, key, strings.TrimSpace(t))
+			}
+		}
+		return nil, fmt.Errorf("%s: %s; want a whole number", key, describe(raw))
+	case Bool:
+		if b, ok := raw.(bool); ok {
+			return b, nil
+		}
+		return nil, fmt.Errorf("%s: %s; want true or false, without quotes (%s = true)", key, describe(raw), key)
+	case Duration:
+		t, ok := raw.(string)
+		if !ok {
+			hint := "90s"
+			if n, isInt := raw.(int64); isInt {
+				hint = fmt.Sprintf("%ds", n)
+			}
+			return nil, fmt.Errorf("%s: %s; want a duration in quotes (%s = %q)", key, describe(raw), key, hint)
+		}
+		d, err := time.ParseDuration(strings.TrimSpace(t))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q is not a duration (use %s)", key, t, durationHint(t))
+		}
+		return d, nil
+	case Strings:
+		if t, ok := raw.(string); ok {
+			return []string{t}, nil
+		}
+		list, ok := raw.([]any)
+		if !ok {
+			return nil, fmt.Errorf(`%s: %s; want a list of strings (%s = ["a", "b"])`, key, describe(raw), key)
+		}
+		out := make([]string, 0, len(list))
+		for i, e := range list {
+			t, ok := e.(string)
+			if !ok {
+				return nil, fmt.Errorf("%s: item %d: %s; want a string in quotes", key, i+1, describe(e))
+			}
+			out = append(out, t)
+		}
+		return out, nil
+	}
+	switch x := raw.(type) {
+	case string:
+		return x, nil
+	case int64:
+		return strconv.FormatInt(x, 10), nil
+	}
+	return nil, fmt.Errorf("%s: %s; want a string in quotes", key, describe(raw))
+}
+
+// describe says what a decoded TOML value is, for an error message.
+func describe(v any) string {
+	switch x := v.(type) {
+	case string:
+		return fmt.Sprintf("%q is text", x)
+	case int64, float64:
+		return fmt.Sprintf("%v is a number", x)
+	case bool:
+		return fmt.Sprintf("%v is a boolean", x)
+	case []any:
+		return "a list"
+	case map[string]any:
+		return "a table"
+	}
+	return fmt.Sprintf("%v is a date or time", v)
+}
+
+// durationUnits are unit words people write, in Go's spelling.
+var durationUnits = map[string]string{
+	"ns": "ns", "us": "us", "µs": "µs", "ms": "ms", "msec": "ms", "millisecond": "ms", "milliseconds": "ms",
+	"s": "s", "sec": "s", "secs": "s", "second": "s", "seconds": "s",
+	"m": "m", "min": "m", "mins": "m", "minute": "m", "minutes": "m",
+	"h": "h", "hr": "h", "hrs": "h", "hour": "h", "hours": "h",
+}
+
+var durationWords = regexp.MustCompile(`^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-zµ]+)\s*$`)
+
+// durationHint is t as a Go duration ("10 minutes": 10m, "2 days": 48h),
+// or examples when that cannot be guessed.
+func durationHint(t string) string {
+	if m := durationWords.FindStringSubmatch(t); m != nil {
+		unit := strings.ToLower(m[2])
+		if u, ok := durationUnits[unit]; ok {
+			return m[1] + u
+		}
+		if n, err := strconv.Atoi(m[1]); err == nil && (unit == "d" || unit == "day" || unit == "days") {
+			return strconv.Itoa(24*n) + "h"
+		}
+	}
+	return "a number and a unit: 500ms, 90s, 5m or 1h30m"
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev, cur := make([]int, len(b)+1), make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // sectionLines holds where a table and its keys are.
@@ -246,6 +368,7 @@ type sectionLines struct {
 var (
 	keyLine    = regexp.MustCompile(`^\s*([A-Za-z0-9_-]+|"[^"]+")\s*=`)
 	headerLine = regexp.MustCompile(`^\s*\[\[\s*listener\s*\]\]`)
+	tableLine  = regexp.MustCompile(`^\s*\[\s*([A-Za-z0-9_-]+)\s*\]`)
 )
 
 // keyLines finds the line of every key: index 0 is the top of the file, i
@@ -257,6 +380,12 @@ func keyLines(doc []byte) []sectionLines {
 		switch {
 		case headerLine.MatchString(line):
 			out = append(out, sectionLines{header: i + 1, keys: map[string]int{}})
+		case tableLine.MatchString(line) && len(out) == 1:
+			// A [table] at the top: where its key is.
+			if k := tableLine.FindStringSubmatch(line)[1]; out[0].keys[k] == 0 {
+				out[0].keys[k] = i + 1
+				out[0].order = append(out[0].order, k)
+			}
 		case keyLine.MatchString(line):
 			k := strings.Trim(keyLine.FindStringSubmatch(line)[1], `"`)
 			cur := &out[len(out)-1]
@@ -269,18 +398,12 @@ func keyLines(doc []byte) []sectionLines {
 	return out
 }
 
-// decodeError gives go-toml's errors a line.
+// decodeError gives go-toml's syntax errors their line.
 func decodeError(path string, err error) error {
-	var strictErr *toml.StrictMissingError
-	if errors.As(err, &strictErr) && len(strictErr.Errors) > 0 {
-		e := strictErr.Errors[0]
-		row, _ := e.Position()
-		return &Error{path, row, fmt.Sprintf("unknown key %q", strings.Join(e.Key(), "."))}
-	}
 	var decErr *toml.DecodeError
 	if errors.As(err, &decErr) {
 		row, _ := decErr.Position()
-		return &Error{path, row, decErr.Error()}
+		return &Error{Path: path, Line: row, Msg: "not valid TOML: " + strings.TrimPrefix(decErr.Error(), "toml: ")}
 	}
 	return &Error{Path: path, Msg: err.Error()}
 }

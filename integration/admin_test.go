@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -174,4 +175,36 @@ func TestAdminAPIProbes(t *testing.T) {
 		t.Fatalf("healthcheck after exit passed: %s", out)
 	}
 	fmt.Fprintln(io.Discard, out)
+}
+
+// `ndlb healthcheck` in a container that configures ndlb with NDLB_CONFIG
+// asks what the file names: its admin API, or else every listener.
+func TestHealthcheckReadsTheConfigFile(t *testing.T) {
+	w := newWorld(t, 1)
+	dir := t.TempDir()
+	ports := []string{freePort(t), freePort(t), freePort(t)}
+	listeners := fmt.Sprintf("log-format = \"json\"\n\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = %s\ntarget = [%q]\n\n"+
+		"[[listener]]\nname = \"audit\"\naddr = \"127.0.0.1\"\nport = %s\ntarget = [%q]\n", ports[0], w.sinks[0].Addr(), ports[1], w.sinks[0].Addr())
+	for _, tc := range []struct{ name, top, want string }{
+		{"admin API", fmt.Sprintf("admin = \"127.0.0.1:%s\"\n", ports[2]), "/healthz"},
+		{"listeners", "", "127.0.0.1:" + ports[1] + " accepts connections"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeConfig(t, dir, tc.top+listeners)
+			env := append(os.Environ(), "NDLB_CONFIG="+path)
+			p := startCmd(t, func() *exec.Cmd { c := command(bin); c.Env = env; return c }())
+			listening(t, p, 2)
+			hc := command(bin, "healthcheck")
+			hc.Env = env
+			if out, err := hc.CombinedOutput(); err != nil || !strings.Contains(string(out), tc.want) {
+				t.Fatalf("healthcheck: %v %s", err, out)
+			}
+			p.stopOK()
+			hc = command(bin, "healthcheck")
+			hc.Env = env
+			if out, err := hc.CombinedOutput(); err == nil {
+				t.Fatalf("healthcheck passed with ndlb stopped: %s", out)
+			}
+		})
+	}
 }

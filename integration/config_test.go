@@ -91,7 +91,7 @@ func TestCheckConfig(t *testing.T) {
 		want string
 	}{
 		{name: "good", code: 0, want: "ok:", doc: "[[listener]]\nname = \"a\"\ntarget = [\"127.0.0.1:1\"]\n"},
-		{name: "unknown key", code: 2, want: "ndlb.toml:3: unknown key", doc: "[[listener]]\nname = \"a\"\ntargets = [\"127.0.0.1:1\"]\n"},
+		{name: "unknown key", code: 2, want: "ndlb.toml:3: listener \"a\": unknown key \"targets\" (did you mean target?)", doc: "[[listener]]\nname = \"a\"\ntargets = [\"127.0.0.1:1\"]\n"},
 		{name: "bad value", code: 2, want: "ndlb.toml:4: listener \"a\"", doc: "[[listener]]\nname = \"a\"\ntarget = [\"127.0.0.1:1\"]\nconnections = 0\n"},
 		{name: "no target", code: 2, want: "ndlb.toml:1:", doc: "[[listener]]\nname = \"a\"\n"},
 		{name: "syntax", code: 2, want: "ndlb.toml:2:", doc: "[[listener]]\nname = \n"},

@@ -93,8 +93,8 @@ var All = []Setting{
 	{Name: "check-http-body", Kind: config.String, Group: groupCheck, Reload: LiveChecks, Usage: "text the answer to an http check must contain"},
 	{Name: "check-tls", Kind: config.Bool, Group: groupCheck, Reload: LiveChecks, Usage: "make http checks over TLS: with the --tls-target settings when set, else without verifying the certificate"},
 
-	{Name: "admin", Kind: config.String, Group: groupAdmin, Global: true, Reload: Restart, Usage: "serve the admin HTTP API (health, readiness, targets, drain) on HOST:PORT; bind it to loopback (off by default)"},
-	{Name: "admin-token-file", Kind: config.String, Group: groupAdmin, Global: true, Reload: Restart, Usage: "file holding a bearer token that the admin API's POST routes require"},
+	{Name: "admin", Fields: []string{"admin.Addr"}, Kind: config.String, Group: groupAdmin, Global: true, Reload: Restart, Usage: "serve the admin HTTP API (health, readiness, targets, drain) on HOST:PORT; bind it to loopback (off by default)"},
+	{Name: "admin-token-file", Fields: []string{"admin.TokenFile"}, Kind: config.String, Group: groupAdmin, Global: true, Reload: Restart, Usage: "file holding a bearer token that the admin API's POST routes require"},
 
 	{Name: "log-format", Kind: config.String, Default: "text", Group: groupLog, Global: true, Reload: Restart, Usage: "log format: text or json"},
 	{Name: "log-level", Kind: config.String, Default: "info", Group: groupLog, Global: true, Reload: LiveProcess, Usage: "log level: debug, info, warn or error (passthrough logs each connection at info)"},

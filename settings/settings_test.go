@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ndlb/ndlb/admin"
 	"github.com/ndlb/ndlb/config"
 	"github.com/ndlb/ndlb/discovery"
 	"github.com/ndlb/ndlb/health"
@@ -122,6 +123,7 @@ func fieldExists(f string) bool {
 	configs := map[string]reflect.Type{
 		"ndjson": reflect.TypeFor[ndjson.Config](), "passthrough": reflect.TypeFor[passthrough.Config](),
 		"health": reflect.TypeFor[health.Config](), "discovery": reflect.TypeFor[discovery.Config](),
+		"admin": reflect.TypeFor[admin.Config](),
 	}
 	pkg, path, _ := strings.Cut(f, ".")
 	t, ok := configs[pkg]

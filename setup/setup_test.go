@@ -3,6 +3,8 @@ package setup
 import (
 	"errors"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -113,7 +115,7 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 	// setup refuses them first (no target at all; a PROXY version other
 	// than v1 or v2 does not parse).
 	for _, s := range settings.All {
-		if len(s.Fields) > 0 && !byLibrary[s.Name] && s.Name != "target" && s.Name != "send-proxy" {
+		if len(s.Fields) > 0 && !s.Global && !byLibrary[s.Name] && s.Name != "target" && s.Name != "send-proxy" {
 			t.Errorf("no bad value of --%s reaches the library", s.Name)
 		}
 	}
@@ -169,5 +171,41 @@ func TestLayeredPrecedence(t *testing.T) {
 		if got := Text(l, s); got != want {
 			t.Errorf("Text(%s) = %q, want %q", name, got, want)
 		}
+	}
+}
+
+// The process-wide settings are checked as the listeners' are: each bad
+// value names its setting, the admin API's through its library.
+func TestProcessOf(t *testing.T) {
+	dir := t.TempDir()
+	empty, token := filepath.Join(dir, "empty"), filepath.Join(dir, "token")
+	if err := os.WriteFile(empty, []byte(" \n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(token, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		setting string
+		v       values
+	}{
+		{"log-level", values{"log-level": "loud"}},
+		{"log-format", values{"log-format": "xml"}},
+		{"upgrade-timeout", values{"upgrade-timeout": time.Duration(0)}},
+		{"admin", values{"admin": "nope"}},
+		{"admin", values{"admin": "127.0.0.1:99999"}},
+		{"admin-token-file", values{"admin-token-file": token}},
+		{"admin-token-file", values{"admin": "127.0.0.1:0", "admin-token-file": filepath.Join(dir, "missing")}},
+		{"admin-token-file", values{"admin": "127.0.0.1:0", "admin-token-file": empty}},
+	} {
+		_, err := ProcessOf(tc.v)
+		var se *settings.Error
+		if !errors.As(err, &se) || se.Setting != tc.setting || !strings.Contains(se.Error(), "--"+tc.setting) {
+			t.Errorf("%v: error %v, want one naming --%s", tc.v, err, tc.setting)
+		}
+	}
+	p, err := ProcessOf(values{"admin": "127.0.0.1:0", "admin-token-file": token, "log-level": "debug", "log-format": "json"})
+	if err != nil || p.LogLevel != slog.LevelDebug || p.LogFormat != "json" || p.Admin.Addr != "127.0.0.1:0" || p.UpgradeTimeout != time.Minute {
+		t.Fatalf("ProcessOf: %+v, %v", p, err)
 	}
 }

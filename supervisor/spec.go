@@ -95,13 +95,52 @@ func (s Spec) Validate() error {
 		case l.Addr == "":
 			return &Error{Listener: l.Name, Err: fmt.Errorf("%w: no address", ErrSpec)}
 		}
+		for _, o := range s.Listeners {
+			if o.Name == l.Name {
+				break
+			}
+			if sameAddr(o.Addr, l.Addr) {
+				return &Error{Listener: l.Name, Err: &sameAddrError{addr: l.Addr, other: o.Name}}
+			}
+		}
 		seen[l.Name] = true
 	}
 	return nil
 }
 
-// ErrSpec is wrapped by the errors of Spec.Validate.
-var ErrSpec = errors.New("invalid spec")
+// sameAddr reports whether listening on a and on b would share clients: the
+// same port (not 0, which picks a free one) on the same host, or on a
+// wildcard address and any host.
+func sameAddr(a, b string) bool {
+	ha, pa, errA := net.SplitHostPort(a)
+	hb, pb, errB := net.SplitHostPort(b)
+	if errA != nil || errB != nil || pa != pb || pa == "0" {
+		return false
+	}
+	wild := func(h string) bool { ip := net.ParseIP(h); return h == "" || ip != nil && ip.IsUnspecified() }
+	if wild(ha) || wild(hb) {
+		return true
+	}
+	ia, ib := net.ParseIP(ha), net.ParseIP(hb)
+	return ha == hb || ia != nil && ia.Equal(ib)
+}
+
+// Errors of Spec.Validate. ErrSpec is wrapped by all of them.
+var (
+	ErrSpec = errors.New("invalid spec")
+	// ErrSameAddr: two listeners on one address and port (the second is
+	// named by the Error).
+	ErrSameAddr = errors.New("two listeners on one address")
+)
+
+// sameAddrError is ErrSameAddr, said with the addresses.
+type sameAddrError struct{ addr, other string }
+
+func (e *sameAddrError) Error() string {
+	return fmt.Sprintf("%s is also the address of listener %q: two listeners on one port would split the clients between them", e.addr, e.other)
+}
+
+func (e *sameAddrError) Is(target error) bool { return target == ErrSameAddr || target == ErrSpec }
 
 // Error is a problem with one listener.
 type Error struct {

@@ -257,6 +257,7 @@ func TestBadSpecChangesNothing(t *testing.T) {
 		{Listeners: []Listener{{Name: "x", Mode: fakeMode{}}}},
 		{Listeners: []Listener{{Mode: fakeMode{}, Addr: "127.0.0.1:0"}}},
 		{Listeners: []Listener{func() Listener { l := listener("x"); l.Mode = fakeMode{fail: errors.New("no")}; return l }()}},
+		{Listeners: []Listener{listener("x"), at(listener("y"), "127.0.0.1:0"), at(listener("z"), "0.0.0.0:9555"), at(listener("w"), "127.0.0.2:9555")}},
 	}
 	for i, spec := range bad {
 		// A change that alone would replace x.
@@ -290,6 +291,39 @@ func TestBadSpecChangesNothing(t *testing.T) {
 	}
 	if err := Check(Spec{Listeners: []Listener{listener("y")}}); err != nil {
 		t.Fatalf("Check of a good spec: %v", err)
+	}
+	if err := Check(bad[6]); !errors.Is(err, ErrSameAddr) || !errors.As(err, &se) || se.Listener != "w" {
+		t.Fatalf("Check of two listeners on one port: %v", err)
+	}
+}
+
+// at is l listening on addr.
+func at(l Listener, addr string) Listener {
+	l.Addr = addr
+	return l
+}
+
+// Two listeners share clients when they listen on one port of one host, or
+// one of them on a wildcard address; port 0 picks a free port each.
+func TestSameAddr(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		same bool
+	}{
+		{"127.0.0.1:9000", "127.0.0.1:9000", true},
+		{"0.0.0.0:9000", "127.0.0.1:9000", true},
+		{"[::]:9000", "10.0.0.1:9000", true},
+		{":9000", "[::1]:9000", true},
+		{"[::1]:9000", "[0:0:0:0:0:0:0:1]:9000", true},
+		{"logs.internal:9000", "logs.internal:9000", true},
+		{"127.0.0.1:9000", "127.0.0.2:9000", false},
+		{"127.0.0.1:9000", "127.0.0.1:9001", false},
+		{"0.0.0.0:0", "0.0.0.0:0", false},
+		{"nonsense", "nonsense", false},
+	} {
+		if got := sameAddr(tc.a, tc.b); got != tc.same {
+			t.Errorf("sameAddr(%s, %s) = %v", tc.a, tc.b, got)
+		}
 	}
 }
 

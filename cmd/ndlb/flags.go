@@ -55,22 +55,18 @@ func healthcheckFlags() []cli.Flag {
 		&cli.StringFlag{Name: "addr", Value: "0.0.0.0", Usage: "ndlb's listen address (0.0.0.0 means 127.0.0.1)", EnvVars: env("addr")},
 		&cli.IntFlag{Name: "port", Value: 9000, Usage: "ndlb's listen port", EnvVars: env("port")},
 		&cli.StringFlag{Name: "admin", Usage: "ndlb's admin API HOST:PORT: ask its /healthz instead", EnvVars: env("admin")},
+		&cli.StringFlag{Name: "config", Usage: "ndlb's config file: its admin API, else its listeners", EnvVars: env("config")},
 	}
 }
 
-// newLogger builds the logger from --log-format and --log-level. The level
-// can be changed later through the returned LevelVar.
-func newLogger(c setup.Values, w io.Writer) (*slog.Logger, *slog.LevelVar, error) {
+// newLogger builds the logger of p's format and level. The level can be
+// changed later through the returned LevelVar.
+func newLogger(p setup.Process, w io.Writer) (*slog.Logger, *slog.LevelVar) {
 	var level slog.LevelVar
-	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
-		return nil, nil, usageError("invalid value %q for --log-level: want debug, info, warn or error", c.String("log-level"))
-	}
+	level.Set(p.LogLevel)
 	opts := &slog.HandlerOptions{Level: &level}
-	switch c.String("log-format") {
-	case "text":
-		return slog.New(telemetry.LogHandler(slog.NewTextHandler(w, opts))), &level, nil
-	case "json":
-		return slog.New(telemetry.LogHandler(slog.NewJSONHandler(w, opts))), &level, nil
+	if p.LogFormat == "json" {
+		return slog.New(telemetry.LogHandler(slog.NewJSONHandler(w, opts))), &level
 	}
-	return nil, nil, usageError("invalid value %q for --log-format: want text or json", c.String("log-format"))
+	return slog.New(telemetry.LogHandler(slog.NewTextHandler(w, opts))), &level
 }

@@ -45,7 +45,7 @@ func usageError(format string, a ...any) error {
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:      "ndlb",
 		Usage:     "a TCP load balancer that understands lines",
 		UsageText: "ndlb --target HOST:PORT[,HOST:PORT...] [options]\n   ndlb --passthrough --target HOST:PORT[,...] [--balance POLICY] [options]\n   ndlb --config ndlb.toml [options]\n   ndlb check-config ndlb.toml\n   ndlb demo\n   ndlb version",
@@ -76,4 +76,10 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				Flags: healthcheckFlags(), Action: runHealthcheck},
 		},
 	}
+	for _, cmd := range app.Commands {
+		cmd.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
+			return usageError("%s: %v (see ndlb %s --help; the balancer's flags go before the command)", cmd.Name, err, cmd.Name)
+		}
+	}
+	return app
 }

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
@@ -32,16 +32,17 @@ func runBalancer(c *cli.Context) error {
 	// The content being loaded: a change made before the watcher starts
 	// is then still seen as a change.
 	loaded := config.Hash(path)
-	g, srcs, err := loadSetup(c)
+	proc, srcs, err := loadSetup(c)
 	if err != nil {
 		return err
 	}
-	log, level, err := newLogger(g, c.App.ErrWriter)
+	p, err := proc.process()
 	if err != nil {
 		return err
 	}
+	log, level := newLogger(p, c.App.ErrWriter)
 	// Telemetry first, so that the servers' instruments reach the SDK.
-	tel, err := telemetry.Setup(context.Background(), telemetry.Config{Version: version(), Prometheus: g.String("admin") != ""})
+	tel, err := telemetry.Setup(context.Background(), telemetry.Config{Version: version(), Prometheus: p.Admin.Addr != ""})
 	if err != nil {
 		return usageError("invalid OTEL_* settings: %v", err)
 	}
@@ -55,7 +56,7 @@ func runBalancer(c *cli.Context) error {
 	if tel.Traces || tel.MetricsPushed {
 		log.Info("OpenTelemetry export on", "traces", tel.Traces, "metrics", tel.MetricsPushed)
 	}
-	spec, err := specOf(g, srcs, log)
+	spec, err := specOf(proc, srcs, log)
 	if err != nil {
 		return err
 	}
@@ -72,11 +73,11 @@ func runBalancer(c *cli.Context) error {
 	}
 	if path != "" {
 		cfg.Load = func() (supervisor.Spec, error) {
-			g, srcs, err := loadSetup(c)
+			proc, srcs, err := loadSetup(c)
 			if err != nil {
 				return supervisor.Spec{}, err
 			}
-			return specOf(g, srcs, log)
+			return specOf(proc, srcs, log)
 		}
 	}
 	// Signals are caught before the listeners open, so one that arrives as
@@ -100,7 +101,7 @@ func runBalancer(c *cli.Context) error {
 	if reg, err := ndjson.ObserveLedgers(sup.Book()); err == nil {
 		defer reg.Unregister()
 	}
-	adm, err := newAdmin(g, log, sup.Listeners, sup.ReloadInfo, tel.Metrics(), listenAdmin)
+	adm, err := newAdmin(p, log, sup.Listeners, sup.ReloadInfo, tel.Metrics(), listenAdmin)
 	if err != nil {
 		sup.Close()
 		return err
@@ -112,7 +113,7 @@ func runBalancer(c *cli.Context) error {
 	if inh != nil {
 		go inh.Serve(sup) // tells the old process we are ready, then takes its clients
 	}
-	pidFile := g.String("pid-file")
+	pidFile := p.PIDFile
 	if err := supervisor.WritePID(pidFile); err != nil {
 		log.Error("cannot write the PID file", "path", pidFile, "err", err)
 	}
@@ -132,9 +133,9 @@ func runBalancer(c *cli.Context) error {
 		case <-usr2:
 			var extra []supervisor.Socket
 			if adm != nil {
-				extra = append(extra, supervisor.Socket{Name: adminSocket, Addr: g.String("admin"), Listener: adm.Socket()})
+				extra = append(extra, supervisor.Socket{Name: adminSocket, Addr: p.Admin.Addr, Listener: adm.Socket()})
 			}
-			if err := sup.Upgrade(context.Background(), "", g.Duration("upgrade-timeout"), extra...); err != nil {
+			if err := sup.Upgrade(context.Background(), "", p.UpgradeTimeout, extra...); err != nil {
 				log.Error("upgrade failed; this process serves on", "err", err)
 				continue
 			}
@@ -182,26 +183,27 @@ func exitOf(err error, srcs []*source) error {
 				}
 				return cli.Exit(err.Error(), exitError)
 			}
-			return in.wrap(settings.Errorf("", "%v", se.Err))
+			setting := ""
+			if errors.Is(se.Err, supervisor.ErrSameAddr) {
+				setting = "port"
+			}
+			return in.wrap(settings.Errorf(setting, "%v", se.Err))
 		}
 	}
 	return usageError("%v", err)
 }
 
-// specOf turns the process-wide flags g and the listeners' sources into a
-// Spec, checking every value; log is the process's logger.
-func specOf(g setup.Values, srcs []*source, log *slog.Logger) (supervisor.Spec, error) {
-	_, level, err := newLogger(g, io.Discard)
+// specOf turns the process-wide settings proc and the listeners' sources
+// into a Spec, checking every value; log is the process's logger.
+func specOf(proc *source, srcs []*source, log *slog.Logger) (supervisor.Spec, error) {
+	p, err := proc.process()
 	if err != nil {
 		return supervisor.Spec{}, err
 	}
-	if d := g.Duration("upgrade-timeout"); d <= 0 {
-		return supervisor.Spec{}, usageError("invalid value %s for --upgrade-timeout: must be positive", d)
-	}
-	spec := supervisor.Spec{LogLevel: level.Level(), Process: map[string][]string{}}
+	spec := supervisor.Spec{LogLevel: p.LogLevel, Process: map[string][]string{}}
 	for _, s := range settings.All {
 		if s.Global {
-			spec.Process[s.Name] = []string{setup.Text(g, s)}
+			spec.Process[s.Name] = []string{setup.Text(proc.c, s)}
 		}
 	}
 	for _, in := range srcs {
@@ -214,14 +216,20 @@ func specOf(g setup.Values, srcs []*source, log *slog.Logger) (supervisor.Spec, 
 	return spec, nil
 }
 
-// source is one listener as configured: its flags, and where in the config
-// file it came from.
+// source is one listener, or the process-wide settings, as configured: its
+// values, and where in the config file they came from.
 type source struct {
 	name string
 	file *config.File   // nil: flags only
-	sec  config.Section // its table in file
+	sec  config.Section // its table in file (the top for the process)
 	c    setup.Values   // its settings
 	args map[string][]string
+}
+
+// process checks the process-wide settings of proc.
+func (in *source) process() (setup.Process, error) {
+	p, err := setup.ProcessOf(in.c)
+	return p, in.wrap(err)
 }
 
 // logger is log for this listener.
@@ -252,6 +260,9 @@ func (in *source) wrap(err error) error {
 	line := in.sec.Line
 	if se.Setting != "" {
 		line = in.sec.LineOf(se.Setting)
+		if !slices.ContainsFunc(in.sec.Values, func(v config.Value) bool { return v.Key == se.Setting }) && in.c.IsSet(se.Setting) {
+			line = 0 // set by a flag or variable, not in the file
+		}
 	}
-	return usageError("%s", (&config.Error{Path: in.file.Path, Line: line, Msg: fmt.Sprintf("listener %q: %v", in.name, se.Msg)}).Error())
+	return usageError("%s", (&config.Error{Path: in.file.Path, Line: line, Listener: in.sec.Name, Msg: se.Msg}).Error())
 }

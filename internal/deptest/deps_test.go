@@ -26,7 +26,7 @@ var allowed = map[string][]string{
 	"pool":      {"dispatch", "framer", "invalid", "tlsutil", "upstream"},
 	"ndjson":    {"dispatch", "framer", "internal/gopool", "invalid", "listener", "pool", "tlsutil", "upstream"},
 	"balance":   {"upstream"},
-	"admin":     {"upstream"},
+	"admin":     {"invalid", "upstream"},
 	"health":    {"invalid", "tlsutil", "upstream"},
 	"discovery": {"invalid", "upstream"},
 	"config":    {},
