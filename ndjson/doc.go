@@ -16,10 +16,10 @@
 // close or Config.DrainTimeout passes (then their sockets are shut, what the
 // kernel holds is read and framed, and a line cut short is dropped as
 // incomplete); the queue's input closes; the pool delivers what is queued.
-// Whatever is still undelivered Config.DrainTimeout + Config.DeliverTimeout
-// after Shutdown began, including what clients had handed to the kernel and
-// could not be queued, is dropped, counted and logged with the reason
-// "shutdown". Every line is on the server's dispatch.Ledger.
+// Whatever is still undelivered Config.DeliverTimeout after the drain ended
+// (at most DrainTimeout + DeliverTimeout after Shutdown began), including
+// what clients had handed to the kernel and could not be queued, is
+// dropped, counted and logged with the reason "shutdown". Every line is on the server's dispatch.Ledger.
 //
 // The package does not parse lines beyond the framer's newline cutting, and
 // holds no socket of its own.

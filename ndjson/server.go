@@ -524,16 +524,22 @@ func (s *Server) Set() *upstream.Set { return s.set }
 // line and returns it. It is safe to call more than once.
 func (s *Server) Shutdown() Summary {
 	s.shutdown.Do(func() {
+		// Until the drain ends, DrainTimeout+DeliverTimeout bounds it all
+		// (a client's push may wait for room that only delivery frees);
+		// after it, DeliverTimeout from then, as documented.
 		giveUp := time.AfterFunc(s.cfg.DrainTimeout+s.cfg.DeliverTimeout, s.hardCancel)
-		defer giveUp.Stop()
 		s.log.Info("shutting down: no new connections; draining clients", "drain_timeout", s.cfg.DrainTimeout)
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 		if err := s.ln.Shutdown(ctx); err != nil {
 			s.log.Warn("drain timeout passed with clients still connected; their connections were closed")
 		}
 		cancel()
+		if giveUp.Stop() {
+			giveUp = time.AfterFunc(s.cfg.DeliverTimeout, s.hardCancel)
+		}
+		defer giveUp.Stop()
 		s.q.CloseInput()
-		s.log.Info("delivering queued lines", "queued_bytes", s.q.Stats().Bytes)
+		s.log.Info("delivering queued lines", "queued_bytes", s.q.Stats().Bytes, "deliver_timeout", s.cfg.DeliverTimeout)
 		select {
 		case <-s.poolDone:
 		case <-s.hard.Done():

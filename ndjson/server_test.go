@@ -208,3 +208,37 @@ func TestLineTimeoutClosesQuietPartialLine(t *testing.T) {
 		t.Fatalf("line timeouts %d, incomplete %d, ledger %+v (busy sent %d)", sum.LineTimeouts, sum.DroppedIncomplete, sum.Ledger, sent)
 	}
 }
+
+// DeliverTimeout counts from the end of the drain: with every client gone
+// at once and the only target dead, Shutdown gives up after DeliverTimeout,
+// not after DrainTimeout + DeliverTimeout, and counts what it dropped.
+func TestDeliverTimeoutCountsAfterTheDrain(t *testing.T) {
+	dead := newLocalListener(t)
+	addr := dead.Addr().String()
+	dead.Close() // refuses from now on
+	srv, _ := startServer(t, func(c *Config) {
+		c.Targets = []string{addr}
+		c.DrainTimeout, c.DeliverTimeout = time.Hour, 50*time.Millisecond
+	})
+	c, err := net.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b []byte
+	for i := range uint32(10) {
+		b = linetest.AppendLine(b, 1, i)
+	}
+	c.Write(b)
+	c.Close()
+	waitUntil(t, "lines read", func() bool { return srv.Stats().Ledger.Received == 10 })
+	done := make(chan Summary, 1)
+	go func() { done <- srv.Shutdown() }()
+	select {
+	case sum := <-done:
+		if sum.Clean || sum.DroppedShutdown != 10 || !sum.Ledger.Closed() {
+			t.Fatalf("summary %+v", sum)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Shutdown waited for the drain timeout although no client was left")
+	}
+}
