@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/pires/go-proxyproto"
 )
@@ -22,8 +23,15 @@ const proxyBufferBytes = 256
 // handler in a prefixConn.
 func (l *Listener) readProxyHeader(c *Conn) error {
 	br := bufio.NewReaderSize(c.Conn, proxyBufferBytes)
+	start := time.Now()
 	h, err := proxyproto.ReadHeaderTimeout(c.Conn, br, l.cfg.ProxyHeaderTimeout)
 	switch {
+	// go-proxyproto says ErrNoProxyProtocol for a timeout, an early close
+	// and other bytes alike; the log says which it was.
+	case errors.Is(err, proxyproto.ErrNoProxyProtocol) && br.Buffered() > 0:
+		return fmt.Errorf("%w: the connection starts with other bytes (does the front balancer send PROXY headers?)", ErrNoProxyHeader)
+	case errors.Is(err, proxyproto.ErrNoProxyProtocol) && time.Since(start) < l.cfg.ProxyHeaderTimeout:
+		return fmt.Errorf("%w: the client closed the connection before sending one", ErrNoProxyHeader)
 	case errors.Is(err, proxyproto.ErrNoProxyProtocol):
 		return fmt.Errorf("%w within %s", ErrNoProxyHeader, l.cfg.ProxyHeaderTimeout)
 	case err != nil:

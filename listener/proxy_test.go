@@ -1,9 +1,12 @@
 package listener
 
 import (
+	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -184,4 +187,59 @@ func TestShutdownWhileAtMaxConns(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Shutdown hung")
 	}
+}
+
+// The log says why a connection had no PROXY header: other bytes came, the
+// client closed at once, or nothing came within the timeout.
+func TestProxyRejectionSaysWhy(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		send    []byte
+		timeout time.Duration
+		want    string
+	}{
+		{"other bytes", []byte("GET / HTTP/1.1\r\n\r\n"), time.Hour, "starts with other bytes"},
+		{"closed at once", nil, time.Hour, "closed the connection before sending one"},
+		{"nothing in time", nil, 50 * time.Millisecond, "no PROXY protocol header within 50ms"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs syncBuffer
+			l := New(newLocalListener(t), &recordConn{}, Config{AcceptProxy: true, ProxyHeaderTimeout: tc.timeout,
+				Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			go l.Serve()
+			c, err := net.Dial("tcp", l.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Write(tc.send)
+			if tc.timeout == time.Hour {
+				c.(*net.TCPConn).CloseWrite()
+			}
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			io.Copy(io.Discard, c) // until the listener closes it
+			c.Close()
+			l.Shutdown(context.Background())
+			if got := logs.String(); l.Stats().ProxyRejected != 1 || !strings.Contains(got, tc.want) {
+				t.Fatalf("rejected %d, log %q; want one rejection saying %q", l.Stats().ProxyRejected, got, tc.want)
+			}
+		})
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the listener's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
