@@ -38,7 +38,11 @@ type Config struct {
 	SRV []string
 	// Interval between refreshes.
 	Interval time.Duration
-	// Resolver; nil means net.DefaultResolver.
+	// Server, if set, is the DNS server (HOST:PORT) every lookup asks,
+	// instead of the system's; errors name it.
+	Server string
+	// Resolver, if set, looks names up instead (tests); nil means
+	// net.DefaultResolver, or one that asks Server.
 	Resolver Resolver
 	// Logger receives changes and lookup failures; nil means
 	// slog.Default().
@@ -50,6 +54,12 @@ type Config struct {
 func (c Config) Validate() error {
 	if c.Interval <= 0 {
 		return invalid.Field(ErrConfig, "Interval", "interval %s must be positive", c.Interval)
+	}
+	if c.Server != "" {
+		host, port, err := net.SplitHostPort(c.Server)
+		if p, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || p < 1 || p > 65535 {
+			return invalid.Field(ErrConfig, "Server", "DNS server %q: want HOST:PORT, such as 10.0.0.2:53", c.Server)
+		}
 	}
 	for _, n := range c.DNS {
 		host, port, err := net.SplitHostPort(n)
@@ -63,6 +73,33 @@ func (c Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// serverResolver asks one DNS server; its errors name that server rather
+// than the system's, which Go's resolver reports although Dial went
+// elsewhere.
+type serverResolver struct {
+	r      *net.Resolver
+	server string
+}
+
+func (s serverResolver) LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error) {
+	ips, err := s.r.LookupIPAddr(ctx, host)
+	return ips, s.name(err)
+}
+
+func (s serverResolver) LookupSRV(ctx context.Context, service, proto, name string) (string, []*net.SRV, error) {
+	cname, srvs, err := s.r.LookupSRV(ctx, service, proto, name)
+	return cname, srvs, s.name(err)
+}
+
+// name sets the server of a *net.DNSError.
+func (s serverResolver) name(err error) error {
+	var de *net.DNSError
+	if errors.As(err, &de) {
+		de.Server = s.server
+	}
+	return err
 }
 
 // splitSRV splits _service._proto.name.
@@ -89,7 +126,13 @@ func New(cfg Config, set *upstream.Set) (*Discoverer, error) {
 		return nil, err
 	}
 	d := &Discoverer{cfg: cfg, set: set, res: cfg.Resolver, log: cfg.Logger, last: map[string][]string{}}
-	if d.res == nil {
+	switch {
+	case d.res == nil && cfg.Server != "":
+		d.res = serverResolver{r: &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var dialer net.Dialer
+			return dialer.DialContext(ctx, network, cfg.Server)
+		}}, server: cfg.Server}
+	case d.res == nil:
 		d.res = net.DefaultResolver
 	}
 	if d.log == nil {

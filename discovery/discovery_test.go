@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -152,5 +154,30 @@ func TestOutageKeepsLastAnswer(t *testing.T) {
 	}
 	if live, draining := addrs(set); len(live) != 1 || len(draining) != 0 {
 		t.Fatalf("live %v draining %v", live, draining)
+	}
+}
+
+// With Server set, lookups ask it, and a failure names it (not the system's
+// resolver, which Go's errors would name).
+func TestServerIsAskedAndNamed(t *testing.T) {
+	dns := newDNS(t)
+	dns.SetIPs("logs.test", "10.0.0.1")
+	var logs strings.Builder
+	set := upstream.NewSet(nil)
+	d, err := New(Config{DNS: []string{"logs.test.:5170"}, Interval: DefaultInterval, Server: dns.Addr(),
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))}, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := d.Refresh(context.Background()); !slices.Equal(got, []string{"10.0.0.1:5170"}) {
+		t.Fatalf("through the server: %v", got)
+	}
+	dns.Close()
+	d.Refresh(context.Background())
+	if !strings.Contains(logs.String(), "DNS lookup failed") || !strings.Contains(logs.String(), "on "+dns.Addr()+":") {
+		t.Fatalf("the failure does not name %s:\n%s", dns.Addr(), logs.String())
+	}
+	if err := (Config{Interval: time.Second, Server: "nope"}).Validate(); err == nil {
+		t.Fatal("a server that is not HOST:PORT is accepted")
 	}
 }

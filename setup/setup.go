@@ -1,7 +1,6 @@
 package setup
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"log/slog"
@@ -381,15 +380,7 @@ func discoveryConfig(c Values, log *slog.Logger, static []string) (cfg discovery
 		}
 		return cfg, false, nil
 	}
-	if r := c.String("dns-resolver"); r != "" {
-		if _, _, err := net.SplitHostPort(r); err != nil {
-			return cfg, false, settings.Errorf("dns-resolver", "invalid value %q for --dns-resolver: want HOST:PORT", r)
-		}
-		cfg.Resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, r)
-		}}
-	}
+	cfg.Server = c.String("dns-resolver")
 	if err := fieldError("discovery", cfg.Validate()); err != nil {
 		return cfg, false, err
 	}
