@@ -68,6 +68,9 @@ type Config struct {
 	Interval, Timeout time.Duration
 	Rise, Fall        int
 	HTTP              HTTP
+	// Name labels the checks' metrics (ndlb.listener); "" leaves the
+	// label out.
+	Name string
 	// Dial opens check connections; nil means a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Logger receives state changes; nil means slog.Default().
@@ -119,7 +122,7 @@ func (c Config) Validate() error {
 
 var checkCounter = sync.OnceValue(func() metric.Int64Counter {
 	c, _ := otel.Meter("github.com/ndlb/ndlb/health").Int64Counter("ndlb.health.checks", metric.WithUnit("{check}"),
-		metric.WithDescription("Active health checks, by server.address and ndlb.outcome (ok or failed)."))
+		metric.WithDescription("Active health checks, by ndlb.listener, server.address and ndlb.outcome (ok or failed)."))
 	return c
 })
 
@@ -218,7 +221,11 @@ func (c *Checker) watch(ctx context.Context, t *upstream.Target) {
 			outcome = "failed"
 		}
 		if cnt := checkCounter(); cnt != nil {
-			cnt.Add(ctx, 1, metric.WithAttributes(upstream.AttrServer.String(t.Addr), attribute.String("ndlb.outcome", outcome)))
+			attrs := []attribute.KeyValue{upstream.AttrServer.String(t.Addr), attribute.String("ndlb.outcome", outcome)}
+			if c.cfg.Name != "" {
+				attrs = append(attrs, upstream.AttrListener.String(c.cfg.Name))
+			}
+			cnt.Add(ctx, 1, metric.WithAttributes(attrs...))
 		}
 		if err == nil {
 			ok, fail = ok+1, 0

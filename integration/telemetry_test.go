@@ -57,7 +57,7 @@ func scrape(t *testing.T, url, metric, key string, labels ...string) map[string]
 // match what the sinks received, and the other instruments are there.
 func TestMetricsMatchSinks(t *testing.T) {
 	w := newWorld(t, 2)
-	p := startNDLB(t, "--target", w.targets(), "--admin", "127.0.0.1:0")
+	p := startNDLB(t, "--target", w.targets(), "--admin", "127.0.0.1:0", "--check", "tcp", "--check-interval", "100ms", "--check-timeout", "100ms")
 	api := newAdminAPI(t, p, "")
 	c := dial(t, p.addr)
 	if _, err := linetest.Send(c, 1, 0, 20000, 16<<10); err != nil {
@@ -96,7 +96,59 @@ func TestMetricsMatchSinks(t *testing.T) {
 	if !strings.Contains(string(body), fmt.Sprintf(`ndlb_lines_received_total{ndlb_listener="default",ndlb_mode="ndjson"} %d`, 20000)) {
 		t.Errorf("lines received not 20000:\n%s", grepLines(string(body), "ndlb_lines_received"))
 	}
+	for deadline := time.Now().Add(10 * time.Second); scrape(t, api.url, "ndlb_health_checks_total", "ndlb_listener")["default"] == 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("no health checks with the listener label:\n%s", grepLines(string(body), "ndlb_health_checks"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Every metric family ndlb exports is in the README's table, under its
+	// OpenTelemetry name.
+	documented := readmeMetrics(t)
+	for _, m := range regexp.MustCompile(`(?m)^# TYPE (ndlb_[a-z_]+) `).FindAllStringSubmatch(string(body), -1) {
+		if !documentedAs(m[1], documented) {
+			t.Errorf("/metrics has %s, which the README's metric table does not list", m[1])
+		}
+	}
 	p.stopOK()
+}
+
+// readmeMetrics is the metric names of the README's table, as dotted
+// OpenTelemetry names ("`ndlb.connections.active`, `.accepted`" is two).
+func readmeMetrics(t *testing.T) []string {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, row := range regexp.MustCompile("(?m)^\\| (`ndlb\\.[^|]*)\\|").FindAllStringSubmatch(string(readme), -1) {
+		cell := regexp.MustCompile(` \([^)]*\)`).ReplaceAllString(row[1], "") // attributes in parentheses
+		base := ""
+		for _, name := range regexp.MustCompile("`([a-z._]+)`").FindAllStringSubmatch(cell, -1) {
+			if n := name[1]; strings.HasPrefix(n, ".") {
+				out = append(out, base+n)
+			} else {
+				out = append(out, n)
+				base = n[:strings.LastIndexByte(n, '.')]
+			}
+		}
+	}
+	if len(out) < 20 {
+		t.Fatalf("only %d metrics found in the README's table: %v", len(out), out)
+	}
+	return out
+}
+
+// documentedAs reports whether the Prometheus family is one of the dotted
+// names: dots become underscores, and the exporter adds a unit and _total.
+func documentedAs(family string, names []string) bool {
+	for _, n := range names {
+		rest, ok := strings.CutPrefix(family, strings.ReplaceAll(n, ".", "_"))
+		if ok && (rest == "" || rest == "_total" || rest == "_seconds" || rest == "_bytes" || rest == "_bytes_total") {
+			return true
+		}
+	}
+	return false
 }
 
 func grepLines(s, sub string) string {

@@ -256,7 +256,9 @@ func (s *Supervisor) applyLive(o, n *instance, keys []string) {
 			o.stopChecks, o.checks = nil, nil
 		}
 		if n.spec.Health != nil {
-			if chk, err := health.New(*n.spec.Health, set); err == nil {
+			hc := *n.spec.Health
+			hc.Name = n.spec.Name
+			if chk, err := health.New(hc, set); err == nil {
 				o.checks = chk
 				ctx, cancel := context.WithCancel(context.Background())
 				o.stopChecks = background(cancel, chk.Run, ctx)

@@ -264,7 +264,9 @@ func (s *Supervisor) newInstance(l Listener) (*instance, error) {
 		return nil, &Error{Listener: l.Name, Err: err}
 	}
 	if l.Health != nil {
-		if in.checks, err = health.New(*l.Health, in.srv.Set()); err != nil {
+		hc := *l.Health
+		hc.Name = l.Name
+		if in.checks, err = health.New(hc, in.srv.Set()); err != nil {
 			return nil, &Error{Listener: l.Name, Err: err}
 		}
 	}

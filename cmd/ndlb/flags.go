@@ -17,7 +17,7 @@ func env(name string) []string {
 	return []string{settings.Setting{Name: name}.Env()}
 }
 
-// flags is the command-line contract of DESIGN.md, made from the settings
+// flags is the command-line contract of docs/design.md, made from the settings
 // registry. Every flag reads an NDLB_* environment variable; single- and
 // double-dash spellings both work.
 func flags() []cli.Flag {

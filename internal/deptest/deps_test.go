@@ -81,7 +81,7 @@ func TestImportRules(t *testing.T) {
 			}
 			dep, ours := strings.CutPrefix(d, module)
 			if ours && !slices.Contains(rules, dep) {
-				t.Errorf("%s imports %s; DESIGN.md allows only %v", name, dep, rules)
+				t.Errorf("%s imports %s; docs/design.md allows only %v", name, dep, rules)
 			}
 		}
 	}
