@@ -79,6 +79,9 @@ func TestBlackHoledTargetDetectedInSeconds(t *testing.T) {
 	}
 	<-faults
 	down := p.waitLog("target down: connection failed", 20*time.Second)
+	if down["conn"] == nil || down["worker"] == nil {
+		t.Errorf("the target down line lacks conn or worker: %v", down)
+	}
 	at, err := time.Parse(time.RFC3339Nano, fmt.Sprint(down["time"]))
 	if err != nil || holed.IsZero() {
 		t.Fatalf("cannot time the detection: log time %v (%v), fault at %v", down["time"], err, holed)

@@ -70,10 +70,11 @@ func (c *countConn) Write(p []byte) (int, error) {
 }
 
 // dialConn opens a connection to t, with TLS if the pool has it.
-func (p *Pool) dialConn(ctx context.Context, t *upstream.Target, reason string) (c *upConn, err error) {
+func (p *Pool) dialConn(ctx context.Context, t *upstream.Target, reason string, id ksuid.KSUID, log *slog.Logger) (c *upConn, err error) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
 	defer cancel()
 	ctx, span := p.tel.dialSpan(ctx, t, reason)
+	span.SetAttributes(attribute.String("ndlb.conn.id", id.String()))
 	start := time.Now()
 	defer func() { p.tel.dialDone(ctx, span, t, reason, start, err) }()
 	p.st.dials.Add(1)
@@ -81,8 +82,7 @@ func (p *Pool) dialConn(ctx context.Context, t *upstream.Target, reason string) 
 	if err != nil {
 		return nil, err
 	}
-	c = &upConn{id: ksuid.New(), target: t, conn: raw, tcp: raw, dead: make(chan struct{}), tel: p.tel, delivery: p.tel.deliveryOpt(t)}
-	span.SetAttributes(attribute.String("ndlb.conn.id", c.id.String()))
+	c = &upConn{id: id, target: t, conn: raw, tcp: raw, dead: make(chan struct{}), tel: p.tel, delivery: p.tel.deliveryOpt(t)}
 	if sc, ok := raw.(syscall.Conn); ok {
 		if c.raw, _ = sc.SyscallConn(); c.raw != nil {
 			c.outq = newOutq(c.raw)
@@ -94,7 +94,7 @@ func (p *Pool) dialConn(ctx context.Context, t *upstream.Target, reason string) 
 			return nil, err
 		}
 	}
-	c.log = p.log.With("conn", c.id.String(), "target", t.Addr)
+	c.log = log.With("conn", c.id.String(), "target", t.Addr)
 	go c.readLoop()
 	return c, nil
 }

@@ -13,6 +13,9 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -199,7 +202,10 @@ func TestDeliversEverythingOnce(t *testing.T) {
 // A target is reset mid-stream after draining what its kernel acknowledged:
 // its unacknowledged batches are requeued and nothing is lost.
 func TestFailoverOnReset(t *testing.T) {
-	w := newWorld(t, 2, testConfig())
+	cfg := testConfig()
+	logs := &recorder{mu: &sync.Mutex{}, recs: new([]record)}
+	cfg.Logger = slog.New(logs)
+	w := newWorld(t, 2, cfg)
 	if r := w.resetMidStream(); r.Lost != 0 || r.Torn != 0 {
 		t.Fatalf("%s; queue %+v; sink lines %d %d partials %d %d", r, w.q.Stats(), w.sinks[0].Lines(), w.sinks[1].Lines(), w.sinks[0].Partials(), w.sinks[1].Partials())
 	}
@@ -209,6 +215,60 @@ func TestFailoverOnReset(t *testing.T) {
 	if w.set.Targets()[0].Up() {
 		t.Fatal("killed target still marked up")
 	}
+	// Every line about a target's state names the connection and the
+	// worker, as the README promises.
+	seen := 0
+	for _, r := range logs.records() {
+		if !strings.HasPrefix(r.msg, "target ") && r.msg != "failed over" {
+			continue
+		}
+		seen++
+		if r.attrs["conn"] == "" || r.attrs["worker"] == "" || r.attrs["target"] == "" {
+			t.Errorf("%q lacks conn, worker or target: %v", r.msg, r.attrs)
+		}
+	}
+	if seen == 0 {
+		t.Fatal("no target state logged")
+	}
+}
+
+// recorder is a slog.Handler that keeps each record's message and
+// attributes (those of With included).
+type recorder struct {
+	mu    *sync.Mutex
+	recs  *[]record
+	attrs []slog.Attr
+}
+
+type record struct {
+	msg   string
+	attrs map[string]string
+}
+
+func (h *recorder) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *recorder) Handle(_ context.Context, r slog.Record) error {
+	rec := record{msg: r.Message, attrs: map[string]string{}}
+	for _, a := range h.attrs {
+		rec.attrs[a.Key] = a.Value.String()
+	}
+	r.Attrs(func(a slog.Attr) bool { rec.attrs[a.Key] = a.Value.String(); return true })
+	h.mu.Lock()
+	*h.recs = append(*h.recs, rec)
+	h.mu.Unlock()
+	return nil
+}
+
+func (h *recorder) WithAttrs(as []slog.Attr) slog.Handler {
+	return &recorder{mu: h.mu, recs: h.recs, attrs: append(slices.Clip(h.attrs), as...)}
+}
+
+func (h *recorder) WithGroup(string) slog.Handler { return h }
+
+func (h *recorder) records() []record {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(*h.recs)
 }
 
 // A target that stops reading holds written batches unacknowledged; when it

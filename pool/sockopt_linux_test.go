@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/segmentio/ksuid"
 	"golang.org/x/sys/unix"
 
 	"github.com/ndlb/ndlb/upstream"
@@ -17,7 +18,7 @@ func TestUpstreamSocketOptions(t *testing.T) {
 	cfg.UserTimeout = 7 * time.Second
 	cfg.KeepAlive = 11 * time.Second
 	w := newWorld(t, 1, cfg)
-	c, err := w.p.dialConn(context.Background(), &upstream.Target{Addr: w.sinks[0].Addr()}, "home")
+	c, err := w.p.dialConn(context.Background(), &upstream.Target{Addr: w.sinks[0].Addr()}, "home", ksuid.New(), w.p.log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jonboulle/clockwork"
+	"github.com/segmentio/ksuid"
 
 	"github.com/ndlb/ndlb/framer"
 	"github.com/ndlb/ndlb/upstream"
@@ -86,13 +87,14 @@ func (w *worker) connect(ctx context.Context, prev *upstream.Target) *upConn {
 			if t != w.home {
 				reason = "failover"
 			}
-			c, err := w.p.dialConn(ctx, t, reason)
+			id := ksuid.New() // the connection's, or the failed attempt's
+			c, err := w.p.dialConn(ctx, t, reason, id, w.log)
 			if err != nil {
 				w.p.st.dialFailures.Add(1)
 				if ctx.Err() == nil && t.MarkDown(err) {
-					w.log.Warn("target down: dial failed", "target", t.Addr, "err", err)
+					w.log.Warn("target down: dial failed", "conn", id.String(), "target", t.Addr, "err", err)
 				}
-				w.log.Debug("dial failed", "target", t.Addr, "err", err)
+				w.log.Debug("dial failed", "conn", id.String(), "target", t.Addr, "err", err)
 				continue
 			}
 			w.opened(c)
@@ -109,7 +111,7 @@ func (w *worker) connect(ctx context.Context, prev *upstream.Target) *upConn {
 func (w *worker) opened(c *upConn) {
 	t := c.target
 	if t.MarkUp() {
-		w.log.Info("target up", "target", t.Addr)
+		c.log.Info("target up")
 	}
 	t.ConnOpened()
 	if t != w.home {
@@ -132,6 +134,7 @@ func isClosed(ch <-chan struct{}) bool {
 // failbackResult is the outcome of a dial to the home target.
 type failbackResult struct {
 	c   *upConn
+	id  ksuid.KSUID
 	err error
 }
 
@@ -159,8 +162,9 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 	startFailback := func() {
 		fbC, fbPending = nil, true
 		go func() {
-			nc, err := w.p.dialConn(ctx, w.home, "failback")
-			fbDone <- failbackResult{nc, err}
+			id := ksuid.New()
+			nc, err := w.p.dialConn(ctx, w.home, "failback", id, w.log)
+			fbDone <- failbackResult{nc, id, err}
 		}()
 	}
 	stopWrites := interruptWrites(ctx, c)
@@ -265,7 +269,7 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 		case r := <-fbDone:
 			fbPending = false
 			if r.err != nil {
-				w.log.Debug("failback dial failed", "target", w.home.Addr, "err", r.err)
+				w.log.Debug("failback dial failed", "conn", r.id.String(), "target", w.home.Addr, "err", r.err)
 				armFailback()
 				continue
 			}
@@ -315,7 +319,7 @@ func (w *worker) fail(c *upConn, err error) {
 		w.p.tel.retried(c.target, lines, err)
 	}
 	if c.target.MarkDown(err) {
-		w.log.Warn("target down: connection failed", "target", c.target.Addr, "err", err)
+		c.log.Warn("target down: connection failed", "err", err)
 	}
 }
 
