@@ -77,11 +77,20 @@ type Config struct {
 
 // ReloadInfo describes the config file's reloads.
 type ReloadInfo struct {
-	Path      string    `json:"path,omitempty"` // "" without a config file
-	Reloads   uint64    `json:"reloads"`        // applied
-	Failures  uint64    `json:"failures"`       // refused: the running config stayed
-	Last      time.Time `json:"last,omitzero"`
-	LastError string    `json:"last_error,omitempty"` // of the last reload, if refused
+	Path string `json:"path,omitempty"` // "" without a config file
+	// Applied and Refused count reloads as the metric ndlb.config.reloads
+	// does by ndlb.outcome; a refused one left the running config as it
+	// was.
+	Applied uint64 `json:"applied"`
+	Refused uint64 `json:"refused"`
+	// Last is when the last reload was tried; LastOutcome is "applied"
+	// or "refused".
+	Last        time.Time `json:"last,omitzero"`
+	LastOutcome string    `json:"last_outcome,omitempty"`
+	// LastError is why the last refused reload was refused, and
+	// LastErrorAt when; they stay after later reloads are applied.
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 }
 
 var tracer = otel.Tracer("github.com/ndlb/ndlb/admin")
@@ -388,8 +397,10 @@ func (s *Server) openapi(w http.ResponseWriter, _ *http.Request) {
 func (s *Server) authorized(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if len(s.token) > 0 {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !ok || subtle.ConstantTimeCompare([]byte(got), s.token) != 1 {
+			// The scheme is case-insensitive (RFC 9110, section 11.1).
+			scheme, got, _ := strings.Cut(strings.TrimSpace(r.Header.Get("Authorization")), " ")
+			got = strings.TrimSpace(got)
+			if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(got), s.token) != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="ndlb"`)
 				writeError(w, http.StatusUnauthorized, "a valid bearer token is required")
 				return

@@ -158,6 +158,19 @@ func TestToken(t *testing.T) {
 			t.Fatalf("%s token: %d, want %d", tt.name, code, tt.want)
 		}
 	}
+	// The scheme is case-insensitive; another scheme is not a bearer token.
+	for header, want := range map[string]int{"bearer s3cret": 200, "BEARER  s3cret": 200, "Basic s3cret": 401, "s3cret": 401, "Bearer": 401} {
+		req, _ := http.NewRequest("POST", w.url+"/api/v1/targets/10.0.0.1:5170/drain", nil)
+		req.Header.Set("Authorization", header)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("Authorization: %q: %d, want %d", header, resp.StatusCode, want)
+		}
+	}
 	// Reading needs no token.
 	if code := w.do("GET", "/api/v1/targets", "", nil); code != 200 {
 		t.Fatalf("GET with a token configured: %d", code)

@@ -458,11 +458,13 @@ func TestBadFlagsExit2(t *testing.T) {
 }
 
 func TestVersionAndHelp(t *testing.T) {
-	out, err := command(bin, "version").Output()
-	if err != nil || strings.TrimSpace(string(out)) != "ndlb it" {
-		t.Fatalf("version: %q %v", out, err)
+	for _, args := range [][]string{{"version"}, {"--version"}, {"-v"}} {
+		out, err := command(bin, args...).Output()
+		if err != nil || string(out) != "ndlb it\n" {
+			t.Fatalf("%v: %q %v", args, out, err)
+		}
 	}
-	out, err = command(bin, "--help").Output()
+	out, err := command(bin, "--help").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -491,6 +493,21 @@ func TestREADMEListsEveryFlag(t *testing.T) {
 		row := fmt.Sprintf("| `%s` | `%s` |", f[1], f[2])
 		if !strings.Contains(string(readme), row) {
 			t.Errorf("README lacks the row %s", row)
+		}
+	}
+	// Defaults read the same in both, written as a user would (5m, not
+	// 5m0s).
+	defaults := regexp.MustCompile(`(?m)^[ \t]+(--[a-z-]+) .*\(default: "?([^")]*)"?\) \[\$NDLB_`).FindAllStringSubmatch(string(help), -1)
+	if len(defaults) < 20 {
+		t.Fatalf("found only %d defaults in --help", len(defaults))
+	}
+	for _, d := range defaults {
+		if d[2] == "false" || strings.Contains(d[2], " ") {
+			continue // an off switch, or a phrase the table words its own way
+		}
+		row := regexp.MustCompile("(?m)^\\| `" + regexp.QuoteMeta(d[1]) + "` \\| `[A-Z_]+` \\| ([^|]*) \\|").FindStringSubmatch(string(readme))
+		if row == nil || row[1] != "`"+d[2]+"`" {
+			t.Errorf("%s: --help says the default is %s, the README %v", d[1], d[2], row)
 		}
 	}
 }

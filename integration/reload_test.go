@@ -112,11 +112,12 @@ target = %s
 	refused := p.waitLog("config reload refused; the running config stays", 10*time.Second)
 	t.Logf("refused: %v", refused["err"])
 	var info struct {
-		Reloads, Failures uint64
-		LastError         string `json:"last_error"`
+		Applied, Refused uint64
+		LastOutcome      string `json:"last_outcome"`
+		LastError        string `json:"last_error"`
 	}
 	api.call("GET", "/api/v1/config", &info)
-	if info.Reloads != 2 || info.Failures != 1 || info.LastError == "" {
+	if info.Applied != 2 || info.Refused != 1 || info.LastError == "" || info.LastOutcome != "refused" {
 		t.Fatalf("reload counters %+v", info)
 	}
 	if name, err := hello(t, addr, nil, false); err != nil || name != "b0" {
@@ -127,11 +128,14 @@ target = %s
 	os.WriteFile(path, []byte(head+web("first", "30m", b0.addr(), b1.addr())+logs), 0o600)
 	p.cmd.Process.Signal(syscall.SIGHUP)
 	deadline = time.Now().Add(10 * time.Second)
-	for api.call("GET", "/api/v1/config", &info); info.Reloads < 3; api.call("GET", "/api/v1/config", &info) {
+	for api.call("GET", "/api/v1/config", &info); info.Applied < 3; api.call("GET", "/api/v1/config", &info) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no reload after SIGHUP: %+v", info)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	if info.LastOutcome != "applied" || info.LastError == "" {
+		t.Fatalf("after an applied reload the refused one's error is forgotten: %+v", info)
 	}
 	// The file watcher would also reload, after its debounce: the signal's
 	// own reload must come first and say so.

@@ -34,11 +34,14 @@ func (s *Supervisor) Reload(why string) error {
 		return ErrNoReload
 	}
 	err := s.reload()
-	info := &admin.ReloadInfo{Last: time.Now()}
+	info := &admin.ReloadInfo{Last: time.Now(), LastOutcome: "applied"}
+	if prev := s.lastReload.Load(); prev != nil {
+		info.LastError, info.LastErrorAt = prev.LastError, prev.LastErrorAt
+	}
 	// The record and the counters first, then the log: whoever reads the
 	// log line and then asks the admin API sees this reload.
 	if err != nil {
-		info.LastError = err.Error()
+		info.LastOutcome, info.LastError, info.LastErrorAt = "refused", err.Error(), info.Last
 		s.lastReload.Store(info)
 		s.reloadFailures.Add(1)
 		s.log.Error("config reload refused; the running config stays", "trigger", why, "err", err)
@@ -52,9 +55,9 @@ func (s *Supervisor) Reload(why string) error {
 
 // ReloadInfo is what the admin API shows of the reloads.
 func (s *Supervisor) ReloadInfo() admin.ReloadInfo {
-	info := admin.ReloadInfo{Path: s.cfg.Path, Reloads: s.reloads.Load(), Failures: s.reloadFailures.Load()}
+	info := admin.ReloadInfo{Path: s.cfg.Path, Applied: s.reloads.Load(), Refused: s.reloadFailures.Load()}
 	if last := s.lastReload.Load(); last != nil {
-		info.Last, info.LastError = last.Last, last.LastError
+		info.Last, info.LastOutcome, info.LastError, info.LastErrorAt = last.Last, last.LastOutcome, last.LastError, last.LastErrorAt
 	}
 	return info
 }

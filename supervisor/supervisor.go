@@ -284,9 +284,31 @@ func (in *instance) listen() error {
 	if err != nil {
 		return &Error{Listener: in.spec.Name, Listen: true, Err: fmt.Errorf("listen on %s: %w", in.spec.Addr, err)}
 	}
-	in.use(ln)
+	in.use(asConfigured(ln, in.spec.Addr))
 	return nil
 }
+
+// asConfigured is ln, whose Addr says 0.0.0.0 when it was asked for. Go
+// opens one dual-stack socket for 0.0.0.0 (IPv6 clients are served too),
+// and would show it as [::], which the logs and the admin API then said
+// although the settings said 0.0.0.0.
+func asConfigured(ln net.Listener, addr string) net.Listener {
+	tl, ok := ln.(*net.TCPListener)
+	host, _, _ := net.SplitHostPort(addr)
+	if a, isTCP := ln.Addr().(*net.TCPAddr); ok && isTCP && host == "0.0.0.0" && a.IP.To4() == nil && a.IP.IsUnspecified() {
+		return shownListener{TCPListener: tl, addr: &net.TCPAddr{IP: net.IPv4zero, Port: a.Port}}
+	}
+	return ln
+}
+
+// shownListener is a TCP listener that shows another (equivalent) address.
+type shownListener struct {
+	*net.TCPListener
+	addr net.Addr
+}
+
+// Addr is the address as configured.
+func (l shownListener) Addr() net.Addr { return l.addr }
 
 // use makes ln the instance's listening socket.
 func (in *instance) use(ln net.Listener) {

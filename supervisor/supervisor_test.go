@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -278,7 +279,7 @@ func TestBadSpecChangesNothing(t *testing.T) {
 		}
 	}
 	info := w.sup.ReloadInfo()
-	if info.Failures != uint64(len(bad)) || info.Reloads != 0 || info.LastError == "" {
+	if info.Refused != uint64(len(bad)) || info.Applied != 0 || info.LastError == "" || info.LastOutcome != "refused" {
 		t.Fatalf("reload info %+v", info)
 	}
 	var se *Error
@@ -461,4 +462,30 @@ func TestReadersDuringLiveReloads(t *testing.T) {
 	}
 	close(stop)
 	<-done
+}
+
+// A listener asked for 0.0.0.0 shows 0.0.0.0, not Go's [::], and can still
+// be handed to a new process. (It binds the wildcard address for a moment;
+// nothing connects.)
+func TestWildcardShownAsConfigured(t *testing.T) {
+	ln, err := listen("0.0.0.0:0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shown := asConfigured(ln, "0.0.0.0:0")
+	defer shown.Close()
+	if got := shown.Addr().String(); !strings.HasPrefix(got, "0.0.0.0:") || strings.HasSuffix(got, ":0") {
+		t.Fatalf("shown as %s", got)
+	}
+	if _, ok := shown.(syscall.Conn); !ok {
+		t.Fatal("the shown listener lost its file descriptor")
+	}
+	lo, err := listen("127.0.0.1:0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lo.Close()
+	if asConfigured(lo, "127.0.0.1:0") != lo {
+		t.Fatal("a loopback listener was wrapped")
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"strings"
 	"log/slog"
 	"time"
 
@@ -40,12 +41,28 @@ func flagOf(s settings.Setting) cli.Flag {
 		return &cli.BoolFlag{Name: s.Name, Category: s.Group, Value: v, DefaultText: s.DefaultText, Usage: s.Usage, EnvVars: envs}
 	case config.Duration:
 		v, _ := s.Default.(time.Duration)
-		return &cli.DurationFlag{Name: s.Name, Category: s.Group, Value: v, DefaultText: s.DefaultText, Usage: s.Usage, EnvVars: envs}
+		text := s.DefaultText
+		if text == "" {
+			text = shortDuration(v)
+		}
+		return &cli.DurationFlag{Name: s.Name, Category: s.Group, Value: v, DefaultText: text, Usage: s.Usage, EnvVars: envs}
 	case config.Strings:
 		return &cli.StringSliceFlag{Name: s.Name, Category: s.Group, DefaultText: s.DefaultText, Usage: s.Usage, EnvVars: envs}
 	}
 	v, _ := s.Default.(string)
 	return &cli.StringFlag{Name: s.Name, Category: s.Group, Value: v, DefaultText: s.DefaultText, Usage: s.Usage, EnvVars: envs}
+}
+
+// shortDuration is d as people write it: 5m, not 5m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // healthcheckFlags are the healthcheck command's own: where to find ndlb,

@@ -76,6 +76,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				Flags: healthcheckFlags(), Action: runHealthcheck},
 		},
 	}
+	// --version says what `ndlb version` says.
+	cli.VersionPrinter = func(c *cli.Context) { fmt.Fprintln(c.App.Writer, "ndlb", c.App.Version) }
 	for _, cmd := range app.Commands {
 		cmd.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
 			return usageError("%s: %v (see ndlb %s --help; the balancer's flags go before the command)", cmd.Name, err, cmd.Name)
