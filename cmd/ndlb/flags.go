@@ -2,8 +2,8 @@ package main
 
 import (
 	"io"
-	"strings"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
