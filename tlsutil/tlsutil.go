@@ -153,10 +153,11 @@ type reloader struct {
 	load  func() (*tls.Config, error)
 	onErr func(error)
 
-	mu   sync.Mutex
-	fps  []fingerprint // guarded by mu
-	cfg  *tls.Config   // the last good one; guarded by mu
-	last error         // the last failure, reported once; guarded by mu
+	mu     sync.Mutex
+	fps    []fingerprint // of the files cfg came from; guarded by mu
+	cfg    *tls.Config   // the last good one; guarded by mu
+	bad    []fingerprint // of the files that last failed to load; guarded by mu
+	badErr error         // that failure; guarded by mu
 }
 
 // current returns the configuration, reloading it first if a file changed.
@@ -169,21 +170,29 @@ func (r *reloader) current() (*tls.Config, error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.cfg != nil && equal(fps, r.fps) {
+	switch {
+	case r.cfg != nil && equal(fps, r.fps):
+		return r.cfg, nil
+	case r.badErr != nil && equal(fps, r.bad):
+		// Failed as they are: not parsed again (under this lock, on every
+		// handshake) until a file changes.
+		if r.cfg == nil {
+			return nil, r.badErr
+		}
 		return r.cfg, nil
 	}
 	cfg, err := r.load()
 	if err != nil {
+		r.bad, r.badErr = fps, err
 		if r.cfg == nil {
 			return nil, err
 		}
-		if r.onErr != nil && (r.last == nil || r.last.Error() != err.Error()) {
+		if r.onErr != nil {
 			r.onErr(err)
 		}
-		r.last = err
 		return r.cfg, nil
 	}
-	r.cfg, r.fps, r.last = cfg, fps, nil
+	r.cfg, r.fps, r.bad, r.badErr = cfg, fps, nil, nil
 	return cfg, nil
 }
 

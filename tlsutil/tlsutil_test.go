@@ -198,3 +198,51 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 }
+
+// Files that failed to load are not parsed again (on every handshake,
+// under the reloader's lock) until one of them changes on disk.
+func TestFailedFilesNotParsedAgain(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cert.pem")
+	if err := os.WriteFile(path, []byte("v1"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	loads, good := 0, false
+	var reported []error
+	r := &reloader{files: []string{path, ""}, onErr: func(err error) { reported = append(reported, err) }, load: func() (*tls.Config, error) {
+		loads++
+		if good {
+			return &tls.Config{}, nil
+		}
+		return nil, errors.New("bad PEM")
+	}}
+	for range 100 {
+		if _, err := r.current(); err == nil {
+			t.Fatal("a config from files that fail to load")
+		}
+	}
+	if loads != 1 {
+		t.Fatalf("%d loads of unchanged bad files, want 1", loads)
+	}
+	good = true
+	rewrite := func(content string) {
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		future := time.Now().Add(time.Duration(loads) * time.Second) // a new mtime even on a coarse clock
+		os.Chtimes(path, future, future)
+	}
+	rewrite("v2")
+	if cfg, err := r.current(); err != nil || cfg == nil || loads != 2 {
+		t.Fatalf("after a fix: %v %v, %d loads", cfg, err, loads)
+	}
+	good = false
+	rewrite("v3 broken")
+	for range 100 {
+		if cfg, err := r.current(); err != nil || cfg == nil {
+			t.Fatalf("a broken rotation dropped the good config: %v", err)
+		}
+	}
+	if loads != 3 || len(reported) != 1 {
+		t.Fatalf("%d loads, %d reports; want 3 and 1", loads, len(reported))
+	}
+}
