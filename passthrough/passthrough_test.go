@@ -330,6 +330,48 @@ func TestFailoverAndPassiveHealth(t *testing.T) {
 	}
 }
 
+// A target that closes silently on what a client sent (junk, the wrong
+// protocol) is not held against it: clients cannot push targets out of
+// rotation. One that closes before the client sent anything failed.
+func TestClientJunkIsNotTheTargetsFault(t *testing.T) {
+	picky := newBackend(t, nil, func(c net.Conn) {
+		c.Read(make([]byte, 64)) // reads the junk, answers nothing, closes
+	})
+	rude := newBackend(t, nil, func(c net.Conn) {}) // closes at once
+	cfg := testConfig(picky.addr())
+	cfg.MaxFails = 2
+	s := start(t, cfg)
+	for range 10 {
+		c, err := net.Dial("tcp", s.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("\x16\x03\x01 junk\n"))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		io.Copy(io.Discard, c)
+		c.Close()
+	}
+	waitFor(t, "verdicts", func() bool { return s.Stats().ClientProvoked == 10 })
+	if st := s.Stats(); st.EarlyClosed != 0 || st.Failed != 0 {
+		t.Fatalf("junk counted against the target: %+v", st)
+	}
+	if s.Set().Targets()[0].Skipped(time.Now()) {
+		t.Fatal("the target is skipped because of what clients sent")
+	}
+	// The rude target fails on its own.
+	s2 := start(t, func() Config { c := testConfig(rude.addr()); c.MaxFails = 2; return c }())
+	for range 2 {
+		c, err := net.Dial("tcp", s2.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		io.Copy(io.Discard, c)
+		c.Close()
+	}
+	waitFor(t, "failures", func() bool { return s2.Stats().EarlyClosed == 2 })
+}
+
 // With every target down, the client is closed after ConnectRetries more
 // rounds.
 func TestAllTargetsDown(t *testing.T) {
@@ -527,5 +569,15 @@ func TestStatesSteerNewConnections(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("read %v, want EOF when no target accepts", err)
+	}
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not reached in 10 s", what)
+		}
 	}
 }

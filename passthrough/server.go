@@ -53,6 +53,7 @@ type Server struct {
 	expired  bool                  // the drain timeout passed; guarded by mu
 
 	proxied, failed, dialFailed, earlyClosed, idleClosed, shutClosed atomic.Uint64
+	clientProvoked                                                   atomic.Uint64
 	metrics                                                          []metric.Registration
 	fromClient, fromTarget, spliced                                  atomic.Uint64
 }
@@ -270,7 +271,10 @@ type Stats struct {
 	Proxied         uint64 // connections that reached a target
 	Failed          uint64 // connections closed because no target accepted them
 	DialFailures    uint64 // failed attempts (some then served by another target)
-	EarlyClosed     uint64 // connections a target closed at once, sending nothing
+	EarlyClosed     uint64 // connections a target closed at once, sending nothing, before the client sent (failures)
+	// ClientProvoked counts connections a target closed at once after the
+	// client had sent bytes: not held against the target.
+	ClientProvoked uint64
 	IdleClosed      uint64 // connections closed by IdleTimeout
 	ShutdownClosed  uint64 // connections closed when the drain timeout passed
 	BytesFromClient uint64
@@ -285,7 +289,7 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	st := Stats{
 		Proxied: s.proxied.Load(), Failed: s.failed.Load(), DialFailures: s.dialFailed.Load(), EarlyClosed: s.earlyClosed.Load(),
-		IdleClosed: s.idleClosed.Load(), ShutdownClosed: s.shutClosed.Load(),
+		IdleClosed: s.idleClosed.Load(), ShutdownClosed: s.shutClosed.Load(), ClientProvoked: s.clientProvoked.Load(),
 		BytesFromClient: s.fromClient.Load(), BytesFromTarget: s.fromTarget.Load(), BytesSpliced: s.spliced.Load(),
 	}
 	if s.ln != nil {
@@ -334,7 +338,7 @@ func (s *Server) Shutdown() Summary {
 		st := s.Stats()
 		s.summary = Summary{Stats: st}
 		s.log.Info("summary", "connections", st.Listener.Accepted, "proxied", st.Proxied, "failed", st.Failed,
-			"dial_failures", st.DialFailures, "early_closed", st.EarlyClosed, "idle_closed", st.IdleClosed, "shutdown_closed", st.ShutdownClosed,
+			"dial_failures", st.DialFailures, "early_closed", st.EarlyClosed, "client_provoked", st.ClientProvoked, "idle_closed", st.IdleClosed, "shutdown_closed", st.ShutdownClosed,
 			"proxy_rejected", st.Listener.ProxyRejected, "bytes_from_client", st.BytesFromClient,
 			"bytes_from_target", st.BytesFromTarget, "bytes_spliced", st.BytesSpliced, "parks", st.Parks)
 	})

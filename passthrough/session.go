@@ -204,10 +204,13 @@ func (ss *session) checkIdle() {
 }
 
 // judge records the session's outcome for passive health, unless the
-// target already proved itself by sending: a target that ended the
-// connection first, having sent nothing, within ConnectTimeout of its
-// start, failed (it accepts and resets, or crashed). Any other ending is a
-// success.
+// target already proved itself by sending. Only what the target did on its
+// own counts against it: a target that ended the connection first, having
+// sent nothing, within ConnectTimeout of its start and before the client
+// sent anything, failed (it accepts and resets, or crashed). Once the
+// client has sent bytes, a silent close may be the target refusing what
+// the client sent (junk, the wrong protocol): no verdict, so that clients
+// cannot push targets out of rotation. Any other ending is a success.
 func (ss *session) judge() {
 	if ss.fromTarget.Load() > 0 {
 		return
@@ -215,7 +218,12 @@ func (ss *session) judge() {
 	ss.mu.Lock()
 	by, err := ss.closedBy, ss.err
 	ss.mu.Unlock()
-	if by == byTarget && ss.s.clock.Since(ss.start) < ss.s.cfg.ConnectTimeout {
+	early := by == byTarget && ss.s.clock.Since(ss.start) < ss.s.cfg.ConnectTimeout
+	if early && ss.fromClient.Load() > 0 {
+		ss.s.clientProvoked.Add(1)
+		return
+	}
+	if early {
 		if err == nil {
 			err = errClosedEarly
 		}
