@@ -267,14 +267,14 @@ func (s *Server) expire() {
 
 // Stats are the server's counters.
 type Stats struct {
-	Listener        listener.Stats
-	Proxied         uint64 // connections that reached a target
-	Failed          uint64 // connections closed because no target accepted them
-	DialFailures    uint64 // failed attempts (some then served by another target)
-	EarlyClosed     uint64 // connections a target closed at once, sending nothing, before the client sent (failures)
+	Listener     listener.Stats
+	Proxied      uint64 // connections that reached a target
+	Failed       uint64 // connections closed because no target accepted them
+	DialFailures uint64 // failed attempts (some then served by another target)
+	EarlyClosed  uint64 // connections a target closed at once, sending nothing, before the client sent (failures)
 	// ClientProvoked counts connections a target closed at once after the
 	// client had sent bytes: not held against the target.
-	ClientProvoked uint64
+	ClientProvoked  uint64
 	IdleClosed      uint64 // connections closed by IdleTimeout
 	ShutdownClosed  uint64 // connections closed when the drain timeout passed
 	BytesFromClient uint64
