@@ -526,6 +526,43 @@ func TestPassthroughProxyProtocol(t *testing.T) {
 	}
 }
 
+// With --accept-proxy-from, only the listed front balancer may send PROXY
+// headers: a forged header from another address is refused before it is
+// read, logged and counted, while the front balancer's clients are served
+// with the address its header carries.
+func TestAcceptProxyFromTrustedOnly(t *testing.T) {
+	w := newWorld(t, 1)
+	p := startNDLB(t, "--target", w.targets(), "--accept-proxy-from", "127.0.0.2/32")
+	real := &net.TCPAddr{IP: net.ParseIP("203.0.113.9"), Port: 4000}
+	header := proxyproto.HeaderProxyFromAddrs(1, real, &net.TCPAddr{IP: net.ParseIP("198.51.100.1"), Port: 9000})
+	// A forger on 127.0.0.1.
+	forged := dial(t, p.addr)
+	header.WriteTo(forged)
+	forged.Write([]byte("{\"forged\":1}\n"))
+	forged.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := forged.Read(make([]byte, 1)); err == nil {
+		t.Fatal("a header from an untrusted address was read")
+	}
+	forged.Close()
+	p.waitLog("connection refused: its address may not send PROXY headers (--accept-proxy-from)", 5*time.Second)
+	// The front balancer on 127.0.0.2.
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 5 * time.Second}
+	front, err := d.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	header.WriteTo(front)
+	front.Write([]byte("{\"a\":1}\n"))
+	front.Close()
+	if l := p.waitLog("client disconnected", 10*time.Second); l["client"] != real.String() || l["lines"].(float64) != 1 {
+		t.Fatalf("log %v, want client %s and 1 line", l, real)
+	}
+	p.stopOK()
+	if w.sinks[0].Lines() != 1 {
+		t.Fatalf("the sink got %d lines, want only the front balancer's", w.sinks[0].Lines())
+	}
+}
+
 // In NDJSON mode, --accept-proxy puts the real client address in the logs.
 func TestNDJSONAcceptProxyLogsClient(t *testing.T) {
 	w := newWorld(t, 1)

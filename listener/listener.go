@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,6 +109,12 @@ type Config struct {
 	// ProxyHeaderTimeout bounds reading the header; zero means the
 	// default.
 	ProxyHeaderTimeout time.Duration
+	// ProxyFrom, if not empty, is the networks allowed to send PROXY
+	// headers (the front balancers). With AcceptProxy, a connection from
+	// any other address is closed before anything is read from it, logged
+	// (at most once a minute) and counted: no one else can claim a client
+	// address. Empty trusts every peer.
+	ProxyFrom []netip.Prefix
 	// MaxConns bounds the connections served at once; zero means no
 	// bound. At the bound the listener stops accepting, so that new
 	// clients wait in the kernel's accept backlog rather than in memory.
@@ -139,6 +146,9 @@ type Stats struct {
 	Active          int64  // connections open now
 	HandshakeFailed uint64 // TLS handshakes that failed
 	ProxyRejected   uint64 // connections closed for a missing or malformed PROXY header
+	// ProxyUntrusted counts connections closed because their address is
+	// not in ProxyFrom.
+	ProxyUntrusted uint64
 	LimitReached    uint64 // times accepting paused at MaxConns
 	Adopted         uint64 // connections taken over from an older process (Adopt)
 }
@@ -164,7 +174,10 @@ type Listener struct {
 	handedOver  bool // Handover gave the socket away; guarded by mu
 	limitLog    rate.Sometimes
 
+	untrustedLog rate.Sometimes
+
 	accepted, hsFailed, proxyRejected, limited, adopted atomic.Uint64
+	proxyUntrusted                                      atomic.Uint64
 	active                                              atomic.Int64
 }
 
@@ -179,7 +192,7 @@ func New(ln net.Listener, h Handler, cfg Config) *Listener {
 	l := &Listener{
 		ln: ln, h: h, cfg: cfg, log: cfg.Logger, conns: make(map[*Conn]struct{}),
 		done: make(chan struct{}), graceOver: make(chan struct{}), workers: gopool.New(maxIdleWorkers),
-		limitLog: rate.Sometimes{First: 1, Interval: time.Minute},
+		limitLog: rate.Sometimes{First: 1, Interval: time.Minute}, untrustedLog: rate.Sometimes{First: 1, Interval: time.Minute},
 	}
 	if l.log == nil {
 		l.log = slog.Default()
@@ -187,7 +200,28 @@ func New(ln net.Listener, h Handler, cfg Config) *Listener {
 	if cfg.MaxConns > 0 {
 		l.slots = make(chan struct{}, cfg.MaxConns)
 	}
+	if cfg.AcceptProxy && len(cfg.ProxyFrom) == 0 {
+		l.log.Warn("PROXY headers are accepted from any peer: anyone who can reach this port can claim any client address; list the front balancers with --accept-proxy-from")
+	}
 	return l
+}
+
+// trusted reports whether addr may send PROXY headers.
+func (l *Listener) trusted(addr net.Addr) bool {
+	if len(l.cfg.ProxyFrom) == 0 {
+		return true
+	}
+	ap, err := netip.ParseAddrPort(addr.String())
+	if err != nil {
+		return false
+	}
+	ip := ap.Addr().Unmap()
+	for _, p := range l.cfg.ProxyFrom {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // Addr is the listening address.
@@ -335,6 +369,14 @@ func (l *Listener) prepare(nc net.Conn) (*Conn, bool) {
 	c := &Conn{Conn: nc, ID: ksuid.New(), Client: nc.RemoteAddr(), Local: nc.LocalAddr()}
 	c.tcp, _ = nc.(*net.TCPConn)
 	if l.cfg.AcceptProxy {
+		if !l.trusted(nc.RemoteAddr()) {
+			n := l.proxyUntrusted.Add(1)
+			l.untrustedLog.Do(func() {
+				l.log.Warn("connection refused: its address may not send PROXY headers (--accept-proxy-from)",
+					"peer", nc.RemoteAddr().String(), "refused_so_far", n)
+			})
+			return nil, false
+		}
 		if err := l.readProxyHeader(c); err != nil {
 			l.proxyRejected.Add(1)
 			c.Log = l.log.With("conn", c.ID.String(), "proxy", nc.RemoteAddr().String())
@@ -428,7 +470,7 @@ func (l *Listener) stopAccepting() { l.graceOnce.Do(func() { close(l.graceOver) 
 func (l *Listener) Stats() Stats {
 	return Stats{
 		Accepted: l.accepted.Load(), Active: l.active.Load(), HandshakeFailed: l.hsFailed.Load(),
-		ProxyRejected: l.proxyRejected.Load(), LimitReached: l.limited.Load(), Adopted: l.adopted.Load(),
+		ProxyRejected: l.proxyRejected.Load(), ProxyUntrusted: l.proxyUntrusted.Load(), LimitReached: l.limited.Load(), Adopted: l.adopted.Load(),
 	}
 }
 

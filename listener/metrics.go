@@ -18,7 +18,7 @@ var listenerInstruments = sync.OnceValues(func() (listenerMetrics, error) {
 	l.accepted, errs[1] = m.Int64ObservableCounter("ndlb.connections.accepted", metric.WithUnit("{connection}"),
 		metric.WithDescription("Client connections accepted."))
 	l.rejected, errs[2] = m.Int64ObservableCounter("ndlb.connections.rejected", metric.WithUnit("{connection}"),
-		metric.WithDescription("Client connections closed before serving: a failed TLS handshake or PROXY header (ndlb.reason)."))
+		metric.WithDescription("Client connections closed before serving: a failed TLS handshake, a bad PROXY header, or a peer not allowed to send one (ndlb.reason)."))
 	l.limited, errs[3] = m.Int64ObservableCounter("ndlb.connections.limit_reached", metric.WithUnit("{event}"),
 		metric.WithDescription("Times accepting paused at --max-conns."))
 	for _, err := range errs {
@@ -45,12 +45,14 @@ func (l *Listener) ObserveMetrics(attrs ...attribute.KeyValue) (metric.Registrat
 	set := metric.WithAttributes(attrs...)
 	tls := metric.WithAttributes(append(attrs, attribute.String("ndlb.reason", "tls_handshake"))...)
 	proxy := metric.WithAttributes(append(attrs, attribute.String("ndlb.reason", "proxy_header"))...)
+	untrusted := metric.WithAttributes(append(attrs, attribute.String("ndlb.reason", "proxy_untrusted"))...)
 	return otel.Meter("github.com/ndlb/ndlb/listener").RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		st := l.Stats()
 		o.ObserveInt64(m.active, st.Active, set)
 		o.ObserveInt64(m.accepted, int64(st.Accepted), set)
 		o.ObserveInt64(m.rejected, int64(st.HandshakeFailed), tls)
 		o.ObserveInt64(m.rejected, int64(st.ProxyRejected), proxy)
+		o.ObserveInt64(m.rejected, int64(st.ProxyUntrusted), untrusted)
 		o.ObserveInt64(m.limited, int64(st.LimitReached), set)
 		return nil
 	}, m.active, m.accepted, m.rejected, m.limited)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -95,6 +96,22 @@ func checkMode(c Values) error {
 // listenerConfig maps the flags both modes share onto the listener's config.
 func listenerConfig(c Values) (listener.Config, error) {
 	lc := listener.Config{AcceptProxy: c.Bool("accept-proxy"), ProxyHeaderTimeout: c.Duration("proxy-header-timeout"), MaxConns: c.Int("max-conns")}
+	for _, raw := range c.StringSlice("accept-proxy-from") {
+		for _, v := range strings.Split(raw, ",") {
+			if v = strings.TrimSpace(v); v == "" {
+				continue
+			}
+			p, err := netip.ParsePrefix(v)
+			if err != nil {
+				a, aerr := netip.ParseAddr(v)
+				if aerr != nil {
+					return lc, settings.Errorf("accept-proxy-from", "invalid value %q for --accept-proxy-from: want a network (10.0.0.0/8) or an address", v)
+				}
+				p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+			}
+			lc.ProxyFrom, lc.AcceptProxy = append(lc.ProxyFrom, p.Masked()), true
+		}
+	}
 	if c.IsSet("proxy-header-timeout") && !lc.AcceptProxy {
 		return lc, settings.Errorf("proxy-header-timeout", "--proxy-header-timeout needs --accept-proxy")
 	}
