@@ -149,8 +149,8 @@ type Stats struct {
 	// ProxyUntrusted counts connections closed because their address is
 	// not in ProxyFrom.
 	ProxyUntrusted uint64
-	LimitReached    uint64 // times accepting paused at MaxConns
-	Adopted         uint64 // connections taken over from an older process (Adopt)
+	LimitReached   uint64 // times accepting paused at MaxConns
+	Adopted        uint64 // connections taken over from an older process (Adopt)
 }
 
 // Listener accepts connections and hands them to a Handler.
