@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/ndlb/ndlb/admin"
@@ -99,7 +100,7 @@ func (s Spec) Validate() error {
 			if o.Name == l.Name {
 				break
 			}
-			if sameAddr(o.Addr, l.Addr) {
+			if SameAddr(o.Addr, l.Addr) {
 				return &Error{Listener: l.Name, Err: &sameAddrError{addr: l.Addr, other: o.Name}}
 			}
 		}
@@ -108,10 +109,11 @@ func (s Spec) Validate() error {
 	return nil
 }
 
-// sameAddr reports whether listening on a and on b would share clients: the
-// same port (not 0, which picks a free one) on the same host, or on a
-// wildcard address and any host.
-func sameAddr(a, b string) bool {
+// SameAddr reports whether listening on a and on b (HOST:PORT) would
+// collide: the same port (not 0, which picks a free one) on the same host,
+// or on a wildcard address and any host. Host names are compared as
+// written, but for localhost, which is loopback.
+func SameAddr(a, b string) bool {
 	ha, pa, errA := net.SplitHostPort(a)
 	hb, pb, errB := net.SplitHostPort(b)
 	if errA != nil || errB != nil || pa != pb || pa == "0" {
@@ -122,7 +124,8 @@ func sameAddr(a, b string) bool {
 		return true
 	}
 	ia, ib := net.ParseIP(ha), net.ParseIP(hb)
-	return ha == hb || ia != nil && ia.Equal(ib)
+	return strings.EqualFold(ha, hb) || ia != nil && ia.Equal(ib) ||
+		strings.EqualFold(ha, "localhost") && ib != nil && ib.IsLoopback() || strings.EqualFold(hb, "localhost") && ia != nil && ia.IsLoopback()
 }
 
 // Errors of Spec.Validate. ErrSpec is wrapped by all of them.

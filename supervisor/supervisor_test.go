@@ -317,12 +317,16 @@ func TestSameAddr(t *testing.T) {
 		{":9000", "[::1]:9000", true},
 		{"[::1]:9000", "[0:0:0:0:0:0:0:1]:9000", true},
 		{"logs.internal:9000", "logs.internal:9000", true},
+		{"Logs.Internal:9000", "logs.internal:9000", true},
+		{"localhost:9000", "127.0.0.1:9000", true},
+		{"[::1]:9000", "LOCALHOST:9000", true},
+		{"localhost:9000", "10.0.0.1:9000", false},
 		{"127.0.0.1:9000", "127.0.0.2:9000", false},
 		{"127.0.0.1:9000", "127.0.0.1:9001", false},
 		{"0.0.0.0:0", "0.0.0.0:0", false},
 		{"nonsense", "nonsense", false},
 	} {
-		if got := sameAddr(tc.a, tc.b); got != tc.same {
+		if got := SameAddr(tc.a, tc.b); got != tc.same {
 			t.Errorf("sameAddr(%s, %s) = %v", tc.a, tc.b, got)
 		}
 	}

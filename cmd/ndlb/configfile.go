@@ -45,9 +45,9 @@ func loadFile(c *cli.Context, path string) (*source, []*source, error) {
 	var srcs []*source
 	for _, sec := range f.Listeners {
 		v := setup.Layered{Flags: c, File: valuesOf(sec)}
-		srcs = append(srcs, &source{name: sec.Name, file: f, sec: sec, c: v, args: v.Set()})
+		srcs = append(srcs, &source{name: sec.Name, file: f, sec: sec, c: v, flags: c, args: v.Set()})
 	}
-	return &source{file: f, sec: f.Global, c: setup.Layered{Flags: c, File: valuesOf(f.Global)}}, srcs, nil
+	return &source{file: f, sec: f.Global, c: setup.Layered{Flags: c, File: valuesOf(f.Global)}, flags: c}, srcs, nil
 }
 
 // valuesOf is a section's typed values by key.

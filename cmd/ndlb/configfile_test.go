@@ -46,15 +46,16 @@ func TestConfigErrors(t *testing.T) {
 // The environment counts in check-config as in the run.
 func TestCheckConfigReadsTheEnvironment(t *testing.T) {
 	two, one := "testdata/config-errors/dup-port.toml", filepath.Join(t.TempDir(), "one.toml")
-	if err := os.WriteFile(one, []byte("[[listener]]\nname = \"logs\"\nport = 0\ntarget = [\"127.0.0.1:1\"]\n"), 0o644); err != nil {
+	if err := os.WriteFile(one, []byte("[[listener]]\nname = \"logs\"\nport = 0\ntarget = [\"127.0.0.1:1\"]\nconnections = 4\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
 		env, path, want string
 	}{
 		{"NDLB_PORT=5", two, "ndlb: --port (or NDLB_PORT) is set, but " + two + " has 2 listeners: set it in the file\n"},
-		{"NDLB_CONNECTIONS=-1", one, "ndlb: " + one + `: listener "logs": invalid value for --connections: -1 connections per target: want 1..1024` + "\n"},
-		{"NDLB_ADMIN=nope", one, "ndlb: " + one + `: invalid value for --admin: address "nope": want HOST:PORT, such as 127.0.0.1:9900` + "\n"},
+		// The variable's value, not the file's line 5 (connections = 4).
+		{"NDLB_CONNECTIONS=-1", one, "ndlb: " + one + `: listener "logs": invalid value for --connections: -1 connections per target: want 1..1024 (set by --connections or NDLB_CONNECTIONS)` + "\n"},
+		{"NDLB_ADMIN=nope", one, "ndlb: " + one + `: invalid value for --admin: address "nope": want HOST:PORT, such as 127.0.0.1:9900 (set by --admin or NDLB_ADMIN)` + "\n"},
 	} {
 		k, v, _ := strings.Cut(tc.env, "=")
 		t.Setenv(k, v)

@@ -1,11 +1,12 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -34,13 +35,21 @@ func newAdmin(p setup.Process, log *slog.Logger, listeners func() []admin.Listen
 
 // runHealthcheck exits 0 when ndlb's admin API answers /healthz (with
 // --admin, or admin in the config file), or else when every listener (of
-// --config, or of --addr/--port) accepts a TCP connection.
+// --config, or of --addr/--port) accepts a TCP connection. It exits 1
+// otherwise, whatever the reason: 2 means something else to Docker.
 func runHealthcheck(c *cli.Context) error {
-	adminAddr, addrs := c.String("admin"), []string{}
-	if path := c.String("config"); path != "" && adminAddr == "" {
+	if err := healthcheck(c); err != nil {
+		return cli.Exit("unhealthy: "+strings.TrimPrefix(err.Error(), "ndlb: "), exitError)
+	}
+	return nil
+}
+
+func healthcheck(c *cli.Context) error {
+	adminAddr, addrs := flagOrParent(c, "admin"), []string{}
+	if path := flagOrParent(c, "config"); path != "" && adminAddr == "" {
 		proc, srcs, err := loadFile(c, path)
 		if err != nil {
-			return err
+			return fmt.Errorf("cannot read the config file: %w", err)
 		}
 		adminAddr = proc.c.String("admin")
 		for _, in := range srcs {
@@ -51,37 +60,44 @@ func runHealthcheck(c *cli.Context) error {
 			addrs = append(addrs, addr)
 		}
 	} else if adminAddr == "" {
-		addr, err := setup.ListenAddr(c)
-		if err != nil {
-			return err
-		}
-		addrs = append(addrs, addr)
+		port, _ := strconv.Atoi(flagOrParent(c, "port"))
+		addrs = append(addrs, net.JoinHostPort(flagOrParent(c, "addr"), strconv.Itoa(port)))
 	}
 	if adminAddr != "" {
 		url, err := admin.Probe(adminAddr)
-		if errors.Is(err, admin.ErrProbeAddr) {
-			return usageError("invalid value %q for --admin: want HOST:PORT", adminAddr)
-		}
 		if err != nil {
-			return cli.Exit(fmt.Sprintf("unhealthy: %v", err), exitError)
+			return err
 		}
 		fmt.Fprintln(c.App.Writer, "ok:", url)
 		return nil
 	}
-	for _, addr := range addrs {
+	for i, addr := range addrs {
 		host, port, _ := net.SplitHostPort(addr)
 		if port == "0" {
-			return usageError("a listener on port 0 cannot be found: set its port, or --admin")
+			return fmt.Errorf("listener %d listens on port 0, which cannot be found: give it a port, or set admin", i+1)
 		}
 		if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
-			addr = net.JoinHostPort("127.0.0.1", port)
+			addrs[i] = net.JoinHostPort("127.0.0.1", port)
 		}
+	}
+	for _, addr := range addrs {
 		conn, err := net.DialTimeout("tcp", addr, 3*time.Second)
 		if err != nil {
-			return cli.Exit(fmt.Sprintf("unhealthy: %v", err), exitError)
+			return err
 		}
 		conn.Close()
 		fmt.Fprintln(c.App.Writer, "ok:", addr, "accepts connections")
 	}
 	return nil
+}
+
+// flagOrParent is the healthcheck flag name as set on the command, or
+// before it (ndlb --config F healthcheck), or by its variable.
+func flagOrParent(c *cli.Context, name string) string {
+	for _, ctx := range c.Lineage() {
+		if ctx.IsSet(name) {
+			return fmt.Sprint(ctx.Value(name))
+		}
+	}
+	return fmt.Sprint(c.Value(name))
 }

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"slices"
 	"syscall"
 	"time"
 
@@ -181,7 +180,7 @@ func exitOf(err error, srcs []*source) error {
 				if in.file == nil {
 					return cli.Exit(se.Err.Error(), exitError)
 				}
-				return cli.Exit(err.Error(), exitError)
+				return cli.Exit((&config.Error{Path: in.file.Path, Line: in.sec.LineOf("port"), Listener: in.sec.Name, Msg: se.Err.Error()}).Error(), exitError)
 			}
 			setting := ""
 			if errors.Is(se.Err, supervisor.ErrSameAddr) {
@@ -211,7 +210,15 @@ func specOf(proc *source, srcs []*source, log *slog.Logger) (supervisor.Spec, er
 		if err != nil {
 			return supervisor.Spec{}, err
 		}
+		if p.Admin.Addr != "" && supervisor.SameAddr(p.Admin.Addr, l.Addr) {
+			return supervisor.Spec{}, proc.wrap(settings.Errorf("admin", "invalid value %q for --admin: it is also the address of listener %q", p.Admin.Addr, l.Name))
+		}
 		spec.Listeners = append(spec.Listeners, l)
+	}
+	// Two listeners on one address: refused here, with the second one's
+	// line, at start, in check-config and on a reload alike.
+	if err := spec.Validate(); err != nil {
+		return supervisor.Spec{}, exitOf(err, srcs)
 	}
 	return spec, nil
 }
@@ -223,7 +230,10 @@ type source struct {
 	file *config.File   // nil: flags only
 	sec  config.Section // its table in file (the top for the process)
 	c    setup.Values   // its settings
-	args map[string][]string
+	// flags are the command line's and NDLB_* variables' settings, which
+	// take the place of the file's (nil: flags only).
+	flags setup.Values
+	args  map[string][]string
 }
 
 // process checks the process-wide settings of proc.
@@ -257,12 +267,13 @@ func (in *source) wrap(err error) error {
 	if in.file == nil {
 		return usageError("%s", se.Msg)
 	}
-	line := in.sec.Line
+	line, msg := in.sec.Line, se.Msg
 	if se.Setting != "" {
 		line = in.sec.LineOf(se.Setting)
-		if !slices.ContainsFunc(in.sec.Values, func(v config.Value) bool { return v.Key == se.Setting }) && in.c.IsSet(se.Setting) {
-			line = 0 // set by a flag or variable, not in the file
+		if in.flags != nil && in.flags.IsSet(se.Setting) {
+			// Set by a flag or variable, over the file: no line of it.
+			line, msg = 0, fmt.Sprintf("%s (set by --%s or %s)", msg, se.Setting, settings.Setting{Name: se.Setting}.Env())
 		}
 	}
-	return usageError("%s", (&config.Error{Path: in.file.Path, Line: line, Listener: in.sec.Name, Msg: se.Msg}).Error())
+	return usageError("%s", (&config.Error{Path: in.file.Path, Line: line, Listener: in.sec.Name, Msg: msg}).Error())
 }
