@@ -1,8 +1,10 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"regexp"
@@ -10,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/pelletier/go-toml/v2"
 )
@@ -102,17 +105,32 @@ func (e *Error) Error() string {
 // ErrNoListener is wrapped when the file has no [[listener]] table.
 var ErrNoListener = errors.New("no [[listener]] table")
 
+// MaxFileBytes bounds what Load reads: a config file is far smaller.
+const MaxFileBytes = 16 << 20
+
 // Load reads and checks the file at path against schema.
 func Load(path string, schema Schema) (*File, error) {
-	doc, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
+	}
+	defer f.Close()
+	doc, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(doc) > MaxFileBytes {
+		return nil, &Error{Path: path, Msg: "over 16MiB: is this the config file?"}
 	}
 	return Parse(path, doc, schema)
 }
 
 // Parse is Load of a document already read.
 func Parse(path string, doc []byte, schema Schema) (*File, error) {
+	doc = bytes.TrimPrefix(doc, []byte("\xef\xbb\xbf")) // a UTF-8 byte order mark
+	if bytes.HasPrefix(doc, []byte("\xff\xfe")) || bytes.HasPrefix(doc, []byte("\xfe\xff")) {
+		return nil, &Error{Path: path, Msg: "the file is UTF-16: save it as UTF-8"}
+	}
 	var raw map[string]any
 	if err := toml.Unmarshal(doc, &raw); err != nil {
 		return nil, decodeError(path, err)
@@ -129,7 +147,8 @@ func Parse(path string, doc []byte, schema Schema) (*File, error) {
 	f := &File{Path: path, Global: g}
 	tables, ok := raw["listener"].([]any)
 	if !ok && raw["listener"] != nil {
-		return nil, &Error{Path: path, Line: lines[0].keys["listener"], Msg: "listener: write each listener as a [[listener]] table (two brackets)"}
+		return nil, &Error{Path: path, Line: lines[0].keys["listener"],
+			Msg: `listener: write each listener as a [[listener]] table with its name inside (name = "logs"), not [listener] or [[listener.logs]]`}
 	}
 	names := map[string]int{}
 	for i, t := range tables {
@@ -182,15 +201,20 @@ func (p parser) section(m map[string]any, ln sectionLines, top bool) (Section, e
 			return s, bad(NameKey, "name: %s; want a name in quotes", describe(m[NameKey]))
 		case strings.TrimSpace(name) == "":
 			return s, &Error{Path: p.path, Line: ln.header, Msg: `[[listener]] needs a name (name = "logs")`}
+		case strings.ContainsFunc(name, unicode.IsControl):
+			return s, bad(NameKey, "name: %q has control characters", name)
 		}
 		s.Name = name
 		s.Values = append(s.Values, Value{Key: NameKey, Line: ln.keys[NameKey], V: name})
 	}
 	// File order first; keys the line scan did not see (unusual shapes)
 	// after them, sorted.
-	order := slices.Clone(ln.order)
+	order, seen := slices.Clone(ln.order), map[string]bool{}
+	for _, k := range ln.order {
+		seen[k] = true
+	}
 	for _, k := range slices.Sorted(maps.Keys(m)) {
-		if !slices.Contains(order, k) {
+		if !seen[k] {
 			order = append(order, k)
 		}
 	}
@@ -203,6 +227,8 @@ func (p parser) section(m map[string]any, ln sectionLines, top bool) (Section, e
 		switch {
 		case !known && top && key == NameKey:
 			return s, bad(key, "name: belongs in a [[listener]] table")
+		case !known && top && editDistance(key, "listener") <= 2:
+			return s, bad(key, "unknown key %q (did you mean [[listener]]?)", key)
 		case !known:
 			return s, bad(key, "unknown key %q%s", key, p.suggest(key))
 		case k.Global && !top:
@@ -301,8 +327,10 @@ func describe(v any) string {
 	switch x := v.(type) {
 	case string:
 		return fmt.Sprintf("%q is text", x)
-	case int64, float64:
-		return fmt.Sprintf("%v is a number", x)
+	case int64:
+		return fmt.Sprintf("%d is a number", x)
+	case float64:
+		return "a decimal number"
 	case bool:
 		return fmt.Sprintf("%v is a boolean", x)
 	case []any:
@@ -366,33 +394,54 @@ type sectionLines struct {
 }
 
 var (
-	keyLine    = regexp.MustCompile(`^\s*([A-Za-z0-9_-]+|"[^"]+")\s*=`)
-	headerLine = regexp.MustCompile(`^\s*\[\[\s*listener\s*\]\]`)
-	tableLine  = regexp.MustCompile(`^\s*\[\s*([A-Za-z0-9_-]+)\s*\]`)
+	keyLine     = regexp.MustCompile(`^\s*([A-Za-z0-9_-]+|"[^"]+"|'[^']+')\s*(?:\.[^=]*)?=`)
+	headerLine  = regexp.MustCompile(`^\s*\[\[\s*(?:listener|"listener"|'listener')\s*\]\]`)
+	arrayLine   = regexp.MustCompile(`^\s*\[\[\s*([A-Za-z0-9_-]+|"[^"]+"|'[^']+')`)
+	tableLine   = regexp.MustCompile(`^\s*\[\s*([A-Za-z0-9_-]+|"[^"]+"|'[^']+')\s*(?:\.\s*([A-Za-z0-9_-]+|"[^"]+"|'[^']+'))?`)
+	multiString = regexp.MustCompile(`"""|\'\'\'`)
 )
 
 // keyLines finds the line of every key: index 0 is the top of the file, i
-// the i-th [[listener]] table. It reads only the simple shapes this file
-// uses (key = value at the start of a line).
+// the i-th [[listener]] table. It reads the shapes people write (key =
+// value, dotted keys, [table] and [[table]] headers, multi-line strings)
+// line by line; a key it cannot place gets its table's line.
 func keyLines(doc []byte) []sectionLines {
 	out := []sectionLines{{keys: map[string]int{}}}
+	note := func(sec *sectionLines, k string, line int) {
+		k = strings.Trim(k, `"'`)
+		if _, dup := sec.keys[k]; !dup {
+			sec.keys[k] = line
+			sec.order = append(sec.order, k)
+		}
+	}
+	inString, other := false, false // inside a multi-line string; in a table that is not ours
 	for i, line := range strings.Split(string(doc), "\n") {
+		n := i + 1
+		if inString {
+			inString = len(multiString.FindAllString(line, -1))%2 == 0
+			continue
+		}
 		switch {
 		case headerLine.MatchString(line):
-			out = append(out, sectionLines{header: i + 1, keys: map[string]int{}})
-		case tableLine.MatchString(line) && len(out) == 1:
-			// A [table] at the top: where its key is.
-			if k := tableLine.FindStringSubmatch(line)[1]; out[0].keys[k] == 0 {
-				out[0].keys[k] = i + 1
-				out[0].order = append(out[0].order, k)
+			out, other = append(out, sectionLines{header: n, keys: map[string]int{}}), false
+		case arrayLine.MatchString(line):
+			note(&out[0], arrayLine.FindStringSubmatch(line)[1], n) // [[listeners]], [[listener.x]]
+			other = true
+		case tableLine.MatchString(line):
+			m := tableLine.FindStringSubmatch(line)
+			if strings.Trim(m[1], `"'`) == "listener" && m[2] != "" && len(out) > 1 {
+				note(&out[len(out)-1], m[2], n) // [listener.tls] inside a listener
+			} else {
+				note(&out[0], m[1], n)
 			}
+			other = true
 		case keyLine.MatchString(line):
-			k := strings.Trim(keyLine.FindStringSubmatch(line)[1], `"`)
-			cur := &out[len(out)-1]
-			if _, dup := cur.keys[k]; !dup {
-				cur.keys[k] = i + 1
-				cur.order = append(cur.order, k)
+			if !other {
+				note(&out[len(out)-1], keyLine.FindStringSubmatch(line)[1], n)
 			}
+		}
+		if len(multiString.FindAllString(line, -1))%2 == 1 {
+			inString = true
 		}
 	}
 	return out

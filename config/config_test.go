@@ -69,6 +69,13 @@ func valuesOf(s Section) []any {
 	return out
 }
 
+// A byte order mark is not part of the file.
+func TestByteOrderMark(t *testing.T) {
+	if _, err := Parse("f.toml", append([]byte("\xef\xbb\xbf"), good...), schema); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // What people write for what is meant: one string for a list of one, a
 // number for a size.
 func TestLenientShapes(t *testing.T) {
@@ -104,10 +111,21 @@ func TestErrorsHaveLines(t *testing.T) {
 		{name: "global key in a listener", doc: "[[listener]]\nname = \"a\"\nadmin = \"x\"\n", want: `f.toml:3: listener "a": admin: is process-wide: set it at the top of the file, before the first [[listener]]`},
 		{name: "listener key at the top", doc: "port = 1\n[[listener]]\nname = \"a\"\n", want: `f.toml:1: port: belongs in a [[listener]] table (each listener has its own)`},
 		{name: "name at the top", doc: "name = \"a\"\n[[listener]]\nname = \"a\"\n", want: `f.toml:1: name: belongs in a [[listener]] table`},
-		{name: "one bracket", doc: "[listener]\nname = \"a\"\n", want: `f.toml:1: listener: write each listener as a [[listener]] table (two brackets)`},
+		{name: "one bracket", doc: "[listener]\nname = \"a\"\n", want: `f.toml:1: listener: write each listener as a [[listener]] table with its name inside (name = "logs"), not [listener] or [[listener.logs]]`},
 		{name: "no name", doc: "[[listener]]\nport = 1\n", want: `f.toml:1: [[listener]] needs a name (name = "logs")`},
 		{name: "name not text", doc: "[[listener]]\nname = 1\n", want: `f.toml:2: name: 1 is a number; want a name in quotes`},
 		{name: "name twice", doc: "[[listener]]\nname = \"a\"\n[[listener]]\nname = \"a\"\n", want: `f.toml:4: listener "a": name "a" is used twice (first on line 2)`},
+		{name: "quoted header shifts nothing", doc: "[[listener]]\nname = \"a\"\n[[\"listener\"]]\nname = \"b\"\nidle-timeout = \"10 minutes\"\n[[listener]]\nname = \"c\"\n", want: `f.toml:5: listener "b": idle-timeout: "10 minutes" is not a duration (use 10m)`},
+		{name: "a key inside a multi-line string", doc: "[[listener]]\nname = \"a\"\ntarget = \"\"\"\nidle-timeout = 1\n\"\"\"\nidle-timeout = \"x\"\n", want: `f.toml:6: listener "a": idle-timeout: "x" is not a duration (use a number and a unit: 500ms, 90s, 5m or 1h30m)`},
+		{name: "dotted key", doc: "[[listener]]\nname = \"a\"\n\nidle.timeout = \"5s\"\n", want: `f.toml:4: listener "a": unknown key "idle" (the keys are the flags' names: see ndlb --help)`},
+		{name: "single-quoted key", doc: "[[listener]]\nname = \"a\"\n\n'idle-timeout' = '10 minutes'\n", want: `f.toml:4: listener "a": idle-timeout: "10 minutes" is not a duration (use 10m)`},
+		{name: "a table after the listeners", doc: "[[listener]]\nname = \"a\"\n[admin]\naddr = \"x\"\n", want: `f.toml:3: admin: a table; want a string in quotes`},
+		{name: "a listener's sub-table", doc: "[[listener]]\nname = \"a\"\n\n[listener.tls]\ncert = \"x\"\n", want: `f.toml:4: listener "a": unknown key "tls" (the keys are the flags' names: see ndlb --help)`},
+		{name: "listeners", doc: "[[listeners]]\nname = \"a\"\n", want: `f.toml:1: unknown key "listeners" (did you mean [[listener]]?)`},
+		{name: "listener.name", doc: "[[listener.logs]]\nport = 1\n", want: `f.toml:1: listener: write each listener as a [[listener]] table with its name inside (name = "logs"), not [listener] or [[listener.logs]]`},
+		{name: "decimal port", doc: "[[listener]]\nname = \"a\"\nport = 9000.0\n", want: `f.toml:3: listener "a": port: a decimal number; want a whole number`},
+		{name: "control character in a name", doc: "[[listener]]\nname = \"a\\nb\"\n", want: `f.toml:2: name: "a\nb" has control characters`},
+		{name: "UTF-16", doc: "\xff\xfe[\x00", want: `f.toml: the file is UTF-16: save it as UTF-8`},
 		{name: "syntax", doc: "[[listener]\nname = \"a\"\n", want: "f.toml:1: not valid TOML: "},
 		{name: "no listener", doc: "log-level = \"info\"\n", want: "f.toml: no [[listener]] table: add one with at least name and target"},
 	}

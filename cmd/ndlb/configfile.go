@@ -82,6 +82,10 @@ func runCheckConfig(c *cli.Context) error {
 	for _, in := range srcs {
 		names = append(names, in.name)
 	}
-	fmt.Fprintf(c.App.Writer, "ok: %s: %d listeners (%s)\n", path, len(srcs), strings.Join(names, ", "))
+	noun := "listeners"
+	if len(srcs) == 1 {
+		noun = "listener"
+	}
+	fmt.Fprintf(c.App.Writer, "ok: %s: %d %s (%s)\n", path, len(srcs), noun, strings.Join(names, ", "))
 	return nil
 }
