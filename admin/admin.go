@@ -2,7 +2,7 @@ package admin
 
 import (
 	"context"
-	"crypto/subtle"
+	"crypto/tls"
 	_ "embed"
 	"encoding/json"
 	"errors"
@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/net/netutil"
 
 	"github.com/ndlb/ndlb/invalid"
 	"github.com/ndlb/ndlb/upstream"
@@ -60,8 +61,18 @@ type Config struct {
 	// Addr is host:port to listen on. Bind it to loopback.
 	Addr string
 	// TokenFile, if set, holds the bearer token the POST routes require.
-	// It is read once, at New; surrounding white space is ignored.
+	// It is read at New and again when it changes; surrounding white
+	// space is ignored. Without it, the POST routes accept only requests
+	// from loopback peers that a web page cannot make.
 	TokenFile string
+	// TokenForReads makes every route but /healthz and /readyz require
+	// the token too.
+	TokenForReads bool
+	// TLS, if set, serves HTTPS with this config.
+	TLS *tls.Config
+	// IdleTimeout closes a keep-alive connection with no request for that
+	// long; zero means DefaultIdleTimeout.
+	IdleTimeout time.Duration
 	// Listeners returns the listeners now (they may change on reload).
 	Listeners func() []Listener
 	// Reloads, if set, reports the config file's reloads.
@@ -111,7 +122,7 @@ var statusPage []byte
 type Server struct {
 	cfg      Config
 	log      *slog.Logger
-	token    []byte
+	token    *token
 	mux      *http.ServeMux
 	http     *http.Server
 	ln       net.Listener
@@ -136,10 +147,14 @@ func New(cfg Config) (*Server, error) {
 		s.log = slog.Default()
 	}
 	if cfg.TokenFile != "" {
-		var err error
-		if s.token, err = readToken(cfg.TokenFile); err != nil {
+		s.token = &token{path: cfg.TokenFile, log: s.log.Warn}
+		if len(s.token.get()) == 0 {
+			_, err := readToken(cfg.TokenFile)
 			return nil, err
 		}
+	}
+	if host, _, _ := net.SplitHostPort(cfg.Addr); s.token == nil && !isLoopback(host) {
+		s.log.Warn("the admin API listens beyond loopback without --admin-token-file: anyone who reaches it can read the targets and config; changes are refused from other hosts", "addr", cfg.Addr)
 	}
 	for pattern, h := range s.routes() {
 		s.mux.Handle(pattern, h)
@@ -153,8 +168,19 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("admin: %w", err)
 	}
 	s.ln = ln
-	s.http = &http.Server{Handler: s.mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	idle := cfg.IdleTimeout
+	if idle <= 0 {
+		idle = DefaultIdleTimeout
+	}
+	s.http = &http.Server{Handler: s.mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: readTimeout, WriteTimeout: writeTimeout,
+		IdleTimeout: idle, MaxHeaderBytes: 64 << 10, TLSConfig: cfg.TLS, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	return s, nil
+}
+
+// isLoopback reports whether host is a loopback address or localhost.
+func isLoopback(host string) bool {
+	ip := net.ParseIP(host)
+	return strings.EqualFold(host, "localhost") || ip != nil && ip.IsLoopback()
 }
 
 // Validate checks the address (HOST:PORT) and reads the token file, so
@@ -192,13 +218,13 @@ func (s *Server) routes() map[string]http.Handler {
 	return map[string]http.Handler{
 		"GET /healthz":                         http.HandlerFunc(s.healthz),
 		"GET /readyz":                          http.HandlerFunc(s.readyz),
-		"GET /api/v1/listeners":                http.HandlerFunc(s.listeners),
-		"GET /api/v1/targets":                  http.HandlerFunc(s.targets),
+		"GET /api/v1/listeners":                s.guard(http.HandlerFunc(s.listeners)),
+		"GET /api/v1/targets":                  s.guard(http.HandlerFunc(s.targets)),
 		"POST /api/v1/targets/{addr}/{action}": s.authorized(http.HandlerFunc(s.setState)),
-		"GET /openapi.json":                    http.HandlerFunc(s.openapi),
-		"GET /api/v1/config":                   http.HandlerFunc(s.config),
-		"GET /metrics":                         http.HandlerFunc(s.metrics),
-		"GET /{$}":                             http.HandlerFunc(s.status),
+		"GET /openapi.json":                    s.guard(http.HandlerFunc(s.openapi)),
+		"GET /api/v1/config":                   s.guard(http.HandlerFunc(s.config)),
+		"GET /metrics":                         s.guard(http.HandlerFunc(s.metrics)),
+		"GET /{$}":                             s.guard(http.HandlerFunc(s.status)),
 	}
 }
 
@@ -213,8 +239,15 @@ func (s *Server) Handler() http.Handler { return s.mux }
 
 // Start serves in the background.
 func (s *Server) Start() {
-	go func() { s.done <- s.http.Serve(s.ln) }()
-	s.log.Info("admin API listening", "addr", s.ln.Addr().String(), "token", len(s.token) > 0)
+	ln := netutil.LimitListener(s.ln, MaxConns)
+	go func() {
+		if s.cfg.TLS != nil {
+			s.done <- s.http.ServeTLS(ln, "", "")
+		} else {
+			s.done <- s.http.Serve(ln)
+		}
+	}()
+	s.log.Info("admin API listening", "addr", s.ln.Addr().String(), "token", s.token != nil, "tls", s.cfg.TLS != nil)
 }
 
 // Shutdown stops the server, waiting for requests in flight until ctx is
@@ -393,22 +426,6 @@ func (s *Server) openapi(w http.ResponseWriter, _ *http.Request) {
 	w.Write(spec)
 }
 
-// authorized requires the bearer token, when one is configured.
-func (s *Server) authorized(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if len(s.token) > 0 {
-			// The scheme is case-insensitive (RFC 9110, section 11.1).
-			scheme, got, _ := strings.Cut(strings.TrimSpace(r.Header.Get("Authorization")), " ")
-			got = strings.TrimSpace(got)
-			if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(got), s.token) != 1 {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="ndlb"`)
-				writeError(w, http.StatusUnauthorized, "a valid bearer token is required")
-				return
-			}
-		}
-		h.ServeHTTP(w, r)
-	})
-}
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")

@@ -95,7 +95,10 @@ var All = []Setting{
 	{Name: "check-tls", Kind: config.Bool, Group: groupCheck, Reload: LiveChecks, Usage: "make http checks over TLS: with the --tls-target settings when set, else without verifying the certificate"},
 
 	{Name: "admin", Fields: []string{"admin.Addr"}, Kind: config.String, Group: groupAdmin, Global: true, Reload: Restart, Usage: "serve the admin HTTP API (health, readiness, targets, drain) on HOST:PORT; bind it to loopback (off by default)"},
-	{Name: "admin-token-file", Fields: []string{"admin.TokenFile"}, Kind: config.String, Group: groupAdmin, Global: true, Reload: Restart, Usage: "file holding a bearer token that the admin API's POST routes require"},
+	{Name: "admin-token-file", Fields: []string{"admin.TokenFile"}, Kind: config.String, Group: groupAdmin, Global: true, Reload: Restart, Usage: "file holding a bearer token that the admin API's POST routes require; re-read when it changes. Without it, changes are accepted only from this host, and never from a web page"},
+	{Name: "admin-token-for-reads", Kind: config.Bool, Group: groupAdmin, Global: true, Reload: Restart, Usage: "require the token for every admin route but /healthz and /readyz (metrics, targets, config, the status page)"},
+	{Name: "admin-tls-cert", Kind: config.String, Group: groupAdmin, Global: true, Reload: Restart, Usage: "serve the admin API over HTTPS: certificate file (PEM), reloaded when it changes"},
+	{Name: "admin-tls-key", Kind: config.String, Group: groupAdmin, Global: true, Reload: Restart, Usage: "key file (PEM) of --admin-tls-cert"},
 
 	{Name: "log-format", Kind: config.String, Default: "text", Group: groupLog, Global: true, Reload: Restart, Usage: "log format: text or json"},
 	{Name: "log-level", Kind: config.String, Default: "info", Group: groupLog, Global: true, Reload: LiveProcess, Usage: "log level: debug, info, warn or error (passthrough logs each connection at info)"},

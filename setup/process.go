@@ -6,6 +6,7 @@ import (
 
 	"github.com/ndlb/ndlb/admin"
 	"github.com/ndlb/ndlb/settings"
+	"github.com/ndlb/ndlb/tlsutil"
 )
 
 // Process is the process-wide settings, checked.
@@ -23,7 +24,7 @@ type Process struct {
 // *settings.Error naming the setting.
 func ProcessOf(c Values) (Process, error) {
 	p := Process{LogFormat: c.String("log-format"), PIDFile: c.String("pid-file"), UpgradeTimeout: c.Duration("upgrade-timeout"),
-		Admin: admin.Config{Addr: c.String("admin"), TokenFile: c.String("admin-token-file")}}
+		Admin: admin.Config{Addr: c.String("admin"), TokenFile: c.String("admin-token-file"), TokenForReads: c.Bool("admin-token-for-reads")}}
 	if err := p.LogLevel.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return p, settings.Errorf("log-level", "invalid value %q for --log-level: want debug, info, warn or error", c.String("log-level"))
 	}
@@ -34,10 +35,28 @@ func ProcessOf(c Values) (Process, error) {
 		return p, settings.Errorf("upgrade-timeout", "invalid value %s for --upgrade-timeout: must be positive", p.UpgradeTimeout)
 	}
 	if p.Admin.Addr == "" {
-		if p.Admin.TokenFile != "" {
-			return p, settings.Errorf("admin-token-file", "--admin-token-file needs --admin")
+		for _, n := range []string{"admin-token-file", "admin-token-for-reads", "admin-tls-cert", "admin-tls-key"} {
+			if c.IsSet(n) {
+				return p, settings.Errorf(n, "--%s needs --admin", n)
+			}
 		}
 		return p, nil
+	}
+	if p.Admin.TokenForReads && p.Admin.TokenFile == "" {
+		return p, settings.Errorf("admin-token-for-reads", "--admin-token-for-reads needs --admin-token-file")
+	}
+	cert, key := c.String("admin-tls-cert"), c.String("admin-tls-key")
+	if (cert == "") != (key == "") {
+		return p, settings.Errorf("admin-tls-cert", "--admin-tls-cert and --admin-tls-key go together")
+	}
+	if cert != "" {
+		var err error
+		onErr := func(err error) {
+			slog.Error("admin API certificate files changed but cannot be loaded; keeping the previous ones", "err", err)
+		}
+		if p.Admin.TLS, err = tlsutil.Server(tlsutil.ServerOptions{CertFile: cert, KeyFile: key, OnReloadError: onErr}); err != nil {
+			return p, settings.Errorf("admin-tls-cert", "invalid --admin-tls-cert/--admin-tls-key: %v", err)
+		}
 	}
 	return p, fieldError("admin", p.Admin.Validate())
 }

@@ -197,6 +197,10 @@ func TestProcessOf(t *testing.T) {
 		{"admin-token-file", values{"admin-token-file": token}},
 		{"admin-token-file", values{"admin": "127.0.0.1:0", "admin-token-file": filepath.Join(dir, "missing")}},
 		{"admin-token-file", values{"admin": "127.0.0.1:0", "admin-token-file": empty}},
+		{"admin-token-for-reads", values{"admin": "127.0.0.1:0", "admin-token-for-reads": true}},
+		{"admin-tls-key", values{"admin-tls-key": "k.pem"}},
+		{"admin-tls-cert", values{"admin": "127.0.0.1:0", "admin-tls-cert": "c.pem"}},
+		{"admin-tls-cert", values{"admin": "127.0.0.1:0", "admin-tls-cert": filepath.Join(dir, "missing"), "admin-tls-key": filepath.Join(dir, "missing")}},
 	} {
 		_, err := ProcessOf(tc.v)
 		var se *settings.Error

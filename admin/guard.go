@@ -1,0 +1,161 @@
+package admin
+
+import (
+	"crypto/subtle"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Limits of the admin server: it shares the process's file limit with the
+// data path, so it holds few connections and none for long.
+const (
+	// MaxConns bounds the admin API's connections at once; beyond it new
+	// ones wait in the accept backlog.
+	MaxConns = 64
+	// DefaultIdleTimeout closes a keep-alive connection with no request.
+	DefaultIdleTimeout = 30 * time.Second
+	readTimeout        = 10 * time.Second
+	writeTimeout       = 30 * time.Second
+)
+
+// token is the bearer token, read again when its file changes.
+type token struct {
+	path string
+	log  func(msg string, args ...any)
+
+	mu   sync.Mutex
+	val  []byte    // guarded by mu
+	seen tokenFile // the file val came from, or that last failed; guarded by mu
+}
+
+// tokenFile identifies a version of the token file.
+type tokenFile struct {
+	size  int64
+	mtime time.Time
+}
+
+// get returns the token, reading the file again first if it changed. A
+// file that cannot be read, or is empty, keeps the previous token.
+func (t *token) get() []byte {
+	if t == nil {
+		return nil
+	}
+	fi, err := os.Stat(t.path)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err != nil {
+		return t.val
+	}
+	now := tokenFile{size: fi.Size(), mtime: fi.ModTime()}
+	if now == t.seen {
+		return t.val
+	}
+	t.seen = now
+	v, err := readToken(t.path)
+	if err != nil {
+		t.log("admin token file changed but cannot be used; keeping the previous token", "path", t.path, "err", err)
+		return t.val
+	}
+	if t.val != nil && subtle.ConstantTimeCompare(v, t.val) != 1 {
+		t.log("admin token rotated", "path", t.path)
+	}
+	t.val = v
+	return v
+}
+
+// checkHost refuses a request whose Host header names neither an IP
+// address, nor localhost, nor the configured admin host: a page that
+// rebinds its own DNS name to the admin address cannot read the API.
+func (s *Server) checkHost(r *http.Request) bool {
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.Trim(host, "[]")
+	cfgHost, _, _ := net.SplitHostPort(s.cfg.Addr)
+	return net.ParseIP(host) != nil || strings.EqualFold(host, "localhost") || host != "" && strings.EqualFold(host, cfgHost)
+}
+
+// crossSite reports a request that a browser made for another site: an
+// Origin other than the admin API's own, or Sec-Fetch-Site saying so.
+func crossSite(r *http.Request) bool {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "", "same-origin", "none":
+	default:
+		return true
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return false
+	}
+	u, err := url.Parse(origin)
+	return err != nil || !strings.EqualFold(u.Host, r.Host)
+}
+
+// simpleRequest reports a request a plain HTML form (or a no-preflight
+// fetch) can send: without a JSON body or a header such as
+// X-Requested-By, which only scripts of the same origin, or non-browser
+// clients, can add.
+func simpleRequest(r *http.Request) bool {
+	ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";")
+	return !strings.EqualFold(strings.TrimSpace(ct), "application/json") && r.Header.Get("X-Requested-By") == ""
+}
+
+// loopback reports a request from this host.
+func loopback(r *http.Request) bool {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	ip := net.ParseIP(host)
+	return err == nil && ip != nil && ip.IsLoopback()
+}
+
+// bearer reports whether r carries tok (the scheme is case-insensitive, RFC
+// 9110 section 11.1).
+func bearer(r *http.Request, tok []byte) bool {
+	scheme, got, _ := strings.Cut(strings.TrimSpace(r.Header.Get("Authorization")), " ")
+	return strings.EqualFold(scheme, "Bearer") && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), tok) == 1
+}
+
+// guard is the checks every route but /healthz and /readyz passes: the
+// Host header, and the token for reads when Config.TokenForReads.
+func (s *Server) guard(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.checkHost(r) {
+			writeError(w, http.StatusForbidden, "the Host header names neither an IP address, localhost nor the admin address")
+			return
+		}
+		if tok := s.token.get(); s.cfg.TokenForReads && len(tok) > 0 && !bearer(r, tok) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="ndlb"`)
+			writeError(w, http.StatusUnauthorized, "a valid bearer token is required")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// authorized guards a state-changing route: it requires the token when one
+// is set; without one, it accepts only requests from loopback peers that a
+// web page cannot forge (see simpleRequest). Requests a browser marks as
+// cross-site are refused either way.
+func (s *Server) authorized(h http.Handler) http.Handler {
+	return s.guard(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok := s.token.get()
+		switch {
+		case crossSite(r):
+			writeError(w, http.StatusForbidden, "cross-site requests are refused")
+		case len(tok) > 0 && !bearer(r, tok):
+			w.Header().Set("WWW-Authenticate", `Bearer realm="ndlb"`)
+			writeError(w, http.StatusUnauthorized, "a valid bearer token is required")
+		case len(tok) == 0 && !loopback(r):
+			writeError(w, http.StatusForbidden, "without --admin-token-file, changes are accepted only from this host")
+		case len(tok) == 0 && simpleRequest(r):
+			writeError(w, http.StatusForbidden, "send Content-Type: application/json or an X-Requested-By header (a web page cannot)")
+		default:
+			h.ServeHTTP(w, r)
+		}
+	}))
+}
