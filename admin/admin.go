@@ -426,7 +426,6 @@ func (s *Server) openapi(w http.ResponseWriter, _ *http.Request) {
 	w.Write(spec)
 }
 
-
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
