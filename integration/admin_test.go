@@ -211,3 +211,70 @@ func TestHealthcheckReadsTheConfigFile(t *testing.T) {
 		})
 	}
 }
+
+// The admin API of the real binary refuses what a hostile web page can
+// send: a form POST (CSRF), a request from a foreign origin, and a Host
+// header of another site (DNS rebinding); and a rotated token takes effect
+// without a restart.
+func TestAdminRefusesWebPages(t *testing.T) {
+	w := newWorld(t, 1)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	for _, withToken := range []bool{false, true} {
+		args := []string{"--target", w.targets(), "--admin", "127.0.0.1:0"}
+		if withToken {
+			os.WriteFile(tokenFile, []byte("first\n"), 0o600)
+			args = append(args, "--admin-token-file", tokenFile)
+		}
+		p := startNDLB(t, args...)
+		api := newAdminAPI(t, p, "")
+		send := func(method, path string, headers ...string) int {
+			req, _ := http.NewRequest(method, api.url+path, strings.NewReader("{}"))
+			for i := 0; i+1 < len(headers); i += 2 {
+				if headers[i] == "Host" {
+					req.Host = headers[i+1]
+				} else {
+					req.Header.Set(headers[i], headers[i+1])
+				}
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		drain := "/api/v1/targets/" + w.sinks[0].Addr() + "/drain"
+		enable := "/api/v1/targets/" + w.sinks[0].Addr() + "/enable"
+		if got := send("POST", drain, "Content-Type", "application/x-www-form-urlencoded"); got == 200 {
+			t.Errorf("token %v: a form POST was accepted", withToken)
+		}
+		if got := send("POST", drain, "Content-Type", "application/json", "Origin", "http://evil.example", "Authorization", "Bearer first"); got != 403 {
+			t.Errorf("token %v: a foreign origin: %d", withToken, got)
+		}
+		if got := send("GET", "/api/v1/targets", "Host", "rebind.evil.example"); got != 403 {
+			t.Errorf("token %v: a foreign Host: %d", withToken, got)
+		}
+		if !withToken {
+			if got := send("POST", drain, "X-Requested-By", "ops"); got != 200 {
+				t.Errorf("curl's request: %d", got)
+			}
+			send("POST", enable, "X-Requested-By", "ops")
+			p.stopOK()
+			continue
+		}
+		if got := send("POST", drain, "Authorization", "Bearer first"); got != 200 {
+			t.Errorf("the token: %d", got)
+		}
+		os.WriteFile(tokenFile, []byte("second\n"), 0o600)
+		later := time.Now().Add(2 * time.Second)
+		os.Chtimes(tokenFile, later, later)
+		if got := send("POST", enable, "Authorization", "Bearer first"); got != 401 {
+			t.Errorf("the old token after rotation: %d", got)
+		}
+		if got := send("POST", enable, "Authorization", "Bearer second"); got != 200 {
+			t.Errorf("the rotated token: %d", got)
+		}
+		p.waitLog("admin token rotated", 5*time.Second)
+		p.stopOK()
+	}
+}
