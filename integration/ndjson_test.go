@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"regexp"
@@ -555,4 +556,39 @@ func TestSecondSignalExitsAtOnce(t *testing.T) {
 	if len(p.findLogs("second signal: exiting without finishing the shutdown")) == 0 {
 		t.Fatal("the second signal was not logged")
 	}
+}
+
+// One client address opening connections in a loop is held to
+// --max-conn-rate-per-source, while another address is served normally.
+func TestPerSourceConnectionRate(t *testing.T) {
+	w := newWorld(t, 1)
+	p := startNDLB(t, "--target", w.targets(), "--max-conn-rate-per-source", "5")
+	send := func(from string, client, seq uint32) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
+		c, err := d.Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(linetest.AppendLine(nil, client, seq))
+		c.(*net.TCPConn).CloseWrite()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		io.Copy(io.Discard, c) // until ndlb closes it
+		c.Close()
+	}
+	start := time.Now()
+	for i := range uint32(40) {
+		send("127.0.0.1", 1, i) // the noisy one
+	}
+	elapsed := time.Since(start)
+	for i := range uint32(3) {
+		send("127.0.0.2", 2, i) // a quiet neighbour
+	}
+	p.waitLog("connection refused: its client address is over its limit (--max-conns-per-source, --max-conn-rate-per-source)", 5*time.Second)
+	p.stopOK()
+	r := w.check(map[uint32]uint32{2: 3})
+	noisy := r.Unexpected // client 1's lines: not counted as sent
+	if r.Lost != 0 || r.Torn != 0 || noisy == 0 || float64(noisy) > 5+5*elapsed.Seconds()+1 {
+		t.Fatalf("quiet client lost %d of 3 lines; noisy one got %d of 40 through in %s (want at most 5 + 5/s)", r.Lost, noisy, elapsed)
+	}
+	t.Logf("noisy: %d of 40 connections served in %s; quiet: 3 of 3", noisy, elapsed.Round(time.Millisecond))
 }

@@ -47,8 +47,9 @@ type Conn struct {
 	// the PROXY header when there is one, else the local address.
 	Local net.Addr
 
-	detached    bool   // Detach was called
-	release     func() // untracks and closes; set by the listener
+	detached    bool       // Detach was called
+	source      netip.Addr // its entry in the per-source table, if any
+	release     func()     // untracks and closes; set by the listener
 	interrupted atomic.Bool
 	tcp         *net.TCPConn // the socket, when it is TCP
 }
@@ -115,6 +116,14 @@ type Config struct {
 	// (at most once a minute) and counted: no one else can claim a client
 	// address. Empty trusts every peer.
 	ProxyFrom []netip.Prefix
+	// MaxConnsPerSource bounds the connections one client address (the
+	// PROXY header's, with AcceptProxy) holds at once; ConnRatePerSource
+	// bounds the new connections it opens per second (a burst of as
+	// many). A connection over either is closed after its PROXY header,
+	// before its TLS handshake, logged (once a minute) and counted. Zero
+	// means no limit. The addresses are kept in a table of at most
+	// MaxSources.
+	MaxConnsPerSource, ConnRatePerSource int
 	// MaxConns bounds the connections served at once; zero means no
 	// bound. At the bound the listener stops accepting, so that new
 	// clients wait in the kernel's accept backlog rather than in memory.
@@ -136,6 +145,10 @@ func (c Config) Validate() error {
 		return bad("ProxyHeaderTimeout", "PROXY header timeout %s must not be negative (0: the default)", c.ProxyHeaderTimeout)
 	case c.MaxConns < 0:
 		return bad("MaxConns", "connection limit %d must not be negative", c.MaxConns)
+	case c.MaxConnsPerSource < 0:
+		return bad("MaxConnsPerSource", "connection limit per client address %d must not be negative (0: none)", c.MaxConnsPerSource)
+	case c.ConnRatePerSource < 0:
+		return bad("ConnRatePerSource", "connection rate per client address %d must not be negative (0: none)", c.ConnRatePerSource)
 	}
 	return nil
 }
@@ -149,8 +162,13 @@ type Stats struct {
 	// ProxyUntrusted counts connections closed because their address is
 	// not in ProxyFrom.
 	ProxyUntrusted uint64
-	LimitReached   uint64 // times accepting paused at MaxConns
-	Adopted        uint64 // connections taken over from an older process (Adopt)
+	// SourceConns and SourceRate count connections closed because their
+	// client address was over MaxConnsPerSource or ConnRatePerSource;
+	// SourcesUntracked those served unlimited because the table of
+	// addresses was full.
+	SourceConns, SourceRate, SourcesUntracked uint64
+	LimitReached                              uint64 // times accepting paused at MaxConns
+	Adopted                                   uint64 // connections taken over from an older process (Adopt)
 }
 
 // Listener accepts connections and hands them to a Handler.
@@ -175,9 +193,12 @@ type Listener struct {
 	limitLog    rate.Sometimes
 
 	untrustedLog rate.Sometimes
+	sources      *sources // nil without per-source limits
+	sourceLog    rate.Sometimes
 
 	accepted, hsFailed, proxyRejected, limited, adopted atomic.Uint64
 	proxyUntrusted                                      atomic.Uint64
+	sourceConns, sourceRate, sourcesUntracked           atomic.Uint64
 	active                                              atomic.Int64
 }
 
@@ -193,6 +214,7 @@ func New(ln net.Listener, h Handler, cfg Config) *Listener {
 		ln: ln, h: h, cfg: cfg, log: cfg.Logger, conns: make(map[*Conn]struct{}),
 		done: make(chan struct{}), graceOver: make(chan struct{}), workers: gopool.New(maxIdleWorkers),
 		limitLog: rate.Sometimes{First: 1, Interval: time.Minute}, untrustedLog: rate.Sometimes{First: 1, Interval: time.Minute},
+		sources: newSources(cfg), sourceLog: rate.Sometimes{First: 1, Interval: time.Minute},
 	}
 	if l.log == nil {
 		l.log = slog.Default()
@@ -348,6 +370,7 @@ func (l *Listener) serveConn(nc net.Conn) {
 	l.prep.Done()
 	c.release = func() {
 		l.untrack(c)
+		l.sources.release(c.source)
 		l.finish(nc)
 	}
 	l.h.ServeConn(c)
@@ -387,6 +410,9 @@ func (l *Listener) prepare(nc net.Conn) (*Conn, bool) {
 	} else {
 		c.Log = l.log.With("conn", c.ID.String(), "client", c.Client.String())
 	}
+	if !l.admit(c) {
+		return nil, false
+	}
 	if l.cfg.TLS != nil {
 		// After any bytes read past the PROXY header; reads of what the
 		// kernel holds at the drain deadline still decrypt.
@@ -401,11 +427,35 @@ func (l *Listener) prepare(nc net.Conn) (*Conn, bool) {
 				level = slog.LevelDebug
 			}
 			c.Log.Log(context.Background(), level, "TLS handshake failed", "err", err)
+			l.sources.release(c.source)
 			return nil, false
 		}
 		c.Conn = tc
 	}
 	return c, true
+}
+
+// admit applies the per-source limits to c's client address; a refused
+// connection is counted and logged (once a minute).
+func (l *Listener) admit(c *Conn) bool {
+	key, refused, untracked := l.sources.admit(c.Client, time.Now())
+	if untracked {
+		l.sourcesUntracked.Add(1)
+	}
+	switch refused {
+	case "":
+		c.source = key
+		return true
+	case overConns:
+		l.sourceConns.Add(1)
+	default:
+		l.sourceRate.Add(1)
+	}
+	l.sourceLog.Do(func() {
+		c.Log.Warn("connection refused: its client address is over its limit (--max-conns-per-source, --max-conn-rate-per-source)",
+			"limit", refused, "refused_so_far", l.sourceConns.Load()+l.sourceRate.Load())
+	})
+	return false
 }
 
 // track registers c. A connection that arrives after reads were cut off is
@@ -470,7 +520,8 @@ func (l *Listener) stopAccepting() { l.graceOnce.Do(func() { close(l.graceOver) 
 func (l *Listener) Stats() Stats {
 	return Stats{
 		Accepted: l.accepted.Load(), Active: l.active.Load(), HandshakeFailed: l.hsFailed.Load(),
-		ProxyRejected: l.proxyRejected.Load(), ProxyUntrusted: l.proxyUntrusted.Load(), LimitReached: l.limited.Load(), Adopted: l.adopted.Load(),
+		ProxyRejected: l.proxyRejected.Load(), ProxyUntrusted: l.proxyUntrusted.Load(),
+		SourceConns: l.sourceConns.Load(), SourceRate: l.sourceRate.Load(), SourcesUntracked: l.sourcesUntracked.Load(), LimitReached: l.limited.Load(), Adopted: l.adopted.Load(),
 	}
 }
 

@@ -18,7 +18,7 @@ var listenerInstruments = sync.OnceValues(func() (listenerMetrics, error) {
 	l.accepted, errs[1] = m.Int64ObservableCounter("ndlb.connections.accepted", metric.WithUnit("{connection}"),
 		metric.WithDescription("Client connections accepted."))
 	l.rejected, errs[2] = m.Int64ObservableCounter("ndlb.connections.rejected", metric.WithUnit("{connection}"),
-		metric.WithDescription("Client connections closed before serving: a failed TLS handshake, a bad PROXY header, or a peer not allowed to send one (ndlb.reason)."))
+		metric.WithDescription("Client connections closed before serving: a failed TLS handshake, a bad PROXY header, a peer not allowed to send one, a client address over its limits (ndlb.reason)."))
 	l.limited, errs[3] = m.Int64ObservableCounter("ndlb.connections.limit_reached", metric.WithUnit("{event}"),
 		metric.WithDescription("Times accepting paused at --max-conns."))
 	for _, err := range errs {
@@ -46,6 +46,8 @@ func (l *Listener) ObserveMetrics(attrs ...attribute.KeyValue) (metric.Registrat
 	tls := metric.WithAttributes(append(attrs, attribute.String("ndlb.reason", "tls_handshake"))...)
 	proxy := metric.WithAttributes(append(attrs, attribute.String("ndlb.reason", "proxy_header"))...)
 	untrusted := metric.WithAttributes(append(attrs, attribute.String("ndlb.reason", "proxy_untrusted"))...)
+	srcConns := metric.WithAttributes(append(attrs, attribute.String("ndlb.reason", overConns))...)
+	srcRate := metric.WithAttributes(append(attrs, attribute.String("ndlb.reason", overRate))...)
 	return otel.Meter("github.com/ndlb/ndlb/listener").RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		st := l.Stats()
 		o.ObserveInt64(m.active, st.Active, set)
@@ -53,6 +55,8 @@ func (l *Listener) ObserveMetrics(attrs ...attribute.KeyValue) (metric.Registrat
 		o.ObserveInt64(m.rejected, int64(st.HandshakeFailed), tls)
 		o.ObserveInt64(m.rejected, int64(st.ProxyRejected), proxy)
 		o.ObserveInt64(m.rejected, int64(st.ProxyUntrusted), untrusted)
+		o.ObserveInt64(m.rejected, int64(st.SourceConns), srcConns)
+		o.ObserveInt64(m.rejected, int64(st.SourceRate), srcRate)
 		o.ObserveInt64(m.limited, int64(st.LimitReached), set)
 		return nil
 	}, m.active, m.accepted, m.rejected, m.limited)

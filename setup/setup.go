@@ -95,7 +95,8 @@ func checkMode(c Values) error {
 
 // listenerConfig maps the flags both modes share onto the listener's config.
 func listenerConfig(c Values) (listener.Config, error) {
-	lc := listener.Config{AcceptProxy: c.Bool("accept-proxy"), ProxyHeaderTimeout: c.Duration("proxy-header-timeout"), MaxConns: c.Int("max-conns")}
+	lc := listener.Config{AcceptProxy: c.Bool("accept-proxy"), ProxyHeaderTimeout: c.Duration("proxy-header-timeout"), MaxConns: c.Int("max-conns"),
+		MaxConnsPerSource: c.Int("max-conns-per-source"), ConnRatePerSource: c.Int("max-conn-rate-per-source")}
 	for _, raw := range c.StringSlice("accept-proxy-from") {
 		for _, v := range strings.Split(raw, ",") {
 			if v = strings.TrimSpace(v); v == "" {

@@ -74,6 +74,8 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"dns-interval", values{"target": target, "dns-interval": time.Second}},
 		{"dns-resolver", values{"target-dns": []string{"a.test:1"}, "dns-resolver": "nope"}},
 		{"read-bytes", values{"target": target, "read-bytes": "32MiB"}},
+		{"max-conns-per-source", values{"target": target, "max-conns-per-source": -1}},
+		{"max-conn-rate-per-source", values{"target": target, "passthrough": true, "max-conn-rate-per-source": -1}},
 		{"failback", values{"target": target, "failback": -time.Second}},
 		{"tcp-user-timeout", values{"target": target, "tcp-user-timeout": -time.Second}},
 		{"deliver-timeout", values{"target": target, "deliver-timeout": time.Duration(0)}},
