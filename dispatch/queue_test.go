@@ -4,7 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -219,4 +224,69 @@ func TestConfigValidate(t *testing.T) {
 	if err := (Config{MaxBytes: least - 1}).Validate(fc); !errors.Is(err, ErrConfig) {
 		t.Fatalf("a byte short: %v", err)
 	}
+}
+
+// When the queue is full, pushers take the freed space in turn: once a
+// quiet client's push waits, at most one batch of each noisy connection
+// (and what the queue held) goes ahead of it, however fast they push, so
+// its latency does not depend on their rate.
+func TestPushesTakeTurns(t *testing.T) {
+	w := batch("n").Weight()
+	q := New(Config{MaxBytes: int64(2 * w)})
+	const noisy, quiet = 8, 50
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var pops atomic.Int64
+	for range noisy {
+		wg.Add(1)
+		go func() { // pushes flat out until cancelled
+			defer wg.Done()
+			for q.Push(ctx, batch("n")) == nil {
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for range quiet {
+			// The batch carries how many had been taken when it began to wait.
+			if q.Push(ctx, batch(fmt.Sprintf("q%d", pops.Load()))) != nil {
+				return
+			}
+		}
+	}()
+	var waits []int64
+	seen := 0
+	for seen < quiet {
+		if pops.Load() > 1_000_000 {
+			t.Fatalf("the quiet client starves: %d of its batches in a million", seen)
+		}
+		bs := q.TryPop(nil, 1, 1<<20) // one at a time: each frees one place
+		if len(bs) == 0 {
+			runtime.Gosched()
+			continue
+		}
+		if ticket, ok := strings.CutPrefix(string(bs[0].Data), "q"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(ticket), 10, 64)
+			waits, seen = append(waits, pops.Load()-n), seen+1
+		}
+		pops.Add(1)
+		q.Done(bs[0])
+	}
+	cancel()
+	for _, b := range q.TryPop(nil, 100, 1<<30) {
+		q.Done(b)
+	}
+	wg.Wait()
+	// Ahead of a waiting quiet batch: the 2 the queue held and one pending
+	// push per noisy connection (10; 12 allowed). A few waits count more, for batches
+	// taken while the quiet goroutine, between reading its ticket and
+	// waiting, was not scheduled: the median is what taking turns bounds.
+	// Without turns, the quiet client would wait behind the noisy ones'
+	// every push, without bound.
+	slices.Sort(waits)
+	if median := waits[len(waits)/2]; median > noisy+4 {
+		t.Fatalf("a quiet batch waited while a median of %d others were taken (want at most %d): %v", median, noisy+4, waits)
+	}
+	t.Logf("a quiet batch waited for a median of %d others, at most %d", waits[len(waits)/2], waits[len(waits)-1])
 }

@@ -66,6 +66,10 @@ type Config struct {
 	// sending; then the fragment is dropped as incomplete and the
 	// connection closed. Zero means no limit.
 	LineTimeout time.Duration
+	// ClientRate, if positive, bounds what one client connection may
+	// send, in bytes per second: past it, ndlb reads from it no faster,
+	// so the client is slowed through TCP, and nothing is dropped.
+	ClientRate int64
 	// Book, if set, is where the server files its ledger under its name,
 	// and what reports the ledger metrics (the caller registers them with
 	// ObserveLedgers). Nil: the server keeps and reports its own.
@@ -129,6 +133,8 @@ func (c Config) Validate() error {
 		return bad("DeliverTimeout", "deliver timeout %s must be positive", c.DeliverTimeout)
 	case c.LineTimeout < 0:
 		return bad("LineTimeout", "line timeout %s must not be negative (0: no limit)", c.LineTimeout)
+	case c.ClientRate < 0:
+		return bad("ClientRate", "client rate of %d bytes/s must not be negative (0: no limit)", c.ClientRate)
 	case c.ClientMemory < min:
 		return bad("ClientMemory", "client memory of %s cannot hold two longest lines and their reads (%s)", invalid.Bytes(c.ClientMemory), invalid.Bytes(min))
 	}
@@ -277,6 +283,11 @@ func (cs *clientConn) serve(skipping bool) error {
 		cs.timer = startLineTimer(c, f, s.cfg.LineTimeout)
 		defer cs.timer.stop()
 	}
+	var lim *rate.Limiter
+	if s.cfg.ClientRate > 0 {
+		// A burst of one batch at least, so that any batch can pass.
+		lim = rate.NewLimiter(rate.Limit(s.cfg.ClientRate), max(int(s.cfg.ClientRate), s.cfg.Framer.MaxBatchBytes()))
+	}
 	for {
 		b, err := f.Next()
 		if err != nil {
@@ -301,8 +312,32 @@ func (cs *clientConn) serve(skipping bool) error {
 		}
 		cs.lines += uint64(n)
 		cs.bytes += uint64(size)
+		if lim != nil {
+			cs.pace(lim, size)
+		}
 	}
 }
+
+// pace waits until lim allows n more bytes: meanwhile nothing is read, so
+// the client waits in TCP. The wait holds no buffer, and ends early when
+// the connection is cut off (drain timeout), handed off, or the shutdown
+// deadline passes.
+func (cs *clientConn) pace(lim *rate.Limiter, n int) {
+	r := lim.ReserveN(time.Now(), n)
+	if !r.OK() {
+		return
+	}
+	for wait := r.Delay(); wait > 0 && !cs.c.Interrupted() && !cs.moving.Load(); wait -= paceStep {
+		select {
+		case <-cs.s.hard.Done():
+			return
+		case <-time.After(min(wait, paceStep)):
+		}
+	}
+}
+
+// paceStep is how often a paced client's wait looks whether it should end.
+const paceStep = 50 * time.Millisecond
 
 // clientConn is one client connection's state, for counting and logs.
 type clientConn struct {

@@ -242,3 +242,41 @@ func TestDeliverTimeoutCountsAfterTheDrain(t *testing.T) {
 		t.Fatal("Shutdown waited for the drain timeout although no client was left")
 	}
 }
+
+// With ClientRate, a client sending flat out is read no faster than the
+// rate (it waits in TCP), and none of its lines is dropped.
+func TestClientRate(t *testing.T) {
+	const rate = 64 << 10 // bytes per second
+	srv, sink := startServer(t, func(c *Config) {
+		c.ClientRate = rate
+		c.Framer.ReadBytes = 4 << 10
+		c.DrainTimeout = 200 * time.Millisecond // what the kernel holds is not all read at the rate
+	})
+	c, err := net.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	sent := make(chan uint32, 1)
+	go func() { // 4 MiB: a minute at the rate
+		n, _ := linetest.Send(c, 1, 0, 40000, 4<<10)
+		sent <- uint32(n)
+	}()
+	time.Sleep(300 * time.Millisecond)
+	read := srv.Stats().Queue.LinesIn
+	elapsed := time.Since(start)
+	// What the rate allows in that time, plus the burst of one batch.
+	allowed := float64(rate)*elapsed.Seconds() + float64(srv.cfg.Framer.MaxBatchBytes()) + rate
+	if got := float64(read) * 105; got > allowed { // a line is about 105 bytes
+		t.Fatalf("read %d lines (~%.0f bytes) in %s; the rate allows %.0f", read, got, elapsed, allowed)
+	}
+	c.Close() // the rest is never read: the client sees its connection end
+	<-sent
+	sum := srv.Shutdown()
+	if sum.DroppedShutdown+sum.DroppedIncomplete > 1 || !sum.Ledger.Closed() { // at most the line cut by the close
+		t.Fatalf("summary %+v", sum)
+	}
+	if sink.Lines() != sum.Ledger.Delivered {
+		t.Fatalf("sink %d, delivered %d", sink.Lines(), sum.Ledger.Delivered)
+	}
+}

@@ -206,6 +206,13 @@ func ndjsonConfig(c Values, log *slog.Logger) (ndjson.Config, error) {
 	}
 	cfg.ClientMemory = int64(cb)
 	cfg.LineTimeout = c.Duration("line-timeout")
+	if r := c.String("client-rate"); r != "0" && r != "" {
+		v, err := size(c, "client-rate")
+		if err != nil {
+			return cfg, err
+		}
+		cfg.ClientRate = int64(v)
+	}
 	cfg.Pool.Failback = c.Duration("failback")
 	cfg.Pool.ConnectTimeout = c.Duration("connect-timeout")
 	cfg.Pool.WriteTimeout = c.Duration("write-timeout")
