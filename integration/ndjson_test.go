@@ -592,3 +592,57 @@ func TestPerSourceConnectionRate(t *testing.T) {
 	}
 	t.Logf("noisy: %d of 40 connections served in %s; quiet: 3 of 3", noisy, elapsed.Round(time.Millisecond))
 }
+
+// With the only target slow and the buffer full, a quiet client's lines
+// keep arriving while a flooding client is held back: the freed space goes
+// to waiting clients in turn, not to the fastest.
+func TestQuietClientNotStarvedByFlood(t *testing.T) {
+	w := newWorld(t, 1)
+	w.sinks[0].Throttle(512 << 10)
+	p := startNDLB(t, "--target", w.targets(), "--max-line-bytes", "16KiB", "--read-bytes", "16KiB",
+		"--buffer-bytes", "512KiB", "--client-buffer-bytes", "1MiB")
+	flood := dial(t, p.addr)
+	stop := make(chan struct{})
+	flooded := make(chan uint32, 1)
+	go func() { // flat out until told to stop: held back by TCP
+		var seq uint32
+		for {
+			select {
+			case <-stop:
+				flood.Close()
+				flooded <- seq
+				return
+			default:
+			}
+			if _, err := flood.Write(linetest.AppendLine(nil, 1, seq)); err != nil {
+				flooded <- seq
+				return
+			}
+			seq++
+		}
+	}()
+	quiet := dial(t, p.addr)
+	for i := range uint32(20) {
+		if _, err := quiet.Write(linetest.AppendLine(nil, 2, i)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	quiet.Close()
+	// Every quiet line arrives while the flood still runs.
+	deadline := time.Now().Add(20 * time.Second)
+	for w.ledger.Client(2) < 20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the quiet client's lines: %d of 20 arrived while the flood ran", w.ledger.Client(2))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	n := <-flooded
+	w.sinks[0].Throttle(0)
+	p.stopOK()
+	if r := w.check(map[uint32]uint32{2: 20}); r.Lost != 0 || r.Torn != 0 {
+		t.Fatal(r)
+	}
+	t.Logf("the flood wrote %d lines meanwhile", n)
+}

@@ -142,6 +142,18 @@ func (l *Ledger) Check(sent map[uint32]uint32) Report {
 	return r
 }
 
+// Client counts the distinct lines of client c received so far.
+func (l *Ledger) Client(c uint32) (n uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for k := range l.seen {
+		if uint32(k>>32) == c {
+			n++
+		}
+	}
+	return n
+}
+
 // Lost returns the keys (client<<32 | seq) of the lines in sent that the
 // ledger never received.
 func (l *Ledger) Lost(sent map[uint32]uint32) []uint64 {

@@ -2,6 +2,7 @@ package linetest
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 )
 
 // Sink is an NDJSON target on loopback. It records whole lines in its Ledger
@@ -27,6 +29,7 @@ type Sink struct {
 	ln     net.Listener           // guarded by mu
 	conns  map[*sinkConn]struct{} // guarded by mu
 	paused bool                   // guarded by mu
+	slow   *rate.Limiter          // Throttle's; guarded by mu
 	kill   killMode               // guarded by mu
 	wake   *sync.Cond             // on mu: pause and kill changes
 	wg     sync.WaitGroup         // connection handlers and the accept loop
@@ -136,7 +139,7 @@ func (s *Sink) handle(sc *sinkConn) {
 		for s.paused && s.kill == alive {
 			s.wake.Wait()
 		}
-		kill := s.kill
+		kill, slow := s.kill, s.slow
 		s.mu.Unlock()
 		if kill == discard {
 			// What the sink had read of an unfinished line is lost
@@ -148,8 +151,15 @@ func (s *Sink) handle(sc *sinkConn) {
 		if n == len(buf) { // a line longer than the buffer: not ours
 			n = 0
 		}
-		m, err := sc.r.Read(buf[n:])
+		end := len(buf)
+		if slow != nil {
+			end = min(end, n+throttleChunk)
+		}
+		m, err := sc.r.Read(buf[n:end])
 		n += m
+		if slow != nil && m > 0 {
+			_ = slow.WaitN(context.Background(), m)
+		}
 		if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
 			s.checkOrder(buf[:i+1], last)
 			s.record(buf[:i+1])
@@ -264,6 +274,20 @@ func shutdown(c *net.TCPConn) {
 func resetClose(c *net.TCPConn) {
 	_ = c.SetLinger(0)
 	_ = c.Close()
+}
+
+// throttleChunk is the most a throttled sink reads at once.
+const throttleChunk = 4 << 10
+
+// Throttle makes the sink read no more than bytesPerSecond over all its
+// connections, as a slow receiver does; 0 lifts it.
+func (s *Sink) Throttle(bytesPerSecond int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.slow = nil
+	if bytesPerSecond > 0 {
+		s.slow = rate.NewLimiter(rate.Limit(bytesPerSecond), max(bytesPerSecond, throttleChunk))
+	}
 }
 
 // Pause stops reading: the sink's receive queue fills, then the sender's.
