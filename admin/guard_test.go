@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ndlb/ndlb/internal/certtest"
 )
 
 // request sends method path to w's server with the given headers and
@@ -157,5 +159,36 @@ func TestIdleConnectionsClosed(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if n, err := c.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("read %d, %v; want EOF once the idle timeout closed the connection", n, err)
+	}
+}
+
+// With a TLS config, the admin API is served over HTTPS only.
+func TestAdminTLS(t *testing.T) {
+	server, client, err := certtest.Configs("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(Config{Addr: "127.0.0.1:0", TLS: server, Logger: slog.New(slog.DiscardHandler), Listeners: func() []Listener { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	defer srv.Shutdown(context.Background())
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: client}, Timeout: 10 * time.Second}
+	resp, err := hc.Get("https://" + srv.Addr().String() + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	hc.CloseIdleConnections()
+	if resp.StatusCode != 200 {
+		t.Fatalf("healthz over HTTPS: %d", resp.StatusCode)
+	}
+	plain := &http.Client{Timeout: 10 * time.Second}
+	if resp, err := plain.Get("http://" + srv.Addr().String() + "/healthz"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			t.Fatal("plain HTTP served")
+		}
 	}
 }

@@ -609,3 +609,42 @@ func TestPassthroughIdleConnectionResumes(t *testing.T) {
 		t.Fatalf("%d streams parked, want both directions of the idle connection", parks)
 	}
 }
+
+// Junk from clients that makes a target close silently is not held against
+// the target: it stays in rotation, and the summary counts the closes as
+// client_provoked.
+func TestPassthroughClientJunkKeepsTarget(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { c.Read(make([]byte, 64)); c.Close() }() // refuses what it read, silently
+		}
+	}()
+	p := startPassthrough(t, []string{ln.Addr().String()}, "--max-fails", "2", "--admin", "127.0.0.1:0")
+	api := newAdminAPI(t, p, "")
+	for range 10 {
+		c := dial(t, p.addr)
+		c.Write([]byte("\x16\x03\x01 not what the target speaks\n"))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		io.Copy(io.Discard, c)
+		c.Close()
+	}
+	if code := api.call("GET", "/readyz", nil); code != 200 {
+		t.Fatalf("readyz %d after clients sent junk", code)
+	}
+	if l := p.findLogs("target skipped: its last attempts failed"); len(l) != 0 {
+		t.Fatalf("the target was skipped: %v", l)
+	}
+	p.stopOK()
+	if p.summary("client_provoked") != 10 || p.summary("early_closed") != 0 {
+		t.Fatalf("client_provoked %d, early_closed %d", p.summary("client_provoked"), p.summary("early_closed"))
+	}
+}
