@@ -12,5 +12,9 @@
 // flag and a config file its line without reading the message.
 //
 // Layered stacks the sources of values: flags and NDLB_* variables over the
-// config file's typed values over the registry's defaults.
+// config file's typed values over the registry's defaults. Load reads a
+// config file into Sources (the process's and each listener's), which place
+// every error at its FILE:LINE, or name the flag or variable that set the
+// value; Spec makes the supervisor's Spec of them, and Explain places the
+// supervisor's own errors.
 package setup

@@ -1,62 +1,41 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/ndlb/ndlb/config"
-	"github.com/ndlb/ndlb/settings"
 	"github.com/ndlb/ndlb/setup"
 	"github.com/ndlb/ndlb/supervisor"
 )
 
 // loadSetup returns the process-wide settings and the listeners to run: the
 // one the flags describe, or those of --config, with flags (and NDLB_*
-// variables) overriding the file.
-func loadSetup(c *cli.Context) (*source, []*source, error) {
+// variables) overriding the file. Its errors are usage errors (exit 2).
+func loadSetup(c *cli.Context) (*setup.Source, []*setup.Source, error) {
 	path := c.String("config")
 	if path == "" {
-		return &source{c: c}, []*source{{name: listenerName, c: c}}, nil
+		proc, srcs := setup.FlagsOnly(c, listenerName)
+		return proc, srcs, nil
 	}
-	return loadFile(c, path)
+	proc, srcs, err := setup.Load(path, c)
+	return proc, srcs, usage(err)
 }
 
-// loadFile reads the config file at path; the settings set on the command
-// line or by NDLB_* variables take the place of the file's.
-func loadFile(c *cli.Context, path string) (*source, []*source, error) {
-	f, err := config.Load(path, settings.Schema())
-	var ce *config.Error
-	if errors.As(err, &ce) {
-		return nil, nil, usageError("%v", err)
-	} else if err != nil {
-		return nil, nil, usageError("cannot read the config file: %v", err)
-	}
-	if len(f.Listeners) > 1 {
-		for _, s := range settings.All {
-			if !s.Global && !s.CommandLine && c.IsSet(s.Name) {
-				return nil, nil, usageError("--%s (or %s) is set, but %s has %d listeners: set it in the file", s.Name, s.Env(), path, len(f.Listeners))
-			}
-		}
-	}
-	var srcs []*source
-	for _, sec := range f.Listeners {
-		v := setup.Layered{Flags: c, File: valuesOf(sec)}
-		srcs = append(srcs, &source{name: sec.Name, file: f, sec: sec, c: v, flags: c, args: v.Set()})
-	}
-	return &source{file: f, sec: f.Global, c: setup.Layered{Flags: c, File: valuesOf(f.Global)}, flags: c}, srcs, nil
+// specOf is setup.Spec, its errors usage errors (exit 2).
+func specOf(proc *setup.Source, srcs []*setup.Source, log *slog.Logger) (supervisor.Spec, error) {
+	spec, err := setup.Spec(proc, srcs, log)
+	return spec, usage(err)
 }
 
-// valuesOf is a section's typed values by key.
-func valuesOf(sec config.Section) map[string]any {
-	out := map[string]any{}
-	for _, v := range sec.Values {
-		out[v.Key] = v.V
+// usage is err as a usage error: exit 2 with its one line.
+func usage(err error) error {
+	if err == nil {
+		return nil
 	}
-	return out
+	return usageError("%v", err)
 }
 
 // runCheckConfig checks a config file as ndlb would run it (NDLB_*
@@ -67,9 +46,9 @@ func runCheckConfig(c *cli.Context) error {
 		return usageError("check-config takes one argument: the config file")
 	}
 	path := c.Args().First()
-	proc, srcs, err := loadFile(c, path)
+	proc, srcs, err := setup.Load(path, c)
 	if err != nil {
-		return err
+		return usage(err)
 	}
 	spec, err := specOf(proc, srcs, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -80,7 +59,7 @@ func runCheckConfig(c *cli.Context) error {
 	}
 	var names []string
 	for _, in := range srcs {
-		names = append(names, in.name)
+		names = append(names, in.Name)
 	}
 	noun := "listeners"
 	if len(srcs) == 1 {

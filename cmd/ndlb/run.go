@@ -47,15 +47,15 @@ func runHealthcheck(c *cli.Context) error {
 func healthcheck(c *cli.Context) error {
 	adminAddr, addrs := flagOrParent(c, "admin"), []string{}
 	if path := flagOrParent(c, "config"); path != "" && adminAddr == "" {
-		proc, srcs, err := loadFile(c, path)
+		proc, srcs, err := setup.Load(path, c)
 		if err != nil {
-			return fmt.Errorf("cannot read the config file: %w", err)
+			return err
 		}
-		adminAddr = proc.c.String("admin")
+		adminAddr = proc.Values.String("admin")
 		for _, in := range srcs {
-			addr, err := setup.ListenAddr(in.c)
+			addr, err := setup.ListenAddr(in.Values)
 			if err != nil {
-				return in.wrap(err)
+				return in.Place(err)
 			}
 			addrs = append(addrs, addr)
 		}

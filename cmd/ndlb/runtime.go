@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -15,7 +13,6 @@ import (
 
 	"github.com/ndlb/ndlb/config"
 	"github.com/ndlb/ndlb/ndjson"
-	"github.com/ndlb/ndlb/settings"
 	"github.com/ndlb/ndlb/setup"
 	"github.com/ndlb/ndlb/supervisor"
 	"github.com/ndlb/ndlb/telemetry"
@@ -35,9 +32,9 @@ func runBalancer(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	p, err := proc.process()
+	p, err := proc.Process()
 	if err != nil {
-		return err
+		return usage(err)
 	}
 	log, level := newLogger(p, c.App.ErrWriter)
 	// Telemetry first, so that the servers' instruments reach the SDK.
@@ -167,113 +164,12 @@ func runBalancer(c *cli.Context) error {
 // adminSocket names the admin API's socket among those an upgrade passes on.
 const adminSocket = "process:admin"
 
-// exitOf turns an error of supervisor.New into the exit: 1 when a socket
-// cannot be opened, else 2 with the listener's place in the file.
-func exitOf(err error, srcs []*source) error {
-	var se *supervisor.Error
-	if !errors.As(err, &se) {
-		return usageError("%v", err)
+// exitOf turns an error of supervisor.New or Check into the exit: 1 when a
+// socket cannot be opened, else 2, with the listener's place in the file.
+func exitOf(err error, srcs []*setup.Source) error {
+	msg, listen := setup.Explain(err, srcs)
+	if listen {
+		return cli.Exit(msg, exitError)
 	}
-	for _, in := range srcs {
-		if in.name == se.Listener {
-			if se.Listen {
-				if in.file == nil {
-					return cli.Exit(se.Err.Error(), exitError)
-				}
-				return cli.Exit((&config.Error{Path: in.file.Path, Line: in.sec.LineOf("port"), Listener: in.sec.Name, Msg: se.Err.Error()}).Error(), exitError)
-			}
-			setting := ""
-			if errors.Is(se.Err, supervisor.ErrSameAddr) {
-				setting = "port"
-			}
-			return in.wrap(settings.Errorf(setting, "%v", se.Err))
-		}
-	}
-	return usageError("%v", err)
-}
-
-// specOf turns the process-wide settings proc and the listeners' sources
-// into a Spec, checking every value; log is the process's logger.
-func specOf(proc *source, srcs []*source, log *slog.Logger) (supervisor.Spec, error) {
-	p, err := proc.process()
-	if err != nil {
-		return supervisor.Spec{}, err
-	}
-	spec := supervisor.Spec{LogLevel: p.LogLevel, Process: map[string][]string{}}
-	for _, s := range settings.All {
-		if s.Global {
-			spec.Process[s.Name] = []string{setup.Text(proc.c, s)}
-		}
-	}
-	for _, in := range srcs {
-		l, err := in.spec(log)
-		if err != nil {
-			return supervisor.Spec{}, err
-		}
-		if p.Admin.Addr != "" && supervisor.SameAddr(p.Admin.Addr, l.Addr) {
-			return supervisor.Spec{}, proc.wrap(settings.Errorf("admin", "invalid value %q for --admin: it is also the address of listener %q", p.Admin.Addr, l.Name))
-		}
-		spec.Listeners = append(spec.Listeners, l)
-	}
-	// Two listeners on one address: refused here, with the second one's
-	// line, at start, in check-config and on a reload alike.
-	if err := spec.Validate(); err != nil {
-		return supervisor.Spec{}, exitOf(err, srcs)
-	}
-	return spec, nil
-}
-
-// source is one listener, or the process-wide settings, as configured: its
-// values, and where in the config file they came from.
-type source struct {
-	name string
-	file *config.File   // nil: flags only
-	sec  config.Section // its table in file (the top for the process)
-	c    setup.Values   // its settings
-	// flags are the command line's and NDLB_* variables' settings, which
-	// take the place of the file's (nil: flags only).
-	flags setup.Values
-	args  map[string][]string
-}
-
-// process checks the process-wide settings of proc.
-func (in *source) process() (setup.Process, error) {
-	p, err := setup.ProcessOf(in.c)
-	return p, in.wrap(err)
-}
-
-// logger is log for this listener.
-func (in *source) logger(log *slog.Logger) *slog.Logger {
-	if in.file == nil {
-		return log
-	}
-	return log.With("listener", in.name)
-}
-
-// spec turns the source into the supervisor's Listener, checking every
-// value and naming the flag (or FILE:LINE) of a wrong one.
-func (in *source) spec(log *slog.Logger) (supervisor.Listener, error) {
-	l, err := setup.Listener(in.name, in.c, in.args, in.logger(log))
-	return l, in.wrap(err)
-}
-
-// wrap turns a bad setting into a usage error (exit 2), placed at its line
-// when the listener comes from the config file.
-func (in *source) wrap(err error) error {
-	var se *settings.Error
-	if !errors.As(err, &se) {
-		return err
-	}
-	if in.file == nil {
-		return usageError("%s", se.Msg)
-	}
-	line, msg := in.sec.Line, se.Msg
-	if se.Setting != "" {
-		line = in.sec.LineOf(se.Setting)
-		if in.flags != nil && in.flags.IsSet(se.Setting) {
-			// Set by a flag or variable, over the file: no line of it.
-			line, msg = 0, fmt.Sprintf("%s (set by --%s or %s)", msg, se.Setting, settings.Setting{Name: se.Setting}.Env())
-		}
-	}
-	return usageError("%s", (&config.Error{Path: in.file.Path, Line: line, Listener: in.sec.Name, Msg: msg}).Error())
+	return usageError("%s", msg)
 }
