@@ -370,6 +370,27 @@ func TestClientJunkIsNotTheTargetsFault(t *testing.T) {
 		c.Close()
 	}
 	waitFor(t, "failures", func() bool { return s2.Stats().EarlyClosed == 2 })
+	// A target that resets, even after the client sent, failed on its own
+	// (it crashed, or nothing serves behind its port).
+	resets := newBackend(t, nil, func(c net.Conn) {
+		c.Read(make([]byte, 64))
+		c.(*net.TCPConn).SetLinger(0)
+	})
+	s3 := start(t, func() Config { c := testConfig(resets.addr()); c.MaxFails = 2; return c }())
+	for range 2 {
+		c, err := net.Dial("tcp", s3.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		io.Copy(io.Discard, c)
+		c.Close()
+	}
+	waitFor(t, "failures after resets", func() bool { return s3.Stats().EarlyClosed == 2 })
+	if !s3.Set().Targets()[0].Skipped(time.Now()) {
+		t.Fatal("a target that resets every connection stays in rotation")
+	}
 }
 
 // With every target down, the client is closed after ConnectRetries more

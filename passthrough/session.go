@@ -204,13 +204,14 @@ func (ss *session) checkIdle() {
 }
 
 // judge records the session's outcome for passive health, unless the
-// target already proved itself by sending. Only what the target did on its
-// own counts against it: a target that ended the connection first, having
-// sent nothing, within ConnectTimeout of its start and before the client
-// sent anything, failed (it accepts and resets, or crashed). Once the
-// client has sent bytes, a silent close may be the target refusing what
-// the client sent (junk, the wrong protocol): no verdict, so that clients
-// cannot push targets out of rotation. Any other ending is a success.
+// target already proved itself by sending. A target that ended the
+// connection first, having sent nothing, within ConnectTimeout of its
+// start, failed when it reset the connection (it crashed, or nothing
+// serves behind its port) or closed it before the client sent anything.
+// A silent close (FIN) after the client sent bytes may be the target
+// refusing what the client sent (junk, the wrong protocol): no verdict,
+// so that clients cannot push targets out of rotation. Any other ending
+// is a success.
 func (ss *session) judge() {
 	if ss.fromTarget.Load() > 0 {
 		return
@@ -219,7 +220,7 @@ func (ss *session) judge() {
 	by, err := ss.closedBy, ss.err
 	ss.mu.Unlock()
 	early := by == byTarget && ss.s.clock.Since(ss.start) < ss.s.cfg.ConnectTimeout
-	if early && ss.fromClient.Load() > 0 {
+	if early && err == nil && ss.fromClient.Load() > 0 {
 		ss.s.clientProvoked.Add(1)
 		return
 	}
