@@ -68,6 +68,11 @@ type Config struct {
 	// TokenForReads makes every route but /healthz and /readyz require
 	// the token too.
 	TokenForReads bool
+	// Hosts are the names, besides IP addresses, localhost and Addr's
+	// host, that requests may carry in their Host header (a Service name
+	// that Prometheus scrapes, say). A request with the token may carry
+	// any.
+	Hosts []string
 	// TLS, if set, serves HTTPS with this config.
 	TLS *tls.Config
 	// IdleTimeout closes a keep-alive connection with no request for that

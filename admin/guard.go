@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -33,10 +34,21 @@ type token struct {
 	seen tokenFile // the file val came from, or that last failed; guarded by mu
 }
 
-// tokenFile identifies a version of the token file.
+// tokenFile identifies a version of the token file: a new one put in
+// place by rename, or rewritten with its old size and time, differs in its
+// inode or change time.
 type tokenFile struct {
-	size  int64
-	mtime time.Time
+	size         int64
+	mtime, ctime time.Time
+	ino          uint64
+}
+
+func statToken(fi os.FileInfo) tokenFile {
+	v := tokenFile{size: fi.Size(), mtime: fi.ModTime()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		v.ino, v.ctime = st.Ino, time.Unix(st.Ctim.Unix())
+	}
+	return v
 }
 
 // get returns the token, reading the file again first if it changed. A
@@ -51,7 +63,7 @@ func (t *token) get() []byte {
 	if err != nil {
 		return t.val
 	}
-	now := tokenFile{size: fi.Size(), mtime: fi.ModTime()}
+	now := statToken(fi)
 	if now == t.seen {
 		return t.val
 	}
@@ -69,8 +81,9 @@ func (t *token) get() []byte {
 }
 
 // checkHost refuses a request whose Host header names neither an IP
-// address, nor localhost, nor the configured admin host: a page that
-// rebinds its own DNS name to the admin address cannot read the API.
+// address, nor localhost, nor the configured admin host, nor one of
+// Config.Hosts: a page that rebinds its own DNS name to the admin address
+// cannot read the API.
 func (s *Server) checkHost(r *http.Request) bool {
 	host := r.Host
 	if h, _, err := net.SplitHostPort(host); err == nil {
@@ -78,7 +91,15 @@ func (s *Server) checkHost(r *http.Request) bool {
 	}
 	host = strings.Trim(host, "[]")
 	cfgHost, _, _ := net.SplitHostPort(s.cfg.Addr)
-	return net.ParseIP(host) != nil || strings.EqualFold(host, "localhost") || host != "" && strings.EqualFold(host, cfgHost)
+	if net.ParseIP(host) != nil || strings.EqualFold(host, "localhost") || host != "" && strings.EqualFold(host, cfgHost) {
+		return true
+	}
+	for _, h := range s.cfg.Hosts {
+		if strings.EqualFold(host, h) {
+			return true
+		}
+	}
+	return false
 }
 
 // crossSite reports a request that a browser made for another site: an
@@ -124,11 +145,14 @@ func bearer(r *http.Request, tok []byte) bool {
 // Host header, and the token for reads when Config.TokenForReads.
 func (s *Server) guard(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !s.checkHost(r) {
-			writeError(w, http.StatusForbidden, "the Host header names neither an IP address, localhost nor the admin address")
+		tok := s.token.get()
+		// A page that rebinds a name cannot send the token: with it, any
+		// name will do.
+		if !s.checkHost(r) && (len(tok) == 0 || !bearer(r, tok)) {
+			writeError(w, http.StatusForbidden, "the Host header names neither an IP address, localhost, the admin address nor one of --admin-hosts")
 			return
 		}
-		if tok := s.token.get(); s.cfg.TokenForReads && len(tok) > 0 && !bearer(r, tok) {
+		if s.cfg.TokenForReads && len(tok) > 0 && !bearer(r, tok) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="ndlb"`)
 			writeError(w, http.StatusUnauthorized, "a valid bearer token is required")
 			return

@@ -83,6 +83,18 @@ func TestForeignHostRefused(t *testing.T) {
 	if got := w.request("GET", "/healthz", map[string]string{"Host": "rebind.evil.example"}); got != 200 {
 		t.Errorf("healthz with a foreign Host: %d (probes answer anyone)", got)
 	}
+	// Names listed in Hosts are served; with the token, any name is.
+	w.srv.cfg.Hosts = []string{"ndlb.monitoring.svc"}
+	if got := w.request("GET", "/api/v1/targets", map[string]string{"Host": "NDLB.monitoring.svc:9900"}); got != 200 {
+		t.Errorf("a listed host: %d", got)
+	}
+	tw := newWorld(t, "s3cret")
+	if got := tw.request("GET", "/api/v1/targets", map[string]string{"Host": "ndlb.example", "Authorization": "Bearer s3cret"}); got != 200 {
+		t.Errorf("any host with the token: %d", got)
+	}
+	if got := tw.request("GET", "/api/v1/targets", map[string]string{"Host": "ndlb.example", "Authorization": "Bearer guess"}); got != 403 {
+		t.Errorf("any host with a wrong token: %d", got)
+	}
 }
 
 // With TokenForReads, reads need the token too, but not the probes.
@@ -132,6 +144,19 @@ func TestTokenRotation(t *testing.T) {
 	rewrite("", 2*time.Second)
 	if got := w.request("POST", drain, auth("second")); got != 200 {
 		t.Errorf("an emptied token file dropped the token: %d", got)
+	}
+	// A token of the same length moved into place with the old file's time
+	// (install -p, rsync): a new inode.
+	staged := w.srv.cfg.TokenFile + ".new"
+	os.WriteFile(staged, []byte("third\n"), 0o600)
+	fi, _ := os.Stat(w.srv.cfg.TokenFile)
+	os.WriteFile(w.srv.cfg.TokenFile, []byte("secnd\n"), 0o600)
+	w.request("POST", drain, auth("secnd")) // read: same size as "third"
+	os.Chtimes(staged, fi.ModTime(), fi.ModTime())
+	os.Chtimes(w.srv.cfg.TokenFile, fi.ModTime(), fi.ModTime())
+	os.Rename(staged, w.srv.cfg.TokenFile)
+	if got := w.request("POST", drain, auth("third")); got != 200 {
+		t.Errorf("a token moved into place with the same size and time: %d", got)
 	}
 }
 
@@ -183,6 +208,9 @@ func TestAdminTLS(t *testing.T) {
 	hc.CloseIdleConnections()
 	if resp.StatusCode != 200 {
 		t.Fatalf("healthz over HTTPS: %d", resp.StatusCode)
+	}
+	if url, err := Probe(srv.Addr().String(), true); err != nil {
+		t.Fatalf("Probe over HTTPS: %s %v", url, err)
 	}
 	plain := &http.Client{Timeout: 10 * time.Second}
 	if resp, err := plain.Get("http://" + srv.Addr().String() + "/healthz"); err == nil {

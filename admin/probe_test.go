@@ -19,22 +19,22 @@ func TestProbe(t *testing.T) {
 	}))
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")
-	if url, err := Probe(addr); err != nil || url != srv.URL+"/healthz" {
+	if url, err := Probe(addr, false); err != nil || url != srv.URL+"/healthz" {
 		t.Fatalf("Probe(%s) = %q, %v", addr, url, err)
 	}
 	_, port, _ := strings.Cut(addr, ":")
-	if _, err := Probe("0.0.0.0:" + port); err != nil {
+	if _, err := Probe("0.0.0.0:"+port, false); err != nil {
 		t.Fatalf("0.0.0.0 is not probed on loopback: %v", err)
 	}
 	status = http.StatusServiceUnavailable
-	if _, err := Probe(addr); err == nil || !strings.Contains(err.Error(), "503") {
+	if _, err := Probe(addr, false); err == nil || !strings.Contains(err.Error(), "503") {
 		t.Fatalf("a 503 answer: %v", err)
 	}
-	if _, err := Probe("nocolon"); !errors.Is(err, ErrProbeAddr) {
+	if _, err := Probe("nocolon", false); !errors.Is(err, ErrProbeAddr) {
 		t.Fatalf("a bad address: %v", err)
 	}
 	srv.Close()
-	if _, err := Probe(addr); err == nil {
+	if _, err := Probe(addr, false); err == nil {
 		t.Fatal("nobody listening, yet healthy")
 	}
 }

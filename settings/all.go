@@ -100,6 +100,7 @@ var All = []Setting{
 	{Name: "admin", Fields: []string{"admin.Addr"}, Kind: config.String, Group: groupAdmin, Global: true, Reload: Restart, Usage: "serve the admin HTTP API (health, readiness, targets, drain) on HOST:PORT; bind it to loopback (off by default)"},
 	{Name: "admin-token-file", Fields: []string{"admin.TokenFile"}, Kind: config.String, Group: groupAdmin, Global: true, Reload: Restart, Usage: "file holding a bearer token that the admin API's POST routes require; re-read when it changes. Without it, changes are accepted only from this host, and never from a web page"},
 	{Name: "admin-token-for-reads", Kind: config.Bool, Group: groupAdmin, Global: true, Reload: Restart, Usage: "require the token for every admin route but /healthz and /readyz (metrics, targets, config, the status page)"},
+	{Name: "admin-hosts", Kind: config.Strings, Group: groupAdmin, Global: true, Reload: Restart, Usage: "host names the admin API answers to besides IP addresses, localhost and --admin's host (a Service name Prometheus scrapes); a request with the token may use any"},
 	{Name: "admin-tls-cert", Kind: config.String, Group: groupAdmin, Global: true, Reload: Restart, Usage: "serve the admin API over HTTPS: certificate file (PEM), reloaded when it changes"},
 	{Name: "admin-tls-key", Kind: config.String, Group: groupAdmin, Global: true, Reload: Restart, Usage: "key file (PEM) of --admin-tls-cert"},
 

@@ -2,6 +2,7 @@ package setup
 
 import (
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/ndlb/ndlb/admin"
@@ -24,7 +25,8 @@ type Process struct {
 // *settings.Error naming the setting.
 func ProcessOf(c Values) (Process, error) {
 	p := Process{LogFormat: c.String("log-format"), PIDFile: c.String("pid-file"), UpgradeTimeout: c.Duration("upgrade-timeout"),
-		Admin: admin.Config{Addr: c.String("admin"), TokenFile: c.String("admin-token-file"), TokenForReads: c.Bool("admin-token-for-reads")}}
+		Admin: admin.Config{Addr: c.String("admin"), TokenFile: c.String("admin-token-file"), TokenForReads: c.Bool("admin-token-for-reads"),
+			Hosts: splitList(c.StringSlice("admin-hosts"))}}
 	if err := p.LogLevel.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return p, settings.Errorf("log-level", "invalid value %q for --log-level: want debug, info, warn or error", c.String("log-level"))
 	}
@@ -35,7 +37,7 @@ func ProcessOf(c Values) (Process, error) {
 		return p, settings.Errorf("upgrade-timeout", "invalid value %s for --upgrade-timeout: must be positive", p.UpgradeTimeout)
 	}
 	if p.Admin.Addr == "" {
-		for _, n := range []string{"admin-token-file", "admin-token-for-reads", "admin-tls-cert", "admin-tls-key"} {
+		for _, n := range []string{"admin-token-file", "admin-token-for-reads", "admin-hosts", "admin-tls-cert", "admin-tls-key"} {
 			if c.IsSet(n) {
 				return p, settings.Errorf(n, "--%s needs --admin", n)
 			}
@@ -59,4 +61,17 @@ func ProcessOf(c Values) (Process, error) {
 		}
 	}
 	return p, fieldError("admin", p.Admin.Validate())
+}
+
+// splitList is comma-separated and repeated values as one list.
+func splitList(raw []string) []string {
+	var out []string
+	for _, r := range raw {
+		for _, v := range strings.Split(r, ",") {
+			if v = strings.TrimSpace(v); v != "" {
+				out = append(out, v)
+			}
+		}
+	}
+	return out
 }

@@ -385,18 +385,7 @@ func discovered(c Values) bool {
 
 // discoveryConfig maps the DNS flags; ok is false when there are no names.
 func discoveryConfig(c Values, log *slog.Logger, static []string) (cfg discovery.Config, ok bool, err error) {
-	split := func(name string) []string {
-		var out []string
-		for _, raw := range c.StringSlice(name) {
-			for _, v := range strings.Split(raw, ",") {
-				if v = strings.TrimSpace(v); v != "" {
-					out = append(out, v)
-				}
-			}
-		}
-		return out
-	}
-	cfg = discovery.Config{Static: static, DNS: split("target-dns"), SRV: split("target-srv"), Interval: c.Duration("dns-interval"), Logger: log}
+	cfg = discovery.Config{Static: static, DNS: splitList(c.StringSlice("target-dns")), SRV: splitList(c.StringSlice("target-srv")), Interval: c.Duration("dns-interval"), Logger: log}
 	if len(cfg.DNS)+len(cfg.SRV) == 0 {
 		for _, n := range []string{"dns-interval", "dns-resolver"} {
 			if c.IsSet(n) {

@@ -46,12 +46,13 @@ func runHealthcheck(c *cli.Context) error {
 
 func healthcheck(c *cli.Context) error {
 	adminAddr, addrs := flagOrParent(c, "admin"), []string{}
+	adminTLS := c.String("admin-tls-cert") != ""
 	if path := flagOrParent(c, "config"); path != "" && adminAddr == "" {
 		proc, srcs, err := setup.Load(path, c)
 		if err != nil {
 			return err
 		}
-		adminAddr = proc.Values.String("admin")
+		adminAddr, adminTLS = proc.Values.String("admin"), proc.Values.String("admin-tls-cert") != ""
 		for _, in := range srcs {
 			addr, err := setup.ListenAddr(in.Values)
 			if err != nil {
@@ -64,7 +65,7 @@ func healthcheck(c *cli.Context) error {
 		addrs = append(addrs, net.JoinHostPort(flagOrParent(c, "addr"), strconv.Itoa(port)))
 	}
 	if adminAddr != "" {
-		url, err := admin.Probe(adminAddr)
+		url, err := admin.Probe(adminAddr, adminTLS)
 		if err != nil {
 			return err
 		}
