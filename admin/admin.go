@@ -244,7 +244,7 @@ func (s *Server) Handler() http.Handler { return s.mux }
 
 // Start serves in the background.
 func (s *Server) Start() {
-	ln := netutil.LimitListener(s.ln, MaxConns)
+	ln := netutil.LimitListener(newPeerLimit(s.ln, MaxConnsPerPeer), MaxConns)
 	go func() {
 		if s.cfg.TLS != nil {
 			s.done <- s.http.ServeTLS(ln, "", "")

@@ -18,6 +18,10 @@ const (
 	// MaxConns bounds the admin API's connections at once; beyond it new
 	// ones wait in the accept backlog.
 	MaxConns = 64
+	// MaxConnsPerPeer bounds those of one peer address; beyond it its new
+	// connections are closed at once, so that one peer holding idle
+	// connections cannot keep the probes out.
+	MaxConnsPerPeer = 16
 	// DefaultIdleTimeout closes a keep-alive connection with no request.
 	DefaultIdleTimeout = 30 * time.Second
 	readTimeout        = 10 * time.Second
@@ -182,4 +186,59 @@ func (s *Server) authorized(h http.Handler) http.Handler {
 			h.ServeHTTP(w, r)
 		}
 	}))
+}
+
+// peerLimit is a listener that closes a new connection from a peer address
+// that already holds max.
+type peerLimit struct {
+	net.Listener
+	max int
+
+	mu    sync.Mutex
+	conns map[string]int // by peer address; guarded by mu
+}
+
+func newPeerLimit(ln net.Listener, max int) *peerLimit {
+	return &peerLimit{Listener: ln, max: max, conns: map[string]int{}}
+}
+
+// Accept returns the next connection whose peer is under its limit.
+func (l *peerLimit) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		peer, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+		l.mu.Lock()
+		over := l.conns[peer] >= l.max
+		if !over {
+			l.conns[peer]++
+		}
+		l.mu.Unlock()
+		if over {
+			c.Close()
+			continue
+		}
+		return &peerConn{Conn: c, l: l, peer: peer}, nil
+	}
+}
+
+// peerConn gives its peer's place back when closed.
+type peerConn struct {
+	net.Conn
+	l    *peerLimit
+	peer string
+	once sync.Once
+}
+
+func (c *peerConn) Close() error {
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		if c.l.conns[c.peer]--; c.l.conns[c.peer] <= 0 {
+			delete(c.l.conns, c.peer)
+		}
+		c.l.mu.Unlock()
+	})
+	return c.Conn.Close()
 }

@@ -220,3 +220,60 @@ func TestAdminTLS(t *testing.T) {
 		}
 	}
 }
+
+// One peer holding idle connections cannot keep others (the probes) out:
+// past MaxConnsPerPeer its new connections are closed at once.
+func TestPeerCannotHoldEveryConnection(t *testing.T) {
+	srv, err := New(Config{Addr: "127.0.0.1:0", IdleTimeout: time.Hour, Logger: slog.New(slog.DiscardHandler),
+		Listeners: func() []Listener { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	defer srv.Shutdown(context.Background())
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	get := func(c net.Conn) error {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	for range MaxConnsPerPeer {
+		c, err := net.Dial("tcp", srv.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+		if err := get(c); err != nil { // served, then idle: held
+			t.Fatal(err)
+		}
+	}
+	extra, err := net.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	if err := get(extra); err == nil {
+		t.Fatal("a peer got more than MaxConnsPerPeer connections")
+	}
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	other, err := d.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if err := get(other); err != nil {
+		t.Fatalf("another peer was kept out: %v", err)
+	}
+}

@@ -441,6 +441,10 @@ func (l *Listener) admit(c *Conn) bool {
 	key, refused, untracked := l.sources.admit(c.Client, time.Now())
 	if untracked {
 		l.sourcesUntracked.Add(1)
+		l.sourceLog.Do(func() {
+			c.Log.Warn("per-source limits: the table of client addresses is full of busy ones; new addresses are served unlimited",
+				"max_sources", MaxSources, "untracked_so_far", l.sourcesUntracked.Load())
+		})
 	}
 	switch refused {
 	case "":

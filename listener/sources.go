@@ -9,8 +9,8 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// MaxSources bounds the table of client addresses that per-source limits
-// keep. When it is full of addresses that all hold connections or spent
+// MaxSources bounds the table of client addresses (IPv4 addresses, IPv6
+// /64s) that per-source limits keep. When it is full of addresses that all hold connections or spent
 // their rate, a new address is served unlimited (and counted) rather than
 // refused: the table cannot be used to lock everyone out.
 const MaxSources = 100_000
@@ -21,8 +21,9 @@ type sources struct {
 	rate     rate.Limit
 	burst    int
 
-	mu sync.Mutex
-	m  map[netip.Addr]*source // guarded by mu
+	mu        sync.Mutex
+	m         map[netip.Addr]*source // guarded by mu
+	fullUntil time.Time              // a sweep found nothing to forget: none again before; guarded by mu
 }
 
 // source is one client address's state.
@@ -56,12 +57,12 @@ func (s *sources) admit(addr net.Addr, now time.Time) (key netip.Addr, refused s
 	if err != nil {
 		return netip.Addr{}, "", true
 	}
-	key = ap.Addr().Unmap()
+	key = sourceKey(ap.Addr())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e := s.m[key]
 	if e == nil {
-		if len(s.m) >= MaxSources && !s.sweep(now) {
+		if len(s.m) >= MaxSources && (now.Before(s.fullUntil) || !s.sweep(now)) {
 			return netip.Addr{}, "", true
 		}
 		e = &source{}
@@ -103,7 +104,23 @@ func (s *sources) sweep(now time.Time) bool {
 			delete(s.m, k)
 		}
 	}
-	return len(s.m) < MaxSources
+	if len(s.m) >= MaxSources {
+		s.fullUntil = now.Add(time.Second) // a full sweep is costly: not on every connection
+		return false
+	}
+	return true
+}
+
+// sourceKey is the source an address counts as: an IPv4 address, or the
+// /64 an IPv6 one is in (one host commonly holds a whole /64, and would
+// otherwise be a new source on every connection).
+func sourceKey(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if a.Is4() {
+		return a
+	}
+	p, _ := a.WithZone("").Prefix(64)
+	return p.Addr()
 }
 
 // size is how many addresses the table holds.

@@ -41,10 +41,20 @@ func TestSourceLimits(t *testing.T) {
 	if newSources(Config{}) != nil {
 		t.Fatal("no limits, yet a table")
 	}
+	// Addresses of one IPv6 /64 are one source.
+	v6 := newSources(Config{MaxConnsPerSource: 1})
+	v6.admit(&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2::1"), Port: 1}, now)
+	if _, why, _ := v6.admit(&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:ffff::9"), Port: 1}, now); why != overConns {
+		t.Fatalf("another address of the same /64: %q", why)
+	}
+	if _, why, _ := v6.admit(&net.TCPAddr{IP: net.ParseIP("2001:db8:1:3::1"), Port: 1}, now); why != "" {
+		t.Fatalf("another /64: %q", why)
+	}
 }
 
 // The table is bounded: when full, idle addresses are forgotten, and if
-// none is idle a new address is served unlimited rather than refused.
+// none is idle a new address is served unlimited rather than refused (and
+// the costly sweep is not tried again for a second).
 func TestSourceTableBounded(t *testing.T) {
 	s := newSources(Config{MaxConnsPerSource: 1})
 	now := time.Now()
@@ -63,7 +73,10 @@ func TestSourceTableBounded(t *testing.T) {
 		e.conns = 0 // every connection ended
 	}
 	s.mu.Unlock()
-	if _, _, untracked := s.admit(extra, now); untracked || s.size() != 1 {
+	if _, _, untracked := s.admit(extra, now); !untracked {
+		t.Fatal("a sweep right after one that found nothing")
+	}
+	if _, _, untracked := s.admit(extra, now.Add(time.Second)); untracked || s.size() != 1 {
 		t.Fatalf("idle addresses were not forgotten: untracked %v, %d kept", untracked, s.size())
 	}
 }

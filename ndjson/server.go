@@ -604,7 +604,8 @@ func (s *Server) Shutdown() Summary {
 			"client_memory_peak", st.ClientMemory.Peak, "client_memory_waits", st.ClientMemory.Waits,
 			"retried_batches", st.Queue.RetriedBatches,
 			"retried_lines", st.Queue.RetriedLines, "failovers", st.Pool.Failovers, "failbacks", st.Pool.Failbacks,
-			"resets", st.Pool.Resets)
+			"resets", st.Pool.Resets, "proxy_rejected", st.Listener.ProxyRejected, "proxy_untrusted", st.Listener.ProxyUntrusted,
+			"source_limited", st.Listener.SourceConns+st.Listener.SourceRate, "sources_untracked", st.Listener.SourcesUntracked)
 	})
 	return s.summary
 }

@@ -339,7 +339,9 @@ func (s *Server) Shutdown() Summary {
 		s.summary = Summary{Stats: st}
 		s.log.Info("summary", "connections", st.Listener.Accepted, "proxied", st.Proxied, "failed", st.Failed,
 			"dial_failures", st.DialFailures, "early_closed", st.EarlyClosed, "client_provoked", st.ClientProvoked, "idle_closed", st.IdleClosed, "shutdown_closed", st.ShutdownClosed,
-			"proxy_rejected", st.Listener.ProxyRejected, "bytes_from_client", st.BytesFromClient,
+			"proxy_rejected", st.Listener.ProxyRejected, "proxy_untrusted", st.Listener.ProxyUntrusted,
+			"source_limited", st.Listener.SourceConns+st.Listener.SourceRate, "sources_untracked", st.Listener.SourcesUntracked,
+			"bytes_from_client", st.BytesFromClient,
 			"bytes_from_target", st.BytesFromTarget, "bytes_spliced", st.BytesSpliced, "parks", st.Parks)
 	})
 	return s.summary
