@@ -34,7 +34,8 @@ func FlagsOnly(flags Values, name string) (proc *Source, listeners []*Source) {
 }
 
 // Load reads the config file at path; the settings flags set (the command
-// line, NDLB_* variables) take the place of the file's. Its errors, as
+// line, NDLB_* variables) take the place of the file's (nil: the file
+// alone). Its errors, as
 // those of Spec and the Source methods, are one line for the user, naming
 // the FILE:LINE or the flag.
 func Load(path string, flags Values) (proc *Source, listeners []*Source, err error) {
@@ -47,7 +48,7 @@ func Load(path string, flags Values) (proc *Source, listeners []*Source, err err
 	}
 	if len(f.Listeners) > 1 {
 		for _, s := range settings.All {
-			if !s.Global && !s.CommandLine && flags.IsSet(s.Name) {
+			if !s.Global && !s.CommandLine && flags != nil && flags.IsSet(s.Name) {
 				return nil, nil, fmt.Errorf("--%s (or %s) is set, but %s has %d listeners: set it in the file", s.Name, s.Env(), path, len(f.Listeners))
 			}
 		}

@@ -1,0 +1,203 @@
+package kubernetes
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/ndlb/ndlb/settings"
+	"github.com/ndlb/ndlb/setup"
+)
+
+// kustomization is the part of kustomize's file this directory uses.
+type kustomization struct {
+	APIVersion string            `json:"apiVersion"`
+	Kind       string            `json:"kind"`
+	Namespace  string            `json:"namespace"`
+	Labels     []json.RawMessage `json:"labels"`
+	Resources  []string          `json:"resources"`
+	Images     []struct {
+		Name, NewName, NewTag string
+	} `json:"images"`
+}
+
+// objects reads every manifest the kustomization lists, each decoded
+// strictly (an unknown or misspelt field fails) into its API type.
+func objects(t *testing.T) (deploys []appsv1.Deployment, services []corev1.Service, maps []corev1.ConfigMap, pdbs []policyv1.PodDisruptionBudget) {
+	t.Helper()
+	var k kustomization
+	strict(t, "kustomization.yaml", read(t, "kustomization.yaml"), &k)
+	files, _ := filepath.Glob("*.yaml")
+	for _, f := range files {
+		if f != "kustomization.yaml" && !slices.Contains(k.Resources, f) {
+			t.Errorf("%s is not in kustomization.yaml", f)
+		}
+	}
+	for _, f := range k.Resources {
+		for _, doc := range bytes.Split(read(t, f), []byte("\n---\n")) {
+			var meta metav1.TypeMeta
+			if err := yaml.Unmarshal(doc, &meta); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			switch meta.Kind {
+			case "Deployment":
+				var d appsv1.Deployment
+				strict(t, f, doc, &d)
+				deploys = append(deploys, d)
+			case "Service":
+				var s corev1.Service
+				strict(t, f, doc, &s)
+				services = append(services, s)
+			case "ConfigMap":
+				var c corev1.ConfigMap
+				strict(t, f, doc, &c)
+				maps = append(maps, c)
+			case "PodDisruptionBudget":
+				var p policyv1.PodDisruptionBudget
+				strict(t, f, doc, &p)
+				pdbs = append(pdbs, p)
+			default:
+				t.Errorf("%s: a %q the test does not know", f, meta.Kind)
+			}
+		}
+	}
+	return deploys, services, maps, pdbs
+}
+
+func read(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func strict(t *testing.T, name string, doc []byte, into any) {
+	t.Helper()
+	if err := yaml.UnmarshalStrict(doc, into); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+}
+
+// The manifests are what a cluster accepts and what ndlb runs: flags and
+// variables that exist, probes on real admin routes, a config that passes
+// check-config, and the security context of the image (non-root,
+// read-only, no capabilities).
+func TestManifests(t *testing.T) {
+	deploys, services, maps, pdbs := objects(t)
+	if len(deploys) != 1 || len(maps) != 1 || len(services) != 2 || len(pdbs) != 1 {
+		t.Fatalf("%d deployments, %d config maps, %d services, %d PDBs", len(deploys), len(maps), len(services), len(pdbs))
+	}
+	doc := maps[0].Data["ndlb.toml"]
+	path := filepath.Join(t.TempDir(), "ndlb.toml")
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	proc, listeners, err := setup.Load(path, nil)
+	if err != nil {
+		t.Fatalf("the ConfigMap's ndlb.toml: %v", err)
+	}
+	spec, err := setup.Spec(proc, listeners, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("the ConfigMap's ndlb.toml: %v", err)
+	}
+	_, adminPort, _ := strings.Cut(proc.Values.String("admin"), ":")
+
+	d := deploys[0]
+	pod := d.Spec.Template.Spec
+	if len(pod.Containers) != 1 {
+		t.Fatalf("%d containers", len(pod.Containers))
+	}
+	c := pod.Containers[0]
+	for i, a := range c.Args {
+		if name, ok := strings.CutPrefix(a, "--"); ok {
+			name, _, _ = strings.Cut(name, "=")
+			if _, known := settings.Lookup(name); !known {
+				t.Errorf("args[%d]: no flag --%s", i, name)
+			}
+		}
+	}
+	if i := slices.Index(c.Args, "--config"); i < 0 || c.Args[i+1] != "/etc/ndlb/ndlb.toml" {
+		t.Errorf("args %v do not run the ConfigMap's file", c.Args)
+	}
+	for _, e := range c.Env {
+		if name, ok := strings.CutPrefix(e.Name, "NDLB_"); ok {
+			if _, known := settings.Lookup(strings.ToLower(strings.ReplaceAll(name, "_", "-"))); !known {
+				t.Errorf("env %s: no such setting", e.Name)
+			}
+		}
+	}
+	ports := map[string]int32{}
+	for _, p := range c.Ports {
+		ports[p.Name] = p.ContainerPort
+	}
+	if strconv.Itoa(int(ports["admin"])) != adminPort {
+		t.Errorf("container port admin %d, the config's admin port %s", ports["admin"], adminPort)
+	}
+	listen := map[int32]bool{}
+	for _, l := range spec.Listeners {
+		_, p, _ := strings.Cut(l.Addr, ":")
+		n, _ := strconv.Atoi(p)
+		listen[int32(n)] = true
+	}
+	if !listen[ports["logs"]] {
+		t.Errorf("container port logs %d is no listener's (%v)", ports["logs"], spec.Listeners)
+	}
+	for what, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
+		want := map[string]string{"liveness": "/healthz", "readiness": "/readyz"}[what]
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != want || p.HTTPGet.Port.String() != "admin" {
+			t.Errorf("%s probe %+v: want GET %s on the admin port", what, p, want)
+		}
+	}
+	sc := c.SecurityContext
+	if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || sc.AllowPrivilegeEscalation == nil ||
+		*sc.AllowPrivilegeEscalation || sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+		t.Errorf("container security context %+v", sc)
+	}
+	if psc := pod.SecurityContext; psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot || psc.RunAsUser == nil || *psc.RunAsUser != 65532 {
+		t.Errorf("pod security context %+v: want non-root 65532, as the image", psc)
+	}
+	drain := proc.Values.Duration("drain-timeout")
+	for _, l := range listeners {
+		drain = max(drain, l.Values.Duration("drain-timeout")+l.Values.Duration("deliver-timeout"))
+	}
+	if g := pod.TerminationGracePeriodSeconds; g == nil || float64(*g) <= drain.Seconds() {
+		t.Errorf("terminationGracePeriodSeconds %v does not cover the drain and delivery (%s)", g, drain)
+	}
+	if c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() || c.Resources.Requests.Cpu().IsZero() {
+		t.Errorf("resources %+v", c.Resources)
+	}
+	for _, s := range services {
+		if s.Spec.ClusterIP == "None" {
+			continue // the receivers' example
+		}
+		if s.Spec.Selector["app.kubernetes.io/name"] != d.Spec.Selector.MatchLabels["app.kubernetes.io/name"] {
+			t.Errorf("service %s selects %v", s.Name, s.Spec.Selector)
+		}
+		for _, p := range s.Spec.Ports {
+			if _, ok := ports[p.TargetPort.String()]; !ok {
+				t.Errorf("service %s targets port %s, which the container does not name", s.Name, p.TargetPort.String())
+			}
+		}
+	}
+	if pdbs[0].Spec.Selector.MatchLabels["app.kubernetes.io/name"] != "ndlb" {
+		t.Errorf("PDB selects %v", pdbs[0].Spec.Selector)
+	}
+	if maps[0].Name != pod.Volumes[0].ConfigMap.Name {
+		t.Errorf("the pod mounts config map %q, the manifest is %q", pod.Volumes[0].ConfigMap.Name, maps[0].Name)
+	}
+}
+
