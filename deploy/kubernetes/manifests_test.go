@@ -200,4 +200,3 @@ func TestManifests(t *testing.T) {
 		t.Errorf("the pod mounts config map %q, the manifest is %q", pod.Volumes[0].ConfigMap.Name, maps[0].Name)
 	}
 }
-
