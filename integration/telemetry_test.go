@@ -19,6 +19,8 @@ import (
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/proto"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/ndlb/ndlb/internal/linetest"
 )
 
@@ -228,4 +230,96 @@ func TestOTLPSpansFromTheBinary(t *testing.T) {
 	if !connect || !dial || rcv.attrs["service.name"] != "ndlb" {
 		t.Fatalf("connect span %v, dial span %v, resource %v; %d spans; log %v", connect, dial, rcv.attrs, len(rcv.spans), open)
 	}
+}
+
+// Every metric the Grafana dashboard and the alert rules in deploy/ ask for
+// is one the running binary exports (both modes, checks, a reload), and the
+// rules file has the shape Prometheus loads.
+func TestDashboardAndAlertsUseExportedMetrics(t *testing.T) {
+	w := newWorld(t, 1)
+	echo := newIDBackend(t, "echo", nil)
+	dir := t.TempDir()
+	doc := func(interval string) string {
+		return fmt.Sprintf("log-format = \"json\"\nadmin = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\n"+
+			"target = [%q]\ncheck = \"tcp\"\ncheck-interval = %q\ncheck-timeout = \"100ms\"\n\n[[listener]]\nname = \"web\"\npassthrough = true\n"+
+			"addr = \"127.0.0.1\"\nport = 0\ntarget = [%q]\n", w.sinks[0].Addr(), interval, echo.addr())
+	}
+	path := writeConfig(t, dir, doc("100ms"))
+	p := startCmd(t, command(bin, "--config", path))
+	addrs := listening(t, p, 2)
+	api := newAdminAPI(t, p, "")
+	c := dial(t, addrs["logs"])
+	if _, err := linetest.Send(c, 1, 0, 1000, 4096); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if name, err := hello(t, addrs["web"], nil, false); err != nil || name != "echo" {
+		t.Fatalf("web: %q %v", name, err)
+	}
+	os.WriteFile(path, []byte(doc("200ms")), 0o600) // a live reload
+	p.waitLog("config reloaded", 10*time.Second)
+	used := map[string]bool{}
+	for _, f := range []string{"../deploy/grafana/ndlb.json", "../deploy/prometheus/alerts.yaml"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range regexp.MustCompile(`\bndlb_[a-z_]+\b`).FindAllString(string(b), -1) {
+			if !strings.HasSuffix(m, "_listener") && m != "ndlb_drop_reason" && m != "ndlb_outcome" && m != "ndlb_reason" && m != "ndlb_target_state" {
+				used[m] = true
+			}
+		}
+	}
+	used["ndlb_target_state"] = true // a metric and a label of it
+	exported := map[string]bool{}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(api.url + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, m := range regexp.MustCompile(`(?m)^(ndlb_[a-z_]+)[{ ]`).FindAllStringSubmatch(string(body), -1) {
+			exported[m[1]] = true
+		}
+		missing := []string{}
+		for m := range used {
+			if !exported[m] {
+				missing = append(missing, m)
+			}
+		}
+		if len(missing) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the dashboard or the alerts use metrics /metrics does not have: %v", missing)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(used) < 15 {
+		t.Fatalf("only %d metrics found in the dashboard and the alerts", len(used))
+	}
+	var rules struct {
+		Groups []struct {
+			Name  string `json:"name"`
+			Rules []struct {
+				Alert       string            `json:"alert"`
+				Expr        string            `json:"expr"`
+				For         string            `json:"for"`
+				Labels      map[string]string `json:"labels"`
+				Annotations map[string]string `json:"annotations"`
+			} `json:"rules"`
+		} `json:"groups"`
+	}
+	b, _ := os.ReadFile("../deploy/prometheus/alerts.yaml")
+	if err := yaml.UnmarshalStrict(b, &rules); err != nil || len(rules.Groups) != 1 || len(rules.Groups[0].Rules) < 4 {
+		t.Fatalf("alerts.yaml: %v %+v", err, rules)
+	}
+	for _, r := range rules.Groups[0].Rules {
+		if r.Alert == "" || r.Expr == "" || r.Labels["severity"] == "" || r.Annotations["summary"] == "" {
+			t.Errorf("rule %+v lacks a name, an expression, a severity or a summary", r)
+		}
+	}
+	p.stopOK()
 }

@@ -23,7 +23,7 @@ var connDuration = sync.OnceValue(func() metric.Float64Histogram {
 var instruments = sync.OnceValues(func() (ndjsonMetrics, error) {
 	m := otel.Meter("github.com/ndlb/ndlb/ndjson")
 	var n ndjsonMetrics
-	var errs [10]error
+	var errs [11]error
 	n.retried, errs[3] = m.Int64ObservableCounter("ndlb.batches.retried", metric.WithUnit("{batch}"),
 		metric.WithDescription("Batches sent again after their connection failed."))
 	n.failovers, errs[4] = m.Int64ObservableCounter("ndlb.failovers", metric.WithUnit("{connection}"),
@@ -32,6 +32,8 @@ var instruments = sync.OnceValues(func() (ndjsonMetrics, error) {
 		metric.WithDescription("Workers back at their home target after a failover."))
 	n.queueBytes, errs[6] = m.Int64ObservableGauge("ndlb.queue.bytes", metric.WithUnit("By"),
 		metric.WithDescription("Bytes read and not yet acknowledged (bounded by --buffer-bytes)."))
+	n.queueLimit, errs[10] = m.Int64ObservableGauge("ndlb.queue.limit", metric.WithUnit("By"),
+		metric.WithDescription("The most bytes the queue holds (--buffer-bytes): alert on ndlb.queue.bytes near it."))
 	n.queueDepth, errs[7] = m.Int64ObservableGauge("ndlb.queue.batches", metric.WithUnit("{batch}"),
 		metric.WithDescription("Batches waiting for a worker."))
 	n.clientMemory, errs[8] = m.Int64ObservableGauge("ndlb.client.memory", metric.WithUnit("By"),
@@ -48,7 +50,8 @@ var instruments = sync.OnceValues(func() (ndjsonMetrics, error) {
 
 type ndjsonMetrics struct {
 	retried, failovers, failbacks, lineTimeouts metric.Int64ObservableCounter
-	queueBytes, queueDepth, clientMemory        metric.Int64ObservableGauge
+	queueBytes, queueLimit, queueDepth          metric.Int64ObservableGauge
+	clientMemory                                metric.Int64ObservableGauge
 }
 
 var ledgerInstruments = sync.OnceValues(func() (ledgerMetrics, error) {
@@ -111,7 +114,8 @@ func (s *Server) observe(attrs ...attribute.KeyValue) (metric.Registration, erro
 		o.ObserveInt64(m.failovers, int64(st.Pool.Failovers), set)
 		o.ObserveInt64(m.failbacks, int64(st.Pool.Failbacks), set)
 		o.ObserveInt64(m.queueBytes, st.Queue.Bytes, set)
+		o.ObserveInt64(m.queueLimit, s.cfg.Queue.MaxBytes, set)
 		o.ObserveInt64(m.queueDepth, int64(st.Queue.Depth), set)
 		return nil
-	}, m.retried, m.failovers, m.failbacks, m.queueBytes, m.queueDepth, m.clientMemory, m.lineTimeouts)
+	}, m.retried, m.failovers, m.failbacks, m.queueBytes, m.queueLimit, m.queueDepth, m.clientMemory, m.lineTimeouts)
 }
