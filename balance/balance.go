@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -176,17 +177,29 @@ func (Random) Order(dst []int, targets []*upstream.Target, _ []byte) []int {
 // first. A client keeps its target while that target stays; a target that
 // leaves moves only its own clients, each to its second-best target; and
 // instances with the same target list agree with no shared state.
-type Hash struct{}
+type Hash struct {
+	// OnHost scores each target by its host alone, not host:port: lists
+	// that name the same hosts on different ports (several listeners of
+	// one service) send a client to the same host on each, with no shared
+	// table, across instances too.
+	OnHost bool
+}
 
 // Order implements Policy.
-func (Hash) Order(dst []int, targets []*upstream.Target, key []byte) []int {
+func (h Hash) Order(dst []int, targets []*upstream.Target, key []byte) []int {
 	base := len(dst)
 	k := xxhash.Sum64(key)
 	var buf [32]float64 // scores, on the stack for up to 32 targets
 	scores := buf[:0]
 	for i, t := range targets {
 		dst = append(dst, i)
-		scores = append(scores, weighted(Score(k, t.Addr), t.Weight()))
+		name := t.Addr
+		if h.OnHost {
+			if host, _, err := net.SplitHostPort(name); err == nil {
+				name = host
+			}
+		}
+		scores = append(scores, weighted(Score(k, name), t.Weight()))
 	}
 	sortBy(dst[base:], func(i int) float64 { return -scores[i] }) // highest first
 	return dst

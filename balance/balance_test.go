@@ -3,6 +3,7 @@ package balance
 import (
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -209,5 +210,26 @@ func TestWeightedDistribution(t *testing.T) {
 	}
 	if strings.Contains(seq, "ccc") || seq[:6] != seq[6:] {
 		t.Fatalf("weighted round-robin sequence %s is not smooth", seq)
+	}
+}
+
+// With OnHost, lists that name the same hosts on different ports choose the
+// same host for every key; by address they would not always.
+func TestHashOnHost(t *testing.T) {
+	a := upstream.NewSet([]string{"10.0.0.1:443", "10.0.0.2:443", "10.0.0.3:443"}).Targets()
+	b := upstream.NewSet([]string{"10.0.0.3:8443", "10.0.0.1:8443", "10.0.0.2:8443"}).Targets()
+	host := func(ts []*upstream.Target, i int) string { h, _, _ := net.SplitHostPort(ts[i].Addr); return h }
+	differ := 0
+	for k := range 1000 {
+		key := []byte(fmt.Sprintf("198.51.100.%d", k))
+		if host(a, Hash{OnHost: true}.Order(nil, a, key)[0]) != host(b, Hash{OnHost: true}.Order(nil, b, key)[0]) {
+			t.Fatalf("key %s: different hosts on the two ports", key)
+		}
+		if host(a, Hash{}.Order(nil, a, key)[0]) != host(b, Hash{}.Order(nil, b, key)[0]) {
+			differ++
+		}
+	}
+	if differ == 0 {
+		t.Fatal("by address the two lists always agreed: the test shows nothing")
 	}
 }

@@ -31,7 +31,13 @@ type idBackend struct {
 
 func newIDBackend(t *testing.T, name string, tlsCfg *tls.Config) *idBackend {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return newIDBackendAt(t, name, "127.0.0.1:0", tlsCfg)
+}
+
+// newIDBackendAt is newIDBackend listening on addr.
+func newIDBackendAt(t *testing.T, name, addr string, tlsCfg *tls.Config) *idBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -647,4 +653,41 @@ func TestPassthroughClientJunkKeepsTarget(t *testing.T) {
 	if p.summary("client_provoked") != 10 || p.summary("early_closed") != 0 {
 		t.Fatalf("client_provoked %d, early_closed %d", p.summary("client_provoked"), p.summary("early_closed"))
 	}
+}
+
+// With --hash-on host, two listeners whose targets are the same hosts on
+// different ports send each client to the same host on both.
+func TestHashOnHostAcrossListeners(t *testing.T) {
+	h2a := newIDBackendAt(t, "host2", "127.0.0.2:0", nil)
+	_, p1, _ := net.SplitHostPort(h2a.addr())
+	h3a := newIDBackendAt(t, "host3", "127.0.0.3:"+p1, nil)
+	h3b := newIDBackendAt(t, "host3", "127.0.0.3:0", nil)
+	_, p2, _ := net.SplitHostPort(h3b.addr())
+	h2b := newIDBackendAt(t, "host2", "127.0.0.2:"+p2, nil)
+	path := writeConfig(t, t.TempDir(), fmt.Sprintf("log-format = \"json\"\n\n"+
+		"[[listener]]\nname = \"https\"\npassthrough = true\naddr = \"127.0.0.1\"\nport = 0\nbalance = \"hash\"\nhash-on = \"host\"\ntarget = [%q, %q]\n\n"+
+		"[[listener]]\nname = \"grpc\"\npassthrough = true\naddr = \"127.0.0.1\"\nport = 0\nbalance = \"hash\"\nhash-on = \"host\"\ntarget = [%q, %q]\n",
+		h2a.addr(), h3a.addr(), h3b.addr(), h2b.addr()))
+	p := startCmd(t, command(bin, "--config", path))
+	addrs := listening(t, p, 2)
+	seen := map[string]int{}
+	for i := range 30 {
+		src := net.IPv4(127, 0, 1, byte(10+i))
+		a, err := hello(t, addrs["https"], src, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := hello(t, addrs["grpc"], src, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a != b {
+			t.Fatalf("client %s: %s on one port, %s on the other", src, a, b)
+		}
+		seen[a]++
+	}
+	if len(seen) != 2 {
+		t.Fatalf("clients reached %v: want both hosts used", seen)
+	}
+	p.stopOK()
 }

@@ -61,6 +61,10 @@ type Config struct {
 	Balance string
 	// HashKey is hashed by the hash policy.
 	HashKey HashKey
+	// HashOn is what the hash policy scores each target by: "addr"
+	// (host:port, the default) or "host" (the same host on every port,
+	// for stickiness across listeners; see balance.Hash.OnHost).
+	HashOn string
 	// ConnectTimeout bounds one attempt: dial, PROXY header, TLS
 	// handshake.
 	ConnectTimeout time.Duration
@@ -138,6 +142,8 @@ func (c Config) Validate() error {
 		return bad("Targets", "no targets")
 	case c.HashKey != HashIP && c.HashKey != HashIPPort:
 		return bad("HashKey", "hash key %q: want ip or ip-port", c.HashKey)
+	case c.HashOn != "" && c.HashOn != "addr" && c.HashOn != "host":
+		return bad("HashOn", "hash on %q: want addr or host", c.HashOn)
 	case c.ConnectTimeout <= 0:
 		return bad("ConnectTimeout", "connect timeout %s must be positive", c.ConnectTimeout)
 	case c.DrainTimeout <= 0:

@@ -69,7 +69,6 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clockwork.NewRealClock()
 	}
-	policy, _ := balance.New(cfg.Balance) // checked by Validate
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, clock: cfg.Clock, set: upstream.NewSet(cfg.Targets),
 		dial: cfg.Dial, sessions: make(map[*session]struct{}), serveErr: make(chan error, 1), streams: gopool.New(64),
@@ -81,7 +80,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.dial = d.DialContext
 	}
-	s.policy.Store(&policyBox{name: cfg.Balance, p: policy})
+	_ = s.SetBalance(cfg.Balance) // checked by Validate
 	s.stop, s.stopCancel = context.WithCancel(context.Background())
 	return s, nil
 }
@@ -98,6 +97,9 @@ func (s *Server) SetBalance(name string) error {
 	p, err := balance.New(name)
 	if err != nil {
 		return err
+	}
+	if _, ok := p.(balance.Hash); ok && s.cfg.HashOn == "host" {
+		p = balance.Hash{OnHost: true}
 	}
 	s.policy.Store(&policyBox{name: name, p: p})
 	return nil

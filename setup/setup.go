@@ -287,7 +287,7 @@ func passthroughConfig(c Values, log *slog.Logger) (passthrough.Config, error) {
 		return cfg, err
 	}
 	cfg.Discovered = discovered(c)
-	cfg.Balance, cfg.HashKey = c.String("balance"), passthrough.HashKey(c.String("hash-key"))
+	cfg.Balance, cfg.HashKey, cfg.HashOn = c.String("balance"), passthrough.HashKey(c.String("hash-key")), c.String("hash-on")
 	cfg.ConnectRetries, cfg.MaxFails = c.Int("connect-retries"), c.Int("max-fails")
 	cfg.FailTimeout, cfg.IdleTimeout = c.Duration("fail-timeout"), c.Duration("idle-timeout")
 	cfg.ConnectTimeout, cfg.DrainTimeout = c.Duration("connect-timeout"), c.Duration("drain-timeout")
@@ -313,8 +313,10 @@ func passthroughConfig(c Values, log *slog.Logger) (passthrough.Config, error) {
 	if err := fieldError("passthrough", cfg.Validate()); err != nil {
 		return cfg, err
 	}
-	if c.IsSet("hash-key") && cfg.Balance != "hash" {
-		return cfg, settings.Errorf("hash-key", "--hash-key needs --balance hash")
+	for _, n := range []string{"hash-key", "hash-on"} {
+		if c.IsSet(n) && cfg.Balance != "hash" {
+			return cfg, settings.Errorf(n, "--%s needs --balance hash", n)
+		}
 	}
 	return cfg, nil
 }

@@ -75,6 +75,8 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"dns-resolver", values{"target-dns": []string{"a.test:1"}, "dns-resolver": "nope"}},
 		{"read-bytes", values{"target": target, "read-bytes": "32MiB"}},
 		{"max-conns-per-source", values{"target": target, "max-conns-per-source": -1}},
+		{"hash-on", values{"target": target, "passthrough": true, "balance": "hash", "hash-on": "port"}},
+		{"hash-on", values{"target": target, "passthrough": true, "hash-on": "host"}},
 		{"client-rate", values{"target": target, "client-rate": "fast"}},
 		{"max-conn-rate-per-source", values{"target": target, "passthrough": true, "max-conn-rate-per-source": -1}},
 		{"failback", values{"target": target, "failback": -time.Second}},
