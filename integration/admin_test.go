@@ -278,3 +278,29 @@ func TestAdminRefusesWebPages(t *testing.T) {
 		p.stopOK()
 	}
 }
+
+// With --state-file, a target drained through the admin API is still
+// draining after ndlb restarts, and a disabled one still disabled.
+func TestStateSurvivesRestart(t *testing.T) {
+	w := newWorld(t, 3)
+	state := filepath.Join(t.TempDir(), "state.json")
+	run := func() (*proc, *adminAPI) {
+		p := startNDLB(t, "--target", w.targets(), "--admin", "127.0.0.1:0", "--state-file", state)
+		return p, newAdminAPI(t, p, "")
+	}
+	p, api := run()
+	drained, disabled := w.sinks[0].Addr(), w.sinks[1].Addr()
+	if code := api.call("POST", "/api/v1/targets/"+drained+"/drain", nil); code != 200 {
+		t.Fatalf("drain: %d", code)
+	}
+	if code := api.call("POST", "/api/v1/targets/"+disabled+"/disable", nil); code != 200 {
+		t.Fatalf("disable: %d", code)
+	}
+	p.stopOK()
+	p, api = run()
+	api.waitTarget(drained, "still draining", func(x apiTarget) bool { return x.State == "draining" })
+	api.waitTarget(disabled, "still disabled", func(x apiTarget) bool { return x.State == "disabled" })
+	api.waitTarget(w.sinks[2].Addr(), "up", func(x apiTarget) bool { return x.State == "up" })
+	p.waitLog("target state restored", 5*time.Second)
+	p.stopOK()
+}

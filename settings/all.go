@@ -109,5 +109,6 @@ var All = []Setting{
 	{Name: "log-level", Kind: config.String, Default: "info", Group: groupLog, Global: true, Reload: LiveProcess, Usage: "log level: debug, info, warn or error (passthrough logs each connection at info)"},
 
 	{Name: "pid-file", Kind: config.String, Group: groupProcess, Global: true, Reload: Restart, Usage: "write the process id to this file once ready (and the new process's after an upgrade), for systemd's PIDFile= and `kill -USR2`"},
+	{Name: "state-file", Kind: config.String, Group: groupProcess, Global: true, Reload: Restart, Usage: "keep operators' drains and disables and failed health verdicts in this file across restarts (written atomically within a second of a change)"},
 	{Name: "upgrade-timeout", Kind: config.Duration, Default: time.Minute, Group: groupProcess, Global: true, Reload: Restart, Usage: "on SIGUSR2 (upgrade), how long the new process may take to be ready before it is stopped and this one serves on"},
 }

@@ -18,13 +18,14 @@ type Process struct {
 	// the API is off. The caller fills in the rest.
 	Admin          admin.Config
 	PIDFile        string
+	StateFile      string
 	UpgradeTimeout time.Duration
 }
 
 // ProcessOf checks the process-wide settings in c. A bad value is a
 // *settings.Error naming the setting.
 func ProcessOf(c Values) (Process, error) {
-	p := Process{LogFormat: c.String("log-format"), PIDFile: c.String("pid-file"), UpgradeTimeout: c.Duration("upgrade-timeout"),
+	p := Process{LogFormat: c.String("log-format"), PIDFile: c.String("pid-file"), StateFile: c.String("state-file"), UpgradeTimeout: c.Duration("upgrade-timeout"),
 		Admin: admin.Config{Addr: c.String("admin"), TokenFile: c.String("admin-token-file"), TokenForReads: c.Bool("admin-token-for-reads"),
 			Hosts: splitList(c.StringSlice("admin-hosts"))}}
 	if err := p.LogLevel.UnmarshalText([]byte(c.String("log-level"))); err != nil {

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/ndlb/ndlb/admin"
 	"github.com/ndlb/ndlb/discovery"
 	"github.com/ndlb/ndlb/dispatch"
@@ -35,6 +37,10 @@ type Config struct {
 	// Listen opens the socket of the listener called name (nil: a new
 	// socket). A process started by Upgrade passes Inherited.Listen.
 	Listen func(name, addr string, keepAlive time.Duration) (net.Listener, error)
+	// StateFile, if set, keeps operators' drains and disables and failed
+	// health verdicts across restarts: read at New, written (atomically)
+	// within PruneInterval of a change and at Shutdown.
+	StateFile string
 }
 
 // Supervisor runs the listeners of a Spec and reloads them.
@@ -45,6 +51,9 @@ type Supervisor struct {
 	mu      sync.Mutex
 	insts   []*instance         // guarded by mu
 	process map[string][]string // guarded by mu
+
+	savedState []byte         // what the state file holds now; the pruner's
+	stateLog   rate.Sometimes // write failures, once a minute
 
 	failed   chan error
 	draining sync.WaitGroup // instances replaced or removed by a reload
@@ -86,6 +95,10 @@ func New(cfg Config, spec Spec) (*Supervisor, error) {
 		}
 	}
 	s.insts = insts
+	if cfg.StateFile != "" {
+		s.stateLog = rate.Sometimes{First: 1, Interval: time.Minute}
+		s.restoreState()
+	}
 	return s, nil
 }
 
@@ -138,6 +151,9 @@ func (s *Supervisor) Shutdown() (clean bool) {
 	s.draining.Wait()
 	if s.stopPrune != nil {
 		s.stopPrune()
+	}
+	if s.cfg.StateFile != "" {
+		s.saveState() // the pruner has stopped: this goroutine's alone
 	}
 	return s.logLedgers() && clean && !s.dirty.Load()
 }
@@ -218,6 +234,9 @@ func (s *Supervisor) prune(ctx context.Context) {
 			return
 		case <-tick.C:
 			s.pruneOnce()
+			if s.cfg.StateFile != "" {
+				s.saveState()
+			}
 		}
 	}
 }

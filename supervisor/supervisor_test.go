@@ -2,10 +2,13 @@ package supervisor
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -491,5 +494,53 @@ func TestWildcardShownAsConfigured(t *testing.T) {
 	defer lo.Close()
 	if asConfigured(lo, "127.0.0.1:0") != lo {
 		t.Fatal("a loopback listener was wrapped")
+	}
+}
+
+// The state file keeps operators' drains and disables and failed health
+// verdicts, and gives them back to the targets still configured; a corrupt
+// file is logged and ignored.
+func TestStateFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	w := newWorld(t, Spec{Listeners: []Listener{listener("x")}})
+	set := w.server(t, "x").set
+	set.Update([]string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"})
+	tg := func(s *upstream.Set, addr string) *upstream.Target { x, _ := s.Lookup(addr); return x }
+	tg(set, "127.0.0.1:1").Disable()
+	tg(set, "127.0.0.1:2").Drain()
+	tg(set, "127.0.0.1:3").SetChecked(upstream.CheckResult{At: time.Now(), Err: errors.New("refused")}, false, true)
+	w.sup.cfg.StateFile = path
+	w.sup.saveState()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st savedState
+	if err := json.Unmarshal(b, &st); err != nil || len(st.Listeners["x"]) != 3 ||
+		st.Listeners["x"]["127.0.0.1:1"].Admin != "disabled" || st.Listeners["x"]["127.0.0.1:2"].Admin != "draining" ||
+		!st.Listeners["x"]["127.0.0.1:3"].FailsChecks {
+		t.Fatalf("state file %s: %v", b, err)
+	}
+	// A new process: the same targets but one, and a listener gone.
+	os.WriteFile(path, []byte(strings.Replace(string(b), `"listeners": {`, `"listeners": {"gone": {"127.0.0.1:9": {"admin": "disabled"}},`, 1)), 0o600)
+	w2 := newWorld(t, Spec{Listeners: []Listener{listener("x")}})
+	set2 := w2.server(t, "x").set
+	set2.Update([]string{"127.0.0.1:2", "127.0.0.1:4", "127.0.0.1:5"})
+	w2.sup.cfg.StateFile = path
+	w2.sup.restoreState()
+	if s := tg(set2, "127.0.0.1:2").State(); s != upstream.StateDraining {
+		t.Errorf("the drained target came back %s", s)
+	}
+	if s := tg(set2, "127.0.0.1:4").State(); s != upstream.StateUp {
+		t.Errorf("an untouched target came back %s", s)
+	}
+	// A corrupt file: logged, and every target as configured.
+	os.WriteFile(path, []byte("{not json"), 0o600)
+	w3 := newWorld(t, Spec{Listeners: []Listener{listener("x")}})
+	w3.server(t, "x").set.Update([]string{"127.0.0.1:2"})
+	w3.sup.cfg.StateFile = path
+	w3.sup.restoreState()
+	if s := tg(w3.server(t, "x").set, "127.0.0.1:2").State(); s != upstream.StateUp || !strings.Contains(w3.logs.String(), "state file cannot be used") {
+		t.Errorf("after a corrupt state file: %s; logs %s", s, w3.logs.String())
 	}
 }

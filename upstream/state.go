@@ -75,6 +75,9 @@ func (t *Target) Accepts() bool {
 	return t.admin.Load() == adminEnabled && !t.checkDown.Load()
 }
 
+// FailsChecks reports whether the target's last health verdict failed.
+func (t *Target) FailsChecks() bool { return t.checkDown.Load() }
+
 // Removed reports whether the target has left the configuration (it drains
 // until its last connection closes, then leaves the set).
 func (t *Target) Removed() bool { return t.removed.Load() }

@@ -56,7 +56,7 @@ func runBalancer(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	cfg := supervisor.Config{Logger: log, Level: level, Path: path}
+	cfg := supervisor.Config{Logger: log, Level: level, Path: path, StateFile: p.StateFile}
 	// Started by an upgrade: the old process's sockets are ours.
 	inh, err := supervisor.Inherit(log)
 	if err != nil {

@@ -1,0 +1,136 @@
+package supervisor
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/ndlb/ndlb/upstream"
+)
+
+// savedState is what Config.StateFile holds: by listener and target
+// address, an operator's drain or disable and a failed health verdict.
+type savedState struct {
+	Version   int                               `json:"version"`
+	Listeners map[string]map[string]savedTarget `json:"listeners"`
+}
+
+// savedTarget is one target's kept state; the zero value is not kept.
+type savedTarget struct {
+	Admin string `json:"admin,omitempty"` // "draining" or "disabled"
+	// FailsChecks is the last health verdict: failed. The target is not
+	// used again until its checks pass (rise in a row).
+	FailsChecks bool `json:"fails_checks,omitempty"`
+}
+
+const stateVersion = 1
+
+// errRestored is the last check's error of a target restored as failing.
+var errRestored = fmt.Errorf("failed its health checks before the restart (state file)")
+
+// stateNow is the state to keep, of every running listener.
+func (s *Supervisor) stateNow() savedState {
+	st := savedState{Version: stateVersion, Listeners: map[string]map[string]savedTarget{}}
+	for _, in := range s.snapshot() {
+		for _, t := range in.srv.Set().Targets() {
+			var k savedTarget
+			switch t.State() {
+			case upstream.StateDraining:
+				k.Admin = "draining"
+			case upstream.StateDisabled:
+				k.Admin = "disabled"
+			}
+			if t.Removed() {
+				k.Admin = "" // it drains because it left the configuration
+			}
+			k.FailsChecks = t.FailsChecks()
+			if k != (savedTarget{}) {
+				if st.Listeners[in.name] == nil {
+					st.Listeners[in.name] = map[string]savedTarget{}
+				}
+				st.Listeners[in.name][t.Addr] = k
+			}
+		}
+	}
+	return st
+}
+
+// restoreState applies the state file to the listeners: entries for
+// listeners or targets no longer configured are ignored. A file that
+// cannot be read or parsed leaves every target as configured, and says so.
+func (s *Supervisor) restoreState() {
+	b, err := os.ReadFile(s.cfg.StateFile)
+	if os.IsNotExist(err) {
+		return
+	}
+	var st savedState
+	if err == nil {
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		err = dec.Decode(&st)
+		if err == nil && st.Version != stateVersion {
+			err = fmt.Errorf("version %d, want %d", st.Version, stateVersion)
+		}
+	}
+	if err != nil {
+		s.log.Error("state file cannot be used; starting with every target as configured", "path", s.cfg.StateFile, "err", err)
+		return
+	}
+	for _, in := range s.snapshot() {
+		for addr, k := range st.Listeners[in.name] {
+			t, err := in.srv.Set().Lookup(addr)
+			if err != nil {
+				continue // no longer configured
+			}
+			switch k.Admin {
+			case "draining":
+				t.Drain()
+			case "disabled":
+				t.Disable()
+			}
+			if k.FailsChecks && in.spec.Health != nil {
+				t.SetChecked(upstream.CheckResult{At: time.Now(), Err: errRestored}, false, true)
+			}
+			in.log.Info("target state restored", "target", addr, "state", t.State().String(), "path", s.cfg.StateFile)
+		}
+	}
+	s.savedState, _ = json.Marshal(st)
+}
+
+// saveState writes the state file when the state changed since the last
+// write: to a temporary file, synced, then renamed over it, so that a crash
+// leaves the old file or the new one, never a torn one.
+func (s *Supervisor) saveState() {
+	b, err := json.MarshalIndent(s.stateNow(), "", "  ")
+	if err != nil || bytes.Equal(b, s.savedState) {
+		return
+	}
+	if err := writeAtomic(s.cfg.StateFile, b); err != nil {
+		s.stateLog.Do(func() { s.log.Error("cannot write the state file", "path", s.cfg.StateFile, "err", err) })
+		return
+	}
+	s.savedState = b
+}
+
+func writeAtomic(path string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // after the rename, there is nothing to remove
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
