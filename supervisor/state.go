@@ -104,6 +104,9 @@ func (s *Supervisor) restoreState() {
 // write: to a temporary file, synced, then renamed over it, so that a crash
 // leaves the old file or the new one, never a torn one.
 func (s *Supervisor) saveState() {
+	if s.stateHanded.Load() {
+		return // a newer process has it, and may have changed it since
+	}
 	b, err := json.MarshalIndent(s.stateNow(), "", "  ")
 	if err != nil || bytes.Equal(b, s.savedState) {
 		return

@@ -52,8 +52,9 @@ type Supervisor struct {
 	insts   []*instance         // guarded by mu
 	process map[string][]string // guarded by mu
 
-	savedState []byte         // what the state file holds now; the pruner's
-	stateLog   rate.Sometimes // write failures, once a minute
+	savedState  []byte         // what the state file holds now; the pruner's
+	stateHanded atomic.Bool    // an upgrade's new process writes the state file
+	stateLog    rate.Sometimes // write failures, once a minute
 
 	failed   chan error
 	draining sync.WaitGroup // instances replaced or removed by a reload

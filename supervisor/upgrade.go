@@ -189,6 +189,7 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 		return ctx.Err()
 	}
 	s.log.Info("upgrade: the new process is ready; handing over", "pid", pid)
+	s.stateHanded.Store(true) // the new process keeps the state file now
 	for _, in := range insts {
 		if ln := in.srv.Handover(); ln != nil {
 			ln.Close() // the new process holds the socket and accepts
