@@ -31,10 +31,21 @@ const stateVersion = 1
 // errRestored is the last check's error of a target restored as failing.
 var errRestored = fmt.Errorf("failed its health checks before the restart (state file)")
 
-// stateNow is the state to keep, of every running listener.
+// pendingFor is how long entries of the state file whose targets are not
+// in their listener's set yet (found by DNS later) wait for them.
+const pendingFor = 10 * time.Minute
+
+// stateNow is the state to keep, of every running listener, with the
+// entries still waiting for their targets.
 func (s *Supervisor) stateNow() savedState {
 	st := savedState{Version: stateVersion, Listeners: map[string]map[string]savedTarget{}}
 	for _, in := range s.snapshot() {
+		for addr, k := range s.pending[in.name] {
+			if st.Listeners[in.name] == nil {
+				st.Listeners[in.name] = map[string]savedTarget{}
+			}
+			st.Listeners[in.name][addr] = k
+		}
 		for _, t := range in.srv.Set().Targets() {
 			var k savedTarget
 			switch t.State() {
@@ -79,11 +90,34 @@ func (s *Supervisor) restoreState() {
 		s.log.Error("state file cannot be used; starting with every target as configured", "path", s.cfg.StateFile, "err", err)
 		return
 	}
+	s.pending, s.pendingUntil = map[string]map[string]savedTarget{}, time.Now().Add(pendingFor)
 	for _, in := range s.snapshot() {
 		for addr, k := range st.Listeners[in.name] {
+			if s.pending[in.name] == nil {
+				s.pending[in.name] = map[string]savedTarget{}
+			}
+			s.pending[in.name][addr] = k
+		}
+	}
+	s.applyPending() // those configured now; the others when DNS finds them
+	s.savedState, _ = json.Marshal(st)
+}
+
+// applyPending gives the state file's entries to their targets once they
+// are in their listener's set; after pendingFor, the rest are forgotten.
+func (s *Supervisor) applyPending() {
+	if len(s.pending) == 0 {
+		return
+	}
+	if time.Now().After(s.pendingUntil) {
+		s.pending = nil
+		return
+	}
+	for _, in := range s.snapshot() {
+		for addr, k := range s.pending[in.name] {
 			t, err := in.srv.Set().Lookup(addr)
-			if err != nil {
-				continue // no longer configured
+			if err != nil || t.Removed() {
+				continue // not (yet) configured
 			}
 			switch k.Admin {
 			case "draining":
@@ -95,9 +129,9 @@ func (s *Supervisor) restoreState() {
 				t.SetChecked(upstream.CheckResult{At: time.Now(), Err: errRestored}, false, true)
 			}
 			in.log.Info("target state restored", "target", addr, "state", t.State().String(), "path", s.cfg.StateFile)
+			delete(s.pending[in.name], addr)
 		}
 	}
-	s.savedState, _ = json.Marshal(st)
 }
 
 // saveState writes the state file when the state changed since the last
@@ -107,6 +141,7 @@ func (s *Supervisor) saveState() {
 	if s.stateHanded.Load() {
 		return // a newer process has it, and may have changed it since
 	}
+	s.applyPending()
 	b, err := json.MarshalIndent(s.stateNow(), "", "  ")
 	if err != nil || bytes.Equal(b, s.savedState) {
 		return

@@ -52,9 +52,13 @@ type Supervisor struct {
 	insts   []*instance         // guarded by mu
 	process map[string][]string // guarded by mu
 
-	savedState  []byte         // what the state file holds now; the pruner's
-	stateHanded atomic.Bool    // an upgrade's new process writes the state file
-	stateLog    rate.Sometimes // write failures, once a minute
+	savedState  []byte      // what the state file holds now; the pruner's
+	stateHanded atomic.Bool // an upgrade's new process writes the state file
+	// pending are the state file's entries whose targets are not in their
+	// set yet, kept until pendingUntil; the pruner's after New.
+	pending      map[string]map[string]savedTarget
+	pendingUntil time.Time
+	stateLog     rate.Sometimes // write failures, once a minute
 
 	failed   chan error
 	draining sync.WaitGroup // instances replaced or removed by a reload

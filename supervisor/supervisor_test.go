@@ -534,6 +534,17 @@ func TestStateFile(t *testing.T) {
 	if s := tg(set2, "127.0.0.1:4").State(); s != upstream.StateUp {
 		t.Errorf("an untouched target came back %s", s)
 	}
+	// A target DNS finds later gets its state then; until then the file
+	// keeps it.
+	w2.sup.saveState()
+	if b, _ := os.ReadFile(path); !strings.Contains(string(b), `"127.0.0.1:1"`) || strings.Contains(string(b), `"gone"`) {
+		t.Errorf("the state file after the restart: %s", b)
+	}
+	set2.Update([]string{"127.0.0.1:2", "127.0.0.1:4", "127.0.0.1:5", "127.0.0.1:1"})
+	w2.sup.saveState()
+	if s := tg(set2, "127.0.0.1:1").State(); s != upstream.StateDisabled {
+		t.Errorf("a target found later came back %s", s)
+	}
 	// A corrupt file: logged, and every target as configured.
 	os.WriteFile(path, []byte("{not json"), 0o600)
 	w3 := newWorld(t, Spec{Listeners: []Listener{listener("x")}})
