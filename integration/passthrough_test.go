@@ -691,3 +691,53 @@ func TestHashOnHostAcrossListeners(t *testing.T) {
 	}
 	p.stopOK()
 }
+
+// Behind one NAT, 40 clients share an address. With --hash-key
+// ip+first:START:END they spread over the targets by the user name at the
+// start of their stream, and each name sticks to its target over
+// reconnects; the bytes reach the target unchanged.
+func TestHashKeyFromFirstBytes(t *testing.T) {
+	var backends []*idBackend
+	var addrs []string
+	for _, name := range []string{"t0", "t1", "t2"} {
+		b := newIDBackend(t, name, nil)
+		backends = append(backends, b)
+		addrs = append(addrs, b.addr())
+	}
+	p := startPassthrough(t, addrs, "--balance", "hash", "--hash-key", "ip+first:5:12")
+	// ask sends "user=NAME...\n" first, as a client of such a protocol
+	// does, then reads the target's name and the echo of its line.
+	ask := func(user string) string {
+		c := dial(t, p.addr)
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		line := fmt.Sprintf("user=%-7s hello\n", user)
+		c.Write([]byte(line))
+		r := bufio.NewReader(c)
+		name, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("%s: %v", user, err)
+		}
+		if echo, err := r.ReadString('\n'); err != nil || echo != line {
+			t.Fatalf("%s: echo %q %v, want the line unchanged", user, echo, err)
+		}
+		return strings.TrimSpace(name)
+	}
+	first := map[string]string{}
+	spread := map[string]int{}
+	for i := range 40 {
+		user := fmt.Sprintf("u%03d", i)
+		first[user] = ask(user)
+		spread[first[user]]++
+	}
+	for user, target := range first {
+		if again := ask(user); again != target {
+			t.Fatalf("%s went to %s, then to %s", user, target, again)
+		}
+	}
+	if len(spread) != 3 {
+		t.Fatalf("40 clients behind one address reached %v: want all three targets", spread)
+	}
+	t.Logf("40 users over 3 targets: %v", spread)
+	p.stopOK()
+}

@@ -66,6 +66,19 @@ func (c *Conn) Detach() (done func()) {
 	return sync.OnceFunc(c.release)
 }
 
+// Unread puts b back in front of what the connection reads next (bytes a
+// handler peeked at, such as a hash key, and forwards unchanged).
+func (c *Conn) Unread(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	if p, ok := c.Conn.(*prefixConn); ok {
+		p.pending = append(append([]byte(nil), b...), p.pending...)
+		return
+	}
+	c.Conn = &prefixConn{Conn: c.Conn, pending: append([]byte(nil), b...)}
+}
+
 // Raw returns the plain TCP connection under c, and the bytes the listener
 // read past the PROXY header, which come before anything read from tcp.
 // It is for handlers that read the socket directly (zero-copy, or waiting

@@ -38,6 +38,15 @@ var (
 	ErrNoTarget = errors.New("no target accepted the connection")
 )
 
+// ByteRange is Length bytes from Offset.
+type ByteRange struct{ Offset, Length int }
+
+// Limits of HashFirst, and the default wait for its bytes.
+const (
+	MaxHashFirstEnd       = 64 << 10
+	DefaultHashKeyTimeout = time.Second
+)
+
 // HashKey is what the hash policy hashes of the client's address.
 type HashKey string
 
@@ -61,6 +70,16 @@ type Config struct {
 	Balance string
 	// HashKey is hashed by the hash policy.
 	HashKey HashKey
+	// HashFirst, when Length > 0, adds bytes [Offset, Offset+Length) of
+	// what the client sends first to the hash key, after its address:
+	// clients behind one NAT, told apart by a user or host name at the
+	// start of their stream, spread over the targets and each sticks to
+	// its own. The server waits up to HashKeyTimeout for those bytes
+	// before it chooses (a client that sends fewer is hashed on what it
+	// sent), then forwards them unchanged.
+	HashFirst ByteRange
+	// HashKeyTimeout bounds that wait; zero means DefaultHashKeyTimeout.
+	HashKeyTimeout time.Duration
 	// HashOn is what the hash policy scores each target by: "addr"
 	// (host:port, the default) or "host" (the same host on every port,
 	// for stickiness across listeners; see balance.Hash.OnHost).
@@ -142,6 +161,11 @@ func (c Config) Validate() error {
 		return bad("Targets", "no targets")
 	case c.HashKey != HashIP && c.HashKey != HashIPPort:
 		return bad("HashKey", "hash key %q: want ip or ip-port", c.HashKey)
+	case c.HashFirst.Offset < 0 || c.HashFirst.Length < 0 || c.HashFirst.Offset+c.HashFirst.Length > MaxHashFirstEnd:
+		return bad("HashFirst", "hash key bytes %d..%d: want a range within the first %d bytes", c.HashFirst.Offset,
+			c.HashFirst.Offset+c.HashFirst.Length, MaxHashFirstEnd)
+	case c.HashKeyTimeout < 0:
+		return bad("HashKeyTimeout", "hash key timeout %s must not be negative (0: the default)", c.HashKeyTimeout)
 	case c.HashOn != "" && c.HashOn != "addr" && c.HashOn != "host":
 		return bad("HashOn", "hash on %q: want addr or host", c.HashOn)
 	case c.ConnectTimeout <= 0:

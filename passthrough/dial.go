@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -23,6 +24,9 @@ import (
 // the policy's order round by round, and the number of attempts it made.
 func (s *Server) connect(ctx context.Context, c *listener.Conn) (net.Conn, *upstream.Target, int, error) {
 	key := hashKey(c.Client, s.cfg.HashKey)
+	if s.cfg.HashFirst.Length > 0 && s.policy.Load().name == "hash" {
+		key = append(key, s.firstBytes(c)...)
+	}
 	var order []int
 	bo := backoff.WithContext(backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(s.cfg.BackoffInitial),
@@ -207,4 +211,27 @@ func hashKey(client net.Addr, k HashKey) []byte {
 		key = append(key, byte(ta.Port>>8), byte(ta.Port))
 	}
 	return key
+}
+
+// firstBytes reads what the client sends first, up to the end of
+// HashFirst, waiting at most HashKeyTimeout, puts it back to be forwarded
+// unchanged, and returns the part HashFirst names (shorter, or empty, if
+// the client sent less).
+func (s *Server) firstBytes(c *listener.Conn) []byte {
+	r := s.cfg.HashFirst
+	wait := s.cfg.HashKeyTimeout
+	if wait <= 0 {
+		wait = DefaultHashKeyTimeout
+	}
+	buf := make([]byte, r.Offset+r.Length)
+	_ = c.SetReadDeadline(time.Now().Add(wait))
+	n, _ := io.ReadAtLeast(c, buf, len(buf)) // what came in time, if less
+	if !c.Interrupted() {
+		_ = c.SetReadDeadline(time.Time{})
+	}
+	c.Unread(buf[:n])
+	if n <= r.Offset {
+		return nil
+	}
+	return buf[r.Offset:n]
 }

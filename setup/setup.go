@@ -288,6 +288,16 @@ func passthroughConfig(c Values, log *slog.Logger) (passthrough.Config, error) {
 	}
 	cfg.Discovered = discovered(c)
 	cfg.Balance, cfg.HashKey, cfg.HashOn = c.String("balance"), passthrough.HashKey(c.String("hash-key")), c.String("hash-on")
+	cfg.HashKeyTimeout = c.Duration("hash-key-timeout")
+	if rng, ok := strings.CutPrefix(c.String("hash-key"), "ip+first:"); ok {
+		from, to, _ := strings.Cut(rng, ":")
+		a, errA := strconv.Atoi(from)
+		b, errB := strconv.Atoi(to)
+		if errA != nil || errB != nil || a < 0 || b <= a {
+			return cfg, settings.Errorf("hash-key", "invalid value %q for --hash-key: want ip+first:START:END, such as ip+first:0:16", c.String("hash-key"))
+		}
+		cfg.HashKey, cfg.HashFirst = passthrough.HashIP, passthrough.ByteRange{Offset: a, Length: b - a}
+	}
 	cfg.ConnectRetries, cfg.MaxFails = c.Int("connect-retries"), c.Int("max-fails")
 	cfg.FailTimeout, cfg.IdleTimeout = c.Duration("fail-timeout"), c.Duration("idle-timeout")
 	cfg.ConnectTimeout, cfg.DrainTimeout = c.Duration("connect-timeout"), c.Duration("drain-timeout")
@@ -313,7 +323,7 @@ func passthroughConfig(c Values, log *slog.Logger) (passthrough.Config, error) {
 	if err := fieldError("passthrough", cfg.Validate()); err != nil {
 		return cfg, err
 	}
-	for _, n := range []string{"hash-key", "hash-on"} {
+	for _, n := range []string{"hash-key", "hash-on", "hash-key-timeout"} {
 		if c.IsSet(n) && cfg.Balance != "hash" {
 			return cfg, settings.Errorf(n, "--%s needs --balance hash", n)
 		}
