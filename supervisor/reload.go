@@ -136,6 +136,7 @@ func (s *Supervisor) apply(span trace.Span, next []*instance) error {
 			if prev := byAddr[in.spec.Addr]; prev != nil && in.takeOver(prev) {
 				delete(old, prev.spec.Name)
 				byAddr[in.spec.Addr] = nil
+				carryState(prev.srv.Set(), in.srv.Set())
 				s.start(in)
 				span.AddEvent("listener renamed", trace.WithAttributes(upstream.AttrListener.String(name)))
 				s.log.Info("listener added on the socket of a removed one; the old one drains", "listener", name,
@@ -168,7 +169,9 @@ func (s *Supervisor) apply(span trace.Span, next []*instance) error {
 				}
 			}
 			// On the same socket, clients in its backlog are served by
-			// the replacement.
+			// the replacement, which keeps the operators' drains and
+			// disables and the health verdicts.
+			carryState(o.srv.Set(), in.srv.Set())
 			s.start(in)
 			span.AddEvent("listener replaced", trace.WithAttributes(upstream.AttrListener.String(name)))
 			s.log.Info("listener replaced; the old one drains", "listener", name, "changed", keys)

@@ -39,12 +39,14 @@ const pendingFor = 10 * time.Minute
 // entries still waiting for their targets.
 func (s *Supervisor) stateNow() savedState {
 	st := savedState{Version: stateVersion, Listeners: map[string]map[string]savedTarget{}}
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
 	for _, in := range s.snapshot() {
 		for addr, k := range s.pending[in.name] {
 			if st.Listeners[in.name] == nil {
 				st.Listeners[in.name] = map[string]savedTarget{}
 			}
-			st.Listeners[in.name][addr] = k
+			st.Listeners[in.name][addr] = k.savedTarget
 		}
 		for _, t := range in.srv.Set().Targets() {
 			var k savedTarget
@@ -69,9 +71,19 @@ func (s *Supervisor) stateNow() savedState {
 	return st
 }
 
+// pendingTarget is a state-file entry waiting for its target; checks
+// says whether its listener runs health checks (read when it was
+// restored, on the goroutine that owns the spec).
+type pendingTarget struct {
+	savedTarget
+	checks bool
+}
+
 // restoreState applies the state file to the listeners: entries for
-// listeners or targets no longer configured are ignored. A file that
-// cannot be read or parsed leaves every target as configured, and says so.
+// listeners no longer configured are ignored, and those for targets not in
+// their set yet wait for them (pendingFor). A file that cannot be read or
+// parsed leaves every target as configured, says so, and is kept aside as
+// PATH.corrupt rather than overwritten.
 func (s *Supervisor) restoreState() {
 	b, err := os.ReadFile(s.cfg.StateFile)
 	if os.IsNotExist(err) {
@@ -87,25 +99,31 @@ func (s *Supervisor) restoreState() {
 		}
 	}
 	if err != nil {
-		s.log.Error("state file cannot be used; starting with every target as configured", "path", s.cfg.StateFile, "err", err)
+		aside := s.cfg.StateFile + ".corrupt"
+		_ = os.Rename(s.cfg.StateFile, aside)
+		s.log.Error("state file cannot be used; starting with every target as configured", "path", s.cfg.StateFile, "kept_as", aside, "err", err)
 		return
 	}
-	s.pending, s.pendingUntil = map[string]map[string]savedTarget{}, time.Now().Add(pendingFor)
+	s.stateMu.Lock()
+	s.pending, s.pendingUntil = map[string]map[string]pendingTarget{}, time.Now().Add(pendingFor)
 	for _, in := range s.snapshot() {
 		for addr, k := range st.Listeners[in.name] {
 			if s.pending[in.name] == nil {
-				s.pending[in.name] = map[string]savedTarget{}
+				s.pending[in.name] = map[string]pendingTarget{}
 			}
-			s.pending[in.name][addr] = k
+			s.pending[in.name][addr] = pendingTarget{savedTarget: k, checks: in.spec.Health != nil}
 		}
 	}
-	s.applyPending() // those configured now; the others when DNS finds them
-	s.savedState, _ = json.Marshal(st)
+	s.savedState = b // what the file holds: the next change rewrites it
+	s.stateMu.Unlock()
+	s.applyPending()
 }
 
 // applyPending gives the state file's entries to their targets once they
 // are in their listener's set; after pendingFor, the rest are forgotten.
 func (s *Supervisor) applyPending() {
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
 	if len(s.pending) == 0 {
 		return
 	}
@@ -119,17 +137,47 @@ func (s *Supervisor) applyPending() {
 			if err != nil || t.Removed() {
 				continue // not (yet) configured
 			}
-			switch k.Admin {
-			case "draining":
-				t.Drain()
-			case "disabled":
-				t.Disable()
-			}
-			if k.FailsChecks && in.spec.Health != nil {
-				t.SetChecked(upstream.CheckResult{At: time.Now(), Err: errRestored}, false, true)
-			}
+			apply(t, k.savedTarget, k.checks)
 			in.log.Info("target state restored", "target", addr, "state", t.State().String(), "path", s.cfg.StateFile)
 			delete(s.pending[in.name], addr)
+		}
+	}
+}
+
+// apply gives t the kept state k; a failed verdict only where checks run,
+// which bring the target back when they pass.
+func apply(t *upstream.Target, k savedTarget, checks bool) {
+	switch k.Admin {
+	case "draining":
+		t.Drain()
+	case "disabled":
+		t.Disable()
+	}
+	if k.FailsChecks && checks {
+		t.SetChecked(upstream.CheckResult{At: time.Now(), Err: errRestored}, false, true)
+	}
+}
+
+// carryState gives the targets of a replacing listener's set the
+// operators' drains and disables and the failed verdicts of the set it
+// replaces, by address.
+func carryState(from, to *upstream.Set) {
+	for _, t := range from.Targets() {
+		if t.Removed() {
+			continue
+		}
+		nt, err := to.Lookup(t.Addr)
+		if err != nil {
+			continue
+		}
+		switch t.State() {
+		case upstream.StateDraining:
+			nt.Drain()
+		case upstream.StateDisabled:
+			nt.Disable()
+		}
+		if t.FailsChecks() {
+			nt.SetChecked(t.LastCheck(), false, true)
 		}
 	}
 }
@@ -143,7 +191,10 @@ func (s *Supervisor) saveState() {
 	}
 	s.applyPending()
 	b, err := json.MarshalIndent(s.stateNow(), "", "  ")
-	if err != nil || bytes.Equal(b, s.savedState) {
+	b = append(b, '\n')
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
+	if err != nil || bytes.Equal(b, s.savedState) || s.stateHanded.Load() {
 		return
 	}
 	if err := writeAtomic(s.cfg.StateFile, b); err != nil {
@@ -159,7 +210,7 @@ func writeAtomic(path string, b []byte) error {
 		return err
 	}
 	defer os.Remove(f.Name()) // after the rename, there is nothing to remove
-	if _, err := f.Write(append(b, '\n')); err != nil {
+	if _, err := f.Write(b); err != nil {
 		f.Close()
 		return err
 	}

@@ -52,11 +52,12 @@ type Supervisor struct {
 	insts   []*instance         // guarded by mu
 	process map[string][]string // guarded by mu
 
-	savedState  []byte      // what the state file holds now; the pruner's
 	stateHanded atomic.Bool // an upgrade's new process writes the state file
+	stateMu     sync.Mutex  // guards savedState, pending, pendingUntil
+	savedState  []byte      // what the state file holds now
 	// pending are the state file's entries whose targets are not in their
-	// set yet, kept until pendingUntil; the pruner's after New.
-	pending      map[string]map[string]savedTarget
+	// set yet (DNS finds them later), kept until pendingUntil.
+	pending      map[string]map[string]pendingTarget
 	pendingUntil time.Time
 	stateLog     rate.Sometimes // write failures, once a minute
 
@@ -220,7 +221,11 @@ func (s *Supervisor) snapshot() []*instance {
 
 // start starts in and reports its listener failing on its own.
 func (s *Supervisor) start(in *instance) {
-	in.start()
+	in.start(func() {
+		if s.cfg.StateFile != "" {
+			s.applyPending() // after the first DNS answer, before serving
+		}
+	})
 	go func() {
 		if err := <-in.srv.Err(); err != nil {
 			s.failed <- fmt.Errorf("listener %q: %w", in.name, err)
@@ -366,10 +371,11 @@ func (in *instance) takeOver(o *instance) bool {
 
 // start resolves DNS targets once, then serves, checks and resolves in the
 // background.
-func (in *instance) start() {
+func (in *instance) start(beforeServing func()) {
 	if in.disc != nil {
 		in.stopDiscovery = runDiscovery(in.disc)
 	}
+	beforeServing()
 	in.srv.Start(in.ln)
 	if in.checks != nil {
 		ctx, cancel := context.WithCancel(context.Background())

@@ -554,4 +554,16 @@ func TestStateFile(t *testing.T) {
 	if s := tg(w3.server(t, "x").set, "127.0.0.1:2").State(); s != upstream.StateUp || !strings.Contains(w3.logs.String(), "state file cannot be used") {
 		t.Errorf("after a corrupt state file: %s; logs %s", s, w3.logs.String())
 	}
+	if b, err := os.ReadFile(path + ".corrupt"); err != nil || string(b) != "{not json" {
+		t.Errorf("the corrupt file was not kept aside: %q %v", b, err)
+	}
+	// A replacing listener keeps the state of the one it replaces.
+	from := upstream.NewSet([]string{"127.0.0.1:1", "127.0.0.1:2"})
+	to := upstream.NewSet([]string{"127.0.0.1:1", "127.0.0.1:2"})
+	tg(from, "127.0.0.1:1").Drain()
+	tg(from, "127.0.0.1:2").SetChecked(upstream.CheckResult{At: time.Now(), Err: errors.New("refused")}, false, true)
+	carryState(from, to)
+	if tg(to, "127.0.0.1:1").State() != upstream.StateDraining || !tg(to, "127.0.0.1:2").FailsChecks() {
+		t.Error("the replacement lost the drain or the verdict")
+	}
 }

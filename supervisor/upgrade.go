@@ -69,11 +69,19 @@ var ErrUpgrading = errors.New("an upgrade is already in progress")
 //
 // extra are other listening sockets of the process (the admin API's),
 // passed on too; the new process takes them with Inherited.Listen.
-func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Duration, extra ...Socket) error {
+func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Duration, extra ...Socket) (err error) {
 	if !s.upgrading.CompareAndSwap(false, true) {
 		return ErrUpgrading
 	}
 	defer s.upgrading.Store(false)
+	// From the new process's start, it owns the state file: this one
+	// writes it again only if the upgrade fails.
+	s.stateHanded.Store(true)
+	defer func() {
+		if err != nil {
+			s.stateHanded.Store(false)
+		}
+	}()
 	if path == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -189,7 +197,6 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 		return ctx.Err()
 	}
 	s.log.Info("upgrade: the new process is ready; handing over", "pid", pid)
-	s.stateHanded.Store(true) // the new process keeps the state file now
 	for _, in := range insts {
 		if ln := in.srv.Handover(); ln != nil {
 			ln.Close() // the new process holds the socket and accepts
