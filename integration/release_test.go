@@ -36,9 +36,9 @@ func TestReleaseBuild(t *testing.T) {
 		t.Fatalf("sha256sum -c: %v\n%s", err, out)
 	}
 	for arch, machine := range map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64} {
-		deb := filepath.Join(a, "ndlb_1.2.3-rc.1_"+arch+".deb")
+		deb := filepath.Join(a, "ndlb_1.2.3~rc.1_"+arch+".deb") // ~: before 1.2.3 for dpkg
 		fields, err := exec.Command("dpkg-deb", "-f", deb, "Package", "Version", "Architecture").Output()
-		if err != nil || string(fields) != "Package: ndlb\nVersion: 1.2.3-rc.1\nArchitecture: "+arch+"\n" {
+		if err != nil || string(fields) != "Package: ndlb\nVersion: 1.2.3~rc.1\nArchitecture: "+arch+"\n" {
 			t.Fatalf("%s: %v %q", deb, err, fields)
 		}
 		root := t.TempDir()

@@ -65,6 +65,9 @@ func (p *prefixConn) Read(b []byte) (int, error) {
 	return p.Conn.Read(b)
 }
 
+// Unwrap is the connection the pending bytes came from.
+func (p *prefixConn) Unwrap() net.Conn { return p.Conn }
+
 // CloseWrite half-closes the connection, if it can be.
 func (p *prefixConn) CloseWrite() error {
 	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {

@@ -43,8 +43,9 @@ type ByteRange struct{ Offset, Length int }
 
 // Limits of HashFirst, and the default wait for its bytes.
 const (
-	MaxHashFirstEnd       = 64 << 10
+	MaxHashFirstEnd       = 4 << 10 // a name at the start of a stream; held per waiting client
 	DefaultHashKeyTimeout = time.Second
+	MaxHashKeyTimeout     = 10 * time.Second
 )
 
 // HashKey is what the hash policy hashes of the client's address.
@@ -164,8 +165,8 @@ func (c Config) Validate() error {
 	case c.HashFirst.Offset < 0 || c.HashFirst.Length < 0 || c.HashFirst.Offset+c.HashFirst.Length > MaxHashFirstEnd:
 		return bad("HashFirst", "hash key bytes %d..%d: want a range within the first %d bytes", c.HashFirst.Offset,
 			c.HashFirst.Offset+c.HashFirst.Length, MaxHashFirstEnd)
-	case c.HashKeyTimeout < 0:
-		return bad("HashKeyTimeout", "hash key timeout %s must not be negative (0: the default)", c.HashKeyTimeout)
+	case c.HashKeyTimeout < 0 || c.HashKeyTimeout > MaxHashKeyTimeout:
+		return bad("HashKeyTimeout", "hash key timeout %s: want 0 (the default) to %s", c.HashKeyTimeout, MaxHashKeyTimeout)
 	case c.HashOn != "" && c.HashOn != "addr" && c.HashOn != "host":
 		return bad("HashOn", "hash on %q: want addr or host", c.HashOn)
 	case c.ConnectTimeout <= 0:

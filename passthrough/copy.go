@@ -256,6 +256,8 @@ func closeWrite(c net.Conn) {
 	case *tls.Conn:
 		_ = x.CloseWrite()
 		closeWrite(x.NetConn())
+	case interface{ Unwrap() net.Conn }: // bytes put back in front (listener.Conn.Unread)
+		closeWrite(x.Unwrap())
 	case interface{ CloseWrite() error }:
 		_ = x.CloseWrite()
 	}

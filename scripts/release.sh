@@ -18,6 +18,11 @@ if ! [[ "$version" =~ ^[0-9]+\.[0-9]+\.[0-9]+([~+.-][0-9A-Za-z.~+-]+)?$ ]]; then
   echo "release: version $version: want MAJOR.MINOR.PATCH, such as 1.2.0" >&2
   exit 2
 fi
+case "$out" in
+  *[\&#\\]*) echo "release: OUTDIR $out: no &, # or backslash, please" >&2; exit 2 ;;
+esac
+# Debian orders ~ before anything: 1.2.3~rc.1 comes before 1.2.3.
+debversion=${version//-/\~}
 mkdir -p "$out"
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
 epoch=$SOURCE_DATE_EPOCH
@@ -28,8 +33,8 @@ for arch in amd64 arm64; do
   touch -d "@$epoch" "$bin"
   # nfpm expands variables in the package's fields, not in file paths.
   sed "s#\${BINARY}#$bin#" deploy/nfpm.yaml > "$out/.nfpm-$arch.yaml"
-  VERSION=$version ARCH=$arch go tool nfpm package \
-    --config "$out/.nfpm-$arch.yaml" --packager deb --target "$out/ndlb_${version}_${arch}.deb" >/dev/null
+  VERSION=$debversion ARCH=$arch go tool nfpm package \
+    --config "$out/.nfpm-$arch.yaml" --packager deb --target "$out/ndlb_${debversion}_${arch}.deb" >/dev/null
   rm "$out/.nfpm-$arch.yaml"
 done
-(cd "$out" && sha256sum ndlb_"${version}"_* > SHA256SUMS && cat SHA256SUMS)
+(cd "$out" && sha256sum ndlb_"${version}"_linux_* ndlb_"${debversion}"_*.deb > SHA256SUMS && cat SHA256SUMS)

@@ -78,7 +78,7 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"hash-on", values{"target": target, "passthrough": true, "balance": "hash", "hash-on": "port"}},
 		{"hash-on", values{"target": target, "passthrough": true, "hash-on": "host"}},
 		{"hash-key", values{"target": target, "passthrough": true, "balance": "hash", "hash-key": "ip+first:8:4"}},
-		{"hash-key", values{"target": target, "passthrough": true, "balance": "hash", "hash-key": "ip+first:0:100000"}},
+		{"hash-key", values{"target": target, "passthrough": true, "balance": "hash", "hash-key": "ip+first:0:5000"}},
 		{"hash-key-timeout", values{"target": target, "passthrough": true, "balance": "hash", "hash-key-timeout": -time.Second}},
 		{"client-rate", values{"target": target, "client-rate": "fast"}},
 		{"max-conn-rate-per-source", values{"target": target, "passthrough": true, "max-conn-rate-per-source": -1}},

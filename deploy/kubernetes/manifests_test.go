@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -98,7 +99,7 @@ func strict(t *testing.T, name string, doc []byte, into any) {
 // read-only, no capabilities).
 func TestManifests(t *testing.T) {
 	deploys, services, maps, pdbs := objects(t)
-	if len(deploys) != 1 || len(maps) != 1 || len(services) != 2 || len(pdbs) != 1 {
+	if len(deploys) != 1 || len(maps) != 1 || len(services) != 1 || len(pdbs) != 1 {
 		t.Fatalf("%d deployments, %d config maps, %d services, %d PDBs", len(deploys), len(maps), len(services), len(pdbs))
 	}
 	doc := maps[0].Data["ndlb.toml"]
@@ -174,16 +175,24 @@ func TestManifests(t *testing.T) {
 	for _, l := range listeners {
 		drain = max(drain, l.Values.Duration("drain-timeout")+l.Values.Duration("deliver-timeout"))
 	}
+	if c.Lifecycle != nil && c.Lifecycle.PreStop != nil && c.Lifecycle.PreStop.Sleep != nil {
+		drain += time.Duration(c.Lifecycle.PreStop.Sleep.Seconds) * time.Second
+	}
 	if g := pod.TerminationGracePeriodSeconds; g == nil || float64(*g) <= drain.Seconds() {
 		t.Errorf("terminationGracePeriodSeconds %v does not cover the drain and delivery (%s)", g, drain)
 	}
 	if c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() || c.Resources.Requests.Cpu().IsZero() {
 		t.Errorf("resources %+v", c.Resources)
 	}
+	var example corev1.Service
+	strict(t, "examples/receivers-headless.yaml", read(t, "examples/receivers-headless.yaml"), &example)
+	if example.Spec.ClusterIP != "None" {
+		t.Errorf("the receivers' example is not headless: %q", example.Spec.ClusterIP)
+	}
+	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Sleep == nil {
+		t.Error("no preStop sleep: new connections would still come while the drain begins")
+	}
 	for _, s := range services {
-		if s.Spec.ClusterIP == "None" {
-			continue // the receivers' example
-		}
 		if s.Spec.Selector["app.kubernetes.io/name"] != d.Spec.Selector.MatchLabels["app.kubernetes.io/name"] {
 			t.Errorf("service %s selects %v", s.Name, s.Spec.Selector)
 		}
