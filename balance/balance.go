@@ -201,6 +201,11 @@ func (h Hash) Order(dst []int, targets []*upstream.Target, key []byte) []int {
 		}
 		scores = append(scores, weighted(Score(k, name), t.Weight()))
 	}
+	if h.OnHost {
+		// Ports of one host tie: order them by their own scores first
+		// (the sort is stable), so each port is someone's first choice.
+		sortBy(dst[base:], func(i int) uint64 { return ^Score(k, targets[i].Addr) })
+	}
 	sortBy(dst[base:], func(i int) float64 { return -scores[i] }) // highest first
 	return dst
 }

@@ -232,4 +232,14 @@ func TestHashOnHost(t *testing.T) {
 	if differ == 0 {
 		t.Fatal("by address the two lists always agreed: the test shows nothing")
 	}
+	// Two ports of one host tie on the host: each port is still the first
+	// choice of some clients.
+	two := upstream.NewSet([]string{"10.0.0.1:443", "10.0.0.1:8443"}).Targets()
+	firsts := map[string]int{}
+	for k := range 1000 {
+		firsts[two[Hash{OnHost: true}.Order(nil, two, []byte(fmt.Sprint(k)))[0]].Addr]++
+	}
+	if len(firsts) != 2 {
+		t.Fatalf("two ports of one host: first choices %v", firsts)
+	}
 }
