@@ -78,28 +78,6 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Bounds of DefaultMaxConns.
-const (
-	// MaxAutoConns caps the connection limit derived from the file limit.
-	MaxAutoConns = 100_000
-	// reservedFiles are left for upstream connections, the admin API,
-	// listening sockets and files.
-	reservedFiles = 1024
-)
-
-// DefaultMaxConns is the client connection limit used when none is set:
-// 90% of the open-file limit less reservedFiles, at least 64 and at most
-// MaxAutoConns (4096 when the limit is unknown). A client beyond it waits
-// in the kernel's accept backlog; it cannot make ndlb fail for want of
-// files.
-func DefaultMaxConns() int {
-	n := fileLimit()
-	if n == 0 {
-		return 4096
-	}
-	return int(min(max(n*9/10, reservedFiles+64)-reservedFiles, MaxAutoConns))
-}
-
 // DefaultConfig returns the documented defaults, without targets.
 func DefaultConfig() Config {
 	return Config{

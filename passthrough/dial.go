@@ -3,7 +3,6 @@ package passthrough
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -65,51 +64,6 @@ func (s *Server) connect(ctx context.Context, c *listener.Conn) (net.Conn, *upst
 			return nil, nil, attempts, err
 		}
 	}
-}
-
-// errNoneAccepts is the last error of a round without candidates.
-var errNoneAccepts = errors.New("every target is draining, disabled or failing its health checks")
-
-// attemptFailed records a failed attempt on t for passive health.
-func (s *Server) attemptFailed(t *upstream.Target, err error) {
-	if t.AttemptFailed(err, s.clock.Now(), s.cfg.MaxFails, s.cfg.FailTimeout) {
-		s.log.Warn("target skipped: its last attempts failed", "target", t.Addr,
-			"max_fails", s.cfg.MaxFails, "fail_timeout", s.cfg.FailTimeout, "err", err)
-	}
-}
-
-// attemptSucceeded records that t served a connection.
-func (s *Server) attemptSucceeded(t *upstream.Target) {
-	if t.AttemptSucceeded() {
-		s.log.Info("target serves connections again", "target", t.Addr)
-	}
-}
-
-// candidates appends the targets to try, in the policy's order: those that
-// accept new work (not draining, disabled or failing health checks) and are
-// not skipped by passive health, or, when every accepting target is
-// skipped, all accepting targets.
-func (s *Server) candidates(dst []int, targets []*upstream.Target, key []byte) []int {
-	policy := s.policy.Load().p
-	dst = policy.Order(dst, targets, key)
-	now := s.clock.Now()
-	accepting := dst[:0]
-	for _, i := range dst {
-		if targets[i].Accepts() {
-			accepting = append(accepting, i)
-		}
-	}
-	n := len(accepting)
-	healthy := accepting[n:]
-	for _, i := range accepting {
-		if !targets[i].Skipped(now) {
-			healthy = append(healthy, i)
-		}
-	}
-	if len(healthy) > 0 {
-		return append(dst[:0], healthy...)
-	}
-	return accepting
 }
 
 func (s *Server) wait(ctx context.Context, d time.Duration) error {

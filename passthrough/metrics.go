@@ -43,7 +43,7 @@ type ptMetrics struct {
 	duration, dial         metric.Float64Histogram
 }
 
-func (s *Server) name() string {
+func (s *core) name() string {
 	if s.cfg.Name == "" {
 		return "default"
 	}
@@ -51,7 +51,7 @@ func (s *Server) name() string {
 }
 
 // attrs label the server's metrics.
-func (s *Server) attrs() []attribute.KeyValue {
+func (s *core) attrs() []attribute.KeyValue {
 	return []attribute.KeyValue{upstream.AttrListener.String(s.name()), attribute.String("ndlb.mode", "passthrough")}
 }
 
@@ -96,7 +96,7 @@ type targetOpts struct {
 	ok, failed, duration metric.RecordOption
 }
 
-func (s *Server) optsFor(t *upstream.Target) *targetOpts {
+func (s *core) optsFor(t *upstream.Target) *targetOpts {
 	if o, ok := s.attrCache.Load(t); ok {
 		return o.(*targetOpts)
 	}
@@ -111,7 +111,7 @@ func (s *Server) optsFor(t *upstream.Target) *targetOpts {
 }
 
 // recordDial records one attempt's duration.
-func (s *Server) recordDial(ctx context.Context, t *upstream.Target, d time.Duration, err error) {
+func (s *core) recordDial(ctx context.Context, t *upstream.Target, d time.Duration, err error) {
 	m, merr := instruments()
 	if merr != nil {
 		return
@@ -125,7 +125,7 @@ func (s *Server) recordDial(ctx context.Context, t *upstream.Target, d time.Dura
 }
 
 // recordDuration records a finished connection.
-func (s *Server) recordDuration(d time.Duration, t *upstream.Target) {
+func (s *core) recordDuration(d time.Duration, t *upstream.Target) {
 	if m, err := instruments(); err == nil {
 		m.duration.Record(context.Background(), d.Seconds(), s.optsFor(t).duration)
 	}

@@ -2,21 +2,17 @@ package passthrough
 
 import (
 	"context"
-	"log/slog"
 	"net"
 	"runtime/debug"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/jonboulle/clockwork"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/ndlb/ndlb/balance"
 	"github.com/ndlb/ndlb/internal/gopool"
 	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/upstream"
@@ -24,18 +20,12 @@ import (
 
 // Server is passthrough mode: a listener whose connections are proxied.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	clock   clockwork.Clock
-	policy  atomic.Pointer[policyBox] // swapped by SetBalance
-	set     *upstream.Set
+	core
 	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
 	ln      *listener.Listener
 	parker  *parker      // nil: streams keep their goroutines
 	streams *gopool.Pool // runs streams on reused goroutines
-	// attrCache holds each target's metric attribute sets (*targetOpts).
-	attrCache sync.Map
-	sweep     sync.WaitGroup
+	sweep   sync.WaitGroup
 	// The parker's count of parks at the sweeper's last tick and at the
 	// last returnMemory; owned by the sweeper.
 	parksAtTick, parksAtFree uint64
@@ -60,19 +50,13 @@ type Server struct {
 
 // New returns a server for a valid cfg.
 func New(cfg Config) (*Server, error) {
-	if err := cfg.Validate(); err != nil {
+	s := &Server{
+		dial: cfg.Dial, sessions: make(map[*session]struct{}), serveErr: make(chan error, 1),
+	}
+	if err := s.init(cfg); err != nil {
 		return nil, err
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.Clock == nil {
-		cfg.Clock = clockwork.NewRealClock()
-	}
-	s := &Server{
-		cfg: cfg, log: cfg.Logger, clock: cfg.Clock, set: upstream.NewSet(cfg.Targets),
-		dial: cfg.Dial, sessions: make(map[*session]struct{}), serveErr: make(chan error, 1), streams: gopool.New(64),
-	}
+	s.streams = gopool.New(64)
 	if s.dial == nil {
 		d := &net.Dialer{KeepAlive: -1}
 		if cfg.KeepAlive > 0 {
@@ -80,33 +64,9 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.dial = d.DialContext
 	}
-	_ = s.SetBalance(cfg.Balance) // checked by Validate
 	s.stop, s.stopCancel = context.WithCancel(context.Background())
 	return s, nil
 }
-
-// policyBox holds a policy for atomic.Pointer.
-type policyBox struct {
-	name string
-	p    balance.Policy
-}
-
-// SetBalance switches the balancing policy for new connections; open ones
-// keep their target.
-func (s *Server) SetBalance(name string) error {
-	p, err := balance.New(name)
-	if err != nil {
-		return err
-	}
-	if _, ok := p.(balance.Hash); ok && s.cfg.HashOn == "host" {
-		p = balance.Hash{OnHost: true}
-	}
-	s.policy.Store(&policyBox{name: name, p: p})
-	return nil
-}
-
-// Balance is the name of the balancing policy.
-func (s *Server) Balance() string { return s.policy.Load().name }
 
 // Start serves ln in the background. Call Shutdown to stop.
 func (s *Server) Start(ln net.Listener) {
@@ -200,18 +160,6 @@ func (s *Server) sweeper() {
 	}
 }
 
-// pruneAttrs forgets the cached metric attributes of targets that left the
-// set, so DNS churn cannot grow the cache.
-func (s *Server) pruneAttrs() {
-	targets := s.set.Targets()
-	s.attrCache.Range(func(k, _ any) bool {
-		if !slices.Contains(targets, k.(*upstream.Target)) {
-			s.attrCache.Delete(k)
-		}
-		return true
-	})
-}
-
 // freeAfterParks is how many streams must have parked since the last
 // returnMemory for it to run again.
 const freeAfterParks = 1024
@@ -302,12 +250,6 @@ func (s *Server) Stats() Stats {
 	}
 	return st
 }
-
-// Targets returns each target's counters, in configuration order.
-func (s *Server) Targets() []upstream.Stats { return s.set.Stats() }
-
-// Set is the server's target set, for the admin API and health checks.
-func (s *Server) Set() *upstream.Set { return s.set }
 
 // Summary is what Shutdown reports.
 type Summary struct {

@@ -225,7 +225,7 @@ func ndjsonConfig(c Values, log *slog.Logger) (ndjson.Config, error) {
 		return cfg, err
 	}
 	if cfg.Listener.MaxConns == 0 {
-		cfg.Listener.MaxConns = ndjson.DefaultMaxConns()
+		cfg.Listener.MaxConns = listener.DefaultMaxConns()
 	}
 	if cfg.Listener.TLS, cfg.Pool.TLS, err = tlsConfig(c, log); err != nil {
 		return cfg, err

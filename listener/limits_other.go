@@ -1,5 +1,5 @@
 //go:build !linux
 
-package ndjson
+package listener
 
 func fileLimit() uint64 { return 0 }

@@ -1,4 +1,4 @@
-package ndjson
+package listener
 
 import "golang.org/x/sys/unix"
 
