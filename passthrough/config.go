@@ -29,6 +29,8 @@ const (
 	DefaultBackoffInitial = 100 * time.Millisecond
 	DefaultBackoffMax     = 2 * time.Second
 	DefaultParkAfter      = 2 * time.Second
+	// DefaultUDPIdleTimeout is Config.UDPIdleTimeout.
+	DefaultUDPIdleTimeout = time.Minute
 )
 
 // Errors. ErrConfig is wrapped by Validate's errors; ErrNoTarget by the
@@ -122,6 +124,16 @@ type Config struct {
 	// before they are closed.
 	DrainTimeout time.Duration
 
+	// UDP makes the server one of UDP datagrams (NewUDP): the datagrams of
+	// one client address form a flow bound to one target. Connection
+	// settings do not apply to it: TLS on either side, PROXY headers,
+	// per-source limits, ParkAfter, KeepAlive, ConnectRetries.
+	// Listener.MaxConns bounds the flows.
+	UDP bool
+	// UDPIdleTimeout ends a flow with no datagram either way for that
+	// long.
+	UDPIdleTimeout time.Duration
+
 	// Dial opens target connections; nil means a net.Dialer with
 	// KeepAlive. Tests inject refusals and stalls here.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -146,6 +158,7 @@ func DefaultConfig() Config {
 		IdleTimeout:    DefaultIdleTimeout,
 		ParkAfter:      DefaultParkAfter,
 		DrainTimeout:   DefaultDrainTimeout,
+		UDPIdleTimeout: DefaultUDPIdleTimeout,
 	}
 }
 
@@ -192,5 +205,31 @@ func (c Config) Validate() error {
 	case c.SendProxy != 0 && c.SendProxy != 1 && c.SendProxy != 2:
 		return bad("SendProxy", "PROXY protocol version %d: want 1 or 2 (0: none)", c.SendProxy)
 	}
+	if c.UDP {
+		if err := c.validateUDP(); err != nil {
+			return err
+		}
+	}
 	return invalid.In(ErrConfig, "Listener", c.Listener.Validate())
+}
+
+// validateUDP refuses what a UDP server cannot do.
+func (c Config) validateUDP() error {
+	bad := func(field, format string, a ...any) error { return invalid.Field(ErrConfig, field, format, a...) }
+	l := c.Listener
+	switch {
+	case c.UDPIdleTimeout <= 0:
+		return bad("UDPIdleTimeout", "UDP idle timeout %s must be positive (flows hold a socket each)", c.UDPIdleTimeout)
+	case c.TLS != nil:
+		return bad("TLS", "UDP flows cannot use TLS to the targets")
+	case c.SendProxy != 0:
+		return bad("SendProxy", "UDP flows cannot send PROXY headers")
+	case l.TLS != nil:
+		return bad("Listener.TLS", "a UDP listener cannot terminate TLS")
+	case l.AcceptProxy || len(l.ProxyFrom) > 0:
+		return bad("Listener.AcceptProxy", "a UDP listener cannot read PROXY headers")
+	case l.MaxConnsPerSource != 0 || l.ConnRatePerSource != 0:
+		return bad("Listener.MaxConnsPerSource", "per-source limits apply to TCP connections, not UDP flows")
+	}
+	return nil
 }

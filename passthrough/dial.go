@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -156,13 +157,21 @@ func hashKey(client net.Addr, k HashKey) []byte {
 	if !ok {
 		return []byte(client.String())
 	}
-	ip := ta.IP
-	if v4 := ip.To4(); v4 != nil {
-		ip = v4
+	return hashKeyOf(ta.AddrPort(), k)
+}
+
+// hashKeyOf is hashKey of an address and port (a UDP client's).
+func hashKeyOf(client netip.AddrPort, k HashKey) []byte {
+	key := make([]byte, 0, 18)
+	if ip := client.Addr().Unmap(); ip.Is4() {
+		b := ip.As4()
+		key = append(key, b[:]...)
+	} else {
+		b := ip.As16()
+		key = append(key, b[:]...)
 	}
-	key := append(make([]byte, 0, 18), ip...)
 	if k == HashIPPort {
-		key = append(key, byte(ta.Port>>8), byte(ta.Port))
+		key = append(key, byte(client.Port()>>8), byte(client.Port()))
 	}
 	return key
 }

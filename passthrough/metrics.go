@@ -2,6 +2,8 @@ package passthrough
 
 import (
 	"context"
+	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -129,4 +131,71 @@ func (s *core) recordDuration(d time.Duration, t *upstream.Target) {
 	if m, err := instruments(); err == nil {
 		m.duration.Record(context.Background(), d.Seconds(), s.optsFor(t).duration)
 	}
+}
+
+// udpInstruments are the UDP server's own instruments, made once.
+var udpInstruments = sync.OnceValues(func() (udpMetrics, error) {
+	m := otel.Meter("github.com/ndlb/ndlb/passthrough")
+	var u udpMetrics
+	var errs [4]error
+	u.flows, errs[0] = m.Int64ObservableCounter("ndlb.udp.flows", metric.WithUnit("{flow}"),
+		metric.WithDescription("UDP flows opened (a client address and port bound to a target)."))
+	u.active, errs[1] = m.Int64ObservableUpDownCounter("ndlb.udp.flows.active", metric.WithUnit("{flow}"),
+		metric.WithDescription("UDP flows open now."))
+	u.datagrams, errs[2] = m.Int64ObservableCounter("ndlb.udp.datagrams", metric.WithUnit("{datagram}"),
+		metric.WithDescription("UDP datagrams from clients (network.io.direction receive) and to them (transmit)."))
+	u.dropped, errs[3] = m.Int64ObservableCounter("ndlb.udp.dropped", metric.WithUnit("{datagram}"),
+		metric.WithDescription("UDP datagrams dropped, by ndlb.reason: no_target, flow_limit, send_error, reply_error, shutdown, kernel_overflow."))
+	return u, errors.Join(errs[:]...)
+})
+
+type udpMetrics struct {
+	flows, datagrams, dropped metric.Int64ObservableCounter
+	active                    metric.Int64ObservableUpDownCounter
+}
+
+// observeUDP registers the UDP server's metrics: its own, the flows closed
+// (ndlb.passthrough.closed, with the reason icmp besides idle and
+// shutdown) and the targets'.
+func (s *UDPServer) observeUDP() []metric.Registration {
+	m, err := instruments()
+	u, uerr := udpInstruments()
+	if err = errors.Join(err, uerr); err != nil {
+		s.log.Warn("metrics unavailable", "err", err)
+		return nil
+	}
+	base := append(s.attrs(), attribute.String("network.transport", "udp"))
+	with := func(k, v string) metric.ObserveOption {
+		return metric.WithAttributes(append(slices.Clone(base), attribute.String(k, v))...)
+	}
+	set := metric.WithAttributes(base...)
+	in, out := with(string(upstream.AttrDirection), "receive"), with(string(upstream.AttrDirection), "transmit")
+	closed := map[string]metric.ObserveOption{"idle": with("ndlb.reason", "idle"), "icmp": with("ndlb.reason", "icmp"), "shutdown": with("ndlb.reason", "shutdown")}
+	reasons := []string{"no_target", "flow_limit", "send_error", "reply_error", "shutdown", "kernel_overflow"}
+	drops := map[string]metric.ObserveOption{}
+	for _, r := range reasons {
+		drops[r] = with("ndlb.reason", r)
+	}
+	var regs []metric.Registration
+	r, err := otel.Meter("github.com/ndlb/ndlb/passthrough").RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		st := s.Stats()
+		o.ObserveInt64(u.flows, int64(st.Flows), set)
+		o.ObserveInt64(u.active, st.ActiveFlows, set)
+		o.ObserveInt64(u.datagrams, int64(st.FromClients), in)
+		o.ObserveInt64(u.datagrams, int64(st.ToClients), out)
+		for i, v := range []uint64{st.NoTarget, st.FlowLimit, st.SendErrors, st.ReplyErrors, st.Shutdown, st.Overflows} {
+			o.ObserveInt64(u.dropped, int64(v), drops[reasons[i]])
+		}
+		o.ObserveInt64(m.closed, int64(st.IdleClosed), closed["idle"])
+		o.ObserveInt64(m.closed, int64(st.ICMPClosed), closed["icmp"])
+		o.ObserveInt64(m.closed, int64(st.ShutdownClosed), closed["shutdown"])
+		return nil
+	}, u.flows, u.active, u.datagrams, u.dropped, m.closed)
+	if err == nil {
+		regs = append(regs, r)
+	}
+	if r, err := s.set.ObserveMetrics(s.name()); err == nil {
+		regs = append(regs, r)
+	}
+	return regs
 }

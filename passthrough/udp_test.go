@@ -1,0 +1,369 @@
+package passthrough
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/ndlb/ndlb/listener"
+)
+
+// udpBackend is a loopback UDP target that answers every datagram with
+// its name, a space and the datagram, until the test ends or stop is
+// called.
+type udpBackend struct {
+	name string
+	c    *net.UDPConn
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	from map[netip.AddrPort]int // datagrams by sender (ndlb's flow sockets)
+}
+
+func newUDPBackend(t *testing.T, name string) *udpBackend {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &udpBackend{name: name, c: c, from: map[netip.AddrPort]int{}}
+	b.wg.Go(func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			b.mu.Lock()
+			b.from[from]++
+			b.mu.Unlock()
+			_, _ = c.WriteToUDPAddrPort(append([]byte(name+" "), buf[:n]...), from)
+		}
+	})
+	t.Cleanup(b.stop)
+	return b
+}
+
+func (b *udpBackend) addr() string { return b.c.LocalAddr().String() }
+
+// stop closes the backend's socket: datagrams to it then draw ICMP port
+// unreachable errors.
+func (b *udpBackend) stop() { b.c.Close(); b.wg.Wait() }
+
+func (b *udpBackend) flows() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.from)
+}
+
+func udpConfig(targets ...string) Config {
+	cfg := testConfig(targets...)
+	cfg.UDP = true
+	cfg.DrainTimeout = 100 * time.Millisecond // flows that wait for answers
+	return cfg
+}
+
+func startUDP(t *testing.T, cfg Config) *UDPServer {
+	t.Helper()
+	s, err := NewUDP(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start(listener.NewPacket(c, nil))
+	t.Cleanup(func() { s.Shutdown() })
+	return s
+}
+
+// udpClient is a client socket on 127.0.0.host.
+func udpClient(t *testing.T, host byte, server net.Addr) *net.UDPConn {
+	t.Helper()
+	c, err := net.DialUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, host)}, server.(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// exchange sends msg and returns the answer, or an error after a second.
+func exchange(c *net.UDPConn, msg string) (string, error) { return exchangeWithin(c, msg, time.Second) }
+
+// exchangeWithin is exchange, waiting up to wait: a short wait where no
+// answer is expected.
+func exchangeWithin(c *net.UDPConn, msg string, wait time.Duration) (string, error) {
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 64<<10)
+	_ = c.SetReadDeadline(time.Now().Add(wait))
+	n, err := c.Read(buf)
+	return string(buf[:n]), err
+}
+
+// TestUDPEchoAndPolicies: 50 client addresses send 1000 datagrams each
+// (100 for the policies after the first), every answer comes back whole from
+// one backend per client, and the backends share the flows as the policy
+// says.
+func TestUDPEchoAndPolicies(t *testing.T) {
+	for _, policy := range []string{"roundrobin", "first", "leastconn", "random", "hash"} {
+		t.Run(policy, func(t *testing.T) {
+			a, b := newUDPBackend(t, "A"), newUDPBackend(t, "B")
+			cfg := udpConfig(a.addr(), b.addr())
+			cfg.Balance = policy
+			s := startUDP(t, cfg)
+			perClient := 100
+			if policy == "roundrobin" {
+				perClient = 1000 // the load, once
+			}
+			const clients = 50
+			var mu sync.Mutex
+			byBackend := map[string]int{}
+			var wg sync.WaitGroup
+			errs := make(chan error, clients)
+			for i := range clients {
+				c := udpClient(t, byte(10+i), s.Addr())
+				wg.Go(func() {
+					seen := ""
+					for j := range perClient {
+						msg := fmt.Sprintf("client %d datagram %d %s", i, j, strings.Repeat("x", j%300))
+						got, err := exchange(c, msg)
+						if err != nil {
+							errs <- fmt.Errorf("client %d datagram %d: %w", i, j, err)
+							return
+						}
+						name, body, _ := strings.Cut(got, " ")
+						if body != msg {
+							errs <- fmt.Errorf("client %d: answer %q to %q", i, got, msg)
+							return
+						}
+						if seen != "" && name != seen {
+							errs <- fmt.Errorf("client %d moved from %s to %s", i, seen, name)
+							return
+						}
+						seen = name
+					}
+					mu.Lock()
+					byBackend[seen]++
+					mu.Unlock()
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+			switch policy {
+			case "first":
+				if byBackend["A"] != clients {
+					t.Errorf("first: %v, want every client on A", byBackend)
+				}
+			case "roundrobin", "leastconn":
+				if byBackend["A"] != clients/2 || byBackend["B"] != clients/2 {
+					t.Errorf("%s: %v, want 25 and 25", policy, byBackend)
+				}
+			default:
+				if byBackend["A"] < 10 || byBackend["B"] < 10 {
+					t.Errorf("%s: %v, want both used", policy, byBackend)
+				}
+			}
+			st := s.Stats()
+			want := uint64(clients * perClient)
+			if st.Flows != clients || st.FromClients != want || st.ToClients != want || st.Dropped() != 0 {
+				t.Errorf("stats %+v: want %d flows, %d datagrams each way, none dropped", st, clients, want)
+			}
+			if a.flows()+b.flows() != clients {
+				t.Errorf("backends saw %d flow sockets, want %d", a.flows()+b.flows(), clients)
+			}
+		})
+	}
+}
+
+// TestUDPHashSticksAcrossFlows: with hash, a client address reaches the
+// same target again after its flow expired, and ip+first spreads one
+// address's flows by their first bytes.
+func TestUDPHashSticksAcrossFlows(t *testing.T) {
+	backends := []*udpBackend{newUDPBackend(t, "A"), newUDPBackend(t, "B"), newUDPBackend(t, "C")}
+	cfg := udpConfig(backends[0].addr(), backends[1].addr(), backends[2].addr())
+	cfg.Balance, cfg.HashFirst = "hash", ByteRange{Offset: 0, Length: 8}
+	clock := clockwork.NewFakeClock()
+	cfg.Clock = clock
+	s := startUDP(t, cfg)
+	first := map[string]string{}
+	for round := range 2 {
+		for i := range 40 {
+			key := fmt.Sprintf("user%04d", i)
+			c := udpClient(t, 7, s.Addr()) // one address, as behind a NAT
+			got, err := exchange(c, key+" hello")
+			if err != nil {
+				t.Fatal(err)
+			}
+			name, _, _ := strings.Cut(got, " ")
+			if round == 0 {
+				first[key] = name
+			} else if first[key] != name {
+				t.Fatalf("%s moved from %s to %s", key, first[key], name)
+			}
+			c.Close()
+		}
+		clock.Advance(2 * cfg.UDPIdleTimeout)
+		waitFor(t, "flows expire", func() bool { clock.Advance(time.Second); return s.Stats().ActiveFlows == 0 })
+	}
+	used := map[string]int{}
+	for _, n := range first {
+		used[n]++
+	}
+	if len(used) != 3 {
+		t.Errorf("40 keys from one address used %v, want all three targets", used)
+	}
+	if st := s.Stats(); st.Flows != 80 || st.IdleClosed != 80 {
+		t.Errorf("stats %+v: want 80 flows opened and expired", st)
+	}
+}
+
+// TestUDPFlowLimit: beyond Listener.MaxConns flows, datagrams that would
+// open one are dropped and counted.
+func TestUDPFlowLimit(t *testing.T) {
+	a := newUDPBackend(t, "A")
+	cfg := udpConfig(a.addr())
+	cfg.Listener.MaxConns = 3
+	s := startUDP(t, cfg)
+	for i := range 3 {
+		if _, err := exchange(udpClient(t, byte(20+i), s.Addr()), "hi"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	extra := udpClient(t, 30, s.Addr())
+	for range 5 {
+		if _, err := exchangeWithin(extra, "over", 50*time.Millisecond); err == nil {
+			t.Fatal("a fourth flow was served")
+		}
+	}
+	if st := s.Stats(); st.Flows != 3 || st.FlowLimit != 5 || st.ActiveFlows != 3 {
+		t.Errorf("stats %+v: want 3 flows and 5 datagrams over the limit", st)
+	}
+}
+
+// TestUDPICMPFailsOver: a target whose port is closed draws ICMP errors;
+// its flows end, it is skipped after MaxFails, and the client's next
+// datagrams reach the live target.
+func TestUDPICMPFailsOver(t *testing.T) {
+	dead, live := newUDPBackend(t, "dead"), newUDPBackend(t, "live")
+	dead.stop()
+	cfg := udpConfig(dead.addr(), live.addr())
+	cfg.Balance, cfg.MaxFails = "first", 1
+	s := startUDP(t, cfg)
+	c := udpClient(t, 40, s.Addr())
+	var got string
+	for i := 0; i < 20 && !strings.HasPrefix(got, "live "); i++ {
+		got, _ = exchangeWithin(c, "ping", 100*time.Millisecond)
+	}
+	if got != "live ping" {
+		t.Fatalf("never reached the live target: last answer %q", got)
+	}
+	st := s.Stats()
+	if st.ICMPClosed == 0 {
+		t.Errorf("stats %+v: want a flow ended by ICMP", st)
+	}
+	if tg := s.Targets()[0]; tg.Failures == 0 {
+		t.Errorf("dead target %+v: want its failures counted", tg)
+	}
+}
+
+// TestUDPHandoverAndShutdown: a replacement server takes the socket and
+// serves the same clients; the old one's flows end at its shutdown.
+func TestUDPHandoverAndShutdown(t *testing.T) {
+	a := newUDPBackend(t, "A")
+	old := startUDP(t, udpConfig(a.addr()))
+	c := udpClient(t, 50, old.Addr())
+	if _, err := exchange(c, "one"); err != nil {
+		t.Fatal(err)
+	}
+	ln := old.Handover()
+	if ln == nil {
+		t.Fatal("no socket handed over")
+	}
+	cfg := udpConfig(a.addr())
+	cfg.UDPIdleTimeout = 50 * time.Millisecond
+	next, err := NewUDP(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next.Start(ln)
+	if got, err := exchange(c, "two"); err != nil || got != "A two" {
+		t.Fatalf("after handover: %q, %v", got, err)
+	}
+	sum := old.Shutdown()
+	if sum.Flows != 1 || sum.ActiveFlows != 0 || sum.IdleClosed+sum.ShutdownClosed != 1 {
+		t.Errorf("old summary %+v", sum)
+	}
+	if got, err := exchange(c, "three"); err != nil || got != "A three" {
+		t.Fatalf("after the old server's shutdown: %q, %v", got, err)
+	}
+	sum = next.Shutdown()
+	if sum.FromClients != 2 || sum.ToClients != 2 || sum.ActiveFlows != 0 {
+		t.Errorf("new summary %+v", sum)
+	}
+	if _, err := c.Write([]byte("late")); err == nil {
+		// The socket is closed: nothing answers, and nothing leaks.
+		buf := make([]byte, 16)
+		_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if n, err := c.Read(buf); err == nil {
+			t.Errorf("answer after shutdown: %q", buf[:n])
+		}
+	}
+}
+
+// TestUDPNoTarget: with every target draining, datagrams are dropped and
+// counted.
+func TestUDPNoTarget(t *testing.T) {
+	a := newUDPBackend(t, "A")
+	s := startUDP(t, udpConfig(a.addr()))
+	s.Set().Targets()[0].Drain()
+	c := udpClient(t, 60, s.Addr())
+	if _, err := exchangeWithin(c, "x", 50*time.Millisecond); err == nil {
+		t.Fatal("a draining target got a new flow")
+	}
+	if st := s.Stats(); st.NoTarget != 1 || st.Flows != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestUDPBigDatagram: the largest datagram passes whole both ways.
+func TestUDPBigDatagram(t *testing.T) {
+	a := newUDPBackend(t, "A")
+	s := startUDP(t, udpConfig(a.addr()))
+	c := udpClient(t, 61, s.Addr())
+	msg := bytes.Repeat([]byte("z"), 65000)
+	got, err := exchange(c, string(msg))
+	if err != nil || got != "A "+string(msg) {
+		t.Fatalf("got %d bytes, %v", len(got), err)
+	}
+}
+
+func TestUDPConfig(t *testing.T) {
+	for name, mutate := range map[string]func(*Config){
+		"idle":        func(c *Config) { c.UDPIdleTimeout = 0 },
+		"send-proxy":  func(c *Config) { c.SendProxy = 2 },
+		"accept-prox": func(c *Config) { c.Listener.AcceptProxy = true },
+		"per-source":  func(c *Config) { c.Listener.MaxConnsPerSource = 3 },
+	} {
+		cfg := udpConfig("127.0.0.1:1")
+		mutate(&cfg)
+		if _, err := NewUDP(cfg); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, err := NewUDP(testConfig("127.0.0.1:1")); err == nil {
+		t.Error("NewUDP without UDP accepted")
+	}
+}
