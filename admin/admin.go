@@ -38,6 +38,7 @@ type ListenerInfo struct {
 	Name     string `json:"name"`
 	Addr     string `json:"addr"`
 	Mode     string `json:"mode"`              // "ndjson" or "passthrough"
+	Proto    string `json:"proto"`             // "tcp" or "udp"
 	Balance  string `json:"balance,omitempty"` // passthrough's policy
 	TLS      bool   `json:"tls"`
 	Active   int64  `json:"active_connections"`

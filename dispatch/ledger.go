@@ -19,10 +19,14 @@ const (
 	// DropShutdown: read but not delivered when the shutdown deadline
 	// passed.
 	DropShutdown = "shutdown"
+	// DropBinary: a UDP datagram holding a NUL byte, which no line of
+	// text does (a compressed GELF datagram, a stray probe), dropped
+	// whole.
+	DropBinary = "binary"
 )
 
 // DropReasons lists every reason, in the order reports show them.
-var DropReasons = []string{DropOversize, DropIncomplete, DropMemory, DropShutdown}
+var DropReasons = []string{DropOversize, DropIncomplete, DropMemory, DropShutdown, DropBinary}
 
 // Ledger is the account of one listener's lines: every line read from a
 // client is received, and ends delivered or dropped with a reason; until
@@ -32,6 +36,7 @@ var DropReasons = []string{DropOversize, DropIncomplete, DropMemory, DropShutdow
 type Ledger struct {
 	received, delivered                    atomic.Uint64
 	oversize, incomplete, memory, shutdown atomic.Uint64
+	binary                                 atomic.Uint64
 }
 
 // NewLedger returns an empty ledger.
@@ -66,6 +71,8 @@ func (l *Ledger) counter(reason string) *atomic.Uint64 {
 		return &l.incomplete
 	case DropMemory:
 		return &l.memory
+	case DropBinary:
+		return &l.binary
 	default:
 		return &l.shutdown
 	}

@@ -10,6 +10,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -36,7 +38,14 @@ const (
 const (
 	KindTCP  = "tcp"  // a TCP connection is accepted
 	KindHTTP = "http" // an HTTP request gets the expected status (and body)
+	KindUDP  = "udp"  // a UDP datagram gets an answer (holding the expected text)
 )
+
+// DefaultUDPSend is UDP.Send's default.
+const DefaultUDPSend = "ping\n"
+
+// MaxUDPSend bounds UDP.Send.
+const MaxUDPSend = 1024
 
 // Errors of the package.
 var (
@@ -45,8 +54,8 @@ var (
 	// ErrStatus is wrapped by an http check whose answer had another
 	// status than the expected one.
 	ErrStatus = errors.New("unexpected HTTP status")
-	// ErrBody is wrapped by an http check whose answer lacked the
-	// expected body text.
+	// ErrBody is wrapped by an http or udp check whose answer lacked the
+	// expected text.
 	ErrBody = errors.New("body lacks the expected text")
 )
 
@@ -62,12 +71,28 @@ type HTTP struct {
 	TLS func() (*tls.Config, error)
 }
 
+// UDP configures a udp check: a datagram is sent to the target and an
+// answer must come within the timeout. A closed port fails at once when the
+// kernel reports the ICMP error.
+type UDP struct {
+	// Send is the datagram's payload; empty means DefaultUDPSend.
+	Send []byte
+	// Expect, if set, must appear in the answer; otherwise any answer
+	// passes.
+	Expect string
+}
+
 // Config configures the checks of one target set.
 type Config struct {
-	Kind              string // KindTCP or KindHTTP
+	Kind              string // KindTCP, KindHTTP or KindUDP
 	Interval, Timeout time.Duration
 	Rise, Fall        int
 	HTTP              HTTP
+	UDP               UDP
+	// Port, if not 0, is checked on the target's host instead of the
+	// target's own port: a side port, such as a TCP or HTTP health port
+	// beside a UDP service.
+	Port int
 	// Name labels the checks' metrics (ndlb.listener); "" leaves the
 	// label out.
 	Name string
@@ -93,8 +118,12 @@ func DefaultConfig(kind string) Config {
 func (c Config) Validate() error {
 	bad := func(field, format string, a ...any) error { return invalid.Field(ErrConfig, field, format, a...) }
 	switch {
-	case c.Kind != KindTCP && c.Kind != KindHTTP:
-		return bad("Kind", "check %q: want tcp or http", c.Kind)
+	case c.Kind != KindTCP && c.Kind != KindHTTP && c.Kind != KindUDP:
+		return bad("Kind", "check %q: want tcp, http or udp", c.Kind)
+	case c.Port < 0 || c.Port > 65535:
+		return bad("Port", "port %d: want 1..65535 (0: the target's own)", c.Port)
+	case len(c.UDP.Send) > MaxUDPSend:
+		return bad("UDP.Send", "a UDP check's datagram of %d bytes: want at most %d", len(c.UDP.Send), MaxUDPSend)
 	case c.Interval <= 0:
 		return bad("Interval", "interval %s must be positive", c.Interval)
 	case c.Timeout <= 0:
@@ -244,18 +273,59 @@ func (c *Checker) watch(ctx context.Context, t *upstream.Target) {
 	}
 }
 
-// Check runs one check of addr.
+// Check runs one check of addr (of its host on Config.Port, if set).
 func (c *Checker) Check(ctx context.Context, addr string) error {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
-	if c.cfg.Kind == KindTCP {
+	if c.cfg.Port != 0 {
+		if host, _, err := net.SplitHostPort(addr); err == nil {
+			addr = net.JoinHostPort(host, strconv.Itoa(c.cfg.Port))
+		}
+	}
+	switch c.cfg.Kind {
+	case KindTCP:
 		conn, err := c.dial(ctx, "tcp", addr)
 		if err != nil {
 			return err
 		}
 		return conn.Close()
+	case KindUDP:
+		return c.checkUDP(ctx, addr)
 	}
 	return c.checkHTTP(ctx, addr)
+}
+
+// ErrNoAnswer is wrapped by a udp check that got no answer in time.
+var ErrNoAnswer = errors.New("no answer")
+
+// checkUDP sends the check's datagram and waits for an answer.
+func (c *Checker) checkUDP(ctx context.Context, addr string) error {
+	conn, err := c.dial(ctx, "udp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	send := c.cfg.UDP.Send
+	if len(send) == 0 {
+		send = []byte(DefaultUDPSend)
+	}
+	if _, err := conn.Write(send); err != nil {
+		return err
+	}
+	buf := make([]byte, 64<<10)
+	n, err := conn.Read(buf)
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return fmt.Errorf("udp %s: %w within %s", addr, ErrNoAnswer, c.cfg.Timeout)
+	case err != nil:
+		return err
+	case c.cfg.UDP.Expect != "" && !strings.Contains(string(buf[:n]), c.cfg.UDP.Expect):
+		return fmt.Errorf("udp %s: %w %q", addr, ErrBody, c.cfg.UDP.Expect)
+	}
+	return nil
 }
 
 func (c *Checker) checkHTTP(ctx context.Context, addr string) error {

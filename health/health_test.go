@@ -196,3 +196,82 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+// udpAnswerer answers every datagram with answer, until the test ends.
+func udpAnswerer(t *testing.T, answer string) string {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			if string(buf[:n]) == DefaultUDPSend || string(buf[:n]) == "\x00\x01" {
+				_, _ = c.WriteToUDPAddrPort([]byte(answer), from)
+			}
+		}
+	}()
+	t.Cleanup(func() { c.Close(); <-done })
+	return c.LocalAddr().String()
+}
+
+// A udp check passes on an answer (with the expected text), fails on a
+// closed port (ICMP), on silence and on the wrong answer; Port checks a
+// side port of the target's host.
+func TestUDPCheck(t *testing.T) {
+	ok := udpAnswerer(t, "pong ready")
+	closed := func() string {
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.LocalAddr().String()
+	}()
+	check := func(cfg Config, addr string) error {
+		t.Helper()
+		c, err := New(cfg, upstream.NewSet(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Check(context.Background(), addr)
+	}
+	cfg := quick(KindUDP)
+	if err := check(cfg, ok); err != nil {
+		t.Errorf("answering target: %v", err)
+	}
+	cfg.UDP.Expect = "ready"
+	if err := check(cfg, ok); err != nil {
+		t.Errorf("expected text: %v", err)
+	}
+	cfg.UDP.Expect = "missing"
+	if err := check(cfg, ok); !errors.Is(err, ErrBody) {
+		t.Errorf("wrong answer: %v, want ErrBody", err)
+	}
+	cfg.UDP.Expect = ""
+	if err := check(cfg, closed); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("closed port: %v, want ECONNREFUSED", err)
+	}
+	cfg.UDP.Send = []byte("not answered")
+	cfg.Timeout = 100 * time.Millisecond
+	if err := check(cfg, ok); !errors.Is(err, ErrNoAnswer) {
+		t.Errorf("silence: %v, want ErrNoAnswer", err)
+	}
+	cfg.UDP.Send = []byte{0, 1}
+	_, port, _ := net.SplitHostPort(ok)
+	cfg.Port, _ = net.LookupPort("udp", port)
+	if err := check(cfg, closed); err != nil {
+		t.Errorf("side port: %v", err)
+	}
+	cfg.UDP.Send = make([]byte, MaxUDPSend+1)
+	if _, err := New(cfg, upstream.NewSet(nil)); err == nil {
+		t.Error("an oversize datagram was accepted")
+	}
+}

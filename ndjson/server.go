@@ -70,6 +70,11 @@ type Config struct {
 	// send, in bytes per second: past it, ndlb reads from it no faster,
 	// so the client is slowed through TCP, and nothing is dropped.
 	ClientRate int64
+	// UDP makes the listener one of datagrams: each holds one or more
+	// lines (a missing final newline is added), framed by the same limits
+	// and queued like a connection's. TLS, PROXY headers, per-source
+	// limits and ClientRate do not apply to it.
+	UDP bool
 	// Book, if set, is where the server files its ledger under its name,
 	// and what reports the ledger metrics (the caller registers them with
 	// ObserveLedgers). Nil: the server keeps and reports its own.
@@ -119,21 +124,35 @@ func (c Config) Validate() error {
 	if err := c.Pool.Validate(); err != nil {
 		return invalid.In(ErrConfig, "Pool", err)
 	}
+	if l := c.Listener; c.UDP {
+		switch {
+		case l.TLS != nil:
+			return bad("Listener.TLS", "a UDP listener cannot terminate TLS")
+		case l.AcceptProxy || len(l.ProxyFrom) > 0:
+			return bad("Listener.AcceptProxy", "a UDP listener cannot read PROXY headers")
+		case l.MaxConnsPerSource != 0 || l.ConnRatePerSource != 0:
+			return bad("Listener.MaxConnsPerSource", "per-source limits apply to TCP connections, not datagrams")
+		case c.ClientRate != 0:
+			return bad("ClientRate", "a client rate slows TCP connections; datagrams cannot be slowed")
+		}
+	}
 	return invalid.In(ErrConfig, "Listener", c.Listener.Validate())
 }
 
 // Server is the NDJSON mode: listener, framers, queue and pool.
 type Server struct {
-	cfg    Config
-	log    *slog.Logger
-	bufs   *framer.Pool
-	budget *framer.Budget
-	ledger *dispatch.Ledger
-	book   *dispatch.Book // cfg.Book, or the server's own
-	q      *dispatch.Queue
-	set    *upstream.Set
-	pool   *pool.Pool
-	ln     *listener.Listener
+	cfg     Config
+	log     *slog.Logger
+	bufs    *framer.Pool
+	budget  *framer.Budget
+	ledger  *dispatch.Ledger
+	book    *dispatch.Book // cfg.Book, or the server's own
+	q       *dispatch.Queue
+	set     *upstream.Set
+	pool    *pool.Pool
+	ln      *listener.Listener // nil for UDP
+	udp     *datagrams         // UDP only
+	udpWarn rate.Sometimes
 
 	// hard is cancelled when delivery must stop: pushes and the pool
 	// give up, and what is left is counted as dropped.
@@ -181,15 +200,21 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Start serves ln in the background. Call Shutdown to stop.
+// Start serves ln in the background (a *listener.Packet for UDP). Call
+// Shutdown to stop.
 func (s *Server) Start(ln net.Listener) {
 	lc := s.cfg.Listener
 	lc.Logger = s.log
-	s.ln = listener.New(ln, s, lc)
 	s.serveErr = make(chan error, 1)
 	s.poolDone = make(chan struct{})
 	s.book.Add(s.name(), s.ledger) // only servers that run are on the books
-	go func() { s.serveErr <- s.ln.Serve() }()
+	if pc, ok := ln.(*listener.Packet); ok {
+		s.udpWarn = rate.Sometimes{First: 1, Interval: 10 * time.Second}
+		s.startDatagrams(pc)
+	} else {
+		s.ln = listener.New(ln, s, lc)
+		go func() { s.serveErr <- s.ln.Serve() }()
+	}
 	go func() { defer close(s.poolDone); s.pool.Run(s.hard) }()
 	regs := []func() (metric.Registration, error){
 		func() (metric.Registration, error) { return s.ln.ObserveMetrics(s.attrs()...) },
@@ -199,15 +224,30 @@ func (s *Server) Start(ln net.Listener) {
 	if s.cfg.Book == nil {
 		regs = append(regs, func() (metric.Registration, error) { return ObserveLedgers(s.book) })
 	}
+	if s.ln == nil {
+		regs = regs[1:] // no connections
+	}
 	s.metrics = registerAll(s.log, regs...)
-	s.log.Info("listening", "addr", ln.Addr().String(), "mode", "ndjson", "targets", s.cfg.Targets,
+	s.log.Info("listening", "addr", ln.Addr().String(), "mode", "ndjson", "proto", network(s.udp != nil), "targets", s.cfg.Targets,
 		"connections_per_target", s.cfg.Pool.Connections, "tls", lc.TLS != nil,
 		"accept_proxy", lc.AcceptProxy, "max_conns", lc.MaxConns, "client_memory", s.cfg.ClientMemory,
 		"line_timeout", s.cfg.LineTimeout.String())
 }
 
 // Addr is the listening address.
-func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+func (s *Server) Addr() net.Addr {
+	if s.udp != nil {
+		return s.udp.pc.Addr()
+	}
+	return s.ln.Addr()
+}
+
+func network(udp bool) string {
+	if udp {
+		return "udp"
+	}
+	return "tcp"
+}
 
 // Err is signalled if the listener fails on its own (not by Shutdown).
 func (s *Server) Err() <-chan error { return s.serveErr }
@@ -490,7 +530,15 @@ type Summary struct {
 // waiting in its backlog are served by the replacement, never reset. Call
 // Shutdown afterwards to drain this server. It returns nil when the socket
 // cannot be handed over; Shutdown then closes it as usual.
-func (s *Server) Handover() net.Listener { return s.ln.Handover() }
+//
+// A UDP server stops reading at once; the datagrams the kernel holds are
+// the replacement's.
+func (s *Server) Handover() net.Listener {
+	if s.udp != nil {
+		return s.handOverDatagrams()
+	}
+	return s.ln.Handover()
+}
 
 // Stats are the server's counters.
 type Stats struct {
@@ -507,6 +555,11 @@ type Stats struct {
 	// CutAtDrain counts fragments dropped because shutdown closed their
 	// connections (part of DroppedIncomplete).
 	CutAtDrain uint64
+	// Datagrams counts the UDP datagrams read, DroppedBinary those dropped
+	// for holding a NUL byte, and Overflows those the kernel dropped
+	// before ndlb read them, the socket's buffer full (SO_RXQ_OVFL; not in
+	// the ledger, which counts what was read).
+	Datagrams, DroppedBinary, Overflows uint64
 }
 
 // Stats returns the server's counters.
@@ -520,6 +573,9 @@ func (s *Server) Stats() Stats {
 	}
 	if s.ln != nil {
 		st.Listener = s.ln.Stats()
+	}
+	if d := s.udp; d != nil {
+		st.Datagrams, st.DroppedBinary, st.Overflows = d.count.Load(), d.binary.Load(), d.overflows.Load()
 	}
 	return st
 }
@@ -543,7 +599,9 @@ func (s *Server) Shutdown() Summary {
 		giveUp := time.AfterFunc(s.cfg.DrainTimeout+s.cfg.DeliverTimeout, s.hardCancel)
 		s.log.Info("shutting down: no new connections; draining clients", "drain_timeout", s.cfg.DrainTimeout)
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
-		if err := s.ln.Shutdown(ctx); err != nil {
+		if s.udp != nil {
+			s.stopDatagrams()
+		} else if err := s.ln.Shutdown(ctx); err != nil {
 			s.log.Warn("drain timeout passed with clients still connected; their connections were closed")
 		}
 		cancel()
@@ -583,7 +641,8 @@ func (s *Server) Shutdown() Summary {
 			"retried_batches", st.Queue.RetriedBatches,
 			"retried_lines", st.Queue.RetriedLines, "failovers", st.Pool.Failovers, "failbacks", st.Pool.Failbacks,
 			"resets", st.Pool.Resets, "proxy_rejected", st.Listener.ProxyRejected, "proxy_untrusted", st.Listener.ProxyUntrusted,
-			"source_limited", st.Listener.SourceConns+st.Listener.SourceRate, "sources_untracked", st.Listener.SourcesUntracked)
+			"source_limited", st.Listener.SourceConns+st.Listener.SourceRate, "sources_untracked", st.Listener.SourcesUntracked,
+			"datagrams", st.Datagrams, "dropped_binary", st.DroppedBinary, "kernel_overflows", st.Overflows)
 	})
 	return s.summary
 }

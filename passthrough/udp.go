@@ -128,7 +128,7 @@ func (s *UDPServer) Start(ln net.Listener) {
 	}
 	s.pc = pc
 	_ = pc.SetReadBuffer(udpReadBuffer)
-	overflowCounts(pc.UDPConn)
+	pc.CountOverflows()
 	go func() {
 		defer close(s.readDone)
 		if err := s.read(); err != nil {
@@ -152,7 +152,7 @@ func (s *UDPServer) read() error {
 	ms := make([]ipv4.Message, udpBatch)
 	for i := range ms {
 		ms[i].Buffers = [][]byte{make([]byte, maxDatagram)}
-		ms[i].OOB = make([]byte, unix.CmsgSpace(4))
+		ms[i].OOB = make([]byte, listener.OverflowSpace)
 	}
 	for {
 		n, err := pc.ReadBatch(ms, 0)
@@ -168,7 +168,9 @@ func (s *UDPServer) read() error {
 		}
 		for i := range ms[:n] {
 			m := &ms[i]
-			s.noteOverflow(m.OOB[:m.NN])
+			if n, ok := listener.Overflows(m.OOB[:m.NN]); ok {
+				s.overflows.Store(n)
+			}
 			ua, ok := m.Addr.(*net.UDPAddr)
 			if !ok {
 				continue

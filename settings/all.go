@@ -47,6 +47,8 @@ var All = []Setting{
 	{Name: "proxy-header-timeout", Fields: []string{"ndjson.Listener.ProxyHeaderTimeout", "passthrough.Listener.ProxyHeaderTimeout"}, Kind: config.Duration, Default: listener.DefaultProxyHeaderTimeout, Group: groupListen, Usage: "with --accept-proxy, how long a connection may take to send its header"},
 	{Name: "drain-timeout", Fields: []string{"ndjson.DrainTimeout", "passthrough.DrainTimeout"}, Kind: config.Duration, Default: ndjson.DefaultDrainTimeout, Group: groupListen, Usage: "on SIGTERM, how long clients may keep their connections before they are closed"},
 	{Name: "passthrough", Kind: config.Bool, Group: groupListen, Usage: "L4 mode: proxy each client connection whole to one target, bytes unchanged"},
+	{Name: "proto", Kind: config.String, Default: "tcp", Group: groupListen, Usage: "what the listener takes: tcp, or udp (see --udp)"},
+	{Name: "udp", Kind: config.Bool, Group: groupListen, Usage: "listen for UDP datagrams (--proto udp): with --passthrough, the datagrams of each client address form a flow relayed to one target and back; in NDJSON mode, each datagram holds lines, queued like a connection's. TLS and PROXY settings do not apply"},
 
 	{Name: "target", Fields: []string{"ndjson.Targets", "passthrough.Targets"}, Kind: config.Strings, Group: groupTargets, Reload: LiveTargets, Usage: "target HOST:PORT, or HOST:PORT=WEIGHT (1..256, default 1); comma-separated and/or repeated (required)"},
 	{Name: "target-dns", Fields: []string{"discovery.DNS"}, Kind: config.Strings, Group: groupTargets, Reload: LiveTargets, Usage: "targets from DNS: NAME:PORT, re-resolved (A and AAAA) every --dns-interval; comma-separated and/or repeated"},
@@ -86,9 +88,11 @@ var All = []Setting{
 	{Name: "max-fails", Fields: []string{"passthrough.MaxFails"}, Kind: config.Int, Default: passDefaults.MaxFails, Group: groupPassthrough, Mode: Passthrough, Usage: "a target whose last N attempts failed is skipped for --fail-timeout, unless all are (0: never skip)"},
 	{Name: "fail-timeout", Fields: []string{"passthrough.FailTimeout"}, Kind: config.Duration, Default: passDefaults.FailTimeout, Group: groupPassthrough, Mode: Passthrough, Usage: "how long a failing target is skipped"},
 	{Name: "idle-timeout", Fields: []string{"passthrough.IdleTimeout"}, Kind: config.Duration, Default: passDefaults.IdleTimeout, Group: groupPassthrough, Mode: Passthrough, Usage: "close a connection with no traffic either way for this long (0: never)"},
+	{Name: "udp-idle-timeout", Fields: []string{"passthrough.UDPIdleTimeout"}, Kind: config.Duration, Default: passthrough.DefaultUDPIdleTimeout, Group: groupPassthrough, Mode: Passthrough, Usage: "with --udp, end a flow with no datagram either way for this long (its socket to the target is closed)"},
 	{Name: "send-proxy", Fields: []string{"passthrough.SendProxy"}, Kind: config.String, Group: groupPassthrough, Mode: Passthrough, Usage: "send a PROXY protocol header (v1 or v2) with the client's address to each target"},
 
-	{Name: "check", Fields: []string{"health.Kind"}, Kind: config.String, Group: groupCheck, Reload: LiveChecks, Usage: "active health checks of the targets: tcp (connect) or http (off by default)"},
+	{Name: "check", Fields: []string{"health.Kind"}, Kind: config.String, Group: groupCheck, Reload: LiveChecks, Usage: "active health checks of the targets: tcp (connect), http, or udp (a datagram is answered) (off by default)"},
+	{Name: "check-port", Fields: []string{"health.Port"}, Kind: config.Int, Default: 0, Group: groupCheck, Reload: LiveChecks, Usage: "check this port of each target's host instead of the target's own (a health port beside the service; 0: the target's)"},
 	{Name: "check-interval", Fields: []string{"health.Interval"}, Kind: config.Duration, Default: health.DefaultInterval, Group: groupCheck, Reload: LiveChecks, Usage: "time between checks of a target"},
 	{Name: "check-timeout", Fields: []string{"health.Timeout"}, Kind: config.Duration, Default: health.DefaultTimeout, Group: groupCheck, Reload: LiveChecks, Usage: "timeout of one check"},
 	{Name: "check-rise", Fields: []string{"health.Rise"}, Kind: config.Int, Default: health.DefaultRise, Group: groupCheck, Reload: LiveChecks, Usage: "passing checks in a row that bring a down target up"},
@@ -98,6 +102,8 @@ var All = []Setting{
 	{Name: "check-http-status", Fields: []string{"health.HTTP.Status"}, Kind: config.Int, Default: 200, Group: groupCheck, Reload: LiveChecks, Usage: "status an http check expects"},
 	{Name: "check-http-body", Kind: config.String, Group: groupCheck, Reload: LiveChecks, Usage: "text the answer to an http check must contain"},
 	{Name: "check-tls", Kind: config.Bool, Group: groupCheck, Reload: LiveChecks, Usage: "make http checks over TLS: with the --tls-target settings when set, else without verifying the certificate"},
+	{Name: "check-udp-send", Fields: []string{"health.UDP.Send"}, Kind: config.String, Default: `ping\n`, DefaultText: `ping\n`, Group: groupCheck, Reload: LiveChecks, Usage: "datagram a udp check sends: text with \\n, \\r, \\t, \\\\ and \\xHH escapes, or hex:HEX for binary (such as a DNS query)"},
+	{Name: "check-udp-expect", Kind: config.String, Group: groupCheck, Reload: LiveChecks, Usage: "text the answer to a udp check must contain (default: any answer passes)"},
 
 	{Name: "admin", Fields: []string{"admin.Addr"}, Kind: config.String, Group: groupAdmin, Global: true, Reload: Restart, Usage: "serve the admin HTTP API (health, readiness, targets, drain) on HOST:PORT; bind it to loopback (off by default)"},
 	{Name: "admin-token-file", Fields: []string{"admin.TokenFile"}, Kind: config.String, Group: groupAdmin, Global: true, Reload: Restart, Usage: "file holding a bearer token that the admin API's POST routes require; re-read when it changes. Without it, changes are accepted only from this host, and never from a web page"},

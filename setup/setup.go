@@ -2,6 +2,7 @@ package setup
 
 import (
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"net"
@@ -44,19 +45,22 @@ func Listener(name string, c Values, set map[string][]string, log *slog.Logger) 
 	if err := checkMode(c); err != nil {
 		return l, err
 	}
-	var err error
+	udp, err := protoOf(c)
+	if err != nil {
+		return l, err
+	}
 	if l.Addr, err = ListenAddr(c); err != nil {
 		return l, err
 	}
 	var targetTLS func() (*tls.Config, error)
 	if c.Bool("passthrough") {
-		cfg, err := passthroughConfig(c, log)
+		cfg, err := passthroughConfig(c, log, udp)
 		if err != nil {
 			return l, err
 		}
 		l.Mode, l.Targets, l.Balance, targetTLS = supervisor.Passthrough{Config: cfg}, cfg.Targets, cfg.Balance, cfg.TLS
 	} else {
-		cfg, err := ndjsonConfig(c, log)
+		cfg, err := ndjsonConfig(c, log, udp)
 		if err != nil {
 			return l, err
 		}
@@ -91,6 +95,47 @@ func checkMode(c Values) error {
 		}
 	}
 	return nil
+}
+
+// tcpOnly are the settings of TCP connections, which a UDP listener
+// refuses; passthroughTCPOnly are passthrough's.
+var (
+	tcpOnly = []string{"tls-cert", "tls-key", "tls-client-ca", "accept-proxy", "accept-proxy-from", "proxy-header-timeout",
+		"max-conns-per-source", "max-conn-rate-per-source", "client-rate", "line-timeout", "read-bytes"}
+	passthroughTCPOnly = []string{"tls-target", "tls-target-ca", "tls-target-server-name", "tls-target-skip-verify",
+		"tls-target-cert", "tls-target-key", "send-proxy", "idle-timeout", "connect-retries", "backoff-max", "hash-key-timeout"}
+)
+
+// protoOf reads --proto and --udp, and refuses what does not fit the
+// protocol.
+func protoOf(c Values) (udp bool, err error) {
+	switch p := c.String("proto"); p {
+	case "tcp", "":
+		if c.IsSet("proto") && c.Bool("udp") {
+			return false, settings.Errorf("udp", "--udp contradicts --proto %s", p)
+		}
+		udp = c.Bool("udp")
+	case "udp":
+		udp = true
+	default:
+		return false, settings.Errorf("proto", "invalid value %q for --proto: want tcp or udp", p)
+	}
+	if !udp {
+		if c.IsSet("udp-idle-timeout") {
+			return false, settings.Errorf("udp-idle-timeout", "--udp-idle-timeout needs --udp")
+		}
+		return false, nil
+	}
+	refuse := append(slices.Clone(tcpOnly), "max-conns") // NDJSON: no connections to bound
+	if c.Bool("passthrough") {
+		refuse = append(slices.Clone(tcpOnly), passthroughTCPOnly...) // max-conns bounds the flows
+	}
+	for _, n := range refuse {
+		if c.IsSet(n) {
+			return false, settings.Errorf(n, "--%s has no effect with --udp (it concerns TCP connections)", n)
+		}
+	}
+	return true, nil
 }
 
 // listenerConfig maps the flags both modes share onto the listener's config.
@@ -180,9 +225,9 @@ func size(c Values, name string) (int, error) {
 
 // ndjsonConfig maps the flags onto ndjson.Config, validating each value and
 // naming the flag when one is wrong.
-func ndjsonConfig(c Values, log *slog.Logger) (ndjson.Config, error) {
+func ndjsonConfig(c Values, log *slog.Logger, udp bool) (ndjson.Config, error) {
 	cfg := ndjson.DefaultConfig()
-	cfg.Logger = log
+	cfg.Logger, cfg.UDP = log, udp
 	var err error
 	if cfg.Targets, err = targets(c); err != nil {
 		return cfg, err
@@ -224,7 +269,7 @@ func ndjsonConfig(c Values, log *slog.Logger) (ndjson.Config, error) {
 	if cfg.Listener, err = listenerConfig(c); err != nil {
 		return cfg, err
 	}
-	if cfg.Listener.MaxConns == 0 {
+	if cfg.Listener.MaxConns == 0 && !udp {
 		cfg.Listener.MaxConns = listener.DefaultMaxConns()
 	}
 	if cfg.Listener.TLS, cfg.Pool.TLS, err = tlsConfig(c, log); err != nil {
@@ -279,9 +324,9 @@ func tlsConfig(c Values, log *slog.Logger) (server *tls.Config, client func() (*
 }
 
 // passthroughConfig maps the flags onto passthrough.Config.
-func passthroughConfig(c Values, log *slog.Logger) (passthrough.Config, error) {
+func passthroughConfig(c Values, log *slog.Logger, udp bool) (passthrough.Config, error) {
 	cfg := passthrough.DefaultConfig()
-	cfg.Logger = log
+	cfg.Logger, cfg.UDP, cfg.UDPIdleTimeout = log, udp, c.Duration("udp-idle-timeout")
 	var err error
 	if cfg.Targets, err = targets(c); err != nil {
 		return cfg, err
@@ -336,7 +381,7 @@ func checkConfig(c Values, log *slog.Logger, targetTLS func() (*tls.Config, erro
 	kind := c.String("check")
 	if kind == "" {
 		for _, n := range []string{"check-interval", "check-timeout", "check-rise", "check-fall", "check-http-method",
-			"check-http-path", "check-http-status", "check-http-body", "check-tls"} {
+			"check-http-path", "check-http-status", "check-http-body", "check-tls", "check-port", "check-udp-send", "check-udp-expect"} {
 			if c.IsSet(n) {
 				return cfg, false, settings.Errorf(n, "--%s needs --check", n)
 			}
@@ -349,6 +394,17 @@ func checkConfig(c Values, log *slog.Logger, targetTLS func() (*tls.Config, erro
 	cfg.Rise, cfg.Fall = c.Int("check-rise"), c.Int("check-fall")
 	cfg.HTTP.Method, cfg.HTTP.Path = c.String("check-http-method"), c.String("check-http-path")
 	cfg.HTTP.Status, cfg.HTTP.Body = c.Int("check-http-status"), c.String("check-http-body")
+	cfg.Port, cfg.UDP.Expect = c.Int("check-port"), c.String("check-udp-expect")
+	if cfg.UDP.Send, err = datagram(c.String("check-udp-send")); err != nil {
+		return cfg, false, settings.Errorf("check-udp-send", "invalid value %q for --check-udp-send: %v", c.String("check-udp-send"), err)
+	}
+	if kind != health.KindUDP {
+		for _, n := range []string{"check-udp-send", "check-udp-expect"} {
+			if c.IsSet(n) {
+				return cfg, false, settings.Errorf(n, "--%s needs --check udp", n)
+			}
+		}
+	}
 	if c.Bool("check-tls") {
 		cfg.HTTP.TLS = targetTLS
 		if cfg.HTTP.TLS == nil {
@@ -369,6 +425,23 @@ func checkConfig(c Values, log *slog.Logger, targetTLS func() (*tls.Config, erro
 		return cfg, false, err
 	}
 	return cfg, true, nil
+}
+
+// datagram decodes --check-udp-send: hex:HEX, or text with Go's escapes
+// (\n, \t, \xHH...).
+func datagram(v string) ([]byte, error) {
+	if h, ok := strings.CutPrefix(v, "hex:"); ok {
+		b, err := hex.DecodeString(strings.ReplaceAll(h, " ", ""))
+		if err != nil {
+			return nil, errors.New("hex: want pairs of hex digits")
+		}
+		return b, nil
+	}
+	s, err := strconv.Unquote(`"` + strings.ReplaceAll(v, `"`, `\"`) + `"`)
+	if err != nil {
+		return nil, errors.New(`bad escape: use \n, \r, \t, \\ or \xHH`)
+	}
+	return []byte(s), nil
 }
 
 // fieldError turns an error of package pkg's Config.Validate into a

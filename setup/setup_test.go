@@ -65,7 +65,23 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"tls-target-ca", values{"target": target, "tls-target-ca": "ca.pem"}},
 		{"check-http-path", values{"target": target, "check-http-path": "/x"}},
 		{"check-http-path", values{"target": target, "check": "tcp", "check-http-path": "/x"}},
-		{"check", values{"target": target, "check": "udp"}},
+		{"check", values{"target": target, "check": "icmp"}},
+		{"check-port", values{"target": target, "check": "udp", "check-port": 70000}},
+		{"check-udp-send", values{"target": target, "check": "udp", "check-udp-send": strings.Repeat("x", 1025)}},
+		{"check-udp-send", values{"target": target, "check": "udp", "check-udp-send": `\q`}},
+		{"check-udp-send", values{"target": target, "check": "udp", "check-udp-send": "hex:zz"}},
+		{"check-udp-send", values{"target": target, "check": "tcp", "check-udp-send": "x"}},
+		{"check-udp-expect", values{"target": target, "check": "http", "check-udp-expect": "x"}},
+		{"check-port", values{"target": target, "check-port": 9}},
+		{"proto", values{"target": target, "proto": "sctp"}},
+		{"udp", values{"target": target, "proto": "tcp", "udp": true}},
+		{"udp-idle-timeout", values{"target": target, "passthrough": true, "udp-idle-timeout": time.Second}},
+		{"udp-idle-timeout", values{"target": target, "passthrough": true, "udp": true, "udp-idle-timeout": time.Duration(0)}},
+		{"tls-cert", values{"target": target, "udp": true, "tls-cert": "x.pem"}},
+		{"accept-proxy", values{"target": target, "proto": "udp", "accept-proxy": true}},
+		{"max-conns", values{"target": target, "udp": true, "max-conns": 10}},
+		{"send-proxy", values{"target": target, "passthrough": true, "udp": true, "send-proxy": "v2"}},
+		{"idle-timeout", values{"target": target, "passthrough": true, "udp": true, "idle-timeout": time.Second}},
 		{"check-timeout", values{"target": target, "check": "tcp", "check-timeout": 10 * time.Second}},
 		{"check-rise", values{"target": target, "check": "tcp", "check-rise": 0}},
 		{"check-http-status", values{"target": target, "check": "http", "check-http-status": 99}},
@@ -219,5 +235,32 @@ func TestProcessOf(t *testing.T) {
 	p, err := ProcessOf(values{"admin": "127.0.0.1:0", "admin-token-file": token, "log-level": "debug", "log-format": "json"})
 	if err != nil || p.LogLevel != slog.LevelDebug || p.LogFormat != "json" || p.Admin.Addr != "127.0.0.1:0" || p.UpgradeTimeout != time.Minute {
 		t.Fatalf("ProcessOf: %+v, %v", p, err)
+	}
+}
+
+// --udp and --proto udp make UDP listeners of both modes, and a udp
+// check's datagram is decoded.
+func TestUDPListeners(t *testing.T) {
+	target := []string{"127.0.0.1:9"}
+	for _, v := range []values{
+		{"target": target, "udp": true},
+		{"target": target, "proto": "udp", "passthrough": true, "udp-idle-timeout": time.Second, "max-conns": 5},
+	} {
+		l, err := Listener("logs", v, nil, quiet)
+		if err != nil {
+			t.Fatalf("%v: %v", v, err)
+		}
+		if l.Mode.Network() != "udp" {
+			t.Errorf("%v: network %s", v, l.Mode.Network())
+		}
+	}
+	for in, want := range map[string]string{`ping\n`: "ping\n", "hex:00 01ff": "\x00\x01\xff", `a\x00b`: "a\x00b", `say "hi"`: `say "hi"`} {
+		l, err := Listener("logs", values{"target": target, "udp": true, "check": "udp", "check-udp-send": in}, nil, quiet)
+		if err != nil {
+			t.Fatalf("%q: %v", in, err)
+		}
+		if got := string(l.Health.UDP.Send); got != want {
+			t.Errorf("%q decoded as %q, want %q", in, got, want)
+		}
 	}
 }

@@ -25,7 +25,7 @@ func (m NDJSON) New(name string, book *dispatch.Book) (Server, error) {
 // Info shows the server's connections and the ledger of its name.
 func (m NDJSON) Info(srv Server, name, addr string, book *dispatch.Book) admin.ListenerInfo {
 	st := srv.(*ndjson.Server).Stats().Listener
-	info := admin.ListenerInfo{Name: name, Addr: addr, Mode: m.Name(), TLS: m.Config.Listener.TLS != nil,
+	info := admin.ListenerInfo{Name: name, Addr: addr, Mode: m.Name(), Proto: m.Network(), TLS: m.Config.Listener.TLS != nil,
 		Active: st.Active, Accepted: st.Accepted}
 	if book != nil {
 		l := book.Stats(name)
@@ -43,31 +43,56 @@ func (NDJSON) Lost(srv Server) []any {
 // KeepAlive is Go's default: shippers' connections live for days.
 func (NDJSON) KeepAlive() time.Duration { return 0 }
 
+// Network is "udp" for a listener of datagrams, else "tcp".
+func (m NDJSON) Network() string { return network(m.Config.UDP) }
+
+func network(udp bool) string {
+	if udp {
+		return "udp"
+	}
+	return "tcp"
+}
+
 // Passthrough is the L4 mode: passthrough.Server with Config.
 type Passthrough struct{ Config passthrough.Config }
 
 // Name is "passthrough".
 func (Passthrough) Name() string { return "passthrough" }
 
-// New makes the server; its metrics are labelled with name.
+// New makes the server (a UDP one with Config.UDP); its metrics are
+// labelled with name.
 func (m Passthrough) New(name string, _ *dispatch.Book) (Server, error) {
 	cfg := m.Config
 	cfg.Name = name
+	if cfg.UDP {
+		return passthrough.NewUDP(cfg)
+	}
 	return passthrough.New(cfg)
 }
 
-// Info shows the server's connections and policy.
+// Info shows the server's connections (flows, for UDP) and policy.
 func (m Passthrough) Info(srv Server, name, addr string, _ *dispatch.Book) admin.ListenerInfo {
+	if s, ok := srv.(*passthrough.UDPServer); ok {
+		st := s.Stats()
+		return admin.ListenerInfo{Name: name, Addr: addr, Mode: m.Name(), Proto: "udp", Balance: s.Balance(),
+			Active: st.ActiveFlows, Accepted: st.Flows}
+	}
 	s := srv.(*passthrough.Server)
 	st := s.Stats().Listener
-	return admin.ListenerInfo{Name: name, Addr: addr, Mode: m.Name(), Balance: s.Balance(),
+	return admin.ListenerInfo{Name: name, Addr: addr, Mode: m.Name(), Proto: "tcp", Balance: s.Balance(),
 		TLS: m.Config.Listener.TLS != nil, Active: st.Active, Accepted: st.Accepted}
 }
 
-// Lost is the connections still open.
+// Lost is the connections (or UDP flows) still open.
 func (Passthrough) Lost(srv Server) []any {
+	if s, ok := srv.(*passthrough.UDPServer); ok {
+		return []any{"open_udp_flows", s.Stats().ActiveFlows}
+	}
 	return []any{"open_connections", srv.(*passthrough.Server).Stats().Listener.Active}
 }
+
+// Network is "udp" for a listener of datagrams, else "tcp".
+func (m Passthrough) Network() string { return network(m.Config.UDP) }
 
 // KeepAlive is off, as in HAProxy and nginx: --idle-timeout ends the
 // connections of vanished clients.

@@ -45,6 +45,9 @@ type Mode interface {
 	Lost(srv Server) []any
 	// KeepAlive is the client sockets' TCP keepalive (negative: off).
 	KeepAlive() time.Duration
+	// Network is what the listener listens on: "tcp", or "udp" (its
+	// socket is then a *listener.Packet).
+	Network() string
 }
 
 // Spec is what the process runs.
@@ -100,7 +103,7 @@ func (s Spec) Validate() error {
 			if o.Name == l.Name {
 				break
 			}
-			if SameAddr(o.Addr, l.Addr) {
+			if o.Mode.Network() == l.Mode.Network() && SameAddr(o.Addr, l.Addr) {
 				return &Error{Listener: l.Name, Err: &sameAddrError{addr: l.Addr, other: o.Name}}
 			}
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/ndlb/ndlb/discovery"
 	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/health"
+	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/upstream"
 )
 
@@ -34,9 +35,10 @@ type Config struct {
 	// PruneInterval is how often targets removed from the config are
 	// dropped once drained (default 1s).
 	PruneInterval time.Duration
-	// Listen opens the socket of the listener called name (nil: a new
-	// socket). A process started by Upgrade passes Inherited.Listen.
-	Listen func(name, addr string, keepAlive time.Duration) (net.Listener, error)
+	// Listen opens the socket of the listener called name on network
+	// ("tcp" or "udp"; a UDP socket is a *listener.Packet), nil: a new
+	// socket. A process started by Upgrade passes Inherited.Listen.
+	Listen func(name, network, addr string, keepAlive time.Duration) (net.Listener, error)
 	// StateFile, if set, keeps operators' drains and disables and failed
 	// health verdicts across restarts: read at New, written (atomically)
 	// within PruneInterval of a change and at Shutdown.
@@ -85,7 +87,9 @@ func New(cfg Config, spec Spec) (*Supervisor, error) {
 		cfg.PruneInterval = time.Second
 	}
 	if cfg.Listen == nil {
-		cfg.Listen = func(_, addr string, keepAlive time.Duration) (net.Listener, error) { return listen(addr, keepAlive) }
+		cfg.Listen = func(_, network, addr string, keepAlive time.Duration) (net.Listener, error) {
+			return listen(network, addr, keepAlive)
+		}
 	}
 	s := &Supervisor{cfg: cfg, log: cfg.Logger, failed: make(chan error, 16), process: spec.Process}
 	insts, err := s.build(spec)
@@ -279,7 +283,7 @@ type instance struct {
 	shown  admin.Listener // what the admin API shows
 
 	stopChecks, stopDiscovery func()
-	open                      func(name, addr string, keepAlive time.Duration) (net.Listener, error)
+	open                      func(name, network, addr string, keepAlive time.Duration) (net.Listener, error)
 }
 
 // newInstance makes the server of l and what runs beside it.
@@ -309,7 +313,7 @@ func (s *Supervisor) newInstance(l Listener) (*instance, error) {
 
 // listen opens the instance's socket.
 func (in *instance) listen() error {
-	ln, err := in.open(in.spec.Name, in.spec.Addr, in.spec.Mode.KeepAlive())
+	ln, err := in.open(in.spec.Name, in.mode.Network(), in.spec.Addr, in.spec.Mode.KeepAlive())
 	if err != nil {
 		return &Error{Listener: in.spec.Name, Listen: true, Err: fmt.Errorf("listen on %s: %w", in.spec.Addr, err)}
 	}
@@ -322,8 +326,14 @@ func (in *instance) listen() error {
 // and would show it as [::], which the logs and the admin API then said
 // although the settings said 0.0.0.0.
 func asConfigured(ln net.Listener, addr string) net.Listener {
-	tl, ok := ln.(*net.TCPListener)
 	host, _, _ := net.SplitHostPort(addr)
+	if p, ok := ln.(*listener.Packet); ok {
+		if a, isUDP := p.LocalAddr().(*net.UDPAddr); isUDP && host == "0.0.0.0" && a.IP.To4() == nil && a.IP.IsUnspecified() {
+			return listener.NewPacket(p.UDPConn, &net.UDPAddr{IP: net.IPv4zero, Port: a.Port})
+		}
+		return ln
+	}
+	tl, ok := ln.(*net.TCPListener)
 	if a, isTCP := ln.Addr().(*net.TCPAddr); ok && isTCP && host == "0.0.0.0" && a.IP.To4() == nil && a.IP.IsUnspecified() {
 		return shownListener{TCPListener: tl, addr: &net.TCPAddr{IP: net.IPv4zero, Port: a.Port}}
 	}
@@ -359,8 +369,12 @@ func (a shown) Targets() *upstream.Set { return a.in.srv.Set() }
 
 // takeOver gives in the listening socket of o, which stops accepting: the
 // connections waiting in its backlog are in's to serve, so a reload resets
-// none. It reports false when o's socket cannot be handed over.
+// none. It reports false when o's socket cannot be handed over (or is of
+// another network).
 func (in *instance) takeOver(o *instance) bool {
+	if in.mode.Network() != o.mode.Network() {
+		return false
+	}
 	ln := o.srv.Handover()
 	if ln == nil {
 		return false
@@ -417,8 +431,8 @@ func (s *Supervisor) Close() {
 // Check makes every server of spec, as New does, without opening sockets
 // or starting anything: what `ndlb check-config` runs.
 func Check(spec Spec) error {
-	s := &Supervisor{cfg: Config{Book: dispatch.NewBook(), Listen: func(_, addr string, ka time.Duration) (net.Listener, error) {
-		return listen(addr, ka)
+	s := &Supervisor{cfg: Config{Book: dispatch.NewBook(), Listen: func(_, network, addr string, ka time.Duration) (net.Listener, error) {
+		return listen(network, addr, ka)
 	}}, log: slog.New(slog.DiscardHandler)}
 	_, err := s.build(spec)
 	return err

@@ -45,6 +45,8 @@ func (fakeMode) Lost(Server) []any { return []any{"fake_lost", 1} }
 
 func (fakeMode) KeepAlive() time.Duration { return -1 }
 
+func (fakeMode) Network() string { return "tcp" }
+
 // fakeServer holds its socket and records what the supervisor does to it.
 type fakeServer struct {
 	name string
@@ -101,9 +103,9 @@ func (f *fakeServer) state() (started, drained, handedOff bool) {
 	return f.started, f.drained, f.handedOff
 }
 
-// listener is a fake listener on a free loopback port, with one value for
+// fakeListener is a fake listener on a free loopback port, with one value for
 // every listener setting.
-func listener(name string) Listener {
+func fakeListener(name string) Listener {
 	l := Listener{Name: name, Addr: "127.0.0.1:0", Mode: fakeMode{}, Targets: []string{"192.0.2.1:1"},
 		Balance: "roundrobin", Settings: map[string][]string{}}
 	for _, s := range settings.All {
@@ -175,10 +177,10 @@ func TestEverySettingFollowsItsReloadRule(t *testing.T) {
 			continue
 		}
 		t.Run(s.Name, func(t *testing.T) {
-			w := newWorld(t, Spec{Listeners: []Listener{listener("x")}})
+			w := newWorld(t, Spec{Listeners: []Listener{fakeListener("x")}})
 			before := w.server(t, "x")
 			addr := w.sup.Addrs()["x"].String()
-			next := listener("x")
+			next := fakeListener("x")
 			next.Settings[s.Name] = []string{"b"}
 			w.next = Spec{Listeners: []Listener{next}}
 			if err := w.sup.Reload("test"); err != nil {
@@ -209,10 +211,10 @@ func TestEverySettingFollowsItsReloadRule(t *testing.T) {
 // The live rules do what they say: new static targets, a new policy, and
 // checks turned off (every target then counts as passing).
 func TestLiveChangesApply(t *testing.T) {
-	w := newWorld(t, Spec{Listeners: []Listener{listener("x")}})
+	w := newWorld(t, Spec{Listeners: []Listener{fakeListener("x")}})
 	srv := w.server(t, "x")
 	logUpdate(slog.New(slog.DiscardHandler), srv.set, []string{"192.0.2.1:1"})
-	next := listener("x")
+	next := fakeListener("x")
 	next.Targets = []string{"192.0.2.2:1"}
 	next.Balance = "leastconn"
 	next.Settings["target"] = []string{"192.0.2.2:1"}
@@ -252,16 +254,16 @@ func TestLiveChangesApply(t *testing.T) {
 // A spec that is invalid or whose server cannot be made changes nothing,
 // and the failure is recorded.
 func TestBadSpecChangesNothing(t *testing.T) {
-	w := newWorld(t, Spec{Listeners: []Listener{listener("x")}})
+	w := newWorld(t, Spec{Listeners: []Listener{fakeListener("x")}})
 	srv := w.server(t, "x")
 	bad := []Spec{
 		{},
-		{Listeners: []Listener{listener("x"), listener("x")}},
+		{Listeners: []Listener{fakeListener("x"), fakeListener("x")}},
 		{Listeners: []Listener{{Name: "x", Addr: "127.0.0.1:0"}}},
 		{Listeners: []Listener{{Name: "x", Mode: fakeMode{}}}},
 		{Listeners: []Listener{{Mode: fakeMode{}, Addr: "127.0.0.1:0"}}},
-		{Listeners: []Listener{func() Listener { l := listener("x"); l.Mode = fakeMode{fail: errors.New("no")}; return l }()}},
-		{Listeners: []Listener{listener("x"), at(listener("y"), "127.0.0.1:0"), at(listener("z"), "0.0.0.0:9555"), at(listener("w"), "127.0.0.2:9555")}},
+		{Listeners: []Listener{func() Listener { l := fakeListener("x"); l.Mode = fakeMode{fail: errors.New("no")}; return l }()}},
+		{Listeners: []Listener{fakeListener("x"), at(fakeListener("y"), "127.0.0.1:0"), at(fakeListener("z"), "0.0.0.0:9555"), at(fakeListener("w"), "127.0.0.2:9555")}},
 	}
 	for i, spec := range bad {
 		// A change that alone would replace x.
@@ -293,7 +295,7 @@ func TestBadSpecChangesNothing(t *testing.T) {
 	if err := Check(bad[1]); !errors.Is(err, ErrSpec) {
 		t.Fatalf("Check of a duplicate name: %v", err)
 	}
-	if err := Check(Spec{Listeners: []Listener{listener("y")}}); err != nil {
+	if err := Check(Spec{Listeners: []Listener{fakeListener("y")}}); err != nil {
 		t.Fatalf("Check of a good spec: %v", err)
 	}
 	if err := Check(bad[6]); !errors.Is(err, ErrSameAddr) || !errors.As(err, &se) || se.Listener != "w" {
@@ -337,15 +339,15 @@ func TestSameAddr(t *testing.T) {
 
 // Listeners added, removed and renamed on the same address.
 func TestListenersComeAndGo(t *testing.T) {
-	la, lb := listener("a"), listener("b")
+	la, lb := fakeListener("a"), fakeListener("b")
 	lb.Addr = "127.0.0.2:0"
 	w := newWorld(t, Spec{Listeners: []Listener{la, lb}})
 	a, b := w.server(t, "a"), w.server(t, "b")
 	// b renamed to c on its address: c takes b's socket; a is removed; d
 	// is new, on an address nobody had.
-	c := listener("c")
+	c := fakeListener("c")
 	c.Addr = lb.Addr
-	d := listener("d")
+	d := fakeListener("d")
 	d.Addr = "127.0.0.3:0"
 	w.next = Spec{Listeners: []Listener{c, d}}
 	if err := w.sup.Reload("test"); err != nil {
@@ -375,7 +377,7 @@ func TestListenersComeAndGo(t *testing.T) {
 // Process-wide settings: the level applies at once; a setting read only at
 // start says so.
 func TestProcessSettings(t *testing.T) {
-	spec := Spec{Listeners: []Listener{listener("x")}, Process: map[string][]string{"admin": {""}, "log-level": {"info"}}}
+	spec := Spec{Listeners: []Listener{fakeListener("x")}, Process: map[string][]string{"admin": {""}, "log-level": {"info"}}}
 	w := newWorld(t, spec)
 	spec.LogLevel = slog.LevelDebug
 	spec.Process = map[string][]string{"admin": {"127.0.0.1:1"}, "log-level": {"debug"}}
@@ -396,7 +398,7 @@ func TestProcessSettings(t *testing.T) {
 // Without Load there is nothing to reload; a listener failing on its own is
 // reported; an unclean drain makes Shutdown unclean.
 func TestFailuresAndShutdown(t *testing.T) {
-	sup, err := New(Config{Logger: slog.New(slog.DiscardHandler)}, Spec{Listeners: []Listener{listener("x")}})
+	sup, err := New(Config{Logger: slog.New(slog.DiscardHandler)}, Spec{Listeners: []Listener{fakeListener("x")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -428,7 +430,7 @@ func TestFailuresAndShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	l1, l2 := listener("ok"), listener("taken")
+	l1, l2 := fakeListener("ok"), fakeListener("taken")
 	l2.Addr = ln.Addr().String()
 	_, err = New(Config{}, Spec{Listeners: []Listener{l1, l2}})
 	var se *Error
@@ -440,7 +442,7 @@ func TestFailuresAndShutdown(t *testing.T) {
 // The admin API and the signal handler read the listeners while reloads
 // change them in place (run with -race).
 func TestReadersDuringLiveReloads(t *testing.T) {
-	w := newWorld(t, Spec{Listeners: []Listener{listener("x")}})
+	w := newWorld(t, Spec{Listeners: []Listener{fakeListener("x")}})
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -460,7 +462,7 @@ func TestReadersDuringLiveReloads(t *testing.T) {
 		}
 	}()
 	for i := range 20 {
-		next := listener("x")
+		next := fakeListener("x")
 		next.Settings["target"] = []string{fmt.Sprint(i)}
 		w.next = Spec{Listeners: []Listener{next}}
 		if err := w.sup.Reload("test"); err != nil {
@@ -475,19 +477,21 @@ func TestReadersDuringLiveReloads(t *testing.T) {
 // be handed to a new process. (It binds the wildcard address for a moment;
 // nothing connects.)
 func TestWildcardShownAsConfigured(t *testing.T) {
-	ln, err := listen("0.0.0.0:0", 0)
-	if err != nil {
-		t.Fatal(err)
+	for _, network := range []string{"tcp", "udp"} {
+		ln, err := listen(network, "0.0.0.0:0", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		shown := asConfigured(ln, "0.0.0.0:0")
+		defer shown.Close()
+		if got := shown.Addr().String(); !strings.HasPrefix(got, "0.0.0.0:") || strings.HasSuffix(got, ":0") {
+			t.Fatalf("%s shown as %s", network, got)
+		}
+		if _, ok := shown.(syscall.Conn); !ok {
+			t.Fatalf("the shown %s listener lost its file descriptor", network)
+		}
 	}
-	shown := asConfigured(ln, "0.0.0.0:0")
-	defer shown.Close()
-	if got := shown.Addr().String(); !strings.HasPrefix(got, "0.0.0.0:") || strings.HasSuffix(got, ":0") {
-		t.Fatalf("shown as %s", got)
-	}
-	if _, ok := shown.(syscall.Conn); !ok {
-		t.Fatal("the shown listener lost its file descriptor")
-	}
-	lo, err := listen("127.0.0.1:0", 0)
+	lo, err := listen("tcp", "127.0.0.1:0", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -502,7 +506,7 @@ func TestWildcardShownAsConfigured(t *testing.T) {
 // file is logged and ignored.
 func TestStateFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.json")
-	w := newWorld(t, Spec{Listeners: []Listener{listener("x")}})
+	w := newWorld(t, Spec{Listeners: []Listener{fakeListener("x")}})
 	set := w.server(t, "x").set
 	set.Update([]string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"})
 	tg := func(s *upstream.Set, addr string) *upstream.Target { x, _ := s.Lookup(addr); return x }
@@ -523,7 +527,7 @@ func TestStateFile(t *testing.T) {
 	}
 	// A new process: the same targets but one, and a listener gone.
 	os.WriteFile(path, []byte(strings.Replace(string(b), `"listeners": {`, `"listeners": {"gone": {"127.0.0.1:9": {"admin": "disabled"}},`, 1)), 0o600)
-	w2 := newWorld(t, Spec{Listeners: []Listener{listener("x")}})
+	w2 := newWorld(t, Spec{Listeners: []Listener{fakeListener("x")}})
 	set2 := w2.server(t, "x").set
 	set2.Update([]string{"127.0.0.1:2", "127.0.0.1:4", "127.0.0.1:5"})
 	w2.sup.cfg.StateFile = path
@@ -547,7 +551,7 @@ func TestStateFile(t *testing.T) {
 	}
 	// A corrupt file: logged, and every target as configured.
 	os.WriteFile(path, []byte("{not json"), 0o600)
-	w3 := newWorld(t, Spec{Listeners: []Listener{listener("x")}})
+	w3 := newWorld(t, Spec{Listeners: []Listener{fakeListener("x")}})
 	w3.server(t, "x").set.Update([]string{"127.0.0.1:2"})
 	w3.sup.cfg.StateFile = path
 	w3.sup.restoreState()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/segmentio/ksuid"
 
+	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/ndjson"
 )
 
@@ -32,9 +33,18 @@ type inheritance struct {
 }
 
 type inheritedListener struct {
-	Name string `json:"name"`
-	Addr string `json:"addr"` // as configured, e.g. 0.0.0.0:9000
-	FD   int    `json:"fd"`
+	Name    string `json:"name"`
+	Addr    string `json:"addr"`              // as configured, e.g. 0.0.0.0:9000
+	Network string `json:"network,omitempty"` // "udp", or empty for TCP
+	FD      int    `json:"fd"`
+}
+
+// network is "tcp" or "udp".
+func (l inheritedListener) network() string {
+	if l.Network == "" {
+		return "tcp"
+	}
+	return l.Network
 }
 
 // handOffer is a server that can move its client connections (NDJSON).
@@ -131,7 +141,11 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 			return fmt.Errorf("%s: %w", name, derr)
 		}
 		fds = append(fds, dup)
-		inh.Listeners = append(inh.Listeners, inheritedListener{Name: name, Addr: addr, FD: 2 + len(fds)})
+		il := inheritedListener{Name: name, Addr: addr, FD: 2 + len(fds)}
+		if _, ok := ln.(*listener.Packet); ok {
+			il.Network = "udp"
+		}
+		inh.Listeners = append(inh.Listeners, il)
 		return nil
 	}
 	for _, in := range insts {
@@ -391,14 +405,14 @@ func Inherit(log *slog.Logger) (*Inherited, error) {
 	return &Inherited{ch: ch, listeners: inh.Listeners, used: map[int]bool{}, log: log}, nil
 }
 
-// Listen returns the inherited socket configured for addr, or a new one:
-// it is Config.Listen for a process started by Upgrade.
-func (in *Inherited) Listen(name, addr string, keepAlive time.Duration) (net.Listener, error) {
+// Listen returns the inherited socket configured for network and addr, or
+// a new one: it is Config.Listen for a process started by Upgrade.
+func (in *Inherited) Listen(name, network, addr string, keepAlive time.Duration) (net.Listener, error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	pick := -1
 	for i, l := range in.listeners {
-		if in.used[l.FD] || l.Addr != addr {
+		if in.used[l.FD] || l.Addr != addr || l.network() != network {
 			continue
 		}
 		if pick < 0 || l.Name == name {
@@ -406,14 +420,25 @@ func (in *Inherited) Listen(name, addr string, keepAlive time.Duration) (net.Lis
 		}
 	}
 	if pick < 0 {
-		return listen(addr, keepAlive)
+		return listen(network, addr, keepAlive)
 	}
 	l := in.listeners[pick]
 	in.used[l.FD] = true
 	f := os.NewFile(uintptr(l.FD), "listener "+l.Name)
-	ln, err := net.FileListener(f)
-	f.Close()
-	return ln, err
+	defer f.Close()
+	if network == "udp" {
+		pc, err := net.FilePacketConn(f)
+		if err != nil {
+			return nil, err
+		}
+		uc, ok := pc.(*net.UDPConn)
+		if !ok {
+			pc.Close()
+			return nil, fmt.Errorf("inherited socket of %s is not UDP", l.Name)
+		}
+		return listener.NewPacket(uc, nil), nil
+	}
+	return net.FileListener(f)
 }
 
 // Serve tells the old process that this one is ready, closes the
@@ -468,9 +493,17 @@ func (s *Supervisor) adopt(name string, t ndjson.Transfer) bool {
 	return false
 }
 
-// listen opens a new listening socket.
-func listen(addr string, keepAlive time.Duration) (net.Listener, error) {
+// listen opens a new listening socket on network, "tcp" or "udp" (a
+// *listener.Packet).
+func listen(network, addr string, keepAlive time.Duration) (net.Listener, error) {
 	lc := net.ListenConfig{KeepAlive: keepAlive}
+	if network == "udp" {
+		pc, err := lc.ListenPacket(context.Background(), "udp", addr)
+		if err != nil {
+			return nil, err
+		}
+		return listener.NewPacket(pc.(*net.UDPConn), nil), nil
+	}
 	return lc.Listen(context.Background(), "tcp", addr)
 }
 

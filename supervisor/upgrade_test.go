@@ -144,7 +144,7 @@ func TestInheritedListen(t *testing.T) {
 		t.Fatal(err)
 	}
 	in := &Inherited{listeners: []inheritedListener{{Name: "x", Addr: "127.0.0.1:9", FD: fd}}, used: map[int]bool{}}
-	got, err := in.Listen("y", "127.0.0.1:9", 0)
+	got, err := in.Listen("y", "tcp", "127.0.0.1:9", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +152,7 @@ func TestInheritedListen(t *testing.T) {
 	if got.Addr().String() != ln.Addr().String() {
 		t.Fatalf("inherited %v, want the socket of %v", got.Addr(), ln.Addr())
 	}
-	fresh, err := in.Listen("y", "127.0.0.1:0", 0)
+	fresh, err := in.Listen("y", "tcp", "127.0.0.1:0", 0)
 	if err != nil {
 		t.Fatal(err)
 	}

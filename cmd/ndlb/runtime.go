@@ -65,7 +65,7 @@ func runBalancer(c *cli.Context) error {
 	listenAdmin := func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
 	if inh != nil {
 		cfg.Listen = inh.Listen
-		listenAdmin = func(addr string) (net.Listener, error) { return inh.Listen(adminSocket, addr, 0) }
+		listenAdmin = func(addr string) (net.Listener, error) { return inh.Listen(adminSocket, "tcp", addr, 0) }
 	}
 	if path != "" {
 		cfg.Load = func() (supervisor.Spec, error) {
