@@ -45,7 +45,7 @@ func Listener(name string, c Values, set map[string][]string, log *slog.Logger) 
 	if err := checkMode(c); err != nil {
 		return l, err
 	}
-	udp, err := protoOf(c)
+	udp, err := UDP(c)
 	if err != nil {
 		return l, err
 	}
@@ -106,9 +106,9 @@ var (
 		"tls-target-cert", "tls-target-key", "send-proxy", "idle-timeout", "connect-retries", "backoff-max", "hash-key-timeout"}
 )
 
-// protoOf reads --proto and --udp, and refuses what does not fit the
-// protocol.
-func protoOf(c Values) (udp bool, err error) {
+// UDP reads --proto and --udp, and refuses the settings that do not fit
+// the protocol.
+func UDP(c Values) (udp bool, err error) {
 	switch p := c.String("proto"); p {
 	case "tcp", "":
 		if c.IsSet("proto") && c.Bool("udp") {

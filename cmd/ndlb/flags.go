@@ -71,6 +71,8 @@ func healthcheckFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "addr", Value: "0.0.0.0", Usage: "ndlb's listen address (0.0.0.0 means 127.0.0.1)", EnvVars: env("addr")},
 		&cli.IntFlag{Name: "port", Value: 9000, Usage: "ndlb's listen port", EnvVars: env("port")},
+		&cli.BoolFlag{Name: "udp", Usage: "ndlb listens for UDP: check that the port is held", EnvVars: env("udp")},
+		&cli.StringFlag{Name: "proto", Value: "tcp", Usage: "tcp, or udp (as --udp)", EnvVars: env("proto")},
 		&cli.StringFlag{Name: "admin", Usage: "ndlb's admin API HOST:PORT: ask its /healthz instead", EnvVars: env("admin")},
 		&cli.StringFlag{Name: "config", Usage: "ndlb's config file: its admin API, else its listeners", EnvVars: env("config")},
 	}

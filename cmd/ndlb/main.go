@@ -72,7 +72,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				fmt.Fprintln(c.App.Writer, "ndlb", version())
 				return nil
 			}},
-			{Name: "healthcheck", Usage: "exit 0 if ndlb's admin API answers /healthz (--admin, or admin in --config), else if every listener (of --config, or --addr/--port) accepts connections; else 1 (for container HEALTHCHECKs)",
+			{Name: "healthcheck", Usage: "exit 0 if ndlb's admin API answers /healthz (--admin, or admin in --config), else if every listener (of --config, or --addr/--port) accepts connections (a UDP one: holds its port); else 1 (for container HEALTHCHECKs)",
 				Flags: healthcheckFlags(), Action: runHealthcheck},
 		},
 	}

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -35,8 +37,10 @@ func newAdmin(p setup.Process, log *slog.Logger, listeners func() []admin.Listen
 
 // runHealthcheck exits 0 when ndlb's admin API answers /healthz (with
 // --admin, or admin in the config file), or else when every listener (of
-// --config, or of --addr/--port) accepts a TCP connection. It exits 1
-// otherwise, whatever the reason: 2 means something else to Docker.
+// --config, or of --addr/--port) accepts a TCP connection or, for a UDP
+// one, holds its port (a datagram proves nothing: UDP has no handshake).
+// It exits 1 otherwise, whatever the reason: 2 means something else to
+// Docker.
 func runHealthcheck(c *cli.Context) error {
 	if err := healthcheck(c); err != nil {
 		return cli.Exit("unhealthy: "+strings.TrimPrefix(err.Error(), "ndlb: "), exitError)
@@ -45,7 +49,7 @@ func runHealthcheck(c *cli.Context) error {
 }
 
 func healthcheck(c *cli.Context) error {
-	adminAddr, addrs := flagOrParent(c, "admin"), []string{}
+	adminAddr, addrs, udp := flagOrParent(c, "admin"), []string{}, map[int]bool{}
 	adminTLS := c.String("admin-tls-cert") != ""
 	if path := flagOrParent(c, "config"); path != "" && adminAddr == "" {
 		proc, srcs, err := setup.Load(path, c)
@@ -53,9 +57,12 @@ func healthcheck(c *cli.Context) error {
 			return err
 		}
 		adminAddr, adminTLS = proc.Values.String("admin"), proc.Values.String("admin-tls-cert") != ""
-		for _, in := range srcs {
+		for i, in := range srcs {
 			addr, err := setup.ListenAddr(in.Values)
 			if err != nil {
+				return in.Place(err)
+			}
+			if udp[i], err = setup.UDP(in.Values); err != nil {
 				return in.Place(err)
 			}
 			addrs = append(addrs, addr)
@@ -63,6 +70,7 @@ func healthcheck(c *cli.Context) error {
 	} else if adminAddr == "" {
 		port, _ := strconv.Atoi(flagOrParent(c, "port"))
 		addrs = append(addrs, net.JoinHostPort(flagOrParent(c, "addr"), strconv.Itoa(port)))
+		udp[0] = flagOrParent(c, "udp") == "true" || flagOrParent(c, "proto") == "udp"
 	}
 	if adminAddr != "" {
 		url, err := admin.Probe(adminAddr, adminTLS)
@@ -77,11 +85,18 @@ func healthcheck(c *cli.Context) error {
 		if port == "0" {
 			return fmt.Errorf("listener %d listens on port 0, which cannot be found: give it a port, or set admin", i+1)
 		}
-		if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		if ip := net.ParseIP(host); !udp[i] && (host == "" || ip != nil && ip.IsUnspecified()) {
 			addrs[i] = net.JoinHostPort("127.0.0.1", port)
 		}
 	}
-	for _, addr := range addrs {
+	for i, addr := range addrs {
+		if udp[i] {
+			if err := udpHeld(addr); err != nil {
+				return err
+			}
+			fmt.Fprintln(c.App.Writer, "ok:", addr, "(udp) is held")
+			continue
+		}
 		conn, err := net.DialTimeout("tcp", addr, 3*time.Second)
 		if err != nil {
 			return err
@@ -90,6 +105,20 @@ func healthcheck(c *cli.Context) error {
 		fmt.Fprintln(c.App.Writer, "ok:", addr, "accepts connections")
 	}
 	return nil
+}
+
+// udpHeld reports an error unless some process holds the UDP port of
+// addr: binding it must fail with "address in use".
+func udpHeld(addr string) error {
+	pc, err := net.ListenPacket("udp", addr)
+	if err == nil {
+		pc.Close()
+		return fmt.Errorf("nothing listens on udp %s", addr)
+	}
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return nil
+	}
+	return err
 }
 
 // flagOrParent is the healthcheck flag name as set on the command, or
