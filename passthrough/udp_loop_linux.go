@@ -134,6 +134,10 @@ func newUDPLoop(s *UDPServer) (*udpLoop, error) {
 	return l, nil
 }
 
+// The loop's reads and writes never block (MSG_DONTWAIT, non-blocking
+// sockets), so they are raw system calls: the runtime need not know of
+// them.
+
 // run is the loop, until exit.
 func (l *udpLoop) run() {
 	defer close(l.done)
@@ -242,7 +246,7 @@ func (l *udpLoop) readClients() {
 	var n int
 	var errno unix.Errno
 	err := s.rc.Read(func(fd uintptr) bool {
-		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&l.in[0])), uintptr(len(l.in)), unix.MSG_DONTWAIT, 0, 0)
+		r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&l.in[0])), uintptr(len(l.in)), unix.MSG_DONTWAIT, 0, 0)
 		n, errno = int(r), e
 		return true
 	})
@@ -307,7 +311,8 @@ func (l *udpLoop) forward(from netip.AddrPort, data []byte) {
 			return
 		}
 	}
-	if _, err := unix.Write(f.fd, data); err != nil {
+	if _, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(f.fd), uintptr(unsafe.Pointer(unsafe.SliceData(data))), uintptr(len(data))); e != 0 {
+		err := error(e)
 		s.sendErrors.Add(1)
 		if err != unix.EAGAIN && err != unix.ENOBUFS && err != unix.EINTR {
 			l.failed(f, err)
@@ -404,7 +409,7 @@ func (l *udpLoop) readTarget(f *udpFlow) {
 		l.outIov[i].SetLen(maxDatagram)
 		l.rcv[i].Hdr.Flags = 0
 	}
-	r, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(f.fd), uintptr(unsafe.Pointer(&l.rcv[k])), uintptr(len(l.out)-k), unix.MSG_DONTWAIT, 0, 0)
+	r, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(f.fd), uintptr(unsafe.Pointer(&l.rcv[k])), uintptr(len(l.out)-k), unix.MSG_DONTWAIT, 0, 0)
 	if errno != 0 {
 		if errno != unix.EAGAIN && errno != unix.EINTR {
 			l.failed(f, errno)
@@ -433,7 +438,7 @@ func (l *udpLoop) flush() {
 		var n int
 		var errno unix.Errno
 		err := s.rc.Write(func(fd uintptr) bool {
-			r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&l.out[sent])), uintptr(l.outN-sent), unix.MSG_DONTWAIT, 0, 0)
+			r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&l.out[sent])), uintptr(l.outN-sent), unix.MSG_DONTWAIT, 0, 0)
 			n, errno = int(r), e
 			return true
 		})

@@ -338,11 +338,15 @@ func TestUDPNoTarget(t *testing.T) {
 	}
 }
 
-// TestUDPBigDatagram: the largest datagram passes whole both ways.
+// TestUDPBigDatagram: the largest datagram passes whole both ways, and so
+// does an empty one.
 func TestUDPBigDatagram(t *testing.T) {
 	a := newUDPBackend(t, "A")
 	s := startUDP(t, udpConfig(a.addr()))
 	c := udpClient(t, 61, s.Addr())
+	if got, err := exchange(c, ""); err != nil || got != "A " {
+		t.Fatalf("empty datagram: %q, %v", got, err)
+	}
 	msg := bytes.Repeat([]byte("z"), 65000)
 	got, err := exchange(c, string(msg))
 	if err != nil || got != "A "+string(msg) {
