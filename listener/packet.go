@@ -3,6 +3,7 @@ package listener
 import (
 	"errors"
 	"net"
+	"sync/atomic"
 	"time"
 )
 
@@ -14,9 +15,14 @@ var ErrPacket = errors.New("a UDP socket accepts no connections")
 // hands over, passes on to an upgrade and closes listening sockets (the
 // supervisor) treats it as it treats a TCP one. The server that reads it
 // uses UDPConn; Accept fails at once with ErrPacket.
+//
+// Servers that share the socket (the one a reload replaced, still relaying
+// its flows' answers, and its successor) each Acquire it when they start
+// and Drop it when they are done: the last Drop closes it.
 type Packet struct {
 	*net.UDPConn
-	addr net.Addr
+	addr  net.Addr
+	users atomic.Int32
 }
 
 // NewPacket wraps c; Addr returns addr, or c's address when addr is nil.
@@ -33,11 +39,22 @@ func (p *Packet) Accept() (net.Conn, error) { return nil, ErrPacket }
 // Addr is the socket's address, as configured.
 func (p *Packet) Addr() net.Addr { return p.addr }
 
-// Release stops the reads of the goroutines blocked in the socket without
-// closing it: they return a timeout, and later reads block again. A server
-// calls it to hand the socket over.
-func (p *Packet) Release() {
+// Interrupt stops the reads of the goroutines blocked in the socket
+// without closing it: they return a timeout, as do later reads until
+// Resume. A server calls it to hand the socket over.
+func (p *Packet) Interrupt() {
 	_ = p.SetReadDeadline(time.Unix(1, 0))
+}
+
+// Acquire notes one more server using the socket.
+func (p *Packet) Acquire() { p.users.Add(1) }
+
+// Drop notes that a server is done with the socket, and closes it if that
+// was the last.
+func (p *Packet) Drop() {
+	if p.users.Add(-1) <= 0 {
+		p.Close()
+	}
 }
 
 // Resume clears what Release set, for the socket's next server.

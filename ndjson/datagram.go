@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,6 +39,9 @@ type datagrams struct {
 	done     chan struct{} // closed when the reader has pushed its last batch
 	stopping atomic.Bool   // Shutdown: read what the kernel holds, then stop
 	handed   atomic.Bool   // Handover: stop at once, the socket lives on
+	// reading is held around each read of the socket, so that Handover
+	// waits for a read in progress, not for a push the queue holds up.
+	reading sync.Mutex
 
 	count, binary, overflows atomic.Uint64
 }
@@ -62,18 +66,42 @@ func (s *Server) serveDatagrams() error {
 	for {
 		b, err := f.Next()
 		if err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, framer.ErrStopped) {
+			if errors.Is(err, framer.ErrStopped) {
+				r.dropRest(0, f.Partial() > 0)
+				return nil
+			}
+			if errors.Is(err, io.EOF) {
 				return nil
 			}
 			return err
 		}
 		if n := b.Lines; s.q.Push(s.hard, b) != nil {
 			b.Release()
-			s.dropShutdown.Add(uint64(n))
-			s.ledger.DropRead(dispatch.DropShutdown, uint64(n))
-			s.log.Error("shutdown deadline passed: lines read from datagrams but not queued were dropped", "lines", n)
+			r.dropRest(uint64(n), f.Partial() > 0)
 			return nil
 		}
+	}
+}
+
+// dropRest counts as dropped at shutdown the lines of a batch that could
+// not be queued (n) and those read and not framed yet: the framer's
+// partial line (finished in rest) and the datagrams not yet handed to it.
+func (r *datagramReader) dropRest(n uint64, partial bool) {
+	s := r.s
+	lines := n + uint64(bytes.Count(r.rest, []byte{'\n'}))
+	if partial && len(r.rest) == 0 {
+		lines++ // cannot happen: a datagram's lines are whole
+	}
+	r.rest = nil
+	for r.i < r.n {
+		if data := r.next(); data != nil {
+			lines += uint64(bytes.Count(data, []byte{'\n'}))
+		}
+	}
+	if lines > 0 {
+		s.dropShutdown.Add(lines)
+		s.ledger.DropRead(dispatch.DropShutdown, lines)
+		s.log.Error("shutdown deadline passed: lines read from datagrams but not queued were dropped", "lines", lines)
 	}
 }
 
@@ -183,7 +211,14 @@ func (r *datagramReader) next() []byte {
 func (r *datagramReader) fill() error {
 	r.i, r.n = 0, 0
 	for {
+		r.d.reading.Lock()
+		if r.d.handed.Load() {
+			r.d.reading.Unlock()
+			r.eof = true
+			return nil
+		}
 		n, err := r.pc.ReadBatch(r.ms, 0)
+		r.d.reading.Unlock()
 		if err == nil {
 			r.n = n
 			return nil
@@ -212,6 +247,7 @@ func (r *datagramReader) fill() error {
 
 // startDatagrams serves pc.
 func (s *Server) startDatagrams(pc *listener.Packet) {
+	pc.Acquire()
 	s.udp = &datagrams{pc: pc, done: make(chan struct{})}
 	_ = pc.SetReadBuffer(datagramReadBuffer)
 	pc.CountOverflows()
@@ -222,28 +258,30 @@ func (s *Server) startDatagrams(pc *listener.Packet) {
 	}()
 }
 
-// stopDatagrams ends the reads: what the kernel holds is read for up to
-// finalReadWindow, then the socket closes (unless Handover took it).
+// stopDatagrams ends the reads: unless Handover took the socket, what the
+// kernel holds is read for up to finalReadWindow. Then the server drops
+// the socket (closed if no successor shares it).
 func (s *Server) stopDatagrams() {
 	d := s.udp
 	if !d.handed.Load() {
 		d.stopping.Store(true)
-		d.pc.Release()
+		d.pc.Interrupt()
 	}
 	<-d.done
-	if !d.handed.Load() {
-		d.pc.Close()
-	}
+	d.pc.Drop()
 }
 
-// handOverDatagrams stops the reads at once and returns the open socket.
+// handOverDatagrams stops the reads and returns the open socket. It waits
+// for a read in progress, not for the reader, which may be waiting for room
+// in the queue with a batch: that batch is queued during the drain.
 func (s *Server) handOverDatagrams() net.Listener {
 	d := s.udp
 	if d.stopping.Load() || !d.handed.CompareAndSwap(false, true) {
 		return nil
 	}
-	d.pc.Release()
-	<-d.done
+	d.pc.Interrupt()
+	d.reading.Lock() // no read in progress; none starts again
 	d.pc.Resume()
+	d.reading.Unlock()
 	return d.pc
 }

@@ -129,3 +129,56 @@ func TestUDPHandoverAndFinalRead(t *testing.T) {
 		t.Fatal(r)
 	}
 }
+
+// A reload's handover returns at once while the reader waits for room in a
+// full queue (every target down); the waiting batch is counted at the old
+// server's shutdown deadline, and the ledger closes.
+func TestUDPHandoverWhileQueueFull(t *testing.T) {
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	cfg := DefaultConfig()
+	cfg.Targets, cfg.UDP, cfg.Logger = []string{deadAddr}, true, slog.New(slog.DiscardHandler)
+	cfg.Queue.MaxBytes, cfg.Framer.MaxLineBytes, cfg.Framer.ReadBytes = 1<<20, 4<<10, 16<<10
+	cfg.DrainTimeout, cfg.DeliverTimeout = 100*time.Millisecond, 100*time.Millisecond
+	old, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.Start(listener.NewPacket(pc, nil))
+	c, err := net.DialUDP("udp", nil, old.Addr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	line := append(bytes.Repeat([]byte("q"), 1000), '\n')
+	for range 3000 { // 3 MB against a 1 MiB queue
+		c.Write(line)
+		if old.Stats().Datagrams > 1100 {
+			break
+		}
+	}
+	waitUntil(t, "a full queue", func() bool { return old.Stats().Queue.Bytes > 900<<10 })
+	handed := make(chan net.Listener)
+	go func() { handed <- old.Handover() }()
+	select {
+	case ln := <-handed:
+		if ln == nil {
+			t.Fatal("nothing handed over")
+		}
+		defer ln.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("handover waits for the full queue")
+	}
+	sum := old.Shutdown()
+	if l := sum.Ledger; !l.Closed() || l.Received != sum.Datagrams || l.Dropped[dispatch.DropShutdown] == 0 {
+		t.Fatalf("summary %+v", sum)
+	}
+}

@@ -145,7 +145,7 @@ var udpInstruments = sync.OnceValues(func() (udpMetrics, error) {
 	u.datagrams, errs[2] = m.Int64ObservableCounter("ndlb.udp.datagrams", metric.WithUnit("{datagram}"),
 		metric.WithDescription("UDP datagrams from clients (network.io.direction receive) and to them (transmit)."))
 	u.dropped, errs[3] = m.Int64ObservableCounter("ndlb.udp.dropped", metric.WithUnit("{datagram}"),
-		metric.WithDescription("UDP datagrams dropped, by ndlb.reason: no_target, flow_limit, send_error, reply_error, kernel_overflow."))
+		metric.WithDescription("UDP datagrams dropped, by ndlb.reason: no_target, flow_limit, socket_error, send_error, reply_error, kernel_overflow."))
 	return u, errors.Join(errs[:]...)
 })
 
@@ -170,8 +170,9 @@ func (s *UDPServer) observeUDP() []metric.Registration {
 	}
 	set := metric.WithAttributes(base...)
 	in, out := with(string(upstream.AttrDirection), "receive"), with(string(upstream.AttrDirection), "transmit")
-	closed := map[string]metric.ObserveOption{"idle": with("ndlb.reason", "idle"), "icmp": with("ndlb.reason", "icmp"), "shutdown": with("ndlb.reason", "shutdown")}
-	reasons := []string{"no_target", "flow_limit", "send_error", "reply_error", "kernel_overflow"}
+	closed := map[string]metric.ObserveOption{"idle": with("ndlb.reason", "idle"), "icmp": with("ndlb.reason", "icmp"),
+		"moved": with("ndlb.reason", "moved"), "shutdown": with("ndlb.reason", "shutdown")}
+	reasons := []string{"no_target", "flow_limit", "socket_error", "send_error", "reply_error", "kernel_overflow"}
 	drops := map[string]metric.ObserveOption{}
 	for _, r := range reasons {
 		drops[r] = with("ndlb.reason", r)
@@ -183,11 +184,12 @@ func (s *UDPServer) observeUDP() []metric.Registration {
 		o.ObserveInt64(u.active, st.ActiveFlows, set)
 		o.ObserveInt64(u.datagrams, int64(st.FromClients), in)
 		o.ObserveInt64(u.datagrams, int64(st.ToClients), out)
-		for i, v := range []uint64{st.NoTarget, st.FlowLimit, st.SendErrors, st.ReplyErrors, st.Overflows} {
+		for i, v := range []uint64{st.NoTarget, st.FlowLimit, st.SocketErrors, st.SendErrors, st.ReplyErrors, st.Overflows} {
 			o.ObserveInt64(u.dropped, int64(v), drops[reasons[i]])
 		}
 		o.ObserveInt64(m.closed, int64(st.IdleClosed), closed["idle"])
 		o.ObserveInt64(m.closed, int64(st.ICMPClosed), closed["icmp"])
+		o.ObserveInt64(m.closed, int64(st.MovedClosed), closed["moved"])
 		o.ObserveInt64(m.closed, int64(st.ShutdownClosed), closed["shutdown"])
 		return nil
 	}, u.flows, u.active, u.datagrams, u.dropped, m.closed)

@@ -74,10 +74,10 @@ type UDPServer struct {
 	metrics  []metric.Registration
 	warn     rate.Sometimes
 
-	opened, idleClosed, icmpClosed, shutClosed   atomic.Uint64
-	dgIn, dgOut, bytesIn, bytesOut, dialFailed   atomic.Uint64
-	noTarget, flowLimit, sendErrors, replyErrors atomic.Uint64
-	overflows                                    atomic.Uint64
+	opened, idleClosed, icmpClosed, shutClosed, movedClosed atomic.Uint64
+	dgIn, dgOut, bytesIn, bytesOut, dialFailed              atomic.Uint64
+	noTarget, flowLimit, sendErrors, replyErrors            atomic.Uint64
+	socketErrors, overflows                                 atomic.Uint64
 }
 
 // NewUDP returns a UDP server for a valid cfg with UDP set. Config.Dial is
@@ -111,6 +111,7 @@ func (s *UDPServer) Start(ln net.Listener) {
 		return
 	}
 	s.pc = pc
+	pc.Acquire()
 	_ = pc.SetReadBuffer(udpReadBuffer)
 	pc.CountOverflows()
 	rc, err := pc.SyscallConn()
@@ -121,6 +122,9 @@ func (s *UDPServer) Start(ln net.Listener) {
 	if err != nil {
 		s.serveErr <- fmt.Errorf("passthrough: UDP: %w", err)
 		return
+	}
+	for _, t := range s.set.Targets() {
+		s.addrs.warm(t.Addr) // names: looked up before their first flow
 	}
 	go s.loop.run()
 	s.metrics = s.observeUDP()
@@ -169,10 +173,14 @@ func (s *UDPServer) Err() <-chan error { return s.serveErr }
 
 // UDPStats are the UDP server's counters.
 type UDPStats struct {
-	Flows          uint64 // flows opened
-	ActiveFlows    int64  // flows open now
-	IdleClosed     uint64 // flows ended by UDPIdleTimeout
-	ICMPClosed     uint64 // flows ended by an error of their socket (ICMP: port closed, host unreachable)
+	Flows       uint64 // flows opened
+	ActiveFlows int64  // flows open now
+	IdleClosed  uint64 // flows ended by UDPIdleTimeout
+	ICMPClosed  uint64 // flows ended by an ICMP error the kernel reported (port closed, host unreachable)
+	// MovedClosed counts flows ended because their target took no new
+	// work any more (drained, disabled, down, removed): the client's
+	// next datagram opens a flow on one that does.
+	MovedClosed    uint64
 	ShutdownClosed uint64 // flows ended by Shutdown
 	DialFailures   uint64 // target sockets that could not be opened (another target was then tried)
 
@@ -180,24 +188,28 @@ type UDPStats struct {
 	BytesFromClients, BytesToClients uint64
 
 	// Dropped datagrams, by reason.
-	NoTarget    uint64 // no target could take the flow
-	FlowLimit   uint64 // the flow table was full
-	SendErrors  uint64 // the target's socket refused it (on an ICMP error, the flow then ended)
-	ReplyErrors uint64 // answers that could not be sent to the client
+	NoTarget     uint64 // no target could take the flow
+	FlowLimit    uint64 // the flow table was full
+	SocketErrors uint64 // no socket could be opened for a new flow (out of descriptors or ports)
+	SendErrors   uint64 // the target's socket refused it (on an ICMP error, the flow then ended)
+	ReplyErrors  uint64 // answers that could not be sent to the client
 	// Overflows is the datagrams the kernel dropped because the listening
 	// socket's buffer was full (SO_RXQ_OVFL), before ndlb could read them.
 	Overflows uint64
 }
 
 // Dropped is the sum of the datagrams dropped from clients.
-func (st UDPStats) Dropped() uint64 { return st.NoTarget + st.FlowLimit + st.SendErrors }
+func (st UDPStats) Dropped() uint64 {
+	return st.NoTarget + st.FlowLimit + st.SocketErrors + st.SendErrors
+}
 
 // Stats returns the server's counters.
 func (s *UDPServer) Stats() UDPStats {
 	return UDPStats{
 		Flows: s.opened.Load(), ActiveFlows: s.activeFlows.Load(), IdleClosed: s.idleClosed.Load(), ICMPClosed: s.icmpClosed.Load(),
-		ShutdownClosed: s.shutClosed.Load(), DialFailures: s.dialFailed.Load(),
-		FromClients: s.dgIn.Load(), ToClients: s.dgOut.Load(), BytesFromClients: s.bytesIn.Load(), BytesToClients: s.bytesOut.Load(),
+		ShutdownClosed: s.shutClosed.Load(), MovedClosed: s.movedClosed.Load(), DialFailures: s.dialFailed.Load(),
+		SocketErrors: s.socketErrors.Load(),
+		FromClients:  s.dgIn.Load(), ToClients: s.dgOut.Load(), BytesFromClients: s.bytesIn.Load(), BytesToClients: s.bytesOut.Load(),
 		NoTarget: s.noTarget.Load(), FlowLimit: s.flowLimit.Load(), SendErrors: s.sendErrors.Load(), ReplyErrors: s.replyErrors.Load(),
 		Overflows: s.overflows.Load(),
 	}
@@ -208,19 +220,16 @@ type UDPSummary struct {
 	UDPStats
 }
 
-// Shutdown stops reading (closing the socket unless Handover took it),
-// lets flows relay their answers until each has been quiet for a moment
-// (udpDrainQuiet, or UDPIdleTimeout if shorter) or the drain timeout
-// passes, then closes what is left, logs a summary line and returns it. It
-// is safe to call more than once.
+// Shutdown stops reading, lets flows relay their answers until each has
+// been quiet for a moment (udpDrainQuiet, or UDPIdleTimeout if shorter) or
+// the drain timeout passes, then closes what is left and drops the socket
+// (closed unless a successor shares it), logs a summary line and returns
+// it. It is safe to call more than once.
 func (s *UDPServer) Shutdown() UDPSummary {
 	s.shutdown.Do(func() {
 		s.log.Info("shutting down: no new UDP flows; open ones relay their answers", "drain_timeout", s.cfg.DrainTimeout)
 		if s.loop != nil {
 			s.loop.stopReading()
-			if !s.handed.Load() {
-				s.pc.Close()
-			}
 			s.quiet.Store(int64(min(udpDrainQuiet, s.cfg.UDPIdleTimeout)))
 			deadline := time.NewTimer(s.cfg.DrainTimeout)
 			poll := time.NewTicker(10 * time.Millisecond)
@@ -235,6 +244,7 @@ func (s *UDPServer) Shutdown() UDPSummary {
 			deadline.Stop()
 			poll.Stop()
 			s.loop.exit() // closes what is left
+			s.pc.Drop()   // after the drain: answers leave from it
 		}
 		for _, r := range s.metrics {
 			_ = r.Unregister()
@@ -242,6 +252,7 @@ func (s *UDPServer) Shutdown() UDPSummary {
 		st := s.Stats()
 		s.summary = UDPSummary{UDPStats: st}
 		s.log.Info("summary", "proto", "udp", "flows", st.Flows, "idle_closed", st.IdleClosed, "icmp_closed", st.ICMPClosed,
+			"moved_closed", st.MovedClosed, "dropped_socket_error", st.SocketErrors,
 			"shutdown_closed", st.ShutdownClosed, "datagrams_from_clients", st.FromClients, "datagrams_to_clients", st.ToClients,
 			"bytes_from_clients", st.BytesFromClients, "bytes_to_clients", st.BytesToClients,
 			"dropped_no_target", st.NoTarget, "dropped_flow_limit", st.FlowLimit, "dropped_send_error", st.SendErrors,

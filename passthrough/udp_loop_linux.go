@@ -13,7 +13,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/upstream"
 )
 
@@ -23,15 +22,27 @@ const udpSupported = true
 // The loop owns it.
 type udpFlow struct {
 	fd     int
+	key    flowKey
 	client netip.AddrPort
-	sa     unix.RawSockaddrInet6 // the client, as the listening socket's family writes it
-	salen  uint32
-	t      *upstream.Target
-	start  time.Time
-	last   int64 // unix ns of the last datagram either way (the server's clock)
+	// oob is the control message that makes the kernel send answers from
+	// the address the client sent to (IP_PKTINFO), on a wildcard
+	// listener; nil otherwise.
+	oob   []byte
+	sa    unix.RawSockaddrInet6 // the client, as the listening socket's family writes it
+	salen uint32
+	t     *upstream.Target
+	start time.Time
+	last  int64 // unix ns of the last datagram either way (the server's clock)
 	// answered: the target has sent something (passive health: it
 	// works).
 	answered bool
+}
+
+// flowKey tells flows apart: the client's address and port, and, on a
+// wildcard listener, the local address it sent to.
+type flowKey struct {
+	client netip.AddrPort
+	local  netip.Addr
 }
 
 // udpLoop is the UDPServer's event loop; only its goroutine touches its
@@ -46,8 +57,12 @@ type udpLoop struct {
 	epRC syscall.RawConn
 	lfd  int  // the listening socket, in epfd until stopReading
 	lfd6 bool // it is AF_INET6 (dual stack): clients' addresses are written as IPv6
+	// pktinfo: the socket is bound to a wildcard address, so each
+	// datagram's local address is read (IP_PKTINFO) and its answers are
+	// sent from it.
+	pktinfo bool
 
-	byClient map[netip.AddrPort]*udpFlow
+	byClient map[flowKey]*udpFlow
 	byFD     map[int32]*udpFlow
 
 	// Receive batch: names, buffers and control messages of udpBatch
@@ -75,7 +90,7 @@ type udpLoop struct {
 }
 
 func newUDPLoop(s *UDPServer) (*udpLoop, error) {
-	l := &udpLoop{s: s, byClient: map[netip.AddrPort]*udpFlow{}, byFD: map[int32]*udpFlow{},
+	l := &udpLoop{s: s, byClient: map[flowKey]*udpFlow{}, byFD: map[int32]*udpFlow{},
 		readStopped: make(chan struct{}), done: make(chan struct{}), lfd: -1}
 	var err error
 	if l.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
@@ -92,8 +107,20 @@ func newUDPLoop(s *UDPServer) (*udpLoop, error) {
 	var cerr error
 	err = s.rc.Control(func(fd uintptr) {
 		l.lfd = int(fd)
-		if sa, e := unix.Getsockname(l.lfd); e == nil {
-			_, l.lfd6 = sa.(*unix.SockaddrInet6)
+		switch sa, _ := unix.Getsockname(l.lfd); sa := sa.(type) {
+		case *unix.SockaddrInet6:
+			l.lfd6, l.pktinfo = true, sa.Addr == [16]byte{}
+			if l.pktinfo {
+				cerr = unix.SetsockoptInt(l.lfd, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1)
+			}
+		case *unix.SockaddrInet4:
+			l.pktinfo = sa.Addr == [4]byte{}
+			if l.pktinfo {
+				cerr = unix.SetsockoptInt(l.lfd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
+			}
+		}
+		if cerr != nil {
+			return
 		}
 		cerr = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, l.lfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(l.lfd)})
 	})
@@ -113,7 +140,7 @@ func newUDPLoop(s *UDPServer) (*udpLoop, error) {
 	for i := range udpBatch {
 		l.inBuf = append(l.inBuf, make([]byte, maxDatagram))
 		l.outBuf = append(l.outBuf, make([]byte, maxDatagram))
-		l.inOOB = append(l.inOOB, make([]byte, max(listener.OverflowSpace, 1)))
+		l.inOOB = append(l.inOOB, make([]byte, 128)) // SO_RXQ_OVFL and IP(V6)_PKTINFO
 		l.inIov[i].Base = &l.inBuf[i][0]
 		l.in[i].Hdr.Iov = &l.inIov[i]
 		l.in[i].Hdr.SetIovlen(1)
@@ -258,15 +285,56 @@ func (l *udpLoop) readClients() {
 	}
 	for i := range n {
 		m := &l.in[i]
-		if c, ok := listener.Overflows(l.inOOB[i][:m.Hdr.Controllen]); ok {
-			s.overflows.Store(c)
-		}
+		local := l.control(l.inOOB[i][:m.Hdr.Controllen])
 		from, ok := addrOf(&l.inName[i])
 		if !ok {
 			continue
 		}
-		l.forward(from, l.inBuf[i][:m.Len])
+		l.forward(flowKey{client: from, local: local}, l.inBuf[i][:m.Len])
 	}
+}
+
+// control reads a datagram's control messages: the kernel's drop count,
+// and the local address the datagram was sent to (zero unless pktinfo).
+func (l *udpLoop) control(oob []byte) (local netip.Addr) {
+	for len(oob) > 0 {
+		h, data, rest, err := unix.ParseOneSocketControlMessage(oob)
+		if err != nil {
+			break
+		}
+		switch {
+		case h.Level == unix.SOL_SOCKET && h.Type == unix.SO_RXQ_OVFL && len(data) >= 4:
+			l.s.overflows.Store(uint64(binary.NativeEndian.Uint32(data)))
+		case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO && len(data) >= unix.SizeofInet4Pktinfo:
+			local = netip.AddrFrom4((*unix.Inet4Pktinfo)(unsafe.Pointer(&data[0])).Addr)
+		case h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_PKTINFO && len(data) >= unix.SizeofInet6Pktinfo:
+			local = netip.AddrFrom16((*unix.Inet6Pktinfo)(unsafe.Pointer(&data[0])).Addr)
+		}
+		oob = rest
+	}
+	return local
+}
+
+// pktinfoFor is the control message that sends from local, on the
+// listening socket's family; nil when the socket is not a wildcard one.
+func (l *udpLoop) pktinfoFor(local netip.Addr) []byte {
+	if !l.pktinfo || !local.IsValid() {
+		return nil
+	}
+	if l.lfd6 {
+		b := make([]byte, unix.CmsgSpace(unix.SizeofInet6Pktinfo))
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+		h.Level, h.Type = unix.IPPROTO_IPV6, unix.IPV6_PKTINFO
+		h.SetLen(unix.CmsgLen(unix.SizeofInet6Pktinfo))
+		(*unix.Inet6Pktinfo)(unsafe.Pointer(&b[unix.CmsgLen(0)])).Addr = local.As16()
+		return b
+	}
+	b := make([]byte, unix.CmsgSpace(unix.SizeofInet4Pktinfo))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+	h.Level, h.Type = unix.IPPROTO_IP, unix.IP_PKTINFO
+	h.SetLen(unix.CmsgLen(unix.SizeofInet4Pktinfo))
+	(*unix.Inet4Pktinfo)(unsafe.Pointer(&b[unix.CmsgLen(0)])).Spec_dst = local.Unmap().As4()
+	return b
 }
 
 // addrOf is the address in a sockaddr, IPv4 unmapped.
@@ -300,22 +368,26 @@ func sockaddr(ap netip.AddrPort, af6 bool, sa *unix.RawSockaddrInet6) uint32 {
 	return unix.SizeofSockaddrInet6
 }
 
-// forward sends one datagram of client from to its flow's target.
-func (l *udpLoop) forward(from netip.AddrPort, data []byte) {
+// forward sends one datagram of a client to its flow's target.
+func (l *udpLoop) forward(key flowKey, data []byte) {
 	s := l.s
 	s.dgIn.Add(1)
 	s.bytesIn.Add(uint64(len(data)))
-	f := l.byClient[from]
+	f := l.byClient[key]
 	if f == nil {
-		if f = l.open(from, data); f == nil {
+		if f = l.open(key, data); f == nil {
 			return
 		}
 	}
 	if _, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(f.fd), uintptr(unsafe.Pointer(unsafe.SliceData(data))), uintptr(len(data))); e != 0 {
-		err := error(e)
 		s.sendErrors.Add(1)
-		if err != unix.EAGAIN && err != unix.ENOBUFS && err != unix.EINTR {
-			l.failed(f, err)
+		if icmpError(e) {
+			l.failed(f, e)
+		} else if e != unix.EAGAIN && e != unix.EINTR {
+			// Too long for the target's path (EMSGSIZE), out of
+			// buffers: the datagram's fault or ours, not the
+			// target's.
+			l.warnErr("UDP datagram could not be sent to its target; dropped", nil, e)
 		}
 		return
 	}
@@ -323,11 +395,23 @@ func (l *udpLoop) forward(from netip.AddrPort, data []byte) {
 	f.last = l.now
 }
 
-// open opens a flow for client from, whose first datagram is first, to the
+// icmpError reports whether errno, from a flow's socket, is an ICMP error
+// the kernel reported for the target: its port is closed, or its host or
+// network unreachable. Only these count against the target.
+func icmpError(errno unix.Errno) bool {
+	return errno == unix.ECONNREFUSED || errno == unix.EHOSTUNREACH || errno == unix.ENETUNREACH || errno == unix.EHOSTDOWN
+}
+
+// errLocal marks a dial error that is ndlb's, not the target's (out of
+// descriptors or ports): it is not held against any target.
+type errLocal struct{ error }
+
+// open opens a flow for a client, whose first datagram is first, to the
 // first target, in the policy's order, whose socket can be opened; nil,
 // counted, when there is none.
-func (l *udpLoop) open(from netip.AddrPort, first []byte) *udpFlow {
+func (l *udpLoop) open(key flowKey, first []byte) *udpFlow {
 	s := l.s
+	from := key.client
 	if len(l.byClient) >= s.maxFlows {
 		s.flowLimit.Add(1)
 		s.warn.Do(func() {
@@ -342,20 +426,31 @@ func (l *udpLoop) open(from netip.AddrPort, first []byte) *udpFlow {
 	for _, i := range l.order {
 		t := targets[i]
 		fd, err := l.dial(t)
+		if _, local := err.(errLocal); local {
+			s.socketErrors.Add(1)
+			s.warn.Do(func() {
+				s.log.Warn("UDP datagram dropped: no socket for a new flow (raise the open-file limit, or lower --max-conns)", "err", err)
+			})
+			return nil
+		}
+		if errors.Is(err, errResolving) {
+			lastErr = err // the name's address comes in the background
+			continue
+		}
 		if err != nil {
 			s.dialFailed.Add(1)
 			s.attemptFailed(t, err)
 			lastErr = err
 			continue
 		}
-		f := &udpFlow{fd: fd, client: from, t: t, start: s.clock.Now(), last: l.now}
+		f := &udpFlow{fd: fd, key: key, client: from, t: t, start: s.clock.Now(), last: l.now, oob: l.pktinfoFor(key.local)}
 		f.salen = sockaddr(from, l.lfd6, &f.sa)
 		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
 			unix.Close(fd)
 			lastErr = os.NewSyscallError("epoll_ctl", err)
 			break
 		}
-		l.byClient[from], l.byFD[int32(fd)] = f, f
+		l.byClient[key], l.byFD[int32(fd)] = f, f
 		t.ConnOpened()
 		s.opened.Add(1)
 		s.activeFlows.Add(1)
@@ -381,7 +476,7 @@ func (l *udpLoop) dial(t *upstream.Target) (int, error) {
 	}
 	fd, err := unix.Socket(af, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return -1, os.NewSyscallError("socket", err)
+		return -1, errLocal{os.NewSyscallError("socket", err)}
 	}
 	var sa unix.Sockaddr
 	if af == unix.AF_INET {
@@ -391,6 +486,9 @@ func (l *udpLoop) dial(t *upstream.Target) (int, error) {
 	}
 	if err := unix.Connect(fd, sa); err != nil {
 		unix.Close(fd)
+		if err == unix.EADDRNOTAVAIL || err == unix.ENOBUFS || err == unix.ENOMEM {
+			return -1, errLocal{os.NewSyscallError("connect", err)}
+		}
 		return -1, os.NewSyscallError("connect", err)
 	}
 	return fd, nil
@@ -411,8 +509,10 @@ func (l *udpLoop) readTarget(f *udpFlow) {
 	}
 	r, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(f.fd), uintptr(unsafe.Pointer(&l.rcv[k])), uintptr(len(l.out)-k), unix.MSG_DONTWAIT, 0, 0)
 	if errno != 0 {
-		if errno != unix.EAGAIN && errno != unix.EINTR {
+		if icmpError(errno) {
 			l.failed(f, errno)
+		} else if errno != unix.EAGAIN && errno != unix.EINTR {
+			l.warnErr("UDP read from a target failed", nil, errno)
 		}
 		return
 	}
@@ -420,6 +520,13 @@ func (l *udpLoop) readTarget(f *udpFlow) {
 		n := int(l.rcv[i].Len)
 		h := &l.out[i].Hdr
 		h.Name, h.Namelen = (*byte)(unsafe.Pointer(&f.sa)), f.salen
+		if f.oob != nil {
+			h.Control = &f.oob[0]
+			h.SetControllen(len(f.oob))
+		} else {
+			h.Control = nil
+			h.SetControllen(0)
+		}
 		l.outIov[i].SetLen(n)
 		f.t.Received(n)
 	}
@@ -459,7 +566,7 @@ func (l *udpLoop) flush() {
 		sent += n
 	}
 	for i := range l.outN {
-		l.out[i].Hdr.Name = nil // no flow is kept alive by a stale pointer
+		l.out[i].Hdr.Name, l.out[i].Hdr.Control = nil, nil // no flow is kept alive by a stale pointer
 	}
 	l.outN = 0
 }
@@ -471,15 +578,15 @@ func (l *udpLoop) warnErr(msg string, err error, errno unix.Errno) {
 	l.s.warn.Do(func() { l.s.log.Warn(msg, "err", err) })
 }
 
-// failed ends f on an error of its socket: an ICMP error the kernel
-// reported (the target's port is closed, or its host or network
-// unreachable) counts as a failed attempt against the target.
+// failed ends f on an ICMP error the kernel reported for its socket (the
+// target's port is closed, or its host or network unreachable), which
+// counts as a failed attempt against the target.
 func (l *udpLoop) failed(f *udpFlow, err error) {
 	s := l.s
 	l.flush() // answers queued for f point at it
 	s.attemptFailed(f.t, err)
 	s.warn.Do(func() {
-		s.log.Warn("UDP flow ended: the target's socket reported an error", "client", f.client.String(), "target", f.t.Addr, "err", err)
+		s.log.Warn("UDP flow ended: the kernel reported an ICMP error from its target", "client", f.client.String(), "target", f.t.Addr, "err", err)
 	})
 	l.close(f, &s.icmpClosed)
 }
@@ -487,7 +594,7 @@ func (l *udpLoop) failed(f *udpFlow, err error) {
 // close ends f, counting it in reason.
 func (l *udpLoop) close(f *udpFlow, reason *atomic.Uint64) {
 	s := l.s
-	delete(l.byClient, f.client)
+	delete(l.byClient, f.key)
 	delete(l.byFD, int32(f.fd))
 	unix.Close(f.fd) // leaves epfd with it
 	f.t.ConnClosed()
@@ -496,15 +603,24 @@ func (l *udpLoop) close(f *udpFlow, reason *atomic.Uint64) {
 	s.recordDuration(s.clock.Since(f.start), f.t)
 }
 
-// sweep closes the flows quiet for longer than the server's quiet.
+// sweep closes the flows quiet for longer than the server's quiet, and
+// those whose target takes no new work (drained, disabled, down, removed):
+// their clients' next datagrams open flows on targets that do. It has the
+// addresses of targets named by host looked up ahead of need.
 func (l *udpLoop) sweep() {
 	s := l.s
 	l.flush()
 	cutoff := s.clock.Now().UnixNano() - s.quiet.Load()
 	for _, f := range l.byClient {
-		if f.last <= cutoff {
+		switch {
+		case f.last <= cutoff:
 			l.close(f, &s.idleClosed)
+		case !f.t.Accepts() || f.t.Removed():
+			l.close(f, &s.movedClosed)
 		}
+	}
+	for _, t := range s.set.Targets() {
+		s.addrs.warm(t.Addr)
 	}
 }
 

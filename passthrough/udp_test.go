@@ -371,3 +371,136 @@ func TestUDPConfig(t *testing.T) {
 		t.Error("NewUDP without UDP accepted")
 	}
 }
+
+// startUDPOn is startUDP on a socket bound to addr.
+func startUDPOn(t *testing.T, cfg Config, addr *net.UDPAddr) *UDPServer {
+	t.Helper()
+	s, err := NewUDP(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.ListenUDP("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start(listener.NewPacket(c, nil))
+	t.Cleanup(func() { s.Shutdown() })
+	return s
+}
+
+// On a wildcard listener, answers leave from the address the client sent
+// to: a connected client socket, which takes datagrams from that address
+// only, gets them.
+func TestUDPWildcardAnswersFromTheAddressAsked(t *testing.T) {
+	a := newUDPBackend(t, "A")
+	for _, wild := range []string{"0.0.0.0", "::"} {
+		s := startUDPOn(t, udpConfig(a.addr()), &net.UDPAddr{IP: net.ParseIP(wild)})
+		port := s.Addr().(*net.UDPAddr).Port
+		for _, local := range []string{"127.0.0.1", "127.0.0.2"} {
+			c, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.ParseIP(local), Port: port})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := exchange(c, "hi")
+			c.Close()
+			if err != nil || got != "A hi" {
+				t.Errorf("listening on %s, asking %s: %q, %v", wild, local, got, err)
+			}
+		}
+	}
+}
+
+// A flow whose target stops taking new work (here: disabled) moves at the
+// next sweep, though its client never pauses.
+func TestUDPFlowsLeaveADisabledTarget(t *testing.T) {
+	a, b := newUDPBackend(t, "A"), newUDPBackend(t, "B")
+	cfg := udpConfig(a.addr(), b.addr())
+	cfg.Balance = "first"
+	cfg.UDPIdleTimeout = time.Hour
+	s := startUDP(t, cfg)
+	c := udpClient(t, 70, s.Addr())
+	if got, _ := exchange(c, "x"); got != "A x" {
+		t.Fatalf("first answer %q", got)
+	}
+	s.Set().Targets()[0].Disable()
+	waitFor(t, "the flow moves to B", func() bool { got, _ := exchange(c, "y"); return got == "B y" })
+	if st := s.Stats(); st.MovedClosed != 1 {
+		t.Errorf("stats %+v: want one flow moved", st)
+	}
+}
+
+// A datagram too long for the target's path (EMSGSIZE: a 65 520-byte IPv6
+// datagram to an IPv4 target) is dropped and counted; the target is not
+// held at fault, and the flow goes on.
+func TestUDPTooLongIsNotTheTargetsFault(t *testing.T) {
+	a := newUDPBackend(t, "A")
+	cfg := udpConfig(a.addr())
+	cfg.MaxFails = 1
+	s := startUDPOn(t, cfg, &net.UDPAddr{IP: net.IPv6loopback})
+	c, err := net.DialUDP("udp", nil, s.Addr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got, _ := exchange(c, "small"); got != "A small" {
+		t.Fatalf("answer %q", got)
+	}
+	for range 3 {
+		_, _ = c.Write(make([]byte, 65520))
+	}
+	if got, _ := exchange(c, "after"); got != "A after" {
+		t.Fatalf("after the long datagrams: %q", got)
+	}
+	st := s.Stats()
+	if st.SendErrors != 3 || st.ICMPClosed != 0 || st.Flows != 1 || s.Targets()[0].Failures != 0 {
+		t.Errorf("stats %+v, target %+v", st, s.Targets()[0])
+	}
+}
+
+// A target named by host is looked up in the background and then used.
+func TestUDPTargetByName(t *testing.T) {
+	a := newUDPBackend(t, "A")
+	_, port, _ := net.SplitHostPort(a.addr())
+	s := startUDP(t, udpConfig("localhost:"+port))
+	c := udpClient(t, 71, s.Addr())
+	waitFor(t, "an answer through localhost", func() bool {
+		got, _ := exchangeWithin(c, "n", 100*time.Millisecond)
+		return got == "A n"
+	})
+}
+
+// At shutdown, flows still relay the answers that come within the drain.
+func TestUDPShutdownRelaysLateAnswers(t *testing.T) {
+	late, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Close()
+	go func() {
+		buf := make([]byte, 64)
+		n, from, err := late.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		time.Sleep(300 * time.Millisecond) // the answer comes during the drain
+		_, _ = late.WriteToUDPAddrPort(buf[:n], from)
+	}()
+	cfg := udpConfig(late.LocalAddr().String())
+	cfg.DrainTimeout, cfg.UDPIdleTimeout = 5*time.Second, 600*time.Millisecond // quiet for 600ms: done
+	s := startUDP(t, cfg)
+	c := udpClient(t, 72, s.Addr())
+	if _, err := c.Write([]byte("q")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the flow", func() bool { return s.Stats().Flows == 1 })
+	done := make(chan UDPSummary)
+	go func() { done <- s.Shutdown() }()
+	buf := make([]byte, 64)
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "q" {
+		t.Fatalf("late answer: %q, %v", buf[:n], err)
+	}
+	if sum := <-done; sum.ToClients != 1 || sum.ReplyErrors != 0 {
+		t.Errorf("summary %+v", sum)
+	}
+}

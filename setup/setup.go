@@ -116,6 +116,9 @@ func UDP(c Values) (udp bool, err error) {
 		}
 		udp = c.Bool("udp")
 	case "udp":
+		if c.IsSet("udp") && !c.Bool("udp") {
+			return false, settings.Errorf("udp", "--udp=false contradicts --proto udp")
+		}
 		udp = true
 	default:
 		return false, settings.Errorf("proto", "invalid value %q for --proto: want tcp or udp", p)
@@ -387,6 +390,9 @@ func checkConfig(c Values, log *slog.Logger, targetTLS func() (*tls.Config, erro
 			}
 		}
 		return cfg, false, nil
+	}
+	if kind == health.KindUDP && !c.Bool("passthrough") {
+		return cfg, false, settings.Errorf("check", "--check udp needs --passthrough: NDJSON targets are TCP receivers (use tcp or http)")
 	}
 	cfg = health.DefaultConfig(kind)
 	cfg.Logger = log

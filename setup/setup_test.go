@@ -66,14 +66,16 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"check-http-path", values{"target": target, "check-http-path": "/x"}},
 		{"check-http-path", values{"target": target, "check": "tcp", "check-http-path": "/x"}},
 		{"check", values{"target": target, "check": "icmp"}},
-		{"check-port", values{"target": target, "check": "udp", "check-port": 70000}},
-		{"check-udp-send", values{"target": target, "check": "udp", "check-udp-send": strings.Repeat("x", 1025)}},
-		{"check-udp-send", values{"target": target, "check": "udp", "check-udp-send": `\q`}},
-		{"check-udp-send", values{"target": target, "check": "udp", "check-udp-send": "hex:zz"}},
+		{"check-port", values{"target": target, "passthrough": true, "check": "udp", "check-port": 70000}},
+		{"check-udp-send", values{"target": target, "passthrough": true, "check": "udp", "check-udp-send": strings.Repeat("x", 1025)}},
+		{"check-udp-send", values{"target": target, "passthrough": true, "check": "udp", "check-udp-send": `\q`}},
+		{"check-udp-send", values{"target": target, "passthrough": true, "check": "udp", "check-udp-send": "hex:zz"}},
 		{"check-udp-send", values{"target": target, "check": "tcp", "check-udp-send": "x"}},
 		{"check-udp-expect", values{"target": target, "check": "http", "check-udp-expect": "x"}},
 		{"check-port", values{"target": target, "check-port": 9}},
 		{"proto", values{"target": target, "proto": "sctp"}},
+		{"udp", values{"target": target, "proto": "udp", "udp": false}},
+		{"check", values{"target": target, "udp": true, "check": "udp"}},
 		{"udp", values{"target": target, "proto": "tcp", "udp": true}},
 		{"udp-idle-timeout", values{"target": target, "passthrough": true, "udp-idle-timeout": time.Second}},
 		{"udp-idle-timeout", values{"target": target, "passthrough": true, "udp": true, "udp-idle-timeout": time.Duration(0)}},
@@ -255,7 +257,7 @@ func TestUDPListeners(t *testing.T) {
 		}
 	}
 	for in, want := range map[string]string{`ping\n`: "ping\n", "hex:00 01ff": "\x00\x01\xff", `a\x00b`: "a\x00b", `say "hi"`: `say "hi"`} {
-		l, err := Listener("logs", values{"target": target, "udp": true, "check": "udp", "check-udp-send": in}, nil, quiet)
+		l, err := Listener("logs", values{"target": target, "passthrough": true, "udp": true, "check": "udp", "check-udp-send": in}, nil, quiet)
 		if err != nil {
 			t.Fatalf("%q: %v", in, err)
 		}

@@ -111,15 +111,15 @@ func (s *Supervisor) apply(span trace.Span, next []*instance) error {
 	}
 	// A listener renamed on the same address takes over the old one's
 	// socket, as a replacement does.
-	byAddr := map[string]*instance{}
+	byAddr := map[string]*instance{} // by network and address
 	for _, in := range next {
 		if old[in.spec.Name] == nil {
-			byAddr[in.spec.Addr] = nil
+			byAddr[in.sock()] = nil
 		}
 	}
 	for _, o := range old {
-		if _, ok := byAddr[o.spec.Addr]; ok && !slices.ContainsFunc(next, func(n *instance) bool { return n.spec.Name == o.spec.Name }) {
-			byAddr[o.spec.Addr] = o
+		if _, ok := byAddr[o.sock()]; ok && !slices.ContainsFunc(next, func(n *instance) bool { return n.spec.Name == o.spec.Name }) {
+			byAddr[o.sock()] = o
 		}
 	}
 	var result []*instance
@@ -133,9 +133,9 @@ func (s *Supervisor) apply(span trace.Span, next []*instance) error {
 		}
 		switch {
 		case o == nil:
-			if prev := byAddr[in.spec.Addr]; prev != nil && in.takeOver(prev) {
+			if prev := byAddr[in.sock()]; prev != nil && in.takeOver(prev) {
 				delete(old, prev.spec.Name)
-				byAddr[in.spec.Addr] = nil
+				byAddr[in.sock()] = nil
 				carryState(prev.srv.Set(), in.srv.Set())
 				s.start(in)
 				span.AddEvent("listener renamed", trace.WithAttributes(upstream.AttrListener.String(name)))

@@ -311,6 +311,9 @@ func (s *Supervisor) newInstance(l Listener) (*instance, error) {
 	return in, nil
 }
 
+// sock names the instance's socket: network and address.
+func (in *instance) sock() string { return in.mode.Network() + " " + in.spec.Addr }
+
 // listen opens the instance's socket.
 func (in *instance) listen() error {
 	ln, err := in.open(in.spec.Name, in.mode.Network(), in.spec.Addr, in.spec.Mode.KeepAlive())

@@ -212,9 +212,12 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 	}
 	s.log.Info("upgrade: the new process is ready; handing over", "pid", pid)
 	for _, in := range insts {
-		if ln := in.srv.Handover(); ln != nil {
+		ln := in.srv.Handover()
+		if _, udp := ln.(*listener.Packet); ln != nil && !udp {
 			ln.Close() // the new process holds the socket and accepts
 		}
+		// A UDP server's flows still send their answers from the
+		// socket until its drain ends: its Shutdown drops it.
 	}
 	var mu sync.Mutex // one transfer at a time on the channel
 	moved := 0
