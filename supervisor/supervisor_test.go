@@ -25,8 +25,12 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// fakeMode makes fakeServers; fail, if set, is New's error.
-type fakeMode struct{ fail error }
+// fakeMode makes fakeServers; fail, if set, is New's error; network is
+// its Network ("" is tcp).
+type fakeMode struct {
+	fail    error
+	network string
+}
 
 func (fakeMode) Name() string { return "fake" }
 
@@ -45,7 +49,12 @@ func (fakeMode) Lost(Server) []any { return []any{"fake_lost", 1} }
 
 func (fakeMode) KeepAlive() time.Duration { return -1 }
 
-func (fakeMode) Network() string { return "tcp" }
+func (m fakeMode) Network() string {
+	if m.network == "" {
+		return "tcp"
+	}
+	return m.network
+}
 
 // fakeServer holds its socket and records what the supervisor does to it.
 type fakeServer struct {
@@ -371,6 +380,33 @@ func TestListenersComeAndGo(t *testing.T) {
 		if !strings.Contains(w.logs.String(), want) {
 			t.Errorf("no %q in the log", want)
 		}
+	}
+}
+
+// A TCP and a UDP listener on one port, both renamed: each new one takes
+// the socket of its own network, and neither fails to listen.
+func TestTCPAndUDPOnOnePortRenamed(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	tcp, udp := fakeListener("a"), fakeListener("b")
+	tcp.Addr, udp.Addr, udp.Mode = addr, addr, fakeMode{network: "udp"}
+	w := newWorld(t, Spec{Listeners: []Listener{tcp, udp}})
+	tcp2, udp2 := tcp, udp
+	tcp2.Name, udp2.Name = "a2", "b2"
+	w.next = Spec{Listeners: []Listener{udp2, tcp2}} // the UDP one first
+	if err := w.sup.Reload("test"); err != nil {
+		t.Fatal(err)
+	}
+	w.sup.draining.Wait()
+	if names := w.sup.Addrs(); len(names) != 2 || names["a2"] == nil || names["b2"] == nil {
+		t.Fatalf("listeners %v", names)
+	}
+	if logs := w.logs.String(); strings.Contains(logs, "cannot listen") || strings.Count(logs, "listener added on the socket of a removed one") != 2 {
+		t.Errorf("logs:\n%s", logs)
 	}
 }
 
