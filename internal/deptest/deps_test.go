@@ -30,6 +30,8 @@ var allowed = map[string][]string{
 	"health":    {"invalid", "tlsutil", "upstream"},
 	"discovery": {"invalid", "upstream"},
 	"config":    {},
+	// routekey takes a routing key from a message: a leaf.
+	"routekey": {},
 	// supervisor runs listeners of both modes; it knows the settings only
 	// for their reload rules.
 	"supervisor": {"admin", "balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool",
