@@ -1,0 +1,163 @@
+package framer
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// chunked reads its data in the sizes given, cycling.
+type chunked struct {
+	data  []byte
+	sizes []int
+	i     int
+}
+
+func (c *chunked) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := 1
+	if len(c.sizes) > 0 {
+		n = max(c.sizes[c.i%len(c.sizes)], 1)
+		c.i++
+	}
+	n = copy(p, c.data[:min(n, len(c.data))])
+	c.data = c.data[n:]
+	return n, nil
+}
+
+func frames(msgs ...string) []byte {
+	var b []byte
+	for _, m := range msgs {
+		b = strconv.AppendInt(b, int64(len(m)), 10)
+		b = append(append(b, ' '), m...)
+	}
+	return b
+}
+
+// octetLines frames in through an OctetReader and a Framer and returns the
+// lines, the drops and the framer's final error.
+func octetLines(in io.Reader, maxBytes int, reversible bool) (out []byte, drops []Drop, oversize []int, err error) {
+	o := NewOctetReader(in, 64, maxBytes, reversible)
+	o.OnOversize = func(n int) { oversize = append(oversize, n) }
+	cfg := DefaultConfig()
+	cfg.ReadBytes, cfg.MaxLineBytes = 64, 2*maxBytes+8 // room for escapes
+	f := New(o, cfg, NewPool())
+	f.OnDrop = func(d Drop) { drops = append(drops, d) }
+	for {
+		b, err := f.Next()
+		if err != nil {
+			return out, drops, oversize, err
+		}
+		out = append(out, b.Data...)
+		b.Release()
+	}
+}
+
+func TestOctetReaderLines(t *testing.T) {
+	in := frames("plain", "two\nlines", "ends in newline\n", "", `back\slash #012`, strings.Repeat("x", 300), "after")
+	out, drops, oversize, err := octetLines(&chunked{data: in, sizes: []int{1, 7, 3}}, 100, false)
+	want := "plain\ntwo#012lines\nends in newline\n\nback\\slash #012\nafter\n"
+	if !errors.Is(err, io.EOF) || string(out) != want || len(drops) != 0 || len(oversize) != 1 || oversize[0] != 300 {
+		t.Fatalf("out %q, drops %v, oversize %v, err %v", out, drops, oversize, err)
+	}
+}
+
+// Reversible escaping and EncodeOctet give back the client's frames, byte
+// for byte, whatever the messages hold and however the stream is split.
+func TestOctetRoundTrip(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	alphabet := []byte("ab\\n\n#0 \x00\xff")
+	for i := range 300 {
+		var msgs []string
+		for range r.IntN(20) {
+			m := make([]byte, r.IntN(90))
+			for k := range m {
+				m[k] = alphabet[r.IntN(len(alphabet))]
+			}
+			msgs = append(msgs, string(m))
+		}
+		in := frames(msgs...)
+		sizes := []int{1 + r.IntN(5), 1 + r.IntN(200)}
+		out, drops, _, err := octetLines(&chunked{data: in, sizes: sizes}, 100, true)
+		if !errors.Is(err, io.EOF) || len(drops) != 0 {
+			t.Fatalf("%d: err %v, drops %v", i, err, drops)
+		}
+		if got := EncodeOctet(nil, out, true); !bytes.Equal(got, in) {
+			t.Fatalf("%d: round trip\n got %q\nwant %q", i, got, in)
+		}
+	}
+	// A client of lines, to octet-counted targets.
+	if got := EncodeOctet(nil, []byte("a\nbb\n\n"), false); string(got) != "1 a2 bb0 " {
+		t.Fatalf("lines to frames: %q", got)
+	}
+}
+
+func TestOctetReaderBadFrames(t *testing.T) {
+	for _, in := range []string{"x", "5x", "05 hello", " 5 hello", "12345678901 x", "-1 x", "5\nhello"} {
+		stream := append(frames("ok"), in...)
+		out, _, _, err := octetLines(bytes.NewReader(stream), 100, false)
+		if !errors.Is(err, ErrBadFrame) || string(out) != "ok\n" {
+			t.Errorf("%q: out %q, err %v; want the whole message, then ErrBadFrame", in, out, err)
+		}
+	}
+}
+
+// A stream that ends inside a message (or its prefix) ends in a fragment,
+// dropped as incomplete; one that ends inside an oversize message does not.
+func TestOctetReaderCutShort(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		frag int // the fragment's length; 0: no drop
+	}{
+		{string(frames("ok")) + "10 abc", 3},
+		{string(frames("ok")) + "10 ", 2},
+		{string(frames("ok")) + "1", 1},
+		{string(frames("ok")) + "500 abc", 0}, // oversize, skipped anyway
+	} {
+		out, drops, _, err := octetLines(bytes.NewReader([]byte(tc.in)), 100, false)
+		if string(out) != "ok\n" {
+			t.Errorf("%q: out %q", tc.in, out)
+		}
+		switch {
+		case tc.frag == 0 && (len(drops) != 0 || !errors.Is(err, io.EOF)):
+			t.Errorf("%q: drops %v, err %v; want none and EOF", tc.in, drops, err)
+		case tc.frag > 0 && (len(drops) != 1 || drops[0].Reason != ReasonIncomplete || drops[0].Bytes != tc.frag):
+			t.Errorf("%q: drops %v, err %v; want one incomplete of %d bytes", tc.in, drops, err, tc.frag)
+		}
+	}
+}
+
+// FuzzOctetReader: any input, split into any reads, gives what it gives
+// read whole (the same lines, drops, skipped lengths and error kind); and
+// frames of any messages come back byte for byte through EncodeOctet.
+func FuzzOctetReader(f *testing.F) {
+	f.Add([]byte(frames("a", "b\nc", "")), []byte{1, 2, 3}, []byte("x\\y\n"))
+	f.Add([]byte("3 abc05 x"), []byte{5}, []byte{})
+	f.Add([]byte("999 abc"), []byte{1}, []byte("\\\\n"))
+	f.Fuzz(func(t *testing.T, in, splits, msg []byte) {
+		sizes := make([]int, len(splits))
+		for i, s := range splits {
+			sizes[i] = int(s)
+		}
+		whole, wdrops, wover, werr := octetLines(bytes.NewReader(in), 50, true)
+		split, sdrops, sover, serr := octetLines(&chunked{data: in, sizes: sizes}, 50, true)
+		if !bytes.Equal(whole, split) || fmt.Sprint(wdrops) != fmt.Sprint(sdrops) || fmt.Sprint(wover) != fmt.Sprint(sover) ||
+			errors.Is(werr, ErrBadFrame) != errors.Is(serr, ErrBadFrame) {
+			t.Fatalf("whole %q %v %v %v\nsplit %q %v %v %v", whole, wdrops, wover, werr, split, sdrops, sover, serr)
+		}
+		if len(msg) <= 50 {
+			framed := frames(string(msg), "", string(msg))
+			out, _, _, err := octetLines(&chunked{data: framed, sizes: sizes}, 50, true)
+			if !errors.Is(err, io.EOF) || !bytes.Equal(EncodeOctet(nil, out, true), framed) {
+				t.Fatalf("round trip of %q: %q, %v", msg, out, err)
+			}
+		}
+	})
+}
