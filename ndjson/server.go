@@ -70,6 +70,15 @@ type Config struct {
 	// send, in bytes per second: past it, ndlb reads from it no faster,
 	// so the client is slowed through TCP, and nothing is dropped.
 	ClientRate int64
+	// Framing is how clients delimit messages: framer.Newline (the
+	// default, also for "") or framer.OctetCounted (RFC 6587, syslog's
+	// TCP framing, whose messages may hold newlines).
+	Framing framer.Framing
+	// TargetFraming is how messages are written to the targets; "" means
+	// Framing. Octet-counted clients to newline targets: a message's
+	// newlines are written "#012" (see framer.OctetReader); newline
+	// clients to octet-counted targets: each line is a message.
+	TargetFraming framer.Framing
 	// UDP makes the listener one of datagrams: each holds one or more
 	// lines (a missing final newline is added), framed by the same limits
 	// and queued like a connection's. TLS, PROXY headers, per-source
@@ -124,6 +133,14 @@ func (c Config) Validate() error {
 	if err := c.Pool.Validate(); err != nil {
 		return invalid.In(ErrConfig, "Pool", err)
 	}
+	for field, f := range map[string]framer.Framing{"Framing": c.Framing, "TargetFraming": c.TargetFraming} {
+		if f != "" && f != framer.Newline && f != framer.OctetCounted {
+			return bad(field, "framing %q: want newline or octet-counted", f)
+		}
+	}
+	if c.UDP && c.Framing == framer.OctetCounted {
+		return bad("Framing", "a datagram is one message already: octet counting is for TCP")
+	}
 	if l := c.Listener; c.UDP {
 		switch {
 		case l.TLS != nil:
@@ -164,7 +181,7 @@ type Server struct {
 	summary    Summary
 
 	oversize, incomplete, memory, dropShutdown atomic.Uint64
-	lineTimeouts, cutAtDrain                   atomic.Uint64
+	lineTimeouts, cutAtDrain, badFrames        atomic.Uint64
 	metrics                                    []metric.Registration
 
 	scratch struct {
@@ -187,6 +204,16 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg.Pool.Logger = cfg.Logger
 	cfg.Pool.Name = cfg.Name
+	if cfg.Framing == "" {
+		cfg.Framing = framer.Newline
+	}
+	if cfg.TargetFraming == "" {
+		cfg.TargetFraming = cfg.Framing
+	}
+	if cfg.TargetFraming == framer.OctetCounted {
+		reversible := cfg.Framing == framer.OctetCounted
+		cfg.Pool.Encode = func(dst, data []byte) []byte { return framer.EncodeOctet(dst, data, reversible) }
+	}
 	s := &Server{cfg: cfg, log: cfg.Logger, bufs: framer.NewPool(), budget: framer.NewBudget(cfg.ClientMemory),
 		ledger: dispatch.NewLedger(), book: cfg.Book, set: upstream.NewSet(cfg.Targets)}
 	qc := cfg.Queue
@@ -258,6 +285,14 @@ func (s *Server) ServeConn(c *listener.Conn) {
 	cs := &clientConn{s: s, c: c, start: time.Now(), warn: rate.Sometimes{First: 1, Interval: time.Second}}
 	c.Log.Debug("client connected")
 	cs.r = clientReader(c)
+	if s.cfg.Framing == framer.OctetCounted {
+		// The frames' state lives in the reader: such a connection
+		// is not moved by an upgrade (it drains here).
+		o := framer.NewOctetReader(c, s.cfg.Framer.ReadBytes, s.cfg.Framer.MaxLineBytes,
+			s.cfg.TargetFraming == framer.OctetCounted)
+		o.OnOversize = func(n int) { cs.dropped(framer.Drop{Reason: framer.ReasonOversize, Bytes: n}) }
+		cs.r = o
+	}
 	skipping := false
 	if v, ok := s.resuming.LoadAndDelete(c.ID); ok {
 		skipping = v.(bool)
@@ -476,6 +511,9 @@ func (cs *clientConn) logClose(err error) {
 		c.Log.Warn("drain timeout: stopped reading from client", attrs...)
 	case errors.Is(err, framer.ErrStopped), errors.Is(err, context.Canceled):
 		c.Log.Warn("shutdown deadline passed: client closed", attrs...)
+	case errors.Is(err, framer.ErrBadFrame):
+		s.badFrames.Add(1)
+		c.Log.Warn("bad octet-counted frame: the client was closed (nothing after it can be framed)", append(attrs, "err", err)...)
 	default:
 		c.Log.Info("client connection failed", append(attrs, "err", err)...)
 	}
@@ -560,6 +598,9 @@ type Stats struct {
 	// before ndlb read them, the socket's buffer full (SO_RXQ_OVFL; not in
 	// the ledger, which counts what was read).
 	Datagrams, DroppedBinary, Overflows uint64
+	// BadFrames counts clients closed for a bad octet-counted length
+	// prefix.
+	BadFrames uint64
 }
 
 // Stats returns the server's counters.
@@ -569,7 +610,7 @@ func (s *Server) Stats() Stats {
 		Queue: s.q.Stats(), Pool: s.pool.Stats(),
 		DroppedOversize: s.oversize.Load(), DroppedIncomplete: s.incomplete.Load(),
 		DroppedMemory: s.memory.Load(), DroppedShutdown: s.dropShutdown.Load(),
-		LineTimeouts: s.lineTimeouts.Load(), CutAtDrain: s.cutAtDrain.Load(),
+		LineTimeouts: s.lineTimeouts.Load(), CutAtDrain: s.cutAtDrain.Load(), BadFrames: s.badFrames.Load(),
 	}
 	if s.ln != nil {
 		st.Listener = s.ln.Stats()
@@ -642,7 +683,8 @@ func (s *Server) Shutdown() Summary {
 			"retried_lines", st.Queue.RetriedLines, "failovers", st.Pool.Failovers, "failbacks", st.Pool.Failbacks,
 			"resets", st.Pool.Resets, "proxy_rejected", st.Listener.ProxyRejected, "proxy_untrusted", st.Listener.ProxyUntrusted,
 			"source_limited", st.Listener.SourceConns+st.Listener.SourceRate, "sources_untracked", st.Listener.SourcesUntracked,
-			"datagrams", st.Datagrams, "dropped_binary", st.DroppedBinary, "kernel_overflows", st.Overflows)
+			"datagrams", st.Datagrams, "dropped_binary", st.DroppedBinary, "kernel_overflows", st.Overflows,
+			"bad_frames", st.BadFrames)
 	})
 	return s.summary
 }

@@ -45,11 +45,13 @@ type upConn struct {
 	count    *countConn      // raw bytes written, under TLS
 	log      *slog.Logger
 
-	bufs    net.Buffers // the batches of the write in progress
-	wv      net.Buffers // what WriteTo consumes; a field, so it does not escape per write
-	written int64       // bytes handed to the socket
-	acked   int64       // bytes known acknowledged
-	unacked []pending   // in write order
+	encode  func(dst, data []byte) []byte // Config.Encode
+	enc     [][]byte                      // encode's buffers, reused
+	bufs    net.Buffers                   // the batches of the write in progress
+	wv      net.Buffers                   // what WriteTo consumes; a field, so it does not escape per write
+	written int64                         // bytes handed to the socket
+	acked   int64                         // bytes known acknowledged
+	unacked []pending                     // in write order
 
 	dead    chan struct{} // closed when the reader sees EOF or an error
 	readErr error         // set before dead is closed
@@ -82,7 +84,8 @@ func (p *Pool) dialConn(ctx context.Context, t *upstream.Target, reason string, 
 	if err != nil {
 		return nil, err
 	}
-	c = &upConn{id: id, target: t, conn: raw, tcp: raw, dead: make(chan struct{}), tel: p.tel, delivery: p.tel.deliveryOpt(t)}
+	c = &upConn{id: id, target: t, conn: raw, tcp: raw, dead: make(chan struct{}), tel: p.tel, delivery: p.tel.deliveryOpt(t),
+		encode: p.cfg.Encode}
 	if sc, ok := raw.(syscall.Conn); ok {
 		if c.raw, _ = sc.SyscallConn(); c.raw != nil {
 			c.outq = newOutq(c.raw)
@@ -137,7 +140,7 @@ func (c *upConn) write(bs []*framer.Batch, timeout time.Duration) error {
 	}
 	if c.count != nil {
 		for i, b := range bs {
-			if _, err := c.conn.Write(b.Data); err != nil {
+			if _, err := c.conn.Write(c.wire(b, 0)); err != nil {
 				c.unack(bs[i:])
 				return err
 			}
@@ -147,20 +150,41 @@ func (c *upConn) write(bs []*framer.Batch, timeout time.Duration) error {
 		return nil
 	}
 	c.bufs = c.bufs[:0]
-	for _, b := range bs {
-		c.bufs = append(c.bufs, b.Data)
+	for i, b := range bs {
+		c.bufs = append(c.bufs, c.wire(b, i))
 	}
 	start := c.written
+	end := start
+	for i, b := range bs {
+		end += int64(len(c.bufs[i]))
+		c.unacked = append(c.unacked, pending{b: b, end: end})
+	}
 	c.wv = c.bufs // WriteTo consumes its receiver
 	n, err := c.wv.WriteTo(c.conn)
 	c.written += n
-	end := start
-	for _, b := range bs {
-		end += int64(len(b.Data))
-		c.unacked = append(c.unacked, pending{b: b, end: end})
-	}
 	clear(c.bufs)
+	for i, e := range c.enc {
+		if cap(e) > maxKeptEncode {
+			c.enc[i] = nil // a rare long batch: its buffer is not kept
+		}
+	}
 	return err
+}
+
+// maxKeptEncode is the largest encode buffer a connection keeps for reuse.
+const maxKeptEncode = 256 << 10
+
+// wire is what b is on the wire: its lines, or their encoding (in the
+// connection's i-th encode buffer, reused across writes).
+func (c *upConn) wire(b *framer.Batch, i int) []byte {
+	if c.encode == nil {
+		return b.Data
+	}
+	for len(c.enc) <= i {
+		c.enc = append(c.enc, nil)
+	}
+	c.enc[i] = c.encode(c.enc[i][:0], b.Data)
+	return c.enc[i]
 }
 
 // unack adds batches that were not written; they can never be acknowledged,
@@ -252,7 +276,7 @@ func (c *upConn) requeue(q *dispatch.Queue) int {
 // that lie within the acknowledged bytes, and reports them delivered. Under
 // TLS the wire bytes do not map onto lines, so nothing is trimmed.
 func (c *upConn) trimAcked(q *dispatch.Queue) {
-	if c.count != nil {
+	if c.count != nil || c.encode != nil {
 		return
 	}
 	p := c.unacked[0]

@@ -86,6 +86,11 @@ type Config struct {
 	// (so rotated certificates are picked up). An empty ServerName is set
 	// to the target's host.
 	TLS func() (*tls.Config, error)
+	// Encode, if set, turns a batch's lines into the bytes written to the
+	// target (framer.EncodeOctet for octet-counted targets), appending
+	// to dst. The wire bytes then do not map onto lines, so a batch
+	// is delivered whole or not at all, as under TLS.
+	Encode func(dst, data []byte) []byte
 
 	// Dialer opens raw connections; nil means a net.Dialer with the
 	// keepalive and TCP_USER_TIMEOUT settings above.

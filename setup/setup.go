@@ -15,6 +15,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/ndlb/ndlb/discovery"
+	"github.com/ndlb/ndlb/framer"
 	"github.com/ndlb/ndlb/health"
 	"github.com/ndlb/ndlb/invalid"
 	"github.com/ndlb/ndlb/listener"
@@ -254,6 +255,7 @@ func ndjsonConfig(c Values, log *slog.Logger, udp bool) (ndjson.Config, error) {
 	}
 	cfg.ClientMemory = int64(cb)
 	cfg.LineTimeout = c.Duration("line-timeout")
+	cfg.Framing, cfg.TargetFraming = framer.Framing(c.String("framing")), framer.Framing(c.String("target-framing"))
 	if r := c.String("client-rate"); r != "0" && r != "" {
 		v, err := size(c, "client-rate")
 		if err != nil {
