@@ -7,7 +7,8 @@
 #   - gcc, libc6-dev: the race detector (cgo);
 #   - iproute2: the black-hole test changes routes in its own network
 #     namespace;
-#   - chromium: the status page test drives headless Chromium.
+#   - chromium: the status page test drives headless Chromium;
+#   - rsyslog: a real shipper sends octet-counted syslog through ndlb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,7 @@ need=()
 command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v rsyslogd >/dev/null 2>&1 || need+=(rsyslog)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "scripts/test.sh: the tests need: ${need[*]} (install them, or run this as root on Debian)" >&2
