@@ -30,9 +30,12 @@ var ErrBadFrame = errors.New("bad octet-counted frame")
 const maxLenDigits = 10
 
 // OctetReader turns an octet-counted stream (RFC 6587: "LEN SP MSG", LEN a
-// decimal without leading zeros; 0 is taken for an empty message) into lines for a Framer, each message
-// followed by '\n'. Newlines inside a message are escaped by one of two
-// rules:
+// decimal without leading zeros; 0 is taken for an empty message) into
+// lines for a Framer, each message followed by '\n'. Message bytes are
+// passed on as they arrive, so the framer holds a message in progress as a
+// partial line: charged to its Budget, timed by its IdleSince, dropped as
+// incomplete if the stream ends inside it. Newlines inside a message are
+// escaped by one of two rules:
 //
 //   - Reversible false (the targets take lines): one '\n' ending the
 //     message is dropped, as senders often add one; any other is written
@@ -41,132 +44,276 @@ const maxLenDigits = 10
 //     EncodeOctet): '\' is written `\\` and '\n' `\n`, which EncodeOctet
 //     undoes, so every message reaches the targets byte for byte.
 //
-// A message longer than MaxBytes is skipped as it arrives, never buffered,
-// and reported to OnOversize. A bad length prefix ends the stream with an
-// error wrapping ErrBadFrame, after every whole message before it. A stream
-// that ends inside a message ends with io.ErrUnexpectedEOF, so the framer
-// drops the fragment as incomplete.
+// The framer's MaxLineBytes applies to the escaped line. A message whose
+// length prefix already exceeds the limit is skipped as it arrives, never
+// buffered, and reported to OnOversize. A bad length prefix ends the stream
+// with an error wrapping ErrBadFrame, after every whole message before it.
+//
+// When the source is a BufferReader, OctetReader is one too: an idle
+// stream then holds no buffer, neither the framer's nor its own.
 type OctetReader struct {
 	// OnOversize, if set, is called with the length of each message
 	// skipped for being longer than the limit.
 	OnOversize func(n int)
+	// Final, if set, replaces the source's reads: the last reads of a
+	// stream cut off at a deadline.
+	Final func(p []byte) (int, error)
 
-	r          io.Reader
+	src        io.Reader
+	bsrc       BufferReader // src, when it is one
+	readBytes  int
 	max        int
 	reversible bool
-	in         []byte // read buffer
+	in         []byte // read buffer, held only while it has unparsed bytes
 	pend       []byte // in[...]: read, not yet parsed
-	out        []byte // lines parsed; out[outPos:] is ready for Read
-	outPos     int
-	msg        []byte // the message being read
 
-	hdr   []byte // digits of a length prefix split across reads
-	left  int    // bytes of the current message still to come
-	inMsg bool   // the current message's prefix is parsed
-	skip  bool   // the current message is oversize: skipped
-	cut   bool   // the input ended inside a message (fragment given)
-	err   error  // the underlying reader's, once pend is spent
+	hdr     []byte // digits of a length prefix split across reads
+	left    int    // bytes of the current message still to come
+	inMsg   bool   // the current message's prefix is parsed
+	skip    bool   // the current message is oversize: skipped
+	heldNL  bool   // a '\n' held back: it may end the message (non-reversible)
+	needEnd bool   // the message is over; its '\n' is still to be written
+	sent    bool   // some of the current message was passed on
+	cut     bool   // the stream ended inside a frame (marker given)
+	bad     error  // a bad prefix's error, after what came before it
+	err     error  // the source's, once pend is spent
 }
 
 // NewOctetReader reads octet-counted frames from r in reads of readBytes;
 // messages longer than maxBytes are skipped.
 func NewOctetReader(r io.Reader, readBytes, maxBytes int, reversible bool) *OctetReader {
-	return &OctetReader{r: r, in: make([]byte, readBytes), max: maxBytes, reversible: reversible}
+	o := &OctetReader{src: r, readBytes: readBytes, max: maxBytes, reversible: reversible}
+	o.bsrc, _ = r.(BufferReader)
+	return o
 }
+
+var _ BufferReader = (*OctetReader)(nil)
 
 // Read implements io.Reader.
 func (o *OctetReader) Read(p []byte) (int, error) {
 	for {
-		if o.outPos < len(o.out) {
-			n := copy(p, o.out[o.outPos:])
-			o.outPos += n
+		if n := o.produce(p); n > 0 {
 			return n, nil
 		}
-		o.out, o.outPos = o.out[:0], 0
-		if len(o.pend) > 0 {
-			if err := o.parse(); err != nil {
-				if len(o.out) > 0 {
-					o.err = err // after the whole messages before it
-					continue
-				}
-				return 0, err
+		if err := o.stop(); err != nil {
+			if n := o.marker(p); n > 0 {
+				return n, nil
 			}
-			continue
+			return 0, err
 		}
-		if o.err != nil {
-			if frag := o.fragment(); len(frag) > 0 {
-				o.out = frag // a partial line, then the error: the framer drops it as incomplete
-				continue
-			}
-			return 0, o.end()
-		}
-		m, err := o.r.Read(o.in)
-		o.pend = o.in[:m]
-		if err != nil {
-			o.err = err
-		}
+		o.fill()
 	}
 }
 
-// end is the error at the end of the input: a clean EOF only between
-// messages.
-func (o *OctetReader) end() error {
-	if errors.Is(o.err, io.EOF) && o.cut {
+// ReadBuffer implements BufferReader: it takes the framer's buffer only
+// when it has something to write into it.
+func (o *OctetReader) ReadBuffer(get func() []byte, put func()) (int, error) {
+	for {
+		if o.ready() {
+			p := get()
+			if p == nil {
+				return 0, nil // no room: the framer waits, the bytes wait here
+			}
+			if n := o.produce(p); n > 0 {
+				return n, nil
+			}
+			if n := o.marker(p); n > 0 {
+				return n, nil
+			}
+			put()
+			if err := o.stop(); err != nil {
+				return 0, err
+			}
+			if len(o.pend) > 0 || o.needEnd {
+				continue
+			}
+		}
+		if err := o.stop(); err != nil {
+			return 0, err
+		}
+		put() // waiting: the framer keeps only its partial line
+		o.fill()
+	}
+}
+
+// ready reports whether produce or marker may write something.
+func (o *OctetReader) ready() bool {
+	return len(o.pend) > 0 || o.needEnd || o.bad != nil || o.err != nil && o.midFrame() && !o.cut
+}
+
+func (o *OctetReader) midFrame() bool { return o.inMsg && !o.skip || len(o.hdr) > 0 }
+
+// stop is the error to end with once everything read is written: a bad
+// prefix's, or the source's (a clean EOF only between frames).
+func (o *OctetReader) stop() error {
+	if len(o.pend) > 0 || o.needEnd {
+		return nil
+	}
+	if o.bad != nil {
+		return o.bad
+	}
+	if o.err == nil {
+		return nil
+	}
+	if errors.Is(o.err, io.EOF) && o.midFrame() {
 		return io.ErrUnexpectedEOF
 	}
 	return o.err
 }
 
-// fragment returns, once, what the input ended inside of: the part of a
-// message that came (or, if none did, its prefix), without a newline, for
-// the framer to count as an incomplete line.
-func (o *OctetReader) fragment() []byte {
-	if o.cut || !(o.inMsg && !o.skip || len(o.hdr) > 0) {
-		return nil
+// marker writes one byte for a stream cut inside a frame of which nothing
+// was passed on, so that the framer has a fragment to count as incomplete.
+func (o *OctetReader) marker(p []byte) int {
+	if o.err == nil || o.cut || !o.midFrame() || o.sent || len(p) == 0 || len(o.pend) > 0 {
+		return 0
 	}
 	o.cut = true
-	frag := o.escape(o.out[:0], o.msg)
-	frag = frag[:len(frag)-1] // no newline: not a line
-	if len(frag) == 0 {
-		frag = append(frag, o.hdr...)
-		if len(frag) == 0 {
-			frag = strconv.AppendInt(frag, int64(o.left), 10)
-		}
-	}
-	o.inMsg, o.hdr, o.msg = false, o.hdr[:0], o.msg[:0]
-	return frag
+	p[0] = '#'
+	return 1
 }
 
-// parse moves whole messages from pend into out.
-func (o *OctetReader) parse() error {
-	for len(o.pend) > 0 {
+// fill reads the next bytes from the source.
+func (o *OctetReader) fill() {
+	var n int
+	var err error
+	switch {
+	case o.Final != nil:
+		if o.in == nil {
+			o.in = make([]byte, o.readBytes)
+		}
+		n, err = o.Final(o.in)
+	case o.bsrc != nil:
+		n, err = o.bsrc.ReadBuffer(o.getIn, o.putIn)
+		if n == 0 && err == nil {
+			return
+		}
+	default:
+		if o.in == nil {
+			o.in = make([]byte, o.readBytes)
+		}
+		n, err = o.src.Read(o.in)
+	}
+	o.pend = o.in[:n]
+	if err != nil {
+		o.err = err
+	}
+}
+
+func (o *OctetReader) getIn() []byte {
+	if o.in == nil {
+		o.in = make([]byte, o.readBytes)
+	}
+	return o.in
+}
+
+// putIn lets the read buffer go while the source waits (pend is empty).
+func (o *OctetReader) putIn() { o.in, o.pend = nil, nil }
+
+// produce writes into p what pend holds, as far as p has room.
+func (o *OctetReader) produce(p []byte) int {
+	n := 0
+	for n < len(p) {
+		if o.needEnd {
+			p[n] = '\n'
+			n++
+			o.needEnd, o.inMsg, o.skip, o.heldNL, o.sent = false, false, false, false, false
+			continue
+		}
+		if len(o.pend) == 0 || o.bad != nil {
+			break
+		}
 		if !o.inMsg {
-			if err := o.prefix(); err != nil {
-				return err
-			}
+			o.prefix()
 			if !o.inMsg {
-				return nil // the prefix goes on in the next read
+				continue // a bad prefix, or one that goes on in the next read
 			}
+			o.needEnd = o.left == 0 && !o.skip
+			continue
 		}
 		take := min(o.left, len(o.pend))
-		if !o.skip {
-			o.msg = append(o.msg, o.pend[:take]...)
+		if o.skip {
+			o.pend, o.left = o.pend[take:], o.left-take
+			if o.left == 0 {
+				o.inMsg, o.skip = false, false
+			}
+			continue
 		}
-		o.pend, o.left = o.pend[take:], o.left-take
-		if o.left > 0 {
-			return nil
+		w, used := o.escape(p[n:], o.pend[:take])
+		n += w
+		o.pend, o.left = o.pend[used:], o.left-used
+		if used > 0 || w > 0 {
+			o.sent = true
 		}
-		if !o.skip {
-			o.out = o.escape(o.out, o.msg)
+		if o.left == 0 {
+			o.heldNL = false // a '\n' that ends the message is dropped
+			o.needEnd = true
+			continue
 		}
-		o.inMsg, o.skip, o.msg = false, false, o.msg[:0]
+		if used < take {
+			break // p is full
+		}
 	}
-	return nil
+	if len(o.pend) == 0 && o.bsrc != nil && o.Final == nil {
+		o.in = nil // the next read takes a buffer again when it has data
+	}
+	return n
+}
+
+// escape writes msg's bytes into p by the reader's rule, as far as p has
+// room, and returns what it wrote and used.
+func (o *OctetReader) escape(p, msg []byte) (w, used int) {
+	for used < len(msg) {
+		c := msg[used]
+		if o.reversible {
+			if c == '\\' || c == '\n' {
+				if len(p)-w < 2 {
+					return w, used
+				}
+				p[w] = '\\'
+				if c == '\n' {
+					p[w+1] = 'n'
+				} else {
+					p[w+1] = '\\'
+				}
+				w += 2
+			} else {
+				if w == len(p) {
+					return w, used
+				}
+				p[w] = c
+				w++
+			}
+			used++
+			continue
+		}
+		need := 1
+		if o.heldNL {
+			need += 4
+		}
+		if c == '\n' {
+			need-- // held back, not written yet
+		}
+		if len(p)-w < need {
+			return w, used
+		}
+		if o.heldNL {
+			w += copy(p[w:], "#012")
+			o.heldNL = false
+		}
+		if c == '\n' {
+			o.heldNL = true
+		} else {
+			p[w] = c
+			w++
+		}
+		used++
+	}
+	return w, used
 }
 
 // prefix reads a length prefix from pend; it sets inMsg once its space is
-// read.
-func (o *OctetReader) prefix() error {
+// read, or bad.
+func (o *OctetReader) prefix() {
 	for len(o.pend) > 0 {
 		c := o.pend[0]
 		switch {
@@ -180,7 +327,8 @@ func (o *OctetReader) prefix() error {
 			n, err := strconv.Atoi(string(o.hdr))
 			o.hdr = o.hdr[:0]
 			if err != nil {
-				return o.bad()
+				o.setBad()
+				return
 			}
 			o.left, o.inMsg = n, true
 			if n > o.max {
@@ -189,49 +337,19 @@ func (o *OctetReader) prefix() error {
 					o.OnOversize(n)
 				}
 			}
-			return nil
+			return
 		default:
-			return o.bad()
+			o.setBad()
+			return
 		}
 	}
-	return nil
 }
 
-// bad is the error of a bad prefix, showing what it began with.
-func (o *OctetReader) bad() error {
+// setBad ends the stream at a bad prefix, keeping what it began with.
+func (o *OctetReader) setBad() {
 	seen := append(o.hdr, o.pend[:min(len(o.pend), 16)]...)
+	o.bad = fmt.Errorf("%w: expected LENGTH SPACE, got %q", ErrBadFrame, seen)
 	o.pend, o.hdr = nil, nil
-	return fmt.Errorf("%w: expected LENGTH SPACE, got %q", ErrBadFrame, seen)
-}
-
-// escape appends msg and its '\n' to dst, escaped by the reader's rule.
-func (o *OctetReader) escape(dst, msg []byte) []byte {
-	if o.reversible {
-		for {
-			i := bytes.IndexAny(msg, "\\\n")
-			if i < 0 {
-				break
-			}
-			dst = append(dst, msg[:i]...)
-			if msg[i] == '\n' {
-				dst = append(dst, '\\', 'n')
-			} else {
-				dst = append(dst, '\\', '\\')
-			}
-			msg = msg[i+1:]
-		}
-		return append(append(dst, msg...), '\n')
-	}
-	msg = bytes.TrimSuffix(msg, []byte{'\n'})
-	for {
-		i := bytes.IndexByte(msg, '\n')
-		if i < 0 {
-			break
-		}
-		dst = append(append(dst, msg[:i]...), "#012"...)
-		msg = msg[i+1:]
-	}
-	return append(append(dst, msg...), '\n')
 }
 
 // EncodeOctet appends to dst, as octet-counted frames, the lines of data

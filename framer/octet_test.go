@@ -32,6 +32,17 @@ func (c *chunked) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// chunkedBuf is chunked as a BufferReader (as the idle reader is).
+type chunkedBuf struct{ *chunked }
+
+func (c chunkedBuf) ReadBuffer(get func() []byte, put func()) (int, error) {
+	p := get()
+	if p == nil {
+		return 0, nil
+	}
+	return c.Read(p)
+}
+
 func frames(msgs ...string) []byte {
 	var b []byte
 	for _, m := range msgs {
@@ -117,7 +128,7 @@ func TestOctetReaderCutShort(t *testing.T) {
 		frag int // the fragment's length; 0: no drop
 	}{
 		{string(frames("ok")) + "10 abc", 3},
-		{string(frames("ok")) + "10 ", 2},
+		{string(frames("ok")) + "10 ", 1}, // nothing of the message: a one-byte marker
 		{string(frames("ok")) + "1", 1},
 		{string(frames("ok")) + "500 abc", 0}, // oversize, skipped anyway
 	} {
@@ -147,7 +158,11 @@ func FuzzOctetReader(f *testing.F) {
 			sizes[i] = int(s)
 		}
 		whole, wdrops, wover, werr := octetLines(bytes.NewReader(in), 50, true)
-		split, sdrops, sover, serr := octetLines(&chunked{data: in, sizes: sizes}, 50, true)
+		var src io.Reader = &chunked{data: in, sizes: sizes}
+		if len(splits) > 0 && splits[0]%2 == 0 {
+			src = chunkedBuf{&chunked{data: in, sizes: sizes}} // the framer and the reader lend buffers
+		}
+		split, sdrops, sover, serr := octetLines(src, 50, true)
 		if !bytes.Equal(whole, split) || fmt.Sprint(wdrops) != fmt.Sprint(sdrops) || fmt.Sprint(wover) != fmt.Sprint(sover) ||
 			errors.Is(werr, ErrBadFrame) != errors.Is(serr, ErrBadFrame) {
 			t.Fatalf("whole %q %v %v %v\nsplit %q %v %v %v", whole, wdrops, wover, werr, split, sdrops, sover, serr)

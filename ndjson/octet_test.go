@@ -149,3 +149,55 @@ func TestOctetCounted(t *testing.T) {
 		})
 	}
 }
+
+// Octet-counted clients: idle ones hold none of the client memory; one
+// that stops inside a message is closed at the line timeout, its fragment
+// counted; bytes that came with a PROXY header are framed too.
+func TestOctetCountedClients(t *testing.T) {
+	sink := newRawSink(t)
+	cfg := DefaultConfig()
+	cfg.Targets, cfg.Framing = []string{sink.ln.Addr().String()}, framer.OctetCounted
+	cfg.LineTimeout = 200 * time.Millisecond
+	cfg.Listener.AcceptProxy = true
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start(newLocalListener(t))
+	dial := func() net.Conn {
+		c, err := net.Dial("tcp", srv.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	hdr := "PROXY TCP4 192.0.2.1 192.0.2.2 5000 514\r\n"
+	// Frames in the same write as the header, and after it.
+	c := dial()
+	c.Write(append([]byte(hdr), octetFrames("first", "second\nline")...))
+	c.Write(octetFrames("third"))
+	var idle []net.Conn
+	for range 20 {
+		ic := dial()
+		ic.Write(append([]byte(hdr), octetFrames("hello")...))
+		idle = append(idle, ic)
+	}
+	waitUntil(t, "23 messages", func() bool { return srv.Stats().Ledger.Delivered == 23 })
+	waitUntil(t, "idle clients hold no memory", func() bool { return srv.Stats().ClientMemory.Used == 0 })
+	stuck := dial()
+	stuck.Write(append([]byte(hdr), "100 partial"...))
+	waitUntil(t, "the stuck client timed out", func() bool { return srv.Stats().LineTimeouts == 1 })
+	for _, ic := range append(idle, c, stuck) {
+		ic.Close()
+	}
+	sum := srv.Shutdown()
+	if l := sum.Ledger; !l.Closed() || l.Delivered != 23 || l.Dropped[dispatch.DropIncomplete] != 1 {
+		t.Fatalf("summary %+v", sum)
+	}
+	var got []string // the targets' framing is the clients'
+	waitUntil(t, "the sink has every message", func() bool { got = splitMessages(t, sink.bytes(), framer.OctetCounted); return len(got) == 23 })
+	if !slices.Contains(got, "first") || !slices.Contains(got, "second\nline") || !slices.Contains(got, "third") {
+		t.Fatalf("got %q", got)
+	}
+}

@@ -136,6 +136,9 @@ func (r *idleReader) finalRead(get func() []byte, put func()) (int, error) {
 // counting what is dropped: through the socket for plain TCP, through TLS
 // (whose reads do the same once the listener interrupted c) otherwise.
 func readFinal(c *listener.Conn, r any, p []byte) (int, error) {
+	if o, ok := r.(*framer.OctetReader); ok {
+		return o.Read(p) // its lines; its source's final reads are set (clientConn.final)
+	}
 	if ir, ok := r.(*idleReader); ok {
 		if len(ir.pending) > 0 {
 			n := copy(p, ir.pending)

@@ -287,9 +287,13 @@ func (s *Server) ServeConn(c *listener.Conn) {
 	cs.r = clientReader(c)
 	if s.cfg.Framing == framer.OctetCounted {
 		// The frames' state lives in the reader: such a connection
-		// is not moved by an upgrade (it drains here).
-		o := framer.NewOctetReader(c, s.cfg.Framer.ReadBytes, s.cfg.Framer.MaxLineBytes,
+		// is not moved by an upgrade (it drains here). It reads
+		// through the client reader, which holds what came with a
+		// PROXY header and does the final reads at the deadline.
+		inner := cs.r
+		o := framer.NewOctetReader(inner, s.cfg.Framer.ReadBytes, s.cfg.Framer.MaxLineBytes,
 			s.cfg.TargetFraming == framer.OctetCounted)
+		cs.final = func(p []byte) (int, error) { return readFinal(c, inner, p) }
 		o.OnOversize = func(n int) { cs.dropped(framer.Drop{Reason: framer.ReasonOversize, Bytes: n}) }
 		cs.r = o
 	}
@@ -333,7 +337,7 @@ func (cs *clientConn) serve(skipping bool) error {
 	f.Resume(skipping)
 	defer f.Close()
 	if s.cfg.LineTimeout > 0 {
-		cs.timer = startLineTimer(c, f, s.cfg.LineTimeout)
+		cs.timer = startLineTimer(c, f.IdleSince, s.cfg.LineTimeout)
 		defer cs.timer.stop()
 	}
 	var lim *rate.Limiter
@@ -404,12 +408,13 @@ type clientConn struct {
 	lines, bytes, oversize uint64
 	fragmentCounted        bool // the framer dropped the partial line it held
 
-	moving   atomic.Bool // HandOff is moving the connection to another process
-	mu       sync.Mutex  // guards h and ended
-	h        *handOff    // the HandOff waiting for this connection
-	ended    bool        // ServeConn returned
-	partial  []byte      // the line in progress when the reads were suspended
-	skipping bool        // inside a dropped line when the reads were suspended
+	final    func(p []byte) (int, error) // an octet reader's final reads
+	moving   atomic.Bool                 // HandOff is moving the connection to another process
+	mu       sync.Mutex                  // guards h and ended
+	h        *handOff                    // the HandOff waiting for this connection
+	ended    bool                        // ServeConn returned
+	partial  []byte                      // the line in progress when the reads were suspended
+	skipping bool                        // inside a dropped line when the reads were suspended
 }
 
 // dropped counts a line the framer dropped.
@@ -451,6 +456,9 @@ func (cs *clientConn) countRest(continued, partial bool) uint64 {
 	defer s.scratch.Unlock()
 	if s.scratch.buf == nil {
 		s.scratch.buf = make([]byte, 256<<10)
+	}
+	if o, ok := cs.r.(*framer.OctetReader); ok {
+		o.Final = cs.final // its lines, from what the kernel holds
 	}
 	var newlines, tail uint64
 	for {
@@ -528,14 +536,14 @@ type lineTimer struct {
 	stopped atomic.Bool
 }
 
-func startLineTimer(c *listener.Conn, f *framer.Framer, d time.Duration) *lineTimer {
+func startLineTimer(c *listener.Conn, idleSince func() time.Time, d time.Duration) *lineTimer {
 	lt := &lineTimer{}
 	lt.t = time.AfterFunc(d, func() {
 		if lt.stopped.Load() {
 			return
 		}
 		wait := d
-		if since := f.IdleSince(); !since.IsZero() {
+		if since := idleSince(); !since.IsZero() {
 			idle := time.Since(since)
 			if idle >= d {
 				lt.fired.Store(true)

@@ -134,6 +134,9 @@ func (c *upConn) readLoop() {
 // and adds them to unacked, written or not: on error the caller requeues
 // everything unacknowledged.
 func (c *upConn) write(bs []*framer.Batch, timeout time.Duration) error {
+	if c.encode != nil {
+		defer c.trimEncode()
+	}
 	if err := c.conn.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
 		c.unack(bs)
 		return err
@@ -163,15 +166,21 @@ func (c *upConn) write(bs []*framer.Batch, timeout time.Duration) error {
 	n, err := c.wv.WriteTo(c.conn)
 	c.written += n
 	clear(c.bufs)
+	return err
+}
+
+// trimEncode lets go of encode buffers too large to keep.
+func (c *upConn) trimEncode() {
 	for i, e := range c.enc {
 		if cap(e) > maxKeptEncode {
 			c.enc[i] = nil // a rare long batch: its buffer is not kept
 		}
 	}
-	return err
 }
 
 // maxKeptEncode is the largest encode buffer a connection keeps for reuse.
+// A write of many batches keeps one buffer per batch; most batches are far
+// smaller than this.
 const maxKeptEncode = 256 << 10
 
 // wire is what b is on the wire: its lines, or their encoding (in the
