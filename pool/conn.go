@@ -28,6 +28,9 @@ import (
 type pending struct {
 	b   *framer.Batch
 	end int64
+	// wire is the batch's length on the wire, when an encoding makes it
+	// differ from len(b.Data) (0 otherwise).
+	wire int64
 }
 
 // upConn is one upstream connection and the batches written on it that the
@@ -160,7 +163,11 @@ func (c *upConn) write(bs []*framer.Batch, timeout time.Duration) error {
 	end := start
 	for i, b := range bs {
 		end += int64(len(c.bufs[i]))
-		c.unacked = append(c.unacked, pending{b: b, end: end})
+		p := pending{b: b, end: end}
+		if c.encode != nil {
+			p.wire = int64(len(c.bufs[i]))
+		}
+		c.unacked = append(c.unacked, p)
 	}
 	c.wv = c.bufs // WriteTo consumes its receiver
 	n, err := c.wv.WriteTo(c.conn)
@@ -285,23 +292,54 @@ func (c *upConn) requeue(q *dispatch.Queue) int {
 // that lie within the acknowledged bytes, and reports them delivered. Under
 // TLS the wire bytes do not map onto lines, so nothing is trimmed.
 func (c *upConn) trimAcked(q *dispatch.Queue) {
-	if c.count != nil || c.encode != nil {
+	if c.count != nil {
 		return
 	}
 	p := c.unacked[0]
-	start := p.end - int64(len(p.b.Data))
+	wire := int64(len(p.b.Data))
+	if c.encode != nil {
+		wire = p.wire
+	}
+	start := p.end - wire
 	if p.end == math.MaxInt64 || c.acked <= start {
 		return
 	}
-	acked := p.b.Data[:c.acked-start]
-	cut := bytes.LastIndexByte(acked, '\n') + 1
+	var cut, lines int
+	if c.encode != nil {
+		cut, lines = c.wholeEncoded(p.b.Data, c.acked-start)
+	} else {
+		acked := p.b.Data[:c.acked-start]
+		cut = bytes.LastIndexByte(acked, '\n') + 1
+		lines = bytes.Count(acked[:cut], []byte{'\n'})
+	}
 	if cut == 0 {
 		return
 	}
-	lines := bytes.Count(acked[:cut], []byte{'\n'})
 	p.b.Data, p.b.Lines = p.b.Data[cut:], p.b.Lines-lines
 	c.target.Delivered(lines, cut)
 	q.DeliveredPart(lines)
+}
+
+// wholeEncoded returns how many bytes and lines at the front of data
+// encode into at most acked wire bytes: the messages the target has
+// acknowledged whole. It runs only when a connection fails.
+func (c *upConn) wholeEncoded(data []byte, acked int64) (cut, lines int) {
+	var wire int64
+	var scratch []byte
+	for cut < len(data) {
+		i := bytes.IndexByte(data[cut:], '\n')
+		if i < 0 {
+			break
+		}
+		scratch = c.encode(scratch[:0], data[cut:cut+i+1])
+		if wire+int64(len(scratch)) > acked {
+			break
+		}
+		wire += int64(len(scratch))
+		cut += i + 1
+		lines++
+	}
+	return cut, lines
 }
 
 // close closes the connection and waits for its reader to stop. A
