@@ -88,8 +88,9 @@ type Config struct {
 	TLS func() (*tls.Config, error)
 	// Encode, if set, turns a batch's lines into the bytes written to the
 	// target (framer.EncodeOctet for octet-counted targets), appending
-	// to dst. The wire bytes then do not map onto lines, so a batch
-	// is delivered whole or not at all, as under TLS.
+	// to dst. It must encode line by line (the encoding of lines is the
+	// concatenation of each line's), so that after a failure the lines
+	// the target acknowledged whole are found by their encoded length.
 	Encode func(dst, data []byte) []byte
 
 	// Dialer opens raw connections; nil means a net.Dialer with the
