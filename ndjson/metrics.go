@@ -23,7 +23,7 @@ var connDuration = sync.OnceValue(func() metric.Float64Histogram {
 var instruments = sync.OnceValues(func() (ndjsonMetrics, error) {
 	m := otel.Meter("github.com/ndlb/ndlb/ndjson")
 	var n ndjsonMetrics
-	var errs [11]error
+	var errs [12]error
 	n.retried, errs[3] = m.Int64ObservableCounter("ndlb.batches.retried", metric.WithUnit("{batch}"),
 		metric.WithDescription("Batches sent again after their connection failed."))
 	n.failovers, errs[4] = m.Int64ObservableCounter("ndlb.failovers", metric.WithUnit("{connection}"),
@@ -38,6 +38,8 @@ var instruments = sync.OnceValues(func() (ndjsonMetrics, error) {
 		metric.WithDescription("Batches waiting for a worker."))
 	n.clientMemory, errs[8] = m.Int64ObservableGauge("ndlb.client.memory", metric.WithUnit("By"),
 		metric.WithDescription("Bytes client connections hold before their lines are queued (bounded by --client-buffer-bytes)."))
+	n.badFrames, errs[11] = m.Int64ObservableCounter("ndlb.client.bad_frames", metric.WithUnit("{connection}"),
+		metric.WithDescription("Clients closed for a bad octet-counted length prefix (--framing octet-counted)."))
 	n.lineTimeouts, errs[9] = m.Int64ObservableCounter("ndlb.client.line_timeouts", metric.WithUnit("{connection}"),
 		metric.WithDescription("Clients closed for holding a partial line past --line-timeout."))
 	for _, err := range errs {
@@ -50,6 +52,7 @@ var instruments = sync.OnceValues(func() (ndjsonMetrics, error) {
 
 type ndjsonMetrics struct {
 	retried, failovers, failbacks, lineTimeouts metric.Int64ObservableCounter
+	badFrames                                   metric.Int64ObservableCounter
 	queueBytes, queueLimit, queueDepth          metric.Int64ObservableGauge
 	clientMemory                                metric.Int64ObservableGauge
 }
@@ -110,6 +113,7 @@ func (s *Server) observe(attrs ...attribute.KeyValue) (metric.Registration, erro
 		st := s.Stats()
 		o.ObserveInt64(m.clientMemory, st.ClientMemory.Used, set)
 		o.ObserveInt64(m.lineTimeouts, int64(st.LineTimeouts), set)
+		o.ObserveInt64(m.badFrames, int64(st.BadFrames), set)
 		o.ObserveInt64(m.retried, int64(st.Queue.RetriedBatches), set)
 		o.ObserveInt64(m.failovers, int64(st.Pool.Failovers), set)
 		o.ObserveInt64(m.failbacks, int64(st.Pool.Failbacks), set)
@@ -117,5 +121,5 @@ func (s *Server) observe(attrs ...attribute.KeyValue) (metric.Registration, erro
 		o.ObserveInt64(m.queueLimit, s.cfg.Queue.MaxBytes, set)
 		o.ObserveInt64(m.queueDepth, int64(st.Queue.Depth), set)
 		return nil
-	}, m.retried, m.failovers, m.failbacks, m.queueBytes, m.queueLimit, m.queueDepth, m.clientMemory, m.lineTimeouts)
+	}, m.retried, m.failovers, m.failbacks, m.queueBytes, m.queueLimit, m.queueDepth, m.clientMemory, m.lineTimeouts, m.badFrames)
 }
