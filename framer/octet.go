@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
 )
 
 // Framing names how messages are delimited on a stream.
@@ -72,11 +73,14 @@ type OctetReader struct {
 	inMsg   bool   // the current message's prefix is parsed
 	skip    bool   // the current message is oversize: skipped
 	heldNL  bool   // a '\n' held back: it may end the message (non-reversible)
+	carry   []byte // the rest of an escape cut by a full buffer
 	needEnd bool   // the message is over; its '\n' is still to be written
 	sent    bool   // some of the current message was passed on
 	cut     bool   // the stream ended inside a frame (marker given)
 	bad     error  // a bad prefix's error, after what came before it
-	err     error  // the source's, once pend is spent
+	getInFn func() []byte
+	putInFn func()
+	err     error // the source's, once pend is spent
 }
 
 // NewOctetReader reads octet-counted frames from r in reads of readBytes;
@@ -84,6 +88,7 @@ type OctetReader struct {
 func NewOctetReader(r io.Reader, readBytes, maxBytes int, reversible bool) *OctetReader {
 	o := &OctetReader{src: r, readBytes: readBytes, max: maxBytes, reversible: reversible}
 	o.bsrc, _ = r.(BufferReader)
+	o.getInFn, o.putInFn = o.getIn, o.putIn // bound once: a method value allocates
 	return o
 }
 
@@ -124,7 +129,7 @@ func (o *OctetReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 			if err := o.stop(); err != nil {
 				return 0, err
 			}
-			if len(o.pend) > 0 || o.needEnd {
+			if len(o.pend) > 0 || o.needEnd || len(o.carry) > 0 {
 				continue
 			}
 		}
@@ -138,7 +143,7 @@ func (o *OctetReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 
 // ready reports whether produce or marker may write something.
 func (o *OctetReader) ready() bool {
-	return len(o.pend) > 0 || o.needEnd || o.bad != nil || o.err != nil && o.midFrame() && !o.cut
+	return len(o.pend) > 0 || o.needEnd || len(o.carry) > 0 || o.err != nil && o.midFrame() && !o.cut && !o.sent
 }
 
 func (o *OctetReader) midFrame() bool { return o.inMsg && !o.skip || len(o.hdr) > 0 }
@@ -146,7 +151,7 @@ func (o *OctetReader) midFrame() bool { return o.inMsg && !o.skip || len(o.hdr) 
 // stop is the error to end with once everything read is written: a bad
 // prefix's, or the source's (a clean EOF only between frames).
 func (o *OctetReader) stop() error {
-	if len(o.pend) > 0 || o.needEnd {
+	if len(o.pend) > 0 || o.needEnd || len(o.carry) > 0 {
 		return nil
 	}
 	if o.bad != nil {
@@ -164,7 +169,7 @@ func (o *OctetReader) stop() error {
 // marker writes one byte for a stream cut inside a frame of which nothing
 // was passed on, so that the framer has a fragment to count as incomplete.
 func (o *OctetReader) marker(p []byte) int {
-	if o.err == nil || o.cut || !o.midFrame() || o.sent || len(p) == 0 || len(o.pend) > 0 {
+	if o.err == nil || o.cut || !o.midFrame() || o.sent || len(p) == 0 || len(o.pend) > 0 || len(o.carry) > 0 {
 		return 0
 	}
 	o.cut = true
@@ -183,7 +188,7 @@ func (o *OctetReader) fill() {
 		}
 		n, err = o.Final(o.in)
 	case o.bsrc != nil:
-		n, err = o.bsrc.ReadBuffer(o.getIn, o.putIn)
+		n, err = o.bsrc.ReadBuffer(o.getInFn, o.putInFn)
 		if n == 0 && err == nil {
 			return
 		}
@@ -201,18 +206,37 @@ func (o *OctetReader) fill() {
 
 func (o *OctetReader) getIn() []byte {
 	if o.in == nil {
-		o.in = make([]byte, o.readBytes)
+		if b, ok := readBufs.Get().(*[]byte); ok && cap(*b) >= o.readBytes {
+			o.in = (*b)[:o.readBytes]
+		} else {
+			o.in = make([]byte, o.readBytes)
+		}
 	}
 	return o.in
 }
 
 // putIn lets the read buffer go while the source waits (pend is empty).
-func (o *OctetReader) putIn() { o.in, o.pend = nil, nil }
+func (o *OctetReader) putIn() {
+	if o.in != nil {
+		b := o.in
+		readBufs.Put(&b)
+	}
+	o.in, o.pend = nil, nil
+}
+
+// readBufs are read buffers that idle octet-counted readers gave back.
+var readBufs sync.Pool
 
 // produce writes into p what pend holds, as far as p has room.
 func (o *OctetReader) produce(p []byte) int {
 	n := 0
 	for n < len(p) {
+		if len(o.carry) > 0 {
+			k := copy(p[n:], o.carry)
+			n += k
+			o.carry = o.carry[:copy(o.carry, o.carry[k:])]
+			continue
+		}
 		if o.needEnd {
 			p[n] = '\n'
 			n++
@@ -241,8 +265,8 @@ func (o *OctetReader) produce(p []byte) int {
 		w, used := o.escape(p[n:], o.pend[:take])
 		n += w
 		o.pend, o.left = o.pend[used:], o.left-used
-		if used > 0 || w > 0 {
-			o.sent = true
+		if w > 0 {
+			o.sent = true // the framer holds some of the message
 		}
 		if o.left == 0 {
 			o.heldNL = false // a '\n' that ends the message is dropped
@@ -253,60 +277,40 @@ func (o *OctetReader) produce(p []byte) int {
 			break // p is full
 		}
 	}
-	if len(o.pend) == 0 && o.bsrc != nil && o.Final == nil {
-		o.in = nil // the next read takes a buffer again when it has data
-	}
 	return n
 }
 
 // escape writes msg's bytes into p by the reader's rule, as far as p has
-// room, and returns what it wrote and used.
+// room, and returns what it wrote and used. An escape that does not fit
+// whole is cut: its rest waits in carry for the next call.
 func (o *OctetReader) escape(p, msg []byte) (w, used int) {
-	for used < len(msg) {
+	for used < len(msg) && w < len(p) {
+		var e [5]byte
+		k := 0
 		c := msg[used]
-		if o.reversible {
-			if c == '\\' || c == '\n' {
-				if len(p)-w < 2 {
-					return w, used
-				}
-				p[w] = '\\'
-				if c == '\n' {
-					p[w+1] = 'n'
-				} else {
-					p[w+1] = '\\'
-				}
-				w += 2
-			} else {
-				if w == len(p) {
-					return w, used
-				}
-				p[w] = c
-				w++
+		switch {
+		case o.reversible && c == '\\':
+			e[0], e[1], k = '\\', '\\', 2
+		case o.reversible && c == '\n':
+			e[0], e[1], k = '\\', 'n', 2
+		case o.reversible:
+			e[0], k = c, 1
+		default:
+			if o.heldNL {
+				k = copy(e[:], "#012")
+				o.heldNL = false
 			}
-			used++
-			continue
-		}
-		need := 1
-		if o.heldNL {
-			need += 4
-		}
-		if c == '\n' {
-			need-- // held back, not written yet
-		}
-		if len(p)-w < need {
-			return w, used
-		}
-		if o.heldNL {
-			w += copy(p[w:], "#012")
-			o.heldNL = false
-		}
-		if c == '\n' {
-			o.heldNL = true
-		} else {
-			p[w] = c
-			w++
+			if c == '\n' {
+				o.heldNL = true // written when a byte follows; dropped at the end
+			} else {
+				e[k] = c
+				k++
+			}
 		}
 		used++
+		n := copy(p[w:], e[:k])
+		w += n
+		o.carry = append(o.carry[:0], e[n:k]...)
 	}
 	return w, used
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // chunked reads its data in the sizes given, cycling.
@@ -157,12 +158,13 @@ func FuzzOctetReader(f *testing.F) {
 		for i, s := range splits {
 			sizes[i] = int(s)
 		}
-		whole, wdrops, wover, werr := octetLines(bytes.NewReader(in), 50, true)
+		rev := len(splits) < 2 || splits[1]%2 == 0 // both escaping rules
+		whole, wdrops, wover, werr := octetLines(bytes.NewReader(in), 50, rev)
 		var src io.Reader = &chunked{data: in, sizes: sizes}
 		if len(splits) > 0 && splits[0]%2 == 0 {
 			src = chunkedBuf{&chunked{data: in, sizes: sizes}} // the framer and the reader lend buffers
 		}
-		split, sdrops, sover, serr := octetLines(src, 50, true)
+		split, sdrops, sover, serr := octetLines(src, 50, rev)
 		if !bytes.Equal(whole, split) || fmt.Sprint(wdrops) != fmt.Sprint(sdrops) || fmt.Sprint(wover) != fmt.Sprint(sover) ||
 			errors.Is(werr, ErrBadFrame) != errors.Is(serr, ErrBadFrame) {
 			t.Fatalf("whole %q %v %v %v\nsplit %q %v %v %v", whole, wdrops, wover, werr, split, sdrops, sover, serr)
@@ -175,4 +177,56 @@ func FuzzOctetReader(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A stream cut when all of the message so far is a held-back newline still
+// leaves a fragment to count; reads of one byte give the same lines as
+// large ones, escapes split across them; a framer reading one byte at a
+// time does not stall on an escape.
+func TestOctetReaderSmallReads(t *testing.T) {
+	_, drops, _, _ := octetLines(bytes.NewReader([]byte("2 ok10 \n")), 100, false)
+	if len(drops) != 1 || drops[0].Reason != ReasonIncomplete {
+		t.Fatalf("cut after a newline: drops %v", drops)
+	}
+	in := frames("a\nb\\c\n", "\n\n", "x")
+	for _, reversible := range []bool{false, true} {
+		big, _ := io.ReadAll(NewOctetReader(bytes.NewReader(in), 64, 100, reversible))
+		o := NewOctetReader(bytes.NewReader(in), 64, 100, reversible)
+		var small []byte
+		p := make([]byte, 1)
+		for {
+			n, err := o.Read(p)
+			small = append(small, p[:n]...)
+			if err != nil {
+				break
+			}
+		}
+		if !bytes.Equal(big, small) {
+			t.Fatalf("reversible %v: one-byte reads %q, large %q", reversible, small, big)
+		}
+	}
+	cfg := DefaultConfig()
+	cfg.ReadBytes = 1
+	f := New(NewOctetReader(bytes.NewReader(frames(strings.Repeat("y", 509)+"\nz")), 1, 1000, false), cfg, NewPool())
+	done := make(chan []byte)
+	go func() {
+		var out []byte
+		for {
+			b, err := f.Next()
+			if err != nil {
+				done <- out
+				return
+			}
+			out = append(out, b.Data...)
+			b.Release()
+		}
+	}()
+	select {
+	case out := <-done:
+		if want := strings.Repeat("y", 509) + "#012z\n"; string(out) != want {
+			t.Fatalf("got %d bytes", len(out))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the framer stalls on an escape that does not fit its buffer")
+	}
 }
