@@ -104,7 +104,13 @@ func startProxy(b *testing.B, name, port string, cmd *exec.Cmd) peer {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return peer{name: name, addr: addr, pid: cmd.Process.Pid, stop: func() {
+	return peer{name: name, addr: addr, pid: cmd.Process.Pid, stop: stopper(cmd)}
+}
+
+// stopper returns a function that stops cmd: SIGTERM, then SIGKILL after
+// 5 s.
+func stopper(cmd *exec.Cmd) func() {
+	return func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan struct{})
 		go func() { cmd.Wait(); close(done) }()
@@ -114,7 +120,7 @@ func startProxy(b *testing.B, name, port string, cmd *exec.Cmd) peer {
 			cmd.Process.Kill()
 			<-done
 		}
-	}}
+	}
 }
 
 func stopAll(peers []peer) {

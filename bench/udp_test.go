@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -130,17 +129,7 @@ func startUDPProxy(b *testing.B, name, port string, cmd *exec.Cmd) peer {
 		b.Fatalf("%s: %v", name, err)
 	}
 	addr := "127.0.0.1:" + port
-	stop := func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	}
+	stop := stopper(cmd)
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		if _, _, _, err := udpReqResp(addr, 1, 1, 16); err == nil {
 			break
