@@ -233,21 +233,26 @@ func TestOTLPSpansFromTheBinary(t *testing.T) {
 }
 
 // Every metric the Grafana dashboard and the alert rules in deploy/ ask for
-// is one the running binary exports (both modes, checks, a reload), and the
+// is one the running binary exports (both modes, UDP, checks, a reload), and the
 // rules file has the shape Prometheus loads.
 func TestDashboardAndAlertsUseExportedMetrics(t *testing.T) {
 	w := newWorld(t, 1)
 	echo := newIDBackend(t, "echo", nil)
+	udpEcho := newUDPEcho(t, "udp")
 	dir := t.TempDir()
 	doc := func(interval string) string {
 		return fmt.Sprintf("log-format = \"json\"\nadmin = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\n"+
 			"target = [%q]\ncheck = \"tcp\"\ncheck-interval = %q\ncheck-timeout = \"100ms\"\n\n[[listener]]\nname = \"web\"\npassthrough = true\n"+
-			"addr = \"127.0.0.1\"\nport = 0\ntarget = [%q]\n", w.sinks[0].Addr(), interval, echo.addr())
+			"addr = \"127.0.0.1\"\nport = 0\ntarget = [%q]\n\n[[listener]]\nname = \"dns\"\npassthrough = true\nproto = \"udp\"\n"+
+			"addr = \"127.0.0.1\"\nport = 0\ntarget = [%q]\n", w.sinks[0].Addr(), interval, echo.addr(), udpEcho.addr())
 	}
 	path := writeConfig(t, dir, doc("100ms"))
 	p := startCmd(t, command(bin, "--config", path))
-	addrs := listening(t, p, 2)
+	addrs := listening(t, p, 3)
 	api := newAdminAPI(t, p, "")
+	if got := udpAsk(udpDial(t, 1, addrs["dns"]), "q", 2*time.Second); got != "udp q" {
+		t.Fatalf("dns: %q", got)
+	}
 	c := dial(t, addrs["logs"])
 	if _, err := linetest.Send(c, 1, 0, 1000, 4096); err != nil {
 		t.Fatal(err)
