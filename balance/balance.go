@@ -224,6 +224,19 @@ func Score(k uint64, target string) uint64 {
 	return mix(k ^ xxhash.Sum64String(target))
 }
 
+// TargetHash is what Score hashes a target's name to, for callers that
+// score many keys against the same targets (ScoreHashed).
+func TargetHash(target string) uint64 { return xxhash.Sum64String(target) }
+
+// ScoreHashed is Score for a target whose name is already hashed
+// (TargetHash): Score(k, t) == ScoreHashed(k, TargetHash(t)).
+func ScoreHashed(k, target uint64) uint64 { return mix(k ^ target) }
+
+// Weighted is weighted rendezvous hashing's score for a Score and a
+// target's weight: the highest wins, a target of weight 2 twice as many
+// keys as one of weight 1.
+func Weighted(score uint64, weight int) float64 { return weighted(score, weight) }
+
 // mix is the SplitMix64 finaliser: it spreads every input bit over the
 // output, so scores of one key on different targets are independent.
 func mix(x uint64) uint64 {

@@ -23,10 +23,13 @@ const (
 	// text does (a compressed GELF datagram, a stray probe), dropped
 	// whole.
 	DropBinary = "binary"
+	// DropUnrouted: routing by key found no target group for the line
+	// (no group takes its key's value, and there is no default group).
+	DropUnrouted = "unrouted"
 )
 
 // DropReasons lists every reason, in the order reports show them.
-var DropReasons = []string{DropOversize, DropIncomplete, DropMemory, DropShutdown, DropBinary}
+var DropReasons = []string{DropOversize, DropIncomplete, DropMemory, DropShutdown, DropBinary, DropUnrouted}
 
 // Ledger is the account of one listener's lines: every line read from a
 // client is received, and ends delivered or dropped with a reason; until
@@ -36,7 +39,7 @@ var DropReasons = []string{DropOversize, DropIncomplete, DropMemory, DropShutdow
 type Ledger struct {
 	received, delivered                    atomic.Uint64
 	oversize, incomplete, memory, shutdown atomic.Uint64
-	binary                                 atomic.Uint64
+	binary, unrouted                       atomic.Uint64
 }
 
 // NewLedger returns an empty ledger.
@@ -73,6 +76,8 @@ func (l *Ledger) counter(reason string) *atomic.Uint64 {
 		return &l.memory
 	case DropBinary:
 		return &l.binary
+	case DropUnrouted:
+		return &l.unrouted
 	default:
 		return &l.shutdown
 	}

@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,9 @@ var (
 	ErrClosed = errors.New("dispatch: queue closed to input")
 	// ErrConfig: a Config value out of range.
 	ErrConfig = errors.New("dispatch: invalid config")
+	// ErrLaneClosed: PushTo a lane closed by CloseLane; route the batch
+	// again.
+	ErrLaneClosed = errors.New("dispatch: lane closed")
 )
 
 // Config bounds the queue.
@@ -32,6 +36,11 @@ type Config struct {
 	// Ledger, if set, is the account the queue adds its lines to
 	// (received at Push, delivered at Done, dropped at Discard).
 	Ledger *Ledger
+	// Orphans, if set, receives batches handed back by Requeue to a lane
+	// that CloseLane closed, to route them again (with Reroute). It is
+	// called without the queue's lock and must not block for long. Nil:
+	// such batches go to the shared lane.
+	Orphans func([]*framer.Batch)
 }
 
 // DefaultConfig returns a 64 MiB budget.
@@ -59,14 +68,20 @@ type Stats struct {
 }
 
 // Queue is the bounded batch queue. Its methods are safe for concurrent use.
+//
+// Batches wait in lanes. Lane 0 is shared: any worker takes from it.
+// Routing by key (package route) adds a lane per target connection with
+// NewLane, so that the messages of one key go over one connection in
+// order; a lane whose target stops taking work is closed and its batches
+// routed again.
 type Queue struct {
-	budget *semaphore.Weighted
-	max    int64
-	ledger *Ledger
-	ready  chan struct{} // holds a token while batches may be waiting
+	budget  *semaphore.Weighted
+	max     int64
+	ledger  *Ledger
+	orphans func([]*framer.Batch)
 
 	mu          sync.Mutex
-	items       deque         // guarded by mu
+	lanes       []*lane       // lanes[0] is shared; append-only; guarded by mu
 	outstanding int           // pushed and not Done or discarded; guarded by mu
 	closed      bool          // no more pushes; guarded by mu
 	idle        chan struct{} // closed when closed and outstanding is 0; guarded by mu
@@ -76,95 +91,276 @@ type Queue struct {
 	bytes                           atomic.Int64
 }
 
-// New returns a queue with the given budget.
-func New(cfg Config) *Queue {
-	return &Queue{
-		budget: semaphore.NewWeighted(cfg.MaxBytes),
-		max:    cfg.MaxBytes,
-		ledger: cfg.Ledger,
-		ready:  make(chan struct{}, 1),
-		idle:   make(chan struct{}),
-	}
+// lane is one FIFO of batches and its worker signal.
+type lane struct {
+	items  deque
+	ready  chan struct{} // holds a token while batches may be waiting
+	closed bool          // CloseLane: pushes refused, requeues orphaned
 }
 
-func (q *Queue) weight(b *framer.Batch) int64 { return min(int64(b.Weight()), q.max) }
-
-// Push appends b, blocking while the budget is spent. On success the queue
-// owns b until a worker reports it Done, and b's memory counts against the
-// queue's budget instead of the framers' (framer.Batch.Uncharge); on error
-// the caller still owns it.
-func (q *Queue) Push(ctx context.Context, b *framer.Batch) error {
-	w, lines := q.weight(b), uint64(b.Lines) // b may be Done as soon as it is queued
-	if err := q.budget.Acquire(ctx, w); err != nil {
-		return err
-	}
-	b.Uncharge()
-	b.Enqueued = time.Now()
-	q.mu.Lock()
-	if q.closed {
-		q.mu.Unlock()
-		q.budget.Release(w)
-		return ErrClosed
-	}
-	q.bytes.Add(w)
-	q.items.pushBack(b)
-	q.outstanding++
-	q.linesIn.Add(lines)
-	q.ledger.Received(lines)
-	q.mu.Unlock()
-	q.signal()
-	return nil
-}
+func newLane() *lane { return &lane{ready: make(chan struct{}, 1)} }
 
 // signal leaves a token in ready, if there is none yet.
-func (q *Queue) signal() {
+func (l *lane) signal() {
 	select {
-	case q.ready <- struct{}{}:
+	case l.ready <- struct{}{}:
 	default:
 	}
 }
 
-// Ready is signalled when batches may be waiting. A worker that receives from
-// it must call TryPop, which passes the signal on when batches remain.
-func (q *Queue) Ready() <-chan struct{} { return q.ready }
-
-// TryPop appends to dst up to maxBatches waiting batches, stopping before the
-// total length would pass maxBytes (but taking at least one), and returns dst.
-// It does not block. The worker owns the popped batches until it reports
-// each of them with Done or Requeue.
-func (q *Queue) TryPop(dst []*framer.Batch, maxBatches, maxBytes int) []*framer.Batch {
-	q.mu.Lock()
-	size := 0
-	for n := 0; n < maxBatches && q.items.len() > 0; n++ {
-		l := len(q.items.front().Data)
-		if n > 0 && size+l > maxBytes {
-			break
-		}
-		size += l
-		dst = append(dst, q.items.popFront())
+// New returns a queue with the given budget.
+func New(cfg Config) *Queue {
+	return &Queue{
+		budget:  semaphore.NewWeighted(cfg.MaxBytes),
+		max:     cfg.MaxBytes,
+		ledger:  cfg.Ledger,
+		orphans: cfg.Orphans,
+		lanes:   []*lane{newLane()},
+		idle:    make(chan struct{}),
 	}
-	more := q.items.len() > 0
-	q.mu.Unlock()
-	if more {
-		q.signal()
-	}
-	return dst
 }
 
-// Requeue puts batches whose delivery failed back at the front of the queue,
-// in their original order, for another worker.
-func (q *Queue) Requeue(bs []*framer.Batch) {
+// NewLane adds an open lane and returns its number.
+func (q *Queue) NewLane() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.lanes = append(q.lanes, newLane())
+	return len(q.lanes) - 1
+}
+
+// Lanes is the number of lanes, the shared one included.
+func (q *Queue) Lanes() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.lanes)
+}
+
+// CloseLane refuses further pushes to lane id and returns the batches
+// waiting in it, in order. They are still outstanding: the caller routes
+// them again with Reroute. Batches requeued to the lane from now on go to
+// Config.Orphans. The shared lane cannot be closed.
+func (q *Queue) CloseLane(id int) []*framer.Batch {
+	if id == 0 {
+		return nil
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	l := q.lanes[id]
+	l.closed = true
+	var out []*framer.Batch
+	for l.items.len() > 0 {
+		out = append(out, l.items.popFront())
+	}
+	return out
+}
+
+// OpenLane lets lane id take batches again.
+func (q *Queue) OpenLane(id int) {
+	q.mu.Lock()
+	q.lanes[id].closed = false
+	q.mu.Unlock()
+}
+
+func (q *Queue) weight(b *framer.Batch) int64 { return min(int64(b.Weight()), q.max) }
+
+// Push appends b to the shared lane, blocking while the budget is spent.
+// On success the queue owns b until a worker reports it Done, and b's
+// memory counts against the queue's budget instead of the framers'
+// (framer.Batch.Uncharge); on error the caller still owns it.
+func (q *Queue) Push(ctx context.Context, b *framer.Batch) error { return q.PushTo(ctx, b, 0) }
+
+// PushTo is Push to lane id. It returns ErrLaneClosed if the lane was
+// closed, and the caller still owns b.
+func (q *Queue) PushTo(ctx context.Context, b *framer.Batch, id int) error {
+	w, lines := q.weight(b), uint64(b.Lines) // b may be Done as soon as it is queued
+	if err := q.budget.Acquire(ctx, w); err != nil {
+		return err
+	}
+	q.mu.Lock()
+	l := q.lanes[id]
+	switch {
+	case q.closed:
+		q.mu.Unlock()
+		q.budget.Release(w)
+		return ErrClosed
+	case l.closed:
+		q.mu.Unlock()
+		q.budget.Release(w)
+		return ErrLaneClosed
+	}
+	b.Uncharge()
+	b.Enqueued, b.Lane = time.Now(), id
+	q.bytes.Add(w)
+	l.items.pushBack(b)
+	q.outstanding++
+	q.linesIn.Add(lines)
+	q.ledger.Received(lines)
+	q.mu.Unlock()
+	l.signal()
+	return nil
+}
+
+// Reroute replaces old, a batch the queue owns (from CloseLane or
+// Config.Orphans), with parts: its lines, split for other lanes (lanes[i]
+// is parts[i]'s). old is released; the parts are queued at the front of
+// their lanes, as a requeue is, so that they go before newer batches. The
+// lines were counted when old was pushed and are not counted again. A
+// part whose lane is closed goes to Config.Orphans in turn. It blocks
+// while the budget is spent (the parts may weigh more than old); on error
+// (ctx done) the parts not queued are counted dropped at shutdown.
+func (q *Queue) Reroute(ctx context.Context, old *framer.Batch, parts []*framer.Batch, lanes []int) error {
+	enq := old.Enqueued
+	q.mu.Lock()
+	q.outstanding += len(parts)
+	q.mu.Unlock()
+	q.finish(old)
+	for i, b := range parts {
+		w := q.weight(b)
+		if err := q.budget.Acquire(ctx, w); err != nil {
+			for _, b := range parts[i:] {
+				q.linesDropped.Add(uint64(b.Lines))
+				q.ledger.Dropped(DropShutdown, uint64(b.Lines))
+				q.mu.Lock()
+				q.outstanding--
+				q.checkIdle()
+				q.mu.Unlock()
+				b.Release()
+			}
+			return err
+		}
+		b.Uncharge()
+		b.Enqueued, b.Lane = enq, lanes[i]
+		q.bytes.Add(w)
+		q.mu.Lock()
+		l := q.lanes[lanes[i]]
+		if l.closed {
+			q.mu.Unlock()
+			q.orphaned([]*framer.Batch{b})
+			continue
+		}
+		l.items.pushFront(b)
+		q.mu.Unlock()
+		l.signal()
+	}
+	return nil
+}
+
+// Return puts batches the caller holds (from CloseLane or Config.Orphans)
+// back at the front of lane id, in their order, whether or not it is
+// closed: for a router that stops routing, to its groups' shared lanes.
+func (q *Queue) Return(bs []*framer.Batch, id int) {
 	if len(bs) == 0 {
 		return
 	}
 	q.mu.Lock()
+	l := q.lanes[id]
 	for i := len(bs) - 1; i >= 0; i-- {
-		q.retriedLines.Add(uint64(bs[i].Lines))
-		q.items.pushFront(bs[i])
+		bs[i].Lane = id
+		l.items.pushFront(bs[i])
+	}
+	q.mu.Unlock()
+	l.signal()
+}
+
+// orphaned hands batches of closed lanes to Config.Orphans, or to the
+// shared lane without it.
+func (q *Queue) orphaned(bs []*framer.Batch) {
+	if q.orphans != nil {
+		q.orphans(bs)
+		return
+	}
+	q.mu.Lock()
+	for i := len(bs) - 1; i >= 0; i-- {
+		bs[i].Lane = 0
+		q.lanes[0].items.pushFront(bs[i])
+	}
+	q.mu.Unlock()
+	q.lanes[0].signal()
+}
+
+// Ready is signalled when batches may be waiting in the shared lane. A
+// worker that receives from it must call TryPop (or TryPopLanes with lane 0
+// first), which passes the signal on when batches remain.
+func (q *Queue) Ready() <-chan struct{} { return q.lanes[0].ready }
+
+// LaneReady is Ready for lane id.
+func (q *Queue) LaneReady(id int) <-chan struct{} {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.lanes[id].ready
+}
+
+// TryPop appends to dst up to maxBatches batches waiting in the shared
+// lane, stopping before the total length would pass maxBytes (but taking
+// at least one), and returns dst. It does not block. The worker owns the
+// popped batches until it reports each of them with Done or Requeue.
+func (q *Queue) TryPop(dst []*framer.Batch, maxBatches, maxBytes int) []*framer.Batch {
+	return q.TryPopLanes(dst, []int{0}, maxBatches, maxBytes)
+}
+
+// TryPopLanes is TryPop from several lanes: from the first until it is
+// empty, then the next, within the same limits. A worker passes first the
+// lane whose Ready signal it received.
+func (q *Queue) TryPopLanes(dst []*framer.Batch, lanes []int, maxBatches, maxBytes int) []*framer.Batch {
+	q.mu.Lock()
+	size, n := 0, 0
+	var more [4]*lane
+	left := more[:0]
+	for _, id := range lanes {
+		l := q.lanes[id]
+		for n < maxBatches && l.items.len() > 0 {
+			ln := len(l.items.front().Data)
+			if n > 0 && size+ln > maxBytes {
+				break
+			}
+			size += ln
+			n++
+			dst = append(dst, l.items.popFront())
+		}
+		if l.items.len() > 0 {
+			left = append(left, l)
+		}
+	}
+	q.mu.Unlock()
+	for _, l := range left {
+		l.signal()
+	}
+	return dst
+}
+
+// Requeue puts batches whose delivery failed back at the front of their
+// lanes, in their original order, for another worker (or another route,
+// for a lane closed meanwhile: see Config.Orphans).
+func (q *Queue) Requeue(bs []*framer.Batch) {
+	if len(bs) == 0 {
+		return
+	}
+	var orphans []*framer.Batch
+	var woken [4]*lane
+	wake := woken[:0]
+	q.mu.Lock()
+	for i := len(bs) - 1; i >= 0; i-- {
+		b := bs[i]
+		q.retriedLines.Add(uint64(b.Lines))
+		l := q.lanes[b.Lane]
+		if l.closed {
+			orphans = append(orphans, b)
+			continue
+		}
+		l.items.pushFront(b)
+		if !slices.Contains(wake, l) {
+			wake = append(wake, l)
+		}
 	}
 	q.mu.Unlock()
 	q.retriedBatches.Add(uint64(len(bs)))
-	q.signal()
+	for _, l := range wake {
+		l.signal()
+	}
+	if len(orphans) > 0 {
+		slices.Reverse(orphans) // back in their order
+		q.orphaned(orphans)
+	}
 }
 
 // Done reports b delivered: its bytes were acknowledged by a target. The
@@ -225,12 +421,17 @@ func (q *Queue) Discard() uint64 {
 	var lines uint64
 	for {
 		q.mu.Lock()
-		if q.items.len() == 0 {
-			q.mu.Unlock()
+		var b *framer.Batch
+		for _, l := range q.lanes {
+			if l.items.len() > 0 {
+				b = l.items.popFront()
+				break
+			}
+		}
+		q.mu.Unlock()
+		if b == nil {
 			return lines
 		}
-		b := q.items.popFront()
-		q.mu.Unlock()
 		lines += uint64(b.Lines)
 		q.linesDropped.Add(uint64(b.Lines))
 		q.ledger.Dropped(DropShutdown, uint64(b.Lines))
@@ -241,7 +442,10 @@ func (q *Queue) Discard() uint64 {
 // Stats returns the queue's counters.
 func (q *Queue) Stats() Stats {
 	q.mu.Lock()
-	depth := q.items.len()
+	depth := 0
+	for _, l := range q.lanes {
+		depth += l.items.len()
+	}
 	q.mu.Unlock()
 	return Stats{
 		LinesIn:        q.linesIn.Load(),

@@ -46,7 +46,7 @@ func (p *Pool) Get(n int) *Batch {
 
 func (p *Pool) put(b *Batch) {
 	b.Uncharge()
-	b.Data, b.Lines = nil, 0
+	b.Data, b.Lines, b.Lane = nil, 0, 0
 	p.classes[b.class].Put(b)
 }
 
@@ -63,6 +63,9 @@ type Batch struct {
 	// Enqueued is when the batch was first queued (dispatch sets it), for
 	// the delivery latency.
 	Enqueued time.Time
+	// Lane is the dispatch lane the batch waits in (dispatch sets it; 0,
+	// the shared lane, unless routing by key put it in a target's).
+	Lane int
 
 	buf    []byte
 	pool   *Pool
@@ -87,6 +90,14 @@ func (b *Batch) Weight() int { return len(b.buf) }
 
 // Release returns the batch and its buffer to the pool.
 func (b *Batch) Release() { b.pool.put(b) }
+
+// GetEmpty is Get with Data empty and room for n bytes: append whole lines
+// to it, at most n bytes, without it reallocating.
+func (p *Pool) GetEmpty(n int) *Batch {
+	b := p.Get(n)
+	b.Data = b.buf[:0]
+	return b
+}
 
 // NewBatch copies data (whole lines, each ending in '\n') into a pooled
 // Batch. It is for producers other than a Framer, such as tests and the demo.

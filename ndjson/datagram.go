@@ -17,6 +17,7 @@ import (
 	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/framer"
 	"github.com/ndlb/ndlb/listener"
+	"github.com/ndlb/ndlb/route"
 )
 
 // Sizes of the UDP reads.
@@ -75,8 +76,7 @@ func (s *Server) serveDatagrams() error {
 			}
 			return err
 		}
-		if n := b.Lines; s.q.Push(s.hard, b) != nil {
-			b.Release()
+		if n, err := s.push(b, &r.route); err != nil {
 			r.dropRest(uint64(n), f.Partial() > 0)
 			return nil
 		}
@@ -134,6 +134,8 @@ type datagramReader struct {
 	n, i int    // datagrams in ms, and the next to copy
 	rest []byte // what is left of datagram i-1
 	eof  bool
+	// route is the reader's routing memory.
+	route route.Scratch
 	// final is the deadline of the shutdown's last reads (zero before).
 	final time.Time
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/ndlb/ndlb/invalid"
 	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/pool"
+	"github.com/ndlb/ndlb/route"
 	"github.com/ndlb/ndlb/upstream"
 )
 
@@ -79,6 +80,11 @@ type Config struct {
 	// newlines are written "#012" (see framer.OctetReader); newline
 	// clients to octet-counted targets: each line is a message.
 	TargetFraming framer.Framing
+	// Route routes each message to a target group and a target by a key
+	// taken from it (see package route); its zero value routes nothing.
+	// With Route.Groups, the targets are the groups' and Targets must be
+	// empty.
+	Route route.Config
 	// UDP makes the listener one of datagrams: each holds one or more
 	// lines (a missing final newline is added), framed by the same limits
 	// and queued like a connection's. TLS, PROXY headers, per-source
@@ -117,7 +123,7 @@ func (c Config) Validate() error {
 		return invalid.In(ErrConfig, "Queue", err)
 	}
 	switch min := int64(2 * c.Framer.MaxBatchBytes()); {
-	case len(c.Targets) == 0 && !c.Discovered:
+	case len(c.Targets) == 0 && !c.Discovered && len(c.Route.Groups) == 0:
 		return bad("Targets", "no targets")
 	case c.DrainTimeout <= 0:
 		return bad("DrainTimeout", "drain timeout %s must be positive", c.DrainTimeout)
@@ -132,6 +138,12 @@ func (c Config) Validate() error {
 	}
 	if err := c.Pool.Validate(); err != nil {
 		return invalid.In(ErrConfig, "Pool", err)
+	}
+	if err := c.Route.Validate(); err != nil {
+		return invalid.In(ErrConfig, "Route", err)
+	}
+	if len(c.Route.Groups) > 0 && (len(c.Targets) > 0 || c.Discovered) {
+		return bad("Targets", "with target groups, every target is in a group: list none for the listener itself")
 	}
 	for field, f := range map[string]framer.Framing{"Framing": c.Framing, "TargetFraming": c.TargetFraming} {
 		if f != "" && f != framer.Newline && f != framer.OctetCounted {
@@ -166,6 +178,7 @@ type Server struct {
 	book    *dispatch.Book // cfg.Book, or the server's own
 	q       *dispatch.Queue
 	set     *upstream.Set
+	router  *route.Router // nil without routing
 	pool    *pool.Pool
 	ln      *listener.Listener // nil for UDP
 	udp     *datagrams         // UDP only
@@ -216,11 +229,22 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, bufs: framer.NewPool(), budget: framer.NewBudget(cfg.ClientMemory),
 		ledger: dispatch.NewLedger(), book: cfg.Book, set: upstream.NewSet(cfg.Targets)}
+	if len(cfg.Route.Groups) > 0 {
+		s.set.UpdateGroups(cfg.Route.TargetGroups())
+	}
 	qc := cfg.Queue
 	qc.Ledger = s.ledger
+	if cfg.Route.Enabled() {
+		qc.Orphans = func(bs []*framer.Batch) { s.router.Orphans(bs) }
+	}
 	s.q = dispatch.New(qc)
 	if s.book == nil {
 		s.book = dispatch.NewBook()
+	}
+	if cfg.Route.Enabled() {
+		s.router = route.New(cfg.Route, s.q, s.set, s.ledger, s.bufs, cfg.Pool.Connections, s.log)
+		cfg.Pool.Lanes = s.router.Lanes
+		s.cfg.Pool.Lanes = s.router.Lanes
 	}
 	s.pool = pool.New(cfg.Pool, s.q, s.set)
 	s.hard, s.hardCancel = context.WithCancel(context.Background())
@@ -242,7 +266,13 @@ func (s *Server) Start(ln net.Listener) {
 		s.ln = listener.New(ln, s, lc)
 		go func() { s.serveErr <- s.ln.Serve() }()
 	}
-	go func() { defer close(s.poolDone); s.pool.Run(s.hard) }()
+	if s.router != nil {
+		routed := make(chan struct{})
+		go func() { defer close(routed); s.router.Run(s.hard) }()
+		go func() { defer close(s.poolDone); s.pool.Run(s.hard); <-routed }()
+	} else {
+		go func() { defer close(s.poolDone); s.pool.Run(s.hard) }()
+	}
 	regs := []func() (metric.Registration, error){
 		func() (metric.Registration, error) { return s.ln.ObserveMetrics(s.attrs()...) },
 		func() (metric.Registration, error) { return s.observe(s.attrs()...) },
@@ -259,6 +289,21 @@ func (s *Server) Start(ln net.Listener) {
 		"connections_per_target", s.cfg.Pool.Connections, "tls", lc.TLS != nil,
 		"accept_proxy", lc.AcceptProxy, "max_conns", lc.MaxConns, "client_memory", s.cfg.ClientMemory,
 		"line_timeout", s.cfg.LineTimeout.String())
+}
+
+// push queues b, through the router when there is one, and takes it. It
+// returns the lines not queued because the shutdown deadline passed or the
+// queue closed (the caller counts them).
+func (s *Server) push(b *framer.Batch, sc *route.Scratch) (notQueued int, err error) {
+	if s.router != nil {
+		return s.router.Push(s.hard, b, sc)
+	}
+	n := b.Lines
+	if err := s.q.Push(s.hard, b); err != nil {
+		b.Release()
+		return n, err
+	}
+	return 0, nil
 }
 
 // Addr is the listening address.
@@ -358,16 +403,15 @@ func (cs *clientConn) serve(skipping bool) error {
 			}
 			return err
 		}
-		n, size := b.Lines, len(b.Data)
-		if err := s.q.Push(s.hard, b); err != nil {
-			b.Release()
+		lines, size := b.Lines, len(b.Data) // b may be delivered as soon as it is queued
+		if n, err := s.push(b, &cs.route); err != nil {
 			s.dropShutdown.Add(uint64(n))
 			s.ledger.DropRead(dispatch.DropShutdown, uint64(n))
 			rest := cs.countRest(f.Discarding(), f.Partial() > 0)
 			c.Log.Error("shutdown deadline passed: lines read but not queued were dropped", "lines", uint64(n)+rest)
 			return err
 		}
-		cs.lines += uint64(n)
+		cs.lines += uint64(lines)
 		cs.bytes += uint64(size)
 		if lim != nil {
 			cs.pace(lim, size)
@@ -408,6 +452,7 @@ type clientConn struct {
 	lines, bytes, oversize uint64
 	fragmentCounted        bool // the framer dropped the partial line it held
 
+	route    route.Scratch               // routing by key's memory
 	final    func(p []byte) (int, error) // an octet reader's final reads
 	moving   atomic.Bool                 // HandOff is moving the connection to another process
 	mu       sync.Mutex                  // guards h and ended
@@ -631,6 +676,14 @@ func (s *Server) Stats() Stats {
 
 // Targets returns each target's counters, in configuration order.
 func (s *Server) Targets() []upstream.Stats { return s.set.Stats() }
+
+// RouteStats returns the routing counters (zero without routing).
+func (s *Server) RouteStats() route.Stats {
+	if s.router == nil {
+		return route.Stats{}
+	}
+	return s.router.Stats()
+}
 
 // Ledger is this server's own account of its lines.
 func (s *Server) Ledger() *dispatch.Ledger { return s.ledger }

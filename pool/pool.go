@@ -92,6 +92,10 @@ type Config struct {
 	// concatenation of each line's), so that after a failure the lines
 	// the target acknowledged whole are found by their encoded length.
 	Encode func(dst, data []byte) []byte
+	// Lanes, if set, says which queue lanes the slot-th worker of home
+	// takes batches from (routing by key, see package route). Nil: every
+	// worker takes from the shared lane, lane 0.
+	Lanes func(home *upstream.Target, slot int) Lanes
 
 	// Dialer opens raw connections; nil means a net.Dialer with the
 	// keepalive and TCP_USER_TIMEOUT settings above.
@@ -100,6 +104,19 @@ type Config struct {
 	Clock clockwork.Clock
 	// Logger receives the pool's logs; nil means slog.Default().
 	Logger *slog.Logger
+}
+
+// Lanes are the dispatch lanes one worker serves.
+type Lanes struct {
+	// Shared is the lane every worker of the target's group takes from.
+	Shared int
+	// Keyed, if not 0, is the worker's own lane: the messages of the keys
+	// routed to this connection of its home target.
+	Keyed int
+	// Pinned keeps the worker on its home target: it never fails over
+	// (the keys of a target that is down are routed to others instead),
+	// and it dials its home again, with backoff, until it answers.
+	Pinned bool
 }
 
 // DefaultConfig returns the documented defaults.
@@ -234,7 +251,7 @@ func (p *Pool) Run(ctx context.Context) {
 // maxWeightRatio bounds how many times Connections a heavy target gets.
 const maxWeightRatio = 16
 
-// startWorkers starts workers for each target that has fewer than
+// startWorkers starts workers for each target (of the pool's groups) that has fewer than
 // Connections × its weight relative to the lightest target (at most
 // maxWeightRatio): a target of twice the weight takes batches on twice as
 // many connections. When a weight goes down, the extra workers stay until
@@ -262,6 +279,9 @@ func (p *Pool) startWorkers(ctx context.Context, wg *sync.WaitGroup) {
 		p.staffed[t] = want
 		for i := have; i < want; i++ {
 			w := &worker{p: p, home: t, log: p.log.With("worker", fmt.Sprintf("%s#%d", t.Addr, i))}
+			if p.cfg.Lanes != nil {
+				w.lanes = p.cfg.Lanes(t, i)
+			}
 			wg.Go(func() {
 				w.run(ctx)
 				p.workerLeft(t)

@@ -20,6 +20,8 @@ type worker struct {
 	home     *upstream.Target
 	log      *slog.Logger
 	bo       backoff.BackOff
+	lanes    Lanes // where batches come from (Config.Lanes)
+	laneBuf  [2]int
 	batches  []*framer.Batch // reused for every pop
 	retiring sync.WaitGroup  // connections being retired after a failback
 }
@@ -79,7 +81,7 @@ func (w *worker) connect(ctx context.Context, prev *upstream.Target) *upConn {
 		if w.home.Removed() {
 			return nil
 		}
-		for _, t := range w.p.set.FailoverOrder(w.home, prev) {
+		for _, t := range w.order(prev) {
 			if ctx.Err() != nil || isClosed(w.p.queue.Idle()) {
 				return nil
 			}
@@ -88,10 +90,11 @@ func (w *worker) connect(ctx context.Context, prev *upstream.Target) *upConn {
 				reason = "failover"
 			}
 			id := ksuid.New() // the connection's, or the failed attempt's
+			started := time.Now()
 			c, err := w.p.dialConn(ctx, t, reason, id, w.log)
 			if err != nil {
 				w.p.st.dialFailures.Add(1)
-				if ctx.Err() == nil && t.MarkDown(err) {
+				if ctx.Err() == nil && t.DialFailed(err, started) {
 					w.log.Warn("target down: dial failed", "conn", id.String(), "target", t.Addr, "err", err)
 				}
 				w.log.Debug("dial failed", "conn", id.String(), "target", t.Addr, "err", err)
@@ -105,6 +108,18 @@ func (w *worker) connect(ctx context.Context, prev *upstream.Target) *upConn {
 			return nil
 		}
 	}
+}
+
+// order is the targets to dial, in order: the home alone for a pinned
+// worker (while it takes work), else the failover order.
+func (w *worker) order(prev *upstream.Target) []*upstream.Target {
+	if !w.lanes.Pinned {
+		return w.p.set.FailoverOrder(w.home, prev)
+	}
+	if w.home.Accepts() {
+		return []*upstream.Target{w.home}
+	}
+	return nil
 }
 
 // opened records a new connection.
@@ -187,6 +202,27 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 			ackArmed = true
 		}
 	}
+	// write writes the popped batches on c. leave is true when serve
+	// must return, with failed as its result.
+	write := func() (leave bool, failed *upstream.Target) {
+		err := c.write(w.batches, cfg.WriteTimeout)
+		w.p.st.writes.Add(1)
+		w.p.st.batchesWritten.Add(uint64(len(w.batches)))
+		clear(w.batches)
+		if err != nil && ctx.Err() != nil {
+			// Cut by the shutdown deadline, not a target failure.
+			c.settleWithin(q, cfg.AckInterval, hardStopAckGrace)
+			w.p.st.requeuedLines.Add(uint64(c.requeue(q)))
+			w.closed(c)
+			return true, nil
+		}
+		if err != nil {
+			w.fail(c, err)
+			return true, c.target
+		}
+		settle()
+		return false, nil
+	}
 	// review acts on the targets' states: it is called at the start, on
 	// every change of the set (changed), and after a failback, so that a
 	// change that came between a dial and the watch is not missed. leave
@@ -220,6 +256,10 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 	if leave, failed := review(false); leave {
 		return failed, progress
 	}
+	shared, keyed := q.LaneReady(w.lanes.Shared), (<-chan struct{})(nil)
+	if w.lanes.Keyed != 0 {
+		keyed = q.LaneReady(w.lanes.Keyed)
+	}
 	for {
 		select {
 		case <-watch:
@@ -240,27 +280,20 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 		case <-c.dead:
 			w.fail(c, c.readErr)
 			return c.target, progress
-		case <-q.Ready():
-			w.batches = q.TryPop(w.batches[:0], cfg.MaxWriteCount, cfg.MaxWriteBytes)
-			if len(w.batches) == 0 {
+		case <-shared:
+			if !w.pop(w.lanes.Shared, w.lanes.Keyed) {
 				continue
 			}
-			err := c.write(w.batches, cfg.WriteTimeout)
-			w.p.st.writes.Add(1)
-			w.p.st.batchesWritten.Add(uint64(len(w.batches)))
-			clear(w.batches)
-			if err != nil && ctx.Err() != nil {
-				// Cut by the shutdown deadline, not a target failure.
-				c.settleWithin(q, cfg.AckInterval, hardStopAckGrace)
-				w.p.st.requeuedLines.Add(uint64(c.requeue(q)))
-				w.closed(c)
-				return nil, progress
+			if leave, failed := write(); leave {
+				return failed, progress
 			}
-			if err != nil {
-				w.fail(c, err)
-				return c.target, progress
+		case <-keyed:
+			if !w.pop(w.lanes.Keyed, w.lanes.Shared) {
+				continue
 			}
-			settle()
+			if leave, failed := write(); leave {
+				return failed, progress
+			}
 		case <-ack.C:
 			ackArmed = false
 			settle()
@@ -286,6 +319,20 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 			}
 		}
 	}
+}
+
+// pop takes batches into w.batches from lane first, then from lane then
+// (a keyed lane of 0 is none), within one write's limits, and reports
+// whether it took any. first is the lane whose Ready signal the worker
+// took.
+func (w *worker) pop(first, then int) bool {
+	lanes := append(w.laneBuf[:0], first)
+	if w.lanes.Keyed != 0 {
+		lanes = append(lanes, then)
+	}
+	cfg := w.p.cfg
+	w.batches = w.p.queue.TryPopLanes(w.batches[:0], lanes, cfg.MaxWriteCount, cfg.MaxWriteBytes)
+	return len(w.batches) > 0
 }
 
 // hardStopAckGrace is how long a worker stopped by the shutdown deadline

@@ -152,6 +152,25 @@ func (s *Set) Watch() <-chan struct{} {
 	return s.watch
 }
 
+// WatchUp returns a channel that is closed at the next time a target's
+// passive state flips (MarkUp after MarkDown, or the reverse): what a dial
+// or a connection found, which Watch does not report.
+func (s *Set) WatchUp() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.watchUp
+}
+
+// notifyUp wakes WatchUp.
+func (t *Target) notifyUp() {
+	if s := t.set; s != nil {
+		s.mu.Lock()
+		close(s.watchUp)
+		s.watchUp = make(chan struct{})
+		s.mu.Unlock()
+	}
+}
+
 func (s *Set) changed() {
 	s.mu.Lock()
 	close(s.watch)
@@ -205,6 +224,39 @@ func (t *Target) Weight() int {
 // that does not parse is taken as an address of weight 1 (callers validate
 // first). Update returns the targets added and removed.
 func (s *Set) Update(specs []string) (added, removed []*Target) {
+	return s.update1(specs, nil)
+}
+
+// Group is one named group of targets, for UpdateGroups.
+type Group struct {
+	Name  string
+	Specs []string // as Update takes them
+}
+
+// UpdateGroups is Update for a set whose targets are in groups (NDJSON
+// routing): every group's specs, each target labelled with its group's
+// name (Target.Group). An address listed in two groups belongs to the
+// first (callers validate first). A target's group is fixed when it is
+// added: a set whose groups change is replaced, not updated.
+func (s *Set) UpdateGroups(groups []Group) (added, removed []*Target) {
+	var specs []string
+	groupOf := map[string]string{}
+	for _, g := range groups {
+		for _, spec := range g.Specs {
+			a, _, err := ParseSpec(spec)
+			if err != nil {
+				a = spec
+			}
+			if _, dup := groupOf[a]; !dup {
+				groupOf[a] = g.Name
+			}
+			specs = append(specs, spec)
+		}
+	}
+	return s.update1(specs, groupOf)
+}
+
+func (s *Set) update1(specs []string, groupOf map[string]string) (added, removed []*Target) {
 	s.update.Lock()
 	defer s.update.Unlock()
 	old := s.Targets()
@@ -222,7 +274,7 @@ func (s *Set) Update(specs []string) (added, removed []*Target) {
 		addrs = append(addrs, a)
 		i := slices.IndexFunc(old, func(t *Target) bool { return t.Addr == a })
 		if i < 0 {
-			t := &Target{Addr: a, set: s}
+			t := &Target{Addr: a, set: s, group: groupOf[a]}
 			t.weight.Store(int32(w))
 			next = append(next, t)
 			added = append(added, t)
@@ -286,4 +338,5 @@ type setFields struct {
 	update  sync.Mutex                // serialises Update and Prune
 	mu      sync.Mutex
 	watch   chan struct{} // closed at the next change; guarded by mu
+	watchUp chan struct{} // closed at the next up/down flip; guarded by mu
 }

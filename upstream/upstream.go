@@ -13,7 +13,10 @@ type Target struct {
 	// Addr is the target's host:port.
 	Addr string
 
+	group string // the target group (NDJSON routing); "" outside groups
+
 	down     atomic.Bool
+	lastUp   atomic.Int64 // when MarkUp was last called, Unix nanoseconds
 	mu       sync.Mutex
 	lastErr  error // guarded by mu
 	lines    atomic.Uint64
@@ -41,7 +44,15 @@ type Target struct {
 func (t *Target) Up() bool { return !t.down.Load() }
 
 // MarkUp records a successful dial and reports whether the target was down.
-func (t *Target) MarkUp() bool { return t.down.Swap(false) }
+// A change wakes the set's WatchUp.
+func (t *Target) MarkUp() bool {
+	t.lastUp.Store(time.Now().UnixNano())
+	if !t.down.Swap(false) {
+		return false
+	}
+	t.notifyUp()
+	return true
+}
 
 // MarkDown records a failed dial or a failed connection and reports whether
 // the target was up.
@@ -50,8 +61,31 @@ func (t *Target) MarkDown(err error) bool {
 	t.mu.Lock()
 	t.lastErr = err
 	t.mu.Unlock()
-	return !t.down.Swap(true)
+	if t.down.Swap(true) {
+		return false
+	}
+	t.notifyUp()
+	return true
 }
+
+// DialFailed is MarkDown for a dial that began at started: a dial that
+// began before the last successful one is stale news (it raced the
+// target's return) and counts as a failure without marking the target
+// down. It reports whether the target was up.
+func (t *Target) DialFailed(err error, started time.Time) bool {
+	if started.UnixNano() < t.lastUp.Load() {
+		t.failures.Add(1)
+		t.mu.Lock()
+		t.lastErr = err
+		t.mu.Unlock()
+		return false
+	}
+	return t.MarkDown(err)
+}
+
+// Group is the target group the target belongs to (see Set.UpdateGroups);
+// "" for a set without groups.
+func (t *Target) Group() string { return t.group }
 
 // LastErr returns the error of the last failure, or nil.
 func (t *Target) LastErr() error {
@@ -107,6 +141,7 @@ func (t *Target) ConnClosed() { t.conns.Add(-1) }
 // Stats is a snapshot of a target's state and counters.
 type Stats struct {
 	Addr     string
+	Group    string // the target group; "" outside groups
 	State    State
 	Removed  bool   // left the configuration; draining
 	Weight   int    // share relative to the other targets
@@ -121,7 +156,7 @@ type Stats struct {
 // Stats returns a snapshot of the target's counters.
 func (t *Target) Stats() Stats {
 	return Stats{
-		Addr: t.Addr, State: t.State(), Removed: t.Removed(), Weight: t.Weight(), Up: t.Up(), Lines: t.lines.Load(), Bytes: t.bytes.Load(), BytesIn: t.bytesIn.Load(),
+		Addr: t.Addr, Group: t.group, State: t.State(), Removed: t.Removed(), Weight: t.Weight(), Up: t.Up(), Lines: t.lines.Load(), Bytes: t.bytes.Load(), BytesIn: t.bytesIn.Load(),
 		Conns: t.conns.Load(), Failures: t.failures.Load(),
 	}
 }
@@ -135,7 +170,7 @@ type Set struct {
 // NewSet returns a set of the given addresses, in order.
 func NewSet(addrs []string) *Set {
 	s := &Set{}
-	s.watch = make(chan struct{})
+	s.watch, s.watchUp = make(chan struct{}), make(chan struct{})
 	empty := []*Target{}
 	s.targets.Store(&empty)
 	s.Update(addrs)
@@ -157,17 +192,17 @@ func (s *Set) Stats() []Stats {
 	return out
 }
 
-// FailoverOrder returns every target that accepts new work (see Accepts)
-// except prev, for a worker whose home is home and whose connection to prev
-// failed (prev may be nil): home first if it is up, then the other up
-// targets in random order, then the down ones in random order, and prev
-// last.
+// FailoverOrder returns every target of home's group that accepts new work
+// (see Accepts) except prev, for a worker whose home is home and whose
+// connection to prev failed (prev may be nil): home first if it is up, then
+// the other up targets in random order, then the down ones in random order,
+// and prev last.
 func (s *Set) FailoverOrder(home, prev *Target) []*Target {
 	targets := s.Targets()
 	var up, down []*Target
 	for _, t := range targets {
 		switch {
-		case !t.Accepts():
+		case !t.Accepts() || t.group != home.group:
 		case t == prev || t == home:
 		case t.Up():
 			up = append(up, t)

@@ -17,14 +17,15 @@ const module = "github.com/ndlb/ndlb/"
 var allowed = map[string][]string{
 	// invalid holds the error type of every Config.Validate; it imports
 	// nothing of ours, so framer may import it.
-	"invalid":   {},
-	"framer":    {"invalid"},
-	"upstream":  {},
-	"tlsutil":   {},
-	"listener":  {"internal/gopool", "invalid"},
-	"dispatch":  {"framer", "invalid"},
-	"pool":      {"dispatch", "framer", "invalid", "tlsutil", "upstream"},
-	"ndjson":    {"dispatch", "framer", "internal/gopool", "invalid", "listener", "pool", "tlsutil", "upstream"},
+	"invalid":  {},
+	"framer":   {"invalid"},
+	"upstream": {},
+	"tlsutil":  {},
+	"listener": {"internal/gopool", "invalid"},
+	"dispatch": {"framer", "invalid"},
+	"pool":     {"dispatch", "framer", "invalid", "tlsutil", "upstream"},
+	"ndjson": {"balance", "dispatch", "framer", "internal/gopool", "invalid", "listener", "pool", "route", "routekey",
+		"tlsutil", "upstream"},
 	"balance":   {"upstream"},
 	"admin":     {"invalid", "upstream"},
 	"health":    {"invalid", "tlsutil", "upstream"},
@@ -32,19 +33,21 @@ var allowed = map[string][]string{
 	"config":    {},
 	// routekey takes a routing key from a message: a leaf.
 	"routekey": {},
+	// route sends each message to a group and a target by its key.
+	"route": {"balance", "dispatch", "framer", "invalid", "pool", "routekey", "tlsutil", "upstream"},
 	// supervisor runs listeners of both modes; it knows the settings only
 	// for their reload rules.
 	"supervisor": {"admin", "balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool",
-		"invalid", "listener", "ndjson", "passthrough", "pool", "settings", "tlsutil", "upstream"},
+		"invalid", "listener", "ndjson", "passthrough", "pool", "route", "routekey", "settings", "tlsutil", "upstream"},
 	// setup maps settings onto the libraries' configs and a supervisor spec.
 	"setup": {"admin", "balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool",
-		"invalid", "listener", "ndjson", "passthrough", "pool", "settings", "supervisor", "tlsutil", "upstream"},
+		"invalid", "listener", "ndjson", "passthrough", "pool", "route", "routekey", "settings", "supervisor", "tlsutil", "upstream"},
 	// demo runs the NDJSON mode against linetest's sinks, in one process.
-	"demo": {"dispatch", "framer", "internal/gopool", "internal/linetest", "invalid", "listener", "ndjson",
-		"pool", "tlsutil", "upstream"},
+	"demo": {"balance", "dispatch", "framer", "internal/gopool", "internal/linetest", "invalid", "listener", "ndjson",
+		"pool", "route", "routekey", "tlsutil", "upstream"},
 	// settings takes its defaults from the libraries it names.
 	"settings": {"balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool", "invalid",
-		"listener", "ndjson", "passthrough", "pool", "tlsutil", "upstream"},
+		"listener", "ndjson", "passthrough", "pool", "route", "routekey", "tlsutil", "upstream"},
 	// telemetry installs the SDK; only cmd/ndlb may import it.
 	"telemetry": {},
 	// passthrough proxies whole connections; it must not reach into the

@@ -1,0 +1,866 @@
+package route
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/ndlb/ndlb/balance"
+	"github.com/ndlb/ndlb/dispatch"
+	"github.com/ndlb/ndlb/framer"
+	"github.com/ndlb/ndlb/invalid"
+	"github.com/ndlb/ndlb/pool"
+	"github.com/ndlb/ndlb/routekey"
+	"github.com/ndlb/ndlb/upstream"
+)
+
+// DefaultMaxLoad is Config.MaxLoad.
+const DefaultMaxLoad = 1.25
+
+const (
+	// window is how many keyed messages a group's load counts before its
+	// counters are halved.
+	window = 1 << 17
+	// slack is how many messages past the bound a target may take, so
+	// that a cold start (every count near zero) does not scatter keys.
+	slack = 64
+)
+
+// ErrConfig is wrapped by Config.Validate's errors.
+var ErrConfig = errors.New("route: invalid config")
+
+// Group is one target group.
+type Group struct {
+	// Name names the group in logs, metrics and the admin API.
+	Name string
+	// Values are the exact key values whose messages go to the group, as
+	// they are written in the message (a JSON string's raw bytes between
+	// its quotes).
+	Values []string
+	// Default takes the messages whose value no group lists, and those
+	// without the key. At most one group is the default.
+	Default bool
+	// Spread balances the group's messages as without routing (any
+	// worker of the group takes any batch) instead of by Config.Key.
+	Spread bool
+	// Targets are the group's targets, as upstream.Set.Update takes them.
+	Targets []string
+}
+
+// Config is what a Router routes by.
+type Config struct {
+	// Key picks a message's target in its group by rendezvous hashing of
+	// its value. Nil: groups spread their messages.
+	Key routekey.Extractor
+	// GroupKey picks a message's group by its value; nil means Key.
+	GroupKey routekey.Extractor
+	// MaxLoad bounds the keyed messages a target takes, as a multiple of
+	// its share (by weight) of its group's; past it a key's messages go to
+	// its next choice. 0 turns the bound off; else at least 1.
+	MaxLoad float64
+	// Groups are the target groups; none means one group of every
+	// target, balanced by Key.
+	Groups []Group
+}
+
+// Enabled reports whether there is anything to route by.
+func (c Config) Enabled() bool { return c.Key != nil || len(c.Groups) > 0 }
+
+// Validate reports the first problem as an *invalid.Error naming the
+// field, wrapping ErrConfig.
+func (c Config) Validate() error {
+	bad := func(field, format string, a ...any) error { return invalid.Field(ErrConfig, field, format, a...) }
+	if c.MaxLoad != 0 && c.MaxLoad < 1 {
+		return bad("MaxLoad", "load bound %g: want 1 or more (1.25: a target takes at most 25%% more than its share), or 0 for no bound", c.MaxLoad)
+	}
+	if len(c.Groups) == 0 {
+		if c.GroupKey != nil {
+			return bad("GroupKey", "a group key needs target groups")
+		}
+		return nil
+	}
+	if c.Key == nil && c.GroupKey == nil {
+		return bad("GroupKey", "target groups need a key to route by (a group key or a route key)")
+	}
+	names, values, addrs := map[string]bool{}, map[string]string{}, map[string]string{}
+	def := ""
+	for _, g := range c.Groups {
+		switch {
+		case g.Name == "":
+			return bad("Groups", "a group needs a name")
+		case names[g.Name]:
+			return bad("Groups", "group %q is named twice", g.Name)
+		case g.Default && def != "":
+			return bad("Groups", "groups %q and %q are both the default: one may be", def, g.Name)
+		case len(g.Values) == 0 && !g.Default:
+			return bad("Groups", "group %q takes no values and is not the default: nothing would reach it", g.Name)
+		case len(g.Targets) == 0:
+			return bad("Groups", "group %q has no targets", g.Name)
+		}
+		names[g.Name] = true
+		if g.Default {
+			def = g.Name
+		}
+		for _, v := range g.Values {
+			if other, dup := values[v]; dup {
+				return bad("Groups", "value %q is routed to groups %q and %q: a value goes to one group", v, other, g.Name)
+			}
+			values[v] = g.Name
+		}
+		for _, spec := range g.Targets {
+			a, _, err := upstream.ParseSpec(spec)
+			if err != nil {
+				return bad("Groups", "group %q: %v", g.Name, err)
+			}
+			if other, dup := addrs[a]; dup {
+				return bad("Groups", "target %s is in groups %q and %q: a target belongs to one group", a, other, g.Name)
+			}
+			addrs[a] = g.Name
+		}
+	}
+	return nil
+}
+
+// TargetGroups is the groups' targets for upstream.Set.UpdateGroups.
+func (c Config) TargetGroups() []upstream.Group {
+	out := make([]upstream.Group, 0, len(c.Groups))
+	for _, g := range c.Groups {
+		out = append(out, upstream.Group{Name: g.Name, Specs: g.Targets})
+	}
+	return out
+}
+
+// Router routes batches by key into a queue's lanes. Make one with New,
+// give its Lanes to the pool, Run it beside the pool, and Push batches.
+type Router struct {
+	cfg      Config
+	q        *dispatch.Queue
+	set      *upstream.Set
+	ledger   *dispatch.Ledger
+	bufs     *framer.Pool
+	log      *slog.Logger
+	slots    int
+	groupKey routekey.Extractor
+	groups   []*group
+	byName   map[string]int
+	byValue  map[string]int
+	def      int // the default group's index, or -1
+	tab      atomic.Pointer[table]
+	wake     chan struct{}
+
+	mu      sync.Mutex
+	targets map[*upstream.Target]*tstate // guarded by mu
+	owner   map[int]*tstate              // lane → its target; guarded by mu
+	pending []*framer.Batch              // orphans to route again; guarded by mu
+	stopped bool                         // Run returned; guarded by mu
+
+	unrouted, movedDown, movedLoad atomic.Uint64
+	decaying                       sync.Mutex // one halving of load windows at a time
+}
+
+// Outcomes of routing one message, as Stats and the metrics count them.
+const (
+	outKeyed     = iota // routed by its key
+	outSpread           // in a group balanced by spreading
+	outMissing          // no key: spread
+	outMalformed        // not JSON as far as the key: spread
+	outTooLong          // key over routekey.MaxKeyBytes: spread
+	numOutcomes
+)
+
+var outcomeNames = [numOutcomes]string{"keyed", "spread", "missing", "malformed", "too_long"}
+
+// group is one target group's routing state.
+type group struct {
+	name   string
+	shared int  // its shared lane
+	keyed  bool // balanced by key
+	total  atomic.Int64
+	msgs   [numOutcomes]atomic.Uint64
+}
+
+// tstate is one target's routing state; it outlives tables.
+type tstate struct {
+	t      *upstream.Target
+	g      int
+	hash   uint64 // balance.TargetHash of its address
+	lanes  []int  // one per worker slot
+	open   bool   // its lanes take batches; guarded by Router.mu
+	load   atomic.Int64
+	routed atomic.Uint64
+}
+
+// table is a snapshot of where keys may go, rebuilt at every change of
+// the targets' states.
+type table struct {
+	groups []gtable
+}
+
+type gtable struct {
+	eligible []*tstate // the targets keys go to now
+	all      []*tstate // every configured target: a key's first choice among them is its own
+	wsum     float64   // the eligible targets' weights
+	weights  []float64 // eligible[i]'s weight
+	uniform  bool      // every weight the same: raw scores compare
+}
+
+// New returns a router of cfg (valid) into q's lanes over set's targets,
+// whose pool has connections workers per target. Lines it drops as
+// unrouted are counted in ledger.
+func New(cfg Config, q *dispatch.Queue, set *upstream.Set, ledger *dispatch.Ledger, bufs *framer.Pool, connections int, log *slog.Logger) *Router {
+	if log == nil {
+		log = slog.Default()
+	}
+	r := &Router{cfg: cfg, q: q, set: set, ledger: ledger, bufs: bufs, log: log, slots: max(1, connections),
+		groupKey: cfg.GroupKey, byName: map[string]int{}, byValue: map[string]int{}, def: -1,
+		wake: make(chan struct{}, 1), targets: map[*upstream.Target]*tstate{}, owner: map[int]*tstate{}}
+	if r.groupKey == nil && len(cfg.Groups) > 0 {
+		r.groupKey = cfg.Key
+	}
+	if len(cfg.Groups) == 0 {
+		r.groups = []*group{{shared: 0, keyed: cfg.Key != nil}}
+		r.byName[""] = 0
+		r.def = 0
+	}
+	for i, g := range cfg.Groups {
+		r.groups = append(r.groups, &group{name: g.Name, shared: q.NewLane(), keyed: cfg.Key != nil && !g.Spread})
+		r.byName[g.Name] = i
+		for _, v := range g.Values {
+			r.byValue[v] = i
+		}
+		if g.Default {
+			r.def = i
+		}
+	}
+	r.rebuild()
+	return r
+}
+
+// Orphans is the dispatch.Config.Orphans of the router's queue: batches
+// handed back to a closed lane are routed again.
+func (r *Router) Orphans(bs []*framer.Batch) {
+	r.mu.Lock()
+	if r.stopped {
+		r.mu.Unlock()
+		r.returnShared(bs)
+		return
+	}
+	r.pending = append(r.pending, bs...)
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// returnShared puts batches in their groups' shared lanes, for a router
+// that no longer routes (the queue's Discard then finds them).
+func (r *Router) returnShared(bs []*framer.Batch) {
+	for _, b := range bs {
+		r.mu.Lock()
+		g := 0
+		if ts := r.owner[b.Lane]; ts != nil {
+			g = ts.g
+		}
+		r.mu.Unlock()
+		r.q.Return([]*framer.Batch{b}, r.groups[g].shared)
+	}
+}
+
+// Lanes is the pool.Config.Lanes of the router's pool.
+func (r *Router) Lanes(home *upstream.Target, slot int) pool.Lanes {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ts := r.state(home)
+	g := r.groups[ts.g]
+	if !g.keyed {
+		return pool.Lanes{Shared: g.shared}
+	}
+	l := pool.Lanes{Shared: g.shared, Pinned: true}
+	if slot < len(ts.lanes) {
+		l.Keyed = ts.lanes[slot]
+	}
+	return l
+}
+
+// state returns t's routing state, making it (and its lanes, closed until
+// the next rebuild) the first time. r.mu must be held.
+func (r *Router) state(t *upstream.Target) *tstate {
+	if ts := r.targets[t]; ts != nil {
+		return ts
+	}
+	g, ok := r.byName[t.Group()]
+	if !ok {
+		g = 0
+	}
+	ts := &tstate{t: t, g: g, hash: balance.TargetHash(t.Addr)}
+	if r.groups[g].keyed {
+		for range r.slots {
+			id := r.q.NewLane()
+			r.q.CloseLane(id)
+			ts.lanes = append(ts.lanes, id)
+			r.owner[id] = ts
+		}
+	}
+	r.targets[t] = ts
+	return ts
+}
+
+// Run keeps the routing table in step with the targets' states and routes
+// again what closed lanes held, until ctx is done or the queue is idle.
+// Batches handed back after it returns go to their groups' shared lanes.
+func (r *Router) Run(ctx context.Context) {
+	defer r.stop()
+	for {
+		watch, up := r.set.Watch(), r.set.WatchUp()
+		moved := r.rebuild()
+		r.mu.Lock()
+		moved = append(moved, r.pending...)
+		r.pending = nil
+		r.mu.Unlock()
+		if err := r.reroute(ctx, moved); err != nil {
+			return
+		}
+		select {
+		case <-watch:
+		case <-up:
+		case <-r.wake:
+		case <-ctx.Done():
+			return
+		case <-r.q.Idle():
+			return
+		}
+	}
+}
+
+func (r *Router) stop() {
+	r.mu.Lock()
+	r.stopped = true
+	left := r.pending
+	r.pending = nil
+	r.mu.Unlock()
+	r.returnShared(left)
+}
+
+// rebuild makes a new table from the targets' states, opens the lanes of
+// targets that take keys again, closes those of targets that stopped, and
+// returns what the closed lanes held.
+func (r *Router) rebuild() (moved []*framer.Batch) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	tab := &table{groups: make([]gtable, len(r.groups))}
+	current := map[*upstream.Target]bool{}
+	for _, t := range r.set.Targets() {
+		current[t] = true
+		ts := r.state(t)
+		if t.Removed() {
+			continue
+		}
+		gt := &tab.groups[ts.g]
+		gt.all = append(gt.all, ts)
+	}
+	for i := range tab.groups {
+		gt := &tab.groups[i]
+		for _, ts := range gt.all {
+			if ts.t.Accepts() && ts.t.Up() {
+				gt.eligible = append(gt.eligible, ts)
+			}
+		}
+		if len(gt.eligible) == 0 { // none up: keys wait for their own
+			for _, ts := range gt.all {
+				if ts.t.Accepts() {
+					gt.eligible = append(gt.eligible, ts)
+				}
+			}
+		}
+		gt.uniform = true
+		for _, ts := range gt.eligible {
+			w := float64(ts.t.Weight())
+			gt.weights = append(gt.weights, w)
+			gt.wsum += w
+			if w != gt.weights[0] {
+				gt.uniform = false
+			}
+		}
+	}
+	old := r.tab.Load()
+	for i := range tab.groups {
+		if old == nil || !slices.Equal(old.groups[i].eligible, tab.groups[i].eligible) {
+			rebase(&tab.groups[i], r.groups[i])
+		}
+	}
+	for t, ts := range r.targets {
+		open := current[t] && slices.Contains(tab.groups[ts.g].eligible, ts)
+		switch {
+		case open && !ts.open:
+			for _, id := range ts.lanes {
+				r.q.OpenLane(id)
+			}
+		case !open && ts.open:
+			for _, id := range ts.lanes {
+				moved = append(moved, r.q.CloseLane(id)...)
+			}
+			r.log.Info("routing keys away from target", "target", t.Addr, "group", t.Group(), "state", t.State().String(),
+				"queued_batches", len(moved))
+		}
+		ts.open = open
+		if !current[t] {
+			delete(r.targets, t) // pruned: its lanes stay closed
+			for _, id := range ts.lanes {
+				delete(r.owner, id)
+			}
+		}
+	}
+	r.tab.Store(tab)
+	return moved
+}
+
+// rebase makes a group's load window fit a new set of eligible targets: a
+// target that joins starts at its share of what the others carry (not at
+// nothing, which would let it take every overflow, nor at a stale count,
+// which would hold its own keys off it after a failure), and the total is
+// what the eligible targets carry, so the bound is against the targets
+// that take keys now.
+func rebase(gt *gtable, grp *group) {
+	var carried, wcarried float64 // loads and weights of targets that had been eligible
+	for i, ts := range gt.eligible {
+		if ts.open {
+			carried += float64(ts.load.Load())
+			wcarried += gt.weights[i]
+		}
+	}
+	total := int64(0)
+	for i, ts := range gt.eligible {
+		if !ts.open {
+			l := int64(0)
+			if wcarried > 0 {
+				l = int64(carried / wcarried * gt.weights[i])
+			}
+			ts.load.Store(l)
+		}
+		total += ts.load.Load()
+	}
+	grp.total.Store(total)
+}
+
+// reroute routes again batches of closed lanes, newest first, so that at
+// the front of their new lanes they keep their order.
+func (r *Router) reroute(ctx context.Context, bs []*framer.Batch) error {
+	if len(bs) == 0 {
+		return nil
+	}
+	sc := &Scratch{}
+	for i := len(bs) - 1; i >= 0; i-- {
+		old := bs[i]
+		r.mu.Lock()
+		g := 0
+		if ts := r.owner[old.Lane]; ts != nil {
+			g = ts.g
+		}
+		r.mu.Unlock()
+		tab := r.tab.Load()
+		sc.recs = sc.recs[:0]
+		forEachLine(old.Data, func(start, end int) {
+			sc.recs = append(sc.recs, rec{start, end, r.laneIn(tab, g, old.Data[start:end-1], nil, routekey.Missing, sc)})
+		})
+		parts, lanes := r.split(old, sc)
+		if err := r.q.Reroute(ctx, old, parts, lanes); err != nil {
+			for i := i - 1; i >= 0; i-- { // not routed: back where Discard finds them
+				r.returnShared(bs[i : i+1])
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// forEachLine calls fn with the bounds of each line of data (whole lines,
+// each ending in '\n'), end past the newline.
+func forEachLine(data []byte, fn func(start, end int)) {
+	for start := 0; start < len(data); {
+		n := bytes.IndexByte(data[start:], '\n')
+		if n < 0 { // not a whole line: keep it whole
+			fn(start, len(data))
+			return
+		}
+		fn(start, start+n+1)
+		start += n + 1
+	}
+}
+
+// rec is one line of a batch being routed and its lane (-1: unrouted).
+type rec struct {
+	start, end, lane int
+}
+
+// Scratch is one producer's reusable routing memory: a client connection
+// keeps one, so routing allocates nothing in the steady state.
+type Scratch struct {
+	recs  []rec
+	bytes []int // per lane: bytes routed to it
+	part  []int // per lane: its index in parts, or -1
+	order []int // lanes in first-use order
+	parts []*framer.Batch
+	cand  []int // candidate order for the load bound
+}
+
+// Push routes b's lines into the queue's lanes, blocking while the
+// queue's budget is spent, and takes b (it is queued, or released). It
+// returns the lines not queued because ctx ended or the queue closed
+// (the caller counts them); unrouted lines are counted here.
+func (r *Router) Push(ctx context.Context, b *framer.Batch, sc *Scratch) (notQueued int, err error) {
+	tab := r.tab.Load()
+	sc.recs = sc.recs[:0]
+	unrouted := 0
+	same := true
+	forEachLine(b.Data, func(start, end int) {
+		lane := r.laneOf(tab, b.Data[start:end-1], sc)
+		if lane < 0 {
+			unrouted++
+		}
+		if len(sc.recs) > 0 && sc.recs[0].lane != lane {
+			same = false
+		}
+		sc.recs = append(sc.recs, rec{start, end, lane})
+	})
+	if unrouted > 0 {
+		r.unrouted.Add(uint64(unrouted))
+		r.ledger.DropRead(dispatch.DropUnrouted, uint64(unrouted))
+		if unrouted == len(sc.recs) {
+			b.Release()
+			return 0, nil
+		}
+	}
+	if same && unrouted == 0 {
+		err := r.q.PushTo(ctx, b, sc.recs[0].lane)
+		switch {
+		case err == nil:
+			return 0, nil
+		case !errors.Is(err, dispatch.ErrLaneClosed):
+			n := b.Lines
+			b.Release()
+			return n, err
+		}
+		return r.again(ctx, b)
+	}
+	parts, lanes := r.split(b, sc)
+	b.Release()
+	for i, p := range parts {
+		err := r.q.PushTo(ctx, p, lanes[i])
+		if errors.Is(err, dispatch.ErrLaneClosed) {
+			var n int
+			if n, err = r.again(ctx, p); n > 0 || err != nil {
+				return n + releaseAll(parts[i+1:]), err
+			}
+			continue
+		}
+		if err != nil {
+			return releaseAll(parts[i:]), err
+		}
+	}
+	return 0, nil
+}
+
+// again routes a batch whose lane closed as it was pushed, with the
+// current table.
+func (r *Router) again(ctx context.Context, b *framer.Batch) (int, error) {
+	return r.Push(ctx, b, &Scratch{})
+}
+
+// releaseAll releases bs and returns their lines.
+func releaseAll(bs []*framer.Batch) int {
+	n := 0
+	for _, b := range bs {
+		n += b.Lines
+		b.Release()
+	}
+	return n
+}
+
+// split copies the lines of b that sc.recs routes into one new batch per
+// lane, in the order the lanes are first used, and returns them with
+// their lanes (both held by sc until its next use).
+func (r *Router) split(b *framer.Batch, sc *Scratch) (parts []*framer.Batch, lanes []int) {
+	sc.order = sc.order[:0]
+	for _, rc := range sc.recs {
+		if rc.lane < 0 {
+			continue
+		}
+		for rc.lane >= len(sc.bytes) {
+			sc.bytes, sc.part = append(sc.bytes, 0), append(sc.part, -1)
+		}
+		if sc.part[rc.lane] < 0 {
+			sc.part[rc.lane] = len(sc.order)
+			sc.order = append(sc.order, rc.lane)
+		}
+		sc.bytes[rc.lane] += rc.end - rc.start
+	}
+	sc.parts = sc.parts[:0]
+	for _, l := range sc.order {
+		sc.parts = append(sc.parts, r.bufs.GetEmpty(sc.bytes[l]))
+	}
+	for _, rc := range sc.recs {
+		if rc.lane < 0 {
+			continue
+		}
+		p := sc.parts[sc.part[rc.lane]]
+		p.Data = append(p.Data, b.Data[rc.start:rc.end]...)
+		p.Lines++
+	}
+	for _, l := range sc.order {
+		sc.bytes[l], sc.part[l] = 0, -1
+	}
+	return sc.parts, sc.order
+}
+
+// laneOf is the lane of one message (without its newline), or -1 when no
+// group takes it.
+func (r *Router) laneOf(tab *table, msg []byte, sc *Scratch) int {
+	g := 0
+	var key []byte
+	out := routekey.Missing
+	if r.groupKey != nil {
+		key, out = r.groupKey.Key(msg)
+		g = -1
+		if out == routekey.Found {
+			if i, ok := r.byValue[string(key)]; ok {
+				g = i
+			}
+		}
+		if g < 0 {
+			g = r.def
+		}
+		if g < 0 {
+			return -1
+		}
+		if r.groupKey != r.cfg.Key {
+			key, out = nil, routekey.Missing
+		}
+	}
+	return r.laneIn(tab, g, msg, key, out, sc)
+}
+
+// laneIn is the lane of msg in group g. key and out are msg's Key when it
+// was taken already (by the group key), else nil and Missing.
+func (r *Router) laneIn(tab *table, g int, msg, key []byte, out routekey.Outcome, sc *Scratch) int {
+	grp := r.groups[g]
+	if !grp.keyed {
+		grp.msgs[outSpread].Add(1)
+		return grp.shared
+	}
+	if key == nil {
+		key, out = r.cfg.Key.Key(msg)
+	}
+	switch out {
+	case routekey.Found:
+	case routekey.Malformed:
+		grp.msgs[outMalformed].Add(1)
+		return grp.shared
+	case routekey.TooLong:
+		grp.msgs[outTooLong].Add(1)
+		return grp.shared
+	default:
+		grp.msgs[outMissing].Add(1)
+		return grp.shared
+	}
+	h := xxhash.Sum64(key)
+	ts := r.pick(&tab.groups[g], grp, h, sc)
+	if ts == nil || len(ts.lanes) == 0 {
+		grp.msgs[outMissing].Add(1) // nowhere to go by key: wait in the shared lane
+		return grp.shared
+	}
+	grp.msgs[outKeyed].Add(1)
+	return ts.lanes[slotOf(h, len(ts.lanes))]
+}
+
+// slotOf is a key's worker slot at its target, independent of the target
+// it hashed to.
+func slotOf(h uint64, slots int) int {
+	return int(balance.ScoreHashed(h, 0x9e3779b97f4a7c15) % uint64(slots))
+}
+
+// score is a target's rendezvous score for key hash h, comparable within
+// gt.
+func (gt *gtable) score(i int, h uint64) float64 {
+	s := balance.ScoreHashed(h, gt.eligible[i].hash)
+	if gt.uniform {
+		return float64(s)
+	}
+	return balance.Weighted(s, int(gt.weights[i]))
+}
+
+// pick chooses the eligible target for key hash h: the highest score, or
+// the highest within the load bound, and counts it.
+func (r *Router) pick(gt *gtable, grp *group, h uint64, sc *Scratch) *tstate {
+	n := len(gt.eligible)
+	if n == 0 {
+		return nil
+	}
+	best, bestScore := 0, gt.score(0, h)
+	for i := 1; i < n; i++ {
+		if s := gt.score(i, h); s > bestScore {
+			best, bestScore = i, s
+		}
+	}
+	chosen := best
+	if c := r.cfg.MaxLoad; c > 0 && n > 1 && !gt.within(best, grp, c) {
+		cand := sc.cand[:0]
+		for i := range n {
+			cand = append(cand, i)
+		}
+		slices.SortFunc(cand, func(a, b int) int {
+			sa, sb := gt.score(a, h), gt.score(b, h)
+			switch {
+			case sa > sb:
+				return -1
+			case sa < sb:
+				return 1
+			}
+			return 0
+		})
+		sc.cand = cand
+		for _, i := range cand[1:] {
+			if gt.within(i, grp, c) {
+				chosen = i
+				r.movedLoad.Add(1)
+				break
+			}
+		}
+	}
+	ts := gt.eligible[chosen]
+	if len(gt.all) != n && chosen == best && gt.firstChoice(h) != ts {
+		r.movedDown.Add(1)
+	}
+	ts.load.Add(1)
+	ts.routed.Add(1)
+	if grp.total.Add(1) >= window {
+		r.decay(gt, grp)
+	}
+	return ts
+}
+
+// within reports whether eligible target i may take one more keyed
+// message under bound c.
+func (gt *gtable) within(i int, grp *group, c float64) bool {
+	load := float64(gt.eligible[i].load.Load() + 1)
+	mean := float64(grp.total.Load()+1) * gt.weights[i] / gt.wsum
+	return load <= c*mean+slack
+}
+
+// firstChoice is the key's target among every configured target of the
+// group, up or not: where it goes when all are well.
+func (gt *gtable) firstChoice(h uint64) *tstate {
+	var best *tstate
+	var bestScore float64
+	uniform := true
+	for _, ts := range gt.all {
+		if ts.t.Weight() != gt.all[0].t.Weight() {
+			uniform = false
+		}
+	}
+	for _, ts := range gt.all {
+		s := balance.ScoreHashed(h, ts.hash)
+		sc := float64(s)
+		if !uniform {
+			sc = balance.Weighted(s, ts.t.Weight())
+		}
+		if best == nil || sc > bestScore {
+			best, bestScore = ts, sc
+		}
+	}
+	return best
+}
+
+// decay halves a group's load counts, so that they weigh recent traffic.
+func (r *Router) decay(gt *gtable, grp *group) {
+	if !r.decaying.TryLock() {
+		return // another producer is halving
+	}
+	defer r.decaying.Unlock()
+	if grp.total.Load() < window {
+		return
+	}
+	for _, ts := range gt.all {
+		ts.load.Store(ts.load.Load() / 2)
+	}
+	grp.total.Store(grp.total.Load() / 2)
+}
+
+// Stats are the router's counters.
+type Stats struct {
+	Groups []GroupStats
+	// Unrouted counts lines no group took (dropped, in the ledger as
+	// dispatch.DropUnrouted).
+	Unrouted uint64
+	// MovedDown counts keyed messages sent to other than their key's
+	// first choice because that target was not taking work; MovedLoad
+	// those sent on because their target was over the load bound.
+	MovedDown, MovedLoad uint64
+}
+
+// GroupStats are one group's counters.
+type GroupStats struct {
+	Name string
+	// Messages counts the group's messages by how they were routed:
+	// keyed, spread (a group balanced by spreading), missing,
+	// malformed, too_long (no usable key: spread).
+	Messages map[string]uint64
+	Targets  []TargetStats
+}
+
+// TargetStats are one target's routing counters.
+type TargetStats struct {
+	Addr string
+	// Routed counts the keyed messages routed to the target.
+	Routed uint64
+	// Load is the target's keyed messages in the current window over its
+	// share of the group's: 1 is its share, MaxLoad the bound.
+	Load float64
+	// Eligible says the target takes keys now.
+	Eligible bool
+}
+
+// Stats returns the router's counters.
+func (r *Router) Stats() Stats {
+	st := Stats{Unrouted: r.unrouted.Load(), MovedDown: r.movedDown.Load(), MovedLoad: r.movedLoad.Load()}
+	tab := r.tab.Load()
+	for i, g := range r.groups {
+		gs := GroupStats{Name: g.name, Messages: map[string]uint64{}}
+		for o := range numOutcomes {
+			gs.Messages[outcomeNames[o]] = g.msgs[o].Load()
+		}
+		gt := &tab.groups[i]
+		total := float64(g.total.Load())
+		for _, ts := range gt.all {
+			ti := TargetStats{Addr: ts.t.Addr, Routed: ts.routed.Load()}
+			if j := slices.Index(gt.eligible, ts); j >= 0 {
+				ti.Eligible = true
+				if share := total * gt.weights[j] / gt.wsum; share > 0 {
+					ti.Load = float64(ts.load.Load()) / share
+				}
+			}
+			gs.Targets = append(gs.Targets, ti)
+		}
+		st.Groups = append(st.Groups, gs)
+	}
+	return st
+}
+
+// String describes the routing for the log.
+func (c Config) String() string {
+	key, gkey := "none", "none"
+	if c.Key != nil {
+		key = c.Key.String()
+	}
+	if c.GroupKey != nil {
+		gkey = c.GroupKey.String()
+	}
+	return fmt.Sprintf("key=%s group_key=%s groups=%d max_load=%g", key, gkey, len(c.Groups), c.MaxLoad)
+}
