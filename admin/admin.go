@@ -308,6 +308,7 @@ func (s *Server) listeners(w http.ResponseWriter, _ *http.Request) {
 type targetInfo struct {
 	Listener  string     `json:"listener"`
 	Addr      string     `json:"addr"`
+	Group     string     `json:"group,omitempty"`
 	State     string     `json:"state"`
 	Removed   bool       `json:"removed"`
 	Weight    int        `json:"weight"`
@@ -333,7 +334,7 @@ func (s *Server) targets(w http.ResponseWriter, _ *http.Request) {
 		for _, t := range l.Targets().Targets() {
 			st := t.Stats()
 			ti := targetInfo{
-				Listener: name, Addr: st.Addr, State: st.State.String(), Removed: st.Removed, Weight: st.Weight, Active: st.Conns,
+				Listener: name, Addr: st.Addr, Group: st.Group, State: st.State.String(), Removed: st.Removed, Weight: st.Weight, Active: st.Conns,
 				LinesOut: st.Lines, BytesOut: st.Bytes, BytesIn: st.BytesIn, Failures: st.Failures,
 			}
 			if err := t.LastErr(); err != nil {

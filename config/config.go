@@ -223,6 +223,17 @@ func (p parser) section(m map[string]any, ln sectionLines, top bool) (Section, e
 		if !ok || key == NameKey && !top || key == "listener" && top {
 			continue
 		}
+		if key == GroupKey && !top {
+			if _, known := p.keys[GroupKey]; known {
+				v, line, err := p.groups(raw, ln)
+				if err != nil {
+					err.Listener = s.Name
+					return s, err
+				}
+				s.Values = append(s.Values, Value{Key: key, Line: line, V: v})
+				continue
+			}
+		}
 		k, known := p.keys[key]
 		switch {
 		case !known && top && key == NameKey:
@@ -243,6 +254,97 @@ func (p parser) section(m map[string]any, ln sectionLines, top bool) (Section, e
 		s.Values = append(s.Values, Value{Key: key, Line: ln.keys[key], V: v})
 	}
 	return s, nil
+}
+
+// GroupKey is the [[listener.group]] tables of a listener: target groups
+// (NDJSON routing). The file's tables become the values of the setting of
+// this name, one string per group in its flag form:
+// NAME=TARGET[,TARGET...][;values=V[,V...]][;default][;balance=key|spread].
+const GroupKey = "group"
+
+// groupKeys are the keys a [[listener.group]] table may hold.
+var groupKeys = []string{"name", "target", "values", "default", "balance"}
+
+// groups turns a listener's [[listener.group]] tables into the group
+// setting's strings, and returns the line of the first table.
+func (p parser) groups(raw any, ln sectionLines) ([]string, int, *Error) {
+	tables, ok := raw.([]any)
+	line := 0
+	if len(ln.groups) > 0 {
+		line = ln.groups[0].header
+	}
+	if !ok {
+		return nil, line, &Error{Path: p.path, Line: line, Msg: "group: write each target group as a [[listener.group]] table (two brackets) under its [[listener]]"}
+	}
+	var out []string
+	for i, t := range tables {
+		gl := sectionLines{keys: map[string]int{}}
+		if i < len(ln.groups) {
+			gl = ln.groups[i]
+		}
+		bad := func(key, format string, a ...any) *Error {
+			l := gl.keys[key]
+			if l == 0 {
+				l = gl.header
+			}
+			return &Error{Path: p.path, Line: l, Msg: fmt.Sprintf(format, a...)}
+		}
+		if flagForm, ok := t.(string); ok { // group = ["audit=HOST:PORT;values=audit"]
+			out = append(out, flagForm)
+			continue
+		}
+		m, ok := t.(map[string]any)
+		if !ok {
+			return nil, line, bad("", "group: write each target group as a [[listener.group]] table")
+		}
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			if !slices.Contains(groupKeys, k) {
+				return nil, line, bad(k, "[[listener.group]]: unknown key %q (a group has %s)", k, strings.Join(groupKeys, ", "))
+			}
+		}
+		name, _ := m["name"].(string)
+		if strings.TrimSpace(name) == "" {
+			return nil, line, bad("name", `[[listener.group]] needs a name (name = "audit")`)
+		}
+		if strings.ContainsAny(name, "=;,") || strings.ContainsFunc(name, unicode.IsControl) {
+			return nil, line, bad("name", "group name %q: no =, ; or , and no control characters", name)
+		}
+		targets, err := typed("target", Strings, m["target"])
+		if m["target"] == nil || err != nil || len(targets.([]string)) == 0 {
+			return nil, line, bad("target", `group %q: target: want a list of HOST:PORT (target = ["10.0.0.1:9000"])`, name)
+		}
+		spec := name + "=" + strings.Join(targets.([]string), ",")
+		if m["values"] != nil {
+			vs, err := typed("values", Strings, m["values"])
+			if err != nil {
+				return nil, line, bad("values", "group %q: %v", name, err)
+			}
+			for _, v := range vs.([]string) {
+				if v == "" || strings.ContainsAny(v, ";,") {
+					return nil, line, bad("values", "group %q: value %q: values are not empty and hold no ; or ,", name, v)
+				}
+			}
+			spec += ";values=" + strings.Join(vs.([]string), ",")
+		}
+		if m["default"] != nil {
+			d, err := typed("default", Bool, m["default"])
+			if err != nil {
+				return nil, line, bad("default", "group %q: %v", name, err)
+			}
+			if d.(bool) {
+				spec += ";default"
+			}
+		}
+		if m["balance"] != nil {
+			b, ok := m["balance"].(string)
+			if !ok {
+				return nil, line, bad("balance", `group %q: balance: want "key" or "spread" in quotes`, name)
+			}
+			spec += ";balance=" + b
+		}
+		out = append(out, spec)
+	}
+	return out, line, nil
 }
 
 // suggest is " (did you mean NAME?)" for a key one or two edits from a
@@ -391,11 +493,13 @@ type sectionLines struct {
 	header int
 	keys   map[string]int
 	order  []string
+	groups []sectionLines // a listener's [[listener.group]] tables
 }
 
 var (
 	keyLine     = regexp.MustCompile(`^\s*([A-Za-z0-9_-]+|"[^"]+"|'[^']+')\s*(?:\.[^=]*)?=`)
 	headerLine  = regexp.MustCompile(`^\s*\[\[\s*(?:listener|"listener"|'listener')\s*\]\]`)
+	groupLine   = regexp.MustCompile(`^\s*\[\[\s*(?:listener|"listener"|'listener')\s*\.\s*(?:group|"group"|'group')\s*\]\]`)
 	arrayLine   = regexp.MustCompile(`^\s*\[\[\s*([A-Za-z0-9_-]+|"[^"]+"|'[^']+')`)
 	tableLine   = regexp.MustCompile(`^\s*\[\s*([A-Za-z0-9_-]+|"[^"]+"|'[^']+')\s*(?:\.\s*([A-Za-z0-9_-]+|"[^"]+"|'[^']+'))?`)
 	multiString = regexp.MustCompile(`"""|\'\'\'`)
@@ -415,6 +519,7 @@ func keyLines(doc []byte) []sectionLines {
 		}
 	}
 	inString, other := false, false // inside a multi-line string; in a table that is not ours
+	var group *sectionLines         // in a [[listener.group]] table
 	for i, line := range strings.Split(string(doc), "\n") {
 		n := i + 1
 		if inString {
@@ -423,11 +528,17 @@ func keyLines(doc []byte) []sectionLines {
 		}
 		switch {
 		case headerLine.MatchString(line):
-			out, other = append(out, sectionLines{header: n, keys: map[string]int{}}), false
+			out, other, group = append(out, sectionLines{header: n, keys: map[string]int{}}), false, nil
+		case groupLine.MatchString(line) && len(out) > 1:
+			l := &out[len(out)-1]
+			note(l, GroupKey, n)
+			l.groups = append(l.groups, sectionLines{header: n, keys: map[string]int{}})
+			group, other = &l.groups[len(l.groups)-1], false
 		case arrayLine.MatchString(line):
 			note(&out[0], arrayLine.FindStringSubmatch(line)[1], n) // [[listeners]], [[listener.x]]
-			other = true
+			other, group = true, nil
 		case tableLine.MatchString(line):
+			group = nil
 			m := tableLine.FindStringSubmatch(line)
 			if strings.Trim(m[1], `"'`) == "listener" && m[2] != "" && len(out) > 1 {
 				note(&out[len(out)-1], m[2], n) // [listener.tls] inside a listener
@@ -436,7 +547,10 @@ func keyLines(doc []byte) []sectionLines {
 			}
 			other = true
 		case keyLine.MatchString(line):
-			if !other {
+			switch {
+			case group != nil:
+				note(group, keyLine.FindStringSubmatch(line)[1], n)
+			case !other:
 				note(&out[len(out)-1], keyLine.FindStringSubmatch(line)[1], n)
 			}
 		}

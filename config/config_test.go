@@ -167,3 +167,59 @@ func TestWatchSeesARename(t *testing.T) {
 		t.Fatal("Hash does not tell contents apart")
 	}
 }
+
+// [[listener.group]] tables become the group setting's values, in their
+// flag form, and a bad one is reported at its line.
+func TestGroupTables(t *testing.T) {
+	sch := append(slices.Clone(schema), Key{Name: GroupKey, Kind: Strings}, Key{Name: "group-key", Kind: String})
+	doc := `[[listener]]
+name = "logs"
+group-key = "json:stream"
+
+[[listener.group]]
+name = "audit"
+target = ["10.0.0.1:9000", "10.0.0.2:9000=2"]
+values = ["audit", "security"]
+
+[[listener.group]]
+name = "rest"
+target = "10.0.1.1:9000"
+default = true
+balance = "spread"
+
+[[listener]]
+name = "web"
+port = 80
+`
+	f, err := Parse("f.toml", []byte(doc), sch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, v := range f.Listeners[0].Values {
+		if v.Key == GroupKey {
+			got = v.V.([]string)
+			if v.Line != 5 {
+				t.Errorf("group line %d, want 5", v.Line)
+			}
+		}
+	}
+	want := []string{"audit=10.0.0.1:9000,10.0.0.2:9000=2;values=audit,security", "rest=10.0.1.1:9000;default;balance=spread"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("groups %q, want %q", got, want)
+	}
+	if f.Listeners[1].LineOf("port") != 18 {
+		t.Fatalf("port of the second listener at line %d", f.Listeners[1].LineOf("port"))
+	}
+	for _, tt := range []struct{ doc, want string }{
+		{"[[listener]]\nname = \"a\"\n[[listener.group]]\nname = \"g\"\ntargets = [\"x:1\"]\n", `f.toml:5: listener "a": [[listener.group]]: unknown key "targets" (a group has name, target, values, default, balance)`},
+		{"[[listener]]\nname = \"a\"\n[[listener.group]]\ntarget = [\"x:1\"]\n", `f.toml:3: listener "a": [[listener.group]] needs a name (name = "audit")`},
+		{"[[listener]]\nname = \"a\"\n[[listener.group]]\nname = \"g\"\n", `f.toml:3: listener "a": group "g": target: want a list of HOST:PORT (target = ["10.0.0.1:9000"])`},
+		{"[[listener]]\nname = \"a\"\n[[listener.group]]\nname = \"g\"\ntarget = \"x:1\"\nvalues = [\"a,b\"]\n", `f.toml:6: listener "a": group "g": value "a,b": values are not empty and hold no ; or ,`},
+		{"[[listener]]\nname = \"a\"\n[[listener.group]]\nname = \"g\"\ntarget = \"x:1\"\ndefault = \"yes\"\n", `f.toml:6: listener "a": group "g": default: "yes" is text; want true or false, without quotes (default = true)`},
+	} {
+		if _, err := Parse("f.toml", []byte(tt.doc), sch); err == nil || err.Error() != tt.want {
+			t.Errorf("error\n%v\nwant\n%s", err, tt.want)
+		}
+	}
+}

@@ -66,7 +66,7 @@ var ledgerInstruments = sync.OnceValues(func() (ledgerMetrics, error) {
 	l.delivered, errs[1] = m.Int64ObservableCounter("ndlb.lines.delivered", metric.WithUnit("{line}"),
 		metric.WithDescription("Lines acknowledged by a target."))
 	l.dropped, errs[2] = m.Int64ObservableCounter("ndlb.lines.dropped", metric.WithUnit("{line}"),
-		metric.WithDescription("Lines dropped, by ndlb.drop.reason: oversize, incomplete, memory, shutdown."))
+		metric.WithDescription("Lines dropped, by ndlb.drop.reason: oversize, incomplete, memory, shutdown, binary, unrouted."))
 	l.inFlight, errs[3] = m.Int64ObservableGauge("ndlb.lines.in_flight", metric.WithUnit("{line}"),
 		metric.WithDescription("Lines received and not yet delivered or dropped."))
 	return l, errors.Join(errs[:]...)

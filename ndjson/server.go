@@ -281,6 +281,9 @@ func (s *Server) Start(ln net.Listener) {
 	if s.cfg.Book == nil {
 		regs = append(regs, func() (metric.Registration, error) { return ObserveLedgers(s.book) })
 	}
+	if s.router != nil {
+		regs = append(regs, func() (metric.Registration, error) { return s.router.ObserveMetrics(s.attrs()...) })
+	}
 	if s.ln == nil {
 		regs = regs[1:] // no connections
 	}
@@ -288,7 +291,7 @@ func (s *Server) Start(ln net.Listener) {
 	s.log.Info("listening", "addr", ln.Addr().String(), "mode", "ndjson", "proto", network(s.udp != nil), "targets", s.cfg.Targets,
 		"connections_per_target", s.cfg.Pool.Connections, "tls", lc.TLS != nil,
 		"accept_proxy", lc.AcceptProxy, "max_conns", lc.MaxConns, "client_memory", s.cfg.ClientMemory,
-		"line_timeout", s.cfg.LineTimeout.String())
+		"line_timeout", s.cfg.LineTimeout.String(), "route", s.cfg.Route.String())
 }
 
 // push queues b, through the router when there is one, and takes it. It
@@ -654,6 +657,8 @@ type Stats struct {
 	// BadFrames counts clients closed for a bad octet-counted length
 	// prefix.
 	BadFrames uint64
+	// Route is the routing by key's counters (zero without it).
+	Route route.Stats
 }
 
 // Stats returns the server's counters.
@@ -667,6 +672,9 @@ func (s *Server) Stats() Stats {
 	}
 	if s.ln != nil {
 		st.Listener = s.ln.Stats()
+	}
+	if s.router != nil {
+		st.Route = s.router.Stats()
 	}
 	if d := s.udp; d != nil {
 		st.Datagrams, st.DroppedBinary, st.Overflows = d.count.Load(), d.binary.Load(), d.overflows.Load()
@@ -745,7 +753,8 @@ func (s *Server) Shutdown() Summary {
 			"resets", st.Pool.Resets, "proxy_rejected", st.Listener.ProxyRejected, "proxy_untrusted", st.Listener.ProxyUntrusted,
 			"source_limited", st.Listener.SourceConns+st.Listener.SourceRate, "sources_untracked", st.Listener.SourcesUntracked,
 			"datagrams", st.Datagrams, "dropped_binary", st.DroppedBinary, "kernel_overflows", st.Overflows,
-			"bad_frames", st.BadFrames)
+			"bad_frames", st.BadFrames, "unrouted", st.Route.Unrouted, "moved_down", st.Route.MovedDown,
+			"moved_load", st.Route.MovedLoad)
 	})
 	return s.summary
 }

@@ -77,8 +77,8 @@ func (c Config) Enabled() bool { return c.Key != nil || len(c.Groups) > 0 }
 // field, wrapping ErrConfig.
 func (c Config) Validate() error {
 	bad := func(field, format string, a ...any) error { return invalid.Field(ErrConfig, field, format, a...) }
-	if c.MaxLoad != 0 && c.MaxLoad < 1 {
-		return bad("MaxLoad", "load bound %g: want 1 or more (1.25: a target takes at most 25%% more than its share), or 0 for no bound", c.MaxLoad)
+	if c.MaxLoad != 0 && !(c.MaxLoad >= 1 && c.MaxLoad <= 1000) { // NaN too
+		return bad("MaxLoad", "load bound %g: want 1 to 1000 (1.25: a target takes at most 25%% more than its share), or 0 for no bound", c.MaxLoad)
 	}
 	if len(c.Groups) == 0 {
 		if c.GroupKey != nil {
@@ -855,6 +855,9 @@ func (r *Router) Stats() Stats {
 
 // String describes the routing for the log.
 func (c Config) String() string {
+	if !c.Enabled() {
+		return "off"
+	}
 	key, gkey := "none", "none"
 	if c.Key != nil {
 		key = c.Key.String()

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -21,6 +22,8 @@ import (
 	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/ndjson"
 	"github.com/ndlb/ndlb/passthrough"
+	"github.com/ndlb/ndlb/route"
+	"github.com/ndlb/ndlb/routekey"
 	"github.com/ndlb/ndlb/settings"
 	"github.com/ndlb/ndlb/supervisor"
 	"github.com/ndlb/ndlb/tlsutil"
@@ -233,7 +236,16 @@ func ndjsonConfig(c Values, log *slog.Logger, udp bool) (ndjson.Config, error) {
 	cfg := ndjson.DefaultConfig()
 	cfg.Logger, cfg.UDP = log, udp
 	var err error
-	if cfg.Targets, err = targets(c); err != nil {
+	if cfg.Route, err = routeConfig(c); err != nil {
+		return cfg, err
+	}
+	if len(cfg.Route.Groups) > 0 {
+		for _, n := range []string{"target", "target-dns", "target-srv"} {
+			if c.IsSet(n) {
+				return cfg, settings.Errorf(n, "--%s and --group both set: with target groups, list every target in its group", n)
+			}
+		}
+	} else if cfg.Targets, err = targets(c); err != nil {
 		return cfg, err
 	}
 	cfg.Discovered = discovered(c)
@@ -281,6 +293,125 @@ func ndjsonConfig(c Values, log *slog.Logger, udp bool) (ndjson.Config, error) {
 		return cfg, err
 	}
 	return cfg, fieldError("ndjson", cfg.Validate())
+}
+
+// routeConfig maps --route-key, --route-max-load, --group-key and --group.
+func routeConfig(c Values) (route.Config, error) {
+	var cfg struct {
+		route.Config
+		Groups []group
+	}
+	var err error
+	key := func(name string) (routekey.Extractor, error) {
+		v := c.String(name)
+		if v == "" {
+			return nil, nil
+		}
+		ex, err := routekey.Parse(v)
+		if err != nil {
+			return nil, settings.Errorf(name, "invalid value %q for --%s: %s", v, name, strings.TrimPrefix(strings.TrimPrefix(err.Error(), routekey.ErrSpec.Error()), " "))
+		}
+		return ex, nil
+	}
+	if cfg.Key, err = key("route-key"); err != nil {
+		return route.Config{}, err
+	}
+	if cfg.GroupKey, err = key("group-key"); err != nil {
+		return route.Config{}, err
+	}
+	ml := strings.TrimSpace(c.String("route-max-load"))
+	if cfg.MaxLoad, err = strconv.ParseFloat(ml, 64); err != nil {
+		return route.Config{}, settings.Errorf("route-max-load", "invalid value %q for --route-max-load: want a number such as 1.25 (a target takes at most 25%% more than its share), or 0 for no bound", ml)
+	}
+	if c.IsSet("route-max-load") && cfg.Key == nil {
+		return route.Config{}, settings.Errorf("route-max-load", "--route-max-load needs --route-key")
+	}
+	for _, raw := range c.StringSlice("group") {
+		g, err := parseGroup(raw)
+		if err != nil {
+			return route.Config{}, err
+		}
+		cfg.Groups = append(cfg.Groups, g)
+	}
+	switch {
+	case cfg.GroupKey != nil && len(cfg.Groups) == 0:
+		return route.Config{}, settings.Errorf("group-key", "--group-key needs target groups (--group, or [[listener.group]] tables)")
+	case len(cfg.Groups) > 0 && cfg.Key == nil && cfg.GroupKey == nil:
+		return route.Config{}, settings.Errorf("group", "target groups need a key whose value picks the group: set --group-key (or --route-key)")
+	}
+	for _, g := range cfg.Groups {
+		if !g.Spread && cfg.Key == nil && g.balanceSet {
+			return route.Config{}, settings.Errorf("group", "group %q: balance=key needs --route-key", g.Name)
+		}
+	}
+	out := cfg.Config
+	for _, g := range cfg.Groups {
+		out.Groups = append(out.Groups, g.Group)
+	}
+	return out, nil
+}
+
+// group is one --group value.
+type group struct {
+	route.Group
+	balanceSet bool // balance= was written
+}
+
+// parseGroup reads NAME=TARGET[,TARGET...][;values=V[,V...]][;default][;balance=key|spread].
+func parseGroup(raw string) (group, error) {
+	var g group
+	fail := func(format string, a ...any) (group, error) {
+		return group{}, settings.Errorf("group", "invalid value %q for --group: %s", raw, fmt.Sprintf(format, a...))
+	}
+	parts := strings.Split(raw, ";")
+	name, list, ok := strings.Cut(parts[0], "=")
+	g.Name = strings.TrimSpace(name)
+	if !ok || g.Name == "" {
+		return fail("want NAME=TARGET[,TARGET...][;values=V,...][;default][;balance=key|spread]")
+	}
+	for _, t := range strings.Split(list, ",") {
+		if t = strings.TrimSpace(t); t == "" {
+			continue
+		}
+		addr, _, err := upstream.ParseSpec(t)
+		if err != nil {
+			return fail("target %q: weight must be 1..%d", t, upstream.MaxWeight)
+		}
+		host, port, err := net.SplitHostPort(addr)
+		if p, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || p < 1 || p > 65535 {
+			return fail("target %q: want HOST:PORT or HOST:PORT=WEIGHT", t)
+		}
+		g.Targets = append(g.Targets, t)
+	}
+	if len(g.Targets) == 0 {
+		return fail("group %q has no targets", g.Name)
+	}
+	for _, p := range parts[1:] {
+		k, v, _ := strings.Cut(strings.TrimSpace(p), "=")
+		switch k {
+		case "values":
+			for _, x := range strings.Split(v, ",") {
+				if x = strings.TrimSpace(x); x != "" {
+					g.Values = append(g.Values, x)
+				}
+			}
+		case "default":
+			g.Default = true
+		case "balance":
+			switch v {
+			case "key":
+			case "spread":
+				g.Spread = true
+			default:
+				return fail("balance %q: want key (by --route-key) or spread", v)
+			}
+			g.balanceSet = true
+		case "":
+		default:
+			return fail("unknown part %q: want values=, default or balance=", k)
+		}
+	}
+	return g, nil
 }
 
 // tlsConfig maps the TLS flags, reading the files now so that a bad path or

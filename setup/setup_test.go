@@ -127,6 +127,22 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"check-http-path", values{"target": target, "check": "http", "check-http-path": "x"}},
 		{"balance", values{"target": target, "passthrough": true, "balance": "nope", "hash-key": "ip"}},
 		{"buffer-bytes", values{"target": target, "max-line-bytes": "512MiB"}},
+		{"route-key", values{"target": target, "route-key": "xml:tenant"}},
+		{"route-key", values{"target": target, "route-key": "regex:no group"}},
+		{"route-max-load", values{"target": target, "route-key": "json:k", "route-max-load": "0.5"}},
+		{"route-max-load", values{"target": target, "route-key": "json:k", "route-max-load": "NaN"}},
+		{"route-max-load", values{"target": target, "route-key": "json:k", "route-max-load": "lots"}},
+		{"route-max-load", values{"target": target, "route-max-load": "2"}},
+		{"group-key", values{"target": target, "group-key": "json:stream"}},
+		{"group", values{"group": []string{"a=127.0.0.1:1;default", "b=127.0.0.1:2;default"}, "group-key": "json:t"}},
+		{"group", values{"group": []string{"a=127.0.0.1:1;values=x", "b=127.0.0.1:1;values=y"}, "group-key": "json:t"}},
+		{"group", values{"group": []string{"a=127.0.0.1:1;values=x", "b=127.0.0.1:2;values=x"}, "group-key": "json:t"}},
+		{"group", values{"group": []string{"a=127.0.0.1:1;values=x"}}},
+		{"group", values{"group": []string{"a=;values=x"}, "group-key": "json:t"}},
+		{"group", values{"group": []string{"a=127.0.0.1:1;balance=round"}, "group-key": "json:t"}},
+		{"group", values{"group": []string{"a=127.0.0.1:1;colour=red"}, "group-key": "json:t"}},
+		{"group", values{"group": []string{"a=127.0.0.1:1"}, "group-key": "json:t"}},
+		{"target", values{"target": target, "group": []string{"a=127.0.0.1:1;default"}, "group-key": "json:t"}},
 	} {
 		_, err := Listener("x", tc.v, nil, quiet)
 		var se *settings.Error
