@@ -261,7 +261,7 @@ func (p *proc) ledger(name string) ledger {
 		g := ledger{received: num("received"), delivered: num("delivered"), dropped: num("dropped"),
 			inFlight: num("in_flight"), byReason: map[string]uint64{}}
 		var sum uint64
-		for _, r := range []string{"oversize", "incomplete", "memory", "shutdown", "binary"} {
+		for _, r := range []string{"oversize", "incomplete", "memory", "shutdown", "binary", "unrouted"} {
 			g.byReason[r] = num("dropped_" + r)
 			sum += g.byReason[r]
 		}

@@ -403,12 +403,18 @@ func (r *Router) rebuild() (moved []*framer.Batch) {
 			for _, id := range ts.lanes {
 				r.q.OpenLane(id)
 			}
+			if old != nil && len(ts.lanes) > 0 {
+				r.log.Info("routing keys to target again", "target", t.Addr, "group", t.Group())
+			}
 		case !open && ts.open:
+			n := len(moved)
 			for _, id := range ts.lanes {
 				moved = append(moved, r.q.CloseLane(id)...)
 			}
-			r.log.Info("routing keys away from target", "target", t.Addr, "group", t.Group(), "state", t.State().String(),
-				"queued_batches", len(moved))
+			if len(ts.lanes) > 0 {
+				r.log.Info("routing keys away from target", "target", t.Addr, "group", t.Group(), "state", t.State().String(),
+					"queued_batches", len(moved)-n)
+			}
 		}
 		ts.open = open
 		if !current[t] {
