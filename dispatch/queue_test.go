@@ -290,3 +290,83 @@ func TestPushesTakeTurns(t *testing.T) {
 	}
 	t.Logf("a quiet batch waited for a median of %d others, at most %d", waits[len(waits)/2], waits[len(waits)-1])
 }
+
+// Lanes: each is a FIFO with its own signal; a closed lane refuses pushes,
+// hands its batches out, and sends requeued ones to Orphans; Reroute
+// replaces a batch by its parts without counting its lines again.
+func TestLanes(t *testing.T) {
+	ledger := NewLedger()
+	var orphans []*framer.Batch
+	q := New(Config{MaxBytes: 1 << 20, Ledger: ledger, Orphans: func(bs []*framer.Batch) { orphans = append(orphans, bs...) }})
+	a, b := q.NewLane(), q.NewLane()
+	ctx := context.Background()
+	for _, x := range []struct {
+		s    string
+		lane int
+	}{{"a1", a}, {"s1", 0}, {"a2", a}, {"b1", b}} {
+		if err := q.PushTo(ctx, batch(x.s), x.lane); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-q.LaneReady(a):
+	default:
+		t.Fatal("lane a not signalled")
+	}
+	got := q.TryPopLanes(nil, []int{a, 0}, 10, 1<<20)
+	if len(got) != 3 || string(got[0].Data) != "a1\n" || string(got[1].Data) != "a2\n" || string(got[2].Data) != "s1\n" {
+		t.Fatalf("popped %q", datas(got))
+	}
+	// b closes: its waiting batch is handed out, pushes are refused, and
+	// a batch of b requeued by a worker goes to Orphans.
+	held := q.TryPopLanes(nil, []int{b}, 1, 1<<20)
+	if err := q.PushTo(ctx, pool.NewBatch([]byte("x\ny\n"), 2), b); err != nil {
+		t.Fatal(err)
+	}
+	out := q.CloseLane(b)
+	if len(out) != 1 || string(out[0].Data) != "x\ny\n" {
+		t.Fatalf("CloseLane gave %q", datas(out))
+	}
+	if err := q.PushTo(ctx, batch("b3"), b); !errors.Is(err, ErrLaneClosed) {
+		t.Fatalf("push to a closed lane: %v", err)
+	}
+	q.Requeue(held)
+	if len(orphans) != 1 || string(orphans[0].Data) != "b1\n" {
+		t.Fatalf("orphans %q", datas(orphans))
+	}
+	// Reroute: x and y become two parts, in a and the shared lane, ahead
+	// of newer batches.
+	if err := q.PushTo(ctx, batch("a3"), a); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Reroute(ctx, out[0], []*framer.Batch{batch("x"), batch("y")}, []int{a, 0}); err != nil {
+		t.Fatal(err)
+	}
+	got2 := q.TryPopLanes(nil, []int{a}, 10, 1<<20)
+	if len(got2) != 2 || string(got2[0].Data) != "x\n" || string(got2[1].Data) != "a3\n" {
+		t.Fatalf("after the reroute, lane a holds %q", datas(got2))
+	}
+	for _, bt := range append(append(got, got2...), q.TryPop(nil, 10, 1<<20)...) {
+		q.Done(bt)
+	}
+	q.OpenLane(b)
+	q.Return(orphans, b)
+	q.CloseInput()
+	if n := q.Discard(); n != 1 {
+		t.Fatalf("Discard dropped %d lines, want 1 (the returned orphan)", n)
+	}
+	<-q.Idle()
+	// Pushed: a1 s1 a2 b1 x y a3 = 7 lines; delivered all but b1,
+	// dropped at the end.
+	if st := ledger.Stats(); st.Received != 7 || st.Delivered != 6 || st.Dropped[DropShutdown] != 1 || st.InFlight != 0 {
+		t.Fatalf("ledger %+v", st)
+	}
+}
+
+func datas(bs []*framer.Batch) []string {
+	var out []string
+	for _, b := range bs {
+		out = append(out, string(b.Data))
+	}
+	return out
+}
