@@ -23,9 +23,14 @@ const (
 	e2eChunk   = 64 << 10  // bytes per client write
 )
 
-// buildNDLB builds the static binary the Dockerfile builds.
+// buildNDLB builds the static binary the Dockerfile builds;
+// NDLB_BENCH_BIN names a binary to use instead (one with symbols, to
+// profile with perf).
 func buildNDLB(b *testing.B) string {
 	b.Helper()
+	if bin := os.Getenv("NDLB_BENCH_BIN"); bin != "" {
+		return bin
+	}
 	out := filepath.Join(b.TempDir(), "ndlb")
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, "../cmd/ndlb")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -43,8 +48,14 @@ type ndlbProc struct {
 
 func startNDLB(b *testing.B, bin string, targets []string, env ...string) *ndlbProc {
 	b.Helper()
+	return startNDLBArgs(b, bin, targets, nil, env...)
+}
+
+// startNDLBArgs is startNDLB with more flags.
+func startNDLBArgs(b *testing.B, bin string, targets, extra []string, env ...string) *ndlbProc {
+	b.Helper()
 	args := append([]string{"--addr", "127.0.0.1", "--port", "0", "--log-format", "json", "--target", strings.Join(targets, ",")}, strings.Fields(os.Getenv("NDLB_BENCH_ARGS"))...)
-	cmd := exec.Command(bin, args...)
+	cmd := exec.Command(bin, append(args, extra...)...)
 	cmd.Env = append(os.Environ(), env...)
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {

@@ -9,9 +9,12 @@
 // goes to the same target, instances with the same targets agree without
 // talking, and a target that fails moves only its own keys, each to its
 // next choice, and gets them back when it returns. Each target has one
-// queue lane per worker connection and a key always takes the same one,
-// so the messages of one key from one client connection arrive in order
-// while their target stays.
+// queue lane for its keyed messages, written by the first of its worker
+// connections, so the messages of one key from one client connection
+// arrive in order while their target stays; its other connections carry
+// the messages without a key. (The lanes are per worker slot in the code;
+// one slot keeps a client's batch split in as few parts as there are
+// targets: more, smaller parts cost more than the connections gain.)
 //
 // A bound on load ("consistent hashing with bounded loads", Mirrokni,
 // Thorup and Zadimoghaddam) keeps a hot key from swamping its target: a

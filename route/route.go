@@ -200,10 +200,12 @@ type tstate struct {
 // table is a snapshot of where keys may go, rebuilt at every change of
 // the targets' states.
 type table struct {
-	groups []gtable
+	groups   []gtable
+	eligible int // the eligible targets of every group
 }
 
 type gtable struct {
+	base     int       // eligible[i]'s index among the table's eligible targets is base+i
 	eligible []*tstate // the targets keys go to now
 	all      []*tstate // every configured target: a key's first choice among them is its own
 	wsum     float64   // the eligible targets' weights
@@ -218,7 +220,7 @@ func New(cfg Config, q *dispatch.Queue, set *upstream.Set, ledger *dispatch.Ledg
 	if log == nil {
 		log = slog.Default()
 	}
-	r := &Router{cfg: cfg, q: q, set: set, ledger: ledger, bufs: bufs, log: log, slots: max(1, connections),
+	r := &Router{cfg: cfg, q: q, set: set, ledger: ledger, bufs: bufs, log: log, slots: keyedSlots(connections),
 		groupKey: cfg.GroupKey, byName: map[string]int{}, byValue: map[string]int{}, def: -1,
 		wake: make(chan struct{}, 1), targets: map[*upstream.Target]*tstate{}, owner: map[int]*tstate{}}
 	if r.groupKey == nil && len(cfg.Groups) > 0 {
@@ -380,6 +382,8 @@ func (r *Router) rebuild() (moved []*framer.Batch) {
 				}
 			}
 		}
+		gt.base = tab.eligible
+		tab.eligible += len(gt.eligible)
 		gt.uniform = true
 		for _, ts := range gt.eligible {
 			w := float64(ts.t.Weight())
@@ -472,10 +476,12 @@ func (r *Router) reroute(ctx context.Context, bs []*framer.Batch) error {
 		}
 		r.mu.Unlock()
 		tab := r.tab.Load()
+		sc.begin(r, tab)
 		sc.recs = sc.recs[:0]
 		forEachLine(old.Data, func(start, end int) {
 			sc.recs = append(sc.recs, rec{start, end, r.laneIn(tab, g, old.Data[start:end-1], nil, routekey.Missing, sc)})
 		})
+		sc.flush(r)
 		parts, lanes := r.split(old, sc)
 		if err := r.q.Reroute(ctx, old, parts, lanes); err != nil {
 			for i := i - 1; i >= 0; i-- { // not routed: back where Discard finds them
@@ -507,7 +513,9 @@ type rec struct {
 }
 
 // Scratch is one producer's reusable routing memory: a client connection
-// keeps one, so routing allocates nothing in the steady state.
+// keeps one, so routing allocates nothing in the steady state. It also
+// tallies a batch's counts, added to the shared counters once per batch
+// (flush), and remembers recent keys' first choices.
 type Scratch struct {
 	recs  []rec
 	bytes []int // per lane: bytes routed to it
@@ -515,6 +523,83 @@ type Scratch struct {
 	order []int // lanes in first-use order
 	parts []*framer.Batch
 	cand  []int // candidate order for the load bound
+
+	tab    *table   // the table the tallies are against
+	delta  []int64  // per eligible target (gtable.base+i): keyed messages routed this batch
+	gtotal []int64  // per group: keyed messages routed this batch
+	load   []int64  // per eligible target: its load when the batch began
+	total  []int64  // per group: its total when the batch began
+	outs   []uint64 // per group and outcome: messages this batch
+	cache  [256]choice
+}
+
+// choice is a key's first choice among a table's eligible targets, and
+// its next ones once the load bound asked for them.
+type choice struct {
+	tab   *table
+	h     uint64
+	g     int32
+	best  int32
+	down  bool    // it is not the key's own target (which takes no work now)
+	next  [3]int8 // its second to fourth choices (when nexts > 0)
+	nexts int8
+}
+
+// begin readies sc's tallies for a batch routed with tab.
+func (sc *Scratch) begin(r *Router, tab *table) {
+	sc.tab = tab
+	sc.delta = resize(sc.delta, tab.eligible)
+	sc.gtotal = resize(sc.gtotal, len(r.groups))
+	sc.outs = resize(sc.outs, len(r.groups)*numOutcomes)
+	if r.cfg.MaxLoad > 0 {
+		// The bound is checked against the counts as the batch began
+		// plus its own: plain reads, not shared cache lines per message.
+		sc.load = resize(sc.load, tab.eligible)
+		sc.total = resize(sc.total, len(r.groups))
+		for g := range tab.groups {
+			gt := &tab.groups[g]
+			for i, ts := range gt.eligible {
+				sc.load[gt.base+i] = ts.load.Load()
+			}
+			sc.total[g] = r.groups[g].total.Load()
+		}
+	}
+}
+
+func resize[T int64 | uint64](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	s = s[:n]
+	clear(s)
+	return s
+}
+
+// flush adds sc's tallies to the shared counters.
+func (sc *Scratch) flush(r *Router) {
+	tab := sc.tab
+	for g := range tab.groups {
+		gt, grp := &tab.groups[g], r.groups[g]
+		for i, ts := range gt.eligible {
+			if d := sc.delta[gt.base+i]; d != 0 {
+				ts.load.Add(d)
+				ts.routed.Add(uint64(d))
+				sc.delta[gt.base+i] = 0
+			}
+		}
+		if d := sc.gtotal[g]; d != 0 {
+			sc.gtotal[g] = 0
+			if grp.total.Add(d) >= window {
+				r.decay(gt, grp)
+			}
+		}
+		for o := range numOutcomes {
+			if d := sc.outs[g*numOutcomes+o]; d != 0 {
+				grp.msgs[o].Add(d)
+				sc.outs[g*numOutcomes+o] = 0
+			}
+		}
+	}
 }
 
 // Push routes b's lines into the queue's lanes, blocking while the
@@ -523,6 +608,7 @@ type Scratch struct {
 // (the caller counts them); unrouted lines are counted here.
 func (r *Router) Push(ctx context.Context, b *framer.Batch, sc *Scratch) (notQueued int, err error) {
 	tab := r.tab.Load()
+	sc.begin(r, tab)
 	sc.recs = sc.recs[:0]
 	unrouted := 0
 	same := true
@@ -536,6 +622,7 @@ func (r *Router) Push(ctx context.Context, b *framer.Batch, sc *Scratch) (notQue
 		}
 		sc.recs = append(sc.recs, rec{start, end, lane})
 	})
+	sc.flush(r)
 	if unrouted > 0 {
 		r.unrouted.Add(uint64(unrouted))
 		r.ledger.DropRead(dispatch.DropUnrouted, uint64(unrouted))
@@ -657,8 +744,9 @@ func (r *Router) laneOf(tab *table, msg []byte, sc *Scratch) int {
 // was taken already (by the group key), else nil and Missing.
 func (r *Router) laneIn(tab *table, g int, msg, key []byte, out routekey.Outcome, sc *Scratch) int {
 	grp := r.groups[g]
+	outs := sc.outs[g*numOutcomes : (g+1)*numOutcomes]
 	if !grp.keyed {
-		grp.msgs[outSpread].Add(1)
+		outs[outSpread]++
 		return grp.shared
 	}
 	if key == nil {
@@ -667,22 +755,22 @@ func (r *Router) laneIn(tab *table, g int, msg, key []byte, out routekey.Outcome
 	switch out {
 	case routekey.Found:
 	case routekey.Malformed:
-		grp.msgs[outMalformed].Add(1)
+		outs[outMalformed]++
 		return grp.shared
 	case routekey.TooLong:
-		grp.msgs[outTooLong].Add(1)
+		outs[outTooLong]++
 		return grp.shared
 	default:
-		grp.msgs[outMissing].Add(1)
+		outs[outMissing]++
 		return grp.shared
 	}
 	h := xxhash.Sum64(key)
-	ts := r.pick(&tab.groups[g], grp, h, sc)
+	ts := r.pick(&tab.groups[g], g, h, sc)
 	if ts == nil || len(ts.lanes) == 0 {
-		grp.msgs[outMissing].Add(1) // nowhere to go by key: wait in the shared lane
+		outs[outMissing]++ // nowhere to go by key: wait in the shared lane
 		return grp.shared
 	}
-	grp.msgs[outKeyed].Add(1)
+	outs[outKeyed]++
 	return ts.lanes[slotOf(h, len(ts.lanes))]
 }
 
@@ -702,23 +790,43 @@ func (gt *gtable) score(i int, h uint64) float64 {
 	return balance.Weighted(s, int(gt.weights[i]))
 }
 
-// pick chooses the eligible target for key hash h: the highest score, or
-// the highest within the load bound, and counts it.
-func (r *Router) pick(gt *gtable, grp *group, h uint64, sc *Scratch) *tstate {
+// pick chooses the eligible target of group g for key hash h: the highest
+// score, or the highest within the load bound, and tallies it in sc.
+func (r *Router) pick(gt *gtable, g int, h uint64, sc *Scratch) *tstate {
 	n := len(gt.eligible)
 	if n == 0 {
 		return nil
 	}
-	best, bestScore := 0, gt.score(0, h)
-	for i := 1; i < n; i++ {
-		if s := gt.score(i, h); s > bestScore {
-			best, bestScore = i, s
+	e := &sc.cache[h&uint64(len(sc.cache)-1)]
+	if e.tab != sc.tab || e.h != h || e.g != int32(g) {
+		best, bestScore := 0, gt.score(0, h)
+		for i := 1; i < n; i++ {
+			if s := gt.score(i, h); s > bestScore {
+				best, bestScore = i, s
+			}
 		}
+		*e = choice{tab: sc.tab, h: h, g: int32(g), best: int32(best),
+			down: len(gt.all) != n && gt.firstChoice(h) != gt.eligible[best]}
 	}
+	best := int(e.best)
 	chosen := best
-	if c := r.cfg.MaxLoad; c > 0 && n > 1 && !gt.within(best, grp, c) {
+	if c := r.cfg.MaxLoad; c > 0 && n > 1 && !gt.within(best, g, sc, c) {
+		chosen = r.overflow(gt, g, h, e, sc, c)
+	}
+	if chosen == best && e.down {
+		r.movedDown.Add(1)
+	}
+	sc.delta[gt.base+chosen]++
+	sc.gtotal[g]++
+	return gt.eligible[chosen]
+}
+
+// overflow is the target for a key whose first choice is over the bound:
+// its next choice within the bound, or its first if none is.
+func (r *Router) overflow(gt *gtable, g int, h uint64, e *choice, sc *Scratch, c float64) int {
+	if e.nexts == 0 {
 		cand := sc.cand[:0]
-		for i := range n {
+		for i := range gt.eligible {
 			cand = append(cand, i)
 		}
 		slices.SortFunc(cand, func(a, b int) int {
@@ -732,31 +840,34 @@ func (r *Router) pick(gt *gtable, grp *group, h uint64, sc *Scratch) *tstate {
 			return 0
 		})
 		sc.cand = cand
-		for _, i := range cand[1:] {
-			if gt.within(i, grp, c) {
-				chosen = i
-				r.movedLoad.Add(1)
-				break
+		for k := 1; k < len(cand) && k <= len(e.next); k++ {
+			e.next[k-1] = int8(cand[k])
+			e.nexts++
+		}
+		if len(cand) > len(e.next)+1 { // more than the cache holds: search them all
+			for _, i := range cand[1:] {
+				if gt.within(i, g, sc, c) {
+					r.movedLoad.Add(1)
+					return i
+				}
 			}
+			return int(e.best)
 		}
 	}
-	ts := gt.eligible[chosen]
-	if len(gt.all) != n && chosen == best && gt.firstChoice(h) != ts {
-		r.movedDown.Add(1)
+	for _, i := range e.next[:e.nexts] {
+		if gt.within(int(i), g, sc, c) {
+			r.movedLoad.Add(1)
+			return int(i)
+		}
 	}
-	ts.load.Add(1)
-	ts.routed.Add(1)
-	if grp.total.Add(1) >= window {
-		r.decay(gt, grp)
-	}
-	return ts
+	return int(e.best)
 }
 
-// within reports whether eligible target i may take one more keyed
-// message under bound c.
-func (gt *gtable) within(i int, grp *group, c float64) bool {
-	load := float64(gt.eligible[i].load.Load() + 1)
-	mean := float64(grp.total.Load()+1) * gt.weights[i] / gt.wsum
+// within reports whether eligible target i of group g may take one more
+// keyed message under bound c, counting the batch in progress.
+func (gt *gtable) within(i, g int, sc *Scratch, c float64) bool {
+	load := float64(sc.load[gt.base+i] + sc.delta[gt.base+i] + 1)
+	mean := float64(sc.total[g]+sc.gtotal[g]+1) * gt.weights[i] / gt.wsum
 	return load <= c*mean+slack
 }
 
@@ -873,3 +984,10 @@ func (c Config) String() string {
 	}
 	return fmt.Sprintf("key=%s group_key=%s groups=%d max_load=%g", key, gkey, len(c.Groups), c.MaxLoad)
 }
+
+// keyedSlots is how many keyed lanes (and so connections) each target has:
+// one. A key must stay on one connection to keep its order, and one lane
+// per target keeps a client's batch split in as few parts as there are
+// targets, each written whole; the target's other connections carry the
+// messages without a key.
+func keyedSlots(int) int { return 1 }

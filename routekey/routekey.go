@@ -2,7 +2,9 @@ package routekey
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"math/bits"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -236,25 +238,46 @@ func skipWS(msg []byte, i int) int {
 // opens at msg[i], and whether it holds escapes; ok is false when it does
 // not close, or holds a control character.
 func scanString(msg []byte, i int) (end int, escaped, ok bool) {
-	for j := i + 1; j < len(msg); {
-		k := bytes.IndexAny(msg[j:], "\"\\")
-		if k < 0 {
+	j := i + 1
+	for {
+		// Eight bytes at a time while none of them is a quote, a
+		// backslash or a control character (SWAR: "Bit Twiddling
+		// Hacks", haszero and hasless); the lowest flagged byte is
+		// exact, so the byte loop below starts at it.
+		for j+8 <= len(msg) {
+			x := binary.LittleEndian.Uint64(msg[j:])
+			m := hasZero(x^(lsb*'"')) | hasZero(x^(lsb*'\\')) | (x-lsb*0x20)&^x&msb
+			if m == 0 {
+				j += 8
+				continue
+			}
+			j += bits.TrailingZeros64(m) / 8
+			break
+		}
+		if j >= len(msg) {
 			return 0, false, false
 		}
-		for _, c := range msg[j : j+k] {
-			if c < 0x20 {
-				return 0, false, false
-			}
-		}
-		j += k
-		if msg[j] == '"' {
+		switch c := msg[j]; {
+		case c == '"':
 			return j, escaped, true
+		case c == '\\':
+			escaped = true
+			j += 2 // the backslash and the byte it escapes
+		case c < 0x20:
+			return 0, false, false
+		default:
+			j++
 		}
-		escaped = true
-		j += 2 // the backslash and the byte it escapes
 	}
-	return 0, false, false
 }
+
+const (
+	lsb = 0x0101010101010101
+	msb = 0x8080808080808080
+)
+
+// hasZero flags the bytes of x that are zero (the lowest one exactly).
+func hasZero(x uint64) uint64 { return (x - lsb) &^ x & msb }
 
 // skipValue returns the index just past the value at msg[i:]. Objects and
 // arrays are skipped by counting brackets outside strings, in one pass.
