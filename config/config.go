@@ -269,9 +269,12 @@ var groupKeys = []string{"name", "target", "values", "default", "balance"}
 // setting's strings, and returns the line of the first table.
 func (p parser) groups(raw any, ln sectionLines) ([]string, int, *Error) {
 	tables, ok := raw.([]any)
-	line := 0
+	line := ln.keys[GroupKey] // group = [...] in the listener table, or the first [[listener.group]]
 	if len(ln.groups) > 0 {
 		line = ln.groups[0].header
+	}
+	if line == 0 {
+		line = ln.header
 	}
 	if !ok {
 		return nil, line, &Error{Path: p.path, Line: line, Msg: "group: write each target group as a [[listener.group]] table (two brackets) under its [[listener]]"}
@@ -286,6 +289,9 @@ func (p parser) groups(raw any, ln sectionLines) ([]string, int, *Error) {
 			l := gl.keys[key]
 			if l == 0 {
 				l = gl.header
+			}
+			if l == 0 {
+				l = line
 			}
 			return &Error{Path: p.path, Line: l, Msg: fmt.Sprintf(format, a...)}
 		}
@@ -313,6 +319,11 @@ func (p parser) groups(raw any, ln sectionLines) ([]string, int, *Error) {
 		if m["target"] == nil || err != nil || len(targets.([]string)) == 0 {
 			return nil, line, bad("target", `group %q: target: want a list of HOST:PORT (target = ["10.0.0.1:9000"])`, name)
 		}
+		for _, t := range targets.([]string) {
+			if strings.ContainsAny(t, ";,") || strings.TrimSpace(t) == "" {
+				return nil, line, bad("target", "group %q: target %q: one HOST:PORT (or HOST:PORT=WEIGHT) per string", name, t)
+			}
+		}
 		spec := name + "=" + strings.Join(targets.([]string), ",")
 		if m["values"] != nil {
 			vs, err := typed("values", Strings, m["values"])
@@ -337,8 +348,8 @@ func (p parser) groups(raw any, ln sectionLines) ([]string, int, *Error) {
 		}
 		if m["balance"] != nil {
 			b, ok := m["balance"].(string)
-			if !ok {
-				return nil, line, bad("balance", `group %q: balance: want "key" or "spread" in quotes`, name)
+			if !ok || b != "key" && b != "spread" {
+				return nil, line, bad("balance", `group %q: balance: %s; want "key" (by route-key) or "spread"`, name, describe(m["balance"]))
 			}
 			spec += ";balance=" + b
 		}

@@ -223,3 +223,16 @@ port = 80
 		}
 	}
 }
+
+func TestGroupTablesRefuseInjection(t *testing.T) {
+	sch := append(slices.Clone(schema), Key{Name: GroupKey, Kind: Strings})
+	for _, tt := range []struct{ doc, want string }{
+		{"[[listener]]\nname = \"a\"\n[[listener.group]]\nname = \"g\"\ntarget = [\"x:1;default\"]\n", `f.toml:5: listener "a": group "g": target "x:1;default": one HOST:PORT (or HOST:PORT=WEIGHT) per string`},
+		{"[[listener]]\nname = \"a\"\n[[listener.group]]\nname = \"g\"\ntarget = \"x:1\"\nbalance = \"key;default\"\n", `f.toml:6: listener "a": group "g": balance: "key;default" is text; want "key" (by route-key) or "spread"`},
+		{"[[listener]]\nname = \"a\"\ngroup = [{name = \"g\"}]\n", `f.toml:3: listener "a": group "g": target: want a list of HOST:PORT (target = ["10.0.0.1:9000"])`},
+	} {
+		if _, err := Parse("f.toml", []byte(tt.doc), sch); err == nil || err.Error() != tt.want {
+			t.Errorf("error\n%v\nwant\n%s", err, tt.want)
+		}
+	}
+}

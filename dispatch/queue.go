@@ -89,6 +89,7 @@ type Queue struct {
 	linesIn, linesOut, linesDropped atomic.Uint64
 	retriedBatches, retriedLines    atomic.Uint64
 	bytes                           atomic.Int64
+	owed                            atomic.Int64 // budget Reroute used without acquiring it
 }
 
 // lane is one FIFO of batches and its worker signal.
@@ -203,34 +204,37 @@ func (q *Queue) PushTo(ctx context.Context, b *framer.Batch, id int) error {
 // Reroute replaces old, a batch the queue owns (from CloseLane or
 // Config.Orphans), with parts: its lines, split for other lanes (lanes[i]
 // is parts[i]'s). old is released; the parts are queued at the front of
-// their lanes, as a requeue is, so that they go before newer batches. The
-// lines were counted when old was pushed and are not counted again. A
-// part whose lane is closed goes to Config.Orphans in turn. It blocks
-// while the budget is spent (the parts may weigh more than old); on error
-// (ctx done) the parts not queued are counted dropped at shutdown.
-func (q *Queue) Reroute(ctx context.Context, old *framer.Batch, parts []*framer.Batch, lanes []int) error {
+// their lanes, as a requeue is, so that they go before newer batches (call
+// it for the newest batch first). The lines were counted when old was
+// pushed and are not counted again. A part whose lane is closed goes to
+// Config.Orphans in turn.
+//
+// Reroute never waits for the budget: the parts take over old's share of
+// it, and what they weigh beyond it (buffers come in size classes) is owed
+// and paid back from the next batches delivered. A router waiting behind
+// producers could not see a target return, and the bound would move by a
+// few buffers at most.
+func (q *Queue) Reroute(old *framer.Batch, parts []*framer.Batch, lanes []int) {
 	enq := old.Enqueued
+	var w int64
+	for _, b := range parts {
+		w += q.weight(b)
+	}
+	wOld := q.weight(old)
+	old.Release()
+	q.bytes.Add(w - wOld)
+	if w <= wOld {
+		q.budget.Release(wOld - w)
+	} else {
+		q.owed.Add(w - wOld)
+	}
 	q.mu.Lock()
-	q.outstanding += len(parts)
+	q.outstanding += len(parts) - 1
+	q.checkIdle()
 	q.mu.Unlock()
-	q.finish(old)
 	for i, b := range parts {
-		w := q.weight(b)
-		if err := q.budget.Acquire(ctx, w); err != nil {
-			for _, b := range parts[i:] {
-				q.linesDropped.Add(uint64(b.Lines))
-				q.ledger.Dropped(DropShutdown, uint64(b.Lines))
-				q.mu.Lock()
-				q.outstanding--
-				q.checkIdle()
-				q.mu.Unlock()
-				b.Release()
-			}
-			return err
-		}
 		b.Uncharge()
 		b.Enqueued, b.Lane = enq, lanes[i]
-		q.bytes.Add(w)
 		q.mu.Lock()
 		l := q.lanes[lanes[i]]
 		if l.closed {
@@ -242,7 +246,6 @@ func (q *Queue) Reroute(ctx context.Context, old *framer.Batch, parts []*framer.
 		q.mu.Unlock()
 		l.signal()
 	}
-	return nil
 }
 
 // Return puts batches the caller holds (from CloseLane or Config.Orphans)
@@ -383,7 +386,22 @@ func (q *Queue) finish(b *framer.Batch) {
 	w := q.weight(b)
 	b.Release()
 	q.bytes.Add(-w)
-	q.budget.Release(w)
+	// Pay what Reroute owes first: that much of the budget was never
+	// acquired.
+	for {
+		owed := q.owed.Load()
+		if owed == 0 {
+			break
+		}
+		pay := min(owed, w)
+		if q.owed.CompareAndSwap(owed, owed-pay) {
+			w -= pay
+			break
+		}
+	}
+	if w > 0 {
+		q.budget.Release(w)
+	}
 	q.mu.Lock()
 	q.outstanding--
 	q.checkIdle()

@@ -383,20 +383,27 @@ func EncodeOctet(dst, data []byte, reversible bool) []byte {
 		}
 		dst = strconv.AppendInt(dst, int64(n), 10)
 		dst = append(dst, ' ')
-		for len(line) > 0 {
-			j := bytes.IndexByte(line, '\\')
-			if j < 0 || j+1 >= len(line) {
-				dst = append(dst, line...)
-				break
-			}
-			dst = append(dst, line[:j]...)
-			if line[j+1] == 'n' {
-				dst = append(dst, '\n')
-			} else {
-				dst = append(dst, line[j+1])
-			}
-			line = line[j+2:]
+		dst = UnescapeOctet(dst, line)
+	}
+	return dst
+}
+
+// UnescapeOctet appends to dst the message a reversible OctetReader
+// escaped into line (one line, without its newline): `\\` becomes '\' and
+// `\n` a newline. Routing takes a message's key from it.
+func UnescapeOctet(dst, line []byte) []byte {
+	for len(line) > 0 {
+		j := bytes.IndexByte(line, '\\')
+		if j < 0 || j+1 >= len(line) {
+			return append(dst, line...)
 		}
+		dst = append(dst, line[:j]...)
+		if line[j+1] == 'n' {
+			dst = append(dst, '\n')
+		} else {
+			dst = append(dst, line[j+1])
+		}
+		line = line[j+2:]
 	}
 	return dst
 }

@@ -135,7 +135,7 @@ type datagramReader struct {
 	rest []byte // what is left of datagram i-1
 	eof  bool
 	// route is the reader's routing memory.
-	route route.Scratch
+	route *route.Scratch
 	// final is the deadline of the shutdown's last reads (zero before).
 	final time.Time
 }

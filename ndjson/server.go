@@ -226,6 +226,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.TargetFraming == framer.OctetCounted {
 		reversible := cfg.Framing == framer.OctetCounted
 		cfg.Pool.Encode = func(dst, data []byte) []byte { return framer.EncodeOctet(dst, data, reversible) }
+		if reversible {
+			cfg.Route.Unescape = framer.UnescapeOctet // keys from the messages as sent
+		}
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, bufs: framer.NewPool(), budget: framer.NewBudget(cfg.ClientMemory),
 		ledger: dispatch.NewLedger(), book: cfg.Book, set: upstream.NewSet(cfg.Targets)}
@@ -297,9 +300,12 @@ func (s *Server) Start(ln net.Listener) {
 // push queues b, through the router when there is one, and takes it. It
 // returns the lines not queued because the shutdown deadline passed or the
 // queue closed (the caller counts them).
-func (s *Server) push(b *framer.Batch, sc *route.Scratch) (notQueued int, err error) {
+func (s *Server) push(b *framer.Batch, sc **route.Scratch) (notQueued int, err error) {
 	if s.router != nil {
-		return s.router.Push(s.hard, b, sc)
+		if *sc == nil {
+			*sc = new(route.Scratch)
+		}
+		return s.router.Push(s.hard, b, *sc)
 	}
 	n := b.Lines
 	if err := s.q.Push(s.hard, b); err != nil {
@@ -455,7 +461,7 @@ type clientConn struct {
 	lines, bytes, oversize uint64
 	fragmentCounted        bool // the framer dropped the partial line it held
 
-	route    route.Scratch               // routing by key's memory
+	route    *route.Scratch              // routing by key's memory (made at the first batch routed)
 	final    func(p []byte) (int, error) // an octet reader's final reads
 	moving   atomic.Bool                 // HandOff is moving the connection to another process
 	mu       sync.Mutex                  // guards h and ended

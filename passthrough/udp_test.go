@@ -200,9 +200,11 @@ func TestUDPHashSticksAcrossFlows(t *testing.T) {
 	s := startUDP(t, cfg)
 	first := map[string]string{}
 	for round := range 2 {
+		var open []net.Conn // kept open for the round, so that no two share a port (and a flow)
 		for i := range 40 {
 			key := fmt.Sprintf("user%04d", i)
 			c := udpClient(t, 7, s.Addr()) // one address, as behind a NAT
+			open = append(open, c)
 			got, err := exchange(c, key+" hello")
 			if err != nil {
 				t.Fatal(err)
@@ -213,6 +215,8 @@ func TestUDPHashSticksAcrossFlows(t *testing.T) {
 			} else if first[key] != name {
 				t.Fatalf("%s moved from %s to %s", key, first[key], name)
 			}
+		}
+		for _, c := range open {
 			c.Close()
 		}
 		clock.Advance(2 * cfg.UDPIdleTimeout)

@@ -201,7 +201,7 @@ type Pool struct {
 	tel *telemetry
 
 	mu      sync.Mutex
-	staffed map[*upstream.Target]int // running workers per home target; guarded by mu
+	staffed map[*upstream.Target]map[int]bool // the slots of the running workers, per home target; guarded by mu
 	left    chan struct{}            // a worker stopped: staffing may be short
 }
 
@@ -260,7 +260,7 @@ func (p *Pool) startWorkers(ctx context.Context, wg *sync.WaitGroup) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.staffed == nil {
-		p.staffed = make(map[*upstream.Target]int)
+		p.staffed = make(map[*upstream.Target]map[int]bool)
 	}
 	targets := p.set.Targets()
 	lightest := upstream.MaxWeight
@@ -272,29 +272,39 @@ func (p *Pool) startWorkers(ctx context.Context, wg *sync.WaitGroup) {
 	for _, t := range targets {
 		ratio := min(maxWeightRatio, (t.Weight()+lightest/2)/lightest)
 		want := p.cfg.Connections * max(1, ratio)
-		have := p.staffed[t]
-		if have >= want || t.Removed() {
+		slots := p.staffed[t]
+		if len(slots) >= want || t.Removed() {
 			continue
 		}
-		p.staffed[t] = want
-		for i := have; i < want; i++ {
+		if slots == nil {
+			slots = map[int]bool{}
+			p.staffed[t] = slots
+		}
+		// Each new worker takes the lowest free slot: slot 0 (the one
+		// that writes a target's keyed lane, see Config.Lanes) is filled
+		// again whichever worker left.
+		for i := 0; len(slots) < want; i++ {
+			if slots[i] {
+				continue
+			}
+			slots[i] = true
 			w := &worker{p: p, home: t, log: p.log.With("worker", fmt.Sprintf("%s#%d", t.Addr, i))}
 			if p.cfg.Lanes != nil {
 				w.lanes = p.cfg.Lanes(t, i)
 			}
 			wg.Go(func() {
 				w.run(ctx)
-				p.workerLeft(t)
+				p.workerLeft(t, i)
 			})
 		}
 	}
 }
 
-// workerLeft counts a worker of t out, forgets t once it has none, and
-// lets Run look at the staffing again.
-func (p *Pool) workerLeft(t *upstream.Target) {
+// workerLeft frees slot of t, forgets t once it has no worker, and lets
+// Run look at the staffing again.
+func (p *Pool) workerLeft(t *upstream.Target, slot int) {
 	p.mu.Lock()
-	if p.staffed[t]--; p.staffed[t] <= 0 {
+	if delete(p.staffed[t], slot); len(p.staffed[t]) == 0 {
 		delete(p.staffed, t)
 	}
 	p.mu.Unlock()

@@ -708,7 +708,7 @@ func TestWeightScalesWorkers(t *testing.T) {
 	light.Enable()
 	waitFor(t, func() bool { return light.Active() == 2 })
 	w.p.mu.Lock()
-	staffed := w.p.staffed[heavy]
+	staffed := len(w.p.staffed[heavy])
 	w.p.mu.Unlock()
 	if staffed != 6 {
 		t.Fatalf("the heavy target has %d workers after a change, want 6", staffed)

@@ -68,6 +68,11 @@ type Config struct {
 	// Groups are the target groups; none means one group of every
 	// target, balanced by Key.
 	Groups []Group
+	// Unescape, if set, gives back the message a line holds, when the
+	// line holds a backslash (framer.UnescapeOctet, for octet-counted
+	// clients whose messages are escaped reversibly): keys are taken
+	// from the message as the client sent it.
+	Unescape func(dst, line []byte) []byte
 }
 
 // Enabled reports whether there is anything to route by.
@@ -159,6 +164,8 @@ type Router struct {
 	targets map[*upstream.Target]*tstate // guarded by mu
 	owner   map[int]*tstate              // lane → its target; guarded by mu
 	pending []*framer.Batch              // orphans to route again; guarded by mu
+	free    map[int][]int                // per group: closed, empty lanes of pruned targets; guarded by mu
+	groupOf map[int]int                  // lane → its group, for ever (a lane is reused in its group only); guarded by mu
 	stopped bool                         // Run returned; guarded by mu
 
 	unrouted, movedDown, movedLoad atomic.Uint64
@@ -222,7 +229,8 @@ func New(cfg Config, q *dispatch.Queue, set *upstream.Set, ledger *dispatch.Ledg
 	}
 	r := &Router{cfg: cfg, q: q, set: set, ledger: ledger, bufs: bufs, log: log, slots: keyedSlots(connections),
 		groupKey: cfg.GroupKey, byName: map[string]int{}, byValue: map[string]int{}, def: -1,
-		wake: make(chan struct{}, 1), targets: map[*upstream.Target]*tstate{}, owner: map[int]*tstate{}}
+		wake: make(chan struct{}, 1), targets: map[*upstream.Target]*tstate{}, owner: map[int]*tstate{},
+		free: map[int][]int{}, groupOf: map[int]int{}}
 	if r.groupKey == nil && len(cfg.Groups) > 0 {
 		r.groupKey = cfg.Key
 	}
@@ -267,10 +275,7 @@ func (r *Router) Orphans(bs []*framer.Batch) {
 func (r *Router) returnShared(bs []*framer.Batch) {
 	for _, b := range bs {
 		r.mu.Lock()
-		g := 0
-		if ts := r.owner[b.Lane]; ts != nil {
-			g = ts.g
-		}
+		g := r.groupOf[b.Lane] // 0 for a shared lane: no orphan comes from one
 		r.mu.Unlock()
 		r.q.Return([]*framer.Batch{b}, r.groups[g].shared)
 	}
@@ -305,10 +310,16 @@ func (r *Router) state(t *upstream.Target) *tstate {
 	ts := &tstate{t: t, g: g, hash: balance.TargetHash(t.Addr)}
 	if r.groups[g].keyed {
 		for range r.slots {
-			id := r.q.NewLane()
-			r.q.CloseLane(id)
+			var id int
+			if free := r.free[g]; len(free) > 0 {
+				id, r.free[g] = free[len(free)-1], free[:len(free)-1]
+			} else {
+				id = r.q.NewLane()
+				r.q.CloseLane(id)
+			}
 			ts.lanes = append(ts.lanes, id)
 			r.owner[id] = ts
+			r.groupOf[id] = g
 		}
 	}
 	r.targets[t] = ts
@@ -324,12 +335,12 @@ func (r *Router) Run(ctx context.Context) {
 		watch, up := r.set.Watch(), r.set.WatchUp()
 		moved := r.rebuild()
 		r.mu.Lock()
-		moved = append(moved, r.pending...)
+		// Oldest first: what workers handed back was written before
+		// what waited in the lanes.
+		moved = append(r.pending, moved...)
 		r.pending = nil
 		r.mu.Unlock()
-		if err := r.reroute(ctx, moved); err != nil {
-			return
-		}
+		r.reroute(moved)
 		select {
 		case <-watch:
 		case <-up:
@@ -400,6 +411,9 @@ func (r *Router) rebuild() (moved []*framer.Batch) {
 			rebase(&tab.groups[i], r.groups[i])
 		}
 	}
+	// The new table first: a producer whose push finds a lane closed
+	// below routes again with it, not with the table that chose the lane.
+	r.tab.Store(tab)
 	for t, ts := range r.targets {
 		open := current[t] && slices.Contains(tab.groups[ts.g].eligible, ts)
 		switch {
@@ -422,13 +436,16 @@ func (r *Router) rebuild() (moved []*framer.Batch) {
 		}
 		ts.open = open
 		if !current[t] {
-			delete(r.targets, t) // pruned: its lanes stay closed
+			// Pruned: it has no connection left, so no worker holds a
+			// batch of its lanes; they are empty and closed, and the
+			// next target to come takes them.
+			delete(r.targets, t)
 			for _, id := range ts.lanes {
 				delete(r.owner, id)
+				r.free[ts.g] = append(r.free[ts.g], id)
 			}
 		}
 	}
-	r.tab.Store(tab)
 	return moved
 }
 
@@ -462,35 +479,26 @@ func rebase(gt *gtable, grp *group) {
 
 // reroute routes again batches of closed lanes, newest first, so that at
 // the front of their new lanes they keep their order.
-func (r *Router) reroute(ctx context.Context, bs []*framer.Batch) error {
+func (r *Router) reroute(bs []*framer.Batch) {
 	if len(bs) == 0 {
-		return nil
+		return
 	}
-	sc := &Scratch{}
+	sc := &Scratch{again: true}
 	for i := len(bs) - 1; i >= 0; i-- {
 		old := bs[i]
 		r.mu.Lock()
-		g := 0
-		if ts := r.owner[old.Lane]; ts != nil {
-			g = ts.g
-		}
+		g := r.groupOf[old.Lane]
 		r.mu.Unlock()
 		tab := r.tab.Load()
 		sc.begin(r, tab)
 		sc.recs = sc.recs[:0]
 		forEachLine(old.Data, func(start, end int) {
-			sc.recs = append(sc.recs, rec{start, end, r.laneIn(tab, g, old.Data[start:end-1], nil, routekey.Missing, sc)})
+			sc.recs = append(sc.recs, rec{start, end, r.laneIn(tab, g, sc.message(r, old.Data[start:end-1]), nil, routekey.Missing, sc)})
 		})
 		sc.flush(r)
 		parts, lanes := r.split(old, sc)
-		if err := r.q.Reroute(ctx, old, parts, lanes); err != nil {
-			for i := i - 1; i >= 0; i-- { // not routed: back where Discard finds them
-				r.returnShared(bs[i : i+1])
-			}
-			return err
-		}
+		r.q.Reroute(old, parts, lanes)
 	}
-	return nil
 }
 
 // forEachLine calls fn with the bounds of each line of data (whole lines,
@@ -524,13 +532,17 @@ type Scratch struct {
 	parts []*framer.Batch
 	cand  []int // candidate order for the load bound
 
-	tab    *table   // the table the tallies are against
-	delta  []int64  // per eligible target (gtable.base+i): keyed messages routed this batch
-	gtotal []int64  // per group: keyed messages routed this batch
-	load   []int64  // per eligible target: its load when the batch began
-	total  []int64  // per group: its total when the batch began
-	outs   []uint64 // per group and outcome: messages this batch
-	cache  [256]choice
+	tab       *table      // the table the tallies are against
+	delta     []int64     // per eligible target (gtable.base+i): keyed messages routed this batch
+	gtotal    []int64     // per group: keyed messages routed this batch
+	load      []int64     // per eligible target: its load when the batch began
+	total     []int64     // per group: its total when the batch began
+	outs      []uint64    // per group and outcome: messages this batch
+	cache     *[64]choice // made at the first keyed message
+	unescaped []byte      // the message of an escaped line (Config.Unescape)
+	// again: the lines were counted by outcome when they were first
+	// routed; routing them again (a closed lane) counts only loads.
+	again bool
 }
 
 // choice is a key's first choice among a table's eligible targets, and
@@ -540,9 +552,20 @@ type choice struct {
 	h     uint64
 	g     int32
 	best  int32
-	down  bool    // it is not the key's own target (which takes no work now)
-	next  [3]int8 // its second to fourth choices (when nexts > 0)
-	nexts int8
+	down  bool     // it is not the key's own target (which takes no work now)
+	next  [3]int32 // its second to fourth choices (when nexts > 0)
+	nexts int32
+}
+
+// message is the message line holds, for its key: line itself, or with
+// Config.Unescape, the message unescaped into sc (valid until the next
+// call).
+func (sc *Scratch) message(r *Router, line []byte) []byte {
+	if r.cfg.Unescape == nil || bytes.IndexByte(line, '\\') < 0 {
+		return line
+	}
+	sc.unescaped = r.cfg.Unescape(sc.unescaped[:0], line)
+	return sc.unescaped
 }
 
 // begin readies sc's tallies for a batch routed with tab.
@@ -595,7 +618,9 @@ func (sc *Scratch) flush(r *Router) {
 		}
 		for o := range numOutcomes {
 			if d := sc.outs[g*numOutcomes+o]; d != 0 {
-				grp.msgs[o].Add(d)
+				if !sc.again {
+					grp.msgs[o].Add(d)
+				}
 				sc.outs[g*numOutcomes+o] = 0
 			}
 		}
@@ -613,7 +638,7 @@ func (r *Router) Push(ctx context.Context, b *framer.Batch, sc *Scratch) (notQue
 	unrouted := 0
 	same := true
 	forEachLine(b.Data, func(start, end int) {
-		lane := r.laneOf(tab, b.Data[start:end-1], sc)
+		lane := r.laneOf(tab, sc.message(r, b.Data[start:end-1]), sc)
 		if lane < 0 {
 			unrouted++
 		}
@@ -664,7 +689,7 @@ func (r *Router) Push(ctx context.Context, b *framer.Batch, sc *Scratch) (notQue
 // again routes a batch whose lane closed as it was pushed, with the
 // current table.
 func (r *Router) again(ctx context.Context, b *framer.Batch) (int, error) {
-	return r.Push(ctx, b, &Scratch{})
+	return r.Push(ctx, b, &Scratch{again: true})
 }
 
 // releaseAll releases bs and returns their lines.
@@ -699,13 +724,19 @@ func (r *Router) split(b *framer.Batch, sc *Scratch) (parts []*framer.Batch, lan
 	for _, l := range sc.order {
 		sc.parts = append(sc.parts, r.bufs.GetEmpty(sc.bytes[l]))
 	}
-	for _, rc := range sc.recs {
-		if rc.lane < 0 {
-			continue
+	// Consecutive lines bound for one lane are copied as one run.
+	for i := 0; i < len(sc.recs); {
+		rc := sc.recs[i]
+		j := i + 1
+		for j < len(sc.recs) && sc.recs[j].lane == rc.lane && sc.recs[j].start == sc.recs[j-1].end {
+			j++
 		}
-		p := sc.parts[sc.part[rc.lane]]
-		p.Data = append(p.Data, b.Data[rc.start:rc.end]...)
-		p.Lines++
+		if rc.lane >= 0 {
+			p := sc.parts[sc.part[rc.lane]]
+			p.Data = append(p.Data, b.Data[rc.start:sc.recs[j-1].end]...)
+			p.Lines += j - i
+		}
+		i = j
 	}
 	for _, l := range sc.order {
 		sc.bytes[l], sc.part[l] = 0, -1
@@ -797,6 +828,9 @@ func (r *Router) pick(gt *gtable, g int, h uint64, sc *Scratch) *tstate {
 	if n == 0 {
 		return nil
 	}
+	if sc.cache == nil {
+		sc.cache = new([64]choice)
+	}
 	e := &sc.cache[h&uint64(len(sc.cache)-1)]
 	if e.tab != sc.tab || e.h != h || e.g != int32(g) {
 		best, bestScore := 0, gt.score(0, h)
@@ -841,7 +875,7 @@ func (r *Router) overflow(gt *gtable, g int, h uint64, e *choice, sc *Scratch, c
 		})
 		sc.cand = cand
 		for k := 1; k < len(cand) && k <= len(e.next); k++ {
-			e.next[k-1] = int8(cand[k])
+			e.next[k-1] = int32(cand[k])
 			e.nexts++
 		}
 		if len(cand) > len(e.next)+1 { // more than the cache holds: search them all

@@ -403,3 +403,43 @@ func BenchmarkPush(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*64), "ns/message")
 }
+
+// Octet-counted messages escaped reversibly (a backslash doubled, a newline
+// written \n) are keyed as the client sent them.
+func TestKeyOfEscapedMessage(t *testing.T) {
+	addrs := []string{"a:1", "b:1", "c:1"}
+	f := newFixture(t, Config{Key: mustKey(t, "json:k"), Unescape: framer.UnescapeOctet}, addrs)
+	var sc Scratch
+	// The message {"m":"say \"hi\"", NEWLINE "k":"x"} as the reader
+	// escapes it.
+	f.push(t, &sc, `{"m":"say \\"hi\\"",\n"k":"x"}`)
+	got := f.drain()
+	if len(got[rendezvous("x", addrs)]) != 1 {
+		t.Fatalf("the escaped message was not keyed: %v", got)
+	}
+	if m := f.r.Stats().Groups[0].Messages; m["keyed"] != 1 {
+		t.Fatalf("outcomes %v", m)
+	}
+}
+
+// A group of more than 127 targets whose hot key overflows (its next
+// choices are cached per key) works.
+func TestManyTargetsOverflow(t *testing.T) {
+	var addrs []string
+	for i := range 200 {
+		addrs = append(addrs, fmt.Sprintf("10.0.%d.%d:9000", i/250, i%250))
+	}
+	f := newFixture(t, Config{Key: mustKey(t, "json:k"), MaxLoad: DefaultMaxLoad}, addrs)
+	var sc Scratch
+	for i := range 20 {
+		var lines []string
+		for j := range 200 {
+			lines = append(lines, keyed("hot", i*200+j))
+		}
+		f.push(t, &sc, lines...)
+	}
+	f.deliverAll()
+	if f.r.Stats().MovedLoad == 0 {
+		t.Fatal("no overflow")
+	}
+}
