@@ -202,7 +202,7 @@ type Pool struct {
 
 	mu      sync.Mutex
 	staffed map[*upstream.Target]map[int]bool // the slots of the running workers, per home target; guarded by mu
-	left    chan struct{}            // a worker stopped: staffing may be short
+	left    chan struct{}                     // a worker stopped: staffing may be short
 }
 
 // New returns a pool over set, taking batches from q. cfg must be valid.
