@@ -31,6 +31,8 @@ var allowed = map[string][]string{
 	"health":    {"invalid", "tlsutil", "upstream"},
 	"discovery": {"invalid", "upstream"},
 	"config":    {},
+	// spool is the segment store of the write-ahead spool: a leaf.
+	"spool": {},
 	// routekey takes a routing key from a message: a leaf.
 	"routekey": {},
 	// route sends each message to a group and a target by its key.

@@ -1,0 +1,584 @@
+package spool
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Defaults for Config.
+const (
+	// DefaultSegmentBytes is Config.SegmentBytes.
+	DefaultSegmentBytes = 32 << 20
+	// DefaultMaxBytes is Config.MaxBytes: 4 GiB.
+	DefaultMaxBytes = 4 << 30
+	// DefaultSyncInterval is Config.SyncInterval.
+	DefaultSyncInterval = time.Second
+	// MaxRecordBytes bounds one record's data.
+	MaxRecordBytes = 1 << 30
+)
+
+const (
+	magic      = "NDLBSPL1"
+	headerSize = 12
+	suffix     = ".seg"
+)
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// Errors.
+var (
+	// ErrClosed: the spool was closed.
+	ErrClosed = errors.New("spool: closed")
+	// ErrTooLarge: a record larger than the whole spool, or than
+	// MaxRecordBytes.
+	ErrTooLarge = errors.New("spool: record larger than the spool")
+	// ErrFull: the spool is full and its policy is not to wait.
+	ErrFull = errors.New("spool: full")
+)
+
+// Full is what Append does when the spool holds Config.MaxBytes.
+type Full int
+
+// The policies.
+const (
+	// Block waits until acknowledgements make room (backpressure).
+	Block Full = iota
+	// DropOldest deletes the oldest sealed segments, reporting their
+	// records not yet acknowledged to Config.OnDrop.
+	DropOldest
+)
+
+// Sync is when appended records are made durable against power loss.
+type Sync int
+
+// The sync modes.
+const (
+	// SyncInterval fsyncs the segment being written every SyncInterval.
+	SyncInterval Sync = iota
+	// SyncAlways returns from Append after an fsync covering the record.
+	SyncAlways
+	// SyncNever never fsyncs (the kernel writes back when it will).
+	SyncNever
+)
+
+// Config is a spool's directory and limits. Start from DefaultConfig.
+type Config struct {
+	Dir          string
+	MaxBytes     int64
+	SegmentBytes int64
+	Full         Full
+	Sync         Sync
+	SyncInterval time.Duration
+	// OnDrop, if set, is told of records DropOldest deleted before they
+	// were acknowledged: how many, and their lines.
+	OnDrop func(records, lines int)
+}
+
+// DefaultConfig returns the defaults for dir.
+func DefaultConfig(dir string) Config {
+	return Config{Dir: dir, MaxBytes: DefaultMaxBytes, SegmentBytes: DefaultSegmentBytes, SyncInterval: DefaultSyncInterval}
+}
+
+// ID names a record: its segment and its offset there.
+type ID struct {
+	Seg uint64
+	Off int64
+}
+
+// Record is one record Replay returns.
+type Record struct {
+	ID    ID
+	Lines int
+	Data  []byte // valid until the replay function returns
+}
+
+// Stats are a spool's counters.
+type Stats struct {
+	Bytes    int64 // on disk, in segments not yet deleted
+	Records  int   // not yet acknowledged
+	Segments int
+	// Appends, Syncs, Replayed and Acked count since Open;
+	// CorruptTails counts segments cut at Open; Dropped and DroppedLines
+	// what DropOldest deleted unacknowledged.
+	Appends, Syncs, Replayed, Acked, CorruptTails, Dropped, DroppedLines uint64
+	// SyncTime is the time spent in fsync.
+	SyncTime time.Duration
+	// Oldest is when the oldest segment still held was created (zero
+	// when there is none).
+	Oldest time.Time
+}
+
+type segment struct {
+	seq         uint64
+	path        string
+	size        int64
+	records     int
+	lines       int
+	acked       int
+	ackedLines  int
+	created     time.Time
+	fromReplay  bool // existed at Open
+	replayCount int  // its whole records at Open
+}
+
+// Spool is a directory of segments. Its methods are safe for concurrent
+// use.
+type Spool struct {
+	cfg Config
+
+	mu        sync.Mutex
+	room      *sync.Cond // signalled when bytes are freed or the spool closes
+	synced    *sync.Cond // signalled when an fsync completes
+	segs      []*segment // oldest first; the last is being written
+	bySeq     map[uint64]*segment
+	active    *os.File
+	size      int64 // total bytes of segs
+	written   int64 // bytes written to the active segment
+	syncedOff int64 // of the active segment, covered by an fsync
+	syncing   bool
+	closed    bool
+	stats     Stats
+	stop      chan struct{}
+	done      chan struct{}
+}
+
+// Open opens (making it if needed) the spool in cfg.Dir, checks every
+// segment there (cutting torn or corrupt tails) and starts a new segment
+// for appends. The records found are returned by Replay.
+func Open(cfg Config) (*Spool, error) {
+	switch {
+	case cfg.Dir == "":
+		return nil, errors.New("spool: no directory")
+	case cfg.MaxBytes <= 0 || cfg.SegmentBytes <= 0:
+		return nil, errors.New("spool: sizes must be positive")
+	case cfg.Sync == SyncInterval && cfg.SyncInterval <= 0:
+		return nil, errors.New("spool: sync interval must be positive")
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	s := &Spool{cfg: cfg, bySeq: map[uint64]*segment{}, stop: make(chan struct{}), done: make(chan struct{})}
+	s.room, s.synced = sync.NewCond(&s.mu), sync.NewCond(&s.mu)
+	entries, err := os.ReadDir(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	var next uint64
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasSuffix(name, suffix) {
+			continue
+		}
+		seq, err := strconv.ParseUint(strings.TrimSuffix(name, suffix), 16, 64)
+		if err != nil {
+			continue // not ours
+		}
+		seg, err := s.check(seq, filepath.Join(cfg.Dir, name))
+		if err != nil {
+			return nil, err
+		}
+		next = max(next, seq+1)
+		if seg == nil {
+			continue
+		}
+		s.segs = append(s.segs, seg)
+		s.bySeq[seq] = seg
+		s.size += seg.size
+		s.stats.Records += seg.records
+	}
+	slices.SortFunc(s.segs, func(a, b *segment) int { return int(a.seq - b.seq) })
+	if err := s.roll(next); err != nil {
+		return nil, err
+	}
+	go s.background()
+	return s, nil
+}
+
+// check reads a segment, cuts it after its last whole record, and returns
+// its state; nil when it holds no record (it is deleted).
+func (s *Spool) check(seq uint64, path string) (*segment, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	seg := &segment{seq: seq, path: path, created: info.ModTime(), fromReplay: true}
+	end, err := scan(f, info.Size(), func(Record) error { return nil }, &seg.records, &seg.lines)
+	if err != nil {
+		return nil, fmt.Errorf("spool: reading %s: %w", path, err)
+	}
+	if end < info.Size() {
+		s.stats.CorruptTails++
+		if err := f.Truncate(end); err != nil {
+			return nil, fmt.Errorf("spool: cutting the torn tail of %s: %w", path, err)
+		}
+	}
+	if seg.records == 0 {
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("spool: %w", err)
+		}
+		return nil, nil
+	}
+	seg.size, seg.replayCount = end, seg.records
+	return seg, nil
+}
+
+// scan reads the records of a segment of size bytes from r, calling fn
+// with each whole one, and returns the offset after the last. It stops at
+// the first record that does not fit or does not check.
+func scan(r io.ReaderAt, size int64, fn func(Record) error, records, lines *int) (int64, error) {
+	var head [len(magic)]byte
+	if size < int64(len(magic)) {
+		return 0, nil
+	}
+	if _, err := r.ReadAt(head[:], 0); err != nil {
+		return 0, err
+	}
+	if string(head[:]) != magic {
+		return 0, nil // not a segment, or torn before its magic: nothing in it
+	}
+	off := int64(len(magic))
+	var h [headerSize]byte
+	var buf []byte
+	for off+headerSize <= size {
+		if _, err := r.ReadAt(h[:], off); err != nil {
+			return off, err
+		}
+		n := int64(binary.LittleEndian.Uint32(h[0:]))
+		nl := binary.LittleEndian.Uint32(h[4:])
+		sum := binary.LittleEndian.Uint32(h[8:])
+		if n > MaxRecordBytes || off+headerSize+n > size {
+			break
+		}
+		if int64(cap(buf)) < n {
+			buf = make([]byte, n)
+		}
+		data := buf[:n]
+		if n > 0 {
+			if _, err := r.ReadAt(data, off+headerSize); err != nil {
+				return off, err
+			}
+		}
+		if checksum(h[:8], data) != sum {
+			break
+		}
+		if err := fn(Record{ID: ID{Off: off}, Lines: int(nl), Data: data}); err != nil {
+			return off, err
+		}
+		*records++
+		*lines += int(nl)
+		off += headerSize + n
+	}
+	return off, nil
+}
+
+// putHeader writes the record header of data into h.
+func putHeader(h, data []byte, lines int) {
+	binary.LittleEndian.PutUint32(h[0:], uint32(len(data)))
+	binary.LittleEndian.PutUint32(h[4:], uint32(lines))
+	binary.LittleEndian.PutUint32(h[8:], checksum(h[:8], data))
+}
+
+func checksum(head, data []byte) uint32 {
+	return crc32.Update(crc32.Update(0, crcTable, head), crcTable, data)
+}
+
+func (s *Spool) path(seq uint64) string {
+	return filepath.Join(s.cfg.Dir, fmt.Sprintf("%016x%s", seq, suffix))
+}
+
+// roll seals the active segment and starts segment seq. s.mu must be held
+// (or the spool not yet shared).
+func (s *Spool) roll(seq uint64) error {
+	for s.syncing { // an fsync of the segment to be sealed is in progress
+		s.synced.Wait()
+	}
+	if s.active != nil {
+		if err := s.syncActive(); err != nil {
+			return err
+		}
+		_ = s.active.Close()
+		s.active = nil
+		if last := s.segs[len(s.segs)-1]; last.acked == last.records {
+			s.remove(last)
+		}
+	}
+	f, err := os.OpenFile(s.path(seq), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	if _, err := f.Write([]byte(magic)); err != nil {
+		f.Close()
+		return fmt.Errorf("spool: %w", err)
+	}
+	syncDir(s.cfg.Dir)
+	seg := &segment{seq: seq, path: s.path(seq), size: int64(len(magic)), created: time.Now()}
+	s.segs = append(s.segs, seg)
+	s.bySeq[seq] = seg
+	s.size += seg.size
+	s.active, s.written, s.syncedOff = f, seg.size, 0
+	return nil
+}
+
+// syncDir makes the directory's entries durable (a new or deleted
+// segment); errors are left to the next file operation to show.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+}
+
+// Append writes a record of data holding lines lines and returns its ID.
+// With SyncAlways it returns once an fsync covers the record. When the
+// spool is full it waits (Block) or deletes the oldest segments
+// (DropOldest).
+func (s *Spool) Append(data []byte, lines int) (ID, error) {
+	need := int64(headerSize + len(data))
+	if len(data) > MaxRecordBytes || need+int64(len(magic)) > s.cfg.MaxBytes {
+		return ID{}, ErrTooLarge
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for !s.closed && s.size+need > s.cfg.MaxBytes {
+		if s.cfg.Full == DropOldest && len(s.segs) > 1 {
+			s.dropOldest()
+			continue
+		}
+		if s.cfg.Full == DropOldest {
+			return ID{}, ErrFull // only the segment being written is left
+		}
+		s.room.Wait()
+	}
+	if s.closed {
+		return ID{}, ErrClosed
+	}
+	if s.written+need > s.cfg.SegmentBytes && s.written > int64(len(magic)) {
+		if err := s.roll(s.segs[len(s.segs)-1].seq + 1); err != nil {
+			return ID{}, err
+		}
+	}
+	rec := make([]byte, headerSize, need)
+	putHeader(rec, data, lines)
+	rec = append(rec, data...)
+	seg := s.segs[len(s.segs)-1]
+	id := ID{Seg: seg.seq, Off: s.written}
+	if _, err := s.active.WriteAt(rec, s.written); err != nil {
+		// Cut what may have been written of it, so that the segment
+		// stays whole.
+		_ = s.active.Truncate(s.written)
+		return ID{}, fmt.Errorf("spool: writing %s: %w", seg.path, err)
+	}
+	s.written += need
+	seg.size += need
+	seg.records++
+	seg.lines += lines
+	s.size += need
+	s.stats.Records++
+	s.stats.Appends++
+	if s.cfg.Sync == SyncAlways {
+		end := s.written
+		for s.syncedOff < end && !s.closed {
+			if !s.syncing {
+				if err := s.syncActive(); err != nil {
+					return ID{}, err
+				}
+				continue
+			}
+			s.synced.Wait()
+		}
+	}
+	return id, nil
+}
+
+// syncActive fsyncs the active segment, releasing s.mu meanwhile so that
+// appends go on (group commit). s.mu must be held.
+func (s *Spool) syncActive() error {
+	if s.active == nil || s.syncedOff >= s.written {
+		return nil
+	}
+	s.syncing = true
+	f, end := s.active, s.written
+	s.mu.Unlock()
+	start := time.Now()
+	err := f.Sync()
+	took := time.Since(start)
+	s.mu.Lock()
+	s.syncing = false
+	s.stats.Syncs++
+	s.stats.SyncTime += took
+	if err == nil && f == s.active && end > s.syncedOff {
+		s.syncedOff = end
+	}
+	s.synced.Broadcast()
+	if err != nil {
+		return fmt.Errorf("spool: fsync: %w", err)
+	}
+	return nil
+}
+
+// dropOldest deletes the oldest segment, counting what was not
+// acknowledged. s.mu must be held.
+func (s *Spool) dropOldest() {
+	seg := s.segs[0]
+	if n := seg.records - seg.acked; n > 0 {
+		s.stats.Dropped += uint64(n)
+		s.stats.DroppedLines += uint64(seg.lines - seg.ackedLines)
+		if s.cfg.OnDrop != nil {
+			s.cfg.OnDrop(n, seg.lines-seg.ackedLines)
+		}
+	}
+	s.remove(seg)
+}
+
+// remove deletes a sealed segment. s.mu must be held.
+func (s *Spool) remove(seg *segment) {
+	i := slices.Index(s.segs, seg)
+	if i < 0 {
+		return
+	}
+	_ = os.Remove(seg.path)
+	s.segs = slices.Delete(s.segs, i, i+1)
+	delete(s.bySeq, seg.seq)
+	s.size -= seg.size
+	s.stats.Records -= seg.records - seg.acked
+	s.room.Broadcast()
+}
+
+// Ack records that the record id was delivered; a sealed segment whose
+// every record is acknowledged is deleted. An ID of a segment already
+// deleted (dropped) is ignored.
+func (s *Spool) Ack(id ID, lines int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seg := s.bySeq[id.Seg]
+	if seg == nil {
+		return
+	}
+	seg.acked++
+	seg.ackedLines += lines
+	s.stats.Records--
+	s.stats.Acked++
+	if seg.acked >= seg.records && seg != s.segs[len(s.segs)-1] {
+		s.remove(seg)
+		syncDir(s.cfg.Dir)
+	}
+}
+
+// Replay calls fn with every record of the segments that were there at
+// Open, oldest first, each once. The caller Acks each when delivered.
+func (s *Spool) Replay(fn func(Record) error) error {
+	s.mu.Lock()
+	var old []*segment
+	for _, seg := range s.segs {
+		if seg.fromReplay {
+			old = append(old, seg)
+		}
+	}
+	s.mu.Unlock()
+	for _, seg := range old {
+		f, err := os.Open(seg.path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // dropped meanwhile
+		} else if err != nil {
+			return fmt.Errorf("spool: %w", err)
+		}
+		var n, nl int
+		_, err = scan(f, seg.size, func(r Record) error {
+			r.ID.Seg = seg.seq
+			s.mu.Lock()
+			s.stats.Replayed++
+			s.mu.Unlock()
+			return fn(r)
+		}, &n, &nl)
+		f.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Stats returns the spool's counters.
+func (s *Spool) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats
+	st.Bytes, st.Segments = s.size, len(s.segs)
+	for _, seg := range s.segs {
+		if seg.records > seg.acked {
+			st.Oldest = seg.created
+			break
+		}
+	}
+	return st
+}
+
+// background fsyncs every SyncInterval (SyncInterval mode).
+func (s *Spool) background() {
+	defer close(s.done)
+	if s.cfg.Sync != SyncInterval {
+		<-s.stop
+		return
+	}
+	t := time.NewTicker(s.cfg.SyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			s.mu.Lock()
+			if !s.syncing && !s.closed {
+				_ = s.syncActive()
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+// Close syncs and closes the spool; segments stay for the next Open.
+func (s *Spool) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	var err error
+	if s.cfg.Sync != SyncNever {
+		for s.syncing {
+			s.synced.Wait()
+		}
+		err = s.syncActive()
+	}
+	s.closed = true
+	if s.active != nil {
+		if cerr := s.active.Close(); err == nil {
+			err = cerr
+		}
+		s.active = nil
+	}
+	if last := s.segs[len(s.segs)-1]; last.acked >= last.records {
+		s.remove(last) // nothing to replay: leave no file
+	}
+	s.room.Broadcast()
+	s.synced.Broadcast()
+	s.mu.Unlock()
+	close(s.stop)
+	<-s.done
+	return err
+}

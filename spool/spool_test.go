@@ -1,0 +1,360 @@
+package spool
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func open(t testing.TB, dir string, edit func(*Config)) *Spool {
+	t.Helper()
+	cfg := DefaultConfig(dir)
+	cfg.SegmentBytes = 4 << 10
+	cfg.Sync = SyncNever
+	if edit != nil {
+		edit(&cfg)
+	}
+	s, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// record i's data: whole lines, of varying length.
+func data(i int) []byte {
+	n := 1 + i%5
+	var b []byte
+	for j := range n {
+		b = fmt.Appendf(b, `{"batch":%d,"line":%d,"pad":"%s"}`+"\n", i, j, bytes.Repeat([]byte{'a' + byte(i%26)}, i%97))
+	}
+	return b
+}
+
+func replayAll(t testing.TB, s *Spool) (recs []Record) {
+	t.Helper()
+	err := s.Replay(func(r Record) error {
+		r.Data = slices.Clone(r.Data)
+		recs = append(recs, r)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+func segFiles(t testing.TB, dir string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, "*"+suffix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// Records survive a reopen in order; acknowledged out of order, a sealed
+// segment is deleted once all of its records are; what was acknowledged
+// in a segment that remains comes again (at-least-once).
+func TestAppendAckReplay(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, nil)
+	var ids []ID
+	for i := range 200 {
+		id, err := s.Append(data(i), 1+i%5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if n := len(segFiles(t, dir)); n < 5 {
+		t.Fatalf("%d segments for 200 records of 4 KiB segments", n)
+	}
+	// Acknowledge the first 100 in a shuffled order.
+	first := slices.Clone(ids[:100])
+	rand.Shuffle(len(first), func(i, j int) { first[i], first[j] = first[j], first[i] })
+	for _, id := range first {
+		s.Ack(id, 1)
+	}
+	st := s.Stats()
+	if st.Records != 100 || st.Acked != 100 || st.Appends != 200 {
+		t.Fatalf("stats %+v", st)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, dir, nil)
+	defer s.Close()
+	recs := replayAll(t, s)
+	// Every unacknowledged record comes back, in order, whole; of the
+	// acknowledged ones, only those sharing a segment with one that was
+	// not.
+	var got []int
+	for _, r := range recs {
+		var i int
+		fmt.Sscanf(string(r.Data), `{"batch":%d`, &i)
+		if !bytes.Equal(r.Data, data(i)) || r.Lines != 1+i%5 {
+			t.Fatalf("record %d came back different", i)
+		}
+		got = append(got, i)
+	}
+	if !slices.IsSorted(got) {
+		t.Fatalf("replay out of order: %v", got)
+	}
+	for i := 100; i < 200; i++ {
+		if !slices.Contains(got, i) {
+			t.Fatalf("record %d lost", i)
+		}
+	}
+	if dup := len(got) - 100; dup > 40 {
+		t.Fatalf("%d acknowledged records replayed: more than one segment's worth", dup)
+	}
+	// Acknowledging the replayed records empties the spool.
+	for _, r := range recs {
+		s.Ack(r.ID, r.Lines)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if f := segFiles(t, dir); len(f) != 0 {
+		t.Fatalf("segments left: %v", f)
+	}
+}
+
+// The crash test: records are appended, then the files are cut at a random
+// offset (a crash in the middle of an append) or a byte of the last segment
+// is changed, and the spool is opened again. A record returned is always
+// one that was written, whole; every record written whole before the cut is
+// returned.
+func TestCrashConsistency(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for trial := range 200 {
+		dir := t.TempDir()
+		s := open(t, dir, func(c *Config) { c.SegmentBytes = 2 << 10 })
+		n := 1 + rng.IntN(60)
+		for i := range n {
+			if _, err := s.Append(data(i), 1+i%5); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The crash: no Close. The last segment is cut or damaged.
+		files := segFiles(t, dir)
+		last := files[len(files)-1]
+		info, _ := os.Stat(last)
+		size := info.Size()
+		cut := size
+		corrupt := int64(-1)
+		switch rng.IntN(3) {
+		case 0:
+			cut = rng.Int64N(size + 1)
+			if err := os.Truncate(last, cut); err != nil {
+				t.Fatal(err)
+			}
+		case 1:
+			if size > int64(len(magic)) {
+				corrupt = int64(len(magic)) + rng.Int64N(size-int64(len(magic)))
+				b, _ := os.ReadFile(last)
+				b[corrupt] ^= byte(1 + rng.IntN(255))
+				if err := os.WriteFile(last, b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		s.abandon()
+		s2 := open(t, dir, nil)
+		recs := replayAll(t, s2)
+		// What must be there: every record of the earlier segments,
+		// and those of the last that end before the cut and the damage.
+		var want []int
+		limit := cut
+		if corrupt >= 0 {
+			limit = min(limit, corrupt)
+		}
+		seg, pos := 0, int64(len(magic))
+		for i := range n {
+			need := int64(headerSize + len(data(i)))
+			if pos+need > 2<<10 && pos > int64(len(magic)) {
+				seg, pos = seg+1, int64(len(magic))
+			}
+			pos += need
+			if seg < len(files)-1 || pos <= limit {
+				want = append(want, i)
+			}
+		}
+		var got []int
+		for _, r := range recs {
+			var i int
+			fmt.Sscanf(string(r.Data), `{"batch":%d`, &i)
+			if i >= n || !bytes.Equal(r.Data, data(i)) {
+				t.Fatalf("trial %d: a record that was not written came back: %q", trial, r.Data)
+			}
+			got = append(got, i)
+		}
+		for _, i := range want {
+			if !slices.Contains(got, i) {
+				t.Fatalf("trial %d: record %d (whole, before the cut at %d, damage at %d) lost; got %v", trial, i, cut, corrupt, got)
+			}
+		}
+		if !slices.IsSorted(got) || len(slices.Compact(slices.Clone(got))) != len(got) {
+			t.Fatalf("trial %d: replay %v", trial, got)
+		}
+		s2.Close()
+	}
+}
+
+// abandon stops the spool's goroutine without syncing or closing files,
+// as a crash would leave them.
+func (s *Spool) abandon() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	close(s.stop)
+	<-s.done
+	s.active.Close()
+}
+
+// Full, Block: Append waits until acknowledgements free a segment.
+func TestFullBlocks(t *testing.T) {
+	s := open(t, t.TempDir(), func(c *Config) { c.MaxBytes = 16 << 10 })
+	defer s.Close()
+	var ids []ID
+	for {
+		if s.Stats().Bytes+int64(headerSize+len(data(0))) > 16<<10 {
+			break
+		}
+		id, err := s.Append(data(0), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := s.Append(data(0), 1); done <- err }()
+	select {
+	case err := <-done:
+		t.Fatalf("Append did not wait on a full spool: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	for _, id := range ids { // everything acknowledged: sealed segments go
+		s.Ack(id, 1)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Append still waits after the acknowledgements")
+	}
+}
+
+// Full, DropOldest: the oldest segments go, their records counted.
+func TestFullDropsOldest(t *testing.T) {
+	var dropped, droppedLines int
+	s := open(t, t.TempDir(), func(c *Config) {
+		c.MaxBytes, c.Full = 16<<10, DropOldest
+		c.OnDrop = func(r, l int) { dropped += r; droppedLines += l }
+	})
+	defer s.Close()
+	for i := range 300 {
+		if _, err := s.Append(data(i), 1+i%5); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := s.Stats()
+	if st.Bytes > 16<<10 || dropped == 0 || uint64(dropped) != st.Dropped || int(st.DroppedLines) != droppedLines {
+		t.Fatalf("stats %+v, OnDrop %d records %d lines", st, dropped, droppedLines)
+	}
+	if st.Records+dropped != 300 {
+		t.Fatalf("%d held + %d dropped != 300 appended", st.Records, dropped)
+	}
+}
+
+// SyncAlways: concurrent appends share fsyncs (group commit), and each
+// returns after one that covers it.
+func TestSyncAlwaysGroupCommit(t *testing.T) {
+	s := open(t, t.TempDir(), func(c *Config) { c.Sync, c.SegmentBytes = SyncAlways, 1<<20 })
+	errs := make(chan error, 8)
+	for g := range 8 {
+		go func() {
+			for i := range 50 {
+				if _, err := s.Append(data(g*50+i), 1); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := s.Stats()
+	if st.Appends != 400 || st.Syncs == 0 || st.Syncs > 400 {
+		t.Fatalf("stats %+v", st)
+	}
+	t.Logf("400 appends, %d fsyncs", st.Syncs)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A directory that cannot be made is a clear error at Open.
+func TestBadDirectory(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(DefaultConfig(filepath.Join(file, "spool"))); err == nil {
+		t.Fatal("Open under a file succeeded")
+	}
+	if _, err := Open(Config{Dir: t.TempDir()}); err == nil {
+		t.Fatal("Open with zero sizes succeeded")
+	}
+	s := open(t, t.TempDir(), func(c *Config) { c.MaxBytes = 1 << 10 })
+	defer s.Close()
+	if _, err := s.Append(make([]byte, 2<<10), 1); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("a record larger than the spool: %v", err)
+	}
+}
+
+// FuzzScan: any bytes as a segment: no panic, and every record returned
+// checks and lies within the file.
+func FuzzScan(f *testing.F) {
+	var seg bytes.Buffer
+	seg.WriteString(magic)
+	for i := range 3 {
+		d := data(i)
+		var h [headerSize]byte
+		putHeader(h[:], d, 1+i%5)
+		seg.Write(h[:])
+		seg.Write(d)
+	}
+	f.Add(seg.Bytes())
+	f.Add([]byte(magic))
+	f.Add(append([]byte(magic), 0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0, 0, 0, 0, 0))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var n, nl int
+		end, err := scan(bytes.NewReader(b), int64(len(b)), func(r Record) error {
+			if r.ID.Off+int64(headerSize+len(r.Data)) > int64(len(b)) {
+				t.Fatalf("record past the end")
+			}
+			return nil
+		}, &n, &nl)
+		if err != nil || end > int64(len(b)) {
+			t.Fatalf("end %d of %d, %v", end, len(b), err)
+		}
+	})
+}
