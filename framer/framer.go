@@ -12,8 +12,8 @@ import (
 
 // Defaults for Config.
 const (
-	// DefaultReadBytes is Config.ReadBytes: 16 KiB.
-	DefaultReadBytes = 16 << 10
+	// DefaultReadBytes is Config.ReadBytes: 64 KiB.
+	DefaultReadBytes = 64 << 10
 	// DefaultMaxLineBytes is Config.MaxLineBytes: 1 MiB.
 	DefaultMaxLineBytes = 1 << 20
 	// MaxMaxLineBytes is the largest MaxLineBytes Validate accepts.

@@ -345,7 +345,11 @@ func (s *Server) ServeConn(c *listener.Conn) {
 		// through the client reader, which holds what came with a
 		// PROXY header and does the final reads at the deadline.
 		inner := cs.r
-		o := framer.NewOctetReader(inner, s.cfg.Framer.ReadBytes, s.cfg.Framer.MaxLineBytes,
+		readBytes := s.cfg.Framer.ReadBytes
+		if _, ok := inner.(framer.BufferReader); !ok {
+			readBytes = min(readBytes, tlsRecordBytes) // see serve
+		}
+		o := framer.NewOctetReader(inner, readBytes, s.cfg.Framer.MaxLineBytes,
 			s.cfg.TargetFraming == framer.OctetCounted)
 		cs.final = func(p []byte) (int, error) { return readFinal(c, inner, p) }
 		o.OnOversize = func(n int) { cs.dropped(framer.Drop{Reason: framer.ReasonOversize, Bytes: n}) }
@@ -386,7 +390,14 @@ func (s *Server) ServeConn(c *listener.Conn) {
 // framer.ErrSuspend with cs.partial and cs.skipping set.
 func (cs *clientConn) serve(skipping bool) error {
 	s, c := cs.s, cs.c
-	f := framer.New(cs.r, s.cfg.Framer, s.bufs)
+	fc := s.cfg.Framer
+	if _, ok := cs.r.(framer.BufferReader); !ok {
+		// A TLS client: a read returns one record, at most 16 KiB, and
+		// its buffer is held while the client is idle, so a larger one
+		// would only hold memory.
+		fc.ReadBytes = min(fc.ReadBytes, tlsRecordBytes)
+	}
+	f := framer.New(cs.r, fc, s.bufs)
 	f.Budget, f.Stop, f.OnDrop = s.budget, s.hard.Done(), cs.dropped
 	f.Resume(skipping)
 	defer f.Close()
@@ -427,6 +438,9 @@ func (cs *clientConn) serve(skipping bool) error {
 		}
 	}
 }
+
+// tlsRecordBytes is the most plaintext one TLS record holds.
+const tlsRecordBytes = 16 << 10
 
 // pace waits until lim allows n more bytes: meanwhile nothing is read, so
 // the client waits in TCP. The wait holds no buffer, and ends early when
