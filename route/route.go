@@ -217,6 +217,7 @@ type gtable struct {
 	all      []*tstate // every configured target: a key's first choice among them is its own
 	wsum     float64   // the eligible targets' weights
 	weights  []float64 // eligible[i]'s weight
+	bound    []float64 // eligible[i]'s most keyed messages per one of the group's: MaxLoad × its share
 	uniform  bool      // every weight the same: raw scores compare
 }
 
@@ -404,6 +405,9 @@ func (r *Router) rebuild() (moved []*framer.Batch) {
 				gt.uniform = false
 			}
 		}
+		for _, w := range gt.weights { // the bound per message is then one multiplication
+			gt.bound = append(gt.bound, r.cfg.MaxLoad*w/gt.wsum)
+		}
 	}
 	old := r.tab.Load()
 	for i := range tab.groups {
@@ -532,18 +536,22 @@ type Scratch struct {
 	parts []*framer.Batch
 	cand  []int // candidate order for the load bound
 
-	tab       *table      // the table the tallies are against
-	delta     []int64     // per eligible target (gtable.base+i): keyed messages routed this batch
-	gtotal    []int64     // per group: keyed messages routed this batch
-	load      []int64     // per eligible target: its load when the batch began
-	total     []int64     // per group: its total when the batch began
-	outs      []uint64    // per group and outcome: messages this batch
-	cache     *[64]choice // made at the first keyed message
-	unescaped []byte      // the message of an escaped line (Config.Unescape)
+	tab       *table             // the table the tallies are against
+	delta     []int64            // per eligible target (gtable.base+i): keyed messages routed this batch
+	gtotal    []int64            // per group: keyed messages routed this batch
+	load      []int64            // per eligible target: its load when the batch began
+	total     []int64            // per group: its total when the batch began
+	outs      []uint64           // per group and outcome: messages this batch
+	cache     *[cacheSize]choice // made at the first keyed message
+	scores    []float64          // candidates' scores, for the load bound
+	unescaped []byte             // the message of an escaped line (Config.Unescape)
 	// again: the lines were counted by outcome when they were first
 	// routed; routing them again (a closed lane) counts only loads.
 	again bool
 }
+
+// cacheSize is how many keys' choices a client remembers.
+const cacheSize = 128
 
 // choice is a key's first choice among a table's eligible targets, and
 // its next ones once the load bound asked for them.
@@ -829,9 +837,18 @@ func (r *Router) pick(gt *gtable, g int, h uint64, sc *Scratch) *tstate {
 		return nil
 	}
 	if sc.cache == nil {
-		sc.cache = new([64]choice)
+		sc.cache = new([cacheSize]choice)
 	}
-	e := &sc.cache[h&uint64(len(sc.cache)-1)]
+	// Two ways: a key may sit in either of two slots, so a few dozen
+	// keys rarely push each other out.
+	e := &sc.cache[h&(cacheSize-1)]
+	if e.tab != sc.tab || e.h != h || e.g != int32(g) {
+		if alt := &sc.cache[(h>>32)&(cacheSize-1)]; alt.tab == sc.tab && alt.h == h && alt.g == int32(g) {
+			e = alt
+		} else if e.tab == sc.tab {
+			e = alt // keep the other slot's key; this one is newer
+		}
+	}
 	if e.tab != sc.tab || e.h != h || e.g != int32(g) {
 		best, bestScore := 0, gt.score(0, h)
 		for i := 1; i < n; i++ {
@@ -859,13 +876,12 @@ func (r *Router) pick(gt *gtable, g int, h uint64, sc *Scratch) *tstate {
 // its next choice within the bound, or its first if none is.
 func (r *Router) overflow(gt *gtable, g int, h uint64, e *choice, sc *Scratch, c float64) int {
 	if e.nexts == 0 {
-		cand := sc.cand[:0]
+		cand, scores := sc.cand[:0], sc.scores[:0]
 		for i := range gt.eligible {
-			cand = append(cand, i)
+			cand, scores = append(cand, i), append(scores, gt.score(i, h))
 		}
 		slices.SortFunc(cand, func(a, b int) int {
-			sa, sb := gt.score(a, h), gt.score(b, h)
-			switch {
+			switch sa, sb := scores[a], scores[b]; {
 			case sa > sb:
 				return -1
 			case sa < sb:
@@ -873,6 +889,7 @@ func (r *Router) overflow(gt *gtable, g int, h uint64, e *choice, sc *Scratch, c
 			}
 			return 0
 		})
+		sc.scores = scores
 		sc.cand = cand
 		for k := 1; k < len(cand) && k <= len(e.next); k++ {
 			e.next[k-1] = int32(cand[k])
@@ -899,10 +916,9 @@ func (r *Router) overflow(gt *gtable, g int, h uint64, e *choice, sc *Scratch, c
 
 // within reports whether eligible target i of group g may take one more
 // keyed message under bound c, counting the batch in progress.
-func (gt *gtable) within(i, g int, sc *Scratch, c float64) bool {
+func (gt *gtable) within(i, g int, sc *Scratch, _ float64) bool {
 	load := float64(sc.load[gt.base+i] + sc.delta[gt.base+i] + 1)
-	mean := float64(sc.total[g]+sc.gtotal[g]+1) * gt.weights[i] / gt.wsum
-	return load <= c*mean+slack
+	return load <= gt.bound[i]*float64(sc.total[g]+sc.gtotal[g]+1)+slack
 }
 
 // firstChoice is the key's target among every configured target of the
