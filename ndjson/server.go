@@ -291,7 +291,14 @@ func (s *Server) Start(ln net.Listener) {
 		regs = regs[1:] // no connections
 	}
 	s.metrics = registerAll(s.log, regs...)
-	s.log.Info("listening", "addr", ln.Addr().String(), "mode", "ndjson", "proto", network(s.udp != nil), "targets", s.cfg.Targets,
+	targets := s.cfg.Targets
+	if len(s.cfg.Route.Groups) > 0 {
+		targets = nil
+		for _, t := range s.set.Targets() {
+			targets = append(targets, t.Group()+":"+t.Addr)
+		}
+	}
+	s.log.Info("listening", "addr", ln.Addr().String(), "mode", "ndjson", "proto", network(s.udp != nil), "targets", targets,
 		"connections_per_target", s.cfg.Pool.Connections, "tls", lc.TLS != nil,
 		"accept_proxy", lc.AcceptProxy, "max_conns", lc.MaxConns, "client_memory", s.cfg.ClientMemory,
 		"line_timeout", s.cfg.LineTimeout.String(), "route", s.cfg.Route.String())

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -326,7 +327,7 @@ func routeConfig(c Values) (route.Config, error) {
 	if c.IsSet("route-max-load") && cfg.Key == nil {
 		return route.Config{}, settings.Errorf("route-max-load", "--route-max-load needs --route-key")
 	}
-	for _, raw := range c.StringSlice("group") {
+	for _, raw := range rejoinGroups(c.StringSlice("group")) {
 		g, err := parseGroup(raw)
 		if err != nil {
 			return route.Config{}, err
@@ -349,6 +350,26 @@ func routeConfig(c Values) (route.Config, error) {
 		out.Groups = append(out.Groups, g.Group)
 	}
 	return out, nil
+}
+
+// groupStart is how a --group value begins: NAME=, a name without a
+// colon (a target has one before any =).
+var groupStart = regexp.MustCompile(`^\s*[^=;,:\s][^=;,:]*=`)
+
+// rejoinGroups undoes the command line's splitting of list flags at
+// commas (--group 'audit=a:1,b:2;values=x,y' arrives as "audit=a:1",
+// "b:2;values=x", "y"): a piece that does not begin a group continues the
+// one before. A config file's groups come whole.
+func rejoinGroups(pieces []string) []string {
+	var out []string
+	for _, p := range pieces {
+		if len(out) > 0 && !groupStart.MatchString(p) {
+			out[len(out)-1] += "," + p
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // group is one --group value.

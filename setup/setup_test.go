@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -284,5 +285,14 @@ func TestUDPListeners(t *testing.T) {
 		if got := string(l.Health.UDP.Send); got != want {
 			t.Errorf("%q decoded as %q, want %q", in, got, want)
 		}
+	}
+}
+
+// The command line splits list flags at commas; a group comes back whole.
+func TestRejoinGroups(t *testing.T) {
+	got := rejoinGroups([]string{"audit=a:1", "b:2=3;values=x", "y", "[::1]:9000", "rest=c:1;default"})
+	want := []string{"audit=a:1,b:2=3;values=x,y,[::1]:9000", "rest=c:1;default"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("%q, want %q", got, want)
 	}
 }
