@@ -26,10 +26,13 @@ const (
 	// DropUnrouted: routing by key found no target group for the line
 	// (no group takes its key's value, and there is no default group).
 	DropUnrouted = "unrouted"
+	// DropSpoolFull: the spool was full and its policy (--spool-full
+	// drop-oldest) deleted the oldest lines not yet queued.
+	DropSpoolFull = "spool_full"
 )
 
 // DropReasons lists every reason, in the order reports show them.
-var DropReasons = []string{DropOversize, DropIncomplete, DropMemory, DropShutdown, DropBinary, DropUnrouted}
+var DropReasons = []string{DropOversize, DropIncomplete, DropMemory, DropShutdown, DropBinary, DropUnrouted, DropSpoolFull}
 
 // Ledger is the account of one listener's lines: every line read from a
 // client is received, and ends delivered or dropped with a reason; until
@@ -39,7 +42,7 @@ var DropReasons = []string{DropOversize, DropIncomplete, DropMemory, DropShutdow
 type Ledger struct {
 	received, delivered                    atomic.Uint64
 	oversize, incomplete, memory, shutdown atomic.Uint64
-	binary, unrouted                       atomic.Uint64
+	binary, unrouted, spoolFull            atomic.Uint64
 }
 
 // NewLedger returns an empty ledger.
@@ -78,6 +81,8 @@ func (l *Ledger) counter(reason string) *atomic.Uint64 {
 		return &l.binary
 	case DropUnrouted:
 		return &l.unrouted
+	case DropSpoolFull:
+		return &l.spoolFull
 	default:
 		return &l.shutdown
 	}

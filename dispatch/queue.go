@@ -36,6 +36,9 @@ type Config struct {
 	// Ledger, if set, is the account the queue adds its lines to
 	// (received at Push, delivered at Done, dropped at Discard).
 	Ledger *Ledger
+	// OnDone, if set, is called with each batch reported Done (delivered
+	// whole), before it is released: a spool acknowledges its record.
+	OnDone func(*framer.Batch)
 	// Orphans, if set, receives batches handed back by Requeue to a lane
 	// that CloseLane closed, to route them again (with Reroute). It is
 	// called without the queue's lock and must not block for long. Nil:
@@ -79,6 +82,7 @@ type Queue struct {
 	max     int64
 	ledger  *Ledger
 	orphans func([]*framer.Batch)
+	onDone  func(*framer.Batch)
 
 	mu          sync.Mutex
 	lanes       []*lane       // lanes[0] is shared; append-only; guarded by mu
@@ -116,6 +120,7 @@ func New(cfg Config) *Queue {
 		max:     cfg.MaxBytes,
 		ledger:  cfg.Ledger,
 		orphans: cfg.Orphans,
+		onDone:  cfg.OnDone,
 		lanes:   []*lane{newLane()},
 		idle:    make(chan struct{}),
 	}
@@ -173,6 +178,16 @@ func (q *Queue) Push(ctx context.Context, b *framer.Batch) error { return q.Push
 // PushTo is Push to lane id. It returns ErrLaneClosed if the lane was
 // closed, and the caller still owns b.
 func (q *Queue) PushTo(ctx context.Context, b *framer.Batch, id int) error {
+	return q.push(ctx, b, id, true)
+}
+
+// PushCounted is Push of lines the ledger has counted as received already
+// (a spool's records: counted when they were read and spooled).
+func (q *Queue) PushCounted(ctx context.Context, b *framer.Batch) error {
+	return q.push(ctx, b, 0, false)
+}
+
+func (q *Queue) push(ctx context.Context, b *framer.Batch, id int, count bool) error {
 	w, lines := q.weight(b), uint64(b.Lines) // b may be Done as soon as it is queued
 	if err := q.budget.Acquire(ctx, w); err != nil {
 		return err
@@ -195,7 +210,9 @@ func (q *Queue) PushTo(ctx context.Context, b *framer.Batch, id int) error {
 	l.items.pushBack(b)
 	q.outstanding++
 	q.linesIn.Add(lines)
-	q.ledger.Received(lines)
+	if count {
+		q.ledger.Received(lines)
+	}
 	q.mu.Unlock()
 	l.signal()
 	return nil
@@ -371,6 +388,9 @@ func (q *Queue) Requeue(bs []*framer.Batch) {
 func (q *Queue) Done(b *framer.Batch) {
 	q.linesOut.Add(uint64(b.Lines))
 	q.ledger.Delivered(uint64(b.Lines))
+	if q.onDone != nil {
+		q.onDone(b)
+	}
 	q.finish(b)
 }
 
@@ -453,6 +473,30 @@ func (q *Queue) Discard() uint64 {
 		lines += uint64(b.Lines)
 		q.linesDropped.Add(uint64(b.Lines))
 		q.ledger.Dropped(DropShutdown, uint64(b.Lines))
+		q.finish(b)
+	}
+}
+
+// Abandon removes every waiting batch without counting its lines as
+// dropped, and returns how many lines that was: for a shutdown whose
+// deadline passed when the lines are kept elsewhere (a spool replays
+// them at the next start). They stay in flight in the ledger.
+func (q *Queue) Abandon() uint64 {
+	var lines uint64
+	for {
+		q.mu.Lock()
+		var b *framer.Batch
+		for _, l := range q.lanes {
+			if l.items.len() > 0 {
+				b = l.items.popFront()
+				break
+			}
+		}
+		q.mu.Unlock()
+		if b == nil {
+			return lines
+		}
+		lines += uint64(b.Lines)
 		q.finish(b)
 	}
 }

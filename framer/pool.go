@@ -46,7 +46,7 @@ func (p *Pool) Get(n int) *Batch {
 
 func (p *Pool) put(b *Batch) {
 	b.Uncharge()
-	b.Data, b.Lines, b.Lane = nil, 0, 0
+	b.Data, b.Lines, b.Lane, b.Spool = nil, 0, 0, SpoolRef{}
 	p.classes[b.class].Put(b)
 }
 
@@ -66,12 +66,23 @@ type Batch struct {
 	// Lane is the dispatch lane the batch waits in (dispatch sets it; 0,
 	// the shared lane, unless routing by key put it in a target's).
 	Lane int
+	// Spool names the spool record the batch was read from (Set false
+	// without a spool): it is acknowledged there once the batch is
+	// delivered.
+	Spool SpoolRef
 
 	buf    []byte
 	pool   *Pool
 	class  int
 	budget *Budget // what charge is owed to, until Uncharge
 	charge int64
+}
+
+// SpoolRef is a spool record's ID, as package spool gives it.
+type SpoolRef struct {
+	Seg uint64
+	Off int64
+	Set bool
 }
 
 // Uncharge returns the batch's memory charge to the framers' Budget: the

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -22,6 +23,7 @@ import (
 	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/pool"
 	"github.com/ndlb/ndlb/route"
+	"github.com/ndlb/ndlb/spool"
 	"github.com/ndlb/ndlb/upstream"
 )
 
@@ -80,6 +82,12 @@ type Config struct {
 	// newlines are written "#012" (see framer.OctetReader); newline
 	// clients to octet-counted targets: each line is a message.
 	TargetFraming framer.Framing
+	// Spool, if set, is the write-ahead spool: every batch read is
+	// appended to it before it is queued, and leaves it once a target
+	// acknowledged it; at start, what a previous process left is
+	// delivered first. The queue then holds only a window of the spool.
+	// Its Dir is this listener's own.
+	Spool *spool.Config
 	// Route routes each message to a target group and a target by a key
 	// taken from it (see package route); its zero value routes nothing.
 	// With Route.Groups, the targets are the groups' and Targets must be
@@ -142,6 +150,9 @@ func (c Config) Validate() error {
 	if err := c.Route.Validate(); err != nil {
 		return invalid.In(ErrConfig, "Route", err)
 	}
+	if c.Spool != nil && c.Route.Enabled() {
+		return bad("Spool", "a spool with routing by key is not supported yet")
+	}
 	if len(c.Route.Groups) > 0 && (len(c.Targets) > 0 || c.Discovered) {
 		return bad("Targets", "with target groups, every target is in a group: list none for the listener itself")
 	}
@@ -179,6 +190,8 @@ type Server struct {
 	q       *dispatch.Queue
 	set     *upstream.Set
 	router  *route.Router // nil without routing
+	sp      *spool.Spool  // nil without a spool
+	fed     chan struct{} // closed when the spool's feeder stopped
 	pool    *pool.Pool
 	ln      *listener.Listener // nil for UDP
 	udp     *datagrams         // UDP only
@@ -194,6 +207,7 @@ type Server struct {
 	summary    Summary
 
 	oversize, incomplete, memory, dropShutdown atomic.Uint64
+	spoolErrors, spoolLeft                     atomic.Uint64
 	lineTimeouts, cutAtDrain, badFrames        atomic.Uint64
 	metrics                                    []metric.Registration
 
@@ -237,6 +251,20 @@ func New(cfg Config) (*Server, error) {
 	}
 	qc := cfg.Queue
 	qc.Ledger = s.ledger
+	if cfg.Spool != nil {
+		sc := *cfg.Spool
+		sc.OnDrop = func(_, lines int) { s.ledger.Dropped(dispatch.DropSpoolFull, uint64(lines)) }
+		sp, err := spool.Open(sc)
+		if err != nil {
+			return nil, fmt.Errorf("listener %s: %w", s.name(), err)
+		}
+		s.sp = sp
+		qc.OnDone = func(b *framer.Batch) {
+			if b.Spool.Set {
+				sp.Ack(spool.ID{Seg: b.Spool.Seg, Off: b.Spool.Off}, 0)
+			}
+		}
+	}
 	if cfg.Route.Enabled() {
 		qc.Orphans = func(bs []*framer.Batch) { s.router.Orphans(bs) }
 	}
@@ -268,6 +296,10 @@ func (s *Server) Start(ln net.Listener) {
 	} else {
 		s.ln = listener.New(ln, s, lc)
 		go func() { s.serveErr <- s.ln.Serve() }()
+	}
+	if s.sp != nil {
+		s.fed = make(chan struct{})
+		go s.feed()
 	}
 	if s.router != nil {
 		routed := make(chan struct{})
@@ -308,6 +340,15 @@ func (s *Server) Start(ln net.Listener) {
 // returns the lines not queued because the shutdown deadline passed or the
 // queue closed (the caller counts them).
 func (s *Server) push(b *framer.Batch, sc **route.Scratch) (notQueued int, err error) {
+	if s.sp != nil {
+		if _, err := s.sp.Append(b.Data, b.Lines); err == nil {
+			s.ledger.Received(uint64(b.Lines))
+			b.Release()
+			return 0, nil
+		} else if s.spoolErrors.Add(1) == 1 || errors.Is(err, spool.ErrTooLarge) {
+			s.log.Error("spool: cannot append; lines go to the queue in memory, without the spool's protection", "err", err)
+		}
+	}
 	if s.router != nil {
 		if *sc == nil {
 			*sc = new(route.Scratch)
@@ -320,6 +361,34 @@ func (s *Server) push(b *framer.Batch, sc **route.Scratch) (notQueued int, err e
 		return n, err
 	}
 	return 0, nil
+}
+
+// feed moves the spool's records into the queue, oldest first, as room
+// appears: what a previous process left, then what clients send. It
+// stops when the spool's input ended and every record is queued, or at
+// the shutdown deadline (what is not queued stays in the spool).
+func (s *Server) feed() {
+	defer close(s.fed)
+	for {
+		rec, err := s.sp.Next()
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, spool.ErrClosed) {
+				s.log.Error("spool: cannot read; new lines are still spooled but not delivered until a restart", "err", err)
+			}
+			return
+		}
+		b := s.bufs.GetEmpty(len(rec.Data))
+		b.Data = append(b.Data, rec.Data...)
+		b.Lines = rec.Lines
+		b.Spool = framer.SpoolRef{Seg: rec.ID.Seg, Off: rec.ID.Off, Set: true}
+		if rec.Replayed {
+			s.ledger.Received(uint64(rec.Lines)) // read by a previous process
+		}
+		if err := s.q.PushCounted(s.hard, b); err != nil {
+			b.Release() // the record stays in the spool for the next start
+			return
+		}
+	}
 }
 
 // Addr is the listening address.
@@ -686,6 +755,11 @@ type Stats struct {
 	BadFrames uint64
 	// Route is the routing by key's counters (zero without it).
 	Route route.Stats
+	// Spool is the spool's counters (zero without one); SpoolErrors
+	// counts appends that failed (their lines went to the queue in
+	// memory).
+	Spool       spool.Stats
+	SpoolErrors uint64
 }
 
 // Stats returns the server's counters.
@@ -702,6 +776,9 @@ func (s *Server) Stats() Stats {
 	}
 	if s.router != nil {
 		st.Route = s.router.Stats()
+	}
+	if s.sp != nil {
+		st.Spool, st.SpoolErrors = s.sp.Stats(), s.spoolErrors.Load()
 	}
 	if d := s.udp; d != nil {
 		st.Datagrams, st.DroppedBinary, st.Overflows = d.count.Load(), d.binary.Load(), d.overflows.Load()
@@ -746,6 +823,17 @@ func (s *Server) Shutdown() Summary {
 			giveUp = time.AfterFunc(s.cfg.DeliverTimeout, s.hardCancel)
 		}
 		defer giveUp.Stop()
+		if s.sp != nil {
+			// Every client is done: queue what the spool holds, then
+			// close the queue's input.
+			s.sp.EndInput()
+			select {
+			case <-s.fed:
+			case <-s.hard.Done():
+				s.sp.StopReading()
+				<-s.fed
+			}
+		}
 		s.q.CloseInput()
 		s.log.Info("delivering queued lines", "queued_bytes", s.q.Stats().Bytes, "deliver_timeout", s.cfg.DeliverTimeout)
 		select {
@@ -753,7 +841,21 @@ func (s *Server) Shutdown() Summary {
 		case <-s.hard.Done():
 			<-s.poolDone
 		}
-		if n := s.q.Discard(); n > 0 {
+		if s.sp != nil {
+			// Undelivered lines stay in the spool for the next start.
+			s.sp.StopReading()
+			<-s.fed
+			if n := s.q.Abandon(); n > 0 {
+				s.spoolLeft.Add(n)
+			}
+			if err := s.sp.Close(); err != nil {
+				s.log.Error("spool: closing", "err", err)
+			}
+			if st := s.sp.Stats(); st.Records > 0 {
+				s.log.Warn("shutdown deadline passed: undelivered lines stay in the spool for the next start",
+					"records", st.Records, "spool_bytes", st.Bytes)
+			}
+		} else if n := s.q.Discard(); n > 0 {
 			s.dropShutdown.Add(n)
 			s.log.Error("shutdown deadline passed: undelivered lines dropped", "lines", n)
 		}
@@ -781,7 +883,10 @@ func (s *Server) Shutdown() Summary {
 			"source_limited", st.Listener.SourceConns+st.Listener.SourceRate, "sources_untracked", st.Listener.SourcesUntracked,
 			"datagrams", st.Datagrams, "dropped_binary", st.DroppedBinary, "kernel_overflows", st.Overflows,
 			"bad_frames", st.BadFrames, "unrouted", st.Route.Unrouted, "moved_down", st.Route.MovedDown,
-			"moved_load", st.Route.MovedLoad)
+			"moved_load", st.Route.MovedLoad, "spool_records", st.Spool.Records, "spool_bytes", st.Spool.Bytes,
+			"spool_appends", st.Spool.Appends, "spool_replayed", st.Spool.Replayed, "spool_fsyncs", st.Spool.Syncs,
+			"spool_corrupt_tails", st.Spool.CorruptTails, "spool_dropped_lines", st.Spool.DroppedLines,
+			"spool_errors", st.SpoolErrors)
 	})
 	return s.summary
 }

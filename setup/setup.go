@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -26,6 +27,7 @@ import (
 	"github.com/ndlb/ndlb/route"
 	"github.com/ndlb/ndlb/routekey"
 	"github.com/ndlb/ndlb/settings"
+	"github.com/ndlb/ndlb/spool"
 	"github.com/ndlb/ndlb/supervisor"
 	"github.com/ndlb/ndlb/tlsutil"
 	"github.com/ndlb/ndlb/upstream"
@@ -65,7 +67,7 @@ func Listener(name string, c Values, set map[string][]string, log *slog.Logger) 
 		}
 		l.Mode, l.Targets, l.Balance, targetTLS = supervisor.Passthrough{Config: cfg}, cfg.Targets, cfg.Balance, cfg.TLS
 	} else {
-		cfg, err := ndjsonConfig(c, log, udp)
+		cfg, err := ndjsonConfig(c, name, log, udp)
 		if err != nil {
 			return l, err
 		}
@@ -233,7 +235,7 @@ func size(c Values, name string) (int, error) {
 
 // ndjsonConfig maps the flags onto ndjson.Config, validating each value and
 // naming the flag when one is wrong.
-func ndjsonConfig(c Values, log *slog.Logger, udp bool) (ndjson.Config, error) {
+func ndjsonConfig(c Values, name string, log *slog.Logger, udp bool) (ndjson.Config, error) {
 	cfg := ndjson.DefaultConfig()
 	cfg.Logger, cfg.UDP = log, udp
 	var err error
@@ -250,6 +252,9 @@ func ndjsonConfig(c Values, log *slog.Logger, udp bool) (ndjson.Config, error) {
 		return cfg, err
 	}
 	cfg.Discovered = discovered(c)
+	if cfg.Spool, err = spoolConfig(c, name); err != nil {
+		return cfg, err
+	}
 	cfg.Pool.Connections = c.Int("connections")
 	if cfg.Framer.MaxLineBytes, err = size(c, "max-line-bytes"); err != nil {
 		return cfg, err
@@ -294,6 +299,66 @@ func ndjsonConfig(c Values, log *slog.Logger, udp bool) (ndjson.Config, error) {
 		return cfg, err
 	}
 	return cfg, fieldError("ndjson", cfg.Validate())
+}
+
+// spoolConfig maps --spool-dir and its settings; nil without a spool.
+// Each listener has its own subdirectory, named after it.
+func spoolConfig(c Values, listener string) (*spool.Config, error) {
+	dir := c.String("spool-dir")
+	if dir == "" {
+		for _, n := range []string{"spool-max-bytes", "spool-full", "spool-sync"} {
+			if c.IsSet(n) {
+				return nil, settings.Errorf(n, "--%s needs --spool-dir", n)
+			}
+		}
+		return nil, nil
+	}
+	for _, n := range []string{"route-key", "group", "group-key"} {
+		if c.IsSet(n) {
+			return nil, settings.Errorf("spool-dir", "--spool-dir with --%s is not supported yet", n)
+		}
+	}
+	cfg := spool.DefaultConfig(filepath.Join(dir, safeName(listener)))
+	maxBytes, err := size(c, "spool-max-bytes")
+	if err != nil {
+		return nil, err
+	}
+	cfg.MaxBytes = int64(maxBytes)
+	cfg.SegmentBytes = min(cfg.SegmentBytes, max(64<<10, cfg.MaxBytes/8))
+	switch v := c.String("spool-full"); v {
+	case "block":
+	case "drop-oldest":
+		cfg.Full = spool.DropOldest
+	default:
+		return nil, settings.Errorf("spool-full", "invalid value %q for --spool-full: want block or drop-oldest", v)
+	}
+	switch v := strings.TrimSpace(c.String("spool-sync")); v {
+	case "always":
+		cfg.Sync = spool.SyncAlways
+	case "never":
+		cfg.Sync = spool.SyncNever
+	default:
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return nil, settings.Errorf("spool-sync", "invalid value %q for --spool-sync: want an interval such as 1s, always or never", v)
+		}
+		cfg.SyncInterval = d
+	}
+	return &cfg, nil
+}
+
+// safeName is a listener's name as a directory name.
+func safeName(name string) string {
+	out := []rune(name)
+	for i, r := range out {
+		if r == '/' || r == '\\' || r == 0 || r == '.' && (name == "." || name == "..") {
+			out[i] = '_'
+		}
+	}
+	if len(out) == 0 {
+		return "default"
+	}
+	return string(out)
 }
 
 // routeConfig maps --route-key, --route-max-load, --group-key and --group.

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Defaults for Config.
@@ -44,6 +46,8 @@ var (
 	ErrTooLarge = errors.New("spool: record larger than the spool")
 	// ErrFull: the spool is full and its policy is not to wait.
 	ErrFull = errors.New("spool: full")
+	// ErrInUse: another Spool holds the directory.
+	ErrInUse = errors.New("spool: directory in use")
 )
 
 // Full is what Append does when the spool holds Config.MaxBytes.
@@ -95,11 +99,14 @@ type ID struct {
 	Off int64
 }
 
-// Record is one record Replay returns.
+// Record is one record Replay or Next returns.
 type Record struct {
 	ID    ID
 	Lines int
-	Data  []byte // valid until the replay function returns
+	Data  []byte // valid until the replay function returns, or the next Next
+	// Replayed: the record was in the spool when it was opened (a
+	// previous process appended it).
+	Replayed bool
 }
 
 // Stats are a spool's counters.
@@ -129,6 +136,11 @@ type segment struct {
 	created     time.Time
 	fromReplay  bool // existed at Open
 	replayCount int  // its whole records at Open
+	fed         int  // records Next returned
+	// sealedSynced: the segment was sealed after an fsync that covers
+	// all of it.
+	sealedSynced bool
+	fedLines     int
 }
 
 // Spool is a directory of segments. Its methods are safe for concurrent
@@ -136,20 +148,28 @@ type segment struct {
 type Spool struct {
 	cfg Config
 
-	mu        sync.Mutex
-	room      *sync.Cond // signalled when bytes are freed or the spool closes
-	synced    *sync.Cond // signalled when an fsync completes
-	segs      []*segment // oldest first; the last is being written
-	bySeq     map[uint64]*segment
-	active    *os.File
-	size      int64 // total bytes of segs
-	written   int64 // bytes written to the active segment
-	syncedOff int64 // of the active segment, covered by an fsync
-	syncing   bool
-	closed    bool
-	stats     Stats
-	stop      chan struct{}
-	done      chan struct{}
+	mu           sync.Mutex
+	room         *sync.Cond // signalled when bytes are freed or the spool closes
+	synced       *sync.Cond // signalled when an fsync completes
+	segs         []*segment // oldest first; the last is being written
+	bySeq        map[uint64]*segment
+	active       *os.File
+	size         int64 // total bytes of segs
+	written      int64 // bytes written to the active segment
+	syncedOff    int64 // of the active segment, covered by an fsync
+	syncing      bool
+	closed       bool
+	ended        bool       // EndInput: no more appends
+	closedReader bool       // Next's stop was closed
+	more         *sync.Cond // signalled when a record is appended, or input ends
+	rSeq         uint64     // Next's cursor: the segment
+	rOff         int64      // and the offset in it (0: its start)
+	rFile        *os.File   // the segment rSeq, open for reading
+	rBuf         []byte
+	stats        Stats
+	stop         chan struct{}
+	done         chan struct{}
+	lock         *os.File // flock'ed while the spool is open
 }
 
 // Open opens (making it if needed) the spool in cfg.Dir, checks every
@@ -167,8 +187,22 @@ func Open(cfg Config) (*Spool, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	s := &Spool{cfg: cfg, bySeq: map[uint64]*segment{}, stop: make(chan struct{}), done: make(chan struct{})}
-	s.room, s.synced = sync.NewCond(&s.mu), sync.NewCond(&s.mu)
+	lock, err := os.OpenFile(filepath.Join(cfg.Dir, "LOCK"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("spool: %s is in use by another listener or process (%w)", cfg.Dir, ErrInUse)
+	}
+	s := &Spool{cfg: cfg, bySeq: map[uint64]*segment{}, stop: make(chan struct{}), done: make(chan struct{}), lock: lock}
+	ok := false
+	defer func() {
+		if !ok {
+			lock.Close() // releases the lock
+		}
+	}()
+	s.room, s.synced, s.more = sync.NewCond(&s.mu), sync.NewCond(&s.mu), sync.NewCond(&s.mu)
 	entries, err := os.ReadDir(cfg.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
@@ -197,9 +231,10 @@ func Open(cfg Config) (*Spool, error) {
 		s.stats.Records += seg.records
 	}
 	slices.SortFunc(s.segs, func(a, b *segment) int { return int(a.seq - b.seq) })
-	if err := s.roll(next); err != nil {
+	if err := s.rollTo(next); err != nil {
 		return nil, err
 	}
+	ok = true
 	go s.background()
 	return s, nil
 }
@@ -301,16 +336,28 @@ func (s *Spool) path(seq uint64) string {
 	return filepath.Join(s.cfg.Dir, fmt.Sprintf("%016x%s", seq, suffix))
 }
 
-// roll seals the active segment and starts segment seq. s.mu must be held
-// (or the spool not yet shared).
-func (s *Spool) roll(seq uint64) error {
+// roll seals the active segment and starts the next, once no fsync is in
+// progress. s.mu must be held; it is released while waiting.
+func (s *Spool) roll() error {
 	for s.syncing { // an fsync of the segment to be sealed is in progress
 		s.synced.Wait()
 	}
+	return s.rollTo(s.segs[len(s.segs)-1].seq + 1)
+}
+
+// rollTo seals the active segment, if any, and starts segment seq. s.mu
+// must be held and no fsync be in progress.
+func (s *Spool) rollTo(seq uint64) error {
 	if s.active != nil {
-		if err := s.syncActive(); err != nil {
-			return err
+		// Seal it synced (except with SyncNever): appends that wait
+		// for an fsync of it are then satisfied. Appends may come while
+		// an fsync runs, so sync until none is left over.
+		for s.cfg.Sync != SyncNever && s.syncedOff < s.written {
+			if err := s.syncActive(); err != nil {
+				return err
+			}
 		}
+		s.segs[len(s.segs)-1].sealedSynced = true
 		_ = s.active.Close()
 		s.active = nil
 		if last := s.segs[len(s.segs)-1]; last.acked == last.records {
@@ -354,23 +401,30 @@ func (s *Spool) Append(data []byte, lines int) (ID, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for !s.closed && s.size+need > s.cfg.MaxBytes {
-		if s.cfg.Full == DropOldest && len(s.segs) > 1 {
-			s.dropOldest()
+	// Each wait (for room, for an fsync before a roll) lets other appends
+	// go: the conditions are checked again after it.
+	for {
+		if s.closed || s.ended {
+			return ID{}, ErrClosed
+		}
+		if s.size+need > s.cfg.MaxBytes {
+			switch {
+			case s.cfg.Full == DropOldest && len(s.segs) > 1:
+				s.dropOldest()
+			case s.cfg.Full == DropOldest:
+				return ID{}, ErrFull // only the segment being written is left
+			default:
+				s.room.Wait()
+			}
 			continue
 		}
-		if s.cfg.Full == DropOldest {
-			return ID{}, ErrFull // only the segment being written is left
+		if s.written+need > s.cfg.SegmentBytes && s.written > int64(len(magic)) {
+			if err := s.roll(); err != nil {
+				return ID{}, err
+			}
+			continue
 		}
-		s.room.Wait()
-	}
-	if s.closed {
-		return ID{}, ErrClosed
-	}
-	if s.written+need > s.cfg.SegmentBytes && s.written > int64(len(magic)) {
-		if err := s.roll(s.segs[len(s.segs)-1].seq + 1); err != nil {
-			return ID{}, err
-		}
+		break
 	}
 	rec := make([]byte, headerSize, need)
 	putHeader(rec, data, lines)
@@ -390,9 +444,10 @@ func (s *Spool) Append(data []byte, lines int) (ID, error) {
 	s.size += need
 	s.stats.Records++
 	s.stats.Appends++
+	s.more.Broadcast()
 	if s.cfg.Sync == SyncAlways {
 		end := s.written
-		for s.syncedOff < end && !s.closed {
+		for s.syncedOff < end && !s.closed && !seg.sealedSynced {
 			if !s.syncing {
 				if err := s.syncActive(); err != nil {
 					return ID{}, err
@@ -435,15 +490,25 @@ func (s *Spool) syncActive() error {
 // acknowledged. s.mu must be held.
 func (s *Spool) dropOldest() {
 	seg := s.segs[0]
-	if n := seg.records - seg.acked; n > 0 {
+	// Records Next returned are in memory, on their way: only the others
+	// are lost. (Without a reader, records not acknowledged are.)
+	n, lines := seg.records-seg.acked, seg.lines-seg.ackedLines
+	if s.reading() {
+		n, lines = seg.records-seg.fed, seg.lines-seg.fedLines
+	}
+	if n > 0 {
 		s.stats.Dropped += uint64(n)
-		s.stats.DroppedLines += uint64(seg.lines - seg.ackedLines)
+		s.stats.DroppedLines += uint64(lines)
 		if s.cfg.OnDrop != nil {
-			s.cfg.OnDrop(n, seg.lines-seg.ackedLines)
+			s.cfg.OnDrop(n, lines)
 		}
 	}
 	s.remove(seg)
 }
+
+// reading reports whether Next has been used (the records it returned are
+// held by the caller). s.mu must be held.
+func (s *Spool) reading() bool { return s.rSeq != 0 || s.rOff != 0 || s.rFile != nil }
 
 // remove deletes a sealed segment. s.mu must be held.
 func (s *Spool) remove(seg *segment) {
@@ -513,6 +578,105 @@ func (s *Spool) Replay(fn func(Record) error) error {
 	return nil
 }
 
+// EndInput refuses further appends; Next then returns io.EOF once it has
+// returned every record.
+func (s *Spool) EndInput() {
+	s.mu.Lock()
+	s.ended = true
+	s.more.Broadcast()
+	s.mu.Unlock()
+}
+
+// Next returns the next record not yet returned, oldest first (the records
+// of a previous process first, then those appended since), waiting for
+// one. It returns io.EOF after EndInput once every record was returned,
+// and ErrClosed when the spool closes or StopReading was called. Its Data
+// is valid until the next call. One goroutine calls Next.
+func (s *Spool) Next() (Record, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		if s.closed || s.closedReader {
+			return Record{}, ErrClosed
+		}
+		// The cursor's segment, or the next that is still there.
+		i := slices.IndexFunc(s.segs, func(seg *segment) bool { return seg.seq >= s.rSeq })
+		if i < 0 {
+			return Record{}, ErrClosed // cannot happen: the active segment is there
+		}
+		seg := s.segs[i]
+		if seg.seq != s.rSeq || s.rOff == 0 {
+			if s.rFile != nil {
+				s.rFile.Close()
+				s.rFile = nil
+			}
+			s.rSeq, s.rOff = seg.seq, int64(len(magic))
+		}
+		last := i == len(s.segs)-1
+		if s.rOff < seg.size {
+			if s.rFile == nil {
+				f, err := os.Open(seg.path)
+				if err != nil {
+					return Record{}, fmt.Errorf("spool: %w", err)
+				}
+				s.rFile = f
+			}
+			rec, err := s.readAt(seg)
+			if err != nil {
+				return Record{}, err
+			}
+			return rec, nil
+		}
+		if !last {
+			s.rSeq, s.rOff = s.segs[i+1].seq, 0
+			continue
+		}
+		if s.ended {
+			return Record{}, io.EOF
+		}
+		s.more.Wait()
+	}
+}
+
+// StopReading makes Next return ErrClosed, now and from now on.
+func (s *Spool) StopReading() {
+	s.mu.Lock()
+	s.closedReader = true
+	s.more.Broadcast()
+	s.mu.Unlock()
+}
+
+// readAt reads the record at the cursor of seg and moves past it. s.mu is
+// held.
+func (s *Spool) readAt(seg *segment) (Record, error) {
+	var h [headerSize]byte
+	if _, err := s.rFile.ReadAt(h[:], s.rOff); err != nil {
+		return Record{}, fmt.Errorf("spool: reading %s: %w", seg.path, err)
+	}
+	n := int(binary.LittleEndian.Uint32(h[0:]))
+	if cap(s.rBuf) < n {
+		s.rBuf = make([]byte, n)
+	}
+	data := s.rBuf[:n]
+	if n > 0 {
+		if _, err := s.rFile.ReadAt(data, s.rOff+headerSize); err != nil {
+			return Record{}, fmt.Errorf("spool: reading %s: %w", seg.path, err)
+		}
+	}
+	if checksum(h[:8], data) != binary.LittleEndian.Uint32(h[8:]) {
+		return Record{}, fmt.Errorf("spool: %s: a record changed on disk at offset %d", seg.path, s.rOff)
+	}
+	lines := int(binary.LittleEndian.Uint32(h[4:]))
+	rec := Record{ID: ID{Seg: seg.seq, Off: s.rOff}, Lines: lines, Data: data, Replayed: seg.fromReplay}
+	s.rOff += int64(headerSize + n)
+	seg.fed++
+	seg.fedLines += lines
+	if seg.fromReplay {
+		s.stats.Replayed++
+	}
+	return rec, nil
+}
+
 // Stats returns the spool's counters.
 func (s *Spool) Stats() Stats {
 	s.mu.Lock()
@@ -572,6 +736,11 @@ func (s *Spool) Close() error {
 		}
 		s.active = nil
 	}
+	if s.rFile != nil {
+		s.rFile.Close()
+		s.rFile = nil
+	}
+	s.more.Broadcast()
 	if last := s.segs[len(s.segs)-1]; last.acked >= last.records {
 		s.remove(last) // nothing to replay: leave no file
 	}
@@ -580,5 +749,6 @@ func (s *Spool) Close() error {
 	s.mu.Unlock()
 	close(s.stop)
 	<-s.done
+	s.lock.Close()
 	return err
 }

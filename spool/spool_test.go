@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -221,6 +222,7 @@ func (s *Spool) abandon() {
 	close(s.stop)
 	<-s.done
 	s.active.Close()
+	s.lock.Close() // a dead process's lock goes with it
 }
 
 // Full, Block: Append waits until acknowledgements free a segment.
@@ -283,7 +285,13 @@ func TestFullDropsOldest(t *testing.T) {
 // SyncAlways: concurrent appends share fsyncs (group commit), and each
 // returns after one that covers it.
 func TestSyncAlwaysGroupCommit(t *testing.T) {
-	s := open(t, t.TempDir(), func(c *Config) { c.Sync, c.SegmentBytes = SyncAlways, 1<<20 })
+	for _, seg := range []int64{1 << 20, 4 << 10} { // one segment; segments rolled under the appends
+		t.Run(fmt.Sprint(seg), func(t *testing.T) { groupCommit(t, seg) })
+	}
+}
+
+func groupCommit(t *testing.T, segBytes int64) {
+	s := open(t, t.TempDir(), func(c *Config) { c.Sync, c.SegmentBytes = SyncAlways, segBytes })
 	errs := make(chan error, 8)
 	for g := range 8 {
 		go func() {
@@ -357,4 +365,83 @@ func FuzzScan(f *testing.F) {
 			t.Fatalf("end %d of %d, %v", end, len(b), err)
 		}
 	})
+}
+
+// Next returns what a previous process left, then what is appended, in
+// order, waiting in between; after EndInput it ends with io.EOF.
+// DropOldest then counts only records Next has not returned.
+func TestNext(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, nil)
+	for i := range 30 {
+		if _, err := s.Append(data(i), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	s = open(t, dir, nil)
+	defer s.Close()
+	got := make(chan int, 100)
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			r, err := s.Next()
+			if err != nil {
+				errc <- err
+				return
+			}
+			var i int
+			fmt.Sscanf(string(r.Data), `{"batch":%d`, &i)
+			if !bytes.Equal(r.Data, data(i)) || r.Replayed != (i < 30) {
+				errc <- fmt.Errorf("record %d: replayed %v, %q", i, r.Replayed, r.Data)
+				return
+			}
+			got <- i
+			s.Ack(r.ID, r.Lines)
+		}
+	}()
+	for i := range 30 {
+		if g := <-got; g != i {
+			t.Fatalf("got %d, want %d", g, i)
+		}
+	}
+	for i := 30; i < 60; i++ {
+		if _, err := s.Append(data(i), 1); err != nil {
+			t.Fatal(err)
+		}
+		if g := <-got; g != i {
+			t.Fatalf("got %d, want %d", g, i)
+		}
+	}
+	s.EndInput()
+	if err := <-errc; !errors.Is(err, io.EOF) {
+		t.Fatalf("after EndInput: %v", err)
+	}
+	if st := s.Stats(); st.Records != 0 || st.Replayed != 30 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestStopReading(t *testing.T) {
+	s := open(t, t.TempDir(), nil)
+	defer s.Close()
+	errc := make(chan error, 1)
+	go func() { _, err := s.Next(); errc <- err }()
+	s.StopReading()
+	if err := <-errc; !errors.Is(err, ErrClosed) {
+		t.Fatalf("%v", err)
+	}
+}
+
+// A second spool on the same directory (another listener, another
+// process) is refused while the first is open.
+func TestInUse(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, nil)
+	if _, err := Open(DefaultConfig(dir)); !errors.Is(err, ErrInUse) {
+		t.Fatalf("second Open: %v", err)
+	}
+	s.Close()
+	s2 := open(t, dir, nil)
+	s2.Close()
 }

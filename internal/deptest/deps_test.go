@@ -25,7 +25,7 @@ var allowed = map[string][]string{
 	"dispatch": {"framer", "invalid"},
 	"pool":     {"dispatch", "framer", "invalid", "tlsutil", "upstream"},
 	"ndjson": {"balance", "dispatch", "framer", "internal/gopool", "invalid", "listener", "pool", "route", "routekey",
-		"tlsutil", "upstream"},
+		"spool", "tlsutil", "upstream"},
 	"balance":   {"upstream"},
 	"admin":     {"invalid", "upstream"},
 	"health":    {"invalid", "tlsutil", "upstream"},
@@ -40,16 +40,16 @@ var allowed = map[string][]string{
 	// supervisor runs listeners of both modes; it knows the settings only
 	// for their reload rules.
 	"supervisor": {"admin", "balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool",
-		"invalid", "listener", "ndjson", "passthrough", "pool", "route", "routekey", "settings", "tlsutil", "upstream"},
+		"invalid", "listener", "ndjson", "passthrough", "pool", "route", "routekey", "settings", "spool", "tlsutil", "upstream"},
 	// setup maps settings onto the libraries' configs and a supervisor spec.
 	"setup": {"admin", "balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool",
-		"invalid", "listener", "ndjson", "passthrough", "pool", "route", "routekey", "settings", "supervisor", "tlsutil", "upstream"},
+		"invalid", "listener", "ndjson", "passthrough", "pool", "route", "routekey", "settings", "spool", "supervisor", "tlsutil", "upstream"},
 	// demo runs the NDJSON mode against linetest's sinks, in one process.
 	"demo": {"balance", "dispatch", "framer", "internal/gopool", "internal/linetest", "invalid", "listener", "ndjson",
-		"pool", "route", "routekey", "tlsutil", "upstream"},
+		"pool", "route", "routekey", "spool", "tlsutil", "upstream"},
 	// settings takes its defaults from the libraries it names.
 	"settings": {"balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool", "invalid",
-		"listener", "ndjson", "passthrough", "pool", "route", "routekey", "tlsutil", "upstream"},
+		"listener", "ndjson", "passthrough", "pool", "route", "routekey", "spool", "tlsutil", "upstream"},
 	// telemetry installs the SDK; only cmd/ndlb may import it.
 	"telemetry": {},
 	// passthrough proxies whole connections; it must not reach into the

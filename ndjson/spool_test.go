@@ -1,0 +1,84 @@
+package ndjson
+
+import (
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ndlb/ndlb/internal/linetest"
+	"github.com/ndlb/ndlb/spool"
+)
+
+// With a spool, every target down: clients send far more than the queue's
+// buffer and are not slowed (it all goes to disk); when the target comes,
+// every line is delivered once, whole. A restart on the same spool after a
+// shutdown that could not deliver replays what was left.
+func TestSpoolTargetsDown(t *testing.T) {
+	ledger := linetest.NewLedger()
+	sink, err := linetest.NewSink("127.0.0.1:0", ledger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	sink.Kill(false) // down: nothing listens on its address
+	dir := t.TempDir()
+	newServer := func(deliver time.Duration) *Server {
+		cfg := DefaultConfig()
+		cfg.Targets = []string{sink.Addr()}
+		cfg.Logger = slog.New(slog.DiscardHandler)
+		cfg.Queue.MaxBytes = 4 << 20
+		cfg.Pool.BackoffInitial, cfg.Pool.BackoffMax = 10*time.Millisecond, 50*time.Millisecond
+		cfg.DrainTimeout, cfg.DeliverTimeout = 5*time.Second, deliver
+		sc := spool.DefaultConfig(dir)
+		sc.SegmentBytes = 1 << 20
+		cfg.Spool = &sc
+		srv, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.Start(newLocalListener(t))
+		return srv
+	}
+	srv := newServer(200 * time.Millisecond)
+	const clients, perClient = 4, 40000 // about 20 MiB, 5 times the queue
+	sent := map[uint32]uint32{}
+	var wg sync.WaitGroup
+	start := time.Now()
+	for c := range uint32(clients) {
+		sent[c+1] = perClient
+		wg.Go(func() {
+			conn, err := net.Dial("tcp", srv.Addr().String())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close()
+			if _, err := linetest.Send(conn, c+1, 0, perClient, 64<<10); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("clients sent %d lines to a dead target in %s", clients*perClient, time.Since(start).Round(time.Millisecond))
+	// Shutdown cannot deliver: what is left stays in the spool, and the
+	// ledger counts nothing as dropped.
+	sum := srv.Shutdown()
+	if sum.DroppedShutdown != 0 || sum.Ledger.DroppedTotal() != 0 || sum.Ledger.Received != clients*perClient || sum.Spool.Records == 0 {
+		t.Fatalf("summary %+v", sum)
+	}
+	// The target comes back; a new server on the same spool delivers it all.
+	if err := sink.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	srv = newServer(30 * time.Second)
+	sum = srv.Shutdown()
+	if !sum.Clean || sum.Spool.Records != 0 || sum.Spool.Replayed == 0 {
+		t.Fatalf("summary after the restart %+v", sum)
+	}
+	sink.WaitDrained(10 * time.Second)
+	if r := ledger.Check(sent); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
+		t.Fatal(r)
+	}
+}
