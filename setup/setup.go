@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -323,8 +322,11 @@ func spoolConfig(c Values, listener string) (*spool.Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	if maxBytes < 16<<20 {
+		return nil, settings.Errorf("spool-max-bytes", "invalid value %q for --spool-max-bytes: want at least 16MiB", c.String("spool-max-bytes"))
+	}
 	cfg.MaxBytes = int64(maxBytes)
-	cfg.SegmentBytes = min(cfg.SegmentBytes, max(64<<10, cfg.MaxBytes/8))
+	cfg.SegmentBytes = min(cfg.SegmentBytes, cfg.MaxBytes/8) // at least 2 MiB: a batch fits
 	switch v := c.String("spool-full"); v {
 	case "block":
 	case "drop-oldest":
@@ -417,24 +419,41 @@ func routeConfig(c Values) (route.Config, error) {
 	return out, nil
 }
 
-// groupStart is how a --group value begins: NAME=, a name without a
-// colon (a target has one before any =).
-var groupStart = regexp.MustCompile(`^\s*[^=;,:\s][^=;,:]*=`)
-
 // rejoinGroups undoes the command line's splitting of list flags at
 // commas (--group 'audit=a:1,b:2;values=x,y' arrives as "audit=a:1",
-// "b:2;values=x", "y"): a piece that does not begin a group continues the
-// one before. A config file's groups come whole.
+// "b:2;values=x", "y"). A piece continues the group before it when that
+// group's last part is its target list and the piece begins with a target
+// (HOST:PORT or HOST:PORT=WEIGHT), or when its last part is a values= list
+// and the piece's first part holds no '=' (so on the command line a value
+// cannot hold '=', ';' or ','; in a config file only ';' and ','). A
+// config file's groups come whole.
 func rejoinGroups(pieces []string) []string {
 	var out []string
 	for _, p := range pieces {
-		if len(out) > 0 && !groupStart.MatchString(p) {
-			out[len(out)-1] += "," + p
-			continue
+		if n := len(out); n > 0 {
+			prev := out[n-1]
+			first, _, _ := strings.Cut(p, ";")
+			last := prev[strings.LastIndexByte(prev, ';')+1:]
+			targets := !strings.Contains(prev, ";")
+			if targets && isTarget(first) || strings.HasPrefix(last, "values=") && !strings.Contains(first, "=") {
+				out[n-1] += "," + p
+				continue
+			}
 		}
 		out = append(out, p)
 	}
 	return out
+}
+
+// isTarget reports whether s is HOST:PORT or HOST:PORT=WEIGHT.
+func isTarget(s string) bool {
+	addr, _, err := upstream.ParseSpec(strings.TrimSpace(s))
+	if err != nil {
+		return false
+	}
+	host, port, err := net.SplitHostPort(addr)
+	p, perr := strconv.Atoi(port)
+	return err == nil && host != "" && perr == nil && p >= 1 && p <= 65535
 }
 
 // group is one --group value.

@@ -290,9 +290,14 @@ func TestUDPListeners(t *testing.T) {
 
 // The command line splits list flags at commas; a group comes back whole.
 func TestRejoinGroups(t *testing.T) {
-	got := rejoinGroups([]string{"audit=a:1", "b:2=3;values=x", "y", "[::1]:9000", "rest=c:1;default"})
-	want := []string{"audit=a:1,b:2=3;values=x,y,[::1]:9000", "rest=c:1;default"}
-	if !slices.Equal(got, want) {
-		t.Fatalf("%q, want %q", got, want)
+	for _, tt := range []struct{ in, want []string }{
+		{[]string{"audit=a:1", "b:2=3;values=x", "y", "z", "rest=c:1;default"}, []string{"audit=a:1,b:2=3;values=x,y,z", "rest=c:1;default"}},
+		{[]string{"a=x:1", "[::1]:9000;values=p", "b=y:1;values=q"}, []string{"a=x:1,[::1]:9000;values=p", "b=y:1;values=q"}},
+		{[]string{"a=x:1", "eu:west=y:1"}, []string{"a=x:1", "eu:west=y:1"}},           // a second group, not a target
+		{[]string{"a=x:1;values=p", "svc=y:1"}, []string{"a=x:1;values=p", "svc=y:1"}}, // a group, not a value
+	} {
+		if got := rejoinGroups(tt.in); !slices.Equal(got, tt.want) {
+			t.Errorf("rejoinGroups(%q) = %q, want %q", tt.in, got, tt.want)
+		}
 	}
 }

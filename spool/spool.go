@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -118,8 +119,12 @@ type Stats struct {
 	// CorruptTails counts segments cut at Open; Dropped and DroppedLines
 	// what DropOldest deleted unacknowledged.
 	Appends, Syncs, Replayed, Acked, CorruptTails, Dropped, DroppedLines uint64
-	// SyncTime is the time spent in fsync.
-	SyncTime time.Duration
+	// SyncTime is the time spent in fsync; SyncErrors counts fsyncs that
+	// failed (LastSyncError is the last one's error): the records stay
+	// spooled, but may not survive a power loss.
+	SyncTime      time.Duration
+	SyncErrors    uint64
+	LastSyncError error
 	// Oldest is when the oldest segment still held was created (zero
 	// when there is none).
 	Oldest time.Time
@@ -167,6 +172,7 @@ type Spool struct {
 	rFile        *os.File   // the segment rSeq, open for reading
 	rBuf         []byte
 	stats        Stats
+	syncErr      error // the last fsync's failure
 	stop         chan struct{}
 	done         chan struct{}
 	lock         *os.File // flock'ed while the spool is open
@@ -181,6 +187,8 @@ func Open(cfg Config) (*Spool, error) {
 		return nil, errors.New("spool: no directory")
 	case cfg.MaxBytes <= 0 || cfg.SegmentBytes <= 0:
 		return nil, errors.New("spool: sizes must be positive")
+	case cfg.MaxBytes < 2*cfg.SegmentBytes:
+		return nil, fmt.Errorf("spool: %d bytes hold fewer than two segments of %d", cfg.MaxBytes, cfg.SegmentBytes)
 	case cfg.Sync == SyncInterval && cfg.SyncInterval <= 0:
 		return nil, errors.New("spool: sync interval must be positive")
 	}
@@ -210,8 +218,8 @@ func Open(cfg Config) (*Spool, error) {
 	var next uint64
 	for _, e := range entries {
 		name := e.Name()
-		if !strings.HasSuffix(name, suffix) {
-			continue
+		if !strings.HasSuffix(name, suffix) || len(name) != 16+len(suffix) {
+			continue // not ours
 		}
 		seq, err := strconv.ParseUint(strings.TrimSuffix(name, suffix), 16, 64)
 		if err != nil {
@@ -230,7 +238,7 @@ func Open(cfg Config) (*Spool, error) {
 		s.size += seg.size
 		s.stats.Records += seg.records
 	}
-	slices.SortFunc(s.segs, func(a, b *segment) int { return int(a.seq - b.seq) })
+	slices.SortFunc(s.segs, func(a, b *segment) int { return cmp.Compare(a.seq, b.seq) })
 	if err := s.rollTo(next); err != nil {
 		return nil, err
 	}
@@ -342,6 +350,9 @@ func (s *Spool) roll() error {
 	for s.syncing { // an fsync of the segment to be sealed is in progress
 		s.synced.Wait()
 	}
+	if s.closed {
+		return ErrClosed
+	}
 	return s.rollTo(s.segs[len(s.segs)-1].seq + 1)
 }
 
@@ -409,6 +420,12 @@ func (s *Spool) Append(data []byte, lines int) (ID, error) {
 		}
 		if s.size+need > s.cfg.MaxBytes {
 			switch {
+			case s.written > int64(len(magic)) && len(s.segs) == 1:
+				// All of it is in the segment being written, which is
+				// only deleted once sealed: seal it.
+				if err := s.roll(); err != nil {
+					return ID{}, err
+				}
 			case s.cfg.Full == DropOldest && len(s.segs) > 1:
 				s.dropOldest()
 			case s.cfg.Full == DropOldest:
@@ -446,12 +463,16 @@ func (s *Spool) Append(data []byte, lines int) (ID, error) {
 	s.stats.Appends++
 	s.more.Broadcast()
 	if s.cfg.Sync == SyncAlways {
+		// The record is written and visible to Next: from here on it is
+		// spooled, and an fsync that fails only weakens the promise
+		// against power loss (counted, and the error kept for Stats).
 		end := s.written
-		for s.syncedOff < end && !s.closed && !seg.sealedSynced {
+		for s.syncedOff < end && !seg.sealedSynced && s.syncErr == nil {
+			if s.closed {
+				return id, nil // Close synced what it could
+			}
 			if !s.syncing {
-				if err := s.syncActive(); err != nil {
-					return ID{}, err
-				}
+				_ = s.syncActive()
 				continue
 			}
 			s.synced.Wait()
@@ -481,7 +502,9 @@ func (s *Spool) syncActive() error {
 	}
 	s.synced.Broadcast()
 	if err != nil {
-		return fmt.Errorf("spool: fsync: %w", err)
+		s.stats.SyncErrors++
+		s.syncErr = fmt.Errorf("spool: fsync %s: %w", f.Name(), err)
+		return s.syncErr
 	}
 	return nil
 }
@@ -682,7 +705,7 @@ func (s *Spool) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.stats
-	st.Bytes, st.Segments = s.size, len(s.segs)
+	st.Bytes, st.Segments, st.LastSyncError = s.size, len(s.segs), s.syncErr
 	for _, seg := range s.segs {
 		if seg.records > seg.acked {
 			st.Oldest = seg.created

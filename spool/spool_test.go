@@ -331,7 +331,10 @@ func TestBadDirectory(t *testing.T) {
 	if _, err := Open(Config{Dir: t.TempDir()}); err == nil {
 		t.Fatal("Open with zero sizes succeeded")
 	}
-	s := open(t, t.TempDir(), func(c *Config) { c.MaxBytes = 1 << 10 })
+	if _, err := Open(Config{Dir: t.TempDir(), MaxBytes: 1 << 10, SegmentBytes: 4 << 10, Sync: SyncNever}); err == nil {
+		t.Fatal("Open with a spool smaller than two segments succeeded")
+	}
+	s := open(t, t.TempDir(), func(c *Config) { c.MaxBytes, c.SegmentBytes = 1<<10, 512 })
 	defer s.Close()
 	if _, err := s.Append(make([]byte, 2<<10), 1); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("a record larger than the spool: %v", err)
@@ -444,4 +447,43 @@ func TestInUse(t *testing.T) {
 	s.Close()
 	s2 := open(t, dir, nil)
 	s2.Close()
+}
+
+// Full with everything acknowledged in the segment being written: it is
+// sealed (and so deleted), and the append goes on.
+func TestFullActiveSegmentAcked(t *testing.T) {
+	for _, full := range []Full{Block, DropOldest} {
+		s := open(t, t.TempDir(), func(c *Config) { c.MaxBytes, c.SegmentBytes, c.Full = 8<<10, 4<<10, full })
+		var ids []ID
+		for i := 0; s.Stats().Bytes+int64(headerSize+len(data(i))) <= 4<<10; i++ {
+			id, err := s.Append(data(i), 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, id)
+		}
+		for _, id := range ids {
+			s.Ack(id, 1)
+		}
+		done := make(chan error, 1)
+		go func() {
+			for i := range 20 {
+				if _, err := s.Append(data(i), 1); err != nil {
+					done <- err
+					return
+				}
+				s.Ack(ID{Seg: 0}, 0) // no such record: ignored
+			}
+			done <- nil
+		}()
+		select {
+		case err := <-done:
+			if err != nil && !(full == DropOldest && errors.Is(err, ErrFull)) {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("policy %d: Append hangs on a spool whose records are all acknowledged", full)
+		}
+		s.Close()
+	}
 }
