@@ -181,21 +181,24 @@ func (c Config) Validate() error {
 
 // Server is the NDJSON mode: listener, framers, queue and pool.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	bufs    *framer.Pool
-	budget  *framer.Budget
-	ledger  *dispatch.Ledger
-	book    *dispatch.Book // cfg.Book, or the server's own
-	q       *dispatch.Queue
-	set     *upstream.Set
-	router  *route.Router // nil without routing
-	sp      *spool.Spool  // nil without a spool
-	fed     chan struct{} // closed when the spool's feeder stopped
-	pool    *pool.Pool
-	ln      *listener.Listener // nil for UDP
-	udp     *datagrams         // UDP only
-	udpWarn rate.Sometimes
+	cfg       Config
+	log       *slog.Logger
+	bufs      *framer.Pool
+	budget    *framer.Budget
+	ledger    *dispatch.Ledger
+	book      *dispatch.Book // cfg.Book, or the server's own
+	q         *dispatch.Queue
+	set       *upstream.Set
+	router    *route.Router               // nil without routing
+	sp        atomic.Pointer[spool.Spool] // nil without a spool, and until it opens
+	fed       chan struct{}               // closed when the spool's feeder stopped (or never started)
+	spoolMu   sync.Mutex                  // serialises the spool's opening and the shutdown
+	noSpool   bool                        // the shutdown began: do not open it; guarded by spoolMu
+	spoolStop chan struct{}               // closed when the shutdown begins: openSpool stops waiting
+	pool      *pool.Pool
+	ln        *listener.Listener // nil for UDP
+	udp       *datagrams         // UDP only
+	udpWarn   rate.Sometimes
 
 	// hard is cancelled when delivery must stop: pushes and the pool
 	// give up, and what is left is counted as dropped.
@@ -252,15 +255,14 @@ func New(cfg Config) (*Server, error) {
 	qc := cfg.Queue
 	qc.Ledger = s.ledger
 	if cfg.Spool != nil {
-		sc := *cfg.Spool
-		sc.OnDrop = func(_, lines int) { s.ledger.Dropped(dispatch.DropSpoolFull, uint64(lines)) }
-		sp, err := spool.Open(sc)
-		if err != nil {
+		// A directory ndlb cannot write is an error now; the spool itself
+		// opens at Start (a reload builds instances it may not run, and
+		// the one it replaces holds the spool until it stops).
+		if err := spool.Check(cfg.Spool.Dir); err != nil {
 			return nil, fmt.Errorf("listener %s: %w", s.name(), err)
 		}
-		s.sp = sp
 		qc.OnDone = func(b *framer.Batch) {
-			if b.Spool.Set {
+			if sp := s.sp.Load(); sp != nil && b.Spool.Set {
 				sp.Ack(spool.ID{Seg: b.Spool.Seg, Off: b.Spool.Off}, 0)
 			}
 		}
@@ -297,9 +299,14 @@ func (s *Server) Start(ln net.Listener) {
 		s.ln = listener.New(ln, s, lc)
 		go func() { s.serveErr <- s.ln.Serve() }()
 	}
-	if s.sp != nil {
-		s.fed = make(chan struct{})
-		go s.feed()
+	if s.cfg.Spool != nil {
+		s.fed, s.spoolStop = make(chan struct{}), make(chan struct{})
+		if sp, err := spool.Open(s.spoolConfig()); err == nil {
+			s.sp.Store(sp) // before the first client: the usual case
+			go s.feed(sp)
+		} else {
+			go s.openSpool(err)
+		}
 	}
 	if s.router != nil {
 		routed := make(chan struct{})
@@ -340,8 +347,8 @@ func (s *Server) Start(ln net.Listener) {
 // returns the lines not queued because the shutdown deadline passed or the
 // queue closed (the caller counts them).
 func (s *Server) push(b *framer.Batch, sc **route.Scratch) (notQueued int, err error) {
-	if s.sp != nil {
-		if _, err := s.sp.Append(b.Data, b.Lines); err == nil {
+	if sp := s.sp.Load(); sp != nil {
+		if _, err := sp.Append(b.Data, b.Lines); err == nil {
 			s.ledger.Received(uint64(b.Lines))
 			b.Release()
 			return 0, nil
@@ -367,10 +374,48 @@ func (s *Server) push(b *framer.Batch, sc **route.Scratch) (notQueued int, err e
 // appears: what a previous process left, then what clients send. It
 // stops when the spool's input ended and every record is queued, or at
 // the shutdown deadline (what is not queued stays in the spool).
-func (s *Server) feed() {
+// openSpool opens the spool, trying again while another instance holds
+// it (the one a reload replaces, which drains first); until then lines go
+// to the queue in memory. Then it feeds.
+func (s *Server) openSpool(first error) {
+	sc := s.spoolConfig()
+	s.log.Warn("spool not open yet: lines go to the queue in memory until it is", "dir", sc.Dir, "err", first)
+	wait := 100 * time.Millisecond
+	for {
+		select {
+		case <-time.After(wait):
+		case <-s.spoolStop:
+		}
+		wait = min(2*wait, 5*time.Second)
+		s.spoolMu.Lock()
+		if s.noSpool {
+			s.spoolMu.Unlock()
+			close(s.fed)
+			return
+		}
+		sp, err := spool.Open(sc)
+		if err == nil {
+			s.sp.Store(sp)
+			s.spoolMu.Unlock()
+			s.log.Info("spool open: lines are spooled again", "dir", sc.Dir)
+			s.feed(sp)
+			return
+		}
+		s.spoolMu.Unlock()
+	}
+}
+
+// spoolConfig is the spool's config, with its drops counted in the ledger.
+func (s *Server) spoolConfig() spool.Config {
+	sc := *s.cfg.Spool
+	sc.OnDrop = func(_, lines int) { s.ledger.Dropped(dispatch.DropSpoolFull, uint64(lines)) }
+	return sc
+}
+
+func (s *Server) feed(sp *spool.Spool) {
 	defer close(s.fed)
 	for {
-		rec, err := s.sp.Next()
+		rec, err := sp.Next()
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, spool.ErrClosed) {
 				s.log.Error("spool: cannot read; new lines are still spooled but not delivered until a restart", "err", err)
@@ -777,8 +822,8 @@ func (s *Server) Stats() Stats {
 	if s.router != nil {
 		st.Route = s.router.Stats()
 	}
-	if s.sp != nil {
-		st.Spool, st.SpoolErrors = s.sp.Stats(), s.spoolErrors.Load()
+	if sp := s.sp.Load(); sp != nil {
+		st.Spool, st.SpoolErrors = sp.Stats(), s.spoolErrors.Load()
 	}
 	if d := s.udp; d != nil {
 		st.Datagrams, st.DroppedBinary, st.Overflows = d.count.Load(), d.binary.Load(), d.overflows.Load()
@@ -823,16 +868,23 @@ func (s *Server) Shutdown() Summary {
 			giveUp = time.AfterFunc(s.cfg.DeliverTimeout, s.hardCancel)
 		}
 		defer giveUp.Stop()
-		if s.sp != nil {
-			// Every client is done: queue what the spool holds, then
-			// close the queue's input.
-			s.sp.EndInput()
-			select {
-			case <-s.fed:
-			case <-s.hard.Done():
-				s.sp.StopReading()
-				<-s.fed
+		if s.fed != nil {
+			s.spoolMu.Lock()
+			s.noSpool = true // not opened by now: it will not be
+			sp := s.sp.Load()
+			s.spoolMu.Unlock()
+			close(s.spoolStop)
+			if sp != nil {
+				// Every client is done: queue what the spool holds,
+				// then close the queue's input.
+				sp.EndInput()
+				select {
+				case <-s.fed:
+				case <-s.hard.Done():
+					sp.StopReading()
+				}
 			}
+			<-s.fed
 		}
 		s.q.CloseInput()
 		s.log.Info("delivering queued lines", "queued_bytes", s.q.Stats().Bytes, "deliver_timeout", s.cfg.DeliverTimeout)
@@ -841,17 +893,16 @@ func (s *Server) Shutdown() Summary {
 		case <-s.hard.Done():
 			<-s.poolDone
 		}
-		if s.sp != nil {
+		if sp := s.sp.Load(); sp != nil {
 			// Undelivered lines stay in the spool for the next start.
-			s.sp.StopReading()
-			<-s.fed
+			sp.StopReading()
 			if n := s.q.Abandon(); n > 0 {
 				s.spoolLeft.Add(n)
 			}
-			if err := s.sp.Close(); err != nil {
+			if err := sp.Close(); err != nil {
 				s.log.Error("spool: closing", "err", err)
 			}
-			if st := s.sp.Stats(); st.Records > 0 {
+			if st := sp.Stats(); st.Records > 0 {
 				s.log.Warn("shutdown deadline passed: undelivered lines stay in the spool for the next start",
 					"records", st.Records, "spool_bytes", st.Bytes)
 			}

@@ -178,6 +178,21 @@ type Spool struct {
 	lock         *os.File // flock'ed while the spool is open
 }
 
+// Check reports whether a spool could be made in dir: it makes the
+// directory and a file in it. Open can still find it in use.
+func Check(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	f, err := os.CreateTemp(dir, ".check-*")
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
+}
+
 // Open opens (making it if needed) the spool in cfg.Dir, checks every
 // segment there (cutting torn or corrupt tails) and starts a new segment
 // for appends. The records found are returned by Replay.
