@@ -43,6 +43,7 @@ type Ledger struct {
 	received, delivered                    atomic.Uint64
 	oversize, incomplete, memory, shutdown atomic.Uint64
 	binary, unrouted, spoolFull            atomic.Uint64
+	spooled                                atomic.Uint64
 }
 
 // NewLedger returns an empty ledger.
@@ -50,10 +51,14 @@ func NewLedger() *Ledger { return &Ledger{} }
 
 // LedgerStats is a ledger at one moment.
 type LedgerStats struct {
-	Received  uint64            `json:"received"`
-	Delivered uint64            `json:"delivered"`
-	InFlight  uint64            `json:"in_flight"`
-	Dropped   map[string]uint64 `json:"dropped"`
+	Received  uint64 `json:"received"`
+	Delivered uint64 `json:"delivered"`
+	InFlight  uint64 `json:"in_flight"`
+	// Spooled counts lines left in a spool when its listener stopped:
+	// neither delivered nor lost, they are delivered by the next
+	// instance or process on it (which counts them as received again).
+	Spooled uint64            `json:"spooled,omitempty"`
+	Dropped map[string]uint64 `json:"dropped"`
 }
 
 // DroppedTotal adds up the drops.
@@ -67,7 +72,9 @@ func (s LedgerStats) DroppedTotal() uint64 {
 
 // Closed reports whether received = delivered + dropped + in flight, which
 // holds by construction; tests and the exit summary assert it anyway.
-func (s LedgerStats) Closed() bool { return s.Received == s.Delivered+s.DroppedTotal()+s.InFlight }
+func (s LedgerStats) Closed() bool {
+	return s.Received == s.Delivered+s.DroppedTotal()+s.Spooled+s.InFlight
+}
 
 func (l *Ledger) counter(reason string) *atomic.Uint64 {
 	switch reason {
@@ -118,6 +125,14 @@ func (l *Ledger) Dropped(reason string, lines uint64) {
 	}
 }
 
+// Spooled counts lines left in a spool at a listener's stop (see
+// LedgerStats.Spooled).
+func (l *Ledger) Spooled(lines uint64) {
+	if l != nil {
+		l.spooled.Add(lines)
+	}
+}
+
 // Stats returns the account now. Delivered and dropped are read before
 // received, so in flight is never negative.
 func (l *Ledger) Stats() LedgerStats {
@@ -132,7 +147,8 @@ func (l *Ledger) Stats() LedgerStats {
 		dropped += v
 	}
 	st.Received = l.received.Load()
-	st.InFlight = st.Received - min(st.Received, st.Delivered+dropped)
+	st.Spooled = l.spooled.Load()
+	st.InFlight = st.Received - min(st.Received, st.Delivered+dropped+st.Spooled)
 	return st
 }
 
@@ -176,6 +192,7 @@ func (b *Book) Stats(name string) LedgerStats {
 		sum.Received += st.Received
 		sum.Delivered += st.Delivered
 		sum.InFlight += st.InFlight
+		sum.Spooled += st.Spooled
 		for r, v := range st.Dropped {
 			sum.Dropped[r] += v
 		}

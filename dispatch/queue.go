@@ -478,11 +478,10 @@ func (q *Queue) Discard() uint64 {
 }
 
 // Abandon removes every waiting batch without counting its lines as
-// dropped, and returns how many lines that was: for a shutdown whose
-// deadline passed when the lines are kept elsewhere (a spool replays
-// them at the next start). They stay in flight in the ledger.
-func (q *Queue) Abandon() uint64 {
-	var lines uint64
+// dropped, passing each to fn before it is released: for a shutdown whose
+// deadline passed when the lines are kept elsewhere (a spool replays them
+// at the next start), fn counts those that are not.
+func (q *Queue) Abandon(fn func(*framer.Batch)) {
 	for {
 		q.mu.Lock()
 		var b *framer.Batch
@@ -494,9 +493,9 @@ func (q *Queue) Abandon() uint64 {
 		}
 		q.mu.Unlock()
 		if b == nil {
-			return lines
+			return
 		}
-		lines += uint64(b.Lines)
+		fn(b)
 		q.finish(b)
 	}
 }

@@ -80,9 +80,10 @@ type Batch struct {
 
 // SpoolRef is a spool record's ID, as package spool gives it.
 type SpoolRef struct {
-	Seg uint64
-	Off int64
-	Set bool
+	Seg   uint64
+	Off   int64
+	Lines int // the record's lines (the batch's may be cut by a partial delivery)
+	Set   bool
 }
 
 // Uncharge returns the batch's memory charge to the framers' Budget: the

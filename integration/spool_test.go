@@ -3,7 +3,9 @@ package integration
 import (
 	"fmt"
 	"net"
+	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -114,5 +116,62 @@ func TestSpoolSurvivesKill(t *testing.T) {
 				t.Fatalf("ledger after the restart %+v", g)
 			}
 		})
+	}
+}
+
+// A reload that replaces a spooled listener (its buffer changes) while its
+// target is down: the new instance takes the spool over once the old one
+// let it go, and when the target returns every line arrives once.
+func TestSpoolAcrossReload(t *testing.T) {
+	ledger := linetest.NewLedger()
+	sink, err := linetest.NewSink("127.0.0.1:0", ledger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	sink.Kill(false)
+	dir := t.TempDir()
+	doc := func(buffer string) string {
+		return fmt.Sprintf(`log-format = "json"
+
+[[listener]]
+name = "logs"
+addr = "127.0.0.1"
+port = 0
+target = [%q]
+spool-dir = %q
+buffer-bytes = %q
+drain-timeout = "1s"
+deliver-timeout = "1s"
+backoff-max = "100ms"
+`, sink.Addr(), filepath.Join(dir, "spool"), buffer)
+	}
+	path := writeConfig(t, dir, doc("4MiB"))
+	p := startCmd(t, command(bin, "--config", path))
+	addr := listening(t, p, 1)["logs"]
+	send := func(c, n uint32) {
+		conn := dial(t, addr)
+		defer conn.Close()
+		if _, err := linetest.Send(conn, c, 0, n, 64<<10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(1, 20000)
+	writeConfig(t, dir, doc("8MiB"))
+	_ = p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLog("config reloaded", 10*time.Second)
+	send(2, 20000)
+	p.waitLog("spool open: lines are spooled again", 20*time.Second)
+	if err := sink.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for sink.Lines() < 40000 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.stopOK()
+	sink.WaitDrained(10 * time.Second)
+	if r := ledger.Check(map[uint32]uint32{1: 20000, 2: 20000}); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
+		t.Fatal(r)
 	}
 }

@@ -210,7 +210,7 @@ type Server struct {
 	summary    Summary
 
 	oversize, incomplete, memory, dropShutdown atomic.Uint64
-	spoolErrors, spoolLeft                     atomic.Uint64
+	spoolErrors                                atomic.Uint64
 	lineTimeouts, cutAtDrain, badFrames        atomic.Uint64
 	metrics                                    []metric.Registration
 
@@ -263,7 +263,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		qc.OnDone = func(b *framer.Batch) {
 			if sp := s.sp.Load(); sp != nil && b.Spool.Set {
-				sp.Ack(spool.ID{Seg: b.Spool.Seg, Off: b.Spool.Off}, 0)
+				sp.Ack(spool.ID{Seg: b.Spool.Seg, Off: b.Spool.Off}, b.Spool.Lines)
 			}
 		}
 	}
@@ -302,7 +302,7 @@ func (s *Server) Start(ln net.Listener) {
 	if s.cfg.Spool != nil {
 		s.fed, s.spoolStop = make(chan struct{}), make(chan struct{})
 		if sp, err := spool.Open(s.spoolConfig()); err == nil {
-			s.sp.Store(sp) // before the first client: the usual case
+			s.adoptSpool(sp) // before the first client: the usual case
 			go s.feed(sp)
 		} else {
 			go s.openSpool(err)
@@ -395,7 +395,7 @@ func (s *Server) openSpool(first error) {
 		}
 		sp, err := spool.Open(sc)
 		if err == nil {
-			s.sp.Store(sp)
+			s.adoptSpool(sp)
 			s.spoolMu.Unlock()
 			s.log.Info("spool open: lines are spooled again", "dir", sc.Dir)
 			s.feed(sp)
@@ -403,6 +403,14 @@ func (s *Server) openSpool(first error) {
 		}
 		s.spoolMu.Unlock()
 	}
+}
+
+// adoptSpool makes sp the server's. The lines it holds (left by the
+// instance or process before) are received again, in this instance's
+// ledger: the one before counted them as spooled when it stopped.
+func (s *Server) adoptSpool(sp *spool.Spool) {
+	s.ledger.Received(uint64(sp.Stats().Lines))
+	s.sp.Store(sp)
 }
 
 // spoolConfig is the spool's config, with its drops counted in the ledger.
@@ -425,10 +433,7 @@ func (s *Server) feed(sp *spool.Spool) {
 		b := s.bufs.GetEmpty(len(rec.Data))
 		b.Data = append(b.Data, rec.Data...)
 		b.Lines = rec.Lines
-		b.Spool = framer.SpoolRef{Seg: rec.ID.Seg, Off: rec.ID.Off, Set: true}
-		if rec.Replayed {
-			s.ledger.Received(uint64(rec.Lines)) // read by a previous process
-		}
+		b.Spool = framer.SpoolRef{Seg: rec.ID.Seg, Off: rec.ID.Off, Lines: rec.Lines, Set: true}
 		if err := s.q.PushCounted(s.hard, b); err != nil {
 			b.Release() // the record stays in the spool for the next start
 			return
@@ -894,14 +899,24 @@ func (s *Server) Shutdown() Summary {
 			<-s.poolDone
 		}
 		if sp := s.sp.Load(); sp != nil {
-			// Undelivered lines stay in the spool for the next start.
+			// Undelivered lines stay in the spool for the next start;
+			// those whose segment drop-oldest deleted are lost.
 			sp.StopReading()
-			if n := s.q.Abandon(); n > 0 {
-				s.spoolLeft.Add(n)
+			var lost uint64
+			s.q.Abandon(func(b *framer.Batch) {
+				if !b.Spool.Set || !sp.Has(spool.ID{Seg: b.Spool.Seg, Off: b.Spool.Off}) {
+					lost += uint64(b.Lines)
+				}
+			})
+			if lost > 0 {
+				s.dropShutdown.Add(lost)
+				s.ledger.Dropped(dispatch.DropShutdown, lost)
+				s.log.Error("shutdown deadline passed: undelivered lines no longer in the spool dropped", "lines", lost)
 			}
 			if err := sp.Close(); err != nil {
 				s.log.Error("spool: closing", "err", err)
 			}
+			s.ledger.Spooled(uint64(sp.Stats().Lines))
 			if st := sp.Stats(); st.Records > 0 {
 				s.log.Warn("shutdown deadline passed: undelivered lines stay in the spool for the next start",
 					"records", st.Records, "spool_bytes", st.Bytes)

@@ -114,6 +114,7 @@ type Record struct {
 type Stats struct {
 	Bytes    int64 // on disk, in segments not yet deleted
 	Records  int   // not yet acknowledged
+	Lines    int   // in the records not yet acknowledged
 	Segments int
 	// Appends, Syncs, Replayed and Acked count since Open;
 	// CorruptTails counts segments cut at Open; Dropped and DroppedLines
@@ -715,12 +716,23 @@ func (s *Spool) readAt(seg *segment) (Record, error) {
 	return rec, nil
 }
 
+// Has reports whether the record id is still in the spool (its segment
+// was not dropped, nor deleted after its acknowledgement).
+func (s *Spool) Has(id ID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bySeq[id.Seg] != nil
+}
+
 // Stats returns the spool's counters.
 func (s *Spool) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.stats
 	st.Bytes, st.Segments, st.LastSyncError = s.size, len(s.segs), s.syncErr
+	for _, seg := range s.segs {
+		st.Lines += seg.lines - seg.ackedLines
+	}
 	for _, seg := range s.segs {
 		if seg.records > seg.acked {
 			st.Oldest = seg.created
