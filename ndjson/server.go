@@ -423,16 +423,21 @@ func (s *Server) spoolConfig() spool.Config {
 func (s *Server) feed(sp *spool.Spool) {
 	defer close(s.fed)
 	for {
-		rec, err := sp.Next()
+		var b *framer.Batch
+		rec, err := sp.NextInto(func(n int) []byte {
+			b = s.bufs.GetEmpty(n)
+			return b.Data[:n]
+		})
 		if err != nil {
+			if b != nil {
+				b.Release()
+			}
 			if !errors.Is(err, io.EOF) && !errors.Is(err, spool.ErrClosed) {
 				s.log.Error("spool: cannot read; new lines are still spooled but not delivered until a restart", "err", err)
 			}
 			return
 		}
-		b := s.bufs.GetEmpty(len(rec.Data))
-		b.Data = append(b.Data, rec.Data...)
-		b.Lines = rec.Lines
+		b.Data, b.Lines = rec.Data, rec.Lines
 		b.Spool = framer.SpoolRef{Seg: rec.ID.Seg, Off: rec.ID.Off, Lines: rec.Lines, Set: true}
 		if err := s.q.PushCounted(s.hard, b); err != nil {
 			b.Release() // the record stays in the spool for the next start

@@ -173,7 +173,9 @@ type Spool struct {
 	rFile        *os.File   // the segment rSeq, open for reading
 	rBuf         []byte
 	stats        Stats
-	syncErr      error // the last fsync's failure
+	header       [headerSize]byte // the record header being written; guarded by mu
+	activeFd     uintptr          // s.active's descriptor
+	syncErr      error            // the last fsync's failure
 	stop         chan struct{}
 	done         chan struct{}
 	lock         *os.File // flock'ed while the spool is open
@@ -405,6 +407,7 @@ func (s *Spool) rollTo(seq uint64) error {
 	s.bySeq[seq] = seg
 	s.size += seg.size
 	s.active, s.written, s.syncedOff = f, seg.size, 0
+	s.activeFd = f.Fd()
 	return nil
 }
 
@@ -459,12 +462,10 @@ func (s *Spool) Append(data []byte, lines int) (ID, error) {
 		}
 		break
 	}
-	rec := make([]byte, headerSize, need)
-	putHeader(rec, data, lines)
-	rec = append(rec, data...)
+	putHeader(s.header[:], data, lines)
 	seg := s.segs[len(s.segs)-1]
 	id := ID{Seg: seg.seq, Off: s.written}
-	if _, err := s.active.WriteAt(rec, s.written); err != nil {
+	if err := s.writeRecord(data, need); err != nil {
 		// Cut what may have been written of it, so that the segment
 		// stays whole.
 		_ = s.active.Truncate(s.written)
@@ -495,6 +496,31 @@ func (s *Spool) Append(data []byte, lines int) (ID, error) {
 		}
 	}
 	return id, nil
+}
+
+// writeRecord writes s.header and data at the end of the active segment
+// in one pwritev, without copying data. s.mu must be held.
+func (s *Spool) writeRecord(data []byte, need int64) error {
+	iov := [][]byte{s.header[:], data}
+	off := s.written
+	for done := int64(0); done < need; {
+		n, err := unix.Pwritev(int(s.activeFd), iov, off+done)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return err
+		}
+		done += int64(n)
+		for n > 0 && len(iov) > 0 { // a short write: go on after it
+			k := min(n, len(iov[0]))
+			iov[0], n = iov[0][k:], n-k
+			if len(iov[0]) == 0 {
+				iov = iov[1:]
+			}
+		}
+	}
+	return nil
 }
 
 // syncActive fsyncs the active segment, releasing s.mu meanwhile so that
@@ -631,7 +657,12 @@ func (s *Spool) EndInput() {
 // one. It returns io.EOF after EndInput once every record was returned,
 // and ErrClosed when the spool closes or StopReading was called. Its Data
 // is valid until the next call. One goroutine calls Next.
-func (s *Spool) Next() (Record, error) {
+func (s *Spool) Next() (Record, error) { return s.NextInto(nil) }
+
+// NextInto is Next reading the record's data into get(n) (a slice of
+// length n), or into the spool's own buffer when get is nil: a feeder
+// reads straight into the batch it queues.
+func (s *Spool) NextInto(get func(n int) []byte) (Record, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for {
@@ -660,7 +691,7 @@ func (s *Spool) Next() (Record, error) {
 				}
 				s.rFile = f
 			}
-			rec, err := s.readAt(seg)
+			rec, err := s.readAt(seg, get)
 			if err != nil {
 				return Record{}, err
 			}
@@ -687,16 +718,21 @@ func (s *Spool) StopReading() {
 
 // readAt reads the record at the cursor of seg and moves past it. s.mu is
 // held.
-func (s *Spool) readAt(seg *segment) (Record, error) {
+func (s *Spool) readAt(seg *segment, get func(int) []byte) (Record, error) {
 	var h [headerSize]byte
 	if _, err := s.rFile.ReadAt(h[:], s.rOff); err != nil {
 		return Record{}, fmt.Errorf("spool: reading %s: %w", seg.path, err)
 	}
 	n := int(binary.LittleEndian.Uint32(h[0:]))
-	if cap(s.rBuf) < n {
-		s.rBuf = make([]byte, n)
+	var data []byte
+	if get != nil {
+		data = get(n)
+	} else {
+		if cap(s.rBuf) < n {
+			s.rBuf = make([]byte, n)
+		}
+		data = s.rBuf[:n]
 	}
-	data := s.rBuf[:n]
 	if n > 0 {
 		if _, err := s.rFile.ReadAt(data, s.rOff+headerSize); err != nil {
 			return Record{}, fmt.Errorf("spool: reading %s: %w", seg.path, err)
