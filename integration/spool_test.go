@@ -1,9 +1,13 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -173,5 +177,83 @@ backoff-max = "100ms"
 	sink.WaitDrained(10 * time.Second)
 	if r := ledger.Check(map[uint32]uint32{1: 20000, 2: 20000}); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
 		t.Fatal(r)
+	}
+}
+
+// Every target down; clients send 320 MiB, 40 times --buffer-bytes, and
+// are not held back (the spool takes it); ndlb's memory stays within the
+// bound its buffers set (the static build, as production runs it); then the
+// target returns and every line arrives once, whole.
+func TestSpoolBoundsMemory(t *testing.T) {
+	ledger := linetest.NewLedger()
+	sink, err := linetest.NewSink("127.0.0.1:0", ledger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	sink.Kill(false)
+	p := startCmd(t, cmdStatic("--addr", "127.0.0.1", "--port", "0", "--log-format", "json", "--target", sink.Addr(),
+		"--spool-dir", t.TempDir(), "--buffer-bytes", "8MiB", "--client-buffer-bytes", "16MiB", "--backoff-max", "100ms"))
+	const clients, perClient = 4, 600000 // about 320 MiB of 130-byte lines
+	sent := map[uint32]uint32{}
+	var wg sync.WaitGroup
+	start := time.Now()
+	for c := range uint32(clients) {
+		sent[c+1] = perClient
+		wg.Go(func() {
+			conn := dial(t, p.addr)
+			defer conn.Close()
+			if _, err := linetest.Send(conn, c+1, 0, perClient, 64<<10); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	hwm := p.vmHWM()
+	t.Logf("%d clients sent %d lines to a dead target in %s; peak RSS %d MiB", clients, clients*perClient, took.Round(time.Millisecond), hwm>>20)
+	// 40 MiB + 2 × (8 MiB + 16 MiB), the formula of the README's Memory.
+	if limit := uint64(40+2*(8+16)) << 20; hwm > limit {
+		t.Fatalf("peak RSS %d MiB with the spool, over %d MiB", hwm>>20, limit>>20)
+	}
+	if err := sink.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for sink.Lines() < clients*perClient && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.stopOK()
+	sink.WaitDrained(10 * time.Second)
+	if r := ledger.Check(sent); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
+		t.Fatal(r)
+	}
+	if g := p.ledger("default"); g.delivered != clients*perClient || g.dropped != 0 {
+		t.Fatalf("ledger %+v", g)
+	}
+}
+
+// A spool directory ndlb cannot make, and bad spool settings, stop it at
+// start with one line naming the problem (exit 2).
+func TestSpoolBadSettings(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--spool-dir", filepath.Join(file, "spool")}, "not a directory"},
+		{[]string{"--spool-dir", t.TempDir(), "--spool-max-bytes", "1MiB"}, "--spool-max-bytes"},
+		{[]string{"--spool-dir", t.TempDir(), "--spool-full", "panic"}, "--spool-full"},
+		{[]string{"--spool-dir", t.TempDir(), "--spool-sync", "sometimes"}, "--spool-sync"},
+		{[]string{"--spool-sync", "always"}, "needs --spool-dir"},
+	} {
+		out, err := command(bin, append([]string{"--addr", "127.0.0.1", "--port", "0", "--target", "127.0.0.1:9"}, tt.args...)...).CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), tt.want) {
+			t.Errorf("%v: exit %v, %q; want exit 2 naming %q", tt.args, err, out, tt.want)
+		}
 	}
 }
