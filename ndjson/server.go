@@ -348,11 +348,18 @@ func (s *Server) Start(ln net.Listener) {
 // queue closed (the caller counts them).
 func (s *Server) push(b *framer.Batch, sc **route.Scratch) (notQueued int, err error) {
 	if sp := s.sp.Load(); sp != nil {
-		if _, err := sp.Append(b.Data, b.Lines); err == nil {
+		_, err := sp.Append(b.Data, b.Lines)
+		switch {
+		case err == nil:
 			s.ledger.Received(uint64(b.Lines))
 			b.Release()
 			return 0, nil
-		} else if s.spoolErrors.Add(1) == 1 || errors.Is(err, spool.ErrTooLarge) {
+		case errors.Is(err, spool.ErrClosed):
+			// The shutdown deadline passed while the spool was full.
+			n := b.Lines
+			b.Release()
+			return n, err
+		case s.spoolErrors.Add(1) == 1 || errors.Is(err, spool.ErrTooLarge):
 			s.log.Error("spool: cannot append; lines go to the queue in memory, without the spool's protection", "err", err)
 		}
 	}
@@ -402,6 +409,9 @@ func (s *Server) openSpool(first error) {
 			return
 		}
 		s.spoolMu.Unlock()
+		if !errors.Is(err, spool.ErrInUse) {
+			s.log.Error("spool cannot open; lines go to the queue in memory", "dir", sc.Dir, "err", err)
+		}
 	}
 }
 
@@ -411,6 +421,9 @@ func (s *Server) openSpool(first error) {
 func (s *Server) adoptSpool(sp *spool.Spool) {
 	s.ledger.Received(uint64(sp.Stats().Lines))
 	s.sp.Store(sp)
+	// At the shutdown deadline, a client waiting for room in a full
+	// spool gives up, as one waiting for the queue does.
+	context.AfterFunc(s.hard, sp.EndInput)
 }
 
 // spoolConfig is the spool's config, with its drops counted in the ledger.
@@ -907,10 +920,15 @@ func (s *Server) Shutdown() Summary {
 			// Undelivered lines stay in the spool for the next start;
 			// those whose segment drop-oldest deleted are lost.
 			sp.StopReading()
-			var lost uint64
+			var lost, deliveredPart uint64
 			s.q.Abandon(func(b *framer.Batch) {
-				if !b.Spool.Set || !sp.Has(spool.ID{Seg: b.Spool.Seg, Off: b.Spool.Off}) {
+				switch {
+				case !b.Spool.Set || !sp.Has(spool.ID{Seg: b.Spool.Seg, Off: b.Spool.Off}):
 					lost += uint64(b.Lines)
+				default:
+					// A target acknowledged the front of it: those lines
+					// are delivered, though its record stays whole.
+					deliveredPart += uint64(b.Spool.Lines - b.Lines)
 				}
 			})
 			if lost > 0 {
@@ -921,7 +939,7 @@ func (s *Server) Shutdown() Summary {
 			if err := sp.Close(); err != nil {
 				s.log.Error("spool: closing", "err", err)
 			}
-			s.ledger.Spooled(uint64(sp.Stats().Lines))
+			s.ledger.Spooled(uint64(sp.Stats().Lines) - min(uint64(sp.Stats().Lines), deliveredPart))
 			if st := sp.Stats(); st.Records > 0 {
 				s.log.Warn("shutdown deadline passed: undelivered lines stay in the spool for the next start",
 					"records", st.Records, "spool_bytes", st.Bytes)

@@ -82,3 +82,45 @@ func TestSpoolTargetsDown(t *testing.T) {
 		t.Fatal(r)
 	}
 }
+
+// A client waiting for room in a full spool (every target down) does not
+// hold the shutdown past its deadline, and the ledger closes: lines
+// spooled, the rest read and dropped at the deadline.
+func TestSpoolFullShutdown(t *testing.T) {
+	sink, err := linetest.NewSink("127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	sink.Kill(false)
+	cfg := DefaultConfig()
+	cfg.Targets = []string{sink.Addr()}
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	cfg.Queue.MaxBytes = 4 << 20
+	cfg.DrainTimeout, cfg.DeliverTimeout = 200*time.Millisecond, 200*time.Millisecond
+	sc := spool.DefaultConfig(t.TempDir())
+	sc.MaxBytes, sc.SegmentBytes = 1<<20, 256<<10
+	cfg.Spool = &sc
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start(newLocalListener(t))
+	conn, err := net.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	go linetest.Send(conn, 1, 0, 100000, 64<<10) // about 13 MiB: it fills the spool and waits
+	waitFor(t, func() bool { return srv.Stats().Spool.Bytes > 512<<10 }, "the spool fills")
+	done := make(chan Summary, 1)
+	go func() { done <- srv.Shutdown() }()
+	select {
+	case sum := <-done:
+		if !sum.Ledger.Closed() || sum.Ledger.Spooled == 0 || sum.Ledger.InFlight != 0 {
+			t.Fatalf("ledger %+v", sum.Ledger)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("shutdown hangs on a client waiting for room in a full spool")
+	}
+}

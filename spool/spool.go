@@ -377,14 +377,24 @@ func (s *Spool) roll() error {
 // rollTo seals the active segment, if any, and starts segment seq. s.mu
 // must be held and no fsync be in progress.
 func (s *Spool) rollTo(seq uint64) error {
+	// The new segment first: if it cannot be made, the old one stays
+	// the one written.
+	f, err := os.OpenFile(s.path(seq), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	if _, err := f.Write([]byte(magic)); err != nil {
+		f.Close()
+		_ = os.Remove(s.path(seq))
+		return fmt.Errorf("spool: %w", err)
+	}
 	if s.active != nil {
-		// Seal it synced (except with SyncNever): appends that wait
-		// for an fsync of it are then satisfied. Appends may come while
-		// an fsync runs, so sync until none is left over.
-		for s.cfg.Sync != SyncNever && s.syncedOff < s.written {
-			if err := s.syncActive(); err != nil {
-				return err
-			}
+		// Seal it synced (except with SyncNever, or once an fsync
+		// failed): appends that wait for an fsync of it are then
+		// satisfied. Appends may come while an fsync runs, so sync
+		// until none is left over.
+		for s.cfg.Sync != SyncNever && s.syncedOff < s.written && s.syncErr == nil {
+			_ = s.syncActive()
 		}
 		s.segs[len(s.segs)-1].sealedSynced = true
 		_ = s.active.Close()
@@ -392,14 +402,6 @@ func (s *Spool) rollTo(seq uint64) error {
 		if last := s.segs[len(s.segs)-1]; last.acked == last.records {
 			s.remove(last)
 		}
-	}
-	f, err := os.OpenFile(s.path(seq), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fmt.Errorf("spool: %w", err)
-	}
-	if _, err := f.Write([]byte(magic)); err != nil {
-		f.Close()
-		return fmt.Errorf("spool: %w", err)
 	}
 	syncDir(s.cfg.Dir)
 	seg := &segment{seq: seq, path: s.path(seq), size: int64(len(magic)), created: time.Now()}
@@ -649,6 +651,7 @@ func (s *Spool) EndInput() {
 	s.mu.Lock()
 	s.ended = true
 	s.more.Broadcast()
+	s.room.Broadcast() // an Append waiting for room returns ErrClosed
 	s.mu.Unlock()
 }
 
