@@ -3,10 +3,13 @@ package integration
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -193,7 +196,9 @@ func TestSpoolBoundsMemory(t *testing.T) {
 	defer sink.Close()
 	sink.Kill(false)
 	p := startCmd(t, cmdStatic("--addr", "127.0.0.1", "--port", "0", "--log-format", "json", "--target", sink.Addr(),
-		"--spool-dir", t.TempDir(), "--buffer-bytes", "8MiB", "--client-buffer-bytes", "16MiB", "--backoff-max", "100ms"))
+		"--spool-dir", t.TempDir(), "--buffer-bytes", "8MiB", "--client-buffer-bytes", "16MiB", "--backoff-max", "100ms",
+		"--admin", "127.0.0.1:0"))
+	api := newAdminAPI(t, p, "")
 	const clients, perClient = 4, 600000 // about 320 MiB of 130-byte lines
 	sent := map[uint32]uint32{}
 	var wg sync.WaitGroup
@@ -215,6 +220,22 @@ func TestSpoolBoundsMemory(t *testing.T) {
 	// 40 MiB + 2 × (8 MiB + 16 MiB), the formula of the README's Memory.
 	if limit := uint64(40+2*(8+16)) << 20; hwm > limit {
 		t.Fatalf("peak RSS %d MiB with the spool, over %d MiB", hwm>>20, limit>>20)
+	}
+	// The spool's metrics are exported, each in the README's table.
+	resp, err := http.Get(api.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "ndlb_spool_bytes{") || !strings.Contains(string(body), "ndlb_spool_appends_total{") {
+		t.Errorf("/metrics lacks the spool's:\n%s", grepLines(string(body), "ndlb_spool"))
+	}
+	documented := readmeMetrics(t)
+	for _, m := range regexp.MustCompile(`(?m)^# TYPE (ndlb_spool_[a-z_]+) `).FindAllStringSubmatch(string(body), -1) {
+		if !documentedAs(m[1], documented) {
+			t.Errorf("/metrics has %s, which the README's metric table does not list", m[1])
+		}
 	}
 	if err := sink.Restart(); err != nil {
 		t.Fatal(err)

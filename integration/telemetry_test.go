@@ -146,7 +146,7 @@ func readmeMetrics(t *testing.T) []string {
 func documentedAs(family string, names []string) bool {
 	for _, n := range names {
 		rest, ok := strings.CutPrefix(family, strings.ReplaceAll(n, ".", "_"))
-		if ok && (rest == "" || rest == "_total" || rest == "_seconds" || rest == "_bytes" || rest == "_bytes_total") {
+		if ok && (rest == "" || rest == "_total" || rest == "_seconds" || rest == "_seconds_total" || rest == "_bytes" || rest == "_bytes_total") {
 			return true
 		}
 	}

@@ -326,6 +326,9 @@ func (s *Server) Start(ln net.Listener) {
 	if s.router != nil {
 		regs = append(regs, func() (metric.Registration, error) { return s.router.ObserveMetrics(s.attrs()...) })
 	}
+	if s.cfg.Spool != nil {
+		regs = append(regs, func() (metric.Registration, error) { return s.observeSpool(s.attrs()...) })
+	}
 	if s.ln == nil {
 		regs = regs[1:] // no connections
 	}
