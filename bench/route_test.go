@@ -4,6 +4,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ndlb/ndlb/internal/linetest"
 )
 
 // BenchmarkRouteByKey runs the end-to-end NDJSON workload (512 MiB of
@@ -25,30 +27,9 @@ func routeByKey(b *testing.B, bin string, oneCPU bool) {
 		startNDLBArgs(b, bin, addrs, nil),
 		startNDLBArgs(b, bin, addrs, []string{"--route-key", "json:host"}),
 	}
-	var once sync.Once
-	stop := func() {
-		for _, p := range procs {
-			p.stop()
-		}
-	}
-	defer once.Do(stop)
-	var took [2]time.Duration
-	var cpu [2]float64
-	i := 0
-	for b.Loop() {
-		for k := range 2 {
-			run := (i + k) % 2
-			p := procs[run]
-			c0 := p.cpuSeconds()
-			took[run] += generate(b, shipper{}, oneCPU, []string{p.addr}, sinks)
-			cpu[run] += p.cpuSeconds() - c0
-		}
-		i++
-	}
+	took, cpu, rss := rotate(b, procs, sinks, shipper{}, oneCPU)
 	gb := float64(b.N) * e2eBytes / 1e9
 	lines := func(d time.Duration) float64 { return gb * 1e9 / 256 / d.Seconds() }
-	rss := []float64{procs[0].peakRSS(), procs[1].peakRSS()}
-	once.Do(stop)
 	b.ReportMetric(lines(took[0]), "plain-lines/s")
 	b.ReportMetric(lines(took[1]), "routed-lines/s")
 	b.ReportMetric(took[0].Seconds()/took[1].Seconds(), "routed/plain")
@@ -58,4 +39,34 @@ func routeByKey(b *testing.B, bin string, oneCPU bool) {
 	b.ReportMetric(rss[0], "plain-peak-RSS-MiB")
 	b.ReportMetric(rss[1], "routed-peak-RSS-MiB")
 	b.ReportMetric(0, "ns/op")
+}
+
+// rotate runs gen through each of procs in every iteration of b, in an
+// order that rotates between iterations, and returns each one's time and
+// CPU seconds, and its peak RSS in MiB. It stops the processes.
+func rotate(b *testing.B, procs []*ndlbProc, sinks []*linetest.Sink, gen generator, oneCPU bool) (took []time.Duration, cpu, rss []float64) {
+	var once sync.Once
+	stop := func() {
+		for _, p := range procs {
+			p.stop()
+		}
+	}
+	defer once.Do(stop)
+	took, cpu = make([]time.Duration, len(procs)), make([]float64, len(procs))
+	i := 0
+	for b.Loop() {
+		for k := range procs {
+			run := (i + k) % len(procs)
+			p := procs[run]
+			c0 := p.cpuSeconds()
+			took[run] += generate(b, gen, oneCPU, []string{p.addr}, sinks)
+			cpu[run] += p.cpuSeconds() - c0
+		}
+		i++
+	}
+	for _, p := range procs {
+		rss = append(rss, p.peakRSS())
+	}
+	once.Do(stop)
+	return took, cpu, rss
 }

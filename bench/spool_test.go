@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"sync"
 	"testing"
 	"time"
 )
@@ -24,30 +23,9 @@ func spoolBench(b *testing.B, bin string) {
 		startNDLBArgs(b, bin, addrs, []string{"--spool-dir", b.TempDir(), "--spool-sync", "1s"}),
 		startNDLBArgs(b, bin, addrs, []string{"--spool-dir", b.TempDir(), "--spool-sync", "always"}),
 	}
-	var once sync.Once
-	stop := func() {
-		for _, p := range procs {
-			p.stop()
-		}
-	}
-	defer once.Do(stop)
-	var took [3]time.Duration
-	var cpu [3]float64
-	i := 0
-	for b.Loop() {
-		for k := range 3 {
-			run := (i + k) % 3
-			p := procs[run]
-			c0 := p.cpuSeconds()
-			took[run] += generate(b, shipper{}, false, []string{p.addr}, sinks)
-			cpu[run] += p.cpuSeconds() - c0
-		}
-		i++
-	}
+	took, cpu, rss := rotate(b, procs, sinks, shipper{}, false)
 	gb := float64(b.N) * e2eBytes / 1e9
 	lines := func(d time.Duration) float64 { return gb * 1e9 / 256 / d.Seconds() }
-	rss := []float64{procs[0].peakRSS(), procs[1].peakRSS(), procs[2].peakRSS()}
-	once.Do(stop)
 	b.ReportMetric(lines(took[0]), "plain-lines/s")
 	b.ReportMetric(lines(took[1]), "spool1s-lines/s")
 	b.ReportMetric(lines(took[2]), "spoolalways-lines/s")

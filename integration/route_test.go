@@ -8,26 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
-
-	"github.com/ndlb/ndlb/balance"
 	"github.com/ndlb/ndlb/internal/linetest"
 )
-
-// keySinks starts n keyed receivers.
-func keySinks(t *testing.T, n int) []*linetest.KeySink {
-	t.Helper()
-	var out []*linetest.KeySink
-	for range n {
-		s, err := linetest.NewKeySink("127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(s.Close)
-		out = append(out, s)
-	}
-	return out
-}
 
 // sendKeys sends lines lines from each of clients connections to addr,
 // clients first, first+1, ...; line s of client c has key keyOf(c, s) and
@@ -89,30 +71,13 @@ func keyOwners(sinks []*linetest.KeySink) map[string][]string {
 	return out
 }
 
-// rendezvous is the target weighted rendezvous hashing (equal weights)
-// gives key among targets: what every instance computes on its own.
-func rendezvous(key string, targets []string) string {
-	h := xxhash.Sum64String(key)
-	best, score := "", uint64(0)
-	for _, a := range targets {
-		if s := balance.Score(h, a); best == "" || s > score {
-			best, score = a, s
-		}
-	}
-	return best
-}
-
 // 1 000 keys from 8 clients over 4 targets, through two ndlb processes
 // that list the targets in different orders: each key lands on exactly
 // one target, the same from both; the largest target is within the load
 // bound; killing a target moves only its keys, and they come back after it
 // returns. Nothing is lost or torn.
 func TestRouteByKeyAcrossInstances(t *testing.T) {
-	sinks := keySinks(t, 4)
-	var addrs []string
-	for _, s := range sinks {
-		addrs = append(addrs, s.Addr())
-	}
+	sinks, addrs := linetest.NewKeySinks(t, 4)
 	reversed := []string{addrs[3], addrs[2], addrs[1], addrs[0]}
 	common := []string{"--route-key", "json:k", "--connections", "2", "--backoff-max", "200ms"}
 	a := startNDLB(t, append(common, "--target", strings.Join(addrs, ","))...)
@@ -137,8 +102,8 @@ func TestRouteByKeyAcrossInstances(t *testing.T) {
 		most = max(most, st.Lines)
 	}
 	for k, on := range owners {
-		if len(on) != 1 || on[0] != rendezvous(k, addrs) {
-			t.Fatalf("key %s reached %v, want only %s", k, on, rendezvous(k, addrs))
+		if len(on) != 1 || on[0] != linetest.KeyOwner(k, addrs) {
+			t.Fatalf("key %s reached %v, want only %s", k, on, linetest.KeyOwner(k, addrs))
 		}
 	}
 	if mean := float64(total) / 4; float64(most) > 1.25*mean {
@@ -157,9 +122,9 @@ func TestRouteByKeyAcrossInstances(t *testing.T) {
 	sendKeys(t, a.addr, 0, 2, 2000, lines, keyOf)
 	waitKeyLines(t, sinks, 4000)
 	for k, on := range keyOwners(sinks) {
-		want := rendezvous(k, addrs)
+		want := linetest.KeyOwner(k, addrs)
 		if want == victim.Addr() {
-			want = rendezvous(k, rest)
+			want = linetest.KeyOwner(k, rest)
 		}
 		if len(on) != 1 || on[0] != want {
 			t.Fatalf("with %s down: key %s reached %v, want %s", victim.Addr(), k, on, want)
@@ -177,7 +142,7 @@ func TestRouteByKeyAcrossInstances(t *testing.T) {
 	sendKeys(t, a.addr, 0, 2, 2000, 2*lines, keyOf)
 	waitKeyLines(t, sinks, 4000)
 	for k, on := range keyOwners(sinks) {
-		if want := rendezvous(k, addrs); len(on) != 1 || on[0] != want {
+		if want := linetest.KeyOwner(k, addrs); len(on) != 1 || on[0] != want {
 			t.Fatalf("after the target returned: key %s reached %v, want %s", k, on, want)
 		}
 	}
@@ -197,7 +162,7 @@ func TestRouteByKeyAcrossInstances(t *testing.T) {
 // their value, the others to the default group; a listener without a
 // default drops and counts them as unrouted.
 func TestRouteGroupsFromConfigFile(t *testing.T) {
-	sinks := keySinks(t, 4)
+	sinks, _ := linetest.NewKeySinks(t, 4)
 	dir := t.TempDir()
 	doc := fmt.Sprintf(`log-format = "json"
 

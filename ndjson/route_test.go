@@ -9,37 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
-
-	"github.com/ndlb/ndlb/balance"
 	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/internal/linetest"
 	"github.com/ndlb/ndlb/route"
 	"github.com/ndlb/ndlb/routekey"
 )
-
-// keySinks starts n keyed sinks.
-func keySinks(t *testing.T, n int) []*linetest.KeySink {
-	t.Helper()
-	var out []*linetest.KeySink
-	for range n {
-		s, err := linetest.NewKeySink("127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(s.Close)
-		out = append(out, s)
-	}
-	return out
-}
-
-func addrs(sinks []*linetest.KeySink) []string {
-	var out []string
-	for _, s := range sinks {
-		out = append(out, s.Addr())
-	}
-	return out
-}
 
 // routedServer starts a server routing by json:k over targets.
 func routedServer(t *testing.T, targets []string, edit func(*Config)) *Server {
@@ -107,18 +81,6 @@ func sendKeyed(t *testing.T, addr string, clients, lines int, keyOf func(c, s in
 	return perKey
 }
 
-// firstChoice is where rendezvous hashing sends key among addrs.
-func firstChoice(key string, addrs []string) string {
-	h := xxhash.Sum64String(key)
-	best, bestScore := "", uint64(0)
-	for _, a := range addrs {
-		if s := balance.Score(h, a); best == "" || s > bestScore {
-			best, bestScore = a, s
-		}
-	}
-	return best
-}
-
 // owners maps each key to the sinks that received it.
 func owners(sinks []*linetest.KeySink) map[string][]string {
 	out := map[string][]string{}
@@ -152,7 +114,7 @@ func waitLines(t *testing.T, sinks []*linetest.KeySink, want int) {
 // the one rendezvous hashing names (so any instance with the same targets,
 // in any order, agrees), in order per client, and no target over the bound.
 func TestRouteByKey(t *testing.T) {
-	sinks := keySinks(t, 4)
+	sinks, _ := linetest.NewKeySinks(t, 4)
 	const clients, lines, keys = 8, 3000, 1000
 	keyOf := func(c, s int) string { return fmt.Sprintf("tenant-%d", (c*7919+s)%keys) }
 	for _, order := range [][]int{{0, 1, 2, 3}, {3, 1, 0, 2}} {
@@ -180,8 +142,8 @@ func TestRouteByKey(t *testing.T) {
 			t.Fatalf("%d keys sent", len(sent))
 		}
 		for k, on := range owners(sinks) {
-			if len(on) != 1 || on[0] != firstChoice(k, targets) {
-				t.Fatalf("key %s went to %v, want only %s", k, on, firstChoice(k, targets))
+			if len(on) != 1 || on[0] != linetest.KeyOwner(k, targets) {
+				t.Fatalf("key %s went to %v, want only %s", k, on, linetest.KeyOwner(k, targets))
 			}
 		}
 		if mean := float64(total) / 4; float64(most) > route.DefaultMaxLoad*mean {
@@ -200,8 +162,8 @@ func TestRouteByKey(t *testing.T) {
 // A hot key (half of all messages) is held to the bound: its overflow goes
 // to its next choices, and no target takes more than the bound.
 func TestRouteHotKeyBounded(t *testing.T) {
-	sinks := keySinks(t, 4)
-	srv := routedServer(t, addrs(sinks), nil)
+	sinks, targets := linetest.NewKeySinks(t, 4)
+	srv := routedServer(t, targets, nil)
 	const clients, lines = 4, 20000
 	keyOf := func(c, s int) string {
 		if s%2 == 0 {
@@ -238,8 +200,7 @@ func TestRouteHotKeyBounded(t *testing.T) {
 // Killing a target moves only its keys, each to its next choice; they
 // come back once it returns; nothing is lost.
 func TestRouteFailoverAndBack(t *testing.T) {
-	sinks := keySinks(t, 4)
-	targets := addrs(sinks)
+	sinks, targets := linetest.NewKeySinks(t, 4)
 	srv := routedServer(t, targets, func(c *Config) {
 		c.Pool.BackoffInitial, c.Pool.BackoffMax = 10*time.Millisecond, 50*time.Millisecond
 		// 200 keys over 3 targets can be skewed past 1.25 by chance; this
@@ -262,9 +223,9 @@ func TestRouteFailoverAndBack(t *testing.T) {
 	waitLines(t, []*linetest.KeySink{sinks[0], sinks[2], sinks[3]}, 4000)
 	rest := []string{targets[0], targets[2], targets[3]}
 	for k, on := range owners(sinks) {
-		want := firstChoice(k, targets)
+		want := linetest.KeyOwner(k, targets)
 		if want == victim.Addr() {
-			want = firstChoice(k, rest)
+			want = linetest.KeyOwner(k, rest)
 		}
 		if len(on) != 1 || on[0] != want {
 			t.Fatalf("while down: key %s went to %v, want %s", k, on, want)
@@ -290,7 +251,7 @@ func TestRouteFailoverAndBack(t *testing.T) {
 	}
 	waitLines(t, sinks, 4000)
 	for k, on := range owners(sinks) {
-		if want := firstChoice(k, targets); len(on) != 1 || on[0] != want {
+		if want := linetest.KeyOwner(k, targets); len(on) != 1 || on[0] != want {
 			t.Fatalf("after failback: key %s went to %v, want %s", k, on, want)
 		}
 	}
@@ -324,7 +285,7 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 func TestRouteGroups(t *testing.T) {
 	for _, withDefault := range []bool{true, false} {
 		t.Run(fmt.Sprint("default=", withDefault), func(t *testing.T) {
-			sinks := keySinks(t, 4)
+			sinks, _ := linetest.NewKeySinks(t, 4)
 			srv := routedServer(t, nil, func(c *Config) {
 				gk, _ := routekey.Parse("json:k")
 				c.Route = route.Config{Key: nil, GroupKey: gk, Groups: []route.Group{

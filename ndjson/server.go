@@ -275,7 +275,7 @@ func New(cfg Config) (*Server, error) {
 		s.book = dispatch.NewBook()
 	}
 	if cfg.Route.Enabled() {
-		s.router = route.New(cfg.Route, s.q, s.set, s.ledger, s.bufs, cfg.Pool.Connections, s.log)
+		s.router = route.New(cfg.Route, s.q, s.set, s.ledger, s.bufs, s.log)
 		cfg.Pool.Lanes = s.router.Lanes
 		s.cfg.Pool.Lanes = s.router.Lanes
 	}

@@ -221,14 +221,13 @@ type gtable struct {
 	uniform  bool      // every weight the same: raw scores compare
 }
 
-// New returns a router of cfg (valid) into q's lanes over set's targets,
-// whose pool has connections workers per target. Lines it drops as
-// unrouted are counted in ledger.
-func New(cfg Config, q *dispatch.Queue, set *upstream.Set, ledger *dispatch.Ledger, bufs *framer.Pool, connections int, log *slog.Logger) *Router {
+// New returns a router of cfg (valid) into q's lanes over set's targets.
+// Lines it drops as unrouted are counted in ledger.
+func New(cfg Config, q *dispatch.Queue, set *upstream.Set, ledger *dispatch.Ledger, bufs *framer.Pool, log *slog.Logger) *Router {
 	if log == nil {
 		log = slog.Default()
 	}
-	r := &Router{cfg: cfg, q: q, set: set, ledger: ledger, bufs: bufs, log: log, slots: keyedSlots(connections),
+	r := &Router{cfg: cfg, q: q, set: set, ledger: ledger, bufs: bufs, log: log, slots: keyedLanes,
 		groupKey: cfg.GroupKey, byName: map[string]int{}, byValue: map[string]int{}, def: -1,
 		wake: make(chan struct{}, 1), targets: map[*upstream.Target]*tstate{}, owner: map[int]*tstate{},
 		free: map[int][]int{}, groupOf: map[int]int{}}
@@ -550,6 +549,13 @@ type Scratch struct {
 	again bool
 }
 
+// keyedLanes is how many keyed lanes (and so connections) each target has:
+// one. A key must stay on one connection to keep its order, and one lane
+// per target keeps a client's batch split in as few parts as there are
+// targets, each written whole; the target's other connections carry the
+// messages without a key.
+const keyedLanes = 1
+
 // cacheSize is how many keys' choices a client remembers.
 const cacheSize = 128
 
@@ -861,7 +867,7 @@ func (r *Router) pick(gt *gtable, g int, h uint64, sc *Scratch) *tstate {
 	}
 	best := int(e.best)
 	chosen := best
-	if c := r.cfg.MaxLoad; c > 0 && n > 1 && !gt.within(best, g, sc, c) {
+	if c := r.cfg.MaxLoad; c > 0 && n > 1 && !gt.within(best, g, sc) {
 		chosen = r.overflow(gt, g, h, e, sc, c)
 	}
 	if chosen == best && e.down {
@@ -897,7 +903,7 @@ func (r *Router) overflow(gt *gtable, g int, h uint64, e *choice, sc *Scratch, c
 		}
 		if len(cand) > len(e.next)+1 { // more than the cache holds: search them all
 			for _, i := range cand[1:] {
-				if gt.within(i, g, sc, c) {
+				if gt.within(i, g, sc) {
 					r.movedLoad.Add(1)
 					return i
 				}
@@ -906,7 +912,7 @@ func (r *Router) overflow(gt *gtable, g int, h uint64, e *choice, sc *Scratch, c
 		}
 	}
 	for _, i := range e.next[:e.nexts] {
-		if gt.within(int(i), g, sc, c) {
+		if gt.within(int(i), g, sc) {
 			r.movedLoad.Add(1)
 			return int(i)
 		}
@@ -915,8 +921,9 @@ func (r *Router) overflow(gt *gtable, g int, h uint64, e *choice, sc *Scratch, c
 }
 
 // within reports whether eligible target i of group g may take one more
-// keyed message under bound c, counting the batch in progress.
-func (gt *gtable) within(i, g int, sc *Scratch, _ float64) bool {
+// keyed message under the bound (gtable.bound), counting the batch in
+// progress.
+func (gt *gtable) within(i, g int, sc *Scratch) bool {
 	load := float64(sc.load[gt.base+i] + sc.delta[gt.base+i] + 1)
 	return load <= gt.bound[i]*float64(sc.total[g]+sc.gtotal[g]+1)+slack
 }
@@ -1034,10 +1041,3 @@ func (c Config) String() string {
 	}
 	return fmt.Sprintf("key=%s group_key=%s groups=%d max_load=%g", key, gkey, len(c.Groups), c.MaxLoad)
 }
-
-// keyedSlots is how many keyed lanes (and so connections) each target has:
-// one. A key must stay on one connection to keep its order, and one lane
-// per target keeps a client's batch split in as few parts as there are
-// targets, each written whole; the target's other connections carry the
-// messages without a key.
-func keyedSlots(int) int { return 1 }

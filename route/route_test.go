@@ -10,12 +10,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
 	"go.uber.org/goleak"
 
-	"github.com/ndlb/ndlb/balance"
 	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/framer"
+	"github.com/ndlb/ndlb/internal/linetest"
 	"github.com/ndlb/ndlb/invalid"
 	"github.com/ndlb/ndlb/routekey"
 	"github.com/ndlb/ndlb/upstream"
@@ -52,7 +51,7 @@ func newFixture(t testing.TB, cfg Config, targets []string) *fixture {
 		f.set.UpdateGroups(cfg.TargetGroups())
 	}
 	f.q = dispatch.New(dispatch.Config{MaxBytes: 64 << 20, Ledger: f.ledger, Orphans: func(bs []*framer.Batch) { f.r.Orphans(bs) }})
-	f.r = New(cfg, f.q, f.set, f.ledger, f.bufs, 2, slog.New(slog.DiscardHandler))
+	f.r = New(cfg, f.q, f.set, f.ledger, f.bufs, slog.New(slog.DiscardHandler))
 	return f
 }
 
@@ -100,17 +99,6 @@ func (f *fixture) deliverAll() {
 
 func keyed(k string, i int) string { return fmt.Sprintf(`{"k":%q,"i":%d}`, k, i) }
 
-func rendezvous(key string, addrs []string) string {
-	h := xxhash.Sum64String(key)
-	best, score := "", uint64(0)
-	for _, a := range addrs {
-		if s := balance.Score(h, a); best == "" || s > score {
-			best, score = a, s
-		}
-	}
-	return best
-}
-
 // Every key goes to its rendezvous target, in order; lines without a usable
 // key go to the shared lane and are counted by outcome.
 func TestRouteByKey(t *testing.T) {
@@ -135,7 +123,7 @@ func TestRouteByKey(t *testing.T) {
 				}
 				continue
 			}
-			if want := rendezvous(k, addrs); addr != want {
+			if want := linetest.KeyOwner(k, addrs); addr != want {
 				t.Fatalf("key %s reached %q, want %s", k, addr, want)
 			}
 			if prev, ok := last[k]; ok && i <= prev {
@@ -210,7 +198,7 @@ func TestLoadBound(t *testing.T) {
 	for i := range 100 {
 		f.push(t, &sc, keyed("hot", i), keyed("hot", i+1000))
 	}
-	if got := f.drain(); len(got[rendezvous("hot", addrs)]) != 200 {
+	if got := f.drain(); len(got[linetest.KeyOwner("hot", addrs)]) != 200 {
 		t.Fatalf("unbounded: %v", got)
 	}
 }
@@ -253,10 +241,10 @@ func TestRerouteOnFailure(t *testing.T) {
 			var k string
 			var i int
 			fmt.Sscanf(l, `{"k":%q,"i":%d}`, &k, &i)
-			if want := rendezvous(k, rest); addr != want {
+			if want := linetest.KeyOwner(k, rest); addr != want {
 				t.Fatalf("key %s reached %s, want %s", k, addr, want)
 			}
-			if rendezvous(k, addrs) != "b:1" && rendezvous(k, addrs) != addr {
+			if linetest.KeyOwner(k, addrs) != "b:1" && linetest.KeyOwner(k, addrs) != addr {
 				t.Fatalf("key %s moved though its target is up", k)
 			}
 		}
@@ -275,7 +263,7 @@ func TestRerouteOnFailure(t *testing.T) {
 		for _, l := range ls {
 			var k string
 			fmt.Sscanf(l, `{"k":%q`, &k)
-			if want := rendezvous(k, addrs); addr != want {
+			if want := linetest.KeyOwner(k, addrs); addr != want {
 				t.Fatalf("after the return: key %s reached %s, want %s", k, addr, want)
 			}
 		}
@@ -414,7 +402,7 @@ func TestKeyOfEscapedMessage(t *testing.T) {
 	// escapes it.
 	f.push(t, &sc, `{"m":"say \\"hi\\"",\n"k":"x"}`)
 	got := f.drain()
-	if len(got[rendezvous("x", addrs)]) != 1 {
+	if len(got[linetest.KeyOwner("x", addrs)]) != 1 {
 		t.Fatalf("the escaped message was not keyed: %v", got)
 	}
 	if m := f.r.Stats().Groups[0].Messages; m["keyed"] != 1 {

@@ -478,13 +478,8 @@ func parseGroup(raw string) (group, error) {
 		if t = strings.TrimSpace(t); t == "" {
 			continue
 		}
-		addr, _, err := upstream.ParseSpec(t)
-		if err != nil {
-			return fail("target %q: weight must be 1..%d", t, upstream.MaxWeight)
-		}
-		host, port, err := net.SplitHostPort(addr)
-		if p, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || p < 1 || p > 65535 {
-			return fail("target %q: want HOST:PORT or HOST:PORT=WEIGHT", t)
+		if !isTarget(t) {
+			return fail("target %q: want HOST:PORT or HOST:PORT=WEIGHT (weight 1..%d)", t, upstream.MaxWeight)
 		}
 		g.Targets = append(g.Targets, t)
 	}

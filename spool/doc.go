@@ -17,7 +17,7 @@
 // Open checks every segment: a record that does not fit in its file, or
 // whose checksum does not match (a crash in the middle of an append, a
 // torn write), ends the segment there; the file is cut to its last whole
-// record and the cut is counted (Stats.CorruptTails). A record Replay
+// record and the cut is counted (Stats.CorruptTails). A record Next
 // returns was written whole.
 //
 // Durability: a record is in the operating system's page cache once

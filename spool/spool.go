@@ -100,11 +100,11 @@ type ID struct {
 	Off int64
 }
 
-// Record is one record Replay or Next returns.
+// Record is one record Next returns.
 type Record struct {
 	ID    ID
 	Lines int
-	Data  []byte // valid until the replay function returns, or the next Next
+	Data  []byte // valid until the next Next
 	// Replayed: the record was in the spool when it was opened (a
 	// previous process appended it).
 	Replayed bool
@@ -132,17 +132,16 @@ type Stats struct {
 }
 
 type segment struct {
-	seq         uint64
-	path        string
-	size        int64
-	records     int
-	lines       int
-	acked       int
-	ackedLines  int
-	created     time.Time
-	fromReplay  bool // existed at Open
-	replayCount int  // its whole records at Open
-	fed         int  // records Next returned
+	seq        uint64
+	path       string
+	size       int64
+	records    int
+	lines      int
+	acked      int
+	ackedLines int
+	created    time.Time
+	fromReplay bool // existed at Open
+	fed        int  // records Next returned
 	// sealedSynced: the segment was sealed after an fsync that covers
 	// all of it.
 	sealedSynced bool
@@ -198,7 +197,7 @@ func Check(dir string) error {
 
 // Open opens (making it if needed) the spool in cfg.Dir, checks every
 // segment there (cutting torn or corrupt tails) and starts a new segment
-// for appends. The records found are returned by Replay.
+// for appends. Next returns the records found first.
 func Open(cfg Config) (*Spool, error) {
 	switch {
 	case cfg.Dir == "":
@@ -294,7 +293,7 @@ func (s *Spool) check(seq uint64, path string) (*segment, error) {
 		}
 		return nil, nil
 	}
-	seg.size, seg.replayCount = end, seg.records
+	seg.size = end
 	return seg, nil
 }
 
@@ -609,40 +608,6 @@ func (s *Spool) Ack(id ID, lines int) {
 		s.remove(seg)
 		syncDir(s.cfg.Dir)
 	}
-}
-
-// Replay calls fn with every record of the segments that were there at
-// Open, oldest first, each once. The caller Acks each when delivered.
-func (s *Spool) Replay(fn func(Record) error) error {
-	s.mu.Lock()
-	var old []*segment
-	for _, seg := range s.segs {
-		if seg.fromReplay {
-			old = append(old, seg)
-		}
-	}
-	s.mu.Unlock()
-	for _, seg := range old {
-		f, err := os.Open(seg.path)
-		if errors.Is(err, os.ErrNotExist) {
-			continue // dropped meanwhile
-		} else if err != nil {
-			return fmt.Errorf("spool: %w", err)
-		}
-		var n, nl int
-		_, err = scan(f, seg.size, func(r Record) error {
-			r.ID.Seg = seg.seq
-			s.mu.Lock()
-			s.stats.Replayed++
-			s.mu.Unlock()
-			return fn(r)
-		}, &n, &nl)
-		f.Close()
-		if err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // EndInput refuses further appends; Next then returns io.EOF once it has

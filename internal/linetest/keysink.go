@@ -6,8 +6,44 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"testing"
 	"time"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/ndlb/ndlb/balance"
 )
+
+// KeyOwner is the target that weighted rendezvous hashing (equal weights)
+// gives key among addrs: where routing by key sends it, whatever the
+// order of addrs.
+func KeyOwner(key string, addrs []string) string {
+	h := xxhash.Sum64String(key)
+	best, score := "", uint64(0)
+	for _, a := range addrs {
+		if s := balance.Score(h, a); best == "" || s > score {
+			best, score = a, s
+		}
+	}
+	return best
+}
+
+// NewKeySinks starts n KeySinks on loopback, closed when t ends, and
+// returns them with their addresses.
+func NewKeySinks(t testing.TB, n int) ([]*KeySink, []string) {
+	t.Helper()
+	var sinks []*KeySink
+	var addrs []string
+	for range n {
+		s, err := NewKeySink("127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(s.Close)
+		sinks, addrs = append(sinks, s), append(addrs, s.Addr())
+	}
+	return sinks, addrs
+}
 
 // AppendKeyed appends a line with a routing key: {"k":"KEY","c":C,"s":S},
 // line s of client c, and its newline.
