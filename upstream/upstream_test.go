@@ -247,3 +247,25 @@ func TestCheckErrorWeightsAndRemovalWatch(t *testing.T) {
 		t.Fatal("removing a target did not wake the watchers")
 	}
 }
+
+// A dial that began before the last successful one is stale: it counts as
+// a failure but does not mark the target down (it raced the target's
+// return). One that began after does.
+func TestDialFailedBeforeLastSuccess(t *testing.T) {
+	s := NewSet([]string{"a:1"})
+	tg := s.Targets()[0]
+	before := time.Now()
+	tg.MarkUp()
+	if tg.DialFailed(errors.New("refused"), before) || !tg.Up() || tg.Stats().Failures != 1 {
+		t.Fatalf("a stale dial failure marked the target down: up %v, %+v", tg.Up(), tg.Stats())
+	}
+	up := s.WatchUp()
+	if !tg.DialFailed(errors.New("refused"), time.Now()) || tg.Up() {
+		t.Fatal("a fresh dial failure did not mark the target down")
+	}
+	select {
+	case <-up:
+	default:
+		t.Fatal("WatchUp was not woken by the flip")
+	}
+}
