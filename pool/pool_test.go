@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -644,6 +645,58 @@ func TestDrainMovesWorkersWithoutLoss(t *testing.T) {
 	w.push(1, 20000, 30000, 20)
 	w.finish()
 	if r := w.ledger.Check(map[uint32]uint32{1: 30000}); r.Lost != 0 || r.Duplicated != 0 || r.Torn != 0 {
+		t.Fatal(r)
+	}
+}
+
+// gatedDialer holds dials to one address, once armed, until released.
+type gatedDialer struct {
+	net.Dialer
+	addr     string
+	armed    atomic.Bool
+	entered  chan struct{}
+	released chan struct{}
+}
+
+func (d *gatedDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	if address == d.addr && d.armed.CompareAndSwap(true, false) {
+		close(d.entered)
+		select {
+		case <-d.released:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return d.Dialer.DialContext(ctx, network, address)
+}
+
+// A home enabled again while its worker was still dialling elsewhere (the
+// change came between the failover order and the new connection's watch)
+// brings the worker back at once, not only after --failback (never, on
+// this fake clock): what the rolling-restart test once caught.
+func TestEnableDuringFailoverDialFailsBack(t *testing.T) {
+	cfg := testConfig()
+	cfg.Connections = 1
+	cfg.Clock = clockwork.NewFakeClock()
+	w := newWorld(t, 2, cfg)
+	a, b := w.set.Targets()[0], w.set.Targets()[1]
+	d := &gatedDialer{addr: b.Addr, entered: make(chan struct{}), released: make(chan struct{})}
+	w.p.dial = d
+	w.start()
+	waitFor(t, func() bool { return a.Active() == 1 && b.Active() == 1 })
+	d.armed.Store(true)
+	a.Drain()
+	select {
+	case <-d.entered: // a's worker chose b and is dialling it
+	case <-time.After(10 * time.Second):
+		t.Fatal("the drained target's worker did not dial the other")
+	}
+	a.Enable()
+	close(d.released)
+	waitFor(t, func() bool { return w.p.Stats().Failovers == 1 && a.Active() == 1 })
+	w.push(1, 0, 1000, 10)
+	w.finish()
+	if r := w.ledger.Check(map[uint32]uint32{1: 1000}); r.Lost != 0 || r.Duplicated != 0 || r.Torn != 0 {
 		t.Fatal(r)
 	}
 }

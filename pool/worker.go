@@ -38,11 +38,11 @@ func (w *worker) run(ctx context.Context) {
 	w.bo = backoff.WithContext(eb, ctx)
 	var prev *upstream.Target
 	for {
-		c := w.connect(ctx, prev)
+		c, watch := w.connect(ctx, prev)
 		if c == nil {
 			return
 		}
-		failed, progress := w.serve(ctx, c)
+		failed, progress := w.serve(ctx, c, watch)
 		if failed == nil {
 			return
 		}
@@ -75,15 +75,19 @@ func (w *worker) wait(ctx context.Context) bool {
 
 // connect dials targets in failover order (see upstream.Set.FailoverOrder)
 // until one answers, waiting a backoff interval after each round in which
-// none did. It returns nil when the worker should stop.
-func (w *worker) connect(ctx context.Context, prev *upstream.Target) *upConn {
+// none did. It returns nil when the worker should stop; else the
+// connection and the set's Watch channel taken before the order was
+// chosen, so that serve sees a change that came since (a home enabled
+// while the worker dialled elsewhere) and goes back at once.
+func (w *worker) connect(ctx context.Context, prev *upstream.Target) (*upConn, <-chan struct{}) {
 	for {
 		if w.home.Removed() {
-			return nil
+			return nil, nil
 		}
+		watch := w.p.set.Watch()
 		for _, t := range w.order(prev) {
 			if ctx.Err() != nil || isClosed(w.p.queue.Idle()) {
-				return nil
+				return nil, nil
 			}
 			reason := "home"
 			if t != w.home {
@@ -101,11 +105,11 @@ func (w *worker) connect(ctx context.Context, prev *upstream.Target) *upConn {
 				continue
 			}
 			w.opened(c)
-			return c
+			return c, watch
 		}
 		prev = nil
 		if !w.wait(ctx) {
-			return nil
+			return nil, nil
 		}
 	}
 }
@@ -154,9 +158,9 @@ type failbackResult struct {
 }
 
 // serve writes batches on c until it fails, the queue is idle, or ctx is
-// done. It returns the target whose connection failed (nil when the worker
+// done; watch is the set's Watch channel from before c was chosen. It returns the target whose connection failed (nil when the worker
 // should stop) and whether any batch was acknowledged.
-func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target, progress bool) {
+func (w *worker) serve(ctx context.Context, c *upConn, watch <-chan struct{}) (failed *upstream.Target, progress bool) {
 	q, cfg := w.p.queue, w.p.cfg
 	ack := time.NewTimer(cfg.AckInterval)
 	ack.Stop()
@@ -252,7 +256,6 @@ func (w *worker) serve(ctx context.Context, c *upConn) (failed *upstream.Target,
 		}
 		return false, nil
 	}
-	watch := w.p.set.Watch()
 	if leave, failed := review(false); leave {
 		return failed, progress
 	}
