@@ -176,8 +176,11 @@ func TestUDPEchoAndPolicies(t *testing.T) {
 					t.Errorf("%s: %v, want both used", policy, byBackend)
 				}
 			}
-			st := s.Stats()
 			want := uint64(clients * perClient)
+			// A reply is counted after its send returns, which may be
+			// after the client read it.
+			waitFor(t, "replies counted", func() bool { return s.Stats().ToClients >= want })
+			st := s.Stats()
 			if st.Flows != clients || st.FromClients != want || st.ToClients != want || st.Dropped() != 0 {
 				t.Errorf("stats %+v: want %d flows, %d datagrams each way, none dropped", st, clients, want)
 			}
