@@ -187,11 +187,31 @@ func (q *Queue) PushCounted(ctx context.Context, b *framer.Batch) error {
 	return q.push(ctx, b, 0, false)
 }
 
+// Reserve takes room for b in the budget without waiting, and reports
+// whether there was some. A reserved batch is then queued with
+// PushReserved, or its room given back with Unreserve.
+func (q *Queue) Reserve(b *framer.Batch) bool { return q.budget.TryAcquire(q.weight(b)) }
+
+// Unreserve gives back the room Reserve took for b.
+func (q *Queue) Unreserve(b *framer.Batch) { q.budget.Release(q.weight(b)) }
+
+// PushReserved is PushCounted of a batch Reserve took room for: it never
+// waits. On error the room is given back and the caller still owns b.
+func (q *Queue) PushReserved(b *framer.Batch) error {
+	return q.pushAcquired(b, 0, false, q.weight(b))
+}
+
 func (q *Queue) push(ctx context.Context, b *framer.Batch, id int, count bool) error {
-	w, lines := q.weight(b), uint64(b.Lines) // b may be Done as soon as it is queued
+	w := q.weight(b)
 	if err := q.budget.Acquire(ctx, w); err != nil {
 		return err
 	}
+	return q.pushAcquired(b, id, count, w)
+}
+
+// pushAcquired queues b, whose weight w was acquired from the budget.
+func (q *Queue) pushAcquired(b *framer.Batch, id int, count bool, w int64) error {
+	lines := uint64(b.Lines) // b may be Done as soon as it is queued
 	q.mu.Lock()
 	l := q.lanes[id]
 	switch {

@@ -351,8 +351,22 @@ func (s *Server) Start(ln net.Listener) {
 // queue closed (the caller counts them).
 func (s *Server) push(b *framer.Batch, sc **route.Scratch) (notQueued int, err error) {
 	if sp := s.sp.Load(); sp != nil {
-		_, err := sp.Append(b.Data, b.Lines)
+		// When the feeder has caught up and the queue has room, the
+		// batch goes to the queue from memory once it is spooled:
+		// only batches that wait are read back from the disk.
+		reserved := s.router == nil && s.q.Reserve(b)
+		id, handed, err := sp.AppendHandOff(b.Data, b.Lines, reserved)
+		if reserved && !handed {
+			s.q.Unreserve(b)
+		}
 		switch {
+		case err == nil && handed:
+			s.ledger.Received(uint64(b.Lines))
+			b.Spool = framer.SpoolRef{Seg: id.Seg, Off: id.Off, Lines: b.Lines, Set: true}
+			if s.q.PushReserved(b) != nil {
+				b.Release() // the queue closed: the record stays spooled for the next start
+			}
+			return 0, nil
 		case err == nil:
 			s.ledger.Received(uint64(b.Lines))
 			b.Release()

@@ -12,15 +12,15 @@ import (
 )
 
 type spoolMetrics struct {
-	bytes, records, oldest                           metric.Int64ObservableGauge
-	appends, syncs, replayed, corrupt, dropped, errs metric.Int64ObservableCounter
-	syncTime                                         metric.Float64ObservableCounter
+	bytes, records, oldest                                   metric.Int64ObservableGauge
+	appends, handed, syncs, replayed, corrupt, dropped, errs metric.Int64ObservableCounter
+	syncTime                                                 metric.Float64ObservableCounter
 }
 
 var spoolInstruments = sync.OnceValues(func() (spoolMetrics, error) {
 	m := otel.Meter("github.com/ndlb/ndlb/ndjson")
 	var sm spoolMetrics
-	var errs [10]error
+	var errs [11]error
 	sm.bytes, errs[0] = m.Int64ObservableGauge("ndlb.spool.bytes", metric.WithUnit("By"),
 		metric.WithDescription("Bytes in the listener's spool (bounded by --spool-max-bytes)."))
 	sm.records, errs[1] = m.Int64ObservableGauge("ndlb.spool.batches", metric.WithUnit("{batch}"),
@@ -41,6 +41,8 @@ var spoolInstruments = sync.OnceValues(func() (spoolMetrics, error) {
 		metric.WithDescription("Lines --spool-full drop-oldest deleted before they were queued (also ndlb.lines.dropped{ndlb.drop.reason=spool_full})."))
 	sm.errs, errs[9] = m.Int64ObservableCounter("ndlb.spool.errors", metric.WithUnit("{error}"),
 		metric.WithDescription("Spool appends that failed (their lines went to the queue in memory) and fsyncs that failed."))
+	sm.handed, errs[10] = m.Int64ObservableCounter("ndlb.spool.handed_off", metric.WithUnit("{batch}"),
+		metric.WithDescription("Batches queued straight from memory once spooled (the rest of ndlb.spool.appends were read back from the disk)."))
 	return sm, errors.Join(errs[:]...)
 })
 
@@ -65,6 +67,7 @@ func (s *Server) observeSpool(attrs ...attribute.KeyValue) (metric.Registration,
 		}
 		o.ObserveInt64(m.oldest, age, set)
 		o.ObserveInt64(m.appends, int64(st.Appends), set)
+		o.ObserveInt64(m.handed, int64(st.HandedOff), set)
 		o.ObserveInt64(m.syncs, int64(st.Syncs), set)
 		o.ObserveFloat64(m.syncTime, st.SyncTime.Seconds(), set)
 		o.ObserveInt64(m.replayed, int64(st.Replayed), set)
@@ -72,5 +75,5 @@ func (s *Server) observeSpool(attrs ...attribute.KeyValue) (metric.Registration,
 		o.ObserveInt64(m.dropped, int64(st.DroppedLines), set)
 		o.ObserveInt64(m.errs, int64(s.spoolErrors.Load()+st.SyncErrors), set)
 		return nil
-	}, m.bytes, m.records, m.oldest, m.appends, m.syncs, m.syncTime, m.replayed, m.corrupt, m.dropped, m.errs)
+	}, m.bytes, m.records, m.oldest, m.appends, m.handed, m.syncs, m.syncTime, m.replayed, m.corrupt, m.dropped, m.errs)
 }

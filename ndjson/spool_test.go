@@ -124,3 +124,67 @@ func TestSpoolFullShutdown(t *testing.T) {
 		t.Fatal("shutdown hangs on a client waiting for room in a full spool")
 	}
 }
+
+// With the target up, spooled batches go to the queue from memory while
+// the feeder has caught up, and are read back from the disk while it has
+// not (the target paused, the queue full): both happen, every line
+// arrives once and whole, the ledger closes and the spool ends empty.
+func TestSpoolHandOffAndReadBack(t *testing.T) {
+	ledger := linetest.NewLedger()
+	sink, err := linetest.NewSink("127.0.0.1:0", ledger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	cfg := DefaultConfig()
+	cfg.Targets = []string{sink.Addr()}
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	cfg.Queue.MaxBytes = 4 << 20
+	cfg.DrainTimeout, cfg.DeliverTimeout = 10*time.Second, 30*time.Second
+	sc := spool.DefaultConfig(t.TempDir())
+	sc.SegmentBytes = 1 << 20
+	cfg.Spool = &sc
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start(newLocalListener(t))
+	const clients, perClient = 4, 30000
+	sent := map[uint32]uint32{}
+	send := func(from, to uint32) {
+		var wg sync.WaitGroup
+		for c := range uint32(clients) {
+			wg.Go(func() {
+				conn, err := net.Dial("tcp", srv.Addr().String())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer conn.Close()
+				if _, err := linetest.Send(conn, c+1, from, to, 16<<10); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	for c := range uint32(clients) {
+		sent[c+1] = perClient
+	}
+	send(0, perClient/3) // the target keeps up
+	waitFor(t, func() bool { return srv.Stats().Spool.HandedOff > 0 }, "a batch handed off")
+	sink.Pause() // the queue fills; the spool holds the rest
+	send(perClient/3, 2*perClient/3)
+	sink.Resume()
+	send(2*perClient/3, perClient)
+	sum := srv.Shutdown()
+	st := sum.Spool
+	if !sum.Clean || !sum.Ledger.Closed() || st.Records != 0 || st.HandedOff == 0 || st.HandedOff == st.Appends {
+		t.Fatalf("summary %+v", sum)
+	}
+	t.Logf("%d of %d batches handed off, the rest read back", st.HandedOff, st.Appends)
+	sink.WaitDrained(10 * time.Second)
+	if r := ledger.Check(sent); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
+		t.Fatal(r)
+	}
+}

@@ -116,6 +116,9 @@ type Stats struct {
 	Records  int   // not yet acknowledged
 	Lines    int   // in the records not yet acknowledged
 	Segments int
+	// HandedOff counts the appends AppendHandOff handed to its caller
+	// (the others are read back by Next).
+	HandedOff uint64
 	// Appends, Syncs, Replayed and Acked count since Open;
 	// CorruptTails counts segments cut at Open; Dropped and DroppedLines
 	// what DropOldest deleted unacknowledged.
@@ -143,9 +146,13 @@ type segment struct {
 	fromReplay bool // existed at Open
 	fed        int  // records Next returned
 	// sealedSynced: the segment was sealed after an fsync that covers
-	// all of it.
+	// all of it (or sealed in a mode where no Append waits for one).
 	sealedSynced bool
 	fedLines     int
+	// unsynced is the sealed segment's file while its fsync is owed
+	// (SyncInterval: the next tick's, unless the segment is deleted
+	// first, when its pages need never reach the disk).
+	unsynced *os.File
 }
 
 // Spool is a directory of segments. Its methods are safe for concurrent
@@ -175,6 +182,10 @@ type Spool struct {
 	header       [headerSize]byte // the record header being written; guarded by mu
 	activeFd     uintptr          // s.active's descriptor
 	syncErr      error            // the last fsync's failure
+	dirDirty     bool             // segments were made or deleted since the directory's last fsync
+	trash        []string         // segments removed, their files not yet deleted
+	sweep        chan struct{}    // wakes background to delete the trash
+	unfed        int              // records Next has not returned (nor an Append handed off)
 	stop         chan struct{}
 	done         chan struct{}
 	lock         *os.File // flock'ed while the spool is open
@@ -220,7 +231,7 @@ func Open(cfg Config) (*Spool, error) {
 		lock.Close()
 		return nil, fmt.Errorf("spool: %s is in use by another listener or process (%w)", cfg.Dir, ErrInUse)
 	}
-	s := &Spool{cfg: cfg, bySeq: map[uint64]*segment{}, stop: make(chan struct{}), done: make(chan struct{}), lock: lock}
+	s := &Spool{cfg: cfg, bySeq: map[uint64]*segment{}, stop: make(chan struct{}), done: make(chan struct{}), sweep: make(chan struct{}, 1), lock: lock}
 	ok := false
 	defer func() {
 		if !ok {
@@ -254,6 +265,7 @@ func Open(cfg Config) (*Spool, error) {
 		s.bySeq[seq] = seg
 		s.size += seg.size
 		s.stats.Records += seg.records
+		s.unfed += seg.records
 	}
 	slices.SortFunc(s.segs, func(a, b *segment) int { return cmp.Compare(a.seq, b.seq) })
 	if err := s.rollTo(next); err != nil {
@@ -388,21 +400,34 @@ func (s *Spool) rollTo(seq uint64) error {
 		return fmt.Errorf("spool: %w", err)
 	}
 	if s.active != nil {
-		// Seal it synced (except with SyncNever, or once an fsync
-		// failed): appends that wait for an fsync of it are then
-		// satisfied. Appends may come while an fsync runs, so sync
-		// until none is left over.
-		for s.cfg.Sync != SyncNever && s.syncedOff < s.written && s.syncErr == nil {
-			_ = s.syncActive()
+		last := s.segs[len(s.segs)-1]
+		switch {
+		case s.cfg.Sync == SyncInterval && s.syncedOff < s.written && s.syncErr == nil:
+			// The next tick syncs it, within the interval the policy
+			// promises; appends do not wait for it. A segment
+			// acknowledged and deleted before then is never written
+			// back at all.
+			last.unsynced = s.active
+		default:
+			// SyncAlways seals it synced: appends that wait for an
+			// fsync of it are then satisfied. Appends may come while
+			// an fsync runs, so sync until none is left over.
+			for s.cfg.Sync == SyncAlways && s.syncedOff < s.written && s.syncErr == nil {
+				_ = s.syncActive()
+			}
+			_ = s.active.Close()
 		}
-		s.segs[len(s.segs)-1].sealedSynced = true
-		_ = s.active.Close()
+		last.sealedSynced = true
 		s.active = nil
-		if last := s.segs[len(s.segs)-1]; last.acked == last.records {
+		if last.acked == last.records {
 			s.remove(last)
 		}
 	}
-	syncDir(s.cfg.Dir)
+	if s.cfg.Sync == SyncAlways {
+		syncDir(s.cfg.Dir)
+	} else {
+		s.dirDirty = true // the next tick syncs it
+	}
 	seg := &segment{seq: seq, path: s.path(seq), size: int64(len(magic)), created: time.Now()}
 	s.segs = append(s.segs, seg)
 	s.bySeq[seq] = seg
@@ -426,9 +451,21 @@ func syncDir(dir string) {
 // spool is full it waits (Block) or deletes the oldest segments
 // (DropOldest).
 func (s *Spool) Append(data []byte, lines int) (ID, error) {
+	id, _, err := s.AppendHandOff(data, lines, false)
+	return id, err
+}
+
+// AppendHandOff is Append that, with take set, hands the record to the
+// caller when Next has returned every record before it (the reader has
+// caught up): the reader moves past it as if Next had returned it, and
+// the caller delivers data itself and reports it with Ack. Spooling then
+// costs only the write; records that wait (the reader behind, or take
+// false because the caller has no room for them now) are read back by
+// Next. A record handed off is still spooled until its Ack.
+func (s *Spool) AppendHandOff(data []byte, lines int, take bool) (id ID, handed bool, err error) {
 	need := int64(headerSize + len(data))
 	if len(data) > MaxRecordBytes || need+int64(len(magic)) > s.cfg.MaxBytes {
-		return ID{}, ErrTooLarge
+		return ID{}, false, ErrTooLarge
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -436,7 +473,7 @@ func (s *Spool) Append(data []byte, lines int) (ID, error) {
 	// go: the conditions are checked again after it.
 	for {
 		if s.closed || s.ended {
-			return ID{}, ErrClosed
+			return ID{}, false, ErrClosed
 		}
 		if s.size+need > s.cfg.MaxBytes {
 			switch {
@@ -444,12 +481,12 @@ func (s *Spool) Append(data []byte, lines int) (ID, error) {
 				// All of it is in the segment being written, which is
 				// only deleted once sealed: seal it.
 				if err := s.roll(); err != nil {
-					return ID{}, err
+					return ID{}, false, err
 				}
 			case s.cfg.Full == DropOldest && len(s.segs) > 1:
 				s.dropOldest()
 			case s.cfg.Full == DropOldest:
-				return ID{}, ErrFull // only the segment being written is left
+				return ID{}, false, ErrFull // only the segment being written is left
 			default:
 				s.room.Wait()
 			}
@@ -457,7 +494,7 @@ func (s *Spool) Append(data []byte, lines int) (ID, error) {
 		}
 		if s.written+need > s.cfg.SegmentBytes && s.written > int64(len(magic)) {
 			if err := s.roll(); err != nil {
-				return ID{}, err
+				return ID{}, false, err
 			}
 			continue
 		}
@@ -465,12 +502,12 @@ func (s *Spool) Append(data []byte, lines int) (ID, error) {
 	}
 	putHeader(s.header[:], data, lines)
 	seg := s.segs[len(s.segs)-1]
-	id := ID{Seg: seg.seq, Off: s.written}
+	id = ID{Seg: seg.seq, Off: s.written}
 	if err := s.writeRecord(data, need); err != nil {
 		// Cut what may have been written of it, so that the segment
 		// stays whole.
 		_ = s.active.Truncate(s.written)
-		return ID{}, fmt.Errorf("spool: writing %s: %w", seg.path, err)
+		return ID{}, false, fmt.Errorf("spool: writing %s: %w", seg.path, err)
 	}
 	s.written += need
 	seg.size += need
@@ -479,7 +516,22 @@ func (s *Spool) Append(data []byte, lines int) (ID, error) {
 	s.size += need
 	s.stats.Records++
 	s.stats.Appends++
-	s.more.Broadcast()
+	if take && s.unfed == 0 && !s.closedReader {
+		// The reader has returned every record before this one: move
+		// it past this one too.
+		if s.rSeq != seg.seq && s.rFile != nil {
+			s.rFile.Close()
+			s.rFile = nil
+		}
+		s.rSeq, s.rOff = seg.seq, s.written
+		seg.fed++
+		seg.fedLines += lines
+		handed = true
+		s.stats.HandedOff++
+	} else {
+		s.unfed++
+		s.more.Broadcast()
+	}
 	if s.cfg.Sync == SyncAlways {
 		// The record is written and visible to Next: from here on it is
 		// spooled, and an fsync that fails only weakens the promise
@@ -487,7 +539,7 @@ func (s *Spool) Append(data []byte, lines int) (ID, error) {
 		end := s.written
 		for s.syncedOff < end && !seg.sealedSynced && s.syncErr == nil {
 			if s.closed {
-				return id, nil // Close synced what it could
+				return id, handed, nil // Close synced what it could
 			}
 			if !s.syncing {
 				_ = s.syncActive()
@@ -496,7 +548,7 @@ func (s *Spool) Append(data []byte, lines int) (ID, error) {
 			s.synced.Wait()
 		}
 	}
-	return id, nil
+	return id, handed, nil
 }
 
 // writeRecord writes s.header and data at the end of the active segment
@@ -552,6 +604,49 @@ func (s *Spool) syncActive() error {
 	return nil
 }
 
+// syncSealed fsyncs the sealed segments whose fsync is owed, then the
+// directory if segments were made or deleted since its last fsync,
+// releasing s.mu meanwhile. s.mu must be held and no fsync be in
+// progress.
+func (s *Spool) syncSealed() error {
+	var fs []*os.File
+	for _, seg := range s.segs {
+		if seg.unsynced != nil {
+			fs = append(fs, seg.unsynced) // ours now: remove leaves it
+			seg.unsynced = nil
+		}
+	}
+	dir := s.dirDirty
+	s.dirDirty = false
+	if len(fs) == 0 && !dir {
+		return nil
+	}
+	s.syncing = true
+	s.mu.Unlock()
+	start := time.Now()
+	var err error
+	for _, f := range fs {
+		if serr := f.Sync(); serr != nil && err == nil {
+			err = fmt.Errorf("spool: fsync %s: %w", f.Name(), serr)
+		}
+		f.Close()
+	}
+	if dir {
+		syncDir(s.cfg.Dir)
+	}
+	took := time.Since(start)
+	s.mu.Lock()
+	s.syncing = false
+	s.stats.Syncs += uint64(len(fs))
+	s.stats.SyncTime += took
+	s.synced.Broadcast()
+	if err != nil {
+		s.stats.SyncErrors++
+		s.syncErr = err
+	}
+	return err
+}
+
 // dropOldest deletes the oldest segment, counting what was not
 // acknowledged. s.mu must be held.
 func (s *Spool) dropOldest() {
@@ -582,7 +677,20 @@ func (s *Spool) remove(seg *segment) {
 	if i < 0 {
 		return
 	}
-	_ = os.Remove(seg.path)
+	if seg.unsynced != nil {
+		seg.unsynced.Close()
+		seg.unsynced = nil
+	}
+	// The file goes in the background: unlinking a segment frees its
+	// pages, which takes long enough to hold up appends. Lost to a
+	// crash before then, it is replayed (duplicates, never a loss).
+	s.trash = append(s.trash, seg.path)
+	select {
+	case s.sweep <- struct{}{}:
+	default:
+	}
+	s.dirDirty = true
+	s.unfed -= seg.records - seg.fed
 	s.segs = slices.Delete(s.segs, i, i+1)
 	delete(s.bySeq, seg.seq)
 	s.size -= seg.size
@@ -605,8 +713,10 @@ func (s *Spool) Ack(id ID, lines int) {
 	s.stats.Records--
 	s.stats.Acked++
 	if seg.acked >= seg.records && seg != s.segs[len(s.segs)-1] {
+		// The deletion is made durable with the next fsync of the
+		// directory; lost to a power cut before it, the segment is
+		// delivered again (a duplicate, never a loss).
 		s.remove(seg)
-		syncDir(s.cfg.Dir)
 	}
 }
 
@@ -712,6 +822,7 @@ func (s *Spool) readAt(seg *segment, get func(int) []byte) (Record, error) {
 	lines := int(binary.LittleEndian.Uint32(h[4:]))
 	rec := Record{ID: ID{Seg: seg.seq, Off: s.rOff}, Lines: lines, Data: data, Replayed: seg.fromReplay}
 	s.rOff += int64(headerSize + n)
+	s.unfed--
 	seg.fed++
 	seg.fedLines += lines
 	if seg.fromReplay {
@@ -746,26 +857,44 @@ func (s *Spool) Stats() Stats {
 	return st
 }
 
-// background fsyncs every SyncInterval (SyncInterval mode).
+// background deletes the files of removed segments and, in SyncInterval
+// mode, fsyncs every SyncInterval.
 func (s *Spool) background() {
 	defer close(s.done)
-	if s.cfg.Sync != SyncInterval {
-		<-s.stop
-		return
+	var tick <-chan time.Time
+	if s.cfg.Sync == SyncInterval {
+		t := time.NewTicker(s.cfg.SyncInterval)
+		defer t.Stop()
+		tick = t.C
 	}
-	t := time.NewTicker(s.cfg.SyncInterval)
-	defer t.Stop()
 	for {
 		select {
 		case <-s.stop:
+			s.deleteTrash()
 			return
-		case <-t.C:
+		case <-s.sweep:
+			s.deleteTrash()
+		case <-tick:
 			s.mu.Lock()
+			if !s.syncing && !s.closed {
+				_ = s.syncSealed()
+			}
 			if !s.syncing && !s.closed {
 				_ = s.syncActive()
 			}
 			s.mu.Unlock()
 		}
+	}
+}
+
+// deleteTrash deletes the files of removed segments, without s.mu.
+func (s *Spool) deleteTrash() {
+	s.mu.Lock()
+	trash := s.trash
+	s.trash = nil
+	s.mu.Unlock()
+	for _, p := range trash {
+		_ = os.Remove(p)
 	}
 }
 
@@ -776,14 +905,17 @@ func (s *Spool) Close() error {
 		s.mu.Unlock()
 		return nil
 	}
+	for s.syncing {
+		s.synced.Wait()
+	}
+	s.closed = true // no append from here on, nor a tick's fsync
 	var err error
 	if s.cfg.Sync != SyncNever {
-		for s.syncing {
-			s.synced.Wait()
+		err = s.syncSealed()
+		if aerr := s.syncActive(); err == nil {
+			err = aerr
 		}
-		err = s.syncActive()
 	}
-	s.closed = true
 	if s.active != nil {
 		if cerr := s.active.Close(); err == nil {
 			err = cerr

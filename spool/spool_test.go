@@ -491,3 +491,144 @@ func TestFullActiveSegmentAcked(t *testing.T) {
 		s.Close()
 	}
 }
+
+// batchOf parses the batch number of a record made by data.
+func batchOf(r Record) int {
+	var i int
+	fmt.Sscanf(string(r.Data), `{"batch":%d`, &i)
+	return i
+}
+
+// AppendHandOff hands a record to its caller only when the reader has
+// returned every record before it; the others are read back, in order,
+// and none is returned twice. Handed-off records are spooled until
+// acknowledged: unacknowledged, they come back after a reopen.
+func TestAppendHandOff(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, nil)
+	// A record from a previous process waits to be read: no hand-off.
+	if _, err := s.Append(data(0), 1); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = open(t, dir, nil)
+	if _, handed, err := s.AppendHandOff(data(1), 1, true); err != nil || handed {
+		t.Fatalf("handed %v (%v) with a replayed record unread", handed, err)
+	}
+	for _, want := range []int{0, 1} {
+		r, err := s.Next()
+		if err != nil || batchOf(r) != want {
+			t.Fatalf("Next = %d, %v; want %d", batchOf(r), err, want)
+		}
+		s.Ack(r.ID, r.Lines)
+	}
+	// Caught up: records are handed off, across segment rolls, except
+	// those the caller declines, which Next returns.
+	var handedIDs []ID
+	var declined []int
+	for i := 2; i < 300; i++ {
+		take := i%7 != 0
+		id, handed, err := s.AppendHandOff(data(i), 1, take)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !handed {
+			declined = append(declined, i)
+			// The reader catches up before the next append.
+			r, err := s.Next()
+			if err != nil || batchOf(r) != i {
+				t.Fatalf("Next = %d, %v; want %d", batchOf(r), err, i)
+			}
+			s.Ack(r.ID, r.Lines)
+			continue
+		}
+		if !take {
+			t.Fatalf("record %d handed off though declined", i)
+		}
+		handedIDs = append(handedIDs, id)
+	}
+	if len(declined) != 42 || len(segFiles(t, dir)) < 5 {
+		t.Fatalf("declined %d, %d segments", len(declined), len(segFiles(t, dir)))
+	}
+	// A declined record ahead of the reader stops the hand-offs until
+	// it is read.
+	if _, handed, _ := s.AppendHandOff(data(300), 1, false); handed {
+		t.Fatal("declined record handed off")
+	}
+	if _, handed, _ := s.AppendHandOff(data(301), 1, true); handed {
+		t.Fatal("handed off with a record before it unread")
+	}
+	for _, want := range []int{300, 301} {
+		r, err := s.Next()
+		if err != nil || batchOf(r) != want {
+			t.Fatalf("Next = %d, %v; want %d", batchOf(r), err, want)
+		}
+		s.Ack(r.ID, r.Lines)
+	}
+	// Acknowledge all but the last 10 handed-off records; close; the
+	// 10 come back (with their segment's acknowledged neighbours).
+	for _, id := range handedIDs[:len(handedIDs)-10] {
+		s.Ack(id, 1)
+	}
+	if st := s.Stats(); st.Records != 10 {
+		t.Fatalf("stats %+v: want 10 records unacknowledged", st)
+	}
+	s.Close()
+	s = open(t, dir, nil)
+	defer s.Close()
+	got := map[int]bool{}
+	for _, r := range replayAll(t, s) {
+		got[batchOf(r)] = true
+	}
+	for i := 300 - 10; i < 300; i++ {
+		if i%7 != 0 && !got[i] {
+			t.Fatalf("handed-off record %d, never acknowledged, lost at reopen (got %v)", i, got)
+		}
+	}
+}
+
+// With the interval policy, sealing a segment does not wait for its
+// fsync: the next tick (or Close) syncs it, and a segment acknowledged
+// and deleted before then is never synced.
+func TestIntervalSealsWithoutWaiting(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, func(c *Config) { c.Sync, c.SyncInterval = SyncInterval, time.Hour })
+	var ids []ID
+	for i := range 200 {
+		id, err := s.Append(data(i), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	segs := len(segFiles(t, dir))
+	if st := s.Stats(); segs < 5 || st.Syncs != 0 {
+		t.Fatalf("%d segments, %d fsyncs before any tick", segs, st.Syncs)
+	}
+	// The first half acknowledged: their segments go, unsynced.
+	for _, id := range ids[:100] {
+		s.Ack(id, 1)
+	}
+	left := s.Stats().Segments // their files are deleted in the background
+	if left >= segs {
+		t.Fatalf("no segment deleted: %d of %d left", left, segs)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Close synced each sealed segment left and the active one, once.
+	if st := s.Stats(); st.Syncs != uint64(left) {
+		t.Fatalf("%d fsyncs at Close, want %d (the segments left)", st.Syncs, left)
+	}
+	s = open(t, dir, nil)
+	defer s.Close()
+	n := 0
+	for _, r := range replayAll(t, s) {
+		if batchOf(r) >= 100 {
+			n++
+		}
+	}
+	if n != 100 {
+		t.Fatalf("%d of the 100 unacknowledged records came back", n)
+	}
+}
