@@ -5,11 +5,19 @@
 // for longer than memory lasts.
 //
 // A segment file starts with an 8-byte magic and holds records, each a
-// 12-byte header (the data's length, its line count, and a CRC-32C of
-// both and the data) and the data. Appends go to the newest segment only;
-// a segment is sealed when it reaches Config.SegmentBytes and deleted once
-// every record in it has been acknowledged (Ack), whatever the order of
-// the acknowledgements. Acknowledgements are not written down: after a
+// 16-byte header (the data's length, its line count, the segment's tag,
+// and a CRC-32C of those and the data) and the data. Appends go to the
+// newest segment only; a segment is sealed when it reaches
+// Config.SegmentBytes and deleted once every record in it has been
+// acknowledged (Ack), whatever the order of the acknowledgements. Up to
+// two deleted segments' files are kept as spares and written over by new
+// segments (the kernel's page cache still holds their pages, so this
+// costs about half what writing a new file does); a spare's bytes count
+// against Config.MaxBytes, and spares go first when the spool is full.
+//
+// When the reader has caught up, AppendHandOff gives the record back to
+// the caller to queue from memory: only records that wait are read back
+// from the files. Acknowledgements are not written down: after a
 // restart, the records of a segment that still exists are all replayed,
 // including those acknowledged before the restart (at-least-once: only
 // batches a target had acknowledged come twice).
@@ -17,15 +25,22 @@
 // Open checks every segment: a record that does not fit in its file, or
 // whose checksum does not match (a crash in the middle of an append, a
 // torn write), ends the segment there; the file is cut to its last whole
-// record and the cut is counted (Stats.CorruptTails). A record Next
-// returns was written whole.
+// record and the cut is counted (Stats.CorruptTails). A record with
+// another segment's tag (what a reused file held before) or fewer bytes
+// than a header also end it, uncounted. A record Next returns was
+// written whole, in that segment.
 //
 // Durability: a record is in the operating system's page cache once
 // Append returns, so a crash of the process never loses it. Whether it
 // survives a power loss depends on Config.Sync: SyncAlways returns only
 // after an fsync that covers the record (group commit: concurrent appends
-// share one fsync), SyncInterval fsyncs every Config.SyncInterval, and
-// SyncNever leaves it to the kernel.
+// share one fsync), SyncInterval fsyncs every Config.SyncInterval (the
+// segment being written, the segments sealed since the last tick that
+// are not yet deleted, and the directory), and SyncNever leaves it to the
+// kernel. A segment deleted before any fsync reached it need never be
+// written to the disk at all. Deletions are made durable by the next
+// fsync of the directory: lost to a power cut, a deleted segment comes
+// back and is delivered again (duplicates, never a loss).
 //
 // The spool does no networking and knows nothing of queues or targets;
 // package ndjson wires it in.

@@ -31,9 +31,15 @@ const (
 )
 
 const (
-	magic      = "NDLBSPL1"
-	headerSize = 12
+	magic      = "NDLBSPL2"
+	headerSize = 16
 	suffix     = ".seg"
+	// spareSuffix names a segment file kept for reuse: writing over
+	// pages the page cache holds costs the kernel about half of what new
+	// pages in a new file do, and nothing is freed or allocated.
+	spareSuffix = ".spare"
+	// maxSpares is how many spare files are kept.
+	maxSpares = 2
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
@@ -149,6 +155,9 @@ type segment struct {
 	// all of it (or sealed in a mode where no Append waits for one).
 	sealedSynced bool
 	fedLines     int
+	// disk is what the file takes: size, or more while a reused file
+	// holds what its earlier use wrote past size.
+	disk int64
 	// unsynced is the sealed segment's file while its fsync is owed
 	// (SyncInterval: the next tick's, unless the segment is deleted
 	// first, when its pages need never reach the disk).
@@ -184,11 +193,19 @@ type Spool struct {
 	syncErr      error            // the last fsync's failure
 	dirDirty     bool             // segments were made or deleted since the directory's last fsync
 	trash        []string         // segments removed, their files not yet deleted
+	spares       []spare          // files of deleted segments, kept for new ones
 	sweep        chan struct{}    // wakes background to delete the trash
 	unfed        int              // records Next has not returned (nor an Append handed off)
 	stop         chan struct{}
 	done         chan struct{}
 	lock         *os.File // flock'ed while the spool is open
+}
+
+// spare is a file kept for a new segment, and its size (counted in
+// Spool.size).
+type spare struct {
+	path string
+	size int64
 }
 
 // Check reports whether a spool could be made in dir: it makes the
@@ -246,6 +263,10 @@ func Open(cfg Config) (*Spool, error) {
 	var next uint64
 	for _, e := range entries {
 		name := e.Name()
+		if strings.HasSuffix(name, spareSuffix) {
+			_ = os.Remove(filepath.Join(cfg.Dir, name)) // left by a crash: nothing in it counts
+			continue
+		}
 		if !strings.HasSuffix(name, suffix) || len(name) != 16+len(suffix) {
 			continue // not ours
 		}
@@ -263,7 +284,7 @@ func Open(cfg Config) (*Spool, error) {
 		}
 		s.segs = append(s.segs, seg)
 		s.bySeq[seq] = seg
-		s.size += seg.size
+		s.size += seg.disk
 		s.stats.Records += seg.records
 		s.unfed += seg.records
 	}
@@ -289,12 +310,14 @@ func (s *Spool) check(seq uint64, path string) (*segment, error) {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	seg := &segment{seq: seq, path: path, created: info.ModTime(), fromReplay: true}
-	end, err := scan(f, info.Size(), func(Record) error { return nil }, &seg.records, &seg.lines)
+	end, stale, err := scan(f, info.Size(), seq, func(Record) error { return nil }, &seg.records, &seg.lines)
 	if err != nil {
 		return nil, fmt.Errorf("spool: reading %s: %w", path, err)
 	}
 	if end < info.Size() {
-		s.stats.CorruptTails++
+		if !stale {
+			s.stats.CorruptTails++
+		}
 		if err := f.Truncate(end); err != nil {
 			return nil, fmt.Errorf("spool: cutting the torn tail of %s: %w", path, err)
 		}
@@ -305,34 +328,39 @@ func (s *Spool) check(seq uint64, path string) (*segment, error) {
 		}
 		return nil, nil
 	}
-	seg.size = end
+	seg.size, seg.disk = end, end
 	return seg, nil
 }
 
-// scan reads the records of a segment of size bytes from r, calling fn
-// with each whole one, and returns the offset after the last. It stops at
-// the first record that does not fit or does not check.
-func scan(r io.ReaderAt, size int64, fn func(Record) error, records, lines *int) (int64, error) {
+// scan reads the records of segment seq, of size bytes, from r, calling
+// fn with each whole one, and returns the offset after the last. It stops
+// at the first record that does not fit or does not check; stale is true
+// when that record is not of this segment but left from the file's
+// previous use (a recycled segment file), so not a sign of damage.
+func scan(r io.ReaderAt, size int64, seq uint64, fn func(Record) error, records, lines *int) (end int64, stale bool, err error) {
 	var head [len(magic)]byte
 	if size < int64(len(magic)) {
-		return 0, nil
+		return 0, false, nil
 	}
 	if _, err := r.ReadAt(head[:], 0); err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	if string(head[:]) != magic {
-		return 0, nil // not a segment, or torn before its magic: nothing in it
+		return 0, false, nil // not a segment, or torn before its magic: nothing in it
 	}
 	off := int64(len(magic))
 	var h [headerSize]byte
 	var buf []byte
 	for off+headerSize <= size {
 		if _, err := r.ReadAt(h[:], off); err != nil {
-			return off, err
+			return off, false, err
 		}
 		n := int64(binary.LittleEndian.Uint32(h[0:]))
 		nl := binary.LittleEndian.Uint32(h[4:])
-		sum := binary.LittleEndian.Uint32(h[8:])
+		sum := binary.LittleEndian.Uint32(h[12:])
+		if binary.LittleEndian.Uint32(h[8:]) != segTag(seq) {
+			return off, true, nil
+		}
 		if n > MaxRecordBytes || off+headerSize+n > size {
 			break
 		}
@@ -342,28 +370,36 @@ func scan(r io.ReaderAt, size int64, fn func(Record) error, records, lines *int)
 		data := buf[:n]
 		if n > 0 {
 			if _, err := r.ReadAt(data, off+headerSize); err != nil {
-				return off, err
+				return off, false, err
 			}
 		}
-		if checksum(h[:8], data) != sum {
+		if checksum(h[:12], data) != sum {
 			break
 		}
-		if err := fn(Record{ID: ID{Off: off}, Lines: int(nl), Data: data}); err != nil {
-			return off, err
+		if err := fn(Record{ID: ID{Seg: seq, Off: off}, Lines: int(nl), Data: data}); err != nil {
+			return off, false, err
 		}
 		*records++
 		*lines += int(nl)
 		off += headerSize + n
 	}
-	return off, nil
+	// Fewer bytes than a header after the last record: a torn header or
+	// what a reused file's earlier use left cannot be told apart, and
+	// neither is counted as damage.
+	return off, off < size && size-off < headerSize, nil
 }
 
 // putHeader writes the record header of data into h.
-func putHeader(h, data []byte, lines int) {
+func putHeader(h, data []byte, lines int, seq uint64) {
 	binary.LittleEndian.PutUint32(h[0:], uint32(len(data)))
 	binary.LittleEndian.PutUint32(h[4:], uint32(lines))
-	binary.LittleEndian.PutUint32(h[8:], checksum(h[:8], data))
+	binary.LittleEndian.PutUint32(h[8:], segTag(seq))
+	binary.LittleEndian.PutUint32(h[12:], checksum(h[:12], data))
 }
+
+// segTag is the tag of segment seq that its records carry: a record with
+// another is left from an earlier use of the file.
+func segTag(seq uint64) uint32 { return uint32((seq + 1) * 0x9e3779b97f4a7c15 >> 32) }
 
 func checksum(head, data []byte) uint32 {
 	return crc32.Update(crc32.Update(0, crcTable, head), crcTable, data)
@@ -390,14 +426,9 @@ func (s *Spool) roll() error {
 func (s *Spool) rollTo(seq uint64) error {
 	// The new segment first: if it cannot be made, the old one stays
 	// the one written.
-	f, err := os.OpenFile(s.path(seq), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	f, disk, err := s.segmentFile(seq)
 	if err != nil {
-		return fmt.Errorf("spool: %w", err)
-	}
-	if _, err := f.Write([]byte(magic)); err != nil {
-		f.Close()
-		_ = os.Remove(s.path(seq))
-		return fmt.Errorf("spool: %w", err)
+		return err
 	}
 	if s.active != nil {
 		last := s.segs[len(s.segs)-1]
@@ -420,7 +451,7 @@ func (s *Spool) rollTo(seq uint64) error {
 		last.sealedSynced = true
 		s.active = nil
 		if last.acked == last.records {
-			s.remove(last)
+			s.remove(last, true)
 		}
 	}
 	if s.cfg.Sync == SyncAlways {
@@ -428,13 +459,60 @@ func (s *Spool) rollTo(seq uint64) error {
 	} else {
 		s.dirDirty = true // the next tick syncs it
 	}
-	seg := &segment{seq: seq, path: s.path(seq), size: int64(len(magic)), created: time.Now()}
+	seg := &segment{seq: seq, path: s.path(seq), size: int64(len(magic)), disk: disk, created: time.Now()}
 	s.segs = append(s.segs, seg)
 	s.bySeq[seq] = seg
-	s.size += seg.size
+	s.size += seg.disk
 	s.active, s.written, s.syncedOff = f, seg.size, 0
 	s.activeFd = f.Fd()
 	return nil
+}
+
+// segmentFile makes the file of segment seq, its magic written, from a
+// spare file when there is one, and returns it with the bytes it takes.
+// s.mu must be held.
+func (s *Spool) segmentFile(seq uint64) (*os.File, int64, error) {
+	path := s.path(seq)
+	for len(s.spares) > 0 {
+		sp := s.spares[len(s.spares)-1]
+		s.spares = s.spares[:len(s.spares)-1]
+		s.size -= sp.size
+		if err := os.Rename(sp.path, path); err != nil {
+			s.discard(sp.path)
+			continue
+		}
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err == nil {
+			if _, err = f.WriteAt([]byte(magic), 0); err == nil {
+				// What the file held after the magic is left from its
+				// earlier use: its records carry that segment's tag
+				// (segTag), so a crash leaves no record of it readable
+				// as this one's.
+				return f, max(sp.size, int64(len(magic))), nil
+			}
+			f.Close()
+		}
+		s.discard(path)
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, 0, fmt.Errorf("spool: %w", err)
+	}
+	if _, err := f.Write([]byte(magic)); err != nil {
+		f.Close()
+		_ = os.Remove(path)
+		return nil, 0, fmt.Errorf("spool: %w", err)
+	}
+	return f, int64(len(magic)), nil
+}
+
+// discard has path deleted in the background. s.mu must be held.
+func (s *Spool) discard(path string) {
+	s.trash = append(s.trash, path)
+	select {
+	case s.sweep <- struct{}{}:
+	default:
+	}
 }
 
 // syncDir makes the directory's entries durable (a new or deleted
@@ -475,8 +553,14 @@ func (s *Spool) AppendHandOff(data []byte, lines int, take bool) (id ID, handed 
 		if s.closed || s.ended {
 			return ID{}, false, ErrClosed
 		}
-		if s.size+need > s.cfg.MaxBytes {
+		active := s.segs[len(s.segs)-1]
+		if s.size+max(0, s.written+need-active.disk) > s.cfg.MaxBytes {
 			switch {
+			case len(s.spares) > 0:
+				sp := s.spares[len(s.spares)-1]
+				s.spares = s.spares[:len(s.spares)-1]
+				s.size -= sp.size
+				s.discard(sp.path)
 			case s.written > int64(len(magic)) && len(s.segs) == 1:
 				// All of it is in the segment being written, which is
 				// only deleted once sealed: seal it.
@@ -500,8 +584,8 @@ func (s *Spool) AppendHandOff(data []byte, lines int, take bool) (id ID, handed 
 		}
 		break
 	}
-	putHeader(s.header[:], data, lines)
 	seg := s.segs[len(s.segs)-1]
+	putHeader(s.header[:], data, lines, seg.seq)
 	id = ID{Seg: seg.seq, Off: s.written}
 	if err := s.writeRecord(data, need); err != nil {
 		// Cut what may have been written of it, so that the segment
@@ -513,7 +597,10 @@ func (s *Spool) AppendHandOff(data []byte, lines int, take bool) (id ID, handed 
 	seg.size += need
 	seg.records++
 	seg.lines += lines
-	s.size += need
+	if seg.size > seg.disk {
+		s.size += seg.size - seg.disk
+		seg.disk = seg.size
+	}
 	s.stats.Records++
 	s.stats.Appends++
 	if take && s.unfed == 0 && !s.closedReader {
@@ -664,7 +751,7 @@ func (s *Spool) dropOldest() {
 			s.cfg.OnDrop(n, lines)
 		}
 	}
-	s.remove(seg)
+	s.remove(seg, false)
 }
 
 // reading reports whether Next has been used (the records it returned are
@@ -672,7 +759,7 @@ func (s *Spool) dropOldest() {
 func (s *Spool) reading() bool { return s.rSeq != 0 || s.rOff != 0 || s.rFile != nil }
 
 // remove deletes a sealed segment. s.mu must be held.
-func (s *Spool) remove(seg *segment) {
+func (s *Spool) remove(seg *segment, reuse bool) {
 	i := slices.Index(s.segs, seg)
 	if i < 0 {
 		return
@@ -681,19 +768,28 @@ func (s *Spool) remove(seg *segment) {
 		seg.unsynced.Close()
 		seg.unsynced = nil
 	}
-	// The file goes in the background: unlinking a segment frees its
-	// pages, which takes long enough to hold up appends. Lost to a
-	// crash before then, it is replayed (duplicates, never a loss).
-	s.trash = append(s.trash, seg.path)
-	select {
-	case s.sweep <- struct{}{}:
-	default:
+	s.size -= seg.disk
+	spared := false
+	if reuse && len(s.spares) < maxSpares && !s.closed {
+		// Kept for a new segment, under a name no Open replays.
+		sp := filepath.Join(s.cfg.Dir, fmt.Sprintf("%016x%s", seg.seq, spareSuffix))
+		if os.Rename(seg.path, sp) == nil {
+			s.spares = append(s.spares, spare{path: sp, size: seg.disk})
+			s.size += seg.disk
+			spared = true
+		}
+	}
+	if !spared {
+		// The file goes in the background: unlinking a segment frees
+		// its pages, which takes long enough to hold up appends. Lost
+		// to a crash before then, it is replayed (duplicates, never a
+		// loss).
+		s.discard(seg.path)
 	}
 	s.dirDirty = true
 	s.unfed -= seg.records - seg.fed
 	s.segs = slices.Delete(s.segs, i, i+1)
 	delete(s.bySeq, seg.seq)
-	s.size -= seg.size
 	s.stats.Records -= seg.records - seg.acked
 	s.room.Broadcast()
 }
@@ -716,7 +812,7 @@ func (s *Spool) Ack(id ID, lines int) {
 		// The deletion is made durable with the next fsync of the
 		// directory; lost to a power cut before it, the segment is
 		// delivered again (a duplicate, never a loss).
-		s.remove(seg)
+		s.remove(seg, true)
 	}
 }
 
@@ -816,7 +912,7 @@ func (s *Spool) readAt(seg *segment, get func(int) []byte) (Record, error) {
 			return Record{}, fmt.Errorf("spool: reading %s: %w", seg.path, err)
 		}
 	}
-	if checksum(h[:8], data) != binary.LittleEndian.Uint32(h[8:]) {
+	if checksum(h[:12], data) != binary.LittleEndian.Uint32(h[12:]) {
 		return Record{}, fmt.Errorf("spool: %s: a record changed on disk at offset %d", seg.path, s.rOff)
 	}
 	lines := int(binary.LittleEndian.Uint32(h[4:]))
@@ -916,7 +1012,13 @@ func (s *Spool) Close() error {
 			err = aerr
 		}
 	}
+	last := s.segs[len(s.segs)-1]
 	if s.active != nil {
+		if last.disk > last.size && s.active.Truncate(last.size) == nil {
+			// A reused file: cut what its earlier use left.
+			s.size -= last.disk - last.size
+			last.disk = last.size
+		}
 		if cerr := s.active.Close(); err == nil {
 			err = cerr
 		}
@@ -927,9 +1029,14 @@ func (s *Spool) Close() error {
 		s.rFile = nil
 	}
 	s.more.Broadcast()
-	if last := s.segs[len(s.segs)-1]; last.acked >= last.records {
-		s.remove(last) // nothing to replay: leave no file
+	if last.acked >= last.records {
+		s.remove(last, false) // nothing to replay: leave no file
 	}
+	for _, sp := range s.spares {
+		s.size -= sp.size
+		s.discard(sp.path)
+	}
+	s.spares = nil
 	s.room.Broadcast()
 	s.synced.Broadcast()
 	s.mu.Unlock()
