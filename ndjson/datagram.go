@@ -29,9 +29,12 @@ const (
 	// datagramReadBuffer is the SO_RCVBUF asked for the socket (the
 	// kernel caps it at net.core.rmem_max).
 	datagramReadBuffer = 4 << 20
-	// finalReadWindow is how long, at shutdown, the datagrams the kernel
-	// holds for the socket are read before it closes.
+	// finalReadWindow is how long, at shutdown, the reads of what the
+	// kernel holds for the socket go on after the last that found some
+	// (so a reader slowed by a full queue or a busy machine still reads
+	// it all), up to finalReadMax in all.
 	finalReadWindow = 100 * time.Millisecond
+	finalReadMax    = 2 * time.Second
 )
 
 // datagrams is the state of a UDP listener (Config.UDP).
@@ -136,8 +139,9 @@ type datagramReader struct {
 	eof  bool
 	// route is the reader's routing memory.
 	route *route.Scratch
-	// final is the deadline of the shutdown's last reads (zero before).
-	final time.Time
+	// final is when the shutdown's last reads began (zero before), and
+	// finalEnd when they end at the latest.
+	final, finalEnd time.Time
 }
 
 // Read implements io.Reader.
@@ -223,6 +227,13 @@ func (r *datagramReader) fill() error {
 		r.d.reading.Unlock()
 		if err == nil {
 			r.n = n
+			if !r.final.IsZero() { // more may wait: the window starts again
+				dl := time.Now().Add(finalReadWindow)
+				if dl.After(r.finalEnd) {
+					dl = r.finalEnd
+				}
+				_ = r.d.pc.SetReadDeadline(dl)
+			}
 			return nil
 		}
 		switch d := r.d; {
@@ -237,8 +248,9 @@ func (r *datagramReader) fill() error {
 				r.eof = true
 				return nil
 			}
-			r.final = time.Now().Add(finalReadWindow)
-			_ = d.pc.SetReadDeadline(r.final)
+			r.final = time.Now()
+			r.finalEnd = r.final.Add(finalReadMax)
+			_ = d.pc.SetReadDeadline(r.final.Add(finalReadWindow))
 		case errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.EINTR):
 			continue
 		default:
@@ -261,7 +273,8 @@ func (s *Server) startDatagrams(pc *listener.Packet) {
 }
 
 // stopDatagrams ends the reads: unless Handover took the socket, what the
-// kernel holds is read for up to finalReadWindow. Then the server drops
+// kernel holds is read (until finalReadWindow passes without a datagram).
+// Then the server drops
 // the socket (closed if no successor shares it).
 func (s *Server) stopDatagrams() {
 	d := s.udp

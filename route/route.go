@@ -164,6 +164,7 @@ type Router struct {
 	targets map[*upstream.Target]*tstate // guarded by mu
 	owner   map[int]*tstate              // lane → its target; guarded by mu
 	pending []*framer.Batch              // orphans to route again; guarded by mu
+	moving  bool                         // Run is routing again what it took from pending; guarded by mu
 	free    map[int][]int                // per group: closed, empty lanes of pruned targets; guarded by mu
 	groupOf map[int]int                  // lane → its group, for ever (a lane is reused in its group only); guarded by mu
 	stopped bool                         // Run returned; guarded by mu
@@ -338,9 +339,12 @@ func (r *Router) Run(ctx context.Context) {
 		// Oldest first: what workers handed back was written before
 		// what waited in the lanes.
 		moved = append(r.pending, moved...)
-		r.pending = nil
+		r.pending, r.moving = nil, true
 		r.mu.Unlock()
 		r.reroute(moved)
+		r.mu.Lock()
+		r.moving = false
+		r.mu.Unlock()
 		select {
 		case <-watch:
 		case <-up:

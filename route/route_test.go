@@ -228,7 +228,7 @@ func TestRerouteOnFailure(t *testing.T) {
 	waitFor(t, func() bool {
 		f.r.mu.Lock()
 		defer f.r.mu.Unlock()
-		return len(f.r.pending) == 0
+		return len(f.r.pending) == 0 && !f.r.moving
 	})
 	got := f.drain()
 	if len(got["b:1"]) != 0 {

@@ -116,17 +116,18 @@ type CheckResult struct {
 // enough in a row (rise or fall), the verdict. It reports whether the
 // verdict changed the target's state.
 func (t *Target) SetChecked(r CheckResult, verdict, decided bool) bool {
+	// The verdict first: whoever sees this check also sees its effect.
+	changed := decided && t.checkDown.Swap(!verdict) != !verdict
 	t.mu.Lock()
 	t.lastCheck = r
 	if r.Err != nil {
 		t.lastErr = r.Err
 	}
 	t.mu.Unlock()
-	if !decided || t.checkDown.Swap(!verdict) == !verdict {
-		return false
+	if changed {
+		t.notify()
 	}
-	t.notify()
-	return true
+	return changed
 }
 
 // LastCheck returns the last active health check, or the zero value.
