@@ -64,6 +64,7 @@ func TestRiseAndFall(t *testing.T) {
 	cfg.Logger, cfg.Clock = slog.New(slog.DiscardHandler), clock
 	cfg.HTTP.Method, cfg.HTTP.Path = http.MethodHead, "/health"
 	cfg.Rise, cfg.Fall = 2, 3
+	cfg.Interval, cfg.Timeout = 10*time.Second, 5*time.Second // the timeout is real time: room for a loaded machine
 	c, err := New(cfg, set)
 	if err != nil {
 		t.Fatal(err)
@@ -138,15 +139,12 @@ func TestCheckKinds(t *testing.T) {
 		{name: "tcp refused", cfg: func() Config { return quick(KindTCP) }, addr: dead, want: syscall.ECONNREFUSED},
 		{name: "https with body", addr: tlsSrv.Listener.Addr().String(), ok: true, cfg: func() Config {
 			c := quick(KindHTTP)
-			c.Timeout = time.Second
-			c.Interval = time.Second
 			c.HTTP.Body = "green"
 			c.HTTP.TLS = func() (*tls.Config, error) { return client, nil }
 			return c
 		}},
 		{name: "body missing", addr: tlsSrv.Listener.Addr().String(), want: ErrBody, cfg: func() Config {
 			c := quick(KindHTTP)
-			c.Timeout, c.Interval = time.Second, time.Second
 			c.HTTP.Body = "red"
 			c.HTTP.TLS = func() (*tls.Config, error) { return client, nil }
 			return c
@@ -267,6 +265,7 @@ func TestUDPCheck(t *testing.T) {
 	cfg.UDP.Send = []byte{0, 1}
 	_, port, _ := net.SplitHostPort(ok)
 	cfg.Port, _ = net.LookupPort("udp", port)
+	cfg.Timeout = 5 * time.Second // an answer is expected: room for a loaded machine
 	if err := check(cfg, closed); err != nil {
 		t.Errorf("side port: %v", err)
 	}

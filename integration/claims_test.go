@@ -270,6 +270,9 @@ func TestDNSAAAAAndNXDOMAIN(t *testing.T) {
 		t.Fatalf("drained %v, want %s", gone["target"], v6.Addr())
 	}
 	p.waitLog("target left the set: drained", 10*time.Second)
+	if !v6.WaitDrained(10 * time.Second) { // it has read what it was sent
+		t.Fatal("the drained target's connections stay open")
+	}
 	before := v6.Lines()
 	conn := dial(t, p.addr)
 	if _, err := linetest.Send(conn, 100, 0, 5000, 8<<10); err != nil {
@@ -416,6 +419,9 @@ func TestReloadDNSNameChecksAndRemovedListener(t *testing.T) {
 	os.WriteFile(path, []byte(doc("b.test", "", true)), 0o600)
 	api.waitTarget(b.Addr(), "up", func(x apiTarget) bool { return x.State == "up" && x.Active > 0 })
 	p.waitLog("target left the set: drained", 10*time.Second)
+	if !a.WaitDrained(10 * time.Second) { // it has read what it was sent
+		t.Fatal("the drained target's connections stay open")
+	}
 	before := a.Lines()
 	send(2)
 	// Checks turn on.

@@ -596,7 +596,7 @@ func TestPassthroughIdleConnectionResumes(t *testing.T) {
 	if name, err := r.ReadString('\n'); err != nil || name != "b0\n" {
 		t.Fatalf("greeting %q %v", name, err)
 	}
-	time.Sleep(3500 * time.Millisecond) // parked by now
+	time.Sleep(6 * time.Second) // parked by now: 2 s of quiet, then the sweeper's next tick, with room for a loaded machine
 	c.Write([]byte("after the nap\n"))
 	if got, err := r.ReadString('\n'); err != nil || got != "after the nap\n" {
 		t.Fatalf("echo %q %v", got, err)

@@ -89,7 +89,7 @@ func udpDial(t *testing.T, host byte, addr string) *net.UDPConn {
 func TestUDPPassthrough(t *testing.T) {
 	a, b := newUDPEcho(t, "A"), newUDPEcho(t, "B")
 	p := startNDLB(t, "--passthrough", "--udp", "--target", a.addr()+","+b.addr(), "--admin", "127.0.0.1:0",
-		"--check", "udp", "--check-udp-expect", "ping", "--check-interval", "100ms", "--check-timeout", "50ms",
+		"--check", "udp", "--check-udp-expect", "ping", "--check-interval", "1s", "--check-timeout", "1s",
 		"--check-rise", "1", "--check-fall", "2", "--udp-idle-timeout", "500ms")
 	l := p.findLogs("listening")[0]
 	if l["proto"] != "udp" {

@@ -154,6 +154,10 @@ func TestMaxConns(t *testing.T) {
 		t.Fatal("a third connection was served beyond MaxConns 2")
 	case <-time.After(100 * time.Millisecond):
 	}
+	// The accept loop counts the limit when it gets to it.
+	for deadline := time.Now().Add(10 * time.Second); l.Stats().LimitReached == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if l.Stats().Active != 2 || l.Stats().LimitReached == 0 {
 		t.Fatalf("stats %+v", l.Stats())
 	}

@@ -159,10 +159,16 @@ func TestUDPHandoverWhileQueueFull(t *testing.T) {
 	}
 	defer c.Close()
 	line := append(bytes.Repeat([]byte("q"), 1000), '\n')
-	for range 3000 { // 3 MB against a 1 MiB queue
+	// Up to 3 MB against a 1 MiB queue, in step with the reader (the
+	// kernel drops what its socket buffer cannot hold) until the queue
+	// is full.
+	for i := range 3000 {
 		c.Write(line)
-		if old.Stats().Datagrams > 1100 {
+		if old.Stats().Queue.Bytes > 900<<10 {
 			break
+		}
+		for deadline := time.Now().Add(5 * time.Second); i%32 == 31 && old.Stats().Datagrams+64 < uint64(i+1) && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
 		}
 	}
 	waitUntil(t, "a full queue", func() bool { return old.Stats().Queue.Bytes > 900<<10 })

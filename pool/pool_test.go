@@ -429,14 +429,20 @@ func TestHardStopDeliversTheAcknowledgedLinesAndResets(t *testing.T) {
 	w.start()
 	w.push(1, 0, 20000, 1000) // big batches: the acknowledgement stops inside one
 	waitFor(t, func() bool { return w.set.Targets()[0].Stats().Conns == 1 })
-	// Let the kernels fill: the written bytes stop moving.
-	prev := int64(-1)
+	// Let the kernels fill: something was written, then the depth stops
+	// moving for several samples in a row (one still sample may be a
+	// worker the machine did not schedule).
+	prev, still := int64(-1), 0
 	waitFor(t, func() bool {
 		time.Sleep(50 * time.Millisecond)
 		now := int64(w.q.Stats().Depth)
-		same := now == prev
+		if now == prev && now < 20 {
+			still++
+		} else {
+			still = 0
+		}
 		prev = now
-		return same
+		return still >= 3
 	})
 	w.cancel()
 	<-w.done
@@ -802,8 +808,10 @@ func TestTelemetryAfterFailover(t *testing.T) {
 		switch s.Name() {
 		case "ndlb.upstream.dial":
 			// Only the dead target's own workers dial it (the other
-			// never fails): each such dial is a "home" one.
-			if attrs["server.address"] == dead && attrs["ndlb.dial.reason"] != "home" {
+			// never fails): each such dial is a "home" one. (Spans of
+			// other tests, whose sinks may have had the same port,
+			// are not this listener's.)
+			if attrs["ndlb.listener"] == "logs" && attrs["server.address"] == dead && attrs["ndlb.dial.reason"] != "home" {
 				t.Errorf("a dial of the first target's own workers has reason %q", attrs["ndlb.dial.reason"])
 			}
 			if attrs["ndlb.dial.reason"] == "failover" && attrs["server.address"] != dead && len(s.Events()) > 0 &&

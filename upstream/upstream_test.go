@@ -254,7 +254,7 @@ func TestCheckErrorWeightsAndRemovalWatch(t *testing.T) {
 func TestDialFailedBeforeLastSuccess(t *testing.T) {
 	s := NewSet([]string{"a:1"})
 	tg := s.Targets()[0]
-	before := time.Now()
+	before := time.Now().Add(-time.Millisecond) // strictly before, on a coarse clock too
 	tg.MarkUp()
 	if tg.DialFailed(errors.New("refused"), before) || !tg.Up() || tg.Stats().Failures != 1 {
 		t.Fatalf("a stale dial failure marked the target down: up %v, %+v", tg.Up(), tg.Stats())
