@@ -46,15 +46,43 @@ type ListenerInfo struct {
 	// Ledger is the NDJSON listener's account of its lines, replaced
 	// and removed instances of the same name included.
 	Ledger *LedgerInfo `json:"ledger,omitempty"`
+	// Spool is the NDJSON listener's disk spool, when it has one.
+	Spool *SpoolInfo `json:"spool,omitempty"`
 }
 
 // LedgerInfo is a listener's account of its lines: received = delivered +
-// the sum of dropped + in flight.
+// the sum of dropped + spooled + in flight.
 type LedgerInfo struct {
 	Received  uint64            `json:"received"`
 	Delivered uint64            `json:"delivered"`
 	InFlight  uint64            `json:"in_flight"`
 	Dropped   map[string]uint64 `json:"dropped"` // by reason
+	// Spooled is what stopped instances left in the spool (the one that
+	// opens it next receives them again).
+	Spooled uint64 `json:"spooled,omitempty"`
+}
+
+// SpoolInfo is an NDJSON listener's disk spool (--spool-dir).
+type SpoolInfo struct {
+	Dir string `json:"dir"`
+	// Open is false while the spool waits for the instance a reload
+	// replaces to let it go (lines go to memory meanwhile).
+	Open             bool    `json:"open"`
+	Bytes            int64   `json:"bytes"`
+	MaxBytes         int64   `json:"max_bytes"`
+	Batches          int     `json:"batches"` // not yet delivered
+	Lines            int     `json:"lines"`   // in those batches
+	Segments         int     `json:"segments"`
+	OldestAgeSeconds float64 `json:"oldest_age_seconds"` // of the oldest segment held; 0 when none
+	Appends          uint64  `json:"appends"`
+	HandedOff        uint64  `json:"handed_off"` // appends queued from memory, not read back
+	Fsyncs           uint64  `json:"fsyncs"`
+	FsyncSeconds     float64 `json:"fsync_seconds"`
+	Replayed         uint64  `json:"replayed"` // batches left by an earlier run, delivered by this one
+	CorruptTails     uint64  `json:"corrupt_tails"`
+	DroppedLines     uint64  `json:"dropped_lines"` // by --spool-full drop-oldest
+	Errors           uint64  `json:"errors"`        // failed appends and fsyncs
+	LastError        string  `json:"last_error,omitempty"`
 }
 
 // Config configures the admin server.

@@ -27,10 +27,11 @@ func chromiumPath(t *testing.T) string {
 
 // The status page, in headless Chromium: it loads with no network but
 // ndlb, shows the targets with their states, and its chart moves when
-// lines flow. NDLB_SCREENSHOT=path saves a screenshot (docs/status.png).
+// lines flow; the listener's ledger and disk spool are shown.
+// NDLB_SCREENSHOT=path saves a screenshot (docs/status.png).
 func TestStatusPageInChromium(t *testing.T) {
 	w := newWorld(t, 2)
-	p := startNDLB(t, "--target", w.targets(), "--admin", "127.0.0.1:0")
+	p := startNDLB(t, "--target", w.targets(), "--admin", "127.0.0.1:0", "--spool-dir", t.TempDir())
 	api := newAdminAPI(t, p, "")
 	api.call("POST", "/api/v1/targets/"+w.sinks[1].Addr()+"/drain", nil)
 
@@ -113,6 +114,22 @@ func TestStatusPageInChromium(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("the page's ledger does not show 40 000 lines received and delivered: %q", got)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// The spool: open, everything appended, nothing undelivered.
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		got, err := chromedp.Run(ctx, chromedp.Evaluate[string](
+			`[...document.querySelectorAll("#l-default .spool span")].map(s => s.textContent).join("; ")`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(got, "MiB of 4096.0 MiB") && strings.Contains(got, "undelivered 0 lines in 0 batches") &&
+			!strings.Contains(got, "appends 0") && strings.Contains(got, "errors 0") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the page's spool line: %q", got)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -211,6 +211,8 @@ type Server struct {
 
 	oversize, incomplete, memory, dropShutdown atomic.Uint64
 	spoolErrors                                atomic.Uint64
+	spoolLastErr                               atomic.Pointer[string] // the last failed append's error
+	spoolWarn                                  rate.Sometimes         // logs failed appends
 	lineTimeouts, cutAtDrain, badFrames        atomic.Uint64
 	metrics                                    []metric.Registration
 
@@ -248,7 +250,8 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, bufs: framer.NewPool(), budget: framer.NewBudget(cfg.ClientMemory),
-		ledger: dispatch.NewLedger(), book: cfg.Book, set: upstream.NewSet(cfg.Targets)}
+		ledger: dispatch.NewLedger(), book: cfg.Book, set: upstream.NewSet(cfg.Targets),
+		spoolWarn: rate.Sometimes{First: 1, Interval: 10 * time.Second}}
 	if len(cfg.Route.Groups) > 0 {
 		s.set.UpdateGroups(cfg.Route.TargetGroups())
 	}
@@ -376,8 +379,14 @@ func (s *Server) push(b *framer.Batch, sc **route.Scratch) (notQueued int, err e
 			n := b.Lines
 			b.Release()
 			return n, err
-		case s.spoolErrors.Add(1) == 1 || errors.Is(err, spool.ErrTooLarge):
-			s.log.Error("spool: cannot append; lines go to the queue in memory, without the spool's protection", "err", err)
+		default:
+			n := s.spoolErrors.Add(1)
+			msg := err.Error()
+			s.spoolLastErr.Store(&msg)
+			s.spoolWarn.Do(func() {
+				s.log.Error("spool: cannot append; lines go to the queue in memory, without the spool's protection",
+					"err", err, "failed_appends", n)
+			})
 		}
 	}
 	if s.router != nil {
@@ -845,6 +854,9 @@ type Stats struct {
 	// memory).
 	Spool       spool.Stats
 	SpoolErrors uint64
+	SpoolOpen   bool // the spool is open (not waiting for the instance a reload replaces)
+	// SpoolLastError is the last failed append's error.
+	SpoolLastError string
 }
 
 // Stats returns the server's counters.
@@ -863,7 +875,10 @@ func (s *Server) Stats() Stats {
 		st.Route = s.router.Stats()
 	}
 	if sp := s.sp.Load(); sp != nil {
-		st.Spool, st.SpoolErrors = sp.Stats(), s.spoolErrors.Load()
+		st.Spool, st.SpoolErrors, st.SpoolOpen = sp.Stats(), s.spoolErrors.Load(), true
+		if e := s.spoolLastErr.Load(); e != nil {
+			st.SpoolLastError = *e
+		}
 	}
 	if d := s.udp; d != nil {
 		st.Datagrams, st.DroppedBinary, st.Overflows = d.count.Load(), d.binary.Load(), d.overflows.Load()

@@ -7,6 +7,7 @@ import (
 	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/ndjson"
 	"github.com/ndlb/ndlb/passthrough"
+	"github.com/ndlb/ndlb/spool"
 )
 
 // NDJSON is the line mode: ndjson.Server with Config.
@@ -24,12 +25,36 @@ func (m NDJSON) New(name string, book *dispatch.Book) (Server, error) {
 
 // Info shows the server's connections and the ledger of its name.
 func (m NDJSON) Info(srv Server, name, addr string, book *dispatch.Book) admin.ListenerInfo {
-	st := srv.(*ndjson.Server).Stats().Listener
+	all := srv.(*ndjson.Server).Stats()
+	st := all.Listener
 	info := admin.ListenerInfo{Name: name, Addr: addr, Mode: m.Name(), Proto: m.Network(), TLS: m.Config.Listener.TLS != nil,
 		Active: st.Active, Accepted: st.Accepted}
 	if book != nil {
 		l := book.Stats(name)
-		info.Ledger = &admin.LedgerInfo{Received: l.Received, Delivered: l.Delivered, InFlight: l.InFlight, Dropped: l.Dropped}
+		info.Ledger = &admin.LedgerInfo{Received: l.Received, Delivered: l.Delivered, InFlight: l.InFlight, Dropped: l.Dropped, Spooled: l.Spooled}
+	}
+	if sc := m.Config.Spool; sc != nil {
+		info.Spool = spoolInfo(sc, all)
+	}
+	return info
+}
+
+// spoolInfo is what the admin API shows of a listener's spool.
+func spoolInfo(sc *spool.Config, st ndjson.Stats) *admin.SpoolInfo {
+	sp := st.Spool
+	info := &admin.SpoolInfo{Dir: sc.Dir, Open: st.SpoolOpen, MaxBytes: sc.MaxBytes,
+		Bytes: sp.Bytes, Batches: sp.Records, Lines: sp.Lines, Segments: sp.Segments,
+		Appends: sp.Appends, HandedOff: sp.HandedOff, Fsyncs: sp.Syncs, FsyncSeconds: sp.SyncTime.Seconds(),
+		Replayed: sp.Replayed, CorruptTails: sp.CorruptTails, DroppedLines: sp.DroppedLines,
+		Errors: st.SpoolErrors + sp.SyncErrors}
+	if !sp.Oldest.IsZero() {
+		info.OldestAgeSeconds = time.Since(sp.Oldest).Seconds()
+	}
+	switch {
+	case st.SpoolLastError != "":
+		info.LastError = st.SpoolLastError
+	case sp.LastSyncError != nil:
+		info.LastError = sp.LastSyncError.Error()
 	}
 	return info
 }
