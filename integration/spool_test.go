@@ -278,3 +278,44 @@ func TestSpoolBadSettings(t *testing.T) {
 		}
 	}
 }
+
+// The disk fills (a file size limit makes every write past 2 MiB fail, as
+// a full disk does): appends fail, are logged and counted, and their lines
+// go to the queue in memory and are delivered; the admin API shows the
+// error. Nothing is lost and the ledger closes.
+func TestSpoolDiskFull(t *testing.T) {
+	w := newWorld(t, 2)
+	dir := t.TempDir()
+	// ulimit -f counts 512-byte blocks; Go ignores SIGXFSZ, so a write
+	// past the limit fails with EFBIG.
+	p := startCmd(t, exec.Command("sh", "-c", `ulimit -f 4096 && exec "$0" "$@"`, bin,
+		"--addr", "127.0.0.1", "--port", "0", "--log-format", "json",
+		"--target", w.targets(), "--admin", "127.0.0.1:0", "--spool-dir", dir))
+	api := newAdminAPI(t, p, "")
+	sent, err := pacedClients(p.addr, 4, 40000, 2*time.Second)()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ls []struct {
+		Spool struct {
+			Appends   uint64 `json:"appends"`
+			Errors    uint64 `json:"errors"`
+			LastError string `json:"last_error"`
+		} `json:"spool"`
+	}
+	api.call("GET", "/api/v1/listeners", &ls)
+	if len(ls) != 1 || ls[0].Spool.Errors == 0 || ls[0].Spool.Appends == 0 || !strings.Contains(ls[0].Spool.LastError, "file too large") {
+		t.Fatalf("listeners %+v: want appends, then errors with the reason", ls)
+	}
+	if len(p.findLogs("spool: cannot append; lines go to the queue in memory, without the spool's protection")) == 0 {
+		t.Fatal("the failed appends were not logged")
+	}
+	p.stopOK()
+	if r := w.check(sent); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
+		t.Fatal(r)
+	}
+	w.checkLedger(p, true)
+	if p.summary("spool_errors") == 0 {
+		t.Fatal("the summary does not count the failed appends")
+	}
+}

@@ -1005,7 +1005,7 @@ func (s *Server) Shutdown() Summary {
 			"datagrams", st.Datagrams, "dropped_binary", st.DroppedBinary, "kernel_overflows", st.Overflows,
 			"bad_frames", st.BadFrames, "unrouted", st.Route.Unrouted, "moved_down", st.Route.MovedDown,
 			"moved_load", st.Route.MovedLoad, "spool_records", st.Spool.Records, "spool_bytes", st.Spool.Bytes,
-			"spool_appends", st.Spool.Appends, "spool_replayed", st.Spool.Replayed, "spool_fsyncs", st.Spool.Syncs,
+			"spool_appends", st.Spool.Appends, "spool_handed_off", st.Spool.HandedOff, "spool_replayed", st.Spool.Replayed, "spool_fsyncs", st.Spool.Syncs,
 			"spool_corrupt_tails", st.Spool.CorruptTails, "spool_dropped_lines", st.Spool.DroppedLines,
 			"spool_errors", st.SpoolErrors)
 	})
