@@ -188,12 +188,9 @@ func (q *Queue) PushCounted(ctx context.Context, b *framer.Batch) error {
 }
 
 // Reserve takes room for b in the budget without waiting, and reports
-// whether there was some. A reserved batch is then queued with
-// PushReserved, or its room given back with Unreserve.
+// whether there was some. A reserved batch must then be queued with
+// PushReserved.
 func (q *Queue) Reserve(b *framer.Batch) bool { return q.budget.TryAcquire(q.weight(b)) }
-
-// Unreserve gives back the room Reserve took for b.
-func (q *Queue) Unreserve(b *framer.Batch) { q.budget.Release(q.weight(b)) }
 
 // PushReserved is PushCounted of a batch Reserve took room for: it never
 // waits. On error the room is given back and the caller still owns b.

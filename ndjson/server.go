@@ -357,11 +357,13 @@ func (s *Server) push(b *framer.Batch, sc **route.Scratch) (notQueued int, err e
 		// When the feeder has caught up and the queue has room, the
 		// batch goes to the queue from memory once it is spooled:
 		// only batches that wait are read back from the disk.
-		reserved := s.router == nil && s.q.Reserve(b)
-		id, handed, err := sp.AppendHandOff(b.Data, b.Lines, reserved)
-		if reserved && !handed {
-			s.q.Unreserve(b)
+		// The room is taken only then, under the spool's lock: a client
+		// waiting for room in a full spool holds none of the queue's.
+		var take func() bool
+		if s.router == nil {
+			take = func() bool { return s.q.Reserve(b) }
 		}
+		id, handed, err := sp.AppendHandOff(b.Data, b.Lines, take)
 		switch {
 		case err == nil && handed:
 			s.ledger.Received(uint64(b.Lines))

@@ -180,6 +180,8 @@ type Spool struct {
 	syncedOff    int64 // of the active segment, covered by an fsync
 	syncing      bool
 	closed       bool
+	closing      bool       // Close began: no more appends
+	readerParked bool       // Next waits for a record: it queued the one before
 	ended        bool       // EndInput: no more appends
 	closedReader bool       // Next's stop was closed
 	more         *sync.Cond // signalled when a record is appended, or input ends
@@ -192,9 +194,10 @@ type Spool struct {
 	activeFd     uintptr          // s.active's descriptor
 	syncErr      error            // the last fsync's failure
 	dirDirty     bool             // segments were made or deleted since the directory's last fsync
-	trash        []string         // segments removed, their files not yet deleted
+	trash        []spare          // files of removed segments not yet deleted (their bytes still counted)
 	spares       []spare          // files of deleted segments, kept for new ones
 	sweep        chan struct{}    // wakes background to delete the trash
+	sweeping     sync.Mutex       // held by deleteTrash
 	unfed        int              // records Next has not returned (nor an Append handed off)
 	stop         chan struct{}
 	done         chan struct{}
@@ -308,6 +311,11 @@ func (s *Spool) check(seq uint64, path string) (*segment, error) {
 	info, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
+	}
+	var head [len(magic)]byte
+	if n, _ := f.ReadAt(head[:], 0); n == len(head) && strings.HasPrefix(string(head[:]), magic[:len(magic)-1]) && string(head[:]) != magic {
+		// Another version's segment: what it holds is not ours to cut.
+		return nil, fmt.Errorf("spool: %s is a segment of another format (%q, this version writes %q): deliver it with the version that wrote it, or move it away", path, head[:], magic)
 	}
 	seg := &segment{seq: seq, path: path, created: info.ModTime(), fromReplay: true}
 	end, stale, err := scan(f, info.Size(), seq, func(Record) error { return nil }, &seg.records, &seg.lines)
@@ -476,9 +484,8 @@ func (s *Spool) segmentFile(seq uint64) (*os.File, int64, error) {
 	for len(s.spares) > 0 {
 		sp := s.spares[len(s.spares)-1]
 		s.spares = s.spares[:len(s.spares)-1]
-		s.size -= sp.size
 		if err := os.Rename(sp.path, path); err != nil {
-			s.discard(sp.path)
+			s.discard(sp.path, sp.size)
 			continue
 		}
 		f, err := os.OpenFile(path, os.O_WRONLY, 0)
@@ -487,12 +494,17 @@ func (s *Spool) segmentFile(seq uint64) (*os.File, int64, error) {
 				// What the file held after the magic is left from its
 				// earlier use: its records carry that segment's tag
 				// (segTag), so a crash leaves no record of it readable
-				// as this one's.
+				// as this one's. Its bytes move from the spare to the
+				// segment.
+				s.size -= sp.size
 				return f, max(sp.size, int64(len(magic))), nil
 			}
 			f.Close()
 		}
-		s.discard(path)
+		// Deleted now, not in the background: the name is the new
+		// segment's, made again below.
+		_ = os.Remove(path)
+		s.size -= sp.size
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -506,9 +518,10 @@ func (s *Spool) segmentFile(seq uint64) (*os.File, int64, error) {
 	return f, int64(len(magic)), nil
 }
 
-// discard has path deleted in the background. s.mu must be held.
-func (s *Spool) discard(path string) {
-	s.trash = append(s.trash, path)
+// discard has the file path, of size bytes (counted in s.size until it
+// is gone), deleted in the background. s.mu must be held.
+func (s *Spool) discard(path string, size int64) {
+	s.trash = append(s.trash, spare{path: path, size: size})
 	select {
 	case s.sweep <- struct{}{}:
 	default:
@@ -529,18 +542,19 @@ func syncDir(dir string) {
 // spool is full it waits (Block) or deletes the oldest segments
 // (DropOldest).
 func (s *Spool) Append(data []byte, lines int) (ID, error) {
-	id, _, err := s.AppendHandOff(data, lines, false)
+	id, _, err := s.AppendHandOff(data, lines, nil)
 	return id, err
 }
 
-// AppendHandOff is Append that, with take set, hands the record to the
-// caller when Next has returned every record before it (the reader has
-// caught up): the reader moves past it as if Next had returned it, and
-// the caller delivers data itself and reports it with Ack. Spooling then
-// costs only the write; records that wait (the reader behind, or take
-// false because the caller has no room for them now) are read back by
-// Next. A record handed off is still spooled until its Ack.
-func (s *Spool) AppendHandOff(data []byte, lines int, take bool) (id ID, handed bool, err error) {
+// AppendHandOff is Append that may hand the record to the caller: when
+// Next has returned every record before it and waits for the next (the
+// reader has caught up), take is asked, once the record is written, whether
+// the caller has room for it now (it must not block: s.mu is held). If so,
+// the reader moves past it as if Next had returned it, and the caller
+// delivers data itself and reports it with Ack. Spooling then costs only
+// the write; records that wait (the reader behind, or no room) are read
+// back by Next. A record handed off is still spooled until its Ack.
+func (s *Spool) AppendHandOff(data []byte, lines int, take func() bool) (id ID, handed bool, err error) {
 	need := int64(headerSize + len(data))
 	if len(data) > MaxRecordBytes || need+int64(len(magic)) > s.cfg.MaxBytes {
 		return ID{}, false, ErrTooLarge
@@ -550,17 +564,24 @@ func (s *Spool) AppendHandOff(data []byte, lines int, take bool) (id ID, handed 
 	// Each wait (for room, for an fsync before a roll) lets other appends
 	// go: the conditions are checked again after it.
 	for {
-		if s.closed || s.ended {
+		if s.closed || s.closing || s.ended {
 			return ID{}, false, ErrClosed
 		}
 		active := s.segs[len(s.segs)-1]
 		if s.size+max(0, s.written+need-active.disk) > s.cfg.MaxBytes {
 			switch {
+			case len(s.trash) > 0:
+				// Files on their way out: delete them now, to make
+				// the room they still take.
+				for _, f := range s.trash {
+					_ = os.Remove(f.path)
+					s.size -= f.size
+				}
+				s.trash = nil
 			case len(s.spares) > 0:
 				sp := s.spares[len(s.spares)-1]
 				s.spares = s.spares[:len(s.spares)-1]
-				s.size -= sp.size
-				s.discard(sp.path)
+				s.discard(sp.path, sp.size)
 			case s.written > int64(len(magic)) && len(s.segs) == 1:
 				// All of it is in the segment being written, which is
 				// only deleted once sealed: seal it.
@@ -590,7 +611,10 @@ func (s *Spool) AppendHandOff(data []byte, lines int, take bool) (id ID, handed 
 	if err := s.writeRecord(data, need); err != nil {
 		// Cut what may have been written of it, so that the segment
 		// stays whole.
-		_ = s.active.Truncate(s.written)
+		if s.active.Truncate(s.written) == nil && seg.disk > s.written {
+			s.size -= seg.disk - s.written
+			seg.disk = s.written
+		}
 		return ID{}, false, fmt.Errorf("spool: writing %s: %w", seg.path, err)
 	}
 	s.written += need
@@ -603,9 +627,11 @@ func (s *Spool) AppendHandOff(data []byte, lines int, take bool) (id ID, handed 
 	}
 	s.stats.Records++
 	s.stats.Appends++
-	if take && s.unfed == 0 && !s.closedReader {
-		// The reader has returned every record before this one: move
-		// it past this one too.
+	if take != nil && s.unfed == 0 && s.readerParked && !s.closedReader && take() {
+		// The reader has returned every record before this one and
+		// waits for the next (so it queued the one before: a
+		// client's batches stay in order), and the caller has room:
+		// move the reader past this one too.
 		if s.rSeq != seg.seq && s.rFile != nil {
 			s.rFile.Close()
 			s.rFile = nil
@@ -768,14 +794,12 @@ func (s *Spool) remove(seg *segment, reuse bool) {
 		seg.unsynced.Close()
 		seg.unsynced = nil
 	}
-	s.size -= seg.disk
 	spared := false
-	if reuse && len(s.spares) < maxSpares && !s.closed {
+	if reuse && len(s.spares) < maxSpares && !s.closed && !s.closing {
 		// Kept for a new segment, under a name no Open replays.
 		sp := filepath.Join(s.cfg.Dir, fmt.Sprintf("%016x%s", seg.seq, spareSuffix))
 		if os.Rename(seg.path, sp) == nil {
 			s.spares = append(s.spares, spare{path: sp, size: seg.disk})
-			s.size += seg.disk
 			spared = true
 		}
 	}
@@ -784,7 +808,7 @@ func (s *Spool) remove(seg *segment, reuse bool) {
 		// its pages, which takes long enough to hold up appends. Lost
 		// to a crash before then, it is replayed (duplicates, never a
 		// loss).
-		s.discard(seg.path)
+		s.discard(seg.path, seg.disk)
 	}
 	s.dirDirty = true
 	s.unfed -= seg.records - seg.fed
@@ -878,7 +902,9 @@ func (s *Spool) NextInto(get func(n int) []byte) (Record, error) {
 		if s.ended {
 			return Record{}, io.EOF
 		}
+		s.readerParked = true
 		s.more.Wait()
+		s.readerParked = false
 	}
 }
 
@@ -972,10 +998,10 @@ func (s *Spool) background() {
 			s.deleteTrash()
 		case <-tick:
 			s.mu.Lock()
-			if !s.syncing && !s.closed {
+			if !s.syncing && !s.closed && !s.closing {
 				_ = s.syncSealed()
 			}
-			if !s.syncing && !s.closed {
+			if !s.syncing && !s.closed && !s.closing {
 				_ = s.syncActive()
 			}
 			s.mu.Unlock()
@@ -985,26 +1011,39 @@ func (s *Spool) background() {
 
 // deleteTrash deletes the files of removed segments, without s.mu.
 func (s *Spool) deleteTrash() {
+	s.sweeping.Lock() // one sweep at a time: when it returns, what was trash is gone and uncounted
+	defer s.sweeping.Unlock()
 	s.mu.Lock()
 	trash := s.trash
 	s.trash = nil
 	s.mu.Unlock()
-	for _, p := range trash {
-		_ = os.Remove(p)
+	var freed int64
+	for _, f := range trash {
+		_ = os.Remove(f.path)
+		freed += f.size
+	}
+	if freed > 0 {
+		s.mu.Lock()
+		s.size -= freed
+		s.room.Broadcast()
+		s.mu.Unlock()
 	}
 }
 
 // Close syncs and closes the spool; segments stay for the next Open.
 func (s *Spool) Close() error {
 	s.mu.Lock()
-	if s.closed {
+	if s.closed || s.closing {
+		for !s.closed { // another Close is syncing
+			s.synced.Wait()
+		}
 		s.mu.Unlock()
 		return nil
 	}
 	for s.syncing {
 		s.synced.Wait()
 	}
-	s.closed = true // no append from here on, nor a tick's fsync
+	s.closing = true // no append from here on, nor a tick's fsync
 	var err error
 	if s.cfg.Sync != SyncNever {
 		err = s.syncSealed()
@@ -1012,6 +1051,7 @@ func (s *Spool) Close() error {
 			err = aerr
 		}
 	}
+	s.closed = true
 	last := s.segs[len(s.segs)-1]
 	if s.active != nil {
 		if last.disk > last.size && s.active.Truncate(last.size) == nil {
@@ -1033,8 +1073,7 @@ func (s *Spool) Close() error {
 		s.remove(last, false) // nothing to replay: leave no file
 	}
 	for _, sp := range s.spares {
-		s.size -= sp.size
-		s.discard(sp.path)
+		s.discard(sp.path, sp.size)
 	}
 	s.spares = nil
 	s.room.Broadcast()

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -499,10 +500,69 @@ func batchOf(r Record) int {
 	return i
 }
 
+// reader runs Next in a goroutine, acknowledging and sending each record
+// it returns; parked reports whether it waits for the next.
+type reader struct {
+	s    *Spool
+	recs chan Record
+	done chan error
+}
+
+func startReader(s *Spool) *reader {
+	r := &reader{s: s, recs: make(chan Record, 1000), done: make(chan error, 1)}
+	go func() {
+		for {
+			rec, err := s.Next()
+			if err != nil {
+				r.done <- err
+				return
+			}
+			rec.Data = slices.Clone(rec.Data)
+			s.Ack(rec.ID, rec.Lines)
+			r.recs <- rec
+		}
+	}()
+	return r
+}
+
+// waitParked waits until the reader waits for a record.
+func (r *reader) waitParked(t *testing.T) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		r.s.mu.Lock()
+		parked := r.s.readerParked
+		r.s.mu.Unlock()
+		if parked {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the reader does not wait")
+		}
+	}
+}
+
+// next is the next record the reader returned.
+func (r *reader) next(t *testing.T) int {
+	t.Helper()
+	select {
+	case rec := <-r.recs:
+		return batchOf(rec)
+	case err := <-r.done:
+		t.Fatalf("Next: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no record")
+	}
+	return -1
+}
+
+func yes() bool { return true }
+func no() bool  { return false }
+
 // AppendHandOff hands a record to its caller only when the reader has
-// returned every record before it; the others are read back, in order,
-// and none is returned twice. Handed-off records are spooled until
-// acknowledged: unacknowledged, they come back after a reopen.
+// returned every record before it and waits, and the caller takes it;
+// the others are read back, in order, and none is returned twice.
+// Handed-off records are spooled until acknowledged: unacknowledged,
+// they come back after a reopen.
 func TestAppendHandOff(t *testing.T) {
 	dir := t.TempDir()
 	s := open(t, dir, nil)
@@ -512,66 +572,59 @@ func TestAppendHandOff(t *testing.T) {
 	}
 	s.Close()
 	s = open(t, dir, nil)
-	if _, handed, err := s.AppendHandOff(data(1), 1, true); err != nil || handed {
+	if _, handed, err := s.AppendHandOff(data(1), 1, yes); err != nil || handed {
 		t.Fatalf("handed %v (%v) with a replayed record unread", handed, err)
 	}
+	rd := startReader(s)
 	for _, want := range []int{0, 1} {
-		r, err := s.Next()
-		if err != nil || batchOf(r) != want {
-			t.Fatalf("Next = %d, %v; want %d", batchOf(r), err, want)
+		if got := rd.next(t); got != want {
+			t.Fatalf("Next = %d; want %d", got, want)
 		}
-		s.Ack(r.ID, r.Lines)
 	}
 	// Caught up: records are handed off, across segment rolls, except
 	// those the caller declines, which Next returns.
 	var handedIDs []ID
-	var declined []int
+	declined := 0
 	for i := 2; i < 300; i++ {
-		take := i%7 != 0
+		rd.waitParked(t)
+		take := yes
+		if i%7 == 0 {
+			take = no
+		}
 		id, handed, err := s.AppendHandOff(data(i), 1, take)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !handed {
-			declined = append(declined, i)
-			// The reader catches up before the next append.
-			r, err := s.Next()
-			if err != nil || batchOf(r) != i {
-				t.Fatalf("Next = %d, %v; want %d", batchOf(r), err, i)
+			declined++
+			if got := rd.next(t); got != i {
+				t.Fatalf("Next = %d; want %d", got, i)
 			}
-			s.Ack(r.ID, r.Lines)
 			continue
 		}
-		if !take {
+		if i%7 == 0 {
 			t.Fatalf("record %d handed off though declined", i)
 		}
 		handedIDs = append(handedIDs, id)
 	}
-	if len(declined) != 42 || len(segFiles(t, dir)) < 5 {
-		t.Fatalf("declined %d, %d segments", len(declined), len(segFiles(t, dir)))
+	if declined != 42 || len(segFiles(t, dir)) < 5 {
+		t.Fatalf("declined %d, %d segments", declined, len(segFiles(t, dir)))
 	}
-	// A declined record ahead of the reader stops the hand-offs until
-	// it is read.
-	if _, handed, _ := s.AppendHandOff(data(300), 1, false); handed {
-		t.Fatal("declined record handed off")
+	// Without a reader waiting, nothing is handed off.
+	s.StopReading()
+	if err := <-rd.done; !errors.Is(err, ErrClosed) {
+		t.Fatal(err)
 	}
-	if _, handed, _ := s.AppendHandOff(data(301), 1, true); handed {
-		t.Fatal("handed off with a record before it unread")
-	}
-	for _, want := range []int{300, 301} {
-		r, err := s.Next()
-		if err != nil || batchOf(r) != want {
-			t.Fatalf("Next = %d, %v; want %d", batchOf(r), err, want)
-		}
-		s.Ack(r.ID, r.Lines)
+	if _, handed, _ := s.AppendHandOff(data(300), 1, yes); handed {
+		t.Fatal("handed off with no reader")
 	}
 	// Acknowledge all but the last 10 handed-off records; close; the
 	// 10 come back (with their segment's acknowledged neighbours).
 	for _, id := range handedIDs[:len(handedIDs)-10] {
 		s.Ack(id, 1)
 	}
-	if st := s.Stats(); st.Records != 10 {
-		t.Fatalf("stats %+v: want 10 records unacknowledged", st)
+	if st := s.Stats(); st.Records != 11 || st.HandedOff != uint64(len(handedIDs)) {
+		t.Fatalf("stats %+v: want 11 records unacknowledged, %d handed off", st, len(handedIDs))
 	}
 	s.Close()
 	s = open(t, dir, nil)
@@ -580,11 +633,36 @@ func TestAppendHandOff(t *testing.T) {
 	for _, r := range replayAll(t, s) {
 		got[batchOf(r)] = true
 	}
-	for i := 300 - 10; i < 300; i++ {
+	for i := 300 - 10; i <= 300; i++ {
 		if i%7 != 0 && !got[i] {
-			t.Fatalf("handed-off record %d, never acknowledged, lost at reopen (got %v)", i, got)
+			t.Fatalf("record %d, never acknowledged, lost at reopen (got %v)", i, got)
 		}
 	}
+}
+
+// A record ahead of the reader (written while the reader was busy) stops
+// the hand-offs until it is read: a client's batches keep their order.
+func TestHandOffWaitsForTheReader(t *testing.T) {
+	s := open(t, t.TempDir(), nil)
+	defer s.Close()
+	if _, handed, _ := s.AppendHandOff(data(0), 1, yes); handed {
+		t.Fatal("handed off with no reader waiting")
+	}
+	if _, handed, _ := s.AppendHandOff(data(1), 1, yes); handed {
+		t.Fatal("handed off with a record before it unread")
+	}
+	rd := startReader(s)
+	for _, want := range []int{0, 1} {
+		if got := rd.next(t); got != want {
+			t.Fatalf("Next = %d; want %d", got, want)
+		}
+	}
+	rd.waitParked(t)
+	if _, handed, _ := s.AppendHandOff(data(2), 1, yes); !handed {
+		t.Fatal("not handed off with the reader caught up and waiting")
+	}
+	s.StopReading()
+	<-rd.done
 }
 
 // With the interval policy, sealing a segment does not wait for its
@@ -745,13 +823,28 @@ func TestSizeCountsReusedFiles(t *testing.T) {
 		}
 		sawSpare = sawSpare || len(s.spares) > 0
 		if i%50 == 0 {
-			st := s.Stats()
-			if disk := onDisk(); st.Bytes != disk || st.Bytes > maxBytes {
+			disk := onDisk() // deletes the trash first
+			if st := s.Stats(); st.Bytes != disk || st.Bytes > maxBytes {
 				t.Fatalf("after %d appends: size %d, files %d, bound %d", i+1, st.Bytes, disk, maxBytes)
 			}
 		}
 	}
 	if !sawSpare {
 		t.Fatal("no file was kept for reuse")
+	}
+}
+
+// A segment of another version of the format is refused, not cut away.
+func TestOtherFormatRefused(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, fmt.Sprintf("%016x%s", 3, suffix))
+	if err := os.WriteFile(path, append([]byte("NDLBSPL1"), make([]byte, 40)...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(DefaultConfig(dir)); err == nil || !strings.Contains(err.Error(), "another format") {
+		t.Fatalf("Open = %v, want the other format named", err)
+	}
+	if info, err := os.Stat(path); err != nil || info.Size() != 48 {
+		t.Fatalf("the segment was changed: %v, %v", info, err)
 	}
 }
