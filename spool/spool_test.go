@@ -848,3 +848,34 @@ func TestOtherFormatRefused(t *testing.T) {
 		t.Fatalf("the segment was changed: %v, %v", info, err)
 	}
 }
+
+// A spare file that cannot be opened (here a dangling link) is skipped:
+// the new segment is made afresh, and nothing deletes it later.
+func TestSpareThatFailsToOpen(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, nil)
+	defer s.Close()
+	bad := filepath.Join(dir, "0000000000000099"+spareSuffix)
+	if err := os.Symlink(filepath.Join(dir, "nowhere"), bad); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	s.spares = append(s.spares, spare{path: bad, size: 100})
+	s.size += 100
+	s.mu.Unlock()
+	for i := range 40 { // several rolls
+		if _, err := s.Append(data(i), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.deleteTrash()
+	got := replayAll(t, s)
+	if len(got) != 40 {
+		t.Fatalf("%d of 40 records read back", len(got))
+	}
+	for i, r := range got {
+		if batchOf(r) != i {
+			t.Fatalf("record %d is %d", i, batchOf(r))
+		}
+	}
+}
