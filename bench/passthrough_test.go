@@ -366,7 +366,7 @@ func newConns(addr string, workers, each int) error {
 
 // BenchmarkPassthroughIdle holds 5000 idle proxied connections through ndlb
 // (and HAProxy when installed) and reports each proxy's resident memory per
-// connection.
+// connection 2 s after the last of them went quiet, and after 6 s (parked).
 func BenchmarkPassthroughIdle(b *testing.B) {
 	const conns = 5000
 	bin := buildNDLB(b)
@@ -375,7 +375,7 @@ func BenchmarkPassthroughIdle(b *testing.B) {
 	peers := startPeers(b, bin, echo.addr())
 	defer stopAll(peers)
 	for b.Loop() {
-		r := ratioTable{}
+		r, at2 := ratioTable{}, ratioTable{}
 		for _, p := range peers {
 			if p.pid == 0 || p.name == "socat" { // socat forks a process per connection
 				continue
@@ -397,18 +397,21 @@ func BenchmarkPassthroughIdle(b *testing.B) {
 				}
 				open = append(open, c)
 			}
-			// Idle connections: ndlb lets the goroutines of
-			// connections idle for 2s go, and returns their
+			// Idle connections: ndlb lets the goroutines of quiet
+			// connections go (--park-after), and returns their
 			// stacks to the system.
-			time.Sleep(6 * time.Second)
+			time.Sleep(2 * time.Second)
+			at2[p.name] = (rss(p.pid) - before) / conns / 1024
+			time.Sleep(4 * time.Second)
 			r[p.name] = (rss(p.pid) - before) / conns / 1024
 			b.Logf("%s: RSS %.1f MiB with %d idle connections (%.1f MiB before)", p.name, rss(p.pid)/(1<<20), conns, before/(1<<20))
 			for _, c := range open {
 				c.Close()
 			}
 		}
-		r["direct"] = 1 // no proxy; keeps the ratio columns meaningful
-		r.report(b, strconv.Itoa(conns)+" idle proxied connections", "KiB/conn", peers)
+		r["direct"], at2["direct"] = 1, 1 // no proxy; keeps the ratio columns meaningful
+		at2.report(b, strconv.Itoa(conns)+" proxied connections quiet for 2 s", "KiB/conn-at-2s", peers)
+		r.report(b, strconv.Itoa(conns)+" idle proxied connections, after 6 s", "KiB/conn", peers)
 	}
 	b.ReportMetric(0, "ns/op")
 }

@@ -28,7 +28,11 @@ const (
 	DefaultDrainTimeout   = 30 * time.Second
 	DefaultBackoffInitial = 100 * time.Millisecond
 	DefaultBackoffMax     = 2 * time.Second
-	DefaultParkAfter      = 2 * time.Second
+	// DefaultParkAfter is Config.ParkAfter: a connection quiet for a
+	// moment (a keep-alive one between requests, say) already holds no
+	// goroutine or stack; a stream that wakes again costs one epoll
+	// round, not a new connection.
+	DefaultParkAfter = 500 * time.Millisecond
 	// DefaultUDPIdleTimeout is Config.UDPIdleTimeout.
 	DefaultUDPIdleTimeout = time.Minute
 )
