@@ -164,7 +164,6 @@ func (w *worker) serve(ctx context.Context, c *upConn, watch <-chan struct{}) (f
 	q, cfg := w.p.queue, w.p.cfg
 	ack := time.NewTimer(cfg.AckInterval)
 	ack.Stop()
-	ackArmed := false
 	var fb clockwork.Timer
 	var fbC <-chan time.Time
 	armFailback := func() {
@@ -201,9 +200,11 @@ func (w *worker) serve(ctx context.Context, c *upConn, watch <-chan struct{}) (f
 	}()
 	settle := func() {
 		progress = c.settle(q) > 0 || progress
-		if len(c.unacked) > 0 && !ackArmed {
+		if len(c.unacked) > 0 {
+			// Sampled again after AckInterval without a write: while
+			// writes come faster, each one samples, and the timer
+			// never wakes the worker.
 			ack.Reset(cfg.AckInterval)
-			ackArmed = true
 		}
 	}
 	// write writes the popped batches on c. leave is true when serve
@@ -298,7 +299,6 @@ func (w *worker) serve(ctx context.Context, c *upConn, watch <-chan struct{}) (f
 				return failed, progress
 			}
 		case <-ack.C:
-			ackArmed = false
 			settle()
 		case <-fbC:
 			startFailback()
