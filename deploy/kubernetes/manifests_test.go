@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -180,6 +181,41 @@ func TestManifests(t *testing.T) {
 	}
 	if g := pod.TerminationGracePeriodSeconds; g == nil || float64(*g) <= drain.Seconds() {
 		t.Errorf("terminationGracePeriodSeconds %v does not cover the drain and delivery (%s)", g, drain)
+	}
+	// A spool directory is on a writable volume (the root file system is
+	// read-only) that holds the spool's bound.
+	spools := 0
+	for _, l := range listeners {
+		dir := l.Values.String("spool-dir")
+		if dir == "" {
+			continue
+		}
+		spools++
+		maxBytes, err := humanize.ParseBytes(l.Values.String("spool-max-bytes"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mount *corev1.VolumeMount
+		for i, m := range c.VolumeMounts {
+			if dir == m.MountPath || strings.HasPrefix(dir, strings.TrimSuffix(m.MountPath, "/")+"/") {
+				mount = &c.VolumeMounts[i]
+			}
+		}
+		if mount == nil || mount.ReadOnly {
+			t.Errorf("spool-dir %s is on no writable volume (mounts %+v)", dir, c.VolumeMounts)
+			continue
+		}
+		i := slices.IndexFunc(pod.Volumes, func(v corev1.Volume) bool { return v.Name == mount.Name })
+		if i < 0 {
+			t.Errorf("volume %s is not in the pod", mount.Name)
+			continue
+		}
+		if ed := pod.Volumes[i].EmptyDir; ed != nil && (ed.SizeLimit == nil || ed.SizeLimit.Value() < int64(maxBytes)*11/10) {
+			t.Errorf("the spool's emptyDir holds %v, under spool-max-bytes %d and room for files on their way out", ed.SizeLimit, maxBytes)
+		}
+	}
+	if spools == 0 {
+		t.Error("the ConfigMap's listener has no spool")
 	}
 	if c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() || c.Resources.Requests.Cpu().IsZero() {
 		t.Errorf("resources %+v", c.Resources)
