@@ -475,15 +475,7 @@ func (q *Queue) Idle() <-chan struct{} { return q.idle }
 func (q *Queue) Discard() uint64 {
 	var lines uint64
 	for {
-		q.mu.Lock()
-		var b *framer.Batch
-		for _, l := range q.lanes {
-			if l.items.len() > 0 {
-				b = l.items.popFront()
-				break
-			}
-		}
-		q.mu.Unlock()
+		b := q.popAny()
 		if b == nil {
 			return lines
 		}
@@ -494,21 +486,25 @@ func (q *Queue) Discard() uint64 {
 	}
 }
 
+// popAny takes the first waiting batch of any lane; nil when none waits.
+func (q *Queue) popAny() *framer.Batch {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, l := range q.lanes {
+		if l.items.len() > 0 {
+			return l.items.popFront()
+		}
+	}
+	return nil
+}
+
 // Abandon removes every waiting batch without counting its lines as
 // dropped, passing each to fn before it is released: for a shutdown whose
 // deadline passed when the lines are kept elsewhere (a spool replays them
 // at the next start), fn counts those that are not.
 func (q *Queue) Abandon(fn func(*framer.Batch)) {
 	for {
-		q.mu.Lock()
-		var b *framer.Batch
-		for _, l := range q.lanes {
-			if l.items.len() > 0 {
-				b = l.items.popFront()
-				break
-			}
-		}
-		q.mu.Unlock()
+		b := q.popAny()
 		if b == nil {
 			return
 		}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -26,21 +25,9 @@ func killedWhileTargetsDown(t *testing.T, sink *linetest.Sink, clients, perClien
 	t.Helper()
 	p := startNDLB(t, append([]string{"--target", sink.Addr(), "--admin", "127.0.0.1:0", "--backoff-max", "100ms"}, args...)...)
 	api := newAdminAPI(t, p, "")
-	var wg sync.WaitGroup
-	for c := range clients {
-		wg.Go(func() {
-			conn, err := net.Dial("tcp", p.addr)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer conn.Close()
-			if _, err := linetest.Send(conn, c+1, 0, perClient, 64<<10); err != nil {
-				t.Error(err)
-			}
-		})
+	if err := linetest.SendClients(p.addr, clients, 0, perClient, 64<<10); err != nil {
+		t.Fatal(err)
 	}
-	wg.Wait()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var ls []struct {
@@ -81,11 +68,7 @@ func TestSpoolSurvivesKill(t *testing.T) {
 				sent[c+1] = perClient
 			}
 			ledger := linetest.NewLedger()
-			sink, err := linetest.NewSink("127.0.0.1:0", ledger)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sink.Close()
+			sink := linetest.StartSink(t, ledger)
 			sink.Kill(false)
 			var args []string
 			if spooled {
@@ -131,11 +114,7 @@ func TestSpoolSurvivesKill(t *testing.T) {
 // let it go, and when the target returns every line arrives once.
 func TestSpoolAcrossReload(t *testing.T) {
 	ledger := linetest.NewLedger()
-	sink, err := linetest.NewSink("127.0.0.1:0", ledger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
+	sink := linetest.StartSink(t, ledger)
 	sink.Kill(false)
 	dir := t.TempDir()
 	doc := func(buffer string) string {
@@ -189,11 +168,7 @@ backoff-max = "100ms"
 // target returns and every line arrives once, whole.
 func TestSpoolBoundsMemory(t *testing.T) {
 	ledger := linetest.NewLedger()
-	sink, err := linetest.NewSink("127.0.0.1:0", ledger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
+	sink := linetest.StartSink(t, ledger)
 	sink.Kill(false)
 	p := startCmd(t, cmdStatic("--addr", "127.0.0.1", "--port", "0", "--log-format", "json", "--target", sink.Addr(),
 		"--spool-dir", t.TempDir(), "--buffer-bytes", "8MiB", "--client-buffer-bytes", "16MiB", "--backoff-max", "100ms",

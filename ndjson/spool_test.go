@@ -3,7 +3,6 @@ package ndjson
 import (
 	"log/slog"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,11 +16,7 @@ import (
 // shutdown that could not deliver replays what was left.
 func TestSpoolTargetsDown(t *testing.T) {
 	ledger := linetest.NewLedger()
-	sink, err := linetest.NewSink("127.0.0.1:0", ledger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
+	sink := linetest.StartSink(t, ledger)
 	sink.Kill(false) // down: nothing listens on its address
 	dir := t.TempDir()
 	newServer := func(deliver time.Duration) *Server {
@@ -44,23 +39,13 @@ func TestSpoolTargetsDown(t *testing.T) {
 	srv := newServer(200 * time.Millisecond)
 	const clients, perClient = 4, 40000 // about 20 MiB, 5 times the queue
 	sent := map[uint32]uint32{}
-	var wg sync.WaitGroup
-	start := time.Now()
 	for c := range uint32(clients) {
 		sent[c+1] = perClient
-		wg.Go(func() {
-			conn, err := net.Dial("tcp", srv.Addr().String())
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer conn.Close()
-			if _, err := linetest.Send(conn, c+1, 0, perClient, 64<<10); err != nil {
-				t.Error(err)
-			}
-		})
 	}
-	wg.Wait()
+	start := time.Now()
+	if err := linetest.SendClients(srv.Addr().String(), clients, 0, perClient, 64<<10); err != nil {
+		t.Fatal(err)
+	}
 	t.Logf("clients sent %d lines to a dead target in %s", clients*perClient, time.Since(start).Round(time.Millisecond))
 	// Shutdown cannot deliver: what is left stays in the spool, and the
 	// ledger counts nothing as dropped.
@@ -87,11 +72,7 @@ func TestSpoolTargetsDown(t *testing.T) {
 // hold the shutdown past its deadline, and the ledger closes: lines
 // spooled, the rest read and dropped at the deadline.
 func TestSpoolFullShutdown(t *testing.T) {
-	sink, err := linetest.NewSink("127.0.0.1:0", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
+	sink := linetest.StartSink(t, nil)
 	sink.Kill(false)
 	cfg := DefaultConfig()
 	cfg.Targets = []string{sink.Addr()}
@@ -131,11 +112,7 @@ func TestSpoolFullShutdown(t *testing.T) {
 // arrives once and whole, the ledger closes and the spool ends empty.
 func TestSpoolHandOffAndReadBack(t *testing.T) {
 	ledger := linetest.NewLedger()
-	sink, err := linetest.NewSink("127.0.0.1:0", ledger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
+	sink := linetest.StartSink(t, ledger)
 	cfg := DefaultConfig()
 	cfg.Targets = []string{sink.Addr()}
 	cfg.Logger = slog.New(slog.DiscardHandler)
@@ -152,21 +129,9 @@ func TestSpoolHandOffAndReadBack(t *testing.T) {
 	const clients, perClient = 4, 30000
 	sent := map[uint32]uint32{}
 	send := func(from, to uint32) {
-		var wg sync.WaitGroup
-		for c := range uint32(clients) {
-			wg.Go(func() {
-				conn, err := net.Dial("tcp", srv.Addr().String())
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				defer conn.Close()
-				if _, err := linetest.Send(conn, c+1, from, to, 16<<10); err != nil {
-					t.Error(err)
-				}
-			})
+		if err := linetest.SendClients(srv.Addr().String(), clients, from, to, 16<<10); err != nil {
+			t.Fatal(err)
 		}
-		wg.Wait()
 	}
 	for c := range uint32(clients) {
 		sent[c+1] = perClient

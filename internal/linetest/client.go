@@ -2,6 +2,8 @@ package linetest
 
 import (
 	"io"
+	"net"
+	"sync"
 	"time"
 )
 
@@ -41,4 +43,28 @@ func SendPaced(w io.Writer, c, from, to uint32, d time.Duration) error {
 		<-tick.C
 	}
 	return nil
+}
+
+// SendClients sends lines from..to-1 of clients 1..n to addr at once, each
+// on a connection of its own, in writes of about chunk bytes, and returns
+// the first error.
+func SendClients(addr string, n, from, to uint32, chunk int) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for c := range n {
+		wg.Go(func() {
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close()
+			if _, err := Send(conn, c+1, from, to, chunk); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -53,6 +54,17 @@ type sinkConn struct {
 
 // NewSink listens on addr ("127.0.0.1:0" for any port) and serves.
 func NewSink(addr string, l *Ledger) (*Sink, error) { return NewTLSSink(addr, l, nil) }
+
+// StartSink is NewSink on a free loopback port, closed when the test ends.
+func StartSink(t testing.TB, l *Ledger) *Sink {
+	t.Helper()
+	s, err := NewSink("127.0.0.1:0", l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
 
 // NewTLSSink is NewSink with TLS on every connection when cfg is not nil.
 func NewTLSSink(addr string, l *Ledger, cfg *tls.Config) (*Sink, error) {
