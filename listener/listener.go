@@ -303,6 +303,12 @@ func (l *Listener) Serve() error {
 // maxIdleWorkers bounds the goroutines kept waiting for connections.
 const maxIdleWorkers = 32
 
+// TrimWorkers lets the goroutines kept waiting for connections exit, so
+// that the next garbage collection can free their stacks: for a handler
+// whose connections all went quiet. New connections start goroutines
+// again.
+func (l *Listener) TrimWorkers() { l.workers.Trim(0) }
+
 // takeSlot waits for room under MaxConns. It returns false when Shutdown
 // has stopped accepting.
 func (l *Listener) takeSlot() bool {
@@ -415,13 +421,13 @@ func (l *Listener) prepare(nc net.Conn) (*Conn, bool) {
 		}
 		if err := l.readProxyHeader(c); err != nil {
 			l.proxyRejected.Add(1)
-			c.Log = l.log.With("conn", c.ID.String(), "proxy", nc.RemoteAddr().String())
+			c.Log = connLogger(l.log, c, nc.RemoteAddr(), false)
 			c.Log.Warn("connection rejected: no valid PROXY protocol header", "err", err)
 			return nil, false
 		}
-		c.Log = l.log.With("conn", c.ID.String(), "client", c.Client.String(), "proxy", nc.RemoteAddr().String())
+		c.Log = connLogger(l.log, c, nc.RemoteAddr(), true)
 	} else {
-		c.Log = l.log.With("conn", c.ID.String(), "client", c.Client.String())
+		c.Log = connLogger(l.log, c, nil, true)
 	}
 	if !l.admit(c) {
 		return nil, false
@@ -587,7 +593,7 @@ func (l *Listener) Adopt(nc net.Conn, id ksuid.KSUID, client, local net.Addr, pe
 		c.Conn = &prefixConn{Conn: nc, pending: pending}
 	}
 	c.tcp, _ = nc.(*net.TCPConn)
-	c.Log = l.log.With("conn", id.String(), "client", client.String())
+	c.Log = connLogger(l.log, c, nil, true)
 	l.workers.Go(func() {
 		l.track(c)
 		c.release = func() {

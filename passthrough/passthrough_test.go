@@ -447,6 +447,9 @@ func TestConnectTimeout(t *testing.T) {
 	}
 }
 
+// A connection with no traffic for IdleTimeout is closed; traffic puts
+// the deadline back. The sweeper looks on its real ticker, at the server's
+// (fake) clock.
 func TestIdleTimeout(t *testing.T) {
 	b := newBackend(t, nil, echo)
 	clock := clockwork.NewFakeClock()
@@ -466,15 +469,32 @@ func TestIdleTimeout(t *testing.T) {
 		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
 			t.Fatal(err)
 		}
+		// The reply can arrive before the session records it.
+		now := clock.Now().UnixNano()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+			s.mu.Lock()
+			seen := 0
+			for ss := range s.sessions {
+				if ss.last.Load() >= now {
+					seen++
+				}
+			}
+			s.mu.Unlock()
+			if seen == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the session does not record the traffic")
+			}
+		}
 	}
 	ping()
-	clock.BlockUntilContext(context.Background(), 1)
 	clock.Advance(50 * time.Second)
 	ping() // traffic at 50s
 	clock.Advance(30 * time.Second)
-	// The timer fired at 60s, saw traffic 10s before, and waits until
-	// 110s.
-	clock.BlockUntilContext(context.Background(), 1)
+	ping() // 30s after the last traffic: still open
+	// Ticks of the sweeper at 80s find 30s of quiet: nothing to close.
+	time.Sleep(50 * time.Millisecond)
 	ping()
 	clock.Advance(100 * time.Second)
 	if _, err := c.Read(make([]byte, 1)); err != io.EOF {

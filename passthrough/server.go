@@ -2,6 +2,7 @@ package passthrough
 
 import (
 	"context"
+	"math"
 	"net"
 	"runtime/debug"
 	"sync"
@@ -29,6 +30,7 @@ type Server struct {
 	// The parker's count of parks at the sweeper's last tick and at the
 	// last returnMemory; owned by the sweeper.
 	parksAtTick, parksAtFree uint64
+	trimmed                  bool // idle goroutines were let go at the last tick; owned by the sweeper
 
 	// stop is cancelled when the drain timeout passes: dials give up and
 	// open sessions are closed.
@@ -80,8 +82,10 @@ func (s *Server) Start(ln net.Listener) {
 			s.log.Warn("idle connections keep their goroutines", "err", err)
 		} else {
 			s.parker = p
-			s.sweep.Go(s.sweeper)
 		}
+	}
+	if s.parker != nil || s.cfg.IdleTimeout > 0 {
+		s.sweep.Go(s.sweeper)
 	}
 	s.metrics = s.observe()
 	args := []any{"addr", ln.Addr().String(), "mode", "passthrough", "targets", s.cfg.Targets,
@@ -135,29 +139,66 @@ func (s *Server) ServeConn(c *listener.Conn) {
 	ss.serve(c.Detach())
 }
 
-// sweeper asks the streams of connections idle for ParkAfter to park, until
-// the server stops.
+// sweeper, until the server stops, closes the connections idle for
+// IdleTimeout and asks the streams of those idle for ParkAfter to park.
+// One pass over the sessions serves both, so that a connection needs no
+// timer of its own.
 func (s *Server) sweeper() {
-	tick := time.NewTicker(s.cfg.ParkAfter / 2)
+	tick := time.NewTicker(s.sweepEvery())
 	defer tick.Stop()
+	var idle []*session
 	for {
 		select {
 		case <-s.stop.Done():
 			return
 		case <-tick.C:
 		}
-		quiet := s.clock.Now().Add(-s.cfg.ParkAfter).UnixNano()
+		now := s.clock.Now()
+		park := s.parker != nil
+		quiet := now.Add(-s.cfg.ParkAfter).UnixNano()
+		expired := int64(math.MinInt64)
+		if s.cfg.IdleTimeout > 0 {
+			expired = now.Add(-s.cfg.IdleTimeout).UnixNano()
+		}
 		s.mu.Lock()
 		for ss := range s.sessions {
-			if ss.last.Load() <= quiet {
+			switch last := ss.last.Load(); {
+			case last <= expired:
+				if ss.timedOut.CompareAndSwap(false, true) {
+					idle = append(idle, ss)
+				}
+			case park && last <= quiet:
 				ss.up.askPark()
 				ss.down.askPark()
 			}
 		}
 		s.mu.Unlock()
-		s.returnMemory()
+		// Closed outside the lock: a session that ends untracks itself.
+		for i, ss := range idle {
+			s.idleClosed.Add(1)
+			ss.abort(byIdle)
+			idle[i] = nil
+		}
+		idle = idle[:0]
+		if park {
+			s.returnMemory()
+		}
 		s.pruneAttrs()
 	}
+}
+
+// sweepEvery is the sweeper's period: half of ParkAfter, so that a stream
+// parks between ParkAfter and 1.5 × ParkAfter after it went quiet, and at
+// most a sixteenth of IdleTimeout (10 ms at least) and a second.
+func (s *Server) sweepEvery() time.Duration {
+	every := time.Second
+	if s.parker != nil {
+		every = min(every, s.cfg.ParkAfter/2)
+	}
+	if d := s.cfg.IdleTimeout; d > 0 {
+		every = min(every, max(d/16, 10*time.Millisecond))
+	}
+	return max(every, time.Millisecond)
 }
 
 // freeAfterParks is how many streams must have parked since the last
@@ -169,9 +210,15 @@ const freeAfterParks = 1024
 // last tick) that let at least freeAfterParks go: thousands of connections
 // going quiet together. Otherwise the runtime keeps that memory for reuse,
 // and a process that once had 10 000 busy connections keeps their stacks
-// while they idle. The cost, a garbage collection, is small beside the
-// wave.
+// while they idle. The goroutines kept for new connections and streams are
+// let go first, and the memory is returned at the next tick, once they
+// have exited. The cost, a garbage collection and new goroutines for the
+// next connections, is small beside the wave.
 func (s *Server) returnMemory() {
+	if s.trimmed {
+		s.trimmed = false
+		debug.FreeOSMemory()
+	}
 	parks := s.parker.Parks()
 	wave := parks != s.parksAtTick
 	s.parksAtTick = parks
@@ -179,7 +226,9 @@ func (s *Server) returnMemory() {
 		return
 	}
 	s.parksAtFree = parks
-	debug.FreeOSMemory()
+	s.streams.Trim(0)
+	s.ln.TrimWorkers()
+	s.trimmed = true
 }
 
 // track registers ss; it returns false when the drain timeout has passed.

@@ -9,8 +9,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jonboulle/clockwork"
-
 	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/upstream"
 )
@@ -43,12 +41,12 @@ type session struct {
 	live     atomic.Int32 // streams not ended
 
 	last                   atomic.Int64 // Unix nanoseconds of the last bytes moved
+	timedOut               atomic.Bool  // closed by IdleTimeout (once: it stays tracked until it ends)
 	fromClient, fromTarget atomic.Int64
 
 	mu       sync.Mutex
-	closedBy string          // guarded by mu
-	err      error           // first real error; guarded by mu
-	idle     clockwork.Timer // guarded by mu
+	closedBy string // guarded by mu
+	err      error  // first real error; guarded by mu
 }
 
 func newSession(s *Server, c *listener.Conn, t *upstream.Target, backend net.Conn) *session {
@@ -69,11 +67,6 @@ func newSession(s *Server, c *listener.Conn, t *upstream.Target, backend net.Con
 // then done releases the client connection.
 func (ss *session) serve(done func()) {
 	ss.done = done
-	if d := ss.s.cfg.IdleTimeout; d > 0 {
-		ss.mu.Lock()
-		ss.idle = ss.s.clock.AfterFunc(d, ss.checkIdle)
-		ss.mu.Unlock()
-	}
 	ss.live.Store(2)
 	ss.s.streams.Go(ss.down.run)
 	proxyCopy(ss.up)
@@ -81,11 +74,6 @@ func (ss *session) serve(done func()) {
 
 // finish runs when both streams have ended.
 func (ss *session) finish() {
-	ss.mu.Lock()
-	if ss.idle != nil {
-		ss.idle.Stop()
-	}
-	ss.mu.Unlock()
 	ss.judge()
 	ss.logClose()
 	ss.s.recordDuration(ss.s.clock.Since(ss.start), ss.t)
@@ -186,21 +174,6 @@ func shutdownBoth(tc *net.TCPConn) {
 	if rc, err := tc.SyscallConn(); err == nil {
 		_ = rc.Control(func(fd uintptr) { _ = syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
 	}
-}
-
-// checkIdle runs when the idle timer fires: it closes the connection if
-// nothing moved for IdleTimeout, or sets the timer for when that would be.
-func (ss *session) checkIdle() {
-	idle := ss.s.cfg.IdleTimeout
-	quiet := ss.s.clock.Since(time.Unix(0, ss.last.Load()))
-	if quiet < idle {
-		ss.mu.Lock()
-		ss.idle.Reset(idle - quiet)
-		ss.mu.Unlock()
-		return
-	}
-	ss.s.idleClosed.Add(1)
-	ss.abort(byIdle)
 }
 
 // judge records the session's outcome for passive health, unless the

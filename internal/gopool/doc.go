@@ -7,5 +7,6 @@
 //
 //	p := gopool.New(32)
 //	p.Go(task)
+//	p.Trim(0) // all quiet: idle goroutines exit, their stacks can be freed
 //	p.Close() // idle goroutines exit; running tasks finish on their own
 package gopool

@@ -9,7 +9,8 @@ import (
 // concurrent use.
 type Pool struct {
 	maxIdle int32
-	work    chan func() // unbuffered: a send succeeds only to an idle goroutine
+	work    chan func()   // unbuffered: a send succeeds only to an idle goroutine
+	trim    chan struct{} // unbuffered, like work: Trim's sends end idle goroutines
 	idle    atomic.Int32
 	wg      sync.WaitGroup
 	once    sync.Once
@@ -18,7 +19,7 @@ type Pool struct {
 
 // New returns a pool that keeps at most maxIdle goroutines waiting.
 func New(maxIdle int) *Pool {
-	return &Pool{maxIdle: int32(maxIdle), work: make(chan func()), done: make(chan struct{})}
+	return &Pool{maxIdle: int32(maxIdle), work: make(chan func()), trim: make(chan struct{}), done: make(chan struct{})}
 }
 
 // Go runs f on an idle goroutine, or on a new one.
@@ -43,11 +44,30 @@ func (p *Pool) worker(f func()) {
 		select {
 		case f = <-p.work:
 			p.idle.Add(-1)
+		case <-p.trim: // Trim counted it out
+			return
 		case <-p.done:
 			p.idle.Add(-1)
 			return
 		}
 	}
+}
+
+// Trim makes idle goroutines exit until at most keep wait, so that the
+// stacks they grew can be freed (by the next garbage collection): for a
+// server whose connections all went idle. It returns how many exited.
+func (p *Pool) Trim(keep int) int {
+	n := 0
+	for p.idle.Load() > int32(keep) {
+		select {
+		case p.trim <- struct{}{}:
+			p.idle.Add(-1)
+			n++
+		default:
+			return n // none waits now (it counted itself idle first, or took work)
+		}
+	}
+	return n
 }
 
 // Close makes idle goroutines exit, and those still running tasks exit when

@@ -48,3 +48,36 @@ func TestCloseWaitsForRunningTasks(t *testing.T) {
 	close(release)
 	<-closed
 }
+
+// Trim ends idle goroutines beyond keep; the pool keeps working after it.
+func TestTrim(t *testing.T) {
+	p := New(8)
+	defer p.Close()
+	var wg sync.WaitGroup
+	release := make(chan struct{})
+	for range 8 {
+		wg.Add(1)
+		p.Go(func() { <-release; wg.Done() })
+	}
+	close(release)
+	wg.Wait()
+	// Each goroutine counts itself idle just before it waits: wait for all.
+	for deadline := time.Now().Add(10 * time.Second); p.idle.Load() < 8; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d idle goroutines, want 8", p.idle.Load())
+		}
+	}
+	exited := 0
+	for deadline := time.Now().Add(10 * time.Second); p.idle.Load() > 2; {
+		exited += p.Trim(2)
+		if time.Now().After(deadline) {
+			t.Fatalf("%d idle goroutines after Trim(2)", p.idle.Load())
+		}
+	}
+	if exited != 6 {
+		t.Fatalf("Trim ended %d goroutines, want 6", exited)
+	}
+	done := make(chan struct{})
+	p.Go(func() { close(done) })
+	<-done
+}
