@@ -51,6 +51,7 @@ type Conn struct {
 	source      netip.Addr // its entry in the per-source table, if any
 	release     func()     // untracks and closes; set by the listener
 	interrupted atomic.Bool
+	released    atomic.Bool // a detached connection's done was called
 	tcp         *net.TCPConn // the socket, when it is TCP
 }
 
@@ -63,7 +64,14 @@ type Conn struct {
 // only wait on a socket keep the smallest stack.
 func (c *Conn) Detach() (done func()) {
 	c.detached = true
-	return sync.OnceFunc(c.release)
+	return c.releaseOnce
+}
+
+// releaseOnce is Detach's done: the first call releases c.
+func (c *Conn) releaseOnce() {
+	if c.released.CompareAndSwap(false, true) {
+		c.release()
+	}
 }
 
 // Unread puts b back in front of what the connection reads next (bytes a

@@ -31,8 +31,10 @@ const (
 	// DefaultParkAfter is Config.ParkAfter: a connection quiet for a
 	// moment (a keep-alive one between requests, say) already holds no
 	// goroutine or stack; a stream that wakes again costs one epoll
-	// round, not a new connection.
-	DefaultParkAfter = 500 * time.Millisecond
+	// round, not a new connection. It also bounds how many goroutines a
+	// burst of new connections holds at once (a goroutine's record is
+	// never freed, only reused).
+	DefaultParkAfter = 250 * time.Millisecond
 	// DefaultUDPIdleTimeout is Config.UDPIdleTimeout.
 	DefaultUDPIdleTimeout = time.Minute
 )

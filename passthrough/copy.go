@@ -2,13 +2,10 @@ package passthrough
 
 import (
 	"crypto/tls"
-	"errors"
 	"io"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -54,44 +51,56 @@ const (
 // stream is one direction of a proxied connection. A goroutine runs it
 // until its source ends; a spliced stream idle for Config.ParkAfter gives
 // up its goroutine instead, and the parker starts a new one when the source
-// has data again.
+// has data again. Both streams live inside their session (one allocation
+// per connection).
 type stream struct {
-	ss       *session
-	side     string // byClient for the client's bytes, byTarget for the target's
-	src, dst net.Conn
-	srcRaw   syscall.RawConn // the source socket, when it is spliced
-	sp       *splicer        // nil unless both sockets are plain TCP on Linux
-	pending  []byte          // bytes to write before copying
-	moved    func(n int)
+	ss         *session
+	fromClient bool    // the client's bytes (byClient), else the target's
+	raw        rawPair // raw I/O state, when both sockets are plain TCP on Linux
 
 	// Small-message copying (see copySmall); owned by the stream's
 	// goroutine.
-	bulk   bool    // splice: the last burst filled a buffer
-	buf    *[]byte // held only during a read and its write
-	n      int
-	rerr   error
-	readFn func(fd uintptr) bool
+	bulk bool    // splice: the last burst filled a buffer
+	buf  *[]byte // held only during a read and its write
 
 	state     atomic.Int32
 	parkReq   atomic.Bool // the sweeper asks the stream to park
-	canSplice atomic.Bool // sp works on these sockets
-	id        uint64      // the stream's key in the parker
+	canSplice atomic.Bool // both sockets are plain TCP with raw access (session.cRaw, bRaw)
 	armed     bool        // registered with the parker's epoll; owned by the stream's goroutine
+	id        uint64      // the stream's key in the parker
 }
 
-// newStream returns a stream from src to dst. srcTCP and dstTCP are the
-// plain TCP sockets, when they are.
-func newStream(ss *session, side string, src, dst net.Conn, srcTCP, dstTCP *net.TCPConn, moved func(int)) *stream {
-	st := &stream{ss: ss, side: side, src: src, dst: dst, moved: moved}
-	if srcTCP != nil && dstTCP != nil {
-		st.sp = newSplicer(srcTCP, dstTCP, moved, &ss.s.spliced)
-		if st.sp != nil {
-			st.srcRaw = st.sp.src
-			st.readFn = st.read
-			st.canSplice.Store(true)
-		}
+// src is what the stream reads.
+func (st *stream) src() net.Conn {
+	if st.fromClient {
+		return st.ss.client
 	}
-	return st
+	return st.ss.backend
+}
+
+// dst is what the stream writes.
+func (st *stream) dst() net.Conn {
+	if st.fromClient {
+		return st.ss.backend
+	}
+	return st.ss.client
+}
+
+// side is who ends the connection when this stream ends first.
+func (st *stream) side() string {
+	if st.fromClient {
+		return byClient
+	}
+	return byTarget
+}
+
+// moved records n bytes written to dst.
+func (st *stream) moved(n int) {
+	if st.fromClient {
+		st.ss.movedFromClient(n)
+	} else {
+		st.ss.movedFromTarget(n)
+	}
 }
 
 // run is proxyCopy(st), as a method value for the goroutine pool.
@@ -112,26 +121,26 @@ func proxyCopy(st *stream) {
 // copy moves bytes until the source ends (err nil), fails, or the stream
 // parks.
 func (st *stream) copy() (err error, parked bool) {
-	if len(st.pending) > 0 {
-		n, err := st.dst.Write(st.pending)
+	if p := st.ss.pending; st.fromClient && len(p) > 0 {
+		st.ss.pending = nil
+		n, err := st.dst().Write(p)
 		st.moved(n)
-		st.pending = nil
 		if err != nil {
 			return err, false
 		}
 	}
 	if !st.canSplice.Load() {
-		_, err = bufferCopy(st.dst, st.src, st.moved)
+		_, err = bufferCopy(st.dst(), st.src(), st.moved)
 		return err, false
 	}
 	for {
 		var parkNow bool
 		if st.bulk {
 			var handled bool
-			handled, parkNow, err = st.sp.copy(&st.parkReq)
+			handled, parkNow, err = st.splice()
 			if !handled { // the kernel cannot splice these sockets
 				st.canSplice.Store(false)
-				_, err = bufferCopy(st.dst, st.src, st.moved)
+				_, err = bufferCopy(st.dst(), st.src(), st.moved)
 				return err, false
 			}
 		} else {
@@ -150,67 +159,13 @@ func (st *stream) copy() (err error, parked bool) {
 	}
 }
 
-// copySmall copies through a buffer, which is cheaper than splicing for
-// small messages, until a read fills the buffer: then the stream is bulk
-// and splices. It returns parkNow as splicer.copy does.
-func (st *stream) copySmall() (parkNow bool, err error) {
-	for {
-		st.n, st.rerr = 0, nil
-		if err := st.srcRaw.Read(st.readFn); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) && st.parkReq.Swap(false) {
-				return true, nil
-			}
-			return false, err
-		}
-		if st.rerr != nil {
-			return false, os.NewSyscallError("read", st.rerr)
-		}
-		if st.n == 0 {
-			return false, nil
-		}
-		full := st.n == len(*st.buf)
-		m, werr := st.dst.Write((*st.buf)[:st.n])
-		putSmall(st.buf)
-		st.buf = nil
-		st.moved(m)
-		if werr != nil {
-			return false, werr
-		}
-		if full {
-			st.bulk = true
-			return false, nil
-		}
-	}
-}
-
-// read is called by the runtime when the source may be readable. It takes
-// a buffer only for the read, so that a waiting stream holds none.
-func (st *stream) read(fd uintptr) bool {
-	if st.buf == nil {
-		st.buf = getSmall()
-	}
-	for {
-		n, err := syscall.Read(int(fd), *st.buf)
-		switch err {
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			putSmall(st.buf)
-			st.buf = nil
-			return false
-		}
-		st.n, st.rerr = n, err
-		return true
-	}
-}
-
 // askPark asks a running spliced stream to park: a read deadline in the
 // past cuts its wait short, and it parks instead of failing.
 func (st *stream) askPark() {
 	if !st.canSplice.Load() || st.state.Load() != running || st.parkReq.Swap(true) {
 		return
 	}
-	_ = st.src.SetReadDeadline(time.Unix(1, 0))
+	_ = st.src().SetReadDeadline(time.Unix(1, 0))
 }
 
 // park hands the stream to the parker; false means it could not.
@@ -221,7 +176,7 @@ func (st *stream) park() bool {
 	}
 	// The sweeper's deadline has done its work; a resumed stream waits
 	// without one.
-	_ = st.src.SetReadDeadline(time.Time{})
+	_ = st.src().SetReadDeadline(time.Time{})
 	return p.park(st)
 }
 

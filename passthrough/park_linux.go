@@ -69,7 +69,7 @@ func (p *parker) park(st *stream) bool {
 	p.mu.Unlock()
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(st.id), Pad: int32(st.id >> 32)}
 	var err error
-	cerr := st.srcRaw.Control(func(fd uintptr) { err = unix.EpollCtl(p.epfd, op, int(fd), &ev) })
+	cerr := st.rawSrc().Control(func(fd uintptr) { err = unix.EpollCtl(p.epfd, op, int(fd), &ev) })
 	if cerr == nil && err == nil {
 		p.parks.Add(1)
 		return true

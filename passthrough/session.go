@@ -34,11 +34,15 @@ type session struct {
 	start   time.Time
 	done    func() // releases the client connection to the listener
 
-	client   net.Conn     // what to read and write on the client side
-	cTCP     *net.TCPConn // the client's socket, when it is plain TCP
-	bTCP     *net.TCPConn // the target's socket, when it is plain TCP
-	up, down *stream      // client to target, target to client
-	live     atomic.Int32 // streams not ended
+	client net.Conn     // what to read and write on the client side
+	cTCP   *net.TCPConn // the client's socket, when it is plain TCP
+	bTCP   *net.TCPConn // the target's socket, when it is plain TCP
+	// cRaw and bRaw are cTCP's and bTCP's raw sockets, for both streams,
+	// when both are plain TCP on Linux.
+	cRaw, bRaw syscall.RawConn
+	pending    []byte       // bytes read past the PROXY header: the target gets them first
+	up, down   stream       // client to target, target to client
+	live       atomic.Int32 // streams not ended
 
 	last                   atomic.Int64 // Unix nanoseconds of the last bytes moved
 	timedOut               atomic.Bool  // closed by IdleTimeout (once: it stays tracked until it ends)
@@ -51,14 +55,16 @@ type session struct {
 
 func newSession(s *Server, c *listener.Conn, t *upstream.Target, backend net.Conn) *session {
 	ss := &session{s: s, c: c, t: t, backend: backend, start: s.clock.Now(), client: c.Conn}
-	var pending []byte
 	if tcp, p, ok := c.Raw(); ok {
-		ss.client, ss.cTCP, pending = tcp, tcp, p
+		ss.client, ss.cTCP, ss.pending = tcp, tcp, p
 	}
 	ss.bTCP, _ = backend.(*net.TCPConn)
-	ss.up = newStream(ss, byClient, ss.client, backend, ss.cTCP, ss.bTCP, ss.movedFromClient)
-	ss.up.pending = pending
-	ss.down = newStream(ss, byTarget, backend, ss.client, ss.bTCP, ss.cTCP, ss.movedFromTarget)
+	ss.up.ss, ss.up.fromClient = ss, true
+	ss.down.ss = ss
+	if ss.cTCP != nil && ss.bTCP != nil && ss.rawConns() {
+		ss.up.canSplice.Store(true)
+		ss.down.canSplice.Store(true)
+	}
 	ss.last.Store(ss.start.UnixNano())
 	return ss
 }
@@ -69,7 +75,7 @@ func (ss *session) serve(done func()) {
 	ss.done = done
 	ss.live.Store(2)
 	ss.s.streams.Go(ss.down.run)
-	proxyCopy(ss.up)
+	proxyCopy(&ss.up)
 }
 
 // finish runs when both streams have ended.
@@ -106,7 +112,7 @@ func (ss *session) ended(st *stream, err error) {
 	ss.mu.Lock()
 	aborted := ss.closedBy == byIdle || ss.closedBy == byShutdown
 	if ss.closedBy == "" {
-		ss.closedBy = st.side
+		ss.closedBy = st.side()
 	}
 	if err != nil && ss.err == nil && !aborted && !errors.Is(err, net.ErrClosed) {
 		ss.err = err
@@ -121,7 +127,7 @@ func (ss *session) ended(st *stream, err error) {
 	case err != nil:
 		ss.shutdown()
 	case !last:
-		closeWrite(st.dst)
+		closeWrite(st.dst())
 	}
 	// The last stream's end needs no half-close: finish closes both
 	// sockets, which sends the FIN.

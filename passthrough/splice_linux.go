@@ -2,10 +2,8 @@ package passthrough
 
 import (
 	"errors"
-	"net"
 	"os"
 	"sync"
-	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -64,130 +62,223 @@ func (p *pipe) close() {
 	unix.Close(p.w)
 }
 
-// splicer moves bytes from one socket to another through a pipe. It takes
-// a pipe when the source has data and gives it back when the source is
-// drained, so that an idle stream holds none.
-type splicer struct {
-	src, dst syscall.RawConn
-	p        *pipe
-	inPipe   int   // bytes in the pipe
-	n        int   // bytes the last fill moved; 0 at EOF
-	err      error // error of the last splice call
-	started  bool  // a splice has worked on these sockets
-	moved    func(int)
-	spliced  *atomic.Uint64
-	// fillFn and drainFn are fill and drain bound once, so that the
-	// RawConn calls allocate nothing.
-	fillFn, drainFn func(fd uintptr) bool
+// rawPair is a stream's raw I/O state on Linux, where both its sockets
+// are plain TCP (session.cRaw and bRaw). Small messages are copied with
+// read and write through a buffer held only for the read (see copySmall);
+// bulk data is spliced through a pipe, taken when the source has data and
+// given back when it is drained, so that an idle stream holds neither.
+type rawPair struct {
+	p       *pipe
+	inPipe  int   // bytes in the pipe
+	n       int   // bytes the last read or fill moved; 0 at EOF
+	err     error // error of the last read or splice call
+	started bool  // a splice has worked on these sockets
+	op      rawOp // what ioFn does
+	// ioFn is the stream's io method bound once, so that the RawConn
+	// calls allocate nothing.
+	ioFn func(fd uintptr) bool
 }
 
-// newSplicer returns a splicer from src to dst, or nil if their raw
-// sockets are not available.
-func newSplicer(src, dst *net.TCPConn, moved func(int), spliced *atomic.Uint64) *splicer {
-	srcRC, err := src.SyscallConn()
+// rawOp is what a stream's io method does when the runtime calls it.
+type rawOp uint8
+
+const (
+	opRead  rawOp = iota // read into the small buffer
+	opFill               // splice the source into the pipe
+	opDrain              // splice the pipe into the destination
+)
+
+// rawConns takes the raw sockets of ss's plain TCP client and target, for
+// both streams; false if they are not available.
+func (ss *session) rawConns() bool {
+	c, err := ss.cTCP.SyscallConn()
 	if err != nil {
-		return nil
+		return false
 	}
-	dstRC, err := dst.SyscallConn()
+	b, err := ss.bTCP.SyscallConn()
 	if err != nil {
-		return nil
+		return false
 	}
-	sp := &splicer{src: srcRC, dst: dstRC, moved: moved, spliced: spliced}
-	sp.fillFn, sp.drainFn = sp.fill, sp.drain
-	return sp
+	ss.cRaw, ss.bRaw = c, b
+	ss.up.raw.ioFn, ss.down.raw.ioFn = ss.up.io, ss.down.io
+	return true
 }
 
-// copy splices until the source ends (err nil) or fails. handled is false
-// when the kernel cannot splice these sockets (nothing was moved: copy
-// otherwise). It returns parkNow when a read deadline cut a wait short
-// while parkReq was set: the caller parks the stream.
-func (sp *splicer) copy(parkReq *atomic.Bool) (handled, parkNow bool, err error) {
-	defer sp.release()
+// rawSrc is the raw socket the stream reads.
+func (st *stream) rawSrc() syscall.RawConn {
+	if st.fromClient {
+		return st.ss.cRaw
+	}
+	return st.ss.bRaw
+}
+
+// rawDst is the raw socket the stream writes.
+func (st *stream) rawDst() syscall.RawConn {
+	if st.fromClient {
+		return st.ss.bRaw
+	}
+	return st.ss.cRaw
+}
+
+// io is called by the runtime when the source may be readable (opRead,
+// opFill) or the destination writable (opDrain); returning false waits.
+func (st *stream) io(fd uintptr) bool {
+	switch st.raw.op {
+	case opFill:
+		return st.fill(fd)
+	case opDrain:
+		return st.drain(fd)
+	}
+	return st.read(fd)
+}
+
+// copySmall copies through a buffer, which is cheaper than splicing for
+// small messages, until a read fills the buffer: then the stream is bulk
+// and splices. It returns parkNow when a read deadline cut a wait short
+// while the sweeper asked the stream to park.
+func (st *stream) copySmall() (parkNow bool, err error) {
+	r := &st.raw
 	for {
-		sp.n, sp.err = 0, nil
-		if err := sp.src.Read(sp.fillFn); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) && parkReq.Swap(false) {
+		r.n, r.err, r.op = 0, nil, opRead
+		if err := st.rawSrc().Read(r.ioFn); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && st.parkReq.Swap(false) {
+				return true, nil
+			}
+			return false, err
+		}
+		if r.err != nil {
+			return false, os.NewSyscallError("read", r.err)
+		}
+		if r.n == 0 {
+			return false, nil
+		}
+		full := r.n == len(*st.buf)
+		m, werr := st.dst().Write((*st.buf)[:r.n])
+		putSmall(st.buf)
+		st.buf = nil
+		st.moved(m)
+		if werr != nil {
+			return false, werr
+		}
+		if full {
+			st.bulk = true
+			return false, nil
+		}
+	}
+}
+
+// read takes a buffer only for the read, so that a waiting stream holds
+// none.
+func (st *stream) read(fd uintptr) bool {
+	if st.buf == nil {
+		st.buf = getSmall()
+	}
+	for {
+		n, err := syscall.Read(int(fd), *st.buf)
+		switch err {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			putSmall(st.buf)
+			st.buf = nil
+			return false
+		}
+		st.raw.n, st.raw.err = n, err
+		return true
+	}
+}
+
+// splice moves bytes until the source ends (err nil) or fails. handled is
+// false when the kernel cannot splice these sockets (nothing was moved:
+// copy otherwise). It returns parkNow as copySmall does.
+func (st *stream) splice() (handled, parkNow bool, err error) {
+	r := &st.raw
+	defer r.release()
+	for {
+		r.n, r.err, r.op = 0, nil, opFill
+		if err := st.rawSrc().Read(r.ioFn); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && st.parkReq.Swap(false) {
 				return true, true, nil
 			}
 			return true, false, err // closed, or a deadline
 		}
-		if !sp.started && errors.Is(sp.err, unix.EINVAL) {
+		if !r.started && errors.Is(r.err, unix.EINVAL) {
 			return false, false, nil
 		}
-		sp.started = true
-		if sp.err != nil {
-			return true, false, os.NewSyscallError("splice", sp.err)
+		r.started = true
+		if r.err != nil {
+			return true, false, os.NewSyscallError("splice", r.err)
 		}
-		if sp.n == 0 {
+		if r.n == 0 {
 			return true, false, nil
 		}
-		sp.inPipe = sp.n
-		if err := sp.dst.Write(sp.drainFn); err != nil {
+		r.inPipe, r.op = r.n, opDrain
+		if err := st.rawDst().Write(r.ioFn); err != nil {
 			return true, false, err
 		}
-		if sp.err != nil {
-			return true, false, os.NewSyscallError("splice", sp.err)
+		if r.err != nil {
+			return true, false, os.NewSyscallError("splice", r.err)
 		}
 	}
 }
 
-// fill moves what the source socket has into the pipe. The runtime calls it
-// when the socket may be readable; returning false waits for readability.
-func (sp *splicer) fill(fd uintptr) bool {
-	if sp.p == nil {
-		if sp.p, sp.err = getPipe(); sp.err != nil {
+// fill moves what the source socket has into the pipe.
+func (st *stream) fill(fd uintptr) bool {
+	r := &st.raw
+	if r.p == nil {
+		if r.p, r.err = getPipe(); r.err != nil {
 			return true
 		}
 	}
 	for {
-		n, err := unix.Splice(int(fd), nil, sp.p.w, nil, maxSplice, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		n, err := unix.Splice(int(fd), nil, r.p.w, nil, maxSplice, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		switch err {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
 			// Nothing to read (the pipe is empty between fills):
 			// wait without holding it.
-			putPipe(sp.p)
-			sp.p = nil
+			putPipe(r.p)
+			r.p = nil
 			return false
 		}
-		sp.n, sp.err = int(n), err
+		r.n, r.err = int(n), err
 		return true
 	}
 }
 
-// drain moves the pipe's bytes to the destination socket; returning false
-// waits for writability.
-func (sp *splicer) drain(fd uintptr) bool {
-	for sp.inPipe > 0 {
-		n, err := unix.Splice(sp.p.r, nil, int(fd), nil, sp.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+// drain moves the pipe's bytes to the destination socket.
+func (st *stream) drain(fd uintptr) bool {
+	r := &st.raw
+	for r.inPipe > 0 {
+		n, err := unix.Splice(r.p.r, nil, int(fd), nil, r.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		switch {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN:
 			return false
 		case err != nil:
-			sp.err = err
+			r.err = err
 			return true
 		case n == 0:
-			sp.err = unix.EIO // cannot happen with a non-empty pipe
+			r.err = unix.EIO // cannot happen with a non-empty pipe
 			return true
 		}
-		sp.inPipe -= int(n)
-		sp.spliced.Add(uint64(n))
-		sp.moved(int(n))
+		r.inPipe -= int(n)
+		st.ss.s.spliced.Add(uint64(n))
+		st.moved(int(n))
 	}
 	return true
 }
 
 // release gives the pipe back, or closes it if bytes are stranded in it.
-func (sp *splicer) release() {
+func (r *rawPair) release() {
 	switch {
-	case sp.p == nil:
-	case sp.inPipe > 0:
-		sp.p.close()
+	case r.p == nil:
+	case r.inPipe > 0:
+		r.p.close()
 	default:
-		putPipe(sp.p)
+		putPipe(r.p)
 	}
-	sp.p = nil
+	r.p = nil
 }

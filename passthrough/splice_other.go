@@ -3,16 +3,18 @@
 package passthrough
 
 import (
-	"net"
-	"sync/atomic"
+	"errors"
 	"syscall"
 )
 
-// splicer is Linux only; elsewhere bytes are copied through a buffer.
-type splicer struct{ src syscall.RawConn }
+// rawPair is Linux only; elsewhere bytes are copied through a buffer (a
+// stream's canSplice stays false, so the methods below are never called).
+type rawPair struct{}
 
-func newSplicer(src, dst *net.TCPConn, moved func(int), spliced *atomic.Uint64) *splicer { return nil }
+func (ss *session) rawConns() bool { return false }
 
-func (sp *splicer) copy(parkReq *atomic.Bool) (handled, parkNow bool, err error) {
-	return false, false, nil
-}
+func (st *stream) rawSrc() syscall.RawConn { return nil }
+
+func (st *stream) copySmall() (parkNow bool, err error) { return false, errors.ErrUnsupported }
+
+func (st *stream) splice() (handled, parkNow bool, err error) { return false, false, nil }
