@@ -67,7 +67,6 @@ type stream struct {
 	parkReq   atomic.Bool // the sweeper asks the stream to park
 	canSplice atomic.Bool // both sockets are plain TCP with raw access (session.cRaw, bRaw)
 	armed     bool        // registered with the parker's epoll; owned by the stream's goroutine
-	id        uint64      // the stream's key in the parker
 }
 
 // src is what the stream reads.

@@ -20,9 +20,14 @@ type parker struct {
 
 	parks atomic.Uint64 // streams parked so far
 
+	// The parked streams, by slot; a stream's epoll id is its slot + 1
+	// (0 is the stop event). A slot is taken when a stream parks and
+	// freed when it resumes: armed one-shot, a stream's registration
+	// reports once, so an id is never seen after its slot was freed.
 	mu     sync.Mutex
-	next   uint64             // last id given; guarded by mu
-	parked map[uint64]*stream // guarded by mu
+	slots  []*stream // guarded by mu
+	free   []uint32  // slots not in use; guarded by mu
+	parked int       // streams in slots; guarded by mu
 }
 
 // newParker starts a parker; Stop stops it.
@@ -42,7 +47,7 @@ func newParker() (*parker, error) {
 		unix.Close(evfd)
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
-	p := &parker{epfd: epfd, evfd: evfd, parked: make(map[uint64]*stream)}
+	p := &parker{epfd: epfd, evfd: evfd}
 	p.wg.Go(p.run)
 	return p, nil
 }
@@ -51,13 +56,10 @@ func newParker() (*parker, error) {
 // source cannot be armed; st then keeps its goroutine.
 func (p *parker) park(st *stream) bool {
 	// Everything the stream's next goroutine reads is written before the
-	// stream enters the map, under the lock that goroutine's start
+	// stream takes its slot, under the lock that goroutine's start
 	// passes through.
 	p.mu.Lock()
-	if st.id == 0 {
-		p.next++
-		st.id = p.next
-	}
+	slot := p.take(st)
 	op := unix.EPOLL_CTL_ADD
 	if st.armed {
 		op = unix.EPOLL_CTL_MOD
@@ -65,9 +67,8 @@ func (p *parker) park(st *stream) bool {
 	wasArmed := st.armed
 	st.armed = true
 	st.state.Store(parked)
-	p.parked[st.id] = st
 	p.mu.Unlock()
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(st.id), Pad: int32(st.id >> 32)}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(slot + 1)}
 	var err error
 	cerr := st.rawSrc().Control(func(fd uintptr) { err = unix.EpollCtl(p.epfd, op, int(fd), &ev) })
 	if cerr == nil && err == nil {
@@ -76,7 +77,7 @@ func (p *parker) park(st *stream) bool {
 	}
 	// Not armed, so not resumed: take it back.
 	p.mu.Lock()
-	delete(p.parked, st.id)
+	p.release(slot)
 	st.armed = wasArmed
 	st.state.Store(running)
 	p.mu.Unlock()
@@ -95,13 +96,12 @@ func (p *parker) run() {
 			return
 		}
 		for _, ev := range events[:n] {
-			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			id := uint32(ev.Fd)
 			if id == 0 {
 				return
 			}
 			p.mu.Lock()
-			st := p.parked[id]
-			delete(p.parked, id)
+			st := p.release(id - 1)
 			p.mu.Unlock()
 			if st != nil {
 				st.ss.s.streams.Go(st.run)
@@ -110,11 +110,39 @@ func (p *parker) run() {
 	}
 }
 
+// take puts st in a free slot and returns it. p.mu is held.
+func (p *parker) take(st *stream) uint32 {
+	var slot uint32
+	if n := len(p.free); n > 0 {
+		slot = p.free[n-1]
+		p.free = p.free[:n-1]
+	} else {
+		slot = uint32(len(p.slots))
+		p.slots = append(p.slots, nil)
+	}
+	p.slots[slot] = st
+	p.parked++
+	return slot
+}
+
+// release empties slot and returns the stream it held (nil if none).
+// p.mu is held.
+func (p *parker) release(slot uint32) *stream {
+	if int(slot) >= len(p.slots) || p.slots[slot] == nil {
+		return nil
+	}
+	st := p.slots[slot]
+	p.slots[slot] = nil
+	p.free = append(p.free, slot)
+	p.parked--
+	return st
+}
+
 // Parked is the number of parked streams.
 func (p *parker) Parked() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.parked)
+	return p.parked
 }
 
 // Parks is the number of times a stream was parked.
