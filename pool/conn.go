@@ -45,6 +45,7 @@ type upConn struct {
 	tcp      net.Conn        // the connection under TLS, or conn
 	raw      syscall.RawConn // the TCP socket; nil if unknown
 	outq     *outq           // samples raw's send queue; nil if raw is
+	rw       *rawWriter      // writes raw's batches on Linux, when conn is plain TCP
 	count    *countConn      // raw bytes written, under TLS
 	log      *slog.Logger
 
@@ -92,6 +93,9 @@ func (p *Pool) dialConn(ctx context.Context, t *upstream.Target, reason string, 
 	if sc, ok := raw.(syscall.Conn); ok {
 		if c.raw, _ = sc.SyscallConn(); c.raw != nil {
 			c.outq = newOutq(c.raw)
+			if _, plain := raw.(*net.TCPConn); plain && p.cfg.TLS == nil {
+				c.rw = newRawWriter(c.raw)
+			}
 		}
 	}
 	if p.cfg.TLS != nil {
@@ -169,8 +173,14 @@ func (c *upConn) write(bs []*framer.Batch, timeout time.Duration) error {
 		}
 		c.unacked = append(c.unacked, p)
 	}
-	c.wv = c.bufs // WriteTo consumes its receiver
-	n, err := c.wv.WriteTo(c.conn)
+	var n int64
+	var err error
+	if c.rw != nil {
+		n, err = c.rw.writeBuffers(c.bufs)
+	} else {
+		c.wv = c.bufs // WriteTo consumes its receiver
+		n, err = c.wv.WriteTo(c.conn)
+	}
 	c.written += n
 	clear(c.bufs)
 	return err

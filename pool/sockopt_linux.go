@@ -3,6 +3,7 @@ package pool
 import (
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,7 +24,16 @@ func newOutq(rc syscall.RawConn) *outq {
 	return q
 }
 
-func (q *outq) sample(fd uintptr) { q.n, q.err = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) }
+// sample asks for the send queue with a raw system call: it does not
+// block, so the scheduler need not hear of it (see rawWriter).
+func (q *outq) sample(fd uintptr) {
+	var n int32
+	_, _, e := syscall.RawSyscall(syscall.SYS_IOCTL, fd, unix.SIOCOUTQ, uintptr(unsafe.Pointer(&n)))
+	q.n, q.err = int(n), nil
+	if e != 0 {
+		q.err = e
+	}
+}
 
 // unacked returns the bytes written and not yet acknowledged.
 func (q *outq) unacked() (int, error) {
