@@ -8,9 +8,9 @@ import (
 	"os"
 	"sync/atomic"
 	"syscall"
-	"unsafe"
 
 	"github.com/ndlb/ndlb/framer"
+	"github.com/ndlb/ndlb/internal/rawio"
 	"github.com/ndlb/ndlb/listener"
 )
 
@@ -107,7 +107,7 @@ func (r *idleReader) read(fd uintptr) bool {
 			r.noBuf = true
 			return true
 		}
-		r.n, r.readErr = rawRead(fd, buf)
+		r.n, r.readErr = rawio.Read(fd, buf)
 		switch {
 		case errors.Is(r.readErr, syscall.EINTR):
 			continue
@@ -152,20 +152,4 @@ func readFinal(c *listener.Conn, r any, p []byte) (int, error) {
 		return 0, listener.ErrDrained // a TLS read could wait
 	}
 	return c.Read(p)
-}
-
-// rawRead is read(2) made as a raw system call. The socket is non-blocking,
-// so the call never waits (EAGAIN: the runtime's poller waits instead), and
-// the scheduler need not hear of it: a read it hears of, if it lasts long
-// enough, has the goroutine's processor handed to another thread, which
-// wakes for nothing.
-func rawRead(fd uintptr, buf []byte) (int, error) {
-	if len(buf) == 0 {
-		return 0, nil
-	}
-	n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
 }
