@@ -24,7 +24,7 @@ var allowed = map[string][]string{
 	"listener": {"internal/gopool", "invalid"},
 	"dispatch": {"framer", "invalid"},
 	"pool":     {"dispatch", "framer", "invalid", "tlsutil", "upstream"},
-	"ndjson": {"balance", "dispatch", "framer", "internal/gopool", "invalid", "listener", "pool", "route", "routekey",
+	"ndjson": {"balance", "dispatch", "framer", "internal/gopool", "internal/rawio", "invalid", "listener", "pool", "route", "routekey",
 		"spool", "tlsutil", "upstream"},
 	"balance":   {"upstream"},
 	"admin":     {"invalid", "upstream"},
@@ -39,16 +39,16 @@ var allowed = map[string][]string{
 	"route": {"balance", "dispatch", "framer", "invalid", "pool", "routekey", "tlsutil", "upstream"},
 	// supervisor runs listeners of both modes; it knows the settings only
 	// for their reload rules.
-	"supervisor": {"admin", "balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool",
+	"supervisor": {"admin", "balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool", "internal/rawio",
 		"invalid", "listener", "ndjson", "passthrough", "pool", "route", "routekey", "settings", "spool", "tlsutil", "upstream"},
 	// setup maps settings onto the libraries' configs and a supervisor spec.
-	"setup": {"admin", "balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool",
+	"setup": {"admin", "balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool", "internal/rawio",
 		"invalid", "listener", "ndjson", "passthrough", "pool", "route", "routekey", "settings", "spool", "supervisor", "tlsutil", "upstream"},
 	// demo runs the NDJSON mode against linetest's sinks, in one process.
-	"demo": {"balance", "dispatch", "framer", "internal/gopool", "internal/linetest", "invalid", "listener", "ndjson",
+	"demo": {"balance", "dispatch", "framer", "internal/gopool", "internal/rawio", "internal/linetest", "invalid", "listener", "ndjson",
 		"pool", "route", "routekey", "spool", "tlsutil", "upstream"},
 	// settings takes its defaults from the libraries it names.
-	"settings": {"balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool", "invalid",
+	"settings": {"balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool", "internal/rawio", "invalid",
 		"listener", "ndjson", "passthrough", "pool", "route", "routekey", "spool", "tlsutil", "upstream"},
 	// telemetry installs the SDK; only cmd/ndlb may import it.
 	"telemetry": {},
