@@ -112,6 +112,10 @@ func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
 		if t.Failed() {
 			p.mu.Lock()
 			t.Logf("ndlb stderr (last 4 KiB):\n%s", tail(p.stderr.Bytes(), 4096))
+			// A race report scrolls out of the tail: show it whole.
+			if i := bytes.Index(p.stderr.Bytes(), []byte("WARNING: DATA RACE")); i >= 0 {
+				t.Logf("RACE:\n%s", p.stderr.Bytes()[i:min(len(p.stderr.Bytes()), i+8000)])
+			}
 			p.mu.Unlock()
 		}
 	})

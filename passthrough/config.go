@@ -107,7 +107,8 @@ type Config struct {
 	MaxFails    int
 	FailTimeout time.Duration
 	// IdleTimeout closes a connection with no traffic either way for that
-	// long; 0 never does.
+	// long, or a little longer (the sweeper looks every sixteenth of it,
+	// at most every second); 0 never does.
 	IdleTimeout time.Duration
 	// ParkAfter is how long a spliced connection must be idle before its
 	// goroutines are let go (see the package doc); 0 never parks.
@@ -143,7 +144,8 @@ type Config struct {
 	// Dial opens target connections; nil means a net.Dialer with
 	// KeepAlive. Tests inject refusals and stalls here.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
-	// Clock times backoff, passive health and idle timeouts; nil means
+	// Clock times backoff, passive health and idle timeouts (which the
+	// sweeper checks on a real ticker, at this clock's time); nil means
 	// the real clock.
 	Clock clockwork.Clock
 	// Logger receives every log; nil means slog.Default().

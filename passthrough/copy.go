@@ -52,7 +52,7 @@ const (
 // until its source ends; a spliced stream idle for Config.ParkAfter gives
 // up its goroutine instead, and the parker starts a new one when the source
 // has data again. Both streams live inside their session (one allocation
-// per connection).
+// for the session and its streams).
 type stream struct {
 	ss         *session
 	fromClient bool    // the client's bytes (byClient), else the target's
@@ -120,7 +120,9 @@ func proxyCopy(st *stream) {
 // copy moves bytes until the source ends (err nil), fails, or the stream
 // parks.
 func (st *stream) copy() (err error, parked bool) {
-	if p := st.ss.pending; st.fromClient && len(p) > 0 {
+	// Only the client's stream touches pending.
+	if st.fromClient && len(st.ss.pending) > 0 {
+		p := st.ss.pending
 		st.ss.pending = nil
 		n, err := st.dst().Write(p)
 		st.moved(n)

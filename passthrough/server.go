@@ -75,7 +75,7 @@ func (s *Server) Start(ln net.Listener) {
 	lc := s.cfg.Listener
 	lc.Logger = s.log
 	s.ln = listener.New(ln, s, lc)
-	go func() { s.serveErr <- s.ln.Serve() }()
+	// The parker is set before the first connection can read it.
 	if s.cfg.ParkAfter > 0 {
 		p, err := newParker()
 		if err != nil {
@@ -84,6 +84,7 @@ func (s *Server) Start(ln net.Listener) {
 			s.parker = p
 		}
 	}
+	go func() { s.serveErr <- s.ln.Serve() }()
 	if s.parker != nil || s.cfg.IdleTimeout > 0 {
 		s.sweep.Go(s.sweeper)
 	}

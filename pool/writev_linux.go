@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"io"
 	"net"
 	"os"
 	"syscall"
@@ -40,7 +41,7 @@ func (w *rawWriter) writeBuffers(bufs net.Buffers) (int64, error) {
 	w.bufs, w.n, w.err = bufs, 0, nil
 	err := w.rc.Write(w.fn)
 	w.bufs = nil
-	clear(w.iov)
+	clear(w.iov[:cap(w.iov)]) // no batch kept alive by a stale iovec
 	if err == nil {
 		err = w.err
 	}
@@ -57,7 +58,9 @@ func (w *rawWriter) write(fd uintptr) bool {
 				break
 			}
 			if len(b) > 0 {
-				w.iov = append(w.iov, unix.Iovec{Base: &b[0], Len: uint64(len(b))})
+				v := unix.Iovec{Base: &b[0]}
+				v.SetLen(len(b))
+				w.iov = append(w.iov, v)
 			}
 		}
 		if len(w.iov) == 0 {
@@ -73,6 +76,10 @@ func (w *rawWriter) write(fd uintptr) bool {
 			return false
 		default:
 			w.err = os.NewSyscallError("writev", e)
+			return true
+		}
+		if n == 0 { // cannot happen with a non-empty iovec; never spin on it
+			w.err = io.ErrUnexpectedEOF
 			return true
 		}
 		w.n += int64(n)

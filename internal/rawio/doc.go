@@ -15,6 +15,7 @@
 //		return err != syscall.EAGAIN
 //	})
 //
-// Use them only inside syscall.RawConn's Read and Write callbacks, on
-// sockets the runtime's poller owns.
+// Elsewhere than Linux, Read is the ordinary system call. Use it only
+// inside syscall.RawConn's Read callback, on sockets the runtime's poller
+// owns.
 package rawio
