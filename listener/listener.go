@@ -51,7 +51,7 @@ type Conn struct {
 	source      netip.Addr // its entry in the per-source table, if any
 	release     func()     // untracks and closes; set by the listener
 	interrupted atomic.Bool
-	released    atomic.Bool // a detached connection's done was called
+	released    atomic.Bool  // a detached connection's done was called
 	tcp         *net.TCPConn // the socket, when it is TCP
 }
 
