@@ -585,7 +585,7 @@ func TestNDJSONAcceptProxyLogsClient(t *testing.T) {
 	p.stopOK()
 }
 
-// A connection idle long enough for ndlb to let its goroutines go (0.5 s)
+// A connection idle long enough for ndlb to let its goroutines go (0.25 s)
 // carries traffic both ways again, and its half-close still works.
 func TestPassthroughIdleConnectionResumes(t *testing.T) {
 	b := newIDBackend(t, "b0", nil)
@@ -596,7 +596,7 @@ func TestPassthroughIdleConnectionResumes(t *testing.T) {
 	if name, err := r.ReadString('\n'); err != nil || name != "b0\n" {
 		t.Fatalf("greeting %q %v", name, err)
 	}
-	time.Sleep(3 * time.Second) // parked by now: 0.5 s of quiet, then the sweeper's next tick, with room for a loaded machine
+	time.Sleep(3 * time.Second) // parked by now: 0.25 s of quiet, then the sweeper's next tick, with room for a loaded machine
 	c.Write([]byte("after the nap\n"))
 	if got, err := r.ReadString('\n'); err != nil || got != "after the nap\n" {
 		t.Fatalf("echo %q %v", got, err)
@@ -610,7 +610,7 @@ func TestPassthroughIdleConnectionResumes(t *testing.T) {
 		t.Fatalf("close log %v", cl)
 	}
 	p.stopOK()
-	// Both directions were quiet for more than 0.5 s: both parked.
+	// Both directions were quiet for more than 0.25 s: both parked.
 	if parks := p.summary("parks"); parks < 2 {
 		t.Fatalf("%d streams parked, want both directions of the idle connection", parks)
 	}
