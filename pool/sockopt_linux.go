@@ -3,9 +3,10 @@ package pool
 import (
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ndlb/ndlb/internal/rawio"
 )
 
 // outq samples SIOCOUTQ: the bytes in a socket's send queue, written but
@@ -25,15 +26,8 @@ func newOutq(rc syscall.RawConn) *outq {
 }
 
 // sample asks for the send queue with a raw system call: it does not
-// block, so the scheduler need not hear of it (see rawWriter).
-func (q *outq) sample(fd uintptr) {
-	var n int32
-	_, _, e := syscall.RawSyscall(syscall.SYS_IOCTL, fd, unix.SIOCOUTQ, uintptr(unsafe.Pointer(&n)))
-	q.n, q.err = int(n), nil
-	if e != 0 {
-		q.err = e
-	}
-}
+// block, so the scheduler need not hear of it (package rawio).
+func (q *outq) sample(fd uintptr) { q.n, q.err = rawio.SendQueue(fd) }
 
 // unacked returns the bytes written and not yet acknowledged.
 func (q *outq) unacked() (int, error) {

@@ -5,13 +5,14 @@ import (
 	"net"
 	"os"
 	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ndlb/ndlb/internal/rawio"
 )
 
 // rawWriter writes a plain TCP connection's batches with writev(2) made as
-// a raw system call. The socket is non-blocking, so the call never waits
+// a raw system call (rawio.Writev). The socket is non-blocking, so the call never waits
 // (EAGAIN, and the runtime's poller waits instead); unlike net.Buffers'
 // writev it does not tell the scheduler it entered a system call. A writev
 // of tens of KiB to a loopback peer runs the receiver's TCP stack too and
@@ -67,15 +68,15 @@ func (w *rawWriter) write(fd uintptr) bool {
 			w.bufs = nil
 			break
 		}
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.iov[0])), uintptr(len(w.iov)))
-		switch e {
-		case 0:
+		n, err := rawio.Writev(fd, w.iov)
+		switch err {
+		case nil:
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
 			return false
 		default:
-			w.err = os.NewSyscallError("writev", e)
+			w.err = os.NewSyscallError("writev", err)
 			return true
 		}
 		if n == 0 { // cannot happen with a non-empty iovec; never spin on it

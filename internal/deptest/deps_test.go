@@ -23,7 +23,7 @@ var allowed = map[string][]string{
 	"tlsutil":  {},
 	"listener": {"internal/gopool", "invalid"},
 	"dispatch": {"framer", "invalid"},
-	"pool":     {"dispatch", "framer", "invalid", "tlsutil", "upstream"},
+	"pool":     {"dispatch", "framer", "internal/rawio", "invalid", "tlsutil", "upstream"},
 	"ndjson": {"balance", "dispatch", "framer", "internal/gopool", "internal/rawio", "invalid", "listener", "pool", "route", "routekey",
 		"spool", "tlsutil", "upstream"},
 	"balance":   {"upstream"},
@@ -36,7 +36,7 @@ var allowed = map[string][]string{
 	// routekey takes a routing key from a message: a leaf.
 	"routekey": {},
 	// route sends each message to a group and a target by its key.
-	"route": {"balance", "dispatch", "framer", "invalid", "pool", "routekey", "tlsutil", "upstream"},
+	"route": {"balance", "dispatch", "framer", "internal/rawio", "invalid", "pool", "routekey", "tlsutil", "upstream"},
 	// supervisor runs listeners of both modes; it knows the settings only
 	// for their reload rules.
 	"supervisor": {"admin", "balance", "config", "discovery", "dispatch", "framer", "health", "internal/gopool", "internal/rawio",

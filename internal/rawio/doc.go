@@ -1,6 +1,6 @@
-// Package rawio owns raw reads of non-blocking sockets (the upstream pool
-// makes its writes and send-queue samples raw in pool/writev_linux.go and
-// pool/sockopt_linux.go, for the same reason).
+// Package rawio owns ndlb's raw system calls on non-blocking sockets:
+// reads of clients (Read), writes to targets (Writev) and samples of a
+// target socket's send queue (SendQueue).
 //
 // Go's own socket reads and writes tell the scheduler that the goroutine
 // entered a system call; if the call lasts more than about 20 µs (a
@@ -15,7 +15,7 @@
 //		return err != syscall.EAGAIN
 //	})
 //
-// Elsewhere than Linux, Read is the ordinary system call. Use it only
-// inside syscall.RawConn's Read callback, on sockets the runtime's poller
-// owns.
+// Elsewhere than Linux, Read is the ordinary system call, and Writev and
+// SendQueue do not exist. Use them only inside syscall.RawConn's
+// callbacks, on sockets the runtime's poller owns.
 package rawio

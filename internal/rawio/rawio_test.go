@@ -6,9 +6,9 @@ import (
 	"testing"
 )
 
-// Read reads what a real socket's peer wrote, reports EAGAIN on an empty
-// non-blocking socket, and EOF as n = 0.
-func TestReadWrite(t *testing.T) {
+// pair returns both ends of a loopback TCP connection, closed when t ends.
+func pair(t *testing.T) (a, b *net.TCPConn) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -19,17 +19,24 @@ func TestReadWrite(t *testing.T) {
 		c, _ := ln.Accept()
 		accepted <- c
 	}()
-	a, err := net.Dial("tcp", ln.Addr().String())
+	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.Close()
-	b := <-accepted
-	if b == nil {
+	t.Cleanup(func() { c.Close() })
+	s := <-accepted
+	if s == nil {
 		t.Fatal("accept failed")
 	}
-	defer b.Close()
-	rb, _ := b.(*net.TCPConn).SyscallConn()
+	t.Cleanup(func() { s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+// Read reads what a real socket's peer wrote, reports EAGAIN on an empty
+// non-blocking socket, and EOF as n = 0.
+func TestRead(t *testing.T) {
+	a, b := pair(t)
+	rb, _ := b.SyscallConn()
 	var n int
 	var rerr error
 	if _, err := a.Write([]byte("hello")); err != nil {
