@@ -6,7 +6,6 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
 // copyBufferBytes is the buffer of a copy that cannot splice (TLS on one
@@ -140,7 +139,7 @@ func (st *stream) copy() (err error, parked bool) {
 			var handled bool
 			handled, parkNow, err = st.splice()
 			if !handled { // the kernel cannot splice these sockets
-				st.canSplice.Store(false)
+				st.stopSplicing()
 				_, err = bufferCopy(st.dst(), st.src(), st.moved)
 				return err, false
 			}
@@ -161,12 +160,16 @@ func (st *stream) copy() (err error, parked bool) {
 }
 
 // askPark asks a running spliced stream to park: a read deadline in the
-// past cuts its wait short, and it parks instead of failing.
+// past cuts its wait short, and it parks instead of failing. The request
+// and the deadline are set together under the parker's lock (parker.ask),
+// and cleared together when the stream parks.
 func (st *stream) askPark() {
-	if !st.canSplice.Load() || st.state.Load() != running || st.parkReq.Swap(true) {
+	if !st.canSplice.Load() || st.state.Load() != running || st.parkReq.Load() {
 		return
 	}
-	_ = st.src().SetReadDeadline(time.Unix(1, 0))
+	if p := st.ss.s.parker; p != nil {
+		p.ask(st)
+	}
 }
 
 // park hands the stream to the parker; false means it could not.
@@ -175,10 +178,18 @@ func (st *stream) park() bool {
 	if p == nil {
 		return false
 	}
-	// The sweeper's deadline has done its work; a resumed stream waits
-	// without one.
-	_ = st.src().SetReadDeadline(time.Time{})
 	return p.park(st)
+}
+
+// stopSplicing makes the stream copy through a buffer from now on. A park
+// request, which only spliced streams honour, is withdrawn with its
+// deadline.
+func (st *stream) stopSplicing() {
+	if p := st.ss.s.parker; p != nil {
+		p.withdraw(st)
+		return
+	}
+	st.canSplice.Store(false)
 }
 
 // bufferCopy is io.Copy with a pooled buffer and a progress callback.

@@ -4,6 +4,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -59,6 +60,11 @@ func (p *parker) park(st *stream) bool {
 	// stream takes its slot, under the lock that goroutine's start
 	// passes through.
 	p.mu.Lock()
+	// The request that brought the stream here is answered: it and its
+	// deadline go together (see ask), and a resumed stream waits without
+	// one.
+	_ = st.src().SetReadDeadline(time.Time{})
+	st.parkReq.Store(false)
 	slot := p.take(st)
 	op := unix.EPOLL_CTL_ADD
 	if st.armed {
@@ -82,6 +88,35 @@ func (p *parker) park(st *stream) bool {
 	st.state.Store(running)
 	p.mu.Unlock()
 	return false
+}
+
+// ask sets st's park request and a read deadline in the past, which cuts
+// its wait short. Both are set under p.mu, and park clears both under it
+// after the stream has stopped reading, so they always go together: a
+// stream never parks with a request left standing (the sweeper would
+// never ask it again, and it would keep its goroutine for good) and never
+// runs with a past deadline no request explains (its next read would fail
+// the connection).
+func (p *parker) ask(st *stream) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !st.canSplice.Load() || st.state.Load() != running || st.parkReq.Load() {
+		return
+	}
+	st.parkReq.Store(true)
+	_ = st.src().SetReadDeadline(time.Unix(1, 0))
+}
+
+// withdraw stops st from splicing, and so from parking: a request standing
+// is taken back with its deadline, under the lock ask sets them under.
+func (p *parker) withdraw(st *stream) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st.canSplice.Store(false)
+	if st.parkReq.Load() {
+		_ = st.src().SetReadDeadline(time.Time{})
+		st.parkReq.Store(false)
+	}
 }
 
 // run resumes streams whose sources are ready, until Stop.

@@ -141,7 +141,7 @@ func (st *stream) copySmall() (parkNow bool, err error) {
 	for {
 		r.n, r.err, r.op = 0, nil, opRead
 		if err := st.rawSrc().Read(r.ioFn); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) && st.parkReq.Swap(false) {
+			if errors.Is(err, os.ErrDeadlineExceeded) && st.parkReq.Load() {
 				return true, nil
 			}
 			return false, err
@@ -197,7 +197,7 @@ func (st *stream) splice() (handled, parkNow bool, err error) {
 	for {
 		r.n, r.err, r.op = 0, nil, opFill
 		if err := st.rawSrc().Read(r.ioFn); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) && st.parkReq.Swap(false) {
+			if errors.Is(err, os.ErrDeadlineExceeded) && st.parkReq.Load() {
 				return true, true, nil
 			}
 			return true, false, err // closed, or a deadline
