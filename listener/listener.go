@@ -149,6 +149,11 @@ type Config struct {
 	// bound. At the bound the listener stops accepting, so that new
 	// clients wait in the kernel's accept backlog rather than in memory.
 	MaxConns int
+	// Inline serves a connection on the goroutine that accepted it, when
+	// there is no PROXY header to read or TLS handshake to run: for a
+	// handler whose ServeConn never blocks (it hands the connection on and
+	// returns), which saves a hand-off between goroutines per connection.
+	Inline bool
 }
 
 // ErrConfig is wrapped by Config.Validate's errors.
@@ -301,6 +306,10 @@ func (l *Listener) Serve() error {
 		l.accepted.Add(1)
 		l.wg.Add(1)   // done in finish
 		l.prep.Add(1) // done once the handler has it, or it failed
+		if l.cfg.Inline && l.cfg.TLS == nil && !l.cfg.AcceptProxy {
+			l.serveConn(c)
+			continue
+		}
 		// Reused goroutines: a connection's handshake and the
 		// handler's dial grow a stack, which costs more than a little
 		// at thousands of new connections a second.

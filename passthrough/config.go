@@ -113,6 +113,15 @@ type Config struct {
 	// ParkAfter is how long a spliced connection must be idle before its
 	// goroutines are let go (see the package doc); 0 never parks.
 	ParkAfter time.Duration
+	// EventLoop serves plain TCP connections (no TLS on either side) in
+	// event loops, one per processor, on Linux: after the
+	// listener has accepted a connection, its socket and the target's sit
+	// in a loop's epoll set, and the loop dials, copies, splices and
+	// closes inline, with no goroutine per connection. A connection while
+	// some target is a host name rather than an IP address, and every
+	// connection with TLS, a custom Dial, or elsewhere than Linux, is
+	// served by goroutines, as when it is off.
+	EventLoop bool
 	// KeepAlive, if positive, turns TCP keepalive on for target
 	// connections, probing after that much idle time; 0 leaves it off
 	// and Validate refuses a negative value. Off by default, as
@@ -165,6 +174,7 @@ func DefaultConfig() Config {
 		FailTimeout:    DefaultFailTimeout,
 		IdleTimeout:    DefaultIdleTimeout,
 		ParkAfter:      DefaultParkAfter,
+		EventLoop:      true, // TEMP
 		DrainTimeout:   DefaultDrainTimeout,
 		UDPIdleTimeout: DefaultUDPIdleTimeout,
 	}

@@ -15,7 +15,9 @@ import (
 // round.
 func TestParkResumeRounds(t *testing.T) {
 	b := newBackend(t, nil, echo)
-	s := start(t, testConfig(b.addr()))
+	cfg := testConfig(b.addr())
+	cfg.EventLoop = false // parking is for streams on goroutines
+	s := start(t, cfg)
 	// Many rounds: a stream that once parked with a park request left
 	// standing was never asked again, and showed in about one run in
 	// five of thirty rounds on a loaded machine (parker.ask).

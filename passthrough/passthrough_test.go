@@ -86,8 +86,29 @@ func deadAddr(t *testing.T) string {
 
 func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
+// testEventLoop is testConfig's Config.EventLoop; bothEngines sets it.
+var testEventLoop = true
+
+// bothEngines runs body twice, its servers serving plain TCP connections
+// in event loops, then with goroutines. The package's tests do not run in
+// parallel.
+func bothEngines(t *testing.T, body func(t *testing.T)) {
+	for _, loop := range []bool{true, false} {
+		name := "loop"
+		if !loop {
+			name = "goroutines"
+		}
+		t.Run(name, func(t *testing.T) {
+			testEventLoop = loop
+			defer func() { testEventLoop = true }()
+			body(t)
+		})
+	}
+}
+
 func testConfig(targets ...string) Config {
 	cfg := DefaultConfig()
+	cfg.EventLoop = testEventLoop
 	cfg.Targets = targets
 	cfg.Logger = quiet()
 	cfg.BackoffInitial, cfg.BackoffMax = time.Millisecond, 5*time.Millisecond
@@ -153,104 +174,111 @@ func roundTrip(t *testing.T, addr string, clientTLS *tls.Config, payload []byte)
 // One test body over plain TCP, TLS termination, TLS origination and both:
 // the bytes come back unchanged, and only plain TCP on both sides splices.
 func TestEchoConnTypes(t *testing.T) {
-	w := newTLSWorld(t)
-	payload := make([]byte, 4<<20+17)
-	rand.Read(payload)
-	want := sha256.Sum256(payload)
-	tests := []struct {
-		name                 string
-		terminate, originate bool
-	}{
-		{name: "plain"},
-		{name: "terminate TLS", terminate: true},
-		{name: "originate TLS", originate: true},
-		{name: "TLS both sides", terminate: true, originate: true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var backendTLS, clientTLS *tls.Config
-			cfg := testConfig()
-			// No parking here: every resume begins with a read that is
-			// not spliced, and a loaded machine's stalls would park the
-			// streams often enough to move the share measured below.
-			cfg.ParkAfter = time.Minute
-			if tt.originate {
-				backendTLS = w.server
-				cfg.TLS = func() (*tls.Config, error) { return w.client, nil }
-			}
-			if tt.terminate {
-				cfg.Listener.TLS = w.server
-				clientTLS = w.client
-			}
-			b := newBackend(t, backendTLS, echo)
-			cfg.Targets = []string{b.addr()}
-			s := start(t, cfg)
-			if got := roundTrip(t, s.Addr().String(), clientTLS, payload); got != want {
-				t.Fatal("payload changed on the way")
-			}
-			s.Shutdown()
-			st := s.Stats()
-			total := uint64(2 * len(payload))
-			if st.BytesFromClient+st.BytesFromTarget != total {
-				t.Fatalf("counted %d+%d bytes, want %d", st.BytesFromClient, st.BytesFromTarget, total)
-			}
-			// Plain TCP splices all but the first read of each
-			// burst; TLS on either side splices nothing.
-			plain := !tt.terminate && !tt.originate
-			if plain && st.BytesSpliced < total*95/100 || !plain && st.BytesSpliced != 0 {
-				t.Fatalf("spliced %d of %d bytes", st.BytesSpliced, total)
-			}
-		})
-	}
+	bothEngines(t, func(t *testing.T) {
+		w := newTLSWorld(t)
+		payload := make([]byte, 4<<20+17)
+		rand.Read(payload)
+		want := sha256.Sum256(payload)
+		tests := []struct {
+			name                 string
+			terminate, originate bool
+		}{
+			{name: "plain"},
+			{name: "terminate TLS", terminate: true},
+			{name: "originate TLS", originate: true},
+			{name: "TLS both sides", terminate: true, originate: true},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				var backendTLS, clientTLS *tls.Config
+				cfg := testConfig()
+				// No parking here: every resume begins with a read that is
+				// not spliced, and a loaded machine's stalls would park the
+				// streams often enough to move the share measured below.
+				cfg.ParkAfter = time.Minute
+				if tt.originate {
+					backendTLS = w.server
+					cfg.TLS = func() (*tls.Config, error) { return w.client, nil }
+				}
+				if tt.terminate {
+					cfg.Listener.TLS = w.server
+					clientTLS = w.client
+				}
+				b := newBackend(t, backendTLS, echo)
+				cfg.Targets = []string{b.addr()}
+				s := start(t, cfg)
+				if got := roundTrip(t, s.Addr().String(), clientTLS, payload); got != want {
+					t.Fatal("payload changed on the way")
+				}
+				s.Shutdown()
+				st := s.Stats()
+				total := uint64(2 * len(payload))
+				if st.BytesFromClient+st.BytesFromTarget != total {
+					t.Fatalf("counted %d+%d bytes, want %d", st.BytesFromClient, st.BytesFromTarget, total)
+				}
+				// Plain TCP splices all but the first read of each
+				// burst; TLS on either side splices nothing.
+				plain := !tt.terminate && !tt.originate
+				if plain && st.BytesSpliced < total*95/100 || !plain && st.BytesSpliced != 0 {
+					t.Fatalf("spliced %d of %d bytes", st.BytesSpliced, total)
+				}
+				if looped := plain && testEventLoop; looped && st.EventLoop != 1 || !looped && st.EventLoop != 0 {
+					t.Fatalf("%d connections served by the event loops", st.EventLoop)
+				}
+			})
+		}
+	})
 }
 
 // The client shuts its write side; the target replies after reading to EOF,
 // and the reply arrives in full. Then the other way round: the target
 // half-closes first and still receives what the client sends.
 func TestHalfClose(t *testing.T) {
-	reply := bytes.Repeat([]byte("reply "), 100000)
-	b := newBackend(t, nil, func(c net.Conn) {
-		n, _ := io.Copy(io.Discard, c)
-		if n != 5 {
-			return
+	bothEngines(t, func(t *testing.T) {
+		reply := bytes.Repeat([]byte("reply "), 100000)
+		b := newBackend(t, nil, func(c net.Conn) {
+			n, _ := io.Copy(io.Discard, c)
+			if n != 5 {
+				return
+			}
+			c.Write(reply)
+		})
+		s := start(t, testConfig(b.addr()))
+		c, err := net.Dial("tcp", s.Addr().String())
+		if err != nil {
+			t.Fatal(err)
 		}
-		c.Write(reply)
-	})
-	s := start(t, testConfig(b.addr()))
-	c, err := net.Dial("tcp", s.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.Write([]byte("hello"))
-	c.(*net.TCPConn).CloseWrite()
-	got, err := io.ReadAll(c)
-	if err != nil || !bytes.Equal(got, reply) {
-		t.Fatalf("read %d bytes (%v), want the %d-byte reply", len(got), err, len(reply))
-	}
-
-	greeting := []byte("220 ready\r\n")
-	got2 := make(chan []byte, 1)
-	b2 := newBackend(t, nil, func(c net.Conn) {
-		c.Write(greeting)
+		defer c.Close()
+		c.Write([]byte("hello"))
 		c.(*net.TCPConn).CloseWrite()
-		b, _ := io.ReadAll(c)
-		got2 <- b
+		got, err := io.ReadAll(c)
+		if err != nil || !bytes.Equal(got, reply) {
+			t.Fatalf("read %d bytes (%v), want the %d-byte reply", len(got), err, len(reply))
+		}
+
+		greeting := []byte("220 ready\r\n")
+		got2 := make(chan []byte, 1)
+		b2 := newBackend(t, nil, func(c net.Conn) {
+			c.Write(greeting)
+			c.(*net.TCPConn).CloseWrite()
+			b, _ := io.ReadAll(c)
+			got2 <- b
+		})
+		s2 := start(t, testConfig(b2.addr()))
+		c2, err := net.Dial("tcp", s2.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c2.Close()
+		if g, err := io.ReadAll(c2); err != nil || !bytes.Equal(g, greeting) {
+			t.Fatalf("greeting %q (%v)", g, err)
+		}
+		c2.Write([]byte("QUIT\r\n"))
+		c2.(*net.TCPConn).CloseWrite()
+		if g := <-got2; string(g) != "QUIT\r\n" {
+			t.Fatalf("target received %q after it half-closed", g)
+		}
 	})
-	s2 := start(t, testConfig(b2.addr()))
-	c2, err := net.Dial("tcp", s2.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
-	if g, err := io.ReadAll(c2); err != nil || !bytes.Equal(g, greeting) {
-		t.Fatalf("greeting %q (%v)", g, err)
-	}
-	c2.Write([]byte("QUIT\r\n"))
-	c2.(*net.TCPConn).CloseWrite()
-	if g := <-got2; string(g) != "QUIT\r\n" {
-		t.Fatalf("target received %q after it half-closed", g)
-	}
 }
 
 // countingDial counts attempts per address.
@@ -339,63 +367,65 @@ func TestFailoverAndPassiveHealth(t *testing.T) {
 // protocol) is not held against it: clients cannot push targets out of
 // rotation. One that closes before the client sent anything failed.
 func TestClientJunkIsNotTheTargetsFault(t *testing.T) {
-	picky := newBackend(t, nil, func(c net.Conn) {
-		c.Read(make([]byte, 64)) // reads the junk, answers nothing, closes
+	bothEngines(t, func(t *testing.T) {
+		picky := newBackend(t, nil, func(c net.Conn) {
+			c.Read(make([]byte, 64)) // reads the junk, answers nothing, closes
+		})
+		rude := newBackend(t, nil, func(c net.Conn) {}) // closes at once
+		cfg := testConfig(picky.addr())
+		cfg.MaxFails = 2
+		s := start(t, cfg)
+		for range 10 {
+			c, err := net.Dial("tcp", s.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Write([]byte("\x16\x03\x01 junk\n"))
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			io.Copy(io.Discard, c)
+			c.Close()
+		}
+		waitFor(t, "verdicts", func() bool { return s.Stats().ClientProvoked == 10 })
+		if st := s.Stats(); st.EarlyClosed != 0 || st.Failed != 0 {
+			t.Fatalf("junk counted against the target: %+v", st)
+		}
+		if s.Set().Targets()[0].Skipped(time.Now()) {
+			t.Fatal("the target is skipped because of what clients sent")
+		}
+		// The rude target fails on its own.
+		s2 := start(t, func() Config { c := testConfig(rude.addr()); c.MaxFails = 2; return c }())
+		for range 2 {
+			c, err := net.Dial("tcp", s2.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			io.Copy(io.Discard, c)
+			c.Close()
+		}
+		waitFor(t, "failures", func() bool { return s2.Stats().EarlyClosed == 2 })
+		// A target that resets, even after the client sent, failed on its own
+		// (it crashed, or nothing serves behind its port).
+		resets := newBackend(t, nil, func(c net.Conn) {
+			c.Read(make([]byte, 64))
+			c.(*net.TCPConn).SetLinger(0)
+		})
+		s3 := start(t, func() Config { c := testConfig(resets.addr()); c.MaxFails = 2; return c }())
+		for range 2 {
+			c, err := net.Dial("tcp", s3.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			io.Copy(io.Discard, c)
+			c.Close()
+		}
+		waitFor(t, "failures after resets", func() bool { return s3.Stats().EarlyClosed == 2 })
+		if !s3.Set().Targets()[0].Skipped(time.Now()) {
+			t.Fatal("a target that resets every connection stays in rotation")
+		}
 	})
-	rude := newBackend(t, nil, func(c net.Conn) {}) // closes at once
-	cfg := testConfig(picky.addr())
-	cfg.MaxFails = 2
-	s := start(t, cfg)
-	for range 10 {
-		c, err := net.Dial("tcp", s.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Write([]byte("\x16\x03\x01 junk\n"))
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		io.Copy(io.Discard, c)
-		c.Close()
-	}
-	waitFor(t, "verdicts", func() bool { return s.Stats().ClientProvoked == 10 })
-	if st := s.Stats(); st.EarlyClosed != 0 || st.Failed != 0 {
-		t.Fatalf("junk counted against the target: %+v", st)
-	}
-	if s.Set().Targets()[0].Skipped(time.Now()) {
-		t.Fatal("the target is skipped because of what clients sent")
-	}
-	// The rude target fails on its own.
-	s2 := start(t, func() Config { c := testConfig(rude.addr()); c.MaxFails = 2; return c }())
-	for range 2 {
-		c, err := net.Dial("tcp", s2.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		io.Copy(io.Discard, c)
-		c.Close()
-	}
-	waitFor(t, "failures", func() bool { return s2.Stats().EarlyClosed == 2 })
-	// A target that resets, even after the client sent, failed on its own
-	// (it crashed, or nothing serves behind its port).
-	resets := newBackend(t, nil, func(c net.Conn) {
-		c.Read(make([]byte, 64))
-		c.(*net.TCPConn).SetLinger(0)
-	})
-	s3 := start(t, func() Config { c := testConfig(resets.addr()); c.MaxFails = 2; return c }())
-	for range 2 {
-		c, err := net.Dial("tcp", s3.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		io.Copy(io.Discard, c)
-		c.Close()
-	}
-	waitFor(t, "failures after resets", func() bool { return s3.Stats().EarlyClosed == 2 })
-	if !s3.Set().Targets()[0].Skipped(time.Now()) {
-		t.Fatal("a target that resets every connection stays in rotation")
-	}
 }
 
 // With every target down, the client is closed after ConnectRetries more
@@ -452,121 +482,127 @@ func TestConnectTimeout(t *testing.T) {
 // the deadline back. The sweeper looks on its real ticker, at the server's
 // (fake) clock.
 func TestIdleTimeout(t *testing.T) {
-	b := newBackend(t, nil, echo)
-	clock := clockwork.NewFakeClock()
-	cfg := testConfig(b.addr())
-	cfg.Clock = clock
-	cfg.IdleTimeout = time.Minute
-	s := start(t, cfg)
-	c, err := net.Dial("tcp", s.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	ping := func() {
-		t.Helper()
-		c.Write([]byte("x"))
-		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
-			t.Fatal(err)
-		}
-		// The reply can arrive before the session records it.
-		now := clock.Now().UnixNano()
-		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-			s.mu.Lock()
-			seen := 0
-			for ss := range s.sessions {
-				if ss.last.Load() >= now {
-					seen++
-				}
-			}
-			s.mu.Unlock()
-			if seen == 1 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("the session does not record the traffic")
-			}
-		}
-	}
-	ping()
-	clock.Advance(50 * time.Second)
-	ping() // traffic at 50s
-	clock.Advance(30 * time.Second)
-	ping() // 30s after the last traffic: still open
-	// Ticks of the sweeper at 80s find 30s of quiet: nothing to close.
-	time.Sleep(50 * time.Millisecond)
-	ping()
-	// The target's stream may record the last reply only after the next
-	// Advance, which then counts as traffic: advance again until the
-	// sweeper closes the connection.
-	var rerr error
-	for range 10 {
-		clock.Advance(100 * time.Second)
-		c.SetReadDeadline(time.Now().Add(time.Second))
-		if _, rerr = c.Read(make([]byte, 1)); !errors.Is(rerr, os.ErrDeadlineExceeded) {
-			break
-		}
-	}
-	if rerr != io.EOF {
-		t.Fatalf("read %v, want EOF after the idle timeout", rerr)
-	}
-	s.Shutdown()
-	if s.Stats().IdleClosed != 1 {
-		t.Fatalf("stats %+v", s.Stats())
-	}
-}
-
-// The PROXY header reaches the target with the client's address.
-func TestSendProxy(t *testing.T) {
-	for _, v := range []int{1, 2} {
-		headers := make(chan *proxyproto.Header, 1)
-		b := newBackend(t, nil, func(c net.Conn) {
-			h, err := proxyproto.Read(bufio.NewReader(c))
-			if err != nil {
-				t.Error(err)
-			}
-			headers <- h
-		})
+	bothEngines(t, func(t *testing.T) {
+		b := newBackend(t, nil, echo)
+		clock := clockwork.NewFakeClock()
 		cfg := testConfig(b.addr())
-		cfg.SendProxy = v
+		cfg.Clock = clock
+		cfg.IdleTimeout = time.Minute
 		s := start(t, cfg)
 		c, err := net.Dial("tcp", s.Addr().String())
 		if err != nil {
 			t.Fatal(err)
 		}
-		h := <-headers
-		if h.Version != byte(v) || h.SourceAddr.String() != c.LocalAddr().String() || h.DestinationAddr.String() != s.Addr().String() {
-			t.Fatalf("v%d header %+v; client %s", v, h, c.LocalAddr())
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		ping := func() {
+			t.Helper()
+			c.Write([]byte("x"))
+			if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+				t.Fatal(err)
+			}
+			// The reply can arrive before the session records it.
+			now := clock.Now().UnixNano()
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+				s.mu.Lock()
+				seen := 0
+				for ss := range s.sessions {
+					if ss.last.Load() >= now {
+						seen++
+					}
+				}
+				s.mu.Unlock()
+				if seen == 1 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the session does not record the traffic")
+				}
+			}
 		}
-		c.Close()
-	}
+		ping()
+		clock.Advance(50 * time.Second)
+		ping() // traffic at 50s
+		clock.Advance(30 * time.Second)
+		ping() // 30s after the last traffic: still open
+		// Ticks of the sweeper at 80s find 30s of quiet: nothing to close.
+		time.Sleep(50 * time.Millisecond)
+		ping()
+		// The target's stream may record the last reply only after the next
+		// Advance, which then counts as traffic: advance again until the
+		// sweeper closes the connection.
+		var rerr error
+		for range 10 {
+			clock.Advance(100 * time.Second)
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			if _, rerr = c.Read(make([]byte, 1)); !errors.Is(rerr, os.ErrDeadlineExceeded) {
+				break
+			}
+		}
+		if rerr != io.EOF {
+			t.Fatalf("read %v, want EOF after the idle timeout", rerr)
+		}
+		s.Shutdown()
+		if s.Stats().IdleClosed != 1 {
+			t.Fatalf("stats %+v", s.Stats())
+		}
+	})
+}
+
+// The PROXY header reaches the target with the client's address.
+func TestSendProxy(t *testing.T) {
+	bothEngines(t, func(t *testing.T) {
+		for _, v := range []int{1, 2} {
+			headers := make(chan *proxyproto.Header, 1)
+			b := newBackend(t, nil, func(c net.Conn) {
+				h, err := proxyproto.Read(bufio.NewReader(c))
+				if err != nil {
+					t.Error(err)
+				}
+				headers <- h
+			})
+			cfg := testConfig(b.addr())
+			cfg.SendProxy = v
+			s := start(t, cfg)
+			c, err := net.Dial("tcp", s.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := <-headers
+			if h.Version != byte(v) || h.SourceAddr.String() != c.LocalAddr().String() || h.DestinationAddr.String() != s.Addr().String() {
+				t.Fatalf("v%d header %+v; client %s", v, h, c.LocalAddr())
+			}
+			c.Close()
+		}
+	})
 }
 
 // When the drain timeout passes, Shutdown closes open connections.
 func TestShutdownDrainTimeout(t *testing.T) {
-	b := newBackend(t, nil, echo)
-	cfg := testConfig(b.addr())
-	cfg.DrainTimeout = 50 * time.Millisecond
-	s := start(t, cfg)
-	c, err := net.Dial("tcp", s.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := echoOnce(t, s.Addr().String()); err != nil {
-		t.Fatal(err)
-	}
-	c.Write([]byte("x"))
-	io.ReadFull(c, make([]byte, 1))
-	sum := s.Shutdown()
-	if sum.ShutdownClosed != 1 {
-		t.Fatalf("summary %+v", sum)
-	}
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
-		t.Fatalf("read %v, want EOF", err)
-	}
+	bothEngines(t, func(t *testing.T) {
+		b := newBackend(t, nil, echo)
+		cfg := testConfig(b.addr())
+		cfg.DrainTimeout = 50 * time.Millisecond
+		s := start(t, cfg)
+		c, err := net.Dial("tcp", s.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := echoOnce(t, s.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("x"))
+		io.ReadFull(c, make([]byte, 1))
+		sum := s.Shutdown()
+		if sum.ShutdownClosed != 1 {
+			t.Fatalf("summary %+v", sum)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("read %v, want EOF", err)
+		}
+	})
 }
 
 // Draining, disabled and check-failed targets get no new connections;

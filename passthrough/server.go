@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"net"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -22,11 +23,15 @@ import (
 // Server is passthrough mode: a listener whose connections are proxied.
 type Server struct {
 	core
-	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
-	ln      *listener.Listener
-	parker  *parker      // nil: streams keep their goroutines
-	streams *gopool.Pool // runs streams on reused goroutines
-	sweep   sync.WaitGroup
+	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
+	ln     *listener.Listener
+	parker *parker   // nil: streams keep their goroutines
+	loops  []*evloop // nil: connections are served by goroutines
+	inline bool      // ServeConn runs on the accepting goroutine (loops)
+	// nextLoop picks the loop of the next connection, round-robin.
+	nextLoop atomic.Uint32
+	streams  *gopool.Pool // runs streams on reused goroutines
+	sweep    sync.WaitGroup
 	// The parker's count of parks at the sweeper's last tick and at the
 	// last returnMemory; owned by the sweeper.
 	parksAtTick, parksAtFree uint64
@@ -45,7 +50,7 @@ type Server struct {
 	expired  bool                  // the drain timeout passed; guarded by mu
 
 	proxied, failed, dialFailed, earlyClosed, idleClosed, shutClosed atomic.Uint64
-	clientProvoked                                                   atomic.Uint64
+	clientProvoked, looped                                           atomic.Uint64
 	metrics                                                          []metric.Registration
 	fromClient, fromTarget, spliced                                  atomic.Uint64
 }
@@ -74,6 +79,11 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) Start(ln net.Listener) {
 	lc := s.cfg.Listener
 	lc.Logger = s.log
+	s.startLoops()
+	// Handing a connection to a loop never blocks, unless the hash waits
+	// for the client's first bytes.
+	s.inline = s.loops != nil && s.cfg.HashFirst.Length == 0
+	lc.Inline = s.inline
 	s.ln = listener.New(ln, s, lc)
 	// The parker is set before the first connection can read it.
 	if s.cfg.ParkAfter > 0 {
@@ -91,7 +101,8 @@ func (s *Server) Start(ln net.Listener) {
 	s.metrics = s.observe()
 	args := []any{"addr", ln.Addr().String(), "mode", "passthrough", "targets", s.cfg.Targets,
 		"balance", s.cfg.Balance, "tls", lc.TLS != nil, "tls_target", s.cfg.TLS != nil,
-		"accept_proxy", lc.AcceptProxy, "send_proxy", s.cfg.SendProxy, "max_conns", lc.MaxConns}
+		"accept_proxy", lc.AcceptProxy, "send_proxy", s.cfg.SendProxy, "max_conns", lc.MaxConns,
+		"event_loops", len(s.loops)}
 	if s.cfg.Balance == "hash" {
 		args = append(args, "hash_key", string(s.cfg.HashKey))
 	}
@@ -113,6 +124,27 @@ func (s *Server) Err() <-chan error { return s.serveErr }
 
 // ServeConn proxies one client connection. It implements listener.Handler.
 func (s *Server) ServeConn(c *listener.Conn) {
+	if s.loops != nil {
+		if s.serveInLoop(c) {
+			return
+		}
+		if s.inline {
+			// On the accepting goroutine: the dial must not block it.
+			done := c.Detach()
+			s.streams.Go(func() {
+				if !s.serveStreams(c) {
+					done()
+				}
+			})
+			return
+		}
+	}
+	s.serveStreams(c)
+}
+
+// serveStreams proxies c with a goroutine per direction (see ServeConn).
+// It returns false, c not taken, when no target accepted it.
+func (s *Server) serveStreams(c *listener.Conn) bool {
 	ctx, span := tracer.Start(s.stop, "ndlb.passthrough.connect", trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(upstream.AttrListener.String(s.name()), attribute.String("ndlb.conn.id", c.ID.String()),
 			attribute.String("client.address", c.Client.String())))
@@ -124,7 +156,7 @@ func (s *Server) ServeConn(c *listener.Conn) {
 		span.End()
 		s.failed.Add(1)
 		c.Log.WarnContext(ctx, "closing the client: no target accepted its connection", "attempts", attempts, "err", err)
-		return
+		return false
 	}
 	span.SetAttributes(upstream.AttrServer.String(t.Addr))
 	span.End()
@@ -138,6 +170,34 @@ func (s *Server) ServeConn(c *listener.Conn) {
 	// The client's stream runs on this worker goroutine until it ends or
 	// parks; the session may go on after ServeConn returns.
 	ss.serve(c.Detach())
+	return true
+}
+
+// startLoops starts one event loop per processor when Config.EventLoop
+// asks for them and the connections can use them: plain TCP on both sides
+// (no TLS), dialled by ndlb itself (no Config.Dial), on Linux.
+func (s *Server) startLoops() {
+	if !s.cfg.EventLoop {
+		return
+	}
+	why := ""
+	switch {
+	case s.cfg.Listener.TLS != nil:
+		why = "TLS termination"
+	case s.cfg.TLS != nil:
+		why = "TLS to the targets"
+	case s.cfg.Dial != nil:
+		why = "a custom dialer"
+	}
+	if why == "" {
+		loops, err := newLoops(s, runtime.GOMAXPROCS(0))
+		if err == nil {
+			s.loops = loops
+			return
+		}
+		why = err.Error()
+	}
+	s.log.Info("event loops are off: connections are served by goroutines", "reason", why)
 }
 
 // sweeper, until the server stops, closes the connections idle for
@@ -249,6 +309,9 @@ func (s *Server) untrack(ss *session) {
 // expire closes every open connection: the drain timeout has passed.
 func (s *Server) expire() {
 	s.stopCancel()
+	for _, l := range s.loops {
+		l.wake() // connections still connecting give up
+	}
 	s.mu.Lock()
 	s.expired = true
 	open := make([]*session, 0, len(s.sessions))
@@ -283,6 +346,9 @@ type Stats struct {
 	// Parks counts idle streams that gave up their goroutine to wait in
 	// the parker's epoll set.
 	Parks uint64
+	// EventLoop counts the connections served by the event loops
+	// (Config.EventLoop), the others by goroutines.
+	EventLoop uint64
 }
 
 // Stats returns the server's counters.
@@ -291,6 +357,7 @@ func (s *Server) Stats() Stats {
 		Proxied: s.proxied.Load(), Failed: s.failed.Load(), DialFailures: s.dialFailed.Load(), EarlyClosed: s.earlyClosed.Load(),
 		IdleClosed: s.idleClosed.Load(), ShutdownClosed: s.shutClosed.Load(), ClientProvoked: s.clientProvoked.Load(),
 		BytesFromClient: s.fromClient.Load(), BytesFromTarget: s.fromTarget.Load(), BytesSpliced: s.spliced.Load(),
+		EventLoop: s.looped.Load(),
 	}
 	if s.ln != nil {
 		st.Listener = s.ln.Stats()
@@ -323,6 +390,9 @@ func (s *Server) Shutdown() Summary {
 		s.stopCancel()
 		s.sweep.Wait()
 		s.streams.Close()
+		for _, l := range s.loops {
+			l.stop()
+		}
 		if s.parker != nil {
 			s.parker.Stop()
 		}
@@ -336,7 +406,7 @@ func (s *Server) Shutdown() Summary {
 			"proxy_rejected", st.Listener.ProxyRejected, "proxy_untrusted", st.Listener.ProxyUntrusted,
 			"source_limited", st.Listener.SourceConns+st.Listener.SourceRate, "sources_untracked", st.Listener.SourcesUntracked,
 			"bytes_from_client", st.BytesFromClient,
-			"bytes_from_target", st.BytesFromTarget, "bytes_spliced", st.BytesSpliced, "parks", st.Parks)
+			"bytes_from_target", st.BytesFromTarget, "bytes_spliced", st.BytesSpliced, "parks", st.Parks, "event_loop", st.EventLoop)
 	})
 	return s.summary
 }

@@ -48,6 +48,10 @@ type session struct {
 	timedOut               atomic.Bool  // closed by IdleTimeout (once: it stays tracked until it ends)
 	fromClient, fromTarget atomic.Int64
 
+	// lc is the connection when an event loop serves it (the streams
+	// and backend are then unused).
+	lc *lconn
+
 	mu       sync.Mutex
 	closedBy string // guarded by mu
 	err      error  // first real error; guarded by mu
@@ -83,7 +87,11 @@ func (ss *session) finish() {
 	ss.judge()
 	ss.logClose()
 	ss.s.recordDuration(ss.s.clock.Since(ss.start), ss.t)
-	ss.backend.Close()
+	if ss.lc != nil {
+		ss.lc.close()
+	} else {
+		ss.backend.Close()
+	}
 	ss.t.ConnClosed()
 	ss.s.untrack(ss)
 	ss.done()
@@ -149,6 +157,10 @@ func (ss *session) abort(reason string) {
 // shutdown ends both streams: plain sockets are shut down both ways (which
 // wakes a parked stream, where closing would not), others are closed.
 func (ss *session) shutdown() {
+	if ss.lc != nil {
+		ss.lc.shutdownSockets()
+		return
+	}
 	for _, c := range []net.Conn{ss.client, ss.backend} {
 		if tc, ok := c.(*net.TCPConn); ok {
 			shutdownBoth(tc)

@@ -3,6 +3,7 @@
 package rawio
 
 import (
+	"net/netip"
 	"syscall"
 	"unsafe"
 
@@ -38,6 +39,79 @@ func Writev(fd uintptr, iov []unix.Iovec) (int, error) {
 func SendQueue(fd uintptr) (int, error) {
 	var n int32
 	if _, _, e := syscall.RawSyscall(syscall.SYS_IOCTL, fd, unix.SIOCOUTQ, uintptr(unsafe.Pointer(&n))); e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// Write is write(2) on fd as a raw system call. fd must be non-blocking.
+// It returns n = 0 with an error (syscall.Errno) on failure.
+func Write(fd int, buf []byte) (int, error) {
+	if len(buf) == 0 {
+		return 0, nil
+	}
+	n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// Splice is splice(2) of up to n bytes from in to out, one of them a
+// pipe, as a raw system call; flags should hold SPLICE_F_NONBLOCK, and
+// the socket must be non-blocking.
+func Splice(in, out, n int, flags uint) (int, error) {
+	m, _, e := syscall.RawSyscall6(unix.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(n), uintptr(flags))
+	if e != 0 {
+		return 0, e
+	}
+	return int(m), nil
+}
+
+// Connect starts a connect(2) of the non-blocking socket fd to ap, as a raw
+// system call: nil or EINPROGRESS means under way.
+func Connect(fd int, ap netip.AddrPort) error {
+	var e syscall.Errno
+	port := ap.Port()
+	if ip := ap.Addr(); ip.Is4() || ip.Is4In6() {
+		sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: ip.Unmap().As4()}
+		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		p[0], p[1] = byte(port>>8), byte(port)
+		_, _, e = syscall.RawSyscall(syscall.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
+	} else {
+		sa := unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: ip.As16()}
+		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		p[0], p[1] = byte(port>>8), byte(port)
+		_, _, e = syscall.RawSyscall(syscall.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
+	}
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// Shutdown is shutdown(2) of a socket as a raw system call.
+func Shutdown(fd, how int) error {
+	if _, _, e := syscall.RawSyscall(syscall.SYS_SHUTDOWN, uintptr(fd), uintptr(how), 0); e != 0 {
+		return e
+	}
+	return nil
+}
+
+// Close is close(2) as a raw system call, for a socket that does not
+// linger (no SO_LINGER with a timeout): closing it never waits.
+func Close(fd int) error {
+	if _, _, e := syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(fd), 0, 0); e != 0 {
+		return e
+	}
+	return nil
+}
+
+// EpollPoll is epoll_wait(2) with a zero timeout, as a raw system call:
+// the events ready now, without waiting.
+func EpollPoll(epfd int, events []unix.EpollEvent) (int, error) {
+	n, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	if e != 0 {
 		return 0, e
 	}
 	return int(n), nil

@@ -1,0 +1,969 @@
+package passthrough
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/pires/go-proxyproto"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sys/unix"
+
+	"github.com/ndlb/ndlb/internal/rawio"
+	"github.com/ndlb/ndlb/listener"
+	"github.com/ndlb/ndlb/upstream"
+)
+
+// The event loops (Config.EventLoop) serve plain TCP connections the way
+// HAProxy does: once the listener has accepted a connection (and read its
+// PROXY header, if any), its socket leaves the Go runtime's poller, the
+// target is dialled with a non-blocking connect, and from then on both
+// sockets sit in one loop's epoll set, edge-triggered. The loop's goroutine
+// runs every step inline when epoll reports a socket ready: the connect's
+// completion or failure (and the next candidate), reads, writes, splices,
+// half-closes and the end of the connection. A connection costs no
+// goroutine, no hand-off between goroutines and none of the runtime's
+// per-socket records, whatever it is doing.
+
+// loopReadBytes is a loop's read buffer; a read that fills it makes the
+// direction bulk (splice).
+const loopReadBytes = 16 << 10
+
+// smallSplice is the least a splice must move for the direction to go on
+// splicing.
+const smallSplice = 1 << 10
+
+// loopTurnBytes bounds what one connection moves in one turn of its loop
+// before the others get theirs.
+const loopTurnBytes = 1 << 20
+
+// loopIdleWait is the longest a loop sleeps in epoll_wait when no connect
+// or backoff deadline is due sooner.
+const loopIdleWait = time.Second
+
+// Loop connection phases.
+const (
+	phaseConnect uint8 = iota + 1 // a non-blocking connect is in progress
+	phaseRetry                    // every candidate failed; waiting for the next round
+	phaseProxy                    // connected: bytes move both ways
+	phaseDone                     // ended; its slot is free
+)
+
+// evloop is one event loop: an epoll set and the goroutine that waits on
+// it.
+type evloop struct {
+	s          *Server
+	epfd, evfd int
+	file       *os.File // epfd, for the runtime's poller; closed by run
+	wg         sync.WaitGroup
+	buf        []byte   // the read buffer; owned by the loop's goroutine
+	ready      []*lconn // connections whose turn ended before they would block; owned by the loop's goroutine
+	due        []*lconn // scratch for the timers; owned by the loop's goroutine
+	stopped    atomic.Bool
+
+	mu     sync.Mutex
+	slots  []*lconn // guarded by mu; a connection's epoll id is its slot + 1 (0: the wake-up eventfd)
+	free   []uint32 // guarded by mu
+	timed  []*lconn // connecting or waiting for a round; guarded by mu
+	wakeAt int64    // when the loop's current wait ends at the latest (Unix ns); guarded by mu
+	gen    uint32   // guarded by mu
+}
+
+// lconn is one connection served by a loop. Until it is added to its
+// loop it belongs to the goroutine that dials; then to the loop's
+// goroutine. Other goroutines only abort it (session.abort), under the
+// session's lock.
+type lconn struct {
+	session
+	l         *evloop
+	slot, gen uint32
+	fd        [2]int  // the client's socket (our duplicate) and the target's; -1 when there is none
+	rd, wr    [2]bool // the sockets are readable, writable (edge-triggered: until EAGAIN)
+	dir       [2]ldir // client to target, target to client
+	phase     uint8
+	timedIn   bool // in l.timed; guarded by l.mu
+	queued    bool // in l.ready
+	closed    bool // the sockets are closed; guarded by session.mu
+	linger0   bool // close with RST
+
+	// Connecting.
+	ctx       context.Context
+	span      trace.Span // ndlb.passthrough.connect
+	dialCtx   context.Context
+	dialSpan  trace.Span
+	dialStart time.Time
+	target    *upstream.Target // being dialled
+	key       []byte
+	targets   []*upstream.Target
+	order     []int
+	next      int   // index in order of the next candidate
+	round     int   // rounds over the targets after the first
+	attempts  int   // attempts so far
+	deadline  int64 // Unix ns: the connect's or the backoff's end
+	lastErr   error
+	bo        backoff.BackOff
+}
+
+// ldir is one direction of a loop connection.
+type ldir struct {
+	pend     []byte // read and not yet written
+	p        *pipe  // the splice pipe, held while bytes are in it
+	inPipe   int
+	bulk     bool // the last read filled the buffer: splice
+	noSplice bool // the kernel cannot splice these sockets
+	spliced  bool // a splice from the source worked
+	eof      bool // the source ended
+	done     bool // the source ended and everything was written, or the connection failed
+}
+
+// newLoops starts n event loops; nil if epoll is not available.
+func newLoops(s *Server, n int) ([]*evloop, error) {
+	loops := make([]*evloop, 0, n)
+	for range n {
+		l, err := newLoop(s)
+		if err != nil {
+			for _, l := range loops {
+				l.stop()
+			}
+			return nil, err
+		}
+		loops = append(loops, l)
+	}
+	return loops, nil
+}
+
+func newLoop(s *Server) (*evloop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	// Non-blocking, so that os.NewFile puts it in the runtime's poller.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	l := &evloop{s: s, epfd: epfd, evfd: evfd, buf: make([]byte, loopReadBytes), file: os.NewFile(uintptr(epfd), "epoll")}
+	l.wg.Go(l.run)
+	return l, nil
+}
+
+// wake cuts the loop's wait short.
+func (l *evloop) wake() {
+	one := [8]byte{1}
+	_, _ = unix.Write(l.evfd, one[:])
+}
+
+// stop ends the loop's goroutine and closes its descriptors. No connection
+// may be left in it.
+func (l *evloop) stop() {
+	l.stopped.Store(true)
+	l.wake()
+	l.wg.Wait()
+	unix.Close(l.evfd)
+}
+
+// run waits for ready sockets and due deadlines and serves them, until
+// stop. It waits in the runtime's poller, on the epoll descriptor itself
+// (an epoll set is readable when its sockets have events), and takes the
+// events with non-blocking epoll_waits: a goroutine blocked in epoll_wait
+// would make the scheduler hand its processor to another thread, and back,
+// at every wait.
+func (l *evloop) run() {
+	defer l.file.Close()
+	rc, err := l.file.SyscallConn()
+	if err != nil {
+		l.s.log.Error("event loop failed; its connections stall", "err", err)
+		return
+	}
+	events := make([]unix.EpollEvent, 256)
+	var n int
+	var werr error
+	harvest := func(fd uintptr) bool {
+		n, werr = rawio.EpollPoll(int(fd), events)
+		return n != 0 || (werr != nil && werr != unix.EINTR)
+	}
+	for {
+		if wait := l.plan(); wait == 0 {
+			harvest(uintptr(l.epfd))
+		} else {
+			_ = l.file.SetReadDeadline(time.Now().Add(time.Duration(wait) * time.Millisecond))
+			if err := rc.Read(harvest); err != nil {
+				n, werr = 0, nil // the deadline: timers are due
+			}
+		}
+		if werr != nil && werr != unix.EINTR {
+			l.s.log.Error("event loop failed; its connections stall", "err", os.NewSyscallError("epoll_wait", werr))
+			return
+		}
+		for _, ev := range events[:max(n, 0)] {
+			if ev.Fd == 0 {
+				var b [8]byte
+				_, _ = unix.Read(l.evfd, b[:])
+				if l.stopped.Load() {
+					return
+				}
+				continue
+			}
+			slot, gen, side := uint32(ev.Fd-1), uint32(ev.Pad)>>1, int(ev.Pad&1)
+			l.mu.Lock()
+			var lc *lconn
+			if int(slot) < len(l.slots) {
+				lc = l.slots[slot]
+			}
+			l.mu.Unlock()
+			if lc != nil && lc.gen == gen {
+				lc.event(side, ev.Events)
+			}
+		}
+		n = 0
+		l.timers()
+		l.turn()
+	}
+}
+
+// plan returns how long the next epoll_wait may sleep, in milliseconds:
+// not at all when connections wait for another turn, else until the
+// earliest deadline, at most loopIdleWait.
+func (l *evloop) plan() int {
+	if len(l.ready) > 0 {
+		return 0
+	}
+	now := time.Now().UnixNano()
+	until := now + int64(loopIdleWait)
+	l.mu.Lock()
+	for _, lc := range l.timed {
+		until = min(until, lc.deadline)
+	}
+	l.wakeAt = until
+	l.mu.Unlock()
+	if until <= now {
+		return 0
+	}
+	return int((until - now + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+}
+
+// turn gives the connections whose last turn ended early another one.
+func (l *evloop) turn() {
+	ready := l.ready
+	l.ready = nil
+	for i, lc := range ready {
+		lc.queued = false
+		if lc.phase == phaseProxy {
+			lc.pump()
+		}
+		ready[i] = nil
+	}
+	if l.ready == nil {
+		l.ready = ready[:0]
+	}
+}
+
+// timers fails the connects that took too long and starts the rounds
+// whose backoff is over, and, once the server is stopping, ends every
+// connection still connecting.
+func (l *evloop) timers() {
+	now := time.Now()
+	stopping := l.s.stop.Err() != nil
+	l.mu.Lock()
+	keep := l.timed[:0]
+	for _, lc := range l.timed {
+		switch {
+		case lc.phase != phaseConnect && lc.phase != phaseRetry:
+			lc.timedIn = false
+		case stopping || lc.deadline <= now.UnixNano():
+			lc.timedIn = false
+			l.due = append(l.due, lc)
+		default:
+			keep = append(keep, lc)
+		}
+	}
+	clear(l.timed[len(keep):])
+	l.timed = keep
+	l.mu.Unlock()
+	for i, lc := range l.due {
+		l.due[i] = nil
+		switch {
+		case stopping:
+			lc.abandon(lc.s.stop.Err())
+		case lc.phase == phaseConnect:
+			err := &net.OpError{Op: "dial", Net: "tcp", Addr: targetNetAddr(lc.target), Err: os.ErrDeadlineExceeded}
+			lc.attemptFailed(err)
+			lc.dialOn()
+		default:
+			lc.startRound()
+			lc.dialOn()
+		}
+	}
+	l.due = l.due[:0]
+}
+
+// add registers lc, whose dial is under way or waiting for a round, with
+// the loop. After it, only the loop's goroutine touches lc.
+func (l *evloop) add(lc *lconn) error {
+	l.mu.Lock()
+	l.gen++
+	lc.gen = l.gen & (1<<31 - 1)
+	if n := len(l.free); n > 0 {
+		lc.slot = l.free[n-1]
+		l.free = l.free[:n-1]
+	} else {
+		lc.slot = uint32(len(l.slots))
+		l.slots = append(l.slots, nil)
+	}
+	l.slots[lc.slot] = lc
+	lc.l = l
+	// Under the lock, which the loop takes to find lc, so that it sees
+	// lc only once it is watched.
+	var err error
+	if lc.fd[1] >= 0 {
+		err = l.watch(lc, 1)
+	}
+	if err == nil {
+		err = l.watch(lc, 0)
+	}
+	if err != nil {
+		l.slots[lc.slot] = nil
+		l.free = append(l.free, lc.slot)
+		lc.l = nil
+		l.mu.Unlock()
+		return err
+	}
+	lc.timedIn = true
+	l.timed = append(l.timed, lc)
+	wake := lc.deadline < l.wakeAt
+	l.mu.Unlock()
+	if wake {
+		l.wake()
+	}
+	return nil
+}
+
+// watch adds lc's socket on side to the epoll set, edge-triggered.
+func (l *evloop) watch(lc *lconn, side int) error {
+	ev := unix.EpollEvent{
+		Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
+		Fd:     int32(lc.slot + 1), Pad: int32(lc.gen<<1 | uint32(side)),
+	}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, lc.fd[side], &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	return nil
+}
+
+// timeAgain puts lc, which has a new deadline, back among the timed ones.
+// Called by the loop's goroutine, whose next wait takes it into account.
+func (l *evloop) timeAgain(lc *lconn) {
+	l.mu.Lock()
+	if !lc.timedIn {
+		lc.timedIn = true
+		l.timed = append(l.timed, lc)
+	}
+	l.mu.Unlock()
+}
+
+// remove frees lc's slot: events still queued for it are dropped.
+func (l *evloop) remove(lc *lconn) {
+	l.mu.Lock()
+	if int(lc.slot) < len(l.slots) && l.slots[lc.slot] == lc {
+		l.slots[lc.slot] = nil
+		l.free = append(l.free, lc.slot)
+	}
+	l.mu.Unlock()
+}
+
+// serveInLoop serves c in one of the server's event loops, if it can: c is
+// plain TCP and every target is an IP address and port. It returns false,
+// leaving c untouched, otherwise.
+func (s *Server) serveInLoop(c *listener.Conn) bool {
+	targets := s.set.Targets()
+	for _, t := range targets {
+		if _, ok := targetAddrPort(t); !ok {
+			return false
+		}
+	}
+	key := hashKey(c.Client, s.cfg.HashKey)
+	if s.cfg.HashFirst.Length > 0 && s.policy.Load().name == "hash" {
+		key = append(key, s.firstBytes(c)...)
+	}
+	tcp, pending, ok := c.Raw()
+	if !ok {
+		return false
+	}
+	fd, err := dupSocket(tcp)
+	if err != nil {
+		if pending != nil {
+			c.Unread(pending)
+		}
+		c.Log.Debug("served without the event loop", "err", err)
+		return false
+	}
+	// The duplicate keeps the socket open; closing Go's descriptor takes
+	// it out of the runtime's poller, which would otherwise wake for it
+	// too. The listener's own close of it later does nothing.
+	tcp.Close()
+	lc := &lconn{fd: [2]int{fd, -1}, key: key}
+	ss := &lc.session
+	ss.s, ss.c, ss.client, ss.pending, ss.lc = s, c, c.Conn, pending, lc
+	ss.done = c.Detach()
+	s.looped.Add(1)
+	lc.ctx, lc.span = tracer.Start(s.stop, "ndlb.passthrough.connect", trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(upstream.AttrListener.String(s.name()), attribute.String("ndlb.conn.id", c.ID.String()),
+			attribute.String("client.address", c.Client.String())))
+	lc.startRound()
+	if !lc.dialNext() {
+		lc.fail()
+		return true
+	}
+	l := s.loops[s.nextLoop.Add(1)%uint32(len(s.loops))]
+	if err := l.add(lc); err != nil {
+		lc.lastErr = err
+		lc.fail()
+	}
+	return true
+}
+
+// dupSocket returns a duplicate of tcp's descriptor (non-blocking, like
+// the original).
+func dupSocket(tcp *net.TCPConn) (int, error) {
+	rc, err := tcp.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd := -1
+	cerr := rc.Control(func(fd uintptr) { nfd, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) })
+	if cerr != nil {
+		return -1, cerr
+	}
+	if err != nil {
+		return -1, os.NewSyscallError("fcntl", err)
+	}
+	return nfd, nil
+}
+
+// targetAddrs caches targets' parsed addresses (netip.AddrPort, or false
+// for a name).
+var targetAddrs sync.Map
+
+// targetAddrPort is t's address, if it is an IP address and port.
+func targetAddrPort(t *upstream.Target) (netip.AddrPort, bool) {
+	if v, ok := targetAddrs.Load(t); ok {
+		ap, ok := v.(netip.AddrPort)
+		return ap, ok
+	}
+	ap, err := netip.ParseAddrPort(t.Addr)
+	if err != nil || ap.Addr().Zone() != "" {
+		targetAddrs.Store(t, false)
+		return netip.AddrPort{}, false
+	}
+	targetAddrs.Store(t, ap)
+	return ap, true
+}
+
+// targetNetAddr is t's address for errors.
+func targetNetAddr(t *upstream.Target) net.Addr {
+	if ap, ok := targetAddrPort(t); ok {
+		return net.TCPAddrFromAddrPort(ap)
+	}
+	return nil
+}
+
+// startRound takes the candidates of a new round over the targets.
+func (lc *lconn) startRound() {
+	s := lc.s
+	lc.targets = s.set.Targets()
+	lc.order = s.candidates(lc.order[:0], lc.targets, lc.key)
+	lc.next = 0
+	if len(lc.order) == 0 {
+		lc.lastErr = errNoneAccepts
+	}
+}
+
+// dialOn is dialNext in the loop: a connection that cannot go on ends.
+func (lc *lconn) dialOn() {
+	if !lc.dialNext() {
+		lc.fail()
+		return
+	}
+	if lc.phase == phaseConnect {
+		if err := lc.l.watch(lc, 1); err != nil {
+			unix.Close(lc.fd[1])
+			lc.fd[1] = -1
+			lc.attemptFailed(err)
+			lc.dialOn()
+			return
+		}
+	}
+	lc.l.timeAgain(lc)
+}
+
+// dialNext starts a connect to the next candidate that does not fail at
+// once (phaseConnect), or, when the round is over, waits for the next
+// (phaseRetry). It returns false when no round is left.
+func (lc *lconn) dialNext() bool {
+	s := lc.s
+	for lc.next < len(lc.order) {
+		t := lc.targets[lc.order[lc.next]]
+		lc.next++
+		lc.attempts++
+		if lc.connect(t) {
+			return true
+		}
+	}
+	if lc.round == s.cfg.ConnectRetries {
+		lc.lastErr = fmt.Errorf("%w after %d attempts: %w", ErrNoTarget, lc.attempts, lc.lastErr)
+		return false
+	}
+	if lc.bo == nil {
+		lc.bo = backoff.NewExponentialBackOff(
+			backoff.WithInitialInterval(s.cfg.BackoffInitial),
+			backoff.WithMaxInterval(s.cfg.BackoffMax),
+			backoff.WithMaxElapsedTime(0),
+		)
+	}
+	lc.round++
+	lc.phase = phaseRetry
+	lc.deadline = time.Now().Add(lc.bo.NextBackOff()).UnixNano()
+	return true
+}
+
+// connect starts a non-blocking connect to t. It returns false when the
+// attempt failed at once (recorded).
+func (lc *lconn) connect(t *upstream.Target) bool {
+	s := lc.s
+	lc.target, lc.dialStart = t, time.Now()
+	lc.dialCtx, lc.dialSpan = tracer.Start(lc.ctx, "ndlb.upstream.dial", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(upstream.AttrServer.String(t.Addr), attribute.Int("ndlb.attempt", lc.attempts)))
+	ap, ok := targetAddrPort(t)
+	if !ok {
+		// The set changed under the connection: not the target's fault.
+		lc.dialSpan.End()
+		lc.lastErr = fmt.Errorf("target %q: the event loop dials IP addresses only", t.Addr)
+		return false
+	}
+	fd, err := dialSocket(ap, s.cfg.KeepAlive)
+	if err != nil {
+		lc.attemptFailed(&net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: err})
+		return false
+	}
+	lc.fd[1], lc.phase = fd, phaseConnect
+	lc.rd[1], lc.wr[1] = false, false
+	lc.deadline = lc.dialStart.Add(s.cfg.ConnectTimeout).UnixNano()
+	return true
+}
+
+// dialSocket opens a non-blocking TCP socket and starts its connect to ap.
+func dialSocket(ap netip.AddrPort, keepAlive time.Duration) (int, error) {
+	family := unix.AF_INET
+	if ip := ap.Addr(); !ip.Is4() && !ip.Is4In6() {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	// As Go's dialer does: no Nagle delay on small writes.
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	if keepAlive > 0 {
+		secs := max(int(keepAlive/time.Second), 1)
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs)
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs)
+	}
+	for {
+		err = rawio.Connect(fd, ap)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	switch err {
+	case nil, unix.EINPROGRESS, unix.EALREADY:
+		return fd, nil
+	}
+	unix.Close(fd)
+	return -1, os.NewSyscallError("connect", err)
+}
+
+// attemptFailed records a failed attempt on lc.target, as connect does.
+func (lc *lconn) attemptFailed(err error) {
+	s := lc.s
+	if lc.fd[1] >= 0 {
+		unix.Close(lc.fd[1])
+		lc.fd[1] = -1
+	}
+	s.recordDial(lc.dialCtx, lc.target, time.Since(lc.dialStart), err)
+	lc.dialSpan.RecordError(err)
+	lc.dialSpan.SetStatus(codes.Error, err.Error())
+	lc.dialSpan.End()
+	lc.lastErr = err
+	s.dialFailed.Add(1)
+	lc.c.Log.Debug("target attempt failed; trying the next", "target", lc.target.Addr, "err", err)
+	s.attemptFailed(lc.target, err)
+}
+
+// fail closes a client that no target accepted.
+func (lc *lconn) fail() {
+	s := lc.s
+	lc.span.SetAttributes(attribute.Int("ndlb.attempts", lc.attempts))
+	lc.span.RecordError(lc.lastErr)
+	lc.span.SetStatus(codes.Error, lc.lastErr.Error())
+	lc.span.End()
+	s.failed.Add(1)
+	lc.c.Log.WarnContext(lc.ctx, "closing the client: no target accepted its connection", "attempts", lc.attempts, "err", lc.lastErr)
+	lc.close()
+	lc.done()
+}
+
+// abandon ends a connection still connecting when the server stops.
+func (lc *lconn) abandon(err error) {
+	if lc.phase == phaseConnect {
+		lc.attemptFailed(&net.OpError{Op: "dial", Net: "tcp", Addr: targetNetAddr(lc.target), Err: err})
+	}
+	lc.lastErr = err
+	lc.fail()
+}
+
+// event records what epoll reported for side's socket and serves it.
+func (lc *lconn) event(side int, events uint32) {
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		lc.rd[side] = true
+	}
+	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		lc.wr[side] = true
+	}
+	switch lc.phase {
+	case phaseConnect:
+		if side == 1 && lc.wr[1] {
+			lc.connectDone()
+		}
+	case phaseProxy:
+		lc.pump()
+	}
+}
+
+// connectDone is the end of a connect: it worked, or the next candidate
+// is tried.
+func (lc *lconn) connectDone() {
+	soErr, err := unix.GetsockoptInt(lc.fd[1], unix.SOL_SOCKET, unix.SO_ERROR)
+	if err == nil && soErr != 0 {
+		err = unix.Errno(soErr)
+	}
+	if err != nil {
+		lc.attemptFailed(&net.OpError{Op: "dial", Net: "tcp", Addr: targetNetAddr(lc.target), Err: os.NewSyscallError("connect", err)})
+		lc.dialOn()
+		return
+	}
+	s, t, ss := lc.s, lc.target, &lc.session
+	s.recordDial(lc.dialCtx, t, time.Since(lc.dialStart), nil)
+	lc.dialSpan.End()
+	lc.span.SetAttributes(attribute.Int("ndlb.attempts", lc.attempts), upstream.AttrServer.String(t.Addr))
+	lc.span.End()
+	// The flags are epoll's: what the client's socket reported while the
+	// connect went on, and the target's from the connect on.
+	lc.phase = phaseProxy
+	ss.t, ss.start = t, s.clock.Now()
+	ss.last.Store(ss.start.UnixNano())
+	lc.targets, lc.order, lc.key, lc.bo = nil, nil, nil, nil
+	lc.dir[0].pend = ss.pending
+	ss.pending = nil
+	if s.cfg.SendProxy != 0 {
+		h := proxyproto.HeaderProxyFromAddrs(byte(s.cfg.SendProxy), lc.c.Client, lc.c.Local)
+		if b, err := h.Format(); err == nil {
+			lc.dir[0].pend = append(b, lc.dir[0].pend...)
+		}
+	}
+	t.ConnOpened()
+	s.proxied.Add(1)
+	if !s.track(ss) {
+		ss.abort(byShutdown)
+	}
+	lc.c.Log.InfoContext(lc.ctx, "proxying", "target", t.Addr, "attempts", lc.attempts)
+	lc.ctx, lc.dialCtx, lc.span, lc.dialSpan = nil, nil, nil, nil
+	lc.pump()
+}
+
+// pump moves bytes both ways until each would block, or the turn's bytes
+// are used up (the connection then gets another turn after the others).
+func (lc *lconn) pump() {
+	budget := loopTurnBytes
+	for i := range lc.dir {
+		if err := lc.move(i, &budget); err != nil {
+			lc.ended(i, err)
+		}
+		if lc.phase != phaseProxy {
+			return
+		}
+	}
+	if budget <= 0 && !lc.queued {
+		lc.queued = true
+		lc.l.ready = append(lc.l.ready, lc)
+	}
+}
+
+// move runs direction i (0: client to target) until it would block, ends
+// or uses up the budget.
+func (lc *lconn) move(i int, budget *int) error {
+	d := &lc.dir[i]
+	src, dst := lc.fd[i], lc.fd[1-i]
+	for !d.done && lc.phase == phaseProxy {
+		switch {
+		case d.inPipe > 0:
+			if !lc.wr[1-i] {
+				return nil
+			}
+			n, err := rawio.Splice(d.p.r, dst, d.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				lc.wr[1-i] = false
+				return nil
+			case err != nil:
+				return os.NewSyscallError("splice", err)
+			}
+			d.inPipe -= int(n)
+			*budget -= int(n)
+			lc.s.spliced.Add(uint64(n))
+			lc.moved(i, int(n))
+			if d.inPipe == 0 {
+				putPipe(d.p)
+				d.p = nil
+			}
+		case len(d.pend) > 0:
+			if !lc.wr[1-i] {
+				return nil
+			}
+			n, err := rawio.Write(dst, d.pend)
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				lc.wr[1-i] = false
+				return nil
+			case err != nil:
+				return os.NewSyscallError("write", err)
+			}
+			d.pend = d.pend[n:]
+			if len(d.pend) == 0 {
+				d.pend = nil
+			}
+			lc.moved(i, n)
+		case d.eof:
+			d.done = true
+			lc.ended(i, nil)
+			return nil
+		case !lc.rd[i] || !lc.wr[1-i]:
+			return nil
+		case *budget <= 0:
+			return nil
+		case d.bulk && !d.noSplice:
+			wouldBlock, err := lc.fill(d, src, budget)
+			if err != nil {
+				return err
+			}
+			if wouldBlock {
+				lc.rd[i] = false
+				return nil
+			}
+		default:
+			n, err := rawio.Read(uintptr(src), lc.l.buf)
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				lc.rd[i] = false
+				return nil
+			case err != nil:
+				return os.NewSyscallError("read", err)
+			case n == 0:
+				d.eof = true
+				continue
+			}
+			*budget -= n
+			d.bulk = n == len(lc.l.buf)
+			if !d.bulk {
+				// A short read took all the socket held; epoll
+				// reports the next bytes (or the end) as a new edge.
+				lc.rd[i] = false
+			}
+			m, err := writeAll(dst, lc.l.buf[:n])
+			lc.moved(i, m)
+			if err == unix.EAGAIN {
+				lc.wr[1-i] = false
+				d.pend = append([]byte(nil), lc.l.buf[m:n]...)
+			} else if err != nil {
+				return os.NewSyscallError("write", err)
+			}
+		}
+	}
+	return nil
+}
+
+// fill splices what src holds into d's empty pipe; wouldBlock when src
+// had nothing.
+func (lc *lconn) fill(d *ldir, src int, budget *int) (wouldBlock bool, err error) {
+	if d.p == nil {
+		p, err := getPipe()
+		if err != nil {
+			return false, err
+		}
+		d.p = p
+	}
+	for {
+		n, err := rawio.Splice(src, d.p.w, maxSplice, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			putPipe(d.p)
+			d.p = nil
+			return true, nil
+		case err == unix.EINVAL && !d.spliced:
+			// The kernel cannot splice these sockets: copy.
+			putPipe(d.p)
+			d.p, d.noSplice = nil, true
+			return false, nil
+		case err != nil:
+			return false, os.NewSyscallError("splice", err)
+		case n == 0:
+			putPipe(d.p)
+			d.p, d.eof = nil, true
+			return false, nil
+		}
+		d.spliced = true
+		// Bulk until a splice moves little: small messages are copied.
+		d.bulk = n >= smallSplice
+		d.inPipe = int(n)
+		*budget -= int(n)
+		return false, nil
+	}
+}
+
+// writeAll writes b to fd until it is written or fd would block.
+func writeAll(fd int, b []byte) (int, error) {
+	done := 0
+	for done < len(b) {
+		n, err := rawio.Write(fd, b[done:])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return done, err
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// moved records n bytes moved by direction i.
+func (lc *lconn) moved(i, n int) {
+	if i == 0 {
+		lc.movedFromClient(n)
+	} else {
+		lc.movedFromTarget(n)
+	}
+}
+
+// ended records that direction i ended with err, as session.ended does: at
+// EOF the other side is half-closed and its direction goes on; on an
+// error the connection ends with a reset.
+func (lc *lconn) ended(i int, err error) {
+	ss := &lc.session
+	side := byClient
+	if i == 1 {
+		side = byTarget
+	}
+	ss.mu.Lock()
+	aborted := ss.closedBy == byIdle || ss.closedBy == byShutdown
+	if ss.closedBy == "" {
+		ss.closedBy = side
+	}
+	if err != nil && ss.err == nil && !aborted {
+		ss.err = err
+	}
+	ss.mu.Unlock()
+	lc.dir[i].done = true
+	switch {
+	case err != nil:
+		lc.linger0 = !aborted
+		lc.end()
+	case lc.dir[1-i].done:
+		lc.end()
+	default:
+		_ = rawio.Shutdown(lc.fd[1-i], unix.SHUT_WR)
+	}
+}
+
+// end finishes a proxied connection.
+func (lc *lconn) end() {
+	lc.phase = phaseDone
+	for i := range lc.dir {
+		d := &lc.dir[i]
+		if d.p != nil {
+			if d.inPipe > 0 {
+				d.p.close()
+			} else {
+				putPipe(d.p)
+			}
+			d.p = nil
+		}
+		d.pend = nil
+	}
+	lc.finish()
+}
+
+// close removes lc from its loop and closes its sockets (with RST after a
+// failure); abort then leaves them alone.
+func (lc *lconn) close() {
+	lc.phase = phaseDone
+	if lc.l != nil {
+		lc.l.remove(lc)
+	}
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	lc.closed = true
+	for i, fd := range lc.fd {
+		if fd < 0 {
+			continue
+		}
+		if lc.linger0 {
+			_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		}
+		_ = rawio.Close(fd)
+		lc.fd[i] = -1
+	}
+}
+
+// shutdownSockets shuts both sockets down both ways (abort): the loop
+// then sees both directions end.
+func (lc *lconn) shutdownSockets() {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	if lc.closed {
+		return
+	}
+	for _, fd := range lc.fd {
+		if fd >= 0 {
+			_ = unix.Shutdown(fd, unix.SHUT_RDWR)
+		}
+	}
+}

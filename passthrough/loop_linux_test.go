@@ -1,0 +1,275 @@
+package passthrough
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"golang.org/x/sys/unix"
+)
+
+// blackhole returns a loopback address whose SYNs are dropped: a listener
+// with a backlog of 0, never accepting, whose queue is full. A connect to
+// it hangs until its timeout.
+func blackhole(t *testing.T) string {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(sa.(*unix.SockaddrInet4).Port)
+	// Fill the queue: the connects the kernel completes; the first that
+	// does not shows that it is full.
+	for range 8 {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			return addr
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	t.Fatal("the listener's queue does not fill")
+	return ""
+}
+
+// A refused target is passed over within the connection, by the loop's
+// own connect, and skipped after MaxFails refusals.
+func TestLoopFailoverAndPassiveHealth(t *testing.T) {
+	dead := deadAddr(t)
+	live := newBackend(t, nil, echo)
+	cfg := testConfig(dead, live.addr())
+	cfg.Balance = "first"
+	clock := clockwork.NewFakeClock()
+	cfg.Clock = clock
+	s := start(t, cfg)
+	for i := range 10 {
+		if err := echoOnce(t, s.Addr().String()); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+	}
+	if st := s.Stats(); st.DialFailures != uint64(cfg.MaxFails) || st.Proxied != 10 || st.EventLoop != 10 {
+		t.Fatalf("stats %+v: want %d failed attempts (then skipped), 10 proxied by the loops", st, cfg.MaxFails)
+	}
+	clock.Advance(cfg.FailTimeout)
+	if err := echoOnce(t, s.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.DialFailures != uint64(cfg.MaxFails)+1 {
+		t.Fatalf("stats %+v: the dead target was not tried again after the fail timeout", st)
+	}
+}
+
+// With every target down, the loop retries ConnectRetries more rounds
+// with backoff, then closes the client; the ledger closes.
+func TestLoopAllTargetsDown(t *testing.T) {
+	cfg := testConfig(deadAddr(t), deadAddr(t))
+	cfg.ConnectRetries = 2
+	s := start(t, cfg)
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read %v, want EOF", err)
+	}
+	waitFor(t, "the failure counted", func() bool { return s.Stats().Failed == 1 })
+	st := s.Stats()
+	if st.DialFailures != 6 || st.Proxied != 0 || st.Listener.Accepted != st.Proxied+st.Failed {
+		t.Fatalf("stats %+v: want 3 rounds over 2 targets and the client failed", st)
+	}
+}
+
+// A target that never answers the SYN is given up after ConnectTimeout,
+// and the next one serves the connection.
+func TestLoopConnectTimeout(t *testing.T) {
+	hole := blackhole(t)
+	live := newBackend(t, nil, echo)
+	cfg := testConfig(hole, live.addr())
+	cfg.Balance = "first"
+	cfg.MaxFails = 0
+	cfg.ConnectTimeout = 50 * time.Millisecond
+	s := start(t, cfg)
+	for range 3 {
+		if err := echoOnce(t, s.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := s.Stats(); st.DialFailures != 3 || st.Proxied != 3 || st.EventLoop != 3 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// A connection still connecting when the drain timeout passes is given
+// up, so that Shutdown returns.
+func TestLoopShutdownAbandonsConnects(t *testing.T) {
+	cfg := testConfig(blackhole(t))
+	cfg.ConnectTimeout = time.Minute
+	cfg.DrainTimeout = 50 * time.Millisecond
+	s := start(t, cfg)
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, "the connection accepted", func() bool { return s.Stats().EventLoop == 1 })
+	done := make(chan Summary, 1)
+	go func() { done <- s.Shutdown() }()
+	select {
+	case sum := <-done:
+		if sum.Failed != 1 || sum.Proxied != 0 {
+			t.Fatalf("summary %+v", sum)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown waits for a connect that never ends")
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read %v, want EOF", err)
+	}
+}
+
+// settled waits until n() has not changed for 100 ms: the loop waits for
+// a full socket.
+func settled(t *testing.T, what string, n func() uint64) {
+	t.Helper()
+	last, same := n(), 0
+	waitFor(t, what, func() bool {
+		time.Sleep(5 * time.Millisecond)
+		v := n()
+		if v != last || v == 0 {
+			last, same = v, 0
+			return false
+		}
+		same++
+		return same >= 20
+	})
+}
+
+// A target that does not read makes the loop wait with bytes in hand
+// (its socket full), and a client that does not read does the same the
+// other way; every byte arrives once they read.
+func TestLoopBackPressure(t *testing.T) {
+	payload := make([]byte, 32<<20)
+	rand.Read(payload)
+	want := sha256.Sum256(payload)
+	release := make(chan struct{})
+	got := make(chan [32]byte, 1)
+	b := newBackend(t, nil, func(c net.Conn) {
+		<-release
+		h := sha256.New()
+		io.Copy(h, c)
+		got <- [32]byte(h.Sum(nil))
+		c.Write(payload) // to a client that reads late
+	})
+	s := start(t, testConfig(b.addr()))
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := c.Write(payload)
+		c.(*net.TCPConn).CloseWrite()
+		wrote <- err
+	}()
+	settled(t, "the target's socket full", func() uint64 { return s.Stats().BytesFromClient })
+	if n := s.Stats().BytesFromClient; n >= uint64(len(payload)) {
+		t.Fatalf("%d bytes went through a target that reads nothing", n)
+	}
+	close(release)
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if <-got != want {
+		t.Fatal("the target received other bytes than the client sent")
+	}
+	settled(t, "the client's socket full", func() uint64 { return s.Stats().BytesFromTarget })
+	h := sha256.New()
+	if _, err := io.Copy(h, c); err != nil {
+		t.Fatal(err)
+	}
+	if [32]byte(h.Sum(nil)) != want {
+		t.Fatal("the client received other bytes than the target sent")
+	}
+}
+
+// A target's reset reaches the client as a reset, not as a clean end of
+// what it sent, and the other way round.
+func TestLoopResetsReachTheOtherSide(t *testing.T) {
+	b := newBackend(t, nil, func(c net.Conn) {
+		io.ReadFull(c, make([]byte, 1))
+		c.Write([]byte("partial"))
+		c.(*net.TCPConn).SetLinger(0)
+	})
+	s := start(t, testConfig(b.addr()))
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.Write([]byte("x"))
+	if _, err := io.ReadAll(c); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("client read %v, want a reset", err)
+	}
+
+	resetSeen := make(chan error, 1)
+	b2 := newBackend(t, nil, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err := io.ReadAll(c)
+		resetSeen <- err
+	})
+	s2 := start(t, testConfig(b2.addr()))
+	c2, err := net.Dial("tcp", s2.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2.Write([]byte("partial"))
+	waitFor(t, "bytes through", func() bool { return s2.Stats().BytesFromClient == 7 })
+	c2.(*net.TCPConn).SetLinger(0)
+	c2.Close()
+	if err := <-resetSeen; !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("target read %v, want a reset", err)
+	}
+}
+
+// Connections go to goroutines when the loop cannot serve them: a target
+// given by name, TLS on either side.
+func TestLoopFallbacks(t *testing.T) {
+	live := newBackend(t, nil, echo)
+	_, port, _ := net.SplitHostPort(live.addr())
+	s := start(t, testConfig("localhost:"+port))
+	if err := echoOnce(t, s.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.Proxied != 1 || st.EventLoop != 0 {
+		t.Fatalf("stats %+v: want the named target's connection served by goroutines", st)
+	}
+	w := newTLSWorld(t)
+	cfg := testConfig(live.addr())
+	cfg.Listener.TLS = w.server
+	if s := start(t, cfg); s.loops != nil {
+		t.Fatal("event loops started for TLS termination")
+	}
+}

@@ -1,0 +1,23 @@
+//go:build !linux
+
+package passthrough
+
+import (
+	"errors"
+
+	"github.com/ndlb/ndlb/listener"
+)
+
+// Event loops are Linux only: elsewhere goroutines serve every connection.
+type (
+	evloop struct{}
+	lconn  struct{}
+)
+
+func newLoops(*Server, int) ([]*evloop, error) { return nil, errors.New("event loops need Linux") }
+
+func (l *evloop) wake()                             {}
+func (l *evloop) stop()                             {}
+func (s *Server) serveInLoop(c *listener.Conn) bool { return false }
+func (lc *lconn) close()                            {}
+func (lc *lconn) shutdownSockets()                  {}
