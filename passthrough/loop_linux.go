@@ -87,6 +87,7 @@ type lconn struct {
 	slot, gen uint32
 	fd        [2]int  // the client's socket (our duplicate) and the target's; -1 when there is none
 	rd, wr    [2]bool // the sockets are readable, writable (edge-triggered: until EAGAIN)
+	hup       [2]bool // epoll reported the socket's end (RDHUP, HUP, ERR): read it until EOF or an error
 	dir       [2]ldir // client to target, target to client
 	phase     uint8
 	timedIn   bool // in l.timed; guarded by l.mu
@@ -566,7 +567,7 @@ func (lc *lconn) connect(t *upstream.Target) bool {
 		return false
 	}
 	lc.fd[1], lc.phase = fd, phaseConnect
-	lc.rd[1], lc.wr[1] = false, false
+	lc.rd[1], lc.wr[1], lc.hup[1] = false, false, false
 	lc.deadline = lc.dialStart.Add(s.cfg.ConnectTimeout).UnixNano()
 	return true
 }
@@ -646,6 +647,9 @@ func (lc *lconn) abandon(err error) {
 func (lc *lconn) event(side int, events uint32) {
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		lc.rd[side] = true
+	}
+	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		lc.hup[side] = true
 	}
 	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		lc.wr[side] = true
@@ -800,9 +804,13 @@ func (lc *lconn) move(i int, budget *int) error {
 			}
 			*budget -= n
 			d.bulk = n == len(lc.l.buf)
-			if !d.bulk {
+			if !d.bulk && !lc.hup[i] {
 				// A short read took all the socket held; epoll
 				// reports the next bytes (or the end) as a new edge.
+				// Not once the end was reported: the peer's FIN or
+				// reset may have come in the same edge as the bytes
+				// just read, and the read that returns it raises no
+				// new one.
 				lc.rd[i] = false
 			}
 			m, err := writeAll(dst, lc.l.buf[:n])

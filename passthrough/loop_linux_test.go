@@ -82,10 +82,7 @@ func TestLoopAllTargetsDown(t *testing.T) {
 	cfg := testConfig(deadAddr(t), deadAddr(t))
 	cfg.ConnectRetries = 2
 	s := start(t, cfg)
-	c, err := net.Dial("tcp", s.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialTest(t, s.Addr().String())
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
@@ -125,10 +122,7 @@ func TestLoopShutdownAbandonsConnects(t *testing.T) {
 	cfg.ConnectTimeout = time.Minute
 	cfg.DrainTimeout = 50 * time.Millisecond
 	s := start(t, cfg)
-	c, err := net.Dial("tcp", s.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialTest(t, s.Addr().String())
 	defer c.Close()
 	waitFor(t, "the connection accepted", func() bool { return s.Stats().EventLoop == 1 })
 	done := make(chan Summary, 1)
@@ -181,10 +175,7 @@ func TestLoopBackPressure(t *testing.T) {
 		c.Write(payload) // to a client that reads late
 	})
 	s := start(t, testConfig(b.addr()))
-	c, err := net.Dial("tcp", s.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialTest(t, s.Addr().String())
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(60 * time.Second))
 	wrote := make(chan error, 1)
@@ -223,10 +214,7 @@ func TestLoopResetsReachTheOtherSide(t *testing.T) {
 		c.(*net.TCPConn).SetLinger(0)
 	})
 	s := start(t, testConfig(b.addr()))
-	c, err := net.Dial("tcp", s.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialTest(t, s.Addr().String())
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	c.Write([]byte("x"))
@@ -241,10 +229,7 @@ func TestLoopResetsReachTheOtherSide(t *testing.T) {
 		resetSeen <- err
 	})
 	s2 := start(t, testConfig(b2.addr()))
-	c2, err := net.Dial("tcp", s2.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c2 := dialTest(t, s2.Addr().String())
 	c2.Write([]byte("partial"))
 	waitFor(t, "bytes through", func() bool { return s2.Stats().BytesFromClient == 7 })
 	c2.(*net.TCPConn).SetLinger(0)

@@ -24,10 +24,7 @@ func TestParkResumeRounds(t *testing.T) {
 	const n, rounds = 40, 30
 	conns := make([]net.Conn, n)
 	for i := range conns {
-		c, err := net.Dial("tcp", s.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := dialTest(t, s.Addr().String())
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(20 * time.Second))
 		conns[i] = c

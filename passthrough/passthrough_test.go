@@ -57,6 +57,7 @@ func newBackend(t *testing.T, tlsCfg *tls.Config, serve func(net.Conn)) *backend
 				return
 			}
 			b.conns.Add(1)
+			c.SetDeadline(time.Now().Add(testDeadline))
 			b.wg.Go(func() { defer c.Close(); serve(c) })
 		}
 	})
@@ -65,6 +66,22 @@ func newBackend(t *testing.T, tlsCfg *tls.Config, serve func(net.Conn)) *backend
 }
 
 func (b *backend) addr() string { return b.ln.Addr().String() }
+
+// testDeadline bounds every test connection's reads and writes, so that a
+// connection the server forgets fails its test instead of hanging it.
+const testDeadline = time.Minute
+
+// dialTest connects to addr, with testDeadline set; the test closes it.
+func dialTest(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(testDeadline))
+	t.Cleanup(func() { c.Close() })
+	return c
+}
 
 // echo copies the connection back to itself, then half-closes it.
 func echo(c net.Conn) {
@@ -244,10 +261,7 @@ func TestHalfClose(t *testing.T) {
 			c.Write(reply)
 		})
 		s := start(t, testConfig(b.addr()))
-		c, err := net.Dial("tcp", s.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := dialTest(t, s.Addr().String())
 		defer c.Close()
 		c.Write([]byte("hello"))
 		c.(*net.TCPConn).CloseWrite()
@@ -265,10 +279,7 @@ func TestHalfClose(t *testing.T) {
 			got2 <- b
 		})
 		s2 := start(t, testConfig(b2.addr()))
-		c2, err := net.Dial("tcp", s2.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
+		c2 := dialTest(t, s2.Addr().String())
 		defer c2.Close()
 		if g, err := io.ReadAll(c2); err != nil || !bytes.Equal(g, greeting) {
 			t.Fatalf("greeting %q (%v)", g, err)
@@ -376,10 +387,7 @@ func TestClientJunkIsNotTheTargetsFault(t *testing.T) {
 		cfg.MaxFails = 2
 		s := start(t, cfg)
 		for range 10 {
-			c, err := net.Dial("tcp", s.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := dialTest(t, s.Addr().String())
 			c.Write([]byte("\x16\x03\x01 junk\n"))
 			c.SetReadDeadline(time.Now().Add(10 * time.Second))
 			io.Copy(io.Discard, c)
@@ -395,10 +403,7 @@ func TestClientJunkIsNotTheTargetsFault(t *testing.T) {
 		// The rude target fails on its own.
 		s2 := start(t, func() Config { c := testConfig(rude.addr()); c.MaxFails = 2; return c }())
 		for range 2 {
-			c, err := net.Dial("tcp", s2.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := dialTest(t, s2.Addr().String())
 			c.SetReadDeadline(time.Now().Add(10 * time.Second))
 			io.Copy(io.Discard, c)
 			c.Close()
@@ -412,10 +417,7 @@ func TestClientJunkIsNotTheTargetsFault(t *testing.T) {
 		})
 		s3 := start(t, func() Config { c := testConfig(resets.addr()); c.MaxFails = 2; return c }())
 		for range 2 {
-			c, err := net.Dial("tcp", s3.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := dialTest(t, s3.Addr().String())
 			c.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
 			c.SetReadDeadline(time.Now().Add(10 * time.Second))
 			io.Copy(io.Discard, c)
@@ -437,10 +439,7 @@ func TestAllTargetsDown(t *testing.T) {
 	cfg.Dial = d.dial
 	cfg.ConnectRetries = 2
 	s := start(t, cfg)
-	c, err := net.Dial("tcp", s.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialTest(t, s.Addr().String())
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
@@ -489,10 +488,7 @@ func TestIdleTimeout(t *testing.T) {
 		cfg.Clock = clock
 		cfg.IdleTimeout = time.Minute
 		s := start(t, cfg)
-		c, err := net.Dial("tcp", s.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := dialTest(t, s.Addr().String())
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		ping := func() {
@@ -564,10 +560,7 @@ func TestSendProxy(t *testing.T) {
 			cfg := testConfig(b.addr())
 			cfg.SendProxy = v
 			s := start(t, cfg)
-			c, err := net.Dial("tcp", s.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := dialTest(t, s.Addr().String())
 			h := <-headers
 			if h.Version != byte(v) || h.SourceAddr.String() != c.LocalAddr().String() || h.DestinationAddr.String() != s.Addr().String() {
 				t.Fatalf("v%d header %+v; client %s", v, h, c.LocalAddr())
@@ -584,10 +577,7 @@ func TestShutdownDrainTimeout(t *testing.T) {
 		cfg := testConfig(b.addr())
 		cfg.DrainTimeout = 50 * time.Millisecond
 		s := start(t, cfg)
-		c, err := net.Dial("tcp", s.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := dialTest(t, s.Addr().String())
 		defer c.Close()
 		if err := echoOnce(t, s.Addr().String()); err != nil {
 			t.Fatal(err)
@@ -614,10 +604,7 @@ func TestStatesSteerNewConnections(t *testing.T) {
 	cfg.Dial = d.dial
 	cfg.ConnectRetries = 0
 	s := start(t, cfg)
-	held, err := net.Dial("tcp", s.Addr().String()) // to a (round-robin starts there)
-	if err != nil {
-		t.Fatal(err)
-	}
+	held := dialTest(t, s.Addr().String()) // to a (round-robin starts there)
 	defer held.Close()
 	if err := echoOnce(t, s.Addr().String()); err != nil { // to b
 		t.Fatal(err)
@@ -653,10 +640,7 @@ func TestStatesSteerNewConnections(t *testing.T) {
 	}
 	// With no target accepting, the client is closed.
 	tb.Drain()
-	c, err := net.Dial("tcp", s.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialTest(t, s.Addr().String())
 	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); err != io.EOF {

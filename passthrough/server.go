@@ -131,20 +131,17 @@ func (s *Server) ServeConn(c *listener.Conn) {
 		if s.inline {
 			// On the accepting goroutine: the dial must not block it.
 			done := c.Detach()
-			s.streams.Go(func() {
-				if !s.serveStreams(c) {
-					done()
-				}
-			})
+			s.streams.Go(func() { s.serveStreams(c, done) })
 			return
 		}
 	}
-	s.serveStreams(c)
+	s.serveStreams(c, c.Detach())
 }
 
 // serveStreams proxies c with a goroutine per direction (see ServeConn).
-// It returns false, c not taken, when no target accepted it.
-func (s *Server) serveStreams(c *listener.Conn) bool {
+// done is c's, from Detach; it is called when no target accepts c, or
+// when the session ends.
+func (s *Server) serveStreams(c *listener.Conn, done func()) {
 	ctx, span := tracer.Start(s.stop, "ndlb.passthrough.connect", trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(upstream.AttrListener.String(s.name()), attribute.String("ndlb.conn.id", c.ID.String()),
 			attribute.String("client.address", c.Client.String())))
@@ -156,7 +153,8 @@ func (s *Server) serveStreams(c *listener.Conn) bool {
 		span.End()
 		s.failed.Add(1)
 		c.Log.WarnContext(ctx, "closing the client: no target accepted its connection", "attempts", attempts, "err", err)
-		return false
+		done()
+		return
 	}
 	span.SetAttributes(upstream.AttrServer.String(t.Addr))
 	span.End()
@@ -169,8 +167,7 @@ func (s *Server) serveStreams(c *listener.Conn) bool {
 	c.Log.InfoContext(ctx, "proxying", "target", t.Addr, "attempts", attempts)
 	// The client's stream runs on this worker goroutine until it ends or
 	// parks; the session may go on after ServeConn returns.
-	ss.serve(c.Detach())
-	return true
+	ss.serve(done)
 }
 
 // startLoops starts one event loop per processor when Config.EventLoop
