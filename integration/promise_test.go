@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -63,9 +64,22 @@ func TestWriteTimeoutResetsNeverTearsDownstream(t *testing.T) {
 	if a.summary("resets") == 0 {
 		t.Fatal("A gave up no connection with a reset: the write timeout never cut a batch")
 	}
+	resetSeen := false
+	for _, l := range b.findLogs("client connection failed") {
+		if e, _ := l["err"].(string); strings.Contains(e, "reset") {
+			resetSeen = true
+		}
+	}
+	if !resetSeen {
+		t.Fatal("B saw no reset from A: A's connections ended some other way")
+	}
 	gb := b.ledger("default")
 	if gb.byReason["incomplete"] == 0 {
-		t.Fatalf("B counted no fragment: A's resets never cut a line (ledger %+v)", gb)
+		// A's reset cut a batch, but B's last read before it stopped
+		// reading may have ended at a line's end (about one time in a
+		// hundred): then B held no fragment to drop. What the sink
+		// received is checked above either way.
+		t.Logf("B counted no fragment: its reads stopped at a line's end when A reset (ledger %+v)", gb)
 	}
 	w.checkLedger(b, true)
 	ga := a.ledger("default")

@@ -29,6 +29,15 @@
 // for all of them and starts a stream's goroutine again when its socket has
 // data. An idle connection then holds no goroutine, stack or buffer.
 //
+// With Config.EventLoop (loop_linux.go), plain TCP connections whose
+// targets are all IP:port hold no goroutine at any time: the client's
+// socket leaves the runtime's poller after accept, the target is dialled
+// with a non-blocking connect, and one epoll loop per processor, waiting in
+// the runtime's poller on its epoll descriptor, runs the connect, failover,
+// retries, copies, splices, half-closes and the end of each connection
+// inline. Other connections (TLS, a custom Dial, a target given by name)
+// are served by streams as above.
+//
 // The package does not parse what it proxies and does not retry a
 // connection once the target has accepted it: a target that accepts and
 // then fails costs that one client its connection, and counts against the

@@ -142,26 +142,10 @@ func newLoops(s *Server, n int) ([]*evloop, error) {
 }
 
 func newLoop(s *Server) (*evloop, error) {
-	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		return nil, os.NewSyscallError("epoll_create1", err)
-	}
-	evfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		unix.Close(epfd)
-		return nil, os.NewSyscallError("eventfd", err)
-	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN}
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
-		unix.Close(epfd)
-		unix.Close(evfd)
-		return nil, os.NewSyscallError("epoll_ctl", err)
-	}
 	// Non-blocking, so that os.NewFile puts it in the runtime's poller.
-	if err := unix.SetNonblock(epfd, true); err != nil {
-		unix.Close(epfd)
-		unix.Close(evfd)
-		return nil, os.NewSyscallError("fcntl", err)
+	epfd, evfd, err := newEpollWake(true)
+	if err != nil {
+		return nil, err
 	}
 	l := &evloop{s: s, epfd: epfd, evfd: evfd, buf: make([]byte, loopReadBytes), file: os.NewFile(uintptr(epfd), "epoll")}
 	l.wg.Go(l.run)

@@ -1,7 +1,6 @@
 package passthrough
 
 import (
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,20 +32,9 @@ type parker struct {
 
 // newParker starts a parker; Stop stops it.
 func newParker() (*parker, error) {
-	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	epfd, evfd, err := newEpollWake(false) // id 0: stop
 	if err != nil {
-		return nil, os.NewSyscallError("epoll_create1", err)
-	}
-	evfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		unix.Close(epfd)
-		return nil, os.NewSyscallError("eventfd", err)
-	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN} // id 0: stop
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
-		unix.Close(epfd)
-		unix.Close(evfd)
-		return nil, os.NewSyscallError("epoll_ctl", err)
+		return nil, err
 	}
 	p := &parker{epfd: epfd, evfd: evfd}
 	p.wg.Go(p.run)

@@ -54,7 +54,7 @@ var allowed = map[string][]string{
 	"telemetry": {},
 	// passthrough proxies whole connections; it must not reach into the
 	// line path.
-	"passthrough": {"balance", "internal/gopool", "invalid", "listener", "tlsutil", "upstream"},
+	"passthrough": {"balance", "internal/gopool", "internal/rawio", "invalid", "listener", "tlsutil", "upstream"},
 }
 
 type pkg struct {
