@@ -94,6 +94,7 @@ type lconn struct {
 	queued    bool // in l.ready
 	closed    bool // the sockets are closed; guarded by session.mu
 	linger0   bool // close with RST
+	connErr   bool // epoll reported an error on the target's socket while connecting
 
 	// Connecting.
 	ctx       context.Context
@@ -183,6 +184,8 @@ func (l *evloop) run() {
 	events := make([]unix.EpollEvent, 256)
 	var n int
 	var werr error
+	// harvest must poll before it returns false: RawRead forgets the
+	// runtime poller's readiness before its first call.
 	harvest := func(fd uintptr) bool {
 		n, werr = rawio.EpollPoll(int(fd), events)
 		return n != 0 || (werr != nil && werr != unix.EINTR)
@@ -608,6 +611,12 @@ func (lc *lconn) attemptFailed(err error) {
 // fail closes a client that no target accepted.
 func (lc *lconn) fail() {
 	s := lc.s
+	if lc.phase == phaseConnect && lc.fd[1] >= 0 {
+		// A connect under way when the connection ends (the server
+		// stops, or the loop would not take it).
+		lc.dialSpan.RecordError(lc.lastErr)
+		lc.dialSpan.End()
+	}
 	lc.span.SetAttributes(attribute.Int("ndlb.attempts", lc.attempts))
 	lc.span.RecordError(lc.lastErr)
 	lc.span.SetStatus(codes.Error, lc.lastErr.Error())
@@ -618,17 +627,18 @@ func (lc *lconn) fail() {
 	lc.done()
 }
 
-// abandon ends a connection still connecting when the server stops.
+// abandon ends a connection still connecting when the server stops. As
+// with goroutines, the dial given up is not held against its target.
 func (lc *lconn) abandon(err error) {
-	if lc.phase == phaseConnect {
-		lc.attemptFailed(&net.OpError{Op: "dial", Net: "tcp", Addr: targetNetAddr(lc.target), Err: err})
-	}
 	lc.lastErr = err
 	lc.fail()
 }
 
 // event records what epoll reported for side's socket and serves it.
 func (lc *lconn) event(side int, events uint32) {
+	if side == 1 && lc.phase == phaseConnect {
+		lc.connErr = events&unix.EPOLLERR != 0
+	}
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		lc.rd[side] = true
 	}
@@ -651,9 +661,17 @@ func (lc *lconn) event(side int, events uint32) {
 // connectDone is the end of a connect: it worked, or the next candidate
 // is tried.
 func (lc *lconn) connectDone() {
-	soErr, err := unix.GetsockoptInt(lc.fd[1], unix.SOL_SOCKET, unix.SO_ERROR)
-	if err == nil && soErr != 0 {
-		err = unix.Errno(soErr)
+	// Writable without an error (EPOLLERR is sk_err): connected. Only a
+	// failed connect needs its error.
+	var err error
+	if lc.connErr {
+		soErr, gerr := unix.GetsockoptInt(lc.fd[1], unix.SOL_SOCKET, unix.SO_ERROR)
+		switch {
+		case gerr != nil:
+			err = gerr
+		case soErr != 0:
+			err = unix.Errno(soErr)
+		}
 	}
 	if err != nil {
 		lc.attemptFailed(&net.OpError{Op: "dial", Net: "tcp", Addr: targetNetAddr(lc.target), Err: os.NewSyscallError("connect", err)})
@@ -692,16 +710,20 @@ func (lc *lconn) connectDone() {
 // pump moves bytes both ways until each would block, or the turn's bytes
 // are used up (the connection then gets another turn after the others).
 func (lc *lconn) pump() {
-	budget := loopTurnBytes
+	more := false
 	for i := range lc.dir {
+		// Each direction has its own share, so that a steady upload
+		// does not hold the replies back.
+		budget := loopTurnBytes / 2
 		if err := lc.move(i, &budget); err != nil {
 			lc.ended(i, err)
 		}
 		if lc.phase != phaseProxy {
 			return
 		}
+		more = more || budget <= 0
 	}
-	if budget <= 0 && !lc.queued {
+	if more && !lc.queued {
 		lc.queued = true
 		lc.l.ready = append(lc.l.ready, lc)
 	}
@@ -728,8 +750,11 @@ func (lc *lconn) move(i int, budget *int) error {
 			case err != nil:
 				return os.NewSyscallError("splice", err)
 			}
-			d.inPipe -= int(n)
-			*budget -= int(n)
+			if n == 0 {
+				// The pipe holds bytes but gives none: never loop on it.
+				return os.NewSyscallError("splice", unix.EIO)
+			}
+			d.inPipe -= int(n) // charged to the budget when spliced in
 			lc.s.spliced.Add(uint64(n))
 			lc.moved(i, int(n))
 			if d.inPipe == 0 {
@@ -816,7 +841,9 @@ func (lc *lconn) fill(d *ldir, src int, budget *int) (wouldBlock bool, err error
 	if d.p == nil {
 		p, err := getPipe()
 		if err != nil {
-			return false, err
+			// No pipe to be had (descriptors run out): copy.
+			d.noSplice = true
+			return false, nil
 		}
 		d.p = p
 	}

@@ -132,6 +132,10 @@ func TestLoopShutdownAbandonsConnects(t *testing.T) {
 		if sum.Failed != 1 || sum.Proxied != 0 {
 			t.Fatalf("summary %+v", sum)
 		}
+		// The dial given up is not the target's failure.
+		if sum.DialFailures != 0 || s.Set().Targets()[0].Skipped(time.Now()) {
+			t.Fatalf("the abandoned dial counted against the target: %+v", sum)
+		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Shutdown waits for a connect that never ends")
 	}

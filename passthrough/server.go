@@ -380,9 +380,12 @@ func (s *Server) Shutdown() Summary {
 		// closed, so that its cut-off reads are never taken for a
 		// client's error.
 		ctx, cancel := context.WithCancel(context.Background())
-		timer := time.AfterFunc(s.cfg.DrainTimeout, func() { s.expire(); cancel() })
+		expired := make(chan struct{})
+		timer := time.AfterFunc(s.cfg.DrainTimeout, func() { defer close(expired); s.expire(); cancel() })
 		_ = s.ln.Shutdown(ctx)
-		timer.Stop()
+		if !timer.Stop() {
+			<-expired // it wakes the loops, which stop below
+		}
 		cancel()
 		s.stopCancel()
 		s.sweep.Wait()
