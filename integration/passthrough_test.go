@@ -585,34 +585,45 @@ func TestNDJSONAcceptProxyLogsClient(t *testing.T) {
 	p.stopOK()
 }
 
-// A connection idle long enough for ndlb to let its goroutines go (0.25 s)
-// carries traffic both ways again, and its half-close still works.
+// A connection quiet for seconds carries on where it stopped, in both
+// engines: with goroutines its streams park (both directions) and resume;
+// in an event loop it holds no goroutine to begin with.
 func TestPassthroughIdleConnectionResumes(t *testing.T) {
-	b := newIDBackend(t, "b0", nil)
-	p := startPassthrough(t, []string{b.addr()})
-	c := dial(t, p.addr)
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	r := bufio.NewReader(c)
-	if name, err := r.ReadString('\n'); err != nil || name != "b0\n" {
-		t.Fatalf("greeting %q %v", name, err)
-	}
-	time.Sleep(3 * time.Second) // parked by now: 0.25 s of quiet, then the sweeper's next tick, with room for a loaded machine
-	c.Write([]byte("after the nap\n"))
-	if got, err := r.ReadString('\n'); err != nil || got != "after the nap\n" {
-		t.Fatalf("echo %q %v", got, err)
-	}
-	c.(*net.TCPConn).CloseWrite()
-	if rest, err := io.ReadAll(r); err != nil || len(rest) != 0 {
-		t.Fatalf("after half-close: %q %v", rest, err)
-	}
-	cl := p.waitLog("connection closed", 5*time.Second)
-	if cl["closed_by"] != "client" || cl["err"] != nil {
-		t.Fatalf("close log %v", cl)
-	}
-	p.stopOK()
-	// Both directions were quiet for more than 0.25 s: both parked.
-	if parks := p.summary("parks"); parks < 2 {
-		t.Fatalf("%d streams parked, want both directions of the idle connection", parks)
+	for _, loop := range []bool{true, false} {
+		t.Run(fmt.Sprintf("event-loop=%v", loop), func(t *testing.T) {
+			b := newIDBackend(t, "b0", nil)
+			p := startPassthrough(t, []string{b.addr()}, fmt.Sprintf("--event-loop=%v", loop))
+			c := dial(t, p.addr)
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			r := bufio.NewReader(c)
+			if name, err := r.ReadString('\n'); err != nil || name != "b0\n" {
+				t.Fatalf("greeting %q %v", name, err)
+			}
+			time.Sleep(3 * time.Second) // parked by now: 0.25 s of quiet, then the sweeper's next tick, with room for a loaded machine
+			c.Write([]byte("after the nap\n"))
+			if got, err := r.ReadString('\n'); err != nil || got != "after the nap\n" {
+				t.Fatalf("echo %q %v", got, err)
+			}
+			c.(*net.TCPConn).CloseWrite()
+			if rest, err := io.ReadAll(r); err != nil || len(rest) != 0 {
+				t.Fatalf("after half-close: %q %v", rest, err)
+			}
+			cl := p.waitLog("connection closed", 5*time.Second)
+			if cl["closed_by"] != "client" || cl["err"] != nil {
+				t.Fatalf("close log %v", cl)
+			}
+			p.stopOK()
+			if loop {
+				if n := p.summary("event_loop"); n != 1 {
+					t.Fatalf("%d connections in the event loop, want 1", n)
+				}
+				return
+			}
+			// Both directions were quiet for more than 0.25 s: both parked.
+			if parks := p.summary("parks"); parks < 2 {
+				t.Fatalf("%d streams parked, want both directions of the idle connection", parks)
+			}
+		})
 	}
 }
 

@@ -120,7 +120,7 @@ type Config struct {
 	// closes inline, with no goroutine per connection. A connection while
 	// some target is a host name rather than an IP address, and every
 	// connection with TLS, a custom Dial, or elsewhere than Linux, is
-	// served by goroutines, as when it is off.
+	// served by goroutines, as when it is off. On by default.
 	EventLoop bool
 	// KeepAlive, if positive, turns TCP keepalive on for target
 	// connections, probing after that much idle time; 0 leaves it off
@@ -174,7 +174,7 @@ func DefaultConfig() Config {
 		FailTimeout:    DefaultFailTimeout,
 		IdleTimeout:    DefaultIdleTimeout,
 		ParkAfter:      DefaultParkAfter,
-		EventLoop:      true, // TEMP
+		EventLoop:      true,
 		DrainTimeout:   DefaultDrainTimeout,
 		UDPIdleTimeout: DefaultUDPIdleTimeout,
 	}
