@@ -2,11 +2,16 @@ package passthrough
 
 import (
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"sync"
 	"sync/atomic"
 )
+
+// errReadNext is splice's answer when the next bytes must be read, not
+// spliced.
+var errReadNext = errors.New("read next")
 
 // copyBufferBytes is the buffer of a copy that cannot splice (TLS on one
 // side): one TLS record's worth.
@@ -138,6 +143,10 @@ func (st *stream) copy() (err error, parked bool) {
 		if st.bulk {
 			var handled bool
 			handled, parkNow, err = st.splice()
+			if err == errReadNext {
+				st.bulk = false
+				continue
+			}
 			if !handled { // the kernel cannot splice these sockets
 				st.stopSplicing()
 				_, err = bufferCopy(st.dst(), st.src(), st.moved)

@@ -789,13 +789,8 @@ func (lc *lconn) move(i int, budget *int) error {
 		case *budget <= 0:
 			return nil
 		case d.bulk && !d.noSplice:
-			wouldBlock, err := lc.fill(d, src, budget)
-			if err != nil {
+			if err := lc.fill(d, src, budget); err != nil {
 				return err
-			}
-			if wouldBlock {
-				lc.rd[i] = false
-				return nil
 			}
 		default:
 			n, err := rawio.Read(uintptr(src), lc.l.buf)
@@ -835,15 +830,15 @@ func (lc *lconn) move(i int, budget *int) error {
 	return nil
 }
 
-// fill splices what src holds into d's empty pipe; wouldBlock when src
-// had nothing.
-func (lc *lconn) fill(d *ldir, src int, budget *int) (wouldBlock bool, err error) {
+// fill splices what src holds into d's empty pipe. When the splice gives
+// nothing, the direction reads next.
+func (lc *lconn) fill(d *ldir, src int, budget *int) error {
 	if d.p == nil {
 		p, err := getPipe()
 		if err != nil {
 			// No pipe to be had (descriptors run out): copy.
 			d.noSplice = true
-			return false, nil
+			return nil
 		}
 		d.p = p
 	}
@@ -852,28 +847,29 @@ func (lc *lconn) fill(d *ldir, src int, budget *int) (wouldBlock bool, err error
 		switch {
 		case err == unix.EINTR:
 			continue
-		case err == unix.EAGAIN:
+		case err == unix.EAGAIN, err == nil && n == 0:
+			// Nothing to splice, or the end: a read says which. A
+			// splice stops at urgent (out-of-band) data, answering
+			// EAGAIN, or 0 once the FIN is in, with bytes still
+			// queued behind it; a read skips the urgent byte and
+			// takes them.
 			putPipe(d.p)
-			d.p = nil
-			return true, nil
+			d.p, d.bulk = nil, false
+			return nil
 		case err == unix.EINVAL && !d.spliced:
 			// The kernel cannot splice these sockets: copy.
 			putPipe(d.p)
 			d.p, d.noSplice = nil, true
-			return false, nil
+			return nil
 		case err != nil:
-			return false, os.NewSyscallError("splice", err)
-		case n == 0:
-			putPipe(d.p)
-			d.p, d.eof = nil, true
-			return false, nil
+			return os.NewSyscallError("splice", err)
 		}
 		d.spliced = true
 		// Bulk until a splice moves little: small messages are copied.
 		d.bulk = n >= smallSplice
 		d.inPipe = int(n)
 		*budget -= int(n)
-		return false, nil
+		return nil
 	}
 }
 

@@ -210,7 +210,11 @@ func (st *stream) splice() (handled, parkNow bool, err error) {
 			return true, false, os.NewSyscallError("splice", r.err)
 		}
 		if r.n == 0 {
-			return true, false, nil
+			// The end, or urgent (out-of-band) data: a splice stops at
+			// it and, once the FIN is in, answers 0 with bytes still
+			// queued behind it. A read says which (it skips the urgent
+			// byte).
+			return true, false, errReadNext
 		}
 		r.inPipe, r.op = r.n, opDrain
 		if err := st.rawDst().Write(r.ioFn); err != nil {
