@@ -39,8 +39,12 @@ func startPeers(b *testing.B, ndlb, backend string) []peer {
 	b.Helper()
 	peers := []peer{{name: "direct", addr: backend, stop: func() {}}}
 	port := freeLoopbackPort(b)
-	peers = append(peers, startProxy(b, "ndlb", port, exec.Command(ndlb, "--passthrough", "--addr", "127.0.0.1", "--port", port,
-		"--target", backend, "--log-level", "warn")))
+	ncmd := exec.Command(ndlb, "--passthrough", "--addr", "127.0.0.1", "--port", port,
+		"--target", backend, "--log-level", "warn")
+	if v := os.Getenv("NDLB_BENCH_GOMAXPROCS"); v != "" {
+		ncmd.Env = append(os.Environ(), "GOMAXPROCS="+v)
+	}
+	peers = append(peers, startProxy(b, "ndlb", port, ncmd))
 	if path, err := exec.LookPath("haproxy"); err == nil {
 		port := freeLoopbackPort(b)
 		cfg := filepath.Join(b.TempDir(), "haproxy.cfg")
@@ -255,6 +259,33 @@ func BenchmarkPassthrough(b *testing.B) {
 		}
 		b.ReportMetric(0, "ns/op")
 	})
+	b.Run("paced", func(b *testing.B) {
+		// Latency at a fixed request rate every peer sustains: in the
+		// closed loop above, a faster proxy also loads the clients'
+		// process more, and its tail grows with it.
+		echo := newServer(b, echoConn)
+		defer echo.close()
+		peers := startPeers(b, bin, echo.addr())
+		defer stopAll(peers)
+		for b.Loop() {
+			p50, p99, p999 := ratioTable{}, ratioTable{}, ratioTable{}
+			for _, p := range peers {
+				lat, err := reqRespPaced(p.addr, pacedConns, pacedEvery, pacedFor)
+				if err != nil {
+					b.Fatalf("%s: %v", p.name, err)
+				}
+				p50[p.name] = float64(lat[len(lat)/2].Microseconds())
+				p99[p.name] = float64(lat[len(lat)*99/100].Microseconds())
+				p999[p.name] = float64(lat[len(lat)*999/1000].Microseconds())
+			}
+			what := fmt.Sprintf("%d connections, a 64-byte exchange every %s each (%d/s)", pacedConns, pacedEvery,
+				pacedConns*int(time.Second/pacedEvery))
+			p50.report(b, what+", latency p50", "µs-p50", peers)
+			p99.report(b, what+", latency p99", "µs-p99", peers)
+			p999.report(b, what+", latency p99.9", "µs-p99.9", peers)
+		}
+		b.ReportMetric(0, "ns/op")
+	})
 	b.Run("newconns", func(b *testing.B) {
 		echo := newServer(b, echoConn)
 		defer echo.close()
@@ -335,6 +366,57 @@ func reqResp(addr string, conns, n int) (int, time.Duration, []time.Duration, er
 		err = errors.New("no exchanges")
 	}
 	return len(all), elapsed, all, err
+}
+
+// The paced latency run: connections, the interval between one
+// connection's exchanges, and how long.
+const (
+	pacedConns = 16
+	pacedEvery = 2 * time.Millisecond
+	pacedFor   = 3 * time.Second
+)
+
+// reqRespPaced runs conns kept-alive connections, each starting a 64-byte
+// exchange every interval for d, and returns the sorted latencies, each
+// from when its exchange was due (a late start counts against the
+// exchange, so that a stall is not hidden by the requests it delayed).
+func reqRespPaced(addr string, conns int, every, d time.Duration) ([]time.Duration, error) {
+	lats := make([][]time.Duration, conns)
+	var g errgroup.Group
+	start := time.Now()
+	n := int(d / every)
+	for i := range conns {
+		g.Go(func() error {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			req, resp := make([]byte, 64), make([]byte, 64)
+			lats[i] = make([]time.Duration, 0, n)
+			// Connections start spread over one interval.
+			first := start.Add(every * time.Duration(i) / time.Duration(conns))
+			for k := range n {
+				due := first.Add(every * time.Duration(k))
+				time.Sleep(time.Until(due))
+				if _, err := c.Write(req); err != nil {
+					return err
+				}
+				if _, err := io.ReadFull(c, resp); err != nil {
+					return err
+				}
+				lats[i] = append(lats[i], time.Since(due))
+			}
+			return nil
+		})
+	}
+	err := g.Wait()
+	all := slices.Concat(lats...)
+	slices.Sort(all)
+	if len(all) == 0 && err == nil {
+		err = errors.New("no exchanges")
+	}
+	return all, err
 }
 
 // newConns runs workers that each open each connections in turn: connect,
