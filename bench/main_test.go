@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 )
@@ -15,7 +16,27 @@ import (
 // turn, e2eClients clients in all.
 const genEnv = "NDLB_BENCH_GEN"
 
+// newConnsEnv makes this test binary a client of new connections instead:
+// NDLB_BENCH_NEWCONNS holds "ADDR WORKERS EACH"; it prints the seconds
+// taken.
+const newConnsEnv = "NDLB_BENCH_NEWCONNS"
+
 func TestMain(m *testing.M) {
+	if v := os.Getenv(newConnsEnv); v != "" {
+		var addr string
+		var workers, each int
+		if _, err := fmt.Sscan(v, &addr, &workers, &each); err != nil {
+			fmt.Fprintln(os.Stderr, "new connections:", err)
+			os.Exit(2)
+		}
+		start := time.Now()
+		if err := newConns(addr, workers, each); err != nil {
+			fmt.Fprintln(os.Stderr, "new connections:", err)
+			os.Exit(1)
+		}
+		fmt.Println(time.Since(start).Seconds())
+		os.Exit(0)
+	}
 	if addrs := os.Getenv(genEnv); addrs != "" {
 		if err := runGenerator(strings.Split(addrs, ","), shipper{}); err != nil {
 			fmt.Fprintln(os.Stderr, "generator:", err)

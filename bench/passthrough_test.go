@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -305,6 +306,26 @@ func BenchmarkPassthrough(b *testing.B) {
 		}
 		b.ReportMetric(0, "ns/op")
 	})
+	b.Run("newconns-apart", func(b *testing.B) {
+		echo := newServer(b, echoConn)
+		defer echo.close()
+		peers := startPeers(b, bin, echo.addr())
+		defer stopAll(peers)
+		for b.Loop() {
+			for _, workers := range []int{8, 32} {
+				r := ratioTable{}
+				for _, p := range peers {
+					rate, err := newConnsApart(p.addr, workers, 8000/workers)
+					if err != nil {
+						b.Fatalf("%s: %v", p.name, err)
+					}
+					r[p.name] = rate
+				}
+				r.report(b, fmt.Sprintf("new connections from a client process (%d at a time, 8000 in all)", workers), "conn/s", peers)
+			}
+		}
+		b.ReportMetric(0, "ns/op")
+	})
 }
 
 // bulkSend writes bytes on each of streams connections, 256 KiB at a time.
@@ -417,6 +438,23 @@ func reqRespPaced(addr string, conns int, every, d time.Duration) ([]time.Durati
 		err = errors.New("no exchanges")
 	}
 	return all, err
+}
+
+// newConnsApart is newConns from a child process (this test binary): the
+// client no longer shares its process, and its cores' scheduling, with the
+// echo server. It returns connections per second.
+func newConnsApart(addr string, workers, each int) (float64, error) {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d %d", newConnsEnv, addr, workers, each))
+	out, err := cmd.Output()
+	if err != nil {
+		return 0, fmt.Errorf("client process: %w", err)
+	}
+	secs, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
+	if err != nil || secs <= 0 {
+		return 0, fmt.Errorf("client process printed %q", out)
+	}
+	return float64(workers*each) / secs, nil
 }
 
 // newConns runs workers that each open each connections in turn: connect,
