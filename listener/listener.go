@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/segmentio/ksuid"
@@ -105,6 +106,34 @@ func (c *Conn) Raw() (tcp *net.TCPConn, pending []byte, ok bool) {
 	return nil, nil, false
 }
 
+// TakeFD hands over the socket of a connection accepted with
+// Config.RawAccept: the caller owns it from then on (and closes it; the
+// listener's close of the connection then does nothing). ok is false for
+// other connections, and after Materialize.
+func (c *Conn) TakeFD() (fd int, ok bool) {
+	if r, isRaw := c.Conn.(*rawConn); isRaw {
+		return r.take()
+	}
+	return -1, false
+}
+
+// Materialize makes a connection accepted with Config.RawAccept an
+// ordinary one (c.Conn a *net.TCPConn) for a handler that reads and writes
+// it; other connections are left as they are.
+func (c *Conn) Materialize() error {
+	r, isRaw := c.Conn.(*rawConn)
+	if !isRaw {
+		return nil
+	}
+	nc, err := r.materialize()
+	if err != nil {
+		return err
+	}
+	c.Conn = nc
+	c.tcp, _ = nc.(*net.TCPConn)
+	return nil
+}
+
 // Handler serves one connection. The listener closes the connection after
 // ServeConn returns. When the listener's shutdown deadline passes, reads on
 // the connection start failing (the read deadline is moved to the past, and
@@ -154,6 +183,16 @@ type Config struct {
 	// handler whose ServeConn never blocks (it hands the connection on and
 	// returns), which saves a hand-off between goroutines per connection.
 	Inline bool
+	// RawAccept, with Inline (and no TLS or PROXY header), accepts the
+	// connections the kernel has queued with a non-blocking accept4 and
+	// keeps their sockets out of the runtime's poller (Linux): for a
+	// handler that serves the socket itself. Its handler calls
+	// Conn.TakeFD, or Conn.Materialize before it reads or writes the
+	// connection. When none is queued the listener waits in Accept as
+	// usual, so some connections still come as *net.TCPConn. It saves
+	// the poller's registration and removal, getsockname and the
+	// runtime's records for each connection.
+	RawAccept bool
 }
 
 // ErrConfig is wrapped by Config.Validate's errors.
@@ -199,10 +238,12 @@ type Stats struct {
 
 // Listener accepts connections and hands them to a Handler.
 type Listener struct {
-	ln  net.Listener
-	h   Handler
-	cfg Config
-	log *slog.Logger
+	ln       net.Listener
+	rawLn    syscall.RawConn // the listening socket, when accepting raw sockets
+	rawLocal *net.TCPAddr    // the local address of raw sockets, unless listening on a wildcard
+	h        Handler
+	cfg      Config
+	log      *slog.Logger
 
 	wg          sync.WaitGroup // one per connection
 	prep        sync.WaitGroup // one per connection still in its PROXY header or handshake
@@ -280,12 +321,13 @@ func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 func (l *Listener) Serve() error {
 	defer close(l.done)
 	var delay time.Duration
+	raw := l.rawAccepting()
 	for {
 		if !l.takeSlot() {
 			l.closeSocket()
 			return nil
 		}
-		c, err := l.ln.Accept()
+		c, err := l.accept(raw)
 		if err != nil {
 			l.freeSlot()
 			if l.isDraining() {
@@ -315,6 +357,18 @@ func (l *Listener) Serve() error {
 		// at thousands of new connections a second.
 		l.workers.Go(func() { l.serveConn(c) })
 	}
+}
+
+// accept takes the next connection: raw while the kernel has some queued
+// (and the listener is not stopping), else from the listener's Accept,
+// which waits in the runtime's poller.
+func (l *Listener) accept(raw bool) (net.Conn, error) {
+	if raw && !l.isDraining() {
+		if c, ok := l.acceptRaw(); ok {
+			return c, nil
+		}
+	}
+	return l.ln.Accept()
 }
 
 // maxIdleWorkers bounds the goroutines kept waiting for connections.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -46,6 +47,9 @@ type readAll struct {
 }
 
 func (h *readAll) ServeConn(c *Conn) {
+	if err := c.Materialize(); err != nil { // accepted raw
+		panic(err)
+	}
 	var first []byte
 	if h.first != nil { // one read first, reported
 		buf := make([]byte, 64)
@@ -170,10 +174,18 @@ func TestTLSHandshakeFailureCounted(t *testing.T) {
 // socket: connections made before, during and after (also those queued in
 // the backlog meanwhile) are all served, none refused or reset, and
 // Shutdown of the old listener leaves the socket to the successor.
+// The same with connections accepted raw (Config.RawAccept) on the old
+// listener.
 func TestHandoverServesEveryConnection(t *testing.T) {
+	for _, raw := range []bool{false, true} {
+		t.Run(fmt.Sprintf("raw=%v", raw), func(t *testing.T) { testHandover(t, raw) })
+	}
+}
+
+func testHandover(t *testing.T, raw bool) {
 	h1, h2 := &readAll{}, &readAll{}
 	ln := newLocalListener(t)
-	l1 := New(ln, h1, Config{Logger: quiet()})
+	l1 := New(ln, h1, Config{Logger: quiet(), Inline: raw, RawAccept: raw})
 	go l1.Serve()
 	addr := ln.Addr().String()
 	send := func(i int) error {

@@ -88,6 +88,7 @@ type lconn struct {
 	fd        [2]int  // the client's socket (our duplicate) and the target's; -1 when there is none
 	rd, wr    [2]bool // the sockets are readable, writable (edge-triggered: until EAGAIN)
 	hup       [2]bool // epoll reported the socket's end (RDHUP, HUP, ERR): read it until EOF or an error
+	urg       [2]bool // epoll reported urgent data (EPOLLPRI), where a splice stops
 	dir       [2]ldir // client to target, target to client
 	phase     uint8
 	timedIn   bool // in l.timed; guarded by l.mu
@@ -349,7 +350,7 @@ func (l *evloop) add(lc *lconn) error {
 // watch adds lc's socket on side to the epoll set, edge-triggered.
 func (l *evloop) watch(lc *lconn, side int) error {
 	ev := unix.EpollEvent{
-		Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
+		Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLPRI | unix.EPOLLET,
 		Fd:     int32(lc.slot + 1), Pad: int32(lc.gen<<1 | uint32(side)),
 	}
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, lc.fd[side], &ev); err != nil {
@@ -393,22 +394,10 @@ func (s *Server) serveInLoop(c *listener.Conn) bool {
 	if s.cfg.HashFirst.Length > 0 && s.policy.Load().name == "hash" {
 		key = append(key, s.firstBytes(c)...)
 	}
-	tcp, pending, ok := c.Raw()
+	fd, pending, ok := s.takeSocket(c)
 	if !ok {
 		return false
 	}
-	fd, err := dupSocket(tcp)
-	if err != nil {
-		if pending != nil {
-			c.Unread(pending)
-		}
-		c.Log.Debug("served without the event loop", "err", err)
-		return false
-	}
-	// The duplicate keeps the socket open; closing Go's descriptor takes
-	// it out of the runtime's poller, which would otherwise wake for it
-	// too. The listener's own close of it later does nothing.
-	tcp.Close()
 	lc := &lconn{fd: [2]int{fd, -1}, key: key}
 	ss := &lc.session
 	ss.s, ss.c, ss.client, ss.pending, ss.lc = s, c, c.Conn, pending, lc
@@ -428,6 +417,32 @@ func (s *Server) serveInLoop(c *listener.Conn) bool {
 		lc.fail()
 	}
 	return true
+}
+
+// takeSocket takes c's socket out of the listener's hands (and out of the
+// runtime's poller), with the bytes the listener read past a PROXY header.
+// ok is false, c untouched, when it cannot.
+func (s *Server) takeSocket(c *listener.Conn) (fd int, pending []byte, ok bool) {
+	if fd, ok := c.TakeFD(); ok { // accepted raw
+		return fd, nil, true
+	}
+	tcp, pending, ok := c.Raw()
+	if !ok {
+		return -1, nil, false
+	}
+	fd, err := dupSocket(tcp)
+	if err != nil {
+		if pending != nil {
+			c.Unread(pending)
+		}
+		c.Log.Debug("served without the event loop", "err", err)
+		return -1, nil, false
+	}
+	// The duplicate keeps the socket open; closing Go's descriptor takes
+	// it out of the runtime's poller, which would otherwise wake for it
+	// too. The listener's own close of it later does nothing.
+	tcp.Close()
+	return fd, pending, true
 }
 
 // dupSocket returns a duplicate of tcp's descriptor (non-blocking, like
@@ -554,7 +569,7 @@ func (lc *lconn) connect(t *upstream.Target) bool {
 		return false
 	}
 	lc.fd[1], lc.phase = fd, phaseConnect
-	lc.rd[1], lc.wr[1], lc.hup[1] = false, false, false
+	lc.rd[1], lc.wr[1], lc.hup[1], lc.urg[1] = false, false, false, false
 	lc.deadline = lc.dialStart.Add(s.cfg.ConnectTimeout).UnixNano()
 	return true
 }
@@ -644,6 +659,9 @@ func (lc *lconn) event(side int, events uint32) {
 	}
 	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		lc.hup[side] = true
+	}
+	if events&unix.EPOLLPRI != 0 {
+		lc.urg[side] = true
 	}
 	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		lc.wr[side] = true
@@ -789,7 +807,7 @@ func (lc *lconn) move(i int, budget *int) error {
 		case *budget <= 0:
 			return nil
 		case d.bulk && !d.noSplice:
-			if err := lc.fill(d, src, budget); err != nil {
+			if err := lc.fill(i, d, src, budget); err != nil {
 				return err
 			}
 		default:
@@ -830,9 +848,9 @@ func (lc *lconn) move(i int, budget *int) error {
 	return nil
 }
 
-// fill splices what src holds into d's empty pipe. When the splice gives
-// nothing, the direction reads next.
-func (lc *lconn) fill(d *ldir, src int, budget *int) error {
+// fill splices what src (side i) holds into d's empty pipe. After urgent
+// data, or at the end, the direction reads next.
+func (lc *lconn) fill(i int, d *ldir, src int, budget *int) error {
 	if d.p == nil {
 		p, err := getPipe()
 		if err != nil {
@@ -847,14 +865,19 @@ func (lc *lconn) fill(d *ldir, src int, budget *int) error {
 		switch {
 		case err == unix.EINTR:
 			continue
+		case err == unix.EAGAIN && !lc.urg[i]:
+			putPipe(d.p)
+			d.p = nil
+			lc.rd[i] = false
+			return nil
 		case err == unix.EAGAIN, err == nil && n == 0:
-			// Nothing to splice, or the end: a read says which. A
-			// splice stops at urgent (out-of-band) data, answering
-			// EAGAIN, or 0 once the FIN is in, with bytes still
+			// Urgent (out-of-band) data, or the end: a read says
+			// which. A splice stops at the urgent mark, answering
+			// EAGAIN (or 0 once the FIN is in) with bytes still
 			// queued behind it; a read skips the urgent byte and
 			// takes them.
 			putPipe(d.p)
-			d.p, d.bulk = nil, false
+			d.p, d.bulk, lc.urg[i] = nil, false, false
 			return nil
 		case err == unix.EINVAL && !d.spliced:
 			// The kernel cannot splice these sockets: copy.

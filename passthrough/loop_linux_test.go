@@ -314,3 +314,33 @@ func TestUrgentDataInBulk(t *testing.T) {
 		}
 	})
 }
+
+// A burst of connections, most of them accepted raw from the backlog
+// (listener.Config.RawAccept): each is served, in the loop when its target
+// is an IP address, by goroutines (the socket made ordinary) when it is a
+// name.
+func TestLoopBurstOfConnections(t *testing.T) {
+	live := newBackend(t, nil, echo)
+	_, port, _ := net.SplitHostPort(live.addr())
+	for _, target := range []string{live.addr(), "localhost:" + port} {
+		s := start(t, testConfig(target))
+		const n = 64
+		errs := make(chan error, n)
+		for range n {
+			go func() { errs <- echoOnce(t, s.Addr().String()) }()
+		}
+		for range n {
+			if err := <-errs; err != nil {
+				t.Fatalf("target %s: %v", target, err)
+			}
+		}
+		waitFor(t, "every connection closed", func() bool { return s.Stats().Listener.Active == 0 })
+		st := s.Stats()
+		if st.Proxied != n || st.Failed != 0 {
+			t.Fatalf("target %s: stats %+v", target, st)
+		}
+		if loop := st.EventLoop == n; loop != (target == live.addr()) {
+			t.Fatalf("target %s: %d connections in the loop", target, st.EventLoop)
+		}
+	}
+}

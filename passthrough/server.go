@@ -83,7 +83,9 @@ func (s *Server) Start(ln net.Listener) {
 	// Handing a connection to a loop never blocks, unless the hash waits
 	// for the client's first bytes.
 	s.inline = s.loops != nil && s.cfg.HashFirst.Length == 0
-	lc.Inline = s.inline
+	// Such connections' sockets also stay out of the runtime's poller:
+	// the loops take them as they are.
+	lc.Inline, lc.RawAccept = s.inline, s.inline
 	s.ln = listener.New(ln, s, lc)
 	// The parker is set before the first connection can read it.
 	if s.cfg.ParkAfter > 0 {
@@ -126,6 +128,13 @@ func (s *Server) Err() <-chan error { return s.serveErr }
 func (s *Server) ServeConn(c *listener.Conn) {
 	if s.loops != nil {
 		if s.serveInLoop(c) {
+			return
+		}
+		// A socket accepted raw goes into the runtime's poller for the
+		// goroutines.
+		if err := c.Materialize(); err != nil {
+			s.failed.Add(1)
+			c.Log.Warn("closing the client: its socket could not be served", "err", err)
 			return
 		}
 		if s.inline {

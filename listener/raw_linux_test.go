@@ -1,0 +1,154 @@
+package listener
+
+import (
+	"io"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// rawHandler takes each raw socket and writes "raw" on it, or makes the
+// connection ordinary and echoes a line on it ("std" first). It records
+// the addresses the listener gave.
+type rawHandler struct {
+	raw, std atomic.Int32
+	addrs    chan [2]net.Addr
+	echo     bool // Materialize even raw connections, and echo
+}
+
+func (h *rawHandler) ServeConn(c *Conn) {
+	h.addrs <- [2]net.Addr{c.Client, c.Local}
+	if !h.echo {
+		if fd, ok := c.TakeFD(); ok {
+			h.raw.Add(1)
+			_, _ = unix.Write(fd, []byte("raw"))
+			_ = unix.Close(fd)
+			return
+		}
+	}
+	if err := c.Materialize(); err != nil {
+		return
+	}
+	if _, ok := c.TakeFD(); ok {
+		panic("TakeFD after Materialize")
+	}
+	h.std.Add(1)
+	_, _ = c.Write([]byte("std"))
+	if !h.echo {
+		return
+	}
+	buf := make([]byte, 64)
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, _ := c.Read(buf)
+	_, _ = c.Write(buf[:n])
+}
+
+// Connections the kernel has queued are accepted raw: the handler takes
+// their sockets, with the client's and the local address right; others
+// come the usual way. Materialize makes a raw connection an ordinary one,
+// and connections the handler never took are closed by the listener.
+func TestRawAccept(t *testing.T) {
+	for _, echo := range []bool{false, true} {
+		h := &rawHandler{addrs: make(chan [2]net.Addr, 64), echo: echo}
+		ln := newLocalListener(t)
+		// Queued in the backlog before the listener serves: accepted raw.
+		var clients []net.Conn
+		for range 8 {
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			clients = append(clients, c)
+		}
+		l := New(ln, h, Config{Inline: true, RawAccept: true, Logger: quiet()})
+		done := make(chan error, 1)
+		go func() { done <- l.Serve() }()
+		for _, c := range clients {
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			got := make([]byte, 3)
+			if _, err := io.ReadFull(c, got); err != nil {
+				t.Fatal(err)
+			}
+			want := "raw"
+			if echo {
+				want = "std"
+				c.Write([]byte("ping"))
+				back := make([]byte, 4)
+				if _, err := io.ReadFull(c, back); err != nil || string(back) != "ping" {
+					t.Fatalf("echo %q %v", back, err)
+				}
+			}
+			if string(got) != want && !(string(got) == "std" && !echo) {
+				t.Fatalf("read %q, want %q", got, want)
+			}
+			a := <-h.addrs
+			if a[0].String() != c.LocalAddr().String() || a[1].String() != c.RemoteAddr().String() {
+				t.Fatalf("client %v local %v, want %v %v", a[0], a[1], c.LocalAddr(), c.RemoteAddr())
+			}
+		}
+		if !echo && h.raw.Load() == 0 {
+			t.Fatal("no queued connection was accepted raw")
+		}
+		// One more, after the backlog emptied: served all the same.
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if echo {
+			c.Write([]byte("ping"))
+		}
+		if b, err := io.ReadAll(c); err != nil || len(b) < 3 {
+			t.Fatalf("late connection read %q %v", b, err)
+		}
+		<-h.addrs
+		l.Shutdown(t.Context())
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if st := l.Stats(); st.Accepted != 9 || st.Active != 0 {
+			t.Fatalf("stats %+v", st)
+		}
+	}
+}
+
+// A raw connection its handler neither took nor made ordinary is closed
+// when ServeConn returns.
+func TestRawAcceptClosesWhatIsNotTaken(t *testing.T) {
+	ln := newLocalListener(t)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	l := New(ln, handlerFunc(func(*Conn) {}), Config{Inline: true, RawAccept: true, Logger: quiet()})
+	done := make(chan error, 1)
+	go func() { done <- l.Serve() }()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read %v, want EOF", err)
+	}
+	l.Shutdown(t.Context())
+	<-done
+}
+
+func TestSockaddrTCP(t *testing.T) {
+	for _, tc := range []struct {
+		sa   unix.Sockaddr
+		want string
+	}{
+		{&unix.SockaddrInet4{Port: 80, Addr: [4]byte{127, 0, 0, 1}}, "127.0.0.1:80"},
+		{&unix.SockaddrInet6{Port: 443, Addr: [16]byte{15: 1}}, "[::1]:443"},
+		{&unix.SockaddrInet6{Port: 1, Addr: [16]byte{10: 0xff, 11: 0xff, 12: 10, 15: 7}}, "10.0.0.7:1"},
+		{&unix.SockaddrInet6{Port: 2, Addr: [16]byte{0: 0xfe, 1: 0x80, 15: 1}, ZoneId: 1}, "[fe80::1%lo]:2"},
+	} {
+		if got := sockaddrTCP(tc.sa).String(); got != tc.want {
+			t.Errorf("%+v: %s, want %s", tc.sa, got, tc.want)
+		}
+	}
+}
