@@ -134,6 +134,14 @@ func (c *Conn) Materialize() error {
 	return nil
 }
 
+// RawWanter is a Handler that says, before each raw accept
+// (Config.RawAccept), whether it would take the socket as it is; when it
+// would not, the connection is accepted the usual way rather than made
+// ordinary afterwards, which costs more.
+type RawWanter interface {
+	WantsRaw() bool
+}
+
 // Handler serves one connection. The listener closes the connection after
 // ServeConn returns. When the listener's shutdown deadline passes, reads on
 // the connection start failing (the read deadline is moved to the past, and
@@ -188,10 +196,14 @@ type Config struct {
 	// keeps their sockets out of the runtime's poller (Linux): for a
 	// handler that serves the socket itself. Its handler calls
 	// Conn.TakeFD, or Conn.Materialize before it reads or writes the
-	// connection. When none is queued the listener waits in Accept as
-	// usual, so some connections still come as *net.TCPConn. It saves
-	// the poller's registration and removal, getsockname and the
-	// runtime's records for each connection.
+	// connection. When none is queued (or the handler, a RawWanter,
+	// does not want it) the listener accepts in Accept as usual, so
+	// some connections still come as *net.TCPConn. It saves the
+	// poller's registration and removal, the runtime's records and, on
+	// a listener bound to one address, getsockname for each connection.
+	// The socket keeps the listening socket's options (TCP keepalive
+	// among them, whatever the net.ListenConfig said) and gets
+	// TCP_NODELAY, as Go sets it.
 	RawAccept bool
 }
 

@@ -84,12 +84,19 @@ func (r *rawConn) materialize() (net.Conn, error) {
 	if r.fd < 0 {
 		return nil, net.ErrClosed
 	}
+	// net.FileConn turns TCP keepalive on; the socket keeps what it
+	// inherited from the listening socket instead, as Accept would have
+	// left it.
+	keepAlive, kerr := unix.GetsockoptInt(r.fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE)
 	f := os.NewFile(uintptr(r.fd), "tcp")
 	nc, err := net.FileConn(f) // a duplicate of the descriptor
 	f.Close()
 	r.fd = -1
 	if err != nil {
 		return nil, err
+	}
+	if tc, ok := nc.(*net.TCPConn); ok && kerr == nil && keepAlive == 0 {
+		_ = tc.SetKeepAlive(false)
 	}
 	r.real = nc
 	return nc, nil
@@ -111,7 +118,7 @@ func (l *Listener) rawAccepting() bool {
 	}
 	l.rawLn = rc
 	if a, ok := tl.Addr().(*net.TCPAddr); ok && !a.IP.IsUnspecified() {
-		l.rawLocal = a
+		l.rawLocal = &net.TCPAddr{IP: a.IP, Port: a.Port, Zone: a.Zone} // shared by the connections
 	}
 	return true
 }
@@ -122,6 +129,9 @@ func (l *Listener) rawAccepting() bool {
 // error: Serve then waits in the listener's Accept, which reports errors
 // (a listening socket's RawConn cannot wait for readiness, only Control).
 func (l *Listener) acceptRaw() (net.Conn, bool) {
+	if w, ok := l.h.(RawWanter); ok && !w.WantsRaw() {
+		return nil, false
+	}
 	var nfd int
 	var sa unix.Sockaddr
 	var aerr error

@@ -14,9 +14,10 @@ import (
 // connection ordinary and echoes a line on it ("std" first). It records
 // the addresses the listener gave.
 type rawHandler struct {
-	raw, std atomic.Int32
-	addrs    chan [2]net.Addr
-	echo     bool // Materialize even raw connections, and echo
+	raw, std  atomic.Int32
+	keepAlive atomic.Int32 // raw connections made ordinary with keepalive on
+	addrs     chan [2]net.Addr
+	echo      bool // Materialize even raw connections, and echo
 }
 
 func (h *rawHandler) ServeConn(c *Conn) {
@@ -29,11 +30,21 @@ func (h *rawHandler) ServeConn(c *Conn) {
 			return
 		}
 	}
+	_, wasRaw := c.Conn.(*rawConn)
 	if err := c.Materialize(); err != nil {
 		return
 	}
 	if _, ok := c.TakeFD(); ok {
 		panic("TakeFD after Materialize")
+	}
+	if tc, ok := c.Conn.(*net.TCPConn); ok && wasRaw {
+		// Keepalive as the socket had it (off), not as FileConn sets it.
+		rc, _ := tc.SyscallConn()
+		_ = rc.Control(func(fd uintptr) {
+			if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE); err != nil || v != 0 {
+				h.keepAlive.Add(1)
+			}
+		})
 	}
 	h.std.Add(1)
 	_, _ = c.Write([]byte("std"))
@@ -93,6 +104,9 @@ func TestRawAccept(t *testing.T) {
 		if !echo && h.raw.Load() == 0 {
 			t.Fatal("no queued connection was accepted raw")
 		}
+		if n := h.keepAlive.Load(); n != 0 {
+			t.Fatalf("%d connections made ordinary have TCP keepalive on", n)
+		}
 		// One more, after the backlog emptied: served all the same.
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
@@ -150,5 +164,43 @@ func TestSockaddrTCP(t *testing.T) {
 		if got := sockaddrTCP(tc.sa).String(); got != tc.want {
 			t.Errorf("%+v: %s, want %s", tc.sa, got, tc.want)
 		}
+	}
+}
+
+// declines is a handler that wants no raw socket (listener.RawWanter).
+type declines struct{ raw, all atomic.Int32 }
+
+func (h *declines) WantsRaw() bool { return false }
+
+func (h *declines) ServeConn(c *Conn) {
+	h.all.Add(1)
+	if _, ok := c.Conn.(*rawConn); ok {
+		h.raw.Add(1)
+	}
+}
+
+// A handler that declines raw sockets gets ordinary connections, even
+// those queued in the backlog.
+func TestRawWanterDeclines(t *testing.T) {
+	ln := newLocalListener(t)
+	for range 4 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	h := &declines{}
+	l := New(ln, h, Config{Inline: true, RawAccept: true, Logger: quiet()})
+	done := make(chan error, 1)
+	go func() { done <- l.Serve() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for h.all.Load() < 4 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	l.Shutdown(t.Context())
+	<-done
+	if h.all.Load() != 4 || h.raw.Load() != 0 {
+		t.Fatalf("%d connections, %d of them raw; want 4, none raw", h.all.Load(), h.raw.Load())
 	}
 }

@@ -1005,3 +1005,16 @@ func (lc *lconn) shutdownSockets() {
 		}
 	}
 }
+
+// WantsRaw tells the listener whether the loops would take a connection's
+// socket as it is (listener.RawWanter): while every target is an IP
+// address and port. Otherwise the connection goes to goroutines, and is
+// better accepted the usual way.
+func (s *Server) WantsRaw() bool {
+	for _, t := range s.set.Targets() {
+		if _, ok := targetAddrPort(t); !ok {
+			return false
+		}
+	}
+	return true
+}

@@ -21,3 +21,6 @@ func (l *evloop) stop()                             {}
 func (s *Server) serveInLoop(c *listener.Conn) bool { return false }
 func (lc *lconn) close()                            {}
 func (lc *lconn) shutdownSockets()                  {}
+
+// WantsRaw implements listener.RawWanter: never, without the loops.
+func (s *Server) WantsRaw() bool { return false }
