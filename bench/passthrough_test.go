@@ -246,7 +246,7 @@ func BenchmarkPassthrough(b *testing.B) {
 		for b.Loop() {
 			rate, p50, p99 := ratioTable{}, ratioTable{}, ratioTable{}
 			for _, p := range peers {
-				n, elapsed, lat, err := reqResp(p.addr, 16, 3000)
+				n, elapsed, lat, err := reqResp(p.addr, 16, 3000, 0)
 				if err != nil {
 					b.Fatalf("%s: %v", p.name, err)
 				}
@@ -271,7 +271,7 @@ func BenchmarkPassthrough(b *testing.B) {
 		for b.Loop() {
 			p50, p99, p999 := ratioTable{}, ratioTable{}, ratioTable{}
 			for _, p := range peers {
-				lat, err := reqRespPaced(p.addr, pacedConns, pacedEvery, pacedFor)
+				_, _, lat, err := reqResp(p.addr, pacedConns, int(pacedFor/pacedEvery), pacedEvery)
 				if err != nil {
 					b.Fatalf("%s: %v", p.name, err)
 				}
@@ -352,8 +352,12 @@ func bulkSend(addr string, streams, bytes int) error {
 
 // reqResp runs conns kept-alive connections, each making n sequential
 // 64-byte exchanges, and returns the count, the time taken and the sorted
-// latencies.
-func reqResp(addr string, conns, n int) (int, time.Duration, []time.Duration, error) {
+// latencies. every = 0 starts each exchange when the last one's reply came
+// (a closed loop). A positive every starts them at that interval instead,
+// spread over one interval between the connections, and measures each
+// latency from when its exchange was due (a late start counts against the
+// exchange, so that a stall is not hidden by the requests it delayed).
+func reqResp(addr string, conns, n int, every time.Duration) (int, time.Duration, []time.Duration, error) {
 	lats := make([][]time.Duration, conns)
 	var g errgroup.Group
 	start := time.Now()
@@ -366,8 +370,13 @@ func reqResp(addr string, conns, n int) (int, time.Duration, []time.Duration, er
 			defer c.Close()
 			req, resp := make([]byte, 64), make([]byte, 64)
 			lats[i] = make([]time.Duration, 0, n)
-			for range n {
+			first := start.Add(every * time.Duration(i) / time.Duration(conns))
+			for k := range n {
 				t := time.Now()
+				if every > 0 {
+					t = first.Add(every * time.Duration(k))
+					time.Sleep(time.Until(t))
+				}
 				if _, err := c.Write(req); err != nil {
 					return err
 				}
@@ -396,49 +405,6 @@ const (
 	pacedEvery = 2 * time.Millisecond
 	pacedFor   = 3 * time.Second
 )
-
-// reqRespPaced runs conns kept-alive connections, each starting a 64-byte
-// exchange every interval for d, and returns the sorted latencies, each
-// from when its exchange was due (a late start counts against the
-// exchange, so that a stall is not hidden by the requests it delayed).
-func reqRespPaced(addr string, conns int, every, d time.Duration) ([]time.Duration, error) {
-	lats := make([][]time.Duration, conns)
-	var g errgroup.Group
-	start := time.Now()
-	n := int(d / every)
-	for i := range conns {
-		g.Go(func() error {
-			c, err := net.Dial("tcp", addr)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			req, resp := make([]byte, 64), make([]byte, 64)
-			lats[i] = make([]time.Duration, 0, n)
-			// Connections start spread over one interval.
-			first := start.Add(every * time.Duration(i) / time.Duration(conns))
-			for k := range n {
-				due := first.Add(every * time.Duration(k))
-				time.Sleep(time.Until(due))
-				if _, err := c.Write(req); err != nil {
-					return err
-				}
-				if _, err := io.ReadFull(c, resp); err != nil {
-					return err
-				}
-				lats[i] = append(lats[i], time.Since(due))
-			}
-			return nil
-		})
-	}
-	err := g.Wait()
-	all := slices.Concat(lats...)
-	slices.Sort(all)
-	if len(all) == 0 && err == nil {
-		err = errors.New("no exchanges")
-	}
-	return all, err
-}
 
 // newConnsApart is newConns from a child process (this test binary): the
 // client no longer shares its process, and its cores' scheduling, with the

@@ -10,11 +10,12 @@ import (
 	"net"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pires/go-proxyproto"
+
+	"github.com/ndlb/ndlb/internal/nettest"
 )
 
 // idBackend is a passthrough target that greets each connection with its
@@ -384,37 +385,6 @@ func rstBackend(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// synHole is a listening socket whose accept queue is full and never
-// accepted: the kernel drops further SYNs, as a black-holed host does.
-func synHole(t *testing.T) string {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, _ := syscall.Getsockname(fd)
-	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
-	// Fill the queue (backlog 0 holds one); then a connect must time out.
-	for i := 0; ; i++ {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err != nil {
-			break
-		}
-		t.Cleanup(func() { c.Close() })
-		if i > 8 {
-			t.Fatal("the accept queue never filled")
-		}
-	}
-	return addr
-}
-
 // A down target, one that accepts and resets, and one that black-holes
 // SYNs: clients are served by the healthy one. Refused and timed-out dials
 // are retried within the connection; the resetting target costs at most
@@ -427,7 +397,7 @@ func TestPassthroughBadTargets(t *testing.T) {
 		ln.Close()
 		return a
 	}()
-	targets := []string{dead, rstBackend(t), synHole(t), live.addr()}
+	targets := []string{dead, rstBackend(t), nettest.SYNHole(t), live.addr()}
 	p := startPassthrough(t, targets, "--connect-timeout", "300ms")
 	failed := 0
 	for i := range 60 {

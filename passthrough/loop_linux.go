@@ -754,11 +754,25 @@ func (lc *lconn) move(i int, budget *int) error {
 	src, dst := lc.fd[i], lc.fd[1-i]
 	for !d.done && lc.phase == phaseProxy {
 		switch {
-		case d.inPipe > 0:
+		case d.inPipe > 0 || len(d.pend) > 0:
+			// Bytes in hand (in the pipe, or read and not written)
+			// go first.
 			if !lc.wr[1-i] {
 				return nil
 			}
-			n, err := rawio.Splice(d.p.r, dst, d.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			var n int
+			var err error
+			op := "write"
+			if d.inPipe > 0 {
+				op = "splice"
+				n, err = rawio.Splice(d.p.r, dst, d.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+				if err == nil && n == 0 {
+					// The pipe holds bytes but gives none: never loop on it.
+					err = unix.EIO
+				}
+			} else {
+				n, err = rawio.Write(dst, d.pend)
+			}
 			switch {
 			case err == unix.EINTR:
 				continue
@@ -766,38 +780,19 @@ func (lc *lconn) move(i int, budget *int) error {
 				lc.wr[1-i] = false
 				return nil
 			case err != nil:
-				return os.NewSyscallError("splice", err)
-			}
-			if n == 0 {
-				// The pipe holds bytes but gives none: never loop on it.
-				return os.NewSyscallError("splice", unix.EIO)
-			}
-			d.inPipe -= int(n) // charged to the budget when spliced in
-			lc.s.spliced.Add(uint64(n))
-			lc.moved(i, int(n))
-			if d.inPipe == 0 {
-				putPipe(d.p)
-				d.p = nil
-			}
-		case len(d.pend) > 0:
-			if !lc.wr[1-i] {
-				return nil
-			}
-			n, err := rawio.Write(dst, d.pend)
-			switch {
-			case err == unix.EINTR:
-				continue
-			case err == unix.EAGAIN:
-				lc.wr[1-i] = false
-				return nil
-			case err != nil:
-				return os.NewSyscallError("write", err)
-			}
-			d.pend = d.pend[n:]
-			if len(d.pend) == 0 {
-				d.pend = nil
+				return os.NewSyscallError(op, err)
 			}
 			lc.moved(i, n)
+			if d.inPipe > 0 {
+				d.inPipe -= n // charged to the budget when spliced in
+				lc.s.spliced.Add(uint64(n))
+				if d.inPipe == 0 {
+					putPipe(d.p)
+					d.p = nil
+				}
+			} else if d.pend = d.pend[n:]; len(d.pend) == 0 {
+				d.pend = nil
+			}
 		case d.eof:
 			d.done = true
 			lc.ended(i, nil)

@@ -7,48 +7,15 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strconv"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jonboulle/clockwork"
 	"golang.org/x/sys/unix"
-)
 
-// blackhole returns a loopback address whose SYNs are dropped: a listener
-// with a backlog of 0, never accepting, whose queue is full. A connect to
-// it hangs until its timeout.
-func blackhole(t *testing.T) string {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := "127.0.0.1:" + strconv.Itoa(sa.(*unix.SockaddrInet4).Port)
-	// Fill the queue: the connects the kernel completes; the first that
-	// does not shows that it is full.
-	for range 8 {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err != nil {
-			return addr
-		}
-		t.Cleanup(func() { c.Close() })
-	}
-	t.Fatal("the listener's queue does not fill")
-	return ""
-}
+	"github.com/ndlb/ndlb/internal/nettest"
+)
 
 // A refused target is passed over within the connection, by the loop's
 // own connect, and skipped after MaxFails refusals.
@@ -84,11 +51,7 @@ func TestLoopAllTargetsDown(t *testing.T) {
 	cfg.ConnectRetries = 2
 	s := start(t, cfg)
 	c := dialTest(t, s.Addr().String())
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
-		t.Fatalf("read %v, want EOF", err)
-	}
+	wantEOF(t, c)
 	waitFor(t, "the failure counted", func() bool { return s.Stats().Failed == 1 })
 	st := s.Stats()
 	if st.DialFailures != 6 || st.Proxied != 0 || st.Listener.Accepted != st.Proxied+st.Failed {
@@ -99,7 +62,7 @@ func TestLoopAllTargetsDown(t *testing.T) {
 // A target that never answers the SYN is given up after ConnectTimeout,
 // and the next one serves the connection.
 func TestLoopConnectTimeout(t *testing.T) {
-	hole := blackhole(t)
+	hole := nettest.SYNHole(t)
 	live := newBackend(t, nil, echo)
 	cfg := testConfig(hole, live.addr())
 	cfg.Balance = "first"
@@ -119,12 +82,11 @@ func TestLoopConnectTimeout(t *testing.T) {
 // A connection still connecting when the drain timeout passes is given
 // up, so that Shutdown returns.
 func TestLoopShutdownAbandonsConnects(t *testing.T) {
-	cfg := testConfig(blackhole(t))
+	cfg := testConfig(nettest.SYNHole(t))
 	cfg.ConnectTimeout = time.Minute
 	cfg.DrainTimeout = 50 * time.Millisecond
 	s := start(t, cfg)
 	c := dialTest(t, s.Addr().String())
-	defer c.Close()
 	waitFor(t, "the connection accepted", func() bool { return s.Stats().EventLoop == 1 })
 	done := make(chan Summary, 1)
 	go func() { done <- s.Shutdown() }()
@@ -140,10 +102,7 @@ func TestLoopShutdownAbandonsConnects(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Shutdown waits for a connect that never ends")
 	}
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
-		t.Fatalf("read %v, want EOF", err)
-	}
+	wantEOF(t, c)
 }
 
 // settled waits until n() has not changed for 100 ms: the loop waits for
@@ -181,7 +140,6 @@ func TestLoopBackPressure(t *testing.T) {
 	})
 	s := start(t, testConfig(b.addr()))
 	c := dialTest(t, s.Addr().String())
-	defer c.Close()
 	c.SetDeadline(time.Now().Add(60 * time.Second))
 	wrote := make(chan error, 1)
 	go func() {
@@ -220,7 +178,6 @@ func TestLoopResetsReachTheOtherSide(t *testing.T) {
 	})
 	s := start(t, testConfig(b.addr()))
 	c := dialTest(t, s.Addr().String())
-	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	c.Write([]byte("x"))
 	if _, err := io.ReadAll(c); !errors.Is(err, syscall.ECONNRESET) {

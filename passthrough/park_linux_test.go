@@ -25,7 +25,6 @@ func TestParkResumeRounds(t *testing.T) {
 	conns := make([]net.Conn, n)
 	for i := range conns {
 		c := dialTest(t, s.Addr().String())
-		defer c.Close()
 		c.SetDeadline(time.Now().Add(20 * time.Second))
 		conns[i] = c
 	}

@@ -71,6 +71,15 @@ func (b *backend) addr() string { return b.ln.Addr().String() }
 // connection the server forgets fails its test instead of hanging it.
 const testDeadline = time.Minute
 
+// wantEOF reads c and fails unless the server ended it cleanly.
+func wantEOF(t *testing.T, c net.Conn) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read %v, want EOF", err)
+	}
+}
+
 // dialTest connects to addr, with testDeadline set; the test closes it.
 func dialTest(t *testing.T, addr string) net.Conn {
 	t.Helper()
@@ -262,7 +271,6 @@ func TestHalfClose(t *testing.T) {
 		})
 		s := start(t, testConfig(b.addr()))
 		c := dialTest(t, s.Addr().String())
-		defer c.Close()
 		c.Write([]byte("hello"))
 		c.(*net.TCPConn).CloseWrite()
 		got, err := io.ReadAll(c)
@@ -280,7 +288,6 @@ func TestHalfClose(t *testing.T) {
 		})
 		s2 := start(t, testConfig(b2.addr()))
 		c2 := dialTest(t, s2.Addr().String())
-		defer c2.Close()
 		if g, err := io.ReadAll(c2); err != nil || !bytes.Equal(g, greeting) {
 			t.Fatalf("greeting %q (%v)", g, err)
 		}
@@ -374,6 +381,19 @@ func TestFailoverAndPassiveHealth(t *testing.T) {
 	}
 }
 
+// sendAndDrain connects to addr, sends msg (if any) and reads until the
+// server closes the connection.
+func sendAndDrain(t *testing.T, addr, msg string) {
+	t.Helper()
+	c := dialTest(t, addr)
+	if msg != "" {
+		c.Write([]byte(msg))
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	io.Copy(io.Discard, c)
+	c.Close()
+}
+
 // A target that closes silently on what a client sent (junk, the wrong
 // protocol) is not held against it: clients cannot push targets out of
 // rotation. One that closes before the client sent anything failed.
@@ -387,11 +407,7 @@ func TestClientJunkIsNotTheTargetsFault(t *testing.T) {
 		cfg.MaxFails = 2
 		s := start(t, cfg)
 		for range 10 {
-			c := dialTest(t, s.Addr().String())
-			c.Write([]byte("\x16\x03\x01 junk\n"))
-			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			io.Copy(io.Discard, c)
-			c.Close()
+			sendAndDrain(t, s.Addr().String(), "\x16\x03\x01 junk\n")
 		}
 		waitFor(t, "verdicts", func() bool { return s.Stats().ClientProvoked == 10 })
 		if st := s.Stats(); st.EarlyClosed != 0 || st.Failed != 0 {
@@ -403,10 +419,7 @@ func TestClientJunkIsNotTheTargetsFault(t *testing.T) {
 		// The rude target fails on its own.
 		s2 := start(t, func() Config { c := testConfig(rude.addr()); c.MaxFails = 2; return c }())
 		for range 2 {
-			c := dialTest(t, s2.Addr().String())
-			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			io.Copy(io.Discard, c)
-			c.Close()
+			sendAndDrain(t, s2.Addr().String(), "")
 		}
 		waitFor(t, "failures", func() bool { return s2.Stats().EarlyClosed == 2 })
 		// A target that resets, even after the client sent, failed on its own
@@ -417,11 +430,7 @@ func TestClientJunkIsNotTheTargetsFault(t *testing.T) {
 		})
 		s3 := start(t, func() Config { c := testConfig(resets.addr()); c.MaxFails = 2; return c }())
 		for range 2 {
-			c := dialTest(t, s3.Addr().String())
-			c.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
-			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			io.Copy(io.Discard, c)
-			c.Close()
+			sendAndDrain(t, s3.Addr().String(), "GET / HTTP/1.1\r\n\r\n")
 		}
 		waitFor(t, "failures after resets", func() bool { return s3.Stats().EarlyClosed == 2 })
 		if !s3.Set().Targets()[0].Skipped(time.Now()) {
@@ -440,11 +449,7 @@ func TestAllTargetsDown(t *testing.T) {
 	cfg.ConnectRetries = 2
 	s := start(t, cfg)
 	c := dialTest(t, s.Addr().String())
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
-		t.Fatalf("read %v, want EOF", err)
-	}
+	wantEOF(t, c)
 	if d.n(a)+d.n(b) != 6 {
 		t.Fatalf("%d+%d attempts, want 3 rounds over 2 targets", d.n(a), d.n(b))
 	}
@@ -489,7 +494,6 @@ func TestIdleTimeout(t *testing.T) {
 		cfg.IdleTimeout = time.Minute
 		s := start(t, cfg)
 		c := dialTest(t, s.Addr().String())
-		defer c.Close()
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		ping := func() {
 			t.Helper()
@@ -578,7 +582,6 @@ func TestShutdownDrainTimeout(t *testing.T) {
 		cfg.DrainTimeout = 50 * time.Millisecond
 		s := start(t, cfg)
 		c := dialTest(t, s.Addr().String())
-		defer c.Close()
 		if err := echoOnce(t, s.Addr().String()); err != nil {
 			t.Fatal(err)
 		}
@@ -588,10 +591,7 @@ func TestShutdownDrainTimeout(t *testing.T) {
 		if sum.ShutdownClosed != 1 {
 			t.Fatalf("summary %+v", sum)
 		}
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
-			t.Fatalf("read %v, want EOF", err)
-		}
+		wantEOF(t, c)
 	})
 }
 
@@ -641,11 +641,7 @@ func TestStatesSteerNewConnections(t *testing.T) {
 	// With no target accepting, the client is closed.
 	tb.Drain()
 	c := dialTest(t, s.Addr().String())
-	defer c.Close()
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
-		t.Fatalf("read %v, want EOF when no target accepts", err)
-	}
+	wantEOF(t, c)
 }
 
 // waitFor polls cond for up to 10 s.
