@@ -57,6 +57,9 @@ func startNDLBArgs(b *testing.B, bin string, targets, extra []string, env ...str
 	args := append([]string{"--addr", "127.0.0.1", "--port", "0", "--log-format", "json", "--target", strings.Join(targets, ",")}, strings.Fields(os.Getenv("NDLB_BENCH_ARGS"))...)
 	cmd := exec.Command(bin, append(args, extra...)...)
 	cmd.Env = append(os.Environ(), env...)
+	if v := os.Getenv("NDLB_BENCH_GOMAXPROCS"); v != "" {
+		cmd.Env = append(cmd.Env, "GOMAXPROCS="+v)
+	}
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)

@@ -56,6 +56,10 @@ type upConn struct {
 	written int64                         // bytes handed to the socket
 	acked   int64                         // bytes known acknowledged
 	unacked []pending                     // in write order
+	// intended is where the writes so far meant to end: past written
+	// when one stopped inside a batch, and the connection must then end
+	// with a reset (abandoned).
+	intended int64
 
 	dead    chan struct{} // closed when the reader sees EOF or an error
 	readErr error         // set before dead is closed
@@ -151,6 +155,9 @@ func (c *upConn) write(bs []*framer.Batch, timeout time.Duration) error {
 	if c.count != nil {
 		for i, b := range bs {
 			if _, err := c.conn.Write(c.wire(b, 0)); err != nil {
+				if c.count.n.Load() > c.written {
+					c.intended = math.MaxInt64 // some of b's records went out
+				}
 				c.unack(bs[i:])
 				return err
 			}
@@ -173,6 +180,7 @@ func (c *upConn) write(bs []*framer.Batch, timeout time.Duration) error {
 		}
 		c.unacked = append(c.unacked, p)
 	}
+	c.intended = end
 	var n int64
 	var err error
 	if c.rw != nil {
@@ -358,7 +366,7 @@ func (c *upConn) wholeEncoded(data []byte, acked int64) (cut, lines int) {
 // by a clean end of stream, and the unsent rest is discarded rather than
 // delivered after its batches were requeued.
 func (c *upConn) close() {
-	if c.written > c.acked {
+	if c.abandoned() {
 		c.reset()
 	} else {
 		c.conn.Close()
@@ -375,8 +383,10 @@ func (c *upConn) reset() {
 	c.tcp.Close()
 }
 
-// abandoned reports whether closing c now would reset it.
-func (c *upConn) abandoned() bool { return c.written > c.acked }
+// abandoned reports whether closing c now would reset it: bytes written
+// are not known acknowledged, or a write stopped inside a batch (the
+// target holds a fragment, acknowledged or not).
+func (c *upConn) abandoned() bool { return c.written > c.acked || c.written < c.intended }
 
 // isExpected tells errors that are part of a target going away, logged at
 // Debug, from surprises.

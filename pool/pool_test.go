@@ -429,21 +429,7 @@ func TestHardStopDeliversTheAcknowledgedLinesAndResets(t *testing.T) {
 	w.start()
 	w.push(1, 0, 20000, 1000) // big batches: the acknowledgement stops inside one
 	waitFor(t, func() bool { return w.set.Targets()[0].Stats().Conns == 1 })
-	// Let the kernels fill: something was written, then the depth stops
-	// moving for several samples in a row (one still sample may be a
-	// worker the machine did not schedule).
-	prev, still := int64(-1), 0
-	waitFor(t, func() bool {
-		time.Sleep(50 * time.Millisecond)
-		now := int64(w.q.Stats().Depth)
-		if now == prev && now < 20 {
-			still++
-		} else {
-			still = 0
-		}
-		prev = now
-		return still >= 3
-	})
+	w.waitStalled(20)
 	w.cancel()
 	<-w.done
 	delivered := w.q.Stats().LinesOut
@@ -463,6 +449,25 @@ func TestHardStopDeliversTheAcknowledgedLinesAndResets(t *testing.T) {
 	if w.sinks[0].TornEOF() != 0 || w.p.Stats().Resets != 1 {
 		t.Fatalf("torn EOFs %d, resets %d: the connection must end with a reset", w.sinks[0].TornEOF(), w.p.Stats().Resets)
 	}
+}
+
+// waitStalled lets the kernels fill while a sink is paused: something was
+// written (the depth is below 20 batches), then the depth stops moving for
+// several samples in a row (one still sample may be a worker the machine
+// did not schedule).
+func (w *world) waitStalled(depth int) {
+	prev, still := -1, 0
+	waitFor(w.t, func() bool {
+		time.Sleep(50 * time.Millisecond)
+		now := w.q.Stats().Depth
+		if now == prev && now < depth {
+			still++
+		} else {
+			still = 0
+		}
+		prev = now
+		return still >= 3
+	})
 }
 
 // A dialer that refuses: every failure is counted, and the worker keeps trying.
