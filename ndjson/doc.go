@@ -12,6 +12,11 @@
 // (Config.ClientMemory); a client holding a partial line without sending for
 // Config.LineTimeout is closed, its fragment counted as incomplete.
 //
+// Reads: a plain TCP client is read through the runtime's poller without
+// holding a buffer while it waits; one that sends fast is read in bigger
+// bites (Config.ReadCoalesce: its socket's SO_RCVLOWAT is raised to half a
+// read while it keeps up the pace, and lowered when a wait runs long).
+//
 // Shutdown: the listener stops accepting; clients may keep sending until they
 // close or Config.DrainTimeout passes (then their sockets are shut, what the
 // kernel holds is read and framed, and a line cut short is dropped as

@@ -41,7 +41,7 @@ func FuzzIdleReader(f *testing.F) {
 		go func() { sent <- write(client.(*net.TCPConn), in, sizes, reset) }()
 		cfg := framer.Config{ReadBytes: 512, MaxLineBytes: 4096, MemoryWait: 0}
 		c := &listener.Conn{Conn: server}
-		fr := framer.New(clientReader(c), cfg, pool)
+		fr := framer.New(clientReader(c, cfg.ReadBytes, DefaultReadCoalesce), cfg, pool)
 		// A budget from 8 KiB (tight: long lines may be dropped for
 		// memory) up to plenty.
 		fr.Budget = framer.NewBudget(int64(8+int(budgetKiB%64)) << 10)

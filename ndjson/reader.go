@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/ndlb/ndlb/framer"
 	"github.com/ndlb/ndlb/internal/rawio"
@@ -36,12 +37,15 @@ type idleReader struct {
 
 	final  bool         // the drain deadline passed: read what the kernel holds
 	moving *atomic.Bool // set when the connection is being handed to another process
+	co     *coalescer   // lets a fast client's bytes gather between reads; nil: off
 }
 
 var _ framer.BufferReader = (*idleReader)(nil)
 
-// clientReader returns the reader the framer should use for c.
-func clientReader(c *listener.Conn) io.Reader {
+// clientReader returns the reader the framer should use for c; reads of
+// readBytes, coalesced for fast clients over at most coalesce (see
+// coalescer; 0: off).
+func clientReader(c *listener.Conn, readBytes int, coalesce time.Duration) io.Reader {
 	tc, pending, ok := c.Raw()
 	if !ok {
 		return c // TLS keeps its own buffers; nothing to gain
@@ -50,7 +54,7 @@ func clientReader(c *listener.Conn) io.Reader {
 	if err != nil {
 		return io.MultiReader(bytes.NewReader(pending), tc)
 	}
-	r := &idleReader{Conn: c, tcp: tc, rc: rc, pending: pending}
+	r := &idleReader{Conn: c, tcp: tc, rc: rc, pending: pending, co: newCoalescer(rc, readBytes/2, coalesce)}
 	r.readFn = r.read
 	return r
 }
@@ -73,6 +77,17 @@ func (r *idleReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 	err := r.rc.Read(r.readFn)
 	n, rerr, noBuf := r.n, r.readErr, r.noBuf
 	r.get, r.put, r.readErr, r.noBuf = nil, nil, nil, false
+	if r.co != nil {
+		if err == nil && rerr == nil && n > 0 {
+			r.co.read(n)
+			return n, nil
+		}
+		if !noBuf {
+			// Suspended, drained, ended or failed: the socket leaves
+			// as it came, and no timer outlives the reads.
+			r.co.stop()
+		}
+	}
 	switch {
 	case err != nil && errors.Is(err, os.ErrDeadlineExceeded) && r.moving != nil && r.moving.Load() && !r.Interrupted():
 		// HandOff stopped the reads: the framer keeps its partial line.
@@ -113,6 +128,9 @@ func (r *idleReader) read(fd uintptr) bool {
 			continue
 		case errors.Is(r.readErr, syscall.EAGAIN):
 			r.put()
+			if r.co != nil {
+				r.co.waiting()
+			}
 			return false // wait without holding a buffer
 		}
 		return true

@@ -107,7 +107,7 @@ func checkMode(c Values) error {
 // refuses; passthroughTCPOnly are passthrough's.
 var (
 	tcpOnly = []string{"tls-cert", "tls-key", "tls-client-ca", "accept-proxy", "accept-proxy-from", "proxy-header-timeout",
-		"max-conns-per-source", "max-conn-rate-per-source", "client-rate", "line-timeout", "read-bytes"}
+		"max-conns-per-source", "max-conn-rate-per-source", "client-rate", "line-timeout", "read-bytes", "read-coalesce"}
 	passthroughTCPOnly = []string{"tls-target", "tls-target-ca", "tls-target-server-name", "tls-target-skip-verify",
 		"tls-target-cert", "tls-target-key", "send-proxy", "idle-timeout", "connect-retries", "backoff-max", "hash-key-timeout", "event-loop"}
 )
@@ -272,6 +272,7 @@ func ndjsonConfig(c Values, name string, log *slog.Logger, udp bool) (ndjson.Con
 	}
 	cfg.ClientMemory = int64(cb)
 	cfg.LineTimeout = c.Duration("line-timeout")
+	cfg.ReadCoalesce = c.Duration("read-coalesce")
 	cfg.Framing, cfg.TargetFraming = framer.Framing(c.String("framing")), framer.Framing(c.String("target-framing"))
 	if r := c.String("client-rate"); r != "0" && r != "" {
 		v, err := size(c, "client-rate")

@@ -55,6 +55,7 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"client-buffer-bytes", values{"target": target, "client-buffer-bytes": "1KiB"}},
 		{"write-timeout", values{"target": target, "write-timeout": time.Duration(0)}},
 		{"line-timeout", values{"target": target, "line-timeout": -time.Second}},
+		{"read-coalesce", values{"target": target, "read-coalesce": -time.Second}},
 		{"max-conns", values{"target": target, "max-conns": -1}},
 		{"proxy-header-timeout", values{"target": target, "proxy-header-timeout": time.Second}},
 		{"balance", values{"target": target, "balance": "leastconn"}}, // NDJSON mode

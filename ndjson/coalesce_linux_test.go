@@ -1,0 +1,192 @@
+package ndjson
+
+import (
+	"errors"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ndlb/ndlb/internal/linetest"
+	"github.com/ndlb/ndlb/internal/rawio"
+)
+
+// tcpPair returns both ends of a loopback TCP connection, closed when the
+// test ends.
+func tcpPair(t *testing.T) (client net.Conn, server *net.TCPConn) {
+	t.Helper()
+	ln := newLocalListener(t)
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	for _, c := range []net.Conn{client, s} {
+		_ = c.SetDeadline(time.Now().Add(time.Minute))
+	}
+	return client, s.(*net.TCPConn)
+}
+
+// rcvlowat is the socket's SO_RCVLOWAT; 0 (what some kernels report
+// before it is set) means 1, any byte.
+func rcvlowat(t *testing.T, rc syscall.RawConn) int {
+	t.Helper()
+	var v int
+	var serr error
+	if err := rc.Control(func(fd uintptr) { v, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT) }); err != nil || serr != nil {
+		t.Fatal(err, serr)
+	}
+	return max(v, 1)
+}
+
+// A client that sends faster than a mark per wait has its socket's mark
+// raised: a few bytes then do not wake the reader, until the wait is over
+// and the coalescer lowers the mark, which wakes it. A slow client is
+// never coalesced, and stop leaves the socket as it was accepted.
+func TestCoalescerRaisesAndLowersTheMark(t *testing.T) {
+	if !lowatWakes() {
+		t.Skip("Linux before 4.18: no coalescing")
+	}
+	client, server := tcpPair(t)
+	rc, err := server.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const wait = 50 * time.Millisecond
+	co := newCoalescer(rc, 32<<10, wait)
+
+	// Slow: 1 KiB per 10 ms is 5 KiB per wait, below the mark.
+	co.read(1 << 10)
+	time.Sleep(10 * time.Millisecond)
+	co.read(1 << 10)
+	if got := rcvlowat(t, rc); got != 1 || co.high.Load() {
+		t.Fatalf("slow client: SO_RCVLOWAT %d, raised %v", got, co.high.Load())
+	}
+	// Fast: 16 KiB twice in a row.
+	co.read(16 << 10)
+	co.read(16 << 10)
+	if got := rcvlowat(t, rc); got != 32<<10 || !co.high.Load() {
+		t.Fatalf("fast client: SO_RCVLOWAT %d, raised %v", got, co.high.Load())
+	}
+
+	// The reader waits; then 100 bytes come, far below the mark.
+	waiting := make(chan struct{})
+	type result struct {
+		n   int
+		at  time.Time
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		buf := make([]byte, 64<<10)
+		var n int
+		var rerr error
+		once := false
+		err := rc.Read(func(fd uintptr) bool {
+			n, rerr = rawio.Read(fd, buf)
+			if errors.Is(rerr, syscall.EAGAIN) {
+				co.waiting()
+				if !once {
+					once = true
+					close(waiting)
+				}
+				return false
+			}
+			return true
+		})
+		done <- result{n, time.Now(), errors.Join(err, rerr)}
+	}()
+	<-waiting
+	sent := time.Now()
+	if _, err := client.Write(make([]byte, 100)); err != nil {
+		t.Fatal(err)
+	}
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the reader was never woken: the mark was not lowered")
+	}
+	if r.err != nil || r.n != 100 {
+		t.Fatalf("read %d bytes, %v", r.n, r.err)
+	}
+	if took := r.at.Sub(sent); took < wait/2 {
+		t.Fatalf("100 bytes woke the reader after %s: the mark did not hold them", took)
+	}
+	if got := rcvlowat(t, rc); got != 1 || co.high.Load() {
+		t.Fatalf("after the wait: SO_RCVLOWAT %d, raised %v", got, co.high.Load())
+	}
+
+	// Raised again, then stopped: the socket is as it came.
+	time.Sleep(time.Millisecond)
+	co.read(64 << 10)
+	co.read(64 << 10)
+	if !co.high.Load() {
+		t.Fatal("not raised again")
+	}
+	co.stop()
+	if got := rcvlowat(t, rc); got != 1 || co.high.Load() {
+		t.Fatalf("after stop: SO_RCVLOWAT %d, raised %v", got, co.high.Load())
+	}
+}
+
+// A client streams fast enough to be coalesced, then sends a last few
+// lines and stays connected: they are delivered (the coalescer lowers the
+// mark after its wait), and the ledger closes.
+func TestCoalescedStreamDeliversItsTail(t *testing.T) {
+	if !lowatWakes() {
+		t.Skip("Linux before 4.18: no coalescing")
+	}
+	srv, sink := startServer(t, func(c *Config) { c.ReadCoalesce = 20 * time.Millisecond })
+	c, err := net.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Minute))
+	const lines = 200000 // about 20 MiB, in 16 KiB writes
+	raised := coalesceRaises.Load()
+	if _, err := linetest.Send(c, 1, 0, lines, 16<<10); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := linetest.Send(c, 1, lines, lines+3, 16<<10); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "every line delivered while the client stays", func() bool { return sink.Lines() == lines+3 })
+	if coalesceRaises.Load() == raised {
+		t.Fatal("the stream was never coalesced")
+	}
+	c.Close()
+	sum := srv.Shutdown()
+	if sum.Ledger.Received != lines+3 || sum.Ledger.Delivered != lines+3 || !sum.Ledger.Closed() {
+		t.Fatalf("ledger %+v", sum.Ledger)
+	}
+}
+
+func TestKernelAtLeast(t *testing.T) {
+	for release, want := range map[string]bool{
+		"6.1.0-13-amd64":  true,
+		"4.18.0-553.el8":  true,
+		"4.19.0-26-amd64": true,
+		"4.17.3":          false,
+		"3.10.0-1160.el7": false,
+		"5.4-rc1":         true,
+		"4.18-rc1":        true,
+		"garbage":         false,
+		"":                false,
+		"10.0.0":          true,
+		"4.x.0":           false,
+	} {
+		if got := kernelAtLeast(release, 4, 18); got != want {
+			t.Errorf("kernelAtLeast(%q, 4, 18) = %v, want %v", release, got, want)
+		}
+	}
+}
