@@ -11,6 +11,7 @@ import (
 
 	"github.com/ndlb/ndlb/internal/linetest"
 	"github.com/ndlb/ndlb/internal/rawio"
+	"github.com/ndlb/ndlb/listener"
 )
 
 // tcpPair returns both ends of a loopback TCP connection, closed when the
@@ -188,5 +189,32 @@ func TestKernelAtLeast(t *testing.T) {
 		if got := kernelAtLeast(release, 4, 18); got != want {
 			t.Errorf("kernelAtLeast(%q, 4, 18) = %v, want %v", release, got, want)
 		}
+	}
+}
+
+// A read the memory budget gave no buffer for reads nothing, also right
+// after a read that did (the count of that read must not be returned
+// again: the framer would cut past its buffer).
+func TestReadWithoutBufferAfterARead(t *testing.T) {
+	if !lowatWakes() {
+		t.Skip("Linux before 4.18: no coalescing")
+	}
+	client, server := tcpPair(t)
+	r, ok := clientReader(&listener.Conn{Conn: server}, 64<<10, DefaultReadCoalesce).(*idleReader)
+	if !ok || r.co == nil {
+		t.Fatal("no coalescing idle reader for a plain TCP connection")
+	}
+	if _, err := client.Write(make([]byte, 300)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 100)
+	if n, err := r.ReadBuffer(func() []byte { return buf }, func() {}); n != 100 || err != nil {
+		t.Fatalf("first read: %d, %v", n, err)
+	}
+	if n, err := r.ReadBuffer(func() []byte { return nil }, func() {}); n != 0 || err != nil {
+		t.Fatalf("read without a buffer: %d, %v; want 0, nil", n, err)
+	}
+	if n, err := r.ReadBuffer(func() []byte { return buf }, func() {}); n != 100 || err != nil {
+		t.Fatalf("read after it: %d, %v", n, err)
 	}
 }

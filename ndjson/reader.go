@@ -73,12 +73,12 @@ func (r *idleReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 	if r.final {
 		return r.finalRead(get, put)
 	}
-	r.get, r.put = get, put
+	r.get, r.put, r.n = get, put, 0
 	err := r.rc.Read(r.readFn)
 	n, rerr, noBuf := r.n, r.readErr, r.noBuf
 	r.get, r.put, r.readErr, r.noBuf = nil, nil, nil, false
 	if r.co != nil {
-		if err == nil && rerr == nil && n > 0 {
+		if err == nil && rerr == nil && !noBuf && n > 0 {
 			r.co.read(n)
 			return n, nil
 		}
