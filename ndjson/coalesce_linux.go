@@ -20,7 +20,7 @@ import (
 // so each read takes several of the client's writes. When a wait lasts
 // longer than wait (the client paused, or ended a burst below the mark),
 // a timer lowers the mark to one byte, which wakes the reader at once
-// (Linux 4.18 and later signal readability when the mark is lowered), so
+// (Linux signals readability when the mark is lowered), so
 // no byte waits in the kernel much longer than wait. A slower client is
 // never coalesced: its every byte is read as it comes.
 //
@@ -31,19 +31,29 @@ type coalescer struct {
 	wait time.Duration
 
 	last  time.Time   // the previous read (the reader's goroutine only)
-	high  atomic.Bool // the mark is raised
 	timer *time.Timer // lowers the mark after a long wait; made at the first raise
 	once  sync.Once
+
+	// mu orders the changes of the mark, so that once stop returns the
+	// socket's mark is low whatever the timer was doing; high says it is
+	// raised, and is read without mu on the reader's path.
+	mu   sync.Mutex
+	high atomic.Bool
 }
 
 // newCoalescer returns a coalescer for the socket rc, or nil when wait is
-// 0 (off) or the kernel does not wake readers when a mark is lowered.
+// 0 (off) or the kernel is older than 5.11. mark is capped at maxMark.
 func newCoalescer(rc syscall.RawConn, mark int, wait time.Duration) *coalescer {
-	if wait <= 0 || mark <= 1 || !lowatWakes() {
+	if wait <= 0 || mark <= 1 || !lowatWorks() {
 		return nil
 	}
-	return &coalescer{rc: rc, mark: mark, wait: wait}
+	return &coalescer{rc: rc, mark: min(mark, maxMark), wait: wait}
 }
+
+// maxMark caps the mark: raising SO_RCVLOWAT grows the socket's receive
+// buffer to hold twice the mark, kernel memory that --client-buffer-bytes
+// does not count and that is never given back.
+const maxMark = 256 << 10
 
 // read is told of every read of n > 0 bytes. It raises the mark when the
 // client sent faster than mark bytes per wait since the previous read.
@@ -55,10 +65,12 @@ func (co *coalescer) read(n int) {
 		return
 	}
 	co.once.Do(func() { co.timer = time.AfterFunc(time.Hour, co.lower); co.timer.Stop() })
+	co.mu.Lock()
 	if co.set(co.mark) {
 		co.high.Store(true)
 		coalesceRaises.Add(1)
 	}
+	co.mu.Unlock()
 }
 
 // coalesceRaises counts the marks raised, in every server (for tests).
@@ -75,9 +87,12 @@ func (co *coalescer) waiting() {
 // lower sets the mark back to one byte, waking a reader that waits with
 // bytes below the mark in the kernel.
 func (co *coalescer) lower() {
-	if co.high.CompareAndSwap(true, false) {
+	co.mu.Lock()
+	if co.high.Load() {
+		co.high.Store(false) // first: setting the mark wakes the reader
 		co.set(1)
 	}
+	co.mu.Unlock()
 }
 
 // stop lowers the mark and stops the timer: the reads are over, or the
@@ -96,14 +111,18 @@ func (co *coalescer) set(v int) bool {
 	return err == nil && serr == nil
 }
 
-// lowatWakes reports whether the kernel is Linux 4.18 or later, whose TCP
-// wakes a reader when SO_RCVLOWAT is lowered below what is waiting.
-var lowatWakes = sync.OnceValue(func() bool {
+// lowatWorks reports whether the kernel is Linux 5.11 or later. TCP wakes
+// a reader when SO_RCVLOWAT is lowered below what is waiting since 4.18;
+// until 5.11 a raised mark could also hold a sender back when the receive
+// buffer filled with small segments before the mark was reached (fixed
+// upstream in "tcp: fix SO_RCVLOWAT hangs with fat skbs" and its
+// predecessors), which the timer would only cut to a millisecond.
+var lowatWorks = sync.OnceValue(func() bool {
 	var u unix.Utsname
 	if unix.Uname(&u) != nil {
 		return false
 	}
-	return kernelAtLeast(unix.ByteSliceToString(u.Release[:]), 4, 18)
+	return kernelAtLeast(unix.ByteSliceToString(u.Release[:]), 5, 11)
 })
 
 // kernelAtLeast reports whether a kernel release ("6.1.0-13-amd64") is

@@ -53,8 +53,8 @@ func rcvlowat(t *testing.T, rc syscall.RawConn) int {
 // and the coalescer lowers the mark, which wakes it. A slow client is
 // never coalesced, and stop leaves the socket as it was accepted.
 func TestCoalescerRaisesAndLowersTheMark(t *testing.T) {
-	if !lowatWakes() {
-		t.Skip("Linux before 4.18: no coalescing")
+	if !lowatWorks() {
+		t.Skip("Linux before 5.11: no coalescing")
 	}
 	client, server := tcpPair(t)
 	rc, err := server.SyscallConn()
@@ -143,8 +143,8 @@ func TestCoalescerRaisesAndLowersTheMark(t *testing.T) {
 // lines and stays connected: they are delivered (the coalescer lowers the
 // mark after its wait), and the ledger closes.
 func TestCoalescedStreamDeliversItsTail(t *testing.T) {
-	if !lowatWakes() {
-		t.Skip("Linux before 4.18: no coalescing")
+	if !lowatWorks() {
+		t.Skip("Linux before 5.11: no coalescing")
 	}
 	srv, sink := startServer(t, func(c *Config) { c.ReadCoalesce = 20 * time.Millisecond })
 	c, err := net.Dial("tcp", srv.Addr().String())
@@ -196,8 +196,8 @@ func TestKernelAtLeast(t *testing.T) {
 // after a read that did (the count of that read must not be returned
 // again: the framer would cut past its buffer).
 func TestReadWithoutBufferAfterARead(t *testing.T) {
-	if !lowatWakes() {
-		t.Skip("Linux before 4.18: no coalescing")
+	if !lowatWorks() {
+		t.Skip("Linux before 5.11: no coalescing")
 	}
 	client, server := tcpPair(t)
 	r, ok := clientReader(&listener.Conn{Conn: server}, 64<<10, DefaultReadCoalesce).(*idleReader)

@@ -76,7 +76,7 @@ type Config struct {
 	// gather in the kernel until half a read is waiting, so that each
 	// read, batch and write to a target carries several of its writes;
 	// a byte waits at most about ReadCoalesce longer. Slower clients
-	// are read as their bytes come. Plain TCP clients on Linux 4.18 or
+	// are read as their bytes come. Plain TCP clients on Linux 5.11 or
 	// later (SO_RCVLOWAT); zero turns it off.
 	ReadCoalesce time.Duration
 	// ClientRate, if positive, bounds what one client connection may

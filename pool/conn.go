@@ -56,9 +56,9 @@ type upConn struct {
 	written int64                         // bytes handed to the socket
 	acked   int64                         // bytes known acknowledged
 	unacked []pending                     // in write order
-	// intended is where the writes so far meant to end: past written
-	// when one stopped inside a batch, and the connection must then end
-	// with a reset (abandoned).
+	// intended is past written when a write stopped inside a batch: the
+	// target holds a fragment, and the connection must end with a reset
+	// (abandoned).
 	intended int64
 
 	dead    chan struct{} // closed when the reader sees EOF or an error
@@ -180,7 +180,6 @@ func (c *upConn) write(bs []*framer.Batch, timeout time.Duration) error {
 		}
 		c.unacked = append(c.unacked, p)
 	}
-	c.intended = end
 	var n int64
 	var err error
 	if c.rw != nil {
@@ -191,7 +190,25 @@ func (c *upConn) write(bs []*framer.Batch, timeout time.Duration) error {
 	}
 	c.written += n
 	clear(c.bufs)
+	if c.written < end && !c.atBoundary(start, len(bs)) {
+		c.intended = end // the target holds a fragment of a batch
+	}
 	return err
+}
+
+// atBoundary reports whether written ends where one of the last k
+// batches of unacked begins or ends: a write that stopped there left the
+// target no fragment. start is where the first of them begins.
+func (c *upConn) atBoundary(start int64, k int) bool {
+	if c.written == start {
+		return true
+	}
+	for _, p := range c.unacked[len(c.unacked)-k:] {
+		if p.end == c.written {
+			return true
+		}
+	}
+	return false
 }
 
 // trimEncode lets go of encode buffers too large to keep.

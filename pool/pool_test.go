@@ -860,27 +860,3 @@ func TestTelemetryAfterFailover(t *testing.T) {
 		}
 	}
 }
-
-// A target that stops reading fails its connection at the write timeout:
-// the failure is counted, the unacknowledged batches go to the other
-// target, and once the stalled one reads again nothing is missing. (Its
-// state is not asserted: it still accepts connections, so a redial may mark
-// it up again at once.)
-func TestWriteTimeoutFailsOver(t *testing.T) {
-	cfg := testConfig()
-	cfg.Connections = 1
-	cfg.WriteTimeout = 200 * time.Millisecond
-	w := newWorld(t, 2, cfg)
-	stalled := w.set.Targets()[0]
-	w.start()
-	waitFor(t, func() bool { return stalled.Active() == 1 && w.set.Targets()[1].Active() == 1 })
-	w.sinks[0].Pause()
-	const lines = 400000 // far more than two socket buffers hold
-	w.push(1, 0, lines, 200)
-	waitFor(t, func() bool { return w.p.Stats().ConnFailures > 0 })
-	w.sinks[0].Resume()
-	w.finish()
-	if r := w.ledger.Check(map[uint32]uint32{1: lines}); r.Lost != 0 || r.Torn != 0 {
-		t.Fatal(r)
-	}
-}

@@ -54,11 +54,7 @@ func TestHardStopCutInsideABatchResetsEvenWhenAcknowledged(t *testing.T) {
 	cfg.Connections = 1
 	// A small send buffer: the write blocks inside a batch early, while
 	// the paused sink's kernel holds far less than what is queued.
-	cfg.Dialer = &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 16<<10) })
-		return cmp.Or(err, serr)
-	}}
+	cfg.Dialer = smallSendBuffer()
 	w := newWorld(t, 1, cfg)
 	w.sinks[0].Pause()
 	w.start()
@@ -79,5 +75,58 @@ func TestHardStopCutInsideABatchResetsEvenWhenAcknowledged(t *testing.T) {
 	}
 	if w.sinks[0].TornEOF() != 0 || w.p.Stats().Resets != 1 {
 		t.Fatalf("torn EOFs %d, resets %d: the connection must end with a reset", w.sinks[0].TornEOF(), w.p.Stats().Resets)
+	}
+}
+
+// A target that stops reading fails its connection at the write timeout:
+// the failure is counted, the unacknowledged batches go to the other
+// target, and once the stalled one reads again nothing is missing. (Its
+// state is not asserted: it still accepts connections, so a redial may mark
+// it up again at once.) Small send buffers make the stalled connection's
+// write block after its first few batches, however the two workers share
+// the queue.
+func TestWriteTimeoutFailsOver(t *testing.T) {
+	cfg := testConfig()
+	cfg.Connections = 1
+	cfg.WriteTimeout = 200 * time.Millisecond
+	cfg.Dialer = smallSendBuffer()
+	w := newWorld(t, 2, cfg)
+	stalled := w.set.Targets()[0]
+	w.start()
+	waitFor(t, func() bool { return stalled.Active() == 1 && w.set.Targets()[1].Active() == 1 })
+	w.sinks[0].Pause()
+	const lines = 20000 // far more than two socket buffers hold
+	w.push(1, 0, lines, 200)
+	waitFor(t, func() bool { return w.p.Stats().ConnFailures > 0 })
+	w.sinks[0].Resume()
+	w.finish()
+	if r := w.ledger.Check(map[uint32]uint32{1: lines}); r.Lost != 0 || r.Torn != 0 {
+		t.Fatal(r)
+	}
+}
+
+// smallSendBuffer is a dialer whose connections have a 16 KiB send buffer.
+func smallSendBuffer() *net.Dialer {
+	return &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 16<<10) })
+		return cmp.Or(err, serr)
+	}}
+}
+
+// A write that stopped where a batch begins or ends left the target no
+// fragment: the connection need not end with a reset for it. One that
+// stopped inside a batch did.
+func TestAtBoundary(t *testing.T) {
+	c := &upConn{unacked: []pending{{end: 100}, {end: 250}, {end: 400}}}
+	for written, want := range map[int64]bool{0: true, 50: false, 100: true, 200: false, 250: true, 399: false, 400: true} {
+		c.written = written
+		if got := c.atBoundary(0, 3); got != want {
+			t.Errorf("written %d: atBoundary %v, want %v", written, got, want)
+		}
+	}
+	c.written = 100 // the end of a batch written by an earlier write
+	if c.atBoundary(150, 1) {
+		t.Error("an earlier write's batch end counted as this write's boundary")
 	}
 }
