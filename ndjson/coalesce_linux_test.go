@@ -1,6 +1,7 @@
 package ndjson
 
 import (
+	"context"
 	"errors"
 	"net"
 	"syscall"
@@ -216,5 +217,63 @@ func TestReadWithoutBufferAfterARead(t *testing.T) {
 	}
 	if n, err := r.ReadBuffer(func() []byte { return buf }, func() {}); n != 100 || err != nil {
 		t.Fatalf("read after it: %d, %v", n, err)
+	}
+}
+
+// A connection moved to another process while its mark is raised arrives
+// there with the mark lowered: the new process, which knows nothing of
+// the old one's coalescing, would otherwise wait for half a read before it
+// saw a slow client's next line.
+func TestHandOffLowersTheMark(t *testing.T) {
+	if !lowatWorks() {
+		t.Skip("Linux before 5.11: no coalescing")
+	}
+	// A wait far longer than the test: only stop can lower the mark.
+	old, sink := startServer(t, func(c *Config) { c.ReadCoalesce = time.Minute })
+	next, err := New(old.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next.Start(newLocalListener(t))
+	c, err := net.Dial("tcp", old.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Minute))
+	raised := coalesceRaises.Load()
+	const lines = 100000
+	if _, err := linetest.Send(c, 1, 0, lines, 16<<10); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the stream coalesced", func() bool { return coalesceRaises.Load() > raised })
+	if ln := old.Handover(); ln != nil {
+		ln.Close()
+	}
+	move := moveTo(t, next)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	moved := old.HandOff(ctx, func(tr Transfer) error {
+		rc, err := tr.Conn.SyscallConn()
+		if err != nil {
+			return err
+		}
+		if got := rcvlowat(t, rc); got != 1 {
+			t.Errorf("the socket leaves with SO_RCVLOWAT %d", got)
+		}
+		return move(tr)
+	})
+	if moved != 1 {
+		t.Fatalf("moved %d connections, want 1", moved)
+	}
+	// One more line, far below any mark: the new process reads it now.
+	if _, err := c.Write(linetest.AppendLine(nil, 1, lines)); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "every line delivered", func() bool { return sink.Lines() == lines+1 })
+	c.Close()
+	a, b := old.Shutdown(), next.Shutdown()
+	if a.Ledger.Received+b.Ledger.Received != lines+1 || a.Ledger.Delivered+b.Ledger.Delivered != lines+1 {
+		t.Fatalf("old %+v, new %+v", a.Ledger, b.Ledger)
 	}
 }
