@@ -175,6 +175,15 @@ func (l *evloop) stop() {
 // events with non-blocking epoll_waits: a goroutine blocked in epoll_wait
 // would make the scheduler hand its processor to another thread, and back,
 // at every wait.
+//
+// The events are served inside the poller's read callback, which returns
+// false to wait once a harvest left fewer events than it could take: every
+// event that comes after a harvest makes the epoll descriptor readable
+// again, and the runtime keeps that readiness within one RawConn.Read (it
+// forgets it only when a new Read begins, which is why each begins with a
+// harvest). So a wake-up costs one epoll_wait, not a second one to find the
+// set empty, and the read deadline is set only when the earliest timer
+// moves closer.
 func (l *evloop) run() {
 	defer l.file.Close()
 	rc, err := l.file.SyscallConn()
@@ -183,72 +192,99 @@ func (l *evloop) run() {
 		return
 	}
 	events := make([]unix.EpollEvent, 256)
-	var n int
 	var werr error
-	// harvest must poll before it returns false: RawRead forgets the
-	// runtime poller's readiness before its first call.
-	harvest := func(fd uintptr) bool {
-		n, werr = rawio.EpollPoll(int(fd), events)
-		return n != 0 || (werr != nil && werr != unix.EINTR)
+	var stopped bool
+	var deadline int64 // the epoll descriptor's read deadline (Unix ns); 0: none
+	serve := func(fd uintptr) bool {
+		for {
+			n, err := rawio.EpollPoll(int(fd), events)
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err != nil:
+				werr = err
+				return true
+			}
+			if l.dispatch(events[:n]) {
+				stopped = true
+				return true
+			}
+			l.timers()
+			l.turn()
+			until, now := l.plan(deadline)
+			if until <= now || n == len(events) {
+				continue // work now, or more events than one harvest takes
+			}
+			if deadline == 0 || until < deadline {
+				deadline = until
+				_ = l.file.SetReadDeadline(time.Unix(0, until))
+			}
+			return false
+		}
 	}
 	for {
-		if wait := l.plan(); wait == 0 {
-			harvest(uintptr(l.epfd))
-		} else {
-			_ = l.file.SetReadDeadline(time.Now().Add(time.Duration(wait) * time.Millisecond))
-			if err := rc.Read(harvest); err != nil {
-				n, werr = 0, nil // the deadline: timers are due
-			}
-		}
-		if werr != nil && werr != unix.EINTR {
+		err := rc.Read(serve)
+		switch {
+		case stopped:
+			return
+		case werr != nil:
 			l.s.log.Error("event loop failed; its connections stall", "err", os.NewSyscallError("epoll_wait", werr))
 			return
+		case err != nil: // the deadline: timers are due (serve runs them)
+			deadline = 0
+			_ = l.file.SetReadDeadline(time.Time{})
 		}
-		for _, ev := range events[:max(n, 0)] {
-			if ev.Fd == 0 {
-				var b [8]byte
-				_, _ = unix.Read(l.evfd, b[:])
-				if l.stopped.Load() {
-					return
-				}
-				continue
-			}
-			slot, gen, side := uint32(ev.Fd-1), uint32(ev.Pad)>>1, int(ev.Pad&1)
-			l.mu.Lock()
-			var lc *lconn
-			if int(slot) < len(l.slots) {
-				lc = l.slots[slot]
-			}
-			l.mu.Unlock()
-			if lc != nil && lc.gen == gen {
-				lc.event(side, ev.Events)
-			}
-		}
-		n = 0
-		l.timers()
-		l.turn()
 	}
 }
 
-// plan returns how long the next epoll_wait may sleep, in milliseconds:
-// not at all when connections wait for another turn, else until the
-// earliest deadline, at most loopIdleWait.
-func (l *evloop) plan() int {
-	if len(l.ready) > 0 {
-		return 0
+// dispatch hands each event to its connection, and reports whether the
+// loop was stopped.
+func (l *evloop) dispatch(events []unix.EpollEvent) (stopped bool) {
+	for _, ev := range events {
+		if ev.Fd == 0 {
+			var b [8]byte
+			_, _ = unix.Read(l.evfd, b[:])
+			if l.stopped.Load() {
+				return true
+			}
+			continue
+		}
+		slot, gen, side := uint32(ev.Fd-1), uint32(ev.Pad)>>1, int(ev.Pad&1)
+		l.mu.Lock()
+		var lc *lconn
+		if int(slot) < len(l.slots) {
+			lc = l.slots[slot]
+		}
+		l.mu.Unlock()
+		if lc != nil && lc.gen == gen {
+			lc.event(side, ev.Events)
+		}
 	}
-	now := time.Now().UnixNano()
-	until := now + int64(loopIdleWait)
+	return false
+}
+
+// plan returns when the loop must act next, in Unix nanoseconds, and now:
+// at once when connections wait for another turn, else at the earliest
+// deadline, at most loopIdleWait from now. deadline is the read deadline
+// set (0: none), which the wait keeps when it is earlier. It publishes
+// when the wait ends (wakeAt) under the lock add takes, so that a
+// connection added meanwhile is either seen here or wakes the loop.
+func (l *evloop) plan(deadline int64) (until, now int64) {
+	now = time.Now().UnixNano()
+	if len(l.ready) > 0 {
+		return now, now
+	}
+	until = now + int64(loopIdleWait)
 	l.mu.Lock()
 	for _, lc := range l.timed {
 		until = min(until, lc.deadline)
 	}
 	l.wakeAt = until
-	l.mu.Unlock()
-	if until <= now {
-		return 0
+	if deadline != 0 && deadline < until {
+		l.wakeAt = deadline
 	}
-	return int((until - now + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+	l.mu.Unlock()
+	return until, now
 }
 
 // turn gives the connections whose last turn ended early another one.
