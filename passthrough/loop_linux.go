@@ -2,6 +2,7 @@ package passthrough
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -150,6 +151,14 @@ func newLoop(s *Server) (*evloop, error) {
 		return nil, err
 	}
 	l := &evloop{s: s, epfd: epfd, evfd: evfd, buf: make([]byte, loopReadBytes), file: os.NewFile(uintptr(epfd), "epoll")}
+	// The loop waits in the runtime's poller with deadlines: an epoll
+	// descriptor the poller did not take cannot have one, and the server
+	// serves with goroutines instead.
+	if err := l.file.SetReadDeadline(time.Time{}); err != nil {
+		l.file.Close()
+		unix.Close(evfd)
+		return nil, fmt.Errorf("event loop: epoll descriptor not pollable: %w", err)
+	}
 	l.wg.Go(l.run)
 	return l, nil
 }
@@ -181,9 +190,10 @@ func (l *evloop) stop() {
 // event that comes after a harvest makes the epoll descriptor readable
 // again, and the runtime keeps that readiness within one RawConn.Read (it
 // forgets it only when a new Read begins, which is why each begins with a
-// harvest). So a wake-up costs one epoll_wait, not a second one to find the
-// set empty, and the read deadline is set only when the earliest timer
-// moves closer.
+// harvest). So a wake-up usually costs one epoll_wait (the runtime may
+// report an edge whose events a harvest already took), not a second one
+// to find the set empty, and the read deadline is set only when the
+// earliest timer moves closer.
 func (l *evloop) run() {
 	defer l.file.Close()
 	rc, err := l.file.SyscallConn()
@@ -230,9 +240,12 @@ func (l *evloop) run() {
 		case werr != nil:
 			l.s.log.Error("event loop failed; its connections stall", "err", os.NewSyscallError("epoll_wait", werr))
 			return
-		case err != nil: // the deadline: timers are due (serve runs them)
+		case errors.Is(err, os.ErrDeadlineExceeded): // timers are due (serve runs them)
 			deadline = 0
 			_ = l.file.SetReadDeadline(time.Time{})
+		case err != nil: // not in the runtime's poller, or closed: it would spin
+			l.s.log.Error("event loop failed; its connections stall", "err", err)
+			return
 		}
 	}
 }
