@@ -65,17 +65,7 @@ func TestHardStopCutInsideABatchResetsEvenWhenAcknowledged(t *testing.T) {
 	w.sinks[0].Resume() // within the acknowledgement grace: what was written is acknowledged
 	<-w.done
 	delivered, dropped := w.q.Stats().LinesOut, w.q.Discard()
-	if !w.sinks[0].WaitDrained(10 * time.Second) {
-		t.Fatal("the sink did not finish")
-	}
-	r := w.ledger.Check(map[uint32]uint32{1: 20000})
-	t.Logf("delivered %d, dropped %d; %s", delivered, dropped, r)
-	if delivered+dropped != 20000 || r.Received != delivered || r.Duplicated != 0 || r.Torn != 0 {
-		t.Fatalf("delivered %d + dropped %d; the target got %d: every acknowledged line and no other", delivered, dropped, r.Received)
-	}
-	if w.sinks[0].TornEOF() != 0 || w.p.Stats().Resets != 1 {
-		t.Fatalf("torn EOFs %d, resets %d: the connection must end with a reset", w.sinks[0].TornEOF(), w.p.Stats().Resets)
-	}
+	w.checkHardStop(delivered, dropped, 20000)
 }
 
 // A target that stops reading fails its connection at the write timeout:
