@@ -10,9 +10,9 @@
 // holds; TLS connections do so in their own reads. Handover gives the open
 // listening socket to a successor, so a reload resets no queued client.
 // For a handler that serves sockets itself (passthrough's event loops),
-// Config.RawAccept takes the connections the kernel has queued with a
-// non-blocking accept4, outside the runtime's poller (Conn.TakeFD,
-// Conn.Materialize).
+// Config.RawAccept waits on a duplicate of the listening socket and takes
+// connections with raw, non-blocking accept4 calls, their sockets outside
+// the runtime's poller (Conn.TakeFD, Conn.Materialize).
 //
 // What a connection carries is the Handler's business; the listener neither
 // reads nor writes application data after the PROXY header.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -191,19 +192,23 @@ type Config struct {
 	// handler whose ServeConn never blocks (it hands the connection on and
 	// returns), which saves a hand-off between goroutines per connection.
 	Inline bool
-	// RawAccept, with Inline (and no TLS or PROXY header), accepts the
-	// connections the kernel has queued with a non-blocking accept4 and
-	// keeps their sockets out of the runtime's poller (Linux): for a
-	// handler that serves the socket itself. Its handler calls
-	// Conn.TakeFD, or Conn.Materialize before it reads or writes the
-	// connection. When none is queued (or the handler, a RawWanter,
-	// does not want it) the listener accepts in Accept as usual, so
-	// some connections still come as *net.TCPConn. It saves the
-	// poller's registration and removal, the runtime's records and, on
-	// a listener bound to one address, getsockname for each connection.
-	// The socket keeps the listening socket's options (TCP keepalive
-	// among them, whatever the net.ListenConfig said) and gets
-	// TCP_NODELAY, as Go sets it.
+	// RawAccept, with Inline (and no TLS or PROXY header), accepts
+	// connections with raw, non-blocking accept4 calls and keeps their
+	// sockets out of the runtime's poller (Linux): for a handler that
+	// serves the socket itself. The listener waits for connections on a
+	// duplicate of the listening socket in the runtime's poller. Its
+	// handler calls Conn.TakeFD, or Conn.Materialize before it reads or
+	// writes the connection. When the handler, a RawWanter, does not
+	// want the socket, or the duplicate cannot be made, the listener
+	// accepts in Accept as usual and the connection comes as a
+	// *net.TCPConn. It saves the poller's registration and removal, the
+	// runtime's records and, on a listener bound to one address,
+	// getsockname for each connection; and since the scheduler is not
+	// told of raw system calls, its monitor thread is not woken each
+	// time the process wakes from idle (see acceptRaw). The socket keeps
+	// the listening socket's options (TCP keepalive among them,
+	// whatever the net.ListenConfig said) and gets TCP_NODELAY, as Go
+	// sets it.
 	RawAccept bool
 }
 
@@ -251,7 +256,9 @@ type Stats struct {
 // Listener accepts connections and hands them to a Handler.
 type Listener struct {
 	ln       net.Listener
-	rawLn    syscall.RawConn // the listening socket, when accepting raw sockets
+	rawWait  *os.File        // a duplicate of the listening socket raw accepts wait on; guarded by mu
+	rawRC    syscall.RawConn // rawWait's; owned by Serve
+	rawUntil time.Time       // the deadline for rawWait, set by Shutdown or Handover; guarded by mu
 	rawLocal *net.TCPAddr    // the local address of raw sockets, unless listening on a wildcard
 	h        Handler
 	cfg      Config
@@ -334,6 +341,11 @@ func (l *Listener) Serve() error {
 	defer close(l.done)
 	var delay time.Duration
 	raw := l.rawAccepting()
+	defer func() {
+		l.mu.Lock()
+		l.closeRawWait()
+		l.mu.Unlock()
+	}()
 	for {
 		if !l.takeSlot() {
 			l.closeSocket()
@@ -371,14 +383,11 @@ func (l *Listener) Serve() error {
 	}
 }
 
-// accept takes the next connection: raw while the kernel has some queued
-// (and the listener is not stopping), else from the listener's Accept,
-// which waits in the runtime's poller.
+// accept waits for the next connection and takes it, raw or from the
+// listener's Accept.
 func (l *Listener) accept(raw bool) (net.Conn, error) {
-	if raw && !l.isDraining() {
-		if c, ok := l.acceptRaw(); ok {
-			return c, nil
-		}
+	if raw {
+		return l.acceptRaw()
 	}
 	return l.ln.Accept()
 }
@@ -425,6 +434,7 @@ func (l *Listener) freeSlot() {
 func (l *Listener) closeSocket() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.closeRawWait()
 	if !l.handedOver {
 		l.ln.Close()
 	}
@@ -445,6 +455,7 @@ func (l *Listener) Handover() net.Listener {
 	}
 	l.mu.Lock()
 	l.draining, l.handedOver = true, true
+	l.rawDeadline(time.Unix(1, 0)) // wakes the raw accepts' wait
 	l.mu.Unlock()
 	_ = dl.SetDeadline(time.Unix(1, 0)) // wakes Accept
 	l.stopAccepting()                   // wakes a wait at MaxConns
@@ -592,10 +603,12 @@ func (l *Listener) Shutdown(ctx context.Context) error {
 	l.mu.Lock()
 	l.draining = true
 	handedOver := l.handedOver
+	grace := time.Now().Add(backlogGrace)
+	l.rawDeadline(grace)
 	l.mu.Unlock()
 	if !handedOver {
 		// Accept what the kernel has already queued, then stop.
-		if dl, ok := l.ln.(deadliner); !ok || dl.SetDeadline(time.Now().Add(backlogGrace)) != nil {
+		if dl, ok := l.ln.(deadliner); !ok || dl.SetDeadline(grace) != nil {
 			l.ln.Close()
 		}
 		stop := time.AfterFunc(backlogGrace, l.stopAccepting)

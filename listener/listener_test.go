@@ -94,24 +94,30 @@ func start(t *testing.T, h Handler, cfg Config) *Listener {
 // Connections that were complete in the kernel's backlog when Shutdown
 // began are served, not reset.
 func TestShutdownServesBacklog(t *testing.T) {
-	h := &readAll{}
-	l := start(t, h, Config{})
-	for range 20 {
-		c, err := net.Dial("tcp", l.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Write([]byte("hello"))
-		c.Close()
-	}
-	if err := l.Shutdown(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if len(h.data) != 20 {
-		t.Fatalf("served %d of 20 connections", len(h.data))
-	}
-	if _, err := net.DialTimeout("tcp", l.Addr().String(), time.Second); err == nil {
-		t.Fatal("still accepting after Shutdown")
+	for _, raw := range []bool{false, true} {
+		t.Run(fmt.Sprintf("raw=%v", raw), func(t *testing.T) {
+			h := &readAll{}
+			l := start(t, h, Config{Inline: raw, RawAccept: raw})
+			for range 20 {
+				c, err := net.Dial("tcp", l.Addr().String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.Write([]byte("hello"))
+				c.Close()
+			}
+			if err := l.Shutdown(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if len(h.data) != 20 {
+				t.Fatalf("served %d of 20 connections", len(h.data))
+			}
+			// Raw accepts wait on a duplicate of the socket: it is
+			// closed too.
+			if _, err := net.DialTimeout("tcp", l.Addr().String(), time.Second); err == nil {
+				t.Fatal("still accepting after Shutdown")
+			}
+		})
 	}
 }
 

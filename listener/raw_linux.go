@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ndlb/ndlb/internal/rawio"
 )
 
 // errRawConn is what a raw connection answers to reads and writes: its
@@ -103,7 +105,8 @@ func (r *rawConn) materialize() (net.Conn, error) {
 }
 
 // rawAccepting reports whether Serve accepts raw sockets, and prepares
-// it.
+// it: a duplicate of the listening socket, in the runtime's poller, that
+// Serve waits on (a listener's own RawConn cannot wait for readiness).
 func (l *Listener) rawAccepting() bool {
 	if !l.cfg.RawAccept || !l.cfg.Inline || l.cfg.TLS != nil || l.cfg.AcceptProxy {
 		return false
@@ -116,40 +119,92 @@ func (l *Listener) rawAccepting() bool {
 	if err != nil {
 		return false
 	}
-	l.rawLn = rc
+	dup := -1
+	if cerr := rc.Control(func(fd uintptr) { dup, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); cerr != nil || err != nil {
+		return false
+	}
+	f := os.NewFile(uintptr(dup), "listener") // non-blocking, as the original: in the runtime's poller
+	wrc, err := f.SyscallConn()
+	if err != nil || f.SetDeadline(time.Time{}) != nil { // not in the poller: it could not wait
+		f.Close()
+		return false
+	}
+	l.mu.Lock()
+	l.rawWait, l.rawRC = f, wrc
+	if !l.rawUntil.IsZero() { // Shutdown or Handover came first
+		_ = f.SetDeadline(l.rawUntil)
+	}
+	l.mu.Unlock()
 	if a, ok := tl.Addr().(*net.TCPAddr); ok && !a.IP.IsUnspecified() {
 		l.rawLocal = &net.TCPAddr{IP: a.IP, Port: a.Port, Zone: a.Zone} // shared by the connections
 	}
 	return true
 }
 
-// acceptRaw accepts a connection the kernel has queued, with a
-// non-blocking accept4 on the listening socket, and keeps the new socket
-// out of the runtime's poller. ok is false when none is queued, or on any
-// error: Serve then waits in the listener's Accept, which reports errors
-// (a listening socket's RawConn cannot wait for readiness, only Control).
-func (l *Listener) acceptRaw() (net.Conn, bool) {
-	if w, ok := l.h.(RawWanter); ok && !w.WantsRaw() {
-		return nil, false
+// rawDeadline sets the deadline of the raw accepts' wait, now or when it
+// begins. Called with l.mu held.
+func (l *Listener) rawDeadline(t time.Time) {
+	l.rawUntil = t
+	if l.rawWait != nil {
+		_ = l.rawWait.SetDeadline(t)
 	}
-	var nfd int
-	var sa unix.Sockaddr
-	var aerr error
-	err := l.rawLn.Control(func(fd uintptr) {
+}
+
+// closeRawWait closes the duplicate of the listening socket that raw
+// accepts wait on (the socket itself stays open while l.ln is). Called
+// with l.mu held.
+func (l *Listener) closeRawWait() {
+	if l.rawWait != nil {
+		l.rawWait.Close()
+		l.rawWait = nil
+	}
+}
+
+// acceptRaw waits for a connection and accepts it with a non-blocking
+// accept4, keeping the new socket out of the runtime's poller. Its system
+// calls are raw: a thread that returns from a system call the scheduler
+// was told of wakes the scheduler's monitor thread when it sleeps (the
+// process was idle), and the monitor then polls every 20 µs for a while.
+// When the handler, a RawWanter, does not want the socket, the
+// connection is accepted the usual way.
+func (l *Listener) acceptRaw() (net.Conn, error) {
+	var (
+		nfd      int
+		sa       unix.RawSockaddrAny
+		aerr     error
+		ordinary bool
+	)
+	w, _ := l.h.(RawWanter)
+	err := l.rawRC.Read(func(fd uintptr) bool {
+		if w != nil && !w.WantsRaw() {
+			ordinary = true
+			return true
+		}
 		for {
-			nfd, sa, aerr = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-			if aerr != unix.EINTR && aerr != unix.ECONNABORTED { // retried, as Go's Accept does
-				return
+			nfd, aerr = rawio.Accept4(int(fd), &sa)
+			switch aerr {
+			case unix.EINTR, unix.ECONNABORTED: // retried, as Go's Accept does
+				continue
+			case unix.EAGAIN: // wait
+				return false
 			}
+			return true
 		}
 	})
-	if err != nil || aerr != nil {
-		return nil, false
+	switch {
+	case ordinary:
+		return l.ln.Accept()
+	case errors.Is(err, os.ErrClosed):
+		return nil, net.ErrClosed
+	case err != nil:
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.ln.Addr(), Err: err}
+	case aerr != nil:
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.ln.Addr(), Err: os.NewSyscallError("accept4", aerr)}
 	}
 	// As Go does for the connections it accepts: no Nagle delay on small
 	// writes.
-	_ = unix.SetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	r := &rawConn{fd: nfd, raddr: sockaddrTCP(sa), laddr: l.rawLocal}
+	_ = rawio.SetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	r := &rawConn{fd: nfd, raddr: rawTCPAddr(&sa), laddr: l.rawLocal}
 	if l.rawLocal == nil { // listening on a wildcard address
 		if lsa, err := unix.Getsockname(nfd); err == nil {
 			r.laddr = sockaddrTCP(lsa)
@@ -157,7 +212,28 @@ func (l *Listener) acceptRaw() (net.Conn, bool) {
 			r.laddr = l.ln.Addr()
 		}
 	}
-	return r, true
+	return r, nil
+}
+
+// rawTCPAddr converts an accepted socket's peer address.
+func rawTCPAddr(sa *unix.RawSockaddrAny) *net.TCPAddr {
+	ap, scope, ok := rawio.SockaddrAddrPort(sa)
+	if !ok {
+		return &net.TCPAddr{}
+	}
+	a := net.TCPAddrFromAddrPort(ap)
+	if scope != 0 {
+		a.Zone = zoneName(scope)
+	}
+	return a
+}
+
+// zoneName is the name of the interface with index scope, or the index.
+func zoneName(scope uint32) string {
+	if ifi, err := net.InterfaceByIndex(int(scope)); err == nil {
+		return ifi.Name
+	}
+	return strconv.Itoa(int(scope))
 }
 
 // sockaddrTCP converts an accepted socket's address.
@@ -168,11 +244,7 @@ func sockaddrTCP(sa unix.Sockaddr) *net.TCPAddr {
 	case *unix.SockaddrInet6:
 		a := &net.TCPAddr{IP: net.IP(append([]byte(nil), sa.Addr[:]...)), Port: sa.Port}
 		if sa.ZoneId != 0 {
-			if ifi, err := net.InterfaceByIndex(int(sa.ZoneId)); err == nil {
-				a.Zone = ifi.Name
-			} else {
-				a.Zone = strconv.Itoa(int(sa.ZoneId))
-			}
+			a.Zone = zoneName(sa.ZoneId)
 		}
 		return a
 	}

@@ -1,8 +1,12 @@
 package listener
 
 import (
+	"bytes"
 	"io"
+	"log/slog"
 	"net"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -57,10 +61,11 @@ func (h *rawHandler) ServeConn(c *Conn) {
 	_, _ = c.Write(buf[:n])
 }
 
-// Connections the kernel has queued are accepted raw: the handler takes
-// their sockets, with the client's and the local address right; others
-// come the usual way. Materialize makes a raw connection an ordinary one,
-// and connections the handler never took are closed by the listener.
+// Connections are accepted raw, those queued before Serve and those that
+// come later: the handler takes their sockets, with the client's and the
+// local address right. Materialize makes a raw connection an ordinary
+// one, and connections the handler never took are closed by the
+// listener.
 func TestRawAccept(t *testing.T) {
 	for _, echo := range []bool{false, true} {
 		h := &rawHandler{addrs: make(chan [2]net.Addr, 64), echo: echo}
@@ -101,8 +106,8 @@ func TestRawAccept(t *testing.T) {
 				t.Fatalf("client %v local %v, want %v %v", a[0], a[1], c.LocalAddr(), c.RemoteAddr())
 			}
 		}
-		if !echo && h.raw.Load() == 0 {
-			t.Fatal("no queued connection was accepted raw")
+		if !echo && h.raw.Load() != 8 {
+			t.Fatalf("%d of 8 queued connections accepted raw", h.raw.Load())
 		}
 		if n := h.keepAlive.Load(); n != 0 {
 			t.Fatalf("%d connections made ordinary have TCP keepalive on", n)
@@ -117,7 +122,7 @@ func TestRawAccept(t *testing.T) {
 		if echo {
 			c.Write([]byte("ping"))
 		}
-		if b, err := io.ReadAll(c); err != nil || len(b) < 3 {
+		if b, err := io.ReadAll(c); err != nil || len(b) < 3 || (!echo && string(b) != "raw") {
 			t.Fatalf("late connection read %q %v", b, err)
 		}
 		<-h.addrs
@@ -202,5 +207,132 @@ func TestRawWanterDeclines(t *testing.T) {
 	<-done
 	if h.all.Load() != 4 || h.raw.Load() != 0 {
 		t.Fatalf("%d connections, %d of them raw; want 4, none raw", h.all.Load(), h.raw.Load())
+	}
+}
+
+// Shutdown or Handover called before Serve has begun its raw wait still
+// ends it: the wait takes the deadline they set.
+func TestRawServeStartsAfterStopping(t *testing.T) {
+	for _, how := range []string{"shutdown", "handover"} {
+		t.Run(how, func(t *testing.T) {
+			ln := newLocalListener(t)
+			l := New(ln, handlerFunc(func(*Conn) {}), Config{Inline: true, RawAccept: true, Logger: quiet()})
+			stopped := make(chan struct{})
+			go func() {
+				defer close(stopped)
+				if how == "shutdown" {
+					l.Shutdown(t.Context())
+				} else {
+					l.Handover()
+				}
+			}()
+			for !l.isDraining() {
+				time.Sleep(time.Millisecond)
+			}
+			served := make(chan error, 1)
+			go func() { served <- l.Serve() }()
+			select {
+			case err := <-served:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(10 * time.Second):
+				l.mu.Lock()
+				l.closeRawWait()
+				l.mu.Unlock()
+				<-served
+				t.Fatal("Serve went on waiting after the listener began to stop")
+			}
+			<-stopped
+		})
+	}
+}
+
+// Out of file descriptors, a raw accept fails; the listener logs it and
+// retries after a delay that doubles, without spinning, and serves the
+// connection once descriptors are free again.
+func TestRawAcceptOutOfDescriptorsBacksOff(t *testing.T) {
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
+	served := make(chan bool, 1)
+	ln := newLocalListener(t)
+	l := New(ln, handlerFunc(func(c *Conn) {
+		fd, ok := c.TakeFD()
+		if ok {
+			unix.Close(fd)
+		}
+		served <- ok
+	}), Config{Inline: true, RawAccept: true, Logger: log})
+	done := make(chan error, 1)
+	go func() { done <- l.Serve() }()
+	retries := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Count(logs.String(), "accept failed; retrying")
+	}
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	// A first connection: Serve has made its descriptors and waits.
+	first, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	if raw := <-served; !raw {
+		t.Fatal("the first connection was not accepted raw")
+	}
+	// A spare descriptor, closed under the lowered limit, leaves room
+	// for the client's socket and none for the accepted one.
+	spare, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0) // the lowest free number after spare
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(probe)
+	low := old
+	low.Cur = uint64(probe)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
+		unix.Close(spare)
+		t.Skipf("cannot lower the descriptor limit: %v", err)
+	}
+	unix.Close(spare)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		unix.Setrlimit(unix.RLIMIT_NOFILE, &old)
+		t.Fatal(err)
+	}
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for retries() < 3 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	if n := retries(); n < 3 || n > 8 { // 5, 10, 20 ms, ...: a few, not a spin
+		t.Fatalf("%d retries logged, want 3 to 8\n%s", n, logs.String())
+	}
+	select {
+	case raw := <-served:
+		if !raw {
+			t.Fatal("served, but not raw")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection was not served once descriptors were free")
+	}
+	mu.Lock()
+	if !strings.Contains(logs.String(), "too many open files") {
+		t.Errorf("the log does not say why:\n%s", logs.String())
+	}
+	mu.Unlock()
+	l.Shutdown(t.Context())
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -2,7 +2,10 @@
 
 package listener
 
-import "net"
+import (
+	"net"
+	"time"
+)
 
 // rawConn exists on Linux only; elsewhere Config.RawAccept is ignored.
 type rawConn struct{ net.Conn }
@@ -13,4 +16,8 @@ func (r *rawConn) materialize() (net.Conn, error) { return r.Conn, nil }
 
 func (l *Listener) rawAccepting() bool { return false }
 
-func (l *Listener) acceptRaw() (net.Conn, bool) { return nil, false }
+func (l *Listener) acceptRaw() (net.Conn, error) { return l.ln.Accept() }
+
+func (l *Listener) rawDeadline(time.Time) {}
+
+func (l *Listener) closeRawWait() {}

@@ -21,7 +21,7 @@ var allowed = map[string][]string{
 	"framer":   {"invalid"},
 	"upstream": {},
 	"tlsutil":  {},
-	"listener": {"internal/gopool", "invalid"},
+	"listener": {"internal/gopool", "internal/rawio", "invalid"},
 	"dispatch": {"framer", "invalid"},
 	"pool":     {"dispatch", "framer", "internal/rawio", "invalid", "tlsutil", "upstream"},
 	"ndjson": {"balance", "dispatch", "framer", "internal/gopool", "internal/rawio", "invalid", "listener", "pool", "route", "routekey",

@@ -116,3 +116,53 @@ func EpollPoll(epfd int, events []unix.EpollEvent) (int, error) {
 	}
 	return int(n), nil
 }
+
+// Accept4 is accept4(2) on the non-blocking listening socket fd, as a raw
+// system call: the new socket is non-blocking and close-on-exec, and sa
+// holds its peer's address. It returns EAGAIN when no connection is
+// queued.
+func Accept4(fd int, sa *unix.RawSockaddrAny) (int, error) {
+	n := uint32(unix.SizeofSockaddrAny)
+	nfd, _, e := syscall.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(sa)), uintptr(unsafe.Pointer(&n)),
+		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if e != 0 {
+		return -1, e
+	}
+	return int(nfd), nil
+}
+
+// SockaddrAddrPort is the IPv4 or IPv6 address and port in sa, and the
+// IPv6 scope (interface index, 0 for none); ok is false for other
+// families.
+func SockaddrAddrPort(sa *unix.RawSockaddrAny) (ap netip.AddrPort, scope uint32, ok bool) {
+	switch sa.Addr.Family {
+	case unix.AF_INET:
+		in := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		p := (*[2]byte)(unsafe.Pointer(&in.Port))
+		return netip.AddrPortFrom(netip.AddrFrom4(in.Addr), uint16(p[0])<<8|uint16(p[1])), 0, true
+	case unix.AF_INET6:
+		in := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
+		p := (*[2]byte)(unsafe.Pointer(&in.Port))
+		return netip.AddrPortFrom(netip.AddrFrom16(in.Addr), uint16(p[0])<<8|uint16(p[1])), in.Scope_id, true
+	}
+	return netip.AddrPort{}, 0, false
+}
+
+// Socket is socket(2) as a raw system call.
+func Socket(domain, typ, proto int) (int, error) {
+	fd, _, e := syscall.RawSyscall(syscall.SYS_SOCKET, uintptr(domain), uintptr(typ), uintptr(proto))
+	if e != 0 {
+		return -1, e
+	}
+	return int(fd), nil
+}
+
+// SetsockoptInt is setsockopt(2) of an int option, as a raw system call.
+func SetsockoptInt(fd, level, opt, value int) error {
+	v := int32(value)
+	_, _, e := syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(unsafe.Pointer(&v)), 4, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
