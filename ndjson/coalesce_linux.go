@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ndlb/ndlb/internal/rawio"
 )
 
 // coalescer lets a fast client's bytes gather in the kernel between reads.
@@ -104,10 +106,13 @@ func (co *coalescer) stop() {
 	co.lower()
 }
 
-// set sets the socket's SO_RCVLOWAT and reports whether it could.
+// set sets the socket's SO_RCVLOWAT and reports whether it could, with a
+// raw system call: the timer's goroutine that lowers the mark often runs
+// after the process was idle, where an ordinary one wakes the scheduler's
+// monitor (see internal/rawio).
 func (co *coalescer) set(v int) bool {
 	var serr error
-	err := co.rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, v) })
+	err := co.rc.Control(func(fd uintptr) { serr = rawio.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, v) })
 	return err == nil && serr == nil
 }
 
