@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ndlb/ndlb/internal/mono"
 	"github.com/ndlb/ndlb/invalid"
 )
 
@@ -128,7 +129,7 @@ type Framer struct {
 	res        int64 // bytes charged to Budget for cur and the next emit
 	starved    bool  // get found no room in the budget
 
-	idleSince atomic.Int64 // unix nanos since a partial line waits for data; 0 if none
+	idleSince atomic.Int64 // since when (mono) a partial line waits for data; 0 if none
 }
 
 // New returns a Framer reading r. cfg must be valid (see Config.Validate).
@@ -157,7 +158,7 @@ func (f *Framer) getBuffer() []byte {
 // it is shorter than one read), and what it reserved beyond that.
 func (f *Framer) putBuffer() {
 	if f.n > 0 || f.discarding {
-		f.idleSince.Store(time.Now().UnixNano())
+		f.idleSince.Store(max(mono.Now(), 1))
 	}
 	f.shrink()
 }
@@ -260,7 +261,7 @@ func (f *Framer) waitMemory() error {
 // is safe to call from any goroutine (for a timeout on idle clients).
 func (f *Framer) IdleSince() time.Time {
 	if ns := f.idleSince.Load(); ns != 0 {
-		return time.Unix(0, ns)
+		return mono.Time(ns)
 	}
 	return time.Time{}
 }
@@ -288,7 +289,7 @@ func (f *Framer) Next() (*Batch, error) {
 			}
 			f.ensureRoom()
 			if f.n > 0 || f.discarding {
-				f.idleSince.Store(time.Now().UnixNano())
+				f.idleSince.Store(max(mono.Now(), 1))
 			}
 			n, err = f.r.Read(f.cur.buf[f.n:])
 			f.idleSince.Store(0)

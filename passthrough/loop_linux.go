@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sys/unix"
 
+	"github.com/ndlb/ndlb/internal/mono"
 	"github.com/ndlb/ndlb/internal/rawio"
 	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/upstream"
@@ -227,7 +228,7 @@ func (l *evloop) run() {
 			}
 			if deadline == 0 || until < deadline {
 				deadline = until
-				_ = l.file.SetReadDeadline(time.Unix(0, until))
+				_ = l.file.SetReadDeadline(mono.Time(until))
 			}
 			return false
 		}
@@ -283,7 +284,7 @@ func (l *evloop) dispatch(events []unix.EpollEvent) (stopped bool) {
 // when the wait ends (wakeAt) under the lock add takes, so that a
 // connection added meanwhile is either seen here or wakes the loop.
 func (l *evloop) plan(deadline int64) (until, now int64) {
-	now = time.Now().UnixNano()
+	now = mono.Now()
 	if len(l.ready) > 0 {
 		return now, now
 	}
@@ -320,7 +321,7 @@ func (l *evloop) turn() {
 // whose backoff is over, and, once the server is stopping, ends every
 // connection still connecting.
 func (l *evloop) timers() {
-	now := time.Now()
+	now := mono.Now()
 	stopping := l.s.stop.Err() != nil
 	l.mu.Lock()
 	keep := l.timed[:0]
@@ -328,7 +329,7 @@ func (l *evloop) timers() {
 		switch {
 		case lc.phase != phaseConnect && lc.phase != phaseRetry:
 			lc.timedIn = false
-		case stopping || lc.deadline <= now.UnixNano():
+		case stopping || lc.deadline <= now:
 			lc.timedIn = false
 			l.due = append(l.due, lc)
 		default:
@@ -594,7 +595,7 @@ func (lc *lconn) dialNext() bool {
 	}
 	lc.round++
 	lc.phase = phaseRetry
-	lc.deadline = time.Now().Add(lc.bo.NextBackOff()).UnixNano()
+	lc.deadline = mono.Now() + int64(lc.bo.NextBackOff())
 	return true
 }
 
@@ -619,7 +620,7 @@ func (lc *lconn) connect(t *upstream.Target) bool {
 	}
 	lc.fd[1], lc.phase = fd, phaseConnect
 	lc.rd[1], lc.wr[1], lc.hup[1], lc.urg[1] = false, false, false, false
-	lc.deadline = lc.dialStart.Add(s.cfg.ConnectTimeout).UnixNano()
+	lc.deadline = mono.Of(lc.dialStart) + int64(s.cfg.ConnectTimeout)
 	return true
 }
 
@@ -756,7 +757,7 @@ func (lc *lconn) connectDone() {
 	// connect went on, and the target's from the connect on.
 	lc.phase = phaseProxy
 	ss.t, ss.start = t, s.clock.Now()
-	ss.last.Store(ss.start.UnixNano())
+	ss.last.Store(mono.Of(ss.start))
 	lc.targets, lc.order, lc.key, lc.bo = nil, nil, nil, nil
 	lc.dir[0].pend = ss.pending
 	ss.pending = nil

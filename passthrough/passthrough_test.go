@@ -22,6 +22,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ndlb/ndlb/internal/certtest"
+	"github.com/ndlb/ndlb/internal/mono"
 	"github.com/ndlb/ndlb/upstream"
 )
 
@@ -502,7 +503,7 @@ func TestIdleTimeout(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The reply can arrive before the session records it.
-			now := clock.Now().UnixNano()
+			now := mono.Of(clock.Now())
 			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
 				s.mu.Lock()
 				seen := 0

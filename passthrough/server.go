@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/ndlb/ndlb/internal/gopool"
+	"github.com/ndlb/ndlb/internal/mono"
 	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/upstream"
 )
@@ -222,10 +223,10 @@ func (s *Server) sweeper() {
 		}
 		now := s.clock.Now()
 		park := s.parker != nil
-		quiet := now.Add(-s.cfg.ParkAfter).UnixNano()
+		quiet := mono.Of(now) - int64(s.cfg.ParkAfter)
 		expired := int64(math.MinInt64)
 		if s.cfg.IdleTimeout > 0 {
-			expired = now.Add(-s.cfg.IdleTimeout).UnixNano()
+			expired = mono.Of(now) - int64(s.cfg.IdleTimeout)
 		}
 		s.mu.Lock()
 		for ss := range s.sessions {

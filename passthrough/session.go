@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ndlb/ndlb/internal/mono"
 	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/upstream"
 )
@@ -69,7 +70,7 @@ func newSession(s *Server, c *listener.Conn, t *upstream.Target, backend net.Con
 		ss.up.canSplice.Store(true)
 		ss.down.canSplice.Store(true)
 	}
-	ss.last.Store(ss.start.UnixNano())
+	ss.last.Store(mono.Of(ss.start))
 	return ss
 }
 
@@ -101,7 +102,7 @@ func (ss *session) movedFromClient(n int) {
 	ss.fromClient.Add(int64(n))
 	ss.t.Delivered(0, n)
 	ss.s.fromClient.Add(uint64(n))
-	ss.last.Store(ss.s.clock.Now().UnixNano())
+	ss.last.Store(mono.Of(ss.s.clock.Now()))
 }
 
 func (ss *session) movedFromTarget(n int) {
@@ -110,7 +111,7 @@ func (ss *session) movedFromTarget(n int) {
 	}
 	ss.s.fromTarget.Add(uint64(n))
 	ss.t.Received(n)
-	ss.last.Store(ss.s.clock.Now().UnixNano())
+	ss.last.Store(mono.Of(ss.s.clock.Now()))
 }
 
 // ended records that st ended with err. At EOF the other side is

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ndlb/ndlb/internal/mono"
 	"github.com/ndlb/ndlb/upstream"
 )
 
@@ -188,7 +189,7 @@ func (l *udpLoop) run() {
 			l.closeAll(&s.shutClosed)
 			return
 		}
-		l.now = s.clock.Now().UnixNano()
+		l.now = mono.Of(s.clock.Now())
 		for _, ev := range events[:max(n, 0)] {
 			switch fd := ev.Fd; {
 			case fd == int32(l.evfd):
@@ -610,7 +611,7 @@ func (l *udpLoop) close(f *udpFlow, reason *atomic.Uint64) {
 func (l *udpLoop) sweep() {
 	s := l.s
 	l.flush()
-	cutoff := s.clock.Now().UnixNano() - s.quiet.Load()
+	cutoff := mono.Of(s.clock.Now()) - s.quiet.Load()
 	for _, f := range l.byClient {
 		switch {
 		case f.last <= cutoff:

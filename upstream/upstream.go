@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ndlb/ndlb/internal/mono"
 )
 
 // Target is one upstream address and its state. Its methods are safe for
@@ -16,7 +18,7 @@ type Target struct {
 	group string // the target group (NDJSON routing); "" outside groups
 
 	down     atomic.Bool
-	lastUp   atomic.Int64 // when MarkUp was last called, Unix nanoseconds
+	lastUp   atomic.Int64 // when MarkUp was last called (mono); 0: never
 	mu       sync.Mutex
 	lastErr  error // guarded by mu
 	lines    atomic.Uint64
@@ -26,7 +28,7 @@ type Target struct {
 	failures atomic.Uint64
 
 	// Passive health (passthrough mode): failed attempts in a row, and
-	// the time (Unix nanoseconds) until which the target is skipped.
+	// the time (mono; 0: none) until which the target is skipped.
 	streak    atomic.Int64
 	skipUntil atomic.Int64
 
@@ -46,7 +48,7 @@ func (t *Target) Up() bool { return !t.down.Load() }
 // MarkUp records a successful dial and reports whether the target was down.
 // A change wakes the set's WatchUp.
 func (t *Target) MarkUp() bool {
-	t.lastUp.Store(time.Now().UnixNano())
+	t.lastUp.Store(mono.Now())
 	if !t.down.Swap(false) {
 		return false
 	}
@@ -73,7 +75,7 @@ func (t *Target) MarkDown(err error) bool {
 // target's return) and counts as a failure without marking the target
 // down. It reports whether the target was up.
 func (t *Target) DialFailed(err error, started time.Time) bool {
-	if started.UnixNano() < t.lastUp.Load() {
+	if up := t.lastUp.Load(); up != 0 && mono.Of(started) < up {
 		t.failures.Add(1)
 		t.mu.Lock()
 		t.lastErr = err
@@ -104,7 +106,7 @@ func (t *Target) AttemptFailed(err error, now time.Time, maxFails int, failTimeo
 		return false
 	}
 	was := t.Skipped(now)
-	t.skipUntil.Store(now.Add(failTimeout).UnixNano())
+	t.skipUntil.Store(mono.Of(now) + int64(failTimeout))
 	return !was
 }
 
@@ -117,7 +119,10 @@ func (t *Target) AttemptSucceeded() bool {
 }
 
 // Skipped reports whether passive health check excludes the target at now.
-func (t *Target) Skipped(now time.Time) bool { return now.UnixNano() < t.skipUntil.Load() }
+func (t *Target) Skipped(now time.Time) bool {
+	until := t.skipUntil.Load()
+	return until != 0 && mono.Of(now) < until
+}
 
 // Active is the number of the target's open connections.
 func (t *Target) Active() int64 { return t.conns.Load() }

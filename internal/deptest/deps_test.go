@@ -3,7 +3,10 @@ package deptest
 import (
 	"encoding/json"
 	"io"
+	"io/fs"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -57,6 +60,16 @@ var allowed = map[string][]string{
 	"passthrough": {"balance", "internal/gopool", "internal/rawio", "invalid", "listener", "tlsutil", "upstream"},
 }
 
+// anyMay lists the leaves every package may import: they import nothing
+// of ours (internal/mono: monotonic timestamps).
+var anyMay = []string{"internal/mono"}
+
+func init() {
+	for _, leaf := range anyMay {
+		allowed[leaf] = nil
+	}
+}
+
 type pkg struct {
 	ImportPath string
 	Deps       []string
@@ -87,12 +100,48 @@ func TestImportRules(t *testing.T) {
 				t.Errorf("%s imports %s: library packages use only the OpenTelemetry API", name, d)
 			}
 			dep, ours := strings.CutPrefix(d, module)
-			if ours && !slices.Contains(rules, dep) {
+			if ours && !slices.Contains(rules, dep) && !slices.Contains(anyMay, dep) {
 				t.Errorf("%s imports %s; docs/design.md allows only %v", name, dep, rules)
 			}
 		}
 	}
 	if seen != len(allowed) {
 		t.Fatalf("checked %d packages, want %d: a package was renamed or removed", seen, len(allowed))
+	}
+}
+
+// Timestamps kept as integers go through internal/mono: UnixNano drops
+// the monotonic reading, so a step of the wall clock would close every
+// idle connection at once (or keep one open as long as the clock went
+// back). Tests and benchmarks may use it.
+func TestNoWallClockTimestamps(t *testing.T) {
+	root := "../.."
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, path)
+		if d.IsDir() {
+			if rel == "bench" || rel == "integration" || strings.HasPrefix(d.Name(), ".") && rel != "." {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for i, line := range strings.Split(string(src), "\n") {
+			if strings.Contains(line, ".UnixNano()") || strings.Contains(line, "time.Unix(0,") {
+				t.Errorf("%s:%d: a wall-clock timestamp; use internal/mono (Now, Of, Time)", rel, i+1)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
