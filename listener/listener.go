@@ -335,8 +335,10 @@ func (l *Listener) trusted(addr net.Addr) bool {
 // Addr is the listening address.
 func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 
-// Serve accepts connections until Shutdown closes the listener; then it
-// returns nil. Other accept errors that persist are returned.
+// Serve accepts connections until Shutdown or Handover stops it; then it
+// returns nil. It returns net.ErrClosed when the listening socket was
+// closed under it; other accept errors (out of file descriptors) are
+// logged and retried after a delay that doubles up to a second.
 func (l *Listener) Serve() error {
 	defer close(l.done)
 	var delay time.Duration

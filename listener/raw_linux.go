@@ -121,12 +121,15 @@ func (l *Listener) rawAccepting() bool {
 	}
 	dup := -1
 	if cerr := rc.Control(func(fd uintptr) { dup, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); cerr != nil || err != nil {
+		l.log.Warn("connections are accepted the usual way: the listening socket could not be duplicated for raw accepts",
+			"err", errors.Join(cerr, err))
 		return false
 	}
 	f := os.NewFile(uintptr(dup), "listener") // non-blocking, as the original: in the runtime's poller
 	wrc, err := f.SyscallConn()
 	if err != nil || f.SetDeadline(time.Time{}) != nil { // not in the poller: it could not wait
 		f.Close()
+		l.log.Warn("connections are accepted the usual way: the duplicate of the listening socket is not in the runtime's poller")
 		return false
 	}
 	l.mu.Lock()
@@ -194,7 +197,7 @@ func (l *Listener) acceptRaw() (net.Conn, error) {
 	switch {
 	case ordinary:
 		return l.ln.Accept()
-	case errors.Is(err, os.ErrClosed):
+	case err != nil && l.rawClosed():
 		return nil, net.ErrClosed
 	case err != nil:
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.ln.Addr(), Err: err}
@@ -206,13 +209,22 @@ func (l *Listener) acceptRaw() (net.Conn, error) {
 	_ = rawio.SetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	r := &rawConn{fd: nfd, raddr: rawTCPAddr(&sa), laddr: l.rawLocal}
 	if l.rawLocal == nil { // listening on a wildcard address
-		if lsa, err := unix.Getsockname(nfd); err == nil {
-			r.laddr = sockaddrTCP(lsa)
+		var lsa unix.RawSockaddrAny
+		if err := rawio.Getsockname(nfd, &lsa); err == nil {
+			r.laddr = rawTCPAddr(&lsa)
 		} else {
 			r.laddr = l.ln.Addr()
 		}
 	}
 	return r, nil
+}
+
+// rawClosed reports whether the duplicate raw accepts wait on was closed
+// (RawConn.Read's error for a closed file is not os.ErrClosed).
+func (l *Listener) rawClosed() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.rawWait == nil
 }
 
 // rawTCPAddr converts an accepted socket's peer address.
@@ -234,19 +246,4 @@ func zoneName(scope uint32) string {
 		return ifi.Name
 	}
 	return strconv.Itoa(int(scope))
-}
-
-// sockaddrTCP converts an accepted socket's address.
-func sockaddrTCP(sa unix.Sockaddr) *net.TCPAddr {
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return &net.TCPAddr{IP: net.IP(append([]byte(nil), sa.Addr[:]...)), Port: sa.Port}
-	case *unix.SockaddrInet6:
-		a := &net.TCPAddr{IP: net.IP(append([]byte(nil), sa.Addr[:]...)), Port: sa.Port}
-		if sa.ZoneId != 0 {
-			a.Zone = zoneName(sa.ZoneId)
-		}
-		return a
-	}
-	return &net.TCPAddr{}
 }

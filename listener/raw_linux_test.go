@@ -2,6 +2,7 @@ package listener
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -156,18 +158,37 @@ func TestRawAcceptClosesWhatIsNotTaken(t *testing.T) {
 	<-done
 }
 
-func TestSockaddrTCP(t *testing.T) {
+// rawTCPAddr converts raw IPv4 and IPv6 addresses, IPv4-mapped ones as
+// IPv4 and a scope as the interface's name.
+func TestRawTCPAddr(t *testing.T) {
+	in4 := func(port uint16, ip [4]byte) unix.RawSockaddrAny {
+		var sa unix.RawSockaddrAny
+		in := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sa))
+		in.Family, in.Addr = unix.AF_INET, ip
+		p := (*[2]byte)(unsafe.Pointer(&in.Port))
+		p[0], p[1] = byte(port>>8), byte(port)
+		return sa
+	}
+	in6 := func(port uint16, ip [16]byte, scope uint32) unix.RawSockaddrAny {
+		var sa unix.RawSockaddrAny
+		in := (*unix.RawSockaddrInet6)(unsafe.Pointer(&sa))
+		in.Family, in.Addr, in.Scope_id = unix.AF_INET6, ip, scope
+		p := (*[2]byte)(unsafe.Pointer(&in.Port))
+		p[0], p[1] = byte(port>>8), byte(port)
+		return sa
+	}
 	for _, tc := range []struct {
-		sa   unix.Sockaddr
+		sa   unix.RawSockaddrAny
 		want string
 	}{
-		{&unix.SockaddrInet4{Port: 80, Addr: [4]byte{127, 0, 0, 1}}, "127.0.0.1:80"},
-		{&unix.SockaddrInet6{Port: 443, Addr: [16]byte{15: 1}}, "[::1]:443"},
-		{&unix.SockaddrInet6{Port: 1, Addr: [16]byte{10: 0xff, 11: 0xff, 12: 10, 15: 7}}, "10.0.0.7:1"},
-		{&unix.SockaddrInet6{Port: 2, Addr: [16]byte{0: 0xfe, 1: 0x80, 15: 1}, ZoneId: 1}, "[fe80::1%lo]:2"},
+		{in4(80, [4]byte{127, 0, 0, 1}), "127.0.0.1:80"},
+		{in4(65535, [4]byte{10, 1, 2, 3}), "10.1.2.3:65535"},
+		{in6(443, [16]byte{15: 1}, 0), "[::1]:443"},
+		{in6(1, [16]byte{10: 0xff, 11: 0xff, 12: 10, 15: 7}, 0), "10.0.0.7:1"},
+		{in6(2, [16]byte{0: 0xfe, 1: 0x80, 15: 1}, 1), "[fe80::1%lo]:2"},
 	} {
-		if got := sockaddrTCP(tc.sa).String(); got != tc.want {
-			t.Errorf("%+v: %s, want %s", tc.sa, got, tc.want)
+		if got := rawTCPAddr(&tc.sa).String(); got != tc.want {
+			t.Errorf("%s, want %s", got, tc.want)
 		}
 	}
 }
@@ -334,5 +355,38 @@ func TestRawAcceptOutOfDescriptorsBacksOff(t *testing.T) {
 	l.Shutdown(t.Context())
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// When the socket raw accepts wait on is closed under Serve (not by
+// Shutdown), Serve returns net.ErrClosed rather than retrying forever.
+func TestRawWaitClosedUnderServe(t *testing.T) {
+	ln := newLocalListener(t)
+	l := New(ln, handlerFunc(func(*Conn) {}), Config{Inline: true, RawAccept: true, Logger: quiet()})
+	served := make(chan error, 1)
+	go func() { served <- l.Serve() }()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		l.mu.Lock()
+		waiting := l.rawWait != nil
+		if waiting {
+			l.closeRawWait()
+		}
+		l.mu.Unlock()
+		if waiting {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Serve never began its raw wait")
+		}
+	}
+	select {
+	case err := <-served:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Serve: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		l.Shutdown(t.Context())
+		<-served
+		t.Fatal("Serve went on after its wait was closed")
 	}
 }

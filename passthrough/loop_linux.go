@@ -75,7 +75,7 @@ type evloop struct {
 	slots  []*lconn // guarded by mu; a connection's epoll id is its slot + 1 (0: the wake-up eventfd)
 	free   []uint32 // guarded by mu
 	timed  []*lconn // connecting or waiting for a round; guarded by mu
-	wakeAt int64    // when the loop's current wait ends at the latest (Unix ns); guarded by mu
+	wakeAt int64    // when the loop's current wait ends at the latest (mono); guarded by mu
 	gen    uint32   // guarded by mu
 }
 
@@ -112,7 +112,7 @@ type lconn struct {
 	next      int   // index in order of the next candidate
 	round     int   // rounds over the targets after the first
 	attempts  int   // attempts so far
-	deadline  int64 // Unix ns: the connect's or the backoff's end
+	deadline  int64 // mono: the connect's or the backoff's end
 	lastErr   error
 	bo        backoff.BackOff
 }
@@ -205,7 +205,7 @@ func (l *evloop) run() {
 	events := make([]unix.EpollEvent, 256)
 	var werr error
 	var stopped bool
-	var deadline int64 // the epoll descriptor's read deadline (Unix ns); 0: none
+	var deadline int64 // the epoll descriptor's read deadline (mono); 0: none
 	serve := func(fd uintptr) bool {
 		for {
 			n, err := rawio.EpollPoll(int(fd), events)
@@ -277,7 +277,7 @@ func (l *evloop) dispatch(events []unix.EpollEvent) (stopped bool) {
 	return false
 }
 
-// plan returns when the loop must act next, in Unix nanoseconds, and now:
+// plan returns when the loop must act next (internal/mono), and now:
 // at once when connections wait for another turn, else at the earliest
 // deadline, at most loopIdleWait from now. deadline is the read deadline
 // set (0: none), which the wait keeps when it is earlier. It publishes

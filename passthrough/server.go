@@ -2,7 +2,6 @@ package passthrough
 
 import (
 	"context"
-	"math"
 	"net"
 	"runtime"
 	"runtime/debug"
@@ -224,14 +223,12 @@ func (s *Server) sweeper() {
 		now := s.clock.Now()
 		park := s.parker != nil
 		quiet := mono.Of(now) - int64(s.cfg.ParkAfter)
-		expired := int64(math.MinInt64)
-		if s.cfg.IdleTimeout > 0 {
-			expired = mono.Of(now) - int64(s.cfg.IdleTimeout)
-		}
+		idleOn := s.cfg.IdleTimeout > 0
+		expired := mono.Of(now) - int64(s.cfg.IdleTimeout)
 		s.mu.Lock()
 		for ss := range s.sessions {
 			switch last := ss.last.Load(); {
-			case last <= expired:
+			case idleOn && last <= expired:
 				if ss.timedOut.CompareAndSwap(false, true) {
 					idle = append(idle, ss)
 				}

@@ -45,7 +45,7 @@ type session struct {
 	up, down   stream       // client to target, target to client
 	live       atomic.Int32 // streams not ended
 
-	last                   atomic.Int64 // Unix nanoseconds of the last bytes moved
+	last                   atomic.Int64 // when the last bytes moved (internal/mono, on the server's clock)
 	timedOut               atomic.Bool  // closed by IdleTimeout (once: it stays tracked until it ends)
 	fromClient, fromTarget atomic.Int64
 

@@ -33,7 +33,7 @@ type udpFlow struct {
 	salen uint32
 	t     *upstream.Target
 	start time.Time
-	last  int64 // unix ns of the last datagram either way (the server's clock)
+	last  int64 // when the last datagram came either way (internal/mono, on the server's clock)
 	// answered: the target has sent something (passive health: it
 	// works).
 	answered bool

@@ -135,7 +135,8 @@ func TestNoWallClockTimestamps(t *testing.T) {
 			return err
 		}
 		for i, line := range strings.Split(string(src), "\n") {
-			if strings.Contains(line, ".UnixNano()") || strings.Contains(line, "time.Unix(0,") {
+			if strings.Contains(line, ".UnixNano()") || strings.Contains(line, ".UnixMicro()") ||
+				strings.Contains(line, ".UnixMilli()") || strings.Contains(line, "time.Unix(0,") {
 				t.Errorf("%s:%d: a wall-clock timestamp; use internal/mono (Now, Of, Time)", rel, i+1)
 			}
 		}

@@ -77,12 +77,12 @@ func Connect(fd int, ap netip.AddrPort) error {
 		sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: ip.Unmap().As4()}
 		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
 		p[0], p[1] = byte(port>>8), byte(port)
-		_, _, e = syscall.RawSyscall(syscall.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
+		_, _, e = syscall.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
 	} else {
 		sa := unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: ip.As16()}
 		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
 		p[0], p[1] = byte(port>>8), byte(port)
-		_, _, e = syscall.RawSyscall(syscall.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
+		_, _, e = syscall.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
 	}
 	if e != 0 {
 		return e
@@ -92,7 +92,7 @@ func Connect(fd int, ap netip.AddrPort) error {
 
 // Shutdown is shutdown(2) of a socket as a raw system call.
 func Shutdown(fd, how int) error {
-	if _, _, e := syscall.RawSyscall(syscall.SYS_SHUTDOWN, uintptr(fd), uintptr(how), 0); e != 0 {
+	if _, _, e := syscall.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), uintptr(how), 0); e != 0 {
 		return e
 	}
 	return nil
@@ -131,6 +131,17 @@ func Accept4(fd int, sa *unix.RawSockaddrAny) (int, error) {
 	return int(nfd), nil
 }
 
+// Getsockname is getsockname(2) of fd into sa, as a raw system call (x/sys's
+// also calls getsockopt(SO_PROTOCOL), a system call the scheduler is told
+// of).
+func Getsockname(fd int, sa *unix.RawSockaddrAny) error {
+	n := uint32(unix.SizeofSockaddrAny)
+	if _, _, e := syscall.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(sa)), uintptr(unsafe.Pointer(&n))); e != 0 {
+		return e
+	}
+	return nil
+}
+
 // SockaddrAddrPort is the IPv4 or IPv6 address and port in sa, and the
 // IPv6 scope (interface index, 0 for none); ok is false for other
 // families.
@@ -150,7 +161,7 @@ func SockaddrAddrPort(sa *unix.RawSockaddrAny) (ap netip.AddrPort, scope uint32,
 
 // Socket is socket(2) as a raw system call.
 func Socket(domain, typ, proto int) (int, error) {
-	fd, _, e := syscall.RawSyscall(syscall.SYS_SOCKET, uintptr(domain), uintptr(typ), uintptr(proto))
+	fd, _, e := syscall.RawSyscall(unix.SYS_SOCKET, uintptr(domain), uintptr(typ), uintptr(proto))
 	if e != 0 {
 		return -1, e
 	}
@@ -160,7 +171,7 @@ func Socket(domain, typ, proto int) (int, error) {
 // SetsockoptInt is setsockopt(2) of an int option, as a raw system call.
 func SetsockoptInt(fd, level, opt, value int) error {
 	v := int32(value)
-	_, _, e := syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(unsafe.Pointer(&v)), 4, 0)
+	_, _, e := syscall.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(unsafe.Pointer(&v)), 4, 0)
 	if e != 0 {
 		return e
 	}

@@ -39,8 +39,8 @@ func TestWritevAndSendQueue(t *testing.T) {
 }
 
 // Accept4 reports EAGAIN on an empty backlog, then takes a queued
-// connection non-blocking and close-on-exec with its peer's address, for
-// IPv4 and IPv6; Socket and SetsockoptInt make a socket and set an
+// connection non-blocking and close-on-exec with its peer's address (and
+// Getsockname its local one), for IPv4 and IPv6; Socket and SetsockoptInt make a socket and set an
 // option that getsockopt reads back.
 func TestAcceptSocketAndOptions(t *testing.T) {
 	for _, network := range []string{"tcp4", "tcp6"} {
@@ -77,6 +77,13 @@ func TestAcceptSocketAndOptions(t *testing.T) {
 		ap, scope, ok := SockaddrAddrPort(&sa)
 		if !ok || scope != 0 || ap.String() != c.LocalAddr().String() {
 			t.Fatalf("%s: peer %v (scope %d, ok %v), want %v", network, ap, scope, ok, c.LocalAddr())
+		}
+		var local unix.RawSockaddrAny
+		if err := Getsockname(nfd, &local); err != nil {
+			t.Fatalf("%s: getsockname: %v", network, err)
+		}
+		if la, _, ok := SockaddrAddrPort(&local); !ok || la.String() != ln.Addr().String() {
+			t.Fatalf("%s: local address %v, want %v", network, la, ln.Addr())
 		}
 		flags, err := unix.FcntlInt(uintptr(nfd), unix.F_GETFL, 0)
 		if err != nil || flags&unix.O_NONBLOCK == 0 {
