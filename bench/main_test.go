@@ -21,6 +21,11 @@ const genEnv = "NDLB_BENCH_GEN"
 // taken.
 const newConnsEnv = "NDLB_BENCH_NEWCONNS"
 
+// reqRespEnv makes this test binary a client of kept-alive exchanges
+// instead: NDLB_BENCH_REQRESP holds "ADDR CONNS EACH"; it prints the
+// exchanges per second and the p50, p99 and p99.9 latencies in µs.
+const reqRespEnv = "NDLB_BENCH_REQRESP"
+
 func TestMain(m *testing.M) {
 	if v := os.Getenv(newConnsEnv); v != "" {
 		var addr string
@@ -35,6 +40,22 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		fmt.Println(time.Since(start).Seconds())
+		os.Exit(0)
+	}
+	if v := os.Getenv(reqRespEnv); v != "" {
+		var addr string
+		var conns, each int
+		if _, err := fmt.Sscan(v, &addr, &conns, &each); err != nil {
+			fmt.Fprintln(os.Stderr, "exchanges:", err)
+			os.Exit(2)
+		}
+		n, elapsed, lat, err := reqResp(addr, conns, each, 0)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "exchanges:", err)
+			os.Exit(1)
+		}
+		us := func(q int) float64 { return float64(lat[len(lat)*q/1000].Microseconds()) }
+		fmt.Println(float64(n)/elapsed.Seconds(), us(500), us(990), us(999))
 		os.Exit(0)
 	}
 	if addrs := os.Getenv(genEnv); addrs != "" {

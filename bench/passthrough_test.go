@@ -260,6 +260,32 @@ func BenchmarkPassthrough(b *testing.B) {
 		}
 		b.ReportMetric(0, "ns/op")
 	})
+	b.Run("reqresp-apart", func(b *testing.B) {
+		// The closed loop above with the clients in a process of their
+		// own (this test binary), apart from the echo server, as wrk
+		// would run: the clients' goroutines no longer share a runtime
+		// and its threads with the backend.
+		echo := newServer(b, echoConn)
+		defer echo.close()
+		peers := startPeers(b, bin, echo.addr())
+		defer stopAll(peers)
+		for b.Loop() {
+			rate, p50, p99, p999 := ratioTable{}, ratioTable{}, ratioTable{}, ratioTable{}
+			for _, p := range peers {
+				r, err := reqRespApart(p.addr, 16, 3000)
+				if err != nil {
+					b.Fatalf("%s: %v", p.name, err)
+				}
+				rate[p.name], p50[p.name], p99[p.name], p999[p.name] = r[0], r[1], r[2], r[3]
+			}
+			const what = "16 connections, 64-byte request/response, client apart"
+			rate.report(b, what, "req/s", peers)
+			p50.report(b, what+", latency p50", "µs-p50", peers)
+			p99.report(b, what+", latency p99", "µs-p99", peers)
+			p999.report(b, what+", latency p99.9", "µs-p99.9", peers)
+		}
+		b.ReportMetric(0, "ns/op")
+	})
 	b.Run("paced", func(b *testing.B) {
 		// Latency at a fixed request rate every peer sustains: in the
 		// closed loop above, a faster proxy also loads the clients'
@@ -421,6 +447,23 @@ func newConnsApart(addr string, workers, each int) (float64, error) {
 		return 0, fmt.Errorf("client process printed %q", out)
 	}
 	return float64(workers*each) / secs, nil
+}
+
+// reqRespApart is reqResp (a closed loop) from a child process (this test
+// binary). It returns the exchanges per second and the p50, p99 and p99.9
+// latencies in µs.
+func reqRespApart(addr string, conns, each int) ([4]float64, error) {
+	var r [4]float64
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d %d", reqRespEnv, addr, conns, each))
+	out, err := cmd.Output()
+	if err != nil {
+		return r, fmt.Errorf("client process: %w", err)
+	}
+	if _, err := fmt.Sscan(string(out), &r[0], &r[1], &r[2], &r[3]); err != nil || r[0] <= 0 {
+		return r, fmt.Errorf("client process printed %q", out)
+	}
+	return r, nil
 }
 
 // newConns runs workers that each open each connections in turn: connect,
