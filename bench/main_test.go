@@ -28,12 +28,7 @@ const reqRespEnv = "NDLB_BENCH_REQRESP"
 
 func TestMain(m *testing.M) {
 	if v := os.Getenv(newConnsEnv); v != "" {
-		var addr string
-		var workers, each int
-		if _, err := fmt.Sscan(v, &addr, &workers, &each); err != nil {
-			fmt.Fprintln(os.Stderr, "new connections:", err)
-			os.Exit(2)
-		}
+		addr, workers, each := clientArgs(v, "new connections")
 		start := time.Now()
 		if err := newConns(addr, workers, each); err != nil {
 			fmt.Fprintln(os.Stderr, "new connections:", err)
@@ -43,19 +38,13 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	if v := os.Getenv(reqRespEnv); v != "" {
-		var addr string
-		var conns, each int
-		if _, err := fmt.Sscan(v, &addr, &conns, &each); err != nil {
-			fmt.Fprintln(os.Stderr, "exchanges:", err)
-			os.Exit(2)
-		}
-		n, elapsed, lat, err := reqResp(addr, conns, each, 0)
+		addr, conns, each := clientArgs(v, "exchanges")
+		r, err := closedLoop(addr, conns, each, false)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "exchanges:", err)
 			os.Exit(1)
 		}
-		us := func(q int) float64 { return float64(lat[len(lat)*q/1000].Microseconds()) }
-		fmt.Println(float64(n)/elapsed.Seconds(), us(500), us(990), us(999))
+		fmt.Println(r[0], r[1], r[2], r[3])
 		os.Exit(0)
 	}
 	if addrs := os.Getenv(genEnv); addrs != "" {
@@ -66,6 +55,15 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
+}
+
+// clientArgs parses a client process's "ADDR N M", or exits.
+func clientArgs(v, what string) (addr string, n, m int) {
+	if _, err := fmt.Sscan(v, &addr, &n, &m); err != nil {
+		fmt.Fprintln(os.Stderr, what+":", err)
+		os.Exit(2)
+	}
+	return addr, n, m
 }
 
 // runGenerator sends one run's lines from e2eClients connections.

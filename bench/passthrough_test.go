@@ -238,54 +238,37 @@ func BenchmarkPassthrough(b *testing.B) {
 		}
 		b.ReportMetric(0, "ns/op")
 	})
-	b.Run("reqresp", func(b *testing.B) {
-		echo := newServer(b, echoConn)
-		defer echo.close()
-		peers := startPeers(b, bin, echo.addr())
-		defer stopAll(peers)
-		for b.Loop() {
-			rate, p50, p99 := ratioTable{}, ratioTable{}, ratioTable{}
-			for _, p := range peers {
-				n, elapsed, lat, err := reqResp(p.addr, 16, 3000, 0)
-				if err != nil {
-					b.Fatalf("%s: %v", p.name, err)
-				}
-				rate[p.name] = float64(n) / elapsed.Seconds()
-				p50[p.name] = float64(lat[len(lat)/2].Microseconds())
-				p99[p.name] = float64(lat[len(lat)*99/100].Microseconds())
-			}
-			rate.report(b, "16 connections, 64-byte request/response", "req/s", peers)
-			p50.report(b, "latency p50", "µs-p50", peers)
-			p99.report(b, "latency p99", "µs-p99", peers)
+	for _, apart := range []bool{false, true} {
+		// reqresp-apart runs the clients in a process of their own (this
+		// test binary), apart from the echo server, as wrk would: their
+		// goroutines no longer share a runtime and its threads with the
+		// backend.
+		name, what := "reqresp", "16 connections, 64-byte request/response"
+		if apart {
+			name, what = "reqresp-apart", what+", client apart"
 		}
-		b.ReportMetric(0, "ns/op")
-	})
-	b.Run("reqresp-apart", func(b *testing.B) {
-		// The closed loop above with the clients in a process of their
-		// own (this test binary), apart from the echo server, as wrk
-		// would run: the clients' goroutines no longer share a runtime
-		// and its threads with the backend.
-		echo := newServer(b, echoConn)
-		defer echo.close()
-		peers := startPeers(b, bin, echo.addr())
-		defer stopAll(peers)
-		for b.Loop() {
-			rate, p50, p99, p999 := ratioTable{}, ratioTable{}, ratioTable{}, ratioTable{}
-			for _, p := range peers {
-				r, err := reqRespApart(p.addr, 16, 3000)
-				if err != nil {
-					b.Fatalf("%s: %v", p.name, err)
+		b.Run(name, func(b *testing.B) {
+			echo := newServer(b, echoConn)
+			defer echo.close()
+			peers := startPeers(b, bin, echo.addr())
+			defer stopAll(peers)
+			for b.Loop() {
+				rate, p50, p99, p999 := ratioTable{}, ratioTable{}, ratioTable{}, ratioTable{}
+				for _, p := range peers {
+					r, err := closedLoop(p.addr, 16, 3000, apart)
+					if err != nil {
+						b.Fatalf("%s: %v", p.name, err)
+					}
+					rate[p.name], p50[p.name], p99[p.name], p999[p.name] = r[0], r[1], r[2], r[3]
 				}
-				rate[p.name], p50[p.name], p99[p.name], p999[p.name] = r[0], r[1], r[2], r[3]
+				rate.report(b, what, "req/s", peers)
+				p50.report(b, what+", latency p50", "µs-p50", peers)
+				p99.report(b, what+", latency p99", "µs-p99", peers)
+				p999.report(b, what+", latency p99.9", "µs-p99.9", peers)
 			}
-			const what = "16 connections, 64-byte request/response, client apart"
-			rate.report(b, what, "req/s", peers)
-			p50.report(b, what+", latency p50", "µs-p50", peers)
-			p99.report(b, what+", latency p99", "µs-p99", peers)
-			p999.report(b, what+", latency p99.9", "µs-p99.9", peers)
-		}
-		b.ReportMetric(0, "ns/op")
-	})
+			b.ReportMetric(0, "ns/op")
+		})
+	}
 	b.Run("paced", func(b *testing.B) {
 		// Latency at a fixed request rate every peer sustains: in the
 		// closed loop above, a faster proxy also loads the clients'
@@ -449,10 +432,17 @@ func newConnsApart(addr string, workers, each int) (float64, error) {
 	return float64(workers*each) / secs, nil
 }
 
-// reqRespApart is reqResp (a closed loop) from a child process (this test
-// binary). It returns the exchanges per second and the p50, p99 and p99.9
-// latencies in µs.
-func reqRespApart(addr string, conns, each int) ([4]float64, error) {
+// closedLoop runs reqResp as a closed loop, in this process or, apart, in
+// a child process (this test binary). It returns the exchanges per second
+// and the p50, p99 and p99.9 latencies in µs (summarize).
+func closedLoop(addr string, conns, each int, apart bool) ([4]float64, error) {
+	if !apart {
+		n, elapsed, lat, err := reqResp(addr, conns, each, 0)
+		if err != nil {
+			return [4]float64{}, err
+		}
+		return summarize(n, elapsed, lat), nil
+	}
 	var r [4]float64
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d %d", reqRespEnv, addr, conns, each))
@@ -464,6 +454,13 @@ func reqRespApart(addr string, conns, each int) ([4]float64, error) {
 		return r, fmt.Errorf("client process printed %q", out)
 	}
 	return r, nil
+}
+
+// summarize is n exchanges in elapsed with sorted latencies lat as
+// exchanges per second and the p50, p99 and p99.9 latencies in µs.
+func summarize(n int, elapsed time.Duration, lat []time.Duration) [4]float64 {
+	us := func(perMille int) float64 { return float64(lat[len(lat)*perMille/1000].Microseconds()) }
+	return [4]float64{float64(n) / elapsed.Seconds(), us(500), us(990), us(999)}
 }
 
 // newConns runs workers that each open each connections in turn: connect,

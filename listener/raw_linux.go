@@ -227,7 +227,8 @@ func (l *Listener) rawClosed() bool {
 	return l.rawWait == nil
 }
 
-// rawTCPAddr converts an accepted socket's peer address.
+// rawTCPAddr converts an accepted socket's peer or local address; an IPv6
+// scope becomes its interface's name (or its index).
 func rawTCPAddr(sa *unix.RawSockaddrAny) *net.TCPAddr {
 	ap, scope, ok := rawio.SockaddrAddrPort(sa)
 	if !ok {
@@ -235,15 +236,10 @@ func rawTCPAddr(sa *unix.RawSockaddrAny) *net.TCPAddr {
 	}
 	a := net.TCPAddrFromAddrPort(ap)
 	if scope != 0 {
-		a.Zone = zoneName(scope)
+		a.Zone = strconv.Itoa(int(scope))
+		if ifi, err := net.InterfaceByIndex(int(scope)); err == nil {
+			a.Zone = ifi.Name
+		}
 	}
 	return a
-}
-
-// zoneName is the name of the interface with index scope, or the index.
-func zoneName(scope uint32) string {
-	if ifi, err := net.InterfaceByIndex(int(scope)); err == nil {
-		return ifi.Name
-	}
-	return strconv.Itoa(int(scope))
 }

@@ -33,8 +33,7 @@ type coalescer struct {
 	wait time.Duration
 
 	last  time.Time   // the previous read (the reader's goroutine only)
-	timer *time.Timer // lowers the mark after a long wait; made at the first raise
-	once  sync.Once
+	timer *time.Timer // lowers the mark after a long wait; made at the first raise (the reader's goroutine only)
 
 	// mu orders the changes of the mark, so that once stop returns the
 	// socket's mark is low whatever the timer was doing; high says it is
@@ -66,7 +65,10 @@ func (co *coalescer) read(n int) {
 	if co.high.Load() || first || dt <= 0 || float64(n)*float64(co.wait) < float64(co.mark)*float64(dt) {
 		return
 	}
-	co.once.Do(func() { co.timer = time.AfterFunc(time.Hour, co.lower); co.timer.Stop() })
+	if co.timer == nil {
+		co.timer = time.AfterFunc(time.Hour, co.lower)
+		co.timer.Stop()
+	}
 	co.mu.Lock()
 	if co.set(co.mark) {
 		co.high.Store(true)
