@@ -1,6 +1,7 @@
 package ndjson
 
 import (
+	"math/bits"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,23 +17,28 @@ import (
 // coalescer lets a fast client's bytes gather in the kernel between reads.
 // A shipper writing 16 KiB at a time wakes its reader for every write,
 // and each wake is a read, a batch, a worker's wake-up and a write to a
-// target. Once a client sends faster than mark bytes per wait, the
-// coalescer raises its socket's receive low-water mark (SO_RCVLOWAT) to
-// mark: epoll then reports it readable only when mark bytes are waiting,
-// so each read takes several of the client's writes. When a wait lasts
-// longer than wait (the client paused, or ended a burst below the mark),
-// a timer lowers the mark to one byte, which wakes the reader at once
-// (Linux signals readability when the mark is lowered), so
-// no byte waits in the kernel much longer than wait. A slower client is
-// never coalesced: its every byte is read as it comes.
+// target. Each time the reader starts to wait, the coalescer looks at what
+// the client sent since the previous wait began. Once three quarters of
+// the client's bytes per wait come to base or more, it raises the socket's
+// receive low-water mark (SO_RCVLOWAT) to that (rounded down to a power of
+// two, at least base, at most maxMark), so that epoll reports the socket
+// readable about once per wait, with everything that gathered read
+// together. When a wait lasts longer than wait (the client paused, or
+// ended a burst below the mark), a timer lowers the mark to one byte,
+// which wakes the reader at once (Linux signals readability when the mark
+// is lowered), so no byte waits in the kernel much longer than wait. A
+// slower client is never coalesced: its every byte is read as it comes.
 //
 // The reader's goroutine calls read and waiting; the timer's, lower.
 type coalescer struct {
 	rc   syscall.RawConn
-	mark int
+	base int // the least mark: a client sending less per wait is not coalesced
 	wait time.Duration
+	now  func() time.Time // the clock (tests set it)
 
-	last  time.Time   // the previous read (the reader's goroutine only)
+	burst int         // bytes read since the last wait began (the reader's goroutine only)
+	last  time.Time   // when the last wait began (the reader's goroutine only)
+	mark  int         // the mark while raised (the reader's goroutine only)
 	timer *time.Timer // lowers the mark after a long wait; made at the first raise (the reader's goroutine only)
 
 	// mu orders the changes of the mark, so that once stop returns the
@@ -43,12 +49,12 @@ type coalescer struct {
 }
 
 // newCoalescer returns a coalescer for the socket rc, or nil when wait is
-// 0 (off) or the kernel is older than 5.11. mark is capped at maxMark.
-func newCoalescer(rc syscall.RawConn, mark int, wait time.Duration) *coalescer {
-	if wait <= 0 || mark <= 1 || !lowatWorks() {
+// 0 (off) or the kernel is older than 5.11. base is capped at maxMark.
+func newCoalescer(rc syscall.RawConn, base int, wait time.Duration) *coalescer {
+	if wait <= 0 || base <= 1 || !lowatWorks() {
 		return nil
 	}
-	return &coalescer{rc: rc, mark: min(mark, maxMark), wait: wait}
+	return &coalescer{rc: rc, base: min(base, maxMark), wait: wait, now: time.Now}
 }
 
 // maxMark caps the mark: raising SO_RCVLOWAT grows the socket's receive
@@ -56,37 +62,58 @@ func newCoalescer(rc syscall.RawConn, mark int, wait time.Duration) *coalescer {
 // does not count and that is never given back.
 const maxMark = 256 << 10
 
-// read is told of every read of n > 0 bytes. It raises the mark when the
-// client sent faster than mark bytes per wait since the previous read.
-func (co *coalescer) read(n int) {
-	now := time.Now()
-	first, dt := co.last.IsZero(), now.Sub(co.last)
-	co.last = now
-	if co.high.Load() || first || dt <= 0 || float64(n)*float64(co.wait) < float64(co.mark)*float64(dt) {
-		return
+// read is told of every read of n > 0 bytes.
+func (co *coalescer) read(n int) { co.burst += n }
+
+// waiting is called as the reader starts to wait for data. It sets the
+// mark from what the client sent since the previous wait began; while the
+// mark is raised, the timer lowers it if this wait lasts longer than wait.
+func (co *coalescer) waiting() {
+	now := co.now()
+	burst, dt, first := co.burst, now.Sub(co.last), co.last.IsZero()
+	co.burst, co.last = 0, now
+	if !first && dt > 0 {
+		if m := co.markFor(float64(burst) * float64(co.wait) / float64(dt)); m > 0 && (m != co.mark || !co.high.Load()) {
+			co.raise(m)
+		}
 	}
+	if co.high.Load() {
+		co.timer.Reset(co.wait)
+	}
+}
+
+// markFor is the mark for a client sending perWait bytes per wait: three
+// quarters of it, rounded down to a power of two, at most maxMark; 0 when
+// that is less than base (the client is not coalesced). The quarter and
+// the rounding leave room for the client's pace to vary before the timer
+// would cut a wait short: the mark fills in 3/8 to 3/4 of a wait.
+func (co *coalescer) markFor(perWait float64) int {
+	m := int(min(perWait*3/4, maxMark))
+	if m < co.base {
+		return 0
+	}
+	return max(1<<(bits.Len(uint(m))-1), co.base)
+}
+
+// raise sets the mark to m.
+func (co *coalescer) raise(m int) {
 	if co.timer == nil {
 		co.timer = time.AfterFunc(time.Hour, co.lower)
 		co.timer.Stop()
 	}
 	co.mu.Lock()
-	if co.set(co.mark) {
-		co.high.Store(true)
-		coalesceRaises.Add(1)
+	if co.set(m) {
+		co.mark = m
+		if !co.high.Swap(true) {
+			coalesceRaises.Add(1)
+		}
 	}
 	co.mu.Unlock()
 }
 
-// coalesceRaises counts the marks raised, in every server (for tests).
+// coalesceRaises counts the marks raised from one byte, in every server
+// (for tests).
 var coalesceRaises atomic.Uint64
-
-// waiting is called as the reader starts to wait for data: while the mark
-// is raised, the timer lowers it if the wait lasts longer than wait.
-func (co *coalescer) waiting() {
-	if co.high.Load() {
-		co.timer.Reset(co.wait)
-	}
-}
 
 // lower sets the mark back to one byte, waking a reader that waits with
 // bytes below the mark in the kernel.

@@ -49,10 +49,12 @@ func rcvlowat(t *testing.T, rc syscall.RawConn) int {
 	return max(v, 1)
 }
 
-// A client that sends faster than a mark per wait has its socket's mark
-// raised: a few bytes then do not wake the reader, until the wait is over
-// and the coalescer lowers the mark, which wakes it. A slow client is
-// never coalesced, and stop leaves the socket as it was accepted.
+// A client that sends faster than base per wait has its socket's mark
+// raised to about three quarters of what it sends per wait, in powers of
+// two from base to maxMark, following its pace: a few bytes then do not
+// wake the reader, until the wait is over and the coalescer lowers the
+// mark, which wakes it. A slow client is never coalesced, and stop leaves
+// the socket as it was accepted.
 func TestCoalescerRaisesAndLowersTheMark(t *testing.T) {
 	if !lowatWorks() {
 		t.Skip("Linux before 5.11: no coalescing")
@@ -64,19 +66,32 @@ func TestCoalescerRaisesAndLowersTheMark(t *testing.T) {
 	}
 	const wait = 50 * time.Millisecond
 	co := newCoalescer(rc, 32<<10, wait)
-
-	// Slow: 1 KiB per 10 ms is 5 KiB per wait, below the mark.
-	co.read(1 << 10)
-	time.Sleep(10 * time.Millisecond)
-	co.read(1 << 10)
-	if got := rcvlowat(t, rc); got != 1 || co.high.Load() {
-		t.Fatalf("slow client: SO_RCVLOWAT %d, raised %v", got, co.high.Load())
+	clock := time.Now()
+	co.now = func() time.Time { return clock }
+	// step reads n bytes over d, then waits.
+	step := func(n int, d time.Duration) {
+		co.read(n)
+		clock = clock.Add(d)
+		co.waiting()
 	}
-	// Fast: 16 KiB twice in a row.
-	co.read(16 << 10)
-	co.read(16 << 10)
-	if got := rcvlowat(t, rc); got != 32<<10 || !co.high.Load() {
-		t.Fatalf("fast client: SO_RCVLOWAT %d, raised %v", got, co.high.Load())
+	co.waiting() // the first wait: nothing to measure yet
+	for _, s := range []struct {
+		name string
+		n    int
+		d    time.Duration
+		mark int // 1: not raised
+	}{
+		{"slow: 5 KiB per wait", 1 << 10, 10 * time.Millisecond, 1},
+		{"just below: 3/4 of 40 KiB per wait", 4 << 10, 5 * time.Millisecond, 1},
+		{"50 KiB per wait", 5 << 10, 5 * time.Millisecond, 32 << 10},
+		{"100 KiB per wait", 10 << 10, 5 * time.Millisecond, 64 << 10},
+		{"far faster", 1 << 20, time.Millisecond, maxMark},
+		{"slower again", 10 << 10, 5 * time.Millisecond, 64 << 10},
+	} {
+		step(s.n, s.d)
+		if got := rcvlowat(t, rc); got != s.mark || co.high.Load() != (s.mark > 1) {
+			t.Fatalf("%s: SO_RCVLOWAT %d, raised %v; want %d", s.name, got, co.high.Load(), s.mark)
+		}
 	}
 
 	// The reader waits; then 100 bytes come, far below the mark.
@@ -128,9 +143,7 @@ func TestCoalescerRaisesAndLowersTheMark(t *testing.T) {
 	}
 
 	// Raised again, then stopped: the socket is as it came.
-	time.Sleep(time.Millisecond)
-	co.read(64 << 10)
-	co.read(64 << 10)
+	step(10<<10, 5*time.Millisecond)
 	if !co.high.Load() {
 		t.Fatal("not raised again")
 	}

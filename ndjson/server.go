@@ -71,13 +71,15 @@ type Config struct {
 	// sending; then the fragment is dropped as incomplete and the
 	// connection closed. Zero means no limit.
 	LineTimeout time.Duration
-	// ReadCoalesce, if positive, lets the bytes of a client that sends
-	// faster than half a read (Framer.ReadBytes / 2) per ReadCoalesce
-	// gather in the kernel until half a read is waiting, so that each
-	// read, batch and write to a target carries several of its writes;
-	// a byte waits at most about ReadCoalesce longer. Slower clients
-	// are read as their bytes come. Plain TCP clients on Linux 5.11 or
-	// later (SO_RCVLOWAT); zero turns it off.
+	// ReadCoalesce, if positive, lets the bytes of a fast client gather
+	// in the kernel so that it is read about once per ReadCoalesce: once
+	// three quarters of what it sends per ReadCoalesce come to half a read
+	// (Framer.ReadBytes / 2) or more, its reader is woken only when that
+	// much (in powers of two, at most 256 KiB) is waiting, so that each
+	// wake-up, and the batches and writes to targets after it, carry
+	// several of its writes; a byte waits at most about ReadCoalesce
+	// longer. Slower clients are read as their bytes come. Plain TCP
+	// clients on Linux 5.11 or later (SO_RCVLOWAT); zero turns it off.
 	ReadCoalesce time.Duration
 	// ClientRate, if positive, bounds what one client connection may
 	// send, in bytes per second: past it, ndlb reads from it no faster,
