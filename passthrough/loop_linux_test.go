@@ -130,12 +130,17 @@ func TestLoopBackPressure(t *testing.T) {
 	rand.Read(payload)
 	want := sha256.Sum256(payload)
 	release := make(chan struct{})
-	got := make(chan [32]byte, 1)
+	type received struct {
+		sum [32]byte
+		n   int64
+		err error
+	}
+	got := make(chan received, 1)
 	b := newBackend(t, nil, func(c net.Conn) {
 		<-release
 		h := sha256.New()
-		io.Copy(h, c)
-		got <- [32]byte(h.Sum(nil))
+		n, err := io.Copy(h, c)
+		got <- received{[32]byte(h.Sum(nil)), n, err}
 		c.Write(payload) // to a client that reads late
 	})
 	s := start(t, testConfig(b.addr()))
@@ -155,8 +160,9 @@ func TestLoopBackPressure(t *testing.T) {
 	if err := <-wrote; err != nil {
 		t.Fatal(err)
 	}
-	if <-got != want {
-		t.Fatal("the target received other bytes than the client sent")
+	if r := <-got; r.sum != want {
+		t.Fatalf("the target received other bytes than the client sent: %d of %d bytes, %v; server %+v",
+			r.n, len(payload), r.err, s.Stats())
 	}
 	settled(t, "the client's socket full", func() uint64 { return s.Stats().BytesFromTarget })
 	h := sha256.New()
