@@ -57,8 +57,13 @@ func TestHardStopCutInsideABatchResetsEvenWhenAcknowledged(t *testing.T) {
 	cfg.Dialer = smallSendBuffer()
 	w := newWorld(t, 1, cfg)
 	w.sinks[0].Pause()
-	w.start()
+	// Every batch queued before the worker starts: its first write takes
+	// them all, far more than the socket buffers hold, so it blocks
+	// inside a batch. Batches pushed while it writes could let a short
+	// first write end exactly where the buffers fill, at a batch's end,
+	// and then nothing would be cut (seen on a loaded machine).
 	w.push(1, 0, 20000, 1000)
+	w.start()
 	waitFor(t, func() bool { return w.set.Targets()[0].Stats().Conns == 1 })
 	w.waitStalled(20)
 	w.cancel()
