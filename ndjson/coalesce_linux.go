@@ -20,14 +20,15 @@ import (
 // target. Each time the reader starts to wait, the coalescer looks at what
 // the client sent since the previous wait began. Once three quarters of
 // the client's bytes per wait come to base or more, it raises the socket's
-// receive low-water mark (SO_RCVLOWAT) to that (rounded down to a power of
-// two, at least base, at most maxMark), so that epoll reports the socket
-// readable about once per wait, with everything that gathered read
-// together. When a wait lasts longer than wait (the client paused, or
-// ended a burst below the mark), a timer lowers the mark to one byte,
-// which wakes the reader at once (Linux signals readability when the mark
-// is lowered), so no byte waits in the kernel much longer than wait. A
-// slower client is never coalesced: its every byte is read as it comes.
+// receive low-water mark (SO_RCVLOWAT) to that (see markFor), so that epoll
+// reports the socket readable a few times per wait at most, with
+// everything that gathered read together. The mark stays within what the
+// socket's receive buffer holds already (see fit). When a wait lasts
+// longer than wait (the client paused, or ended a burst below the mark),
+// a timer lowers the mark to one byte, which wakes the reader at once
+// (Linux signals readability when the mark is lowered), so no byte waits
+// in the kernel much longer than wait. A slower client is never
+// coalesced: its every byte is read as it comes.
 //
 // The reader's goroutine calls read and waiting; the timer's, lower.
 type coalescer struct {
@@ -36,10 +37,14 @@ type coalescer struct {
 	wait time.Duration
 	now  func() time.Time // the clock (tests set it)
 
-	burst int         // bytes read since the last wait began (the reader's goroutine only)
-	last  time.Time   // when the last wait began (the reader's goroutine only)
-	mark  int         // the mark while raised (the reader's goroutine only)
-	timer *time.Timer // lowers the mark after a long wait; made at the first raise (the reader's goroutine only)
+	// The reader's goroutine only:
+	burst   int         // bytes read since the last wait began
+	last    time.Time   // when the last wait began
+	mark    int         // the mark while raised
+	room    int         // the largest mark the receive buffer held when last asked (0: not asked)
+	recheck int         // waits until room is asked again, while it holds a mark back
+	timer   *time.Timer // lowers the mark after a long wait; made at the first raise
+	armed   bool        // timer runs for the current wait
 
 	// mu orders the changes of the mark, so that once stop returns the
 	// socket's mark is low whatever the timer was doing; high says it is
@@ -57,13 +62,26 @@ func newCoalescer(rc syscall.RawConn, base int, wait time.Duration) *coalescer {
 	return &coalescer{rc: rc, base: min(base, maxMark), wait: wait, now: time.Now}
 }
 
-// maxMark caps the mark: raising SO_RCVLOWAT grows the socket's receive
-// buffer to hold twice the mark, kernel memory that --client-buffer-bytes
-// does not count and that is never given back.
+// maxMark caps the mark: a wake-up per 256 KiB is already few, and the
+// receive buffer that holds the mark is kernel memory --client-buffer-bytes
+// does not count.
 const maxMark = 256 << 10
 
-// read is told of every read of n > 0 bytes.
-func (co *coalescer) read(n int) { co.burst += n }
+// recheckWaits is how many waits pass before the receive buffer's size is
+// asked again while it holds the mark below what the client's pace calls
+// for (the kernel grows the buffer of a fast connection as it goes).
+const recheckWaits = 16
+
+// read is told of every read of n > 0 bytes. The first after a wait stops
+// the timer: a burst that takes longer to read than wait must not have its
+// mark lowered meanwhile, to be raised again at the next wait.
+func (co *coalescer) read(n int) {
+	co.burst += n
+	if co.armed {
+		co.armed = false
+		co.timer.Stop()
+	}
+}
 
 // waiting is called as the reader starts to wait for data. It sets the
 // mark from what the client sent since the previous wait began; while the
@@ -73,12 +91,13 @@ func (co *coalescer) waiting() {
 	burst, dt, first := co.burst, now.Sub(co.last), co.last.IsZero()
 	co.burst, co.last = 0, now
 	if !first && dt > 0 {
-		if m := co.markFor(float64(burst) * float64(co.wait) / float64(dt)); m > 0 && (m != co.mark || !co.high.Load()) {
+		if m := co.fit(co.markFor(float64(burst) * float64(co.wait) / float64(dt))); m > 0 && (m != co.mark || !co.high.Load()) {
 			co.raise(m)
 		}
 	}
 	if co.high.Load() {
 		co.timer.Reset(co.wait)
+		co.armed = true
 	}
 }
 
@@ -93,6 +112,37 @@ func (co *coalescer) markFor(perWait float64) int {
 		return 0
 	}
 	return max(1<<(bits.Len(uint(m))-1), co.base)
+}
+
+// fit bounds a mark m > 0 by what the socket's receive buffer holds now
+// (half of SO_RCVBUF, rounded down to a power of two; at least base).
+// Linux grows the buffer for a mark it cannot hold, and then clamps the
+// window the connection advertises to the mark until its own tuning grows
+// the buffer on: a throughput limit for a client far away. Within the
+// buffer, the mark leaves flow control as the kernel has it. The size is
+// asked when m passes the last answer, then every recheckWaits waits while
+// it holds m back.
+func (co *coalescer) fit(m int) int {
+	if m <= co.room || m <= co.base {
+		return m
+	}
+	if co.recheck > 0 {
+		co.recheck--
+	} else {
+		co.room, co.recheck = co.roomNow(), recheckWaits
+	}
+	return max(min(m, co.room), co.base)
+}
+
+// roomNow is the largest power of two within half the socket's receive
+// buffer; 0 when it cannot be asked.
+func (co *coalescer) roomNow() int {
+	var v int
+	var serr error
+	if err := co.rc.Control(func(fd uintptr) { v, serr = rawio.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF) }); err != nil || serr != nil || v < 2 {
+		return 0
+	}
+	return 1 << (bits.Len(uint(v/2)) - 1)
 }
 
 // raise sets the mark to m.

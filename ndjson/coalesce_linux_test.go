@@ -51,10 +51,11 @@ func rcvlowat(t *testing.T, rc syscall.RawConn) int {
 
 // A client that sends faster than base per wait has its socket's mark
 // raised to about three quarters of what it sends per wait, in powers of
-// two from base to maxMark, following its pace: a few bytes then do not
-// wake the reader, until the wait is over and the coalescer lowers the
-// mark, which wakes it. A slow client is never coalesced, and stop leaves
-// the socket as it was accepted.
+// two from base to maxMark and within half the socket's receive buffer,
+// following its pace: a few bytes then do not wake the reader, until the
+// wait is over and the coalescer lowers the mark, which wakes it. A slow
+// client is never coalesced, and stop leaves the socket as it was
+// accepted.
 func TestCoalescerRaisesAndLowersTheMark(t *testing.T) {
 	if !lowatWorks() {
 		t.Skip("Linux before 5.11: no coalescing")
@@ -68,12 +69,19 @@ func TestCoalescerRaisesAndLowersTheMark(t *testing.T) {
 	co := newCoalescer(rc, 32<<10, wait)
 	clock := time.Now()
 	co.now = func() time.Time { return clock }
-	// step reads n bytes over d, then waits.
+	// step reads n bytes (in reads of at most 16 KiB, as a wake-up with a
+	// high mark does) over d, then waits.
 	step := func(n int, d time.Duration) {
+		for ; n > 16<<10; n -= 16 << 10 {
+			co.read(16 << 10)
+		}
 		co.read(n)
 		clock = clock.Add(d)
 		co.waiting()
 	}
+	// within is the mark the socket's receive buffer allows for m.
+	room := co.roomNow()
+	within := func(m int) int { return max(min(m, room), 32<<10) }
 	co.waiting() // the first wait: nothing to measure yet
 	for _, s := range []struct {
 		name string
@@ -84,14 +92,38 @@ func TestCoalescerRaisesAndLowersTheMark(t *testing.T) {
 		{"slow: 5 KiB per wait", 1 << 10, 10 * time.Millisecond, 1},
 		{"just below: 3/4 of 40 KiB per wait", 4 << 10, 5 * time.Millisecond, 1},
 		{"50 KiB per wait", 5 << 10, 5 * time.Millisecond, 32 << 10},
-		{"100 KiB per wait", 10 << 10, 5 * time.Millisecond, 64 << 10},
-		{"far faster", 1 << 20, time.Millisecond, maxMark},
-		{"slower again", 10 << 10, 5 * time.Millisecond, 64 << 10},
+		{"100 KiB per wait, in several reads", 10 << 10, 5 * time.Millisecond, within(64 << 10)},
+		{"far faster", 1 << 20, time.Millisecond, within(maxMark)},
 	} {
 		step(s.n, s.d)
 		if got := rcvlowat(t, rc); got != s.mark || co.high.Load() != (s.mark > 1) {
 			t.Fatalf("%s: SO_RCVLOWAT %d, raised %v; want %d", s.name, got, co.high.Load(), s.mark)
 		}
+	}
+	// The receive buffer grows: the mark follows, once the coalescer asks
+	// again.
+	if err := server.SetReadBuffer(1 << 20); err != nil {
+		t.Fatal(err)
+	}
+	grown := co.roomNow()
+	before, after := within(maxMark), max(min(maxMark, grown), 32<<10)
+	followed := false
+	for i := 0; i <= recheckWaits && !followed; i++ {
+		step(1<<20, time.Millisecond)
+		switch got := rcvlowat(t, rc); got {
+		case after:
+			followed = true
+		case before:
+		default:
+			t.Fatalf("wait %d after the buffer grew to hold %d: SO_RCVLOWAT %d, want %d or %d", i, grown, got, before, after)
+		}
+	}
+	if !followed {
+		t.Fatalf("the mark stayed %d for %d waits after the buffer grew to hold %d", before, recheckWaits+1, grown)
+	}
+	step(10<<10, 5*time.Millisecond)
+	if got, want := rcvlowat(t, rc), max(min(64<<10, grown), 32<<10); got != want {
+		t.Fatalf("slower again: SO_RCVLOWAT %d, want %d", got, want)
 	}
 
 	// The reader waits; then 100 bytes come, far below the mark.

@@ -72,14 +72,16 @@ type Config struct {
 	// connection closed. Zero means no limit.
 	LineTimeout time.Duration
 	// ReadCoalesce, if positive, lets the bytes of a fast client gather
-	// in the kernel so that it is read about once per ReadCoalesce: once
-	// three quarters of what it sends per ReadCoalesce come to half a read
-	// (Framer.ReadBytes / 2) or more, its reader is woken only when that
-	// much (in powers of two, at most 256 KiB) is waiting, so that each
-	// wake-up, and the batches and writes to targets after it, carry
-	// several of its writes; a byte waits at most about ReadCoalesce
-	// longer. Slower clients are read as their bytes come. Plain TCP
-	// clients on Linux 5.11 or later (SO_RCVLOWAT); zero turns it off.
+	// in the kernel: once three quarters of what it sends per
+	// ReadCoalesce come to half a read (Framer.ReadBytes / 2, at most
+	// 256 KiB) or more, its reader is woken only when that much is
+	// waiting (rounded down to a power of two, at most 256 KiB and half
+	// the socket's receive buffer), a few times per ReadCoalesce at most,
+	// so that each wake-up, and the batches and writes to targets after
+	// it, carry several of its writes; a byte waits at most about
+	// ReadCoalesce longer. Slower clients are read as their bytes come.
+	// Plain TCP clients on Linux 5.11 or later (SO_RCVLOWAT); zero turns
+	// it off.
 	ReadCoalesce time.Duration
 	// ClientRate, if positive, bounds what one client connection may
 	// send, in bytes per second: past it, ndlb reads from it no faster,

@@ -168,6 +168,17 @@ func Socket(domain, typ, proto int) (int, error) {
 	return int(fd), nil
 }
 
+// GetsockoptInt is getsockopt(2) of an int option, as a raw system call.
+func GetsockoptInt(fd, level, opt int) (int, error) {
+	var v int32
+	l := uint32(4)
+	_, _, e := syscall.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&l)), 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(v), nil
+}
+
 // SetsockoptInt is setsockopt(2) of an int option, as a raw system call.
 func SetsockoptInt(fd, level, opt, value int) error {
 	v := int32(value)

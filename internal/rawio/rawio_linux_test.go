@@ -40,8 +40,9 @@ func TestWritevAndSendQueue(t *testing.T) {
 
 // Accept4 reports EAGAIN on an empty backlog, then takes a queued
 // connection non-blocking and close-on-exec with its peer's address (and
-// Getsockname its local one), for IPv4 and IPv6; Socket and SetsockoptInt make a socket and set an
-// option that getsockopt reads back.
+// Getsockname its local one), for IPv4 and IPv6; Socket, SetsockoptInt and
+// GetsockoptInt make a socket, set an option that getsockopt reads back,
+// and read one as getsockopt does.
 func TestAcceptSocketAndOptions(t *testing.T) {
 	for _, network := range []string{"tcp4", "tcp6"} {
 		ln, err := net.Listen(network, map[string]string{"tcp4": "127.0.0.1:0", "tcp6": "[::1]:0"}[network])
@@ -106,6 +107,19 @@ func TestAcceptSocketAndOptions(t *testing.T) {
 	}
 	if err := SetsockoptInt(-1, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != syscall.EBADF {
 		t.Fatalf("setsockopt on a bad descriptor: %v, want EBADF", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 48<<10); err != nil {
+		t.Fatal(err)
+	}
+	want, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF); err != nil || v != want {
+		t.Fatalf("SO_RCVBUF %d, %v; want %d", v, err, want)
+	}
+	if _, err := GetsockoptInt(-1, unix.SOL_SOCKET, unix.SO_RCVBUF); err != syscall.EBADF {
+		t.Fatalf("getsockopt on a bad descriptor: %v, want EBADF", err)
 	}
 	var other unix.RawSockaddrAny
 	other.Addr.Family = unix.AF_UNIX
