@@ -23,13 +23,20 @@ const (
 )
 
 // e2eClients is the number of client connections of an end-to-end run: 4,
-// or NDLB_BENCH_CLIENTS (the issue 15 baseline used 8, with
-// NDLB_BENCH_ARGS="--connections 4").
+// or NDLB_BENCH_CLIENTS (the issue 15 baseline used 8), which must share
+// the run's 64 KiB chunks evenly (a power of two up to 8192), so that
+// every client sends as much and the GB counted are the GB sent.
 var e2eClients = func() int {
-	if n, err := strconv.Atoi(os.Getenv("NDLB_BENCH_CLIENTS")); err == nil && n > 0 {
-		return n
+	v := os.Getenv("NDLB_BENCH_CLIENTS")
+	if v == "" {
+		return 4
 	}
-	return 4
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || (e2eBytes/e2eChunk)%n != 0 {
+		fmt.Fprintf(os.Stderr, "NDLB_BENCH_CLIENTS=%q: want a number of clients that divides %d (a power of two)\n", v, e2eBytes/e2eChunk)
+		os.Exit(2)
+	}
+	return n
 }()
 
 // buildNDLB builds the static binary the Dockerfile builds;
