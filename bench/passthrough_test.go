@@ -280,13 +280,12 @@ func BenchmarkPassthrough(b *testing.B) {
 		for b.Loop() {
 			p50, p99, p999 := ratioTable{}, ratioTable{}, ratioTable{}
 			for _, p := range peers {
-				_, _, lat, err := reqResp(p.addr, pacedConns, int(pacedFor/pacedEvery), pacedEvery)
+				n, elapsed, lat, err := reqResp(p.addr, pacedConns, int(pacedFor/pacedEvery), pacedEvery)
 				if err != nil {
 					b.Fatalf("%s: %v", p.name, err)
 				}
-				p50[p.name] = float64(lat[len(lat)/2].Microseconds())
-				p99[p.name] = float64(lat[len(lat)*99/100].Microseconds())
-				p999[p.name] = float64(lat[len(lat)*999/1000].Microseconds())
+				r := summarize(n, elapsed, lat)
+				p50[p.name], p99[p.name], p999[p.name] = r[1], r[2], r[3]
 			}
 			what := fmt.Sprintf("%d connections, a 64-byte exchange every %s each (%d/s)", pacedConns, pacedEvery,
 				pacedConns*int(time.Second/pacedEvery))

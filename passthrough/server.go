@@ -222,9 +222,10 @@ func (s *Server) sweeper() {
 		}
 		now := s.clock.Now()
 		park := s.parker != nil
-		quiet := mono.Of(now) - int64(s.cfg.ParkAfter)
+		at := mono.Of(now)
+		quiet := at - int64(s.cfg.ParkAfter)
 		idleOn := s.cfg.IdleTimeout > 0
-		expired := mono.Of(now) - int64(s.cfg.IdleTimeout)
+		expired := at - int64(s.cfg.IdleTimeout)
 		s.mu.Lock()
 		for ss := range s.sessions {
 			switch last := ss.last.Load(); {
