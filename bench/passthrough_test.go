@@ -301,14 +301,13 @@ func BenchmarkPassthrough(b *testing.B) {
 		peers := startPeers(b, bin, echo.addr())
 		defer stopAll(peers)
 		for b.Loop() {
-			r := ratioTable{}
-			for _, p := range peers {
-				const workers, each = 8, 500
+			r, err := newConnRates(peers, 8, 4000, func(addr string, workers, each int) (float64, error) {
 				start := time.Now()
-				if err := newConns(p.addr, workers, each); err != nil {
-					b.Fatalf("%s: %v", p.name, err)
-				}
-				r[p.name] = workers * each / time.Since(start).Seconds()
+				err := newConns(addr, workers, each)
+				return time.Since(start).Seconds(), err
+			})
+			if err != nil {
+				b.Fatal(err)
 			}
 			r.report(b, "new connections (connect, 16-byte exchange, close; 8 at a time)", "conn/s", peers)
 		}
@@ -321,19 +320,51 @@ func BenchmarkPassthrough(b *testing.B) {
 		defer stopAll(peers)
 		for b.Loop() {
 			for _, workers := range []int{8, 32} {
-				r := ratioTable{}
-				for _, p := range peers {
-					rate, err := newConnsApart(p.addr, workers, 8000/workers)
-					if err != nil {
-						b.Fatalf("%s: %v", p.name, err)
-					}
-					r[p.name] = rate
+				r, err := newConnRates(peers, workers, 8000, newConnsApart)
+				if err != nil {
+					b.Fatal(err)
 				}
-				r.report(b, fmt.Sprintf("new connections from a client process (%d at a time, 8000 in all)", workers), "conn/s", peers)
+				r.report(b, fmt.Sprintf("new connections from a client process (%d at a time, %d in all)", workers, 8000), "conn/s", peers)
 			}
 		}
 		b.ReportMetric(0, "ns/op")
 	})
+}
+
+// newConnRates measures the new connections per second through each peer,
+// workers at a time, with run (which returns the seconds n connections
+// took). Each peer first serves an untimed warm-up, so that no proxy pays
+// its first connections' page faults and pool growth in the figure; then
+// the peers take two timed turns of n/2 in ABBA order, so that drift (the
+// TIME_WAIT sockets each turn leaves, a neighbour's load) weighs on every
+// peer alike.
+func newConnRates(peers []peer, workers, n int, run func(addr string, workers, each int) (float64, error)) (ratioTable, error) {
+	const warm = 1024
+	for _, p := range peers {
+		if _, err := run(p.addr, workers, warm/workers); err != nil {
+			return nil, fmt.Errorf("%s: warm-up: %w", p.name, err)
+		}
+	}
+	each := n / 2 / workers
+	secs := map[string]float64{}
+	order := slices.Clone(peers)
+	for turn := range 2 {
+		for _, p := range order {
+			s, err := run(p.addr, workers, each)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", p.name, err)
+			}
+			secs[p.name] += s
+		}
+		if turn == 0 {
+			slices.Reverse(order)
+		}
+	}
+	r := ratioTable{}
+	for name, s := range secs {
+		r[name] = float64(2*workers*each) / s
+	}
+	return r, nil
 }
 
 // bulkSend writes bytes on each of streams connections, 256 KiB at a time.
@@ -416,7 +447,7 @@ const (
 
 // newConnsApart is newConns from a child process (this test binary): the
 // client no longer shares its process, and its cores' scheduling, with the
-// echo server. It returns connections per second.
+// echo server. It returns the seconds taken.
 func newConnsApart(addr string, workers, each int) (float64, error) {
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d %d", newConnsEnv, addr, workers, each))
@@ -428,7 +459,7 @@ func newConnsApart(addr string, workers, each int) (float64, error) {
 	if err != nil || secs <= 0 {
 		return 0, fmt.Errorf("client process printed %q", out)
 	}
-	return float64(workers*each) / secs, nil
+	return secs, nil
 }
 
 // closedLoop runs reqResp as a closed loop, in this process or, apart, in
