@@ -86,8 +86,9 @@ func (s *Server) wait(ctx context.Context, d time.Duration) error {
 func (s *Server) attempt(ctx context.Context, t *upstream.Target, c *listener.Conn, n int) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
 	defer cancel()
-	ctx, span := tracer.Start(ctx, "ndlb.upstream.dial", trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(upstream.AttrServer.String(t.Addr), attribute.Int("ndlb.attempt", n)))
+	ctx, span := startSpan(ctx, "ndlb.upstream.dial", trace.SpanKindClient, func() []attribute.KeyValue {
+		return dialAttrs(t, n)
+	})
 	defer span.End()
 	start := time.Now()
 	conn, err := s.dialHandshake(ctx, t, c)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -93,11 +94,14 @@ type lconn struct {
 	urg       [2]bool // epoll reported urgent data (EPOLLPRI), where a splice stops
 	dir       [2]ldir // client to target, target to client
 	phase     uint8
-	timedIn   bool // in l.timed; guarded by l.mu
-	queued    bool // in l.ready
-	closed    bool // the sockets are closed; guarded by session.mu
-	linger0   bool // close with RST
-	connErr   bool // epoll reported an error on the target's socket while connecting
+	timedIn   bool  // in l.timed; guarded by l.mu
+	queued    bool  // in l.ready
+	closed    bool  // the sockets are closed; guarded by session.mu
+	linger0   bool  // close with RST
+	connErr   bool  // epoll reported an error on the target's socket while connecting
+	connected bool  // the target took bytes: the connect is done, whatever epoll reports
+	early     int   // bytes forwardFirst wrote to the target
+	clientErr error // the client's read error forwardFirst took
 
 	// Connecting.
 	ctx       context.Context
@@ -453,13 +457,19 @@ func (s *Server) serveInLoop(c *listener.Conn) bool {
 	ss.s, ss.c, ss.client, ss.pending, ss.lc = s, c, c.Conn, pending, lc
 	ss.done = c.Detach()
 	s.looped.Add(1)
-	lc.ctx, lc.span = tracer.Start(s.stop, "ndlb.passthrough.connect", trace.WithSpanKind(trace.SpanKindServer),
-		trace.WithAttributes(upstream.AttrListener.String(s.name()), attribute.String("ndlb.conn.id", c.ID.String()),
-			attribute.String("client.address", c.Client.String())))
+	lc.ctx, lc.span = startSpan(s.stop, "ndlb.passthrough.connect", trace.SpanKindServer, func() []attribute.KeyValue {
+		return connAttrs(s, c)
+	})
 	lc.startRound()
 	if !lc.dialNext() {
 		lc.fail()
 		return true
+	}
+	for lc.phase == phaseConnect && !lc.forwardFirst() {
+		if !lc.dialNext() {
+			lc.fail()
+			return true
+		}
 	}
 	l := s.loops[s.nextLoop.Add(1)%uint32(len(s.loops))]
 	if err := l.add(lc); err != nil {
@@ -493,6 +503,60 @@ func (s *Server) takeSocket(c *listener.Conn) (fd int, pending []byte, ok bool) 
 	// too. The listener's own close of it later does nothing.
 	tcp.Close()
 	return fd, pending, true
+}
+
+// earlyBytes is the most forwardFirst reads.
+const earlyBytes = 2 << 10
+
+// forwardFirst does on the accepting goroutine, before lc joins a loop,
+// what the loop would do first: it reads what the client has sent so far
+// and writes it to the target whose connect is under way. A connect to a
+// target on the same host (or a fast network) completes within the
+// connect call, so the write goes through, the target has the client's
+// first bytes without waiting for the loop's turn, and the connect is
+// known to be done (no later error can send those bytes elsewhere). A
+// write that would block keeps the bytes for the loop, which writes them
+// once the connect completes. It returns false when the write showed that
+// the connect failed (recorded; the bytes are kept for the next
+// candidate).
+func (lc *lconn) forwardFirst() bool {
+	ss := &lc.session
+	if lc.s.cfg.SendProxy != 0 || lc.early > 0 {
+		return true // the header goes first; bytes already went to this target
+	}
+	b := ss.pending
+	if len(b) == 0 {
+		var buf [earlyBytes]byte
+		n, err := rawio.Read(uintptr(lc.fd[0]), buf[:])
+		switch {
+		case err == unix.EAGAIN || err == unix.EINTR || err == nil && n == 0:
+			return true // nothing yet, or the end: the loop reads it
+		case err != nil:
+			// The client reset: the read took the error, which the
+			// loop's would not see again; it is the direction's end
+			// once the target is connected.
+			lc.clientErr = os.NewSyscallError("read", err)
+			return true
+		}
+		b = buf[:n]
+	}
+	m, err := writeAll(lc.fd[1], b)
+	if m > 0 {
+		lc.early, lc.connected = m, true
+	}
+	switch {
+	case m == len(b):
+		ss.pending = nil
+	case len(ss.pending) > 0:
+		ss.pending = ss.pending[m:]
+	default:
+		ss.pending = append([]byte(nil), b[m:]...)
+	}
+	if err != nil && err != unix.EAGAIN && m == 0 {
+		lc.attemptFailed(&net.OpError{Op: "dial", Net: "tcp", Addr: targetNetAddr(lc.target), Err: os.NewSyscallError("connect", err)})
+		return false
+	}
+	return true
 }
 
 // dupSocket returns a duplicate of tcp's descriptor (non-blocking, like
@@ -604,8 +668,9 @@ func (lc *lconn) dialNext() bool {
 func (lc *lconn) connect(t *upstream.Target) bool {
 	s := lc.s
 	lc.target, lc.dialStart = t, time.Now()
-	lc.dialCtx, lc.dialSpan = tracer.Start(lc.ctx, "ndlb.upstream.dial", trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(upstream.AttrServer.String(t.Addr), attribute.Int("ndlb.attempt", lc.attempts)))
+	lc.dialCtx, lc.dialSpan = startSpan(lc.ctx, "ndlb.upstream.dial", trace.SpanKindClient, func() []attribute.KeyValue {
+		return dialAttrs(t, lc.attempts)
+	})
 	ap, ok := targetAddrPort(t)
 	if !ok {
 		// The set changed under the connection: not the target's fault.
@@ -684,7 +749,9 @@ func (lc *lconn) fail() {
 		lc.dialSpan.RecordError(lc.lastErr)
 		lc.dialSpan.End()
 	}
-	lc.span.SetAttributes(attribute.Int("ndlb.attempts", lc.attempts))
+	if lc.span.IsRecording() {
+		lc.span.SetAttributes(attribute.Int("ndlb.attempts", lc.attempts))
+	}
 	lc.span.RecordError(lc.lastErr)
 	lc.span.SetStatus(codes.Error, lc.lastErr.Error())
 	lc.span.End()
@@ -734,7 +801,7 @@ func (lc *lconn) connectDone() {
 	// Writable without an error (EPOLLERR is sk_err): connected. Only a
 	// failed connect needs its error.
 	var err error
-	if lc.connErr {
+	if lc.connErr && !lc.connected {
 		soErr, gerr := unix.GetsockoptInt(lc.fd[1], unix.SOL_SOCKET, unix.SO_ERROR)
 		switch {
 		case gerr != nil:
@@ -751,7 +818,9 @@ func (lc *lconn) connectDone() {
 	s, t, ss := lc.s, lc.target, &lc.session
 	s.recordDial(lc.dialCtx, t, time.Since(lc.dialStart), nil)
 	lc.dialSpan.End()
-	lc.span.SetAttributes(attribute.Int("ndlb.attempts", lc.attempts), upstream.AttrServer.String(t.Addr))
+	if lc.span.IsRecording() {
+		lc.span.SetAttributes(attribute.Int("ndlb.attempts", lc.attempts), upstream.AttrServer.String(t.Addr))
+	}
 	lc.span.End()
 	// The flags are epoll's: what the client's socket reported while the
 	// connect went on, and the target's from the connect on.
@@ -761,6 +830,9 @@ func (lc *lconn) connectDone() {
 	lc.targets, lc.order, lc.key, lc.bo = nil, nil, nil, nil
 	lc.dir[0].pend = ss.pending
 	ss.pending = nil
+	if lc.early > 0 {
+		lc.moved(0, lc.early)
+	}
 	if s.cfg.SendProxy != 0 {
 		h := proxyproto.HeaderProxyFromAddrs(byte(s.cfg.SendProxy), lc.c.Client, lc.c.Local)
 		if b, err := h.Format(); err == nil {
@@ -772,8 +844,15 @@ func (lc *lconn) connectDone() {
 	if !s.track(ss) {
 		ss.abort(byShutdown)
 	}
-	lc.c.Log.InfoContext(lc.ctx, "proxying", "target", t.Addr, "attempts", lc.attempts)
+	if lc.c.Log.Enabled(lc.ctx, slog.LevelInfo) {
+		lc.c.Log.InfoContext(lc.ctx, "proxying", "target", t.Addr, "attempts", lc.attempts)
+	}
 	lc.ctx, lc.dialCtx, lc.span, lc.dialSpan = nil, nil, nil, nil
+	if err := lc.clientErr; err != nil {
+		lc.clientErr = nil
+		lc.ended(0, err)
+		return
+	}
 	lc.pump()
 }
 

@@ -1,6 +1,7 @@
 package passthrough
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
+	"github.com/pires/go-proxyproto"
 	"golang.org/x/sys/unix"
 
 	"github.com/ndlb/ndlb/internal/nettest"
@@ -304,6 +306,141 @@ func TestLoopBurstOfConnections(t *testing.T) {
 		}
 		if loop := st.EventLoop == n; loop != (target == live.addr()) {
 			t.Fatalf("target %s: %d connections in the loop", target, st.EventLoop)
+		}
+	}
+}
+
+// startWith starts a server with cfg on ln, which the test may have
+// dialled already (the server's accept then finds the client's bytes
+// waiting, which forwardFirst sends on the accepting goroutine).
+func startWith(t *testing.T, cfg Config, ln net.Listener) *Server {
+	t.Helper()
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start(ln)
+	t.Cleanup(func() { s.Shutdown() })
+	return s
+}
+
+// waitingClient connects to ln before anything accepts and sends payload;
+// with end, it also half-closes. The kernel completes the connection and
+// queues the bytes (and the FIN) for the server's accept to find.
+func waitingClient(t *testing.T, ln net.Listener, payload []byte, end bool) *net.TCPConn {
+	t.Helper()
+	c := dialTest(t, ln.Addr().String()).(*net.TCPConn)
+	if _, err := c.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	if end {
+		if err := c.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
+// Bytes a client sent before its connection was accepted reach the target
+// first and whole, less or more than the accepting goroutine forwards,
+// with or without the client's end behind them; the counters and the
+// echo agree.
+func TestLoopFirstBytesWaiting(t *testing.T) {
+	live := newBackend(t, nil, echo)
+	for _, size := range []int{16, earlyBytes, 256 << 10} {
+		for _, end := range []bool{false, true} {
+			payload := make([]byte, size)
+			rand.Read(payload)
+			ln := newLocalListener(t)
+			c := waitingClient(t, ln, payload, end)
+			s := startWith(t, testConfig(live.addr()), ln)
+			got := make([]byte, size)
+			if _, err := io.ReadFull(c, got); err != nil {
+				t.Fatalf("%d bytes, end %v: %v", size, end, err)
+			}
+			if !bytes.Equal(got, payload) {
+				t.Fatalf("%d bytes, end %v: the echo differs", size, end)
+			}
+			if !end {
+				c.CloseWrite()
+			}
+			wantEOF(t, c)
+			waitFor(t, "the connection closed", func() bool { return s.Stats().Listener.Active == 0 })
+			if st := s.Stats(); st.EventLoop != 1 || st.Proxied != 1 || st.BytesFromClient != uint64(size) || st.BytesFromTarget != uint64(size) {
+				t.Fatalf("%d bytes, end %v: stats %+v", size, end, st)
+			}
+		}
+	}
+}
+
+// Bytes waiting at the accept are kept for the next candidate when the
+// first refuses (the accepting goroutine's write finds the refusal) or
+// never answers (its write would block, and the connect times out): the
+// target that serves the connection gets them, once.
+func TestLoopFirstBytesFailover(t *testing.T) {
+	live := newBackend(t, nil, echo)
+	for name, first := range map[string]string{"refused": deadAddr(t), "silent": nettest.SYNHole(t)} {
+		cfg := testConfig(first, live.addr())
+		cfg.Balance = "first"
+		cfg.ConnectTimeout = 50 * time.Millisecond
+		ln := newLocalListener(t)
+		c := waitingClient(t, ln, []byte("first bytes"), true)
+		s := startWith(t, cfg, ln)
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != "first bytes" {
+			t.Fatalf("%s: echo %q, %v", name, got, err)
+		}
+		waitFor(t, "the connection closed", func() bool { return s.Stats().Listener.Active == 0 })
+		if st := s.Stats(); st.DialFailures != 1 || st.Proxied != 1 || st.BytesFromClient != 11 {
+			t.Fatalf("%s: stats %+v", name, st)
+		}
+	}
+}
+
+// With SendProxy, bytes waiting at the accept still follow the header.
+func TestLoopFirstBytesAfterProxyHeader(t *testing.T) {
+	got := make(chan string, 1)
+	b := newBackend(t, nil, func(c net.Conn) {
+		r := bufio.NewReader(c)
+		if _, err := proxyproto.Read(r); err != nil {
+			t.Error(err)
+		}
+		rest, _ := io.ReadAll(r)
+		got <- string(rest)
+	})
+	cfg := testConfig(b.addr())
+	cfg.SendProxy = 2
+	ln := newLocalListener(t)
+	c := waitingClient(t, ln, []byte("after the header"), true)
+	startWith(t, cfg, ln)
+	if g := <-got; g != "after the header" {
+		t.Fatalf("target read %q after the header", g)
+	}
+	c.Close()
+}
+
+// A client that resets before its connection is accepted (the accepting
+// goroutine's read takes the reset) resets its target's connection too,
+// as a reset later in the connection would: the target does not see a
+// clean end.
+func TestLoopResetBeforeAccept(t *testing.T) {
+	for _, sent := range []string{"", "x"} {
+		ends := make(chan error, 1)
+		b := newBackend(t, nil, func(c net.Conn) {
+			_, err := io.ReadAll(c)
+			ends <- err
+		})
+		ln := newLocalListener(t)
+		c := waitingClient(t, ln, []byte(sent), false)
+		c.SetLinger(0)
+		c.Close()
+		s := startWith(t, testConfig(b.addr()), ln)
+		if err := <-ends; !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("sent %q: the target's read ended with %v, want a reset", sent, err)
+		}
+		waitFor(t, "the connection closed", func() bool { return s.Stats().Listener.Active == 0 })
+		if st := s.Stats(); st.Proxied != 1 || st.EventLoop != 1 || st.BytesFromClient != uint64(len(sent)) {
+			t.Fatalf("sent %q: stats %+v", sent, st)
 		}
 	}
 }

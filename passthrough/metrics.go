@@ -10,11 +10,33 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/upstream"
 )
 
 var tracer = otel.Tracer("github.com/ndlb/ndlb/passthrough")
+
+// apiProvider is the tracer provider the OpenTelemetry API starts with,
+// whose spans record nothing until a real provider is installed
+// (telemetry.Setup with traces on).
+var apiProvider = otel.GetTracerProvider()
+
+// noSpan is the span of a connection while tracing is off.
+var noSpan = trace.SpanFromContext(context.Background())
+
+// startSpan starts a span of kind named name under ctx, with the
+// attributes attrs returns. While no tracer provider is installed it
+// returns ctx and a no-op span without calling attrs: a new connection
+// then pays nothing (no span, context or attribute allocated) for tracing
+// that is off.
+func startSpan(ctx context.Context, name string, kind trace.SpanKind, attrs func() []attribute.KeyValue) (context.Context, trace.Span) {
+	if otel.GetTracerProvider() == apiProvider {
+		return ctx, noSpan
+	}
+	return tracer.Start(ctx, name, trace.WithSpanKind(kind), trace.WithAttributes(attrs()...))
+}
 
 var instruments = sync.OnceValues(func() (ptMetrics, error) {
 	m := otel.Meter("github.com/ndlb/ndlb/passthrough")
@@ -200,4 +222,15 @@ func (s *UDPServer) observeUDP() []metric.Registration {
 		regs = append(regs, r)
 	}
 	return regs
+}
+
+// connAttrs are the attributes of a client connection's connect span.
+func connAttrs(s *Server, c *listener.Conn) []attribute.KeyValue {
+	return []attribute.KeyValue{upstream.AttrListener.String(s.name()), attribute.String("ndlb.conn.id", c.ID.String()),
+		attribute.String("client.address", c.Client.String())}
+}
+
+// dialAttrs are the attributes of the span of attempt n on t.
+func dialAttrs(t *upstream.Target, n int) []attribute.KeyValue {
+	return []attribute.KeyValue{upstream.AttrServer.String(t.Addr), attribute.Int("ndlb.attempt", n)}
 }

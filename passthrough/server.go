@@ -151,11 +151,13 @@ func (s *Server) ServeConn(c *listener.Conn) {
 // done is c's, from Detach; it is called when no target accepts c, or
 // when the session ends.
 func (s *Server) serveStreams(c *listener.Conn, done func()) {
-	ctx, span := tracer.Start(s.stop, "ndlb.passthrough.connect", trace.WithSpanKind(trace.SpanKindServer),
-		trace.WithAttributes(upstream.AttrListener.String(s.name()), attribute.String("ndlb.conn.id", c.ID.String()),
-			attribute.String("client.address", c.Client.String())))
+	ctx, span := startSpan(s.stop, "ndlb.passthrough.connect", trace.SpanKindServer, func() []attribute.KeyValue {
+		return connAttrs(s, c)
+	})
 	backend, t, attempts, err := s.connect(ctx, c)
-	span.SetAttributes(attribute.Int("ndlb.attempts", attempts))
+	if span.IsRecording() {
+		span.SetAttributes(attribute.Int("ndlb.attempts", attempts))
+	}
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
@@ -165,7 +167,9 @@ func (s *Server) serveStreams(c *listener.Conn, done func()) {
 		done()
 		return
 	}
-	span.SetAttributes(upstream.AttrServer.String(t.Addr))
+	if span.IsRecording() {
+		span.SetAttributes(upstream.AttrServer.String(t.Addr))
+	}
 	span.End()
 	t.ConnOpened()
 	s.proxied.Add(1)

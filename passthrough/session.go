@@ -1,7 +1,9 @@
 package passthrough
 
 import (
+	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
@@ -229,6 +231,9 @@ func (ss *session) judge() {
 
 // logClose writes the connection's close line.
 func (ss *session) logClose() {
+	if !ss.c.Log.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
 	ss.mu.Lock()
 	by, err := ss.closedBy, ss.err
 	ss.mu.Unlock()
