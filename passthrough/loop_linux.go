@@ -90,6 +90,7 @@ type lconn struct {
 	slot, gen uint32
 	fd        [2]int  // the client's socket (our duplicate) and the target's; -1 when there is none
 	rd, wr    [2]bool // the sockets are readable, writable (edge-triggered: until EAGAIN)
+	outOn     [2]bool // epoll reports the sockets' writability (watch, awaitWrite)
 	hup       [2]bool // epoll reported the socket's end (RDHUP, HUP, ERR): read it until EOF or an error
 	urg       [2]bool // epoll reported urgent data (EPOLLPRI), where a splice stops
 	dir       [2]ldir // client to target, target to client
@@ -360,8 +361,9 @@ func (l *evloop) timers() {
 	l.due = l.due[:0]
 }
 
-// add registers lc, whose dial is under way or waiting for a round, with
-// the loop. After it, only the loop's goroutine touches lc.
+// add registers lc, whose dial is under way, waiting for a round or
+// done (forwardFirst), with the loop. After it, only the loop's goroutine
+// touches lc.
 func (l *evloop) add(lc *lconn) error {
 	l.mu.Lock()
 	l.gen++
@@ -391,9 +393,12 @@ func (l *evloop) add(lc *lconn) error {
 		l.mu.Unlock()
 		return err
 	}
-	lc.timedIn = true
-	l.timed = append(l.timed, lc)
-	wake := lc.deadline < l.wakeAt
+	wake := false
+	if lc.phase != phaseProxy { // a connect or a round's backoff has a deadline
+		lc.timedIn = true
+		l.timed = append(l.timed, lc)
+		wake = lc.deadline < l.wakeAt
+	}
 	l.mu.Unlock()
 	if wake {
 		l.wake()
@@ -401,15 +406,46 @@ func (l *evloop) add(lc *lconn) error {
 	return nil
 }
 
-// watch adds lc's socket on side to the epoll set, edge-triggered.
+// watch adds lc's socket on side to the epoll set, edge-triggered. It
+// asks for writability (EPOLLOUT) only when the loop waits for it: a
+// connect's completion, or bytes in hand for the socket. A connected
+// socket with nothing to write is taken as writable, so that adding it
+// raises no event (and no turn of the loop) until it has something to
+// read; the first write that would block asks for EPOLLOUT (awaitWrite).
 func (l *evloop) watch(lc *lconn, side int) error {
 	ev := unix.EpollEvent{
-		Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLPRI | unix.EPOLLET,
+		Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLPRI | unix.EPOLLET,
 		Fd:     int32(lc.slot + 1), Pad: int32(lc.gen<<1 | uint32(side)),
+	}
+	lc.outOn[side] = side == 1 && lc.phase == phaseConnect || len(lc.dir[1-side].pend) > 0
+	if lc.outOn[side] {
+		ev.Events |= unix.EPOLLOUT
+	} else {
+		lc.wr[side] = true
 	}
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, lc.fd[side], &ev); err != nil {
 		return os.NewSyscallError("epoll_ctl", err)
 	}
+	return nil
+}
+
+// awaitWrite records that side's socket would block a write, and asks
+// epoll to report when it takes bytes again, if it does not yet. Asked
+// after the write failed, epoll reports a socket that drained meanwhile
+// at once.
+func (lc *lconn) awaitWrite(side int) error {
+	lc.wr[side] = false
+	if lc.outOn[side] {
+		return nil
+	}
+	ev := unix.EpollEvent{
+		Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLPRI | unix.EPOLLET,
+		Fd:     int32(lc.slot + 1), Pad: int32(lc.gen<<1 | uint32(side)),
+	}
+	if err := unix.EpollCtl(lc.l.epfd, unix.EPOLL_CTL_MOD, lc.fd[side], &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	lc.outOn[side] = true
 	return nil
 }
 
@@ -470,6 +506,11 @@ func (s *Server) serveInLoop(c *listener.Conn) bool {
 			lc.fail()
 			return true
 		}
+	}
+	if lc.connected {
+		// The target took the first bytes: the loop has nothing to do
+		// until one side has something to read.
+		lc.established()
 	}
 	l := s.loops[s.nextLoop.Add(1)%uint32(len(s.loops))]
 	if err := l.add(lc); err != nil {
@@ -815,6 +856,18 @@ func (lc *lconn) connectDone() {
 		lc.dialOn()
 		return
 	}
+	lc.established()
+	if err := lc.clientErr; err != nil {
+		lc.clientErr = nil
+		lc.ended(0, err)
+		return
+	}
+	lc.pump()
+}
+
+// established records that lc's connect to its target is done, and makes
+// it a proxied connection. It does no I/O.
+func (lc *lconn) established() {
 	s, t, ss := lc.s, lc.target, &lc.session
 	s.recordDial(lc.dialCtx, t, time.Since(lc.dialStart), nil)
 	lc.dialSpan.End()
@@ -848,12 +901,6 @@ func (lc *lconn) connectDone() {
 		lc.c.Log.InfoContext(lc.ctx, "proxying", "target", t.Addr, "attempts", lc.attempts)
 	}
 	lc.ctx, lc.dialCtx, lc.span, lc.dialSpan = nil, nil, nil, nil
-	if err := lc.clientErr; err != nil {
-		lc.clientErr = nil
-		lc.ended(0, err)
-		return
-	}
-	lc.pump()
 }
 
 // pump moves bytes both ways until each would block, or the turn's bytes
@@ -908,8 +955,7 @@ func (lc *lconn) move(i int, budget *int) error {
 			case err == unix.EINTR:
 				continue
 			case err == unix.EAGAIN:
-				lc.wr[1-i] = false
-				return nil
+				return lc.awaitWrite(1 - i)
 			case err != nil:
 				return os.NewSyscallError(op, err)
 			}
@@ -964,8 +1010,10 @@ func (lc *lconn) move(i int, budget *int) error {
 			m, err := writeAll(dst, lc.l.buf[:n])
 			lc.moved(i, m)
 			if err == unix.EAGAIN {
-				lc.wr[1-i] = false
 				d.pend = append([]byte(nil), lc.l.buf[m:n]...)
+				if err := lc.awaitWrite(1 - i); err != nil {
+					return err
+				}
 			} else if err != nil {
 				return os.NewSyscallError("write", err)
 			}
