@@ -35,7 +35,11 @@
 // with a non-blocking connect, and one epoll loop per processor, waiting in
 // the runtime's poller on its epoll descriptor, runs the connect, failover,
 // retries, copies, splices, half-closes and the end of each connection
-// inline. Other connections (TLS, a custom Dial, a target given by name)
+// inline. The goroutine that accepted the connection starts its connect and
+// writes what the client has already sent to the target: a target that
+// answers within the connect call (on the same host) then has the client's
+// first bytes without waiting for the loop, and the connection joins the
+// loop as a proxied one. Other connections (TLS, a custom Dial, a target given by name)
 // are served by streams as above.
 //
 // The package does not parse what it proxies and does not retry a
