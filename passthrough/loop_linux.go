@@ -100,7 +100,7 @@ type lconn struct {
 	closed    bool  // the sockets are closed; guarded by session.mu
 	linger0   bool  // close with RST
 	connErr   bool  // epoll reported an error on the target's socket while connecting
-	connected bool  // the target took bytes: the connect is done, whatever epoll reports
+	connected bool  // the target took forwardFirst's bytes: the connect is done
 	early     int   // bytes forwardFirst wrote to the target
 	clientErr error // the client's read error forwardFirst took
 
@@ -423,11 +423,19 @@ func (l *evloop) watch(lc *lconn, side int) error {
 	} else {
 		lc.wr[side] = true
 	}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, lc.fd[side], &ev); err != nil {
+	ctl := unix.EpollCtl
+	if f := epollCtlFault.Load(); f != nil {
+		ctl = *f
+	}
+	if err := ctl(l.epfd, unix.EPOLL_CTL_ADD, lc.fd[side], &ev); err != nil {
 		return os.NewSyscallError("epoll_ctl", err)
 	}
 	return nil
 }
+
+// epollCtlFault, when set (by tests), adds sockets to the loops' epoll
+// sets instead of epoll_ctl, to make it fail.
+var epollCtlFault atomic.Pointer[func(epfd, op, fd int, ev *unix.EpollEvent) error]
 
 // awaitWrite records that side's socket would block a write, and asks
 // epoll to report when it takes bytes again, if it does not yet. Asked
@@ -514,6 +522,18 @@ func (s *Server) serveInLoop(c *listener.Conn) bool {
 	}
 	l := s.loops[s.nextLoop.Add(1)%uint32(len(s.loops))]
 	if err := l.add(lc); err != nil {
+		if lc.phase == phaseProxy {
+			// Connected already (forwardFirst): it ends as a proxied
+			// connection ndlb could not serve, with a reset both ways.
+			ss.mu.Lock()
+			if ss.closedBy == "" {
+				ss.closedBy, ss.err = byError, err
+			}
+			ss.mu.Unlock()
+			lc.linger0 = true
+			lc.end()
+			return true
+		}
 		lc.lastErr = err
 		lc.fail()
 	}
@@ -562,8 +582,8 @@ const earlyBytes = 2 << 10
 // candidate).
 func (lc *lconn) forwardFirst() bool {
 	ss := &lc.session
-	if lc.s.cfg.SendProxy != 0 || lc.early > 0 {
-		return true // the header goes first; bytes already went to this target
+	if lc.s.cfg.SendProxy != 0 {
+		return true // the header goes first
 	}
 	b := ss.pending
 	if len(b) == 0 {
@@ -842,7 +862,7 @@ func (lc *lconn) connectDone() {
 	// Writable without an error (EPOLLERR is sk_err): connected. Only a
 	// failed connect needs its error.
 	var err error
-	if lc.connErr && !lc.connected {
+	if lc.connErr {
 		soErr, gerr := unix.GetsockoptInt(lc.fd[1], unix.SOL_SOCKET, unix.SO_ERROR)
 		switch {
 		case gerr != nil:

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"syscall"
 	"testing"
 	"time"
@@ -326,7 +327,8 @@ func startWith(t *testing.T, cfg Config, ln net.Listener) *Server {
 
 // waitingClient connects to ln before anything accepts and sends payload;
 // with end, it also half-closes. The kernel completes the connection and
-// queues the bytes (and the FIN) for the server's accept to find.
+// queues the bytes (and the FIN) for the server's accept to find. payload
+// must fit in a fresh loopback connection's buffers (32 KiB does).
 func waitingClient(t *testing.T, ln net.Listener, payload []byte, end bool) *net.TCPConn {
 	t.Helper()
 	c := dialTest(t, ln.Addr().String()).(*net.TCPConn)
@@ -341,22 +343,41 @@ func waitingClient(t *testing.T, ln net.Listener, payload []byte, end bool) *net
 	return c
 }
 
+// waitingBytes is what a test has a client send before its connection is
+// accepted.
+const waitingBytes = 32 << 10
+
 // Bytes a client sent before its connection was accepted reach the target
 // first and whole, less or more than the accepting goroutine forwards,
-// with or without the client's end behind them; the counters and the
-// echo agree.
+// with or without the client's end behind them, and followed by more
+// bytes sent after the accept; the counters and the echo agree.
 func TestLoopFirstBytesWaiting(t *testing.T) {
 	live := newBackend(t, nil, echo)
-	for _, size := range []int{16, earlyBytes, 256 << 10} {
+	for _, size := range []int{16, earlyBytes, waitingBytes, 256 << 10} {
 		for _, end := range []bool{false, true} {
 			payload := make([]byte, size)
 			rand.Read(payload)
+			first := payload[:min(size, waitingBytes)]
 			ln := newLocalListener(t)
-			c := waitingClient(t, ln, payload, end)
+			c := waitingClient(t, ln, first, end && len(first) == size)
 			s := startWith(t, testConfig(live.addr()), ln)
+			wrote := make(chan error, 1)
+			go func() {
+				var err error
+				if len(first) < size {
+					_, err = c.Write(payload[len(first):])
+					if err == nil && end {
+						err = c.CloseWrite()
+					}
+				}
+				wrote <- err
+			}()
 			got := make([]byte, size)
 			if _, err := io.ReadFull(c, got); err != nil {
 				t.Fatalf("%d bytes, end %v: %v", size, end, err)
+			}
+			if err := receive(t, "the rest written", wrote); err != nil {
+				t.Fatal(err)
 			}
 			if !bytes.Equal(got, payload) {
 				t.Fatalf("%d bytes, end %v: the echo differs", size, end)
@@ -372,6 +393,22 @@ func TestLoopFirstBytesWaiting(t *testing.T) {
 		}
 	}
 }
+
+// receive waits for a test server's report, failing the test after
+// testWait.
+func receive[T any](t *testing.T, what string, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(testWait):
+		t.Fatalf("no %s after %s", what, testWait)
+		panic("unreachable")
+	}
+}
+
+// testWait bounds a test's wait for a report from its own servers.
+const testWait = 10 * time.Second
 
 // Bytes waiting at the accept are kept for the next candidate when the
 // first refuses (the accepting goroutine's write finds the refusal) or
@@ -413,7 +450,7 @@ func TestLoopFirstBytesAfterProxyHeader(t *testing.T) {
 	ln := newLocalListener(t)
 	c := waitingClient(t, ln, []byte("after the header"), true)
 	startWith(t, cfg, ln)
-	if g := <-got; g != "after the header" {
+	if g := receive(t, "target read", got); g != "after the header" {
 		t.Fatalf("target read %q after the header", g)
 	}
 	c.Close()
@@ -435,12 +472,81 @@ func TestLoopResetBeforeAccept(t *testing.T) {
 		c.SetLinger(0)
 		c.Close()
 		s := startWith(t, testConfig(b.addr()), ln)
-		if err := <-ends; !errors.Is(err, syscall.ECONNRESET) {
+		if err := receive(t, "target's end", ends); !errors.Is(err, syscall.ECONNRESET) {
 			t.Fatalf("sent %q: the target's read ended with %v, want a reset", sent, err)
 		}
 		waitFor(t, "the connection closed", func() bool { return s.Stats().Listener.Active == 0 })
 		if st := s.Stats(); st.Proxied != 1 || st.EventLoop != 1 || st.BytesFromClient != uint64(len(sent)) {
 			t.Fatalf("sent %q: stats %+v", sent, st)
 		}
+	}
+}
+
+// Bytes that came behind an accepted PROXY header go first, then what the
+// client sent after it, to the target, once.
+func TestLoopFirstBytesAfterAcceptedHeader(t *testing.T) {
+	live := newBackend(t, nil, echo)
+	cfg := testConfig(live.addr())
+	cfg.Listener.AcceptProxy = true
+	cfg.Listener.ProxyFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	ln := newLocalListener(t)
+	h := proxyproto.HeaderProxyFromAddrs(1, &net.TCPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 4000}, &net.TCPAddr{IP: net.IPv4(10, 9, 9, 9), Port: 80})
+	hb, err := h.Format()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := waitingClient(t, ln, append(hb, "behind the header, "...), false)
+	s := startWith(t, cfg, ln)
+	waitFor(t, "the connection served", func() bool { return s.Stats().Proxied == 1 })
+	if _, err := c.Write([]byte("then more")); err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "behind the header, then more" {
+		t.Fatalf("echo %q, %v", got, err)
+	}
+	waitFor(t, "the connection closed", func() bool { return s.Stats().Listener.Active == 0 })
+	if st := s.Stats(); st.EventLoop != 1 || st.BytesFromClient != uint64(len(got)) {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// A connection whose first bytes went through but which its loop cannot
+// take (epoll_ctl fails: out of watches) ends with a reset both ways,
+// counted as proxied and closed, the target's count of open connections
+// back to zero; the server goes on.
+func TestLoopAddFailsAfterFirstBytes(t *testing.T) {
+	ends := make(chan error, 1)
+	b := newBackend(t, nil, func(c net.Conn) {
+		_, err := io.ReadAll(c)
+		ends <- err
+	})
+	ln := newLocalListener(t)
+	c := waitingClient(t, ln, []byte("hello"), false)
+	full := func(epfd, op, fd int, ev *unix.EpollEvent) error { return unix.ENOSPC }
+	epollCtlFault.Store(&full)
+	defer epollCtlFault.Store(nil)
+	s := startWith(t, testConfig(b.addr()), ln)
+	if err := receive(t, "target's end", ends); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the target's read ended with %v, want a reset", err)
+	}
+	if _, err := io.ReadAll(c); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the client's read ended with %v, want a reset", err)
+	}
+	waitFor(t, "the connection closed", func() bool { return s.Stats().Listener.Active == 0 })
+	st := s.Stats()
+	if st.Proxied != 1 || st.Failed != 0 || st.BytesFromClient != 5 {
+		t.Fatalf("stats %+v", st)
+	}
+	if n := s.Set().Targets()[0].Active(); n != 0 {
+		t.Fatalf("target counts %d open connections", n)
+	}
+	epollCtlFault.Store(nil)
+	c2 := dialTest(t, s.Addr().String()).(*net.TCPConn)
+	c2.Write([]byte("x"))
+	c2.CloseWrite()
+	if err := receive(t, "target's end", ends); err != nil {
+		t.Fatalf("the next connection's target read %v", err)
 	}
 }

@@ -22,6 +22,7 @@ const (
 	byTarget   = "target"   // the target ended its stream first
 	byIdle     = "idle"     // no traffic for IdleTimeout
 	byShutdown = "shutdown" // the drain timeout passed
+	byError    = "error"    // ndlb could not serve it (out of epoll watches or memory)
 )
 
 // errClosedEarly is the failure of a target that closed a connection at
