@@ -208,7 +208,7 @@ type Config struct {
 	// time the process wakes from idle (see acceptRaw). The socket keeps
 	// the listening socket's options (TCP keepalive among them,
 	// whatever the net.ListenConfig said) and gets TCP_NODELAY, as Go
-	// sets it.
+	// sets it (from the listening socket, when Control set it there).
 	RawAccept bool
 }
 
@@ -255,14 +255,15 @@ type Stats struct {
 
 // Listener accepts connections and hands them to a Handler.
 type Listener struct {
-	ln       net.Listener
-	rawWait  *os.File        // a duplicate of the listening socket raw accepts wait on; guarded by mu
-	rawRC    syscall.RawConn // rawWait's; owned by Serve
-	rawUntil time.Time       // the deadline for rawWait, set by Shutdown or Handover; guarded by mu
-	rawLocal *net.TCPAddr    // the local address of raw sockets, unless listening on a wildcard
-	h        Handler
-	cfg      Config
-	log      *slog.Logger
+	ln         net.Listener
+	rawWait    *os.File        // a duplicate of the listening socket raw accepts wait on; guarded by mu
+	rawRC      syscall.RawConn // rawWait's; owned by Serve
+	rawUntil   time.Time       // the deadline for rawWait, set by Shutdown or Handover; guarded by mu
+	rawLocal   *net.TCPAddr    // the local address of raw sockets, unless listening on a wildcard
+	rawNoDelay bool            // the listening socket has TCP_NODELAY, which raw sockets inherit; set by Serve
+	h          Handler
+	cfg        Config
+	log        *slog.Logger
 
 	wg          sync.WaitGroup // one per connection
 	prep        sync.WaitGroup // one per connection still in its PROXY header or handshake

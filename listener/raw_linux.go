@@ -5,7 +5,9 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -132,6 +134,10 @@ func (l *Listener) rawAccepting() bool {
 		l.log.Warn("connections are accepted the usual way: the duplicate of the listening socket is not in the runtime's poller")
 		return false
 	}
+	// Sockets accepted from a listening socket with TCP_NODELAY have it
+	// (Linux copies the listener's options to them): see Control.
+	v, err := unix.GetsockoptInt(dup, unix.IPPROTO_TCP, unix.TCP_NODELAY)
+	l.rawNoDelay = err == nil && v != 0
 	l.mu.Lock()
 	l.rawWait, l.rawRC = f, wrc
 	if !l.rawUntil.IsZero() { // Shutdown or Handover came first
@@ -205,8 +211,10 @@ func (l *Listener) acceptRaw() (net.Conn, error) {
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.ln.Addr(), Err: os.NewSyscallError("accept4", aerr)}
 	}
 	// As Go does for the connections it accepts: no Nagle delay on small
-	// writes.
-	_ = rawio.SetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	// writes (inherited from a listening socket Control set up).
+	if !l.rawNoDelay {
+		_ = rawio.SetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}
 	r := &rawConn{fd: nfd, raddr: rawTCPAddr(&sa), laddr: l.rawLocal}
 	if l.rawLocal == nil { // listening on a wildcard address
 		var lsa unix.RawSockaddrAny
@@ -242,4 +250,18 @@ func rawTCPAddr(sa *unix.RawSockaddrAny) *net.TCPAddr {
 		}
 	}
 	return a
+}
+
+// Control is a net.ListenConfig.Control for the listening sockets ndlb
+// opens: on a TCP socket it sets TCP_NODELAY before the socket listens.
+// Linux copies a listening socket's options to each socket it accepts, so
+// raw accepts find it set and skip one system call per connection. A
+// listening socket opened without it (inherited, or handed over by an
+// older process) still has it set on each accepted socket. Errors are
+// ignored: the option is then set per connection.
+func Control(network, _ string, c syscall.RawConn) error {
+	if strings.HasPrefix(network, "tcp") {
+		_ = c.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) })
+	}
+	return nil
 }

@@ -22,6 +22,7 @@ import (
 type rawHandler struct {
 	raw, std  atomic.Int32
 	keepAlive atomic.Int32 // raw connections made ordinary with keepalive on
+	noDelay   atomic.Int32 // raw sockets taken with TCP_NODELAY on
 	addrs     chan [2]net.Addr
 	echo      bool // Materialize even raw connections, and echo
 }
@@ -31,6 +32,9 @@ func (h *rawHandler) ServeConn(c *Conn) {
 	if !h.echo {
 		if fd, ok := c.TakeFD(); ok {
 			h.raw.Add(1)
+			if v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY); err == nil && v == 1 {
+				h.noDelay.Add(1)
+			}
 			_, _ = unix.Write(fd, []byte("raw"))
 			_ = unix.Close(fd)
 			return
@@ -108,8 +112,8 @@ func TestRawAccept(t *testing.T) {
 				t.Fatalf("client %v local %v, want %v %v", a[0], a[1], c.LocalAddr(), c.RemoteAddr())
 			}
 		}
-		if !echo && h.raw.Load() != 8 {
-			t.Fatalf("%d of 8 queued connections accepted raw", h.raw.Load())
+		if !echo && (h.raw.Load() != 8 || h.noDelay.Load() != 8) {
+			t.Fatalf("%d of 8 queued connections accepted raw, %d with TCP_NODELAY", h.raw.Load(), h.noDelay.Load())
 		}
 		if n := h.keepAlive.Load(); n != 0 {
 			t.Fatalf("%d connections made ordinary have TCP keepalive on", n)
@@ -388,5 +392,45 @@ func TestRawWaitClosedUnderServe(t *testing.T) {
 		l.Shutdown(t.Context())
 		<-served
 		t.Fatal("Serve went on after its wait was closed")
+	}
+}
+
+// A listening socket opened with Control has TCP_NODELAY, and the sockets
+// accepted raw from it have it without a system call each, those queued
+// before Serve too; without it (TestRawAccept) each gets it set.
+func TestRawAcceptInheritsNoDelay(t *testing.T) {
+	lc := net.ListenConfig{Control: Control}
+	ln, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	c1, err := net.Dial("tcp", ln.Addr().String()) // queued before Serve
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	h := &rawHandler{addrs: make(chan [2]net.Addr, 4)}
+	l := New(ln, h, Config{Inline: true, RawAccept: true, Logger: quiet()})
+	done := make(chan error, 1)
+	go func() { done <- l.Serve() }()
+	c2, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	for _, c := range []net.Conn{c1, c2} {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if b, err := io.ReadAll(c); err != nil || string(b) != "raw" {
+			t.Fatalf("read %q %v", b, err)
+		}
+		<-h.addrs
+	}
+	l.Shutdown(t.Context())
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !l.rawNoDelay || h.raw.Load() != 2 || h.noDelay.Load() != 2 {
+		t.Fatalf("listener TCP_NODELAY seen %v; %d raw sockets, %d with TCP_NODELAY", l.rawNoDelay, h.raw.Load(), h.noDelay.Load())
 	}
 }

@@ -4,6 +4,7 @@ package listener
 
 import (
 	"net"
+	"syscall"
 	"time"
 )
 
@@ -21,3 +22,7 @@ func (l *Listener) acceptRaw() (net.Conn, error) { return l.ln.Accept() }
 func (l *Listener) rawDeadline(time.Time) {}
 
 func (l *Listener) closeRawWait() {}
+
+// Control is a net.ListenConfig.Control for the listening sockets ndlb
+// opens; it does nothing where raw accepts are not made.
+func Control(network, address string, c syscall.RawConn) error { return nil }

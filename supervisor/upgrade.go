@@ -499,7 +499,7 @@ func (s *Supervisor) adopt(name string, t ndjson.Transfer) bool {
 // listen opens a new listening socket on network, "tcp" or "udp" (a
 // *listener.Packet).
 func listen(network, addr string, keepAlive time.Duration) (net.Listener, error) {
-	lc := net.ListenConfig{KeepAlive: keepAlive}
+	lc := net.ListenConfig{KeepAlive: keepAlive, Control: listener.Control}
 	if network == "udp" {
 		pc, err := lc.ListenPacket(context.Background(), "udp", addr)
 		if err != nil {
