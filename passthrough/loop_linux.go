@@ -530,6 +530,7 @@ func (s *Server) serveInLoop(c *listener.Conn) bool {
 				ss.closedBy, ss.err = byError, err
 			}
 			ss.mu.Unlock()
+			c.Log.Warn("resetting the connection: its event loop could not take it", "target", lc.target.Addr, "err", err)
 			lc.linger0 = true
 			lc.end()
 			return true
