@@ -261,6 +261,7 @@ type Listener struct {
 	rawUntil   time.Time       // the deadline for rawWait, set by Shutdown or Handover; guarded by mu
 	rawLocal   *net.TCPAddr    // the local address of raw sockets, unless listening on a wildcard
 	rawNoDelay bool            // the listening socket has TCP_NODELAY, which raw sockets inherit; set by Serve
+	rawAcc     rawAccept       // owned by Serve
 	h          Handler
 	cfg        Config
 	log        *slog.Logger

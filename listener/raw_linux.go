@@ -177,31 +177,16 @@ func (l *Listener) closeRawWait() {
 // When the handler, a RawWanter, does not want the socket, the
 // connection is accepted the usual way.
 func (l *Listener) acceptRaw() (net.Conn, error) {
-	var (
-		nfd      int
-		sa       unix.RawSockaddrAny
-		aerr     error
-		ordinary bool
-	)
-	w, _ := l.h.(RawWanter)
-	err := l.rawRC.Read(func(fd uintptr) bool {
-		if w != nil && !w.WantsRaw() {
-			ordinary = true
-			return true
-		}
-		for {
-			nfd, aerr = rawio.Accept4(int(fd), &sa)
-			switch aerr {
-			case unix.EINTR, unix.ECONNABORTED: // retried, as Go's Accept does
-				continue
-			case unix.EAGAIN: // wait
-				return false
-			}
-			return true
-		}
-	})
+	a := &l.rawAcc
+	if a.try == nil { // once: the callback and its results live in l
+		a.w, _ = l.h.(RawWanter)
+		a.try = a.accept
+	}
+	a.nfd, a.err, a.ordinary = -1, nil, false
+	err := l.rawRC.Read(a.try)
+	nfd, aerr := a.nfd, a.err
 	switch {
-	case ordinary:
+	case a.ordinary:
 		return l.ln.Accept()
 	case err != nil && l.rawClosed():
 		return nil, net.ErrClosed
@@ -215,7 +200,7 @@ func (l *Listener) acceptRaw() (net.Conn, error) {
 	if !l.rawNoDelay {
 		_ = rawio.SetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
-	r := &rawConn{fd: nfd, raddr: rawTCPAddr(&sa), laddr: l.rawLocal}
+	r := &rawConn{fd: nfd, raddr: rawTCPAddr(&a.sa), laddr: l.rawLocal}
 	if l.rawLocal == nil { // listening on a wildcard address
 		var lsa unix.RawSockaddrAny
 		if err := rawio.Getsockname(nfd, &lsa); err == nil {
@@ -225,6 +210,36 @@ func (l *Listener) acceptRaw() (net.Conn, error) {
 		}
 	}
 	return r, nil
+}
+
+// rawAccept is the state of Serve's raw accepts, kept in the Listener so
+// that an accept allocates nothing for its callback and results.
+type rawAccept struct {
+	w        RawWanter // the handler, if it says whether it wants sockets raw
+	try      func(fd uintptr) bool
+	nfd      int
+	sa       unix.RawSockaddrAny
+	err      error
+	ordinary bool // the handler wants this one accepted the usual way
+}
+
+// accept is rawAccept's callback for RawConn.Read: it accepts one
+// connection, or reports that the socket has none yet (false: wait).
+func (a *rawAccept) accept(fd uintptr) bool {
+	if a.w != nil && !a.w.WantsRaw() {
+		a.ordinary = true
+		return true
+	}
+	for {
+		a.nfd, a.err = rawio.Accept4(int(fd), &a.sa)
+		switch a.err {
+		case unix.EINTR, unix.ECONNABORTED: // retried, as Go's Accept does
+			continue
+		case unix.EAGAIN: // wait
+			return false
+		}
+		return true
+	}
 }
 
 // rawClosed reports whether the duplicate raw accepts wait on was closed

@@ -8,6 +8,9 @@ import (
 	"time"
 )
 
+// rawAccept is the state of raw accepts, which Linux alone makes.
+type rawAccept struct{}
+
 // rawConn exists on Linux only; elsewhere Config.RawAccept is ignored.
 type rawConn struct{ net.Conn }
 
