@@ -135,7 +135,9 @@ func (l *Listener) rawAccepting() bool {
 		return false
 	}
 	// Sockets accepted from a listening socket with TCP_NODELAY have it
-	// (Linux copies the listener's options to them): see Control.
+	// (Linux copies the listening socket, options included, to each
+	// connection it completes): see Control. The first one accepted
+	// confirms it.
 	v, err := unix.GetsockoptInt(dup, unix.IPPROTO_TCP, unix.TCP_NODELAY)
 	l.rawNoDelay = err == nil && v != 0
 	l.mu.Lock()
@@ -197,6 +199,15 @@ func (l *Listener) acceptRaw() (net.Conn, error) {
 	}
 	// As Go does for the connections it accepts: no Nagle delay on small
 	// writes (inherited from a listening socket Control set up).
+	if l.rawNoDelay && !a.checked {
+		// Trusted once it is seen: an MPTCP listening socket (Go's
+		// default) reports its own flag, which an older kernel may not
+		// pass on to the plain TCP sockets it accepts.
+		a.checked = true
+		if v, err := unix.GetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
+			l.rawNoDelay = false
+		}
+	}
 	if !l.rawNoDelay {
 		_ = rawio.SetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
@@ -221,6 +232,7 @@ type rawAccept struct {
 	sa       unix.RawSockaddrAny
 	err      error
 	ordinary bool // the handler wants this one accepted the usual way
+	checked  bool // an accepted socket showed whether TCP_NODELAY is inherited
 }
 
 // accept is rawAccept's callback for RawConn.Read: it accepts one

@@ -434,3 +434,42 @@ func TestRawAcceptInheritsNoDelay(t *testing.T) {
 		t.Fatalf("listener TCP_NODELAY seen %v; %d raw sockets, %d with TCP_NODELAY", l.rawNoDelay, h.raw.Load(), h.noDelay.Load())
 	}
 }
+
+// A listening socket that reports TCP_NODELAY but whose accepted sockets
+// lack it (here: set after the connections were queued) is found out at
+// the first accept, and every socket gets the option set.
+func TestRawAcceptNoDelayNotInherited(t *testing.T) {
+	ln := newLocalListener(t)
+	var clients []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		clients = append(clients, c)
+	}
+	rc, err := ln.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) })
+	h := &rawHandler{addrs: make(chan [2]net.Addr, 4)}
+	l := New(ln, h, Config{Inline: true, RawAccept: true, Logger: quiet()})
+	done := make(chan error, 1)
+	go func() { done <- l.Serve() }()
+	for _, c := range clients {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if b, err := io.ReadAll(c); err != nil || string(b) != "raw" {
+			t.Fatalf("read %q %v", b, err)
+		}
+		<-h.addrs
+	}
+	l.Shutdown(t.Context())
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if l.rawNoDelay || h.raw.Load() != 2 || h.noDelay.Load() != 2 {
+		t.Fatalf("inheritance trusted %v; %d raw sockets, %d with TCP_NODELAY", l.rawNoDelay, h.raw.Load(), h.noDelay.Load())
+	}
+}
