@@ -301,7 +301,7 @@ func BenchmarkPassthrough(b *testing.B) {
 		peers := startPeers(b, bin, echo.addr())
 		defer stopAll(peers)
 		for b.Loop() {
-			r, err := newConnRates(peers, 8, 4000, func(addr string, workers, each int) (float64, error) {
+			r, err := newConnRates(peers, 8, 8000, func(addr string, workers, each int) (float64, error) {
 				start := time.Now()
 				err := newConns(addr, workers, each)
 				return time.Since(start).Seconds(), err
