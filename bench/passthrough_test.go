@@ -253,13 +253,24 @@ func BenchmarkPassthrough(b *testing.B) {
 			peers := startPeers(b, bin, echo.addr())
 			defer stopAll(peers)
 			for b.Loop() {
-				rate, p50, p99, p999 := ratioTable{}, ratioTable{}, ratioTable{}, ratioTable{}
+				// A warm-up through each peer, then two turns of 1500
+				// exchanges per connection in ABBA order (as
+				// newConnRates); each figure is the mean of the turns'.
 				for _, p := range peers {
-					r, err := closedLoop(p.addr, 16, 3000, apart)
-					if err != nil {
-						b.Fatalf("%s: %v", p.name, err)
+					if _, err := closedLoop(p.addr, 16, 200, apart); err != nil {
+						b.Fatalf("%s: warm-up: %v", p.name, err)
 					}
-					rate[p.name], p50[p.name], p99[p.name], p999[p.name] = r[0], r[1], r[2], r[3]
+				}
+				rate, p50, p99, p999 := ratioTable{}, ratioTable{}, ratioTable{}, ratioTable{}
+				err := abba(peers, func(p peer) error {
+					r, err := closedLoop(p.addr, 16, 1500, apart)
+					for i, t := range []ratioTable{rate, p50, p99, p999} {
+						t[p.name] += r[i] / 2
+					}
+					return err
+				})
+				if err != nil {
+					b.Fatal(err)
 				}
 				rate.report(b, what, "req/s", peers)
 				p50.report(b, what+", latency p50", "µs-p50", peers)
@@ -347,18 +358,13 @@ func newConnRates(peers []peer, workers, n int, run func(addr string, workers, e
 	}
 	each := n / 2 / workers
 	secs := map[string]float64{}
-	order := slices.Clone(peers)
-	for turn := range 2 {
-		for _, p := range order {
-			s, err := run(p.addr, workers, each)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", p.name, err)
-			}
-			secs[p.name] += s
-		}
-		if turn == 0 {
-			slices.Reverse(order)
-		}
+	err := abba(peers, func(p peer) error {
+		s, err := run(p.addr, workers, each)
+		secs[p.name] += s
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	r := ratioTable{}
 	for name, s := range secs {
@@ -444,6 +450,21 @@ const (
 	pacedEvery = 2 * time.Millisecond
 	pacedFor   = 3 * time.Second
 )
+
+// abba runs turn for each peer, in order, then again in reverse order, so
+// that drift over the run weighs on every peer alike.
+func abba(peers []peer, turn func(peer) error) error {
+	order := slices.Clone(peers)
+	for range 2 {
+		for _, p := range order {
+			if err := turn(p); err != nil {
+				return fmt.Errorf("%s: %w", p.name, err)
+			}
+		}
+		slices.Reverse(order)
+	}
+	return nil
+}
 
 // newConnsApart is newConns from a child process (this test binary): the
 // client no longer shares its process, and its cores' scheduling, with the
