@@ -40,8 +40,8 @@ func startPeers(b *testing.B, ndlb, backend string) []peer {
 	b.Helper()
 	peers := []peer{{name: "direct", addr: backend, stop: func() {}}}
 	port := freeLoopbackPort(b)
-	ncmd := exec.Command(ndlb, "--passthrough", "--addr", "127.0.0.1", "--port", port,
-		"--target", backend, "--log-level", "warn")
+	ncmd := exec.Command(ndlb, append([]string{"--passthrough", "--addr", "127.0.0.1", "--port", port,
+		"--target", backend, "--log-level", "warn"}, strings.Fields(os.Getenv("NDLB_BENCH_ARGS"))...)...)
 	if v := os.Getenv("NDLB_BENCH_GOMAXPROCS"); v != "" {
 		ncmd.Env = append(os.Environ(), "GOMAXPROCS="+v)
 	}

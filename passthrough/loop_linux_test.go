@@ -550,3 +550,25 @@ func TestLoopAddFailsAfterFirstBytes(t *testing.T) {
 		t.Fatalf("the next connection's target read %v", err)
 	}
 }
+
+// EventLoops sets how many loops serve the connections (0: one per
+// processor); every loop serves its share.
+func TestLoopCount(t *testing.T) {
+	live := newBackend(t, nil, echo)
+	for _, n := range []int{1, 3} {
+		cfg := testConfig(live.addr())
+		cfg.EventLoops = n
+		s := start(t, cfg)
+		if len(s.loops) != n {
+			t.Fatalf("EventLoops %d: %d loops", n, len(s.loops))
+		}
+		for range 2 * n {
+			if err := echoOnce(t, s.Addr().String()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if st := s.Stats(); st.EventLoop != uint64(2*n) || st.Proxied != uint64(2*n) {
+			t.Fatalf("EventLoops %d: stats %+v", n, st)
+		}
+	}
+}

@@ -200,7 +200,11 @@ func (s *Server) startLoops() {
 		why = "a custom dialer"
 	}
 	if why == "" {
-		loops, err := newLoops(s, runtime.GOMAXPROCS(0))
+		n := s.cfg.EventLoops
+		if n == 0 {
+			n = runtime.GOMAXPROCS(0)
+		}
+		loops, err := newLoops(s, n)
 		if err == nil {
 			s.loops = loops
 			return

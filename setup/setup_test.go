@@ -62,6 +62,8 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"balance", values{"target": target, "passthrough": true, "balance": "nope"}},
 		{"hash-key", values{"target": target, "passthrough": true, "hash-key": "ip-port"}},
 		{"connect-retries", values{"target": target, "passthrough": true, "connect-retries": 1001}},
+		{"event-loops", values{"target": target, "passthrough": true, "event-loops": -1}},
+		{"event-loops", values{"target": target, "passthrough": true, "event-loops": 1025}},
 		{"send-proxy", values{"target": target, "passthrough": true, "send-proxy": "v3"}},
 		{"tls-cert", values{"target": target, "tls-cert": "c.pem"}},
 		{"tls-target-ca", values{"target": target, "tls-target-ca": "ca.pem"}},
