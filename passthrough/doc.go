@@ -32,15 +32,16 @@
 // With Config.EventLoop (loop_linux.go), plain TCP connections whose
 // targets are all IP:port hold no goroutine at any time: the client's
 // socket leaves the runtime's poller after accept, the target is dialled
-// with a non-blocking connect, and one epoll loop per processor, waiting in
-// the runtime's poller on its epoll descriptor, runs the connect, failover,
-// retries, copies, splices, half-closes and the end of each connection
-// inline. The goroutine that accepted the connection starts its connect and
-// writes what the client has already sent to the target: a target that
-// answers within the connect call (on the same host) then has the client's
-// first bytes without waiting for the loop, and the connection joins the
-// loop as a proxied one. Other connections (TLS, a custom Dial, a target given by name)
-// are served by streams as above.
+// with a non-blocking connect, and one epoll loop per processor (or
+// Config.EventLoops of them), waiting in the runtime's poller on its epoll
+// descriptor, runs the connect, failover, retries, copies, splices,
+// half-closes and the end of each connection inline. The goroutine that
+// accepted the connection starts its connect and writes what the client
+// has already sent to the target: a target that answers within the
+// connect call (on the same host) then has the client's first bytes
+// without waiting for the loop, and the connection joins the loop as a
+// proxied one. Other connections (TLS, a custom Dial, a target given by
+// name) are served by streams as above.
 //
 // The package does not parse what it proxies and does not retry a
 // connection once the target has accepted it: a target that accepts and
