@@ -405,31 +405,7 @@ func TestRawAcceptInheritsNoDelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	c1, err := net.Dial("tcp", ln.Addr().String()) // queued before Serve
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c1.Close()
-	h := &rawHandler{addrs: make(chan [2]net.Addr, 4)}
-	l := New(ln, h, Config{Inline: true, RawAccept: true, Logger: quiet()})
-	done := make(chan error, 1)
-	go func() { done <- l.Serve() }()
-	c2, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
-	for _, c := range []net.Conn{c1, c2} {
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		if b, err := io.ReadAll(c); err != nil || string(b) != "raw" {
-			t.Fatalf("read %q %v", b, err)
-		}
-		<-h.addrs
-	}
-	l.Shutdown(t.Context())
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	l, h := serveRawOnce(t, ln, 1, 1) // one queued before Serve
 	if !l.rawNoDelay || h.raw.Load() != 2 || h.noDelay.Load() != 2 {
 		t.Fatalf("listener TCP_NODELAY seen %v; %d raw sockets, %d with TCP_NODELAY", l.rawNoDelay, h.raw.Load(), h.noDelay.Load())
 	}
@@ -440,24 +416,44 @@ func TestRawAcceptInheritsNoDelay(t *testing.T) {
 // the first accept, and every socket gets the option set.
 func TestRawAcceptNoDelayNotInherited(t *testing.T) {
 	ln := newLocalListener(t)
-	var clients []net.Conn
-	for range 2 {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		clients = append(clients, c)
-	}
 	rc, err := ln.(*net.TCPListener).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) })
-	h := &rawHandler{addrs: make(chan [2]net.Addr, 4)}
+	setNoDelay := func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) }
+	l, h := serveRawOnce(t, ln, 2, 0, func() { rc.Control(setNoDelay) })
+	if l.rawNoDelay || h.raw.Load() != 2 || h.noDelay.Load() != 2 {
+		t.Fatalf("inheritance trusted %v; %d raw sockets, %d with TCP_NODELAY", l.rawNoDelay, h.raw.Load(), h.noDelay.Load())
+	}
+}
+
+// serveRawOnce serves ln raw with a rawHandler until queued clients
+// (connected before Serve, then before runs) and later ones (connected
+// after Serve began) have each read "raw", then shuts the listener down.
+func serveRawOnce(t *testing.T, ln net.Listener, queued, later int, before ...func()) (*Listener, *rawHandler) {
+	t.Helper()
+	dial := func() net.Conn {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	var clients []net.Conn
+	for range queued {
+		clients = append(clients, dial())
+	}
+	for _, f := range before {
+		f()
+	}
+	h := &rawHandler{addrs: make(chan [2]net.Addr, queued+later)}
 	l := New(ln, h, Config{Inline: true, RawAccept: true, Logger: quiet()})
 	done := make(chan error, 1)
 	go func() { done <- l.Serve() }()
+	for range later {
+		clients = append(clients, dial())
+	}
 	for _, c := range clients {
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		if b, err := io.ReadAll(c); err != nil || string(b) != "raw" {
@@ -469,7 +465,5 @@ func TestRawAcceptNoDelayNotInherited(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if l.rawNoDelay || h.raw.Load() != 2 || h.noDelay.Load() != 2 {
-		t.Fatalf("inheritance trusted %v; %d raw sockets, %d with TCP_NODELAY", l.rawNoDelay, h.raw.Load(), h.noDelay.Load())
-	}
+	return l, h
 }

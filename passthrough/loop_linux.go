@@ -100,8 +100,7 @@ type lconn struct {
 	closed    bool  // the sockets are closed; guarded by session.mu
 	linger0   bool  // close with RST
 	connErr   bool  // epoll reported an error on the target's socket while connecting
-	connected bool  // the target took forwardFirst's bytes: the connect is done
-	early     int   // bytes forwardFirst wrote to the target
+	early     int   // bytes forwardFirst wrote to the target (then the connect is done)
 	clientErr error // the client's read error forwardFirst took
 
 	// Connecting.
@@ -413,16 +412,11 @@ func (l *evloop) add(lc *lconn) error {
 // raises no event (and no turn of the loop) until it has something to
 // read; the first write that would block asks for EPOLLOUT (awaitWrite).
 func (l *evloop) watch(lc *lconn, side int) error {
-	ev := unix.EpollEvent{
-		Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLPRI | unix.EPOLLET,
-		Fd:     int32(lc.slot + 1), Pad: int32(lc.gen<<1 | uint32(side)),
-	}
 	lc.outOn[side] = side == 1 && lc.phase == phaseConnect || len(lc.dir[1-side].pend) > 0
-	if lc.outOn[side] {
-		ev.Events |= unix.EPOLLOUT
-	} else {
+	if !lc.outOn[side] {
 		lc.wr[side] = true
 	}
+	ev := lc.epollEvent(side, lc.outOn[side])
 	ctl := unix.EpollCtl
 	if f := epollCtlFault.Load(); f != nil {
 		ctl = *f
@@ -446,15 +440,26 @@ func (lc *lconn) awaitWrite(side int) error {
 	if lc.outOn[side] {
 		return nil
 	}
-	ev := unix.EpollEvent{
-		Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLPRI | unix.EPOLLET,
-		Fd:     int32(lc.slot + 1), Pad: int32(lc.gen<<1 | uint32(side)),
-	}
+	ev := lc.epollEvent(side, true)
 	if err := unix.EpollCtl(lc.l.epfd, unix.EPOLL_CTL_MOD, lc.fd[side], &ev); err != nil {
 		return os.NewSyscallError("epoll_ctl", err)
 	}
 	lc.outOn[side] = true
 	return nil
+}
+
+// epollEvent is what lc's socket on side asks of the epoll set:
+// edge-triggered readability, its end and urgent data, and with out
+// writability; the event carries the slot, generation and side.
+func (lc *lconn) epollEvent(side int, out bool) unix.EpollEvent {
+	ev := unix.EpollEvent{
+		Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLPRI | unix.EPOLLET,
+		Fd:     int32(lc.slot + 1), Pad: int32(lc.gen<<1 | uint32(side)),
+	}
+	if out {
+		ev.Events |= unix.EPOLLOUT
+	}
+	return ev
 }
 
 // timeAgain puts lc, which has a new deadline, back among the timed ones.
@@ -515,7 +520,7 @@ func (s *Server) serveInLoop(c *listener.Conn) bool {
 			return true
 		}
 	}
-	if lc.connected {
+	if lc.early > 0 {
 		// The target took the first bytes: the loop has nothing to do
 		// until one side has something to read.
 		lc.established()
@@ -603,9 +608,7 @@ func (lc *lconn) forwardFirst() bool {
 		b = buf[:n]
 	}
 	m, err := writeAll(lc.fd[1], b)
-	if m > 0 {
-		lc.early, lc.connected = m, true
-	}
+	lc.early = m
 	switch {
 	case m == len(b):
 		ss.pending = nil

@@ -311,20 +311,6 @@ func TestLoopBurstOfConnections(t *testing.T) {
 	}
 }
 
-// startWith starts a server with cfg on ln, which the test may have
-// dialled already (the server's accept then finds the client's bytes
-// waiting, which forwardFirst sends on the accepting goroutine).
-func startWith(t *testing.T, cfg Config, ln net.Listener) *Server {
-	t.Helper()
-	s, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start(ln)
-	t.Cleanup(func() { s.Shutdown() })
-	return s
-}
-
 // waitingClient connects to ln before anything accepts and sends payload;
 // with end, it also half-closes. The kernel completes the connection and
 // queues the bytes (and the FIN) for the server's accept to find. payload

@@ -19,6 +19,8 @@ import (
 
 	"github.com/jonboulle/clockwork"
 	"github.com/pires/go-proxyproto"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/goleak"
 
 	"github.com/ndlb/ndlb/internal/certtest"
@@ -146,15 +148,23 @@ func testConfig(targets ...string) Config {
 	return cfg
 }
 
-func start(t *testing.T, cfg Config) *Server {
+// startWith starts a server with cfg on ln, which the test may have
+// dialled already (the server's accept then finds the client's bytes
+// waiting).
+func startWith(t *testing.T, cfg Config, ln net.Listener) *Server {
 	t.Helper()
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.Start(newLocalListener(t))
+	s.Start(ln)
 	t.Cleanup(func() { s.Shutdown() })
 	return s
+}
+
+func start(t *testing.T, cfg Config) *Server {
+	t.Helper()
+	return startWith(t, cfg, newLocalListener(t))
 }
 
 type tlsWorld struct {
@@ -652,5 +662,20 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not reached in 10 s", what)
 		}
+	}
+}
+
+// While no tracer provider is installed, a connection's span costs
+// nothing: startSpan neither builds the attributes nor allocates.
+func TestStartSpanOffAllocatesNothing(t *testing.T) {
+	attrs := func() []attribute.KeyValue {
+		t.Fatal("attributes built while tracing is off")
+		return nil
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		_, span := startSpan(t.Context(), "ndlb.passthrough.connect", trace.SpanKindServer, attrs)
+		span.End()
+	}); n != 0 {
+		t.Fatalf("%v allocations per span while tracing is off", n)
 	}
 }
