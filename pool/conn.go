@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"os"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -144,7 +145,14 @@ func (c *upConn) readLoop() {
 // write writes bs as one vectored write (plain TCP) or batch by batch (TLS)
 // and adds them to unacked, written or not: on error the caller requeues
 // everything unacknowledged.
-func (c *upConn) write(bs []*framer.Batch, timeout time.Duration) error {
+//
+// timeout bounds a period in which the target takes nothing, not the whole
+// write: a target that took some of the bytes within it (a slow reader, such
+// as one far away behind a small window) gets another period for the rest,
+// so a stalled target fails within one to two timeouts. A TLS write that
+// times out leaves the stream unusable, so there each batch gets its own
+// period instead. Once ctx is done (interruptWrites), no period is renewed.
+func (c *upConn) write(ctx context.Context, bs []*framer.Batch, timeout time.Duration) error {
 	if c.encode != nil {
 		defer c.trimEncode()
 	}
@@ -154,6 +162,9 @@ func (c *upConn) write(bs []*framer.Batch, timeout time.Duration) error {
 	}
 	if c.count != nil {
 		for i, b := range bs {
+			if i > 0 {
+				c.renewWriteDeadline(ctx, timeout)
+			}
 			if _, err := c.conn.Write(c.wire(b, 0)); err != nil {
 				if c.count.n.Load() > c.written {
 					c.intended = math.MaxInt64 // some of b's records went out
@@ -182,18 +193,38 @@ func (c *upConn) write(bs []*framer.Batch, timeout time.Duration) error {
 	}
 	var n int64
 	var err error
-	if c.rw != nil {
-		n, err = c.rw.writeBuffers(c.bufs)
-	} else {
-		c.wv = c.bufs // WriteTo consumes its receiver
-		n, err = c.wv.WriteTo(c.conn)
+	c.wv = c.bufs // consumed as it is written
+	for {
+		var m int64
+		if c.rw != nil {
+			m, err = c.rw.writeBuffers(&c.wv)
+		} else {
+			m, err = c.wv.WriteTo(c.conn)
+		}
+		n += m
+		if m == 0 || !errors.Is(err, os.ErrDeadlineExceeded) || len(c.wv) == 0 {
+			break
+		}
+		// The target took bytes in the period: slow, not stalled.
+		c.renewWriteDeadline(ctx, timeout)
 	}
 	c.written += n
+	c.wv = nil
 	clear(c.bufs)
 	if c.written < end && !c.atBoundary(start, len(bs)) {
 		c.intended = end // the target holds a fragment of a batch
 	}
 	return err
+}
+
+// renewWriteDeadline gives the write under way another period of timeout,
+// unless ctx is done: then interruptWrites has cut it, or will, and the
+// deadline stays in the past.
+func (c *upConn) renewWriteDeadline(ctx context.Context, timeout time.Duration) {
+	_ = c.conn.SetWriteDeadline(time.Now().Add(timeout))
+	if ctx.Err() != nil {
+		_ = c.conn.SetWriteDeadline(time.Unix(1, 0))
+	}
 }
 
 // atBoundary reports whether written ends where one of the last k

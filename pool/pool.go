@@ -64,8 +64,10 @@ type Config struct {
 	Failback time.Duration
 	// ConnectTimeout bounds one dial, TLS handshake included.
 	ConnectTimeout time.Duration
-	// WriteTimeout bounds one write; a target that accepts nothing for this
-	// long is treated as failed.
+	// WriteTimeout is how long a target may take no bytes of a write
+	// before it is treated as failed. A slow target that takes some within
+	// it gets another period for the rest, so a stalled one fails within
+	// one to two of them (over TLS, each batch gets its own period).
 	WriteTimeout time.Duration
 	// UserTimeout is TCP_USER_TIMEOUT: how long written data may stay
 	// unacknowledged before the kernel kills the connection. Zero leaves

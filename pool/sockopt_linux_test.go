@@ -100,6 +100,31 @@ func TestWriteTimeoutFailsOver(t *testing.T) {
 	}
 }
 
+// A target that reads slowly but steadily is not a stalled one: a write
+// far larger than it takes in one write timeout goes on while it makes
+// progress, and the connection does not fail. (The write timeout bounds a
+// period without progress; see upConn.write.)
+func TestSlowTargetIsNotFailed(t *testing.T) {
+	cfg := testConfig()
+	cfg.Connections = 1
+	cfg.WriteTimeout = 200 * time.Millisecond
+	cfg.Dialer = smallSendBuffer()
+	w := newWorld(t, 1, cfg)
+	// 1 MiB/s, after a burst of 1 MiB: the receiver opens its window a
+	// segment (64 KiB on loopback) at a time, several per write timeout.
+	w.sinks[0].Throttle(1 << 20)
+	const lines = 16000 // about 2.2 MB: writes of the most a write takes (MaxWriteBytes), each longer than the timeout
+	w.push(1, 0, lines, 1000)
+	w.start()
+	w.finish()
+	if st := w.p.Stats(); st.ConnFailures != 0 || st.Writes == 0 {
+		t.Fatalf("a slow target's connection failed %d times (writes %d)", st.ConnFailures, st.Writes)
+	}
+	if r := w.ledger.Check(map[uint32]uint32{1: lines}); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
+		t.Fatal(r)
+	}
+}
+
 // smallSendBuffer is a dialer whose connections have a 16 KiB send buffer.
 func smallSendBuffer() *net.Dialer {
 	return &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {

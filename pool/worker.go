@@ -210,7 +210,7 @@ func (w *worker) serve(ctx context.Context, c *upConn, watch <-chan struct{}) (f
 	// write writes the popped batches on c. leave is true when serve
 	// must return, with failed as its result.
 	write := func() (leave bool, failed *upstream.Target) {
-		err := c.write(w.batches, cfg.WriteTimeout)
+		err := c.write(ctx, w.batches, cfg.WriteTimeout)
 		w.p.st.writes.Add(1)
 		w.p.st.batchesWritten.Add(uint64(len(w.batches)))
 		clear(w.batches)

@@ -37,11 +37,13 @@ func newRawWriter(rc syscall.RawConn) *rawWriter {
 	return w
 }
 
-// writeBuffers writes all of bufs, or fails; it returns the bytes written.
-func (w *rawWriter) writeBuffers(bufs net.Buffers) (int64, error) {
-	w.bufs, w.n, w.err = bufs, 0, nil
+// writeBuffers writes all of *bufs, or fails; it returns the bytes
+// written and leaves in *bufs what was not (as net.Buffers.WriteTo
+// consumes its receiver).
+func (w *rawWriter) writeBuffers(bufs *net.Buffers) (int64, error) {
+	w.bufs, w.n, w.err = *bufs, 0, nil
 	err := w.rc.Write(w.fn)
-	w.bufs = nil
+	*bufs, w.bufs = w.bufs, nil
 	clear(w.iov[:cap(w.iov)]) // no batch kept alive by a stale iovec
 	if err == nil {
 		err = w.err

@@ -56,9 +56,9 @@ func TestRawWriter(t *testing.T) {
 		bufs = append(bufs, b)
 		want.Write(b)
 	}
-	n, err := w.writeBuffers(bufs)
-	if err != nil || n != int64(want.Len()) {
-		t.Fatalf("wrote %d of %d: %v", n, want.Len(), err)
+	n, err := w.writeBuffers(&bufs)
+	if err != nil || n != int64(want.Len()) || len(bufs) != 0 {
+		t.Fatalf("wrote %d of %d (%d buffers left): %v", n, want.Len(), len(bufs), err)
 	}
 	c.Close()
 	if b := <-got; !bytes.Equal(b, want.Bytes()) {
@@ -87,7 +87,7 @@ func TestRawWriter(t *testing.T) {
 	}
 	w2 := newRawWriter(rc2)
 	for i := 0; ; i++ {
-		if _, err := w2.writeBuffers(net.Buffers{make([]byte, 64<<10)}); err != nil {
+		if _, err := w2.writeBuffers(&net.Buffers{make([]byte, 64<<10)}); err != nil {
 			break
 		}
 		if i == 1000 {

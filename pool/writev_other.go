@@ -12,4 +12,4 @@ type rawWriter struct{}
 
 func newRawWriter(syscall.RawConn) *rawWriter { return nil }
 
-func (w *rawWriter) writeBuffers(net.Buffers) (int64, error) { panic("unreachable") }
+func (w *rawWriter) writeBuffers(*net.Buffers) (int64, error) { panic("unreachable") }
