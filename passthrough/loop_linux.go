@@ -1022,7 +1022,15 @@ func (lc *lconn) move(i int, budget *int) error {
 			}
 			*budget -= n
 			d.bulk = n == len(lc.l.buf)
-			if !d.bulk && !lc.hup[i] {
+			switch {
+			case d.bulk:
+			case lc.urg[i]:
+				// A read stops short at the urgent mark, with
+				// the bytes behind it still queued and no new
+				// edge to come for them: the next read skips the
+				// urgent byte and takes them (or finds nothing).
+				lc.urg[i] = false
+			case !lc.hup[i]:
 				// A short read took all the socket held; epoll
 				// reports the next bytes (or the end) as a new edge.
 				// Not once the end was reported: the peer's FIN or

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -279,6 +280,45 @@ func TestUrgentDataInBulk(t *testing.T) {
 			t.Fatalf("stalled after the urgent byte: %d bytes through", s.Stats().BytesFromClient)
 		}
 	})
+}
+
+// Urgent data between small writes, both ways: the urgent byte is dropped
+// (the sockets do not keep it inline), and the bytes queued behind it
+// follow at once. A read stops short at the urgent mark with bytes still
+// queued, and epoll raises no new edge for them.
+func TestUrgentDataInSmallWrites(t *testing.T) {
+	bothEngines(t, func(t *testing.T) {
+		b := newBackend(t, nil, func(c net.Conn) {
+			c.SetDeadline(time.Now().Add(testDeadline))
+			buf := make([]byte, 8)
+			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "AAAACCCC" {
+				c.Write([]byte(fmt.Sprintf("%q %v", buf, err)))
+				return
+			}
+			sendUrgentBetween(c, "aaaa", "cccc")
+			io.Copy(io.Discard, c)
+		})
+		s := start(t, testConfig(b.addr()))
+		for i := range 10 { // the mark is met only when the bytes behind it came with it
+			c := dialTest(t, s.Addr().String())
+			sendUrgentBetween(c, "AAAA", "CCCC")
+			buf := make([]byte, 8)
+			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "aaaacccc" {
+				t.Fatalf("connection %d: got %q, %v; want \"aaaacccc\"", i, buf, err)
+			}
+			c.Close()
+		}
+	})
+}
+
+// sendUrgentBetween writes before, one urgent byte and after, in three
+// system calls.
+func sendUrgentBetween(c net.Conn, before, after string) {
+	c.Write([]byte(before))
+	if rc, err := c.(*net.TCPConn).SyscallConn(); err == nil {
+		rc.Write(func(fd uintptr) bool { _ = unix.Send(int(fd), []byte("!"), unix.MSG_OOB); return true })
+	}
+	c.Write([]byte(after))
 }
 
 // A burst of connections, most of them accepted raw from the backlog
