@@ -89,14 +89,6 @@ func (st *stream) dst() net.Conn {
 	return st.ss.client
 }
 
-// side is who ends the connection when this stream ends first.
-func (st *stream) side() string {
-	if st.fromClient {
-		return byClient
-	}
-	return byTarget
-}
-
 // moved records n bytes written to dst.
 func (st *stream) moved(n int) {
 	if st.fromClient {
@@ -131,7 +123,7 @@ func (st *stream) copy() (err error, parked bool) {
 		n, err := st.dst().Write(p)
 		st.moved(n)
 		if err != nil {
-			return err, false
+			return writeError{err}, false
 		}
 	}
 	if !st.canSplice.Load() {
@@ -201,7 +193,8 @@ func (st *stream) stopSplicing() {
 	st.canSplice.Store(false)
 }
 
-// bufferCopy is io.Copy with a pooled buffer and a progress callback.
+// bufferCopy is io.Copy with a pooled buffer and a progress callback; a
+// failed write is a writeError.
 func bufferCopy(dst io.Writer, src io.Reader, moved func(int)) (int64, error) {
 	bp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bp)
@@ -213,7 +206,7 @@ func bufferCopy(dst io.Writer, src io.Reader, moved func(int)) (int64, error) {
 			total += int64(m)
 			moved(m)
 			if werr != nil {
-				return total, werr
+				return total, writeError{werr}
 			}
 		}
 		switch {

@@ -981,7 +981,7 @@ func (lc *lconn) move(i int, budget *int) error {
 			case err == unix.EAGAIN:
 				return lc.awaitWrite(1 - i)
 			case err != nil:
-				return os.NewSyscallError(op, err)
+				return writeError{os.NewSyscallError(op, err)}
 			}
 			lc.moved(i, n)
 			if d.inPipe > 0 {
@@ -1047,7 +1047,7 @@ func (lc *lconn) move(i int, budget *int) error {
 					return err
 				}
 			} else if err != nil {
-				return os.NewSyscallError("write", err)
+				return writeError{os.NewSyscallError("write", err)}
 			}
 		}
 	}
@@ -1131,20 +1131,7 @@ func (lc *lconn) moved(i, n int) {
 // EOF the other side is half-closed and its direction goes on; on an
 // error the connection ends with a reset.
 func (lc *lconn) ended(i int, err error) {
-	ss := &lc.session
-	side := byClient
-	if i == 1 {
-		side = byTarget
-	}
-	ss.mu.Lock()
-	aborted := ss.closedBy == byIdle || ss.closedBy == byShutdown
-	if ss.closedBy == "" {
-		ss.closedBy = side
-	}
-	if err != nil && ss.err == nil && !aborted {
-		ss.err = err
-	}
-	ss.mu.Unlock()
+	aborted := lc.recordEnd(i == 0, err)
 	lc.dir[i].done = true
 	switch {
 	case err != nil:

@@ -48,6 +48,47 @@ func TestLoopFailoverAndPassiveHealth(t *testing.T) {
 	}
 }
 
+// A target that accepts, reads a little and resets while the client is
+// still sending costs at most MaxFails clients: the write to it that fails
+// is its doing, not the client's, whichever direction notices first.
+func TestResettingTargetCostsAtMostMaxFails(t *testing.T) {
+	bothEngines(t, func(t *testing.T) {
+		bad := newBackend(t, nil, func(c net.Conn) {
+			io.ReadFull(c, make([]byte, 10))
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+		})
+		good := newBackend(t, nil, func(c net.Conn) {
+			io.Copy(io.Discard, c)
+			c.Write([]byte("ok"))
+		})
+		cfg := testConfig(bad.addr(), good.addr())
+		cfg.Balance = "first"
+		cfg.Clock = clockwork.NewFakeClock() // the fail timeout does not pass
+		s := start(t, cfg)
+		upload := make([]byte, 1<<20)
+		lost := 0
+		for range 10 {
+			c := dialTest(t, s.Addr().String())
+			_, err := c.Write(upload)
+			if err == nil {
+				err = c.(*net.TCPConn).CloseWrite()
+			}
+			var got []byte
+			if err == nil {
+				got, err = io.ReadAll(c)
+			}
+			if err != nil || string(got) != "ok" {
+				lost++
+			}
+			c.Close()
+		}
+		if lost > cfg.MaxFails {
+			t.Fatalf("%d of 10 clients lost to a target that resets; want at most %d (stats %+v)", lost, cfg.MaxFails, s.Stats())
+		}
+	})
+}
+
 // With every target down, the loop retries ConnectRetries more rounds
 // with backoff, then closes the client; the ledger closes.
 func TestLoopAllTargetsDown(t *testing.T) {

@@ -18,12 +18,33 @@ import (
 
 // Who ended a connection, as logged in closed_by.
 const (
-	byClient   = "client"   // the client ended its stream first
-	byTarget   = "target"   // the target ended its stream first
+	byClient   = "client"   // the client ended its stream first, or a write to it failed
+	byTarget   = "target"   // the target ended its stream first, or a write to it failed
 	byIdle     = "idle"     // no traffic for IdleTimeout
 	byShutdown = "shutdown" // the drain timeout passed
 	byError    = "error"    // ndlb could not serve it (out of epoll watches or memory)
 )
+
+// writeError is a failed write to a stream's destination: the connection
+// ended by the destination's doing (it reset, or went away), not by the
+// source's, whose stream it is.
+type writeError struct{ error }
+
+func (e writeError) Unwrap() error { return e.error }
+
+// endedBy is who ended a connection whose stream from the client
+// (fromClient) or from the target ended with err: the stream's source,
+// or its destination when a write to it failed.
+func endedBy(fromClient bool, err error) string {
+	var we writeError
+	if errors.As(err, &we) {
+		fromClient = !fromClient
+	}
+	if fromClient {
+		return byClient
+	}
+	return byTarget
+}
 
 // errClosedEarly is the failure of a target that closed a connection at
 // once, sending nothing.
@@ -57,8 +78,10 @@ type session struct {
 	lc *lconn
 
 	mu       sync.Mutex
-	closedBy string // guarded by mu
-	err      error  // first real error; guarded by mu
+	closedBy  string // guarded by mu
+	err       error  // first real error; guarded by mu
+	targetErr error  // the first failure of a read from or a write to the target, before any FIN of its; guarded by mu
+	targetFIN bool   // the target's stream reached its end (EOF); guarded by mu
 }
 
 func newSession(s *Server, c *listener.Conn, t *upstream.Target, backend net.Conn) *session {
@@ -121,15 +144,7 @@ func (ss *session) movedFromTarget(n int) {
 // half-closed and its stream goes on; on an error both are shut down. The
 // last stream to end finishes the session.
 func (ss *session) ended(st *stream, err error) {
-	ss.mu.Lock()
-	aborted := ss.closedBy == byIdle || ss.closedBy == byShutdown
-	if ss.closedBy == "" {
-		ss.closedBy = st.side()
-	}
-	if err != nil && ss.err == nil && !aborted && !errors.Is(err, net.ErrClosed) {
-		ss.err = err
-	}
-	ss.mu.Unlock()
+	aborted := ss.recordEnd(st.fromClient, err)
 	last := ss.live.Add(-1) == 0
 	switch {
 	case err != nil && !aborted && !errors.Is(err, net.ErrClosed):
@@ -146,6 +161,36 @@ func (ss *session) ended(st *stream, err error) {
 	if last {
 		ss.finish()
 	}
+}
+
+// recordEnd records, for the log and the verdict, that the stream from
+// the client (fromClient) or from the target ended with err, and reports
+// whether the session was aborted (idle, shutdown) before.
+func (ss *session) recordEnd(fromClient bool, err error) (aborted bool) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	aborted = ss.closedBy == byIdle || ss.closedBy == byShutdown
+	by := endedBy(fromClient, err)
+	if ss.closedBy == "" {
+		ss.closedBy = by
+	}
+	if aborted || errors.Is(err, net.ErrClosed) {
+		return aborted
+	}
+	if err != nil && ss.err == nil {
+		ss.err = err
+	}
+	switch {
+	case by != byTarget:
+	case err == nil:
+		ss.targetFIN = true
+	case ss.targetErr == nil && !ss.targetFIN:
+		// After its FIN, a failed write to the target is the reset
+		// its kernel answers to bytes that came after it closed: a
+		// silent close still.
+		ss.targetErr = err
+	}
+	return aborted
 }
 
 // abort ends the session for reason, unless it already ended.
@@ -199,10 +244,12 @@ func shutdownBoth(tc *net.TCPConn) {
 }
 
 // judge records the session's outcome for passive health, unless the
-// target already proved itself by sending. A target that ended the
-// connection first, having sent nothing, within ConnectTimeout of its
-// start, failed when it reset the connection (it crashed, or nothing
-// serves behind its port) or closed it before the client sent anything.
+// target already proved itself by sending. A target that sent nothing
+// and, within ConnectTimeout of the start, reset the connection (a read
+// from it or a write to it failed before any FIN of its, whoever ended
+// their stream first: it crashed, or nothing serves behind its port), or
+// ended the connection first by closing it before the client sent
+// anything, failed.
 // A silent close (FIN) after the client sent bytes may be the target
 // refusing what the client sent (junk, the wrong protocol): no verdict,
 // so that clients cannot push targets out of rotation. Any other ending
@@ -212,17 +259,18 @@ func (ss *session) judge() {
 		return
 	}
 	ss.mu.Lock()
-	by, err := ss.closedBy, ss.err
+	by, err := ss.closedBy, ss.targetErr
 	ss.mu.Unlock()
-	early := by == byTarget && ss.s.clock.Since(ss.start) < ss.s.cfg.ConnectTimeout
-	if early && err == nil && ss.fromClient.Load() > 0 {
+	early := ss.s.clock.Since(ss.start) < ss.s.cfg.ConnectTimeout
+	switch {
+	case !early:
+	case err == nil && by == byTarget && ss.fromClient.Load() > 0:
 		ss.s.clientProvoked.Add(1)
 		return
-	}
-	if early {
-		if err == nil {
-			err = errClosedEarly
-		}
+	case err == nil && by == byTarget:
+		err = errClosedEarly
+		fallthrough
+	case err != nil:
 		ss.s.earlyClosed.Add(1)
 		ss.s.attemptFailed(ss.t, err)
 		return

@@ -158,7 +158,7 @@ func (st *stream) copySmall() (parkNow bool, err error) {
 		st.buf = nil
 		st.moved(m)
 		if werr != nil {
-			return false, werr
+			return false, writeError{werr}
 		}
 		if full {
 			st.bulk = true
@@ -218,10 +218,10 @@ func (st *stream) splice() (handled, parkNow bool, err error) {
 		}
 		r.inPipe, r.op = r.n, opDrain
 		if err := st.rawDst().Write(r.ioFn); err != nil {
-			return true, false, err
+			return true, false, writeError{err}
 		}
 		if r.err != nil {
-			return true, false, os.NewSyscallError("splice", r.err)
+			return true, false, writeError{os.NewSyscallError("splice", r.err)}
 		}
 	}
 }
