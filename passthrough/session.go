@@ -77,7 +77,7 @@ type session struct {
 	// and backend are then unused).
 	lc *lconn
 
-	mu       sync.Mutex
+	mu        sync.Mutex
 	closedBy  string // guarded by mu
 	err       error  // first real error; guarded by mu
 	targetErr error  // the first failure of a read from or a write to the target, before any FIN of its; guarded by mu
