@@ -2,9 +2,11 @@ package listener
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"time"
 
 	"github.com/pires/go-proxyproto"
@@ -24,7 +26,14 @@ const proxyBufferBytes = 256
 func (l *Listener) readProxyHeader(c *Conn) error {
 	br := bufio.NewReaderSize(c.Conn, proxyBufferBytes)
 	start := time.Now()
-	h, err := proxyproto.ReadHeaderTimeout(c.Conn, br, l.cfg.ProxyHeaderTimeout)
+	if err := bufferV1Line(c.Conn, br, start.Add(l.cfg.ProxyHeaderTimeout)); err != nil {
+		if b, _ := br.Peek(br.Buffered()); len(b) > 0 {
+			return fmt.Errorf("%w within %s: only %q came", ErrNoProxyHeader, l.cfg.ProxyHeaderTimeout, b)
+		}
+		return fmt.Errorf("%w within %s", ErrNoProxyHeader, l.cfg.ProxyHeaderTimeout)
+	}
+	rest := max(l.cfg.ProxyHeaderTimeout-time.Since(start), time.Millisecond) // 0 would be none
+	h, err := proxyproto.ReadHeaderTimeout(c.Conn, br, rest)
 	switch {
 	// go-proxyproto says ErrNoProxyProtocol for a timeout, an early close
 	// and other bytes alike; the log says which it was.
@@ -47,6 +56,42 @@ func (l *Listener) readProxyHeader(c *Conn) error {
 		c.Conn = &prefixConn{Conn: c.Conn, pending: append([]byte(nil), pending...)}
 	}
 	return nil
+}
+
+// v1MaxBytes is the longest a v1 header may be, CRLF included.
+const v1MaxBytes = 107
+
+// bufferV1Line waits, until deadline, for the rest of a version 1 header
+// that arrives in pieces: go-proxyproto takes one only when a single read
+// brought all of it, and the protocol asks receivers to be tolerant. It
+// reads into br until the bytes there stop looking like the start of a
+// v1 header, hold its line end, or reach its longest; it returns an
+// error only when the deadline passed first. A v2 header needs no help
+// (its length is in its fixed part).
+func bufferV1Line(nc net.Conn, br *bufio.Reader, deadline time.Time) error {
+	if err := nc.SetReadDeadline(deadline); err != nil {
+		return nil // go-proxyproto will say
+	}
+	defer nc.SetReadDeadline(time.Time{})
+	for {
+		if _, err := br.Peek(br.Buffered() + 1); errors.Is(err, os.ErrDeadlineExceeded) {
+			return err
+		} else if err != nil {
+			return nil
+		}
+		b, _ := br.Peek(br.Buffered())
+		if !couldBeV1(b) || bytes.IndexByte(b, '\n') >= 0 || len(b) >= v1MaxBytes {
+			return nil
+		}
+	}
+}
+
+// couldBeV1 reports whether b is the start of a version 1 header, as far
+// as it goes.
+func couldBeV1(b []byte) bool {
+	const sig = "PROXY "
+	k := min(len(b), len(sig))
+	return string(b[:k]) == sig[:k]
 }
 
 // prefixConn is a connection with bytes already read from it.

@@ -247,3 +247,63 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// A version 1 header that arrives in pieces is waited for, up to the
+// header timeout, as the protocol recommends (go-proxyproto alone takes
+// one only when a single read brings all of it). net.Pipe hands each
+// write to one read, so every piece arrives on its own.
+func TestProxyV1HeaderInPieces(t *testing.T) {
+	const header = "PROXY TCP4 203.0.113.7 198.51.100.1 41000 443\r\n"
+	var bytewise []string
+	for i := range header {
+		bytewise = append(bytewise, header[i:i+1])
+	}
+	for _, tc := range []struct {
+		name    string
+		pieces  []string
+		wantErr string // "": the header is taken
+	}{
+		{"byte by byte", append(bytewise, "hello"), ""},
+		{"in two, data after", []string{header[:20], header[20:] + "hello"}, ""},
+		{"CR and LF apart", []string{header[:len(header)-1], "\nhello"}, ""},
+		{"cut short", []string{header[:20]}, `within 100ms: only "PROXY TCP4 203.0.113"`},
+		{"not v1 after all", []string{"PROXY", "junk and more junk\r\n"}, "version 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client, server := net.Pipe()
+			defer client.Close()
+			done, release := make(chan struct{}), make(chan struct{})
+			go func() {
+				defer close(done)
+				for _, p := range tc.pieces {
+					if _, err := client.Write([]byte(p)); err != nil {
+						return
+					}
+				}
+				<-release // (a pipe takes no deadline once its other end closed)
+				client.Close()
+			}()
+			l := &Listener{cfg: Config{ProxyHeaderTimeout: 100 * time.Millisecond}}
+			c := &Conn{Conn: server}
+			err := l.readProxyHeader(c)
+			if tc.wantErr != "" {
+				server.Close()
+				close(release)
+				<-done
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want one saying %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			close(release)
+			rest, _ := io.ReadAll(c.Conn)
+			<-done
+			if c.Client.String() != "203.0.113.7:41000" || string(rest) != "hello" {
+				t.Fatalf("client %v, then %q; want 203.0.113.7:41000, then \"hello\"", c.Client, rest)
+			}
+		})
+	}
+}
