@@ -269,13 +269,14 @@ type Listener struct {
 	wg          sync.WaitGroup // one per connection
 	prep        sync.WaitGroup // one per connection still in its PROXY header or handshake
 	mu          sync.Mutex
-	conns       map[*Conn]struct{} // guarded by mu
-	draining    bool               // Shutdown has begun; guarded by mu
-	interrupted bool               // reads are being cut off; guarded by mu
-	done        chan struct{}      // closed when Serve returns
-	slots       chan struct{}      // one per connection served, if MaxConns > 0
-	workers     *gopool.Pool       // serve connections
-	graceOver   chan struct{}      // closed when Shutdown stops accepting
+	conns       map[*Conn]struct{}    // guarded by mu
+	preparing   map[net.Conn]struct{} // in their PROXY header or TLS handshake; guarded by mu
+	draining    bool                  // Shutdown has begun; guarded by mu
+	interrupted bool                  // reads are being cut off; guarded by mu
+	done        chan struct{}         // closed when Serve returns
+	slots       chan struct{}         // one per connection served, if MaxConns > 0
+	workers     *gopool.Pool          // serve connections
+	graceOver   chan struct{}         // closed when Shutdown stops accepting
 	graceOnce   sync.Once
 	handedOver  bool // Handover gave the socket away; guarded by mu
 	limitLog    rate.Sometimes
@@ -477,7 +478,16 @@ func (l *Listener) isDraining() bool {
 // serveConn runs the PROXY header, the handshake and the handler for one
 // connection, and finishes it unless the handler detached it.
 func (l *Listener) serveConn(nc net.Conn) {
+	slow := l.cfg.AcceptProxy || l.cfg.TLS != nil
+	if slow {
+		l.startPrepare(nc)
+	}
 	c, ok := l.prepare(nc)
+	if slow {
+		l.mu.Lock()
+		delete(l.preparing, nc)
+		l.mu.Unlock()
+	}
 	if !ok {
 		l.prep.Done()
 		l.finish(nc)
@@ -493,6 +503,34 @@ func (l *Listener) serveConn(nc net.Conn) {
 	l.h.ServeConn(c)
 	if !c.detached {
 		c.release()
+	}
+}
+
+// startPrepare records that nc is reading its PROXY header or TLS
+// handshake, which may take their own timeouts: once Shutdown's deadline
+// has passed, cutPrepare ends them, so that they do not hold it up.
+func (l *Listener) startPrepare(nc net.Conn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.interrupted {
+		cutPrepare(nc)
+		return
+	}
+	if l.preparing == nil {
+		l.preparing = map[net.Conn]struct{}{}
+	}
+	l.preparing[nc] = struct{}{}
+}
+
+// cutPrepare ends the header read or handshake under way on nc: its socket
+// is shut down both ways, which a deadline the header read sets for itself
+// cannot undo.
+func cutPrepare(nc net.Conn) {
+	_ = nc.SetDeadline(time.Unix(1, 0))
+	if tc, ok := nc.(*net.TCPConn); ok {
+		if rc, err := tc.SyscallConn(); err == nil {
+			_ = rc.Control(func(fd uintptr) { _ = syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
+		}
 	}
 }
 
@@ -631,6 +669,9 @@ func (l *Listener) Shutdown(ctx context.Context) error {
 	l.interrupted = true
 	for c := range l.conns {
 		c.interrupt()
+	}
+	for nc := range l.preparing {
+		cutPrepare(nc)
 	}
 	l.mu.Unlock()
 	<-finished

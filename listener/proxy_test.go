@@ -307,3 +307,42 @@ func TestProxyV1HeaderInPieces(t *testing.T) {
 		})
 	}
 }
+
+// A connection still in its PROXY header or TLS handshake, each with a
+// long timeout of its own, does not hold Shutdown past its deadline.
+func TestShutdownDeadlineCutsHeaderAndHandshake(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		send string
+	}{
+		{"PROXY header begun", Config{AcceptProxy: true, ProxyHeaderTimeout: time.Hour}, "PROXY TCP4"},
+		{"PROXY header not begun", Config{AcceptProxy: true, ProxyHeaderTimeout: time.Hour}, ""},
+		{"TLS handshake", Config{TLS: tlsServer(t), HandshakeTimeout: time.Hour}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := start(t, &recordConn{}, tc.cfg)
+			c, err := net.Dial("tcp", l.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write([]byte(tc.send))
+			for deadline := time.Now().Add(10 * time.Second); l.Stats().Accepted == 0 && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- l.Shutdown(ctx) }()
+			select {
+			case err := <-done:
+				if err != context.DeadlineExceeded {
+					t.Fatalf("Shutdown: %v, want the deadline's error", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Shutdown waited for the header or handshake timeout, not its deadline")
+			}
+		})
+	}
+}
