@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/jonboulle/clockwork"
 
@@ -87,10 +88,26 @@ var errNoneAccepts = errors.New("every target is draining, disabled or failing i
 
 // attemptFailed records a failed attempt on t for passive health.
 func (s *core) attemptFailed(t *upstream.Target, err error) {
+	if localFailure(err) {
+		return // ndlb's own shortage, not the target's doing
+	}
 	if t.AttemptFailed(err, s.clock.Now(), s.cfg.MaxFails, s.cfg.FailTimeout) {
 		s.log.Warn("target skipped: its last attempts failed", "target", t.Addr,
 			"max_fails", s.cfg.MaxFails, "fail_timeout", s.cfg.FailTimeout, "err", err)
 	}
+}
+
+// localFailure reports whether an attempt failed for want of something
+// on ndlb's side (descriptors, buffer memory, local ports): passive health
+// does not hold that against the target, which would take every target
+// out of rotation in turn while the shortage lasts.
+func localFailure(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.EADDRNOTAVAIL} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // attemptSucceeded records that t served a connection.

@@ -14,6 +14,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -677,5 +678,27 @@ func TestStartSpanOffAllocatesNothing(t *testing.T) {
 		span.End()
 	}); n != 0 {
 		t.Fatalf("%v allocations per span while tracing is off", n)
+	}
+}
+
+// An attempt that failed for want of descriptors, buffers or local ports
+// is not held against the target (passive health); a refusal is.
+func TestLocalShortageIsNotTheTargetsFault(t *testing.T) {
+	cfg := testConfig(deadAddr(t))
+	s := start(t, cfg)
+	target := s.set.Targets()[0]
+	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.EADDRNOTAVAIL} {
+		for range cfg.MaxFails + 1 {
+			s.attemptFailed(target, &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("socket", errno)})
+		}
+		if target.Skipped(time.Now()) {
+			t.Fatalf("%v: the target was skipped", errno)
+		}
+	}
+	for range cfg.MaxFails {
+		s.attemptFailed(target, &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)})
+	}
+	if !target.Skipped(time.Now()) {
+		t.Fatal("refusals did not skip the target")
 	}
 }
