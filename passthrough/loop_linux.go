@@ -850,12 +850,15 @@ func (lc *lconn) event(side int, events uint32) {
 	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		lc.wr[side] = true
 	}
-	switch lc.phase {
-	case phaseConnect:
+	switch {
+	case lc.phase == phaseConnect:
 		if side == 1 && lc.wr[1] {
 			lc.connectDone()
 		}
-	case phaseProxy:
+	case lc.phase == phaseProxy && lc.cut.Load():
+		lc.linger0 = true
+		lc.end()
+	case lc.phase == phaseProxy:
 		lc.pump()
 	}
 }
@@ -1134,6 +1137,9 @@ func (lc *lconn) ended(i int, err error) {
 	aborted := lc.recordEnd(i == 0, err)
 	lc.dir[i].done = true
 	switch {
+	case lc.cut.Load(): // no FIN: both end with a reset
+		lc.linger0 = true
+		lc.end()
 	case err != nil:
 		lc.linger0 = !aborted
 		lc.end()
@@ -1182,6 +1188,24 @@ func (lc *lconn) close() {
 		_ = rawio.Close(fd)
 		lc.fd[i] = -1
 	}
+}
+
+// cutIfInFlight cuts lc when either socket holds bytes on their way (see
+// session.abort): both will close with a reset (SO_LINGER 0), and reads
+// end (SHUT_RD, which sends nothing), which wakes the loop, and it ends
+// lc at its next event. It reports whether it cut them.
+func (lc *lconn) cutIfInFlight() bool {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	if lc.closed || lc.fd[0] < 0 || lc.fd[1] < 0 || !inFlight(uintptr(lc.fd[0])) && !inFlight(uintptr(lc.fd[1])) {
+		return false
+	}
+	lc.cut.Store(true)
+	for _, fd := range lc.fd {
+		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		_ = unix.Shutdown(fd, unix.SHUT_RD)
+	}
+	return true
 }
 
 // shutdownSockets shuts both sockets down both ways (abort): the loop

@@ -21,6 +21,7 @@ func (l *evloop) stop()                             {}
 func (s *Server) serveInLoop(c *listener.Conn) bool { return false }
 func (lc *lconn) close()                            {}
 func (lc *lconn) shutdownSockets()                  {}
+func (lc *lconn) cutIfInFlight() bool               { return false }
 
 // WantsRaw implements listener.RawWanter: never, without the loops.
 func (s *Server) WantsRaw() bool { return false }

@@ -607,6 +607,36 @@ func TestShutdownDrainTimeout(t *testing.T) {
 	})
 }
 
+// A connection cut by the drain timeout with bytes on their way (here a
+// download the client reads too slowly) ends with a reset, not a FIN, so
+// the client cannot take what it got for the whole stream.
+func TestShutdownCutInFlightResets(t *testing.T) {
+	bothEngines(t, func(t *testing.T) {
+		b := newBackend(t, nil, func(c net.Conn) {
+			c.Write(make([]byte, 64<<20)) // fails once ndlb resets
+			io.Copy(io.Discard, c)
+		})
+		cfg := testConfig(b.addr())
+		cfg.DrainTimeout = 50 * time.Millisecond
+		s := start(t, cfg)
+		c := dialTest(t, s.Addr().String())
+		if _, err := io.ReadFull(c, make([]byte, 1<<10)); err != nil {
+			t.Fatal(err)
+		}
+		if sum := s.Shutdown(); sum.ShutdownClosed != 1 {
+			t.Fatalf("summary %+v", sum)
+		}
+		buf := make([]byte, 64<<10)
+		var err error
+		for err == nil {
+			_, err = c.Read(buf)
+		}
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("the client's read ended with %v, want a reset", err)
+		}
+	})
+}
+
 // Draining, disabled and check-failed targets get no new connections;
 // existing connections to them go on.
 func TestStatesSteerNewConnections(t *testing.T) {

@@ -77,6 +77,10 @@ type session struct {
 	// and backend are then unused).
 	lc *lconn
 
+	// cut is set when abort found bytes on their way: both sockets are
+	// closed with a reset, and no stream half-closes the other side.
+	cut atomic.Bool
+
 	mu        sync.Mutex
 	closedBy  string // guarded by mu
 	err       error  // first real error; guarded by mu
@@ -147,6 +151,9 @@ func (ss *session) ended(st *stream, err error) {
 	aborted := ss.recordEnd(st.fromClient, err)
 	last := ss.live.Add(-1) == 0
 	switch {
+	case ss.cut.Load():
+		// Cut with bytes on their way: no FIN; the last stream's
+		// finish closes both sockets with a reset.
 	case err != nil && !aborted && !errors.Is(err, net.ErrClosed):
 		// One side failed (reset, timeout): the other must not read
 		// what it got so far followed by a clean end of stream.
@@ -193,14 +200,26 @@ func (ss *session) recordEnd(fromClient bool, err error) (aborted bool) {
 	return aborted
 }
 
-// abort ends the session for reason, unless it already ended.
+// abort ends the session for reason, unless it already ended. A cut that
+// catches bytes on their way (unread in a socket, or written and not yet
+// taken by a peer) ends both sockets with a reset, so that neither peer
+// takes what it got for the whole stream; a quiet connection ends with
+// FINs.
 func (ss *session) abort(reason string) {
 	ss.mu.Lock()
 	if ss.closedBy == "" {
 		ss.closedBy = reason
 	}
 	ss.mu.Unlock()
-	ss.shutdown()
+	var cut bool
+	if ss.lc != nil {
+		cut = ss.lc.cutIfInFlight()
+	} else {
+		cut = ss.cutIfInFlight()
+	}
+	if !cut {
+		ss.shutdown()
+	}
 }
 
 // shutdown ends both streams: plain sockets are shut down both ways (which

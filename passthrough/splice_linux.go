@@ -2,9 +2,11 @@ package passthrough
 
 import (
 	"errors"
+	"net"
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -285,4 +287,46 @@ func (r *rawPair) release() {
 		putPipe(r.p)
 	}
 	r.p = nil
+}
+
+// inFlight reports whether the socket fd holds bytes on their way:
+// unread (SIOCINQ), or written and not yet acknowledged by its peer
+// (SIOCOUTQ).
+func inFlight(fd uintptr) bool {
+	for _, req := range []uint{unix.SIOCINQ, unix.SIOCOUTQ} {
+		if n, err := unix.IoctlGetInt(int(fd), req); err == nil && n > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// cutIfInFlight cuts the session's plain TCP sockets when either holds
+// bytes on their way (see session.abort): they close with a reset
+// (SO_LINGER 0), reads end (SHUT_RD, which sends nothing and wakes a
+// parked stream) and writes fail (a past deadline). It reports whether it
+// cut them; it leaves TLS connections alone.
+func (ss *session) cutIfInFlight() bool {
+	conns := []*net.TCPConn{ss.cTCP, ss.bTCP}
+	if ss.client != net.Conn(ss.cTCP) || ss.backend != net.Conn(ss.bTCP) {
+		return false // TLS on a side: closed as it is
+	}
+	found := false
+	for _, c := range conns {
+		if rc, err := c.SyscallConn(); err == nil {
+			_ = rc.Control(func(fd uintptr) { found = found || inFlight(fd) })
+		}
+	}
+	if !found {
+		return false
+	}
+	ss.cut.Store(true)
+	for _, c := range conns {
+		_ = c.SetLinger(0)
+		_ = c.SetWriteDeadline(time.Unix(1, 0))
+		if rc, err := c.SyscallConn(); err == nil {
+			_ = rc.Control(func(fd uintptr) { _ = syscall.Shutdown(int(fd), syscall.SHUT_RD) })
+		}
+	}
+	return true
 }

@@ -18,3 +18,6 @@ func (st *stream) rawSrc() syscall.RawConn { return nil }
 func (st *stream) copySmall() (parkNow bool, err error) { return false, errors.ErrUnsupported }
 
 func (st *stream) splice() (handled, parkNow bool, err error) { return false, false, nil }
+
+// cutIfInFlight is Linux only (it asks the sockets' queues).
+func (ss *session) cutIfInFlight() bool { return false }
