@@ -90,7 +90,11 @@ func octetFrames(msgs ...string) []byte {
 // Octet-counted clients: to octet-counted targets every message arrives
 // byte for byte, newlines and all; to newline targets a message's newlines
 // are written #012. An oversize message is dropped and counted, a bad
-// prefix closes its client, counted, and the ledger closes.
+// prefix closes its client, counted, and the ledger closes. The limit is
+// on a message as the targets get it: one of exactly MaxLineBytes, all
+// backslashes and newlines, reaches octet-counted targets byte for byte
+// (ndlb escapes both inside, doubling its length there) and is too long
+// for newline targets once its newlines are #012.
 func TestOctetCounted(t *testing.T) {
 	msgs := []string{"<13>1 2026-12-02T10:00:00Z host app - - - plain", "stack trace:\n  at a()\n  at b()", "back\\slash #012 literal", ""}
 	for _, target := range []framer.Framing{framer.OctetCounted, framer.Newline} {
@@ -112,6 +116,8 @@ func TestOctetCounted(t *testing.T) {
 			in := octetFrames(msgs...)
 			in = append(in, octetFrames(string(bytes.Repeat([]byte("o"), 2000)))...) // oversize
 			in = append(in, octetFrames(msgs[1])...)
+			full := strings.Repeat("\\\n", cfg.Framer.MaxLineBytes/2)
+			in = append(in, octetFrames(full)...)
 			for i := 0; i < len(in); i += 7 { // in small pieces
 				c.Write(in[i:min(i+7, len(in))])
 			}
@@ -126,6 +132,12 @@ func TestOctetCounted(t *testing.T) {
 			sum := srv.Shutdown()
 			// Two clients: their messages may interleave in any order.
 			want := append(append([]string{}, msgs...), msgs[1], "fine")
+			delivered, oversize := uint64(7), uint64(1)
+			if target == framer.OctetCounted {
+				want = append(want, full)
+			} else {
+				delivered, oversize = 6, 2
+			}
 			if target == framer.Newline {
 				for i, m := range want {
 					want[i] = strings.ReplaceAll(m, "\n", "#012")
@@ -143,7 +155,7 @@ func TestOctetCounted(t *testing.T) {
 				t.Fatalf("the target got\n%q\nwant\n%q", got, want)
 			}
 			l := sum.Ledger
-			if !sum.Clean || !l.Closed() || l.Delivered != 6 || l.Dropped[dispatch.DropOversize] != 1 || sum.BadFrames != 1 {
+			if !sum.Clean || !l.Closed() || l.Delivered != delivered || l.Dropped[dispatch.DropOversize] != oversize || sum.BadFrames != 1 {
 				t.Fatalf("summary %+v", sum)
 			}
 		})

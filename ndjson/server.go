@@ -586,6 +586,13 @@ func (cs *clientConn) serve(skipping bool) error {
 		// would only hold memory.
 		fc.ReadBytes = min(fc.ReadBytes, tlsRecordBytes)
 	}
+	if s.cfg.Framing == framer.OctetCounted && s.cfg.TargetFraming == framer.OctetCounted {
+		// The octet reader drops a message over the limit by its length
+		// prefix, which is what the targets get; inside, it escapes
+		// backslashes and newlines (framer.OctetReader), which may double
+		// a message's length, and the framer must not drop for that.
+		fc.MaxLineBytes = min(2*fc.MaxLineBytes, framer.MaxMaxLineBytes)
+	}
 	f := framer.New(cs.r, fc, s.bufs)
 	f.Budget, f.Stop, f.OnDrop = s.budget, s.hard.Done(), cs.dropped
 	f.Resume(skipping)
