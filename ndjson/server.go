@@ -2,6 +2,7 @@ package ndjson
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -134,6 +135,20 @@ func DefaultConfig() Config {
 	}
 }
 
+// framing is the framer's configuration for a client connection. From
+// octet-counted clients to octet-counted targets its line bound is twice
+// MaxLineBytes: the octet reader drops a message over the limit by its
+// length prefix, which is what the targets get, and inside it escapes
+// backslashes and newlines (framer.OctetReader), which may double a
+// message's length; the framer must not drop for that.
+func (c Config) framing() framer.Config {
+	fc := c.Framer
+	if c.Framing == framer.OctetCounted && cmp.Or(c.TargetFraming, c.Framing) == framer.OctetCounted {
+		fc.MaxLineBytes = min(2*fc.MaxLineBytes, framer.MaxMaxLineBytes)
+	}
+	return fc
+}
+
 // Validate reports the first problem as an *invalid.Error naming the field
 // ("Pool.Connections" for one of a nested config's), wrapping ErrConfig
 // (and the nested package's).
@@ -145,7 +160,7 @@ func (c Config) Validate() error {
 	if err := c.Queue.Validate(c.Framer); err != nil {
 		return invalid.In(ErrConfig, "Queue", err)
 	}
-	switch min := int64(2 * c.Framer.MaxBatchBytes()); {
+	switch min := int64(2 * c.framing().MaxBatchBytes()); {
 	case len(c.Targets) == 0 && !c.Discovered && len(c.Route.Groups) == 0:
 		return bad("Targets", "no targets")
 	case c.DrainTimeout <= 0:
@@ -579,19 +594,12 @@ func (s *Server) ServeConn(c *listener.Conn) {
 // framer.ErrSuspend with cs.partial and cs.skipping set.
 func (cs *clientConn) serve(skipping bool) error {
 	s, c := cs.s, cs.c
-	fc := s.cfg.Framer
+	fc := s.cfg.framing()
 	if _, ok := cs.r.(framer.BufferReader); !ok {
 		// A TLS client: a read returns one record, at most 16 KiB, and
 		// its buffer is held while the client is idle, so a larger one
 		// would only hold memory.
 		fc.ReadBytes = min(fc.ReadBytes, tlsRecordBytes)
-	}
-	if s.cfg.Framing == framer.OctetCounted && s.cfg.TargetFraming == framer.OctetCounted {
-		// The octet reader drops a message over the limit by its length
-		// prefix, which is what the targets get; inside, it escapes
-		// backslashes and newlines (framer.OctetReader), which may double
-		// a message's length, and the framer must not drop for that.
-		fc.MaxLineBytes = min(2*fc.MaxLineBytes, framer.MaxMaxLineBytes)
 	}
 	f := framer.New(cs.r, fc, s.bufs)
 	f.Budget, f.Stop, f.OnDrop = s.budget, s.hard.Done(), cs.dropped
@@ -604,7 +612,7 @@ func (cs *clientConn) serve(skipping bool) error {
 	var lim *rate.Limiter
 	if s.cfg.ClientRate > 0 {
 		// A burst of one batch at least, so that any batch can pass.
-		lim = rate.NewLimiter(rate.Limit(s.cfg.ClientRate), max(int(s.cfg.ClientRate), s.cfg.Framer.MaxBatchBytes()))
+		lim = rate.NewLimiter(rate.Limit(s.cfg.ClientRate), max(int(s.cfg.ClientRate), fc.MaxBatchBytes()))
 	}
 	for {
 		b, err := f.Next()

@@ -98,11 +98,12 @@ func (s *core) attemptFailed(t *upstream.Target, err error) {
 }
 
 // localFailure reports whether an attempt failed for want of something
-// on ndlb's side (descriptors, buffer memory, local ports): passive health
+// on ndlb's side (descriptors, buffer memory, local ports, epoll watches
+// (ENOSPC)): passive health
 // does not hold that against the target, which would take every target
 // out of rotation in turn while the shortage lasts.
 func localFailure(err error) bool {
-	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.EADDRNOTAVAIL} {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.EADDRNOTAVAIL, syscall.ENOSPC} {
 		if errors.Is(err, e) {
 			return true
 		}

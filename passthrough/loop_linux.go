@@ -843,6 +843,12 @@ func (lc *lconn) event(side int, events uint32) {
 	}
 	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		lc.hup[side] = true
+		if side == 1 && lc.phase == phaseProxy && events&(unix.EPOLLHUP|unix.EPOLLERR) == 0 {
+			// The target's FIN, seen before a write to it fails on
+			// the reset its kernel answers to later bytes: a silent
+			// close still (session.judge).
+			lc.targetClosed()
+		}
 	}
 	if events&unix.EPOLLPRI != 0 {
 		lc.urg[side] = true
@@ -1203,6 +1209,8 @@ func (lc *lconn) cutIfInFlight() bool {
 	lc.cut.Store(true)
 	for _, fd := range lc.fd {
 		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
+	for _, fd := range lc.fd { // (under lc.mu, the loop cannot close them meanwhile)
 		_ = unix.Shutdown(fd, unix.SHUT_RD)
 	}
 	return true

@@ -421,7 +421,20 @@ func TestClientJunkIsNotTheTargetsFault(t *testing.T) {
 		for range 10 {
 			sendAndDrain(t, s.Addr().String(), "\x16\x03\x01 junk\n")
 		}
-		waitFor(t, "verdicts", func() bool { return s.Stats().ClientProvoked == 10 })
+		// A client that goes on sending after the target's FIN: the
+		// write that meets the reset the target's kernel answers with
+		// does not make the close a failure.
+		for range 3 {
+			c := dialTest(t, s.Addr().String())
+			c.Write([]byte("\x16\x03\x01 junk\n"))
+			wantEOF(t, c) // the target's FIN, passed on
+			for range 3 {
+				c.Write(bytes.Repeat([]byte("more junk\n"), 100))
+			}
+			io.Copy(io.Discard, c)
+			c.Close()
+		}
+		waitFor(t, "verdicts", func() bool { return s.Stats().ClientProvoked == 13 })
 		if st := s.Stats(); st.EarlyClosed != 0 || st.Failed != 0 {
 			t.Fatalf("junk counted against the target: %+v", st)
 		}
@@ -717,7 +730,7 @@ func TestLocalShortageIsNotTheTargetsFault(t *testing.T) {
 	cfg := testConfig(deadAddr(t))
 	s := start(t, cfg)
 	target := s.set.Targets()[0]
-	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.EADDRNOTAVAIL} {
+	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.EADDRNOTAVAIL, syscall.ENOSPC} {
 		for range cfg.MaxFails + 1 {
 			s.attemptFailed(target, &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("socket", errno)})
 		}

@@ -5,6 +5,7 @@ import (
 	"net"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +49,7 @@ type Server struct {
 	mu       sync.Mutex
 	sessions map[*session]struct{} // guarded by mu
 	expired  bool                  // the drain timeout passed; guarded by mu
+	ending   *sync.Cond            // on mu: broadcast by untrack while expire waits for cut sessions (non-nil)
 
 	proxied, failed, dialFailed, earlyClosed, idleClosed, shutClosed atomic.Uint64
 	clientProvoked, looped                                           atomic.Uint64
@@ -316,7 +318,35 @@ func (s *Server) track(ss *session) bool {
 func (s *Server) untrack(ss *session) {
 	s.mu.Lock()
 	delete(s.sessions, ss)
+	if s.ending != nil {
+		s.ending.Broadcast()
+	}
 	s.mu.Unlock()
+}
+
+// cutGrace bounds how long expire waits for the connections it cut with a
+// reset to end.
+const cutGrace = time.Second
+
+// awaitCut waits until the cut sessions have ended, or cutGrace passed:
+// the listener's shutdown, which comes next, would otherwise half-close
+// their clients' sockets (a FIN before the reset).
+func (s *Server) awaitCut(cut []*session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ending = sync.NewCond(&s.mu)
+	over := false
+	t := time.AfterFunc(cutGrace, func() {
+		s.mu.Lock()
+		over = true
+		s.ending.Broadcast()
+		s.mu.Unlock()
+	})
+	defer t.Stop()
+	for !over && slices.ContainsFunc(cut, func(ss *session) bool { _, open := s.sessions[ss]; return open }) {
+		s.ending.Wait()
+	}
+	s.ending = nil
 }
 
 // expire closes every open connection: the drain timeout has passed.
@@ -336,8 +366,14 @@ func (s *Server) expire() {
 		s.log.Warn("drain timeout passed; closing open connections", "connections", len(open))
 	}
 	s.shutClosed.Add(uint64(len(open)))
+	var cut []*session
 	for _, ss := range open {
-		ss.abort(byShutdown)
+		if ss.abort(byShutdown) {
+			cut = append(cut, ss)
+		}
+	}
+	if len(cut) > 0 {
+		s.awaitCut(cut)
 	}
 }
 

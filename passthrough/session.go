@@ -148,6 +148,13 @@ func (ss *session) movedFromTarget(n int) {
 // half-closed and its stream goes on; on an error both are shut down. The
 // last stream to end finishes the session.
 func (ss *session) ended(st *stream, err error) {
+	if err == nil && !st.fromClient && ss.live.Load() == 2 && ss.bTCP != nil && wasReset(ss.bTCP) {
+		// EOF after a reset whose error the client's stream took in a
+		// write: the target reset, it did not close. (Asked only while
+		// the client's stream is on, so no FIN of ours went to the
+		// target: after both FINs the socket's state is CLOSE too.)
+		err = errTargetReset
+	}
 	aborted := ss.recordEnd(st.fromClient, err)
 	last := ss.live.Add(-1) == 0
 	switch {
@@ -200,18 +207,27 @@ func (ss *session) recordEnd(fromClient bool, err error) (aborted bool) {
 	return aborted
 }
 
+// targetClosed records that the target's FIN came (its stream will end
+// at EOF), before a read of it.
+func (ss *session) targetClosed() {
+	ss.mu.Lock()
+	if ss.targetErr == nil {
+		ss.targetFIN = true
+	}
+	ss.mu.Unlock()
+}
+
 // abort ends the session for reason, unless it already ended. A cut that
 // catches bytes on their way (unread in a socket, or written and not yet
 // taken by a peer) ends both sockets with a reset, so that neither peer
 // takes what it got for the whole stream; a quiet connection ends with
-// FINs.
-func (ss *session) abort(reason string) {
+// FINs. It reports whether it cut with a reset.
+func (ss *session) abort(reason string) (cut bool) {
 	ss.mu.Lock()
 	if ss.closedBy == "" {
 		ss.closedBy = reason
 	}
 	ss.mu.Unlock()
-	var cut bool
 	if ss.lc != nil {
 		cut = ss.lc.cutIfInFlight()
 	} else {
@@ -220,6 +236,7 @@ func (ss *session) abort(reason string) {
 	if !cut {
 		ss.shutdown()
 	}
+	return cut
 }
 
 // shutdown ends both streams: plain sockets are shut down both ways (which

@@ -321,12 +321,36 @@ func (ss *session) cutIfInFlight() bool {
 		return false
 	}
 	ss.cut.Store(true)
-	for _, c := range conns {
+	for _, c := range conns { // both before either read ends (which may end the session)
 		_ = c.SetLinger(0)
 		_ = c.SetWriteDeadline(time.Unix(1, 0))
+	}
+	for _, c := range conns {
 		if rc, err := c.SyscallConn(); err == nil {
 			_ = rc.Control(func(fd uintptr) { _ = syscall.Shutdown(int(fd), syscall.SHUT_RD) })
 		}
 	}
 	return true
+}
+
+// errTargetReset is the end of a target's stream that read as EOF though
+// the target had reset the connection: the other stream's write took the
+// reset's error first (see session.ended).
+var errTargetReset = os.NewSyscallError("read", syscall.ECONNRESET)
+
+// wasReset reports whether tc's connection was reset by its peer, as far
+// as its state tells: CLOSE, where the peer's FIN alone leaves CLOSE_WAIT
+// (but FINs both ways end in CLOSE as well).
+func wasReset(tc *net.TCPConn) bool {
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	reset := false
+	_ = rc.Control(func(fd uintptr) {
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			reset = info.State == unix.BPF_TCP_CLOSE
+		}
+	})
+	return reset
 }

@@ -4,6 +4,7 @@ package passthrough
 
 import (
 	"errors"
+	"net"
 	"syscall"
 )
 
@@ -21,3 +22,8 @@ func (st *stream) splice() (handled, parkNow bool, err error) { return false, fa
 
 // cutIfInFlight is Linux only (it asks the sockets' queues).
 func (ss *session) cutIfInFlight() bool { return false }
+
+var errTargetReset = errors.ErrUnsupported
+
+// wasReset is Linux only.
+func wasReset(*net.TCPConn) bool { return false }
