@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -234,16 +235,36 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// readToken reads the bearer token from path.
+// maxTokenBytes bounds what readToken reads: a token is far shorter.
+const maxTokenBytes = 64 << 10
+
+// readToken reads the bearer token from path: one line of bytes an
+// Authorization header can carry (no control characters but tabs),
+// spaces and newlines around it trimmed.
 func readToken(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, invalid.Field(ErrConfig, "TokenFile", "token file: %v", err)
 	}
-	if tok := []byte(strings.TrimSpace(string(b))); len(tok) > 0 {
-		return tok, nil
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxTokenBytes+1))
+	switch {
+	case err != nil:
+		return nil, invalid.Field(ErrConfig, "TokenFile", "token file: %v", err)
+	case len(b) > maxTokenBytes:
+		return nil, invalid.Field(ErrConfig, "TokenFile", "token file %s is over 64KiB: is it the token?", path)
 	}
-	return nil, invalid.Field(ErrEmptyToken, "TokenFile", "token file %s holds no token", path)
+	tok := []byte(strings.TrimSpace(string(b)))
+	if len(tok) == 0 {
+		return nil, invalid.Field(ErrEmptyToken, "TokenFile", "token file %s holds no token", path)
+	}
+	for _, c := range tok {
+		if c < ' ' && c != '\t' || c == 0x7f {
+			return nil, invalid.Field(ErrConfig, "TokenFile",
+				"token file %s holds more than one line, or a control character an HTTP header cannot carry (%q): the token is one line", path, c)
+		}
+	}
+	return tok, nil
 }
 
 // routes maps each route pattern to its handler. The spec test checks this

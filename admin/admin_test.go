@@ -183,6 +183,13 @@ func TestToken(t *testing.T) {
 	if _, err := New(Config{Addr: "127.0.0.1:0", TokenFile: empty, Listeners: func() []Listener { return nil }}); !errors.Is(err, ErrEmptyToken) {
 		t.Fatalf("empty token file: %v", err)
 	}
+	// A token no header can carry would refuse every change.
+	for _, bad := range []string{"a\nb\n", "a\r\nb", "nul\x00", "del\x7f"} {
+		os.WriteFile(empty, []byte(bad), 0o600)
+		if _, err := New(Config{Addr: "127.0.0.1:0", TokenFile: empty, Listeners: func() []Listener { return nil }}); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "the token is one line") {
+			t.Errorf("token file %q: %v", bad, err)
+		}
+	}
 }
 
 // Every route is in openapi.json, and every operation there is a route.

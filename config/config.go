@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 	"unicode"
 
@@ -110,12 +111,7 @@ const MaxFileBytes = 16 << 20
 
 // Load reads and checks the file at path against schema.
 func Load(path string, schema Schema) (*File, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	doc, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
+	doc, err := readFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -123,6 +119,40 @@ func Load(path string, schema Schema) (*File, error) {
 		return nil, &Error{Path: path, Msg: "over 16MiB: is this the config file?"}
 	}
 	return Parse(path, doc, schema)
+}
+
+// kindOf names what a file that is not a regular one is.
+func kindOf(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	}
+	return "a special file"
+}
+
+// readFile reads at most MaxFileBytes+1 bytes of the regular file at
+// path. Anything else (a FIFO, a device such as /dev/zero, a directory) is
+// refused before a read: opening it does not wait (O_NONBLOCK, which
+// changes nothing for a regular file), so a FIFO put at the path cannot
+// block a reload or the watcher, and a device cannot fill memory.
+func readFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil {
+		return nil, err
+	} else if !st.Mode().IsRegular() {
+		return nil, &Error{Path: path, Msg: "not a regular file: " + kindOf(st.Mode())}
+	}
+	return io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
 }
 
 // Parse is Load of a document already read.

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -233,6 +234,30 @@ func TestGroupTablesRefuseInjection(t *testing.T) {
 	} {
 		if _, err := Parse("f.toml", []byte(tt.doc), sch); err == nil || err.Error() != tt.want {
 			t.Errorf("error\n%v\nwant\n%s", err, tt.want)
+		}
+	}
+}
+
+// What is not a regular file is refused before a read, at once: a FIFO
+// would block the reload (and the watcher) forever, a device such as
+// /dev/zero would fill memory. Hash says nothing changed to a watcher.
+func TestLoadRefusesWhatIsNotAFile(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo.toml")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	zero := filepath.Join(dir, "zero.toml")
+	if err := os.Symlink("/dev/zero", zero); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]string{fifo: "a named pipe", zero: "a device", dir: "a directory"} {
+		_, err := Load(path, schema)
+		if err == nil || !strings.Contains(err.Error(), "not a regular file: "+want) {
+			t.Errorf("%s: %v, want it refused as %s", path, err, want)
+		}
+		if Hash(path) != [32]byte{} {
+			t.Errorf("%s: hashed", path)
 		}
 	}
 }

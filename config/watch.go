@@ -3,7 +3,6 @@ package config
 import (
 	"crypto/sha256"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -75,9 +74,10 @@ func watchLoop(w *fsnotify.Watcher, path string, out chan<- struct{}, loaded [32
 	}
 }
 
-// Hash is the SHA-256 of the file's content (zero if unreadable).
+// Hash is the SHA-256 of the file's content as Load reads it (zero if
+// unreadable, or not a regular file).
 func Hash(path string) [32]byte {
-	b, err := os.ReadFile(path)
+	b, err := readFile(path)
 	if err != nil {
 		return [32]byte{}
 	}
