@@ -30,6 +30,9 @@ const (
 	DefaultDrainTimeout   = 30 * time.Second
 	DefaultBackoffInitial = 100 * time.Millisecond
 	DefaultBackoffMax     = 2 * time.Second
+	// MinBackoff is the shortest BackoffInitial and BackoffMax Validate
+	// accepts.
+	MinBackoff = time.Millisecond
 	// DefaultParkAfter is Config.ParkAfter: a connection quiet for a
 	// moment (a keep-alive one between requests, say) already holds no
 	// goroutine or stack; a stream that wakes again costs one epoll
@@ -225,10 +228,10 @@ func (c Config) Validate() error {
 		return bad("ParkAfter", "park delay %s must not be negative (0: never park)", c.ParkAfter)
 	case c.KeepAlive < 0:
 		return bad("KeepAlive", "keepalive %s must not be negative (0: off)", c.KeepAlive)
-	case c.BackoffMax <= 0:
-		return bad("BackoffMax", "longest backoff %s must be positive", c.BackoffMax)
-	case c.BackoffInitial <= 0 || c.BackoffInitial > c.BackoffMax:
-		return bad("BackoffInitial", "first backoff %s: want more than 0 and at most the longest, %s", c.BackoffInitial, c.BackoffMax)
+	case c.BackoffMax < MinBackoff:
+		return bad("BackoffMax", "longest backoff %s: want at least %s (a shorter one spins on a dead target)", c.BackoffMax, MinBackoff)
+	case c.BackoffInitial < MinBackoff || c.BackoffInitial > c.BackoffMax:
+		return bad("BackoffInitial", "first backoff %s: want at least %s and at most the longest, %s", c.BackoffInitial, MinBackoff, c.BackoffMax)
 	case c.EventLoops < 0 || c.EventLoops > MaxEventLoops:
 		return bad("EventLoops", "%d event loops: want 0 (one per core) to %d", c.EventLoops, MaxEventLoops)
 	case c.SendProxy != 0 && c.SendProxy != 1 && c.SendProxy != 2:

@@ -38,6 +38,9 @@ const (
 	DefaultBackoffInitial = 100 * time.Millisecond
 	// DefaultBackoffMax is Config.BackoffMax.
 	DefaultBackoffMax = 5 * time.Second
+	// MinBackoff is the shortest BackoffInitial and BackoffMax Validate
+	// accepts.
+	MinBackoff = time.Millisecond
 	// DefaultAckInterval is Config.AckInterval.
 	DefaultAckInterval = 2 * time.Millisecond
 	// DefaultMaxWriteBytes is Config.MaxWriteBytes.
@@ -155,10 +158,10 @@ func (c Config) Validate() error {
 		return bad("UserTimeout", "TCP user timeout %s must not be negative", c.UserTimeout)
 	case c.KeepAlive < 0:
 		return bad("KeepAlive", "keepalive %s must not be negative", c.KeepAlive)
-	case c.BackoffMax <= 0:
-		return bad("BackoffMax", "longest backoff %s must be positive", c.BackoffMax)
-	case c.BackoffInitial <= 0 || c.BackoffInitial > c.BackoffMax:
-		return bad("BackoffInitial", "first backoff %s: want more than 0 and at most the longest, %s", c.BackoffInitial, c.BackoffMax)
+	case c.BackoffMax < MinBackoff:
+		return bad("BackoffMax", "longest backoff %s: want at least %s (a shorter one spins on a dead target)", c.BackoffMax, MinBackoff)
+	case c.BackoffInitial < MinBackoff || c.BackoffInitial > c.BackoffMax:
+		return bad("BackoffInitial", "first backoff %s: want at least %s and at most the longest, %s", c.BackoffInitial, MinBackoff, c.BackoffMax)
 	case c.AckInterval <= 0:
 		return bad("AckInterval", "acknowledgement interval %s must be positive", c.AckInterval)
 	case c.MaxWriteBytes < 1:

@@ -530,7 +530,7 @@ func TestConfigValidate(t *testing.T) {
 		{"write timeout", func(c *Config) { c.WriteTimeout = 1 }, func(c *Config) { c.WriteTimeout = 0 }, "WriteTimeout"},
 		{"user timeout 0", func(c *Config) { c.UserTimeout = 0 }, func(c *Config) { c.UserTimeout = -1 }, "UserTimeout"},
 		{"keepalive 0", func(c *Config) { c.KeepAlive = 0 }, func(c *Config) { c.KeepAlive = -1 }, "KeepAlive"},
-		{"backoff initial", func(c *Config) { c.BackoffInitial = 1 }, func(c *Config) { c.BackoffInitial = 0 }, "BackoffInitial"},
+		{"backoff initial", func(c *Config) { c.BackoffInitial = MinBackoff }, func(c *Config) { c.BackoffInitial = MinBackoff - 1 }, "BackoffInitial"},
 		{"backoff max = initial", func(c *Config) { c.BackoffMax = c.BackoffInitial }, func(c *Config) { c.BackoffMax = c.BackoffInitial - 1 }, "BackoffInitial"},
 		{"ack interval", func(c *Config) { c.AckInterval = 1 }, func(c *Config) { c.AckInterval = 0 }, "AckInterval"},
 		{"write bytes", func(c *Config) { c.MaxWriteBytes = 1 }, func(c *Config) { c.MaxWriteBytes = 0 }, "MaxWriteBytes"},

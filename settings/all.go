@@ -56,7 +56,7 @@ var All = []Setting{
 	{Name: "dns-interval", Fields: []string{"discovery.Interval"}, Kind: config.Duration, Default: discovery.DefaultInterval, Group: groupTargets, Reload: LiveTargets, Usage: "how often --target-dns and --target-srv names are resolved again"},
 	{Name: "dns-resolver", Fields: []string{"discovery.Server"}, Kind: config.String, Group: groupTargets, Reload: LiveTargets, Usage: "DNS server HOST:PORT for discovery (default: the system's)"},
 	{Name: "connect-timeout", Fields: []string{"ndjson.Pool.ConnectTimeout", "passthrough.ConnectTimeout"}, Kind: config.Duration, Default: poolDefaults.ConnectTimeout, Group: groupTargets, Usage: "timeout of one target dial, TLS handshake included"},
-	{Name: "backoff-max", Fields: []string{"ndjson.Pool.BackoffMax", "passthrough.BackoffMax", "ndjson.Pool.BackoffInitial", "passthrough.BackoffInitial"}, Kind: config.Duration, Default: poolDefaults.BackoffMax, DefaultText: poolDefaults.BackoffMax.String() + "; " + passDefaults.BackoffMax.String() + " with --passthrough", Group: groupTargets, Usage: "longest wait between dial rounds when targets are down"},
+	{Name: "backoff-max", Fields: []string{"ndjson.Pool.BackoffMax", "passthrough.BackoffMax", "ndjson.Pool.BackoffInitial", "passthrough.BackoffInitial"}, Kind: config.Duration, Default: poolDefaults.BackoffMax, DefaultText: poolDefaults.BackoffMax.String() + "; " + passDefaults.BackoffMax.String() + " with --passthrough", Group: groupTargets, Usage: "longest wait between dial rounds when targets are down (at least 1ms)"},
 
 	{Name: "tls-cert", Kind: config.String, Group: groupTLS, Usage: "listen with TLS: certificate file (PEM)"},
 	{Name: "tls-key", Kind: config.String, Group: groupTLS, Usage: "listen with TLS: key file (PEM)"},

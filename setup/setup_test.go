@@ -117,6 +117,8 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"connect-timeout", values{"target": target, "passthrough": true, "connect-timeout": -time.Second}},
 		{"backoff-max", values{"target": target, "backoff-max": time.Duration(0)}},
 		{"backoff-max", values{"target": target, "passthrough": true, "backoff-max": -time.Second}},
+		{"backoff-max", values{"target": target, "backoff-max": time.Nanosecond}},
+		{"backoff-max", values{"target": target, "passthrough": true, "backoff-max": 999 * time.Microsecond}},
 		{"max-conns", values{"target": target, "passthrough": true, "max-conns": -5}},
 		{"proxy-header-timeout", values{"target": target, "accept-proxy": true, "proxy-header-timeout": -time.Second}},
 		{"hash-key", values{"target": target, "passthrough": true, "balance": "hash", "hash-key": "mac"}},
