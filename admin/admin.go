@@ -20,7 +20,6 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
-	"golang.org/x/net/netutil"
 
 	"github.com/ndlb/ndlb/invalid"
 	"github.com/ndlb/ndlb/upstream"
@@ -294,7 +293,8 @@ func (s *Server) Handler() http.Handler { return s.mux }
 
 // Start serves in the background.
 func (s *Server) Start() {
-	ln := netutil.LimitListener(newPeerLimit(s.ln, MaxConnsPerPeer), MaxConns)
+	ln := newConnLimit(newPeerLimit(s.ln, MaxConnsPerPeer), MaxConns)
+	s.http.ConnState = ln.track
 	go func() {
 		if s.cfg.TLS != nil {
 			s.done <- s.http.ServeTLS(ln, "", "")

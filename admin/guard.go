@@ -15,8 +15,9 @@ import (
 // Limits of the admin server: it shares the process's file limit with the
 // data path, so it holds few connections and none for long.
 const (
-	// MaxConns bounds the admin API's connections at once; beyond it new
-	// ones wait in the accept backlog.
+	// MaxConns bounds the admin API's connections at once. At the bound, a
+	// new connection takes the place of one that holds no request (see
+	// connLimit); when every one is busy, new ones wait.
 	MaxConns = 64
 	// MaxConnsPerPeer bounds those of one peer address; beyond it its new
 	// connections are closed at once, so that one peer holding idle
@@ -240,5 +241,112 @@ func (c *peerConn) Close() error {
 		}
 		c.l.mu.Unlock()
 	})
+	return c.Conn.Close()
+}
+
+// quietFor is how long a connection must have been connected without
+// sending a request before connLimit closes it to make room (an idle
+// keep-alive connection may be closed at once).
+const quietFor = time.Second
+
+// connLimit bounds the connections at once. At the bound, the next
+// connection accepted takes the place of one that holds no request: idle
+// between keep-alive requests (first), or connected for quietFor without
+// sending one, which is closed, as a browser or Prometheus reconnects. So
+// a few peers holding idle connections cannot keep the probes out. When
+// every connection is busy with a request, the new one waits for a place.
+type connLimit struct {
+	net.Listener
+	places chan struct{}
+	done   chan struct{}
+	once   sync.Once
+
+	mu    sync.Mutex
+	quiet map[net.Conn]quietConn // guarded by mu
+}
+
+type quietConn struct {
+	idle  bool // between requests, not yet sent one
+	since time.Time
+}
+
+func newConnLimit(ln net.Listener, max int) *connLimit {
+	return &connLimit{Listener: ln, places: make(chan struct{}, max), done: make(chan struct{}), quiet: map[net.Conn]quietConn{}}
+}
+
+// Accept returns the next connection once it has a place.
+func (l *connLimit) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case l.places <- struct{}{}:
+	default:
+		l.evict()
+		select {
+		case l.places <- struct{}{}:
+		case <-l.done:
+			c.Close()
+			return nil, net.ErrClosed
+		}
+	}
+	return &placedConn{Conn: c, l: l}, nil
+}
+
+// Close closes the listening socket and ends an Accept waiting for a place.
+func (l *connLimit) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return l.Listener.Close()
+}
+
+// track is the http.Server's ConnState: it keeps the connections that hold
+// no request.
+func (l *connLimit) track(c net.Conn, st http.ConnState) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch st {
+	case http.StateNew:
+		l.quiet[c] = quietConn{since: time.Now()}
+	case http.StateIdle:
+		l.quiet[c] = quietConn{idle: true, since: time.Now()}
+	default:
+		delete(l.quiet, c)
+	}
+}
+
+// evict closes a connection that holds no request, if there is one: the
+// longest idle, else the longest connected for quietFor without a request.
+func (l *connLimit) evict() {
+	l.mu.Lock()
+	var victim net.Conn
+	var best quietConn
+	now := time.Now()
+	for c, q := range l.quiet {
+		if !q.idle && now.Sub(q.since) < quietFor {
+			continue
+		}
+		if victim == nil || q.idle && !best.idle || q.idle == best.idle && q.since.Before(best.since) {
+			victim, best = c, q
+		}
+	}
+	if victim != nil {
+		delete(l.quiet, victim)
+	}
+	l.mu.Unlock()
+	if victim != nil {
+		victim.Close()
+	}
+}
+
+// placedConn gives its place back when closed.
+type placedConn struct {
+	net.Conn
+	l    *connLimit
+	once sync.Once
+}
+
+func (c *placedConn) Close() error {
+	c.once.Do(func() { <-c.l.places })
 	return c.Conn.Close()
 }

@@ -221,6 +221,59 @@ func TestAdminTLS(t *testing.T) {
 	}
 }
 
+// Several peers holding idle keep-alive connections up to MaxConns cannot
+// keep a probe out either: it takes the place of the longest idle one,
+// which is closed.
+func TestIdlePeersCannotHoldEveryConnection(t *testing.T) {
+	srv, err := New(Config{Addr: "127.0.0.1:0", IdleTimeout: time.Hour, Logger: slog.New(slog.DiscardHandler),
+		Listeners: func() []Listener { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	defer srv.Shutdown(context.Background())
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for i := range MaxConns {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i/MaxConnsPerPeer))}}
+		c, err := d.Dial("tcp", srv.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+		if err := getOn(c); err != nil { // served, then idle: held
+			t.Fatal(err)
+		}
+	}
+	probe := &http.Client{Timeout: 5 * time.Second}
+	for range 3 {
+		resp, err := probe.Get("http://" + srv.Addr().String() + "/healthz")
+		if err != nil {
+			t.Fatalf("a probe was kept out by idle connections: %v", err)
+		}
+		resp.Body.Close()
+		probe.CloseIdleConnections()
+	}
+}
+
+// getOn sends GET /healthz on c and reads the answer.
+func getOn(c net.Conn) error {
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")); err != nil {
+		return err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	return nil
+}
+
 // One peer holding idle connections cannot keep others (the probes) out:
 // past MaxConnsPerPeer its new connections are closed at once.
 func TestPeerCannotHoldEveryConnection(t *testing.T) {
