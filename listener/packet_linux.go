@@ -2,6 +2,8 @@ package listener
 
 import (
 	"encoding/binary"
+	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -33,4 +35,28 @@ func Overflows(oob []byte) (n uint64, ok bool) {
 		oob = rest
 	}
 	return 0, false
+}
+
+// Drops asks the kernel for the socket's drop count now (SO_MEMINFO's
+// SK_MEMINFO_DROPS, the count SO_RXQ_OVFL attaches): Overflows sees a
+// drop only when a datagram is read after it, so a count taken at the
+// end (or while no datagram comes) needs this. ok is false when the
+// socket is closed or the kernel does not say.
+func (p *Packet) Drops() (n uint64, ok bool) {
+	rc, err := p.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	const skMeminfoDrops, skMeminfoVars = 8, 9
+	var info [skMeminfoVars]uint32
+	size := uint32(unsafe.Sizeof(info))
+	cerr := rc.Control(func(fd uintptr) {
+		_, _, e := syscall.Syscall6(syscall.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
+			uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&size)), 0)
+		ok = e == 0 && size > skMeminfoDrops*4
+	})
+	if cerr != nil || !ok {
+		return 0, false
+	}
+	return uint64(info[skMeminfoDrops]), true
 }

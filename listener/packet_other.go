@@ -10,3 +10,6 @@ var OverflowSpace = 0
 
 // Overflows finds nothing.
 func Overflows([]byte) (n uint64, ok bool) { return 0, false }
+
+// Drops finds nothing.
+func (p *Packet) Drops() (n uint64, ok bool) { return 0, false }

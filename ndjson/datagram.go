@@ -50,6 +50,24 @@ type datagrams struct {
 	count, binary, overflows atomic.Uint64
 }
 
+// countDrops takes the kernel's drop count for the socket now, if it is
+// higher than the last one a datagram carried.
+func (d *datagrams) countDrops() {
+	if n, ok := d.pc.Drops(); ok {
+		storeMax(&d.overflows, n)
+	}
+}
+
+// storeMax stores n in a unless a holds more already.
+func storeMax(a *atomic.Uint64, n uint64) {
+	for {
+		old := a.Load()
+		if n <= old || a.CompareAndSwap(old, n) {
+			return
+		}
+	}
+}
+
 // serveDatagrams reads the socket's datagrams into the queue until the
 // socket closes, is handed over, or the shutdown's final read ends. Each
 // datagram is one or more lines (a newline is added to one that lacks it),
@@ -59,6 +77,7 @@ type datagrams struct {
 func (s *Server) serveDatagrams() error {
 	d := s.udp
 	defer close(d.done)
+	defer d.countDrops() // the last drops, which no datagram read after them reports
 	r := &datagramReader{s: s, d: d, pc: ipv4.NewPacketConn(d.pc.UDPConn), ms: make([]ipv4.Message, datagramBatch)}
 	for i := range r.ms {
 		r.ms[i].Buffers = [][]byte{make([]byte, maxDatagram)}
@@ -185,7 +204,7 @@ func (r *datagramReader) next() []byte {
 	m := &r.ms[r.i]
 	r.i++
 	if n, ok := listener.Overflows(m.OOB[:m.NN]); ok {
-		r.d.overflows.Store(n)
+		storeMax(&r.d.overflows, n) // (countDrops may have taken a higher one)
 	}
 	r.d.count.Add(1)
 	buf := m.Buffers[0]

@@ -188,3 +188,51 @@ func TestUDPHandoverWhileQueueFull(t *testing.T) {
 		t.Fatalf("summary %+v", sum)
 	}
 }
+
+// Datagrams the kernel drops while the reader is held up (queue full,
+// target down) are counted at once, not only when a datagram read after
+// them carries the count (SO_RXQ_OVFL): Stats asks the socket (SO_MEMINFO).
+func TestUDPKernelDropsCountedWithoutALaterDatagram(t *testing.T) {
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	cfg := DefaultConfig()
+	cfg.Targets, cfg.UDP, cfg.Logger = []string{deadAddr}, true, slog.New(slog.DiscardHandler)
+	cfg.Queue.MaxBytes, cfg.Framer.MaxLineBytes, cfg.Framer.ReadBytes = 1<<20, 4<<10, 16<<10
+	cfg.DrainTimeout, cfg.DeliverTimeout = 100*time.Millisecond, 100*time.Millisecond
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start(listener.NewPacket(pc, nil))
+	c, err := net.DialUDP("udp", nil, srv.Addr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	line := append(bytes.Repeat([]byte("q"), 1000), '\n')
+	for i := range 3000 { // in step with the reader until the queue is full
+		c.Write(line)
+		if srv.Stats().Queue.Bytes > 900<<10 {
+			break
+		}
+		for deadline := time.Now().Add(5 * time.Second); i%32 == 31 && srv.Stats().Datagrams+64 < uint64(i+1) && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitUntil(t, "a full queue", func() bool { return srv.Stats().Queue.Bytes > 900<<10 })
+	for range 4000 { // far more than the socket's buffer holds: the reader is held up
+		c.Write(line)
+	}
+	waitUntil(t, "the kernel's drops counted", func() bool { return srv.Stats().Overflows > 0 })
+	if sum := srv.Shutdown(); sum.Overflows == 0 {
+		t.Fatalf("summary %+v", sum)
+	}
+}

@@ -3,6 +3,7 @@ package ndjson
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 
 	"go.opentelemetry.io/otel"
@@ -23,7 +24,7 @@ var connDuration = sync.OnceValue(func() metric.Float64Histogram {
 var instruments = sync.OnceValues(func() (ndjsonMetrics, error) {
 	m := otel.Meter("github.com/ndlb/ndlb/ndjson")
 	var n ndjsonMetrics
-	var errs [12]error
+	var errs [14]error
 	n.retried, errs[3] = m.Int64ObservableCounter("ndlb.batches.retried", metric.WithUnit("{batch}"),
 		metric.WithDescription("Batches sent again after their connection failed."))
 	n.failovers, errs[4] = m.Int64ObservableCounter("ndlb.failovers", metric.WithUnit("{connection}"),
@@ -42,6 +43,11 @@ var instruments = sync.OnceValues(func() (ndjsonMetrics, error) {
 		metric.WithDescription("Clients closed for a bad octet-counted length prefix (--framing octet-counted)."))
 	n.lineTimeouts, errs[9] = m.Int64ObservableCounter("ndlb.client.line_timeouts", metric.WithUnit("{connection}"),
 		metric.WithDescription("Clients closed for holding a partial line past --line-timeout."))
+	// As passthrough's UDP server names and describes them.
+	n.udpDatagrams, errs[12] = m.Int64ObservableCounter("ndlb.udp.datagrams", metric.WithUnit("{datagram}"),
+		metric.WithDescription("UDP datagrams from clients (network.io.direction receive) and to them (transmit)."))
+	n.udpDropped, errs[13] = m.Int64ObservableCounter("ndlb.udp.dropped", metric.WithUnit("{datagram}"),
+		metric.WithDescription("UDP datagrams dropped, by ndlb.reason: no_target, flow_limit, socket_error, send_error, reply_error, kernel_overflow."))
 	for _, err := range errs {
 		if err != nil {
 			return n, err
@@ -52,7 +58,7 @@ var instruments = sync.OnceValues(func() (ndjsonMetrics, error) {
 
 type ndjsonMetrics struct {
 	retried, failovers, failbacks, lineTimeouts metric.Int64ObservableCounter
-	badFrames                                   metric.Int64ObservableCounter
+	badFrames, udpDatagrams, udpDropped         metric.Int64ObservableCounter
 	queueBytes, queueLimit, queueDepth          metric.Int64ObservableGauge
 	clientMemory                                metric.Int64ObservableGauge
 }
@@ -109,8 +115,19 @@ func (s *Server) observe(attrs ...attribute.KeyValue) (metric.Registration, erro
 		return nil, err
 	}
 	set := metric.WithAttributes(attrs...)
+	udpAttrs := append(slices.Clone(attrs), attribute.String("network.transport", "udp"))
+	received := metric.WithAttributes(append(slices.Clone(udpAttrs), upstream.AttrDirection.String("receive"))...)
+	overflow := metric.WithAttributes(append(slices.Clone(udpAttrs), attribute.String("ndlb.reason", "kernel_overflow"))...)
+	instruments := []metric.Observable{m.retried, m.failovers, m.failbacks, m.queueBytes, m.queueLimit, m.queueDepth, m.clientMemory, m.lineTimeouts, m.badFrames}
+	if s.udp != nil {
+		instruments = append(instruments, m.udpDatagrams, m.udpDropped)
+	}
 	return otel.Meter("github.com/ndlb/ndlb/ndjson").RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		st := s.Stats()
+		if s.udp != nil {
+			o.ObserveInt64(m.udpDatagrams, int64(st.Datagrams), received)
+			o.ObserveInt64(m.udpDropped, int64(st.Overflows), overflow)
+		}
 		o.ObserveInt64(m.clientMemory, st.ClientMemory.Used, set)
 		o.ObserveInt64(m.lineTimeouts, int64(st.LineTimeouts), set)
 		o.ObserveInt64(m.badFrames, int64(st.BadFrames), set)
@@ -121,5 +138,5 @@ func (s *Server) observe(attrs ...attribute.KeyValue) (metric.Registration, erro
 		o.ObserveInt64(m.queueLimit, s.cfg.Queue.MaxBytes, set)
 		o.ObserveInt64(m.queueDepth, int64(st.Queue.Depth), set)
 		return nil
-	}, m.retried, m.failovers, m.failbacks, m.queueBytes, m.queueLimit, m.queueDepth, m.clientMemory, m.lineTimeouts, m.badFrames)
+	}, instruments...)
 }

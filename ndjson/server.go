@@ -915,6 +915,7 @@ func (s *Server) Stats() Stats {
 		}
 	}
 	if d := s.udp; d != nil {
+		d.countDrops()
 		st.Datagrams, st.DroppedBinary, st.Overflows = d.count.Load(), d.binary.Load(), d.overflows.Load()
 	}
 	return st
