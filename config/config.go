@@ -435,7 +435,7 @@ func typed(key string, kind Kind, raw any) (any, error) {
 		}
 		d, err := time.ParseDuration(strings.TrimSpace(t))
 		if err != nil {
-			return nil, fmt.Errorf("%s: %q is not a duration (use %s)", key, t, durationHint(t))
+			return nil, fmt.Errorf("%s: %s", key, DurationError(t))
 		}
 		return d, nil
 	case Strings:
@@ -496,7 +496,20 @@ var durationWords = regexp.MustCompile(`^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-zµ]+
 
 // durationHint is t as a Go duration ("10 minutes": 10m, "2 days": 48h),
 // or examples when that cannot be guessed.
+// DurationError says what is wrong with t, which time.ParseDuration
+// refused, and what to write instead.
+func DurationError(t string) string {
+	hint := durationHint(t)
+	if hint == strings.TrimSpace(t) { // well formed: too long
+		return fmt.Sprintf("%q is longer than a duration can be (at most 2562047h, about 292 years)", t)
+	}
+	return fmt.Sprintf("%q is not a duration (use %s)", t, hint)
+}
+
 func durationHint(t string) string {
+	if n, err := strconv.Atoi(strings.TrimSpace(t)); err == nil {
+		return strconv.Itoa(n) + "s" // a bare number: seconds, most likely
+	}
 	if m := durationWords.FindStringSubmatch(t); m != nil {
 		unit := strings.ToLower(m[2])
 		if u, ok := durationUnits[unit]; ok {

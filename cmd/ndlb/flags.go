@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
+	"regexp"
 	"strings"
 	"time"
 
@@ -88,4 +90,30 @@ func newLogger(p setup.Process, w io.Writer) (*slog.Logger, *slog.LevelVar) {
 		return slog.New(telemetry.LogHandler(slog.NewJSONHandler(w, opts))), &level
 	}
 	return slog.New(telemetry.LogHandler(slog.NewTextHandler(w, opts))), &level
+}
+
+// flagParseError is how the flag package refuses a value it cannot parse.
+var flagParseError = regexp.MustCompile(`^invalid value "(.*)" for flag -([a-z0-9-]+): parse error$`)
+
+// explainFlagError adds to the flag package's "parse error" what the
+// setting wants, as a config file's error says.
+func explainFlagError(err error) string {
+	m := flagParseError.FindStringSubmatch(err.Error())
+	if m == nil {
+		return err.Error()
+	}
+	value, name := m[1], m[2]
+	s, ok := settings.Lookup(name)
+	if !ok {
+		return err.Error()
+	}
+	switch s.Kind {
+	case config.Duration:
+		return fmt.Sprintf("invalid value for --%s: %s", name, config.DurationError(value))
+	case config.Int:
+		return fmt.Sprintf("invalid value for --%s: %q is not a whole number", name, value)
+	case config.Bool:
+		return fmt.Sprintf("invalid value for --%s: %q; want true or false (--%s alone is true)", name, value, name)
+	}
+	return err.Error()
 }

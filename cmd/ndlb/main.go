@@ -63,7 +63,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		HideHelpCommand: true,
 		ExitErrHandler:  func(*cli.Context, error) {}, // run() prints and exits
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return usageError("%v (see ndlb --help)", err)
+			return usageError("%s (see ndlb --help)", explainFlagError(err))
 		},
 		Commands: []*cli.Command{
 			{Name: "demo", Usage: "run two targets, ndlb and a generator in-process, kill a target midway, and count every line", Flags: demoFlags(), Action: runDemo},

@@ -28,3 +28,20 @@ func TestDemoBadFlags(t *testing.T) {
 		t.Fatalf("exit %d, want %d; stderr %q", code, exitUsage, errOut.String())
 	}
 }
+
+// A flag value the flag package cannot parse gets the hint a config file's
+// error gives, naming the setting.
+func TestBadFlagValuesSayWhatTheyWant(t *testing.T) {
+	for args, want := range map[string]string{
+		"--line-timeout 5":          `--line-timeout: "5" is not a duration (use 5s)`,
+		"--drain-timeout 3 minutes": `--drain-timeout: "3" is not a duration (use 3s)`,
+		"--line-timeout 99999999h":  `"99999999h" is longer than a duration can be`,
+		"--port abc":                `--port: "abc" is not a whole number`,
+	} {
+		var out, errOut bytes.Buffer
+		code := run(append([]string{"ndlb", "--target", "127.0.0.1:1"}, strings.Fields(args)...), &out, &errOut)
+		if code != exitUsage || !strings.Contains(errOut.String(), want) {
+			t.Errorf("%s: exit %d, %q; want %d and %q", args, code, errOut.String(), exitUsage, want)
+		}
+	}
+}
