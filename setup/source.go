@@ -125,7 +125,8 @@ func Spec(proc *Source, listeners []*Source, log *slog.Logger) (supervisor.Spec,
 		if err != nil {
 			return supervisor.Spec{}, err
 		}
-		if p.Admin.Addr != "" && supervisor.SameAddr(p.Admin.Addr, l.Addr) {
+		// The admin API is TCP: a UDP listener may share its port.
+		if p.Admin.Addr != "" && l.Mode.Network() != "udp" && supervisor.SameAddr(p.Admin.Addr, l.Addr) {
 			return supervisor.Spec{}, proc.Place(settings.Errorf("admin", "invalid value %q for --admin: it is also the address of listener %q", p.Admin.Addr, l.Name))
 		}
 		spec.Listeners = append(spec.Listeners, l)

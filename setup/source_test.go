@@ -2,6 +2,7 @@ package setup
 
 import (
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -44,5 +45,28 @@ func TestSourcesPlaceErrors(t *testing.T) {
 	p, l := FlagsOnly(values{}, "default")
 	if p.File != nil || len(l) != 1 || l[0].Name != "default" || l[0].Place(settings.Errorf("port", "bad")).Error() != "bad" {
 		t.Error("flags only")
+	}
+}
+
+// The admin API (TCP) may share its port with a UDP listener, not with a
+// TCP one.
+func TestAdminSharesAPortWithUDPOnly(t *testing.T) {
+	for _, udp := range []bool{true, false} {
+		path := filepath.Join(t.TempDir(), "ndlb.toml")
+		doc := "admin = \"127.0.0.1:9210\"\n\n[[listener]]\nname = \"a\"\naddr = \"127.0.0.1\"\nport = 9210\ntarget = [\"127.0.0.1:1\"]\n"
+		if udp {
+			doc += "udp = true\n"
+		}
+		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		proc, srcs, err := Load(path, values{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = Spec(proc, srcs, slog.New(slog.DiscardHandler))
+		if refused := err != nil && strings.Contains(err.Error(), "also the address of listener"); refused == udp {
+			t.Errorf("udp %v: %v", udp, err)
+		}
 	}
 }
