@@ -32,6 +32,9 @@ const (
 	DefaultTimeout  = 2 * time.Second
 	DefaultRise     = 2
 	DefaultFall     = 3
+	// MinInterval is the shortest Interval Validate accepts: a shorter
+	// one would check without pause.
+	MinInterval = 10 * time.Millisecond
 )
 
 // Kinds of check.
@@ -124,8 +127,8 @@ func (c Config) Validate() error {
 		return bad("Port", "port %d: want 1..65535 (0: the target's own)", c.Port)
 	case len(c.UDP.Send) > MaxUDPSend:
 		return bad("UDP.Send", "a UDP check's datagram of %d bytes: want at most %d", len(c.UDP.Send), MaxUDPSend)
-	case c.Interval <= 0:
-		return bad("Interval", "interval %s must be positive", c.Interval)
+	case c.Interval < MinInterval:
+		return bad("Interval", "interval %s: want at least %s", c.Interval, MinInterval)
 	case c.Timeout <= 0:
 		return bad("Timeout", "timeout %s must be positive", c.Timeout)
 	case c.Timeout > c.Interval:

@@ -177,6 +177,7 @@ func TestValidate(t *testing.T) {
 	}{
 		{name: "kind", edit: func(c *Config) { c.Kind = "icmp" }},
 		{name: "interval", edit: func(c *Config) { c.Interval = 0 }},
+		{name: "interval below the least", edit: func(c *Config) { c.Interval, c.Timeout = time.Nanosecond, time.Nanosecond }},
 		{name: "timeout over interval", edit: func(c *Config) { c.Timeout = time.Minute }},
 		{name: "rise", edit: func(c *Config) { c.Rise = 0 }},
 		{name: "path", edit: func(c *Config) { c.HTTP.Path = "health" }},

@@ -106,7 +106,7 @@ var All = []Setting{
 
 	{Name: "check", Fields: []string{"health.Kind"}, Kind: config.String, Group: groupCheck, Reload: LiveChecks, Usage: "active health checks of the targets: tcp (connect), http, or udp (a datagram is answered) (off by default)"},
 	{Name: "check-port", Fields: []string{"health.Port"}, Kind: config.Int, Default: 0, Group: groupCheck, Reload: LiveChecks, Usage: "check this port of each target's host instead of the target's own (a health port beside the service; 0: the target's)"},
-	{Name: "check-interval", Fields: []string{"health.Interval"}, Kind: config.Duration, Default: health.DefaultInterval, Group: groupCheck, Reload: LiveChecks, Usage: "time between checks of a target"},
+	{Name: "check-interval", Fields: []string{"health.Interval"}, Kind: config.Duration, Default: health.DefaultInterval, Group: groupCheck, Reload: LiveChecks, Usage: "time between checks of a target (at least 10ms)"},
 	{Name: "check-timeout", Fields: []string{"health.Timeout"}, Kind: config.Duration, Default: health.DefaultTimeout, Group: groupCheck, Reload: LiveChecks, Usage: "timeout of one check"},
 	{Name: "check-rise", Fields: []string{"health.Rise"}, Kind: config.Int, Default: health.DefaultRise, Group: groupCheck, Reload: LiveChecks, Usage: "passing checks in a row that bring a down target up"},
 	{Name: "check-fall", Fields: []string{"health.Fall"}, Kind: config.Int, Default: health.DefaultFall, Group: groupCheck, Reload: LiveChecks, Usage: "failing checks in a row that take a target down"},
