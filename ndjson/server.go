@@ -479,7 +479,12 @@ func (s *Server) openSpool(first error) {
 // instance or process before) are received again, in this instance's
 // ledger: the one before counted them as spooled when it stopped.
 func (s *Server) adoptSpool(sp *spool.Spool) {
-	s.ledger.Received(uint64(sp.Stats().Lines))
+	st := sp.Stats()
+	if st.CorruptTails > 0 {
+		s.log.Warn("spool: damaged records found at open; each damaged segment was cut at its first bad record, and what followed is lost",
+			"dir", s.cfg.Spool.Dir, "segments_cut", st.CorruptTails, "bytes_cut", st.CorruptBytes, "lines_kept", st.Lines)
+	}
+	s.ledger.Received(uint64(st.Lines))
 	s.sp.Store(sp)
 	// At the shutdown deadline, a client waiting for room in a full
 	// spool gives up, as one waiting for the queue does.
@@ -1041,7 +1046,7 @@ func (s *Server) Shutdown() Summary {
 			"bad_frames", st.BadFrames, "unrouted", st.Route.Unrouted, "moved_down", st.Route.MovedDown,
 			"moved_load", st.Route.MovedLoad, "spool_records", st.Spool.Records, "spool_bytes", st.Spool.Bytes,
 			"spool_appends", st.Spool.Appends, "spool_handed_off", st.Spool.HandedOff, "spool_replayed", st.Spool.Replayed, "spool_fsyncs", st.Spool.Syncs,
-			"spool_corrupt_tails", st.Spool.CorruptTails, "spool_dropped_lines", st.Spool.DroppedLines,
+			"spool_corrupt_tails", st.Spool.CorruptTails, "spool_corrupt_bytes", st.Spool.CorruptBytes, "spool_dropped_lines", st.Spool.DroppedLines,
 			"spool_errors", st.SpoolErrors)
 	})
 	return s.summary

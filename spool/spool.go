@@ -129,6 +129,10 @@ type Stats struct {
 	// CorruptTails counts segments cut at Open; Dropped and DroppedLines
 	// what DropOldest deleted unacknowledged.
 	Appends, Syncs, Replayed, Acked, CorruptTails, Dropped, DroppedLines uint64
+	// CorruptBytes counts the bytes those cuts removed: what followed the
+	// first record that did not check, whole records after it included
+	// (a record's place is known only from the one before).
+	CorruptBytes uint64
 	// SyncTime is the time spent in fsync; SyncErrors counts fsyncs that
 	// failed (LastSyncError is the last one's error): the records stay
 	// spooled, but may not survive a power loss.
@@ -325,6 +329,7 @@ func (s *Spool) check(seq uint64, path string) (*segment, error) {
 	if end < info.Size() {
 		if !stale {
 			s.stats.CorruptTails++
+			s.stats.CorruptBytes += uint64(info.Size() - end)
 		}
 		if err := f.Truncate(end); err != nil {
 			return nil, fmt.Errorf("spool: cutting the torn tail of %s: %w", path, err)

@@ -879,3 +879,46 @@ func TestSpareThatFailsToOpen(t *testing.T) {
 		}
 	}
 }
+
+// A record damaged in the middle of a segment ends it there: the records
+// before it are replayed, and the cut is counted with its bytes, so the
+// loss is not silent (the records after it cannot be found without the
+// damaged one's length).
+func TestDamagedRecordCountsTheBytesCut(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, nil)
+	var ids []ID
+	for i := range 10 {
+		id, err := s.Append(data(i), 1+i%5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	s.abandon()
+	seg := ids[0].Seg
+	bad := ids[5]
+	if bad.Seg != seg {
+		t.Fatalf("the records span segments: %v", ids)
+	}
+	path := s.path(seg)
+	info, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte{0xff, 0xff}, bad.Off+headerSize+1) // in the record's data: its checksum fails
+	f.Close()
+	s2 := open(t, dir, nil)
+	defer s2.Close()
+	st := s2.Stats()
+	if st.CorruptTails != 1 || st.CorruptBytes != uint64(info.Size()-bad.Off) {
+		t.Fatalf("stats %+v; want one cut of %d bytes", st, info.Size()-bad.Off)
+	}
+	if n := len(replayAll(t, s2)); n != 5 {
+		t.Fatalf("%d records replayed, want the 5 before the damaged one", n)
+	}
+}
