@@ -29,9 +29,15 @@ func (c *Conn) interrupt() {
 	c.interrupted.Store(true)
 	_ = c.SetReadDeadline(time.Unix(1, 0)) // first: a woken reader sees the deadline
 	if c.tcp != nil {
-		if rc, err := c.tcp.SyscallConn(); err == nil {
-			_ = rc.Control(func(fd uintptr) { _ = syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
-		}
+		shutBoth(c.tcp)
+	}
+}
+
+// shutBoth shuts tc's socket down both ways, without closing it: a read
+// under way ends, whatever deadline it set itself.
+func shutBoth(tc *net.TCPConn) {
+	if rc, err := tc.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) { _ = syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
 	}
 }
 

@@ -528,9 +528,7 @@ func (l *Listener) startPrepare(nc net.Conn) {
 func cutPrepare(nc net.Conn) {
 	_ = nc.SetDeadline(time.Unix(1, 0))
 	if tc, ok := nc.(*net.TCPConn); ok {
-		if rc, err := tc.SyscallConn(); err == nil {
-			_ = rc.Control(func(fd uintptr) { _ = syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
-		}
+		shutBoth(tc)
 	}
 }
 

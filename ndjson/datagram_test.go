@@ -130,10 +130,11 @@ func TestUDPHandoverAndFinalRead(t *testing.T) {
 	}
 }
 
-// A reload's handover returns at once while the reader waits for room in a
-// full queue (every target down); the waiting batch is counted at the old
-// server's shutdown deadline, and the ledger closes.
-func TestUDPHandoverWhileQueueFull(t *testing.T) {
+// fullUDPQueue starts a UDP server whose only target is down, and sends
+// it 1000-byte lines from c until its 1 MiB queue is full (the reader then
+// waits for room).
+func fullUDPQueue(t *testing.T) (srv *Server, c *net.UDPConn, line []byte) {
+	t.Helper()
 	dead, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -144,7 +145,7 @@ func TestUDPHandoverWhileQueueFull(t *testing.T) {
 	cfg.Targets, cfg.UDP, cfg.Logger = []string{deadAddr}, true, slog.New(slog.DiscardHandler)
 	cfg.Queue.MaxBytes, cfg.Framer.MaxLineBytes, cfg.Framer.ReadBytes = 1<<20, 4<<10, 16<<10
 	cfg.DrainTimeout, cfg.DeliverTimeout = 100*time.Millisecond, 100*time.Millisecond
-	old, err := New(cfg)
+	srv, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,26 +153,34 @@ func TestUDPHandoverWhileQueueFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	old.Start(listener.NewPacket(pc, nil))
-	c, err := net.DialUDP("udp", nil, old.Addr().(*net.UDPAddr))
+	srv.Start(listener.NewPacket(pc, nil))
+	c, err = net.DialUDP("udp", nil, srv.Addr().(*net.UDPAddr))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	line := append(bytes.Repeat([]byte("q"), 1000), '\n')
+	t.Cleanup(func() { c.Close() })
+	line = append(bytes.Repeat([]byte("q"), 1000), '\n')
 	// Up to 3 MB against a 1 MiB queue, in step with the reader (the
 	// kernel drops what its socket buffer cannot hold) until the queue
 	// is full.
 	for i := range 3000 {
 		c.Write(line)
-		if old.Stats().Queue.Bytes > 900<<10 {
+		if srv.Stats().Queue.Bytes > 900<<10 {
 			break
 		}
-		for deadline := time.Now().Add(5 * time.Second); i%32 == 31 && old.Stats().Datagrams+64 < uint64(i+1) && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(5 * time.Second); i%32 == 31 && srv.Stats().Datagrams+64 < uint64(i+1) && time.Now().Before(deadline); {
 			time.Sleep(time.Millisecond)
 		}
 	}
-	waitUntil(t, "a full queue", func() bool { return old.Stats().Queue.Bytes > 900<<10 })
+	waitUntil(t, "a full queue", func() bool { return srv.Stats().Queue.Bytes > 900<<10 })
+	return srv, c, line
+}
+
+// A reload's handover returns at once while the reader waits for room in a
+// full queue (every target down); the waiting batch is counted at the old
+// server's shutdown deadline, and the ledger closes.
+func TestUDPHandoverWhileQueueFull(t *testing.T) {
+	old, _, _ := fullUDPQueue(t)
 	handed := make(chan net.Listener)
 	go func() { handed <- old.Handover() }()
 	select {
@@ -193,41 +202,7 @@ func TestUDPHandoverWhileQueueFull(t *testing.T) {
 // target down) are counted at once, not only when a datagram read after
 // them carries the count (SO_RXQ_OVFL): Stats asks the socket (SO_MEMINFO).
 func TestUDPKernelDropsCountedWithoutALaterDatagram(t *testing.T) {
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := dead.Addr().String()
-	dead.Close()
-	cfg := DefaultConfig()
-	cfg.Targets, cfg.UDP, cfg.Logger = []string{deadAddr}, true, slog.New(slog.DiscardHandler)
-	cfg.Queue.MaxBytes, cfg.Framer.MaxLineBytes, cfg.Framer.ReadBytes = 1<<20, 4<<10, 16<<10
-	cfg.DrainTimeout, cfg.DeliverTimeout = 100*time.Millisecond, 100*time.Millisecond
-	srv, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Start(listener.NewPacket(pc, nil))
-	c, err := net.DialUDP("udp", nil, srv.Addr().(*net.UDPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	line := append(bytes.Repeat([]byte("q"), 1000), '\n')
-	for i := range 3000 { // in step with the reader until the queue is full
-		c.Write(line)
-		if srv.Stats().Queue.Bytes > 900<<10 {
-			break
-		}
-		for deadline := time.Now().Add(5 * time.Second); i%32 == 31 && srv.Stats().Datagrams+64 < uint64(i+1) && time.Now().Before(deadline); {
-			time.Sleep(time.Millisecond)
-		}
-	}
-	waitUntil(t, "a full queue", func() bool { return srv.Stats().Queue.Bytes > 900<<10 })
+	srv, c, line := fullUDPQueue(t)
 	for range 4000 { // far more than the socket's buffer holds: the reader is held up
 		c.Write(line)
 	}

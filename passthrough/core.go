@@ -97,13 +97,16 @@ func (s *core) attemptFailed(t *upstream.Target, err error) {
 	}
 }
 
-// localFailure reports whether an attempt failed for want of something
-// on ndlb's side (descriptors, buffer memory, local ports, epoll watches
-// (ENOSPC)): passive health
-// does not hold that against the target, which would take every target
-// out of rotation in turn while the shortage lasts.
+// localShortages are the errors of an attempt that failed for want of
+// something on ndlb's side: descriptors, buffer memory, local ports, epoll
+// watches (ENOSPC).
+var localShortages = []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.EADDRNOTAVAIL, syscall.ENOSPC}
+
+// localFailure reports whether err is one of localShortages: passive
+// health does not hold that against the target, which would take every
+// target out of rotation in turn while the shortage lasts.
 func localFailure(err error) bool {
-	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.EADDRNOTAVAIL, syscall.ENOSPC} {
+	for _, e := range localShortages {
 		if errors.Is(err, e) {
 			return true
 		}

@@ -257,15 +257,22 @@ func (ss *session) shutdown() {
 
 // reset ends both streams so that the final close sends RST, not FIN: plain
 // sockets get SO_LINGER 0 and are shut down for reading only (which wakes a
-// parked stream and sends nothing); others are closed.
+// parked stream and sends nothing); others are closed. Both sockets linger
+// before either read ends: the end of a read may end the session, and
+// close the other socket.
 func (ss *session) reset() {
-	for _, c := range []net.Conn{ss.client, ss.backend} {
+	conns := []net.Conn{ss.client, ss.backend}
+	for _, c := range conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+	}
+	for _, c := range conns {
 		tc, ok := c.(*net.TCPConn)
 		if !ok {
 			c.Close()
 			continue
 		}
-		_ = tc.SetLinger(0)
 		if rc, err := tc.SyscallConn(); err == nil {
 			_ = rc.Control(func(fd uintptr) { _ = syscall.Shutdown(int(fd), syscall.SHUT_RD) })
 		}

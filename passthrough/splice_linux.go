@@ -302,9 +302,8 @@ func inFlight(fd uintptr) bool {
 }
 
 // cutIfInFlight cuts the session's plain TCP sockets when either holds
-// bytes on their way (see session.abort): they close with a reset
-// (SO_LINGER 0), reads end (SHUT_RD, which sends nothing and wakes a
-// parked stream) and writes fail (a past deadline). It reports whether it
+// bytes on their way (see session.abort): writes fail (a past deadline),
+// and reset makes them close with a reset and ends their reads. It reports whether it
 // cut them; it leaves TLS connections alone.
 func (ss *session) cutIfInFlight() bool {
 	conns := []*net.TCPConn{ss.cTCP, ss.bTCP}
@@ -321,15 +320,10 @@ func (ss *session) cutIfInFlight() bool {
 		return false
 	}
 	ss.cut.Store(true)
-	for _, c := range conns { // both before either read ends (which may end the session)
-		_ = c.SetLinger(0)
+	for _, c := range conns {
 		_ = c.SetWriteDeadline(time.Unix(1, 0))
 	}
-	for _, c := range conns {
-		if rc, err := c.SyscallConn(); err == nil {
-			_ = rc.Control(func(fd uintptr) { _ = syscall.Shutdown(int(fd), syscall.SHUT_RD) })
-		}
-	}
+	ss.reset()
 	return true
 }
 
