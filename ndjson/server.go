@@ -481,7 +481,7 @@ func (s *Server) openSpool(first error) {
 func (s *Server) adoptSpool(sp *spool.Spool) {
 	st := sp.Stats()
 	if st.CorruptTails > 0 {
-		s.log.Warn("spool: damaged records found at open; each damaged segment was cut at its first bad record, and what followed is lost",
+		s.log.Warn("spool: damaged records found at open and cut out; the whole records after them are kept",
 			"dir", s.cfg.Spool.Dir, "segments_cut", st.CorruptTails, "bytes_cut", st.CorruptBytes, "lines_kept", st.Lines)
 	}
 	s.ledger.Received(uint64(st.Lines))

@@ -24,10 +24,14 @@
 //
 // Open checks every segment: a record that does not fit in its file, or
 // whose checksum does not match (a crash in the middle of an append, a
-// torn write), ends the segment there; the file is cut to its last whole
-// record and the cut is counted (Stats.CorruptTails). A record with
-// another segment's tag (what a reused file held before) or fewer bytes
-// than a header also end it, uncounted. A record Next returns was
+// torn write, a flipped bit, pages a power loss left unwritten), is
+// damage. Open looks past it for the next whole record of the segment (by
+// the segment's tag, then its length and checksum); the records found
+// after the damage are moved down over it, and what has no whole record
+// after it is cut off. The damaged bytes are counted (Stats.CorruptTails
+// segments, Stats.CorruptBytes bytes). A record with another segment's
+// tag (what a reused file held before) or fewer bytes than a header at the
+// end are not damage and are cut uncounted. A record Next returns was
 // written whole, in that segment.
 //
 // Durability: a record is in the operating system's page cache once

@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/binary"
 	"errors"
@@ -126,12 +127,11 @@ type Stats struct {
 	// (the others are read back by Next).
 	HandedOff uint64
 	// Appends, Syncs, Replayed and Acked count since Open;
-	// CorruptTails counts segments cut at Open; Dropped and DroppedLines
+	// CorruptTails counts segments found damaged at Open; Dropped and DroppedLines
 	// what DropOldest deleted unacknowledged.
 	Appends, Syncs, Replayed, Acked, CorruptTails, Dropped, DroppedLines uint64
-	// CorruptBytes counts the bytes those cuts removed: what followed the
-	// first record that did not check, whole records after it included
-	// (a record's place is known only from the one before).
+	// CorruptBytes counts the damaged bytes cut from them: the records
+	// that did not check, up to the next whole record or the end.
 	CorruptBytes uint64
 	// SyncTime is the time spent in fsync; SyncErrors counts fsyncs that
 	// failed (LastSyncError is the last one's error): the records stay
@@ -305,7 +305,10 @@ func Open(cfg Config) (*Spool, error) {
 }
 
 // check reads a segment, cuts it after its last whole record, and returns
-// its state; nil when it holds no record (it is deleted).
+// its state; nil when it holds no record (it is deleted). Damage in the
+// middle of the segment (a bit flipped, pages a power loss left
+// unwritten) is cut out: the whole records after it are moved down over
+// it, so one damaged record does not take the rest of its segment along.
 func (s *Spool) check(seq uint64, path string) (*segment, error) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
@@ -322,15 +325,19 @@ func (s *Spool) check(seq uint64, path string) (*segment, error) {
 		return nil, fmt.Errorf("spool: %s is a segment of another format (%q, this version writes %q): deliver it with the version that wrote it, or move it away", path, head[:], magic)
 	}
 	seg := &segment{seq: seq, path: path, created: info.ModTime(), fromReplay: true}
-	end, stale, err := scan(f, info.Size(), seq, func(Record) error { return nil }, &seg.records, &seg.lines)
+	runs, damaged, err := scan(f, info.Size(), seq, func(Record) error { return nil }, &seg.records, &seg.lines)
 	if err != nil {
 		return nil, fmt.Errorf("spool: reading %s: %w", path, err)
 	}
+	end, err := compact(f, runs)
+	if err != nil {
+		return nil, fmt.Errorf("spool: cutting the damaged records out of %s: %w", path, err)
+	}
+	if damaged > 0 {
+		s.stats.CorruptTails++
+		s.stats.CorruptBytes += uint64(damaged)
+	}
 	if end < info.Size() {
-		if !stale {
-			s.stats.CorruptTails++
-			s.stats.CorruptBytes += uint64(info.Size() - end)
-		}
 		if err := f.Truncate(end); err != nil {
 			return nil, fmt.Errorf("spool: cutting the torn tail of %s: %w", path, err)
 		}
@@ -345,61 +352,185 @@ func (s *Spool) check(seq uint64, path string) (*segment, error) {
 	return seg, nil
 }
 
+// span is a stretch [start, end) of whole records in a segment file.
+type span struct{ start, end int64 }
+
 // scan reads the records of segment seq, of size bytes, from r, calling
-// fn with each whole one, and returns the offset after the last. It stops
-// at the first record that does not fit or does not check; stale is true
-// when that record is not of this segment but left from the file's
-// previous use (a recycled segment file), so not a sign of damage.
-func scan(r io.ReaderAt, size int64, seq uint64, fn func(Record) error, records, lines *int) (end int64, stale bool, err error) {
+// fn with each whole one, and returns the spans they lie in, in order,
+// and how many bytes are damage: the stretches between spans, and what
+// follows the last one unless it is left from the file's previous use
+// (a recycled segment file: its records carry another segment's tag) or
+// too short for a header (a torn header cannot be told from such a
+// leftover). After a record that does not fit or does not check, the
+// next record is looked for byte by byte.
+func scan(r io.ReaderAt, size int64, seq uint64, fn func(Record) error, records, lines *int) (spans []span, damaged int64, err error) {
 	var head [len(magic)]byte
 	if size < int64(len(magic)) {
-		return 0, false, nil
+		return nil, 0, nil
 	}
 	if _, err := r.ReadAt(head[:], 0); err != nil {
-		return 0, false, err
+		return nil, 0, err
 	}
 	if string(head[:]) != magic {
-		return 0, false, nil // not a segment, or torn before its magic: nothing in it
+		return nil, 0, nil // not a segment, or torn before its magic: nothing in it
 	}
 	off := int64(len(magic))
-	var h [headerSize]byte
+	for {
+		end, bad, err := scanSpan(r, off, size, seq, fn, records, lines)
+		if err != nil {
+			return spans, damaged, err
+		}
+		if end > off {
+			spans = append(spans, span{off, end})
+		}
+		if end == size {
+			return spans, damaged, nil
+		}
+		next, err := resync(r, end+1, size, seq)
+		if err != nil {
+			return spans, damaged, err
+		}
+		if next < 0 {
+			if bad {
+				damaged += size - end
+			}
+			return spans, damaged, nil
+		}
+		damaged += next - end
+		off = next
+	}
+}
+
+// scanSpan reads whole records from off on, and returns the offset after
+// the last; bad is true when what follows is damage for certain (a record
+// of this segment that does not fit or does not check).
+func scanSpan(r io.ReaderAt, off, size int64, seq uint64, fn func(Record) error, records, lines *int) (end int64, bad bool, err error) {
 	var buf []byte
 	for off+headerSize <= size {
-		if _, err := r.ReadAt(h[:], off); err != nil {
-			return off, false, err
+		data, nl, tagged, whole, err := recordAt(r, off, size, seq, &buf)
+		if err != nil || !whole {
+			return off, tagged, err
 		}
-		n := int64(binary.LittleEndian.Uint32(h[0:]))
-		nl := binary.LittleEndian.Uint32(h[4:])
-		sum := binary.LittleEndian.Uint32(h[12:])
-		if binary.LittleEndian.Uint32(h[8:]) != segTag(seq) {
-			return off, true, nil
-		}
-		if n > MaxRecordBytes || off+headerSize+n > size {
-			break
-		}
-		if int64(cap(buf)) < n {
-			buf = make([]byte, n)
-		}
-		data := buf[:n]
-		if n > 0 {
-			if _, err := r.ReadAt(data, off+headerSize); err != nil {
-				return off, false, err
-			}
-		}
-		if checksum(h[:12], data) != sum {
-			break
-		}
-		if err := fn(Record{ID: ID{Seg: seq, Off: off}, Lines: int(nl), Data: data}); err != nil {
+		if err := fn(Record{ID: ID{Seg: seq, Off: off}, Lines: nl, Data: data}); err != nil {
 			return off, false, err
 		}
 		*records++
-		*lines += int(nl)
-		off += headerSize + n
+		*lines += nl
+		off += headerSize + int64(len(data))
 	}
-	// Fewer bytes than a header after the last record: a torn header or
-	// what a reused file's earlier use left cannot be told apart, and
-	// neither is counted as damage.
-	return off, off < size && size-off < headerSize, nil
+	return off, false, nil
+}
+
+// recordAt reads the record of segment seq at off (with off+headerSize <=
+// size), its data into *buf: whole when it carries the segment's tag
+// (tagged), fits in size and checks.
+func recordAt(r io.ReaderAt, off, size int64, seq uint64, buf *[]byte) (data []byte, lines int, tagged, whole bool, err error) {
+	var h [headerSize]byte
+	if _, err := r.ReadAt(h[:], off); err != nil {
+		return nil, 0, false, false, err
+	}
+	n := int64(binary.LittleEndian.Uint32(h[0:]))
+	if binary.LittleEndian.Uint32(h[8:]) != segTag(seq) {
+		return nil, 0, false, false, nil
+	}
+	if n > MaxRecordBytes || off+headerSize+n > size {
+		return nil, 0, true, false, nil
+	}
+	if int64(cap(*buf)) < n {
+		*buf = make([]byte, n)
+	}
+	data = (*buf)[:n]
+	if n > 0 {
+		if _, err := r.ReadAt(data, off+headerSize); err != nil {
+			return nil, 0, true, false, err
+		}
+	}
+	if checksum(h[:12], data) != binary.LittleEndian.Uint32(h[12:]) {
+		return nil, 0, true, false, nil
+	}
+	return data, int(binary.LittleEndian.Uint32(h[4:])), true, true, nil
+}
+
+// resync returns the offset of the first whole record of segment seq at
+// or after from, or -1 when there is none: candidates are found by the
+// segment's tag, and kept when their data fits and checks.
+func resync(r io.ReaderAt, from, size int64, seq uint64) (int64, error) {
+	var tag [4]byte
+	binary.LittleEndian.PutUint32(tag[:], segTag(seq))
+	buf := make([]byte, min(1<<20, max(size-from, 0)))
+	var rec []byte
+	checked := from - 1 // candidates up to here were tried
+	for base := from; base+headerSize <= size; {
+		n := int(min(int64(len(buf)), size-base))
+		if _, err := r.ReadAt(buf[:n], base); err != nil {
+			return -1, err
+		}
+		for i := 0; ; {
+			j := bytes.Index(buf[i:n], tag[:])
+			if j < 0 {
+				break
+			}
+			at := base + int64(i+j) - 8 // the header the tag would be in
+			i += j + 1
+			if at <= checked || at < from {
+				continue
+			}
+			checked = at
+			if at+headerSize > size {
+				return -1, nil
+			}
+			if _, _, _, whole, err := recordAt(r, at, size, seq, &rec); err != nil {
+				return -1, err
+			} else if whole {
+				return at, nil
+			}
+		}
+		if base+int64(n) >= size {
+			break
+		}
+		base += int64(n) - int64(len(tag)) + 1 // a tag across the seam is found in the next read
+	}
+	return -1, nil
+}
+
+// compact moves the spans of whole records down, each to where the one
+// before ends (from just after the magic), and returns where the last
+// now ends; it syncs the file when it moved anything, so that a crash
+// after it finds each record at least once.
+func compact(f *os.File, spans []span) (int64, error) {
+	w := int64(len(magic))
+	if len(spans) == 0 {
+		return 0, nil
+	}
+	moved := false
+	var buf []byte
+	for _, sp := range spans {
+		if sp.start == w {
+			w = sp.end
+			continue
+		}
+		if buf == nil {
+			buf = make([]byte, 1<<20)
+		}
+		for off := sp.start; off < sp.end; {
+			n := int(min(int64(len(buf)), sp.end-off))
+			if _, err := f.ReadAt(buf[:n], off); err != nil {
+				return 0, err
+			}
+			if _, err := f.WriteAt(buf[:n], w); err != nil {
+				return 0, err
+			}
+			off += int64(n)
+			w += int64(n)
+		}
+		moved = true
+	}
+	if moved {
+		if err := f.Sync(); err != nil {
+			return 0, err
+		}
+	}
+	return w, nil
 }
 
 // putHeader writes the record header of data into h.
