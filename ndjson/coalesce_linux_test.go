@@ -199,23 +199,41 @@ func TestCoalescedStreamDeliversItsTail(t *testing.T) {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(time.Minute))
-	const lines = 200000 // about 20 MiB, in 16 KiB writes
-	raised := coalesceRaises.Load()
-	if _, err := linetest.Send(c, 1, 0, lines, 16<<10); err != nil {
-		t.Fatal(err)
-	}
+	lines := sendUntilCoalesced(t, c, sink)
 	if _, err := linetest.Send(c, 1, lines, lines+3, 16<<10); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "every line delivered while the client stays", func() bool { return sink.Lines() == lines+3 })
-	if coalesceRaises.Load() == raised {
-		t.Fatal("the stream was never coalesced")
-	}
+	waitUntil(t, "every line delivered while the client stays", func() bool { return sink.Lines() == uint64(lines)+3 })
 	c.Close()
 	sum := srv.Shutdown()
-	if sum.Ledger.Received != lines+3 || sum.Ledger.Delivered != lines+3 || !sum.Ledger.Closed() {
+	if sum.Ledger.Received != uint64(lines)+3 || sum.Ledger.Delivered != uint64(lines)+3 || !sum.Ledger.Closed() {
 		t.Fatalf("ledger %+v", sum.Ledger)
 	}
+}
+
+// sendUntilCoalesced sends lines of client 1 to c in bursts of about 1 MiB
+// (16 KiB writes), each once the sink has the one before (so the server's
+// reader has caught up and waits between them), until the server raised a
+// mark, and returns how many it sent. A stream sent in one go may never
+// let a reader on a loaded machine catch up, and so never be coalesced.
+func sendUntilCoalesced(t *testing.T, c net.Conn, sink *linetest.Sink) uint32 {
+	t.Helper()
+	const burst, most = 10000, 400000
+	raised := coalesceRaises.Load()
+	var sent uint32
+	for coalesceRaises.Load() == raised {
+		if sent >= most {
+			t.Fatalf("the stream was never coalesced in %d lines", sent)
+		}
+		if _, err := linetest.Send(c, 1, sent, sent+burst, 16<<10); err != nil {
+			t.Fatal(err)
+		}
+		sent += burst
+		// Once raised, the mark may hold the burst's last bytes back until
+		// the coalescer's wait ends (a minute in one test).
+		waitUntil(t, "the burst delivered", func() bool { return sink.Lines() == uint64(sent) || coalesceRaises.Load() != raised })
+	}
+	return sent
 }
 
 func TestKernelAtLeast(t *testing.T) {
@@ -288,12 +306,7 @@ func TestHandOffLowersTheMark(t *testing.T) {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(time.Minute))
-	raised := coalesceRaises.Load()
-	const lines = 100000
-	if _, err := linetest.Send(c, 1, 0, lines, 16<<10); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "the stream coalesced", func() bool { return coalesceRaises.Load() > raised })
+	lines := sendUntilCoalesced(t, c, sink)
 	if ln := old.Handover(); ln != nil {
 		ln.Close()
 	}
@@ -317,10 +330,10 @@ func TestHandOffLowersTheMark(t *testing.T) {
 	if _, err := c.Write(linetest.AppendLine(nil, 1, lines)); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "every line delivered", func() bool { return sink.Lines() == lines+1 })
+	waitUntil(t, "every line delivered", func() bool { return sink.Lines() == uint64(lines)+1 })
 	c.Close()
 	a, b := old.Shutdown(), next.Shutdown()
-	if a.Ledger.Received+b.Ledger.Received != lines+1 || a.Ledger.Delivered+b.Ledger.Delivered != lines+1 {
+	if a.Ledger.Received+b.Ledger.Received != uint64(lines)+1 || a.Ledger.Delivered+b.Ledger.Delivered != uint64(lines)+1 {
 		t.Fatalf("old %+v, new %+v", a.Ledger, b.Ledger)
 	}
 }
