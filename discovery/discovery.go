@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ndlb/ndlb/invalid"
@@ -113,11 +115,13 @@ func splitSRV(n string) (service, proto, name string, err error) {
 
 // Discoverer keeps a target set in step with DNS.
 type Discoverer struct {
-	cfg  Config
-	set  *upstream.Set
-	res  Resolver
-	log  *slog.Logger
-	last map[string][]string // name: its last good answer; owned by Refresh's caller
+	cfg    Config
+	set    *upstream.Set
+	res    Resolver
+	log    *slog.Logger
+	mu     sync.Mutex
+	last   map[string][]string // name: its last good answer; guarded by mu
+	seeded bool                // Seed gave it what a discoverer before it knew
 }
 
 // New returns a discoverer for set; cfg must be valid.
@@ -166,6 +170,12 @@ func (d *Discoverer) Refresh(ctx context.Context) []string {
 	for _, n := range d.cfg.SRV {
 		addrs = appendNew(addrs, d.answer(n, func() ([]string, error) { return d.lookupSRV(ctx, n) })...)
 	}
+	d.update(addrs)
+	return addrs
+}
+
+// update makes addrs the set's targets, and says what came and went.
+func (d *Discoverer) update(addrs []string) {
 	added, removed := d.set.Update(addrs)
 	for _, t := range added {
 		d.log.Info("target discovered", "target", t.Addr)
@@ -173,7 +183,46 @@ func (d *Discoverer) Refresh(ctx context.Context) []string {
 	for _, t := range removed {
 		d.log.Info("target gone from DNS: draining", "target", t.Addr)
 	}
-	return addrs
+}
+
+// Seed gives d the last answers prev had for the names both resolve, and
+// when it then knows an answer for every name, puts them with d's static
+// targets in d's set at once, without a lookup. A discoverer that
+// replaces another (a reload) starts from what the other knew: a DNS
+// outage during a reload drains nothing, and the reload need not wait for
+// DNS. prev may be nil, and may still be running.
+func (d *Discoverer) Seed(prev *Discoverer) {
+	var known map[string][]string
+	if prev != nil {
+		prev.mu.Lock()
+		known = maps.Clone(prev.last)
+		prev.mu.Unlock()
+	}
+	addrs := slices.Clone(d.cfg.Static)
+	all := true
+	d.mu.Lock()
+	for _, n := range slices.Concat(d.cfg.DNS, d.cfg.SRV) {
+		a, ok := known[n]
+		if !ok {
+			all = false
+			continue
+		}
+		d.last[n] = a
+		addrs = appendNew(addrs, a...)
+	}
+	d.seeded = true
+	d.mu.Unlock()
+	if all {
+		d.update(addrs)
+	}
+}
+
+// Seeded reports whether Seed was called: the first lookup need not be
+// waited for.
+func (d *Discoverer) Seeded() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.seeded
 }
 
 // answer runs lookup for name, keeping the last good answer when it fails.
@@ -181,6 +230,8 @@ func (d *Discoverer) Refresh(ctx context.Context) []string {
 // name's targets drain. Timeouts and server failures are not.
 func (d *Discoverer) answer(name string, lookup func() ([]string, error)) []string {
 	got, err := lookup()
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	var dnsErr *net.DNSError
 	if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
 		if len(d.last[name]) > 0 {

@@ -157,6 +157,53 @@ func TestOutageKeepsLastAnswer(t *testing.T) {
 	}
 }
 
+// A discoverer that replaces another (a reload) starts from its answers:
+// during a DNS outage, nothing drains, whether a name's answer was known
+// before or, for a name new in the reload, not (the set waits for it).
+func TestSeedKeepsAnswersThroughAnOutage(t *testing.T) {
+	dns := newDNS(t)
+	dns.SetIPs("logs.test", "10.0.0.1", "10.0.0.2")
+	dns.SetIPs("more.test", "10.0.0.3")
+	set := upstream.NewSet(nil)
+	cfg := Config{Static: []string{"192.0.2.9:5170"}, DNS: []string{"logs.test.:5170"}, Interval: DefaultInterval,
+		Resolver: dns.Resolver(), Logger: slog.New(slog.DiscardHandler)}
+	old, _ := New(cfg, set)
+	old.Refresh(context.Background())
+	want := []string{"192.0.2.9:5170", "10.0.0.1:5170", "10.0.0.2:5170"}
+	dns.Close()
+
+	cfg.Interval = 2 * DefaultInterval
+	d, _ := New(cfg, set)
+	if d.Seeded() {
+		t.Fatal("seeded before Seed")
+	}
+	d.Seed(old)
+	if !d.Seeded() {
+		t.Fatal("not seeded after Seed")
+	}
+	if got := d.Refresh(context.Background()); !slices.Equal(got, want) {
+		t.Fatalf("after a reload during the outage: %v", got)
+	}
+	if live, draining := addrs(set); !slices.Equal(live, want) || len(draining) != 0 {
+		t.Fatalf("live %v draining %v", live, draining)
+	}
+
+	// A name the old one did not resolve: Seed leaves the set as it is.
+	cfg.Static, cfg.DNS = nil, []string{"logs.test.:5170", "more.test.:5170"}
+	d2, _ := New(cfg, set)
+	d2.Seed(d)
+	if live, draining := addrs(set); !slices.Equal(live, want) || len(draining) != 0 {
+		t.Fatalf("after Seed with a new name: live %v draining %v", live, draining)
+	}
+	// Seeded from its answers alone, the static target goes.
+	cfg.DNS = []string{"logs.test.:5170"}
+	d3, _ := New(cfg, set)
+	d3.Seed(d)
+	if live, _ := addrs(set); !slices.Equal(live, want[1:]) {
+		t.Fatalf("after Seed without the static target: live %v", live)
+	}
+}
+
 // With Server set, lookups ask it, and a failure names it (not the system's
 // resolver, which Go's errors would name).
 func TestServerIsAskedAndNamed(t *testing.T) {

@@ -5,7 +5,10 @@
 // is drained, not cut: it leaves the set once its last connection has
 // closed, when the set's owner prunes it (the supervisor does, once a
 // second, for every listener). A failed lookup keeps the name's last answer, so a DNS outage
-// changes nothing. Kubernetes headless services work this way.
+// changes nothing. Kubernetes headless services work this way. A
+// discoverer that replaces another on a reload is seeded with its answers
+// (Seed), so that the reload neither waits for DNS nor drains targets when
+// DNS does not answer.
 //
 //	d, err := discovery.New(cfg, set)
 //	d.Refresh(ctx)  // once, before traffic

@@ -1,7 +1,10 @@
 package integration
 
 import (
+	"fmt"
 	"net"
+	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -87,4 +90,56 @@ func TestDNSDiscoveryChange(t *testing.T) {
 		t.Fatalf("C got %d lines; A got %d more after it was drained", c.Lines(), a.Lines()-aLines)
 	}
 	t.Logf("lines: A %d, B %d, C %d", a.Lines(), b.Lines(), c.Lines())
+}
+
+// A reload while the DNS server does not answer: the reload neither waits
+// for DNS nor forgets the targets DNS gave before, so the lines sent after
+// it are delivered, and SIGTERM right after is served at once.
+func TestReloadDuringDNSOutage(t *testing.T) {
+	dns, err := dnstest.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dns.Close()
+	w := newWorld(t, 0)
+	port := sinksOnOnePort(t, w)
+	dns.SetIPs("logs.test", "127.0.0.2", "127.0.0.3")
+	dir := t.TempDir()
+	doc := func(interval string) string {
+		return fmt.Sprintf("log-format = \"json\"\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\n"+
+			"target-dns = [\"logs.test.:%s\"]\ndns-resolver = %q\ndns-interval = %q\n", port, dns.Addr(), interval)
+	}
+	path := writeConfig(t, dir, doc("200ms"))
+	p := startCmd(t, command(bin, "--config", path))
+	addr := listening(t, p, 1)["logs"]
+	dns.Mute(true) // lookups now take Go's resolver 10 s to fail
+	os.WriteFile(path, []byte(doc("300ms")), 0o600)
+	p.waitLog("config reloaded", 10*time.Second)
+	conn := dial(t, addr)
+	if _, err := linetest.Send(conn, 1, 0, 5000, 8<<10); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for w.sinks[0].Lines()+w.sinks[1].Lines() < 5000 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 5000 lines delivered after the reload", w.sinks[0].Lines()+w.sinks[1].Lines())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if gone := p.findLogs("target gone from DNS: draining"); len(gone) > 0 {
+		t.Fatalf("the reload drained DNS targets: %v", gone)
+	}
+	// The stop is not held up behind a lookup (Go's resolver gives up
+	// after 10 s; the drain takes far less).
+	start := time.Now()
+	if code := p.stop(syscall.SIGTERM, 8*time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if d := time.Since(start); d > 8*time.Second {
+		t.Fatalf("the stop took %v", d)
+	}
+	if l := p.ledger("logs"); l.received != 5000 || l.delivered != 5000 {
+		t.Fatalf("ledger %+v", l)
+	}
 }

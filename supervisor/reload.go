@@ -136,6 +136,7 @@ func (s *Supervisor) apply(span trace.Span, next []*instance) error {
 			if prev := byAddr[in.sock()]; prev != nil && in.takeOver(prev) {
 				delete(old, prev.spec.Name)
 				byAddr[in.sock()] = nil
+				seed(prev, in)
 				carryState(prev.srv.Set(), in.srv.Set())
 				s.start(in)
 				span.AddEvent("listener renamed", trace.WithAttributes(upstream.AttrListener.String(name)))
@@ -171,6 +172,7 @@ func (s *Supervisor) apply(span trace.Span, next []*instance) error {
 			// On the same socket, clients in its backlog are served by
 			// the replacement, which keeps the operators' drains and
 			// disables and the health verdicts.
+			seed(o, in)
 			carryState(o.srv.Set(), in.srv.Set())
 			s.start(in)
 			span.AddEvent("listener replaced", trace.WithAttributes(upstream.AttrListener.String(name)))
@@ -228,6 +230,15 @@ func (s *Supervisor) drain(o *instance) {
 	})
 }
 
+// seed starts the discoverer of in, which replaces o, from the answers o's
+// knows (Discoverer.Seed), so that the state carried over reaches its
+// discovered targets too.
+func seed(o, in *instance) {
+	if in.disc != nil {
+		in.disc.Seed(o.disc)
+	}
+}
+
 // applyLive applies the changed live settings of n to the running o. n
 // was built but never started; what o needs of it is its spec.
 func (s *Supervisor) applyLive(o, n *instance, keys []string) {
@@ -237,6 +248,7 @@ func (s *Supervisor) applyLive(o, n *instance, keys []string) {
 	}
 	set := o.srv.Set()
 	if has(settings.LiveTargets) {
+		prev := o.disc
 		if o.stopDiscovery != nil {
 			o.stopDiscovery()
 			o.stopDiscovery, o.disc = nil, nil
@@ -244,6 +256,7 @@ func (s *Supervisor) applyLive(o, n *instance, keys []string) {
 		if n.spec.Discovery != nil {
 			// New cannot fail: build made the same discoverer for n.
 			if d, err := discovery.New(*n.spec.Discovery, set); err == nil {
+				d.Seed(prev)
 				o.disc = d
 				o.stopDiscovery = runDiscovery(d)
 			}

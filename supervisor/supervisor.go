@@ -400,10 +400,19 @@ func (in *instance) start(beforeServing func()) {
 	}
 }
 
+// runDiscovery resolves d's names and then goes on in the background. A
+// discoverer seeded from the one it replaces (a reload) makes its first
+// lookups in the background too: the reload does not wait for DNS.
 func runDiscovery(d *discovery.Discoverer) func() {
 	ctx, cancel := context.WithCancel(context.Background())
-	d.Refresh(ctx)
-	return background(cancel, d.Run, ctx)
+	if !d.Seeded() {
+		d.Refresh(ctx)
+		return background(cancel, d.Run, ctx)
+	}
+	return background(cancel, func(ctx context.Context) {
+		d.Refresh(ctx)
+		d.Run(ctx)
+	}, ctx)
 }
 
 // background runs run(ctx) and returns a function that stops it and waits.

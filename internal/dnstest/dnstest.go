@@ -15,9 +15,10 @@ type Server struct {
 	conn net.PacketConn
 	wg   sync.WaitGroup
 
-	mu  sync.Mutex
-	ips map[string][]netip.Addr // by lower-case FQDN; guarded by mu
-	srv map[string][]net.SRV    // guarded by mu
+	mu   sync.Mutex
+	ips  map[string][]netip.Addr // by lower-case FQDN; guarded by mu
+	srv  map[string][]net.SRV    // guarded by mu
+	mute bool                    // queries go unanswered; guarded by mu
 }
 
 // New starts a server. Close stops it.
@@ -70,6 +71,14 @@ func (s *Server) Remove(name string) {
 	delete(s.srv, fqdn(name))
 }
 
+// Mute makes the server take queries and answer none (a resolver that
+// hangs: lookups time out), or answer again.
+func (s *Server) Mute(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mute = on
+}
+
 // Close stops the server.
 func (s *Server) Close() {
 	s.conn.Close()
@@ -82,6 +91,12 @@ func (s *Server) serve() {
 		n, from, err := s.conn.ReadFrom(buf)
 		if err != nil {
 			return
+		}
+		s.mu.Lock()
+		mute := s.mute
+		s.mu.Unlock()
+		if mute {
+			continue
 		}
 		if resp, err := s.answer(buf[:n]); err == nil {
 			s.conn.WriteTo(resp, from)
