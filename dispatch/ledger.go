@@ -29,10 +29,14 @@ const (
 	// DropSpoolFull: the spool was full and its policy (--spool-full
 	// drop-oldest) deleted the oldest lines not yet queued.
 	DropSpoolFull = "spool_full"
+	// DropSpoolLost: spooled lines that could not be read back: their
+	// records were damaged on disk, or their segment file removed, while
+	// ndlb ran.
+	DropSpoolLost = "spool_lost"
 )
 
 // DropReasons lists every reason, in the order reports show them.
-var DropReasons = []string{DropOversize, DropIncomplete, DropMemory, DropShutdown, DropBinary, DropUnrouted, DropSpoolFull}
+var DropReasons = []string{DropOversize, DropIncomplete, DropMemory, DropShutdown, DropBinary, DropUnrouted, DropSpoolFull, DropSpoolLost}
 
 // Ledger is the account of one listener's lines: every line read from a
 // client is received, and ends delivered or dropped with a reason; until
@@ -42,7 +46,7 @@ var DropReasons = []string{DropOversize, DropIncomplete, DropMemory, DropShutdow
 type Ledger struct {
 	received, delivered                    atomic.Uint64
 	oversize, incomplete, memory, shutdown atomic.Uint64
-	binary, unrouted, spoolFull            atomic.Uint64
+	binary, unrouted, spoolFull, spoolLost atomic.Uint64
 	spooled                                atomic.Uint64
 }
 
@@ -90,6 +94,8 @@ func (l *Ledger) counter(reason string) *atomic.Uint64 {
 		return &l.unrouted
 	case DropSpoolFull:
 		return &l.spoolFull
+	case DropSpoolLost:
+		return &l.spoolLost
 	default:
 		return &l.shutdown
 	}

@@ -495,6 +495,11 @@ func (s *Server) adoptSpool(sp *spool.Spool) {
 func (s *Server) spoolConfig() spool.Config {
 	sc := *s.cfg.Spool
 	sc.OnDrop = func(_, lines int) { s.ledger.Dropped(dispatch.DropSpoolFull, uint64(lines)) }
+	sc.OnLost = func(records, lines int, err error) {
+		s.log.Error("spool: records could not be read back; their lines are lost", "dir", sc.Dir,
+			"records", records, "lines", lines, "err", err)
+		s.ledger.Dropped(dispatch.DropSpoolLost, uint64(lines))
+	}
 	return sc
 }
 
@@ -503,6 +508,9 @@ func (s *Server) feed(sp *spool.Spool) {
 	for {
 		var b *framer.Batch
 		rec, err := sp.NextInto(func(n int) []byte {
+			if b != nil {
+				b.Release() // a record that did not check: Next goes on to the next
+			}
 			b = s.bufs.GetEmpty(n)
 			return b.Data[:n]
 		})

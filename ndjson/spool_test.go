@@ -3,9 +3,13 @@ package ndjson
 import (
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/internal/linetest"
 	"github.com/ndlb/ndlb/spool"
 )
@@ -151,5 +155,71 @@ func TestSpoolHandOffAndReadBack(t *testing.T) {
 	sink.WaitDrained(10 * time.Second)
 	if r := ledger.Check(sent); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
 		t.Fatal(r)
+	}
+}
+
+// A spooled segment damaged on disk while ndlb runs (every target down): the
+// feeder skips the records it cannot read back and goes on, the lines
+// after the damage and those sent later are delivered, and the lines lost
+// are counted (spool_lost), so the ledger closes against the sink.
+func TestSpoolDamagedWhileRunning(t *testing.T) {
+	ledger := linetest.NewLedger()
+	sink := linetest.StartSink(t, ledger)
+	sink.Kill(false)
+	dir := t.TempDir()
+	cfg := DefaultConfig()
+	cfg.Targets = []string{sink.Addr()}
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	cfg.Queue.MaxBytes = 4 << 20
+	cfg.Pool.BackoffInitial, cfg.Pool.BackoffMax = 10*time.Millisecond, 50*time.Millisecond
+	cfg.DrainTimeout, cfg.DeliverTimeout = 5*time.Second, 30*time.Second
+	sc := spool.DefaultConfig(dir)
+	sc.SegmentBytes = 1 << 20
+	cfg.Spool = &sc
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start(newLocalListener(t))
+	const clients, perClient = 4, 60000 // about 30 MiB: 30 segments
+	if err := linetest.SendClients(srv.Addr().String(), clients, 0, perClient, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	segs, err := filepath.Glob(filepath.Join(dir, "*.seg"))
+	if err != nil || len(segs) < 4 {
+		t.Fatalf("segments %v, %v", segs, err)
+	}
+	slices.Sort(segs)
+	// A sealed segment the feeder has not reached: a byte in its middle.
+	f, err := os.OpenFile(segs[len(segs)-2], os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte{0xfe}, 512<<10)
+	f.Close()
+	if err := sink.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	// Lines sent after the damage are delivered too.
+	if err := linetest.SendClients(srv.Addr().String(), 1, perClient, perClient+1000, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	const total = clients*perClient + 1000
+	deadline := time.Now().Add(20 * time.Second)
+	for sink.Lines()+srv.Stats().Ledger.Dropped[dispatch.DropSpoolLost] < total {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d delivered, %d lost, of %d", sink.Lines(), srv.Stats().Ledger.Dropped[dispatch.DropSpoolLost], total)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	sum := srv.Shutdown()
+	lost := sum.Ledger.Dropped[dispatch.DropSpoolLost]
+	if !sum.Ledger.Closed() || sum.Ledger.Received != total || lost == 0 || sum.Ledger.Delivered+lost != total {
+		t.Fatalf("ledger %+v", sum.Ledger)
+	}
+	sent := map[uint32]uint32{1: perClient + 1000, 2: perClient, 3: perClient, 4: perClient}
+	sink.WaitDrained(10 * time.Second)
+	if r := ledger.Check(sent); r.Lost != lost || r.Torn != 0 || r.Duplicated != 0 {
+		t.Fatalf("%v; %d counted lost", r, lost)
 	}
 }

@@ -94,6 +94,11 @@ type Config struct {
 	// OnDrop, if set, is told of records DropOldest deleted before they
 	// were acknowledged: how many, and their lines.
 	OnDrop func(records, lines int)
+	// OnLost, if set, is told of records Next could not read back (a
+	// record damaged on disk while the spool ran, a segment file
+	// removed): how many, their lines, and what went wrong. It is called
+	// as Next leaves the segment, with the spool's lock held.
+	OnLost func(records, lines int, err error)
 }
 
 // DefaultConfig returns the defaults for dir.
@@ -133,6 +138,9 @@ type Stats struct {
 	// CorruptBytes counts the damaged bytes cut from them: the records
 	// that did not check, up to the next whole record or the end.
 	CorruptBytes uint64
+	// Lost and LostLines count the records Next could not read back
+	// (Config.OnLost).
+	Lost, LostLines uint64
 	// SyncTime is the time spent in fsync; SyncErrors counts fsyncs that
 	// failed (LastSyncError is the last one's error): the records stay
 	// spooled, but may not survive a power loss.
@@ -159,6 +167,9 @@ type segment struct {
 	// all of it (or sealed in a mode where no Append waits for one).
 	sealedSynced bool
 	fedLines     int
+	// lost is what went wrong reading the segment back: Next skipped
+	// damage in it, and counts the records it missed as it leaves.
+	lost error
 	// disk is what the file takes: size, or more while a reused file
 	// holds what its earlier use wrote past size.
 	disk int64
@@ -624,7 +635,7 @@ func (s *Spool) segmentFile(seq uint64) (*os.File, int64, error) {
 			s.discard(sp.path, sp.size)
 			continue
 		}
-		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
 		if err == nil {
 			if _, err = f.WriteAt([]byte(magic), 0); err == nil {
 				// What the file held after the magic is left from its
@@ -642,7 +653,7 @@ func (s *Spool) segmentFile(seq uint64) (*os.File, int64, error) {
 		_ = os.Remove(path)
 		s.size -= sp.size
 	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, 0, fmt.Errorf("spool: %w", err)
 	}
@@ -1019,20 +1030,29 @@ func (s *Spool) NextInto(get func(n int) []byte) (Record, error) {
 		last := i == len(s.segs)-1
 		if s.rOff < seg.size {
 			if s.rFile == nil {
-				f, err := os.Open(seg.path)
+				f, err := s.openForReading(seg, last)
 				if err != nil {
-					return Record{}, fmt.Errorf("spool: %w", err)
+					// Gone (the directory removed, say): what it
+					// holds cannot be read back.
+					s.skipDamage(seg, seg.size, fmt.Errorf("spool: %w", err))
+					continue
 				}
 				s.rFile = f
 			}
 			rec, err := s.readAt(seg, get)
 			if err != nil {
-				return Record{}, err
+				next, rerr := resync(s.rFile, s.rOff+1, seg.size, seg.seq)
+				if rerr != nil || next < 0 {
+					next = seg.size
+				}
+				s.skipDamage(seg, next, err)
+				continue
 			}
 			return rec, nil
 		}
 		if !last {
 			s.rSeq, s.rOff = s.segs[i+1].seq, 0
+			s.leave(seg) // may delete seg
 			continue
 		}
 		if s.ended {
@@ -1041,6 +1061,57 @@ func (s *Spool) NextInto(get func(n int) []byte) (Record, error) {
 		s.readerParked = true
 		s.more.Wait()
 		s.readerParked = false
+	}
+}
+
+// openForReading opens seg's file for Next: the segment being written
+// through a duplicate of the writer's descriptor, which still reads if
+// the file's name is gone; a sealed one by its name. s.mu is held.
+func (s *Spool) openForReading(seg *segment, last bool) (*os.File, error) {
+	if last && s.active != nil {
+		fd, err := unix.FcntlInt(s.activeFd, unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return nil, os.NewSyscallError("fcntl", err)
+		}
+		return os.NewFile(uintptr(fd), seg.path), nil
+	}
+	return os.Open(seg.path)
+}
+
+// skipDamage moves Next's cursor in seg past a record it could not read
+// (err says why) to next, the following whole record or seg's end. The
+// records skipped are counted as Next leaves the segment (leave): only
+// then is it known how many the damage took. s.mu is held.
+func (s *Spool) skipDamage(seg *segment, next int64, err error) {
+	if seg.lost == nil {
+		seg.lost = err
+	}
+	s.stats.CorruptBytes += uint64(max(next-s.rOff, 0))
+	s.rOff = max(next, s.rOff)
+}
+
+// leave is called as Next's cursor leaves the sealed segment seg. When
+// damage made it skip records, they are counted lost (Config.OnLost) and
+// the segment holds only what Next returned: it is deleted once those are
+// acknowledged. s.mu is held.
+func (s *Spool) leave(seg *segment) {
+	if seg.lost == nil {
+		return
+	}
+	n, lines := seg.records-seg.fed, seg.lines-seg.fedLines
+	seg.records, seg.lines = seg.fed, seg.fedLines
+	if n > 0 {
+		s.unfed -= n
+		s.stats.Records -= n
+		s.stats.Lost += uint64(n)
+		s.stats.LostLines += uint64(lines)
+		if s.cfg.OnLost != nil {
+			s.cfg.OnLost(n, lines, seg.lost)
+		}
+	}
+	seg.lost = nil
+	if seg.acked >= seg.records {
+		s.remove(seg, false)
 	}
 }
 
@@ -1060,6 +1131,9 @@ func (s *Spool) readAt(seg *segment, get func(int) []byte) (Record, error) {
 		return Record{}, fmt.Errorf("spool: reading %s: %w", seg.path, err)
 	}
 	n := int(binary.LittleEndian.Uint32(h[0:]))
+	if binary.LittleEndian.Uint32(h[8:]) != segTag(seg.seq) || int64(n) > seg.size-s.rOff-headerSize {
+		return Record{}, fmt.Errorf("spool: %s: a record changed on disk at offset %d", seg.path, s.rOff)
+	}
 	var data []byte
 	if get != nil {
 		data = get(n)

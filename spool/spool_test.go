@@ -985,3 +985,104 @@ func TestDamagedRecordsAreCutOut(t *testing.T) {
 		})
 	}
 }
+
+// While the spool runs, a record damaged on disk, a huge length in a
+// header, and a sealed segment's file removed: Next skips what it cannot
+// read, goes on with the records after it, and counts what it missed
+// (OnLost) as it leaves each segment; a segment whose name is gone is
+// still read while it is the one written. Every record appended is
+// returned or counted lost.
+func TestNextSkipsWhatItCannotReadBack(t *testing.T) {
+	dir := t.TempDir()
+	var lost, lostLines int
+	s := open(t, dir, func(c *Config) {
+		c.OnLost = func(records, lines int, err error) {
+			if err == nil {
+				t.Error("OnLost without a reason")
+			}
+			lost += records
+			lostLines += lines
+		}
+	})
+	defer s.Close()
+	type appended struct {
+		id    ID
+		lines int
+	}
+	var recs []appended
+	for i := range 150 {
+		id, err := s.Append(data(i), 1+i%5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, appended{id, 1 + i%5})
+	}
+	segs := slices.Compact(slices.Collect(func(yield func(uint64) bool) {
+		for _, r := range recs {
+			if !yield(r.id.Seg) {
+				return
+			}
+		}
+	}))
+	if len(segs) < 4 {
+		t.Fatalf("%d segments; the test needs 4", len(segs))
+	}
+	spoil := func(i int, off int64, b []byte) {
+		f, err := os.OpenFile(s.path(recs[i].id.Seg), os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteAt(b, recs[i].id.Off+off)
+		f.Close()
+	}
+	var want, wantLost []int
+	inSeg := func(seg uint64) (is []int) {
+		for i, r := range recs {
+			if r.id.Seg == seg {
+				is = append(is, i)
+			}
+		}
+		return is
+	}
+	first := inSeg(segs[0])
+	spoil(first[1], headerSize+2, []byte{0xfe}) // a byte of data
+	second := inSeg(segs[1])
+	spoil(second[0], 0, []byte{0xff, 0xff, 0xff, 0x3f}) // a gigabyte long, says its header
+	if err := os.Remove(s.path(segs[2])); err != nil {
+		t.Fatal(err)
+	}
+	for i := range recs {
+		switch {
+		case i == first[1], i == second[0], recs[i].id.Seg == segs[2]:
+			wantLost = append(wantLost, i)
+		default:
+			want = append(want, i)
+		}
+	}
+	// The directory goes: the segment being written is still read.
+	last := segs[len(segs)-1]
+	if a := s.segs[len(s.segs)-1].seq; a != last {
+		t.Fatalf("segment %d is written, not %d", a, last)
+	}
+	if err := os.Remove(s.path(last)); err != nil {
+		t.Fatal(err)
+	}
+	var got []int
+	for _, r := range replayAll(t, s) {
+		got = append(got, batchOf(r))
+		s.Ack(r.ID, r.Lines)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("returned %v, want %v", got, want)
+	}
+	wl := 0
+	for _, i := range wantLost {
+		wl += recs[i].lines
+	}
+	if lost != len(wantLost) || lostLines != wl {
+		t.Fatalf("lost %d records of %d lines, want %d of %d", lost, lostLines, len(wantLost), wl)
+	}
+	if st := s.Stats(); st.Lost != uint64(lost) || st.LostLines != uint64(lostLines) || st.Records != 0 || st.Segments != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
