@@ -675,6 +675,22 @@ func (s *Spool) discard(path string, size int64) {
 	}
 }
 
+// freeFiles deletes the files kept for reuse and those on their way out,
+// now, and reports whether there were any. s.mu is held.
+func (s *Spool) freeFiles() bool {
+	for _, sp := range s.spares {
+		s.discard(sp.path, sp.size)
+	}
+	s.spares = nil
+	any := len(s.trash) > 0
+	for _, f := range s.trash {
+		_ = os.Remove(f.path)
+		s.size -= f.size
+	}
+	s.trash = nil
+	return any
+}
+
 // syncDir makes the directory's entries durable (a new or deleted
 // segment); errors are left to the next file operation to show.
 func syncDir(dir string) {
@@ -708,6 +724,8 @@ func (s *Spool) AppendHandOff(data []byte, lines int, take func() bool) (id ID, 
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	freed := false
+again:
 	// Each wait (for room, for an fsync before a roll) lets other appends
 	// go: the conditions are checked again after it.
 	for {
@@ -761,6 +779,14 @@ func (s *Spool) AppendHandOff(data []byte, lines int, take func() bool) (id ID, 
 		if s.active.Truncate(s.written) == nil && seg.disk > s.written {
 			s.size -= seg.disk - s.written
 			seg.disk = s.written
+		}
+		if (errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT)) && !freed {
+			// The disk is full before the spool is: the files kept
+			// for reuse go, once, and the append is tried again.
+			freed = true
+			if s.freeFiles() {
+				goto again
+			}
 		}
 		return ID{}, false, fmt.Errorf("spool: writing %s: %w", seg.path, err)
 	}

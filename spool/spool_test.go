@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -1084,5 +1085,41 @@ func TestNextSkipsWhatItCannotReadBack(t *testing.T) {
 	}
 	if st := s.Stats(); st.Lost != uint64(lost) || st.LostLines != uint64(lostLines) || st.Records != 0 || st.Segments != 1 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// A disk that fills before the spool does: the files kept for reuse take
+// the room the appends need. They are deleted and the append goes on.
+func TestDiskFullFreesSpares(t *testing.T) {
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=640k"); err != nil {
+		t.Skipf("cannot mount a small tmpfs (%v): needs root", err)
+	}
+	defer unix.Unmount(dir, unix.MNT_DETACH)
+	s := open(t, dir, func(c *Config) { c.SegmentBytes, c.MaxBytes = 256<<10, 16<<20 })
+	defer s.Close()
+	rec := bytes.Repeat([]byte("x"), 16000)
+	rec[len(rec)-1] = '\n'
+	var ids []ID
+	for s.Stats().Segments < 3 {
+		id, err := s.Append(rec, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	for _, id := range ids[:len(ids)-1] {
+		s.Ack(id, 1)
+	}
+	s.mu.Lock()
+	n := len(s.spares)
+	s.mu.Unlock()
+	if n == 0 {
+		t.Fatal("no spare files kept")
+	}
+	for i := range 20 {
+		if _, err := s.Append(rec, 1); err != nil {
+			t.Fatalf("append %d with the spares taking the disk: %v", i, err)
+		}
 	}
 }
