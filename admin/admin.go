@@ -80,8 +80,10 @@ type SpoolInfo struct {
 	FsyncSeconds     float64 `json:"fsync_seconds"`
 	Replayed         uint64  `json:"replayed"` // batches left by an earlier run, delivered by this one
 	CorruptTails     uint64  `json:"corrupt_tails"`
-	DroppedLines     uint64  `json:"dropped_lines"` // by --spool-full drop-oldest
-	Errors           uint64  `json:"errors"`        // failed appends and fsyncs
+	DroppedLines     uint64  `json:"dropped_lines"`   // by --spool-full drop-oldest
+	LostLines        uint64  `json:"lost_lines"`      // could not be read back (damaged, removed)
+	UnspooledLines   uint64  `json:"unspooled_lines"` // queued in memory while the spool was not open
+	Errors           uint64  `json:"errors"`          // failed appends and fsyncs
 	LastError        string  `json:"last_error,omitempty"`
 }
 

@@ -243,6 +243,7 @@ type Server struct {
 
 	oversize, incomplete, memory, dropShutdown atomic.Uint64
 	spoolErrors                                atomic.Uint64
+	unspooled                                  atomic.Uint64 // lines queued in memory while the spool was not open
 	spoolLastErr                               atomic.Pointer[string] // the last failed append's error
 	spoolWarn                                  rate.Sometimes         // logs failed appends
 	lineTimeouts, cutAtDrain, badFrames        atomic.Uint64
@@ -385,7 +386,11 @@ func (s *Server) Start(ln net.Listener) {
 // returns the lines not queued because the shutdown deadline passed or the
 // queue closed (the caller counts them).
 func (s *Server) push(b *framer.Batch, sc **route.Scratch) (notQueued int, err error) {
-	if sp := s.sp.Load(); sp != nil {
+	sp := s.sp.Load()
+	if sp == nil && s.cfg.Spool != nil {
+		s.unspooled.Add(uint64(b.Lines))
+	}
+	if sp != nil {
 		// When the feeder has caught up and the queue has room, the
 		// batch goes to the queue from memory once it is spooled:
 		// only batches that wait are read back from the disk.
@@ -448,10 +453,20 @@ func (s *Server) openSpool(first error) {
 	sc := s.spoolConfig()
 	s.log.Warn("spool not open yet: lines go to the queue in memory until it is", "dir", sc.Dir, "err", first)
 	wait := 100 * time.Millisecond
+	start := time.Now()
+	held := rate.Sometimes{Interval: time.Minute}
 	for {
 		select {
 		case <-time.After(wait):
 		case <-s.spoolStop:
+		}
+		if time.Since(start) > spoolHeldWarning {
+			// Longer than a reload or an upgrade hands it over: another
+			// process (or listener) uses the directory.
+			held.Do(func() {
+				s.log.Error("spool still not open: lines go to the queue in memory, without the spool's protection; is another ndlb using the directory?",
+					"dir", sc.Dir, "for", time.Since(start).Round(time.Second).String(), "lines_unspooled", s.unspooled.Load())
+			})
 		}
 		wait = min(2*wait, 5*time.Second)
 		s.spoolMu.Lock()
@@ -474,6 +489,11 @@ func (s *Server) openSpool(first error) {
 		}
 	}
 }
+
+// spoolHeldWarning is how long the spool may stay unopened before that is
+// logged as an error: a replaced instance or an upgraded process hands it
+// over well within it.
+const spoolHeldWarning = 30 * time.Second
 
 // adoptSpool makes sp the server's. The lines it holds (left by the
 // instance or process before) are received again, in this instance's
@@ -902,6 +922,9 @@ type Stats struct {
 	Spool       spool.Stats
 	SpoolErrors uint64
 	SpoolOpen   bool // the spool is open (not waiting for the instance a reload replaces)
+	// Unspooled counts the lines queued in memory, without the spool's
+	// protection, while the spool was not open.
+	Unspooled uint64
 	// SpoolLastError is the last failed append's error.
 	SpoolLastError string
 }
@@ -921,8 +944,9 @@ func (s *Server) Stats() Stats {
 	if s.router != nil {
 		st.Route = s.router.Stats()
 	}
+	st.SpoolErrors, st.Unspooled = s.spoolErrors.Load(), s.unspooled.Load()
 	if sp := s.sp.Load(); sp != nil {
-		st.Spool, st.SpoolErrors, st.SpoolOpen = sp.Stats(), s.spoolErrors.Load(), true
+		st.Spool, st.SpoolOpen = sp.Stats(), true
 		if e := s.spoolLastErr.Load(); e != nil {
 			st.SpoolLastError = *e
 		}
@@ -1055,7 +1079,7 @@ func (s *Server) Shutdown() Summary {
 			"moved_load", st.Route.MovedLoad, "spool_records", st.Spool.Records, "spool_bytes", st.Spool.Bytes,
 			"spool_appends", st.Spool.Appends, "spool_handed_off", st.Spool.HandedOff, "spool_replayed", st.Spool.Replayed, "spool_fsyncs", st.Spool.Syncs,
 			"spool_corrupt_tails", st.Spool.CorruptTails, "spool_corrupt_bytes", st.Spool.CorruptBytes, "spool_dropped_lines", st.Spool.DroppedLines,
-			"spool_errors", st.SpoolErrors)
+			"spool_lost_lines", st.Spool.LostLines, "spool_errors", st.SpoolErrors, "spool_unspooled_lines", st.Unspooled)
 	})
 	return s.summary
 }

@@ -223,3 +223,45 @@ func TestSpoolDamagedWhileRunning(t *testing.T) {
 		t.Fatalf("%v; %d counted lost", r, lost)
 	}
 }
+
+// A second listener on a spool directory another one holds (two processes
+// on one volume, say) waits for it, and counts the lines it queues
+// meanwhile without the spool's protection; once the directory is free it
+// spools again.
+func TestSpoolHeldElsewhereCountsUnspooledLines(t *testing.T) {
+	ledger := linetest.NewLedger()
+	sink := linetest.StartSink(t, ledger)
+	dir := t.TempDir()
+	holder, err := spool.Open(spool.DefaultConfig(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.Targets = []string{sink.Addr()}
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	sc := spool.DefaultConfig(dir)
+	cfg.Spool = &sc
+	srv, err := New(cfg)
+	if err != nil {
+		holder.Close()
+		t.Fatal(err)
+	}
+	srv.Start(newLocalListener(t))
+	if err := linetest.SendClients(srv.Addr().String(), 1, 0, 1000, 8<<10); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the lines delivered", func() bool { return sink.Lines() == 1000 })
+	if st := srv.Stats(); st.SpoolOpen || st.Unspooled != 1000 {
+		t.Fatalf("spool open %v, %d lines unspooled; want 1000", st.SpoolOpen, st.Unspooled)
+	}
+	holder.Close()
+	waitUntil(t, "the spool opened", func() bool { return srv.Stats().SpoolOpen })
+	if err := linetest.SendClients(srv.Addr().String(), 1, 1000, 2000, 8<<10); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the lines delivered", func() bool { return sink.Lines() == 2000 })
+	sum := srv.Shutdown()
+	if sum.Unspooled != 1000 || sum.Spool.Appends == 0 || !sum.Ledger.Closed() {
+		t.Fatalf("summary %+v", sum)
+	}
+}

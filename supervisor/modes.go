@@ -46,6 +46,7 @@ func spoolInfo(sc *spool.Config, st ndjson.Stats) *admin.SpoolInfo {
 		Bytes: sp.Bytes, Batches: sp.Records, Lines: sp.Lines, Segments: sp.Segments,
 		Appends: sp.Appends, HandedOff: sp.HandedOff, Fsyncs: sp.Syncs, FsyncSeconds: sp.SyncTime.Seconds(),
 		Replayed: sp.Replayed, CorruptTails: sp.CorruptTails, DroppedLines: sp.DroppedLines,
+		LostLines: sp.LostLines, UnspooledLines: st.Unspooled,
 		Errors: st.SpoolErrors + sp.SyncErrors}
 	if !sp.Oldest.IsZero() {
 		info.OldestAgeSeconds = time.Since(sp.Oldest).Seconds()
