@@ -19,6 +19,12 @@ import (
 // DefaultInterval is Config.Interval.
 const DefaultInterval = 30 * time.Second
 
+// DefaultMaxTargets is Config.MaxTargets' default: more addresses than a
+// log tier's receivers, few enough that a name answering thousands (a
+// misconfigured record, a hostile resolver) cannot open thousands of
+// connections per target.
+const DefaultMaxTargets = 64
+
 // ErrConfig is wrapped by Validate's errors.
 var ErrConfig = errors.New("discovery: invalid config")
 
@@ -40,6 +46,10 @@ type Config struct {
 	SRV []string
 	// Interval between refreshes.
 	Interval time.Duration
+	// MaxTargets bounds the targets DNS adds, over all names (static
+	// targets aside): the first ones in the order of the names, and of
+	// each name's answer (sorted), are kept. 0 means DefaultMaxTargets.
+	MaxTargets int
 	// Server, if set, is the DNS server (HOST:PORT) every lookup asks,
 	// instead of the system's; errors name it.
 	Server string
@@ -56,6 +66,9 @@ type Config struct {
 func (c Config) Validate() error {
 	if c.Interval <= 0 {
 		return invalid.Field(ErrConfig, "Interval", "interval %s must be positive", c.Interval)
+	}
+	if c.MaxTargets < 0 {
+		return invalid.Field(ErrConfig, "MaxTargets", "at most %d targets: must be at least 1 (0: %d)", c.MaxTargets, DefaultMaxTargets)
 	}
 	if c.Server != "" {
 		host, port, err := net.SplitHostPort(c.Server)
@@ -122,6 +135,7 @@ type Discoverer struct {
 	mu     sync.Mutex
 	last   map[string][]string // name: its last good answer; guarded by mu
 	seeded bool                // Seed gave it what a discoverer before it knew
+	capped int                 // addresses the last update left out (MaxTargets)
 }
 
 // New returns a discoverer for set; cfg must be valid.
@@ -130,6 +144,9 @@ func New(cfg Config, set *upstream.Set) (*Discoverer, error) {
 		return nil, err
 	}
 	d := &Discoverer{cfg: cfg, set: set, res: cfg.Resolver, log: cfg.Logger, last: map[string][]string{}}
+	if d.cfg.MaxTargets == 0 {
+		d.cfg.MaxTargets = DefaultMaxTargets
+	}
 	switch {
 	case d.res == nil && cfg.Server != "":
 		d.res = serverResolver{r: &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
@@ -163,19 +180,29 @@ func (d *Discoverer) Run(ctx context.Context) {
 // Refresh resolves every name once and updates the set: static targets,
 // then each name's addresses in the order given. It returns the addresses.
 func (d *Discoverer) Refresh(ctx context.Context) []string {
-	addrs := slices.Clone(d.cfg.Static)
+	var found []string
 	for _, n := range d.cfg.DNS {
-		addrs = appendNew(addrs, d.answer(n, func() ([]string, error) { return d.lookupDNS(ctx, n) })...)
+		found = appendNew(found, d.answer(n, func() ([]string, error) { return d.lookupDNS(ctx, n) })...)
 	}
 	for _, n := range d.cfg.SRV {
-		addrs = appendNew(addrs, d.answer(n, func() ([]string, error) { return d.lookupSRV(ctx, n) })...)
+		found = appendNew(found, d.answer(n, func() ([]string, error) { return d.lookupSRV(ctx, n) })...)
 	}
-	d.update(addrs)
-	return addrs
+	return d.update(found)
 }
 
-// update makes addrs the set's targets, and says what came and went.
-func (d *Discoverer) update(addrs []string) {
+// update makes the static targets and found, the addresses DNS gave (at
+// most MaxTargets of them), the set's targets, says what came and went,
+// and returns the targets.
+func (d *Discoverer) update(found []string) []string {
+	if n := len(found) - d.cfg.MaxTargets; n > 0 || d.capped > 0 {
+		if n > 0 && n != d.capped {
+			d.log.Warn("DNS gives more targets than --dns-max-targets; the first are used", "max", d.cfg.MaxTargets,
+				"answered", len(found), "left_out", n)
+		}
+		d.capped = max(n, 0)
+		found = found[:min(len(found), d.cfg.MaxTargets)]
+	}
+	addrs := appendNew(slices.Clone(d.cfg.Static), found...)
 	added, removed := d.set.Update(addrs)
 	for _, t := range added {
 		d.log.Info("target discovered", "target", t.Addr)
@@ -183,6 +210,7 @@ func (d *Discoverer) update(addrs []string) {
 	for _, t := range removed {
 		d.log.Info("target gone from DNS: draining", "target", t.Addr)
 	}
+	return addrs
 }
 
 // Seed gives d the last answers prev had for the names both resolve, and
@@ -198,7 +226,7 @@ func (d *Discoverer) Seed(prev *Discoverer) {
 		known = maps.Clone(prev.last)
 		prev.mu.Unlock()
 	}
-	addrs := slices.Clone(d.cfg.Static)
+	var found []string
 	all := true
 	d.mu.Lock()
 	for _, n := range slices.Concat(d.cfg.DNS, d.cfg.SRV) {
@@ -208,12 +236,12 @@ func (d *Discoverer) Seed(prev *Discoverer) {
 			continue
 		}
 		d.last[n] = a
-		addrs = appendNew(addrs, a...)
+		found = appendNew(found, a...)
 	}
 	d.seeded = true
 	d.mu.Unlock()
 	if all {
-		d.update(addrs)
+		d.update(found)
 	}
 }
 

@@ -3,6 +3,7 @@ package discovery
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"slices"
@@ -226,5 +227,34 @@ func TestServerIsAskedAndNamed(t *testing.T) {
 	}
 	if err := (Config{Interval: time.Second, Server: "nope"}).Validate(); err == nil {
 		t.Fatal("a server that is not HOST:PORT is accepted")
+	}
+}
+
+// A name that answers more addresses than MaxTargets adds only the first
+// (in sorted order), beside every static target; when the answer shrinks
+// under the bound, all of it is used.
+func TestMaxTargets(t *testing.T) {
+	dns := newDNS(t)
+	var ips []string
+	for i := range 40 {
+		ips = append(ips, fmt.Sprintf("10.0.%d.%d", i/10, i%10+1))
+	}
+	dns.SetIPs("many.test", ips...)
+	set := upstream.NewSet(nil)
+	d, err := New(Config{Static: []string{"192.0.2.9:5170"}, DNS: []string{"many.test.:5170"}, Interval: DefaultInterval, MaxTargets: 5,
+		Resolver: dns.Resolver(), Logger: slog.New(slog.DiscardHandler)}, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := d.Refresh(context.Background())
+	if want := []string{"192.0.2.9:5170", "10.0.0.10:5170", "10.0.0.1:5170", "10.0.0.2:5170", "10.0.0.3:5170", "10.0.0.4:5170"}; !slices.Equal(got, want) {
+		t.Fatalf("targets %v, want %v", got, want)
+	}
+	dns.SetIPs("many.test", "10.0.0.2", "10.0.3.3")
+	if got := d.Refresh(context.Background()); !slices.Equal(got, []string{"192.0.2.9:5170", "10.0.0.2:5170", "10.0.3.3:5170"}) {
+		t.Fatalf("targets %v after the answer shrank", got)
+	}
+	if _, err := New(Config{DNS: []string{"a.test:1"}, Interval: time.Second, MaxTargets: -1}, set); err == nil {
+		t.Fatal("MaxTargets -1 accepted")
 	}
 }

@@ -711,9 +711,9 @@ func discovered(c Values) bool {
 
 // discoveryConfig maps the DNS flags; ok is false when there are no names.
 func discoveryConfig(c Values, log *slog.Logger, static []string) (cfg discovery.Config, ok bool, err error) {
-	cfg = discovery.Config{Static: static, DNS: splitList(c.StringSlice("target-dns")), SRV: splitList(c.StringSlice("target-srv")), Interval: c.Duration("dns-interval"), Logger: log}
+	cfg = discovery.Config{Static: static, DNS: splitList(c.StringSlice("target-dns")), SRV: splitList(c.StringSlice("target-srv")), Interval: c.Duration("dns-interval"), MaxTargets: c.Int("dns-max-targets"), Logger: log}
 	if len(cfg.DNS)+len(cfg.SRV) == 0 {
-		for _, n := range []string{"dns-interval", "dns-resolver"} {
+		for _, n := range []string{"dns-interval", "dns-max-targets", "dns-resolver"} {
 			if c.IsSet(n) {
 				return cfg, false, settings.Errorf(n, "--%s needs --target-dns or --target-srv", n)
 			}

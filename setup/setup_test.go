@@ -130,6 +130,8 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"check-http-method", values{"target": target, "check": "http", "check-http-method": "GET /"}},
 		{"proxy-header-timeout", values{"target": target, "accept-proxy": true, "proxy-header-timeout": time.Duration(0)}},
 		{"dns-interval", values{"target-dns": []string{"a.test:1"}, "dns-interval": time.Duration(0)}},
+		{"dns-max-targets", values{"target-dns": []string{"a.test:1"}, "dns-max-targets": -1}},
+		{"dns-max-targets", values{"target": target, "dns-max-targets": 8}},
 		{"check-http-path", values{"target": target, "check": "http", "check-http-path": "x"}},
 		{"balance", values{"target": target, "passthrough": true, "balance": "nope", "hash-key": "ip"}},
 		{"buffer-bytes", values{"target": target, "max-line-bytes": "512MiB"}},
