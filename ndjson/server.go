@@ -243,7 +243,7 @@ type Server struct {
 
 	oversize, incomplete, memory, dropShutdown atomic.Uint64
 	spoolErrors                                atomic.Uint64
-	unspooled                                  atomic.Uint64 // lines queued in memory while the spool was not open
+	unspooled                                  atomic.Uint64          // lines queued in memory while the spool was not open
 	spoolLastErr                               atomic.Pointer[string] // the last failed append's error
 	spoolWarn                                  rate.Sometimes         // logs failed appends
 	lineTimeouts, cutAtDrain, badFrames        atomic.Uint64
