@@ -286,6 +286,7 @@ func (s *Supervisor) applyLive(o, n *instance, keys []string) {
 			for _, t := range set.Targets() { // no checks: no verdict
 				t.SetChecked(upstream.CheckResult{}, true, true)
 			}
+			set.ForgetVerdicts()
 		}
 		check := ""
 		if n.spec.Health != nil {

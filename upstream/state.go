@@ -277,6 +277,16 @@ func (s *Set) update1(specs []string, groupOf map[string]string) (added, removed
 		if i < 0 {
 			t := &Target{Addr: a, set: s, group: groupOf[a]}
 			t.weight.Store(int32(w))
+			if v, ok := s.failed[a]; ok {
+				// Gone and back (a config edit, a name's answer that
+				// flickered): it failed its checks when it left, and
+				// stays down until they pass again.
+				delete(s.failed, a)
+				if time.Since(v.left) < rememberFailed {
+					t.checkDown.Store(true)
+					t.lastCheck = v.check
+				}
+			}
 			next = append(next, t)
 			added = append(added, t)
 			continue
@@ -318,9 +328,21 @@ func (s *Set) Prune() []*Target {
 	defer s.update.Unlock()
 	old := s.Targets()
 	var gone []*Target
+	now := time.Now()
+	for a, v := range s.failed {
+		if now.Sub(v.left) >= rememberFailed {
+			delete(s.failed, a)
+		}
+	}
 	next := slices.DeleteFunc(slices.Clone(old), func(t *Target) bool {
 		if t.removed.Load() && t.Active() == 0 {
 			gone = append(gone, t)
+			if t.FailsChecks() && len(s.failed) < maxRememberedFailed {
+				if s.failed == nil {
+					s.failed = map[string]failedTarget{}
+				}
+				s.failed[t.Addr] = failedTarget{check: t.LastCheck(), left: now}
+			}
 			return true
 		}
 		return false
@@ -332,11 +354,35 @@ func (s *Set) Prune() []*Target {
 	return gone
 }
 
+// ForgetVerdicts forgets the failed checks of targets that left the set
+// (the checks were turned off: no verdict holds).
+func (s *Set) ForgetVerdicts() {
+	s.update.Lock()
+	defer s.update.Unlock()
+	clear(s.failed)
+}
+
+// rememberFailed is how long the set remembers that a target failed its
+// checks when it left, for the target's return; maxRememberedFailed
+// bounds how many it remembers.
+const (
+	rememberFailed      = 10 * time.Minute
+	maxRememberedFailed = 4096
+)
+
+// failedTarget is what the set remembers of a target that left while it
+// failed its checks.
+type failedTarget struct {
+	check CheckResult
+	left  time.Time
+}
+
 // setFields are the Set's fields for dynamic membership, kept here beside
 // their methods.
 type setFields struct {
 	targets atomic.Pointer[[]*Target] // copy on write
 	update  sync.Mutex                // serialises Update and Prune
+	failed  map[string]failedTarget   // targets pruned while failing checks; guarded by update
 	mu      sync.Mutex
 	watch   chan struct{} // closed at the next change; guarded by mu
 	watchUp chan struct{} // closed at the next up/down flip; guarded by mu

@@ -269,3 +269,37 @@ func TestDialFailedBeforeLastSuccess(t *testing.T) {
 		t.Fatal("WatchUp was not woken by the flip")
 	}
 }
+// A target that failed its checks when it left the set comes back failing
+// them (until its checks pass again), not up; one that passed comes back
+// up, and ForgetVerdicts (checks turned off) forgets.
+func TestReturningTargetKeepsItsFailedChecks(t *testing.T) {
+	s := NewSet([]string{"10.0.0.1:1", "10.0.0.2:1"})
+	bad, _ := s.Lookup("10.0.0.1:1")
+	failed := CheckResult{At: time.Now(), Err: errors.New("503")}
+	bad.SetChecked(failed, false, true)
+	s.Update(nil)
+	if gone := s.Prune(); len(gone) != 2 {
+		t.Fatalf("pruned %d, want 2", len(gone))
+	}
+	s.Update([]string{"10.0.0.1:1", "10.0.0.2:1"})
+	back, _ := s.Lookup("10.0.0.1:1")
+	good, _ := s.Lookup("10.0.0.2:1")
+	if back == bad || !back.FailsChecks() || back.LastCheck().Err == nil || back.Accepts() {
+		t.Fatalf("the failing target came back: fails %v, last %+v, accepts %v", back.FailsChecks(), back.LastCheck(), back.Accepts())
+	}
+	if good.FailsChecks() || !good.Accepts() {
+		t.Fatal("the good target came back down")
+	}
+	back.SetChecked(CheckResult{At: time.Now()}, true, true)
+	if !back.Accepts() {
+		t.Fatal("passing checks do not bring it up")
+	}
+	back.SetChecked(failed, false, true)
+	s.Update([]string{"10.0.0.2:1"})
+	s.Prune()
+	s.ForgetVerdicts()
+	s.Update([]string{"10.0.0.1:1", "10.0.0.2:1"})
+	if again, _ := s.Lookup("10.0.0.1:1"); again.FailsChecks() {
+		t.Fatal("a forgotten verdict came back")
+	}
+}
