@@ -269,6 +269,7 @@ func TestDialFailedBeforeLastSuccess(t *testing.T) {
 		t.Fatal("WatchUp was not woken by the flip")
 	}
 }
+
 // A target that failed its checks when it left the set comes back failing
 // them (until its checks pass again), not up; one that passed comes back
 // up, and ForgetVerdicts (checks turned off) forgets.
