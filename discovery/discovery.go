@@ -194,14 +194,18 @@ func (d *Discoverer) Refresh(ctx context.Context) []string {
 // most MaxTargets of them), the set's targets, says what came and went,
 // and returns the targets.
 func (d *Discoverer) update(found []string) []string {
-	if n := len(found) - d.cfg.MaxTargets; n > 0 || d.capped > 0 {
-		if n > 0 && n != d.capped {
-			d.log.Warn("DNS gives more targets than --dns-max-targets; the first are used", "max", d.cfg.MaxTargets,
-				"answered", len(found), "left_out", n)
-		}
-		d.capped = max(n, 0)
-		found = found[:min(len(found), d.cfg.MaxTargets)]
+	switch n := len(found) - d.cfg.MaxTargets; {
+	case n > d.capped:
+		// Logged as the cap starts to apply, or leaves more out than
+		// it did: not at every refresh of an answer that varies.
+		d.log.Warn("DNS gives more targets than --dns-max-targets; the first are used, the rest drain", "max", d.cfg.MaxTargets,
+			"answered", len(found), "left_out", n)
+		d.capped = n
+	case n <= 0 && d.capped > 0:
+		d.log.Info("DNS gives no more targets than --dns-max-targets again", "max", d.cfg.MaxTargets, "answered", len(found))
+		d.capped = 0
 	}
+	found = found[:min(len(found), d.cfg.MaxTargets)]
 	addrs := appendNew(slices.Clone(d.cfg.Static), found...)
 	added, removed := d.set.Update(addrs)
 	for _, t := range added {
@@ -215,7 +219,8 @@ func (d *Discoverer) update(found []string) []string {
 
 // Seed gives d the last answers prev had for the names both resolve, and
 // when it then knows an answer for every name, puts them with d's static
-// targets in d's set at once, without a lookup. A discoverer that
+// targets in d's set at once, without a lookup (else the first lookups
+// are waited for, as at start). A discoverer that
 // replaces another (a reload) starts from what the other knew: a DNS
 // outage during a reload drains nothing, and the reload need not wait for
 // DNS. prev may be nil, and may still be running.
@@ -238,15 +243,15 @@ func (d *Discoverer) Seed(prev *Discoverer) {
 		d.last[n] = a
 		found = appendNew(found, a...)
 	}
-	d.seeded = true
+	d.seeded = all
 	d.mu.Unlock()
 	if all {
 		d.update(found)
 	}
 }
 
-// Seeded reports whether Seed was called: the first lookup need not be
-// waited for.
+// Seeded reports whether Seed put an answer for every name in the set:
+// the first lookups need not be waited for.
 func (d *Discoverer) Seeded() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -460,7 +460,7 @@ func (s *Server) openSpool(first error) {
 		case <-time.After(wait):
 		case <-s.spoolStop:
 		}
-		if time.Since(start) > spoolHeldWarning {
+		if errors.Is(first, spool.ErrInUse) && time.Since(start) > spoolHeldWarning {
 			// Longer than a reload or an upgrade hands it over: another
 			// process (or listener) uses the directory.
 			held.Do(func() {
@@ -484,6 +484,7 @@ func (s *Server) openSpool(first error) {
 			return
 		}
 		s.spoolMu.Unlock()
+		first = err
 		if !errors.Is(err, spool.ErrInUse) {
 			s.log.Error("spool cannot open; lines go to the queue in memory", "dir", sc.Dir, "err", err)
 		}
@@ -525,6 +526,8 @@ func (s *Server) spoolConfig() spool.Config {
 
 func (s *Server) feed(sp *spool.Spool) {
 	defer close(s.fed)
+	wait := 100 * time.Millisecond
+	warn := rate.Sometimes{First: 1, Interval: 10 * time.Second}
 	for {
 		var b *framer.Batch
 		rec, err := sp.NextInto(func(n int) []byte {
@@ -538,11 +541,23 @@ func (s *Server) feed(sp *spool.Spool) {
 			if b != nil {
 				b.Release()
 			}
-			if !errors.Is(err, io.EOF) && !errors.Is(err, spool.ErrClosed) {
-				s.log.Error("spool: cannot read; new lines are still spooled but not delivered until a restart", "err", err)
+			if errors.Is(err, io.EOF) || errors.Is(err, spool.ErrClosed) {
+				return
 			}
-			return
+			// Out of file descriptors, an I/O error: it may pass, and
+			// the record stays where it is. Try again.
+			warn.Do(func() {
+				s.log.Error("spool: cannot read; spooled lines wait until it can", "err", err)
+			})
+			select {
+			case <-time.After(wait):
+			case <-s.hard.Done():
+				return
+			}
+			wait = min(2*wait, 5*time.Second)
+			continue
 		}
+		wait = 100 * time.Millisecond
 		b.Data, b.Lines = rec.Data, rec.Lines
 		b.Spool = framer.SpoolRef{Seg: rec.ID.Seg, Off: rec.ID.Off, Lines: rec.Lines, Set: true}
 		if err := s.q.PushCounted(s.hard, b); err != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -39,6 +40,9 @@ const (
 	// pages the page cache holds costs the kernel about half of what new
 	// pages in a new file do, and nothing is freed or allocated.
 	spareSuffix = ".spare"
+	// compactSuffix names the file a segment with damage in its middle
+	// is rewritten into, before it is renamed over the segment.
+	compactSuffix = ".compact"
 	// maxSpares is how many spare files are kept.
 	maxSpares = 2
 )
@@ -281,7 +285,7 @@ func Open(cfg Config) (*Spool, error) {
 	var next uint64
 	for _, e := range entries {
 		name := e.Name()
-		if strings.HasSuffix(name, spareSuffix) {
+		if strings.HasSuffix(name, spareSuffix) || strings.HasSuffix(name, compactSuffix) {
 			_ = os.Remove(filepath.Join(cfg.Dir, name)) // left by a crash: nothing in it counts
 			continue
 		}
@@ -340,7 +344,7 @@ func (s *Spool) check(seq uint64, path string) (*segment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool: reading %s: %w", path, err)
 	}
-	end, err := compact(f, runs)
+	end, rewritten, err := compact(f, path, runs)
 	if err != nil {
 		return nil, fmt.Errorf("spool: cutting the damaged records out of %s: %w", path, err)
 	}
@@ -348,7 +352,7 @@ func (s *Spool) check(seq uint64, path string) (*segment, error) {
 		s.stats.CorruptTails++
 		s.stats.CorruptBytes += uint64(damaged)
 	}
-	if end < info.Size() {
+	if !rewritten && end < info.Size() {
 		if err := f.Truncate(end); err != nil {
 			return nil, fmt.Errorf("spool: cutting the torn tail of %s: %w", path, err)
 		}
@@ -504,44 +508,59 @@ func resync(r io.ReaderAt, from, size int64, seq uint64) (int64, error) {
 	return -1, nil
 }
 
-// compact moves the spans of whole records down, each to where the one
-// before ends (from just after the magic), and returns where the last
-// now ends; it syncs the file when it moved anything, so that a crash
-// after it finds each record at least once.
-func compact(f *os.File, spans []span) (int64, error) {
-	w := int64(len(magic))
+// compact makes the file at path (open as f) hold only the spans of whole
+// records, each after the one before (from just after the magic), and
+// returns where the last ends. When they are not in place already, it
+// writes them to a new file, syncs it, and renames it over the old one
+// (rewritten), so that a crash at any point leaves one file or the other,
+// whole.
+func compact(f *os.File, path string, spans []span) (end int64, rewritten bool, err error) {
 	if len(spans) == 0 {
-		return 0, nil
+		return 0, false, nil
 	}
-	moved := false
-	var buf []byte
+	w := int64(len(magic))
 	for _, sp := range spans {
-		if sp.start == w {
-			w = sp.end
-			continue
+		if sp.start != w {
+			break
 		}
-		if buf == nil {
-			buf = make([]byte, 1<<20)
-		}
-		for off := sp.start; off < sp.end; {
-			n := int(min(int64(len(buf)), sp.end-off))
-			if _, err := f.ReadAt(buf[:n], off); err != nil {
-				return 0, err
-			}
-			if _, err := f.WriteAt(buf[:n], w); err != nil {
-				return 0, err
-			}
-			off += int64(n)
-			w += int64(n)
-		}
-		moved = true
+		w = sp.end
 	}
-	if moved {
-		if err := f.Sync(); err != nil {
-			return 0, err
-		}
+	if w == spans[len(spans)-1].end {
+		return w, false, nil // in place: only a tail to cut
 	}
-	return w, nil
+	tmp := path + compactSuffix
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return 0, false, err
+	}
+	defer func() {
+		if err != nil {
+			out.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err = out.Write([]byte(magic)); err != nil {
+		return 0, false, err
+	}
+	end = int64(len(magic))
+	for _, sp := range spans {
+		n, err := io.Copy(out, io.NewSectionReader(f, sp.start, sp.end-sp.start))
+		if err != nil {
+			return 0, false, err
+		}
+		end += n
+	}
+	if err = out.Sync(); err != nil {
+		return 0, false, err
+	}
+	if err = out.Close(); err != nil {
+		return 0, false, err
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		return 0, false, err
+	}
+	syncDir(filepath.Dir(path))
+	return end, true, nil
 }
 
 // putHeader writes the record header of data into h.
@@ -675,6 +694,9 @@ func (s *Spool) discard(path string, size int64) {
 	}
 }
 
+// noSpace reports whether err is a full disk or quota.
+func noSpace(err error) bool { return errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) }
+
 // freeFiles deletes the files kept for reuse and those on their way out,
 // now, and reports whether there were any. s.mu is held.
 func (s *Spool) freeFiles() bool {
@@ -751,6 +773,12 @@ again:
 				// All of it is in the segment being written, which is
 				// only deleted once sealed: seal it.
 				if err := s.roll(); err != nil {
+					if noSpace(err) && !freed {
+						freed = true
+						if s.freeFiles() {
+							continue
+						}
+					}
 					return ID{}, false, err
 				}
 			case s.cfg.Full == DropOldest && len(s.segs) > 1:
@@ -764,6 +792,12 @@ again:
 		}
 		if s.written+need > s.cfg.SegmentBytes && s.written > int64(len(magic)) {
 			if err := s.roll(); err != nil {
+				if noSpace(err) && !freed {
+					freed = true
+					if s.freeFiles() {
+						continue
+					}
+				}
 				return ID{}, false, err
 			}
 			continue
@@ -780,7 +814,7 @@ again:
 			s.size -= seg.disk - s.written
 			seg.disk = s.written
 		}
-		if (errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT)) && !freed {
+		if noSpace(err) && !freed {
 			// The disk is full before the spool is: the files kept
 			// for reuse go, once, and the append is tried again.
 			freed = true
@@ -1057,22 +1091,28 @@ func (s *Spool) NextInto(get func(n int) []byte) (Record, error) {
 		if s.rOff < seg.size {
 			if s.rFile == nil {
 				f, err := s.openForReading(seg, last)
-				if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
 					// Gone (the directory removed, say): what it
 					// holds cannot be read back.
 					s.skipDamage(seg, seg.size, fmt.Errorf("spool: %w", err))
 					continue
 				}
+				if err != nil {
+					return Record{}, fmt.Errorf("spool: %w", err) // may pass: the caller tries again
+				}
 				s.rFile = f
 			}
 			rec, err := s.readAt(seg, get)
-			if err != nil {
+			if errors.Is(err, errDamaged) {
 				next, rerr := resync(s.rFile, s.rOff+1, seg.size, seg.seq)
 				if rerr != nil || next < 0 {
 					next = seg.size
 				}
 				s.skipDamage(seg, next, err)
 				continue
+			}
+			if err != nil {
+				return Record{}, err
 			}
 			return rec, nil
 		}
@@ -1114,6 +1154,11 @@ func (s *Spool) skipDamage(seg *segment, next int64, err error) {
 	}
 	s.stats.CorruptBytes += uint64(max(next-s.rOff, 0))
 	s.rOff = max(next, s.rOff)
+	if seg == s.segs[len(s.segs)-1] && !s.closing && !s.ended {
+		// The segment being written: seal it, so that the reader
+		// leaves it and counts what it missed now, not once it fills.
+		_ = s.roll()
+	}
 }
 
 // leave is called as Next's cursor leaves the sealed segment seg. When
@@ -1125,7 +1170,12 @@ func (s *Spool) leave(seg *segment) {
 		return
 	}
 	n, lines := seg.records-seg.fed, seg.lines-seg.fedLines
-	seg.records, seg.lines = seg.fed, seg.fedLines
+	if n < 0 || lines < 0 {
+		// Next returned more than was appended: a record forged in
+		// the data, found past the damage. Nothing is counted lost.
+		n, lines = 0, 0
+	}
+	seg.records, seg.lines = seg.records-n, seg.lines-lines
 	if n > 0 {
 		s.unfed -= n
 		s.stats.Records -= n
@@ -1136,7 +1186,7 @@ func (s *Spool) leave(seg *segment) {
 		}
 	}
 	seg.lost = nil
-	if seg.acked >= seg.records {
+	if seg.acked >= seg.records && seg != s.segs[len(s.segs)-1] {
 		s.remove(seg, false)
 	}
 }
@@ -1154,11 +1204,11 @@ func (s *Spool) StopReading() {
 func (s *Spool) readAt(seg *segment, get func(int) []byte) (Record, error) {
 	var h [headerSize]byte
 	if _, err := s.rFile.ReadAt(h[:], s.rOff); err != nil {
-		return Record{}, fmt.Errorf("spool: reading %s: %w", seg.path, err)
+		return Record{}, readError(seg, err)
 	}
 	n := int(binary.LittleEndian.Uint32(h[0:]))
 	if binary.LittleEndian.Uint32(h[8:]) != segTag(seg.seq) || int64(n) > seg.size-s.rOff-headerSize {
-		return Record{}, fmt.Errorf("spool: %s: a record changed on disk at offset %d", seg.path, s.rOff)
+		return Record{}, fmt.Errorf("spool: %s: a record changed on disk at offset %d: %w", seg.path, s.rOff, errDamaged)
 	}
 	var data []byte
 	if get != nil {
@@ -1171,11 +1221,11 @@ func (s *Spool) readAt(seg *segment, get func(int) []byte) (Record, error) {
 	}
 	if n > 0 {
 		if _, err := s.rFile.ReadAt(data, s.rOff+headerSize); err != nil {
-			return Record{}, fmt.Errorf("spool: reading %s: %w", seg.path, err)
+			return Record{}, readError(seg, err)
 		}
 	}
 	if checksum(h[:12], data) != binary.LittleEndian.Uint32(h[12:]) {
-		return Record{}, fmt.Errorf("spool: %s: a record changed on disk at offset %d", seg.path, s.rOff)
+		return Record{}, fmt.Errorf("spool: %s: a record changed on disk at offset %d: %w", seg.path, s.rOff, errDamaged)
 	}
 	lines := int(binary.LittleEndian.Uint32(h[4:]))
 	rec := Record{ID: ID{Seg: seg.seq, Off: s.rOff}, Lines: lines, Data: data, Replayed: seg.fromReplay}
@@ -1187,6 +1237,20 @@ func (s *Spool) readAt(seg *segment, get func(int) []byte) (Record, error) {
 		s.stats.Replayed++
 	}
 	return rec, nil
+}
+
+// errDamaged marks the errors of records that are not what was written:
+// Next skips them. Other errors (out of file descriptors, an I/O error)
+// may pass; Next returns them and the record stays.
+var errDamaged = errors.New("damaged")
+
+// readError is a failed read of seg's file: damage when the file ends
+// before the record does (it was cut short).
+func readError(seg *segment, err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("spool: %s was cut short: %w", seg.path, errDamaged)
+	}
+	return fmt.Errorf("spool: reading %s: %w", seg.path, err)
 }
 
 // Has reports whether the record id is still in the spool (its segment

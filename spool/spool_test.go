@@ -1123,3 +1123,53 @@ func TestDiskFullFreesSpares(t *testing.T) {
 		}
 	}
 }
+
+// Damage in the segment being written: the reader skips it and seals the
+// segment, so that it counts what it missed at once (not when the segment
+// fills), the segment is deleted once the rest is acknowledged, and the
+// hand-off of new appends to a waiting reader resumes.
+func TestDamageInTheActiveSegment(t *testing.T) {
+	dir := t.TempDir()
+	var lost int
+	s := open(t, dir, func(c *Config) {
+		c.SegmentBytes = 1 << 20
+		c.OnLost = func(records, _ int, _ error) { lost += records }
+	})
+	var ids []ID
+	for i := range 5 {
+		id, err := s.Append(data(i), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	f, err := os.OpenFile(s.path(ids[2].Seg), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte{0xee}, ids[2].Off+headerSize+3)
+	f.Close()
+	r := startReader(s)
+	for _, want := range []int{0, 1, 3, 4} {
+		if got := r.next(t); got != want {
+			t.Fatalf("record %d, want %d", got, want)
+		}
+	}
+	r.waitParked(t)
+	s.mu.Lock()
+	lostNow, segs := lost, len(s.segs)
+	s.mu.Unlock()
+	if lostNow != 1 || segs != 1 {
+		t.Fatalf("%d lost, %d segments, want 1 and 1 (the damaged one sealed and deleted)", lostNow, segs)
+	}
+	if _, handed, err := s.AppendHandOff(data(5), 1, yes); err != nil || !handed {
+		t.Fatalf("hand-off after the damage: handed %v, %v", handed, err)
+	}
+	if st := s.Stats(); st.Records != 1 || st.Lost != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	s.Close()
+	if err := <-r.done; !errors.Is(err, ErrClosed) {
+		t.Fatal(err)
+	}
+}

@@ -137,7 +137,7 @@ func (s *Supervisor) apply(span trace.Span, next []*instance) error {
 				delete(old, prev.spec.Name)
 				byAddr[in.sock()] = nil
 				seed(prev, in)
-				carryState(prev.srv.Set(), in.srv.Set())
+				carryState(prev.srv.Set(), in.srv.Set(), in.checks != nil)
 				s.start(in)
 				span.AddEvent("listener renamed", trace.WithAttributes(upstream.AttrListener.String(name)))
 				s.log.Info("listener added on the socket of a removed one; the old one drains", "listener", name,
@@ -173,7 +173,7 @@ func (s *Supervisor) apply(span trace.Span, next []*instance) error {
 			// the replacement, which keeps the operators' drains and
 			// disables and the health verdicts.
 			seed(o, in)
-			carryState(o.srv.Set(), in.srv.Set())
+			carryState(o.srv.Set(), in.srv.Set(), in.checks != nil)
 			s.start(in)
 			span.AddEvent("listener replaced", trace.WithAttributes(upstream.AttrListener.String(name)))
 			s.log.Info("listener replaced; the old one drains", "listener", name, "changed", keys)

@@ -159,9 +159,10 @@ func apply(t *upstream.Target, k savedTarget, checks bool) {
 }
 
 // carryState gives the targets of a replacing listener's set the
-// operators' drains and disables and the failed verdicts of the set it
+// operators' drains and disables and, when the replacement runs checks
+// (which bring a target back), the failed verdicts of the set it
 // replaces, by address.
-func carryState(from, to *upstream.Set) {
+func carryState(from, to *upstream.Set, checks bool) {
 	for _, t := range from.Targets() {
 		if t.Removed() {
 			continue
@@ -176,7 +177,7 @@ func carryState(from, to *upstream.Set) {
 		case upstream.StateDisabled:
 			nt.Disable()
 		}
-		if t.FailsChecks() {
+		if t.FailsChecks() && checks {
 			nt.SetChecked(t.LastCheck(), false, true)
 		}
 	}

@@ -602,8 +602,15 @@ func TestStateFile(t *testing.T) {
 	to := upstream.NewSet([]string{"127.0.0.1:1", "127.0.0.1:2"})
 	tg(from, "127.0.0.1:1").Drain()
 	tg(from, "127.0.0.1:2").SetChecked(upstream.CheckResult{At: time.Now(), Err: errors.New("refused")}, false, true)
-	carryState(from, to)
+	carryState(from, to, true)
 	if tg(to, "127.0.0.1:1").State() != upstream.StateDraining || !tg(to, "127.0.0.1:2").FailsChecks() {
 		t.Error("the replacement lost the drain or the verdict")
+	}
+	// Without checks in the replacement, no verdict holds: nothing would
+	// ever bring the target back.
+	unchecked := upstream.NewSet([]string{"127.0.0.1:1", "127.0.0.1:2"})
+	carryState(from, unchecked, false)
+	if tg(unchecked, "127.0.0.1:1").State() != upstream.StateDraining || tg(unchecked, "127.0.0.1:2").FailsChecks() {
+		t.Error("a replacement without checks: the drain lost, or the verdict kept")
 	}
 }
