@@ -26,13 +26,22 @@
 // whose checksum does not match (a crash in the middle of an append, a
 // torn write, a flipped bit, pages a power loss left unwritten), is
 // damage. Open looks past it for the next whole record of the segment (by
-// the segment's tag, then its length and checksum); the records found
-// after the damage are moved down over it, and what has no whole record
-// after it is cut off. The damaged bytes are counted (Stats.CorruptTails
+// the segment's tag, then its length and checksum); the segment is
+// rewritten without the damage (into a new file, synced and renamed over
+// it), and what has no whole record after it is cut off. The damaged bytes are counted (Stats.CorruptTails
 // segments, Stats.CorruptBytes bytes). A record with another segment's
 // tag (what a reused file held before) or fewer bytes than a header at the
 // end are not damage and are cut uncounted. A record Next returns was
 // written whole, in that segment.
+//
+// Damage found while the spool runs (a record that no longer checks, a
+// file cut short or removed) does not stop Next: it skips to the next
+// whole record, and counts the records it missed (Config.OnLost,
+// Stats.Lost) as it leaves the segment; damage in the segment being
+// written seals it first. Other read errors (out of file descriptors, an
+// I/O error) are returned and the record stays, for the caller to try
+// again. The segment being written is read through a duplicate of the
+// writer's descriptor, so its records are read even when its name is gone.
 //
 // Durability: a record is in the operating system's page cache once
 // Append returns, so a crash of the process never loses it. Whether it
