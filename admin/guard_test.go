@@ -225,13 +225,7 @@ func TestAdminTLS(t *testing.T) {
 // keep a probe out either: it takes the place of the longest idle one,
 // which is closed.
 func TestIdlePeersCannotHoldEveryConnection(t *testing.T) {
-	srv, err := New(Config{Addr: "127.0.0.1:0", IdleTimeout: time.Hour, Logger: slog.New(slog.DiscardHandler),
-		Listeners: func() []Listener { return nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Start()
-	defer srv.Shutdown(context.Background())
+	srv := startIdleServer(t)
 	var held []net.Conn
 	defer func() {
 		for _, c := range held {
@@ -274,16 +268,24 @@ func getOn(c net.Conn) error {
 	return nil
 }
 
-// One peer holding idle connections cannot keep others (the probes) out:
-// past MaxConnsPerPeer its new connections are closed at once.
-func TestPeerCannotHoldEveryConnection(t *testing.T) {
+// startIdleServer starts an admin server whose connections never time out
+// idle, shut down when the test ends.
+func startIdleServer(t *testing.T) *Server {
+	t.Helper()
 	srv, err := New(Config{Addr: "127.0.0.1:0", IdleTimeout: time.Hour, Logger: slog.New(slog.DiscardHandler),
 		Listeners: func() []Listener { return nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv.Start()
-	defer srv.Shutdown(context.Background())
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	return srv
+}
+
+// One peer holding idle connections cannot keep others (the probes) out:
+// past MaxConnsPerPeer its new connections are closed at once.
+func TestPeerCannotHoldEveryConnection(t *testing.T) {
+	srv := startIdleServer(t)
 	var held []net.Conn
 	defer func() {
 		for _, c := range held {

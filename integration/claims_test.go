@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ndlb/ndlb/internal/dnstest"
 	"github.com/ndlb/ndlb/internal/linetest"
 )
 
@@ -233,11 +232,7 @@ func TestTCPCheckMovesNDJSONWorkers(t *testing.T) {
 // A name with only an AAAA record is a target; when the name stops
 // existing (NXDOMAIN) its target is drained and lines go elsewhere.
 func TestDNSAAAAAndNXDOMAIN(t *testing.T) {
-	dns, err := dnstest.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dns.Close()
+	dns := startDNS(t)
 	w := &world{t: t, ledger: linetest.NewLedger()}
 	v6, err := linetest.NewSink("[::1]:0", w.ledger)
 	if err != nil {
@@ -382,11 +377,7 @@ func TestConfigReloadOnRenameAndConfigMapSwap(t *testing.T) {
 // removes another listener: the new name's address takes the lines, the
 // checks run, and the removed listener's port stops accepting.
 func TestReloadDNSNameChecksAndRemovedListener(t *testing.T) {
-	dns, err := dnstest.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dns.Close()
+	dns := startDNS(t)
 	w := newWorld(t, 0)
 	port := sinksOnOnePort(t, w)
 	a, b := w.sinks[0], w.sinks[1]

@@ -12,6 +12,17 @@ import (
 	"github.com/ndlb/ndlb/internal/linetest"
 )
 
+// startDNS starts a DNS server on loopback, stopped when the test ends.
+func startDNS(t *testing.T) *dnstest.Server {
+	t.Helper()
+	dns, err := dnstest.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dns.Close)
+	return dns
+}
+
 // sinksOnOnePort starts sinks on 127.0.0.2, .3 and .4 with one port, as a
 // DNS name with one port and three addresses needs.
 func sinksOnOnePort(t *testing.T, w *world) (port string) {
@@ -49,11 +60,7 @@ func sinksOnOnePort(t *testing.T, w *world) (port string) {
 // A name's records change from {A, B} to {B, C} under traffic: A is
 // drained, C gets traffic, and nothing is lost or torn.
 func TestDNSDiscoveryChange(t *testing.T) {
-	dns, err := dnstest.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dns.Close()
+	dns := startDNS(t)
 	w := newWorld(t, 0)
 	port := sinksOnOnePort(t, w)
 	a, b, c := w.sinks[0], w.sinks[1], w.sinks[2]
@@ -96,11 +103,7 @@ func TestDNSDiscoveryChange(t *testing.T) {
 // for DNS nor forgets the targets DNS gave before, so the lines sent after
 // it are delivered, and SIGTERM right after is served at once.
 func TestReloadDuringDNSOutage(t *testing.T) {
-	dns, err := dnstest.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dns.Close()
+	dns := startDNS(t)
 	w := newWorld(t, 0)
 	port := sinksOnOnePort(t, w)
 	dns.SetIPs("logs.test", "127.0.0.2", "127.0.0.3")

@@ -14,6 +14,28 @@ import (
 	"github.com/ndlb/ndlb/spool"
 )
 
+// startSpoolServer starts a server to sink with a spool in dir (1 MiB
+// segments), a 4 MiB queue, quick dial retries and deliver as its
+// DeliverTimeout.
+func startSpoolServer(t *testing.T, sink *linetest.Sink, dir string, deliver time.Duration) *Server {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Targets = []string{sink.Addr()}
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	cfg.Queue.MaxBytes = 4 << 20
+	cfg.Pool.BackoffInitial, cfg.Pool.BackoffMax = 10*time.Millisecond, 50*time.Millisecond
+	cfg.DrainTimeout, cfg.DeliverTimeout = 5*time.Second, deliver
+	sc := spool.DefaultConfig(dir)
+	sc.SegmentBytes = 1 << 20
+	cfg.Spool = &sc
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start(newLocalListener(t))
+	return srv
+}
+
 // With a spool, every target down: clients send far more than the queue's
 // buffer and are not slowed (it all goes to disk); when the target comes,
 // every line is delivered once, whole. A restart on the same spool after a
@@ -23,23 +45,7 @@ func TestSpoolTargetsDown(t *testing.T) {
 	sink := linetest.StartSink(t, ledger)
 	sink.Kill(false) // down: nothing listens on its address
 	dir := t.TempDir()
-	newServer := func(deliver time.Duration) *Server {
-		cfg := DefaultConfig()
-		cfg.Targets = []string{sink.Addr()}
-		cfg.Logger = slog.New(slog.DiscardHandler)
-		cfg.Queue.MaxBytes = 4 << 20
-		cfg.Pool.BackoffInitial, cfg.Pool.BackoffMax = 10*time.Millisecond, 50*time.Millisecond
-		cfg.DrainTimeout, cfg.DeliverTimeout = 5*time.Second, deliver
-		sc := spool.DefaultConfig(dir)
-		sc.SegmentBytes = 1 << 20
-		cfg.Spool = &sc
-		srv, err := New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv.Start(newLocalListener(t))
-		return srv
-	}
+	newServer := func(deliver time.Duration) *Server { return startSpoolServer(t, sink, dir, deliver) }
 	srv := newServer(200 * time.Millisecond)
 	const clients, perClient = 4, 40000 // about 20 MiB, 5 times the queue
 	sent := map[uint32]uint32{}
@@ -167,20 +173,7 @@ func TestSpoolDamagedWhileRunning(t *testing.T) {
 	sink := linetest.StartSink(t, ledger)
 	sink.Kill(false)
 	dir := t.TempDir()
-	cfg := DefaultConfig()
-	cfg.Targets = []string{sink.Addr()}
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	cfg.Queue.MaxBytes = 4 << 20
-	cfg.Pool.BackoffInitial, cfg.Pool.BackoffMax = 10*time.Millisecond, 50*time.Millisecond
-	cfg.DrainTimeout, cfg.DeliverTimeout = 5*time.Second, 30*time.Second
-	sc := spool.DefaultConfig(dir)
-	sc.SegmentBytes = 1 << 20
-	cfg.Spool = &sc
-	srv, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Start(newLocalListener(t))
+	srv := startSpoolServer(t, sink, dir, 30*time.Second)
 	const clients, perClient = 4, 60000 // about 30 MiB: 30 segments
 	if err := linetest.SendClients(srv.Addr().String(), clients, 0, perClient, 64<<10); err != nil {
 		t.Fatal(err)
