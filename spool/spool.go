@@ -705,12 +705,18 @@ func (s *Spool) freeFiles() bool {
 	}
 	s.spares = nil
 	any := len(s.trash) > 0
+	s.deleteTrashNow()
+	return any
+}
+
+// deleteTrashNow deletes the files on their way out, on the caller's
+// goroutine, and uncounts them. s.mu is held.
+func (s *Spool) deleteTrashNow() {
 	for _, f := range s.trash {
 		_ = os.Remove(f.path)
 		s.size -= f.size
 	}
 	s.trash = nil
-	return any
 }
 
 // syncDir makes the directory's entries durable (a new or deleted
@@ -760,11 +766,7 @@ again:
 			case len(s.trash) > 0:
 				// Files on their way out: delete them now, to make
 				// the room they still take.
-				for _, f := range s.trash {
-					_ = os.Remove(f.path)
-					s.size -= f.size
-				}
-				s.trash = nil
+				s.deleteTrashNow()
 			case len(s.spares) > 0:
 				sp := s.spares[len(s.spares)-1]
 				s.spares = s.spares[:len(s.spares)-1]
