@@ -177,15 +177,34 @@ func (d *Discoverer) Run(ctx context.Context) {
 	}
 }
 
+// maxLookups bounds the names Refresh looks up at once.
+const maxLookups = 16
+
 // Refresh resolves every name once and updates the set: static targets,
 // then each name's addresses in the order given. It returns the addresses.
+// The names are looked up at once (up to maxLookups at a time), so that a
+// resolver that does not answer costs one lookup's timeout, not one per
+// name, at start and at each refresh.
 func (d *Discoverer) Refresh(ctx context.Context) []string {
-	var found []string
-	for _, n := range d.cfg.DNS {
-		found = appendNew(found, d.answer(n, func() ([]string, error) { return d.lookupDNS(ctx, n) })...)
+	names := slices.Concat(d.cfg.DNS, d.cfg.SRV)
+	answers := make([][]string, len(names))
+	sem := make(chan struct{}, maxLookups)
+	var wg sync.WaitGroup
+	for i, n := range names {
+		lookup := d.lookupDNS
+		if i >= len(d.cfg.DNS) {
+			lookup = d.lookupSRV
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			answers[i] = d.answer(n, func() ([]string, error) { return lookup(ctx, n) })
+		})
 	}
-	for _, n := range d.cfg.SRV {
-		found = appendNew(found, d.answer(n, func() ([]string, error) { return d.lookupSRV(ctx, n) })...)
+	wg.Wait()
+	var found []string
+	for _, a := range answers {
+		found = appendNew(found, a...)
 	}
 	return d.update(found)
 }

@@ -258,3 +258,47 @@ func TestMaxTargets(t *testing.T) {
 		t.Fatal("MaxTargets -1 accepted")
 	}
 }
+
+// barrierResolver holds every address lookup until n of them are under way
+// (or ctx ends), then asks the real resolver.
+type barrierResolver struct {
+	*net.Resolver
+	n       int
+	started chan struct{}
+}
+
+func (b *barrierResolver) LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error) {
+	b.started <- struct{}{}
+	for len(b.started) < b.n {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return b.Resolver.LookupIPAddr(ctx, host)
+}
+
+// The names are looked up at once: a resolver that does not answer costs
+// a refresh (and the start) one lookup's timeout, not one per name. Each
+// lookup here waits until all three are under way, which a refresh that
+// looked them up one by one would never reach.
+func TestNamesAreLookedUpAtOnce(t *testing.T) {
+	dns := newDNS(t)
+	dns.SetIPs("a.test", "10.0.0.1")
+	dns.SetIPs("b.test", "10.0.0.2")
+	dns.SetIPs("c.test", "10.0.0.3")
+	res := &barrierResolver{Resolver: dns.Resolver(), n: 3, started: make(chan struct{}, 3)}
+	set := upstream.NewSet(nil)
+	d, err := New(Config{DNS: []string{"c.test.:1", "a.test.:1", "b.test.:1"}, Interval: DefaultInterval,
+		Resolver: res, Logger: slog.New(slog.DiscardHandler)}, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got := d.Refresh(ctx)
+	if want := []string{"10.0.0.3:1", "10.0.0.1:1", "10.0.0.2:1"}; !slices.Equal(got, want) {
+		t.Fatalf("targets %v, want %v (in the order of the names)", got, want)
+	}
+}
