@@ -1114,6 +1114,10 @@ func (s *Spool) NextInto(get func(n int) []byte) (Record, error) {
 				continue
 			}
 			if err != nil {
+				// The next try opens the file again: the error may
+				// be the descriptor's.
+				s.rFile.Close()
+				s.rFile = nil
 				return Record{}, err
 			}
 			return rec, nil

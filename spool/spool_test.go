@@ -1173,3 +1173,62 @@ func TestDamageInTheActiveSegment(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A read error that is not damage (here the segment's name is a directory
+// for a while: EISDIR; in life EMFILE or EIO) may pass: Next returns it,
+// counts nothing lost, and once the segment reads again (opened anew: the
+// error may have been the descriptor's) returns every record.
+func TestReadErrorThatMayPassKeepsTheRecords(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, func(c *Config) {
+		c.OnLost = func(records, lines int, err error) { t.Errorf("%d records lost: %v", records, err) }
+	})
+	defer s.Close()
+	var ids []ID
+	for i := range 60 {
+		id, err := s.Append(data(i), 1+i%5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if ids[0].Seg == ids[len(ids)-1].Seg {
+		t.Fatal("one segment; the test needs a sealed one")
+	}
+	path := s.path(ids[0].Seg)
+	if err := os.Rename(path, path+".aside"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(path, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := s.Next(); err == nil || errors.Is(err, errDamaged) || errors.Is(err, io.EOF) {
+			t.Fatalf("Next on a directory: %v, want a read error that may pass", err)
+		}
+	}
+	if st := s.Stats(); st.Lost != 0 || st.CorruptBytes != 0 {
+		t.Fatalf("stats %+v after errors that may pass", st)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".aside", path); err != nil {
+		t.Fatal(err)
+	}
+	var got []int
+	for _, r := range replayAll(t, s) {
+		got = append(got, batchOf(r))
+	}
+	if len(got) != 60 {
+		t.Fatalf("after the error passed: %d records, %v…", len(got), got[:min(len(got), 5)])
+	}
+	for i, b := range got {
+		if b != i {
+			t.Fatalf("record %d is batch %d", i, b)
+		}
+	}
+	if st := s.Stats(); st.Lost != 0 || st.CorruptBytes != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
