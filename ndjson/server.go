@@ -224,6 +224,7 @@ type Server struct {
 	router    *route.Router               // nil without routing
 	sp        atomic.Pointer[spool.Spool] // nil without a spool, and until it opens
 	fed       chan struct{}               // closed when the spool's feeder stopped (or never started)
+	unqueued  *framer.Batch               // a record the feeder read and could not queue at the hard stop; written by feed before fed closes
 	spoolMu   sync.Mutex                  // serialises the spool's opening and the shutdown
 	noSpool   bool                        // the shutdown began: do not open it; guarded by spoolMu
 	spoolStop chan struct{}               // closed when the shutdown begins: openSpool stops waiting
@@ -561,7 +562,9 @@ func (s *Server) feed(sp *spool.Spool) {
 		b.Data, b.Lines = rec.Data, rec.Lines
 		b.Spool = framer.SpoolRef{Seg: rec.ID.Seg, Off: rec.ID.Off, Lines: rec.Lines, Set: true}
 		if err := s.q.PushCounted(s.hard, b); err != nil {
-			b.Release() // the record stays in the spool for the next start
+			// The record stays in the spool for the next start; Shutdown
+			// counts it with what the queue holds.
+			s.unqueued = b
 			return
 		}
 	}
@@ -1037,10 +1040,14 @@ func (s *Server) Shutdown() Summary {
 		}
 		if sp := s.sp.Load(); sp != nil {
 			// Undelivered lines stay in the spool for the next start;
-			// those whose segment drop-oldest deleted are lost.
+			// those whose segment drop-oldest deleted, or whose file
+			// is gone (Close forgets those), are lost.
 			sp.StopReading()
+			if err := sp.Close(); err != nil {
+				s.log.Error("spool: closing", "err", err)
+			}
 			var lost, deliveredPart uint64
-			s.q.Abandon(func(b *framer.Batch) {
+			count := func(b *framer.Batch) {
 				switch {
 				case !b.Spool.Set || !sp.Has(spool.ID{Seg: b.Spool.Seg, Off: b.Spool.Off}):
 					lost += uint64(b.Lines)
@@ -1049,14 +1056,17 @@ func (s *Server) Shutdown() Summary {
 					// are delivered, though its record stays whole.
 					deliveredPart += uint64(b.Spool.Lines - b.Lines)
 				}
-			})
+			}
+			s.q.Abandon(count)
+			if b := s.unqueued; b != nil { // the feeder stopped (s.fed) holding it
+				count(b)
+				b.Release()
+				s.unqueued = nil
+			}
 			if lost > 0 {
 				s.dropShutdown.Add(lost)
 				s.ledger.Dropped(dispatch.DropShutdown, lost)
 				s.log.Error("shutdown deadline passed: undelivered lines no longer in the spool dropped", "lines", lost)
-			}
-			if err := sp.Close(); err != nil {
-				s.log.Error("spool: closing", "err", err)
 			}
 			s.ledger.Spooled(uint64(sp.Stats().Lines) - min(uint64(sp.Stats().Lines), deliveredPart))
 			if st := sp.Stats(); st.Records > 0 {

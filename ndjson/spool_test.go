@@ -217,6 +217,49 @@ func TestSpoolDamagedWhileRunning(t *testing.T) {
 	}
 }
 
+// Spool files removed while ndlb runs (rm -rf of the directory, say) are
+// not reported as kept for the next start at shutdown: their lines are
+// counted dropped, and the ledger closes with nothing spooled.
+func TestSpoolRemovedBeforeShutdown(t *testing.T) {
+	ledger := linetest.NewLedger()
+	sink := linetest.StartSink(t, ledger)
+	sink.Kill(false) // down: everything waits in the spool
+	dir := t.TempDir()
+	srv := startSpoolServer(t, sink, dir, 200*time.Millisecond)
+	const clients, perClient = 2, 20000
+	if err := linetest.SendClients(srv.Addr().String(), clients, 0, perClient, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	const total = clients * perClient
+	waitUntil(t, "every line read", func() bool { return srv.Stats().Ledger.Received == total })
+	segs, err := filepath.Glob(filepath.Join(dir, "*.seg"))
+	if err != nil || len(segs) < 2 {
+		t.Fatalf("segments %v, %v", segs, err)
+	}
+	for _, p := range segs {
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sum := srv.Shutdown()
+	l := sum.Ledger
+	dropped := l.Dropped[dispatch.DropSpoolLost] + l.Dropped[dispatch.DropShutdown]
+	if !l.Closed() || l.Received != total || l.Spooled != 0 || l.Delivered != 0 || dropped != total || l.Dropped[dispatch.DropSpoolLost] == 0 {
+		t.Fatalf("ledger %+v", l)
+	}
+	if sum.Clean {
+		t.Fatal("a shutdown that lost lines is reported clean")
+	}
+	sp, err := spool.Open(spool.DefaultConfig(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	if st := sp.Stats(); st.Records != 0 {
+		t.Fatalf("the next start finds %d records", st.Records)
+	}
+}
+
 // A second listener on a spool directory another one holds (two processes
 // on one volume, say) waits for it, and counts the lines it queues
 // meanwhile without the spool's protection; once the directory is free it

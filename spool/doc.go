@@ -42,6 +42,9 @@
 // I/O error) are returned and the record stays, for the caller to try
 // again. The segment being written is read through a duplicate of the
 // writer's descriptor, so its records are read even when its name is gone.
+// Close forgets the segments whose files are gone, which the next Open
+// could not replay: the records Next had not returned are counted lost,
+// and Has is false for those it had, for their holders to count.
 //
 // Durability: a record is in the operating system's page cache once
 // Append returns, so a crash of the process never loses it. Whether it

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -1197,6 +1198,42 @@ func (s *Spool) leave(seg *segment) {
 	}
 }
 
+// loseVanished forgets, as the spool closes, the segments with records
+// not yet acknowledged whose files are gone (removed by hand, or the
+// directory with them, while the spool was open): the next Open cannot
+// replay them. The records Next had not returned are counted lost
+// (OnLost); those it had are no longer Has, so that their holders count
+// them. A file that is still there, even cut short, is left for Open,
+// which keeps what it can read back. s.mu is held; called by Close.
+func (s *Spool) loseVanished() {
+	last := s.segs[len(s.segs)-1]
+	for _, seg := range slices.Clone(s.segs) {
+		if seg.records <= seg.acked {
+			continue
+		}
+		if _, err := os.Lstat(seg.path); !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
+			continue
+		}
+		if n, lines := seg.records-seg.fed, seg.lines-seg.fedLines; n > 0 && lines >= 0 {
+			s.stats.Lost += uint64(n)
+			s.stats.LostLines += uint64(lines)
+			if s.cfg.OnLost != nil {
+				s.cfg.OnLost(n, lines, fmt.Errorf("spool: %s is gone: it cannot be replayed", seg.path))
+			}
+		}
+		if seg != last {
+			s.remove(seg, false)
+			continue
+		}
+		// The spool keeps a last segment: it stays, emptied, and
+		// Close removes it.
+		s.unfed -= seg.records - seg.fed
+		s.stats.Records -= seg.records - seg.acked
+		seg.records, seg.lines = seg.acked, seg.ackedLines
+		delete(s.bySeq, seg.seq)
+	}
+}
+
 // StopReading makes Next return ErrClosed, now and from now on.
 func (s *Spool) StopReading() {
 	s.mu.Lock()
@@ -1375,6 +1412,7 @@ func (s *Spool) Close() error {
 		s.rFile = nil
 	}
 	s.more.Broadcast()
+	s.loseVanished()
 	if last.acked >= last.records {
 		s.remove(last, false) // nothing to replay: leave no file
 	}

@@ -1232,3 +1232,103 @@ func TestReadErrorThatMayPassKeepsTheRecords(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// Segment files removed while the spool is open cannot be replayed: Close
+// counts the records Next had not returned as lost, forgets those it had
+// (Has is false: their holders count them), and reports only what is
+// still on disk as spooled. The next Open replays exactly that.
+func TestCloseForgetsVanishedSegments(t *testing.T) {
+	dir := t.TempDir()
+	var lost, lostLines int
+	s := open(t, dir, func(c *Config) {
+		c.OnLost = func(records, lines int, err error) {
+			if err == nil {
+				t.Error("OnLost without a reason")
+			}
+			lost += records
+			lostLines += lines
+		}
+	})
+	type appended struct {
+		id    ID
+		lines int
+	}
+	var recs []appended
+	for i := range 150 {
+		id, err := s.Append(data(i), 1+i%5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, appended{id, 1 + i%5})
+	}
+	var segs []uint64
+	for _, r := range recs {
+		if len(segs) == 0 || segs[len(segs)-1] != r.id.Seg {
+			segs = append(segs, r.id.Seg)
+		}
+	}
+	if len(segs) < 4 {
+		t.Fatalf("%d segments; the test needs 4", len(segs))
+	}
+	// Next returns the first segment and part of the second, of which
+	// the first record is acknowledged.
+	var fed []Record
+	for {
+		r, err := s.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fed = append(fed, r)
+		if r.ID.Seg == segs[1] && len(fed) > 1 && fed[len(fed)-2].ID.Seg == segs[1] {
+			break
+		}
+	}
+	firstOf1 := fed[len(fed)-2]
+	s.Ack(firstOf1.ID, firstOf1.Lines)
+	held := fed[len(fed)-1] // returned, not acknowledged: in a queue
+	// The second segment and the one being written go.
+	gone := map[uint64]bool{segs[1]: true, segs[len(segs)-1]: true}
+	for seg := range gone {
+		if err := os.Remove(s.path(seg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantLost, wantLostLines, wantKept := 0, 0, 0
+	for _, r := range recs {
+		switch {
+		case r.id.Seg == segs[1] && r.id.Off > held.ID.Off, r.id.Seg == segs[len(segs)-1]:
+			wantLost++ // not returned by Next
+			wantLostLines += r.lines
+		case !gone[r.id.Seg]:
+			wantKept += r.lines
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if lost != wantLost || lostLines != wantLostLines {
+		t.Fatalf("lost %d records of %d lines, want %d of %d", lost, lostLines, wantLost, wantLostLines)
+	}
+	if s.Has(held.ID) {
+		t.Fatal("a record returned from a vanished segment is still Has")
+	}
+	if !s.Has(fed[0].ID) {
+		t.Fatal("a record of a segment still on disk is not Has")
+	}
+	st := s.Stats()
+	if st.Lines != wantKept || st.Lost != uint64(wantLost) || st.LostLines != uint64(wantLostLines) {
+		t.Fatalf("stats %+v, want %d lines kept", st, wantKept)
+	}
+	s2 := open(t, dir, nil)
+	defer s2.Close()
+	n := 0
+	for _, r := range replayAll(t, s2) {
+		if gone[r.ID.Seg] {
+			t.Fatalf("replayed a record of vanished segment %d", r.ID.Seg)
+		}
+		n += r.Lines
+	}
+	if n != wantKept {
+		t.Fatalf("replayed %d lines, want %d", n, wantKept)
+	}
+}
