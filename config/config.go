@@ -4,18 +4,17 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
-	"os"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 	"unicode"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/ndlb/ndlb/internal/regfile"
 )
 
 // Kind is the type of a key's value.
@@ -121,38 +120,17 @@ func Load(path string, schema Schema) (*File, error) {
 	return Parse(path, doc, schema)
 }
 
-// kindOf names what a file that is not a regular one is.
-func kindOf(m os.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "a directory"
-	case m&os.ModeNamedPipe != 0:
-		return "a named pipe (FIFO)"
-	case m&os.ModeDevice != 0:
-		return "a device"
-	case m&os.ModeSocket != 0:
-		return "a socket"
-	}
-	return "a special file"
-}
-
 // readFile reads at most MaxFileBytes+1 bytes of the regular file at
 // path. Anything else (a FIFO, a device such as /dev/zero, a directory) is
-// refused before a read: opening it does not wait (O_NONBLOCK, which
-// changes nothing for a regular file), so a FIFO put at the path cannot
-// block a reload or the watcher, and a device cannot fill memory.
+// refused before a read, so a FIFO put at the path cannot block a reload
+// or the watcher, and a device cannot fill memory (regfile.Read).
 func readFile(path string) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
+	b, err := regfile.Read(path, MaxFileBytes)
+	var nr *regfile.NotRegularError
+	if errors.As(err, &nr) {
+		return nil, &Error{Path: path, Msg: "not a regular file: " + nr.Kind}
 	}
-	defer f.Close()
-	if st, err := f.Stat(); err != nil {
-		return nil, err
-	} else if !st.Mode().IsRegular() {
-		return nil, &Error{Path: path, Msg: "not a regular file: " + kindOf(st.Mode())}
-	}
-	return io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
+	return b, err
 }
 
 // Parse is Load of a document already read.

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/ndlb/ndlb/internal/regfile"
 	"github.com/ndlb/ndlb/upstream"
 )
 
@@ -79,18 +80,31 @@ type pendingTarget struct {
 	checks bool
 }
 
+// maxStateBytes bounds the state file read: it is far smaller.
+const maxStateBytes = 16 << 20
+
 // restoreState applies the state file to the listeners: entries for
 // listeners no longer configured are ignored, and those for targets not in
-// their set yet wait for them (pendingFor). A file that cannot be read or
-// parsed leaves every target as configured, says so, and is kept aside as
-// PATH.corrupt rather than overwritten.
+// their set yet wait for them (pendingFor). A file that cannot be parsed
+// leaves every target as configured, says so, and is kept aside as
+// PATH.corrupt rather than overwritten. A path that cannot be read (not
+// a regular file, no permission, an I/O error) is left as it is and not
+// written this run: the state is not kept.
 func (s *Supervisor) restoreState() {
-	b, err := os.ReadFile(s.cfg.StateFile)
+	b, err := regfile.Read(s.cfg.StateFile, maxStateBytes)
 	if os.IsNotExist(err) {
 		return
 	}
+	if err != nil {
+		s.stateOff.Store(true)
+		s.log.Error("state file cannot be read; it is left as it is, every target starts as configured, and drains, disables and failed checks are not kept this run",
+			"path", s.cfg.StateFile, "err", err)
+		return
+	}
 	var st savedState
-	if err == nil {
+	if len(b) > maxStateBytes {
+		err = fmt.Errorf("over %d MiB: is this the state file?", maxStateBytes>>20)
+	} else {
 		dec := json.NewDecoder(bytes.NewReader(b))
 		dec.DisallowUnknownFields()
 		err = dec.Decode(&st)
@@ -187,8 +201,8 @@ func carryState(from, to *upstream.Set, checks bool) {
 // write: to a temporary file, synced, then renamed over it, so that a crash
 // leaves the old file or the new one, never a torn one.
 func (s *Supervisor) saveState() {
-	if s.stateHanded.Load() {
-		return // a newer process has it, and may have changed it since
+	if s.stateHanded.Load() || s.stateOff.Load() {
+		return // a newer process has it (and may have changed it since), or it could not be read
 	}
 	s.applyPending()
 	b, err := json.MarshalIndent(s.stateNow(), "", "  ")

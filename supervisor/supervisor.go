@@ -55,6 +55,7 @@ type Supervisor struct {
 	process map[string][]string // guarded by mu
 
 	stateHanded atomic.Bool // an upgrade's new process writes the state file
+	stateOff    atomic.Bool // the state file could not be read: it is not written
 	stateMu     sync.Mutex  // guards savedState, pending, pendingUntil
 	savedState  []byte      // what the state file holds now
 	// pending are the state file's entries whose targets are not in their

@@ -614,3 +614,61 @@ func TestStateFile(t *testing.T) {
 		t.Error("a replacement without checks: the drain lost, or the verdict kept")
 	}
 }
+
+// A state path that cannot be read (a FIFO, which must not block the
+// start, or a directory) is left as it is, logged, and not written this
+// run; a file too large to be a state file is read no further than the
+// bound and kept aside as corrupt.
+func TestStateFileThatCannotBeRead(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sub := filepath.Join(dir, "dir")
+	if err := os.Mkdir(sub, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{fifo, sub} {
+		w := newWorld(t, Spec{Listeners: []Listener{fakeListener("x")}})
+		set := w.server(t, "x").set
+		set.Update([]string{"127.0.0.1:1"})
+		w.sup.cfg.StateFile = path
+		done := make(chan struct{})
+		go func() { w.sup.restoreState(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: restoring the state blocks", path)
+		}
+		if !strings.Contains(w.logs.String(), "state file cannot be read") {
+			t.Errorf("%s: logs %s", path, w.logs.String())
+		}
+		x, _ := set.Lookup("127.0.0.1:1")
+		x.Drain()
+		w.sup.saveState()
+		st, err := os.Lstat(path)
+		if err != nil || st.Mode().IsRegular() {
+			t.Errorf("%s: replaced: %v, %v", path, st, err)
+		}
+		if _, err := os.Lstat(path + ".corrupt"); err == nil {
+			t.Errorf("%s was moved aside", path)
+		}
+	}
+	big := filepath.Join(dir, "big.json")
+	if err := os.WriteFile(big, []byte(`{"version": 1, "listeners": {}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(big, maxStateBytes+10); err != nil {
+		t.Fatal(err)
+	}
+	w := newWorld(t, Spec{Listeners: []Listener{fakeListener("x")}})
+	w.sup.cfg.StateFile = big
+	w.sup.restoreState()
+	if !strings.Contains(w.logs.String(), "is this the state file?") {
+		t.Errorf("logs %s", w.logs.String())
+	}
+	if _, err := os.Stat(big + ".corrupt"); err != nil {
+		t.Errorf("the oversize file was not kept aside: %v", err)
+	}
+}
