@@ -59,3 +59,23 @@ func (p *Packet) Drop() {
 
 // Resume clears what Release set, for the socket's next server.
 func (p *Packet) Resume() { _ = p.SetReadDeadline(time.Time{}) }
+
+// CountDrops raises *a to the socket's drop count now (Drops), when the
+// kernel says: for the drops no datagram read after them reports.
+func (p *Packet) CountDrops(a *atomic.Uint64) {
+	if n, ok := p.Drops(); ok {
+		StoreMax(a, n)
+	}
+}
+
+// StoreMax stores n in a unless a holds more already. A socket's drop
+// count only grows, and it is read two ways (from a datagram's control
+// message, Overflows, and from the socket, Drops) that may race.
+func StoreMax(a *atomic.Uint64, n uint64) {
+	for {
+		old := a.Load()
+		if n <= old || a.CompareAndSwap(old, n) {
+			return
+		}
+	}
+}

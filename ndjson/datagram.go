@@ -50,23 +50,8 @@ type datagrams struct {
 	count, binary, overflows atomic.Uint64
 }
 
-// countDrops takes the kernel's drop count for the socket now, if it is
-// higher than the last one a datagram carried.
-func (d *datagrams) countDrops() {
-	if n, ok := d.pc.Drops(); ok {
-		storeMax(&d.overflows, n)
-	}
-}
-
-// storeMax stores n in a unless a holds more already.
-func storeMax(a *atomic.Uint64, n uint64) {
-	for {
-		old := a.Load()
-		if n <= old || a.CompareAndSwap(old, n) {
-			return
-		}
-	}
-}
+// countDrops takes the kernel's drop count for the socket now.
+func (d *datagrams) countDrops() { d.pc.CountDrops(&d.overflows) }
 
 // serveDatagrams reads the socket's datagrams into the queue until the
 // socket closes, is handed over, or the shutdown's final read ends. Each
@@ -204,7 +189,7 @@ func (r *datagramReader) next() []byte {
 	m := &r.ms[r.i]
 	r.i++
 	if n, ok := listener.Overflows(m.OOB[:m.NN]); ok {
-		storeMax(&r.d.overflows, n) // (countDrops may have taken a higher one)
+		listener.StoreMax(&r.d.overflows, n) // (countDrops may have taken a higher one)
 	}
 	r.d.count.Add(1)
 	buf := m.Buffers[0]

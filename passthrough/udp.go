@@ -68,6 +68,7 @@ type UDPServer struct {
 	activeFlows atomic.Int64
 
 	handed   atomic.Bool // Handover took the socket
+	stopped  atomic.Bool // Shutdown dropped the socket: its drop count is final
 	serveErr chan error
 	shutdown sync.Once
 	summary  UDPSummary
@@ -203,8 +204,12 @@ func (st UDPStats) Dropped() uint64 {
 	return st.NoTarget + st.FlowLimit + st.SocketErrors + st.SendErrors
 }
 
-// Stats returns the server's counters.
+// Stats returns the server's counters. The kernel's drop count is asked
+// again, for the drops no datagram read after them reports.
 func (s *UDPServer) Stats() UDPStats {
+	if s.pc != nil && !s.stopped.Load() {
+		s.pc.CountDrops(&s.overflows)
+	}
 	return UDPStats{
 		Flows: s.opened.Load(), ActiveFlows: s.activeFlows.Load(), IdleClosed: s.idleClosed.Load(), ICMPClosed: s.icmpClosed.Load(),
 		ShutdownClosed: s.shutClosed.Load(), MovedClosed: s.movedClosed.Load(), DialFailures: s.dialFailed.Load(),
@@ -244,7 +249,9 @@ func (s *UDPServer) Shutdown() UDPSummary {
 			deadline.Stop()
 			poll.Stop()
 			s.loop.exit() // closes what is left
-			s.pc.Drop()   // after the drain: answers leave from it
+			s.pc.CountDrops(&s.overflows)
+			s.stopped.Store(true)
+			s.pc.Drop() // after the drain: answers leave from it
 		}
 		for _, r := range s.metrics {
 			_ = r.Unregister()

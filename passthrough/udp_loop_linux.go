@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ndlb/ndlb/internal/mono"
+	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/upstream"
 )
 
@@ -305,7 +306,7 @@ func (l *udpLoop) control(oob []byte) (local netip.Addr) {
 		}
 		switch {
 		case h.Level == unix.SOL_SOCKET && h.Type == unix.SO_RXQ_OVFL && len(data) >= 4:
-			l.s.overflows.Store(uint64(binary.NativeEndian.Uint32(data)))
+			listener.StoreMax(&l.s.overflows, uint64(binary.NativeEndian.Uint32(data)))
 		case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO && len(data) >= unix.SizeofInet4Pktinfo:
 			local = netip.AddrFrom4((*unix.Inet4Pktinfo)(unsafe.Pointer(&data[0])).Addr)
 		case h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_PKTINFO && len(data) >= unix.SizeofInet6Pktinfo:

@@ -518,3 +518,44 @@ func TestUDPShutdownRelaysLateAnswers(t *testing.T) {
 		t.Errorf("summary %+v", sum)
 	}
 }
+
+// Datagrams the kernel drops for want of room in the listening socket's
+// buffer are all counted, those after the last one read too: what was
+// read and what was dropped add up to what was sent (Stats asks the
+// socket, SO_MEMINFO, not only the count a datagram carries).
+func TestUDPKernelDropsAddUp(t *testing.T) {
+	sink, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	s, err := NewUDP(udpConfig(sink.LocalAddr().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = ln.SetReadBuffer(64 << 10) // room for a datagram or two
+	s.Start(listener.NewPacket(ln, nil))
+	defer s.Shutdown()
+	c := udpClient(t, 62, s.Addr())
+	msg := bytes.Repeat([]byte("d"), 60<<10)
+	const sent = 3000
+	for range sent {
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for st := s.Stats(); st.FromClients+st.Overflows != sent; st = s.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d read, %d dropped by the kernel, of %d sent", st.FromClients, st.Overflows, sent)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if sum := s.Shutdown(); sum.FromClients+sum.Overflows != sent || sum.Overflows == 0 {
+		t.Fatalf("summary: %d read, %d dropped by the kernel, of %d sent", sum.FromClients, sum.Overflows, sent)
+	}
+}
