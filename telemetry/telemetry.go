@@ -6,6 +6,10 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -18,6 +22,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/time/rate"
 )
 
 // Config configures Setup.
@@ -28,6 +33,30 @@ type Config struct {
 	Prometheus bool
 	// Env looks variables up; nil means os.LookupEnv (tests inject).
 	Env func(string) (string, bool)
+	// Logger receives the SDK's errors (an export that failed, say), at
+	// most once per errorEvery; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// errorEvery is how often the SDK's errors are logged at most: an
+// exporter whose endpoint is down fails at every export.
+const errorEvery = time.Minute
+
+// errorLog is the SDK's error handler: the first error is logged, then
+// one a minute, with the count so far, through ndlb's logger rather than
+// the standard library's (plain text among JSON lines, unbounded).
+type errorLog struct {
+	log   *slog.Logger
+	n     atomic.Uint64
+	every rate.Sometimes
+}
+
+// Handle implements otel.ErrorHandler.
+func (e *errorLog) Handle(err error) {
+	n := e.n.Add(1)
+	e.every.Do(func() {
+		e.log.Warn("OpenTelemetry export failed; logged at most once a minute", "err", err, "errors_so_far", n)
+	})
 }
 
 // Telemetry is the installed SDK.
@@ -61,6 +90,13 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 	if !t.Traces && !t.MetricsPushed && !cfg.Prometheus {
 		return t, nil // nothing to export: the API stays a no-op
 	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	el := &errorLog{log: log, every: rate.Sometimes{First: 1, Interval: errorEvery}}
+	otel.SetErrorHandler(el)
+	otel.SetLogger(logr.FromSlogHandler(log.Handler()))
 	res, err := resource.Merge(resource.Default(), resource.NewWithAttributes(semconv.SchemaURL,
 		semconv.ServiceName("ndlb"), semconv.ServiceVersion(cfg.Version)))
 	if err != nil {

@@ -3,10 +3,19 @@ package telemetry
 import (
 	"bytes"
 	"context"
+	"io"
+	stdlog "log"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -63,4 +72,67 @@ func TestLogHandlerAddsTraceIDs(t *testing.T) {
 	if strings.Contains(lines[1], "trace_id") {
 		t.Fatalf("ids outside a span: %s", lines[1])
 	}
+}
+
+// An OTLP endpoint that answers with garbage fails every export: the
+// errors go to ndlb's logger, once a minute with a count, not to the
+// standard library's log (plain text among JSON lines, at every export).
+func TestExportErrorsAreLoggedSparingly(t *testing.T) {
+	var hits atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		_, _ = w.Write([]byte("\xff\xff\xff garbage"))
+	}))
+	defer srv.Close()
+	vars := map[string]string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT": srv.URL, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+		"OTEL_METRIC_EXPORT_INTERVAL": "20", "OTEL_TRACES_EXPORTER": "none",
+	}
+	for k, v := range vars {
+		t.Setenv(k, v)
+	}
+	var std bytes.Buffer
+	stdlog.SetOutput(&std)
+	defer stdlog.SetOutput(os.Stderr)
+	var buf syncBuffer
+	tel, err := Setup(context.Background(), Config{Version: "test", Env: env(vars), Logger: slog.New(slog.NewJSONHandler(&buf, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := otel.Meter("test").Int64Counter("test.count")
+	m.Add(context.Background(), 1)
+	deadline := time.Now().Add(10 * time.Second)
+	for hits.Load() < 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d exports in 10 s", hits.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = tel.Shutdown(ctx)
+	logged := strings.Count(buf.String(), "OpenTelemetry export failed")
+	if logged != 1 || std.Len() != 0 {
+		t.Fatalf("%d exports failed: logged %d times through slog (%s) and through log: %q", hits.Load(), logged, buf.String(), std.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

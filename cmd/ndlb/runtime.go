@@ -38,7 +38,7 @@ func runBalancer(c *cli.Context) error {
 	}
 	log, level := newLogger(p, c.App.ErrWriter)
 	// Telemetry first, so that the servers' instruments reach the SDK.
-	tel, err := telemetry.Setup(context.Background(), telemetry.Config{Version: version(), Prometheus: p.Admin.Addr != ""})
+	tel, err := telemetry.Setup(context.Background(), telemetry.Config{Version: version(), Prometheus: p.Admin.Addr != "", Logger: log})
 	if err != nil {
 		return usageError("invalid OTEL_* settings: %v", err)
 	}
