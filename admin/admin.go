@@ -67,7 +67,12 @@ type SpoolInfo struct {
 	Dir string `json:"dir"`
 	// Open is false while the spool waits for the instance a reload
 	// replaces to let it go (lines go to memory meanwhile).
-	Open             bool    `json:"open"`
+	Open bool `json:"open"`
+	// Accepting: the spool is open and takes lines without waiting (it
+	// has room, or --spool-full drop-oldest makes room). The listener
+	// then keeps what it reads while no target is up, and /readyz counts
+	// it ready: a pod whose receivers are all down keeps its clients.
+	Accepting        bool    `json:"accepting"`
 	Bytes            int64   `json:"bytes"`
 	MaxBytes         int64   `json:"max_bytes"`
 	Batches          int     `json:"batches"` // not yet delivered
@@ -323,10 +328,14 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 type readiness struct {
 	Ready        bool            `json:"ready"`
 	ShuttingDown bool            `json:"shutting_down,omitempty"`
-	Listeners    map[string]bool `json:"listeners"` // listener name: has a target up
+	Listeners    map[string]bool `json:"listeners"` // listener name: has a target up, or spools
+	// Spooling names the listeners ready only because their spool
+	// takes what they read: no target is up.
+	Spooling []string `json:"spooling,omitempty"`
 }
 
-// readyz is ready when every listener has at least one target up.
+// readyz is ready when every listener has at least one target up, or a
+// spool that takes lines (SpoolInfo.Accepting).
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	r := readiness{Ready: !s.stopping.Load(), ShuttingDown: s.stopping.Load(), Listeners: map[string]bool{}}
 	for _, l := range s.cfg.Listeners() {
@@ -337,7 +346,12 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 				break
 			}
 		}
-		r.Listeners[l.Info().Name] = up
+		info := l.Info()
+		if !up && info.Spool != nil && info.Spool.Accepting {
+			up = true
+			r.Spooling = append(r.Spooling, info.Name)
+		}
+		r.Listeners[info.Name] = up
 		r.Ready = r.Ready && up
 	}
 	code := http.StatusOK

@@ -110,6 +110,20 @@ func TestRoutes(t *testing.T) {
 	if code := w.do("GET", "/readyz", "", &ready); code != 503 || ready.Ready || ready.Listeners["web"] || !ready.Listeners["logs"] {
 		t.Fatalf("readyz %d %+v", code, ready)
 	}
+	// With a spool that takes lines, a listener without a target up
+	// stays ready (its clients keep sending into the spool); one that
+	// is full (and waits for room) is not.
+	web := w.ls[1].(*fakeListener)
+	web.info.Spool = &SpoolInfo{Dir: "/spool", Open: true, Accepting: true}
+	if code := w.do("GET", "/readyz", "", &ready); code != 200 || !ready.Ready || !ready.Listeners["web"] || !slices.Equal(ready.Spooling, []string{"web"}) {
+		t.Fatalf("readyz with a spool %d %+v", code, ready)
+	}
+	web.info.Spool.Accepting = false
+	ready = readiness{}
+	if code := w.do("GET", "/readyz", "", &ready); code != 503 || ready.Ready || ready.Listeners["web"] || len(ready.Spooling) != 0 {
+		t.Fatalf("readyz with a full spool %d %+v", code, ready)
+	}
+	web.info.Spool = nil
 	if code := w.do("POST", "/api/v1/targets/10.0.0.2:5170/disable?listener=logs", "", &change); code != 200 || !slices.Equal(change.Changed, []string{"logs"}) {
 		t.Fatalf("disable %d %+v", code, change)
 	}

@@ -180,6 +180,27 @@ func TestAdminAPIProbes(t *testing.T) {
 	fmt.Fprintln(io.Discard, out)
 }
 
+// A listener with a spool stays ready while no target is up: its clients
+// keep sending into the spool rather than being taken out of rotation
+// (Kubernetes' readiness probe) at the outage the spool is for.
+func TestReadyWhileSpooling(t *testing.T) {
+	w := newWorld(t, 1)
+	p := startNDLB(t, "--target", w.targets(), "--admin", "127.0.0.1:0", "--spool-dir", t.TempDir())
+	api := newAdminAPI(t, p, "")
+	api.waitTarget(w.sinks[0].Addr(), "connected", func(x apiTarget) bool { return x.Active > 0 })
+	if code := api.call("POST", "/api/v1/targets/"+w.sinks[0].Addr()+"/disable", nil); code != 200 {
+		t.Fatalf("disable: %d", code)
+	}
+	var ready struct {
+		Ready    bool     `json:"ready"`
+		Spooling []string `json:"spooling"`
+	}
+	if code := api.call("GET", "/readyz", &ready); code != 200 || !ready.Ready || len(ready.Spooling) != 1 {
+		t.Fatalf("readyz with the only target disabled and a spool: %d %+v", code, ready)
+	}
+	p.stopOK()
+}
+
 // `ndlb healthcheck` in a container that configures ndlb with NDLB_CONFIG
 // asks what the file names: its admin API, or else every listener.
 func TestHealthcheckReadsTheConfigFile(t *testing.T) {

@@ -48,6 +48,7 @@ func spoolInfo(sc *spool.Config, st ndjson.Stats) *admin.SpoolInfo {
 		Replayed: sp.Replayed, CorruptTails: sp.CorruptTails, DroppedLines: sp.DroppedLines,
 		LostLines: sp.LostLines, UnspooledLines: st.Unspooled,
 		Errors: st.SpoolErrors + sp.SyncErrors}
+	info.Accepting = st.SpoolOpen && (sc.Full == spool.DropOldest || sp.Bytes < sc.MaxBytes)
 	if !sp.Oldest.IsZero() {
 		info.OldestAgeSeconds = time.Since(sp.Oldest).Seconds()
 	}
