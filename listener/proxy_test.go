@@ -1,7 +1,6 @@
 package listener
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -12,6 +11,8 @@ import (
 	"time"
 
 	"github.com/pires/go-proxyproto"
+
+	"github.com/ndlb/ndlb/internal/logtest"
 )
 
 // recordConn is a handler that records each connection's addresses and
@@ -207,7 +208,7 @@ func TestProxyRejectionSaysWhy(t *testing.T) {
 		{"nothing in time", nil, 50 * time.Millisecond, "no PROXY protocol header within 50ms"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var logs syncBuffer
+			var logs logtest.Buffer
 			l := New(newLocalListener(t), &recordConn{}, Config{AcceptProxy: true, ProxyHeaderTimeout: tc.timeout,
 				Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 			go l.Serve()
@@ -228,24 +229,6 @@ func TestProxyRejectionSaysWhy(t *testing.T) {
 			}
 		})
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the listener's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // A version 1 header that arrives in pieces is waited for, up to the

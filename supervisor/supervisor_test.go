@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/ndlb/ndlb/admin"
 	"github.com/ndlb/ndlb/dispatch"
+	"github.com/ndlb/ndlb/internal/logtest"
 	"github.com/ndlb/ndlb/settings"
 	"github.com/ndlb/ndlb/upstream"
 )
@@ -129,13 +129,13 @@ func fakeListener(name string) Listener {
 type world struct {
 	sup  *Supervisor
 	next Spec
-	logs *syncBuffer
+	logs *logtest.Buffer
 	lvl  *slog.LevelVar
 }
 
 func newWorld(t *testing.T, spec Spec) *world {
 	t.Helper()
-	w := &world{next: spec, logs: &syncBuffer{}, lvl: &slog.LevelVar{}}
+	w := &world{next: spec, logs: &logtest.Buffer{}, lvl: &slog.LevelVar{}}
 	sup, err := New(Config{
 		Logger: slog.New(slog.NewTextHandler(w.logs, nil)), Level: w.lvl,
 		Load: func() (Spec, error) { return w.next, nil }, PruneInterval: time.Hour,
@@ -158,23 +158,6 @@ func (w *world) server(t *testing.T, name string) *fakeServer {
 	}
 	t.Fatalf("no listener %q", name)
 	return nil
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // Every listener setting, changed alone, is applied by its rule: a live

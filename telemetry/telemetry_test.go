@@ -10,13 +10,14 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/ndlb/ndlb/internal/logtest"
 )
 
 func env(vars map[string]string) func(string) (string, bool) {
@@ -96,7 +97,7 @@ func TestExportErrorsAreLoggedSparingly(t *testing.T) {
 	var std bytes.Buffer
 	stdlog.SetOutput(&std)
 	defer stdlog.SetOutput(os.Stderr)
-	var buf syncBuffer
+	var buf logtest.Buffer
 	tel, err := Setup(context.Background(), Config{Version: "test", Env: env(vars), Logger: slog.New(slog.NewJSONHandler(&buf, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -117,22 +118,4 @@ func TestExportErrorsAreLoggedSparingly(t *testing.T) {
 	if logged != 1 || std.Len() != 0 {
 		t.Fatalf("%d exports failed: logged %d times through slog (%s) and through log: %q", hits.Load(), logged, buf.String(), std.String())
 	}
-}
-
-// syncBuffer is a bytes.Buffer for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
