@@ -54,7 +54,8 @@ type Config struct {
 	// instead of the system's; errors name it.
 	Server string
 	// Resolver, if set, looks names up instead (tests); nil means
-	// net.DefaultResolver, or one that asks Server.
+	// net.DefaultResolver, or one that asks Server. Refresh calls it
+	// from several goroutines at once.
 	Resolver Resolver
 	// Logger receives changes and lookup failures; nil means
 	// slog.Default().
@@ -184,7 +185,8 @@ const maxLookups = 16
 // then each name's addresses in the order given. It returns the addresses.
 // The names are looked up at once (up to maxLookups at a time), so that a
 // resolver that does not answer costs one lookup's timeout, not one per
-// name, at start and at each refresh.
+// name, at start and at each refresh (an SRV name's targets are then
+// resolved one by one).
 func (d *Discoverer) Refresh(ctx context.Context) []string {
 	names := slices.Concat(d.cfg.DNS, d.cfg.SRV)
 	answers := make([][]string, len(names))

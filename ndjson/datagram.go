@@ -43,6 +43,9 @@ type datagrams struct {
 	done     chan struct{} // closed when the reader has pushed its last batch
 	stopping atomic.Bool   // Shutdown: read what the kernel holds, then stop
 	handed   atomic.Bool   // Handover: stop at once, the socket lives on
+	// dropsFinal: Handover took the socket's last drop count that is
+	// this server's.
+	dropsFinal atomic.Bool
 	// reading is held around each read of the socket, so that Handover
 	// waits for a read in progress, not for a push the queue holds up.
 	reading sync.Mutex
@@ -51,7 +54,11 @@ type datagrams struct {
 }
 
 // countDrops takes the kernel's drop count for the socket now.
-func (d *datagrams) countDrops() { d.pc.CountDrops(&d.overflows) }
+func (d *datagrams) countDrops() {
+	if !d.dropsFinal.Load() {
+		d.pc.CountDrops(&d.overflows)
+	}
+}
 
 // serveDatagrams reads the socket's datagrams into the queue until the
 // socket closes, is handed over, or the shutdown's final read ends. Each
@@ -301,6 +308,10 @@ func (s *Server) handOverDatagrams() net.Listener {
 	d.pc.Interrupt()
 	d.reading.Lock() // no read in progress; none starts again
 	d.pc.Resume()
+	// The drops from now on are the successor's: the socket's count
+	// goes on for both.
+	d.countDrops()
+	d.dropsFinal.Store(true)
 	d.reading.Unlock()
 	return d.pc
 }

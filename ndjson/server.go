@@ -246,6 +246,7 @@ type Server struct {
 	spoolErrors                                atomic.Uint64
 	unspooled                                  atomic.Uint64          // lines queued in memory while the spool was not open
 	spoolLastErr                               atomic.Pointer[string] // the last failed append's error
+	spoolFailing                               atomic.Bool            // the last append failed
 	spoolWarn                                  rate.Sometimes         // logs failed appends
 	lineTimeouts, cutAtDrain, badFrames        atomic.Uint64
 	metrics                                    []metric.Registration
@@ -402,6 +403,7 @@ func (s *Server) push(b *framer.Batch, sc **route.Scratch) (notQueued int, err e
 			take = func() bool { return s.q.Reserve(b) }
 		}
 		id, handed, err := sp.AppendHandOff(b.Data, b.Lines, take)
+		s.spoolFailing.Store(err != nil && !errors.Is(err, spool.ErrClosed))
 		switch {
 		case err == nil && handed:
 			s.ledger.Received(uint64(b.Lines))
@@ -889,8 +891,9 @@ func (lt *lineTimer) stop() {
 type Summary struct {
 	Stats
 	// Clean is true when shutdown dropped no line: every whole line read
-	// was delivered. Fragments cut at the drain deadline are counted
-	// (CutAtDrain) but are not lines the client finished.
+	// was delivered, or stays in the spool for the next start. Fragments
+	// cut at the drain deadline are counted (CutAtDrain) but are not
+	// lines the client finished.
 	Clean bool
 }
 
@@ -945,6 +948,8 @@ type Stats struct {
 	Unspooled uint64
 	// SpoolLastError is the last failed append's error.
 	SpoolLastError string
+	// SpoolFailing: the last append failed (its lines went to memory).
+	SpoolFailing bool
 }
 
 // Stats returns the server's counters.
@@ -964,7 +969,7 @@ func (s *Server) Stats() Stats {
 	}
 	st.SpoolErrors, st.Unspooled = s.spoolErrors.Load(), s.unspooled.Load()
 	if sp := s.sp.Load(); sp != nil {
-		st.Spool, st.SpoolOpen = sp.Stats(), true
+		st.Spool, st.SpoolOpen, st.SpoolFailing = sp.Stats(), true, s.spoolFailing.Load()
 		if e := s.spoolLastErr.Load(); e != nil {
 			st.SpoolLastError = *e
 		}
@@ -1038,14 +1043,17 @@ func (s *Server) Shutdown() Summary {
 		case <-s.hard.Done():
 			<-s.poolDone
 		}
+		lostAtExit := false // spooled lines whose files are gone
 		if sp := s.sp.Load(); sp != nil {
 			// Undelivered lines stay in the spool for the next start;
 			// those whose segment drop-oldest deleted, or whose file
 			// is gone (Close forgets those), are lost.
 			sp.StopReading()
+			lostBefore := sp.Stats().LostLines
 			if err := sp.Close(); err != nil {
 				s.log.Error("spool: closing", "err", err)
 			}
+			lostAtExit = sp.Stats().LostLines > lostBefore
 			var lost, deliveredPart uint64
 			count := func(b *framer.Batch) {
 				switch {
@@ -1082,7 +1090,7 @@ func (s *Server) Shutdown() Summary {
 			_ = r.Unregister()
 		}
 		st := s.Stats()
-		s.summary = Summary{Stats: st, Clean: st.DroppedShutdown == 0}
+		s.summary = Summary{Stats: st, Clean: st.DroppedShutdown == 0 && !lostAtExit}
 		l := st.Ledger
 		level := slog.LevelInfo
 		if !s.summary.Clean {

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/internal/linetest"
 	"github.com/ndlb/ndlb/spool"
@@ -257,6 +259,49 @@ func TestSpoolRemovedBeforeShutdown(t *testing.T) {
 	defer sp.Close()
 	if st := sp.Stats(); st.Records != 0 {
 		t.Fatalf("the next start finds %d records", st.Records)
+	}
+}
+
+// A disk that fills below --spool-max-bytes: appends fail, the lines go
+// to the queue in memory (counted, the spool shown failing, which takes
+// the listener out of /readyz's count) and are delivered once a target
+// comes; a later append that works clears the failing state.
+func TestSpoolDiskFull(t *testing.T) {
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
+		t.Skipf("cannot mount a small tmpfs (%v): needs root", err)
+	}
+	defer unix.Unmount(dir, unix.MNT_DETACH)
+	ledger := linetest.NewLedger()
+	sink := linetest.StartSink(t, ledger)
+	sink.Kill(false)
+	srv := startSpoolServer(t, sink, dir, 10*time.Second)
+	const perClient = 10000
+	if err := linetest.SendClients(srv.Addr().String(), 2, 0, perClient, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "every line read", func() bool { return srv.Stats().Ledger.Received == 2*perClient })
+	if st := srv.Stats(); st.SpoolErrors == 0 || !st.SpoolFailing || st.SpoolLastError == "" {
+		t.Fatalf("a full disk: %d failed appends, failing %v, last error %q", st.SpoolErrors, st.SpoolFailing, st.SpoolLastError)
+	}
+	if err := sink.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the lines delivered", func() bool { return sink.Lines() == 2*perClient })
+	if err := linetest.SendClients(srv.Addr().String(), 1, perClient, perClient+100, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the last lines delivered", func() bool { return sink.Lines() == 2*perClient+100 })
+	if st := srv.Stats(); st.SpoolFailing {
+		t.Fatalf("the spool still shown failing after an append worked: %+v", st.Spool)
+	}
+	sum := srv.Shutdown()
+	if l := sum.Ledger; !l.Closed() || l.Delivered != 2*perClient+100 || l.DroppedTotal() != 0 {
+		t.Fatalf("ledger %+v", l)
+	}
+	sink.WaitDrained(10 * time.Second)
+	if r := ledger.Check(map[uint32]uint32{1: perClient + 100, 2: perClient}); r.Lost != 0 || r.Torn != 0 {
+		t.Fatalf("%v", r)
 	}
 }
 

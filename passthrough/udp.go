@@ -67,13 +67,15 @@ type UDPServer struct {
 	quiet       atomic.Int64 // how long a flow may idle, in ns
 	activeFlows atomic.Int64
 
-	handed   atomic.Bool // Handover took the socket
-	stopped  atomic.Bool // Shutdown dropped the socket: its drop count is final
-	serveErr chan error
-	shutdown sync.Once
-	summary  UDPSummary
-	metrics  []metric.Registration
-	warn     rate.Sometimes
+	handed atomic.Bool // Handover took the socket
+	// dropsFinal: Handover or Shutdown took the socket's last drop
+	// count that is this server's (a successor may share the socket).
+	dropsFinal atomic.Bool
+	serveErr   chan error
+	shutdown   sync.Once
+	summary    UDPSummary
+	metrics    []metric.Registration
+	warn       rate.Sometimes
 
 	opened, idleClosed, icmpClosed, shutClosed, movedClosed atomic.Uint64
 	dgIn, dgOut, bytesIn, bytesOut, dialFailed              atomic.Uint64
@@ -163,6 +165,9 @@ func (s *UDPServer) Handover() net.Listener {
 		return nil
 	}
 	s.loop.stopReading()
+	// The drops from now on are the successor's.
+	s.pc.CountDrops(&s.overflows)
+	s.dropsFinal.Store(true)
 	return s.pc
 }
 
@@ -207,7 +212,7 @@ func (st UDPStats) Dropped() uint64 {
 // Stats returns the server's counters. The kernel's drop count is asked
 // again, for the drops no datagram read after them reports.
 func (s *UDPServer) Stats() UDPStats {
-	if s.pc != nil && !s.stopped.Load() {
+	if s.pc != nil && !s.dropsFinal.Load() {
 		s.pc.CountDrops(&s.overflows)
 	}
 	return UDPStats{
@@ -249,8 +254,10 @@ func (s *UDPServer) Shutdown() UDPSummary {
 			deadline.Stop()
 			poll.Stop()
 			s.loop.exit() // closes what is left
-			s.pc.CountDrops(&s.overflows)
-			s.stopped.Store(true)
+			if !s.dropsFinal.Load() {
+				s.pc.CountDrops(&s.overflows)
+				s.dropsFinal.Store(true)
+			}
 			s.pc.Drop() // after the drain: answers leave from it
 		}
 		for _, r := range s.metrics {

@@ -537,9 +537,9 @@ func TestUDPKernelDropsAddUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = ln.SetReadBuffer(64 << 10) // room for a datagram or two
 	s.Start(listener.NewPacket(ln, nil))
 	defer s.Shutdown()
+	_ = ln.SetReadBuffer(64 << 10) // after Start's own: room for a datagram or two
 	c := udpClient(t, 62, s.Addr())
 	msg := bytes.Repeat([]byte("d"), 60<<10)
 	const sent = 3000

@@ -155,6 +155,8 @@ type Stats struct {
 	// Oldest is when the oldest segment still held was created (zero
 	// when there is none).
 	Oldest time.Time
+	// Waiting is the appends waiting for room (Block, the spool full).
+	Waiting int
 }
 
 type segment struct {
@@ -215,6 +217,7 @@ type Spool struct {
 	syncErr      error            // the last fsync's failure
 	dirDirty     bool             // segments were made or deleted since the directory's last fsync
 	trash        []spare          // files of removed segments not yet deleted (their bytes still counted)
+	waiting      int              // appends waiting for room (Block); guarded by mu
 	spares       []spare          // files of deleted segments, kept for new ones
 	sweep        chan struct{}    // wakes background to delete the trash
 	sweeping     sync.Mutex       // held by deleteTrash
@@ -789,7 +792,9 @@ again:
 			case s.cfg.Full == DropOldest:
 				return ID{}, false, ErrFull // only the segment being written is left
 			default:
+				s.waiting++
 				s.room.Wait()
+				s.waiting--
 			}
 			continue
 		}
@@ -1115,10 +1120,13 @@ func (s *Spool) NextInto(get func(n int) []byte) (Record, error) {
 				continue
 			}
 			if err != nil {
-				// The next try opens the file again: the error may
-				// be the descriptor's.
-				s.rFile.Close()
-				s.rFile = nil
+				// The next try opens the file again (the error may
+				// be the descriptor's), unless its name is gone:
+				// this descriptor is then all that reads it.
+				if _, serr := os.Lstat(seg.path); last || serr == nil {
+					s.rFile.Close()
+					s.rFile = nil
+				}
 				return Record{}, err
 			}
 			return rec, nil
@@ -1230,6 +1238,7 @@ func (s *Spool) loseVanished() {
 		s.unfed -= seg.records - seg.fed
 		s.stats.Records -= seg.records - seg.acked
 		seg.records, seg.lines = seg.acked, seg.ackedLines
+		seg.fed, seg.fedLines = seg.acked, seg.ackedLines // so that remove uncounts nothing more
 		delete(s.bySeq, seg.seq)
 	}
 }
@@ -1297,7 +1306,8 @@ func readError(seg *segment, err error) error {
 }
 
 // Has reports whether the record id is still in the spool (its segment
-// was not dropped, nor deleted after its acknowledgement).
+// was not dropped, nor deleted after its acknowledgement, nor found gone
+// by Close).
 func (s *Spool) Has(id ID) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -1309,7 +1319,7 @@ func (s *Spool) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.stats
-	st.Bytes, st.Segments, st.LastSyncError = s.size, len(s.segs), s.syncErr
+	st.Bytes, st.Segments, st.LastSyncError, st.Waiting = s.size, len(s.segs), s.syncErr, s.waiting
 	for _, seg := range s.segs {
 		st.Lines += seg.lines - seg.ackedLines
 	}
@@ -1373,7 +1383,8 @@ func (s *Spool) deleteTrash() {
 	}
 }
 
-// Close syncs and closes the spool; segments stay for the next Open.
+// Close syncs and closes the spool; segments stay for the next Open,
+// except those whose files are gone, which it forgets (loseVanished).
 func (s *Spool) Close() error {
 	s.mu.Lock()
 	if s.closed || s.closing {

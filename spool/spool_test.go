@@ -248,10 +248,15 @@ func TestFullBlocks(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { _, err := s.Append(data(0), 1); done <- err }()
-	select {
-	case err := <-done:
-		t.Fatalf("Append did not wait on a full spool: %v", err)
-	case <-time.After(50 * time.Millisecond):
+	for deadline := time.Now().Add(10 * time.Second); s.Stats().Waiting != 1; time.Sleep(time.Millisecond) {
+		select {
+		case err := <-done:
+			t.Fatalf("Append did not wait on a full spool: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Append neither waits for room nor returns")
+		}
 	}
 	for _, id := range ids { // everything acknowledged: sealed segments go
 		s.Ack(id, 1)
@@ -263,6 +268,9 @@ func TestFullBlocks(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Append still waits after the acknowledgements")
+	}
+	if w := s.Stats().Waiting; w != 0 {
+		t.Fatalf("%d appends waiting after the last returned", w)
 	}
 }
 

@@ -48,7 +48,7 @@ func spoolInfo(sc *spool.Config, st ndjson.Stats) *admin.SpoolInfo {
 		Replayed: sp.Replayed, CorruptTails: sp.CorruptTails, DroppedLines: sp.DroppedLines,
 		LostLines: sp.LostLines, UnspooledLines: st.Unspooled,
 		Errors: st.SpoolErrors + sp.SyncErrors}
-	info.Accepting = st.SpoolOpen && (sc.Full == spool.DropOldest || sp.Bytes < sc.MaxBytes)
+	info.Accepting = spoolAccepting(sc, st)
 	if !sp.Oldest.IsZero() {
 		info.OldestAgeSeconds = time.Since(sp.Oldest).Seconds()
 	}
@@ -59,6 +59,16 @@ func spoolInfo(sc *spool.Config, st ndjson.Stats) *admin.SpoolInfo {
 		info.LastError = sp.LastSyncError.Error()
 	}
 	return info
+}
+
+// spoolAccepting reports whether the spool takes lines without waiting:
+// it is open, its last append worked, and it has room (under its size,
+// and no append waits for room) or makes room (drop-oldest).
+func spoolAccepting(sc *spool.Config, st ndjson.Stats) bool {
+	if !st.SpoolOpen || st.SpoolFailing {
+		return false
+	}
+	return sc.Full == spool.DropOldest || st.Spool.Waiting == 0 && st.Spool.Bytes < sc.MaxBytes
 }
 
 // Lost is the lines read and not yet delivered.

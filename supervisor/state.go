@@ -201,8 +201,19 @@ func carryState(from, to *upstream.Set, checks bool) {
 // write: to a temporary file, synced, then renamed over it, so that a crash
 // leaves the old file or the new one, never a torn one.
 func (s *Supervisor) saveState() {
-	if s.stateHanded.Load() || s.stateOff.Load() {
-		return // a newer process has it (and may have changed it since), or it could not be read
+	if s.stateHanded.Load() {
+		return // a newer process has it, and may have changed it since
+	}
+	if s.stateOff.Load() {
+		// It could not be read at start: not overwritten. Say so
+		// while there is something it would have kept.
+		if len(s.stateNow().Listeners) > 0 {
+			s.stateLog.Do(func() {
+				s.log.Error("state file not written: it could not be read at start; drains, disables and failed checks are not kept across a restart",
+					"path", s.cfg.StateFile)
+			})
+		}
+		return
 	}
 	s.applyPending()
 	b, err := json.MarshalIndent(s.stateNow(), "", "  ")

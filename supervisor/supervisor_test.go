@@ -630,6 +630,9 @@ func TestStateFileThatCannotBeRead(t *testing.T) {
 		x, _ := set.Lookup("127.0.0.1:1")
 		x.Drain()
 		w.sup.saveState()
+		if !strings.Contains(w.logs.String(), "state file not written") {
+			t.Errorf("%s: a drain not kept, silently: %s", path, w.logs.String())
+		}
 		st, err := os.Lstat(path)
 		if err != nil || st.Mode().IsRegular() {
 			t.Errorf("%s: replaced: %v, %v", path, st, err)

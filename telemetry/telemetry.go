@@ -6,7 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -44,18 +44,38 @@ const errorEvery = time.Minute
 
 // errorLog is the SDK's error handler: the first error is logged, then
 // one a minute, with the count so far, through ndlb's logger rather than
-// the standard library's (plain text among JSON lines, unbounded).
+// the standard library's (plain text among JSON lines, unbounded). It is
+// installed once, as the global handler; each Setup gives it its logger.
 type errorLog struct {
+	mu    sync.Mutex
 	log   *slog.Logger
-	n     atomic.Uint64
+	n     uint64
 	every rate.Sometimes
+}
+
+// sdkErrors is the global handler (otel.SetErrorHandler) once Setup ran.
+var (
+	sdkErrors     errorLog
+	sdkErrorsOnce sync.Once
+)
+
+// use makes log receive the errors from now on, counted afresh.
+func (e *errorLog) use(log *slog.Logger) {
+	e.mu.Lock()
+	e.log, e.n, e.every = log, 0, rate.Sometimes{First: 1, Interval: errorEvery}
+	e.mu.Unlock()
+	sdkErrorsOnce.Do(func() { otel.SetErrorHandler(e) })
 }
 
 // Handle implements otel.ErrorHandler.
 func (e *errorLog) Handle(err error) {
-	n := e.n.Add(1)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.n++
+	n := e.n
 	e.every.Do(func() {
-		e.log.Warn("OpenTelemetry export failed; logged at most once a minute", "err", err, "errors_so_far", n)
+		e.log.Warn("OpenTelemetry SDK error (an export that failed, a bad OTEL_* value); logged at most once a minute",
+			"err", err, "errors_so_far", n)
 	})
 }
 
@@ -94,8 +114,7 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	el := &errorLog{log: log, every: rate.Sometimes{First: 1, Interval: errorEvery}}
-	otel.SetErrorHandler(el)
+	sdkErrors.use(log)
 	otel.SetLogger(logr.FromSlogHandler(log.Handler()))
 	res, err := resource.Merge(resource.Default(), resource.NewWithAttributes(semconv.SchemaURL,
 		semconv.ServiceName("ndlb"), semconv.ServiceVersion(cfg.Version)))

@@ -114,7 +114,7 @@ func TestExportErrorsAreLoggedSparingly(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = tel.Shutdown(ctx)
-	logged := strings.Count(buf.String(), "OpenTelemetry export failed")
+	logged := strings.Count(buf.String(), "OpenTelemetry SDK error")
 	if logged != 1 || std.Len() != 0 {
 		t.Fatalf("%d exports failed: logged %d times through slog (%s) and through log: %q", hits.Load(), logged, buf.String(), std.String())
 	}

@@ -16,7 +16,7 @@ type NotRegularError struct {
 func (e *NotRegularError) Error() string { return e.Path + ": not a regular file: " + e.Kind }
 
 // Read reads at most limit+1 bytes of the regular file at path: a result
-// longer than limit means the file is. Anything else (a FIFO, a device, a
+// longer than limit means the file is longer than limit. Anything else (a FIFO, a device, a
 // directory) is refused with a *NotRegularError before a read: opening it
 // does not wait (O_NONBLOCK, which changes nothing for a regular file).
 func Read(path string, limit int64) ([]byte, error) {
