@@ -60,6 +60,9 @@ type LedgerInfo struct {
 	// Spooled is what stopped instances left in the spool (the one that
 	// opens it next receives them again).
 	Spooled uint64 `json:"spooled,omitempty"`
+	// Replayed is what instances found in the spool at open, left by an
+	// earlier one: part of Received.
+	Replayed uint64 `json:"replayed,omitempty"`
 }
 
 // SpoolInfo is an NDJSON listener's disk spool (--spool-dir).

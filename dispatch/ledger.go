@@ -47,7 +47,7 @@ type Ledger struct {
 	received, delivered                    atomic.Uint64
 	oversize, incomplete, memory, shutdown atomic.Uint64
 	binary, unrouted, spoolFull, spoolLost atomic.Uint64
-	spooled                                atomic.Uint64
+	spooled, replayed                      atomic.Uint64
 }
 
 // NewLedger returns an empty ledger.
@@ -61,8 +61,14 @@ type LedgerStats struct {
 	// Spooled counts lines left in a spool when its listener stopped:
 	// neither delivered nor lost, they are delivered by the next
 	// instance or process on it (which counts them as received again).
-	Spooled uint64            `json:"spooled,omitempty"`
-	Dropped map[string]uint64 `json:"dropped"`
+	Spooled uint64 `json:"spooled,omitempty"`
+	// Replayed counts the lines found in the spool at open, which an
+	// earlier instance or process left there (its Spooled): they are
+	// part of Received, so Received - Replayed is what clients sent this
+	// instance, and over the instances and processes that share a spool,
+	// the sum of Received - Replayed is what the clients sent.
+	Replayed uint64            `json:"replayed,omitempty"`
+	Dropped  map[string]uint64 `json:"dropped"`
 }
 
 // DroppedTotal adds up the drops.
@@ -139,6 +145,15 @@ func (l *Ledger) Spooled(lines uint64) {
 	}
 }
 
+// Replayed counts lines found in a spool at open, left by an earlier
+// instance or process: received again (see LedgerStats.Replayed).
+func (l *Ledger) Replayed(lines uint64) {
+	if l != nil {
+		l.replayed.Add(lines)
+		l.received.Add(lines)
+	}
+}
+
 // Stats returns the account now. Delivered and dropped are read before
 // received, so in flight is never negative.
 func (l *Ledger) Stats() LedgerStats {
@@ -153,7 +168,7 @@ func (l *Ledger) Stats() LedgerStats {
 		dropped += v
 	}
 	st.Received = l.received.Load()
-	st.Spooled = l.spooled.Load()
+	st.Spooled, st.Replayed = l.spooled.Load(), l.replayed.Load()
 	st.InFlight = st.Received - min(st.Received, st.Delivered+dropped+st.Spooled)
 	return st
 }
@@ -199,6 +214,7 @@ func (b *Book) Stats(name string) LedgerStats {
 		sum.Delivered += st.Delivered
 		sum.InFlight += st.InFlight
 		sum.Spooled += st.Spooled
+		sum.Replayed += st.Replayed
 		for r, v := range st.Dropped {
 			sum.Dropped[r] += v
 		}

@@ -243,6 +243,7 @@ func (p *proc) summary(key string) uint64 {
 // exit, over the listener's whole life.
 type ledger struct {
 	received, delivered, dropped, inFlight uint64
+	spooled, replayed                      uint64 // left in the spool at exit; found there at open
 	byReason                               map[string]uint64
 }
 

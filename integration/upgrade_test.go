@@ -46,13 +46,16 @@ func (p *proc) ledgers(name string) (sum ledger, n int) {
 			continue
 		}
 		num := func(k string) uint64 { v, _ := l[k].(float64); return uint64(v) }
-		g := ledger{received: num("received"), delivered: num("delivered"), dropped: num("dropped"), inFlight: num("in_flight")}
-		if g.received != g.delivered+g.dropped || g.inFlight != 0 {
+		g := ledger{received: num("received"), delivered: num("delivered"), dropped: num("dropped"), inFlight: num("in_flight"),
+			spooled: num("spooled"), replayed: num("replayed")}
+		if g.received != g.delivered+g.dropped+g.spooled || g.inFlight != 0 {
 			p.t.Fatalf("a ledger of %q does not close: %+v", name, g)
 		}
 		sum.received += g.received
 		sum.delivered += g.delivered
 		sum.dropped += g.dropped
+		sum.spooled += g.spooled
+		sum.replayed += g.replayed
 		n++
 	}
 	return sum, n
@@ -154,6 +157,51 @@ func TestUpgradeKeepsClientConnections(t *testing.T) {
 	sum, procs := p.ledgers("default")
 	if procs != 2 || sum.received != r.Sent || sum.delivered != r.Received || sum.dropped != 0 {
 		t.Fatalf("%d ledgers adding to %+v; sent %d, the sinks received %d", procs, sum, r.Sent, r.Received)
+	}
+}
+
+// An upgrade while every target is down and the lines wait in the spool:
+// the old process leaves them spooled, the new one replays and delivers
+// them, once; its ledger counts them received again, as replayed, so
+// that over both ledgers received - replayed is what the clients sent.
+func TestUpgradeReplaysTheSpool(t *testing.T) {
+	w := newWorld(t, 1)
+	w.sinks[0].Kill(false)
+	pidFile := filepath.Join(t.TempDir(), "ndlb.pid")
+	p := startNDLB(t, "--target", w.targets(), "--pid-file", pidFile, "--spool-dir", t.TempDir(),
+		"--deliver-timeout", "1s", "--backoff-max", "100ms")
+	oldPID := readPID(t, pidFile, 0)
+	const lines = 5000
+	c := dial(t, p.addr)
+	if _, err := linetest.Send(c, 0, 0, lines, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := endClean(c); err != nil { // every line read, and spooled
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(oldPID, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	newPID := readPID(t, pidFile, oldPID)
+	if l := p.waitLog("ledger", time.Minute); l["spooled"] != float64(lines) { // the old process's, at its exit
+		t.Fatalf("the old process left %v lines spooled, want %d", l["spooled"], lines)
+	}
+	if err := w.sinks[0].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	w.waitLines(lines)
+	if err := syscall.Kill(newPID, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(time.Minute); code != 0 {
+		t.Errorf("the old process exited %d", code)
+	}
+	if r := w.check(map[uint32]uint32{0: lines}); r.Lost != 0 || r.Duplicated != 0 || r.Torn != 0 {
+		t.Fatal(r)
+	}
+	sum, procs := p.ledgers("default")
+	if procs != 2 || sum.received-sum.replayed != lines || sum.replayed != lines || sum.spooled != lines || sum.delivered != lines {
+		t.Fatalf("%d ledgers adding to %+v; sent %d", procs, sum, lines)
 	}
 }
 
@@ -307,6 +355,73 @@ func TestUpgradeToABrokenBinaryKeepsServing(t *testing.T) {
 	if _, err := os.Stat(pidFile); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("PID file left behind at exit: %v", err)
 	}
+}
+
+// An upgrade to a wrapper script that starts a process and is never
+// ready: when the upgrade gives up, it ends the processes the script
+// started too, which would otherwise hold the inherited sockets.
+func TestFailedUpgradeLeavesNoProcessBehind(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "ndlb")
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(exe, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	w := newWorld(t, 1)
+	pidFile := filepath.Join(dir, "ndlb.pid")
+	p := startCmd(t, exec.Command(exe, "--addr", "127.0.0.1", "--port", "0", "--log-format", "json",
+		"--target", w.targets(), "--pid-file", pidFile, "--upgrade-timeout", "2s"))
+	oldPID := readPID(t, pidFile, 0)
+	started := filepath.Join(dir, "started")
+	wrapper := filepath.Join(dir, "wrapper")
+	script := fmt.Sprintf("#!/bin/sh\nsleep 600 &\necho $! > %s\nwait\n", started)
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(wrapper, exe); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(oldPID, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	failed := p.waitLog("upgrade failed; this process serves on", time.Minute)
+	if !strings.Contains(fmt.Sprint(failed["err"]), "not ready within") {
+		t.Errorf("reason: %v", failed["err"])
+	}
+	pid := readPID(t, started, 0)
+	deadline := time.Now().Add(10 * time.Second)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("the wrapper's process %d outlived the failed upgrade", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c := dial(t, p.addr)
+	if _, err := linetest.Send(c, 0, 0, 100, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := endClean(c); err != nil {
+		t.Fatal(err)
+	}
+	p.stopOK()
+	if r := w.check(map[uint32]uint32{0: 100}); r.Lost != 0 || r.Duplicated != 0 {
+		t.Fatal(r)
+	}
+}
+
+// alive reports whether process pid runs (a zombie waiting for a reaper
+// does not).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	_, rest, ok := strings.Cut(string(b), ") ")
+	return ok && !strings.HasPrefix(rest, "Z")
 }
 
 // The systemd unit in deploy/ runs flags ndlb has, reloads by upgrading,

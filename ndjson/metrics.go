@@ -66,21 +66,25 @@ type ndjsonMetrics struct {
 var ledgerInstruments = sync.OnceValues(func() (ledgerMetrics, error) {
 	m := otel.Meter("github.com/ndlb/ndlb/ndjson")
 	var l ledgerMetrics
-	var errs [4]error
+	var errs [6]error
 	l.received, errs[0] = m.Int64ObservableCounter("ndlb.lines.received", metric.WithUnit("{line}"),
-		metric.WithDescription("Lines read from clients (fragments included): delivered + dropped + in flight."))
+		metric.WithDescription("Lines read from clients (fragments included), and those found in the spool at open (ndlb.lines.replayed): delivered + dropped + spooled + in flight."))
+	l.spooled, errs[4] = m.Int64ObservableCounter("ndlb.lines.spooled", metric.WithUnit("{line}"),
+		metric.WithDescription("Lines left in the spool by instances that stopped, for the next to deliver."))
+	l.replayed, errs[5] = m.Int64ObservableCounter("ndlb.lines.replayed", metric.WithUnit("{line}"),
+		metric.WithDescription("Lines found in the spool at open, left by an earlier instance or process (part of ndlb.lines.received)."))
 	l.delivered, errs[1] = m.Int64ObservableCounter("ndlb.lines.delivered", metric.WithUnit("{line}"),
 		metric.WithDescription("Lines acknowledged by a target."))
 	l.dropped, errs[2] = m.Int64ObservableCounter("ndlb.lines.dropped", metric.WithUnit("{line}"),
-		metric.WithDescription("Lines dropped, by ndlb.drop.reason: oversize, incomplete, memory, shutdown, binary, unrouted."))
+		metric.WithDescription("Lines dropped, by ndlb.drop.reason: oversize, incomplete, memory, shutdown, binary, unrouted, spool_full, spool_lost."))
 	l.inFlight, errs[3] = m.Int64ObservableGauge("ndlb.lines.in_flight", metric.WithUnit("{line}"),
 		metric.WithDescription("Lines received and not yet delivered or dropped."))
 	return l, errors.Join(errs[:]...)
 })
 
 type ledgerMetrics struct {
-	received, delivered, dropped metric.Int64ObservableCounter
-	inFlight                     metric.Int64ObservableGauge
+	received, delivered, dropped, spooled, replayed metric.Int64ObservableCounter
+	inFlight                                        metric.Int64ObservableGauge
 }
 
 // ObserveLedgers reports the ledger of every listener in b (replaced and
@@ -99,13 +103,15 @@ func ObserveLedgers(b *dispatch.Book) (metric.Registration, error) {
 			o.ObserveInt64(m.received, int64(st.Received), set)
 			o.ObserveInt64(m.delivered, int64(st.Delivered), set)
 			o.ObserveInt64(m.inFlight, int64(st.InFlight), set)
+			o.ObserveInt64(m.spooled, int64(st.Spooled), set)
+			o.ObserveInt64(m.replayed, int64(st.Replayed), set)
 			for _, r := range dispatch.DropReasons {
 				o.ObserveInt64(m.dropped, int64(st.Dropped[r]),
 					metric.WithAttributes(append(attrs, attribute.String("ndlb.drop.reason", r))...))
 			}
 		}
 		return nil
-	}, m.received, m.delivered, m.dropped, m.inFlight)
+	}, m.received, m.delivered, m.dropped, m.inFlight, m.spooled, m.replayed)
 }
 
 // observe registers the server's metrics, labelled with attrs.

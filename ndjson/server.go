@@ -20,6 +20,7 @@ import (
 
 	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/framer"
+	"github.com/ndlb/ndlb/internal/mono"
 	"github.com/ndlb/ndlb/invalid"
 	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/pool"
@@ -247,6 +248,8 @@ type Server struct {
 	unspooled                                  atomic.Uint64          // lines queued in memory while the spool was not open
 	spoolLastErr                               atomic.Pointer[string] // the last failed append's error
 	spoolFailing                               atomic.Bool            // the last append failed
+	spoolFailedAt                              atomic.Int64           // when an append last failed (mono); 0: never
+	failingFor                                 time.Duration          // Stats.SpoolFailing stays true this long after a failed append
 	spoolWarn                                  rate.Sometimes         // logs failed appends
 	lineTimeouts, cutAtDrain, badFrames        atomic.Uint64
 	metrics                                    []metric.Registration
@@ -286,7 +289,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, bufs: framer.NewPool(), budget: framer.NewBudget(cfg.ClientMemory),
 		ledger: dispatch.NewLedger(), book: cfg.Book, set: upstream.NewSet(cfg.Targets),
-		spoolWarn: rate.Sometimes{First: 1, Interval: 10 * time.Second}}
+		spoolWarn: rate.Sometimes{First: 1, Interval: 10 * time.Second}, failingFor: spoolFailingFor}
 	if len(cfg.Route.Groups) > 0 {
 		s.set.UpdateGroups(cfg.Route.TargetGroups())
 	}
@@ -403,7 +406,11 @@ func (s *Server) push(b *framer.Batch, sc **route.Scratch) (notQueued int, err e
 			take = func() bool { return s.q.Reserve(b) }
 		}
 		id, handed, err := sp.AppendHandOff(b.Data, b.Lines, take)
-		s.spoolFailing.Store(err != nil && !errors.Is(err, spool.ErrClosed))
+		failed := err != nil && !errors.Is(err, spool.ErrClosed)
+		s.spoolFailing.Store(failed)
+		if failed {
+			s.spoolFailedAt.Store(mono.Now())
+		}
 		switch {
 		case err == nil && handed:
 			s.ledger.Received(uint64(b.Lines))
@@ -508,7 +515,7 @@ func (s *Server) adoptSpool(sp *spool.Spool) {
 		s.log.Warn("spool: damaged records found at open and cut out; the whole records after them are kept",
 			"dir", s.cfg.Spool.Dir, "segments_cut", st.CorruptTails, "bytes_cut", st.CorruptBytes, "lines_kept", st.Lines)
 	}
-	s.ledger.Received(uint64(st.Lines))
+	s.ledger.Replayed(uint64(st.Lines))
 	s.sp.Store(sp)
 	// At the shutdown deadline, a client waiting for room in a full
 	// spool gives up, as one waiting for the queue does.
@@ -948,9 +955,15 @@ type Stats struct {
 	Unspooled uint64
 	// SpoolLastError is the last failed append's error.
 	SpoolLastError string
-	// SpoolFailing: the last append failed (its lines went to memory).
+	// SpoolFailing: the last append failed (its lines went to memory),
+	// or one did within the last 10 s: on a disk nearly full, appends
+	// that fail and appends that fit alternate.
 	SpoolFailing bool
 }
+
+// spoolFailingFor is how long Stats.SpoolFailing stays true after an
+// append failed.
+const spoolFailingFor = 10 * time.Second
 
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats {
@@ -969,7 +982,9 @@ func (s *Server) Stats() Stats {
 	}
 	st.SpoolErrors, st.Unspooled = s.spoolErrors.Load(), s.unspooled.Load()
 	if sp := s.sp.Load(); sp != nil {
-		st.Spool, st.SpoolOpen, st.SpoolFailing = sp.Stats(), true, s.spoolFailing.Load()
+		st.Spool, st.SpoolOpen = sp.Stats(), true
+		at := s.spoolFailedAt.Load()
+		st.SpoolFailing = s.spoolFailing.Load() || at != 0 && time.Duration(mono.Now()-at) < s.failingFor
 		if e := s.spoolLastErr.Load(); e != nil {
 			st.SpoolLastError = *e
 		}

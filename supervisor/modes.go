@@ -31,7 +31,7 @@ func (m NDJSON) Info(srv Server, name, addr string, book *dispatch.Book) admin.L
 		Active: st.Active, Accepted: st.Accepted}
 	if book != nil {
 		l := book.Stats(name)
-		info.Ledger = &admin.LedgerInfo{Received: l.Received, Delivered: l.Delivered, InFlight: l.InFlight, Dropped: l.Dropped, Spooled: l.Spooled}
+		info.Ledger = &admin.LedgerInfo{Received: l.Received, Delivered: l.Delivered, InFlight: l.InFlight, Dropped: l.Dropped, Spooled: l.Spooled, Replayed: l.Replayed}
 	}
 	if sc := m.Config.Spool; sc != nil {
 		info.Spool = spoolInfo(sc, all)

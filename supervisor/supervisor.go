@@ -205,7 +205,7 @@ func (s *Supervisor) logLedgers() (ok bool) {
 	for _, name := range book.Names() {
 		l := book.Stats(name)
 		attrs := []any{"listener", name, "received", l.Received, "delivered", l.Delivered,
-			"dropped", l.DroppedTotal(), "spooled", l.Spooled, "in_flight", l.InFlight}
+			"dropped", l.DroppedTotal(), "spooled", l.Spooled, "replayed", l.Replayed, "in_flight", l.InFlight}
 		for _, reason := range dispatch.DropReasons {
 			attrs = append(attrs, "dropped_"+reason, l.Dropped[reason])
 		}

@@ -165,7 +165,11 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 	}
 	env := append(withoutEnv(os.Environ(), upgradeEnv), upgradeEnv+"="+string(js))
 	s.log.Info("upgrade: starting the new process", "path", path)
-	pid, _, err := syscall.StartProcess(path, append([]string{path}, os.Args[1:]...), &syscall.ProcAttr{Env: env, Files: files})
+	// In a process group of its own, so that a failed upgrade ends what
+	// it started too (a wrapper script's ndlb, which would otherwise hold
+	// the inherited sockets beside this process).
+	pid, _, err := syscall.StartProcess(path, append([]string{path}, os.Args[1:]...),
+		&syscall.ProcAttr{Env: env, Files: files, Sys: &syscall.SysProcAttr{Setpgid: true}})
 	if err != nil {
 		return fmt.Errorf("start %s: %w", path, err)
 	}
@@ -174,6 +178,12 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 	}
 	fds = nil
 	child, _ := os.FindProcess(pid) // never fails on Unix
+	// kill ends the new process and every process in its group; once
+	// it is ready it is never called.
+	kill := func() {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		_ = child.Kill()
+	}
 	exited := make(chan error, 1)
 	go func() {
 		st, err := child.Wait()
@@ -195,19 +205,21 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 		if err != nil {
 			select { // most often it exited: say how
 			case xerr := <-exited:
+				kill() // what it started
 				return fmt.Errorf("the new process (pid %d) exited before it was ready: %v", pid, xerr)
 			case <-time.After(time.Second):
 			}
-			_ = child.Kill()
+			kill()
 			return fmt.Errorf("the new process (pid %d) closed its channel before it was ready: %v", pid, err)
 		}
 	case err := <-exited:
+		kill() // what it started
 		return fmt.Errorf("the new process (pid %d) exited before it was ready: %v", pid, err)
 	case <-timer.C:
-		_ = child.Kill()
-		return fmt.Errorf("the new process (pid %d) was not ready within %s; it was killed", pid, timeout)
+		kill()
+		return fmt.Errorf("the new process (pid %d) was not ready within %s; it was killed, with the processes it started", pid, timeout)
 	case <-ctx.Done():
-		_ = child.Kill()
+		kill()
 		return ctx.Err()
 	}
 	s.log.Info("upgrade: the new process is ready; handing over", "pid", pid)
