@@ -9,8 +9,10 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cespare/xxhash/v2"
+	"golang.org/x/time/rate"
 
 	"github.com/ndlb/ndlb/balance"
 	"github.com/ndlb/ndlb/dispatch"
@@ -159,6 +161,9 @@ type Router struct {
 	def      int // the default group's index, or -1
 	tab      atomic.Pointer[table]
 	wake     chan struct{}
+	// unroutedLog says, once every 10 s at most, that lines are dropped
+	// as unrouted.
+	unroutedLog rate.Sometimes
 
 	mu      sync.Mutex
 	targets map[*upstream.Target]*tstate // guarded by mu
@@ -231,7 +236,7 @@ func New(cfg Config, q *dispatch.Queue, set *upstream.Set, ledger *dispatch.Ledg
 	r := &Router{cfg: cfg, q: q, set: set, ledger: ledger, bufs: bufs, log: log, slots: keyedLanes,
 		groupKey: cfg.GroupKey, byName: map[string]int{}, byValue: map[string]int{}, def: -1,
 		wake: make(chan struct{}, 1), targets: map[*upstream.Target]*tstate{}, owner: map[int]*tstate{},
-		free: map[int][]int{}, groupOf: map[int]int{}}
+		free: map[int][]int{}, groupOf: map[int]int{}, unroutedLog: rate.Sometimes{First: 1, Interval: 10 * time.Second}}
 	if r.groupKey == nil && len(cfg.Groups) > 0 {
 		r.groupKey = cfg.Key
 	}
@@ -667,8 +672,12 @@ func (r *Router) Push(ctx context.Context, b *framer.Batch, sc *Scratch) (notQue
 	})
 	sc.flush(r)
 	if unrouted > 0 {
-		r.unrouted.Add(uint64(unrouted))
+		n := r.unrouted.Add(uint64(unrouted))
 		r.ledger.DropRead(dispatch.DropUnrouted, uint64(unrouted))
+		r.unroutedLog.Do(func() {
+			r.log.Warn("lines dropped: their group key matches no group, and there is no default group (logged at most every 10 s)",
+				"lines", unrouted, "unrouted_so_far", n)
+		})
 		if unrouted == len(sc.recs) {
 			b.Release()
 			return 0, nil

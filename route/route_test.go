@@ -15,6 +15,7 @@ import (
 	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/framer"
 	"github.com/ndlb/ndlb/internal/linetest"
+	"github.com/ndlb/ndlb/internal/logtest"
 	"github.com/ndlb/ndlb/invalid"
 	"github.com/ndlb/ndlb/routekey"
 	"github.com/ndlb/ndlb/upstream"
@@ -41,17 +42,18 @@ type fixture struct {
 	r      *Router
 	lanes  [1]int
 	popped []*framer.Batch
+	logs   *logtest.Buffer
 }
 
 func newFixture(t testing.TB, cfg Config, targets []string) *fixture {
 	t.Helper()
-	f := &fixture{set: upstream.NewSet(targets), ledger: dispatch.NewLedger(), bufs: framer.NewPool()}
+	f := &fixture{set: upstream.NewSet(targets), ledger: dispatch.NewLedger(), bufs: framer.NewPool(), logs: &logtest.Buffer{}}
 	if len(cfg.Groups) > 0 {
 		f.set = upstream.NewSet(nil)
 		f.set.UpdateGroups(cfg.TargetGroups())
 	}
 	f.q = dispatch.New(dispatch.Config{MaxBytes: 64 << 20, Ledger: f.ledger, Orphans: func(bs []*framer.Batch) { f.r.Orphans(bs) }})
-	f.r = New(cfg, f.q, f.set, f.ledger, f.bufs, slog.New(slog.DiscardHandler))
+	f.r = New(cfg, f.q, f.set, f.ledger, f.bufs, slog.New(slog.NewTextHandler(f.logs, nil)))
 	return f
 }
 
@@ -311,6 +313,12 @@ func TestGroups(t *testing.T) {
 		}
 		if audit != 2 || f.ledger.Stats().Dropped[dispatch.DropUnrouted] != want || f.r.Stats().Unrouted != want {
 			t.Fatalf("default=%v: %v, ledger %+v", def, got, f.ledger.Stats())
+		}
+		f.push(t, &sc, keyed("debug", 6))
+		f.drain()
+		// Unrouted lines are logged, at most every 10 s.
+		if n := strings.Count(f.logs.String(), "lines dropped: their group key matches no group"); n != min(int(want), 1) {
+			t.Fatalf("default=%v: the drops logged %d times: %s", def, n, f.logs.String())
 		}
 		if ts := f.set.Targets(); ts[0].Group() != "audit" || ts[1].Group() != "rest" {
 			t.Fatal("targets not labelled with their groups")
