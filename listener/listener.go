@@ -284,6 +284,10 @@ type Listener struct {
 	untrustedLog rate.Sometimes
 	sources      *sources // nil without per-source limits
 	sourceLog    rate.Sometimes
+	// rejectLog lets a failed TLS handshake or PROXY header be logged at
+	// warn level once every 10 s at most, the rest at debug level:
+	// anyone who can connect could otherwise fill the log.
+	rejectLog rate.Sometimes
 
 	accepted, hsFailed, proxyRejected, limited, adopted atomic.Uint64
 	proxyUntrusted                                      atomic.Uint64
@@ -304,6 +308,7 @@ func New(ln net.Listener, h Handler, cfg Config) *Listener {
 		done: make(chan struct{}), graceOver: make(chan struct{}), workers: gopool.New(maxIdleWorkers),
 		limitLog: rate.Sometimes{First: 1, Interval: time.Minute}, untrustedLog: rate.Sometimes{First: 1, Interval: time.Minute},
 		sources: newSources(cfg), sourceLog: rate.Sometimes{First: 1, Interval: time.Minute},
+		rejectLog: rate.Sometimes{First: 1, Interval: rejectLogEvery},
 	}
 	if l.log == nil {
 		l.log = slog.Default()
@@ -554,9 +559,10 @@ func (l *Listener) prepare(nc net.Conn) (*Conn, bool) {
 			return nil, false
 		}
 		if err := l.readProxyHeader(c); err != nil {
-			l.proxyRejected.Add(1)
+			n := l.proxyRejected.Add(1)
 			c.Log = connLogger(l.log, c, nc.RemoteAddr(), false)
-			c.Log.Warn("connection rejected: no valid PROXY protocol header", "err", err)
+			c.Log.Log(context.Background(), l.rejectLevel(slog.LevelWarn), "connection rejected: no valid PROXY protocol header",
+				"err", err, "rejected_so_far", n)
 			return nil, false
 		}
 		c.Log = connLogger(l.log, c, nc.RemoteAddr(), true)
@@ -574,18 +580,30 @@ func (l *Listener) prepare(nc net.Conn) (*Conn, bool) {
 		err := tc.HandshakeContext(ctx)
 		cancel()
 		if err != nil {
-			l.hsFailed.Add(1)
-			level := slog.LevelWarn
-			if errors.Is(err, io.EOF) { // a port probe or health check
-				level = slog.LevelDebug
+			n := l.hsFailed.Add(1)
+			level := slog.LevelDebug // a port probe or health check
+			if !errors.Is(err, io.EOF) {
+				level = l.rejectLevel(slog.LevelWarn)
 			}
-			c.Log.Log(context.Background(), level, "TLS handshake failed", "err", err)
+			c.Log.Log(context.Background(), level, "TLS handshake failed", "err", err, "failed_so_far", n)
 			l.sources.release(c.source)
 			return nil, false
 		}
 		c.Conn = tc
 	}
 	return c, true
+}
+
+// rejectLogEvery is how often a rejected connection is logged at warn
+// level at most (rejectLevel).
+const rejectLogEvery = 10 * time.Second
+
+// rejectLevel is the level of a rejected connection's log line: level
+// once every rejectLogEvery, debug in between.
+func (l *Listener) rejectLevel(level slog.Level) slog.Level {
+	out := slog.LevelDebug
+	l.rejectLog.Do(func() { out = level })
+	return out
 }
 
 // admit applies the per-source limits to c's client address; a refused

@@ -43,6 +43,9 @@ func (l *Listener) readProxyHeader(c *Conn) error {
 		return fmt.Errorf("%w: the client closed the connection before sending one", ErrNoProxyHeader)
 	case errors.Is(err, proxyproto.ErrNoProxyProtocol):
 		return fmt.Errorf("%w within %s", ErrNoProxyHeader, l.cfg.ProxyHeaderTimeout)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// A version 2 header's fixed part or addresses, cut short.
+		return fmt.Errorf("%w within %s: a header began and did not end", ErrNoProxyHeader, l.cfg.ProxyHeaderTimeout)
 	case err != nil:
 		return err
 	}

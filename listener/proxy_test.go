@@ -194,6 +194,35 @@ func TestShutdownWhileAtMaxConns(t *testing.T) {
 	}
 }
 
+// Rejected connections are logged at warn level once every 10 s at most,
+// the rest at debug level, and all counted: anyone who can connect could
+// otherwise fill the log.
+func TestRejectionsLoggedSparingly(t *testing.T) {
+	var logs logtest.Buffer
+	l := New(newLocalListener(t), &recordConn{}, Config{AcceptProxy: true,
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	go l.Serve()
+	const n = 5
+	for range n {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
+		c.(*net.TCPConn).CloseWrite()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		io.Copy(io.Discard, c) // until the listener closes it
+		c.Close()
+	}
+	l.Shutdown(context.Background())
+	got := logs.String()
+	warn := strings.Count(got, "level=WARN msg=\"connection rejected")
+	debug := strings.Count(got, "level=DEBUG msg=\"connection rejected")
+	if l.Stats().ProxyRejected != n || warn != 1 || debug != n-1 || !strings.Contains(got, "rejected_so_far=5") {
+		t.Fatalf("%d rejected, %d at warn, %d at debug: %s", l.Stats().ProxyRejected, warn, debug, got)
+	}
+}
+
 // The log says why a connection had no PROXY header: other bytes came, the
 // client closed at once, or nothing came within the timeout.
 func TestProxyRejectionSaysWhy(t *testing.T) {
@@ -206,6 +235,8 @@ func TestProxyRejectionSaysWhy(t *testing.T) {
 		{"other bytes", []byte("GET / HTTP/1.1\r\n\r\n"), time.Hour, "starts with other bytes"},
 		{"closed at once", nil, time.Hour, "closed the connection before sending one"},
 		{"nothing in time", nil, 50 * time.Millisecond, "no PROXY protocol header within 50ms"},
+		{"a v2 header cut short", []byte("\r\n\r\n\x00\r\nQUIT\n\x21\x11"), 50 * time.Millisecond,
+			"no PROXY protocol header within 50ms: a header began and did not end"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var logs logtest.Buffer
