@@ -71,8 +71,9 @@ type SpoolInfo struct {
 	// Open is false while the spool waits for the instance a reload
 	// replaces to let it go (lines go to memory meanwhile).
 	Open bool `json:"open"`
-	// Accepting: the spool is open and takes lines without waiting (it
-	// has room, or --spool-full drop-oldest makes room). The listener
+	// Accepting: the spool is open and takes lines without waiting: no
+	// append failed in the last 10 s, and it has room (none waits for
+	// it) or --spool-full drop-oldest makes room. The listener
 	// then keeps what it reads while no target is up, and /readyz counts
 	// it ready: a pod whose receivers are all down keeps its clients.
 	Accepting        bool    `json:"accepting"`

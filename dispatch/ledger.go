@@ -39,7 +39,8 @@ const (
 var DropReasons = []string{DropOversize, DropIncomplete, DropMemory, DropShutdown, DropBinary, DropUnrouted, DropSpoolFull, DropSpoolLost}
 
 // Ledger is the account of one listener's lines: every line read from a
-// client is received, and ends delivered or dropped with a reason; until
+// client (or replayed from a spool) is received, and ends delivered,
+// dropped with a reason, or spooled (left in a spool at the stop); until
 // then it is in flight. Several queues may share one ledger (a listener
 // replaced by a reload keeps its account). Its methods are safe for
 // concurrent use; a nil *Ledger counts nothing.
@@ -149,8 +150,8 @@ func (l *Ledger) Spooled(lines uint64) {
 // instance or process: received again (see LedgerStats.Replayed).
 func (l *Ledger) Replayed(lines uint64) {
 	if l != nil {
+		l.received.Add(lines) // first: Stats reads replayed before received
 		l.replayed.Add(lines)
-		l.received.Add(lines)
 	}
 }
 
@@ -167,8 +168,9 @@ func (l *Ledger) Stats() LedgerStats {
 		st.Dropped[r] = v
 		dropped += v
 	}
+	st.Replayed = l.replayed.Load() // before received, which counts it first: never more
 	st.Received = l.received.Load()
-	st.Spooled, st.Replayed = l.spooled.Load(), l.replayed.Load()
+	st.Spooled = l.spooled.Load()
 	st.InFlight = st.Received - min(st.Received, st.Delivered+dropped+st.Spooled)
 	return st
 }

@@ -75,6 +75,31 @@ func TestLedgerInFlight(t *testing.T) {
 	}
 }
 
+// A spool's lines across two instances: the first leaves them spooled,
+// the second replays them (received again); the book's sum of received
+// minus replayed is what the clients sent.
+func TestLedgerSpooledAndReplayed(t *testing.T) {
+	first, second := NewLedger(), NewLedger()
+	first.Received(10)
+	first.Delivered(4)
+	first.Spooled(6)
+	second.Replayed(6)
+	second.Received(5) // sent to the second instance
+	second.Delivered(11)
+	for i, l := range []*Ledger{first, second} {
+		if st := l.Stats(); !st.Closed() || st.InFlight != 0 {
+			t.Fatalf("ledger %d: %+v", i, st)
+		}
+	}
+	book := NewBook()
+	book.Add("logs", first)
+	book.Add("logs", second)
+	st := book.Stats("logs")
+	if st.Received-st.Replayed != 15 || st.Replayed != 6 || st.Spooled != 6 || st.Delivered != 15 || !st.Closed() {
+		t.Fatalf("book %+v: want received - replayed = 15 sent", st)
+	}
+}
+
 // A pop that leaves batches behind passes the ready signal on, so another
 // worker takes them without waiting for the next push.
 func TestTryPopPassesTheSignalOn(t *testing.T) {

@@ -249,7 +249,7 @@ type ledger struct {
 
 // ledger returns the exit ledger of listener name ("default" without a
 // config file) and fails the test unless it closes: received = delivered +
-// dropped, nothing in flight, and the reasons add up.
+// dropped + spooled, nothing in flight, and the reasons add up.
 func (p *proc) ledger(name string) ledger {
 	p.t.Helper()
 	for _, l := range p.findLogs("ledger") {
@@ -264,13 +264,13 @@ func (p *proc) ledger(name string) ledger {
 			return uint64(v)
 		}
 		g := ledger{received: num("received"), delivered: num("delivered"), dropped: num("dropped"),
-			inFlight: num("in_flight"), byReason: map[string]uint64{}}
+			inFlight: num("in_flight"), spooled: num("spooled"), replayed: num("replayed"), byReason: map[string]uint64{}}
 		var sum uint64
-		for _, r := range []string{"oversize", "incomplete", "memory", "shutdown", "binary", "unrouted"} {
+		for _, r := range []string{"oversize", "incomplete", "memory", "shutdown", "binary", "unrouted", "spool_full", "spool_lost"} {
 			g.byReason[r] = num("dropped_" + r)
 			sum += g.byReason[r]
 		}
-		if g.received != g.delivered+g.dropped || g.inFlight != 0 || sum != g.dropped {
+		if g.received != g.delivered+g.dropped+g.spooled || g.inFlight != 0 || sum != g.dropped {
 			p.t.Fatalf("ledger of %q does not close: %+v", name, g)
 		}
 		return g

@@ -284,10 +284,11 @@ type Listener struct {
 	untrustedLog rate.Sometimes
 	sources      *sources // nil without per-source limits
 	sourceLog    rate.Sometimes
-	// rejectLog lets a failed TLS handshake or PROXY header be logged at
-	// warn level once every 10 s at most, the rest at debug level:
-	// anyone who can connect could otherwise fill the log.
-	rejectLog rate.Sometimes
+	// proxyLog and tlsLog let a failed PROXY header or TLS handshake be
+	// logged at warn level once every 10 s at most (each kind on its
+	// own), the rest at debug level: anyone who can connect could
+	// otherwise fill the log.
+	proxyLog, tlsLog rate.Sometimes
 
 	accepted, hsFailed, proxyRejected, limited, adopted atomic.Uint64
 	proxyUntrusted                                      atomic.Uint64
@@ -308,7 +309,7 @@ func New(ln net.Listener, h Handler, cfg Config) *Listener {
 		done: make(chan struct{}), graceOver: make(chan struct{}), workers: gopool.New(maxIdleWorkers),
 		limitLog: rate.Sometimes{First: 1, Interval: time.Minute}, untrustedLog: rate.Sometimes{First: 1, Interval: time.Minute},
 		sources: newSources(cfg), sourceLog: rate.Sometimes{First: 1, Interval: time.Minute},
-		rejectLog: rate.Sometimes{First: 1, Interval: rejectLogEvery},
+		proxyLog: rate.Sometimes{First: 1, Interval: rejectLogEvery}, tlsLog: rate.Sometimes{First: 1, Interval: rejectLogEvery},
 	}
 	if l.log == nil {
 		l.log = slog.Default()
@@ -561,7 +562,11 @@ func (l *Listener) prepare(nc net.Conn) (*Conn, bool) {
 		if err := l.readProxyHeader(c); err != nil {
 			n := l.proxyRejected.Add(1)
 			c.Log = connLogger(l.log, c, nc.RemoteAddr(), false)
-			c.Log.Log(context.Background(), l.rejectLevel(slog.LevelWarn), "connection rejected: no valid PROXY protocol header",
+			level := slog.LevelDebug // a front balancer's or a probe's plain TCP check
+			if !errors.Is(err, errClosedEarly) {
+				level = rejectLevel(&l.proxyLog)
+			}
+			c.Log.Log(context.Background(), level, "connection rejected: no valid PROXY protocol header",
 				"err", err, "rejected_so_far", n)
 			return nil, false
 		}
@@ -583,7 +588,7 @@ func (l *Listener) prepare(nc net.Conn) (*Conn, bool) {
 			n := l.hsFailed.Add(1)
 			level := slog.LevelDebug // a port probe or health check
 			if !errors.Is(err, io.EOF) {
-				level = l.rejectLevel(slog.LevelWarn)
+				level = rejectLevel(&l.tlsLog)
 			}
 			c.Log.Log(context.Background(), level, "TLS handshake failed", "err", err, "failed_so_far", n)
 			l.sources.release(c.source)
@@ -598,11 +603,11 @@ func (l *Listener) prepare(nc net.Conn) (*Conn, bool) {
 // level at most (rejectLevel).
 const rejectLogEvery = 10 * time.Second
 
-// rejectLevel is the level of a rejected connection's log line: level
-// once every rejectLogEvery, debug in between.
-func (l *Listener) rejectLevel(level slog.Level) slog.Level {
+// rejectLevel is the level of a rejected connection's log line: warn
+// when every allows it (once every rejectLogEvery), debug in between.
+func rejectLevel(every *rate.Sometimes) slog.Level {
 	out := slog.LevelDebug
-	l.rejectLog.Do(func() { out = level })
+	every.Do(func() { out = slog.LevelWarn })
 	return out
 }
 

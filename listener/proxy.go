@@ -16,6 +16,10 @@ import (
 // start with a PROXY protocol header in time.
 var ErrNoProxyHeader = errors.New("no PROXY protocol header")
 
+// errClosedEarly wraps ErrNoProxyHeader for a client that closed before
+// sending a byte: a plain TCP health check, logged at debug level.
+var errClosedEarly = fmt.Errorf("%w", ErrNoProxyHeader)
+
 // proxyBufferBytes is the read buffer for the header. A v2 header with TLVs
 // may be longer; bufio then reads the rest through.
 const proxyBufferBytes = 256
@@ -40,7 +44,7 @@ func (l *Listener) readProxyHeader(c *Conn) error {
 	case errors.Is(err, proxyproto.ErrNoProxyProtocol) && br.Buffered() > 0:
 		return fmt.Errorf("%w: the connection starts with other bytes (does the front balancer send PROXY headers?)", ErrNoProxyHeader)
 	case errors.Is(err, proxyproto.ErrNoProxyProtocol) && time.Since(start) < l.cfg.ProxyHeaderTimeout:
-		return fmt.Errorf("%w: the client closed the connection before sending one", ErrNoProxyHeader)
+		return fmt.Errorf("%w: the client closed the connection before sending one", errClosedEarly)
 	case errors.Is(err, proxyproto.ErrNoProxyProtocol):
 		return fmt.Errorf("%w within %s", ErrNoProxyHeader, l.cfg.ProxyHeaderTimeout)
 	case errors.Is(err, os.ErrDeadlineExceeded):

@@ -241,7 +241,7 @@ func TestProxyRejectionSaysWhy(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var logs logtest.Buffer
 			l := New(newLocalListener(t), &recordConn{}, Config{AcceptProxy: true, ProxyHeaderTimeout: tc.timeout,
-				Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+				Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 			go l.Serve()
 			c, err := net.Dial("tcp", l.Addr().String())
 			if err != nil {

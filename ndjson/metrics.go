@@ -78,7 +78,7 @@ var ledgerInstruments = sync.OnceValues(func() (ledgerMetrics, error) {
 	l.dropped, errs[2] = m.Int64ObservableCounter("ndlb.lines.dropped", metric.WithUnit("{line}"),
 		metric.WithDescription("Lines dropped, by ndlb.drop.reason: oversize, incomplete, memory, shutdown, binary, unrouted, spool_full, spool_lost."))
 	l.inFlight, errs[3] = m.Int64ObservableGauge("ndlb.lines.in_flight", metric.WithUnit("{line}"),
-		metric.WithDescription("Lines received and not yet delivered or dropped."))
+		metric.WithDescription("Lines received and not yet delivered, dropped or left spooled."))
 	return l, errors.Join(errs[:]...)
 })
 

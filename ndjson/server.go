@@ -247,9 +247,8 @@ type Server struct {
 	spoolErrors                                atomic.Uint64
 	unspooled                                  atomic.Uint64          // lines queued in memory while the spool was not open
 	spoolLastErr                               atomic.Pointer[string] // the last failed append's error
-	spoolFailing                               atomic.Bool            // the last append failed
 	spoolFailedAt                              atomic.Int64           // when an append last failed (mono); 0: never
-	failingFor                                 time.Duration          // Stats.SpoolFailing stays true this long after a failed append
+	failingFor                                 atomic.Int64           // Stats.SpoolFailing stays true this long (ns) after a failed append
 	spoolWarn                                  rate.Sometimes         // logs failed appends
 	lineTimeouts, cutAtDrain, badFrames        atomic.Uint64
 	metrics                                    []metric.Registration
@@ -289,7 +288,8 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, bufs: framer.NewPool(), budget: framer.NewBudget(cfg.ClientMemory),
 		ledger: dispatch.NewLedger(), book: cfg.Book, set: upstream.NewSet(cfg.Targets),
-		spoolWarn: rate.Sometimes{First: 1, Interval: 10 * time.Second}, failingFor: spoolFailingFor}
+		spoolWarn: rate.Sometimes{First: 1, Interval: 10 * time.Second}}
+	s.failingFor.Store(int64(spoolFailingFor))
 	if len(cfg.Route.Groups) > 0 {
 		s.set.UpdateGroups(cfg.Route.TargetGroups())
 	}
@@ -406,9 +406,7 @@ func (s *Server) push(b *framer.Batch, sc **route.Scratch) (notQueued int, err e
 			take = func() bool { return s.q.Reserve(b) }
 		}
 		id, handed, err := sp.AppendHandOff(b.Data, b.Lines, take)
-		failed := err != nil && !errors.Is(err, spool.ErrClosed)
-		s.spoolFailing.Store(failed)
-		if failed {
+		if err != nil && !errors.Is(err, spool.ErrClosed) {
 			s.spoolFailedAt.Store(mono.Now())
 		}
 		switch {
@@ -955,9 +953,10 @@ type Stats struct {
 	Unspooled uint64
 	// SpoolLastError is the last failed append's error.
 	SpoolLastError string
-	// SpoolFailing: the last append failed (its lines went to memory),
-	// or one did within the last 10 s: on a disk nearly full, appends
-	// that fail and appends that fit alternate.
+	// SpoolFailing: an append failed (its lines went to memory) within
+	// the last 10 s. Not only the last append: on a disk nearly full,
+	// appends that fail and appends that fit alternate; and it ends by
+	// itself when no append comes to clear it.
 	SpoolFailing bool
 }
 
@@ -984,7 +983,7 @@ func (s *Server) Stats() Stats {
 	if sp := s.sp.Load(); sp != nil {
 		st.Spool, st.SpoolOpen = sp.Stats(), true
 		at := s.spoolFailedAt.Load()
-		st.SpoolFailing = s.spoolFailing.Load() || at != 0 && time.Duration(mono.Now()-at) < s.failingFor
+		st.SpoolFailing = at != 0 && mono.Now()-at < s.failingFor.Load()
 		if e := s.spoolLastErr.Load(); e != nil {
 			st.SpoolLastError = *e
 		}
@@ -1112,7 +1111,7 @@ func (s *Server) Shutdown() Summary {
 			level = slog.LevelError
 		}
 		s.log.Log(context.Background(), level, "summary", "received", l.Received, "delivered", l.Delivered,
-			"dropped", l.DroppedTotal(), "in_flight", l.InFlight, "ledger_closed", l.Closed(),
+			"dropped", l.DroppedTotal(), "spooled", l.Spooled, "replayed", l.Replayed, "in_flight", l.InFlight, "ledger_closed", l.Closed(),
 			"lines_in", st.Queue.LinesIn, "lines_out", st.Queue.LinesOut,
 			"dropped_oversize", st.DroppedOversize, "dropped_incomplete", st.DroppedIncomplete,
 			"dropped_memory", st.DroppedMemory, "dropped_shutdown", st.DroppedShutdown,

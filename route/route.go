@@ -675,7 +675,7 @@ func (r *Router) Push(ctx context.Context, b *framer.Batch, sc *Scratch) (notQue
 		n := r.unrouted.Add(uint64(unrouted))
 		r.ledger.DropRead(dispatch.DropUnrouted, uint64(unrouted))
 		r.unroutedLog.Do(func() {
-			r.log.Warn("lines dropped: their group key matches no group, and there is no default group (logged at most every 10 s)",
+			r.log.Warn("lines dropped as unrouted: no group takes their group key (missing, unreadable, or a value no group lists) and there is no default group (logged at most every 10 s)",
 				"lines", unrouted, "unrouted_so_far", n)
 		})
 		if unrouted == len(sc.recs) {

@@ -317,7 +317,7 @@ func TestGroups(t *testing.T) {
 		f.push(t, &sc, keyed("debug", 6))
 		f.drain()
 		// Unrouted lines are logged, at most every 10 s.
-		if n := strings.Count(f.logs.String(), "lines dropped: their group key matches no group"); n != min(int(want), 1) {
+		if n := strings.Count(f.logs.String(), "lines dropped as unrouted"); n != min(int(want), 1) {
 			t.Fatalf("default=%v: the drops logged %d times: %s", def, n, f.logs.String())
 		}
 		if ts := f.set.Targets(); ts[0].Group() != "audit" || ts[1].Group() != "rest" {

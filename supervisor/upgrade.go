@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/segmentio/ksuid"
+	"golang.org/x/sys/unix"
 
 	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/ndjson"
@@ -179,18 +180,26 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 	fds = nil
 	child, _ := os.FindProcess(pid) // never fails on Unix
 	// kill ends the new process and every process in its group; once
-	// it is ready it is never called.
+	// it is ready it is never called. The new process is reaped only
+	// after it (reap): until then its pid, and so its group's id, cannot
+	// name another process's group.
 	kill := func() {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		_ = child.Kill()
 	}
-	exited := make(chan error, 1)
-	go func() {
+	reap := func() error {
 		st, err := child.Wait()
 		if err == nil {
 			err = errors.New(st.String())
 		}
-		exited <- err
+		return err
+	}
+	exited := make(chan struct{}) // closed when it exited, not yet reaped
+	go func() {
+		var info unix.Siginfo
+		for unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil) == unix.EINTR {
+		}
+		close(exited)
 	}()
 	ready := make(chan error, 1)
 	go func() {
@@ -204,22 +213,25 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 	case err := <-ready:
 		if err != nil {
 			select { // most often it exited: say how
-			case xerr := <-exited:
+			case <-exited:
 				kill() // what it started
-				return fmt.Errorf("the new process (pid %d) exited before it was ready: %v", pid, xerr)
+				return fmt.Errorf("the new process (pid %d) exited before it was ready: %v", pid, reap())
 			case <-time.After(time.Second):
 			}
 			kill()
+			go reap()
 			return fmt.Errorf("the new process (pid %d) closed its channel before it was ready: %v", pid, err)
 		}
-	case err := <-exited:
+	case <-exited:
 		kill() // what it started
-		return fmt.Errorf("the new process (pid %d) exited before it was ready: %v", pid, err)
+		return fmt.Errorf("the new process (pid %d) exited before it was ready: %v", pid, reap())
 	case <-timer.C:
 		kill()
+		go reap()
 		return fmt.Errorf("the new process (pid %d) was not ready within %s; it was killed, with the processes it started", pid, timeout)
 	case <-ctx.Done():
 		kill()
+		go reap()
 		return ctx.Err()
 	}
 	s.log.Info("upgrade: the new process is ready; handing over", "pid", pid)
