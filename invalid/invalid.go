@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 )
 
 // Error is a config value out of range.
@@ -74,3 +75,12 @@ func Bytes(n int64) string {
 	}
 	return fmt.Sprintf("%d bytes", n)
 }
+
+// MaxTimeout bounds the timeouts a config may set: a year. Longer ones
+// mean "never" to whoever writes them, and sums of them must not
+// overflow a time.Duration (which holds 292 years).
+const MaxTimeout = 365 * 24 * time.Hour
+
+// MinTimeout is the least a timeout that bounds a network operation may
+// be (a write, a connect, a line): a shorter one fails healthy peers.
+const MinTimeout = 100 * time.Millisecond

@@ -164,12 +164,12 @@ func (c Config) Validate() error {
 	switch min := int64(2 * c.framing().MaxBatchBytes()); {
 	case len(c.Targets) == 0 && !c.Discovered && len(c.Route.Groups) == 0:
 		return bad("Targets", "no targets")
-	case c.DrainTimeout <= 0:
-		return bad("DrainTimeout", "drain timeout %s must be positive", c.DrainTimeout)
-	case c.DeliverTimeout <= 0:
-		return bad("DeliverTimeout", "deliver timeout %s must be positive", c.DeliverTimeout)
-	case c.LineTimeout < 0:
-		return bad("LineTimeout", "line timeout %s must not be negative (0: no limit)", c.LineTimeout)
+	case c.DrainTimeout <= 0 || c.DrainTimeout > invalid.MaxTimeout:
+		return bad("DrainTimeout", "drain timeout %s: want more than 0, at most %s", c.DrainTimeout, invalid.MaxTimeout)
+	case c.DeliverTimeout <= 0 || c.DeliverTimeout > invalid.MaxTimeout:
+		return bad("DeliverTimeout", "deliver timeout %s: want more than 0, at most %s", c.DeliverTimeout, invalid.MaxTimeout)
+	case c.LineTimeout < 0 || c.LineTimeout > invalid.MaxTimeout || c.LineTimeout > 0 && c.LineTimeout < invalid.MinTimeout:
+		return bad("LineTimeout", "line timeout %s: want 0 (no limit) or %s to %s", c.LineTimeout, invalid.MinTimeout, invalid.MaxTimeout)
 	case c.ReadCoalesce < 0:
 		return bad("ReadCoalesce", "read coalescing of %s must not be negative (0: off)", c.ReadCoalesce)
 	case c.ClientRate < 0:
@@ -1019,7 +1019,7 @@ func (s *Server) Shutdown() Summary {
 		// Until the drain ends, DrainTimeout+DeliverTimeout bounds it all
 		// (a client's push may wait for room that only delivery frees);
 		// after it, DeliverTimeout from then, as documented.
-		giveUp := time.AfterFunc(s.cfg.DrainTimeout+s.cfg.DeliverTimeout, s.hardCancel)
+		giveUp := time.AfterFunc(s.cfg.DrainTimeout+s.cfg.DeliverTimeout, s.hardCancel) // at most 2 years (Validate): no overflow
 		s.log.Info("shutting down: no new connections; draining clients", "drain_timeout", s.cfg.DrainTimeout)
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 		if s.udp != nil {

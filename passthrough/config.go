@@ -214,8 +214,8 @@ func (c Config) Validate() error {
 		return bad("HashOn", "hash on %q: want addr or host", c.HashOn)
 	case c.ConnectTimeout <= 0:
 		return bad("ConnectTimeout", "connect timeout %s must be positive", c.ConnectTimeout)
-	case c.DrainTimeout <= 0:
-		return bad("DrainTimeout", "drain timeout %s must be positive", c.DrainTimeout)
+	case c.DrainTimeout <= 0 || c.DrainTimeout > invalid.MaxTimeout:
+		return bad("DrainTimeout", "drain timeout %s: want more than 0, at most %s", c.DrainTimeout, invalid.MaxTimeout)
 	case c.ConnectRetries < 0 || c.ConnectRetries > MaxRetries:
 		return bad("ConnectRetries", "%d connect retries: want 0..%d", c.ConnectRetries, MaxRetries)
 	case c.MaxFails < 0 || c.MaxFails > MaxRetries:

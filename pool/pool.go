@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -32,6 +33,9 @@ const (
 	DefaultWriteTimeout = 15 * time.Second
 	// DefaultUserTimeout is Config.UserTimeout (TCP_USER_TIMEOUT).
 	DefaultUserTimeout = 10 * time.Second
+	// MaxUserTimeout is the longest TCP_USER_TIMEOUT the kernel takes
+	// (milliseconds in a 32-bit int).
+	MaxUserTimeout = math.MaxInt32 * time.Millisecond
 	// DefaultKeepAlive is Config.KeepAlive.
 	DefaultKeepAlive = 15 * time.Second
 	// DefaultBackoffInitial is Config.BackoffInitial.
@@ -150,12 +154,12 @@ func (c Config) Validate() error {
 		return bad("Connections", "%d connections per target: want 1..%d", c.Connections, MaxConnections)
 	case c.Failback < 0:
 		return bad("Failback", "failback %s must not be negative", c.Failback)
-	case c.ConnectTimeout <= 0:
-		return bad("ConnectTimeout", "connect timeout %s must be positive", c.ConnectTimeout)
-	case c.WriteTimeout <= 0:
-		return bad("WriteTimeout", "write timeout %s must be positive", c.WriteTimeout)
-	case c.UserTimeout < 0:
-		return bad("UserTimeout", "TCP user timeout %s must not be negative", c.UserTimeout)
+	case c.ConnectTimeout < invalid.MinTimeout || c.ConnectTimeout > invalid.MaxTimeout:
+		return bad("ConnectTimeout", "connect timeout %s: want %s to %s", c.ConnectTimeout, invalid.MinTimeout, invalid.MaxTimeout)
+	case c.WriteTimeout < invalid.MinTimeout || c.WriteTimeout > invalid.MaxTimeout:
+		return bad("WriteTimeout", "write timeout %s: want %s to %s (a shorter one fails healthy targets)", c.WriteTimeout, invalid.MinTimeout, invalid.MaxTimeout)
+	case c.UserTimeout < 0 || c.UserTimeout > MaxUserTimeout:
+		return bad("UserTimeout", "TCP user timeout %s: want 0 (the kernel's) to %s", c.UserTimeout, MaxUserTimeout)
 	case c.KeepAlive < 0:
 		return bad("KeepAlive", "keepalive %s must not be negative", c.KeepAlive)
 	case c.BackoffMax < MinBackoff:

@@ -110,6 +110,11 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"max-conn-rate-per-source", values{"target": target, "passthrough": true, "max-conn-rate-per-source": -1}},
 		{"failback", values{"target": target, "failback": -time.Second}},
 		{"tcp-user-timeout", values{"target": target, "tcp-user-timeout": -time.Second}},
+		{"tcp-user-timeout", values{"target": target, "tcp-user-timeout": 600 * time.Hour}}, // over the kernel's 32-bit milliseconds
+		{"write-timeout", values{"target": target, "write-timeout": time.Nanosecond}},
+		{"line-timeout", values{"target": target, "line-timeout": time.Nanosecond}},
+		{"drain-timeout", values{"target": target, "drain-timeout": 2562047 * time.Hour}}, // with deliver-timeout, past a Duration
+		{"deliver-timeout", values{"target": target, "deliver-timeout": 2562047 * time.Hour}},
 		{"deliver-timeout", values{"target": target, "deliver-timeout": time.Duration(0)}},
 		{"drain-timeout", values{"target": target, "drain-timeout": time.Duration(0)}},
 		{"drain-timeout", values{"target": target, "passthrough": true, "drain-timeout": -time.Second}},
