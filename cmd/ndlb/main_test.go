@@ -31,12 +31,24 @@ func TestDemoBadFlags(t *testing.T) {
 
 // A flag value the flag package cannot parse gets the hint a config file's
 // error gives, naming the setting.
+// Whole numbers in NDLB_* variables are decimal too.
+func TestWholeNumbersInTheEnvironmentAreDecimal(t *testing.T) {
+	t.Setenv("NDLB_CONNECTIONS", "010")
+	var out, errOut bytes.Buffer
+	code := run([]string{"ndlb", "--target", "127.0.0.1:1"}, &out, &errOut)
+	if want := `NDLB_CONNECTIONS: "010"; write it in decimal`; code != exitUsage || !strings.Contains(errOut.String(), want) {
+		t.Errorf("exit %d, %q; want %d and %q", code, errOut.String(), exitUsage, want)
+	}
+}
+
 func TestBadFlagValuesSayWhatTheyWant(t *testing.T) {
 	for args, want := range map[string]string{
 		"--line-timeout 5":          `--line-timeout: "5" is not a duration (use 5s)`,
 		"--drain-timeout 3 minutes": `--drain-timeout: "3" is not a duration (use 3s)`,
 		"--line-timeout 99999999h":  `"99999999h" is longer than a duration can be`,
 		"--port abc":                `--port: "abc" is not a whole number`,
+		"--port 023420":             `--port: "023420"; write it in decimal`, // not octal 10000
+		"--connections=0x10":        `--connections: "0x10"; write it in decimal`,
 	} {
 		var out, errOut bytes.Buffer
 		code := run(append([]string{"ndlb", "--target", "127.0.0.1:1"}, strings.Fields(args)...), &out, &errOut)
