@@ -350,21 +350,31 @@ func spoolConfig(c Values, listener string) (*spool.Config, error) {
 	return &cfg, nil
 }
 
-// safeName is a listener's name as a directory name.
+// safeName is a listener's name as a directory name: '/', '\\', NUL and
+// '%' escaped as %XX, and "." and ".." spelled out, so that two names
+// never share a directory (with '_' for '/', "a/b" and "a_b" did, and the
+// second listener ran without its spool).
 func safeName(name string) string {
-	out := []rune(name)
-	for i, r := range out {
-		if r == '/' || r == '\\' || r == 0 || r == '.' && (name == "." || name == "..") {
-			out[i] = '_'
+	switch name {
+	case "":
+		return "default"
+	case ".":
+		return "%2E"
+	case "..":
+		return "%2E%2E"
+	}
+	var b strings.Builder
+	for _, r := range name {
+		switch r {
+		case '/', '\\', 0, '%':
+			fmt.Fprintf(&b, "%%%02X", r)
+		default:
+			b.WriteRune(r)
 		}
 	}
-	if len(out) == 0 {
-		return "default"
-	}
-	return string(out)
+	return b.String()
 }
 
-// routeConfig maps --route-key, --route-max-load, --group-key and --group.
 func routeConfig(c Values) (route.Config, error) {
 	var cfg struct {
 		route.Config

@@ -313,3 +313,18 @@ func TestRejoinGroups(t *testing.T) {
 		}
 	}
 }
+
+// Listener names map to spool directories one to one.
+func TestSafeNameKeepsNamesApart(t *testing.T) {
+	seen := map[string]string{}
+	for _, n := range []string{"", "a/b", "a_b", "a%2Fb", `a\b`, ".", "..", "%2E", "logs", "a\x00b"} {
+		d := safeName(n)
+		if strings.ContainsAny(d, "/\\\x00") || d == "." || d == ".." {
+			t.Errorf("%q → %q: not one directory name", n, d)
+		}
+		if o, ok := seen[d]; ok {
+			t.Errorf("%q and %q share the directory %q", o, n, d)
+		}
+		seen[d] = n
+	}
+}
