@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -37,6 +38,9 @@ func runBalancer(c *cli.Context) error {
 		return usage(err)
 	}
 	log, level := newLogger(p, c.App.ErrWriter)
+	// What logs through slog's default or the standard log package (the
+	// admin API's certificate reloads, a library) keeps --log-format.
+	slog.SetDefault(log)
 	// Telemetry first, so that the servers' instruments reach the SDK.
 	tel, err := telemetry.Setup(context.Background(), telemetry.Config{Version: version(), Prometheus: p.Admin.Addr != "", Logger: log})
 	if err != nil {
