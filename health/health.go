@@ -143,10 +143,14 @@ func (c Config) Validate() error {
 		switch {
 		case !strings.HasPrefix(h.Path, "/"):
 			return bad("HTTP.Path", "HTTP path %q must start with /", h.Path)
+		case strings.ContainsFunc(h.Path, func(r rune) bool { return r < ' ' || r == 0x7f || r == ' ' }):
+			return bad("HTTP.Path", "HTTP path %q holds a space or a control character: escape it (%%20)", h.Path)
 		case h.Status < 100 || h.Status > 599:
 			return bad("HTTP.Status", "HTTP status %d: want 100..599", h.Status)
-		case h.Method == "" || strings.ContainsAny(h.Method, " \t/"):
+		case h.Method == "" || strings.ContainsFunc(h.Method, func(r rune) bool { return r <= ' ' || r == '/' || r >= 0x7f }):
 			return bad("HTTP.Method", "HTTP method %q", h.Method)
+		case h.Method == http.MethodHead && h.Body != "":
+			return bad("HTTP.Body", "expected body text %q with the HEAD method, whose answers have no body: every check would fail", h.Body)
 		}
 	}
 	return nil

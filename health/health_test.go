@@ -183,6 +183,9 @@ func TestValidate(t *testing.T) {
 		{name: "path", edit: func(c *Config) { c.HTTP.Path = "health" }},
 		{name: "status", edit: func(c *Config) { c.HTTP.Status = 99 }},
 		{name: "method", edit: func(c *Config) { c.HTTP.Method = "GET /" }},
+		{name: "path with a header in it", edit: func(c *Config) { c.HTTP.Path = "/\r\nX-Evil: 1" }},
+		{name: "path with a space", edit: func(c *Config) { c.HTTP.Path = "/a b" }},
+		{name: "HEAD expecting a body", edit: func(c *Config) { c.HTTP.Method, c.HTTP.Body = http.MethodHead, "ok" }},
 	}
 	if err := DefaultConfig(KindHTTP).Validate(); err != nil {
 		t.Fatal(err)
