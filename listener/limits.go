@@ -14,7 +14,8 @@ const (
 // the open-file limit less reservedFiles, at least 64 and at most
 // MaxAutoConns (4096 when the limit is unknown). A client beyond it waits
 // in the kernel's accept backlog (a datagram opening a flow beyond it is
-// dropped and counted); it cannot make ndlb fail for want of files.
+// dropped and counted); it cannot make ndlb fail for want of files. An
+// NDJSON listener takes its workers' sockets to the targets off it too.
 func DefaultMaxConns() int {
 	n := fileLimit()
 	if n == 0 {

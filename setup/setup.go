@@ -293,7 +293,10 @@ func ndjsonConfig(c Values, name string, log *slog.Logger, udp bool) (ndjson.Con
 		return cfg, err
 	}
 	if cfg.Listener.MaxConns == 0 && !udp {
-		cfg.Listener.MaxConns = listener.DefaultMaxConns()
+		// The workers' sockets to the targets take files too: what
+		// they may hold comes off the default, so that clients cannot
+		// leave the workers without files (a target then looks failed).
+		cfg.Listener.MaxConns = max(64, listener.DefaultMaxConns()-cfg.Pool.Connections*upstreamCount(c, cfg))
 	}
 	if cfg.Listener.TLS, cfg.Pool.TLS, err = tlsConfig(c, log); err != nil {
 		return cfg, err
@@ -348,6 +351,23 @@ func spoolConfig(c Values, listener string) (*spool.Config, error) {
 		cfg.SyncInterval = d
 	}
 	return &cfg, nil
+}
+
+// upstreamCount is the most targets cfg's workers may connect to: the
+// static ones, the groups', and as many as DNS may add.
+func upstreamCount(c Values, cfg ndjson.Config) int {
+	n := len(cfg.Targets)
+	for _, g := range cfg.Route.Groups {
+		n += len(g.Targets)
+	}
+	if cfg.Discovered {
+		dns := c.Int("dns-max-targets")
+		if dns <= 0 {
+			dns = discovery.DefaultMaxTargets
+		}
+		n += dns
+	}
+	return n
 }
 
 // safeName is a listener's name as a directory name: '/', '\\', NUL and

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ndlb/ndlb/invalid"
+	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/settings"
 	"github.com/ndlb/ndlb/supervisor"
 )
@@ -326,5 +327,21 @@ func TestSafeNameKeepsNamesApart(t *testing.T) {
 			t.Errorf("%q and %q share the directory %q", o, n, d)
 		}
 		seen[d] = n
+	}
+}
+
+// The default limit on clients leaves files for the workers' sockets to
+// the targets.
+func TestDefaultMaxConnsLeavesFilesForWorkers(t *testing.T) {
+	l, err := Listener("logs", values{"target": []string{"127.0.0.1:9", "127.0.0.1:10"}, "connections": 64}, nil, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, ok := l.Mode.(supervisor.NDJSON)
+	if !ok {
+		t.Fatalf("mode %T", l.Mode)
+	}
+	if want := max(64, listener.DefaultMaxConns()-2*64); m.Config.Listener.MaxConns != want {
+		t.Fatalf("max conns %d, want %d", m.Config.Listener.MaxConns, want)
 	}
 }
