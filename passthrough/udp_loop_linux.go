@@ -615,6 +615,8 @@ func (l *udpLoop) sweep() {
 	cutoff := mono.Of(s.clock.Now()) - s.quiet.Load()
 	for _, f := range l.byClient {
 		switch {
+		case f.last <= cutoff && l.lfd < 0:
+			l.close(f, &s.shutClosed) // the drain: quiet for udpDrainQuiet
 		case f.last <= cutoff:
 			l.close(f, &s.idleClosed)
 		case !f.t.Accepts() || f.t.Removed():
