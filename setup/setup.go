@@ -167,6 +167,9 @@ func listenerConfig(c Values) (listener.Config, error) {
 			lc.ProxyFrom, lc.AcceptProxy = append(lc.ProxyFrom, p.Masked()), true
 		}
 	}
+	if len(lc.ProxyFrom) > 0 && c.IsSet("accept-proxy") && !c.Bool("accept-proxy") {
+		return lc, settings.Errorf("accept-proxy-from", "--accept-proxy-from accepts PROXY headers, which --accept-proxy=false turns off: drop one")
+	}
 	if c.IsSet("proxy-header-timeout") && !lc.AcceptProxy {
 		return lc, settings.Errorf("proxy-header-timeout", "--proxy-header-timeout needs --accept-proxy")
 	}
@@ -186,6 +189,11 @@ func ListenAddr(c Values) (string, error) {
 		return "", settings.Errorf("port", "invalid value %d for --port: want 0..65535", port)
 	}
 	addr := c.String("addr")
+	if addr == "" && c.IsSet("addr") {
+		// Empty would listen on every address of both families, not
+		// the default's IPv4 ones.
+		return "", settings.Errorf("addr", "empty --addr: want an IP address or host name (0.0.0.0 for every IPv4 address, :: for every address)")
+	}
 	if addr != "" && net.ParseIP(addr) == nil && strings.ContainsAny(addr, ":/ ") {
 		return "", settings.Errorf("addr", "invalid value %q for --addr: want an IP address or host name", addr)
 	}

@@ -46,6 +46,8 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 	}{
 		{"port", values{"target": target, "port": 70000}},
 		{"addr", values{"target": target, "addr": "a b"}},
+		{"addr", values{"target": target, "addr": ""}},
+		{"accept-proxy-from", values{"target": target, "accept-proxy": false, "accept-proxy-from": []string{"10.0.0.1"}}},
 		{"target", values{}},
 		{"target", values{"target": []string{"nohost"}}},
 		{"target", values{"target": []string{"h:1", "h:1"}}},
