@@ -296,11 +296,12 @@ func TestUpgradeRefusesNoConnection(t *testing.T) {
 	}
 }
 
-// An upgrade to a binary that exits at once: the old process logs why and
-// serves on, with its PID file unchanged.
-func TestUpgradeToABrokenBinaryKeepsServing(t *testing.T) {
-	dir := t.TempDir()
-	exe := filepath.Join(dir, "ndlb")
+// startCopy starts a copy of ndlb's binary from dir, which an upgrade test
+// can replace, with a PID file there, to w's targets; it returns the
+// process, the copy's path and the PID file's.
+func startCopy(t *testing.T, dir string, w *world, args ...string) (p *proc, exe, pidFile string) {
+	t.Helper()
+	exe = filepath.Join(dir, "ndlb")
 	b, err := os.ReadFile(bin)
 	if err != nil {
 		t.Fatal(err)
@@ -308,10 +309,18 @@ func TestUpgradeToABrokenBinaryKeepsServing(t *testing.T) {
 	if err := os.WriteFile(exe, b, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	pidFile = filepath.Join(dir, "ndlb.pid")
+	p = startCmd(t, exec.Command(exe, append([]string{"--addr", "127.0.0.1", "--port", "0", "--log-format", "json",
+		"--target", w.targets(), "--pid-file", pidFile}, args...)...))
+	return p, exe, pidFile
+}
+
+// An upgrade to a binary that exits at once: the old process logs why and
+// serves on, with its PID file unchanged.
+func TestUpgradeToABrokenBinaryKeepsServing(t *testing.T) {
+	dir := t.TempDir()
 	w := newWorld(t, 1)
-	pidFile := filepath.Join(dir, "ndlb.pid")
-	p := startCmd(t, exec.Command(exe, "--addr", "127.0.0.1", "--port", "0", "--log-format", "json",
-		"--target", w.targets(), "--pid-file", pidFile))
+	p, exe, pidFile := startCopy(t, dir, w)
 	oldPID := readPID(t, pidFile, 0)
 	c := dial(t, p.addr)
 	if _, err := linetest.Send(c, 0, 0, 100, 4096); err != nil {
@@ -362,18 +371,8 @@ func TestUpgradeToABrokenBinaryKeepsServing(t *testing.T) {
 // started too, which would otherwise hold the inherited sockets.
 func TestFailedUpgradeLeavesNoProcessBehind(t *testing.T) {
 	dir := t.TempDir()
-	exe := filepath.Join(dir, "ndlb")
-	b, err := os.ReadFile(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(exe, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	w := newWorld(t, 1)
-	pidFile := filepath.Join(dir, "ndlb.pid")
-	p := startCmd(t, exec.Command(exe, "--addr", "127.0.0.1", "--port", "0", "--log-format", "json",
-		"--target", w.targets(), "--pid-file", pidFile, "--upgrade-timeout", "2s"))
+	p, exe, pidFile := startCopy(t, dir, w, "--upgrade-timeout", "2s")
 	oldPID := readPID(t, pidFile, 0)
 	started := filepath.Join(dir, "started")
 	wrapper := filepath.Join(dir, "wrapper")

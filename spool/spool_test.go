@@ -995,6 +995,49 @@ func TestDamagedRecordsAreCutOut(t *testing.T) {
 	}
 }
 
+// countLost is an edit of a spool's Config that adds what OnLost reports
+// to records and lines, and fails the test for a loss without a reason.
+func countLost(t *testing.T, records, lines *int) func(*Config) {
+	return func(c *Config) {
+		c.OnLost = func(n, l int, err error) {
+			if err == nil {
+				t.Error("OnLost without a reason")
+			}
+			*records += n
+			*lines += l
+		}
+	}
+}
+
+// appended is a record Append took, and its lines.
+type appended struct {
+	id    ID
+	lines int
+}
+
+// appendRecords appends data(0) to data(n-1), of 1 to 5 lines, and
+// returns them and the segments they went to, in order; the test fails
+// unless they span at least minSegs.
+func appendRecords(t *testing.T, s *Spool, n, minSegs int) ([]appended, []uint64) {
+	t.Helper()
+	var recs []appended
+	var segs []uint64
+	for i := range n {
+		id, err := s.Append(data(i), 1+i%5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, appended{id, 1 + i%5})
+		if len(segs) == 0 || segs[len(segs)-1] != id.Seg {
+			segs = append(segs, id.Seg)
+		}
+	}
+	if len(segs) < minSegs {
+		t.Fatalf("%d segments; the test needs %d", len(segs), minSegs)
+	}
+	return recs, segs
+}
+
 // While the spool runs, a record damaged on disk, a huge length in a
 // header, and a sealed segment's file removed: Next skips what it cannot
 // read, goes on with the records after it, and counts what it missed
@@ -1004,38 +1047,9 @@ func TestDamagedRecordsAreCutOut(t *testing.T) {
 func TestNextSkipsWhatItCannotReadBack(t *testing.T) {
 	dir := t.TempDir()
 	var lost, lostLines int
-	s := open(t, dir, func(c *Config) {
-		c.OnLost = func(records, lines int, err error) {
-			if err == nil {
-				t.Error("OnLost without a reason")
-			}
-			lost += records
-			lostLines += lines
-		}
-	})
+	s := open(t, dir, countLost(t, &lost, &lostLines))
 	defer s.Close()
-	type appended struct {
-		id    ID
-		lines int
-	}
-	var recs []appended
-	for i := range 150 {
-		id, err := s.Append(data(i), 1+i%5)
-		if err != nil {
-			t.Fatal(err)
-		}
-		recs = append(recs, appended{id, 1 + i%5})
-	}
-	segs := slices.Compact(slices.Collect(func(yield func(uint64) bool) {
-		for _, r := range recs {
-			if !yield(r.id.Seg) {
-				return
-			}
-		}
-	}))
-	if len(segs) < 4 {
-		t.Fatalf("%d segments; the test needs 4", len(segs))
-	}
+	recs, segs := appendRecords(t, s, 150, 4)
 	spoil := func(i int, off int64, b []byte) {
 		f, err := os.OpenFile(s.path(recs[i].id.Seg), os.O_RDWR, 0)
 		if err != nil {
@@ -1248,36 +1262,8 @@ func TestReadErrorThatMayPassKeepsTheRecords(t *testing.T) {
 func TestCloseForgetsVanishedSegments(t *testing.T) {
 	dir := t.TempDir()
 	var lost, lostLines int
-	s := open(t, dir, func(c *Config) {
-		c.OnLost = func(records, lines int, err error) {
-			if err == nil {
-				t.Error("OnLost without a reason")
-			}
-			lost += records
-			lostLines += lines
-		}
-	})
-	type appended struct {
-		id    ID
-		lines int
-	}
-	var recs []appended
-	for i := range 150 {
-		id, err := s.Append(data(i), 1+i%5)
-		if err != nil {
-			t.Fatal(err)
-		}
-		recs = append(recs, appended{id, 1 + i%5})
-	}
-	var segs []uint64
-	for _, r := range recs {
-		if len(segs) == 0 || segs[len(segs)-1] != r.id.Seg {
-			segs = append(segs, r.id.Seg)
-		}
-	}
-	if len(segs) < 4 {
-		t.Fatalf("%d segments; the test needs 4", len(segs))
-	}
+	s := open(t, dir, countLost(t, &lost, &lostLines))
+	recs, segs := appendRecords(t, s, 150, 4)
 	// Next returns the first segment and part of the second, of which
 	// the first record is acknowledged.
 	var fed []Record
