@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"iter"
 	"maps"
 	"regexp"
 	"slices"
@@ -369,12 +370,7 @@ func (p parser) groups(raw any, ln sectionLines) ([]string, int, *Error) {
 // suggest is " (did you mean NAME?)" for a key one or two edits from a
 // known one, else where the keys are listed.
 func (p parser) suggest(key string) string {
-	best, dist := "", 3
-	for name := range p.keys {
-		if d := editDistance(key, name); d < dist || d == dist && best != "" && name < best {
-			best, dist = name, d
-		}
-	}
+	best := Closest(key, maps.Keys(p.keys))
 	if best == "" {
 		return " (the keys are the flags' names: see ndlb --help)"
 	}
@@ -498,6 +494,19 @@ func durationHint(t string) string {
 		}
 	}
 	return "a number and a unit: 500ms, 90s, 5m or 1h30m"
+}
+
+// Closest is the name among known at most two edits from name (the
+// first in order when two are as close), or "" if there is none: what a
+// typo probably meant.
+func Closest(name string, known iter.Seq[string]) string {
+	best, dist := "", 3
+	for k := range known {
+		if d := editDistance(name, k); d < dist || d == dist && best != "" && k < best {
+			best, dist = k, d
+		}
+	}
+	return best
 }
 
 // editDistance is the Levenshtein distance between a and b.

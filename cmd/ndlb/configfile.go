@@ -46,6 +46,9 @@ func runCheckConfig(c *cli.Context) error {
 		return usageError("check-config takes one argument: the config file")
 	}
 	path := c.Args().First()
+	for _, n := range envNotices(c) {
+		fmt.Fprintf(c.App.ErrWriter, "ndlb: warning: %s\n", n.msg)
+	}
 	proc, srcs, err := setup.Load(path, c)
 	if err != nil {
 		return usage(err)

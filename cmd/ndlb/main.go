@@ -22,13 +22,14 @@ func main() {
 
 // run executes the command line and returns the exit code.
 func run(args []string, stdout, stderr io.Writer) int {
+	app := newApp(stdout, stderr)
+	app.Metadata = map[string]any{envNoticesKey: screenEnv(os.Environ(), envNames(app), os.Unsetenv)}
 	if len(args) > 1 {
 		if err := checkWholeNumbers(args[1:], os.LookupEnv); err != nil {
 			fmt.Fprintln(stderr, "ndlb: "+err.Error())
 			return exitUsage
 		}
 	}
-	app := newApp(stdout, stderr)
 	err := app.Run(args)
 	if err == nil {
 		return exitOK

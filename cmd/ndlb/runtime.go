@@ -41,6 +41,9 @@ func runBalancer(c *cli.Context) error {
 	// What logs through slog's default or the standard log package (the
 	// admin API's certificate reloads, a library) keeps --log-format.
 	slog.SetDefault(log)
+	for _, n := range envNotices(c) {
+		log.Warn(n.msg, n.args...)
+	}
 	// Telemetry first, so that the servers' instruments reach the SDK.
 	tel, err := telemetry.Setup(context.Background(), telemetry.Config{Version: version(), Prometheus: p.Admin.Addr != "", Logger: log})
 	if err != nil {

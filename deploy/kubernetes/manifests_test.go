@@ -123,6 +123,14 @@ func TestManifests(t *testing.T) {
 	if len(pod.Containers) != 1 {
 		t.Fatalf("%d containers", len(pod.Containers))
 	}
+	// A Service whose name makes its links NDLB_* sets NDLB_PORT=tcp://…
+	// in the pod: links must be off.
+	for _, svc := range services {
+		if strings.HasPrefix(strings.ToUpper(strings.ReplaceAll(svc.Name, "-", "_")), "NDLB") &&
+			(pod.EnableServiceLinks == nil || *pod.EnableServiceLinks) {
+			t.Errorf("Service %q would set NDLB_* variables in the pod: set enableServiceLinks: false", svc.Name)
+		}
+	}
 	c := pod.Containers[0]
 	for i, a := range c.Args {
 		if name, ok := strings.CutPrefix(a, "--"); ok {
