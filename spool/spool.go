@@ -234,11 +234,19 @@ type spare struct {
 	size int64
 }
 
-// Check reports whether a spool could be made in dir: it makes the
-// directory and a file in it. Open can still find it in use.
+// Check reports whether a spool could be made in dir, without making
+// it: an existing directory must take a file (made and removed at once);
+// for one still to be made, the nearest directory above it that exists
+// must be writable. Open can still find it in use.
 func Check(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return checkParent(dir)
+	case err != nil:
 		return fmt.Errorf("spool: %w", err)
+	case !fi.IsDir():
+		return fmt.Errorf("spool: %s is not a directory", dir)
 	}
 	f, err := os.CreateTemp(dir, ".check-*")
 	if err != nil {
@@ -247,6 +255,31 @@ func Check(dir string) error {
 	name := f.Name()
 	f.Close()
 	return os.Remove(name)
+}
+
+// checkParent checks that Open could make dir, which does not exist:
+// the nearest directory above it that exists must be one, and writable
+// by this process.
+func checkParent(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	for p := filepath.Dir(abs); ; p = filepath.Dir(p) {
+		fi, err := os.Stat(p)
+		switch {
+		case errors.Is(err, fs.ErrNotExist) && p != filepath.Dir(p):
+			continue
+		case err != nil:
+			return fmt.Errorf("spool: %w", err)
+		case !fi.IsDir():
+			return fmt.Errorf("spool: cannot make %s: %s is not a directory", dir, p)
+		}
+		if err := unix.Faccessat(unix.AT_FDCWD, p, unix.W_OK|unix.X_OK, unix.AT_EACCESS); err != nil {
+			return fmt.Errorf("spool: cannot make %s: %w", dir, &fs.PathError{Op: "access", Path: p, Err: err})
+		}
+		return nil
+	}
 }
 
 // Open opens (making it if needed) the spool in cfg.Dir, checks every

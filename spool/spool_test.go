@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -1324,5 +1325,32 @@ func TestCloseForgetsVanishedSegments(t *testing.T) {
 	}
 	if n != wantKept {
 		t.Fatalf("replayed %d lines, want %d", n, wantKept)
+	}
+}
+
+// Check makes nothing: a directory still to be made stays unmade, and a
+// path under a file is refused.
+func TestCheckMakesNothing(t *testing.T) {
+	base := t.TempDir()
+	if err := Check(filepath.Join(base, "a", "b", "spool")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(base, "a")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Check made a directory: %v", err)
+	}
+	if err := Check(base); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := os.ReadDir(base); len(left) != 0 {
+		t.Errorf("Check left %v", left)
+	}
+	file := filepath.Join(base, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{file, filepath.Join(file, "spool"), filepath.Join(file, "a", "spool")} {
+		if err := Check(dir); err == nil || !strings.Contains(err.Error(), "not a directory") {
+			t.Errorf("Check(%s): %v", dir, err)
+		}
 	}
 }
