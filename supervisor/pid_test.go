@@ -34,3 +34,30 @@ func TestPIDFile(t *testing.T) {
 	}
 	RemovePID("")
 }
+
+// CheckPID refuses a PID file WritePID could not write, and writes
+// nothing.
+func TestCheckPID(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path, want string
+	}{
+		{"", ""},
+		{filepath.Join(dir, "ndlb.pid"), ""},
+		{dir, "is a directory"},
+		{filepath.Join(dir, "missing", "ndlb.pid"), "no such file or directory"},
+		{filepath.Join(file, "ndlb.pid"), "is not a directory"},
+	} {
+		err := CheckPID(tc.path)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("CheckPID(%q) = %v, want %q", tc.path, err, tc.want)
+		}
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 1 {
+		t.Errorf("CheckPID left %v", left)
+	}
+}

@@ -60,6 +60,11 @@ func runCheckConfig(c *cli.Context) error {
 	if err := supervisor.Check(spec); err != nil {
 		return exitOf(err, srcs)
 	}
+	if p, err := proc.Process(); err == nil {
+		if err := supervisor.CheckPID(p.PIDFile); err != nil {
+			return usageError("invalid value for --pid-file: cannot write %s: %v", p.PIDFile, err)
+		}
+	}
 	var names []string
 	for _, in := range srcs {
 		names = append(names, in.Name)

@@ -69,6 +69,12 @@ func runBalancer(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("upgrade: %v", err), exitError)
 	}
+	// A PID file that cannot be written stops a fresh start: systemd's
+	// PIDFile= and `kill -USR2 $(cat …)` would wait for it. After an
+	// upgrade's takeover it is only logged: the old process is gone.
+	if err := supervisor.CheckPID(p.PIDFile); err != nil && inh == nil {
+		return usageError("invalid value for --pid-file: cannot write %s: %v", p.PIDFile, err)
+	}
 	listenAdmin := func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
 	if inh != nil {
 		cfg.Listen = inh.Listen
