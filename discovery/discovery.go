@@ -73,14 +73,14 @@ func (c Config) Validate() error {
 	}
 	if c.Server != "" {
 		host, port, err := net.SplitHostPort(c.Server)
-		if p, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || p < 1 || p > 65535 {
+		if p, perr := strconv.Atoi(port); err != nil || !upstream.ValidHost(host) || perr != nil || p < 1 || p > 65535 {
 			return invalid.Field(ErrConfig, "Server", "DNS server %q: want HOST:PORT, such as 10.0.0.2:53", c.Server)
 		}
 	}
 	for _, n := range c.DNS {
 		host, port, err := net.SplitHostPort(n)
-		if p, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || p < 1 || p > 65535 {
-			return invalid.Field(ErrConfig, "DNS", "DNS target %q: want NAME:PORT", n)
+		if p, perr := strconv.Atoi(port); err != nil || !upstream.ValidHost(host) || perr != nil || p < 1 || p > 65535 {
+			return invalid.Field(ErrConfig, "DNS", "DNS target %q: want NAME:PORT (a name of letters, digits, hyphens and dots)", n)
 		}
 	}
 	for _, n := range c.SRV {
@@ -121,7 +121,7 @@ func (s serverResolver) name(err error) error {
 // splitSRV splits _service._proto.name.
 func splitSRV(n string) (service, proto, name string, err error) {
 	parts := strings.SplitN(n, ".", 3)
-	if len(parts) != 3 || !strings.HasPrefix(parts[0], "_") || !strings.HasPrefix(parts[1], "_") || parts[2] == "" {
+	if len(parts) != 3 || !strings.HasPrefix(parts[0], "_") || !strings.HasPrefix(parts[1], "_") || parts[2] == "" || !upstream.ValidHost(n) {
 		return "", "", "", invalid.Field(ErrConfig, "SRV", "SRV name %q: want _service._proto.name", n)
 	}
 	return parts[0][1:], parts[1][1:], parts[2], nil

@@ -217,6 +217,9 @@ func targets(c Values) ([]string, error) {
 			if err != nil || host == "" {
 				return nil, settings.Errorf("target", "invalid value %q for --target: want HOST:PORT or HOST:PORT=WEIGHT", t)
 			}
+			if !upstream.ValidHost(host) {
+				return nil, settings.Errorf("target", "invalid value %q for --target: %q is neither an IP address nor a host name (letters, digits, hyphens and dots)", t, host)
+			}
 			if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
 				return nil, settings.Errorf("target", "invalid value %q for --target: port must be 1..65535", t)
 			}
@@ -492,7 +495,7 @@ func isTarget(s string) bool {
 	}
 	host, port, err := net.SplitHostPort(addr)
 	p, perr := strconv.Atoi(port)
-	return err == nil && host != "" && perr == nil && p >= 1 && p <= 65535
+	return err == nil && upstream.ValidHost(host) && perr == nil && p >= 1 && p <= 65535
 }
 
 // group is one --group value.
