@@ -89,6 +89,15 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		cmd.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
 			return usageError("%s: %v (see ndlb %s --help; the balancer's flags go before the command)", cmd.Name, err, cmd.Name)
 		}
+		if cmd.ArgsUsage == "" { // takes none: a stray word is a mistake, not ignored
+			action := cmd.Action
+			cmd.Action = func(c *cli.Context) error {
+				if c.Args().Present() {
+					return usageError("%s takes no arguments, got %q (see ndlb %s --help)", cmd.Name, c.Args().First(), cmd.Name)
+				}
+				return action(c)
+			}
+		}
 	}
 	return app
 }

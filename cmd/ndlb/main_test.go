@@ -57,3 +57,15 @@ func TestBadFlagValuesSayWhatTheyWant(t *testing.T) {
 		}
 	}
 }
+
+// A command that takes no arguments refuses one, rather than ignoring it
+// (ndlb healthcheck 9000 would check port 9000? It would not).
+func TestCommandsRefuseStrayArguments(t *testing.T) {
+	for _, cmd := range []string{"demo", "version", "healthcheck"} {
+		var out, errOut bytes.Buffer
+		code := run([]string{"ndlb", cmd, "extra"}, &out, &errOut)
+		if want := "ndlb: " + cmd + ` takes no arguments, got "extra"`; code != exitUsage || !strings.HasPrefix(errOut.String(), want) {
+			t.Errorf("ndlb %s extra: exit %d, %q; want %d and %q", cmd, code, errOut.String(), exitUsage, want)
+		}
+	}
+}
