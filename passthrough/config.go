@@ -204,7 +204,7 @@ func (c Config) Validate() error {
 	case len(c.Targets) == 0 && !c.Discovered:
 		return bad("Targets", "no targets")
 	case c.HashKey != HashIP && c.HashKey != HashIPPort:
-		return bad("HashKey", "hash key %q: want ip or ip-port", c.HashKey)
+		return bad("HashKey", "hash key %q: want ip, ip-port or ip+first:START:END", c.HashKey)
 	case c.HashFirst.Offset < 0 || c.HashFirst.Length < 0 || c.HashFirst.Offset+c.HashFirst.Length > MaxHashFirstEnd:
 		return bad("HashFirst", "hash key bytes %d..%d: want a range within the first %d bytes", c.HashFirst.Offset,
 			c.HashFirst.Offset+c.HashFirst.Length, MaxHashFirstEnd)

@@ -241,7 +241,7 @@ type spare struct {
 func Check(dir string) error {
 	fi, err := os.Stat(dir)
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR):
 		return checkParent(dir)
 	case err != nil:
 		return fmt.Errorf("spool: %w", err)
@@ -268,7 +268,7 @@ func checkParent(dir string) error {
 	for p := filepath.Dir(abs); ; p = filepath.Dir(p) {
 		fi, err := os.Stat(p)
 		switch {
-		case errors.Is(err, fs.ErrNotExist) && p != filepath.Dir(p):
+		case (errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)) && p != filepath.Dir(p):
 			continue
 		case err != nil:
 			return fmt.Errorf("spool: %w", err)
