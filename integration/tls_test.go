@@ -3,7 +3,9 @@ package integration
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -218,4 +220,54 @@ func TestTLSRotationOfClientCAAndTargetCertificate(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	p.stopOK()
+}
+
+// ndlb writes nothing to an NDJSON client over TLS, not even TLS 1.3
+// session tickets: a shipper that sends and closes without reading would
+// otherwise leave them unread, and its kernel would reset the connection,
+// discarding what it sent that ndlb had not read yet.
+func TestTLSListenerWritesClientsNothing(t *testing.T) {
+	p := newPKI(t)
+	srvCert, srvKey, _ := p.files(t, "ndlb", "127.0.0.1", "localhost")
+	w := newWorld(t, 1)
+	proc := startNDLB(t, "--target", w.targets(), "-tls-cert", srvCert, "-tls-key", srvKey)
+	tickets := &ticketCount{ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	c, err := tls.Dial("tcp", proc.addr, &tls.Config{RootCAs: p.pool(), ServerName: "localhost",
+		MinVersion: tls.VersionTLS13, ClientSessionCache: tickets})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(linetest.AppendLine(nil, 1, 0)); err != nil {
+		t.Fatal(err)
+	}
+	// Delivered: ndlb finished its side of the handshake long before, and
+	// a ticket would be on its way. A read takes what came (a ticket goes
+	// to the cache); it can only time out, as ndlb sends nothing else.
+	w.waitLines(1)
+	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read %d bytes from ndlb: %v", n, err)
+	}
+	if n := tickets.puts.Load(); n != 0 {
+		t.Fatalf("ndlb sent the client %d session tickets", n)
+	}
+	c.Close()
+	proc.stopOK()
+	if r := w.check(map[uint32]uint32{1: 1}); r.Lost != 0 {
+		t.Fatal(r)
+	}
+}
+
+// ticketCount counts the session tickets a client is given.
+type ticketCount struct {
+	tls.ClientSessionCache
+	puts atomic.Int64
+}
+
+func (c *ticketCount) Put(key string, cs *tls.ClientSessionState) {
+	if cs != nil {
+		c.puts.Add(1)
+	}
+	c.ClientSessionCache.Put(key, cs)
 }

@@ -572,7 +572,9 @@ func tlsConfig(c Values, log *slog.Logger) (server *tls.Config, client func() (*
 		log.Error("certificate files changed but cannot be loaded; keeping the previous ones", "err", err)
 	}
 	if cert != "" {
-		if server, err = tlsutil.Server(tlsutil.ServerOptions{CertFile: cert, KeyFile: key, ClientCAFile: ca, OnReloadError: onErr}); err != nil {
+		// NDJSON clients are never written to: no session tickets.
+		opts := tlsutil.ServerOptions{CertFile: cert, KeyFile: key, ClientCAFile: ca, OnReloadError: onErr, NoSessionTickets: !c.Bool("passthrough")}
+		if server, err = tlsutil.Server(opts); err != nil {
 			return nil, nil, settings.Errorf("tls-cert", "invalid --tls-cert/--tls-key/--tls-client-ca: %v", err)
 		}
 	}

@@ -30,6 +30,12 @@ type ServerOptions struct {
 	// OnReloadError, if set, is called when changed files fail to load; the
 	// previous configuration stays in use.
 	OnReloadError func(error)
+	// NoSessionTickets sends clients no TLS 1.3 session tickets: for a
+	// listener that never writes to its clients (NDJSON), the tickets
+	// would be the only bytes they are sent, and a client that closes
+	// without reading them resets its connection, which discards what it
+	// sent that ndlb had not read yet.
+	NoSessionTickets bool
 }
 
 // ClientOptions configure upstream connections.
@@ -58,7 +64,7 @@ func Server(o ServerOptions) (*tls.Config, error) {
 		if err != nil {
 			return nil, err
 		}
-		cfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, SessionTicketsDisabled: o.NoSessionTickets}
 		if o.ClientCAFile != "" {
 			if cfg.ClientCAs, err = loadPool(o.ClientCAFile); err != nil {
 				return nil, err
