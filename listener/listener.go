@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -589,6 +590,9 @@ func (l *Listener) prepare(nc net.Conn) (*Conn, bool) {
 			level := slog.LevelDebug // a port probe or health check
 			if !errors.Is(err, io.EOF) {
 				level = rejectLevel(&l.tlsLog)
+			}
+			if errors.Is(err, context.DeadlineExceeded) {
+				err = fmt.Errorf("not finished within %s: %w", l.cfg.HandshakeTimeout, err)
 			}
 			c.Log.Log(context.Background(), level, "TLS handshake failed", "err", err, "failed_so_far", n)
 			l.sources.release(c.source)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
@@ -106,6 +107,9 @@ func (p *Pool) dialConn(ctx context.Context, t *upstream.Target, reason string, 
 	if p.cfg.TLS != nil {
 		if err := c.startTLS(ctx, p.cfg.TLS, t.Addr); err != nil {
 			raw.Close()
+			if ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
+				err = fmt.Errorf("TLS handshake not finished within the connect timeout (%s): %w", p.cfg.ConnectTimeout, err)
+			}
 			return nil, err
 		}
 	}
@@ -119,13 +123,63 @@ func (c *upConn) startTLS(ctx context.Context, get func() (*tls.Config, error), 
 	if err != nil {
 		return err
 	}
+	// Note whether the target asks for a certificate, choosing one as
+	// crypto/tls would.
+	cfg = cfg.Clone()
+	certs, asked := cfg.Certificates, false
+	cfg.Certificates = nil
+	cfg.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		asked = true
+		for i := range certs {
+			if cri.SupportsCertificate(&certs[i]) == nil {
+				return &certs[i], nil
+			}
+		}
+		return new(tls.Certificate), nil
+	}
 	c.count = &countConn{Conn: c.conn}
 	tc := tls.Client(c.count, cfg)
+	start := time.Now()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return err
 	}
+	if asked && tc.ConnectionState().Version >= tls.VersionTLS13 {
+		if err := awaitVerdict(ctx, tc, time.Since(start)); err != nil {
+			return err
+		}
+	}
 	c.conn = tc
 	return nil
+}
+
+// certVerdictMargin is added to twice the handshake's time in
+// awaitVerdict.
+const certVerdictMargin = 50 * time.Millisecond
+
+// awaitVerdict waits for a TLS 1.3 target that asked for a client
+// certificate to refuse it. In TLS 1.3 the client's handshake ends before
+// the server has checked the certificate; a server that refuses it sends
+// an alert half a round trip after the client's last message, and
+// discards whatever the client wrote meanwhile, after its kernel has
+// acknowledged it: lines that would count as delivered and never arrive.
+// So the connection is used only once the alert had time to come: twice
+// the handshake's time plus certVerdictMargin, within the connect
+// timeout. Bytes the target sends meanwhile are discarded, as readLoop
+// would.
+func awaitVerdict(ctx context.Context, tc *tls.Conn, handshake time.Duration) error {
+	deadline := time.Now().Add(2*handshake + certVerdictMargin)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if err := tc.SetReadDeadline(deadline); err != nil {
+		return err
+	}
+	var b [512]byte
+	_, err := tc.Read(b[:])
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("TLS: the target refused the connection after the handshake (its verdict on the client certificate): %w", err)
+	}
+	return tc.SetReadDeadline(time.Time{})
 }
 
 // readLoop notices the target closing or resetting the connection, which an
