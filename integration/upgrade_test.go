@@ -462,3 +462,82 @@ func TestSystemdUnit(t *testing.T) {
 		}
 	}
 }
+
+// An upgrade while every target is down and a client is held back (its
+// reader waits for room in the queue, so it cannot move): the hand-over
+// waits for it at most --upgrade-timeout, and the old process keeps and
+// drains it, its ledger closing. A SIGTERM during the upgrade is acted on
+// at once, not taken later for a second signal.
+func TestUpgradeWhileAClientIsHeldBack(t *testing.T) {
+	for _, term := range []bool{false, true} {
+		t.Run(fmt.Sprint("sigterm=", term), func(t *testing.T) {
+			w := newWorld(t, 1)
+			w.sinks[0].Kill(false)
+			timeout := "1s"
+			if term {
+				timeout = "2m" // the SIGTERM, not the timeout, ends the wait
+			}
+			pidFile := filepath.Join(t.TempDir(), "ndlb.pid")
+			p := startNDLB(t, "--target", w.targets(), "--pid-file", pidFile, "--admin", "127.0.0.1:0",
+				"--buffer-bytes", "2MiB", "--max-line-bytes", "64KiB", "--client-buffer-bytes", "1MiB", "--upgrade-timeout", timeout,
+				"--drain-timeout", "1s", "--deliver-timeout", "1s", "--backoff-max", "100ms")
+			api := newAdminAPI(t, p, "")
+			oldPID := readPID(t, pidFile, 0)
+			c := dial(t, p.addr)
+			sending := make(chan error, 1)
+			go func() { // far more than ndlb holds: it is held back
+				_, err := linetest.Send(c, 1, 0, 400000, 64<<10)
+				sending <- err
+			}()
+			// Held back: what ndlb received stops growing.
+			last := uint64(0)
+			for still := 0; still < 3; time.Sleep(100 * time.Millisecond) {
+				var ls []struct {
+					Ledger struct {
+						Received uint64 `json:"received"`
+					} `json:"ledger"`
+				}
+				api.call("GET", "/api/v1/listeners", &ls)
+				if n := ls[0].Ledger.Received; n > 0 && n == last {
+					still++
+				} else {
+					still, last = 0, n
+				}
+			}
+			if err := syscall.Kill(oldPID, syscall.SIGUSR2); err != nil {
+				t.Fatal(err)
+			}
+			newPID := readPID(t, pidFile, oldPID)
+			t.Cleanup(func() { syscall.Kill(newPID, syscall.SIGKILL) })
+			if term {
+				p.waitLog("upgrade: the new process is ready; handing over", 30*time.Second)
+				if err := syscall.Kill(oldPID, syscall.SIGTERM); err != nil {
+					t.Fatal(err)
+				}
+			}
+			p.waitLog("upgrade: client connections waiting for room in the queue were not handed over; this process drains them", 30*time.Second)
+			l := p.waitLog("ledger", 30*time.Second) // the old process's, at its exit
+			if len(p.findLogs("second signal: exiting without finishing the shutdown")) != 0 {
+				t.Fatal("the SIGTERM was taken for a second signal")
+			}
+			if len(p.findLogs("ignoring NDLB_UPGRADE: no setting reads it")) != 0 {
+				t.Fatal("the new process warned about its own variable")
+			}
+			received, _ := l["received"].(float64)
+			delivered, _ := l["delivered"].(float64)
+			dropped, _ := l["dropped"].(float64)
+			if received == 0 || received != delivered+dropped || l["in_flight"] != float64(0) {
+				t.Fatalf("the old process's ledger %v", l)
+			}
+			select {
+			case <-sending: // the old process closed the client at its drain
+			case <-time.After(30 * time.Second):
+				t.Fatal("the held-back client was not told by the old process's drain that its connection ended")
+			}
+			if err := syscall.Kill(newPID, syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			p.wait(time.Minute)
+		})
+	}
+}

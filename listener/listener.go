@@ -58,6 +58,17 @@ type Conn struct {
 	tcp         *net.TCPConn // the socket, when it is TCP
 }
 
+// ResetOnClose makes the connection end with a reset rather than a FIN
+// when it is closed (SO_LINGER 0). It is for a client still sending when
+// ndlb stops reading it: after a FIN such a client, its window full, can
+// wait on a write until the kernel forgets the closed connection (a
+// minute or more); a reset tells it at once, and it reconnects.
+func (c *Conn) ResetOnClose() {
+	if c.tcp != nil {
+		_ = c.tcp.SetLinger(0)
+	}
+}
+
 // Detach lets ServeConn return while the connection stays open: the handler
 // then serves it on goroutines of its own and calls done, once, when it has
 // finished. The listener closes the connection in done, and until then

@@ -313,7 +313,7 @@ func TestHandOffLowersTheMark(t *testing.T) {
 	move := moveTo(t, next)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	moved := old.HandOff(ctx, func(tr Transfer) error {
+	moved, _ := old.HandOff(ctx, func(tr Transfer) error {
 		rc, err := tr.Conn.SyscallConn()
 		if err != nil {
 			return err

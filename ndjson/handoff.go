@@ -28,9 +28,11 @@ type Transfer struct {
 
 // handOff is one HandOff in progress.
 type handOff struct {
-	give  func(Transfer) error
-	wg    sync.WaitGroup // one per connection asked to move
-	moved atomic.Int64
+	give    func(Transfer) error
+	wg      sync.WaitGroup // one per connection asked to move
+	asked   atomic.Int64   // connections asked to move
+	settled atomic.Int64   // of them, those that moved or stay
+	moved   atomic.Int64
 }
 
 // HandOff moves the server's plain TCP client connections to another
@@ -39,9 +41,12 @@ type handOff struct {
 // already read stay in this server's queue, which it delivers. A
 // connection that give refuses, and every TLS connection (its session
 // cannot move), stays and is served on. HandOff returns the number moved
-// once every connection was moved or kept, or when ctx is done. Stop
-// accepting first (Handover); call Shutdown after, to deliver and drain.
-func (s *Server) HandOff(ctx context.Context, give func(Transfer) error) int {
+// once every connection was moved or kept, or when ctx is done, with
+// the number of connections that had not settled by then: their readers
+// were waiting for room in the queue or the spool (every target down),
+// and they stay with this server. Stop accepting first (Handover); call
+// Shutdown after, to deliver and drain.
+func (s *Server) HandOff(ctx context.Context, give func(Transfer) error) (moved, busy int) {
 	h := &handOff{give: give}
 	s.giving.Store(h)
 	defer s.giving.Store(nil)
@@ -57,6 +62,7 @@ func (s *Server) HandOff(ctx context.Context, give func(Transfer) error) int {
 		}
 		cs.h = h
 		h.wg.Add(1)
+		h.asked.Add(1)
 		cs.mu.Unlock()
 		cs.moving.Store(true)
 		_ = cs.c.SetReadDeadline(time.Unix(1, 0)) // wakes the read; the reader suspends
@@ -68,7 +74,7 @@ func (s *Server) HandOff(ctx context.Context, give func(Transfer) error) int {
 	case <-done:
 	case <-ctx.Done():
 	}
-	return int(h.moved.Load())
+	return int(h.moved.Load()), int(h.asked.Load() - h.settled.Load())
 }
 
 // settled tells the HandOff that asked cs to move that it has moved or
@@ -82,6 +88,7 @@ func (cs *clientConn) settled(end bool) {
 	}
 	cs.mu.Unlock()
 	if h != nil {
+		h.settled.Add(1)
 		h.wg.Done()
 	}
 }

@@ -65,7 +65,7 @@ func TestHandOffCarriesPartialAndSkippedLines(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if moved := old.HandOff(ctx, moveTo(t, next)); moved != 2 {
+	if moved, busy := old.HandOff(ctx, moveTo(t, next)); moved != 2 || busy != 0 {
 		t.Fatalf("moved %d connections, want 2", moved)
 	}
 	partial.Write(line1[10:])
@@ -99,7 +99,7 @@ func TestHandOffRefusedConnectionIsServedOn(t *testing.T) {
 	waitUntil(t, "partial line held", func() bool { return srv.Stats().ClientMemory.Used > 0 })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if moved := srv.HandOff(ctx, func(Transfer) error { return errors.New("no room") }); moved != 0 {
+	if moved, busy := srv.HandOff(ctx, func(Transfer) error { return errors.New("no room") }); moved != 0 || busy != 0 {
 		t.Fatalf("moved %d", moved)
 	}
 	c.Write(line[7:])

@@ -472,7 +472,7 @@ func (s *Server) openSpool(first error) {
 			// Longer than a reload or an upgrade hands it over: another
 			// process (or listener) uses the directory.
 			held.Do(func() {
-				s.log.Error("spool still not open: lines go to the queue in memory, without the spool's protection; is another ndlb using the directory?",
+				s.log.Error("spool still not open: lines go to the queue in memory, without the spool's protection; another process holds the directory (an older ndlb still delivering after an upgrade, or another ndlb with the same --spool-dir)",
 					"dir", sc.Dir, "for", time.Since(start).Round(time.Second).String(), "lines_unspooled", s.unspooled.Load())
 			})
 		}
@@ -823,6 +823,7 @@ func (cs *clientConn) countRest(continued, partial bool) uint64 {
 	if lines > 0 || tail > 0 {
 		cs.c.Log.Error("shutdown deadline passed: lines the client had sent were read and dropped",
 			"lines", lines, "fragment", tail > 0)
+		cs.c.ResetOnClose() // it was still sending: it learns at once that nothing more is read
 	}
 	return lines
 }

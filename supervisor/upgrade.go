@@ -23,8 +23,9 @@ import (
 	"github.com/ndlb/ndlb/ndjson"
 )
 
-// upgradeEnv passes what a new process inherits (JSON of inheritance).
-const upgradeEnv = "NDLB_UPGRADE"
+// UpgradeEnv passes what a new process inherits (JSON of inheritance):
+// ndlb's own variable, not a setting.
+const UpgradeEnv = "NDLB_UPGRADE"
 
 // inheritance is what Upgrade passes to the new process: the file
 // descriptors of its channel and of the listening sockets.
@@ -50,7 +51,7 @@ func (l inheritedListener) network() string {
 
 // handOffer is a server that can move its client connections (NDJSON).
 type handOffer interface {
-	HandOff(ctx context.Context, give func(ndjson.Transfer) error) int
+	HandOff(ctx context.Context, give func(ndjson.Transfer) error) (moved, busy int)
 }
 
 // adopter is a server that can take moved client connections.
@@ -76,7 +77,11 @@ var ErrUpgrading = errors.New("an upgrade is already in progress")
 // the caller then shuts down, delivering what it queued. Passthrough
 // connections stay here until they end or the drain timeout. If the new
 // process exits or is not ready within timeout, it is stopped and this one
-// serves on: Upgrade returns why.
+// serves on: Upgrade returns why. The hand-over waits at most timeout too
+// for connections whose readers wait for room (every target down); those
+// stay here. Once ctx is done, Upgrade stops waiting: before the new
+// process is ready it is stopped (ctx's error), after it the connections
+// not yet handed over stay here (nil).
 //
 // extra are other listening sockets of the process (the admin API's),
 // passed on too; the new process takes them with Inherited.Listen.
@@ -164,7 +169,7 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 	for _, fd := range fds {
 		files = append(files, uintptr(fd))
 	}
-	env := append(withoutEnv(os.Environ(), upgradeEnv), upgradeEnv+"="+string(js))
+	env := append(withoutEnv(os.Environ(), UpgradeEnv), UpgradeEnv+"="+string(js))
 	s.log.Info("upgrade: starting the new process", "path", path)
 	// In a process group of its own, so that a failed upgrade ends what
 	// it started too (a wrapper script's ndlb, which would otherwise hold
@@ -243,19 +248,31 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 		// A UDP server's flows still send their answers from the
 		// socket until its drain ends: its Shutdown drops it.
 	}
+	// A client's reader moves when it next reads. One waiting for room
+	// (every target down, the queue and spool full) may not for long: the
+	// hand-over waits for it at most the upgrade timeout, then leaves it
+	// to this process's drain.
+	hctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	handStart := time.Now()
 	var mu sync.Mutex // one transfer at a time on the channel
-	moved := 0
+	moved, busy := 0, 0
 	for _, in := range insts {
 		h, ok := in.srv.(handOffer)
 		if !ok {
 			continue
 		}
 		name := in.spec.Name
-		moved += h.HandOff(ctx, func(t ndjson.Transfer) error {
+		m, b := h.HandOff(hctx, func(t ndjson.Transfer) error {
 			mu.Lock()
 			defer mu.Unlock()
 			return sendTransfer(ch, name, t)
 		})
+		moved, busy = moved+m, busy+b
+	}
+	if busy > 0 {
+		s.log.Warn("upgrade: client connections waiting for room in the queue were not handed over; this process drains them",
+			"connections", busy, "waited", time.Since(handStart).Round(time.Millisecond).String(), "interrupted", ctx.Err() != nil)
 	}
 	s.log.Info("upgrade: client connections handed over; this process delivers what it read and exits",
 		"connections", moved, "pid", pid)
@@ -406,25 +423,25 @@ type Inherited struct {
 // Inherit returns what the old process passed, or nil when this process
 // was not started by Upgrade.
 func Inherit(log *slog.Logger) (*Inherited, error) {
-	v, ok := os.LookupEnv(upgradeEnv)
+	v, ok := os.LookupEnv(UpgradeEnv)
 	if !ok {
 		return nil, nil
 	}
-	os.Unsetenv(upgradeEnv) // not for this process's own upgrades
+	os.Unsetenv(UpgradeEnv) // not for this process's own upgrades
 	var inh inheritance
 	if err := json.Unmarshal([]byte(v), &inh); err != nil {
-		return nil, fmt.Errorf("%s: %w", upgradeEnv, err)
+		return nil, fmt.Errorf("%s: %w", UpgradeEnv, err)
 	}
 	f := os.NewFile(uintptr(inh.Channel), "upgrade-channel")
 	c, err := net.FileConn(f)
 	f.Close()
 	if err != nil {
-		return nil, fmt.Errorf("%s: the channel: %w", upgradeEnv, err)
+		return nil, fmt.Errorf("%s: the channel: %w", UpgradeEnv, err)
 	}
 	ch, ok := c.(*net.UnixConn)
 	if !ok {
 		c.Close()
-		return nil, fmt.Errorf("%s: the channel is %T", upgradeEnv, c)
+		return nil, fmt.Errorf("%s: the channel is %T", UpgradeEnv, c)
 	}
 	if log == nil {
 		log = slog.Default()

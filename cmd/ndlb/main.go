@@ -7,6 +7,8 @@ import (
 	"os"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/ndlb/ndlb/supervisor"
 )
 
 // Exit codes.
@@ -23,7 +25,9 @@ func main() {
 // run executes the command line and returns the exit code.
 func run(args []string, stdout, stderr io.Writer) int {
 	app := newApp(stdout, stderr)
-	app.Metadata = map[string]any{envNoticesKey: screenEnv(os.Environ(), envNames(app), os.Unsetenv)}
+	known := envNames(app)
+	known[supervisor.UpgradeEnv] = true // how an upgrade's new process learns what it inherits
+	app.Metadata = map[string]any{envNoticesKey: screenEnv(os.Environ(), known, os.Unsetenv)}
 	if len(args) > 1 {
 		if err := checkWholeNumbers(args[1:], os.LookupEnv); err != nil {
 			fmt.Fprintln(stderr, "ndlb: "+err.Error())

@@ -134,24 +134,57 @@ func runBalancer(c *cli.Context) error {
 	}()
 	changed, stopWatch := config.Watch(path, loaded, log)
 	defer stopWatch()
+	// An upgrade runs beside this loop, so that a signal is acted on
+	// while it waits (for the new process, or for clients to move): a
+	// SIGTERM ends it, and reloads wait for its end.
+	var upgrade <-chan error // while one runs
+	cancelUpgrade := func() {}
+	defer func() { cancelUpgrade() }()
+	reload := "" // a reload asked for during an upgrade
 	for done := false; !done; {
 		select {
 		case sig := <-sigs:
 			log.Info("signal received; shutting down (a second signal exits at once)", "signal", sig.String())
+			if upgrade != nil {
+				cancelUpgrade()
+				upgraded = <-upgrade == nil // the new process was ready: it owns the PID file
+			}
 			done = true
 		case <-usr2:
+			if upgrade != nil {
+				log.Warn("SIGUSR2 ignored: an upgrade is already in progress")
+				continue
+			}
 			var extra []supervisor.Socket
 			if adm != nil {
 				extra = append(extra, supervisor.Socket{Name: adminSocket, Addr: p.Admin.Addr, Listener: adm.Socket()})
 			}
-			if err := sup.Upgrade(context.Background(), "", p.UpgradeTimeout, extra...); err != nil {
-				log.Error("upgrade failed; this process serves on", "err", err)
+			upgrade, cancelUpgrade = startUpgrade(sup, p.UpgradeTimeout, extra)
+		case err := <-upgrade:
+			cancelUpgrade()
+			upgrade = nil
+			if err == nil {
+				upgraded, done = true, true
 				continue
 			}
-			upgraded, done = true, true
+			log.Error("upgrade failed; this process serves on", "err", err)
+			if reload != "" {
+				_ = sup.Reload(reload)
+				reload = ""
+			}
 		case <-hup:
+			if upgrade != nil {
+				reload = "SIGHUP"
+				log.Info("reload waits for the upgrade in progress", "reason", reload)
+				continue
+			}
 			_ = sup.Reload("SIGHUP")
 		case <-changed:
+			if upgrade != nil {
+				reload = "file changed"
+				log.Info("reload waits for the upgrade in progress", "reason", reload)
+				continue
+			}
 			_ = sup.Reload("file changed")
 		case err := <-sup.Failed():
 			log.Error("listener failed", "err", err)
@@ -172,6 +205,15 @@ func runBalancer(c *cli.Context) error {
 		return cli.Exit("", exitError)
 	}
 	return nil
+}
+
+// startUpgrade runs sup.Upgrade until it returns or cancel is called, and
+// sends its result.
+func startUpgrade(sup *supervisor.Supervisor, timeout time.Duration, extra []supervisor.Socket) (result <-chan error, cancel context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan error, 1)
+	go func() { ch <- sup.Upgrade(ctx, "", timeout, extra...) }()
+	return ch, cancel
 }
 
 // adminSocket names the admin API's socket among those an upgrade passes on.
