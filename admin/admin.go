@@ -92,6 +92,7 @@ type SpoolInfo struct {
 	DroppedLines     uint64  `json:"dropped_lines"`   // by --spool-full drop-oldest
 	LostLines        uint64  `json:"lost_lines"`      // could not be read back (damaged, removed)
 	UnspooledLines   uint64  `json:"unspooled_lines"` // queued in memory while the spool was not open
+	HeldBack         int64   `json:"held_back"`       // clients waiting for memory because the spool refused their lines
 	Errors           uint64  `json:"errors"`          // failed appends and fsyncs
 	LastError        string  `json:"last_error,omitempty"`
 }

@@ -249,6 +249,7 @@ type Server struct {
 	spoolLastErr                               atomic.Pointer[string] // the last failed append's error
 	spoolFailedAt                              atomic.Int64           // when an append last failed (mono); 0: never
 	failingFor                                 atomic.Int64           // Stats.SpoolFailing stays true this long (ns) after a failed append
+	heldBack                                   atomic.Int64           // clients in push to memory after a failed append (Stats.SpoolHeldBack)
 	spoolWarn                                  rate.Sometimes         // logs failed appends
 	lineTimeouts, cutAtDrain, badFrames        atomic.Uint64
 	metrics                                    []metric.Registration
@@ -434,6 +435,10 @@ func (s *Server) push(b *framer.Batch, sc **route.Scratch) (notQueued int, err e
 				s.log.Error("spool: cannot append; lines go to the queue in memory, without the spool's protection",
 					"err", err, "failed_appends", n)
 			})
+			// While it waits for room there, the listener holds its
+			// client back: not ready for more (Stats.SpoolFailing).
+			s.heldBack.Add(1)
+			defer s.heldBack.Add(-1)
 		}
 	}
 	if s.router != nil {
@@ -955,10 +960,16 @@ type Stats struct {
 	// SpoolLastError is the last failed append's error.
 	SpoolLastError string
 	// SpoolFailing: an append failed (its lines went to memory) within
-	// the last 10 s. Not only the last append: on a disk nearly full,
-	// appends that fail and appends that fit alternate; and it ends by
-	// itself when no append comes to clear it.
+	// the last 10 s, or a client whose append failed still waits for
+	// room in the queue in memory (SpoolHeldBack). Not only the last
+	// append: on a disk nearly full, appends that fail and appends that
+	// fit alternate; and the first part ends by itself when no append
+	// comes to clear it.
 	SpoolFailing bool
+	// SpoolHeldBack counts the clients waiting for room in the queue in
+	// memory because the spool refused their lines: clients the listener
+	// holds back though it has a spool.
+	SpoolHeldBack int64
 }
 
 // spoolFailingFor is how long Stats.SpoolFailing stays true after an
@@ -984,7 +995,8 @@ func (s *Server) Stats() Stats {
 	if sp := s.sp.Load(); sp != nil {
 		st.Spool, st.SpoolOpen = sp.Stats(), true
 		at := s.spoolFailedAt.Load()
-		st.SpoolFailing = at != 0 && mono.Now()-at < s.failingFor.Load()
+		st.SpoolHeldBack = s.heldBack.Load()
+		st.SpoolFailing = at != 0 && mono.Now()-at < s.failingFor.Load() || st.SpoolHeldBack > 0
 		if e := s.spoolLastErr.Load(); e != nil {
 			st.SpoolLastError = *e
 		}

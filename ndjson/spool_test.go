@@ -13,6 +13,7 @@ import (
 
 	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/internal/linetest"
+	"github.com/ndlb/ndlb/internal/mono"
 	"github.com/ndlb/ndlb/spool"
 )
 
@@ -302,6 +303,47 @@ func TestSpoolDiskFull(t *testing.T) {
 	}
 	sink.WaitDrained(10 * time.Second)
 	if r := ledger.Check(map[uint32]uint32{1: perClient + 100, 2: perClient}); r.Lost != 0 || r.Torn != 0 {
+		t.Fatalf("%v", r)
+	}
+}
+
+// A full disk while every target is down and clients send more than the
+// queue in memory holds: the clients are held back, and the spool counts
+// as failing for as long as they are, not only for 10 s after the last
+// failed append (none comes while they wait): /readyz stays 503.
+func TestSpoolDiskFullHoldsClientsBack(t *testing.T) {
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
+		t.Skipf("cannot mount a small tmpfs (%v): needs root", err)
+	}
+	defer unix.Unmount(dir, unix.MNT_DETACH)
+	ledger := linetest.NewLedger()
+	sink := linetest.StartSink(t, ledger)
+	sink.Kill(false)
+	srv := startSpoolServer(t, sink, dir, 10*time.Second)
+	srv.failingFor.Store(int64(time.Millisecond)) // a failure alone ages out at once
+	const perClient = 60000                       // 2 × about 8 MiB: more than the disk and the queue hold
+	sent := make(chan error, 1)
+	go func() { sent <- linetest.SendClients(srv.Addr().String(), 2, 0, perClient, 64<<10) }()
+	waitUntil(t, "a client held back, past the failure's 1 ms", func() bool {
+		return srv.Stats().SpoolHeldBack > 0 && mono.Now()-srv.spoolFailedAt.Load() > int64(10*time.Millisecond)
+	})
+	if st := srv.Stats(); !st.SpoolFailing || st.SpoolErrors == 0 {
+		t.Fatalf("clients held back by a full disk, yet the spool is not failing: %+v", st)
+	}
+	if err := sink.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the lines delivered", func() bool { return sink.Lines() == 2*perClient })
+	waitUntil(t, "no client held back", func() bool { st := srv.Stats(); return st.SpoolHeldBack == 0 && !st.SpoolFailing })
+	if sum := srv.Shutdown(); !sum.Ledger.Closed() || sum.Ledger.Delivered != 2*perClient {
+		t.Fatalf("ledger %+v", sum.Ledger)
+	}
+	sink.WaitDrained(10 * time.Second)
+	if r := ledger.Check(map[uint32]uint32{1: perClient, 2: perClient}); r.Lost != 0 || r.Torn != 0 {
 		t.Fatalf("%v", r)
 	}
 }

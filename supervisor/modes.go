@@ -46,7 +46,7 @@ func spoolInfo(sc *spool.Config, st ndjson.Stats) *admin.SpoolInfo {
 		Bytes: sp.Bytes, Batches: sp.Records, Lines: sp.Lines, Segments: sp.Segments,
 		Appends: sp.Appends, HandedOff: sp.HandedOff, Fsyncs: sp.Syncs, FsyncSeconds: sp.SyncTime.Seconds(),
 		Replayed: sp.Replayed, CorruptTails: sp.CorruptTails, DroppedLines: sp.DroppedLines,
-		LostLines: sp.LostLines, UnspooledLines: st.Unspooled,
+		LostLines: sp.LostLines, UnspooledLines: st.Unspooled, HeldBack: st.SpoolHeldBack,
 		Errors: st.SpoolErrors + sp.SyncErrors}
 	info.Accepting = spoolAccepting(sc, st)
 	if !sp.Oldest.IsZero() {
