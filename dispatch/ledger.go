@@ -49,6 +49,7 @@ type Ledger struct {
 	oversize, incomplete, memory, shutdown atomic.Uint64
 	binary, unrouted, spoolFull, spoolLost atomic.Uint64
 	spooled, replayed                      atomic.Uint64
+	inherited                              atomic.Uint64 // of replayed, left by an earlier instance in this process
 }
 
 // NewLedger returns an empty ledger.
@@ -70,6 +71,13 @@ type LedgerStats struct {
 	// the sum of Received - Replayed is what the clients sent.
 	Replayed uint64            `json:"replayed,omitempty"`
 	Dropped  map[string]uint64 `json:"dropped"`
+	// Inherited is the part of Replayed that an earlier instance of the
+	// same listener in this process left (its Spooled): a reload that
+	// replaced the listener handed the spool on. Book.Net takes it out
+	// of Received, Replayed and Spooled, so that a listener's account
+	// over the process says what clients sent, what is left in the spool
+	// at exit, and what an earlier process left.
+	Inherited uint64 `json:"-"`
 }
 
 // DroppedTotal adds up the drops.
@@ -155,6 +163,14 @@ func (l *Ledger) Replayed(lines uint64) {
 	}
 }
 
+// Inherited marks lines of those Replayed counted as left by an earlier
+// instance in this process (LedgerStats.Inherited).
+func (l *Ledger) Inherited(lines uint64) {
+	if l != nil {
+		l.inherited.Add(lines)
+	}
+}
+
 // Stats returns the account now. Delivered and dropped are read before
 // received, so in flight is never negative.
 func (l *Ledger) Stats() LedgerStats {
@@ -168,7 +184,8 @@ func (l *Ledger) Stats() LedgerStats {
 		st.Dropped[r] = v
 		dropped += v
 	}
-	st.Replayed = l.replayed.Load() // before received, which counts it first: never more
+	st.Inherited = l.inherited.Load() // before replayed, which counts it first: never more
+	st.Replayed = l.replayed.Load()   // before received, which counts it first: never more
 	st.Received = l.received.Load()
 	st.Spooled = l.spooled.Load()
 	st.InFlight = st.Received - min(st.Received, st.Delivered+dropped+st.Spooled)
@@ -217,9 +234,28 @@ func (b *Book) Stats(name string) LedgerStats {
 		sum.InFlight += st.InFlight
 		sum.Spooled += st.Spooled
 		sum.Replayed += st.Replayed
+		sum.Inherited += st.Inherited
 		for r, v := range st.Dropped {
 			sum.Dropped[r] += v
 		}
 	}
+	return sum
+}
+
+// Net is Stats with the lines handed on within the process taken out
+// (LedgerStats.Inherited): they were received once, and are not left in
+// the spool. So Received is what clients sent (and earlier processes left),
+// Spooled what is left in the spool now, and Replayed what earlier
+// processes left: the account of the exit's ledger line. Stats keeps them
+// in, so that its counters only grow.
+func (b *Book) Net(name string) LedgerStats {
+	sum := b.Stats(name)
+	// An instance still replaying may have counted them before its
+	// predecessor's Spooled is read: never take out more than is there.
+	in := min(sum.Inherited, sum.Spooled, sum.Replayed)
+	sum.Received -= in
+	sum.Replayed -= in
+	sum.Spooled -= in
+	sum.Inherited = 0
 	return sum
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -504,6 +505,69 @@ func (s *Server) openSpool(first error) {
 	}
 }
 
+// leftInProcess is what instances of this process left in their spools
+// when they stopped, by directory: the instance a reload starts in its
+// place opens the spool and replays them (dispatch.LedgerStats.Inherited).
+var leftInProcess = spoolsLeft{m: map[string]*spoolLeft{}}
+
+// spoolsLeft is lines left in spools, by directory.
+type spoolsLeft struct {
+	mu sync.Mutex
+	m  map[string]*spoolLeft // guarded by mu
+}
+
+// spoolLeft is what an instance left in a spool: lines, once ready is
+// closed.
+type spoolLeft struct {
+	ready chan struct{}
+	lines uint64
+}
+
+// closing records that the spool in dir is about to close: its count
+// comes (put) once it is closed, and an instance that opens the spool
+// meanwhile waits for it in take.
+func (l *spoolsLeft) closing(dir string) {
+	l.mu.Lock()
+	l.m[spoolKey(dir)] = &spoolLeft{ready: make(chan struct{})}
+	l.mu.Unlock()
+}
+
+// put records that lines were left in the spool in dir, which closing
+// announced.
+func (l *spoolsLeft) put(dir string, lines uint64) {
+	l.mu.Lock()
+	if e := l.m[spoolKey(dir)]; e != nil {
+		e.lines = lines
+		close(e.ready)
+	}
+	l.mu.Unlock()
+}
+
+// take returns what was left in dir, and forgets it.
+func (l *spoolsLeft) take(dir string) uint64 {
+	k := spoolKey(dir)
+	l.mu.Lock()
+	e := l.m[k]
+	delete(l.m, k)
+	l.mu.Unlock()
+	if e == nil {
+		return 0
+	}
+	select {
+	case <-e.ready:
+		return e.lines
+	case <-time.After(time.Second): // counted just after the close; never this long
+		return 0
+	}
+}
+
+func spoolKey(dir string) string {
+	if abs, err := filepath.Abs(dir); err == nil {
+		return abs
+	}
+	return filepath.Clean(dir)
+}
+
 // spoolHeldWarning is how long the spool may stay unopened before that is
 // logged as an error: a replaced instance or an upgraded process hands it
 // over well within it.
@@ -519,6 +583,7 @@ func (s *Server) adoptSpool(sp *spool.Spool) {
 			"dir", s.cfg.Spool.Dir, "segments_cut", st.CorruptTails, "bytes_cut", st.CorruptBytes, "lines_kept", st.Lines)
 	}
 	s.ledger.Replayed(uint64(st.Lines))
+	s.ledger.Inherited(min(uint64(st.Lines), leftInProcess.take(s.cfg.Spool.Dir)))
 	s.sp.Store(sp)
 	// At the shutdown deadline, a client waiting for room in a full
 	// spool gives up, as one waiting for the queue does.
@@ -1077,6 +1142,7 @@ func (s *Server) Shutdown() Summary {
 			// is gone (Close forgets those), are lost.
 			sp.StopReading()
 			lostBefore := sp.Stats().LostLines
+			leftInProcess.closing(s.cfg.Spool.Dir)
 			if err := sp.Close(); err != nil {
 				s.log.Error("spool: closing", "err", err)
 			}
@@ -1103,7 +1169,9 @@ func (s *Server) Shutdown() Summary {
 				s.ledger.Dropped(dispatch.DropShutdown, lost)
 				s.log.Error("shutdown deadline passed: undelivered lines no longer in the spool dropped", "lines", lost)
 			}
-			s.ledger.Spooled(uint64(sp.Stats().Lines) - min(uint64(sp.Stats().Lines), deliveredPart))
+			left := uint64(sp.Stats().Lines) - min(uint64(sp.Stats().Lines), deliveredPart)
+			s.ledger.Spooled(left)
+			leftInProcess.put(s.cfg.Spool.Dir, left)
 			if st := sp.Stats(); st.Records > 0 {
 				s.log.Warn("shutdown deadline passed: undelivered lines stay in the spool for the next start",
 					"records", st.Records, "spool_bytes", st.Bytes)

@@ -70,7 +70,10 @@ func TestSpoolTargetsDown(t *testing.T) {
 	if err := sink.Restart(); err != nil {
 		t.Fatal(err)
 	}
+	book := dispatch.NewBook() // as a reload keeps the two instances' ledgers
+	book.Add("logs", srv.ledger)
 	srv = newServer(30 * time.Second)
+	book.Add("logs", srv.ledger)
 	sum = srv.Shutdown()
 	if !sum.Clean || sum.Spool.Records != 0 || sum.Spool.Replayed == 0 {
 		t.Fatalf("summary after the restart %+v", sum)
@@ -78,6 +81,13 @@ func TestSpoolTargetsDown(t *testing.T) {
 	sink.WaitDrained(10 * time.Second)
 	if r := ledger.Check(sent); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
 		t.Fatal(r)
+	}
+	// Over the process, the listener received what clients sent, once;
+	// nothing is left in the spool, and nothing came from an earlier
+	// process: what the first instance left, the second replayed.
+	if l := book.Net("logs"); l.Received != clients*perClient || l.Delivered != clients*perClient ||
+		l.Spooled != 0 || l.Replayed != 0 || !l.Closed() {
+		t.Fatalf("the listener's ledger over both instances %+v", l)
 	}
 }
 

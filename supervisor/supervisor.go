@@ -203,7 +203,7 @@ func (s *Supervisor) logLedgers() (ok bool) {
 	ok = true
 	book := s.cfg.Book
 	for _, name := range book.Names() {
-		l := book.Stats(name)
+		l := book.Net(name) // spooled: what is left in the spool now
 		attrs := []any{"listener", name, "received", l.Received, "delivered", l.Delivered,
 			"dropped", l.DroppedTotal(), "spooled", l.Spooled, "replayed", l.Replayed, "in_flight", l.InFlight}
 		for _, reason := range dispatch.DropReasons {
