@@ -106,12 +106,12 @@ func (cs *clientConn) handOff() (resume, skipping bool) {
 		err := h.give(Transfer{Conn: ir.tcp, ID: c.ID, Client: c.Client, Local: c.Local, Partial: partial, Skipping: cs.skipping})
 		if err == nil {
 			h.moved.Add(1)
-			c.Log.Info("client connection handed over to the new process", "lines", cs.lines, "bytes", cs.bytes,
+			c.Log.Info("client connection handed over (to the new process, or the listener's replacement)", "lines", cs.lines, "bytes", cs.bytes,
 				"partial_bytes", len(partial), "duration", time.Since(cs.start).Round(time.Millisecond))
 			cs.settled(true)
 			return false, false
 		}
-		c.Log.Warn("client connection not handed over; this process serves it on", "err", err)
+		c.Log.Warn("client connection not handed over; this listener serves it on", "err", err)
 	}
 	ir.pending = partial
 	cs.moving.Store(false)

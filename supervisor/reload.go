@@ -3,7 +3,10 @@ package supervisor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"os"
 	"slices"
 	"time"
 
@@ -16,6 +19,7 @@ import (
 	"github.com/ndlb/ndlb/admin"
 	"github.com/ndlb/ndlb/discovery"
 	"github.com/ndlb/ndlb/health"
+	"github.com/ndlb/ndlb/ndjson"
 	"github.com/ndlb/ndlb/settings"
 	"github.com/ndlb/ndlb/upstream"
 )
@@ -162,7 +166,8 @@ func (s *Supervisor) apply(span trace.Span, next []*instance) error {
 				attribute.StringSlice("ndlb.changed", keys)))
 			result = append(result, o)
 		default:
-			if in.spec.Addr != o.spec.Addr || !in.takeOver(o) {
+			took := in.spec.Addr == o.spec.Addr && in.takeOver(o)
+			if !took {
 				if err := in.listen(); err != nil {
 					s.log.Error("changed listener cannot listen; the old one stays", "listener", name, "err", err)
 					result = append(result, o)
@@ -177,7 +182,11 @@ func (s *Supervisor) apply(span trace.Span, next []*instance) error {
 			s.start(in)
 			span.AddEvent("listener replaced", trace.WithAttributes(upstream.AttrListener.String(name)))
 			s.log.Info("listener replaced; the old one drains", "listener", name, "changed", keys)
-			s.drain(o)
+			if took { // o stopped accepting (Handover): its clients can move
+				s.drainHandingOff(o, in)
+			} else {
+				s.drain(o)
+			}
 			result = append(result, in)
 		}
 	}
@@ -228,6 +237,71 @@ func (s *Supervisor) drain(o *instance) {
 			s.dirty.Store(true)
 		}
 	})
+}
+
+// reloadHandOff bounds how long a replaced listener waits for its
+// clients' readers to move to its replacement: one held back (every
+// target down, the queue full) stays and is drained.
+const reloadHandOff = 5 * time.Second
+
+// drainHandingOff moves o's NDJSON client connections (plain TCP) to in,
+// which replaces o on the same socket, with the line each was in the
+// middle of, then shuts o down in the background, as drain does: a reload
+// cuts no client that could move, and loses none of the bytes in its
+// socket. What o already read stays in its queue, which it delivers.
+func (s *Supervisor) drainHandingOff(o, in *instance) {
+	h, ok := o.srv.(handOffer)
+	a, ok2 := in.srv.(adopter)
+	if !ok || !ok2 {
+		s.drain(o)
+		return
+	}
+	s.draining.Go(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), reloadHandOff)
+		defer cancel()
+		moved, busy := h.HandOff(ctx, func(t ndjson.Transfer) error { return adoptCopy(a, t) })
+		if moved+busy > 0 {
+			s.log.Info("reload: client connections handed over to the listener's replacement",
+				"listener", o.spec.Name, "connections", moved, "held_back", busy)
+		}
+		if !o.shutdown() {
+			s.dirty.Store(true)
+		}
+	})
+}
+
+// adoptCopy gives a a duplicate of t's socket (the old listener closes
+// its own once the connection has left it).
+func adoptCopy(a adopter, t ndjson.Transfer) error {
+	rc, err := t.Conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var dup int
+	var derr error
+	if err := rc.Control(func(fd uintptr) { dup, derr = dupCloexec(int(fd)) }); err != nil {
+		return err
+	}
+	if derr != nil {
+		return derr
+	}
+	f := os.NewFile(uintptr(dup), "client")
+	nc, err := net.FileConn(f) // a descriptor of its own, non-blocking, in the poller
+	f.Close()
+	if err != nil {
+		return err
+	}
+	tcp, ok := nc.(*net.TCPConn)
+	if !ok {
+		nc.Close()
+		return fmt.Errorf("not a TCP connection: %T", nc)
+	}
+	t.Conn = tcp
+	if !a.Adopt(t) {
+		tcp.Close()
+		return errors.New("the replacement is shutting down")
+	}
+	return nil
 }
 
 // seed starts the discoverer of in, which replaces o, from the answers o's
