@@ -234,6 +234,8 @@ type Server struct {
 	ln        *listener.Listener // nil for UDP
 	udp       *datagrams         // UDP only
 	udpWarn   rate.Sometimes
+	binWarn   rate.Sometimes // binary lines from TCP clients
+	binary    atomic.Uint64  // lines from TCP clients dropped for a NUL byte
 
 	// hard is cancelled when delivery must stop: pushes and the pool
 	// give up, and what is left is counted as dropped.
@@ -339,6 +341,7 @@ func (s *Server) Start(ln net.Listener) {
 		s.udpWarn = rate.Sometimes{First: 1, Interval: 10 * time.Second}
 		s.startDatagrams(pc)
 	} else {
+		s.binWarn = rate.Sometimes{First: 1, Interval: 10 * time.Second}
 		s.ln = listener.New(ln, s, lc)
 		go func() { s.serveErr <- s.ln.Serve() }()
 	}
@@ -731,6 +734,9 @@ func (cs *clientConn) serve(skipping bool) error {
 	}
 	f := framer.New(cs.r, fc, s.bufs)
 	f.Budget, f.Stop, f.OnDrop = s.budget, s.hard.Done(), cs.dropped
+	// Lines of text hold no NUL byte; octet-counted frames may.
+	_, octet := cs.r.(*framer.OctetReader)
+	text := !octet
 	f.Resume(skipping)
 	defer f.Close()
 	if s.cfg.LineTimeout > 0 {
@@ -755,6 +761,11 @@ func (cs *clientConn) serve(skipping bool) error {
 			}
 			return err
 		}
+		if text && bytes.IndexByte(b.Data, 0) >= 0 {
+			if b = cs.dropBinary(b); b == nil {
+				continue
+			}
+		}
 		lines, size := b.Lines, len(b.Data) // b may be delivered as soon as it is queued
 		if n, err := s.push(b, &cs.route); err != nil {
 			s.dropShutdown.Add(uint64(n))
@@ -769,6 +780,44 @@ func (cs *clientConn) serve(skipping bool) error {
 			cs.pace(lim, size)
 		}
 	}
+}
+
+// dropBinary takes the lines that hold a NUL byte out of b, counting
+// them as dropped (binary), and returns b with the rest, or nil (b
+// released) when none is left. Lines of text hold no NUL byte: these
+// are a binary protocol sent to a text port (Fluent Bit's msgpack
+// format, GELF's NUL-delimited frames, a length-prefixed encoding, a
+// TLS handshake), and passing them on would hand receivers garbage cut
+// at whatever newline bytes the binary held.
+func (cs *clientConn) dropBinary(b *framer.Batch) *framer.Batch {
+	s := cs.s
+	data, kept, dropped, bytesDropped := b.Data, 0, 0, 0
+	for rest := data; len(rest) > 0; {
+		end := bytes.IndexByte(rest, '\n') // a batch holds whole lines, each with its newline
+		if end < 0 {
+			end = len(rest) - 1
+		}
+		line := rest[:end+1]
+		rest = rest[len(line):]
+		if bytes.IndexByte(line, 0) >= 0 {
+			dropped++
+			bytesDropped += len(line)
+			continue
+		}
+		kept += copy(data[kept:], line)
+	}
+	b.Data, b.Lines = data[:kept], b.Lines-dropped
+	s.binary.Add(uint64(dropped))
+	s.ledger.DropRead(dispatch.DropBinary, uint64(dropped))
+	s.binWarn.Do(func() {
+		cs.c.Log.Warn("binary lines dropped: they hold NUL bytes, which lines of text do not (is the client sending msgpack, GELF, a length-prefixed format or TLS to this plain port?)",
+			"lines", dropped, "bytes", bytesDropped, "dropped_binary_so_far", s.binary.Load())
+	})
+	if b.Lines == 0 {
+		b.Release()
+		return nil
+	}
+	return b
 }
 
 // tlsRecordBytes is the most plaintext one TLS record holds.
@@ -1069,6 +1118,8 @@ func (s *Server) Stats() Stats {
 	if d := s.udp; d != nil {
 		d.countDrops()
 		st.Datagrams, st.DroppedBinary, st.Overflows = d.count.Load(), d.binary.Load(), d.overflows.Load()
+	} else {
+		st.DroppedBinary = s.binary.Load()
 	}
 	return st
 }

@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/internal/linetest"
 	"github.com/ndlb/ndlb/invalid"
 )
@@ -278,4 +279,54 @@ func TestClientRate(t *testing.T) {
 	}
 	// Delivered is acknowledged by the sink's kernel; the sink reads it.
 	waitUntil(t, "the sink has every delivered line", func() bool { return sink.Lines() == sum.Ledger.Delivered })
+}
+
+// Lines that hold a NUL byte are binary (msgpack, GELF's NUL-delimited
+// frames, a TLS handshake sent to a plain port): each is dropped and
+// counted as binary, and the lines of text around them, in the same
+// batches, go on whole.
+func TestBinaryLinesAreDropped(t *testing.T) {
+	ledger := linetest.NewLedger()
+	sink := linetest.StartSink(t, ledger)
+	cfg := DefaultConfig()
+	cfg.Targets = []string{sink.Addr()}
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start(newLocalListener(t))
+	c, err := net.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b []byte
+	binary := 0
+	for i := range uint32(300) {
+		b = linetest.AppendLine(b, 1, i)
+		switch i % 3 {
+		case 0: // msgpack: a map with a string, then a newline byte inside a value
+			b = append(b, "\x82\xa3log\xa5hello\xa4time\xce\x00\x00\x01\x02\n"...)
+			binary++
+		case 1: // GELF over TCP: NUL-terminated JSON, then a newline
+			b = append(b, `{"version":"1.1","short_message":"x"}`+"\x00\n"...)
+			binary++
+		}
+	}
+	b = append(b, "\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03 a TLS client hello\n"...)
+	binary++
+	b = linetest.AppendLine(b, 1, 300)
+	if _, err := c.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	sum := srv.Shutdown()
+	if !sum.Clean || sum.DroppedBinary != uint64(binary) || sum.Ledger.Dropped[dispatch.DropBinary] != uint64(binary) ||
+		sum.Ledger.Received != uint64(301+binary) || !sum.Ledger.Closed() {
+		t.Fatalf("summary %+v, want %d binary lines dropped", sum, binary)
+	}
+	sink.WaitDrained(5 * time.Second)
+	if r := ledger.Check(map[uint32]uint32{1: 301}); r.Lost != 0 || r.Received != 301 || r.Unexpected != 0 || r.Torn != 0 {
+		t.Fatal(r)
+	}
 }
