@@ -8,9 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -96,40 +94,11 @@ backend nd
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(haproxy, "-db", "-f", path)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cmd.Process.Signal(syscall.SIGTERM)
-			cmd.Wait()
-		})
-	}
-	defer func() {
-		stop()
-		if t.Failed() {
-			t.Logf("haproxy output:\n%s", out.String())
-		}
-	}()
+	stop := startPeer(t, "haproxy", exec.Command(haproxy, "-db", "-f", path))
 	// Clients come from 127.0.0.7, HAProxy from 127.0.0.1: the address
 	// ndlb reports is the client's only if it read HAProxy's header.
-	client := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 7)}, Timeout: 5 * time.Second}
-	dialFront := func(port string) net.Conn {
-		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			c, err := client.Dial("tcp", "127.0.0.1:"+port)
-			if err == nil {
-				t.Cleanup(func() { c.Close() })
-				return c
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("haproxy does not listen on %s: %v", port, err)
-			}
-		}
-	}
+	client := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 7)}, Timeout: 5 * time.Second}
+	dialFront := func(port string) net.Conn { return dialPeer(t, client, "127.0.0.1:"+port) }
 
 	for _, port := range []string{v1, v2} {
 		c := dialFront(port)

@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -107,35 +106,8 @@ input(type="imtcp" address="127.0.0.1" port=%q ruleset="fwd")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(rsyslogd, "-n", "-f", path, "-i", filepath.Join(dir, "rsyslog.pid"))
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cmd.Process.Signal(syscall.SIGTERM)
-			cmd.Wait()
-		})
-	}
-	defer func() {
-		stop()
-		if t.Failed() {
-			t.Logf("rsyslogd output:\n%s", out.String())
-		}
-	}()
-	var c net.Conn
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if c, err = net.Dial("tcp", "127.0.0.1:"+in); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("rsyslogd does not listen: %v", err)
-		}
-	}
-	defer c.Close()
+	stop := startPeer(t, "rsyslogd", exec.Command(rsyslogd, "-n", "-f", path, "-i", filepath.Join(dir, "rsyslog.pid")))
+	c := dialPeer(t, nil, "127.0.0.1:"+in)
 	const n = 2000
 	body := func(i int) string {
 		return fmt.Sprintf("event %d failed\nTraceback (most recent call last):\n  File \"app.py\", line %d\n\tValueError: #%d", i, i%97, i)

@@ -8,8 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -72,37 +70,8 @@ log { source(frames_in); destination(frames_out); };
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := syslogNG(t, dir, path)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cmd.Process.Signal(syscall.SIGTERM)
-			cmd.Wait()
-		})
-	}
-	defer func() {
-		stop()
-		if t.Failed() {
-			t.Logf("syslog-ng output:\n%s", out.String())
-		}
-	}()
-	dialIn := func(port string) net.Conn {
-		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			c, err := net.Dial("tcp", "127.0.0.1:"+port)
-			if err == nil {
-				t.Cleanup(func() { c.Close() })
-				return c
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("syslog-ng does not listen on %s: %v", port, err)
-			}
-		}
-	}
+	stop := startPeer(t, "syslog-ng", syslogNG(t, dir, path))
+	dialIn := func(port string) net.Conn { return dialPeer(t, nil, "127.0.0.1:"+port) }
 
 	// Lines: two connections of numbered lines.
 	const perClient = 3000
