@@ -182,7 +182,10 @@ func (s *Supervisor) apply(span trace.Span, next []*instance) error {
 			s.start(in)
 			span.AddEvent("listener replaced", trace.WithAttributes(upstream.AttrListener.String(name)))
 			s.log.Info("listener replaced; the old one drains", "listener", name, "changed", keys)
-			if took { // o stopped accepting (Handover): its clients can move
+			// o stopped accepting (Handover): its clients can move,
+			// unless the change is to how a connection is framed or
+			// secured, which a connection made before cannot follow.
+			if took && !slices.ContainsFunc(keys, func(k string) bool { return slices.Contains(connectionShape, k) }) {
 				s.drainHandingOff(o, in)
 			} else {
 				s.drain(o)
@@ -238,6 +241,12 @@ func (s *Supervisor) drain(o *instance) {
 		}
 	})
 }
+
+// connectionShape are the settings a client connection is made with: a
+// reload that changes one does not hand the connections made before to the
+// replacement (TLS turned on must not keep plain clients; a new framing
+// would misread their streams). They drain on the old settings.
+var connectionShape = []string{"framing", "tls-cert", "tls-key", "tls-client-ca", "accept-proxy", "accept-proxy-from"}
 
 // reloadHandOff bounds how long a replaced listener waits for its
 // clients' readers to move to its replacement: one held back (every

@@ -658,3 +658,12 @@ func TestStateFileThatCannotBeRead(t *testing.T) {
 		t.Errorf("the oversize file was not kept aside: %v", err)
 	}
 }
+
+// The settings that keep a reload from handing clients over are settings.
+func TestConnectionShapeNamesSettings(t *testing.T) {
+	for _, name := range connectionShape {
+		if _, ok := settings.Lookup(name); !ok {
+			t.Errorf("%q is not a setting", name)
+		}
+	}
+}
