@@ -124,17 +124,23 @@ func (cs *clientConn) handOff() (resume, skipping bool) {
 }
 
 // Adopt serves t, a connection that another process handed over with
-// HandOff. It returns false when the server is shutting down; the caller
-// then closes t.Conn, and the partial line it carried is counted as
-// dropped (incomplete).
+// HandOff. It returns false when the server is shutting down, or requires
+// TLS (the connection was made without: TLS was turned on since); the
+// caller then closes t.Conn, and the partial line it carried is counted
+// as dropped (incomplete).
 func (s *Server) Adopt(t Transfer) bool {
-	if t.Skipping {
-		s.resuming.Store(t.ID, true)
+	if s.cfg.Listener.TLS != nil {
+		s.log.Warn("a plain client connection handed over was closed: this listener requires TLS now",
+			"conn", t.ID.String(), "client", t.Client.String())
+	} else {
+		if t.Skipping {
+			s.resuming.Store(t.ID, true)
+		}
+		if s.ln != nil && s.ln.Adopt(t.Conn, t.ID, t.Client, t.Local, t.Partial) {
+			return true
+		}
+		s.resuming.Delete(t.ID)
 	}
-	if s.ln != nil && s.ln.Adopt(t.Conn, t.ID, t.Client, t.Local, t.Partial) {
-		return true
-	}
-	s.resuming.Delete(t.ID)
 	if len(t.Partial) > 0 {
 		s.incomplete.Add(1)
 		s.ledger.DropRead(dispatch.DropIncomplete, 1)

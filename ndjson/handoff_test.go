@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ndlb/ndlb/dispatch"
+	"github.com/ndlb/ndlb/internal/certtest"
 	"github.com/ndlb/ndlb/internal/linetest"
 )
 
@@ -116,5 +118,33 @@ func TestHandOffRefusedConnectionIsServedOn(t *testing.T) {
 	}
 	if st := srv.Stats(); st.DroppedIncomplete != 1 || !st.Ledger.Closed() {
 		t.Fatalf("after a refused adoption: incomplete %d, ledger %+v", st.DroppedIncomplete, st.Ledger)
+	}
+}
+
+// A listener that requires TLS (turned on since the connection was made)
+// refuses a plain connection handed over, and counts the line it carried.
+func TestTLSListenerRefusesPlainHandOff(t *testing.T) {
+	serverTLS, _, err := certtest.Configs("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, _ := startServer(t, func(c *Config) { c.Listener.TLS = serverTLS })
+	defer srv.Shutdown()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tr := Transfer{Conn: c.(*net.TCPConn), Client: c.LocalAddr(), Local: c.RemoteAddr(), Partial: []byte("half a li")}
+	if srv.Adopt(tr) {
+		t.Fatal("a TLS listener adopted a plain connection")
+	}
+	if st := srv.Stats(); st.DroppedIncomplete != 1 || st.Ledger.Dropped[dispatch.DropIncomplete] != 1 {
+		t.Fatalf("the carried line was not counted: %+v", st)
 	}
 }
