@@ -541,3 +541,69 @@ func TestUpgradeWhileAClientIsHeldBack(t *testing.T) {
 		})
 	}
 }
+
+// Two listeners upgrade at once: one whose client is held back (its only
+// target down, its queue full) does not spend the other's time, whose
+// client, idle in the middle of a line, moves to the new process at once
+// and carries on there past the old process's drain.
+func TestUpgradeHeldBackListenerDoesNotDelayTheOthers(t *testing.T) {
+	dir := t.TempDir()
+	down, live := newWorld(t, 1), newWorld(t, 1)
+	down.sinks[0].Kill(false)
+	pidFile := filepath.Join(dir, "ndlb.pid")
+	path := writeConfig(t, dir, fmt.Sprintf(`log-format = "json"
+pid-file = %q
+upgrade-timeout = "5s"
+[[listener]]
+name = "held"
+addr = "127.0.0.1"
+port = 0
+target = [%q]
+buffer-bytes = "2MiB"
+max-line-bytes = "64KiB"
+client-buffer-bytes = "1MiB"
+drain-timeout = "1s"
+deliver-timeout = "1s"
+[[listener]]
+name = "live"
+addr = "127.0.0.1"
+port = 0
+target = [%q]
+drain-timeout = "1s"
+`, pidFile, down.sinks[0].Addr(), live.sinks[0].Addr()))
+	p := startCmd(t, command(bin, "--config", path))
+	addrs := listening(t, p, 2)
+	oldPID := readPID(t, pidFile, 0)
+	held := dial(t, addrs["held"])
+	go linetest.Send(held, 1, 0, 400000, 64<<10) // far more than ndlb holds: held back
+	c := dial(t, addrs["live"])
+	line := linetest.AppendLine(nil, 2, 1)
+	if _, err := c.Write(append(linetest.AppendLine(nil, 2, 0), line[:9]...)); err != nil {
+		t.Fatal(err)
+	}
+	live.waitLines(1)
+	if err := syscall.Kill(oldPID, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	newPID := readPID(t, pidFile, oldPID)
+	t.Cleanup(func() { syscall.Kill(newPID, syscall.SIGKILL) })
+	l := p.waitLog("upgrade: client connections handed over; this process delivers what it read and exits", 30*time.Second)
+	if l["connections"] != float64(1) {
+		t.Fatalf("handed over %v connections, want the live one", l["connections"])
+	}
+	p.waitLog("ledger", 30*time.Second) // the old process is done: past its drain
+	if _, err := c.Write(append(line[9:], linetest.AppendLine(nil, 2, 2)...)); err != nil {
+		t.Fatal(err)
+	}
+	live.waitLines(3)
+	if err := endClean(c); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(newPID, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	p.wait(time.Minute)
+	if r := live.check(map[uint32]uint32{2: 3}); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
+		t.Fatal(r)
+	}
+}

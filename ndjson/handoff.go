@@ -123,27 +123,33 @@ func (cs *clientConn) handOff() (resume, skipping bool) {
 	return true, cs.skipping
 }
 
-// Adopt serves t, a connection that another process handed over with
-// HandOff. It returns false when the server is shutting down, or requires
-// TLS (the connection was made without: TLS was turned on since); the
-// caller then closes t.Conn, and the partial line it carried is counted
-// as dropped (incomplete).
+// Adopt serves t, a connection that another process (or the listener
+// this one replaces) handed over with HandOff. It returns false when the
+// server is shutting down, or requires TLS (the connection was made
+// without: TLS was turned on since), and counts nothing then: a caller
+// that closes t.Conn counts the line it carried with DropCarried; one
+// that gives it back to its old server (a reload) does not.
 func (s *Server) Adopt(t Transfer) bool {
 	if s.cfg.Listener.TLS != nil {
-		s.log.Warn("a plain client connection handed over was closed: this listener requires TLS now",
+		s.log.Warn("a plain client connection handed over was refused: this listener requires TLS now",
 			"conn", t.ID.String(), "client", t.Client.String())
-	} else {
-		if t.Skipping {
-			s.resuming.Store(t.ID, true)
-		}
-		if s.ln != nil && s.ln.Adopt(t.Conn, t.ID, t.Client, t.Local, t.Partial) {
-			return true
-		}
-		s.resuming.Delete(t.ID)
+		return false
 	}
+	if t.Skipping {
+		s.resuming.Store(t.ID, true)
+	}
+	if s.ln != nil && s.ln.Adopt(t.Conn, t.ID, t.Client, t.Local, t.Partial) {
+		return true
+	}
+	s.resuming.Delete(t.ID)
+	return false
+}
+
+// DropCarried counts the line t carried (its partial bytes) as dropped,
+// incomplete: for a transfer refused by Adopt and closed.
+func (s *Server) DropCarried(t Transfer) {
 	if len(t.Partial) > 0 {
 		s.incomplete.Add(1)
 		s.ledger.DropRead(dispatch.DropIncomplete, 1)
 	}
-	return false
 }

@@ -153,8 +153,12 @@ func (c *upConn) startTLS(ctx context.Context, get func() (*tls.Config, error), 
 }
 
 // certVerdictMargin is added to twice the handshake's time in
-// awaitVerdict.
-const certVerdictMargin = 50 * time.Millisecond
+// awaitVerdict, and certVerdictMin is the least it waits: a target may
+// take its time over a certificate (a revocation list, a busy CPU).
+const (
+	certVerdictMargin = 100 * time.Millisecond
+	certVerdictMin    = 250 * time.Millisecond
+)
 
 // awaitVerdict waits for a TLS 1.3 target that asked for a client
 // certificate to refuse it. In TLS 1.3 the client's handshake ends before
@@ -163,11 +167,13 @@ const certVerdictMargin = 50 * time.Millisecond
 // discards whatever the client wrote meanwhile, after its kernel has
 // acknowledged it: lines that would count as delivered and never arrive.
 // So the connection is used only once the alert had time to come: twice
-// the handshake's time plus certVerdictMargin, within the connect
-// timeout. Bytes the target sends meanwhile are discarded, as readLoop
-// would.
+// the handshake's time plus certVerdictMargin, at least certVerdictMin,
+// within the connect timeout. Bytes the target sends meanwhile are
+// discarded, as readLoop would. A target slower than that to refuse is
+// still caught when it closes, but what was written before counts as
+// delivered.
 func awaitVerdict(ctx context.Context, tc *tls.Conn, handshake time.Duration) error {
-	deadline := time.Now().Add(2*handshake + certVerdictMargin)
+	deadline := time.Now().Add(max(2*handshake+certVerdictMargin, certVerdictMin))
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}

@@ -47,7 +47,7 @@ if [ -n "$unpack_sng" ]; then
   # shellcheck disable=SC2086 # one package per word
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $deps >/dev/null
   tmp=$(mktemp -d)
-  (cd "$tmp" && apt-get download -qq syslog-ng-core >/dev/null 2>&1)
+  (cd "$tmp" && apt-get download -qq syslog-ng-core >/dev/null)
   mkdir -p "$(dirname "$sng")"
   rm -rf "$sng.new"
   dpkg -x "$tmp"/syslog-ng-core_*.deb "$sng.new"

@@ -258,15 +258,19 @@ const reloadHandOff = 5 * time.Second
 // middle of, then shuts o down in the background, as drain does: a reload
 // cuts no client that could move, and loses none of the bytes in its
 // socket. What o already read stays in its queue, which it delivers.
+//
+// A listener with a spool does not hand off: its replacement cannot
+// open the spool before o lets it go, at the end of o's shutdown, and
+// clients that stay on o keep its protection meanwhile.
 func (s *Supervisor) drainHandingOff(o, in *instance) {
 	h, ok := o.srv.(handOffer)
 	a, ok2 := in.srv.(adopter)
-	if !ok || !ok2 {
+	if m, isNDJSON := o.mode.(NDJSON); !ok || !ok2 || isNDJSON && m.Config.Spool != nil || s.stopping == nil {
 		s.drain(o)
 		return
 	}
 	s.draining.Go(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), reloadHandOff)
+		ctx, cancel := context.WithTimeout(s.stopping, reloadHandOff)
 		defer cancel()
 		moved, busy := h.HandOff(ctx, func(t ndjson.Transfer) error { return adoptCopy(a, t) })
 		if moved+busy > 0 {

@@ -73,6 +73,11 @@ type Supervisor struct {
 
 	stopPrune func()
 	upgrading atomic.Bool
+
+	// stopping is cancelled when Shutdown begins: a reload's hand-off of
+	// clients to a replacement then stops waiting.
+	stopping context.Context
+	stop     context.CancelFunc
 }
 
 // New makes the servers of spec and opens their sockets; Start serves
@@ -93,6 +98,7 @@ func New(cfg Config, spec Spec) (*Supervisor, error) {
 		}
 	}
 	s := &Supervisor{cfg: cfg, log: cfg.Logger, failed: make(chan error, 16), process: spec.Process}
+	s.stopping, s.stop = context.WithCancel(context.Background())
 	insts, err := s.build(spec)
 	if err != nil {
 		return nil, err
@@ -150,6 +156,9 @@ func (s *Supervisor) Failed() <-chan error { return s.failed }
 // whether nothing was lost: no listener dropped lines at its shutdown and
 // every ledger closes.
 func (s *Supervisor) Shutdown() (clean bool) {
+	if s.stop != nil {
+		s.stop() // hand-offs of replaced listeners end now; they drain
+	}
 	insts := s.snapshot()
 	done := make(chan bool, len(insts))
 	for _, in := range insts {
@@ -436,6 +445,9 @@ func (in *instance) shutdown() bool {
 
 // Close closes the sockets of a Supervisor that was never started.
 func (s *Supervisor) Close() {
+	if s.stop != nil {
+		s.stop()
+	}
 	for _, in := range s.snapshot() {
 		in.ln.Close()
 	}

@@ -57,6 +57,7 @@ type handOffer interface {
 // adopter is a server that can take moved client connections.
 type adopter interface {
 	Adopt(t ndjson.Transfer) bool
+	DropCarried(t ndjson.Transfer)
 }
 
 // Socket is a listening socket that Upgrade passes on besides the
@@ -255,7 +256,10 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 	hctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	handStart := time.Now()
-	var mu sync.Mutex // one transfer at a time on the channel
+	// Every listener hands over at once: one with a client held back
+	// must not spend the others' time.
+	var mu sync.Mutex // one transfer at a time on the channel; guards moved and busy
+	var wg sync.WaitGroup
 	moved, busy := 0, 0
 	for _, in := range insts {
 		h, ok := in.srv.(handOffer)
@@ -263,13 +267,18 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 			continue
 		}
 		name := in.spec.Name
-		m, b := h.HandOff(hctx, func(t ndjson.Transfer) error {
+		wg.Go(func() {
+			m, b := h.HandOff(hctx, func(t ndjson.Transfer) error {
+				mu.Lock()
+				defer mu.Unlock()
+				return sendTransfer(ch, name, t)
+			})
 			mu.Lock()
-			defer mu.Unlock()
-			return sendTransfer(ch, name, t)
+			moved, busy = moved+m, busy+b
+			mu.Unlock()
 		})
-		moved, busy = moved+m, busy+b
 	}
+	wg.Wait()
 	if busy > 0 {
 		s.log.Warn("upgrade: client connections waiting for room in the queue were not handed over; this process drains them",
 			"connections", busy, "waited", time.Since(handStart).Round(time.Millisecond).String(), "interrupted", ctx.Err() != nil)
@@ -526,10 +535,17 @@ func (s *Supervisor) adopt(name string, t ndjson.Transfer) bool {
 		if in.name != name {
 			continue
 		}
-		if a, ok := in.srv.(adopter); ok && a.Adopt(t) {
+		a, ok := in.srv.(adopter)
+		if ok && a.Adopt(t) {
 			return true
 		}
-		break
+		if ok {
+			a.DropCarried(t)
+		}
+		s.log.Warn("upgrade: a client connection from the old process was refused (this listener requires TLS, or is stopping); closed",
+			"listener", name, "conn", t.ID.String(), "partial_bytes", len(t.Partial))
+		t.Conn.Close()
+		return false
 	}
 	s.log.Error("upgrade: a client connection from the old process has no listener here; closed",
 		"listener", name, "conn", t.ID.String(), "partial_bytes", len(t.Partial))

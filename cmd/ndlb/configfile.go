@@ -60,9 +60,11 @@ func runCheckConfig(c *cli.Context) error {
 	if err := supervisor.Check(spec); err != nil {
 		return exitOf(err, srcs)
 	}
+	// A warning only: the directory may be made when the service starts
+	// (systemd's RuntimeDirectory=); the run refuses it if it is not.
 	if p, err := proc.Process(); err == nil {
 		if err := supervisor.CheckPID(p.PIDFile); err != nil {
-			return usageError("invalid value for --pid-file: cannot write %s: %v", p.PIDFile, err)
+			fmt.Fprintf(c.App.ErrWriter, "ndlb: warning: --pid-file %s cannot be written now (%v); a run would refuse it\n", p.PIDFile, err)
 		}
 	}
 	var names []string

@@ -164,6 +164,9 @@ func runBalancer(c *cli.Context) error {
 			cancelUpgrade()
 			upgrade = nil
 			if err == nil {
+				if reload != "" {
+					log.Info("the reload asked for during the upgrade is the new process's: it read the config at its start", "reason", reload)
+				}
 				upgraded, done = true, true
 				continue
 			}
@@ -188,6 +191,10 @@ func runBalancer(c *cli.Context) error {
 			_ = sup.Reload("file changed")
 		case err := <-sup.Failed():
 			log.Error("listener failed", "err", err)
+			if upgrade != nil { // a new process not ready yet is stopped
+				cancelUpgrade()
+				upgraded = <-upgrade == nil
+			}
 			sup.Shutdown()
 			return cli.Exit("", exitError)
 		}
