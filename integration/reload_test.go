@@ -214,3 +214,53 @@ func TestReloadHandsClientsToTheReplacement(t *testing.T) {
 		t.Fatalf("a client was cut at the old listener's drain: %v", l[0])
 	}
 }
+
+// Two replacing reloads in a row while every target is down and the
+// clients are held back: when the targets come back, the clients move to
+// the newest listener (the first replacement is draining by then), and
+// none is cut.
+func TestReloadTwiceWhileClientsAreHeldBack(t *testing.T) {
+	dir := t.TempDir()
+	w := newWorld(t, 2)
+	for _, s := range w.sinks {
+		s.Kill(false)
+	}
+	logs := func(connections int) string {
+		return fmt.Sprintf("log-format = \"json\"\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\n"+
+			"drain-timeout = \"20s\"\nbuffer-bytes = \"2MiB\"\nmax-line-bytes = \"64KiB\"\nbackoff-max = \"100ms\"\nconnections = %d\ntarget = %s\n",
+			connections, tomlList([]string{w.sinks[0].Addr(), w.sinks[1].Addr()}))
+	}
+	path := writeConfig(t, dir, logs(4))
+	p := startCmd(t, command(bin, "--config", path))
+	addr := listening(t, p, 1)["logs"]
+	const clients, perClient = 4, 20000 // about 10 MiB: far more than the queue holds
+	wait := pacedClients(addr, clients, perClient, time.Second)
+	p.waitLog("target down: dial failed", 10*time.Second)
+	os.WriteFile(path, []byte(logs(2)), 0o600)
+	p.waitLog("listener replaced; the old one drains", 10*time.Second)
+	os.WriteFile(path, []byte(logs(3)), 0o600)
+	deadline := time.Now().Add(10 * time.Second)
+	for len(p.findLogs("listener replaced; the old one drains")) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the second reload did not replace the listener")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, s := range w.sinks {
+		if err := s.Restart(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sent, err := wait()
+	if err != nil {
+		t.Fatal(err) // a client cut at a drain sees an error
+	}
+	w.waitLines(clients * perClient)
+	p.stopOK()
+	if r := w.check(sent); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
+		t.Fatal(r)
+	}
+	if l := p.findLogs("client connection not handed over; this listener serves it on"); len(l) != 0 {
+		t.Fatalf("a client was refused by a draining replacement: %v", l[0])
+	}
+}

@@ -1,6 +1,7 @@
 package ndjson
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"sync"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/segmentio/ksuid"
+	"golang.org/x/sys/unix"
 
 	"github.com/ndlb/ndlb/dispatch"
 )
@@ -145,11 +147,61 @@ func (s *Server) Adopt(t Transfer) bool {
 	return false
 }
 
-// DropCarried counts the line t carried (its partial bytes) as dropped,
-// incomplete: for a transfer refused by Adopt and closed.
-func (s *Server) DropCarried(t Transfer) {
-	if len(t.Partial) > 0 {
+// DropCarried is for a transfer refused by Adopt, about to be closed: it
+// reads what the kernel holds for t.Conn (closed unread, it would be
+// lost uncounted), and counts the lines there and in t.Partial as
+// dropped (shutdown), and an unfinished one as incomplete. It returns
+// the lines counted.
+func (s *Server) DropCarried(t Transfer) (lines uint64) {
+	lines, fragment := CountHeld(t)
+	s.dropShutdown.Add(lines)
+	s.ledger.DropRead(dispatch.DropShutdown, lines)
+	if fragment {
 		s.incomplete.Add(1)
 		s.ledger.DropRead(dispatch.DropIncomplete, 1)
 	}
+	return lines
+}
+
+// maxHeld bounds what CountHeld reads: more than socket buffers hold.
+const maxHeld = 64 << 20
+
+// CountHeld reads what the kernel holds for t.Conn, without waiting, and
+// returns the whole lines there and in t.Partial, and whether an
+// unfinished one follows them.
+func CountHeld(t Transfer) (lines uint64, fragment bool) {
+	var newlines uint64
+	var total int
+	var last byte
+	count := func(b []byte) {
+		if len(b) > 0 {
+			newlines += uint64(bytes.Count(b, []byte{'\n'}))
+			total, last = total+len(b), b[len(b)-1]
+		}
+	}
+	count(t.Partial)
+	if t.Conn != nil {
+		if rc, err := t.Conn.SyscallConn(); err == nil {
+			buf := make([]byte, 256<<10)
+			for read := 0; read < maxHeld; {
+				n := 0
+				_ = rc.Read(func(fd uintptr) bool {
+					n, _ = unix.Read(int(fd), buf)
+					return true // never wait
+				})
+				if n <= 0 {
+					break
+				}
+				count(buf[:n])
+				read += n
+			}
+		}
+	}
+	if t.Skipping { // inside a line dropped (and counted) before the move
+		if newlines == 0 {
+			return 0, false
+		}
+		newlines--
+	}
+	return newlines, total > 0 && last != '\n'
 }

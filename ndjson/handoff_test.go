@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ndlb/ndlb/dispatch"
 	"github.com/ndlb/ndlb/internal/certtest"
 	"github.com/ndlb/ndlb/internal/linetest"
@@ -124,8 +126,10 @@ func TestHandOffRefusedConnectionIsServedOn(t *testing.T) {
 }
 
 // A listener that requires TLS (turned on since the connection was made)
-// refuses a plain connection handed over; DropCarried counts the line it
-// carried.
+// refuses a plain connection handed over. DropCarried then reads what the
+// kernel holds for it, and counts its lines (the one the transfer
+// carried the start of included) as dropped and the unfinished one as
+// incomplete: closed unread, they would be lost uncounted.
 func TestTLSListenerRefusesPlainHandOff(t *testing.T) {
 	serverTLS, _, err := certtest.Configs("127.0.0.1")
 	if err != nil {
@@ -143,17 +147,36 @@ func TestTLSListenerRefusesPlainHandOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	tr := Transfer{Conn: c.(*net.TCPConn), Client: c.LocalAddr(), Local: c.RemoteAddr(), Partial: []byte("half a li")}
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	held := append(append([]byte("ne\n"), linetest.AppendLine(linetest.AppendLine(nil, 1, 1), 1, 2)...), "frag"...)
+	if _, err := c.Write(held); err != nil {
+		t.Fatal(err)
+	}
+	unread := func() int {
+		var n int
+		rc, _ := sc.(*net.TCPConn).SyscallConn()
+		rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		return n
+	}
+	waitUntil(t, "the bytes in the kernel", func() bool { return unread() == len(held) })
+	tr := Transfer{Conn: sc.(*net.TCPConn), Client: c.LocalAddr(), Local: c.RemoteAddr(), Partial: []byte("half a li")}
 	if srv.Adopt(tr) {
 		t.Fatal("a TLS listener adopted a plain connection")
 	}
 	// Refusing counts nothing (a reload gives the connection back to its
-	// old server); the caller that closes it counts the carried line.
+	// old server); the caller that closes it counts what it held.
 	if st := srv.Stats(); st.DroppedIncomplete != 0 || st.Ledger.Received != 0 {
 		t.Fatalf("a refusal counted: %+v", st)
 	}
-	srv.DropCarried(tr)
-	if st := srv.Stats(); st.DroppedIncomplete != 1 || st.Ledger.Dropped[dispatch.DropIncomplete] != 1 || !st.Ledger.Closed() {
-		t.Fatalf("the carried line was not counted: %+v", st)
+	if n := srv.DropCarried(tr); n != 3 {
+		t.Fatalf("%d lines counted, want 3", n)
+	}
+	st := srv.Stats()
+	if st.DroppedIncomplete != 1 || st.Ledger.Dropped[dispatch.DropShutdown] != 3 || st.Ledger.Received != 4 || !st.Ledger.Closed() {
+		t.Fatalf("what the connection held was not counted: %+v", st)
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ndlb/ndlb/admin"
 	"github.com/ndlb/ndlb/discovery"
+	"github.com/ndlb/ndlb/framer"
 	"github.com/ndlb/ndlb/health"
 	"github.com/ndlb/ndlb/ndjson"
 	"github.com/ndlb/ndlb/settings"
@@ -146,7 +147,7 @@ func (s *Supervisor) apply(span trace.Span, next []*instance) error {
 				span.AddEvent("listener renamed", trace.WithAttributes(upstream.AttrListener.String(name)))
 				s.log.Info("listener added on the socket of a removed one; the old one drains", "listener", name,
 					"removed", prev.spec.Name, "addr", in.ln.Addr().String())
-				s.drain(prev)
+				s.drainHandingOff(prev, in, Changed(prev.spec.Settings, in.spec.Settings))
 				result = append(result, in)
 				continue
 			}
@@ -182,11 +183,8 @@ func (s *Supervisor) apply(span trace.Span, next []*instance) error {
 			s.start(in)
 			span.AddEvent("listener replaced", trace.WithAttributes(upstream.AttrListener.String(name)))
 			s.log.Info("listener replaced; the old one drains", "listener", name, "changed", keys)
-			// o stopped accepting (Handover): its clients can move,
-			// unless the change is to how a connection is framed or
-			// secured, which a connection made before cannot follow.
-			if took && !slices.ContainsFunc(keys, func(k string) bool { return slices.Contains(connectionShape, k) }) {
-				s.drainHandingOff(o, in)
+			if took { // o stopped accepting (Handover): its clients can move
+				s.drainHandingOff(o, in, keys)
 			} else {
 				s.drain(o)
 			}
@@ -258,29 +256,62 @@ const reloadHandOff = 5 * time.Second
 // middle of, then shuts o down in the background, as drain does: a reload
 // cuts no client that could move, and loses none of the bytes in its
 // socket. What o already read stays in its queue, which it delivers.
+// keys are the settings that changed.
 //
-// A listener with a spool does not hand off: its replacement cannot
-// open the spool before o lets it go, at the end of o's shutdown, and
-// clients that stay on o keep its protection meanwhile.
-func (s *Supervisor) drainHandingOff(o, in *instance) {
+// Some clients cannot move, and drain on o's settings: TLS ones (their
+// session), octet-counted ones (not moved by an upgrade either), those of
+// a listener with a spool (its replacement opens the spool only once o
+// lets it go, at the end of o's shutdown: they keep its protection
+// meanwhile), and all of them when the change is to how connections are
+// made (connectionShape).
+func (s *Supervisor) drainHandingOff(o, in *instance, keys []string) {
 	h, ok := o.srv.(handOffer)
-	a, ok2 := in.srv.(adopter)
-	if m, isNDJSON := o.mode.(NDJSON); !ok || !ok2 || isNDJSON && m.Config.Spool != nil || s.stopping == nil {
-		s.drain(o)
+	_, ok2 := in.srv.(adopter)
+	m, isNDJSON := o.mode.(NDJSON)
+	why := ""
+	switch {
+	case !ok || !ok2 || !isNDJSON || s.stopping == nil:
+	case m.Config.Spool != nil:
+		why = "the listener has a spool, which its replacement opens only once the old one lets it go"
+	case m.Config.Framing == framer.OctetCounted:
+		why = "octet-counted connections are not moved"
+	case slices.ContainsFunc(keys, func(k string) bool { return slices.Contains(connectionShape, k) }):
+		why = "the change is to how connections are framed or secured"
+	default:
+		s.draining.Go(func() {
+			ctx, cancel := context.WithTimeout(s.stopping, reloadHandOff)
+			defer cancel()
+			moved, busy := h.HandOff(ctx, func(t ndjson.Transfer) error { return adoptCopy(s.newest(in), t) })
+			if moved+busy > 0 {
+				s.log.Info("reload: client connections handed over to the listener's replacement",
+					"listener", o.spec.Name, "connections", moved, "held_back", busy)
+			}
+			if !o.shutdown() {
+				s.dirty.Store(true)
+			}
+		})
 		return
 	}
-	s.draining.Go(func() {
-		ctx, cancel := context.WithTimeout(s.stopping, reloadHandOff)
-		defer cancel()
-		moved, busy := h.HandOff(ctx, func(t ndjson.Transfer) error { return adoptCopy(a, t) })
-		if moved+busy > 0 {
-			s.log.Info("reload: client connections handed over to the listener's replacement",
-				"listener", o.spec.Name, "connections", moved, "held_back", busy)
+	if why != "" {
+		s.log.Info("reload: the old listener's clients stay and drain on its settings", "listener", o.spec.Name, "why", why)
+	}
+	s.drain(o)
+}
+
+// newest is the running instance of in's name, which a later reload may
+// have put in in's place (in then drains and takes no connection), else
+// in.
+func (s *Supervisor) newest(in *instance) adopter {
+	for _, cur := range s.snapshot() {
+		if cur.name == in.name {
+			if a, ok := cur.srv.(adopter); ok {
+				return a
+			}
+			break
 		}
-		if !o.shutdown() {
-			s.dirty.Store(true)
-		}
-	})
+	}
+	a, _ := in.srv.(adopter)
+	return a
 }
 
 // adoptCopy gives a a duplicate of t's socket (the old listener closes

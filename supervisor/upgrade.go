@@ -57,7 +57,7 @@ type handOffer interface {
 // adopter is a server that can take moved client connections.
 type adopter interface {
 	Adopt(t ndjson.Transfer) bool
-	DropCarried(t ndjson.Transfer)
+	DropCarried(t ndjson.Transfer) uint64
 }
 
 // Socket is a listening socket that Upgrade passes on besides the
@@ -238,6 +238,7 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 	case <-ctx.Done():
 		kill()
 		go reap()
+		s.log.Warn("upgrade: stopped before the new process was ready; it was killed, with the processes it started", "pid", pid)
 		return ctx.Err()
 	}
 	s.log.Info("upgrade: the new process is ready; handing over", "pid", pid)
@@ -539,16 +540,19 @@ func (s *Supervisor) adopt(name string, t ndjson.Transfer) bool {
 		if ok && a.Adopt(t) {
 			return true
 		}
+		var lines uint64
 		if ok {
-			a.DropCarried(t)
+			lines = a.DropCarried(t)
 		}
-		s.log.Warn("upgrade: a client connection from the old process was refused (this listener requires TLS, or is stopping); closed",
-			"listener", name, "conn", t.ID.String(), "partial_bytes", len(t.Partial))
+		s.log.Warn("upgrade: a client connection from the old process was refused (this listener requires TLS, or is stopping); what it held was read and dropped, and it was closed",
+			"listener", name, "conn", t.ID.String(), "lines_dropped", lines)
 		t.Conn.Close()
 		return false
 	}
-	s.log.Error("upgrade: a client connection from the old process has no listener here; closed",
-		"listener", name, "conn", t.ID.String(), "partial_bytes", len(t.Partial))
+	// No ledger here counts what it held: the log does.
+	lines, fragment := ndjson.CountHeld(t)
+	s.log.Error("upgrade: a client connection from the old process has no listener here; what it held was read and dropped, and it was closed",
+		"listener", name, "conn", t.ID.String(), "lines_dropped", lines, "fragment_dropped", fragment)
 	t.Conn.Close()
 	return false
 }
