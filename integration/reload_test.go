@@ -264,3 +264,52 @@ func TestReloadTwiceWhileClientsAreHeldBack(t *testing.T) {
 		t.Fatalf("a client was refused by a draining replacement: %v", l[0])
 	}
 }
+
+// A reload that replaces two listeners at once hands each one's clients
+// to its own replacement, though the first's clients move while the
+// reload is still replacing the second.
+func TestReloadReplacingTwoListenersHandsBothOver(t *testing.T) {
+	dir := t.TempDir()
+	w := newWorld(t, 2)
+	doc := func(connections int) string {
+		out := "log-format = \"json\"\n"
+		for _, name := range []string{"a", "b"} {
+			out += fmt.Sprintf("[[listener]]\nname = %q\naddr = \"127.0.0.1\"\nport = 0\ndrain-timeout = \"1s\"\nconnections = %d\ntarget = %s\n",
+				name, connections, tomlList([]string{w.sinks[0].Addr(), w.sinks[1].Addr()}))
+		}
+		return out
+	}
+	path := writeConfig(t, dir, doc(4))
+	p := startCmd(t, command(bin, "--config", path))
+	addrs := listening(t, p, 2)
+	const clients, perClient = 3, 20000
+	waitA := pacedClients(addrs["a"], clients, perClient, 3*time.Second)
+	waitB := pacedClients(addrs["b"], clients, perClient, 3*time.Second)
+	w.waitLines(2 * clients * perClient / 10)
+	os.WriteFile(path, []byte(doc(2)), 0o600)
+	deadline := time.Now().Add(15 * time.Second)
+	for len(p.findLogs("reload: client connections handed over to the listener's replacement")) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("not both listeners handed their clients over")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, l := range p.findLogs("reload: client connections handed over to the listener's replacement") {
+		if l["connections"] != float64(clients) {
+			t.Errorf("listener %v handed over %v of %d clients", l["listener"], l["connections"], clients)
+		}
+	}
+	for _, wait := range []func() (map[uint32]uint32, error){waitA, waitB} {
+		if _, err := wait(); err != nil {
+			t.Fatal(err) // a client cut at the old listener's drain
+		}
+	}
+	w.waitLines(2 * clients * perClient)
+	p.stopOK()
+	if l := p.findLogs("client connection not handed over; this listener serves it on"); len(l) != 0 {
+		t.Fatalf("a client stayed on the old listener: %v", l[0])
+	}
+	if a, b := p.ledger("a"), p.ledger("b"); a.received+b.received != 2*clients*perClient || a.delivered+b.delivered != w.lines() {
+		t.Fatalf("ledgers %+v and %+v; the sinks got %d", a, b, w.lines())
+	}
+}

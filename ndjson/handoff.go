@@ -163,8 +163,10 @@ func (s *Server) DropCarried(t Transfer) (lines uint64) {
 	return lines
 }
 
-// maxHeld bounds what CountHeld reads: more than socket buffers hold.
-const maxHeld = 64 << 20
+// maxHeld bounds what CountHeld reads: more than a socket's receive
+// buffer holds (6 MiB at most by Linux's default tcp_rmem), so that a
+// client that goes on sending cannot keep it reading.
+const maxHeld = 8 << 20
 
 // CountHeld reads what the kernel holds for t.Conn, without waiting, and
 // returns the whole lines there and in t.Partial, and whether an

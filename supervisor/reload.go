@@ -278,10 +278,11 @@ func (s *Supervisor) drainHandingOff(o, in *instance, keys []string) {
 	case slices.ContainsFunc(keys, func(k string) bool { return slices.Contains(connectionShape, k) }):
 		why = "the change is to how connections are framed or secured"
 	default:
+		o.next.Store(in)
 		s.draining.Go(func() {
 			ctx, cancel := context.WithTimeout(s.stopping, reloadHandOff)
 			defer cancel()
-			moved, busy := h.HandOff(ctx, func(t ndjson.Transfer) error { return adoptCopy(s.newest(in), t) })
+			moved, busy := h.HandOff(ctx, func(t ndjson.Transfer) error { return adoptCopy(newest(in), t) })
 			if moved+busy > 0 {
 				s.log.Info("reload: client connections handed over to the listener's replacement",
 					"listener", o.spec.Name, "connections", moved, "held_back", busy)
@@ -298,17 +299,14 @@ func (s *Supervisor) drainHandingOff(o, in *instance, keys []string) {
 	s.drain(o)
 }
 
-// newest is the running instance of in's name, which a later reload may
-// have put in in's place (in then drains and takes no connection), else
-// in.
-func (s *Supervisor) newest(in *instance) adopter {
-	for _, cur := range s.snapshot() {
-		if cur.name == in.name {
-			if a, ok := cur.srv.(adopter); ok {
-				return a
-			}
-			break
-		}
+// newest is the instance that took in's clients last: in, or the one a
+// later reload handed them to (instance.next), which may have replaced in
+// while a hand-off to it still ran. A later replacement that could not
+// take them (a change to how connections are made) ends the chain: in,
+// draining, then refuses them, and they stay where they are.
+func newest(in *instance) adopter {
+	for n := in.next.Load(); n != nil; n = in.next.Load() {
+		in = n
 	}
 	a, _ := in.srv.(adopter)
 	return a

@@ -294,6 +294,12 @@ type instance struct {
 
 	stopChecks, stopDiscovery func()
 	open                      func(name, network, addr string, keepAlive time.Duration) (net.Listener, error)
+
+	// next is the instance a reload put in this one's place and handed its
+	// clients to (drainHandingOff): a hand-off still running from an
+	// earlier reload follows it to the newest. Nil when the replacement
+	// could not take them (a change to how connections are made).
+	next atomic.Pointer[instance]
 }
 
 // newInstance makes the server of l and what runs beside it.

@@ -13,6 +13,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -258,10 +259,13 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 	defer cancel()
 	handStart := time.Now()
 	// Every listener hands over at once: one with a client held back
-	// must not spend the others' time.
-	var mu sync.Mutex // one transfer at a time on the channel; guards moved and busy
+	// must not spend the others' time. Once the time is up, a transfer
+	// the new process does not take stops (its connection stays here).
+	stopSending := context.AfterFunc(hctx, func() { _ = ch.SetWriteDeadline(time.Unix(1, 0)) })
+	defer stopSending()
+	var mu sync.Mutex // one transfer at a time on the channel
 	var wg sync.WaitGroup
-	moved, busy := 0, 0
+	var moved, busy atomic.Int64
 	for _, in := range insts {
 		h, ok := in.srv.(handOffer)
 		if !ok {
@@ -274,18 +278,17 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 				defer mu.Unlock()
 				return sendTransfer(ch, name, t)
 			})
-			mu.Lock()
-			moved, busy = moved+m, busy+b
-			mu.Unlock()
+			moved.Add(int64(m))
+			busy.Add(int64(b))
 		})
 	}
 	wg.Wait()
-	if busy > 0 {
+	if busy.Load() > 0 {
 		s.log.Warn("upgrade: client connections waiting for room in the queue were not handed over; this process drains them",
-			"connections", busy, "waited", time.Since(handStart).Round(time.Millisecond).String(), "interrupted", ctx.Err() != nil)
+			"connections", busy.Load(), "waited", time.Since(handStart).Round(time.Millisecond).String(), "interrupted", ctx.Err() != nil)
 	}
 	s.log.Info("upgrade: client connections handed over; this process delivers what it read and exits",
-		"connections", moved, "pid", pid)
+		"connections", moved.Load(), "pid", pid)
 	return nil
 }
 
@@ -543,6 +546,8 @@ func (s *Supervisor) adopt(name string, t ndjson.Transfer) bool {
 		var lines uint64
 		if ok {
 			lines = a.DropCarried(t)
+		} else { // another mode now: no ledger counts it, the log does
+			lines, _ = ndjson.CountHeld(t)
 		}
 		s.log.Warn("upgrade: a client connection from the old process was refused (this listener requires TLS, or is stopping); what it held was read and dropped, and it was closed",
 			"listener", name, "conn", t.ID.String(), "lines_dropped", lines)
