@@ -179,21 +179,41 @@ func (p *proc) waitLog(msg string, timeout time.Duration) map[string]any {
 // awaitLog waits for a log line with message msg and returns an error
 // rather than failing the test, so any goroutine may call it.
 func (p *proc) awaitLog(msg string, timeout time.Duration) (map[string]any, error) {
+	ls, err := p.awaitLogs(msg, 1, timeout)
+	if err != nil {
+		return nil, err
+	}
+	return ls[0], nil
+}
+
+// waitLogs waits for n log lines with message msg and returns them. Call
+// it from the test's goroutine.
+func (p *proc) waitLogs(msg string, n int, timeout time.Duration) []map[string]any {
+	p.t.Helper()
+	ls, err := p.awaitLogs(msg, n, timeout)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return ls
+}
+
+// awaitLogs is waitLogs returning an error rather than failing the test.
+func (p *proc) awaitLogs(msg string, n int, timeout time.Duration) ([]map[string]any, error) {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	for {
-		if ls := p.findLogs(msg); len(ls) > 0 {
-			return ls[0], nil
+		if ls := p.findLogs(msg); len(ls) >= n {
+			return ls, nil
 		}
 		select {
 		case <-p.logged:
 		case <-p.done:
-			if ls := p.findLogs(msg); len(ls) > 0 {
-				return ls[0], nil
+			if ls := p.findLogs(msg); len(ls) >= n {
+				return ls, nil
 			}
-			return nil, fmt.Errorf("ndlb exited (code %d) before logging %q", p.code, msg)
+			return nil, fmt.Errorf("ndlb exited (code %d) before logging %q %d times", p.code, msg, n)
 		case <-deadline.C:
-			return nil, fmt.Errorf("no %q log line in %s", msg, timeout)
+			return nil, fmt.Errorf("%d of %d %q log lines in %s", len(p.findLogs(msg)), n, msg, timeout)
 		}
 	}
 }

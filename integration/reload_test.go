@@ -239,13 +239,7 @@ func TestReloadTwiceWhileClientsAreHeldBack(t *testing.T) {
 	os.WriteFile(path, []byte(logs(2)), 0o600)
 	p.waitLog("listener replaced; the old one drains", 10*time.Second)
 	os.WriteFile(path, []byte(logs(3)), 0o600)
-	deadline := time.Now().Add(10 * time.Second)
-	for len(p.findLogs("listener replaced; the old one drains")) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("the second reload did not replace the listener")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	p.waitLogs("listener replaced; the old one drains", 2, 10*time.Second)
 	for _, s := range w.sinks {
 		if err := s.Restart(); err != nil {
 			t.Fatal(err)
@@ -287,14 +281,7 @@ func TestReloadReplacingTwoListenersHandsBothOver(t *testing.T) {
 	waitB := pacedClients(addrs["b"], clients, perClient, 3*time.Second)
 	w.waitLines(2 * clients * perClient / 10)
 	os.WriteFile(path, []byte(doc(2)), 0o600)
-	deadline := time.Now().Add(15 * time.Second)
-	for len(p.findLogs("reload: client connections handed over to the listener's replacement")) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("not both listeners handed their clients over")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	for _, l := range p.findLogs("reload: client connections handed over to the listener's replacement") {
+	for _, l := range p.waitLogs("reload: client connections handed over to the listener's replacement", 2, 15*time.Second) {
 		if l["connections"] != float64(clients) {
 			t.Errorf("listener %v handed over %v of %d clients", l["listener"], l["connections"], clients)
 		}

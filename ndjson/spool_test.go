@@ -273,20 +273,28 @@ func TestSpoolRemovedBeforeShutdown(t *testing.T) {
 	}
 }
 
+// startFullDiskServer starts a spooled server on a 1 MiB tmpfs (skipping
+// the test without root) whose only target, sink, is down; the tmpfs is
+// unmounted when the test ends.
+func startFullDiskServer(t *testing.T) (*Server, *linetest.Sink, *linetest.Ledger) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
+		t.Skipf("cannot mount a small tmpfs (%v): needs root", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	ledger := linetest.NewLedger()
+	sink := linetest.StartSink(t, ledger)
+	sink.Kill(false)
+	return startSpoolServer(t, sink, dir, 10*time.Second), sink, ledger
+}
+
 // A disk that fills below --spool-max-bytes: appends fail, the lines go
 // to the queue in memory (counted, the spool shown failing, which takes
 // the listener out of /readyz's count) and are delivered once a target
 // comes; a later append that works clears the failing state.
 func TestSpoolDiskFull(t *testing.T) {
-	dir := t.TempDir()
-	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
-		t.Skipf("cannot mount a small tmpfs (%v): needs root", err)
-	}
-	defer unix.Unmount(dir, unix.MNT_DETACH)
-	ledger := linetest.NewLedger()
-	sink := linetest.StartSink(t, ledger)
-	sink.Kill(false)
-	srv := startSpoolServer(t, sink, dir, 10*time.Second)
+	srv, sink, ledger := startFullDiskServer(t)
 	const perClient = 10000
 	if err := linetest.SendClients(srv.Addr().String(), 2, 0, perClient, 64<<10); err != nil {
 		t.Fatal(err)
@@ -322,15 +330,7 @@ func TestSpoolDiskFull(t *testing.T) {
 // as failing for as long as they are, not only for 10 s after the last
 // failed append (none comes while they wait): /readyz stays 503.
 func TestSpoolDiskFullHoldsClientsBack(t *testing.T) {
-	dir := t.TempDir()
-	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
-		t.Skipf("cannot mount a small tmpfs (%v): needs root", err)
-	}
-	defer unix.Unmount(dir, unix.MNT_DETACH)
-	ledger := linetest.NewLedger()
-	sink := linetest.StartSink(t, ledger)
-	sink.Kill(false)
-	srv := startSpoolServer(t, sink, dir, 10*time.Second)
+	srv, sink, ledger := startFullDiskServer(t)
 	srv.failingFor.Store(int64(time.Millisecond)) // a failure alone ages out at once
 	const perClient = 60000                       // 2 × about 8 MiB: more than the disk and the queue hold
 	sent := make(chan error, 1)

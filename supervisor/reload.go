@@ -315,17 +315,9 @@ func newest(in *instance) adopter {
 // adoptCopy gives a a duplicate of t's socket (the old listener closes
 // its own once the connection has left it).
 func adoptCopy(a adopter, t ndjson.Transfer) error {
-	rc, err := t.Conn.SyscallConn()
+	dup, err := dupOf(t.Conn)
 	if err != nil {
 		return err
-	}
-	var dup int
-	var derr error
-	if err := rc.Control(func(fd uintptr) { dup, derr = dupCloexec(int(fd)) }); err != nil {
-		return err
-	}
-	if derr != nil {
-		return derr
 	}
 	f := os.NewFile(uintptr(dup), "client")
 	nc, err := net.FileConn(f) // a descriptor of its own, non-blocking, in the poller

@@ -136,17 +136,9 @@ func (s *Supervisor) Upgrade(ctx context.Context, path string, timeout time.Dura
 		if !ok {
 			return fmt.Errorf("%s: its socket cannot be passed on", name)
 		}
-		rc, err := sc.SyscallConn()
+		dup, err := dupOf(sc)
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
-		}
-		var dup int
-		var derr error
-		if err := rc.Control(func(fd uintptr) { dup, derr = dupCloexec(int(fd)) }); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		if derr != nil {
-			return fmt.Errorf("%s: %w", name, derr)
 		}
 		fds = append(fds, dup)
 		il := inheritedListener{Name: name, Addr: addr, FD: 2 + len(fds)}
@@ -578,6 +570,20 @@ func listen(network, addr string, keepAlive time.Duration) (net.Listener, error)
 
 // dupCloexec duplicates fd, close-on-exec (StartProcess places the copies
 // it passes).
+// dupOf duplicates sc's descriptor (close-on-exec), without touching the
+// original's flags.
+func dupOf(sc syscall.Conn) (int, error) {
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	dup, derr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) { dup, derr = dupCloexec(int(fd)) }); err != nil {
+		return -1, err
+	}
+	return dup, derr
+}
+
 func dupCloexec(fd int) (int, error) {
 	r, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_DUPFD_CLOEXEC, 0)
 	if errno != 0 {
