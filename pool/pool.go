@@ -77,8 +77,11 @@ type Config struct {
 	// one to two of them (over TLS, each batch gets its own period).
 	WriteTimeout time.Duration
 	// UserTimeout is TCP_USER_TIMEOUT: how long written data may stay
-	// unacknowledged before the kernel kills the connection. Zero leaves
-	// the system default (many minutes). Linux only.
+	// unacknowledged before the kernel kills the connection. Linux applies
+	// it to a shut receive window too (zero-window probes answered without
+	// a window count as unacknowledged), so a receiver that keeps its
+	// window shut this long fails even while it reads a little. Zero
+	// leaves the system default (many minutes). Linux only.
 	UserTimeout time.Duration
 	// Name labels the pool's metrics and spans (ndlb.listener).
 	Name string
