@@ -241,8 +241,19 @@ func (s *Supervisor) start(in *instance) {
 		}
 	})
 	go func() {
-		if err := <-in.srv.Err(); err != nil {
-			s.failed <- fmt.Errorf("listener %q: %w", in.name, err)
+		// Servers signal Err only when they fail on their own, so the
+		// wait ends at the instance's shutdown too: a reload replaces
+		// listeners for as long as the process runs, and each waiter
+		// would keep its server's memory.
+		select {
+		case err := <-in.srv.Err():
+			if err != nil {
+				select {
+				case s.failed <- fmt.Errorf("listener %q: %w", in.name, err):
+				case <-in.stopped:
+				}
+			}
+		case <-in.stopped:
 		}
 	}()
 }
@@ -293,6 +304,8 @@ type instance struct {
 	shown  admin.Listener // what the admin API shows
 
 	stopChecks, stopDiscovery func()
+	stopped                   chan struct{} // closed by shutdown
+	stopOnce                  sync.Once
 	open                      func(name, network, addr string, keepAlive time.Duration) (net.Listener, error)
 
 	// next is the instance a reload put in this one's place and handed its
@@ -304,7 +317,7 @@ type instance struct {
 
 // newInstance makes the server of l and what runs beside it.
 func (s *Supervisor) newInstance(l Listener) (*instance, error) {
-	in := &instance{name: l.Name, mode: l.Mode, spec: l, log: l.Logger, book: s.cfg.Book, open: s.cfg.Listen}
+	in := &instance{name: l.Name, mode: l.Mode, spec: l, log: l.Logger, book: s.cfg.Book, open: s.cfg.Listen, stopped: make(chan struct{})}
 	if in.log == nil {
 		in.log = s.log
 	}
@@ -441,6 +454,7 @@ func background(cancel context.CancelFunc, run func(context.Context), ctx contex
 // shutdown drains the server, then stops what runs beside it.
 func (in *instance) shutdown() bool {
 	clean := in.srv.Drain()
+	in.stopOnce.Do(func() { close(in.stopped) })
 	for _, stop := range []func(){in.stopChecks, in.stopDiscovery} {
 		if stop != nil {
 			stop()
