@@ -29,6 +29,13 @@ var ErrStopped = errors.New("framer: stopped while waiting for memory")
 // no wait is unbounded unless the whole budget is held by ordinary reads and
 // batches waiting for the queue, which the queue releases as it delivers.
 //
+// One state would never end by itself: every byte charged is held by
+// framers that wait for more (each holding a partial line, none reading,
+// no batch charged), so nothing is left to release. The budget is then
+// stalled, and the framer whose wait completes the stall is refused at
+// once: it drops its partial line as ReasonMemory and gives its memory
+// back, so the others go on. A framer that holds nothing cannot stall it.
+//
 // A nil *Budget is unlimited.
 type Budget struct {
 	max, longMax int64
@@ -36,6 +43,7 @@ type Budget struct {
 	mu      sync.Mutex
 	used    int64         // guarded by mu
 	waiters int           // guarded by mu
+	held    int64         // what the waiters hold while they wait; guarded by mu
 	wake    chan struct{} // closed at a release while waiters > 0; guarded by mu
 
 	peak     atomic.Int64
@@ -62,7 +70,8 @@ type BudgetStats struct {
 	Used  int64  // charged now
 	Peak  int64  // the most charged at once
 	Waits uint64 // requests that had to wait for room
-	// Refused counts long lines that found no room within MemoryWait.
+	// Refused counts lines dropped for want of room: long lines that
+	// found none within MemoryWait, and partial lines of a stalled budget.
 	Refused uint64
 }
 
@@ -107,9 +116,11 @@ func (b *Budget) take(n int64, long bool) bool {
 }
 
 // acquire charges n bytes, waiting for room until stop closes or, when
-// timeout > 0, until it passes. It returns ErrStopped when stop closed and
-// errNoRoom when the timeout passed.
-func (b *Budget) acquire(n int64, long bool, timeout time.Duration, stop <-chan struct{}) error {
+// timeout > 0, until it passes. held is what the caller holds while it
+// waits. It returns ErrStopped when stop closed, and errNoRoom when the
+// timeout passed or when the caller holds something and its wait would
+// stall the budget (see Budget).
+func (b *Budget) acquire(n int64, long bool, timeout time.Duration, held int64, stop <-chan struct{}) error {
 	if b == nil || n <= 0 {
 		return nil
 	}
@@ -121,7 +132,15 @@ func (b *Budget) acquire(n int64, long bool, timeout time.Duration, stop <-chan 
 			b.mu.Unlock()
 			return nil
 		}
+		if held > 0 && b.used <= b.held+held {
+			// Everything else charged is held by waiters: no release
+			// can come. This framer gives way.
+			b.mu.Unlock()
+			b.refusals.Add(1)
+			return errNoRoom
+		}
 		b.waiters++
+		b.held += held
 		wake := b.wake
 		b.mu.Unlock()
 		if !counted {
@@ -144,6 +163,7 @@ func (b *Budget) acquire(n int64, long bool, timeout time.Duration, stop <-chan 
 		}
 		b.mu.Lock()
 		b.waiters--
+		b.held -= held
 		b.mu.Unlock()
 		if err != nil {
 			return err

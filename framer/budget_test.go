@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"sync"
 	"testing"
 	"time"
 )
@@ -156,4 +157,95 @@ func TestBudgetChargesComeBack(t *testing.T) {
 			}
 		}
 	}
+}
+
+// barrierReader gives its first chunk only once every reader sharing the
+// barrier has asked for one, then the rest of its data as asked.
+type barrierReader struct {
+	data    []byte
+	first   int
+	arrived *sync.WaitGroup
+	started bool
+}
+
+func (r *barrierReader) Read(p []byte) (int, error) {
+	if !r.started {
+		r.started = true
+		r.arrived.Done()
+		r.arrived.Wait()
+		return copy(p, r.data[:r.first]), r.after(r.first)
+	}
+	if len(r.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.data)
+	return n, r.after(n)
+}
+
+func (r *barrierReader) after(n int) error { r.data = r.data[n:]; return nil }
+
+// Framers that each hold part of a line shorter than one read, and all
+// wait for room for the rest, hold the whole budget between them: nothing
+// is left to release it. The framer whose wait completes that stall drops
+// its line as ReasonMemory instead of waiting, and the others go on; every
+// line is delivered or dropped, and none waits forever.
+func TestBudgetStalledByWaitersGivesWay(t *testing.T) {
+	const (
+		framers  = 4
+		lines    = 3
+		lineSize = 100 << 10
+	)
+	cfg := Config{ReadBytes: 64 << 10, MaxLineBytes: 300 << 10, MemoryWait: time.Hour}
+	// Room for each framer's first read and no more: after it, each holds
+	// its partial line and needs as much again.
+	budget := NewBudget(framers * 128 << 10)
+	pool := NewPool()
+	stop := make(chan struct{})
+	var arrived sync.WaitGroup
+	arrived.Add(framers)
+	line := append(bytes.Repeat([]byte("x"), lineSize-1), '\n')
+	type result struct {
+		lines, dropped int
+		err            error
+	}
+	results := make(chan result, framers)
+	for range framers {
+		f := New(&barrierReader{data: bytes.Repeat(line, lines), first: 40 << 10, arrived: &arrived}, cfg, pool)
+		f.Budget, f.Stop = budget, stop
+		var r result
+		f.OnDrop = func(d Drop) {
+			if d.Reason == ReasonMemory {
+				r.dropped++
+			}
+		}
+		go func() {
+			defer func() { f.Close(); results <- r }()
+			for {
+				b, err := f.Next()
+				if err != nil {
+					r.err = err
+					return
+				}
+				r.lines += b.Lines
+				b.Release()
+			}
+		}()
+	}
+	stopped := time.AfterFunc(20*time.Second, func() { close(stop) })
+	defer stopped.Stop()
+	var delivered, dropped int
+	for range framers {
+		r := <-results
+		if !errors.Is(r.err, io.EOF) {
+			t.Fatalf("framer ended with %v (ErrStopped: the budget stalled)", r.err)
+		}
+		delivered, dropped = delivered+r.lines, dropped+r.dropped
+	}
+	if delivered+dropped != framers*lines || dropped == 0 {
+		t.Fatalf("delivered %d + dropped %d, want %d with at least one dropped", delivered, dropped, framers*lines)
+	}
+	if st := budget.Stats(); st.Used != 0 || st.Refused != uint64(dropped) {
+		t.Fatalf("budget %+v after the framers ended (dropped %d)", st, dropped)
+	}
+	t.Logf("delivered %d, dropped %d", delivered, dropped)
 }

@@ -29,7 +29,9 @@
 //     waiting inside a line holds only that line. A batch carries its charge
 //     until Batch.Uncharge (dispatch.Queue.Push calls it). Ordinary reads
 //     wait for room; a line longer than one read that finds none within
-//     Config.MemoryWait is dropped as ReasonMemory.
+//     Config.MemoryWait is dropped as ReasonMemory, and so is the partial
+//     line of a framer whose wait would leave the whole budget held by
+//     waiters (a stall nothing would end).
 //
 // The framer owns no sockets and imports nothing else of ndlb's but invalid
 // (the error type of Config.Validate).

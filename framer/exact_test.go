@@ -350,7 +350,7 @@ func TestAccessorsAndEdges(t *testing.T) {
 		t.Fatalf("a budget of 0 bytes has max %d, want 1", st.Max)
 	}
 	var nilBudget *Budget
-	if st := nilBudget.Stats(); st != (BudgetStats{}) || nilBudget.acquire(5, true, time.Second, nil) != nil {
+	if st := nilBudget.Stats(); st != (BudgetStats{}) || nilBudget.acquire(5, true, time.Second, 0, nil) != nil {
 		t.Fatal("a nil budget must be unlimited and empty")
 	}
 	defer func() {

@@ -36,7 +36,8 @@ const (
 	// in the middle of a line, so the fragment read so far is not a line.
 	ReasonIncomplete Reason = "incomplete"
 	// ReasonMemory: the line grew past one read while the memory Budget
-	// had no room for it within Config.MemoryWait.
+	// had no room for it within Config.MemoryWait, or its framer waited
+	// for room while every other byte of the Budget was held by waiters.
 	ReasonMemory Reason = "memory"
 )
 
@@ -224,7 +225,8 @@ func (f *Framer) tryReserve() bool {
 }
 
 // waitMemory waits for what the next read needs. A line longer than one
-// read waits at most MemoryWait; then it is dropped as ReasonMemory and the
+// read waits at most MemoryWait, and a partial line does not wait when its
+// wait would stall the budget; then it is dropped as ReasonMemory and the
 // framer skips to its newline without buffering it.
 func (f *Framer) waitMemory() error {
 	if f.tryReserve() {
@@ -235,12 +237,21 @@ func (f *Framer) waitMemory() error {
 	if long {
 		wait = f.cfg.MemoryWait
 	}
+	if f.n == 0 && !f.discarding {
+		f.shrink() // a buffer with no line in it is not kept while waiting
+	}
 	need := f.readNeed()
 	var err error
 	if wait == 0 {
 		err = errNoRoom
 	} else {
-		err = f.Budget.acquire(need-f.res, long, max(wait, 0), f.Stop)
+		// What the framer holds counts only when it is a line it can
+		// drop (see Budget: a stalled budget).
+		var held int64
+		if f.n > 0 {
+			held = f.res
+		}
+		err = f.Budget.acquire(need-f.res, long, max(wait, 0), held, f.Stop)
 	}
 	switch {
 	case err == nil:
