@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"syscall"
 	"testing"
@@ -298,5 +299,107 @@ func TestReloadReplacingTwoListenersHandsBothOver(t *testing.T) {
 	}
 	if a, b := p.ledger("a"), p.ledger("b"); a.received+b.received != 2*clients*perClient || a.delivered+b.delivered != w.lines() {
 		t.Fatalf("ledgers %+v and %+v; the sinks got %d", a, b, w.lines())
+	}
+}
+
+// Every target down past the replaced listener's drain and delivery
+// deadlines: the process goes on, so the old listener goes on delivering
+// what it had read, and delivers it when a target comes back. Twice in a
+// row with a spool: the middle listener, which never opened the spool
+// (the first held it until its deadline), keeps its lines in memory and
+// delivers them too.
+func TestReloadDuringOutageKeepsWhatTheOldListenerRead(t *testing.T) {
+	for _, spooled := range []bool{false, true} {
+		t.Run(map[bool]string{false: "memory", true: "spool"}[spooled], func(t *testing.T) {
+			dir := t.TempDir()
+			w := newWorld(t, 1)
+			w.sinks[0].Kill(false)
+			doc := func(buffer string) string {
+				d := fmt.Sprintf("log-format = \"json\"\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\n"+
+					"drain-timeout = \"1s\"\ndeliver-timeout = \"1s\"\nbackoff-max = \"100ms\"\nbuffer-bytes = %q\ntarget = [%q]\n",
+					buffer, w.sinks[0].Addr())
+				if spooled {
+					d += fmt.Sprintf("spool-dir = %q\n", filepath.Join(dir, "spool"))
+				}
+				return d
+			}
+			path := writeConfig(t, dir, doc("4MiB"))
+			p := startCmd(t, command(bin, "--config", path))
+			addr := listening(t, p, 1)["logs"]
+			sent := map[uint32]uint32{}
+			send := func(c uint32) {
+				conn := dial(t, addr)
+				defer conn.Close()
+				if _, err := linetest.Send(conn, c, 0, 2000, 16<<10); err != nil {
+					t.Fatal(err)
+				}
+				sent[c] = 2000
+			}
+			send(1)
+			reloads := 1
+			reload := func(buffer string) {
+				writeConfig(t, dir, doc(buffer))
+				_ = p.cmd.Process.Signal(syscall.SIGHUP)
+				p.waitLogs("listener replaced; the old one drains", reloads, 10*time.Second)
+				reloads++
+			}
+			reload("8MiB")
+			send(2)
+			if spooled {
+				reload("6MiB") // at once: the second listener has not opened the spool yet
+				send(3)
+			}
+			if !spooled {
+				p.waitLog("replaced listener: deadline passed with lines undelivered; it goes on delivering them until the process stops", 10*time.Second)
+			} else {
+				p.waitLog("spool open: lines are spooled again", 20*time.Second)
+			}
+			if err := w.sinks[0].Restart(); err != nil {
+				t.Fatal(err)
+			}
+			var total uint64
+			for _, n := range sent {
+				total += uint64(n)
+			}
+			w.waitLines(total)
+			p.stopOK()
+			if r := w.check(sent); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
+				t.Fatal(r)
+			}
+		})
+	}
+}
+
+// A listener a reload replaced during an outage that never ends holds
+// up the process's stop by --deliver-timeout at most, as every listener
+// does, and counts what it could not deliver.
+func TestStopWhileAReplacedListenerWaitsForItsTargets(t *testing.T) {
+	dir := t.TempDir()
+	w := newWorld(t, 1)
+	w.sinks[0].Kill(false)
+	doc := func(buffer string) string {
+		return fmt.Sprintf("log-format = \"json\"\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\n"+
+			"drain-timeout = \"1s\"\ndeliver-timeout = \"1s\"\nbackoff-max = \"100ms\"\nbuffer-bytes = %q\ntarget = [%q]\n",
+			buffer, w.sinks[0].Addr())
+	}
+	path := writeConfig(t, dir, doc("4MiB"))
+	p := startCmd(t, command(bin, "--config", path))
+	conn := dial(t, listening(t, p, 1)["logs"])
+	if _, err := linetest.Send(conn, 1, 0, 2000, 16<<10); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	writeConfig(t, dir, doc("8MiB"))
+	_ = p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLog("replaced listener: deadline passed with lines undelivered; it goes on delivering them until the process stops", 10*time.Second)
+	start := time.Now()
+	if code := p.stop(syscall.SIGTERM, 10*time.Second); code != 1 {
+		t.Fatalf("exit code %d, want 1 (lines dropped)", code)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the stop took %s with a 1s deliver timeout", d)
+	}
+	if g := p.ledger("logs"); g.byReason["shutdown"] != 2000 || g.received != 2000 {
+		t.Fatalf("ledger %+v, want the 2000 lines dropped at the stop", g)
 	}
 }

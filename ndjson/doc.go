@@ -24,7 +24,10 @@
 // Whatever is still undelivered Config.DeliverTimeout after the drain ended
 // (at most DrainTimeout + DeliverTimeout after Shutdown began), including
 // what clients had handed to the kernel and could not be queued, is
-// dropped, counted and logged with the reason "shutdown". Every line is on the server's dispatch.Ledger.
+// dropped, counted and logged with the reason "shutdown", unless the
+// server was retired by a reload (Server.Retire) and holds no spool: it
+// then goes on delivering until the process stops. Every line is on the
+// server's dispatch.Ledger.
 //
 // The package does not parse lines beyond the framer's newline cutting, and
 // holds no socket of its own.

@@ -241,10 +241,13 @@ type Server struct {
 	// give up, and what is left is counted as dropped.
 	hard       context.Context
 	hardCancel context.CancelFunc
-	serveErr   chan error
-	poolDone   chan struct{}
-	shutdown   sync.Once
-	summary    Summary
+	// retired, set by Retire before Shutdown, defers the end of delivery
+	// of a server a reload replaced or removed until the process stops.
+	retired  context.Context // never done when nil
+	serveErr chan error
+	poolDone chan struct{}
+	shutdown sync.Once
+	summary  Summary
 
 	oversize, incomplete, memory, dropShutdown atomic.Uint64
 	spoolErrors                                atomic.Uint64
@@ -1141,6 +1144,31 @@ func (s *Server) Ledger() *dispatch.Ledger { return s.ledger }
 // Set is the server's target set, for the admin API and health checks.
 func (s *Server) Set() *upstream.Set { return s.set }
 
+// Retire marks a server that a reload replaced or removed while the
+// process goes on: when its Shutdown's deadline passes, a server holding
+// no open spool keeps delivering what it holds (its targets may come
+// back, and nothing else would deliver those lines) until the process
+// stops (ctx is done), and then for DeliverTimeout at most, as every
+// listener does. A server with an open spool stops at its deadline as
+// before: the spool keeps what it did not deliver, for the replacement,
+// which waits for it. Call Retire before Shutdown.
+func (s *Server) Retire(ctx context.Context) {
+	s.retired = ctx
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(s.cfg.DeliverTimeout, s.hardCancel) })
+	context.AfterFunc(s.hard, func() { stop() }) // the server is not kept for the process's life
+}
+
+// expire is the shutdown's deadline: delivery ends, unless the server is
+// retired, holds no open spool and the process goes on.
+func (s *Server) expire() {
+	if s.retired == nil || s.retired.Err() != nil || s.sp.Load() != nil {
+		s.hardCancel()
+		return
+	}
+	s.log.Warn("replaced listener: deadline passed with lines undelivered; it goes on delivering them until the process stops",
+		"queued_bytes", s.q.Stats().Bytes, "deliver_timeout", s.cfg.DeliverTimeout)
+}
+
 // Shutdown stops the server as the package doc describes, logs a summary
 // line and returns it. It is safe to call more than once.
 func (s *Server) Shutdown() Summary {
@@ -1148,7 +1176,7 @@ func (s *Server) Shutdown() Summary {
 		// Until the drain ends, DrainTimeout+DeliverTimeout bounds it all
 		// (a client's push may wait for room that only delivery frees);
 		// after it, DeliverTimeout from then, as documented.
-		giveUp := time.AfterFunc(s.cfg.DrainTimeout+s.cfg.DeliverTimeout, s.hardCancel) // at most 2 years (Validate): no overflow
+		giveUp := time.AfterFunc(s.cfg.DrainTimeout+s.cfg.DeliverTimeout, s.expire) // at most 2 years (Validate): no overflow
 		s.log.Info("shutting down: no new connections; draining clients", "drain_timeout", s.cfg.DrainTimeout)
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 		if s.udp != nil {
@@ -1158,7 +1186,7 @@ func (s *Server) Shutdown() Summary {
 		}
 		cancel()
 		if giveUp.Stop() {
-			giveUp = time.AfterFunc(s.cfg.DeliverTimeout, s.hardCancel)
+			giveUp = time.AfterFunc(s.cfg.DeliverTimeout, s.expire)
 		}
 		defer giveUp.Stop()
 		if s.fed != nil {

@@ -233,11 +233,25 @@ func AllLive(keys []string) bool {
 // drain shuts o down in the background; lines it drops make Shutdown
 // unclean, as those of the listeners still running at exit do.
 func (s *Supervisor) drain(o *instance) {
+	s.retire(o)
 	s.draining.Go(func() {
 		if !o.shutdown() {
 			s.dirty.Store(true)
 		}
 	})
+}
+
+// retirer is a server that goes on delivering what it holds after a
+// reload took it out of service, until the process stops.
+type retirer interface{ Retire(ctx context.Context) }
+
+// retire lets o, which a reload replaced or removed, deliver what it
+// holds past its deadline while the process goes on: its targets may
+// come back (see ndjson.Server.Retire).
+func (s *Supervisor) retire(o *instance) {
+	if r, ok := o.srv.(retirer); ok && s.stopping != nil {
+		r.Retire(s.stopping)
+	}
 }
 
 // connectionShape are the settings a client connection is made with: a
@@ -279,6 +293,7 @@ func (s *Supervisor) drainHandingOff(o, in *instance, keys []string) {
 		why = "the change is to how connections are framed or secured"
 	default:
 		o.next.Store(in)
+		s.retire(o)
 		s.draining.Go(func() {
 			ctx, cancel := context.WithTimeout(s.stopping, reloadHandOff)
 			defer cancel()
