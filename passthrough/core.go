@@ -125,25 +125,48 @@ func (s *core) attemptSucceeded(t *upstream.Target) {
 // accept new work (not draining, disabled or failing health checks) and are
 // not skipped by passive health, or, when every accepting target is
 // skipped, all accepting targets.
+//
+// The policy orders only those, so a policy that takes turns (round-robin,
+// least connections' ties) spreads over them evenly: ordering every target
+// and leaving some out after would give a left-out target's turns to the
+// one after it in the list.
 func (s *core) candidates(dst []int, targets []*upstream.Target, key []byte) []int {
 	policy := s.policy.Load().p
-	dst = policy.Order(dst, targets, key)
 	now := s.clock.Now()
-	accepting := dst[:0]
-	for _, i := range dst {
-		if targets[i].Accepts() {
-			accepting = append(accepting, i)
+	accepting, healthy := 0, 0
+	for _, t := range targets {
+		if t.Accepts() {
+			accepting++
+			if !t.Skipped(now) {
+				healthy++
+			}
 		}
 	}
-	n := len(accepting)
-	healthy := accepting[n:]
-	for _, i := range accepting {
-		if !targets[i].Skipped(now) {
-			healthy = append(healthy, i)
+	if healthy == len(targets) || accepting == 0 {
+		if accepting == 0 {
+			return dst
+		}
+		return policy.Order(dst, targets, key)
+	}
+	// Some take no new work (rare): order a list of the others.
+	sub := make([]*upstream.Target, 0, len(targets))
+	idx := make([]int, 0, len(targets))
+	for i, t := range targets {
+		if t.Accepts() && (healthy == 0 || !t.Skipped(now)) {
+			sub, idx = append(sub, t), append(idx, i)
 		}
 	}
-	if len(healthy) > 0 {
-		return append(dst[:0], healthy...)
+	if len(sub) == 0 { // their health changed since the count
+		for i, t := range targets {
+			if t.Accepts() {
+				sub, idx = append(sub, t), append(idx, i)
+			}
+		}
 	}
-	return accepting
+	base := len(dst)
+	dst = policy.Order(dst, sub, key)
+	for j := base; j < len(dst); j++ {
+		dst[j] = idx[dst[j]]
+	}
+	return dst
 }

@@ -699,6 +699,38 @@ func TestStatesSteerNewConnections(t *testing.T) {
 	wantEOF(t, c)
 }
 
+// Round-robin around a target that takes no new work spreads over the
+// others evenly: the left-out target's turns do not all fall to the one
+// after it in the list.
+func TestRoundRobinSkipsEvenly(t *testing.T) {
+	var backends []*backend
+	var addrs []string
+	for range 4 {
+		b := newBackend(t, nil, echo)
+		backends, addrs = append(backends, b), append(addrs, b.addr())
+	}
+	d := &countingDial{}
+	cfg := testConfig(addrs...)
+	cfg.Dial = d.dial
+	s := start(t, cfg)
+	last, _ := s.set.Lookup(addrs[3])
+	last.Drain()
+	const n = 30
+	for range n {
+		if err := echoOnce(t, s.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, a := range addrs[:3] {
+		if got := d.n(a); got != n/3 {
+			t.Errorf("target %s took %d of %d connections, want %d", a, got, n, n/3)
+		}
+	}
+	if got := d.n(addrs[3]); got != 0 {
+		t.Errorf("the draining target took %d connections", got)
+	}
+}
+
 // waitFor polls cond for up to 10 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
