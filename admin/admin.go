@@ -140,11 +140,13 @@ type ReloadInfo struct {
 	// was.
 	Applied uint64 `json:"applied"`
 	Refused uint64 `json:"refused"`
-	// Last is when the last reload was tried; LastOutcome is "applied"
-	// or "refused".
+	// Last is when the last reload was tried; LastOutcome is "applied",
+	// "partial" (applied, but listeners that could not listen kept their
+	// old config or did not start: counted in Applied, its error in
+	// LastError) or "refused".
 	Last        time.Time `json:"last,omitzero"`
 	LastOutcome string    `json:"last_outcome,omitempty"`
-	// LastError is why the last refused reload was refused, and
+	// LastError is why the last refused (or partial) reload was, and
 	// LastErrorAt when; they stay after later reloads are applied.
 	LastError   string    `json:"last_error,omitempty"`
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`

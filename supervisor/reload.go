@@ -45,6 +45,14 @@ func (s *Supervisor) Reload(why string) error {
 	}
 	// The record and the counters first, then the log: whoever reads the
 	// log line and then asks the admin API sees this reload.
+	var partial *partialError
+	if errors.As(err, &partial) {
+		info.LastOutcome, info.LastError, info.LastErrorAt = "partial", err.Error(), info.Last
+		s.lastReload.Store(info)
+		s.reloads.Add(1)
+		s.log.Error("config reloaded in part: listeners that cannot listen keep their old config or do not run", "trigger", why, "err", err)
+		return err
+	}
 	if err != nil {
 		info.LastOutcome, info.LastError, info.LastErrorAt = "refused", err.Error(), info.Last
 		s.lastReload.Store(info)
@@ -87,8 +95,19 @@ func (s *Supervisor) reload() (err error) {
 		return err
 	}
 	s.applyProcess(spec)
-	return s.apply(span, next)
+	if partial := s.apply(span, next); partial != nil {
+		span.RecordError(partial)
+		return &partialError{partial}
+	}
+	return nil
 }
+
+// partialError is a reload applied in part: the listeners it names could
+// not listen, and those that ran before run on as they were.
+type partialError struct{ err error }
+
+func (e *partialError) Error() string { return e.err.Error() }
+func (e *partialError) Unwrap() error { return e.err }
 
 // applyProcess applies the process-wide settings: the log level at once;
 // the others only at the next start, which the log says.
@@ -108,8 +127,10 @@ func (s *Supervisor) applyProcess(spec Spec) {
 	}
 }
 
-// apply runs next in place of the running instances.
-func (s *Supervisor) apply(span trace.Span, next []*instance) error {
+// apply runs next in place of the running instances. It returns why the
+// listeners that could not listen did not (the rest is applied).
+func (s *Supervisor) apply(span trace.Span, next []*instance) (partial error) {
+	var failed []error
 	old := map[string]*instance{}
 	for _, in := range s.snapshot() {
 		old[in.spec.Name] = in
@@ -153,6 +174,7 @@ func (s *Supervisor) apply(span trace.Span, next []*instance) error {
 			}
 			if err := in.listen(); err != nil {
 				s.log.Error("new listener cannot listen; skipped", "listener", name, "err", err)
+				failed = append(failed, fmt.Errorf("new listener %q cannot listen: %w", name, err))
 				continue
 			}
 			s.start(in)
@@ -171,6 +193,7 @@ func (s *Supervisor) apply(span trace.Span, next []*instance) error {
 			if !took {
 				if err := in.listen(); err != nil {
 					s.log.Error("changed listener cannot listen; the old one stays", "listener", name, "err", err)
+					failed = append(failed, fmt.Errorf("changed listener %q cannot listen (the old one stays): %w", name, err))
 					result = append(result, o)
 					continue
 				}
@@ -199,7 +222,7 @@ func (s *Supervisor) apply(span trace.Span, next []*instance) error {
 	s.mu.Lock()
 	s.insts = result
 	s.mu.Unlock()
-	return nil
+	return errors.Join(failed...)
 }
 
 // Changed lists, sorted, the settings whose values differ between a and b.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -377,6 +378,34 @@ func TestRemovedListenerLeavesNothing(t *testing.T) {
 	}
 	w.sup.draining.Wait()
 	goleak.VerifyNone(t, before)
+}
+
+// A reload whose changed listener cannot listen (its new address is
+// taken) keeps the old one and says so: the outcome is partial, with the
+// reason, not applied.
+func TestReloadThatCannotListenIsPartial(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	la := fakeListener("a")
+	w := newWorld(t, Spec{Listeners: []Listener{la}})
+	moved := la
+	moved.Addr = taken.Addr().String()
+	moved.Settings = maps.Clone(la.Settings)
+	moved.Settings["port"] = []string{"b"}
+	w.next = Spec{Listeners: []Listener{moved}}
+	if err := w.sup.Reload("test"); err == nil || !strings.Contains(err.Error(), `"a"`) {
+		t.Fatalf("Reload = %v, want the listener that cannot listen named; logs:\n%s", err, w.logs.String())
+	}
+	info := w.sup.ReloadInfo()
+	if info.LastOutcome != "partial" || info.Applied != 1 || info.Refused != 0 || !strings.Contains(info.LastError, "address already in use") {
+		t.Fatalf("reload info %+v", info)
+	}
+	if _, drained, _ := w.server(t, "a").state(); drained {
+		t.Fatal("the old listener was drained though its replacement could not listen")
+	}
 }
 
 // A TCP and a UDP listener on one port, both renamed: each new one takes
