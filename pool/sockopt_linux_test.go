@@ -3,7 +3,9 @@ package pool
 import (
 	"cmp"
 	"context"
+	"errors"
 	"net"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -121,6 +123,40 @@ func TestSlowTargetIsNotFailed(t *testing.T) {
 		t.Fatalf("a slow target's connection failed %d times (writes %d)", st.ConnFailures, st.Writes)
 	}
 	if r := w.ledger.Check(map[uint32]uint32{1: lines}); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
+		t.Fatal(r)
+	}
+}
+
+// Linux applies TCP_USER_TIMEOUT to a receive window kept shut: a target
+// that stops reading fails within it, before the write timeout, and the
+// error says what the timeout means. Nothing is lost.
+func TestShutWindowMeetsTheUserTimeout(t *testing.T) {
+	cfg := testConfig()
+	cfg.Connections = 1
+	cfg.WriteTimeout = time.Minute
+	cfg.UserTimeout = 300 * time.Millisecond
+	small := smallSendBuffer()
+	withTimeout := userTimeoutControl(cfg.UserTimeout)
+	cfg.Dialer = &net.Dialer{Control: func(network, address string, rc syscall.RawConn) error {
+		return cmp.Or(small.Control(network, address, rc), withTimeout(network, address, rc))
+	}}
+	w := newWorld(t, 2, cfg)
+	stalled := w.set.Targets()[0]
+	w.start()
+	waitFor(t, func() bool { return stalled.Active() == 1 && w.set.Targets()[1].Active() == 1 })
+	w.sinks[0].Pause()
+	const lines = 20000 // far more than two socket buffers hold
+	w.push(1, 0, lines, 200)
+	waitFor(t, func() bool { return stalled.LastErr() != nil }) // within 10 s, far less than the write timeout
+	// The writer sees the reset as a broken pipe, or the user timeout
+	// itself, which the log then explains.
+	if err := stalled.LastErr(); errors.Is(err, syscall.ETIMEDOUT) && !strings.Contains(err.Error(), "receive window shut") {
+		t.Fatalf("the stalled target failed with %v, want the user timeout explained", err)
+	}
+	t.Logf("the stalled target failed with %v", stalled.LastErr())
+	w.sinks[0].Resume()
+	w.finish()
+	if r := w.ledger.Check(map[uint32]uint32{1: lines}); r.Lost != 0 || r.Torn != 0 {
 		t.Fatal(r)
 	}
 }

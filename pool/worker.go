@@ -2,8 +2,11 @@ package pool
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -363,6 +366,10 @@ func (w *worker) fail(c *upConn, err error) {
 	level := slog.LevelWarn
 	if isExpected(err) {
 		level = slog.LevelInfo
+	}
+	if ut := w.p.cfg.UserTimeout; ut > 0 && errors.Is(err, syscall.ETIMEDOUT) {
+		// The kernel's TCP_USER_TIMEOUT: say what it means.
+		err = fmt.Errorf("%w (the target acknowledged nothing, or kept its receive window shut, for the TCP user timeout, %s)", err, ut)
 	}
 	c.log.Log(context.Background(), level, "upstream connection failed", "err", err, "requeued_lines", lines)
 	if lines > 0 {
