@@ -43,7 +43,8 @@ type Budget struct {
 	mu      sync.Mutex
 	used    int64         // guarded by mu
 	waiters int           // guarded by mu
-	held    int64         // what the waiters hold while they wait; guarded by mu
+	held    int64         // what the waiters since the last wake hold; guarded by mu
+	gen     uint64        // wakes so far; guarded by mu
 	wake    chan struct{} // closed at a release while waiters > 0; guarded by mu
 
 	peak     atomic.Int64
@@ -117,12 +118,17 @@ func (b *Budget) take(n int64, long bool) bool {
 
 // acquire charges n bytes, waiting for room until stop closes or, when
 // timeout > 0, until it passes. held is what the caller holds while it
-// waits. It returns ErrStopped when stop closed, and errNoRoom when the
-// timeout passed or when the caller holds something and its wait would
-// stall the budget (see Budget).
+// waits: only a caller that would wait for good (no timeout) may pass
+// more than zero, since one with a timeout ends its own wait. It returns
+// ErrStopped when stop closed, and errNoRoom when the timeout passed or
+// when the caller holds something and its wait would stall the budget
+// (see Budget).
 func (b *Budget) acquire(n int64, long bool, timeout time.Duration, held int64, stop <-chan struct{}) error {
 	if b == nil || n <= 0 {
 		return nil
+	}
+	if timeout > 0 {
+		held = 0 // its wait ends by itself: it cannot stall the budget
 	}
 	var expire <-chan time.Time
 	counted := false
@@ -141,7 +147,7 @@ func (b *Budget) acquire(n int64, long bool, timeout time.Duration, held int64, 
 		}
 		b.waiters++
 		b.held += held
-		wake := b.wake
+		wake, gen := b.wake, b.gen
 		b.mu.Unlock()
 		if !counted {
 			counted = true
@@ -163,7 +169,9 @@ func (b *Budget) acquire(n int64, long bool, timeout time.Duration, held int64, 
 		}
 		b.mu.Lock()
 		b.waiters--
-		b.held -= held
+		if b.gen == gen { // not woken: a release took every waiter out of held
+			b.held -= held
+		}
 		b.mu.Unlock()
 		if err != nil {
 			return err
@@ -182,8 +190,13 @@ func (b *Budget) release(n int64) {
 	b.used -= n
 	b.inUse.Store(b.used)
 	if b.waiters > 0 {
+		// The woken hold what they held, but wait no more until they
+		// try again: a framer that finds the budget full meanwhile must
+		// not count them as stalled.
 		close(b.wake)
 		b.wake = make(chan struct{})
+		b.held = 0
+		b.gen++
 	}
 	b.mu.Unlock()
 }

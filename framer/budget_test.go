@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -248,4 +249,71 @@ func TestBudgetStalledByWaitersGivesWay(t *testing.T) {
 		t.Fatalf("budget %+v after the framers ended (dropped %d)", st, dropped)
 	}
 	t.Logf("delivered %d, dropped %d", delivered, dropped)
+}
+
+// A waiter woken by a release, not yet running again, is not a stalled
+// one: a framer that finds the budget full meanwhile waits, and is not
+// refused (review of the stall rule: 200 of 200 refused before).
+func TestBudgetWokenWaiterIsNotStalled(t *testing.T) {
+	fails := 0
+	for i := 0; i < 200; i++ {
+		b := NewBudget(100)
+		b.tryAcquire(30, false) // A's partial line
+		b.tryAcquire(50, false) // C, reading
+		b.tryAcquire(20, false) // B's partial line
+		stop := make(chan struct{})
+		done := make(chan error, 1)
+		go func() { // A waits, then reads and finishes its line
+			err := b.acquire(10, false, 0, 30, stop)
+			if err == nil {
+				b.release(40)
+			}
+			done <- err
+		}()
+		for b.Stats().Waits == 0 {
+			runtime.Gosched()
+		}
+		time.Sleep(time.Millisecond)
+		b.release(50) // C ends: room for A
+		if err := b.acquire(60, false, 0, 20, stop); err == errNoRoom {
+			fails++ // B dropped though A was about to run
+		} else {
+			b.release(60)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		close(stop)
+	}
+	t.Logf("false stall refusals: %d/200", fails)
+	if fails > 0 {
+		t.Fail()
+	}
+}
+
+// A long line's waiter ends its own wait (MemoryWait): the budget it
+// holds is not stalled, and an ordinary line waits for it rather than
+// being dropped at once.
+func TestBudgetLongLineWaiterIsNotStalled(t *testing.T) {
+	b := NewBudget(100)
+	b.tryAcquire(10, false) // S's partial line (S reading)
+	b.tryAcquire(60, true)  // L's long line
+	stop := make(chan struct{})
+	defer close(stop)
+	done := make(chan error, 1)
+	go func() { // L: 80 > 75; it gives up, drops its line and its memory
+		err := b.acquire(10, true, 200*time.Millisecond, 60, stop)
+		if err != nil {
+			b.release(60)
+		}
+		done <- err
+	}()
+	for b.Stats().Waits == 0 {
+		runtime.Gosched()
+	}
+	time.Sleep(time.Millisecond)
+	err := b.acquire(40, false, 0, 10, stop) // S: ordinary, would fit once L gives up
+	if long := <-done; err != nil || !errors.Is(long, errNoRoom) {
+		t.Fatalf("ordinary waiter: %v (want room once the long line gave up); long waiter: %v (want errNoRoom)", err, long)
+	}
 }

@@ -237,7 +237,7 @@ func (f *Framer) waitMemory() error {
 	if long {
 		wait = f.cfg.MemoryWait
 	}
-	if f.n == 0 && !f.discarding {
+	if f.n == 0 {
 		f.shrink() // a buffer with no line in it is not kept while waiting
 	}
 	need := f.readNeed()
@@ -246,9 +246,10 @@ func (f *Framer) waitMemory() error {
 		err = errNoRoom
 	} else {
 		// What the framer holds counts only when it is a line it can
-		// drop (see Budget: a stalled budget).
+		// drop and it would wait for good (see Budget: a stalled
+		// budget); a long line's wait ends by itself.
 		var held int64
-		if f.n > 0 {
+		if f.n > 0 && !long {
 			held = f.res
 		}
 		err = f.Budget.acquire(need-f.res, long, max(wait, 0), held, f.Stop)
