@@ -60,9 +60,10 @@ type LedgerStats struct {
 	Received  uint64 `json:"received"`
 	Delivered uint64 `json:"delivered"`
 	InFlight  uint64 `json:"in_flight"`
-	// Spooled counts lines left in a spool when its listener stopped:
+	// Spooled counts lines left in a spool when its listener stopped, or
+	// handed to its replacement's queue by a reload (Queue.HandOver):
 	// neither delivered nor lost, they are delivered by the next
-	// instance or process on it (which counts them as received again).
+	// instance or process (which counts them as received again).
 	Spooled uint64 `json:"spooled,omitempty"`
 	// Replayed counts the lines found in the spool at open, which an
 	// earlier instance or process left there (its Spooled): they are

@@ -195,7 +195,7 @@ func (q *Queue) Reserve(b *framer.Batch) bool { return q.budget.TryAcquire(q.wei
 // PushReserved is PushCounted of a batch Reserve took room for: it never
 // waits. On error the room is given back and the caller still owns b.
 func (q *Queue) PushReserved(b *framer.Batch) error {
-	return q.pushAcquired(b, 0, false, q.weight(b))
+	return q.pushAcquired(b, 0, false, q.weight(b), false)
 }
 
 func (q *Queue) push(ctx context.Context, b *framer.Batch, id int, count bool) error {
@@ -203,23 +203,44 @@ func (q *Queue) push(ctx context.Context, b *framer.Batch, id int, count bool) e
 	if err := q.budget.Acquire(ctx, w); err != nil {
 		return err
 	}
-	return q.pushAcquired(b, id, count, w)
+	return q.pushAcquired(b, id, count, w, false)
 }
 
-// pushAcquired queues b, whose weight w was acquired from the budget.
-func (q *Queue) pushAcquired(b *framer.Batch, id int, count bool, w int64) error {
+// PushOwing is PushCounted without waiting for the budget: what b weighs
+// beyond the room left is owed, as Reroute's is, and paid back from the
+// next batches delivered, so that producers wait meanwhile. It is how a
+// reload hands a replaced listener's queue to its replacement. On error
+// the caller still owns b.
+func (q *Queue) PushOwing(b *framer.Batch) error {
+	w := q.weight(b)
+	if q.budget.TryAcquire(w) {
+		return q.pushAcquired(b, 0, false, w, false)
+	}
+	return q.pushAcquired(b, 0, false, w, true)
+}
+
+// pushAcquired queues b, whose weight w was acquired from the budget, or
+// is to be owed.
+func (q *Queue) pushAcquired(b *framer.Batch, id int, count bool, w int64, owing bool) error {
 	lines := uint64(b.Lines) // b may be Done as soon as it is queued
 	q.mu.Lock()
 	l := q.lanes[id]
 	switch {
 	case q.closed:
 		q.mu.Unlock()
-		q.budget.Release(w)
+		if !owing {
+			q.budget.Release(w)
+		}
 		return ErrClosed
 	case l.closed:
 		q.mu.Unlock()
-		q.budget.Release(w)
+		if !owing {
+			q.budget.Release(w)
+		}
 		return ErrLaneClosed
+	}
+	if owing {
+		q.owed.Add(w)
 	}
 	b.Uncharge()
 	b.Enqueued, b.Lane = time.Now(), id
@@ -422,6 +443,12 @@ func (q *Queue) DeliveredPart(lines int) {
 func (q *Queue) finish(b *framer.Batch) {
 	w := q.weight(b)
 	b.Release()
+	q.forget(w)
+}
+
+// forget takes a batch of weight w out of the queue's account: its
+// bytes, what Reroute owes, the budget, the batches outstanding.
+func (q *Queue) forget(w int64) {
 	q.bytes.Add(-w)
 	// Pay what Reroute owes first: that much of the budget was never
 	// acquired.
@@ -483,6 +510,30 @@ func (q *Queue) Discard() uint64 {
 		q.linesDropped.Add(uint64(b.Lines))
 		q.ledger.Dropped(DropShutdown, uint64(b.Lines))
 		q.finish(b)
+	}
+}
+
+// HandOver removes every waiting batch and passes it to give, which takes
+// it (nil) or refuses it (the batch's lines are then dropped and counted
+// as Discard counts them). It returns the lines given: they leave this
+// queue neither delivered nor dropped, and the ledger that receives them
+// must count them. For a listener a reload replaced, whose deadline
+// passed, to hand what it holds to its replacement.
+func (q *Queue) HandOver(give func(*framer.Batch) error) (given uint64) {
+	for {
+		b := q.popAny()
+		if b == nil {
+			return given
+		}
+		lines := uint64(b.Lines)
+		q.forget(q.weight(b))
+		if err := give(b); err != nil {
+			q.linesDropped.Add(lines)
+			q.ledger.Dropped(DropShutdown, lines)
+			b.Release()
+			continue
+		}
+		given += lines
 	}
 }
 

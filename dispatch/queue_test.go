@@ -145,6 +145,61 @@ func TestCloseIdleDiscard(t *testing.T) {
 	}
 }
 
+// HandOver moves a closed queue's waiting batches into another queue
+// without waiting for its budget: what they weigh beyond it is owed, so
+// the other queue's producers wait until it is paid back; a batch the
+// other queue refuses is dropped and counted. Both budgets come back to
+// zero.
+func TestHandOverOwes(t *testing.T) {
+	b0 := batch("first")
+	full := int64(b0.Weight())
+	from, to := New(Config{MaxBytes: 4 * full}), New(Config{MaxBytes: full})
+	for _, s := range []string{"a", "b", "c"} {
+		if err := from.Push(context.Background(), batch(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := to.Push(context.Background(), b0); err != nil { // to is full
+		t.Fatal(err)
+	}
+	from.CloseInput()
+	refused := 0
+	given := from.HandOver(func(b *framer.Batch) error {
+		if string(b.Data) == "c\n" {
+			refused++
+			return ErrClosed
+		}
+		return to.PushOwing(b)
+	})
+	<-from.Idle()
+	if st := from.Stats(); given != 2 || refused != 1 || st.Bytes != 0 || st.LinesDropped != 1 {
+		t.Fatalf("given %d, refused %d, from %+v", given, refused, st)
+	}
+	pushed := make(chan error, 1)
+	go func() { pushed <- to.Push(context.Background(), batch("late")) }()
+	got := to.TryPop(nil, 3, 1<<20) // first, a, b: the late push waits behind what is owed
+	if len(got) != 3 {
+		t.Fatalf("popped %d batches, want 3", len(got))
+	}
+	select {
+	case err := <-pushed:
+		t.Fatalf("a push went in before what was owed was paid back: %v", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	for _, b := range got {
+		to.Done(b)
+	}
+	if err := <-pushed; err != nil {
+		t.Fatal(err)
+	}
+	if late := pop(to, 1); len(late) != 1 {
+		t.Fatalf("late batch: %v", late)
+	}
+	if st := to.Stats(); st.Bytes != 0 || st.LinesOut != 4 {
+		t.Fatalf("to %+v", st)
+	}
+}
+
 // Many producers and consumers, with requeues: every batch is done exactly
 // once and the budget returns to zero.
 func TestConcurrent(t *testing.T) {

@@ -303,27 +303,29 @@ func TestReloadReplacingTwoListenersHandsBothOver(t *testing.T) {
 }
 
 // Every target down past the replaced listener's drain and delivery
-// deadlines: the process goes on, so the old listener goes on delivering
-// what it had read, and delivers it when a target comes back. Twice in a
-// row with a spool: the middle listener, which never opened the spool
-// (the first held it until its deadline), keeps its lines in memory and
-// delivers them too.
+// deadlines, and the reload names a live target instead of the dead one:
+// the old listener's undelivered lines move to its replacement, which
+// delivers them to the target the config names now. Twice in a row with
+// a spool, the dead target kept: the middle listener, which never opened
+// the spool (the first held it until its deadline), hands its lines on
+// too, and they are delivered when the target comes back.
 func TestReloadDuringOutageKeepsWhatTheOldListenerRead(t *testing.T) {
 	for _, spooled := range []bool{false, true} {
 		t.Run(map[bool]string{false: "memory", true: "spool"}[spooled], func(t *testing.T) {
 			dir := t.TempDir()
-			w := newWorld(t, 1)
+			w := newWorld(t, 2)
 			w.sinks[0].Kill(false)
-			doc := func(buffer string) string {
+			w.sinks[1].Kill(false)
+			doc := func(buffer string, target *linetest.Sink) string {
 				d := fmt.Sprintf("log-format = \"json\"\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\n"+
 					"drain-timeout = \"1s\"\ndeliver-timeout = \"1s\"\nbackoff-max = \"100ms\"\nbuffer-bytes = %q\ntarget = [%q]\n",
-					buffer, w.sinks[0].Addr())
+					buffer, target.Addr())
 				if spooled {
 					d += fmt.Sprintf("spool-dir = %q\n", filepath.Join(dir, "spool"))
 				}
 				return d
 			}
-			path := writeConfig(t, dir, doc("4MiB"))
+			path := writeConfig(t, dir, doc("4MiB", w.sinks[0]))
 			p := startCmd(t, command(bin, "--config", path))
 			addr := listening(t, p, 1)["logs"]
 			sent := map[uint32]uint32{}
@@ -337,59 +339,63 @@ func TestReloadDuringOutageKeepsWhatTheOldListenerRead(t *testing.T) {
 			}
 			send(1)
 			reloads := 1
-			reload := func(buffer string) {
-				writeConfig(t, dir, doc(buffer))
+			reload := func(buffer string, target *linetest.Sink) {
+				writeConfig(t, dir, doc(buffer, target))
 				_ = p.cmd.Process.Signal(syscall.SIGHUP)
 				p.waitLogs("listener replaced; the old one drains", reloads, 10*time.Second)
 				reloads++
 			}
-			reload("8MiB")
-			send(2)
-			if spooled {
-				reload("6MiB") // at once: the second listener has not opened the spool yet
-				send(3)
-			}
+			var total uint64 = 4000
 			if !spooled {
-				p.waitLog("replaced listener: deadline passed with lines undelivered; it goes on delivering them until the process stops", 10*time.Second)
+				if err := w.sinks[1].Restart(); err != nil {
+					t.Fatal(err)
+				}
+				reload("8MiB", w.sinks[1])
+				send(2)
+				p.waitLog("replaced listener: deadline passed with lines undelivered; they move to its replacement", 10*time.Second)
 			} else {
+				reload("8MiB", w.sinks[0])
+				send(2)
+				reload("6MiB", w.sinks[0]) // at once: the second listener has not opened the spool yet
+				send(3)
+				total += 2000
 				p.waitLog("spool open: lines are spooled again", 20*time.Second)
-			}
-			if err := w.sinks[0].Restart(); err != nil {
-				t.Fatal(err)
-			}
-			var total uint64
-			for _, n := range sent {
-				total += uint64(n)
+				if err := w.sinks[0].Restart(); err != nil {
+					t.Fatal(err)
+				}
 			}
 			w.waitLines(total)
 			p.stopOK()
 			if r := w.check(sent); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
 				t.Fatal(r)
 			}
+			if g := p.ledger("logs"); g.received != total || g.delivered != total || g.spooled != 0 {
+				t.Fatalf("exit ledger %+v, want %d lines received and delivered", g, total)
+			}
 		})
 	}
 }
 
-// A listener a reload replaced during an outage that never ends holds
-// up the process's stop by --deliver-timeout at most, as every listener
-// does, and counts what it could not deliver.
-func TestStopWhileAReplacedListenerWaitsForItsTargets(t *testing.T) {
+// A listener a reload removed during an outage that never ends has no
+// replacement to hand its lines to: it goes on trying while the process
+// runs, holds up the process's stop by --deliver-timeout at most, as
+// every listener does, and counts what it could not deliver.
+func TestStopWhileARemovedListenerWaitsForItsTargets(t *testing.T) {
 	dir := t.TempDir()
 	w := newWorld(t, 1)
 	w.sinks[0].Kill(false)
-	doc := func(buffer string) string {
-		return fmt.Sprintf("log-format = \"json\"\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\n"+
-			"drain-timeout = \"1s\"\ndeliver-timeout = \"1s\"\nbackoff-max = \"100ms\"\nbuffer-bytes = %q\ntarget = [%q]\n",
-			buffer, w.sinks[0].Addr())
+	listener := func(name string) string {
+		return fmt.Sprintf("[[listener]]\nname = %q\naddr = \"127.0.0.1\"\nport = 0\n"+
+			"drain-timeout = \"1s\"\ndeliver-timeout = \"1s\"\nbackoff-max = \"100ms\"\ntarget = [%q]\n", name, w.sinks[0].Addr())
 	}
-	path := writeConfig(t, dir, doc("4MiB"))
+	path := writeConfig(t, dir, "log-format = \"json\"\n"+listener("logs")+listener("keep"))
 	p := startCmd(t, command(bin, "--config", path))
-	conn := dial(t, listening(t, p, 1)["logs"])
+	conn := dial(t, listening(t, p, 2)["logs"])
 	if _, err := linetest.Send(conn, 1, 0, 2000, 16<<10); err != nil {
 		t.Fatal(err)
 	}
 	conn.Close()
-	writeConfig(t, dir, doc("8MiB"))
+	writeConfig(t, dir, "log-format = \"json\"\n"+listener("keep"))
 	_ = p.cmd.Process.Signal(syscall.SIGHUP)
 	p.waitLog("replaced listener: deadline passed with lines undelivered; it goes on delivering them until the process stops", 10*time.Second)
 	start := time.Now()

@@ -244,6 +244,7 @@ type Server struct {
 	// retired, set by Retire before Shutdown, defers the end of delivery
 	// of a server a reload replaced or removed until the process stops.
 	retired  context.Context // never done when nil
+	next     func() *Server  // with retired: the listener's server now
 	serveErr chan error
 	poolDone chan struct{}
 	shutdown sync.Once
@@ -1145,28 +1146,71 @@ func (s *Server) Ledger() *dispatch.Ledger { return s.ledger }
 func (s *Server) Set() *upstream.Set { return s.set }
 
 // Retire marks a server that a reload replaced or removed while the
-// process goes on: when its Shutdown's deadline passes, a server holding
-// no open spool keeps delivering what it holds (its targets may come
-// back, and nothing else would deliver those lines) until the process
-// stops (ctx is done), and then for DeliverTimeout at most, as every
-// listener does. A server with an open spool stops at its deadline as
-// before: the spool keeps what it did not deliver, for the replacement,
-// which waits for it. Call Retire before Shutdown.
-func (s *Server) Retire(ctx context.Context) {
-	s.retired = ctx
+// process goes on (ctx is done when it stops). next, if not nil, returns
+// the server that serves the listener now, or nil.
+//
+// When the shutdown's deadline passes with lines undelivered (every
+// target down, say), they are not dropped: a server with an open spool
+// leaves them in it, as before, for the replacement, which opens it next;
+// otherwise, if next gives a server that frames and routes as this one
+// did, they move to its queue (HandOver) and it delivers them, to the
+// targets the config names now; if not (a removed listener, a change of
+// framing or routing), this server goes on delivering them itself until
+// the process stops, and then for DeliverTimeout at most, as every
+// listener does. Call Retire before Shutdown.
+func (s *Server) Retire(ctx context.Context, next func() *Server) {
+	s.retired, s.next = ctx, next
 	stop := context.AfterFunc(ctx, func() { time.AfterFunc(s.cfg.DeliverTimeout, s.hardCancel) })
 	context.AfterFunc(s.hard, func() { stop() }) // the server is not kept for the process's life
 }
 
-// expire is the shutdown's deadline: delivery ends, unless the server is
-// retired, holds no open spool and the process goes on.
-func (s *Server) expire() {
-	if s.retired == nil || s.retired.Err() != nil || s.sp.Load() != nil {
-		s.hardCancel()
-		return
+// successor is the server this retired one hands its queue to, or nil.
+func (s *Server) successor() *Server {
+	if s.retired == nil || s.retired.Err() != nil || s.next == nil {
+		return nil
 	}
-	s.log.Warn("replaced listener: deadline passed with lines undelivered; it goes on delivering them until the process stops",
-		"queued_bytes", s.q.Stats().Bytes, "deliver_timeout", s.cfg.DeliverTimeout)
+	to := s.next()
+	if to == nil || to == s || s.router != nil || to.router != nil ||
+		to.cfg.Framing != s.cfg.Framing || to.cfg.TargetFraming != s.cfg.TargetFraming {
+		return nil
+	}
+	return to
+}
+
+// expire is the shutdown's deadline: delivery ends (and what is left
+// moves to the successor, if any), unless the server is retired, holds no
+// open spool, has no successor and the process goes on.
+func (s *Server) expire() {
+	if s.retired != nil && s.retired.Err() == nil && s.successor() == nil {
+		s.spoolMu.Lock()
+		open := s.sp.Load() != nil
+		if !open {
+			s.noSpool = true // it will not open the spool now: the replacement waits for it
+		}
+		s.spoolMu.Unlock()
+		if !open {
+			s.log.Warn("replaced listener: deadline passed with lines undelivered; it goes on delivering them until the process stops",
+				"queued_bytes", s.q.Stats().Bytes, "deliver_timeout", s.cfg.DeliverTimeout)
+			return
+		}
+	}
+	s.hardCancel()
+}
+
+// takeBatch queues b, which a server this one replaced handed over; its
+// lines are counted here as received from that server (inherited). A
+// batch that cannot be queued (this server is stopping too) is dropped
+// and counted here.
+func (s *Server) takeBatch(b *framer.Batch) error {
+	n := uint64(b.Lines)
+	s.ledger.Replayed(n)
+	s.ledger.Inherited(n)
+	if err := s.q.PushOwing(b); err != nil {
+		s.dropShutdown.Add(n)
+		s.ledger.Dropped(dispatch.DropShutdown, n)
+		b.Release()
+	}
+	return nil
 }
 
 // Shutdown stops the server as the package doc describes, logs a summary
@@ -1255,9 +1299,19 @@ func (s *Server) Shutdown() Summary {
 				s.log.Warn("shutdown deadline passed: undelivered lines stay in the spool for the next start",
 					"records", st.Records, "spool_bytes", st.Bytes)
 			}
-		} else if n := s.q.Discard(); n > 0 {
-			s.dropShutdown.Add(n)
-			s.log.Error("shutdown deadline passed: undelivered lines dropped", "lines", n)
+		} else {
+			if to := s.successor(); to != nil {
+				// A reload replaced this server and the process goes
+				// on: its replacement delivers what is left.
+				if n := s.q.HandOver(to.takeBatch); n > 0 {
+					s.ledger.Spooled(n)
+					s.log.Warn("replaced listener: deadline passed with lines undelivered; they move to its replacement", "lines", n)
+				}
+			}
+			if n := s.q.Discard(); n > 0 {
+				s.dropShutdown.Add(n)
+				s.log.Error("shutdown deadline passed: undelivered lines dropped", "lines", n)
+			}
 		}
 		s.hardCancel()
 		for _, r := range s.metrics {

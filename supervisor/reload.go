@@ -168,6 +168,7 @@ func (s *Supervisor) apply(span trace.Span, next []*instance) (partial error) {
 				span.AddEvent("listener renamed", trace.WithAttributes(upstream.AttrListener.String(name)))
 				s.log.Info("listener added on the socket of a removed one; the old one drains", "listener", name,
 					"removed", prev.spec.Name, "addr", in.ln.Addr().String())
+				prev.replacedBy.Store(in)
 				s.drainHandingOff(prev, in, Changed(prev.spec.Settings, in.spec.Settings))
 				result = append(result, in)
 				continue
@@ -206,6 +207,7 @@ func (s *Supervisor) apply(span trace.Span, next []*instance) (partial error) {
 			s.start(in)
 			span.AddEvent("listener replaced", trace.WithAttributes(upstream.AttrListener.String(name)))
 			s.log.Info("listener replaced; the old one drains", "listener", name, "changed", keys)
+			o.replacedBy.Store(in)
 			if took { // o stopped accepting (Handover): its clients can move
 				s.drainHandingOff(o, in, keys)
 			} else {
@@ -264,17 +266,32 @@ func (s *Supervisor) drain(o *instance) {
 	})
 }
 
-// retirer is a server that goes on delivering what it holds after a
-// reload took it out of service, until the process stops.
-type retirer interface{ Retire(ctx context.Context) }
+// retirer is a server that, once a reload took it out of service,
+// hands what it could not deliver by its deadline to the listener's
+// server now, or goes on delivering it until the process stops.
+type retirer interface {
+	Retire(ctx context.Context, next func() *ndjson.Server)
+}
 
-// retire lets o, which a reload replaced or removed, deliver what it
-// holds past its deadline while the process goes on: its targets may
-// come back (see ndjson.Server.Retire).
+// retire tells o, which a reload replaced or removed, that the process
+// goes on, and where its listener is served now (see
+// ndjson.Server.Retire).
 func (s *Supervisor) retire(o *instance) {
-	if r, ok := o.srv.(retirer); ok && s.stopping != nil {
-		r.Retire(s.stopping)
+	r, ok := o.srv.(retirer)
+	if !ok || s.stopping == nil {
+		return
 	}
+	r.Retire(s.stopping, func() *ndjson.Server {
+		in := o.replacedBy.Load()
+		if in == nil {
+			return nil // removed
+		}
+		for n := in.replacedBy.Load(); n != nil; n = in.replacedBy.Load() {
+			in = n
+		}
+		srv, _ := in.srv.(*ndjson.Server)
+		return srv
+	})
 }
 
 // connectionShape are the settings a client connection is made with: a

@@ -313,6 +313,11 @@ type instance struct {
 	// earlier reload follows it to the newest. Nil when the replacement
 	// could not take them (a change to how connections are made).
 	next atomic.Pointer[instance]
+	// replacedBy is the instance a reload put in this one's place, in
+	// every case (next only when it took the clients); nil when the
+	// listener was removed. A retired server's undelivered lines follow
+	// it to the newest.
+	replacedBy atomic.Pointer[instance]
 }
 
 // newInstance makes the server of l and what runs beside it.
