@@ -50,6 +50,7 @@ func (s *Supervisor) Reload(why string) error {
 		info.LastOutcome, info.LastError, info.LastErrorAt = "partial", err.Error(), info.Last
 		s.lastReload.Store(info)
 		s.reloads.Add(1)
+		s.reloadPartial.Add(1)
 		s.log.Error("config reloaded in part: listeners that cannot listen keep their old config or do not run", "trigger", why, "err", err)
 		return err
 	}
@@ -96,8 +97,7 @@ func (s *Supervisor) reload() (err error) {
 	}
 	s.applyProcess(spec)
 	if partial := s.apply(span, next); partial != nil {
-		span.RecordError(partial)
-		return &partialError{partial}
+		return &partialError{partial} // recorded on the span above
 	}
 	return nil
 }
@@ -478,14 +478,17 @@ func logUpdate(log *slog.Logger, set *upstream.Set, addrs []string) {
 func (s *Supervisor) ObserveReloads() (metric.Registration, error) {
 	m := otel.Meter("github.com/ndlb/ndlb/supervisor")
 	c, err := m.Int64ObservableCounter("ndlb.config.reloads", metric.WithUnit("{reload}"),
-		metric.WithDescription("Config reloads, by ndlb.outcome: applied, or refused (the running config stayed)."))
+		metric.WithDescription("Config reloads, by ndlb.outcome: applied; partial (applied, but a listener could not listen and kept its old config or did not start); or refused (the running config stayed)."))
 	if err != nil {
 		return nil, err
 	}
 	applied := metric.WithAttributes(attribute.String("ndlb.outcome", "applied"))
 	refused := metric.WithAttributes(attribute.String("ndlb.outcome", "refused"))
+	partial := metric.WithAttributes(attribute.String("ndlb.outcome", "partial"))
 	return m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		o.ObserveInt64(c, int64(s.reloads.Load()), applied)
+		p := s.reloadPartial.Load()
+		o.ObserveInt64(c, int64(s.reloads.Load()-min(p, s.reloads.Load())), applied)
+		o.ObserveInt64(c, int64(p), partial)
 		o.ObserveInt64(c, int64(s.reloadFailures.Load()), refused)
 		return nil
 	}, c)

@@ -69,6 +69,7 @@ type Supervisor struct {
 	dirty    atomic.Bool    // one of them dropped lines at its shutdown
 
 	reloads, reloadFailures atomic.Uint64
+	reloadPartial           atomic.Uint64 // of reloads, those applied in part
 	lastReload              atomic.Pointer[admin.ReloadInfo]
 
 	stopPrune func()
