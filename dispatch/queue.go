@@ -279,7 +279,7 @@ func (q *Queue) Reroute(old *framer.Batch, parts []*framer.Batch, lanes []int) {
 	old.Release()
 	q.bytes.Add(w - wOld)
 	if w <= wOld {
-		q.budget.Release(wOld - w)
+		q.payBack(wOld - w)
 	} else {
 		q.owed.Add(w - wOld)
 	}
@@ -450,8 +450,16 @@ func (q *Queue) finish(b *framer.Batch) {
 // bytes, what Reroute owes, the budget, the batches outstanding.
 func (q *Queue) forget(w int64) {
 	q.bytes.Add(-w)
-	// Pay what Reroute owes first: that much of the budget was never
-	// acquired.
+	q.payBack(w)
+	q.mu.Lock()
+	q.outstanding--
+	q.checkIdle()
+	q.mu.Unlock()
+}
+
+// payBack returns w bytes of the budget, paying what is owed (Reroute,
+// PushOwing) first: that much of it was never acquired.
+func (q *Queue) payBack(w int64) {
 	for {
 		owed := q.owed.Load()
 		if owed == 0 {
@@ -466,10 +474,6 @@ func (q *Queue) forget(w int64) {
 	if w > 0 {
 		q.budget.Release(w)
 	}
-	q.mu.Lock()
-	q.outstanding--
-	q.checkIdle()
-	q.mu.Unlock()
 }
 
 // checkIdle closes idle once input is closed and nothing is outstanding.
@@ -515,24 +519,26 @@ func (q *Queue) Discard() uint64 {
 
 // HandOver removes every waiting batch and passes it to give, which takes
 // it (nil) or refuses it (the batch's lines are then dropped and counted
-// as Discard counts them). It returns the lines given: they leave this
-// queue neither delivered nor dropped, and the ledger that receives them
-// must count them. For a listener a reload replaced, whose deadline
-// passed, to hand what it holds to its replacement.
-func (q *Queue) HandOver(give func(*framer.Batch) error) (given uint64) {
+// as Discard counts them). It returns the lines given and dropped; those
+// given leave this queue neither delivered nor dropped, and give must
+// count them (in this queue's ledger and the next one's). For a listener
+// a reload replaced, whose deadline passed, to hand what it holds to its
+// replacement.
+func (q *Queue) HandOver(give func(*framer.Batch) error) (given, dropped uint64) {
 	for {
 		b := q.popAny()
 		if b == nil {
-			return given
+			return given, dropped
 		}
-		lines := uint64(b.Lines)
-		q.forget(q.weight(b))
+		lines, w := uint64(b.Lines), q.weight(b)
 		if err := give(b); err != nil {
 			q.linesDropped.Add(lines)
 			q.ledger.Dropped(DropShutdown, lines)
-			b.Release()
+			q.finish(b)
+			dropped += lines
 			continue
 		}
+		q.forget(w)
 		given += lines
 	}
 }

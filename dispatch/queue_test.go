@@ -164,7 +164,7 @@ func TestHandOverOwes(t *testing.T) {
 	}
 	from.CloseInput()
 	refused := 0
-	given := from.HandOver(func(b *framer.Batch) error {
+	given, dropped := from.HandOver(func(b *framer.Batch) error {
 		if string(b.Data) == "c\n" {
 			refused++
 			return ErrClosed
@@ -172,7 +172,7 @@ func TestHandOverOwes(t *testing.T) {
 		return to.PushOwing(b)
 	})
 	<-from.Idle()
-	if st := from.Stats(); given != 2 || refused != 1 || st.Bytes != 0 || st.LinesDropped != 1 {
+	if st := from.Stats(); given != 2 || dropped != 1 || refused != 1 || st.Bytes != 0 || st.LinesDropped != 1 {
 		t.Fatalf("given %d, refused %d, from %+v", given, refused, st)
 	}
 	pushed := make(chan error, 1)
@@ -198,6 +198,33 @@ func TestHandOverOwes(t *testing.T) {
 	if st := to.Stats(); st.Bytes != 0 || st.LinesOut != 4 {
 		t.Fatalf("to %+v", st)
 	}
+}
+
+// A batch queued owing its weight and then rerouted into smaller parts
+// pays what it owes before it gives budget back: the budget is never
+// released beyond what was acquired (review: it panicked).
+func TestOwedThenRerouteSmaller(t *testing.T) {
+	big := batch(strings.Repeat("x", 3000))
+	q := New(Config{MaxBytes: int64(big.Weight())})
+	if err := q.Push(context.Background(), batch("a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.PushOwing(big); err != nil { // no room: all of it owed
+		t.Fatal(err)
+	}
+	got := q.TryPop(nil, 2, 1<<20)
+	q.Reroute(got[1], []*framer.Batch{batch("y")}, []int{0})
+	q.Done(got[0])
+	for _, b := range q.TryPop(nil, 1, 1<<20) {
+		q.Done(b)
+	}
+	if st := q.Stats(); st.Bytes != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	if err := q.Push(context.Background(), batch(strings.Repeat("z", 3000))); err != nil { // the whole budget is free again
+		t.Fatal(err)
+	}
+	pop(q, 1)
 }
 
 // Many producers and consumers, with requeues: every batch is done exactly

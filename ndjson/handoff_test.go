@@ -180,3 +180,54 @@ func TestTLSListenerRefusesPlainHandOff(t *testing.T) {
 		t.Fatalf("what the connection held was not counted: %+v", st)
 	}
 }
+
+// A retired server whose listener's newest server is stopping too (a
+// later reload removed it) does not hand its lines to it, where they
+// would be dropped: it keeps them and goes on delivering until the
+// process stops (review of the queue hand-over).
+func TestRetiredDoesNotHandOverToAStoppingServer(t *testing.T) {
+	dead := newLocalListener(t)
+	addr := dead.Addr().String()
+	dead.Close()
+	edit := func(c *Config) {
+		c.Targets = []string{addr}
+		c.DrainTimeout, c.DeliverTimeout = 50*time.Millisecond, 50*time.Millisecond
+	}
+	a, _ := startServer(t, edit)
+	b, _ := startServer(t, edit)
+	proc, stop := context.WithCancel(context.Background())
+	defer stop()
+	c, err := net.Dial("tcp", a.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf []byte
+	for i := range uint32(10) {
+		buf = linetest.AppendLine(buf, 1, i)
+	}
+	if _, err := c.Write(buf); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	waitUntil(t, "A read the lines", func() bool { return a.Stats().Ledger.Received == 10 })
+	b.Retire(proc, func() *Server { return nil }) // removed by a later reload
+	bDone := make(chan Summary, 1)
+	go func() { bDone <- b.Shutdown() }()
+	waitUntil(t, "B stopping", b.stopping.Load)
+	a.Retire(proc, func() *Server { return b })
+	aDone := make(chan Summary, 1)
+	go func() { aDone <- a.Shutdown() }()
+	waitUntil(t, "A past its deadline, holding its lines", func() bool {
+		a.spoolMu.Lock()
+		defer a.spoolMu.Unlock()
+		return a.noSpool && a.hard.Err() == nil
+	})
+	if lb, la := b.Ledger().Stats(), a.Ledger().Stats(); lb.Received != 0 || la.DroppedTotal() != 0 || la.InFlight != 10 {
+		t.Fatalf("A %+v, B %+v: want A holding its 10 lines", la, lb)
+	}
+	stop() // the process stops: A has --deliver-timeout more, then counts them
+	if sa := <-aDone; sa.Clean || sa.Ledger.Dropped[dispatch.DropShutdown] != 10 {
+		t.Fatalf("A at the stop: %+v", sa)
+	}
+	<-bDone
+}

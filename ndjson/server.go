@@ -243,8 +243,10 @@ type Server struct {
 	hardCancel context.CancelFunc
 	// retired, set by Retire before Shutdown, defers the end of delivery
 	// of a server a reload replaced or removed until the process stops.
-	retired  context.Context // never done when nil
-	next     func() *Server  // with retired: the listener's server now
+	retired  context.Context        // never done when nil
+	next     func() *Server         // with retired: the listener's server now
+	handTo   atomic.Pointer[Server] // the successor expire chose
+	stopping atomic.Bool            // Shutdown has begun
 	serveErr chan error
 	poolDone chan struct{}
 	shutdown sync.Once
@@ -1170,9 +1172,9 @@ func (s *Server) successor() *Server {
 		return nil
 	}
 	to := s.next()
-	if to == nil || to == s || s.router != nil || to.router != nil ||
+	if to == nil || to == s || to.stopping.Load() || to.cfg.Name != s.cfg.Name || s.router != nil || to.router != nil ||
 		to.cfg.Framing != s.cfg.Framing || to.cfg.TargetFraming != s.cfg.TargetFraming {
-		return nil
+		return nil // stopping too, renamed (its ledger is another's), or it would frame or route them otherwise
 	}
 	return to
 }
@@ -1181,7 +1183,9 @@ func (s *Server) successor() *Server {
 // moves to the successor, if any), unless the server is retired, holds no
 // open spool, has no successor and the process goes on.
 func (s *Server) expire() {
-	if s.retired != nil && s.retired.Err() == nil && s.successor() == nil {
+	if to := s.successor(); to != nil {
+		s.handTo.Store(to) // chosen once: Shutdown hands over to it
+	} else if s.retired != nil && s.retired.Err() == nil {
 		s.spoolMu.Lock()
 		open := s.sp.Load() != nil
 		if !open {
@@ -1197,25 +1201,26 @@ func (s *Server) expire() {
 	s.hardCancel()
 }
 
-// takeBatch queues b, which a server this one replaced handed over; its
-// lines are counted here as received from that server (inherited). A
-// batch that cannot be queued (this server is stopping too) is dropped
-// and counted here.
-func (s *Server) takeBatch(b *framer.Batch) error {
+// takeBatch queues b, which from, a server this one replaced, hands
+// over: its lines are counted here as received from that server
+// (inherited), and there as spooled (left for the next instance). On
+// error (this server is stopping too) nothing is counted and from still
+// owns b.
+func (s *Server) takeBatch(from *Server, b *framer.Batch) error {
 	n := uint64(b.Lines)
+	if err := s.q.PushOwing(b); err != nil {
+		return err
+	}
 	s.ledger.Replayed(n)
 	s.ledger.Inherited(n)
-	if err := s.q.PushOwing(b); err != nil {
-		s.dropShutdown.Add(n)
-		s.ledger.Dropped(dispatch.DropShutdown, n)
-		b.Release()
-	}
+	from.ledger.Spooled(n)
 	return nil
 }
 
 // Shutdown stops the server as the package doc describes, logs a summary
 // line and returns it. It is safe to call more than once.
 func (s *Server) Shutdown() Summary {
+	s.stopping.Store(true)
 	s.shutdown.Do(func() {
 		// Until the drain ends, DrainTimeout+DeliverTimeout bounds it all
 		// (a client's push may wait for room that only delivery frees);
@@ -1300,12 +1305,16 @@ func (s *Server) Shutdown() Summary {
 					"records", st.Records, "spool_bytes", st.Bytes)
 			}
 		} else {
-			if to := s.successor(); to != nil {
+			if to := s.handTo.Load(); to != nil {
 				// A reload replaced this server and the process goes
 				// on: its replacement delivers what is left.
-				if n := s.q.HandOver(to.takeBatch); n > 0 {
-					s.ledger.Spooled(n)
-					s.log.Warn("replaced listener: deadline passed with lines undelivered; they move to its replacement", "lines", n)
+				given, dropped := s.q.HandOver(func(b *framer.Batch) error { return to.takeBatch(s, b) })
+				s.dropShutdown.Add(dropped)
+				if given > 0 {
+					s.log.Warn("replaced listener: deadline passed with lines undelivered; they move to its replacement", "lines", given)
+				}
+				if dropped > 0 {
+					s.log.Error("replaced listener: deadline passed; its replacement is stopping too: undelivered lines dropped", "lines", dropped)
 				}
 			}
 			if n := s.q.Discard(); n > 0 {
