@@ -26,6 +26,9 @@ var (
 	// ErrLaneClosed: PushTo a lane closed by CloseLane; route the batch
 	// again.
 	ErrLaneClosed = errors.New("dispatch: lane closed")
+	// ErrOwedFull is returned by PushOwing when the queue already owes
+	// a whole budget's worth: it holds twice its budget.
+	ErrOwedFull = errors.New("dispatch: queue owes a whole budget already")
 )
 
 // Config bounds the queue.
@@ -209,12 +212,17 @@ func (q *Queue) push(ctx context.Context, b *framer.Batch, id int, count bool) e
 // PushOwing is PushCounted without waiting for the budget: what b weighs
 // beyond the room left is owed, as Reroute's is, and paid back from the
 // next batches delivered, so that producers wait meanwhile. It is how a
-// reload hands a replaced listener's queue to its replacement. On error
-// the caller still owns b.
+// reload hands a replaced listener's queue to its replacement. It owes
+// at most one budget's worth (ErrOwedFull beyond it), so a queue holds
+// at most twice its budget however many hand it theirs. On error the
+// caller still owns b.
 func (q *Queue) PushOwing(b *framer.Batch) error {
 	w := q.weight(b)
 	if q.budget.TryAcquire(w) {
 		return q.pushAcquired(b, 0, false, w, false)
+	}
+	if q.owed.Load()+w > q.max {
+		return ErrOwedFull
 	}
 	return q.pushAcquired(b, 0, false, w, true)
 }

@@ -153,13 +153,16 @@ func TestCloseIdleDiscard(t *testing.T) {
 func TestHandOverOwes(t *testing.T) {
 	b0 := batch("first")
 	full := int64(b0.Weight())
-	from, to := New(Config{MaxBytes: 4 * full}), New(Config{MaxBytes: full})
+	from, to := New(Config{MaxBytes: 4 * full}), New(Config{MaxBytes: 2 * full})
 	for _, s := range []string{"a", "b", "c"} {
 		if err := from.Push(context.Background(), batch(s)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := to.Push(context.Background(), b0); err != nil { // to is full
+	if err := to.Push(context.Background(), b0); err != nil {
+		t.Fatal(err)
+	}
+	if err := to.Push(context.Background(), batch("more")); err != nil { // to is full
 		t.Fatal(err)
 	}
 	from.CloseInput()
@@ -177,9 +180,9 @@ func TestHandOverOwes(t *testing.T) {
 	}
 	pushed := make(chan error, 1)
 	go func() { pushed <- to.Push(context.Background(), batch("late")) }()
-	got := to.TryPop(nil, 3, 1<<20) // first, a, b: the late push waits behind what is owed
-	if len(got) != 3 {
-		t.Fatalf("popped %d batches, want 3", len(got))
+	got := to.TryPop(nil, 4, 1<<20) // first, more, a, b: the late push waits behind what is owed
+	if len(got) != 4 {
+		t.Fatalf("popped %d batches, want 4", len(got))
 	}
 	select {
 	case err := <-pushed:
@@ -195,8 +198,32 @@ func TestHandOverOwes(t *testing.T) {
 	if late := pop(to, 1); len(late) != 1 {
 		t.Fatalf("late batch: %v", late)
 	}
-	if st := to.Stats(); st.Bytes != 0 || st.LinesOut != 4 {
+	if st := to.Stats(); st.Bytes != 0 || st.LinesOut != 5 {
 		t.Fatalf("to %+v", st)
+	}
+}
+
+// A queue owes at most one budget's worth: beyond it PushOwing refuses,
+// so it never holds more than twice its budget.
+func TestPushOwingBounded(t *testing.T) {
+	b0 := batch("first")
+	w := int64(b0.Weight())
+	q := New(Config{MaxBytes: 2 * w})
+	var n int
+	for ; n < 10; n++ {
+		if err := q.PushOwing(batch("x")); err != nil {
+			if !errors.Is(err, ErrOwedFull) {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	if n != 4 { // two in the budget, two owed
+		t.Fatalf("%d batches pushed owing, want 4", n)
+	}
+	pop(q, 4)
+	if st := q.Stats(); st.Bytes != 0 {
+		t.Fatalf("stats %+v", st)
 	}
 }
 

@@ -459,6 +459,13 @@ func (s *Server) push(b *framer.Batch, sc **route.Scratch) (notQueued int, err e
 	}
 	n := b.Lines
 	if err := s.q.Push(s.hard, b); err != nil {
+		if to := s.handTo.Load(); to != nil && s.hard.Err() != nil && to.takeBatch(s, b) == nil {
+			// A replaced server past its deadline (a client held back
+			// by a full queue stayed, and is read to its end): its
+			// replacement takes the lines, as it takes the queue.
+			s.ledger.Received(uint64(n))
+			return 0, nil
+		}
 		b.Release()
 		return n, err
 	}
@@ -1307,8 +1314,22 @@ func (s *Server) Shutdown() Summary {
 		} else {
 			if to := s.handTo.Load(); to != nil {
 				// A reload replaced this server and the process goes
-				// on: its replacement delivers what is left.
-				given, dropped := s.q.HandOver(func(b *framer.Batch) error { return to.takeBatch(s, b) })
+				// on: its replacement delivers what is left. One that
+				// began to stop since (reloads in quick succession)
+				// refuses them: the newest then takes them.
+				given, dropped := s.q.HandOver(func(b *framer.Batch) error {
+					for {
+						err := to.takeBatch(s, b)
+						if err == nil {
+							return nil
+						}
+						next := s.successor()
+						if next == nil || next == to {
+							return err
+						}
+						to = next
+					}
+				})
 				s.dropShutdown.Add(dropped)
 				if given > 0 {
 					s.log.Warn("replaced listener: deadline passed with lines undelivered; they move to its replacement", "lines", given)
