@@ -197,18 +197,7 @@ func TestRetiredDoesNotHandOverToAStoppingServer(t *testing.T) {
 	b, _ := startServer(t, edit)
 	proc, stop := context.WithCancel(context.Background())
 	defer stop()
-	c, err := net.Dial("tcp", a.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf []byte
-	for i := range uint32(10) {
-		buf = linetest.AppendLine(buf, 1, i)
-	}
-	if _, err := c.Write(buf); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
+	sendAndClose(t, a.Addr().String(), 10)
 	waitUntil(t, "A read the lines", func() bool { return a.Stats().Ledger.Received == 10 })
 	b.Retire(proc, func() *Server { return nil }) // removed by a later reload
 	bDone := make(chan Summary, 1)

@@ -459,7 +459,7 @@ func (s *Server) push(b *framer.Batch, sc **route.Scratch) (notQueued int, err e
 	}
 	n := b.Lines
 	if err := s.q.Push(s.hard, b); err != nil {
-		if to := s.handTo.Load(); to != nil && s.hard.Err() != nil && to.takeBatch(s, b) == nil {
+		if s.hard.Err() != nil && s.handOn(b) == nil {
 			// A replaced server past its deadline (a client held back
 			// by a full queue stayed, and is read to its end): its
 			// replacement takes the lines, as it takes the queue.
@@ -1208,6 +1208,30 @@ func (s *Server) expire() {
 	s.hardCancel()
 }
 
+// errNoSuccessor: the server has no successor to hand lines on to.
+var errNoSuccessor = errors.New("ndjson: no replacement takes this listener's lines")
+
+// handOn gives b to the successor expire chose, or, when that one began
+// to stop since (reloads in quick succession), to the newest.
+func (s *Server) handOn(b *framer.Batch) error {
+	to := s.handTo.Load()
+	if to == nil {
+		return errNoSuccessor
+	}
+	for {
+		err := to.takeBatch(s, b)
+		if err == nil {
+			return nil
+		}
+		next := s.successor()
+		if next == nil || next == to {
+			return err
+		}
+		to = next
+		s.handTo.Store(next)
+	}
+}
+
 // takeBatch queues b, which from, a server this one replaced, hands
 // over: its lines are counted here as received from that server
 // (inherited), and there as spooled (left for the next instance). On
@@ -1312,24 +1336,10 @@ func (s *Server) Shutdown() Summary {
 					"records", st.Records, "spool_bytes", st.Bytes)
 			}
 		} else {
-			if to := s.handTo.Load(); to != nil {
+			if s.handTo.Load() != nil {
 				// A reload replaced this server and the process goes
-				// on: its replacement delivers what is left. One that
-				// began to stop since (reloads in quick succession)
-				// refuses them: the newest then takes them.
-				given, dropped := s.q.HandOver(func(b *framer.Batch) error {
-					for {
-						err := to.takeBatch(s, b)
-						if err == nil {
-							return nil
-						}
-						next := s.successor()
-						if next == nil || next == to {
-							return err
-						}
-						to = next
-					}
-				})
+				// on: its replacement delivers what is left.
+				given, dropped := s.q.HandOver(s.handOn)
 				s.dropShutdown.Add(dropped)
 				if given > 0 {
 					s.log.Warn("replaced listener: deadline passed with lines undelivered; they move to its replacement", "lines", given)

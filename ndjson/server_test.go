@@ -125,6 +125,24 @@ func startServer(t *testing.T, edit func(*Config)) (*Server, *linetest.Sink) {
 	return srv, sink
 }
 
+// sendAndClose sends lines 0..n-1 of client 1 to addr on one connection
+// and closes it.
+func sendAndClose(t *testing.T, addr string, n uint32) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var b []byte
+	for i := range n {
+		b = linetest.AppendLine(b, 1, i)
+	}
+	if _, err := c.Write(b); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // waitUntil polls cond for up to 10 s.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -221,16 +239,7 @@ func TestDeliverTimeoutCountsAfterTheDrain(t *testing.T) {
 		c.Targets = []string{addr}
 		c.DrainTimeout, c.DeliverTimeout = time.Hour, 50*time.Millisecond
 	})
-	c, err := net.Dial("tcp", srv.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b []byte
-	for i := range uint32(10) {
-		b = linetest.AppendLine(b, 1, i)
-	}
-	c.Write(b)
-	c.Close()
+	sendAndClose(t, srv.Addr().String(), 10)
 	waitUntil(t, "lines read", func() bool { return srv.Stats().Ledger.Received == 10 })
 	done := make(chan Summary, 1)
 	go func() { done <- srv.Shutdown() }()

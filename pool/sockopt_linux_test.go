@@ -87,17 +87,11 @@ func TestWriteTimeoutFailsOver(t *testing.T) {
 	cfg.Connections = 1
 	cfg.WriteTimeout = 200 * time.Millisecond
 	cfg.Dialer = smallSendBuffer()
-	w := newWorld(t, 2, cfg)
-	stalled := w.set.Targets()[0]
-	w.start()
-	waitFor(t, func() bool { return stalled.Active() == 1 && w.set.Targets()[1].Active() == 1 })
-	w.sinks[0].Pause()
-	const lines = 20000 // far more than two socket buffers hold
-	w.push(1, 0, lines, 200)
+	w, _ := stallFirstTarget(t, cfg)
 	waitFor(t, func() bool { return w.p.Stats().ConnFailures > 0 })
 	w.sinks[0].Resume()
 	w.finish()
-	if r := w.ledger.Check(map[uint32]uint32{1: lines}); r.Lost != 0 || r.Torn != 0 {
+	if r := w.ledger.Check(map[uint32]uint32{1: stalledLines}); r.Lost != 0 || r.Torn != 0 {
 		t.Fatal(r)
 	}
 }
@@ -140,13 +134,7 @@ func TestShutWindowMeetsTheUserTimeout(t *testing.T) {
 	cfg.Dialer = &net.Dialer{Control: func(network, address string, rc syscall.RawConn) error {
 		return cmp.Or(small.Control(network, address, rc), withTimeout(network, address, rc))
 	}}
-	w := newWorld(t, 2, cfg)
-	stalled := w.set.Targets()[0]
-	w.start()
-	waitFor(t, func() bool { return stalled.Active() == 1 && w.set.Targets()[1].Active() == 1 })
-	w.sinks[0].Pause()
-	const lines = 20000 // far more than two socket buffers hold
-	w.push(1, 0, lines, 200)
+	w, stalled := stallFirstTarget(t, cfg)
 	waitFor(t, func() bool { return stalled.LastErr() != nil }) // within 10 s, far less than the write timeout
 	// The writer sees the reset as a broken pipe, or the user timeout
 	// itself, which the log then explains.
@@ -156,9 +144,27 @@ func TestShutWindowMeetsTheUserTimeout(t *testing.T) {
 	t.Logf("the stalled target failed with %v", stalled.LastErr())
 	w.sinks[0].Resume()
 	w.finish()
-	if r := w.ledger.Check(map[uint32]uint32{1: lines}); r.Lost != 0 || r.Torn != 0 {
+	if r := w.ledger.Check(map[uint32]uint32{1: stalledLines}); r.Lost != 0 || r.Torn != 0 {
 		t.Fatal(r)
 	}
+}
+
+// stalledLines is what stallFirstTarget pushes: far more than two socket
+// buffers hold.
+const stalledLines = 20000
+
+// stallFirstTarget starts a pool of cfg over two sinks, waits for a
+// connection to each, pauses the first sink's reads and pushes
+// stalledLines lines of client 1.
+func stallFirstTarget(t *testing.T, cfg Config) (*world, *upstream.Target) {
+	t.Helper()
+	w := newWorld(t, 2, cfg)
+	stalled := w.set.Targets()[0]
+	w.start()
+	waitFor(t, func() bool { return stalled.Active() == 1 && w.set.Targets()[1].Active() == 1 })
+	w.sinks[0].Pause()
+	w.push(1, 0, stalledLines, 200)
+	return w, stalled
 }
 
 // smallSendBuffer is a dialer whose connections have a 16 KiB send buffer.
