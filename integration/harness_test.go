@@ -38,11 +38,14 @@ func TestMain(m *testing.M) {
 	} else if code = build(bin, raceEnabled, nil); code == 0 {
 		code = build(staticBin, false, []string{"CGO_ENABLED=0"})
 	}
-	if code == 0 {
-		goleak.VerifyTestMain(m) // exits
+	exit := func(code int) {
+		os.RemoveAll(dir) // the builds: 40 MB per run
+		os.Exit(code)
 	}
-	os.RemoveAll(dir)
-	os.Exit(code)
+	if code == 0 {
+		goleak.VerifyTestMain(m, goleak.Cleanup(exit))
+	}
+	exit(code)
 }
 
 // build compiles cmd/ndlb; the static build uses the Dockerfile's flags.
