@@ -115,6 +115,14 @@ type Config struct {
 	// long, or a little longer (the sweeper looks every sixteenth of it,
 	// at most every second); 0 never does.
 	IdleTimeout time.Duration
+	// HalfCloseTimeout closes a connection one side of which has ended
+	// its stream (sent FIN) once nothing has moved either way for that
+	// long since, as HAProxy's timeout client-fin and server-fin do: a
+	// client that sent its request and closed, waiting on a target that
+	// never answers, holds two sockets only that long. 0, the default,
+	// leaves such a connection to IdleTimeout: a peer that answers after a
+	// long silence following the other's FIN is not cut.
+	HalfCloseTimeout time.Duration
 	// ParkAfter is how long a spliced connection must be idle before its
 	// goroutines are let go (see the package doc); 0 never parks.
 	ParkAfter time.Duration
@@ -224,6 +232,8 @@ func (c Config) Validate() error {
 		return bad("FailTimeout", "fail timeout %s must not be negative", c.FailTimeout)
 	case c.IdleTimeout < 0:
 		return bad("IdleTimeout", "idle timeout %s must not be negative (0: no limit)", c.IdleTimeout)
+	case c.HalfCloseTimeout < 0:
+		return bad("HalfCloseTimeout", "half-close timeout %s must not be negative (0: the idle timeout applies)", c.HalfCloseTimeout)
 	case c.ParkAfter < 0:
 		return bad("ParkAfter", "park delay %s must not be negative (0: never park)", c.ParkAfter)
 	case c.KeepAlive < 0:

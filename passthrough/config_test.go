@@ -25,6 +25,7 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 		{"MaxFails", func(c *Config) { c.MaxFails = 0 }, func(c *Config) { c.MaxFails = -1 }},
 		{"FailTimeout", func(c *Config) { c.FailTimeout = 0 }, func(c *Config) { c.FailTimeout = -1 }},
 		{"IdleTimeout", func(c *Config) { c.IdleTimeout = 0 }, func(c *Config) { c.IdleTimeout = -1 }},
+		{"HalfCloseTimeout", func(c *Config) { c.HalfCloseTimeout = 0 }, func(c *Config) { c.HalfCloseTimeout = -1 }},
 		{"ParkAfter", func(c *Config) { c.ParkAfter = 0 }, func(c *Config) { c.ParkAfter = -1 }},
 		{"KeepAlive", func(c *Config) { c.KeepAlive = 0 }, func(c *Config) { c.KeepAlive = -1 }},
 		{"BackoffMax", func(c *Config) { c.BackoffInitial, c.BackoffMax = MinBackoff, MinBackoff }, func(c *Config) { c.BackoffMax = MinBackoff - 1 }},

@@ -21,7 +21,8 @@
 // moves). With TLS on either side a pooled buffer is used. A side that ends
 // its stream (EOF) is half-closed on the other side (CloseWrite), so
 // protocols that shut their write side keep working. A connection with no
-// traffic either way for IdleTimeout is closed.
+// traffic either way for IdleTimeout is closed, and one half-closed so
+// with none for HalfCloseTimeout, if set.
 //
 // A spliced connection idle for ParkAfter gives up its goroutines: a
 // sweeper cuts their waits short with a read deadline, and they arm their

@@ -45,7 +45,7 @@ var instruments = sync.OnceValues(func() (ptMetrics, error) {
 	p.conns, errs[0] = m.Int64ObservableCounter("ndlb.passthrough.connections", metric.WithUnit("{connection}"),
 		metric.WithDescription("Client connections by ndlb.outcome: proxied, or failed (no target accepted)."))
 	p.closed, errs[1] = m.Int64ObservableCounter("ndlb.passthrough.closed", metric.WithUnit("{connection}"),
-		metric.WithDescription("Connections ndlb closed, by ndlb.reason: idle, shutdown."))
+		metric.WithDescription("Connections ndlb closed, by ndlb.reason: idle, half-closed, shutdown (UDP flows: idle, icmp, moved, shutdown)."))
 	p.spliced, errs[2] = m.Int64ObservableCounter("ndlb.passthrough.spliced", metric.WithUnit("By"),
 		metric.WithDescription("Bytes moved by splice(2), never copied through ndlb's memory."))
 	p.duration, errs[3] = m.Float64Histogram("ndlb.connection.duration", metric.WithUnit("s"),
@@ -90,7 +90,7 @@ func (s *Server) observe() []metric.Registration {
 		return metric.WithAttributes(append(s.attrs(), attribute.String(k, v))...)
 	}
 	proxied, failed := with("ndlb.outcome", "proxied"), with("ndlb.outcome", "failed")
-	idle, shut := with("ndlb.reason", "idle"), with("ndlb.reason", "shutdown")
+	idle, half, shut := with("ndlb.reason", "idle"), with("ndlb.reason", "half-closed"), with("ndlb.reason", "shutdown")
 	set := metric.WithAttributes(s.attrs()...)
 	var regs []metric.Registration
 	add := func(r metric.Registration, err error) {
@@ -105,6 +105,7 @@ func (s *Server) observe() []metric.Registration {
 		o.ObserveInt64(m.conns, int64(st.Proxied), proxied)
 		o.ObserveInt64(m.conns, int64(st.Failed), failed)
 		o.ObserveInt64(m.closed, int64(st.IdleClosed), idle)
+		o.ObserveInt64(m.closed, int64(st.HalfClosed), half)
 		o.ObserveInt64(m.closed, int64(st.ShutdownClosed), shut)
 		o.ObserveInt64(m.spliced, int64(st.BytesSpliced), set)
 		return nil

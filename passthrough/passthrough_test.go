@@ -574,6 +574,88 @@ func TestIdleTimeout(t *testing.T) {
 	})
 }
 
+// A connection one side of which has sent FIN is closed once nothing has
+// moved for HalfCloseTimeout, whichever side closed first; a connection
+// open both ways is left to IdleTimeout.
+func TestHalfCloseTimeout(t *testing.T) {
+	bothEngines(t, func(t *testing.T) {
+		for _, clientFirst := range []bool{true, false} {
+			clock := clockwork.NewFakeClock()
+			sawEOF := make(chan struct{}, 2)
+			release := make(chan struct{})
+			b := newBackend(t, nil, func(c net.Conn) {
+				first := make([]byte, 1) // o: the open connection; c: the one closed half-way
+				if _, err := io.ReadFull(c, first); err != nil {
+					return
+				}
+				if !clientFirst && first[0] == 'c' {
+					c.Write([]byte("bye"))
+					closeWrite(c) // and waits for the client, which never closes
+				}
+				io.Copy(io.Discard, c)
+				if first[0] == 'c' {
+					sawEOF <- struct{}{}
+					<-release // a target that never answers
+				}
+			})
+			t.Cleanup(func() { close(release) })
+			cfg := testConfig(b.addr())
+			cfg.Clock = clock
+			cfg.IdleTimeout, cfg.HalfCloseTimeout = time.Hour, time.Minute
+			s := start(t, cfg)
+
+			open := dialTest(t, s.Addr().String()) // open both ways, quiet
+			open.Write([]byte("o"))
+			c := dialTest(t, s.Addr().String())
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c.Write([]byte("c"))
+			if clientFirst {
+				c.Write([]byte("request"))
+				closeWrite(c)
+				<-sawEOF // the FIN reached the target: the session is half-closed
+			} else if got, err := io.ReadAll(c); string(got) != "bye" || err != nil {
+				t.Fatalf("read %q, %v", got, err)
+			}
+			clock.Advance(50 * time.Second)
+			c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			if clientFirst {
+				if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatalf("read %v before the half-close timeout", err)
+				}
+			}
+			var gone bool
+			for range 10 {
+				clock.Advance(100 * time.Second)
+				if clientFirst {
+					c.SetReadDeadline(time.Now().Add(time.Second))
+					_, err := c.Read(make([]byte, 1))
+					gone = err == io.EOF
+				} else {
+					select {
+					case <-sawEOF: // the target's read ended: ndlb closed
+						gone = true
+					case <-time.After(time.Second):
+					}
+				}
+				if gone {
+					break
+				}
+			}
+			if !gone {
+				t.Fatal("the half-closed connection is still open after the half-close timeout")
+			}
+			if _, err := open.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			open.Close()
+			s.Shutdown()
+			if st := s.Stats(); st.HalfClosed != 1 || st.IdleClosed != 0 {
+				t.Fatalf("client first %v: stats %+v", clientFirst, st)
+			}
+		}
+	})
+}
+
 // The PROXY header reaches the target with the client's address.
 func TestSendProxy(t *testing.T) {
 	bothEngines(t, func(t *testing.T) {

@@ -51,10 +51,10 @@ type Server struct {
 	expired  bool                  // the drain timeout passed; guarded by mu
 	ending   *sync.Cond            // on mu: broadcast by untrack while expire waits for cut sessions (non-nil)
 
-	proxied, failed, dialFailed, earlyClosed, idleClosed, shutClosed atomic.Uint64
-	clientProvoked, looped                                           atomic.Uint64
-	metrics                                                          []metric.Registration
-	fromClient, fromTarget, spliced                                  atomic.Uint64
+	proxied, failed, dialFailed, earlyClosed, idleClosed, halfClosed, shutClosed atomic.Uint64
+	clientProvoked, looped                                                       atomic.Uint64
+	metrics                                                                      []metric.Registration
+	fromClient, fromTarget, spliced                                              atomic.Uint64
 }
 
 // New returns a server for a valid cfg.
@@ -99,7 +99,7 @@ func (s *Server) Start(ln net.Listener) {
 		}
 	}
 	go func() { s.serveErr <- s.ln.Serve() }()
-	if s.parker != nil || s.cfg.IdleTimeout > 0 {
+	if s.parker != nil || s.cfg.IdleTimeout > 0 || s.cfg.HalfCloseTimeout > 0 {
 		s.sweep.Go(s.sweeper)
 	}
 	s.metrics = s.observe()
@@ -217,13 +217,14 @@ func (s *Server) startLoops() {
 }
 
 // sweeper, until the server stops, closes the connections idle for
-// IdleTimeout and asks the streams of those idle for ParkAfter to park.
-// One pass over the sessions serves both, so that a connection needs no
-// timer of its own.
+// IdleTimeout, and the half-closed ones idle for HalfCloseTimeout, and
+// asks the streams of those idle for ParkAfter to park. One pass over the
+// sessions serves all three, so that a connection needs no timer of its
+// own.
 func (s *Server) sweeper() {
 	tick := time.NewTicker(s.sweepEvery())
 	defer tick.Stop()
-	var idle []*session
+	var idle, half []*session
 	for {
 		select {
 		case <-s.stop.Done():
@@ -236,12 +237,18 @@ func (s *Server) sweeper() {
 		quiet := at - int64(s.cfg.ParkAfter)
 		idleOn := s.cfg.IdleTimeout > 0
 		expired := at - int64(s.cfg.IdleTimeout)
+		halfOn := s.cfg.HalfCloseTimeout > 0
+		halfExpired := at - int64(s.cfg.HalfCloseTimeout)
 		s.mu.Lock()
 		for ss := range s.sessions {
 			switch last := ss.last.Load(); {
 			case idleOn && last <= expired:
 				if ss.timedOut.CompareAndSwap(false, true) {
 					idle = append(idle, ss)
+				}
+			case halfOn && last <= halfExpired && ss.half.Load():
+				if ss.timedOut.CompareAndSwap(false, true) {
+					half = append(half, ss)
 				}
 			case park && last <= quiet:
 				ss.up.askPark()
@@ -256,6 +263,12 @@ func (s *Server) sweeper() {
 			idle[i] = nil
 		}
 		idle = idle[:0]
+		for i, ss := range half {
+			s.halfClosed.Add(1)
+			ss.abort(byHalf)
+			half[i] = nil
+		}
+		half = half[:0]
 		if park {
 			s.returnMemory()
 		}
@@ -265,14 +278,17 @@ func (s *Server) sweeper() {
 
 // sweepEvery is the sweeper's period: half of ParkAfter, so that a stream
 // parks between ParkAfter and 1.5 × ParkAfter after it went quiet, and at
-// most a sixteenth of IdleTimeout (10 ms at least) and a second.
+// most a sixteenth of IdleTimeout and of HalfCloseTimeout (10 ms at least)
+// and a second.
 func (s *Server) sweepEvery() time.Duration {
 	every := time.Second
 	if s.parker != nil {
 		every = min(every, s.cfg.ParkAfter/2)
 	}
-	if d := s.cfg.IdleTimeout; d > 0 {
-		every = min(every, max(d/16, 10*time.Millisecond))
+	for _, d := range []time.Duration{s.cfg.IdleTimeout, s.cfg.HalfCloseTimeout} {
+		if d > 0 {
+			every = min(every, max(d/16, 10*time.Millisecond))
+		}
 	}
 	return max(every, time.Millisecond)
 }
@@ -388,6 +404,7 @@ type Stats struct {
 	// client had sent bytes: not held against the target.
 	ClientProvoked  uint64
 	IdleClosed      uint64 // connections closed by IdleTimeout
+	HalfClosed      uint64 // half-closed connections closed by HalfCloseTimeout
 	ShutdownClosed  uint64 // connections closed when the drain timeout passed
 	BytesFromClient uint64
 	BytesFromTarget uint64
@@ -404,7 +421,7 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	st := Stats{
 		Proxied: s.proxied.Load(), Failed: s.failed.Load(), DialFailures: s.dialFailed.Load(), EarlyClosed: s.earlyClosed.Load(),
-		IdleClosed: s.idleClosed.Load(), ShutdownClosed: s.shutClosed.Load(), ClientProvoked: s.clientProvoked.Load(),
+		IdleClosed: s.idleClosed.Load(), HalfClosed: s.halfClosed.Load(), ShutdownClosed: s.shutClosed.Load(), ClientProvoked: s.clientProvoked.Load(),
 		BytesFromClient: s.fromClient.Load(), BytesFromTarget: s.fromTarget.Load(), BytesSpliced: s.spliced.Load(),
 		EventLoop: s.looped.Load(),
 	}
@@ -454,7 +471,7 @@ func (s *Server) Shutdown() Summary {
 		st := s.Stats()
 		s.summary = Summary{Stats: st}
 		s.log.Info("summary", "connections", st.Listener.Accepted, "proxied", st.Proxied, "failed", st.Failed,
-			"dial_failures", st.DialFailures, "early_closed", st.EarlyClosed, "client_provoked", st.ClientProvoked, "idle_closed", st.IdleClosed, "shutdown_closed", st.ShutdownClosed,
+			"dial_failures", st.DialFailures, "early_closed", st.EarlyClosed, "client_provoked", st.ClientProvoked, "idle_closed", st.IdleClosed, "half_closed", st.HalfClosed, "shutdown_closed", st.ShutdownClosed,
 			"proxy_rejected", st.Listener.ProxyRejected, "proxy_untrusted", st.Listener.ProxyUntrusted,
 			"source_limited", st.Listener.SourceConns+st.Listener.SourceRate, "sources_untracked", st.Listener.SourcesUntracked,
 			"bytes_from_client", st.BytesFromClient,

@@ -18,11 +18,12 @@ import (
 
 // Who ended a connection, as logged in closed_by.
 const (
-	byClient   = "client"   // the client ended its stream first, or a write to it failed
-	byTarget   = "target"   // the target ended its stream first, or a write to it failed
-	byIdle     = "idle"     // no traffic for IdleTimeout
-	byShutdown = "shutdown" // the drain timeout passed
-	byError    = "error"    // ndlb could not serve it (out of epoll watches or memory)
+	byClient   = "client"      // the client ended its stream first, or a write to it failed
+	byTarget   = "target"      // the target ended its stream first, or a write to it failed
+	byIdle     = "idle"        // no traffic for IdleTimeout
+	byHalf     = "half-closed" // no traffic for HalfCloseTimeout after one side's FIN
+	byShutdown = "shutdown"    // the drain timeout passed
+	byError    = "error"       // ndlb could not serve it (out of epoll watches or memory)
 )
 
 // writeError is a failed write to a stream's destination: the connection
@@ -70,7 +71,8 @@ type session struct {
 	live       atomic.Int32 // streams not ended
 
 	last                   atomic.Int64 // when the last bytes moved (internal/mono, on the server's clock)
-	timedOut               atomic.Bool  // closed by IdleTimeout (once: it stays tracked until it ends)
+	timedOut               atomic.Bool  // closed by IdleTimeout or HalfCloseTimeout (once: it stays tracked until it ends)
+	half                   atomic.Bool  // one stream reached its end (FIN) and the other goes on
 	fromClient, fromTarget atomic.Int64
 
 	// lc is the connection when an event loop serves it (the streams
@@ -183,13 +185,18 @@ func (ss *session) ended(st *stream, err error) {
 func (ss *session) recordEnd(fromClient bool, err error) (aborted bool) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	aborted = ss.closedBy == byIdle || ss.closedBy == byShutdown
+	aborted = ss.closedBy == byIdle || ss.closedBy == byHalf || ss.closedBy == byShutdown
 	by := endedBy(fromClient, err)
 	if ss.closedBy == "" {
 		ss.closedBy = by
 	}
 	if aborted || errors.Is(err, net.ErrClosed) {
 		return aborted
+	}
+	if err == nil && !ss.half.Load() {
+		// The first FIN: HalfCloseTimeout counts from here.
+		ss.last.Store(mono.Of(ss.s.clock.Now()))
+		ss.half.Store(true)
 	}
 	if err != nil && ss.err == nil {
 		ss.err = err

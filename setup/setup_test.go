@@ -139,6 +139,8 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"max-fails", values{"target": target, "passthrough": true, "max-fails": -1}},
 		{"fail-timeout", values{"target": target, "passthrough": true, "fail-timeout": -time.Second}},
 		{"idle-timeout", values{"target": target, "passthrough": true, "idle-timeout": -time.Second}},
+		{"half-close-timeout", values{"target": target, "passthrough": true, "half-close-timeout": -time.Second}},
+		{"half-close-timeout", values{"target": target, "passthrough": true, "udp": true, "half-close-timeout": time.Second}},
 		{"check-interval", values{"target": target, "check": "tcp", "check-interval": time.Duration(0)}},
 		{"check-fall", values{"target": target, "check": "tcp", "check-fall": 0}},
 		{"check-http-method", values{"target": target, "check": "http", "check-http-method": "GET /"}},
