@@ -84,6 +84,16 @@ type drainConn struct {
 	c     *Conn
 	rc    syscall.RawConn
 	final bool
+
+	// try makes a read take only what the kernel holds, failing with
+	// ErrWouldBlock rather than waiting (Conn.TryRead). Set and read by
+	// the one goroutine that reads the connection.
+	try    bool
+	n      int
+	rerr   error
+	tryFn  func(fd uintptr) bool // d.tryRead, bound once
+	waitFn func(fd uintptr) bool // d.waitReadable, bound once
+	buf    []byte                // of the read in progress
 }
 
 // newDrainConn wraps nc (TCP, or a prefixConn over TCP) when its socket can
@@ -101,14 +111,22 @@ func newDrainConn(nc net.Conn, c *Conn) net.Conn {
 	if err != nil {
 		return nc
 	}
-	return &drainConn{Conn: nc, c: c, rc: rc}
+	d := &drainConn{Conn: nc, c: c, rc: rc}
+	d.tryFn, d.waitFn = d.tryRead, d.waitReadable
+	return d
 }
 
 // Read reads as the connection does until the drain deadline, then what
 // the kernel holds.
 func (d *drainConn) Read(p []byte) (int, error) {
 	if !d.final {
-		n, err := d.Conn.Read(p)
+		var n int
+		var err error
+		if d.try {
+			n, err = d.readNow(p)
+		} else {
+			n, err = d.Conn.Read(p)
+		}
 		cut := errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, io.EOF) // EOF: our own shutdown, maybe
 		if n > 0 || err == nil || !cut || !d.c.Interrupted() {
 			return n, err
@@ -117,6 +135,44 @@ func (d *drainConn) Read(p []byte) (int, error) {
 	}
 	return FinalRead(d.rc, p)
 }
+
+// readNow reads what the kernel holds for d into p, without waiting:
+// ErrWouldBlock when it holds nothing.
+func (d *drainConn) readNow(p []byte) (int, error) {
+	if pc, ok := d.Conn.(*prefixConn); ok && len(pc.pending) > 0 {
+		return pc.Read(p)
+	}
+	d.buf = p
+	err := d.rc.Read(d.tryFn)
+	n, rerr := d.n, d.rerr
+	d.buf, d.n, d.rerr = nil, 0, nil
+	switch {
+	case err != nil: // closed, or the read deadline passed
+		return 0, err
+	case errors.Is(rerr, syscall.EAGAIN):
+		return 0, ErrWouldBlock
+	case rerr != nil:
+		return 0, os.NewSyscallError("read", rerr)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// tryRead reads once, whatever the socket holds.
+func (d *drainConn) tryRead(fd uintptr) bool {
+	for {
+		d.n, d.rerr = syscall.Read(int(fd), d.buf)
+		if !errors.Is(d.rerr, syscall.EINTR) {
+			return true
+		}
+	}
+}
+
+// waitReadable, for RawConn.Read, waits until the socket has something to
+// read. (Asked in the same RawConn.Read that waits, so that data that came
+// since the last read cannot be missed.)
+func (d *drainConn) waitReadable(fd uintptr) bool { return readable(fd) }
 
 // Unwrap returns the connection under d.
 func (d *drainConn) Unwrap() net.Conn { return d.Conn }
@@ -128,3 +184,42 @@ func (d *drainConn) CloseWrite() error {
 	}
 	return nil
 }
+
+// ErrWouldBlock is returned by TryRead when the client has sent nothing
+// that can be read now. It is a temporary net.Error, which TLS passes on
+// without failing the connection.
+var ErrWouldBlock error = wouldBlock{}
+
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string   { return "no data from the client yet" }
+func (wouldBlock) Timeout() bool   { return false }
+func (wouldBlock) Temporary() bool { return true }
+
+// CanTryRead reports whether TryRead and WaitRead work for c: a TLS
+// connection over TCP on Linux. A reader of such a connection can wait for
+// the client without holding a buffer: TryRead until ErrWouldBlock, give
+// the buffer back, WaitRead, and again.
+func (c *Conn) CanTryRead() bool { return c.drain != nil }
+
+// TryRead reads c (TLS, CanTryRead) into p without waiting for the
+// client: what TLS already decrypted, or the records the kernel holds
+// (TLS keeps a record that came in part, and goes on with it at the next
+// read). It fails with ErrWouldBlock when that is nothing. After the
+// drain deadline it reads as Read does. Only the goroutine that reads c
+// may call it.
+func (c *Conn) TryRead(p []byte) (int, error) {
+	d := c.drain
+	d.try = true
+	n, err := c.Conn.Read(p)
+	d.try = false
+	if n > 0 && errors.Is(err, ErrWouldBlock) {
+		err = nil // the bytes came, then a look for a close alert found nothing
+	}
+	return n, err
+}
+
+// WaitRead waits until c's socket has something to read (data, the
+// client's end of stream, an error), or its read deadline passes. Only the
+// goroutine that reads c may call it.
+func (c *Conn) WaitRead() error { return c.drain.rc.Read(c.drain.waitFn) }

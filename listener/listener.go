@@ -56,6 +56,7 @@ type Conn struct {
 	interrupted atomic.Bool
 	released    atomic.Bool  // a detached connection's done was called
 	tcp         *net.TCPConn // the socket, when it is TCP
+	drain       *drainConn   // the layer under TLS, when there is one (TryRead)
 }
 
 // ResetOnClose makes the connection end with a reset rather than a FIN
@@ -592,7 +593,8 @@ func (l *Listener) prepare(nc net.Conn) (*Conn, bool) {
 	if l.cfg.TLS != nil {
 		// After any bytes read past the PROXY header; reads of what the
 		// kernel holds at the drain deadline still decrypt.
-		tc := tls.Server(newDrainConn(c.Conn, c), l.cfg.TLS)
+		under := newDrainConn(c.Conn, c)
+		tc := tls.Server(under, l.cfg.TLS)
 		ctx, cancel := context.WithTimeout(context.Background(), l.cfg.HandshakeTimeout)
 		err := tc.HandshakeContext(ctx)
 		cancel()
@@ -610,6 +612,9 @@ func (l *Listener) prepare(nc net.Conn) (*Conn, bool) {
 			return nil, false
 		}
 		c.Conn = tc
+		if d, ok := under.(*drainConn); ok && canPeek {
+			c.drain = d
+		}
 	}
 	return c, true
 }

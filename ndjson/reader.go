@@ -48,7 +48,10 @@ var _ framer.BufferReader = (*idleReader)(nil)
 func clientReader(c *listener.Conn, readBytes int, coalesce time.Duration) io.Reader {
 	tc, pending, ok := c.Raw()
 	if !ok {
-		return c // TLS keeps its own buffers; nothing to gain
+		if c.CanTryRead() {
+			return &tlsReader{c: c}
+		}
+		return c
 	}
 	rc, err := tc.SyscallConn()
 	if err != nil {
@@ -134,6 +137,40 @@ func (r *idleReader) read(fd uintptr) bool {
 			return false // wait without holding a buffer
 		}
 		return true
+	}
+}
+
+// tlsReader reads a TLS client so that the framer takes a buffer only once
+// the client has sent something, as idleReader does for plain TCP: an idle
+// TLS client then holds no read buffer, and so no share of
+// --client-buffer-bytes (TLS itself keeps its record buffers). A read
+// that finds nothing (listener.ErrWouldBlock) gives the buffer back and
+// waits for the socket. Deadlines apply as on the connection; after the
+// drain deadline the reads take what the kernel holds, as Read does.
+type tlsReader struct{ c *listener.Conn }
+
+var _ framer.BufferReader = (*tlsReader)(nil)
+
+// Read reads the connection as it is, waiting for the client.
+func (r *tlsReader) Read(p []byte) (int, error) { return r.c.Read(p) }
+
+// ReadBuffer implements framer.BufferReader.
+func (r *tlsReader) ReadBuffer(get func() []byte, put func()) (int, error) {
+	for {
+		buf := get()
+		if buf == nil {
+			return 0, nil // the framer waits for memory, then reads again
+		}
+		n, err := r.c.TryRead(buf)
+		if !errors.Is(err, listener.ErrWouldBlock) {
+			return n, err
+		}
+		put()
+		if err := r.c.WaitRead(); err != nil && !r.c.Interrupted() {
+			return 0, err // closed, or the read deadline passed
+		}
+		// Readable, or the drain deadline: the next read takes what the
+		// kernel holds.
 	}
 }
 

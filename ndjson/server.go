@@ -694,7 +694,7 @@ func (s *Server) ServeConn(c *listener.Conn) {
 		// PROXY header and does the final reads at the deadline.
 		inner := cs.r
 		readBytes := s.cfg.Framer.ReadBytes
-		if _, ok := inner.(framer.BufferReader); !ok {
+		if _, isBR := inner.(framer.BufferReader); !isBR || isTLS(inner) {
 			readBytes = min(readBytes, tlsRecordBytes) // see serve
 		}
 		o := framer.NewOctetReader(inner, readBytes, s.cfg.Framer.MaxLineBytes,
@@ -739,10 +739,10 @@ func (s *Server) ServeConn(c *listener.Conn) {
 func (cs *clientConn) serve(skipping bool) error {
 	s, c := cs.s, cs.c
 	fc := s.cfg.framing()
-	if _, ok := cs.r.(framer.BufferReader); !ok {
-		// A TLS client: a read returns one record, at most 16 KiB, and
-		// its buffer is held while the client is idle, so a larger one
-		// would only hold memory.
+	if _, isBR := cs.r.(framer.BufferReader); !isBR || isTLS(cs.r) {
+		// A TLS client: a read returns one record, at most 16 KiB, so a
+		// larger buffer would only hold memory (while the client is idle
+		// too, where TLS cannot wait without one).
 		fc.ReadBytes = min(fc.ReadBytes, tlsRecordBytes)
 	}
 	f := framer.New(cs.r, fc, s.bufs)
@@ -835,6 +835,12 @@ func (cs *clientConn) dropBinary(b *framer.Batch) *framer.Batch {
 
 // tlsRecordBytes is the most plaintext one TLS record holds.
 const tlsRecordBytes = 16 << 10
+
+// isTLS reports whether r reads a TLS client (tlsReader).
+func isTLS(r io.Reader) bool {
+	_, ok := r.(*tlsReader)
+	return ok
+}
 
 // pace waits until lim allows n more bytes: meanwhile nothing is read, so
 // the client waits in TCP. The wait holds no buffer, and ends early when
