@@ -308,7 +308,9 @@ func TestReloadReplacingTwoListenersHandsBothOver(t *testing.T) {
 // delivers them to the target the config names now. Twice in a row with
 // a spool, the dead target kept: the middle listener, which never opened
 // the spool (the first held it until its deadline), hands its lines on
-// too, and they are delivered when the target comes back.
+// too, and they are delivered when the target comes back. A third
+// reload, once the third listener opened the spool, keeps what it read
+// before then (in memory only) by writing it to the spool.
 func TestReloadDuringOutageKeepsWhatTheOldListenerRead(t *testing.T) {
 	for _, spooled := range []bool{false, true} {
 		t.Run(map[bool]string{false: "memory", true: "spool"}[spooled], func(t *testing.T) {
@@ -360,6 +362,8 @@ func TestReloadDuringOutageKeepsWhatTheOldListenerRead(t *testing.T) {
 				send(3)
 				total += 2000
 				p.waitLog("spool open: lines are spooled again", 20*time.Second)
+				reload("5MiB", w.sinks[0])
+				p.waitLogs("spool open: lines are spooled again", 2, 20*time.Second)
 				if err := w.sinks[0].Restart(); err != nil {
 					t.Fatal(err)
 				}
@@ -407,5 +411,44 @@ func TestStopWhileARemovedListenerWaitsForItsTargets(t *testing.T) {
 	}
 	if g := p.ledger("logs"); g.byReason["shutdown"] != 2000 || g.received != 2000 {
 		t.Fatalf("ledger %+v, want the 2000 lines dropped at the stop", g)
+	}
+}
+
+// A reload during an outage does not deliver again, with the spool, the
+// lines delivered before it: their records share the spool's segment with
+// the undelivered ones, and the old listener cuts them out of it as it
+// closes the spool, before its replacement replays it.
+func TestReloadWithSpoolDoesNotDeliverTwice(t *testing.T) {
+	dir := t.TempDir()
+	w := newWorld(t, 1)
+	doc := func(buffer string) string {
+		return fmt.Sprintf("log-format = \"json\"\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\n"+
+			"drain-timeout = \"1s\"\ndeliver-timeout = \"1s\"\nbackoff-max = \"100ms\"\nbuffer-bytes = %q\ntarget = [%q]\nspool-dir = %q\n",
+			buffer, w.sinks[0].Addr(), filepath.Join(dir, "spool"))
+	}
+	path := writeConfig(t, dir, doc("4MiB"))
+	p := startCmd(t, command(bin, "--config", path))
+	addr := listening(t, p, 1)["logs"]
+	send := func(c uint32) {
+		conn := dial(t, addr)
+		defer conn.Close()
+		if _, err := linetest.Send(conn, c, 0, 2000, 16<<10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(1)
+	w.waitLines(2000)
+	w.sinks[0].Kill(false)
+	send(2)
+	writeConfig(t, dir, doc("8MiB"))
+	_ = p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLog("spool open: lines are spooled again", 20*time.Second)
+	if err := w.sinks[0].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	w.waitLines(4000)
+	p.stopOK()
+	if r := w.check(map[uint32]uint32{1: 2000, 2: 2000}); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
+		t.Fatal(r)
 	}
 }

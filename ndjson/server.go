@@ -1307,27 +1307,50 @@ func (s *Server) Shutdown() Summary {
 			// is gone (Close forgets those), are lost.
 			sp.StopReading()
 			lostBefore := sp.Stats().LostLines
+			// What the queue still holds is in the spool, but for the
+			// lines read before it opened (a reload's replacement
+			// waits for it): those are written to it now, so that the
+			// next instance delivers them too.
+			var held []framer.Batch // spooled ones: their reference and lines
+			var lost, kept, deliveredPart uint64
+			var keepErr error
+			hold := func(b *framer.Batch) {
+				if b.Spool.Set {
+					held = append(held, framer.Batch{Spool: b.Spool, Lines: b.Lines})
+					return
+				}
+				if _, err := sp.Keep(b.Data, b.Lines); err != nil {
+					lost += uint64(b.Lines)
+					keepErr = err
+					return
+				}
+				kept += uint64(b.Lines)
+			}
+			s.q.Abandon(hold)
+			if b := s.unqueued; b != nil { // the feeder stopped (s.fed) holding it
+				hold(b)
+				b.Release()
+				s.unqueued = nil
+			}
+			if kept > 0 {
+				s.log.Warn("lines read before the spool opened, undelivered, were written to it for the next instance", "lines", kept)
+			}
+			if keepErr != nil {
+				s.log.Error("spool: lines read before it opened could not all be written to it (they are dropped below)", "err", keepErr)
+			}
 			leftInProcess.closing(s.cfg.Spool.Dir)
 			if err := sp.Close(); err != nil {
 				s.log.Error("spool: closing", "err", err)
 			}
 			lostAtExit = sp.Stats().LostLines > lostBefore
-			var lost, deliveredPart uint64
-			count := func(b *framer.Batch) {
-				switch {
-				case !b.Spool.Set || !sp.Has(spool.ID{Seg: b.Spool.Seg, Off: b.Spool.Off}):
+			for _, b := range held {
+				if !sp.Has(spool.ID{Seg: b.Spool.Seg, Off: b.Spool.Off}) {
 					lost += uint64(b.Lines)
-				default:
-					// A target acknowledged the front of it: those lines
-					// are delivered, though its record stays whole.
-					deliveredPart += uint64(b.Spool.Lines - b.Lines)
+					continue
 				}
-			}
-			s.q.Abandon(count)
-			if b := s.unqueued; b != nil { // the feeder stopped (s.fed) holding it
-				count(b)
-				b.Release()
-				s.unqueued = nil
+				// A target acknowledged the front of it: those lines
+				// are delivered, though its record stays whole.
+				deliveredPart += uint64(b.Spool.Lines - b.Lines)
 			}
 			if lost > 0 {
 				s.dropShutdown.Add(lost)

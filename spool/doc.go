@@ -17,10 +17,14 @@
 //
 // When the reader has caught up, AppendHandOff gives the record back to
 // the caller to queue from memory: only records that wait are read back
-// from the files. Acknowledgements are not written down: after a
-// restart, the records of a segment that still exists are all replayed,
-// including those acknowledged before the restart (at-least-once: only
-// batches a target had acknowledged come twice).
+// from the files. Acknowledgements are written down only by Close, which
+// rewrites each segment that holds acknowledged and unacknowledged records
+// without the acknowledged ones (the spool tracks the offsets it was
+// given to Ack): after a crash, the records of a segment that still exists
+// are all replayed, including those acknowledged before it (at-least-once:
+// only batches a target had acknowledged come twice); after Close, only
+// those not acknowledged. Keep appends after EndInput, without waiting for
+// room, for records a caller holds only in memory as it stops.
 //
 // Open checks every segment: a record that does not fit in its file, or
 // whose checksum does not match (a crash in the middle of an append, a

@@ -167,6 +167,7 @@ type segment struct {
 	lines      int
 	acked      int
 	ackedLines int
+	ackedOffs  []int64 // the offsets of the records acknowledged (Close cuts them out)
 	created    time.Time
 	fromReplay bool // existed at Open
 	fed        int  // records Next returned
@@ -783,6 +784,20 @@ func (s *Spool) Append(data []byte, lines int) (ID, error) {
 // the write; records that wait (the reader behind, or no room) are read
 // back by Next. A record handed off is still spooled until its Ack.
 func (s *Spool) AppendHandOff(data []byte, lines int, take func() bool) (id ID, handed bool, err error) {
+	return s.appendRecord(data, lines, take, false)
+}
+
+// Keep appends a record after EndInput, before Close, without waiting for
+// room: ErrFull when there is none (whatever Config.Full says: it drops
+// nothing). It is for lines a caller holds in memory only, at its
+// shutdown, that the next Open should deliver.
+func (s *Spool) Keep(data []byte, lines int) (ID, error) {
+	id, _, err := s.appendRecord(data, lines, nil, true)
+	return id, err
+}
+
+// appendRecord is AppendHandOff, or Keep with keep.
+func (s *Spool) appendRecord(data []byte, lines int, take func() bool, keep bool) (id ID, handed bool, err error) {
 	need := int64(headerSize + len(data))
 	if len(data) > MaxRecordBytes || need+int64(len(magic)) > s.cfg.MaxBytes {
 		return ID{}, false, ErrTooLarge
@@ -794,7 +809,7 @@ again:
 	// Each wait (for room, for an fsync before a roll) lets other appends
 	// go: the conditions are checked again after it.
 	for {
-		if s.closed || s.closing || s.ended {
+		if s.closed || s.closing || s.ended && !keep {
 			return ID{}, false, ErrClosed
 		}
 		active := s.segs[len(s.segs)-1]
@@ -820,6 +835,8 @@ again:
 					}
 					return ID{}, false, err
 				}
+			case keep:
+				return ID{}, false, ErrFull
 			case s.cfg.Full == DropOldest && len(s.segs) > 1:
 				s.dropOldest()
 			case s.cfg.Full == DropOldest:
@@ -1078,6 +1095,7 @@ func (s *Spool) Ack(id ID, lines int) {
 	}
 	seg.acked++
 	seg.ackedLines += lines
+	seg.ackedOffs = append(seg.ackedOffs, id.Off)
 	s.stats.Records--
 	s.stats.Acked++
 	if seg.acked >= seg.records && seg != s.segs[len(s.segs)-1] {
@@ -1416,6 +1434,56 @@ func (s *Spool) deleteTrash() {
 	}
 }
 
+// cutAcked rewrites the file of seg, which holds records acknowledged and
+// others, without the acknowledged ones, so that the next Open (a reload's
+// replacement, an upgraded process) does not deliver them again. A crash
+// before it finishes leaves the file whole (duplicates, as after any
+// crash). s.mu is held; the spool is closed.
+func (s *Spool) cutAcked(seg *segment) error {
+	acked := make(map[int64]bool, len(seg.ackedOffs))
+	for _, off := range seg.ackedOffs {
+		acked[off] = true
+	}
+	f, err := os.OpenFile(seg.path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	defer f.Close()
+	var spans []span
+	var h [headerSize]byte
+	for off := int64(len(magic)); off < seg.size; {
+		if _, err := f.ReadAt(h[:], off); err != nil {
+			return fmt.Errorf("spool: reading %s: %w", seg.path, err)
+		}
+		end := off + headerSize + int64(binary.LittleEndian.Uint32(h[0:]))
+		if end > seg.size {
+			return nil // not as written: leave it whole
+		}
+		switch {
+		case acked[off]:
+		case len(spans) > 0 && spans[len(spans)-1].end == off:
+			spans[len(spans)-1].end = end
+		default:
+			spans = append(spans, span{off, end})
+		}
+		off = end
+	}
+	end, rewritten, err := compact(f, seg.path, spans)
+	if err != nil {
+		return fmt.Errorf("spool: cutting the delivered records out of %s: %w", seg.path, err)
+	}
+	if !rewritten && end > 0 && end < seg.size {
+		if err := f.Truncate(end); err != nil {
+			return fmt.Errorf("spool: cutting the delivered records off %s: %w", seg.path, err)
+		}
+	}
+	if end > 0 {
+		s.size -= seg.disk - end
+		seg.size, seg.disk = end, end
+	}
+	return nil
+}
+
 // Close syncs and closes the spool; segments stay for the next Open,
 // except those whose files are gone, which it forgets (loseVanished).
 func (s *Spool) Close() error {
@@ -1459,6 +1527,13 @@ func (s *Spool) Close() error {
 	s.loseVanished()
 	if last.acked >= last.records {
 		s.remove(last, false) // nothing to replay: leave no file
+	}
+	for _, seg := range s.segs {
+		if seg.acked > 0 && seg.acked < seg.records && seg.lost == nil {
+			if cerr := s.cutAcked(seg); cerr != nil && err == nil {
+				err = cerr
+			}
+		}
 	}
 	for _, sp := range s.spares {
 		s.discard(sp.path, sp.size)
