@@ -983,7 +983,13 @@ func (cs *clientConn) logClose(err error) {
 	case errors.Is(err, io.EOF):
 		c.Log.Info("client disconnected", attrs...)
 	case errors.Is(err, listener.ErrDrained):
-		c.Log.Warn("drain timeout: read what the client had sent, then closed", attrs...)
+		// The client had not ended its stream: a reset tells it at once
+		// that nothing more is read (after a FIN, a client whose window
+		// was shut, held back by a full queue, can wait on its write
+		// for minutes), and it reconnects. The kernel held nothing
+		// more: the reset discards nothing that was read.
+		c.ResetOnClose()
+		c.Log.Warn("drain timeout: read what the client had sent, then closed with a reset", attrs...)
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		c.Log.Warn("drain timeout: stopped reading from client", attrs...)
 	case errors.Is(err, framer.ErrStopped), errors.Is(err, context.Canceled):

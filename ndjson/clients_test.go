@@ -2,8 +2,14 @@ package ndjson
 
 import (
 	"crypto/tls"
+	"errors"
 	"net"
+	"os"
+	"syscall"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ndlb/ndlb/internal/certtest"
 	"github.com/ndlb/ndlb/internal/linetest"
@@ -82,4 +88,76 @@ func TestIdleTLSClientsHoldNoBuffer(t *testing.T) {
 	if sum.Ledger.Received != 51 || sum.Ledger.Delivered != 51 || !sum.Ledger.Closed() {
 		t.Fatalf("ledger %+v", sum.Ledger)
 	}
+}
+
+// A client still connected when the drain deadline passes is read to what
+// the kernel holds, then closed with a reset, not a FIN: a shipper held
+// back by a full queue, its window shut, would otherwise wait on its write
+// until its own timeout before it learns to reconnect.
+func TestDrainDeadlineEndsWithReset(t *testing.T) {
+	dead := newLocalListener(t)
+	addr := dead.Addr().String()
+	dead.Close()
+	srv, _ := startServer(t, func(c *Config) {
+		c.Targets = []string{addr}
+		c.DrainTimeout, c.DeliverTimeout = 100*time.Millisecond, 100*time.Millisecond
+	})
+	c, err := net.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	chunk := make([]byte, 0, 64<<10)
+	for i := uint32(0); len(chunk) < 60<<10; i++ {
+		chunk = linetest.AppendLine(chunk, 1, i)
+	}
+	for start := time.Now(); ; { // until the queue is full and the client held back
+		c.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+		if _, err := c.Write(chunk); errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatal("the client was never held back")
+		}
+	}
+	srv.Shutdown()
+	c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	for {
+		if _, err := c.Write(chunk); err != nil {
+			if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+				t.Fatalf("write %v, want a reset", err)
+			}
+			return
+		}
+	}
+}
+
+// So is a client whose lines read at the deadline were all taken (here:
+// an idle one): it sees the reset, not only the FIN of the drain's
+// shutdown, and its socket closes rather than wait in CLOSE-WAIT.
+func TestDrainDeadlineResetsAnIdleClient(t *testing.T) {
+	srv, sink := startServer(t, func(c *Config) { c.DrainTimeout = 50 * time.Millisecond })
+	c, err := net.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write(linetest.AppendLine(nil, 1, 0))
+	waitUntil(t, "the line", func() bool { return sink.Lines() == 1 })
+	srv.Shutdown()
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the client's socket reset (CLOSE, not CLOSE-WAIT)", func() bool {
+		var state uint8
+		rc.Control(func(fd uintptr) {
+			if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+				state = info.State
+			}
+		})
+		return state == unix.BPF_TCP_CLOSE
+	})
 }
