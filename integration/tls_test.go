@@ -80,17 +80,27 @@ func TestTLSBothSidesWithClientCertificates(t *testing.T) {
 		"-tls-target", "--tls-target-ca", p.caFile, "--tls-target-cert", upCert, "--tls-target-key", upKey)
 
 	clientTLS := &tls.Config{RootCAs: p.pool(), ServerName: "localhost", Certificates: []tls.Certificate{shipper}}
-	sent, err := clients(4, 20000, func(c uint32) error {
-		conn, err := tls.Dial("tcp", proc.addr, clientTLS)
-		if err != nil {
+	// Rounds of 4 clients until both targets have lines (at most 5): on
+	// a busy machine one round can end before the second target's TLS
+	// handshake does.
+	sent := map[uint32]uint32{}
+	for round := uint32(0); round < 5 && (w.sinks[0].Lines() == 0 || w.sinks[1].Lines() == 0); round++ {
+		got, err := clients(4, 20000, func(c uint32) error {
+			conn, err := tls.Dial("tcp", proc.addr, clientTLS)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			_, err = linetest.Send(conn, 4*round+c, 0, 20000, 16<<10)
 			return err
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
-		defer conn.Close()
-		_, err = linetest.Send(conn, c, 0, 20000, 16<<10)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
+		for c, n := range got {
+			sent[4*round+c] = n
+		}
+		w.waitLines(uint64(20000 * len(sent)))
 	}
 
 	// No client certificate: the handshake is refused.

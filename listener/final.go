@@ -94,7 +94,34 @@ type drainConn struct {
 	tryFn  func(fd uintptr) bool // d.tryRead, bound once
 	waitFn func(fd uintptr) bool // d.waitReadable, bound once
 	buf    []byte                // of the read in progress
+
+	// Where the bytes read so far stand in the TLS record framing: hdrN
+	// bytes of a record header, or left bytes of a record's body.
+	hdr  [5]byte
+	hdrN int
+	left int
 }
+
+// track follows the TLS record framing over b, bytes read from the client.
+func (d *drainConn) track(b []byte) {
+	for len(b) > 0 {
+		if d.left > 0 {
+			k := min(d.left, len(b))
+			d.left -= k
+			b = b[k:]
+			continue
+		}
+		k := copy(d.hdr[d.hdrN:], b)
+		d.hdrN += k
+		b = b[k:]
+		if d.hdrN == len(d.hdr) {
+			d.left, d.hdrN = int(d.hdr[3])<<8|int(d.hdr[4]), 0
+		}
+	}
+}
+
+// inRecord reports whether the bytes read so far end inside a record.
+func (d *drainConn) inRecord() bool { return d.hdrN > 0 || d.left > 0 }
 
 // newDrainConn wraps nc (TCP, or a prefixConn over TCP) when its socket can
 // be reached; otherwise it returns nc.
@@ -119,6 +146,15 @@ func newDrainConn(nc net.Conn, c *Conn) net.Conn {
 // Read reads as the connection does until the drain deadline, then what
 // the kernel holds.
 func (d *drainConn) Read(p []byte) (int, error) {
+	n, err := d.read(p)
+	if n > 0 {
+		d.track(p[:n])
+	}
+	return n, err
+}
+
+// read is Read without the tracking.
+func (d *drainConn) read(p []byte) (int, error) {
 	if !d.final {
 		var n int
 		var err error
@@ -200,7 +236,14 @@ func (wouldBlock) Temporary() bool { return true }
 // connection over TCP on Linux. A reader of such a connection can wait for
 // the client without holding a buffer: TryRead until ErrWouldBlock, give
 // the buffer back, WaitRead, and again.
-func (c *Conn) CanTryRead() bool { return c.drain != nil }
+func (c *Conn) CanTryRead() bool { return c.drain != nil && canPeek }
+
+// CutInRecord reports whether the bytes c's client sent under TLS end
+// inside a TLS record: its stream was cut (the drain deadline, a reset, a
+// close without the record's end) with part of a record read and never
+// decrypted. What that record held is unknown; a handler counts it as a
+// fragment. False for a connection without TLS.
+func (c *Conn) CutInRecord() bool { return c.drain != nil && c.drain.inRecord() }
 
 // TryRead reads c (TLS, CanTryRead) into p without waiting for the
 // client: what TLS already decrypted, or the records the kernel holds

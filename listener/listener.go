@@ -612,7 +612,7 @@ func (l *Listener) prepare(nc net.Conn) (*Conn, bool) {
 			return nil, false
 		}
 		c.Conn = tc
-		if d, ok := under.(*drainConn); ok && canPeek {
+		if d, ok := under.(*drainConn); ok {
 			c.drain = d
 		}
 	}

@@ -161,3 +161,58 @@ func TestDrainDeadlineResetsAnIdleClient(t *testing.T) {
 		return state == unix.BPF_TCP_CLOSE
 	})
 }
+
+// halfConn writes only the first half of each write once cut is set: a
+// TLS client whose last record never arrives whole.
+type halfConn struct {
+	net.Conn
+	cut bool
+}
+
+func (c *halfConn) Write(p []byte) (int, error) {
+	if c.cut {
+		if _, err := c.Conn.Write(p[:len(p)/2]); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+// A TLS client cut at the drain deadline inside a record (part of it was
+// read, and cannot be decrypted) has that record counted as a fragment
+// dropped, as a plain client's unfinished line is: the ledger closes
+// with it. The whole records before it are delivered.
+func TestTLSRecordCutAtDrainIsCounted(t *testing.T) {
+	serverTLS, clientTLS, err := certtest.Configs("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, sink := startServer(t, func(c *Config) {
+		c.Listener.TLS = serverTLS
+		c.DrainTimeout = 100 * time.Millisecond
+	})
+	nc, err := net.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &halfConn{Conn: nc}
+	c := tls.Client(hc, clientTLS)
+	defer c.Close()
+	if _, err := c.Write(linetest.AppendLine(linetest.AppendLine(nil, 1, 0), 1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the whole record's lines", func() bool { return sink.Lines() == 2 })
+	hc.cut = true
+	c.Write(linetest.AppendLine(linetest.AppendLine(nil, 1, 2), 1, 3)) // half a record arrives
+	waitUntil(t, "the half record read", func() bool {
+		var n int
+		rc, _ := nc.(*net.TCPConn).SyscallConn()
+		rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
+		return n == 0
+	})
+	sum := srv.Shutdown()
+	if sum.DroppedIncomplete != 1 || sum.CutAtDrain != 1 || sum.Ledger.Received != 3 || sum.Ledger.Delivered != 2 || !sum.Ledger.Closed() {
+		t.Fatalf("incomplete %d, cut at drain %d, ledger %+v", sum.DroppedIncomplete, sum.CutAtDrain, sum.Ledger)
+	}
+}

@@ -722,6 +722,7 @@ func (s *Server) ServeConn(c *listener.Conn) {
 	for {
 		err := cs.serve(skipping)
 		if !errors.Is(err, framer.ErrSuspend) {
+			cs.countCutRecord()
 			cs.logClose(err)
 			return
 		}
@@ -883,6 +884,25 @@ type clientConn struct {
 	ended    bool                        // ServeConn returned
 	partial  []byte                      // the line in progress when the reads were suspended
 	skipping bool                        // inside a dropped line when the reads were suspended
+}
+
+// countCutRecord counts, as a fragment, the TLS record a client's stream
+// ended inside (cut at the drain deadline, reset, closed short): its bytes
+// were read, but cannot be decrypted, so what lines it held is unknown.
+// One fragment per connection: none if the framer dropped the partial
+// line it held, which the record went on with.
+func (cs *clientConn) countCutRecord() {
+	if cs.fragmentCounted || !cs.c.CutInRecord() {
+		return
+	}
+	s := cs.s
+	s.incomplete.Add(1)
+	s.ledger.DropRead(dispatch.DropIncomplete, 1)
+	cs.fragmentCounted = true
+	if cs.c.Interrupted() {
+		s.cutAtDrain.Add(1)
+	}
+	cs.c.Log.Warn("connection ended inside a TLS record, which cannot be decrypted; counted as a fragment dropped")
 }
 
 // dropped counts a line the framer dropped.
