@@ -143,10 +143,13 @@ func New(r io.Reader, cfg Config, pool *Pool) *Framer {
 }
 
 // getBuffer lends a BufferReader the room after the carried tail, or nil
-// when the budget has none now.
+// when the budget has none now. A partial line's wait for data goes on
+// until the read returns bytes (Next): a TLS read can take bytes of a
+// record and still return none, and those must not put off the line
+// timeout. A wait for memory is not the client's: it does not count.
 func (f *Framer) getBuffer() []byte {
-	f.idleSince.Store(0)
 	if !f.tryReserve() {
+		f.idleSince.Store(0)
 		f.starved = true
 		return nil
 	}
@@ -158,7 +161,10 @@ func (f *Framer) getBuffer() []byte {
 // read buffer, keeping only the partial line (in a buffer of its size when
 // it is shorter than one read), and what it reserved beyond that.
 func (f *Framer) putBuffer() {
-	if f.n > 0 || f.discarding {
+	switch {
+	case f.n == 0 && !f.discarding:
+		f.idleSince.Store(0)
+	case f.idleSince.Load() == 0:
 		f.idleSince.Store(max(mono.Now(), 1))
 	}
 	f.shrink()
@@ -287,6 +293,9 @@ func (f *Framer) Next() (*Batch, error) {
 		var err error
 		if f.br != nil {
 			n, err = f.br.ReadBuffer(f.get, f.put)
+			if n > 0 {
+				f.idleSince.Store(0)
+			}
 			if f.starved {
 				f.starved = false
 				if n == 0 && err == nil {

@@ -1,6 +1,7 @@
 package ndjson
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"net"
@@ -214,5 +215,57 @@ func TestTLSRecordCutAtDrainIsCounted(t *testing.T) {
 	sum := srv.Shutdown()
 	if sum.DroppedIncomplete != 1 || sum.CutAtDrain != 1 || sum.Ledger.Received != 3 || sum.Ledger.Delivered != 2 || !sum.Ledger.Closed() {
 		t.Fatalf("incomplete %d, cut at drain %d, ledger %+v", sum.DroppedIncomplete, sum.CutAtDrain, sum.Ledger)
+	}
+}
+
+// trickleConn writes each write a byte at a time, every 20 ms, once slow
+// is set: a TLS record that comes in bytes and is never finished in time.
+type trickleConn struct {
+	net.Conn
+	slow bool
+}
+
+func (c *trickleConn) Write(p []byte) (int, error) {
+	if !c.slow {
+		return c.Conn.Write(p)
+	}
+	for i := range p {
+		if _, err := c.Conn.Write(p[i : i+1]); err != nil {
+			return i, err
+		}
+		time.Sleep(20 * time.Millisecond) // the client's pace, not a wait for the server
+	}
+	return len(p), nil
+}
+
+// Bytes of a TLS record that never completes are no data: a TLS client
+// holding a partial line is closed at --line-timeout though it trickles
+// record bytes, as a plain client that sends nothing is.
+func TestTLSTrickleDoesNotPutOffTheLineTimeout(t *testing.T) {
+	serverTLS, clientTLS, err := certtest.Configs("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, _ := startServer(t, func(c *Config) {
+		c.Listener.TLS = serverTLS
+		c.LineTimeout = 200 * time.Millisecond
+	})
+	defer srv.Shutdown()
+	nc, err := net.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := &trickleConn{Conn: nc}
+	c := tls.Client(tc, clientTLS)
+	defer c.Close()
+	if _, err := c.Write([]byte(`{"half":"a li`)); err != nil {
+		t.Fatal(err)
+	}
+	tc.slow = true
+	start := time.Now()
+	c.Write(bytes.Repeat([]byte("x"), 200)) // about 240 record bytes over 5 s, unless cut
+	waitUntil(t, "the line timeout", func() bool { return srv.Stats().LineTimeouts == 1 })
+	if d := time.Since(start); d > 4*time.Second {
+		t.Fatalf("closed after %s of trickling; the line timeout is 200ms", d)
 	}
 }

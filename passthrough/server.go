@@ -246,7 +246,9 @@ func (s *Server) sweeper() {
 				if ss.timedOut.CompareAndSwap(false, true) {
 					idle = append(idle, ss)
 				}
-			case halfOn && last <= halfExpired && ss.half.Load():
+			case halfOn && ss.half.Load() && ss.last.Load() <= halfExpired:
+				// (half first: its store follows last's, so last is
+				// then the FIN's time or later)
 				if ss.timedOut.CompareAndSwap(false, true) {
 					half = append(half, ss)
 				}

@@ -1450,15 +1450,10 @@ func (s *Spool) cutAcked(seg *segment) error {
 	}
 	defer f.Close()
 	var spans []span
-	var h [headerSize]byte
-	for off := int64(len(magic)); off < seg.size; {
-		if _, err := f.ReadAt(h[:], off); err != nil {
-			return fmt.Errorf("spool: reading %s: %w", seg.path, err)
-		}
-		end := off + headerSize + int64(binary.LittleEndian.Uint32(h[0:]))
-		if end > seg.size {
-			return nil // not as written: leave it whole
-		}
+	var records, lines int
+	_, damaged, err := scan(f, seg.size, seg.seq, func(r Record) error {
+		off := r.ID.Off
+		end := off + headerSize + int64(len(r.Data))
 		switch {
 		case acked[off]:
 		case len(spans) > 0 && spans[len(spans)-1].end == off:
@@ -1466,7 +1461,13 @@ func (s *Spool) cutAcked(seg *segment) error {
 		default:
 			spans = append(spans, span{off, end})
 		}
-		off = end
+		return nil
+	}, &records, &lines)
+	if err != nil {
+		return fmt.Errorf("spool: reading %s: %w", seg.path, err)
+	}
+	if damaged > 0 {
+		return nil // damage: left whole, for the next Open to cut and count
 	}
 	end, rewritten, err := compact(f, seg.path, spans)
 	if err != nil {
