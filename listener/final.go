@@ -50,11 +50,23 @@ func FinalRead(rc syscall.RawConn, p []byte) (int, error) {
 	var rerr error
 	peerDone := false
 	err := rc.Control(func(fd uintptr) {
-		for {
-			n, rerr = syscall.Read(int(fd), p)
-			if !errors.Is(rerr, syscall.EINTR) {
-				break
+		read := func() {
+			for {
+				n, rerr = syscall.Read(int(fd), p)
+				if !errors.Is(rerr, syscall.EINTR) {
+					break
+				}
 			}
+		}
+		read()
+		if errors.Is(rerr, syscall.EAGAIN) {
+			// Nothing now, but the client may still be sending: shut
+			// the socket down (as interrupt does, if it has not yet: a
+			// reader can wake between its deadline and its shutdown),
+			// after which the kernel takes nothing more, and look once
+			// more at what it took.
+			_ = syscall.Shutdown(int(fd), syscall.SHUT_RDWR)
+			read()
 		}
 		if n == 0 && rerr == nil {
 			peerDone = peerClosed(fd)
