@@ -241,6 +241,11 @@ type Server struct {
 	// give up, and what is left is counted as dropped.
 	hard       context.Context
 	hardCancel context.CancelFunc
+	// untilSpool is hard, also cancelled when the spool opens (with a
+	// spool): a client waiting for room in the queue in memory, before
+	// the spool opened, goes on to the spool then.
+	untilSpool      context.Context
+	untilSpoolOpens context.CancelFunc
 	// retired, set by Retire before Shutdown, defers the end of delivery
 	// of a server a reload replaced or removed until the process stops.
 	retired  context.Context        // never done when nil
@@ -332,6 +337,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.pool = pool.New(cfg.Pool, s.q, s.set)
 	s.hard, s.hardCancel = context.WithCancel(context.Background())
+	s.untilSpool, s.untilSpoolOpens = context.WithCancel(s.hard)
 	return s, nil
 }
 
@@ -458,7 +464,18 @@ func (s *Server) push(b *framer.Batch, sc **route.Scratch) (notQueued int, err e
 		return s.router.Push(s.hard, b, *sc)
 	}
 	n := b.Lines
-	if err := s.q.Push(s.hard, b); err != nil {
+	ctx := s.hard
+	if sp == nil && s.cfg.Spool != nil {
+		ctx = s.untilSpool
+	}
+	if err := s.q.Push(ctx, b); err != nil {
+		if s.hard.Err() == nil && ctx != s.hard && s.sp.Load() != nil {
+			// The spool opened while the client waited for room in
+			// the queue in memory (every target down): its lines go
+			// to the spool, and it goes on sending.
+			s.unspooled.Add(^uint64(n - 1))
+			return s.push(b, sc)
+		}
 		if s.hard.Err() != nil && s.handOn(b) == nil {
 			// A replaced server past its deadline (a client held back
 			// by a full queue stayed, and is read to its end): its
@@ -601,6 +618,7 @@ func (s *Server) adoptSpool(sp *spool.Spool) {
 	s.ledger.Replayed(uint64(st.Lines))
 	s.ledger.Inherited(min(uint64(st.Lines), leftInProcess.take(s.cfg.Spool.Dir)))
 	s.sp.Store(sp)
+	s.untilSpoolOpens() // after the Store: a push it wakes finds the spool
 	// At the shutdown deadline, a client waiting for room in a full
 	// spool gives up, as one waiting for the queue does.
 	context.AfterFunc(s.hard, sp.EndInput)

@@ -399,3 +399,42 @@ func TestSpoolHeldElsewhereCountsUnspooledLines(t *testing.T) {
 		t.Fatalf("summary %+v", sum)
 	}
 }
+
+// A server that could not open its spool yet (another instance held it,
+// as during a reload) queues in memory; a client held back once that
+// queue is full (every target down) goes on to the spool as soon as it
+// opens: it is not held until the targets return.
+func TestHeldBackClientMovesToTheSpoolWhenItOpens(t *testing.T) {
+	ledger := linetest.NewLedger()
+	sink := linetest.StartSink(t, ledger)
+	sink.Kill(false)
+	dir := t.TempDir()
+	first := startSpoolServer(t, sink, dir, 100*time.Millisecond) // holds the spool
+	second := startSpoolServer(t, sink, dir, 100*time.Millisecond)
+	const perClient = 200000 // about 26 MiB: more than the 4 MiB queue and the sockets hold
+	sent := make(chan error, 1)
+	go func() { sent <- linetest.SendClients(second.Addr().String(), 1, 0, perClient, 64<<10) }()
+	waitUntil(t, "the client held back by the queue in memory", func() bool {
+		return second.Stats().Queue.Bytes > 3<<20
+	})
+	first.Shutdown() // lets the spool go
+	select {
+	case err := <-sent:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the client is still held back after the spool opened")
+	}
+	if err := sink.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "every line delivered", func() bool { return sink.Lines() == perClient })
+	sum := second.Shutdown()
+	if !sum.Clean || sum.Ledger.Received != perClient || !sum.Ledger.Closed() {
+		t.Fatalf("clean %v, ledger %+v", sum.Clean, sum.Ledger)
+	}
+	if r := ledger.Check(map[uint32]uint32{1: perClient}); r.Lost != 0 || r.Duplicated != 0 || r.Torn != 0 {
+		t.Fatal(r)
+	}
+}

@@ -788,9 +788,10 @@ func (s *Spool) AppendHandOff(data []byte, lines int, take func() bool) (id ID, 
 }
 
 // Keep appends a record after EndInput, before Close, without waiting for
-// room: ErrFull when there is none (whatever Config.Full says: it drops
-// nothing). It is for lines a caller holds in memory only, at its
-// shutdown, that the next Open should deliver.
+// room: with DropOldest it drops the oldest segments as Append does,
+// otherwise it fails with ErrFull when there is none. It is for lines a
+// caller holds in memory only, at its shutdown, that the next Open should
+// deliver.
 func (s *Spool) Keep(data []byte, lines int) (ID, error) {
 	id, _, err := s.appendRecord(data, lines, nil, true)
 	return id, err
@@ -835,10 +836,10 @@ again:
 					}
 					return ID{}, false, err
 				}
-			case keep:
-				return ID{}, false, ErrFull
 			case s.cfg.Full == DropOldest && len(s.segs) > 1:
 				s.dropOldest()
+			case keep:
+				return ID{}, false, ErrFull
 			case s.cfg.Full == DropOldest:
 				return ID{}, false, ErrFull // only the segment being written is left
 			default:

@@ -1388,3 +1388,20 @@ func TestKeepAfterEndInput(t *testing.T) {
 		t.Fatalf("%d records replayed, %d kept", len(recs), kept)
 	}
 }
+
+// With DropOldest, Keep makes room as Append does: the oldest segments go
+// (counted as dropped), and the newest records stay.
+func TestKeepDropsOldestWhenSoConfigured(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, func(c *Config) { c.MaxBytes, c.Full = 8<<10, DropOldest })
+	defer s.Close()
+	s.EndInput()
+	for i := range 100 {
+		if _, err := s.Keep(data(i), 1+i%5); err != nil {
+			t.Fatalf("keep %d: %v", i, err)
+		}
+	}
+	if st := s.Stats(); st.Dropped == 0 || st.Records == 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
