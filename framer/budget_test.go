@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -315,5 +316,36 @@ func TestBudgetLongLineWaiterIsNotStalled(t *testing.T) {
 	err := b.acquire(40, false, 0, 10, stop) // S: ordinary, would fit once L gives up
 	if long := <-done; err != nil || !errors.Is(long, errNoRoom) {
 		t.Fatalf("ordinary waiter: %v (want room once the long line gave up); long waiter: %v (want errNoRoom)", err, long)
+	}
+}
+
+// One client's line of 200 KB, read 2 KB at a time, fits a 1 MiB budget
+// whose long-line share is 768 KB: each read of a long line reserves the
+// line's buffer and one read more. (It reserved the room after the line
+// instead, up to the buffer's size again: 1 MiB for this line, and it was
+// dropped as memory with no other client.)
+func TestLongLineFitsASmallBudget(t *testing.T) {
+	line := append(bytes.Repeat([]byte("x"), 200_000), '\n')
+	sizes := make([]int, 0, len(line)/2048+1)
+	for n := len(line); n > 0; n -= 2048 {
+		sizes = append(sizes, min(n, 2048))
+	}
+	f := New(&chunkReader{data: bytes.Repeat(line, 4), sizes: slices.Repeat(sizes, 4)},
+		Config{ReadBytes: 64 << 10, MaxLineBytes: 256 << 10, MemoryWait: 100 * time.Millisecond}, NewPool())
+	f.Budget = NewBudget(1 << 20)
+	dropped := 0
+	f.OnDrop = func(Drop) { dropped++ }
+	lines := 0
+	for {
+		b, err := f.Next()
+		if err != nil {
+			break
+		}
+		lines += b.Lines
+		b.Release()
+	}
+	f.Close()
+	if lines != 4 || dropped != 0 {
+		t.Fatalf("%d lines, %d dropped", lines, dropped)
 	}
 }

@@ -154,7 +154,7 @@ func (f *Framer) getBuffer() []byte {
 		return nil
 	}
 	f.ensureRoom()
-	return f.cur.buf[f.n:]
+	return f.readRoom()
 }
 
 // putBuffer is called when the read would block: the framer gives back the
@@ -205,13 +205,32 @@ func (f *Framer) setReserved(n int64) {
 
 // readNeed is what the next read must have reserved: the buffer it reads
 // into, and room for the one buffer that cutting what it reads may add (a
-// small batch copied out, or the new tail).
+// small batch copied out, or the new tail, at most what the read takes).
+// A read takes the buffer's whole room after the tail (readRoom), so that
+// batches fill their buffers, but while the framer grows a line longer
+// than one read it takes ReadBytes at most: reserving the room after a
+// long line instead (up to the line's size again) made a long line ask
+// for twice its buffer, more than a small budget's long-line share, and it
+// was dropped as memory with no other client (octet-counted messages of
+// 200 KB, a 1 MiB budget).
 func (f *Framer) readNeed() int64 {
 	c := classSize(f.n + f.cfg.ReadBytes)
 	if f.cur != nil && len(f.cur.buf)-f.n >= f.cfg.ReadBytes {
 		c = len(f.cur.buf)
 	}
+	if f.long() {
+		return int64(c + classSize(f.cfg.ReadBytes))
+	}
 	return int64(c + classSize(c-f.n))
+}
+
+// readRoom is where the next read goes: after the carried tail, and at
+// most ReadBytes of it while the framer grows a long line (see readNeed).
+func (f *Framer) readRoom() []byte {
+	if f.long() {
+		return f.cur.buf[f.n : f.n+f.cfg.ReadBytes]
+	}
+	return f.cur.buf[f.n:]
 }
 
 // long reports whether the framer grows a line longer than one read.
@@ -312,7 +331,7 @@ func (f *Framer) Next() (*Batch, error) {
 			if f.n > 0 || f.discarding {
 				f.idleSince.Store(max(mono.Now(), 1))
 			}
-			n, err = f.r.Read(f.cur.buf[f.n:])
+			n, err = f.r.Read(f.readRoom())
 			f.idleSince.Store(0)
 		}
 		f.err = err
