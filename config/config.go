@@ -86,7 +86,12 @@ type Error struct {
 	// top of the file or the file as a whole.
 	Listener string
 	Msg      string
+	// Err, if set, is the error Msg was made from (a *settings.Error).
+	Err error
 }
+
+// Unwrap returns Err.
+func (e *Error) Unwrap() error { return e.Err }
 
 // Error is PATH:LINE: listener "NAME": MSG, without the parts not known.
 func (e *Error) Error() string {

@@ -4,8 +4,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -280,4 +282,45 @@ func (c *ticketCount) Put(key string, cs *tls.ClientSessionState) {
 		c.puts.Add(1)
 	}
 	c.ClientSessionCache.Put(key, cs)
+}
+
+// A reload that comes while a certificate and its key do not match (a
+// rotation half done: a Kubernetes Secret updates apart from the
+// ConfigMap that changed with it) is refused, and tried again: once the
+// key matches, the change it carried (a target here) applies with no new
+// SIGHUP.
+func TestReloadRefusedMidRotationIsTriedAgain(t *testing.T) {
+	p := newPKI(t)
+	cert, key, _ := p.files(t, "ndlb", "127.0.0.1", "localhost")
+	_, otherKey, _ := p.files(t, "other", "127.0.0.1")
+	goodKey, err := os.ReadFile(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongKey, err := os.ReadFile(otherKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWorld(t, 2)
+	dir := t.TempDir()
+	doc := func(target *linetest.Sink) string {
+		return fmt.Sprintf("log-format = \"json\"\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\n"+
+			"tls-cert = %q\ntls-key = %q\ntarget = [%q]\n", cert, key, target.Addr())
+	}
+	path := writeConfig(t, dir, doc(w.sinks[0]))
+	proc := startCmd(t, command(bin, "--config", path))
+	listening(t, proc, 1)
+	if err := os.WriteFile(key, wrongKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, dir, doc(w.sinks[1])) // the watcher reloads it
+	proc.waitLog("the refused reload is tried again: the files it names may be changing", 10*time.Second)
+	if err := os.WriteFile(key, goodKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	applied := proc.waitLog("config reloaded", 10*time.Second)
+	if trigger, _ := applied["trigger"].(string); !strings.HasSuffix(trigger, "tried again") {
+		t.Fatalf("applied by %q, want the retry", trigger)
+	}
+	proc.stopOK()
 }

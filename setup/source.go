@@ -104,7 +104,7 @@ func (s *Source) Place(err error) error {
 			line, msg = 0, fmt.Sprintf("%s (set by --%s or %s)", msg, se.Setting, settings.Setting{Name: se.Setting}.Env())
 		}
 	}
-	return &config.Error{Path: s.File.Path, Line: line, Listener: s.Sec.Name, Msg: msg}
+	return &config.Error{Path: s.File.Path, Line: line, Listener: s.Sec.Name, Msg: msg, Err: se}
 }
 
 // Spec turns the process-wide settings and the listeners' sources into a

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/ndlb/ndlb/config"
 	"github.com/ndlb/ndlb/ndjson"
+	"github.com/ndlb/ndlb/settings"
 	"github.com/ndlb/ndlb/setup"
 	"github.com/ndlb/ndlb/supervisor"
 	"github.com/ndlb/ndlb/telemetry"
@@ -86,7 +88,9 @@ func runBalancer(c *cli.Context) error {
 			if err != nil {
 				return supervisor.Spec{}, err
 			}
-			return specOf(proc, srcs, log)
+			// Not specOf: a reload logs the error, and keeps its chain
+			// (reloadRetry looks for the setting at fault).
+			return setup.Spec(proc, srcs, log)
 		}
 	}
 	// Signals are caught before the listeners open, so one that arrives as
@@ -137,6 +141,10 @@ func runBalancer(c *cli.Context) error {
 	// An upgrade runs beside this loop, so that a signal is acted on
 	// while it waits (for the new process, or for clients to move): a
 	// SIGTERM ends it, and reloads wait for its end.
+	var retry reloadRetry // a reload refused for files it could not load
+	reloadNow := func(why string) {
+		retry.after(sup.Reload(why), why, log)
+	}
 	var upgrade <-chan error // while one runs
 	cancelUpgrade := func() {}
 	defer func() { cancelUpgrade() }()
@@ -172,23 +180,32 @@ func runBalancer(c *cli.Context) error {
 			}
 			log.Error("upgrade failed; this process serves on", "err", err)
 			if reload != "" {
-				_ = sup.Reload(reload)
+				reloadNow(reload)
 				reload = ""
 			}
 		case <-hup:
+			retry.reset()
 			if upgrade != nil {
 				reload = "SIGHUP"
 				log.Info("reload waits for the upgrade in progress", "reason", reload)
 				continue
 			}
-			_ = sup.Reload("SIGHUP")
+			reloadNow("SIGHUP")
 		case <-changed:
+			retry.reset()
 			if upgrade != nil {
 				reload = "file changed"
 				log.Info("reload waits for the upgrade in progress", "reason", reload)
 				continue
 			}
-			_ = sup.Reload("file changed")
+			reloadNow("file changed")
+		case <-retry.c:
+			retry.c = nil
+			if upgrade != nil {
+				reload = retry.why
+				continue
+			}
+			reloadNow(retry.why + ", tried again")
 		case err := <-sup.Failed():
 			log.Error("listener failed", "err", err)
 			if upgrade != nil { // a new process not ready yet is stopped
@@ -235,3 +252,43 @@ func exitOf(err error, srcs []*setup.Source) error {
 	}
 	return usageError("%s", msg)
 }
+
+// reloadRetry tries a reload again that was refused because files it
+// names could not be loaded (TLS certificates and keys): mid-rotation, a
+// certificate and its key may not match for a moment (a Kubernetes Secret
+// and the ConfigMap that changed with it update apart), and the reload
+// that came with them, of targets say, would otherwise wait for the next
+// SIGHUP or edit. It tries after 1 s, doubling to 30 s, maxReloadRetries
+// times; a new SIGHUP or edit starts over.
+type reloadRetry struct {
+	c     <-chan time.Time
+	tries int
+	why   string
+}
+
+// maxReloadRetries bounds the tries of one refused reload (about 3 min).
+const maxReloadRetries = 10
+
+// retriedSettings are the settings whose refusal is about files that may
+// be in the middle of a change.
+var retriedSettings = map[string]bool{"tls-cert": true, "tls-target-ca": true}
+
+// after schedules a try after a reload that ended with err, if err is
+// about such files; why is the reload's first trigger.
+func (r *reloadRetry) after(err error, why string, log *slog.Logger) {
+	var se *settings.Error
+	if err == nil || !errors.As(err, &se) || !retriedSettings[se.Setting] || r.tries >= maxReloadRetries {
+		r.reset()
+		return
+	}
+	d := min(time.Second<<r.tries, 30*time.Second)
+	r.tries++
+	if r.why == "" {
+		r.why = why
+	}
+	log.Warn("the refused reload is tried again: the files it names may be changing", "in", d.String(), "try", r.tries, "of", maxReloadRetries)
+	r.c = time.After(d)
+}
+
+// reset forgets a pending try.
+func (r *reloadRetry) reset() { r.c, r.tries, r.why = nil, 0, "" }
