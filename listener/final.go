@@ -100,12 +100,11 @@ type drainConn struct {
 	// try makes a read take only what the kernel holds, failing with
 	// ErrWouldBlock rather than waiting (Conn.TryRead). Set and read by
 	// the one goroutine that reads the connection.
-	try    bool
-	n      int
-	rerr   error
-	tryFn  func(fd uintptr) bool // d.tryRead, bound once
-	waitFn func(fd uintptr) bool // d.waitReadable, bound once
-	buf    []byte                // of the read in progress
+	try   bool
+	n     int
+	rerr  error
+	tryFn func(fd uintptr) bool // d.tryRead, bound once
+	buf   []byte                // of the read in progress
 
 	// Where the bytes read so far stand in the TLS record framing: hdrN
 	// bytes of a record header, or left bytes of a record's body.
@@ -151,7 +150,7 @@ func newDrainConn(nc net.Conn, c *Conn) net.Conn {
 		return nc
 	}
 	d := &drainConn{Conn: nc, c: c, rc: rc}
-	d.tryFn, d.waitFn = d.tryRead, d.waitReadable
+	d.tryFn = d.tryRead
 	return d
 }
 
@@ -217,11 +216,6 @@ func (d *drainConn) tryRead(fd uintptr) bool {
 	}
 }
 
-// waitReadable, for RawConn.Read, waits until the socket has something to
-// read. (Asked in the same RawConn.Read that waits, so that data that came
-// since the last read cannot be missed.)
-func (d *drainConn) waitReadable(fd uintptr) bool { return readable(fd) }
-
 // Unwrap returns the connection under d.
 func (d *drainConn) Unwrap() net.Conn { return d.Conn }
 
@@ -276,5 +270,7 @@ func (c *Conn) TryRead(p []byte) (int, error) {
 
 // WaitRead waits until c's socket has something to read (data, the
 // client's end of stream, an error), or its read deadline passes. Only the
-// goroutine that reads c may call it.
-func (c *Conn) WaitRead() error { return c.drain.rc.Read(c.drain.waitFn) }
+// goroutine that reads c may call it. (readable asks inside the
+// RawConn.Read that waits, so that data that came since the last read
+// cannot be missed.)
+func (c *Conn) WaitRead() error { return c.drain.rc.Read(readable) }

@@ -16,6 +16,38 @@ import (
 	"github.com/ndlb/ndlb/internal/linetest"
 )
 
+// startTLSServer is startServer with TLS from the clients. dial connects
+// a client through wrap (a fault on the client's side), when not nil, and
+// completes its handshake; the connection is closed when the test ends.
+func startTLSServer(t *testing.T, edit func(*Config)) (*Server, *linetest.Sink, func(wrap func(net.Conn) net.Conn) *tls.Conn) {
+	t.Helper()
+	serverTLS, clientTLS, err := certtest.Configs("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, sink := startServer(t, func(c *Config) {
+		c.Listener.TLS = serverTLS
+		edit(c)
+	})
+	dial := func(wrap func(net.Conn) net.Conn) *tls.Conn {
+		t.Helper()
+		nc, err := net.Dial("tcp", srv.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if wrap != nil {
+			nc = wrap(nc)
+		}
+		c := tls.Client(nc, clientTLS)
+		t.Cleanup(func() { c.Close() })
+		if err := c.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	return srv, sink, dial
+}
+
 // splitConn writes each TLS record in two parts, so that the server
 // reads records that came in part.
 type splitConn struct{ net.Conn }
@@ -37,33 +69,16 @@ func (c splitConn) Write(p []byte) (int, error) {
 // idle clients filled this test's 256 KiB, and the next client's lines
 // were not read.
 func TestIdleTLSClientsHoldNoBuffer(t *testing.T) {
-	serverTLS, clientTLS, err := certtest.Configs("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, sink := startServer(t, func(c *Config) {
-		c.Listener.TLS = serverTLS
+	srv, sink, dial := startTLSServer(t, func(c *Config) {
 		c.ClientMemory, c.Framer.MaxLineBytes = 256<<10, 16<<10
 	})
-	dial := func(split bool) *tls.Conn {
-		t.Helper()
-		nc, err := net.Dial("tcp", srv.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if split {
-			nc = splitConn{nc}
-		}
-		c := tls.Client(nc, clientTLS)
-		t.Cleanup(func() { c.Close() })
-		if err := c.Handshake(); err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
 	var conns []*tls.Conn
 	for i := range 40 {
-		c := dial(i%2 == 1)
+		var wrap func(net.Conn) net.Conn
+		if i%2 == 1 {
+			wrap = func(nc net.Conn) net.Conn { return splitConn{nc} }
+		}
+		c := dial(wrap)
 		conns = append(conns, c)
 		if _, err := c.Write(linetest.AppendLine(nil, uint32(i), 0)); err != nil {
 			t.Fatal(err)
@@ -71,7 +86,7 @@ func TestIdleTLSClientsHoldNoBuffer(t *testing.T) {
 	}
 	waitUntil(t, "40 lines delivered", func() bool { return sink.Lines() == 40 })
 	waitUntil(t, "no memory held by idle TLS clients", func() bool { return srv.Stats().ClientMemory.Used == 0 })
-	late := dial(false) // a budget held by the idle clients would leave it unread
+	late := dial(nil) // a budget held by the idle clients would leave it unread
 	late.Write(linetest.AppendLine(nil, 100, 0))
 	waitUntil(t, "the late client's line", func() bool { return sink.Lines() == 41 })
 	for _, c := range conns[:10] {
@@ -185,21 +200,10 @@ func (c *halfConn) Write(p []byte) (int, error) {
 // dropped, as a plain client's unfinished line is: the ledger closes
 // with it. The whole records before it are delivered.
 func TestTLSRecordCutAtDrainIsCounted(t *testing.T) {
-	serverTLS, clientTLS, err := certtest.Configs("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, sink := startServer(t, func(c *Config) {
-		c.Listener.TLS = serverTLS
-		c.DrainTimeout = 100 * time.Millisecond
-	})
-	nc, err := net.Dial("tcp", srv.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	hc := &halfConn{Conn: nc}
-	c := tls.Client(hc, clientTLS)
-	defer c.Close()
+	srv, sink, dial := startTLSServer(t, func(c *Config) { c.DrainTimeout = 100 * time.Millisecond })
+	var hc *halfConn
+	c := dial(func(nc net.Conn) net.Conn { hc = &halfConn{Conn: nc}; return hc })
+	nc := hc.Conn
 	if _, err := c.Write(linetest.AppendLine(linetest.AppendLine(nil, 1, 0), 1, 1)); err != nil {
 		t.Fatal(err)
 	}
@@ -242,22 +246,10 @@ func (c *trickleConn) Write(p []byte) (int, error) {
 // holding a partial line is closed at --line-timeout though it trickles
 // record bytes, as a plain client that sends nothing is.
 func TestTLSTrickleDoesNotPutOffTheLineTimeout(t *testing.T) {
-	serverTLS, clientTLS, err := certtest.Configs("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, _ := startServer(t, func(c *Config) {
-		c.Listener.TLS = serverTLS
-		c.LineTimeout = 200 * time.Millisecond
-	})
+	srv, _, dial := startTLSServer(t, func(c *Config) { c.LineTimeout = 200 * time.Millisecond })
 	defer srv.Shutdown()
-	nc, err := net.Dial("tcp", srv.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc := &trickleConn{Conn: nc}
-	c := tls.Client(tc, clientTLS)
-	defer c.Close()
+	var tc *trickleConn
+	c := dial(func(nc net.Conn) net.Conn { tc = &trickleConn{Conn: nc}; return tc })
 	if _, err := c.Write([]byte(`{"half":"a li`)); err != nil {
 		t.Fatal(err)
 	}

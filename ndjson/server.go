@@ -913,6 +913,13 @@ func (cs *clientConn) countCutRecord() {
 	if cs.fragmentCounted || !cs.c.CutInRecord() {
 		return
 	}
+	cs.countFragment()
+	cs.c.Log.Warn("connection ended inside a TLS record, which cannot be decrypted; counted as a fragment dropped")
+}
+
+// countFragment counts the fragment a connection ended inside as dropped
+// (incomplete), and as cut at the drain when the deadline cut it.
+func (cs *clientConn) countFragment() {
 	s := cs.s
 	s.incomplete.Add(1)
 	s.ledger.DropRead(dispatch.DropIncomplete, 1)
@@ -920,7 +927,6 @@ func (cs *clientConn) countCutRecord() {
 	if cs.c.Interrupted() {
 		s.cutAtDrain.Add(1)
 	}
-	cs.c.Log.Warn("connection ended inside a TLS record, which cannot be decrypted; counted as a fragment dropped")
 }
 
 // dropped counts a line the framer dropped.
@@ -941,12 +947,7 @@ func (cs *clientConn) dropped(d framer.Drop) {
 		c.Log.Warn("client memory budget spent: a long line was dropped", "line_bytes_read", d.Bytes,
 			"client_buffer_bytes", s.cfg.ClientMemory)
 	case framer.ReasonIncomplete:
-		s.incomplete.Add(1)
-		s.ledger.DropRead(dispatch.DropIncomplete, 1)
-		cs.fragmentCounted = true
-		if c.Interrupted() {
-			s.cutAtDrain.Add(1)
-		}
+		cs.countFragment()
 		c.Log.Warn("connection ended inside a line; the fragment was dropped", "fragment_bytes", d.Bytes)
 	}
 }
