@@ -2,9 +2,11 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/hex"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -326,5 +328,77 @@ func TestDashboardAndAlertsUseExportedMetrics(t *testing.T) {
 			t.Errorf("rule %+v lacks a name, an expression, a severity or a summary", r)
 		}
 	}
+	p.stopOK()
+}
+
+// A reload that replaces listeners: the replacements count from zero and
+// the old instances drain and go, yet /metrics goes on from where they
+// stood, in both modes. Before, each counter fell back to the
+// replacement's own count (a reset, to Prometheus, in a process that did
+// not restart).
+func TestMetricsGoOnAcrossAReload(t *testing.T) {
+	dir := t.TempDir()
+	w := newWorld(t, 2)
+	doc := func(connections int, idle string) string {
+		return fmt.Sprintf("log-format = \"json\"\nadmin = \"127.0.0.1:0\"\n"+
+			"[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\ndrain-timeout = \"1s\"\nconnections = %d\ntarget = %s\n"+
+			"[[listener]]\nname = \"pt\"\npassthrough = true\naddr = \"127.0.0.1\"\nport = 0\ndrain-timeout = \"1s\"\nidle-timeout = %q\ntarget = [%q]\n",
+			connections, tomlList([]string{w.sinks[0].Addr(), w.sinks[1].Addr()}), idle, w.sinks[0].Addr())
+	}
+	path := writeConfig(t, dir, doc(2, "1m"))
+	p := startCmd(t, command(bin, "--config", path))
+	api := newAdminAPI(t, p, "")
+	addrs := listening(t, p, 2)
+	const lines = 1000
+	var ptBytes int
+	round := func(r uint32) {
+		t.Helper()
+		for i, name := range []string{"logs", "pt"} {
+			var buf bytes.Buffer
+			linetest.Send(&buf, 2*r+uint32(i), 0, lines, 1<<20)
+			if name == "pt" {
+				ptBytes += buf.Len()
+			}
+			c := dial(t, addrs[name])
+			if _, err := c.Write(buf.Bytes()); err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+		}
+		w.waitLines(uint64(2 * lines * (r + 1)))
+	}
+	sum := func(m map[string]float64) (n float64) {
+		for _, v := range m {
+			n += v
+		}
+		return n
+	}
+	check := func(r int) {
+		t.Helper()
+		want := map[string]float64{"logs": float64(r), "pt": float64(r)}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			accepted := scrape(t, api.url, "ndlb_connections_accepted_total", "ndlb_listener")
+			proxied := scrape(t, api.url, "ndlb_passthrough_connections_total", "ndlb_listener", `ndlb_outcome="proxied"`)
+			delivered := sum(scrape(t, api.url, "ndlb_target_lines_total", "server_address", `ndlb_listener="logs"`))
+			forwarded := sum(scrape(t, api.url, "ndlb_target_bytes_total", "server_address", `ndlb_listener="pt"`, `network_io_direction="transmit"`))
+			if maps.Equal(accepted, want) && proxied["pt"] == float64(r) && delivered == float64(r*lines) && forwarded == float64(ptBytes) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after round %d: accepted %v, proxied %v, target lines %v (want %d), target bytes %v (want %d)",
+					r, accepted, proxied, delivered, r*lines, forwarded, ptBytes)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	round(0)
+	check(1)
+	os.WriteFile(path, []byte(doc(3, "2m")), 0o600) // both listeners replaced
+	p.waitLogs("listener replaced; the old one drains", 2, 10*time.Second)
+	p.waitLogs("summary", 2, 10*time.Second) // the old instances are gone
+	check(1)
+	round(1)
+	check(2)
 	p.stopOK()
 }

@@ -1,12 +1,13 @@
 package listener
 
 import (
-	"context"
 	"sync"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/ndlb/ndlb/internal/carry"
 )
 
 var listenerInstruments = sync.OnceValues(func() (listenerMetrics, error) {
@@ -34,11 +35,29 @@ type listenerMetrics struct {
 	accepted, rejected, limited metric.Int64ObservableCounter
 }
 
+// listenerGroup reports every listener's metrics: a reload's replacement
+// and the listener it replaces add up, and the counters go on across them.
+var listenerGroup = sync.OnceValues(func() (*carry.Group, error) {
+	m, err := listenerInstruments()
+	if err != nil {
+		return nil, err
+	}
+	return carry.New(otel.Meter("github.com/ndlb/ndlb/listener"), carry.Instruments{
+		Counters: []metric.Observable{m.accepted, m.rejected, m.limited},
+		Sums:     []metric.Observable{m.active},
+	})
+})
+
 // ObserveMetrics reports the listener's counters through the OpenTelemetry
 // meter provider, labelled with attrs (the listener's name and mode), until
-// the registration is unregistered.
+// the registration is unregistered. A listener that replaces another
+// with the same attributes goes on from its counts (internal/carry).
 func (l *Listener) ObserveMetrics(attrs ...attribute.KeyValue) (metric.Registration, error) {
 	m, err := listenerInstruments()
+	if err != nil {
+		return nil, err
+	}
+	g, err := listenerGroup()
 	if err != nil {
 		return nil, err
 	}
@@ -48,7 +67,7 @@ func (l *Listener) ObserveMetrics(attrs ...attribute.KeyValue) (metric.Registrat
 	untrusted := metric.WithAttributes(append(attrs, attribute.String("ndlb.reason", "proxy_untrusted"))...)
 	srcConns := metric.WithAttributes(append(attrs, attribute.String("ndlb.reason", overConns))...)
 	srcRate := metric.WithAttributes(append(attrs, attribute.String("ndlb.reason", overRate))...)
-	return otel.Meter("github.com/ndlb/ndlb/listener").RegisterCallback(func(_ context.Context, o metric.Observer) error {
+	return g.Add(func(o metric.Observer) {
 		st := l.Stats()
 		o.ObserveInt64(m.active, st.Active, set)
 		o.ObserveInt64(m.accepted, int64(st.Accepted), set)
@@ -58,6 +77,5 @@ func (l *Listener) ObserveMetrics(attrs ...attribute.KeyValue) (metric.Registrat
 		o.ObserveInt64(m.rejected, int64(st.SourceConns), srcConns)
 		o.ObserveInt64(m.rejected, int64(st.SourceRate), srcRate)
 		o.ObserveInt64(m.limited, int64(st.LimitReached), set)
-		return nil
-	}, m.active, m.accepted, m.rejected, m.limited)
+	}), nil
 }

@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/ndlb/ndlb/dispatch"
+	"github.com/ndlb/ndlb/internal/carry"
 	"github.com/ndlb/ndlb/upstream"
 )
 
@@ -63,6 +64,26 @@ type ndjsonMetrics struct {
 	clientMemory                                metric.Int64ObservableGauge
 }
 
+// group reports every server's metrics (spools' included): those of a
+// reload's replacement and of the listener it replaces add up, and the
+// counters go on across them.
+var group = sync.OnceValues(func() (*carry.Group, error) {
+	n, err := instruments()
+	if err != nil {
+		return nil, err
+	}
+	sm, err := spoolInstruments()
+	if err != nil {
+		return nil, err
+	}
+	return carry.New(otel.Meter("github.com/ndlb/ndlb/ndjson"), carry.Instruments{
+		Counters: []metric.Observable{n.retried, n.failovers, n.failbacks, n.lineTimeouts, n.badFrames, n.udpDatagrams, n.udpDropped,
+			sm.appends, sm.handed, sm.syncs, sm.syncTime, sm.replayed, sm.corrupt, sm.dropped, sm.errs},
+		Sums:   []metric.Observable{n.queueBytes, n.queueDepth, n.clientMemory, sm.bytes, sm.records},
+		Latest: []metric.Observable{n.queueLimit, sm.oldest},
+	})
+})
+
 var ledgerInstruments = sync.OnceValues(func() (ledgerMetrics, error) {
 	m := otel.Meter("github.com/ndlb/ndlb/ndjson")
 	var l ledgerMetrics
@@ -114,9 +135,15 @@ func ObserveLedgers(b *dispatch.Book) (metric.Registration, error) {
 	}, m.received, m.delivered, m.dropped, m.inFlight, m.spooled, m.replayed)
 }
 
-// observe registers the server's metrics, labelled with attrs.
+// observe registers the server's metrics, labelled with attrs. A server
+// that replaces another with the same attributes goes on from its counts
+// (internal/carry).
 func (s *Server) observe(attrs ...attribute.KeyValue) (metric.Registration, error) {
 	m, err := instruments()
+	if err != nil {
+		return nil, err
+	}
+	g, err := group()
 	if err != nil {
 		return nil, err
 	}
@@ -124,11 +151,7 @@ func (s *Server) observe(attrs ...attribute.KeyValue) (metric.Registration, erro
 	udpAttrs := append(slices.Clone(attrs), attribute.String("network.transport", "udp"))
 	received := metric.WithAttributes(append(slices.Clone(udpAttrs), upstream.AttrDirection.String("receive"))...)
 	overflow := metric.WithAttributes(append(slices.Clone(udpAttrs), attribute.String("ndlb.reason", "kernel_overflow"))...)
-	instruments := []metric.Observable{m.retried, m.failovers, m.failbacks, m.queueBytes, m.queueLimit, m.queueDepth, m.clientMemory, m.lineTimeouts, m.badFrames}
-	if s.udp != nil {
-		instruments = append(instruments, m.udpDatagrams, m.udpDropped)
-	}
-	return otel.Meter("github.com/ndlb/ndlb/ndjson").RegisterCallback(func(_ context.Context, o metric.Observer) error {
+	return g.Add(func(o metric.Observer) {
 		st := s.Stats()
 		if s.udp != nil {
 			o.ObserveInt64(m.udpDatagrams, int64(st.Datagrams), received)
@@ -143,6 +166,5 @@ func (s *Server) observe(attrs ...attribute.KeyValue) (metric.Registration, erro
 		o.ObserveInt64(m.queueBytes, st.Queue.Bytes, set)
 		o.ObserveInt64(m.queueLimit, s.cfg.Queue.MaxBytes, set)
 		o.ObserveInt64(m.queueDepth, int64(st.Queue.Depth), set)
-		return nil
-	}, instruments...)
+	}), nil
 }

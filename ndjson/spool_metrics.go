@@ -1,7 +1,6 @@
 package ndjson
 
 import (
-	"context"
 	"errors"
 	"sync"
 	"time"
@@ -9,6 +8,8 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/ndlb/ndlb/spool"
 )
 
 type spoolMetrics struct {
@@ -46,26 +47,31 @@ var spoolInstruments = sync.OnceValues(func() (spoolMetrics, error) {
 	return sm, errors.Join(errs[:]...)
 })
 
-// observeSpool registers the spool's metrics, labelled with attrs.
+// observeSpool registers the spool's metrics, labelled with attrs. Until
+// the spool is open (a reload's replacement waits for the listener it
+// replaces to let it go) its counters are 0 and its gauges absent.
 func (s *Server) observeSpool(attrs ...attribute.KeyValue) (metric.Registration, error) {
 	m, err := spoolInstruments()
 	if err != nil {
 		return nil, err
 	}
+	g, err := group()
+	if err != nil {
+		return nil, err
+	}
 	set := metric.WithAttributes(attrs...)
-	return otel.Meter("github.com/ndlb/ndlb/ndjson").RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		sp := s.sp.Load()
-		if sp == nil {
-			return nil
+	return g.Add(func(o metric.Observer) {
+		var st spool.Stats
+		if sp := s.sp.Load(); sp != nil {
+			st = sp.Stats()
+			o.ObserveInt64(m.bytes, st.Bytes, set)
+			o.ObserveInt64(m.records, int64(st.Records), set)
+			age := int64(0)
+			if !st.Oldest.IsZero() {
+				age = int64(time.Since(st.Oldest).Seconds())
+			}
+			o.ObserveInt64(m.oldest, age, set)
 		}
-		st := sp.Stats()
-		o.ObserveInt64(m.bytes, st.Bytes, set)
-		o.ObserveInt64(m.records, int64(st.Records), set)
-		age := int64(0)
-		if !st.Oldest.IsZero() {
-			age = int64(time.Since(st.Oldest).Seconds())
-		}
-		o.ObserveInt64(m.oldest, age, set)
 		o.ObserveInt64(m.appends, int64(st.Appends), set)
 		o.ObserveInt64(m.handed, int64(st.HandedOff), set)
 		o.ObserveInt64(m.syncs, int64(st.Syncs), set)
@@ -74,6 +80,5 @@ func (s *Server) observeSpool(attrs ...attribute.KeyValue) (metric.Registration,
 		o.ObserveInt64(m.corrupt, int64(st.CorruptTails), set)
 		o.ObserveInt64(m.dropped, int64(st.DroppedLines), set)
 		o.ObserveInt64(m.errs, int64(s.spoolErrors.Load()+st.SyncErrors), set)
-		return nil
-	}, m.bytes, m.records, m.oldest, m.appends, m.handed, m.syncs, m.syncTime, m.replayed, m.corrupt, m.dropped, m.errs)
+	}), nil
 }

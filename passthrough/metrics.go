@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/ndlb/ndlb/internal/carry"
 	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/upstream"
 )
@@ -67,6 +68,24 @@ type ptMetrics struct {
 	duration, dial         metric.Float64Histogram
 }
 
+// group reports every server's metrics, TCP and UDP: those of a reload's
+// replacement and of the listener it replaces add up, and the counters go
+// on across them.
+var group = sync.OnceValues(func() (*carry.Group, error) {
+	p, err := instruments()
+	if err != nil {
+		return nil, err
+	}
+	u, err := udpInstruments()
+	if err != nil {
+		return nil, err
+	}
+	return carry.New(otel.Meter("github.com/ndlb/ndlb/passthrough"), carry.Instruments{
+		Counters: []metric.Observable{p.conns, p.closed, p.spliced, u.flows, u.datagrams, u.dropped},
+		Sums:     []metric.Observable{u.active},
+	})
+})
+
 func (s *core) name() string {
 	if s.cfg.Name == "" {
 		return "default"
@@ -100,7 +119,12 @@ func (s *Server) observe() []metric.Registration {
 		}
 		regs = append(regs, r)
 	}
-	add(otel.Meter("github.com/ndlb/ndlb/passthrough").RegisterCallback(func(_ context.Context, o metric.Observer) error {
+	g, err := group()
+	if err != nil {
+		s.log.Warn("metrics unavailable", "err", err)
+		return nil
+	}
+	regs = append(regs, g.Add(func(o metric.Observer) {
 		st := s.Stats()
 		o.ObserveInt64(m.conns, int64(st.Proxied), proxied)
 		o.ObserveInt64(m.conns, int64(st.Failed), failed)
@@ -108,8 +132,7 @@ func (s *Server) observe() []metric.Registration {
 		o.ObserveInt64(m.closed, int64(st.HalfClosed), half)
 		o.ObserveInt64(m.closed, int64(st.ShutdownClosed), shut)
 		o.ObserveInt64(m.spliced, int64(st.BytesSpliced), set)
-		return nil
-	}, m.conns, m.closed, m.spliced))
+	}))
 	add(s.ln.ObserveMetrics(s.attrs()...))
 	add(s.set.ObserveMetrics(s.name()))
 	return regs
@@ -183,7 +206,8 @@ type udpMetrics struct {
 func (s *UDPServer) observeUDP() []metric.Registration {
 	m, err := instruments()
 	u, uerr := udpInstruments()
-	if err = errors.Join(err, uerr); err != nil {
+	g, gerr := group()
+	if err = errors.Join(err, uerr, gerr); err != nil {
 		s.log.Warn("metrics unavailable", "err", err)
 		return nil
 	}
@@ -200,8 +224,7 @@ func (s *UDPServer) observeUDP() []metric.Registration {
 	for _, r := range reasons {
 		drops[r] = with("ndlb.reason", r)
 	}
-	var regs []metric.Registration
-	r, err := otel.Meter("github.com/ndlb/ndlb/passthrough").RegisterCallback(func(_ context.Context, o metric.Observer) error {
+	regs := []metric.Registration{g.Add(func(o metric.Observer) {
 		st := s.Stats()
 		o.ObserveInt64(u.flows, int64(st.Flows), set)
 		o.ObserveInt64(u.active, st.ActiveFlows, set)
@@ -214,11 +237,7 @@ func (s *UDPServer) observeUDP() []metric.Registration {
 		o.ObserveInt64(m.closed, int64(st.ICMPClosed), closed["icmp"])
 		o.ObserveInt64(m.closed, int64(st.MovedClosed), closed["moved"])
 		o.ObserveInt64(m.closed, int64(st.ShutdownClosed), closed["shutdown"])
-		return nil
-	}, u.flows, u.active, u.datagrams, u.dropped, m.closed)
-	if err == nil {
-		regs = append(regs, r)
-	}
+	})}
 	if r, err := s.set.ObserveMetrics(s.name()); err == nil {
 		regs = append(regs, r)
 	}

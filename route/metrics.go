@@ -1,7 +1,6 @@
 package route
 
 import (
-	"context"
 	"errors"
 	"sync"
 
@@ -9,6 +8,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
+	"github.com/ndlb/ndlb/internal/carry"
 	"github.com/ndlb/ndlb/upstream"
 )
 
@@ -39,17 +39,36 @@ var newInstruments = sync.OnceValues(func() (instruments, error) {
 	return in, errors.Join(errs[:]...)
 })
 
+// metricGroup reports every router's metrics: those of a reload's replacement
+// and of the listener it replaces add up, and the counters go on across
+// them.
+var metricGroup = sync.OnceValues(func() (*carry.Group, error) {
+	in, err := newInstruments()
+	if err != nil {
+		return nil, err
+	}
+	return carry.New(otel.Meter(meterName), carry.Instruments{
+		Counters: []metric.Observable{in.messages, in.moved, in.routed},
+		Latest:   []metric.Observable{in.load, in.maxLoad},
+	})
+})
+
 // ObserveMetrics registers the router's metrics, labelled with attrs (the
-// listener's).
+// listener's). A router that replaces another with the same attributes
+// goes on from its counts (internal/carry).
 func (r *Router) ObserveMetrics(attrs ...attribute.KeyValue) (metric.Registration, error) {
 	in, err := newInstruments()
+	if err != nil {
+		return nil, err
+	}
+	g, err := metricGroup()
 	if err != nil {
 		return nil, err
 	}
 	with := func(more ...attribute.KeyValue) metric.MeasurementOption {
 		return metric.WithAttributes(append(append([]attribute.KeyValue(nil), attrs...), more...)...)
 	}
-	return otel.Meter(meterName).RegisterCallback(func(_ context.Context, o metric.Observer) error {
+	return g.Add(func(o metric.Observer) {
 		st := r.Stats()
 		o.ObserveFloat64(in.maxLoad, r.cfg.MaxLoad, with())
 		o.ObserveInt64(in.moved, int64(st.MovedDown), with(attribute.String("ndlb.route.reason", "down")))
@@ -67,6 +86,5 @@ func (r *Router) ObserveMetrics(attrs ...attribute.KeyValue) (metric.Registratio
 				}
 			}
 		}
-		return nil
-	}, in.messages, in.moved, in.routed, in.load, in.maxLoad)
+	}), nil
 }

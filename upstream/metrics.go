@@ -1,12 +1,13 @@
 package upstream
 
 import (
-	"context"
 	"sync"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/ndlb/ndlb/internal/carry"
 )
 
 // Attribute keys of the metrics, after the OpenTelemetry semantic
@@ -47,6 +48,21 @@ type targetMetrics struct {
 	state                  metric.Int64ObservableGauge
 }
 
+// targetGroup reports the targets of every set: those of a reload's
+// replacement and of the listener it replaces add up, and the counters go
+// on across them.
+var targetGroup = sync.OnceValues(func() (*carry.Group, error) {
+	t, err := targetInstruments()
+	if err != nil {
+		return nil, err
+	}
+	return carry.New(otel.Meter("github.com/ndlb/ndlb/upstream"), carry.Instruments{
+		Counters: []metric.Observable{t.lines, t.bytes, t.failures},
+		Sums:     []metric.Observable{t.conns},
+		Latest:   []metric.Observable{t.state},
+	})
+})
+
 func join(a, b error) error {
 	if a != nil {
 		return a
@@ -57,14 +73,20 @@ func join(a, b error) error {
 // ObserveMetrics reports the set's targets through the OpenTelemetry
 // meter provider, labelled with the listener's name, until the returned
 // registration is unregistered. It costs nothing until metrics are read.
+// A set that replaces another of the same listener (a reload) goes on
+// from its counts (internal/carry).
 func (s *Set) ObserveMetrics(listener string) (metric.Registration, error) {
 	t, err := targetInstruments()
 	if err != nil {
 		return nil, err
 	}
+	g, err := targetGroup()
+	if err != nil {
+		return nil, err
+	}
 	l := AttrListener.String(listener)
 	tx, rx := AttrDirection.String("transmit"), AttrDirection.String("receive")
-	return otel.Meter("github.com/ndlb/ndlb/upstream").RegisterCallback(func(_ context.Context, o metric.Observer) error {
+	return g.Add(func(o metric.Observer) {
 		for _, target := range s.Targets() {
 			st := target.Stats()
 			srv := AttrServer.String(st.Addr)
@@ -81,6 +103,5 @@ func (s *Set) ObserveMetrics(listener string) (metric.Registration, error) {
 				o.ObserveInt64(t.state, v, metric.WithAttributes(l, srv, AttrState.String(state.String())))
 			}
 		}
-		return nil
-	}, t.lines, t.bytes, t.conns, t.failures, t.state)
+	}), nil
 }

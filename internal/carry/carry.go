@@ -1,0 +1,217 @@
+package carry
+
+import (
+	"context"
+	"sync"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/embedded"
+)
+
+// Group reports, through one callback, what its live sources observe, and
+// keeps its counters continuous across them: a counter's value is what
+// the live sources observe plus what the sources removed before them had
+// counted, for the same instrument and attributes.
+//
+// A listener replaced by a reload is the case it is for: the replacement
+// counts from zero, the old instance drains beside it, and then goes.
+// Reported apart, their counters would fall back when the old one left;
+// through a Group they go on from where the pair stood.
+type Group struct {
+	carried map[metric.Observable]bool
+	latest  map[metric.Observable]bool
+
+	mu      sync.Mutex // held while sources observe: a removal waits for a collection
+	sources []*Source
+	// counted by removed sources, by instrument and attributes
+	base  map[key]int64
+	fbase map[fkey]float64
+}
+
+// Instruments are a Group's instruments, by how the observations of
+// several live sources with the same attributes make one.
+type Instruments struct {
+	// Counters are cumulative: the live sources' sum, plus what removed
+	// sources had counted.
+	Counters []metric.Observable
+	// Sums are how much there is now (connections open, bytes queued):
+	// the live sources' sum.
+	Sums []metric.Observable
+	// Latest are settings and states: the newest live source's value.
+	Latest []metric.Observable
+}
+
+type key struct {
+	inst  metric.Int64Observable
+	attrs attribute.Distinct
+}
+
+// New registers with m one callback that reports the observations of the
+// group's sources. An instrument a source observes that is not in in is
+// dropped by the SDK.
+func New(m metric.Meter, in Instruments) (*Group, error) {
+	g := &Group{carried: make(map[metric.Observable]bool), latest: make(map[metric.Observable]bool),
+		base: make(map[key]int64), fbase: make(map[fkey]float64)}
+	var all []metric.Observable
+	for _, c := range in.Counters {
+		g.carried[c] = true
+		all = append(all, c)
+	}
+	for _, l := range in.Latest {
+		g.latest[l] = true
+	}
+	all = append(append(all, in.Sums...), in.Latest...)
+	if _, err := m.RegisterCallback(g.report, all...); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// Add makes observe a source of the group until the returned registration
+// is unregistered. observe must not block; it is called with the group's
+// lock held, once per collection.
+func (g *Group) Add(observe func(metric.Observer)) *Source {
+	s := &Source{g: g, observe: observe}
+	g.mu.Lock()
+	g.sources = append(g.sources, s)
+	g.mu.Unlock()
+	return s
+}
+
+// report is the group's callback.
+func (g *Group) report(_ context.Context, o metric.Observer) error {
+	g.mu.Lock()
+	c := g.collect(nil)
+	for k, v := range c.ints {
+		if g.carried[k.inst] {
+			v += g.base[k]
+		}
+		o.ObserveInt64(k.inst, v, metric.WithAttributeSet(c.sets[k.attrs]))
+	}
+	for k, v := range c.floats {
+		if g.carried[k.inst] {
+			v += g.fbase[k]
+		}
+		o.ObserveFloat64(k.inst, v, metric.WithAttributeSet(c.sets[k.attrs]))
+	}
+	g.mu.Unlock()
+	return nil
+}
+
+// collect has every live source but skip observe. Called with g.mu held.
+func (g *Group) collect(skip *Source) *collector {
+	c := g.newCollector()
+	for _, s := range g.sources {
+		if s != skip {
+			s.observe(c)
+		}
+	}
+	return c
+}
+
+// remove takes s out of the group, adding its counters' last values to
+// the base. Base entries no live source observes any longer (a removed
+// listener's, a target gone from every set) are forgotten: the base
+// stays as large as what is reported.
+func (g *Group) remove(s *Source) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	i := -1
+	for j, x := range g.sources {
+		if x == s {
+			i = j
+		}
+	}
+	if i < 0 {
+		return // removed already
+	}
+	last := g.newCollector()
+	s.observe(last)
+	for k, v := range last.ints {
+		if g.carried[k.inst] {
+			g.base[k] += v
+		}
+	}
+	for k, v := range last.floats {
+		if g.carried[k.inst] {
+			g.fbase[k] += v
+		}
+	}
+	g.sources = append(g.sources[:i], g.sources[i+1:]...)
+	live := g.collect(nil)
+	for k := range g.base {
+		if _, ok := live.ints[k]; !ok {
+			delete(g.base, k)
+		}
+	}
+	for k := range g.fbase {
+		if _, ok := live.floats[k]; !ok {
+			delete(g.fbase, k)
+		}
+	}
+}
+
+func (g *Group) newCollector() *collector {
+	return &collector{latest: g.latest, ints: make(map[key]int64), floats: make(map[fkey]float64),
+		sets: make(map[attribute.Distinct]attribute.Set)}
+}
+
+// Source is one member of a Group, reporting until unregistered.
+type Source struct {
+	embedded.Registration
+	g       *Group
+	observe func(metric.Observer)
+}
+
+// Unregister ends s's reports; its counters' last values stay in the
+// group's (see Group). It is safe to call more than once.
+func (s *Source) Unregister() error {
+	s.g.remove(s)
+	return nil
+}
+
+type fkey struct {
+	inst  metric.Float64Observable
+	attrs attribute.Distinct
+}
+
+// collector is the Observer the sources observe into, one after another
+// in the order they were added: it sums what they observe by instrument
+// and attributes, or keeps the last for the latest instruments.
+type collector struct {
+	embedded.Observer
+	latest map[metric.Observable]bool
+	ints   map[key]int64
+	floats map[fkey]float64
+	sets   map[attribute.Distinct]attribute.Set
+}
+
+func (c *collector) attrs(opts []metric.ObserveOption) attribute.Distinct {
+	set := metric.NewObserveConfig(opts).Attributes()
+	d := set.Equivalent()
+	if _, ok := c.sets[d]; !ok {
+		c.sets[d] = set
+	}
+	return d
+}
+
+// ObserveInt64 adds v to what inst has with those attributes, or sets it.
+func (c *collector) ObserveInt64(inst metric.Int64Observable, v int64, opts ...metric.ObserveOption) {
+	k := key{inst, c.attrs(opts)}
+	if c.latest[inst] {
+		c.ints[k] = v
+	} else {
+		c.ints[k] += v
+	}
+}
+
+// ObserveFloat64 adds v to what inst has with those attributes, or sets it.
+func (c *collector) ObserveFloat64(inst metric.Float64Observable, v float64, opts ...metric.ObserveOption) {
+	k := fkey{inst, c.attrs(opts)}
+	if c.latest[inst] {
+		c.floats[k] = v
+	} else {
+		c.floats[k] += v
+	}
+}
