@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -244,9 +245,9 @@ func TestDashboardAndAlertsUseExportedMetrics(t *testing.T) {
 	dir := t.TempDir()
 	doc := func(interval string) string {
 		return fmt.Sprintf("log-format = \"json\"\nadmin = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\n"+
-			"target = [%q]\ncheck = \"tcp\"\ncheck-interval = %q\ncheck-timeout = \"100ms\"\n\n[[listener]]\nname = \"web\"\npassthrough = true\n"+
+			"target = [%q]\ncheck = \"tcp\"\ncheck-interval = %q\ncheck-timeout = \"100ms\"\nspool-dir = %q\n\n[[listener]]\nname = \"web\"\npassthrough = true\n"+
 			"addr = \"127.0.0.1\"\nport = 0\ntarget = [%q]\n\n[[listener]]\nname = \"dns\"\npassthrough = true\nproto = \"udp\"\n"+
-			"addr = \"127.0.0.1\"\nport = 0\ntarget = [%q]\n", w.sinks[0].Addr(), interval, echo.addr(), udpEcho.addr())
+			"addr = \"127.0.0.1\"\nport = 0\ntarget = [%q]\n", w.sinks[0].Addr(), interval, filepath.Join(dir, "spool"), echo.addr(), udpEcho.addr())
 	}
 	path := writeConfig(t, dir, doc("100ms"))
 	p := startCmd(t, command(bin, "--config", path))
@@ -272,7 +273,8 @@ func TestDashboardAndAlertsUseExportedMetrics(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, m := range regexp.MustCompile(`\bndlb_[a-z_]+\b`).FindAllString(string(b), -1) {
-			if !strings.HasSuffix(m, "_listener") && m != "ndlb_drop_reason" && m != "ndlb_outcome" && m != "ndlb_reason" && m != "ndlb_target_state" {
+			if !strings.HasSuffix(m, "_listener") && m != "ndlb_drop_reason" && m != "ndlb_outcome" && m != "ndlb_reason" && m != "ndlb_target_state" &&
+				m != "ndlb_group" { // a label (upstream.TestObserveMetricsLabelsGroups)
 				used[m] = true
 			}
 		}
@@ -400,5 +402,34 @@ func TestMetricsGoOnAcrossAReload(t *testing.T) {
 	check(1)
 	round(1)
 	check(2)
+
+	// A refused reload: the file and what runs differ until a good one.
+	lastOK := func() float64 {
+		resp, err := http.Get(api.url + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		m := regexp.MustCompile(`(?m)^ndlb_config_last_reload_successful(?:\{[^}]*\})? (\S+)$`).FindSubmatch(body)
+		if m == nil {
+			t.Fatalf("no ndlb_config_last_reload_successful in /metrics")
+		}
+		v, _ := strconv.ParseFloat(string(m[1]), 64)
+		return v
+	}
+	if v := lastOK(); v != 1 {
+		t.Errorf("ndlb_config_last_reload_successful %v after a reload that applied", v)
+	}
+	os.WriteFile(path, []byte(doc(0, "2m")), 0o600) // connections = 0: refused
+	p.waitLog("config reload refused; the running config stays", 10*time.Second)
+	if v := lastOK(); v != 0 {
+		t.Errorf("ndlb_config_last_reload_successful %v after a refused reload", v)
+	}
+	os.WriteFile(path, []byte(doc(3, "2m")), 0o600)
+	p.waitLogs("config reloaded", 2, 10*time.Second)
+	if v := lastOK(); v != 1 {
+		t.Errorf("ndlb_config_last_reload_successful %v once the file is good again", v)
+	}
 	p.stopOK()
 }

@@ -13,7 +13,7 @@ import (
 )
 
 // AttrGroup labels a metric with its target group.
-const AttrGroup = attribute.Key("ndlb.group")
+const AttrGroup = upstream.AttrGroup
 
 const meterName = "github.com/ndlb/ndlb/route"
 

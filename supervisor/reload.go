@@ -474,11 +474,17 @@ func logUpdate(log *slog.Logger, set *upstream.Set, addrs []string) {
 	}
 }
 
-// ObserveReloads reports the reload counters as a metric.
+// ObserveReloads reports the reload counters, and whether the last reload
+// applied, as metrics.
 func (s *Supervisor) ObserveReloads() (metric.Registration, error) {
 	m := otel.Meter("github.com/ndlb/ndlb/supervisor")
 	c, err := m.Int64ObservableCounter("ndlb.config.reloads", metric.WithUnit("{reload}"),
 		metric.WithDescription("Config reloads, by ndlb.outcome: applied; partial (applied, but a listener could not listen and kept its old config or did not start); or refused (the running config stayed)."))
+	if err != nil {
+		return nil, err
+	}
+	ok, err := m.Int64ObservableGauge("ndlb.config.last_reload_successful",
+		metric.WithDescription("1 while the config file ndlb last read runs whole (or none was reloaded yet), 0 while its last reload was refused or applied in part: the file and what runs differ."))
 	if err != nil {
 		return nil, err
 	}
@@ -490,6 +496,11 @@ func (s *Supervisor) ObserveReloads() (metric.Registration, error) {
 		o.ObserveInt64(c, int64(s.reloads.Load()-min(p, s.reloads.Load())), applied)
 		o.ObserveInt64(c, int64(p), partial)
 		o.ObserveInt64(c, int64(s.reloadFailures.Load()), refused)
+		v := int64(1)
+		if last := s.lastReload.Load(); last != nil && last.LastOutcome != "applied" {
+			v = 0
+		}
+		o.ObserveInt64(ok, v)
 		return nil
-	}, c)
+	}, c, ok)
 }

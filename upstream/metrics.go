@@ -17,6 +17,8 @@ const (
 	AttrServer    = attribute.Key("server.address")
 	AttrDirection = attribute.Key("network.io.direction")
 	AttrState     = attribute.Key("ndlb.target.state")
+	// AttrGroup labels a routed listener's target with its group.
+	AttrGroup = attribute.Key("ndlb.group")
 )
 
 // targetInstruments are the per-target observable instruments, made once.
@@ -89,18 +91,24 @@ func (s *Set) ObserveMetrics(listener string) (metric.Registration, error) {
 	return g.Add(func(o metric.Observer) {
 		for _, target := range s.Targets() {
 			st := target.Stats()
-			srv := AttrServer.String(st.Addr)
-			o.ObserveInt64(t.lines, int64(st.Lines), metric.WithAttributes(l, srv, tx))
-			o.ObserveInt64(t.bytes, int64(st.Bytes), metric.WithAttributes(l, srv, tx))
-			o.ObserveInt64(t.bytes, int64(st.BytesIn), metric.WithAttributes(l, srv, rx))
-			o.ObserveInt64(t.conns, st.Conns, metric.WithAttributes(l, srv))
-			o.ObserveInt64(t.failures, int64(st.Failures), metric.WithAttributes(l, srv))
+			id := []attribute.KeyValue{l, AttrServer.String(st.Addr)}
+			if g := target.Group(); g != "" {
+				id = append(id, AttrGroup.String(g))
+			}
+			with := func(more ...attribute.KeyValue) metric.ObserveOption {
+				return metric.WithAttributes(append(id[:len(id):len(id)], more...)...)
+			}
+			o.ObserveInt64(t.lines, int64(st.Lines), with(tx))
+			o.ObserveInt64(t.bytes, int64(st.Bytes), with(tx))
+			o.ObserveInt64(t.bytes, int64(st.BytesIn), with(rx))
+			o.ObserveInt64(t.conns, st.Conns, with())
+			o.ObserveInt64(t.failures, int64(st.Failures), with())
 			for _, state := range []State{StateUp, StateDown, StateDraining, StateDisabled} {
 				v := int64(0)
 				if st.State == state {
 					v = 1
 				}
-				o.ObserveInt64(t.state, v, metric.WithAttributes(l, srv, AttrState.String(state.String())))
+				o.ObserveInt64(t.state, v, with(AttrState.String(state.String())))
 			}
 		}
 	}), nil

@@ -58,6 +58,38 @@ func TestObserveMetrics(t *testing.T) {
 	}
 }
 
+// A routed listener's targets carry their group, so that an alert can
+// tell a group with no target up (its lines wait) from a listener's.
+func TestObserveMetricsLabelsGroups(t *testing.T) {
+	reader := testReader()
+	s := NewSet(nil)
+	s.UpdateGroups([]Group{{Name: "audit", Specs: []string{"a:1"}}, {Name: "app", Specs: []string{"b:1"}}})
+	reg, err := s.ObserveMetrics("logs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Unregister()
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	groups := map[string]string{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if g, ok := m.Data.(metricdata.Gauge[int64]); ok && m.Name == "ndlb.target.state" {
+				for _, p := range g.DataPoints {
+					srv, _ := p.Attributes.Value(AttrServer)
+					grp, _ := p.Attributes.Value(AttrGroup)
+					groups[srv.AsString()] = grp.AsString()
+				}
+			}
+		}
+	}
+	if groups["a:1"] != "audit" || groups["b:1"] != "app" {
+		t.Fatalf("ndlb.target.state's groups: %v", groups)
+	}
+}
+
 // testReader installs, once per test binary, an SDK meter provider with a
 // manual reader: the package's instruments are made once, against the
 // first provider, so every run of the test must use the same one.
