@@ -6,7 +6,8 @@
 # it the way this image does (alone in an empty root, as uid 65532, with only
 # NDLB_* variables), since CI has no Docker engine.
 
-FROM golang:1.26 AS build
+# go.mod's go directive: an older image would fetch that toolchain first.
+FROM golang:1.26.8 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download

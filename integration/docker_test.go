@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -96,5 +97,15 @@ func TestDockerfileMatchesTheTestedBuild(t *testing.T) {
 		if !strings.Contains(df, want) {
 			t.Errorf("Dockerfile lacks %q", want)
 		}
+	}
+	// The build image is the Go that go.mod names: an older one would
+	// fetch that toolchain before building.
+	mod, err := os.ReadFile("../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	goVersion := regexp.MustCompile(`(?m)^go (\S+)$`).FindSubmatch(mod)
+	if goVersion == nil || !strings.Contains(df, "FROM golang:"+string(goVersion[1])+" ") {
+		t.Errorf("the Dockerfile's build image is not golang:%s, go.mod's go directive", goVersion[1])
 	}
 }

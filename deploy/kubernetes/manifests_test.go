@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -37,7 +38,7 @@ type kustomization struct {
 
 // objects reads every manifest the kustomization lists, each decoded
 // strictly (an unknown or misspelt field fails) into its API type.
-func objects(t *testing.T) (deploys []appsv1.Deployment, services []corev1.Service, maps []corev1.ConfigMap, pdbs []policyv1.PodDisruptionBudget) {
+func objects(t *testing.T) (sets []appsv1.StatefulSet, services []corev1.Service, maps []corev1.ConfigMap, pdbs []policyv1.PodDisruptionBudget) {
 	t.Helper()
 	var k kustomization
 	strict(t, "kustomization.yaml", read(t, "kustomization.yaml"), &k)
@@ -54,10 +55,10 @@ func objects(t *testing.T) (deploys []appsv1.Deployment, services []corev1.Servi
 				t.Fatalf("%s: %v", f, err)
 			}
 			switch meta.Kind {
-			case "Deployment":
-				var d appsv1.Deployment
+			case "StatefulSet":
+				var d appsv1.StatefulSet
 				strict(t, f, doc, &d)
-				deploys = append(deploys, d)
+				sets = append(sets, d)
 			case "Service":
 				var s corev1.Service
 				strict(t, f, doc, &s)
@@ -75,7 +76,7 @@ func objects(t *testing.T) (deploys []appsv1.Deployment, services []corev1.Servi
 			}
 		}
 	}
-	return deploys, services, maps, pdbs
+	return sets, services, maps, pdbs
 }
 
 func read(t *testing.T, name string) []byte {
@@ -96,12 +97,13 @@ func strict(t *testing.T, name string, doc []byte, into any) {
 
 // The manifests are what a cluster accepts and what ndlb runs: flags and
 // variables that exist, probes on real admin routes, a config that passes
-// check-config, and the security context of the image (non-root,
-// read-only, no capabilities).
+// check-config, the security context of the image (non-root, read-only,
+// no capabilities), a spool on a volume of each pod's own that outlives
+// the pod, and a memory limit that holds the config's bound.
 func TestManifests(t *testing.T) {
-	deploys, services, maps, pdbs := objects(t)
-	if len(deploys) != 1 || len(maps) != 1 || len(services) != 1 || len(pdbs) != 1 {
-		t.Fatalf("%d deployments, %d config maps, %d services, %d PDBs", len(deploys), len(maps), len(services), len(pdbs))
+	sets, services, maps, pdbs := objects(t)
+	if len(sets) != 1 || len(maps) != 1 || len(services) != 1 || len(pdbs) != 1 {
+		t.Fatalf("%d stateful sets, %d config maps, %d services, %d PDBs", len(sets), len(maps), len(services), len(pdbs))
 	}
 	doc := maps[0].Data["ndlb.toml"]
 	path := filepath.Join(t.TempDir(), "ndlb.toml")
@@ -116,9 +118,15 @@ func TestManifests(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the ConfigMap's ndlb.toml: %v", err)
 	}
-	_, adminPort, _ := strings.Cut(proc.Values.String("admin"), ":")
+	adminHost, adminPort, _ := net.SplitHostPort(proc.Values.String("admin"))
+	if ip := net.ParseIP(adminHost); ip == nil || !ip.IsUnspecified() {
+		t.Errorf("admin %q: the probes and Prometheus reach the pod's address, so listen on every address", proc.Values.String("admin"))
+	}
 
-	d := deploys[0]
+	d := sets[0]
+	if d.Spec.ServiceName == "" || !slices.ContainsFunc(services, func(s corev1.Service) bool { return s.Name == d.Spec.ServiceName }) {
+		t.Errorf("the stateful set's serviceName %q is no Service of the manifests", d.Spec.ServiceName)
+	}
 	pod := d.Spec.Template.Spec
 	if len(pod.Containers) != 1 {
 		t.Fatalf("%d containers", len(pod.Containers))
@@ -187,6 +195,7 @@ func TestManifests(t *testing.T) {
 	if c.Lifecycle != nil && c.Lifecycle.PreStop != nil && c.Lifecycle.PreStop.Sleep != nil {
 		drain += time.Duration(c.Lifecycle.PreStop.Sleep.Seconds) * time.Second
 	}
+	drain += 5 * time.Second // OpenTelemetry's flush at exit, when it is on
 	if g := pod.TerminationGracePeriodSeconds; g == nil || float64(*g) <= drain.Seconds() {
 		t.Errorf("terminationGracePeriodSeconds %v does not cover the drain and delivery (%s)", g, drain)
 	}
@@ -213,13 +222,26 @@ func TestManifests(t *testing.T) {
 			t.Errorf("spool-dir %s is on no writable volume (mounts %+v)", dir, c.VolumeMounts)
 			continue
 		}
-		i := slices.IndexFunc(pod.Volumes, func(v corev1.Volume) bool { return v.Name == mount.Name })
+		// Not an emptyDir, which goes with the pod (and the lines in it);
+		// a claim of the pod's own (one spool directory has one owner).
+		if slices.ContainsFunc(pod.Volumes, func(v corev1.Volume) bool { return v.Name == mount.Name }) {
+			t.Errorf("spool-dir %s is on the pod's volume %s, which goes with the pod: want a volumeClaimTemplate", dir, mount.Name)
+			continue
+		}
+		i := slices.IndexFunc(d.Spec.VolumeClaimTemplates, func(v corev1.PersistentVolumeClaim) bool { return v.Name == mount.Name })
 		if i < 0 {
 			t.Errorf("volume %s is not in the pod", mount.Name)
 			continue
 		}
-		if ed := pod.Volumes[i].EmptyDir; ed != nil && (ed.SizeLimit == nil || ed.SizeLimit.Value() < int64(maxBytes)*11/10) {
-			t.Errorf("the spool's emptyDir holds %v, under spool-max-bytes %d and room for files on their way out", ed.SizeLimit, maxBytes)
+		claim := d.Spec.VolumeClaimTemplates[i].Spec
+		if size := claim.Resources.Requests.Storage(); size.Value() < int64(maxBytes)*11/10 {
+			t.Errorf("the spool's claim holds %v, under spool-max-bytes %d and room for files on their way out", size, maxBytes)
+		}
+		if !slices.Equal(claim.AccessModes, []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}) {
+			t.Errorf("the spool's claim is %v: one pod's own", claim.AccessModes)
+		}
+		if psc := pod.SecurityContext; psc == nil || psc.FSGroup == nil || *psc.FSGroup != 65532 {
+			t.Errorf("pod security context %+v: a claim's volume is writable by 65532 only with fsGroup 65532", psc)
 		}
 	}
 	if spools == 0 {
@@ -227,6 +249,32 @@ func TestManifests(t *testing.T) {
 	}
 	if c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() || c.Resources.Requests.Cpu().IsZero() {
 		t.Errorf("resources %+v", c.Resources)
+	}
+	// The README's bound on memory, for the ConfigMap's settings, and a
+	// TLS client's worst per connection, under the limit and GOMEMLIMIT.
+	bound := uint64(40 << 20)
+	for _, l := range listeners {
+		queue, err1 := humanize.ParseBytes(l.Values.String("buffer-bytes"))
+		clients, err2 := humanize.ParseBytes(l.Values.String("client-buffer-bytes"))
+		conns := l.Values.Int("max-conns")
+		if err1 != nil || err2 != nil || conns <= 0 {
+			t.Fatalf("listener: buffer-bytes %v, client-buffer-bytes %v, max-conns %d: the limit needs them set", err1, err2, conns)
+		}
+		bound += 2*(queue+clients) + uint64(conns)*16<<10
+	}
+	var memLimit uint64
+	for _, e := range c.Env {
+		if e.Name == "GOMEMLIMIT" {
+			memLimit, _ = humanize.ParseBytes(e.Value)
+		}
+	}
+	if limit := uint64(c.Resources.Limits.Memory().Value()); memLimit == 0 || memLimit >= limit || bound > memLimit {
+		t.Errorf("memory: the config's bound %s, GOMEMLIMIT %s, limit %s: want bound < GOMEMLIMIT < limit",
+			humanize.IBytes(bound), humanize.IBytes(memLimit), humanize.IBytes(limit))
+	}
+	if p := c.StartupProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" ||
+		time.Duration(p.PeriodSeconds*p.FailureThreshold)*time.Second < 2*time.Minute {
+		t.Errorf("startup probe %+v: opening a large spool may take minutes before the admin API answers", p)
 	}
 	var example corev1.Service
 	strict(t, "examples/receivers-headless.yaml", read(t, "examples/receivers-headless.yaml"), &example)
@@ -249,7 +297,7 @@ func TestManifests(t *testing.T) {
 	if pdbs[0].Spec.Selector.MatchLabels["app.kubernetes.io/name"] != "ndlb" {
 		t.Errorf("PDB selects %v", pdbs[0].Spec.Selector)
 	}
-	if maps[0].Name != pod.Volumes[0].ConfigMap.Name {
-		t.Errorf("the pod mounts config map %q, the manifest is %q", pod.Volumes[0].ConfigMap.Name, maps[0].Name)
+	if !slices.ContainsFunc(pod.Volumes, func(v corev1.Volume) bool { return v.ConfigMap != nil && v.ConfigMap.Name == maps[0].Name }) {
+		t.Errorf("the pod mounts no config map %q", maps[0].Name)
 	}
 }
