@@ -33,6 +33,12 @@ type Listener interface {
 	Targets() *upstream.Set
 }
 
+// statser is a Listener whose target counts go on from the instances a
+// reload replaced: the admin API shows them rather than the set's own.
+type statser interface {
+	TargetStats(t *upstream.Target) upstream.Stats
+}
+
 // ListenerInfo describes a listener.
 type ListenerInfo struct {
 	Name     string `json:"name"`
@@ -403,8 +409,12 @@ func (s *Server) targets(w http.ResponseWriter, _ *http.Request) {
 	out := []targetInfo{}
 	for _, l := range s.cfg.Listeners() {
 		name := l.Info().Name
+		sl, _ := l.(statser)
 		for _, t := range l.Targets().Targets() {
 			st := t.Stats()
+			if sl != nil {
+				st = sl.TargetStats(t)
+			}
 			ti := targetInfo{
 				Listener: name, Addr: st.Addr, Group: st.Group, State: st.State.String(), Removed: st.Removed, Weight: st.Weight, Active: st.Conns,
 				LinesOut: st.Lines, BytesOut: st.Bytes, BytesIn: st.BytesIn, Failures: st.Failures,

@@ -384,12 +384,30 @@ func TestMetricsGoOnAcrossAReload(t *testing.T) {
 			proxied := scrape(t, api.url, "ndlb_passthrough_connections_total", "ndlb_listener", `ndlb_outcome="proxied"`)
 			delivered := sum(scrape(t, api.url, "ndlb_target_lines_total", "server_address", `ndlb_listener="logs"`))
 			forwarded := sum(scrape(t, api.url, "ndlb_target_bytes_total", "server_address", `ndlb_listener="pt"`, `network_io_direction="transmit"`))
-			if maps.Equal(accepted, want) && proxied["pt"] == float64(r) && delivered == float64(r*lines) && forwarded == float64(ptBytes) {
+			// The admin API's target counts go on too (the status page's
+			// rates come from them).
+			var targets []struct {
+				Listener string `json:"listener"`
+				LinesOut uint64 `json:"lines_out"`
+				BytesOut uint64 `json:"bytes_out"`
+			}
+			api.call("GET", "/api/v1/targets", &targets)
+			var apiLines, apiBytes uint64
+			for _, tg := range targets {
+				switch tg.Listener {
+				case "logs":
+					apiLines += tg.LinesOut
+				case "pt":
+					apiBytes += tg.BytesOut
+				}
+			}
+			if maps.Equal(accepted, want) && proxied["pt"] == float64(r) && delivered == float64(r*lines) && forwarded == float64(ptBytes) &&
+				apiLines == uint64(r*lines) && apiBytes == uint64(ptBytes) {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("after round %d: accepted %v, proxied %v, target lines %v (want %d), target bytes %v (want %d)",
-					r, accepted, proxied, delivered, r*lines, forwarded, ptBytes)
+				t.Fatalf("after round %d: accepted %v, proxied %v, target lines %v (want %d), target bytes %v (want %d); the admin API: lines %d, bytes %d",
+					r, accepted, proxied, delivered, r*lines, forwarded, ptBytes, apiLines, apiBytes)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}

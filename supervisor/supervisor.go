@@ -47,8 +47,9 @@ type Config struct {
 
 // Supervisor runs the listeners of a Spec and reloads them.
 type Supervisor struct {
-	cfg Config
-	log *slog.Logger
+	cfg   Config
+	log   *slog.Logger
+	tally *tally // target counts across a listener's instances (admin API)
 
 	mu      sync.Mutex
 	insts   []*instance         // guarded by mu
@@ -98,7 +99,7 @@ func New(cfg Config, spec Spec) (*Supervisor, error) {
 			return listen(network, addr, keepAlive)
 		}
 	}
-	s := &Supervisor{cfg: cfg, log: cfg.Logger, failed: make(chan error, 16), process: spec.Process}
+	s := &Supervisor{cfg: cfg, log: cfg.Logger, failed: make(chan error, 16), process: spec.Process, tally: newTally()}
 	s.stopping, s.stop = context.WithCancel(context.Background())
 	insts, err := s.build(spec)
 	if err != nil {
@@ -236,6 +237,8 @@ func (s *Supervisor) snapshot() []*instance {
 
 // start starts in and reports its listener failing on its own.
 func (s *Supervisor) start(in *instance) {
+	in.tally = s.tally
+	s.tally.start(in.name, in.srv.Set())
 	in.start(func() {
 		if s.cfg.StateFile != "" {
 			s.applyPending() // after the first DNS answer, before serving
@@ -303,6 +306,7 @@ type instance struct {
 	disc   *discovery.Discoverer
 	ln     net.Listener
 	shown  admin.Listener // what the admin API shows
+	tally  *tally         // the supervisor's, once started
 
 	stopChecks, stopDiscovery func()
 	stopped                   chan struct{} // closed by shutdown
@@ -405,6 +409,16 @@ func (a shown) Info() admin.ListenerInfo {
 
 func (a shown) Targets() *upstream.Set { return a.in.srv.Set() }
 
+// TargetStats is t's stats with the counts of the listener's other
+// instances, running or stopped (tally).
+func (a shown) TargetStats(t *upstream.Target) upstream.Stats {
+	st := t.Stats()
+	if a.in.tally == nil {
+		return st
+	}
+	return a.in.tally.total(a.in.name, a.in.srv.Set(), st)
+}
+
 // takeOver gives in the listening socket of o, which stops accepting: the
 // connections waiting in its backlog are in's to serve, so a reload resets
 // none. It reports false when o's socket cannot be handed over (or is of
@@ -460,7 +474,12 @@ func background(cancel context.CancelFunc, run func(context.Context), ctx contex
 // shutdown drains the server, then stops what runs beside it.
 func (in *instance) shutdown() bool {
 	clean := in.srv.Drain()
-	in.stopOnce.Do(func() { close(in.stopped) })
+	in.stopOnce.Do(func() {
+		close(in.stopped)
+		if in.tally != nil {
+			in.tally.stop(in.name, in.srv.Set())
+		}
+	})
 	for _, stop := range []func(){in.stopChecks, in.stopDiscovery} {
 		if stop != nil {
 			stop()
