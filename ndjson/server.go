@@ -235,6 +235,7 @@ type Server struct {
 	udp       *datagrams         // UDP only
 	udpWarn   rate.Sometimes
 	binWarn   rate.Sometimes // binary lines from TCP clients
+	memWarn   rate.Sometimes // lines dropped for the client memory budget
 	binary    atomic.Uint64  // lines from TCP clients dropped for a NUL byte
 
 	// hard is cancelled when delivery must stop: pushes and the pool
@@ -354,6 +355,7 @@ func (s *Server) Start(ln net.Listener) {
 		s.startDatagrams(pc)
 	} else {
 		s.binWarn = rate.Sometimes{First: 1, Interval: 10 * time.Second}
+		s.memWarn = rate.Sometimes{First: 1, Interval: 10 * time.Second}
 		s.ln = listener.New(ln, s, lc)
 		go func() { s.serveErr <- s.ln.Serve() }()
 	}
@@ -942,10 +944,12 @@ func (cs *clientConn) dropped(d framer.Drop) {
 				"dropped_on_conn", cs.oversize)
 		})
 	case framer.ReasonMemory:
-		s.memory.Add(1)
+		n := s.memory.Add(1)
 		s.ledger.DropRead(dispatch.DropMemory, 1)
-		c.Log.Warn("client memory budget spent: a long line was dropped", "line_bytes_read", d.Bytes,
-			"client_buffer_bytes", s.cfg.ClientMemory)
+		s.memWarn.Do(func() {
+			c.Log.Warn("client memory budget spent: a line in progress was dropped, as clients inside lines held the room it needed (see the README, Memory); raise --client-buffer-bytes (logged at most every 10 s)",
+				"line_bytes_read", d.Bytes, "client_buffer_bytes", s.cfg.ClientMemory, "memory_drops_so_far", n)
+		})
 	case framer.ReasonIncomplete:
 		cs.countFragment()
 		c.Log.Warn("connection ended inside a line; the fragment was dropped", "fragment_bytes", d.Bytes)
