@@ -105,11 +105,6 @@ func (s *Server) observe() []metric.Registration {
 		s.log.Warn("metrics unavailable", "err", err)
 		return nil
 	}
-	with := func(k, v string) metric.ObserveOption {
-		return metric.WithAttributes(append(s.attrs(), attribute.String(k, v))...)
-	}
-	proxied, failed := with("ndlb.outcome", "proxied"), with("ndlb.outcome", "failed")
-	idle, half, shut := with("ndlb.reason", "idle"), with("ndlb.reason", "half-closed"), with("ndlb.reason", "shutdown")
 	set := metric.WithAttributes(s.attrs()...)
 	var regs []metric.Registration
 	add := func(r metric.Registration, err error) {
@@ -119,12 +114,24 @@ func (s *Server) observe() []metric.Registration {
 		}
 		regs = append(regs, r)
 	}
-	g, err := group()
-	if err != nil {
+	if g, err := group(); err != nil {
 		s.log.Warn("metrics unavailable", "err", err)
-		return nil
+	} else {
+		regs = append(regs, s.observeTCP(g, m, set))
 	}
-	regs = append(regs, g.Add(func(o metric.Observer) {
+	add(s.ln.ObserveMetrics(s.attrs()...))
+	add(s.set.ObserveMetrics(s.name()))
+	return regs
+}
+
+// observeTCP adds the server's own counters to g.
+func (s *Server) observeTCP(g *carry.Group, m ptMetrics, set metric.ObserveOption) metric.Registration {
+	with := func(k, v string) metric.ObserveOption {
+		return metric.WithAttributes(append(s.attrs(), attribute.String(k, v))...)
+	}
+	proxied, failed := with("ndlb.outcome", "proxied"), with("ndlb.outcome", "failed")
+	idle, half, shut := with("ndlb.reason", "idle"), with("ndlb.reason", "half-closed"), with("ndlb.reason", "shutdown")
+	return g.Add(func(o metric.Observer) {
 		st := s.Stats()
 		o.ObserveInt64(m.conns, int64(st.Proxied), proxied)
 		o.ObserveInt64(m.conns, int64(st.Failed), failed)
@@ -132,10 +139,7 @@ func (s *Server) observe() []metric.Registration {
 		o.ObserveInt64(m.closed, int64(st.HalfClosed), half)
 		o.ObserveInt64(m.closed, int64(st.ShutdownClosed), shut)
 		o.ObserveInt64(m.spliced, int64(st.BytesSpliced), set)
-	}))
-	add(s.ln.ObserveMetrics(s.attrs()...))
-	add(s.set.ObserveMetrics(s.name()))
-	return regs
+	})
 }
 
 // targetOpts are a target's attribute sets, made once: building them per

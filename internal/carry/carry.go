@@ -2,6 +2,7 @@ package carry
 
 import (
 	"context"
+	"slices"
 	"sync"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -22,12 +23,20 @@ type Group struct {
 	carried map[metric.Observable]bool
 	latest  map[metric.Observable]bool
 
-	mu      sync.Mutex // held while sources observe: a removal waits for a collection
+	// mu guards sources, base, fbase and live. It is held while sources
+	// observe, so that a removal and a collection never overlap.
+	mu      sync.Mutex
 	sources []*Source
 	// counted by removed sources, by instrument and attributes
 	base  map[key]int64
 	fbase map[fkey]float64
+	live  int // keys the last collection or prune found
 }
+
+var (
+	_ metric.Observer     = (*collector)(nil)
+	_ metric.Registration = (*Source)(nil)
+)
 
 // Instruments are a Group's instruments, by how the observations of
 // several live sources with the same attributes make one.
@@ -82,7 +91,8 @@ func (g *Group) Add(observe func(metric.Observer)) *Source {
 // report is the group's callback.
 func (g *Group) report(_ context.Context, o metric.Observer) error {
 	g.mu.Lock()
-	c := g.collect(nil)
+	c := g.collect()
+	g.prune(c)
 	for k, v := range c.ints {
 		if g.carried[k.inst] {
 			v += g.base[k]
@@ -99,30 +109,25 @@ func (g *Group) report(_ context.Context, o metric.Observer) error {
 	return nil
 }
 
-// collect has every live source but skip observe. Called with g.mu held.
-func (g *Group) collect(skip *Source) *collector {
+// collect has every live source observe. Called with g.mu held.
+func (g *Group) collect() *collector {
 	c := g.newCollector()
 	for _, s := range g.sources {
-		if s != skip {
-			s.observe(c)
-		}
+		s.observe(c)
 	}
 	return c
 }
 
 // remove takes s out of the group, adding its counters' last values to
 // the base. Base entries no live source observes any longer (a removed
-// listener's, a target gone from every set) are forgotten: the base
-// stays as large as what is reported.
+// listener's, a target gone from every set) are forgotten at the next
+// collection, or here once the base has grown well past what was last
+// reported: the base stays about as large as what is reported, and a
+// removal observes only the source it removes.
 func (g *Group) remove(s *Source) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	i := -1
-	for j, x := range g.sources {
-		if x == s {
-			i = j
-		}
-	}
+	i := slices.Index(g.sources, s)
 	if i < 0 {
 		return // removed already
 	}
@@ -138,18 +143,26 @@ func (g *Group) remove(s *Source) {
 			g.fbase[k] += v
 		}
 	}
-	g.sources = append(g.sources[:i], g.sources[i+1:]...)
-	live := g.collect(nil)
+	g.sources = slices.Delete(g.sources, i, i+1)
+	if len(g.base)+len(g.fbase) > 2*g.live+256 {
+		g.prune(g.collect())
+	}
+}
+
+// prune forgets the base entries c, every live source's observations,
+// does not have. Called with g.mu held.
+func (g *Group) prune(c *collector) {
 	for k := range g.base {
-		if _, ok := live.ints[k]; !ok {
+		if _, ok := c.ints[k]; !ok {
 			delete(g.base, k)
 		}
 	}
 	for k := range g.fbase {
-		if _, ok := live.floats[k]; !ok {
+		if _, ok := c.floats[k]; !ok {
 			delete(g.fbase, k)
 		}
 	}
+	g.live = len(c.ints) + len(c.floats)
 }
 
 func (g *Group) newCollector() *collector {
