@@ -23,7 +23,19 @@ type Packet struct {
 	*net.UDPConn
 	addr  net.Addr
 	users atomic.Int32
+	// handedDrops is the socket's drop count when its last server handed
+	// it on (HandedOver): the drops that server counted.
+	handedDrops atomic.Uint64
 }
+
+// HandedOver records n, the socket's drop count that the server handing it
+// on counted as its own; the next server counts the drops after them
+// (DropsBefore), so the two never count one drop twice.
+func (p *Packet) HandedOver(n uint64) { StoreMax(&p.handedDrops, n) }
+
+// DropsBefore is the socket's drop count that earlier servers counted
+// (HandedOver): a server that takes the socket counts its drops from there.
+func (p *Packet) DropsBefore() uint64 { return p.handedDrops.Load() }
 
 // NewPacket wraps c; Addr returns addr, or c's address when addr is nil.
 func NewPacket(c *net.UDPConn, addr net.Addr) *Packet {

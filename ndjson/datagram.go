@@ -51,6 +51,9 @@ type datagrams struct {
 	reading sync.Mutex
 
 	count, binary, overflows atomic.Uint64
+	// dropsBefore is the socket's drop count its earlier servers counted
+	// (listener.Packet.DropsBefore): overflows less that is this server's.
+	dropsBefore uint64
 }
 
 // countDrops takes the kernel's drop count for the socket now.
@@ -273,7 +276,7 @@ func (r *datagramReader) fill() error {
 // startDatagrams serves pc.
 func (s *Server) startDatagrams(pc *listener.Packet) {
 	pc.Acquire()
-	s.udp = &datagrams{pc: pc, done: make(chan struct{})}
+	s.udp = &datagrams{pc: pc, done: make(chan struct{}), dropsBefore: pc.DropsBefore()}
 	_ = pc.SetReadBuffer(datagramReadBuffer)
 	pc.CountOverflows()
 	go func() {
@@ -312,6 +315,7 @@ func (s *Server) handOverDatagrams() net.Listener {
 	// goes on for both.
 	d.countDrops()
 	d.dropsFinal.Store(true)
+	d.pc.HandedOver(d.overflows.Load())
 	d.reading.Unlock()
 	return d.pc
 }

@@ -211,3 +211,32 @@ func TestUDPKernelDropsCountedWithoutALaterDatagram(t *testing.T) {
 		t.Fatalf("summary %+v", sum)
 	}
 }
+
+// The socket's drop count goes on across a reload's handover (the kernel
+// keeps one per socket): the replacement counts only the drops after it,
+// so the two servers' counts, which the metrics add up, never count one
+// drop twice.
+func TestUDPKernelDropsNotCountedTwiceAcrossAHandover(t *testing.T) {
+	old, c, line := fullUDPQueue(t)
+	for range 4000 {
+		c.Write(line)
+	}
+	waitUntil(t, "the kernel's drops counted", func() bool { return old.Stats().Overflows > 0 })
+	ln := old.Handover()
+	if ln == nil {
+		t.Fatal("nothing handed over")
+	}
+	next, err := New(old.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next.Start(ln)
+	if n := next.Stats().Overflows; n != 0 {
+		t.Fatalf("the replacement counts %d drops before it took the socket (the old server counted %d)", n, old.Stats().Overflows)
+	}
+	a := old.Shutdown()
+	next.Shutdown()
+	if a.Overflows == 0 {
+		t.Fatalf("old summary %+v", a)
+	}
+}

@@ -1185,7 +1185,8 @@ func (s *Server) Stats() Stats {
 	}
 	if d := s.udp; d != nil {
 		d.countDrops()
-		st.Datagrams, st.DroppedBinary, st.Overflows = d.count.Load(), d.binary.Load(), d.overflows.Load()
+		o := d.overflows.Load()
+		st.Datagrams, st.DroppedBinary, st.Overflows = d.count.Load(), d.binary.Load(), o-min(o, d.dropsBefore)
 	} else {
 		st.DroppedBinary = s.binary.Load()
 	}

@@ -81,6 +81,9 @@ type UDPServer struct {
 	dgIn, dgOut, bytesIn, bytesOut, dialFailed              atomic.Uint64
 	noTarget, flowLimit, sendErrors, replyErrors            atomic.Uint64
 	socketErrors, overflows                                 atomic.Uint64
+	// dropsBefore is the socket's drop count its earlier servers counted
+	// (listener.Packet.DropsBefore): overflows less that is this server's.
+	dropsBefore uint64
 }
 
 // NewUDP returns a UDP server for a valid cfg with UDP set. Config.Dial is
@@ -114,6 +117,7 @@ func (s *UDPServer) Start(ln net.Listener) {
 		return
 	}
 	s.pc = pc
+	s.dropsBefore = pc.DropsBefore()
 	pc.Acquire()
 	_ = pc.SetReadBuffer(udpReadBuffer)
 	pc.CountOverflows()
@@ -168,6 +172,7 @@ func (s *UDPServer) Handover() net.Listener {
 	// The drops from now on are the successor's.
 	s.pc.CountDrops(&s.overflows)
 	s.dropsFinal.Store(true)
+	s.pc.HandedOver(s.overflows.Load())
 	return s.pc
 }
 
@@ -215,13 +220,14 @@ func (s *UDPServer) Stats() UDPStats {
 	if s.pc != nil && !s.dropsFinal.Load() {
 		s.pc.CountDrops(&s.overflows)
 	}
+	overflows := s.overflows.Load()
 	return UDPStats{
 		Flows: s.opened.Load(), ActiveFlows: s.activeFlows.Load(), IdleClosed: s.idleClosed.Load(), ICMPClosed: s.icmpClosed.Load(),
 		ShutdownClosed: s.shutClosed.Load(), MovedClosed: s.movedClosed.Load(), DialFailures: s.dialFailed.Load(),
 		SocketErrors: s.socketErrors.Load(),
 		FromClients:  s.dgIn.Load(), ToClients: s.dgOut.Load(), BytesFromClients: s.bytesIn.Load(), BytesToClients: s.bytesOut.Load(),
 		NoTarget: s.noTarget.Load(), FlowLimit: s.flowLimit.Load(), SendErrors: s.sendErrors.Load(), ReplyErrors: s.replyErrors.Load(),
-		Overflows: s.overflows.Load(),
+		Overflows: overflows - min(overflows, s.dropsBefore),
 	}
 }
 
