@@ -247,11 +247,12 @@ func TestDashboardAndAlertsUseExportedMetrics(t *testing.T) {
 		return fmt.Sprintf("log-format = \"json\"\nadmin = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\n"+
 			"target = [%q]\ncheck = \"tcp\"\ncheck-interval = %q\ncheck-timeout = \"100ms\"\nspool-dir = %q\n\n[[listener]]\nname = \"web\"\npassthrough = true\n"+
 			"addr = \"127.0.0.1\"\nport = 0\ntarget = [%q]\n\n[[listener]]\nname = \"dns\"\npassthrough = true\nproto = \"udp\"\n"+
-			"addr = \"127.0.0.1\"\nport = 0\ntarget = [%q]\n", w.sinks[0].Addr(), interval, filepath.Join(dir, "spool"), echo.addr(), udpEcho.addr())
+			"addr = \"127.0.0.1\"\nport = 0\ntarget = [%q]\n\n[[listener]]\nname = \"routed\"\naddr = \"127.0.0.1\"\nport = 0\n"+
+			"route-key = \"json:service\"\ntarget = [%q]\n", w.sinks[0].Addr(), interval, filepath.Join(dir, "spool"), echo.addr(), udpEcho.addr(), w.sinks[0].Addr())
 	}
 	path := writeConfig(t, dir, doc("100ms"))
 	p := startCmd(t, command(bin, "--config", path))
-	addrs := listening(t, p, 3)
+	addrs := listening(t, p, 4)
 	api := newAdminAPI(t, p, "")
 	if got := udpAsk(udpDial(t, 1, addrs["dns"]), "q", 2*time.Second); got != "udp q" {
 		t.Fatalf("dns: %q", got)
@@ -401,13 +402,22 @@ func TestMetricsGoOnAcrossAReload(t *testing.T) {
 					apiBytes += tg.BytesOut
 				}
 			}
+			var ls []struct {
+				Name     string `json:"name"`
+				Accepted uint64 `json:"accepted_connections"`
+			}
+			api.call("GET", "/api/v1/listeners", &ls)
+			apiAccepted := map[string]float64{}
+			for _, l := range ls {
+				apiAccepted[l.Name] = float64(l.Accepted)
+			}
 			if maps.Equal(accepted, want) && proxied["pt"] == float64(r) && delivered == float64(r*lines) && forwarded == float64(ptBytes) &&
-				apiLines == uint64(r*lines) && apiBytes == uint64(ptBytes) {
+				apiLines == uint64(r*lines) && apiBytes == uint64(ptBytes) && maps.Equal(apiAccepted, want) {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("after round %d: accepted %v, proxied %v, target lines %v (want %d), target bytes %v (want %d); the admin API: lines %d, bytes %d",
-					r, accepted, proxied, delivered, r*lines, forwarded, ptBytes, apiLines, apiBytes)
+				t.Fatalf("after round %d: accepted %v, proxied %v, target lines %v (want %d), target bytes %v (want %d); the admin API: lines %d, bytes %d, accepted %v",
+					r, accepted, proxied, delivered, r*lines, forwarded, ptBytes, apiLines, apiBytes, apiAccepted)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}

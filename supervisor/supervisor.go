@@ -238,7 +238,7 @@ func (s *Supervisor) snapshot() []*instance {
 // start starts in and reports its listener failing on its own.
 func (s *Supervisor) start(in *instance) {
 	in.tally = s.tally
-	s.tally.start(in.name, in.srv.Set())
+	s.tally.start(in)
 	in.start(func() {
 		if s.cfg.StateFile != "" {
 			s.applyPending() // after the first DNS answer, before serving
@@ -403,8 +403,14 @@ type shown struct {
 	addr string
 }
 
+// Info is the instance's, with the connections of the listener's other
+// instances, running or stopped (tally).
 func (a shown) Info() admin.ListenerInfo {
-	return a.in.mode.Info(a.in.srv, a.in.name, a.addr, a.in.book)
+	info := a.in.mode.Info(a.in.srv, a.in.name, a.addr, a.in.book)
+	if a.in.tally == nil {
+		return info
+	}
+	return a.in.tally.listener(a.in, info)
 }
 
 func (a shown) Targets() *upstream.Set { return a.in.srv.Set() }
@@ -416,7 +422,7 @@ func (a shown) TargetStats(t *upstream.Target) upstream.Stats {
 	if a.in.tally == nil {
 		return st
 	}
-	return a.in.tally.total(a.in.name, a.in.srv.Set(), st)
+	return a.in.tally.total(a.in, st)
 }
 
 // takeOver gives in the listening socket of o, which stops accepting: the
@@ -477,7 +483,7 @@ func (in *instance) shutdown() bool {
 	in.stopOnce.Do(func() {
 		close(in.stopped)
 		if in.tally != nil {
-			in.tally.stop(in.name, in.srv.Set())
+			in.tally.stop(in)
 		}
 	})
 	for _, stop := range []func(){in.stopChecks, in.stopDiscovery} {

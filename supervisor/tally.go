@@ -4,20 +4,22 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/ndlb/ndlb/admin"
 	"github.com/ndlb/ndlb/upstream"
 )
 
-// tally keeps the admin API's target counts going across the instances
-// of a listener, as internal/carry does for the metrics: a reload that
-// replaces a listener starts a new target set counting from zero while
-// the old instance drains with its own. A target's counts are then those
-// of every running instance's set plus what the stopped ones counted,
-// so lines_out never falls back (and the status page's rates stay
-// true) while the process runs.
+// tally keeps the admin API's counts of targets and client connections
+// going across the instances of a listener, as internal/carry does for
+// the metrics: a reload that replaces a listener starts a new instance
+// counting from zero while the old one drains with its own. A count is
+// then that of every running instance plus what the stopped ones
+// counted, so lines_out and accepted_connections never fall back (and
+// the status page's rates stay true) while the process runs.
 type tally struct {
-	mu   sync.Mutex
-	live map[string][]*upstream.Set        // by listener name
-	base map[string]map[string]targetCount // by name, then address: stopped instances'
+	mu       sync.Mutex
+	live     map[string][]*instance            // by listener name
+	base     map[string]map[string]targetCount // by name, then address: stopped instances'
+	accepted map[string]uint64                 // by name: stopped instances'
 }
 
 // targetCount is what a target's counters hold.
@@ -35,39 +37,43 @@ func (c *targetCount) add(o targetCount) {
 }
 
 func newTally() *tally {
-	return &tally{live: make(map[string][]*upstream.Set), base: make(map[string]map[string]targetCount)}
+	return &tally{live: make(map[string][]*instance), base: make(map[string]map[string]targetCount),
+		accepted: make(map[string]uint64)}
 }
 
-// start counts set among the running instances of listener name.
-func (t *tally) start(name string, set *upstream.Set) {
+// start counts in among the running instances of its listener.
+func (t *tally) start(in *instance) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.live[name] = append(t.live[name], set)
+	t.live[in.name] = append(t.live[in.name], in)
 }
 
-// stop takes set, whose instance has stopped, out of the running ones and
-// keeps its counts, for the addresses another running set of the listener
-// still has (a removed listener's, or a target that left, are forgotten).
-func (t *tally) stop(name string, set *upstream.Set) {
+// stop takes in, which has stopped, out of the running instances and
+// keeps its counts: its targets' for the addresses another running
+// instance of the listener still has (a removed listener's, or a target
+// that left, are forgotten), and its connections'.
+func (t *tally) stop(in *instance) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	i := slices.Index(t.live[name], set)
+	name := in.name
+	i := slices.Index(t.live[name], in)
 	if i < 0 {
 		return
 	}
 	t.live[name] = slices.Delete(t.live[name], i, i+1)
+	t.accepted[name] += in.mode.Info(in.srv, name, "", nil).Accepted
 	base := t.base[name]
 	if base == nil {
 		base = make(map[string]targetCount)
 	}
-	for _, tg := range set.Targets() {
+	for _, tg := range in.srv.Set().Targets() {
 		c := base[tg.Addr]
 		c.add(countOf(tg.Stats()))
 		base[tg.Addr] = c
 	}
 	keep := map[string]bool{}
-	for _, s := range t.live[name] {
-		for _, tg := range s.Targets() {
+	for _, o := range t.live[name] {
+		for _, tg := range o.srv.Set().Targets() {
 			keep[tg.Addr] = true
 		}
 	}
@@ -79,24 +85,42 @@ func (t *tally) stop(name string, set *upstream.Set) {
 	if len(t.live[name]) == 0 {
 		delete(t.live, name)
 		delete(t.base, name)
+		delete(t.accepted, name)
 		return
 	}
 	t.base[name] = base
 }
 
-// total is st, a target of set, with the counts of the same address in
-// the listener's other running sets and in its stopped ones, and the
-// connections open in the running ones.
-func (t *tally) total(name string, set *upstream.Set, st upstream.Stats) upstream.Stats {
+// listener is info, in's, with the connections of the listener's other
+// running instances (open and accepted) and of its stopped ones
+// (accepted).
+func (t *tally) listener(in *instance, info admin.ListenerInfo) admin.ListenerInfo {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	info.Accepted += t.accepted[in.name]
+	for _, o := range t.live[in.name] {
+		if o != in {
+			oi := o.mode.Info(o.srv, o.name, "", nil)
+			info.Accepted += oi.Accepted
+			info.Active += oi.Active
+		}
+	}
+	return info
+}
+
+// total is st, a target of in's set, with the counts of the same address
+// in the listener's other running instances and in its stopped ones, and
+// the connections open in the running ones.
+func (t *tally) total(in *instance, st upstream.Stats) upstream.Stats {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	c := countOf(st)
-	c.add(t.base[name][st.Addr])
-	for _, s := range t.live[name] {
-		if s == set {
+	c.add(t.base[in.name][st.Addr])
+	for _, o := range t.live[in.name] {
+		if o == in {
 			continue
 		}
-		for _, tg := range s.Targets() {
+		for _, tg := range o.srv.Set().Targets() {
 			if tg.Addr == st.Addr {
 				o := tg.Stats()
 				c.add(countOf(o))
