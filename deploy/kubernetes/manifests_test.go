@@ -102,7 +102,7 @@ func strict(t *testing.T, name string, doc []byte, into any) {
 // the pod, and a memory limit that holds the config's bound.
 func TestManifests(t *testing.T) {
 	sets, services, maps, pdbs := objects(t)
-	if len(sets) != 1 || len(maps) != 1 || len(services) != 1 || len(pdbs) != 1 {
+	if len(sets) != 1 || len(maps) != 1 || len(services) != 2 || len(pdbs) != 1 {
 		t.Fatalf("%d stateful sets, %d config maps, %d services, %d PDBs", len(sets), len(maps), len(services), len(pdbs))
 	}
 	doc := maps[0].Data["ndlb.toml"]
@@ -124,8 +124,10 @@ func TestManifests(t *testing.T) {
 	}
 
 	d := sets[0]
-	if d.Spec.ServiceName == "" || !slices.ContainsFunc(services, func(s corev1.Service) bool { return s.Name == d.Spec.ServiceName }) {
-		t.Errorf("the stateful set's serviceName %q is no Service of the manifests", d.Spec.ServiceName)
+	if !slices.ContainsFunc(services, func(s corev1.Service) bool {
+		return s.Name == d.Spec.ServiceName && s.Spec.ClusterIP == corev1.ClusterIPNone
+	}) {
+		t.Errorf("the stateful set's serviceName %q is no headless Service of the manifests", d.Spec.ServiceName)
 	}
 	pod := d.Spec.Template.Spec
 	if len(pod.Containers) != 1 {
