@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -450,5 +451,62 @@ func TestReloadWithSpoolDoesNotDeliverTwice(t *testing.T) {
 	p.stopOK()
 	if r := w.check(map[uint32]uint32{1: 2000, 2: 2000}); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
 		t.Fatal(r)
+	}
+}
+
+// TLS clients move too: a reload that replaces the listener hands each
+// one, session and all, to the replacement, so a shipper's TLS
+// connection carries on past the old listener's drain timeout, with no
+// line lost, torn or duplicated, and none cut.
+func TestReloadHandsTLSClientsToTheReplacement(t *testing.T) {
+	dir := t.TempDir()
+	p := newPKI(t)
+	cert, key, _ := p.files(t, "ndlb", "127.0.0.1", "localhost")
+	w := newWorld(t, 2)
+	logs := func(connections int) string {
+		return fmt.Sprintf("log-format = \"json\"\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\n"+
+			"drain-timeout = \"1s\"\nconnections = %d\ntls-cert = %q\ntls-key = %q\ntarget = %s\n",
+			connections, cert, key, tomlList([]string{w.sinks[0].Addr(), w.sinks[1].Addr()}))
+	}
+	path := writeConfig(t, dir, logs(4))
+	proc := startCmd(t, command(bin, "--config", path))
+	addr := listening(t, proc, 1)["logs"]
+	const nClients, perClient = 4, 20000
+	clientTLS := &tls.Config{RootCAs: p.pool(), ServerName: "localhost"}
+	var sent map[uint32]uint32
+	var sendErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sent, sendErr = clients(nClients, perClient, func(c uint32) error {
+			conn, err := tls.Dial("tcp", addr, clientTLS)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			return linetest.SendPaced(conn, c, 0, perClient, 3*time.Second)
+		})
+	}()
+	w.waitLines(nClients * perClient / 10)
+	os.WriteFile(path, []byte(logs(2)), 0o600) // connections: a new listener
+	proc.waitLog("listener replaced; the old one drains", 10*time.Second)
+	moved := proc.waitLog("reload: client connections handed over to the listener's replacement", 10*time.Second)
+	if moved["connections"] != float64(nClients) {
+		t.Errorf("handed over %v of %d TLS clients", moved["connections"], nClients)
+	}
+	<-done // no client saw an error, though the old listener's drain timeout (1s) passed
+	if sendErr != nil {
+		t.Fatal(sendErr)
+	}
+	w.waitLines(nClients * perClient)
+	proc.stopOK()
+	if r := w.check(sent); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
+		t.Fatal(r)
+	}
+	if g := proc.ledger("logs"); g.received != nClients*perClient || g.delivered != w.lines() {
+		t.Fatalf("the listener's ledger %+v; clients sent %d, the sinks got %d", g, nClients*perClient, w.lines())
+	}
+	if l := proc.findLogs("drain timeout: read what the client had sent, then closed"); len(l) != 0 {
+		t.Fatalf("a TLS client was cut at the old listener's drain: %v", l[0])
 	}
 }

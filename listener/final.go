@@ -26,11 +26,62 @@ func (c *Conn) Interrupted() bool { return c.interrupted.Load() }
 // reset, RFC 1122's FIN-WAIT with the read side shut), so what it holds is
 // exactly what the client handed over, and FinalRead can read all of it.
 func (c *Conn) interrupt() {
+	c.leaveMu.Lock()
+	defer c.leaveMu.Unlock()
 	c.interrupted.Store(true)
+	if c.left {
+		return // moving to another listener: Stay applies it if the move fails
+	}
+	c.cut()
+}
+
+func (c *Conn) cut() {
 	_ = c.SetReadDeadline(time.Unix(1, 0)) // first: a woken reader sees the deadline
 	if c.tcp != nil {
 		shutBoth(c.tcp)
 	}
+}
+
+// Leave marks c, a TLS connection, as moving to another listener of this
+// process (AdoptConn): from now on this listener's drain deadline leaves
+// it alone, and when its handler returns the listener frees its place
+// without closing it. It reports false, and marks nothing, when the drain
+// deadline has come already (the socket is shut: it stays). Stay undoes
+// it when the move failed. Only the goroutine that reads c may call it.
+func (c *Conn) Leave() bool {
+	c.leaveMu.Lock()
+	defer c.leaveMu.Unlock()
+	if c.interrupted.Load() {
+		return false
+	}
+	c.left = true
+	return true
+}
+
+// Stay undoes Leave, for a move that failed: c is this listener's again,
+// and a drain deadline that came meanwhile takes effect now.
+func (c *Conn) Stay() {
+	c.leaveMu.Lock()
+	defer c.leaveMu.Unlock()
+	c.left = false
+	if c.interrupted.Load() {
+		c.cut()
+	}
+}
+
+func (c *Conn) hasLeft() bool {
+	c.leaveMu.Lock()
+	defer c.leaveMu.Unlock()
+	return c.left
+}
+
+// Pending returns, once, the plaintext a TLS connection's previous
+// listener read from it and did not frame (AdoptConn): its reader reads
+// it first.
+func (c *Conn) Pending() []byte {
+	p := c.pending
+	c.pending = nil
+	return p
 }
 
 // shutBoth shuts tc's socket down both ways, without closing it: a read

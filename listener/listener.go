@@ -57,6 +57,10 @@ type Conn struct {
 	released    atomic.Bool  // a detached connection's done was called
 	tcp         *net.TCPConn // the socket, when it is TCP
 	drain       *drainConn   // the layer under TLS, when there is one (TryRead)
+	pending     []byte       // plaintext a TLS connection's last holder read (AdoptConn)
+
+	leaveMu sync.Mutex // orders Leave and Stay with interrupt
+	left    bool       // Leave: moving to another listener; not shut or closed here
 }
 
 // ResetOnClose makes the connection end with a reset rather than a FIN
@@ -517,6 +521,11 @@ func (l *Listener) serveConn(nc net.Conn) {
 	c.release = func() {
 		l.untrack(c)
 		l.sources.release(c.source)
+		if c.hasLeft() { // moved to another listener, open
+			l.freeSlot()
+			l.wg.Done()
+			return
+		}
 		l.finish(nc)
 	}
 	l.h.ServeConn(c)
@@ -754,6 +763,38 @@ func (l *Listener) WaitPrepared(ctx context.Context) error {
 // down. Adopted connections take a place under MaxConns when one is free
 // and are served even when none is: their clients were served already.
 func (l *Listener) Adopt(nc net.Conn, id ksuid.KSUID, client, local net.Addr, pending []byte) bool {
+	c := &Conn{Conn: nc, ID: id, Client: client, Local: local}
+	if len(pending) > 0 {
+		c.Conn = &prefixConn{Conn: nc, pending: pending}
+	}
+	c.tcp, _ = nc.(*net.TCPConn)
+	return l.adopt(c)
+}
+
+// AdoptConn serves old, a TLS connection that another listener of this
+// process let go (Conn.Leave: a reload's replacement takes the clients of
+// the listener it replaces), with its session: pending is plaintext read
+// from it before, which the handler reads first (Conn.Pending). Otherwise
+// as Adopt; old is not used after, whatever the answer.
+func (l *Listener) AdoptConn(old *Conn, pending []byte) bool {
+	c := &Conn{Conn: old.Conn, ID: old.ID, Client: old.Client, Local: old.Local, tcp: old.tcp, drain: old.drain}
+	if len(pending) > 0 {
+		c.pending = pending
+	}
+	if c.drain != nil {
+		c.drain.c = c // whose drain deadline its reads follow
+	}
+	if !l.adopt(c) {
+		if c.drain != nil {
+			c.drain.c = old
+		}
+		return false
+	}
+	return true
+}
+
+// adopt serves c as Adopt and AdoptConn describe.
+func (l *Listener) adopt(c *Conn) bool {
 	l.mu.Lock()
 	if l.draining {
 		l.mu.Unlock()
@@ -770,17 +811,15 @@ func (l *Listener) Adopt(nc net.Conn, id ksuid.KSUID, client, local net.Addr, pe
 		}
 	}
 	l.adopted.Add(1)
-	c := &Conn{Conn: nc, ID: id, Client: client, Local: local}
-	if len(pending) > 0 {
-		c.Conn = &prefixConn{Conn: nc, pending: pending}
-	}
-	c.tcp, _ = nc.(*net.TCPConn)
+	_ = c.SetReadDeadline(time.Time{}) // the old holder's, to stop its reads, is past
 	c.Log = connLogger(l.log, c, nil, true)
 	l.workers.Go(func() {
 		l.track(c)
 		c.release = func() {
 			l.untrack(c)
-			nc.Close()
+			if !c.hasLeft() {
+				c.Conn.Close()
+			}
 			if slot {
 				l.freeSlot()
 			}

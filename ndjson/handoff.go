@@ -12,12 +12,17 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ndlb/ndlb/dispatch"
+	"github.com/ndlb/ndlb/listener"
 )
 
 // Transfer is a client connection on its way to another ndlb process (an
 // upgrade): the socket, who the client is, and where the stream stands.
 type Transfer struct {
-	Conn          *net.TCPConn
+	Conn *net.TCPConn
+	// TLS, instead of Conn, is a TLS connection with its session, on its
+	// way to the listener's replacement in this process (HandOffWithTLS;
+	// a session cannot move to another process).
+	TLS           *listener.Conn
 	ID            ksuid.KSUID // the connection's id in logs, kept across processes
 	Client, Local net.Addr    // as the listener saw them (after a PROXY header)
 	// Partial is the start of the line in progress, read by the old
@@ -31,6 +36,7 @@ type Transfer struct {
 // handOff is one HandOff in progress.
 type handOff struct {
 	give    func(Transfer) error
+	tls     bool           // TLS connections move too (HandOffWithTLS)
 	wg      sync.WaitGroup // one per connection asked to move
 	asked   atomic.Int64   // connections asked to move
 	settled atomic.Int64   // of them, those that moved or stay
@@ -42,14 +48,24 @@ type handOff struct {
 // with the line it was in the middle of; the batches of whole lines
 // already read stay in this server's queue, which it delivers. A
 // connection that give refuses, and every TLS connection (its session
-// cannot move), stays and is served on. HandOff returns the number moved
+// cannot leave the process; see HandOffWithTLS), stays and is served on. HandOff returns the number moved
 // once every connection was moved or kept, or when ctx is done, with
 // the number of connections that had not settled by then: their readers
 // were waiting for room in the queue or the spool (every target down),
 // and they stay with this server. Stop accepting first (Handover); call
 // Shutdown after, to deliver and drain.
 func (s *Server) HandOff(ctx context.Context, give func(Transfer) error) (moved, busy int) {
-	h := &handOff{give: give}
+	return s.handOff(ctx, &handOff{give: give})
+}
+
+// HandOffWithTLS is HandOff to another server of this process (a
+// reload's replacement of the listener): TLS connections move too, each
+// with its session (Transfer.TLS).
+func (s *Server) HandOffWithTLS(ctx context.Context, give func(Transfer) error) (moved, busy int) {
+	return s.handOff(ctx, &handOff{give: give, tls: true})
+}
+
+func (s *Server) handOff(ctx context.Context, h *handOff) (moved, busy int) {
 	s.giving.Store(h)
 	defer s.giving.Store(nil)
 	if s.ln != nil {
@@ -57,6 +73,9 @@ func (s *Server) HandOff(ctx context.Context, give func(Transfer) error) (moved,
 	}
 	s.clients.Range(func(k, _ any) bool {
 		cs := k.(*clientConn)
+		if _, isTLS := cs.r.(*tlsReader); isTLS && !h.tls {
+			return true // its session cannot leave the process: it stays
+		}
 		cs.mu.Lock()
 		if cs.ended {
 			cs.mu.Unlock()
@@ -101,11 +120,23 @@ func (cs *clientConn) settled(end bool) {
 // line.
 func (cs *clientConn) handOff() (resume, skipping bool) {
 	s, c := cs.s, cs.c
-	ir := cs.r.(*idleReader) // only such connections are asked to move
-	partial := append(cs.partial, ir.pending...)
-	cs.partial, ir.pending = nil, nil
-	if h := s.giving.Load(); h != nil {
-		err := h.give(Transfer{Conn: ir.tcp, ID: c.ID, Client: c.Client, Local: c.Local, Partial: partial, Skipping: cs.skipping})
+	t := Transfer{ID: c.ID, Client: c.Client, Local: c.Local, Skipping: cs.skipping}
+	var pending *[]byte       // the reader's: what it read and did not serve
+	switch r := cs.r.(type) { // only such connections are asked to move
+	case *idleReader:
+		t.Conn, pending = r.tcp, &r.pending
+	case *tlsReader:
+		t.TLS, pending = c, &r.pending
+	}
+	partial := append(cs.partial, *pending...)
+	cs.partial, *pending = nil, nil
+	t.Partial = partial
+	h := s.giving.Load()
+	if h != nil && t.TLS != nil && (!h.tls || !c.Leave()) {
+		h = nil // not to another process; nor once the drain deadline came (the socket is shut): it stays
+	}
+	if h != nil {
+		err := h.give(t)
 		if err == nil {
 			h.moved.Add(1)
 			c.Log.Info("client connection handed over (to the new process, or the listener's replacement)", "lines", cs.lines, "bytes", cs.bytes,
@@ -113,9 +144,12 @@ func (cs *clientConn) handOff() (resume, skipping bool) {
 			cs.settled(true)
 			return false, false
 		}
+		if t.TLS != nil {
+			c.Stay()
+		}
 		c.Log.Warn("client connection not handed over; this listener serves it on", "err", err)
 	}
-	ir.pending = partial
+	*pending = partial
 	cs.moving.Store(false)
 	_ = c.SetReadDeadline(time.Time{})
 	if c.Interrupted() { // the drain deadline came meanwhile: keep it
@@ -132,15 +166,23 @@ func (cs *clientConn) handOff() (resume, skipping bool) {
 // that closes t.Conn counts the line it carried with DropCarried; one
 // that gives it back to its old server (a reload) does not.
 func (s *Server) Adopt(t Transfer) bool {
-	if s.cfg.Listener.TLS != nil {
+	switch {
+	case t.TLS == nil && s.cfg.Listener.TLS != nil:
 		s.log.Warn("a plain client connection handed over was refused: this listener requires TLS now",
+			"conn", t.ID.String(), "client", t.Client.String())
+		return false
+	case t.TLS != nil && s.cfg.Listener.TLS == nil:
+		s.log.Warn("a TLS client connection handed over was refused: this listener is plain now",
 			"conn", t.ID.String(), "client", t.Client.String())
 		return false
 	}
 	if t.Skipping {
 		s.resuming.Store(t.ID, true)
 	}
-	if s.ln != nil && s.ln.Adopt(t.Conn, t.ID, t.Client, t.Local, t.Partial) {
+	if s.ln != nil && t.TLS != nil && s.ln.AdoptConn(t.TLS, t.Partial) {
+		return true
+	}
+	if s.ln != nil && t.TLS == nil && s.ln.Adopt(t.Conn, t.ID, t.Client, t.Local, t.Partial) {
 		return true
 	}
 	s.resuming.Delete(t.ID)

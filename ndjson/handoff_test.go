@@ -220,3 +220,101 @@ func TestRetiredDoesNotHandOverToAStoppingServer(t *testing.T) {
 	}
 	<-bDone
 }
+
+// holdConn sends what TLS writes once hold is off; while it is on, it
+// keeps the records, for the test to send in parts.
+type holdConn struct {
+	net.Conn
+	hold bool
+	kept []byte
+}
+
+func (c *holdConn) Write(p []byte) (int, error) {
+	if c.hold {
+		c.kept = append(c.kept, p...)
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+// HandOffWithTLS moves a TLS connection, session and all, to another
+// server of this process: with the line it was in the middle of, and with
+// a record that had come in part, whose rest the new server reads and
+// decrypts. The old server delivers the whole lines it read, and lets the
+// connection go without closing it.
+func TestHandOffWithTLSMovesTheSession(t *testing.T) {
+	old, sink, dial := startTLSServer(t, func(*Config) {})
+	next, err := New(old.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next.Start(newLocalListener(t))
+	var hc *holdConn
+	c := dial(func(nc net.Conn) net.Conn { hc = &holdConn{Conn: nc}; return hc })
+	line1 := linetest.AppendLine(nil, 1, 1)
+	c.Write(append(linetest.AppendLine(nil, 1, 0), line1[:10]...)) // a whole line, and part of the next
+	waitUntil(t, "first line delivered", func() bool { return sink.Lines() == 1 })
+	hc.hold = true
+	c.Write(append(line1[10:], linetest.AppendLine(nil, 1, 2)...)) // one record, kept
+	record := hc.kept
+	hc.hold = false
+	if _, err := hc.Conn.Write(record[:len(record)/2]); err != nil { // the record's first half
+		t.Fatal(err)
+	}
+	// The old server reads the half at once (TLS keeps it, waiting for
+	// the rest), or it is still in the kernel when the move begins:
+	// either way it moves with the connection.
+
+	if ln := old.Handover(); ln != nil {
+		ln.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if moved, busy := old.HandOffWithTLS(ctx, func(tr Transfer) error {
+		if tr.TLS == nil || tr.Conn != nil {
+			t.Errorf("a TLS connection's transfer: %+v", tr)
+		}
+		if !next.Adopt(tr) {
+			t.Error("the new server refused a TLS connection")
+		}
+		return nil
+	}); moved != 1 || busy != 0 {
+		t.Fatalf("moved %d, busy %d", moved, busy)
+	}
+	if _, err := hc.Conn.Write(record[len(record)/2:]); err != nil { // the rest, after the move
+		t.Fatal(err)
+	}
+	c.Write(linetest.AppendLine(nil, 1, 3))
+	waitUntil(t, "four lines delivered", func() bool { return sink.Lines() == 4 })
+	c.Close()
+	a, b := old.Shutdown(), next.Shutdown()
+	if a.Ledger.Received != 1 || a.Ledger.Delivered != 1 || !a.Clean {
+		t.Errorf("old server: %+v", a.Ledger)
+	}
+	if b.Ledger.Received != 3 || b.Ledger.Delivered != 3 || b.DroppedIncomplete != 0 || b.Listener.Adopted != 1 {
+		t.Errorf("new server: %+v, incomplete %d, adopted %d", b.Ledger, b.DroppedIncomplete, b.Listener.Adopted)
+	}
+}
+
+// An upgrade's HandOff (to another process) leaves TLS connections where
+// they are: it does not even suspend their reads.
+func TestHandOffLeavesTLSConnections(t *testing.T) {
+	srv, sink, dial := startTLSServer(t, func(*Config) {})
+	c := dial(nil)
+	c.Write(linetest.AppendLine(nil, 1, 0))
+	waitUntil(t, "a line delivered", func() bool { return sink.Lines() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if moved, busy := srv.HandOff(ctx, func(tr Transfer) error {
+		t.Errorf("asked to move a TLS connection: %+v", tr)
+		return errors.New("no")
+	}); moved != 0 || busy != 0 {
+		t.Fatalf("moved %d, busy %d", moved, busy)
+	}
+	c.Write(linetest.AppendLine(nil, 1, 1))
+	waitUntil(t, "both lines delivered", func() bool { return sink.Lines() == 2 })
+	c.Close()
+	if sum := srv.Shutdown(); sum.Ledger.Received != 2 || sum.Ledger.Delivered != 2 {
+		t.Fatalf("ledger %+v", sum.Ledger)
+	}
+}

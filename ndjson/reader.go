@@ -49,7 +49,7 @@ func clientReader(c *listener.Conn, readBytes int, coalesce time.Duration) io.Re
 	tc, pending, ok := c.Raw()
 	if !ok {
 		if c.CanTryRead() {
-			return &tlsReader{c: c}
+			return &tlsReader{c: c, pending: c.Pending()}
 		}
 		return c
 	}
@@ -147,12 +147,27 @@ func (r *idleReader) read(fd uintptr) bool {
 // that finds nothing (listener.ErrWouldBlock) gives the buffer back and
 // waits for the socket. Deadlines apply as on the connection; after the
 // drain deadline the reads take what the kernel holds, as Read does.
-type tlsReader struct{ c *listener.Conn }
+//
+// A reload's HandOff may move the connection, session and all, to the
+// listener's replacement in this process: its reads then end with
+// framer.ErrSuspend, as idleReader's do.
+type tlsReader struct {
+	c       *listener.Conn
+	pending []byte       // plaintext the connection's previous listener read; served first
+	moving  *atomic.Bool // set when HandOff is moving the connection
+}
 
 var _ framer.BufferReader = (*tlsReader)(nil)
 
 // Read reads the connection as it is, waiting for the client.
-func (r *tlsReader) Read(p []byte) (int, error) { return r.c.Read(p) }
+func (r *tlsReader) Read(p []byte) (int, error) {
+	if len(r.pending) > 0 {
+		n := copy(p, r.pending)
+		r.pending = r.pending[n:]
+		return n, nil
+	}
+	return r.c.Read(p)
+}
 
 // ReadBuffer implements framer.BufferReader.
 func (r *tlsReader) ReadBuffer(get func() []byte, put func()) (int, error) {
@@ -161,17 +176,35 @@ func (r *tlsReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 		if buf == nil {
 			return 0, nil // the framer waits for memory, then reads again
 		}
+		if len(r.pending) > 0 {
+			n := copy(buf, r.pending)
+			r.pending = r.pending[n:]
+			return n, nil
+		}
 		n, err := r.c.TryRead(buf)
+		if r.suspended(err) {
+			put()
+			return 0, framer.ErrSuspend
+		}
 		if !errors.Is(err, listener.ErrWouldBlock) {
 			return n, err
 		}
 		put()
 		if err := r.c.WaitRead(); err != nil && !r.c.Interrupted() {
+			if r.suspended(err) {
+				return 0, framer.ErrSuspend
+			}
 			return 0, err // closed, or the read deadline passed
 		}
 		// Readable, or the drain deadline: the next read takes what the
 		// kernel holds.
 	}
+}
+
+// suspended reports whether err is HandOff stopping the reads: TLS keeps
+// a record that came in part, and the connection moves with it.
+func (r *tlsReader) suspended(err error) bool {
+	return err != nil && errors.Is(err, os.ErrDeadlineExceeded) && r.moving != nil && r.moving.Load() && !r.c.Interrupted()
 }
 
 // finalRead reads what the kernel holds without waiting, after the drain

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -727,14 +728,20 @@ func (s *Server) ServeConn(c *listener.Conn) {
 	if v, ok := s.resuming.LoadAndDelete(c.ID); ok {
 		skipping = v.(bool)
 	}
-	if ir, ok := cs.r.(*idleReader); ok {
-		ir.moving = &cs.moving
+	movable := false
+	switch r := cs.r.(type) {
+	case *idleReader:
+		r.moving, movable = &cs.moving, true
+	case *tlsReader:
+		r.moving, movable = &cs.moving, true
+	}
+	if movable {
 		s.clients.Store(cs, struct{}{})
 		defer func() {
 			s.clients.Delete(cs)
 			cs.settled(true)
 		}()
-		if s.giving.Load() != nil { // a HandOff began as it was tracked
+		if h := s.giving.Load(); h != nil && (h.tls || !isTLS(cs.r)) { // a HandOff began as it was tracked
 			cs.moving.Store(true)
 			_ = c.SetReadDeadline(time.Unix(1, 0))
 		}
@@ -1035,6 +1042,11 @@ func (cs *clientConn) logClose(err error) {
 		c.Log.Warn("drain timeout: read what the client had sent, then closed with a reset", attrs...)
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		c.Log.Warn("drain timeout: stopped reading from client", attrs...)
+	case errors.Is(err, syscall.ECONNRESET) && c.Interrupted():
+		// Our kernel's reset, not the client's: the client sent on after
+		// the drain deadline shut the socket. What the kernel held was
+		// read.
+		c.Log.Warn("drain timeout: read what the client had sent; it was still sending, and was reset", attrs...)
 	case errors.Is(err, framer.ErrStopped), errors.Is(err, context.Canceled):
 		c.Log.Warn("shutdown deadline passed: client closed", attrs...)
 	case errors.Is(err, framer.ErrBadFrame):

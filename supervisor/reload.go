@@ -305,21 +305,21 @@ var connectionShape = []string{"framing", "tls-cert", "tls-key", "tls-client-ca"
 // target down, the queue full) stays and is drained.
 const reloadHandOff = 5 * time.Second
 
-// drainHandingOff moves o's NDJSON client connections (plain TCP) to in,
-// which replaces o on the same socket, with the line each was in the
-// middle of, then shuts o down in the background, as drain does: a reload
-// cuts no client that could move, and loses none of the bytes in its
-// socket. What o already read stays in its queue, which it delivers.
-// keys are the settings that changed.
+// drainHandingOff moves o's NDJSON client connections (plain TCP, and
+// TLS with their sessions) to in, which replaces o on the same socket,
+// with the line each was in the middle of, then shuts o down in the
+// background, as drain does: a reload cuts no client that could move, and
+// loses none of the bytes in its socket. What o already read stays in its
+// queue, which it delivers. keys are the settings that changed.
 //
-// Some clients cannot move, and drain on o's settings: TLS ones (their
-// session), octet-counted ones (not moved by an upgrade either), those of
+// Some clients cannot move, and drain on o's settings: octet-counted ones
+// (the frames' state lives in their reader; not moved by an upgrade either), those of
 // a listener with a spool (its replacement opens the spool only once o
 // lets it go, at the end of o's shutdown: they keep its protection
 // meanwhile), and all of them when the change is to how connections are
 // made (connectionShape).
 func (s *Supervisor) drainHandingOff(o, in *instance, keys []string) {
-	h, ok := o.srv.(handOffer)
+	h, ok := o.srv.(tlsHandOffer)
 	_, ok2 := in.srv.(adopter)
 	m, isNDJSON := o.mode.(NDJSON)
 	why := ""
@@ -337,7 +337,7 @@ func (s *Supervisor) drainHandingOff(o, in *instance, keys []string) {
 		s.draining.Go(func() {
 			ctx, cancel := context.WithTimeout(s.stopping, reloadHandOff)
 			defer cancel()
-			moved, busy := h.HandOff(ctx, func(t ndjson.Transfer) error { return adoptCopy(newest(in), t) })
+			moved, busy := h.HandOffWithTLS(ctx, func(t ndjson.Transfer) error { return adoptCopy(newest(in), t) })
 			if moved+busy > 0 {
 				s.log.Info("reload: client connections handed over to the listener's replacement",
 					"listener", o.spec.Name, "connections", moved, "held_back", busy)
@@ -354,6 +354,12 @@ func (s *Supervisor) drainHandingOff(o, in *instance, keys []string) {
 	s.drain(o)
 }
 
+// tlsHandOffer is a server that can move its client connections, TLS
+// ones with their sessions, to another server of this process.
+type tlsHandOffer interface {
+	HandOffWithTLS(ctx context.Context, give func(ndjson.Transfer) error) (moved, busy int)
+}
+
 // newest is the instance that took in's clients last: in, or the one a
 // later reload handed them to (instance.next), which may have replaced in
 // while a hand-off to it still ran. A later replacement that could not
@@ -368,8 +374,16 @@ func newest(in *instance) adopter {
 }
 
 // adoptCopy gives a a duplicate of t's socket (the old listener closes
-// its own once the connection has left it).
+// its own once the connection has left it), or, for a TLS connection,
+// the connection itself with its session (the old listener lets it go
+// without closing it).
 func adoptCopy(a adopter, t ndjson.Transfer) error {
+	if t.TLS != nil {
+		if !a.Adopt(t) {
+			return errors.New("the replacement is shutting down, or does not take TLS")
+		}
+		return nil
+	}
 	dup, err := dupOf(t.Conn)
 	if err != nil {
 		return err
