@@ -1,6 +1,7 @@
 package listener
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -66,6 +67,24 @@ func (c *Conn) Stay() {
 	c.left = false
 	if c.interrupted.Load() {
 		c.cut()
+	}
+}
+
+// askToLeave sends c's client a TLS close_notify, if it speaks TLS, and
+// shuts its socket's write side (AskToLeave), unless c is leaving for
+// another listener. The alert takes at most TLS's own 5 s write deadline,
+// for a client that reads nothing and whose window is full.
+func (c *Conn) askToLeave() {
+	c.leaveMu.Lock()
+	defer c.leaveMu.Unlock()
+	if c.left {
+		return
+	}
+	if tc, ok := c.Conn.(*tls.Conn); ok {
+		_ = tc.CloseWrite()
+	}
+	if c.tcp != nil {
+		_ = c.tcp.CloseWrite()
 	}
 }
 

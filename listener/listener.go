@@ -290,6 +290,7 @@ type Listener struct {
 	preparing   map[net.Conn]struct{} // in their PROXY header or TLS handshake; guarded by mu
 	draining    bool                  // Shutdown has begun; guarded by mu
 	interrupted bool                  // reads are being cut off; guarded by mu
+	leaving     bool                  // AskToLeave was called; guarded by mu
 	done        chan struct{}         // closed when Serve returns
 	slots       chan struct{}         // one per connection served, if MaxConns > 0
 	workers     *gopool.Pool          // serve connections
@@ -671,12 +672,41 @@ func (l *Listener) admit(c *Conn) bool {
 // cut off too.
 func (l *Listener) track(c *Conn) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.interrupted {
 		c.interrupt()
 	}
 	l.conns[c] = struct{}{}
 	l.active.Add(1)
+	leaving := l.leaving
+	l.mu.Unlock()
+	if leaving {
+		c.askToLeave()
+	}
+}
+
+// AskToLeave tells each client the listener serves, and each it serves
+// from now on, that nothing more will come from this end and that it
+// should go: a TLS client gets a close_notify alert, and every socket's
+// write side is shut (a FIN). Reads go on. A shipper that watches its
+// connection (syslog-ng, rsyslog) then closes it once what it wrote is
+// on its way, and reconnects: to the listener's replacement, or another
+// instance. The drain deadline then cuts nothing it had written, which
+// the reset at the deadline would lose in the shipper's own socket.
+// Shippers that do not watch go on sending, and are read until the
+// deadline as before. It is for one-way streams (NDJSON mode), at the
+// start of a drain; connections leaving for another listener (Leave)
+// are left alone.
+func (l *Listener) AskToLeave() {
+	l.mu.Lock()
+	l.leaving = true
+	conns := make([]*Conn, 0, len(l.conns))
+	for c := range l.conns {
+		conns = append(conns, c)
+	}
+	l.mu.Unlock()
+	for _, c := range conns {
+		c.askToLeave()
+	}
 }
 
 func (l *Listener) untrack(c *Conn) {

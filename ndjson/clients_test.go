@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"syscall"
@@ -259,5 +260,51 @@ func TestTLSTrickleDoesNotPutOffTheLineTimeout(t *testing.T) {
 	waitUntil(t, "the line timeout", func() bool { return srv.Stats().LineTimeouts == 1 })
 	if d := time.Since(start); d > 4*time.Second {
 		t.Fatalf("closed after %s of trickling; the line timeout is 200ms", d)
+	}
+}
+
+// A drain asks its clients to leave: a plain one gets a FIN, a TLS one a
+// close_notify, at the start of the drain rather than a reset at its
+// deadline. A shipper that watches its connection sees the end of
+// stream at once, and what it sends until it closes is still read and
+// delivered: nothing it wrote is cut.
+func TestDrainAsksClientsToLeave(t *testing.T) {
+	for _, tlsOn := range []bool{false, true} {
+		name := "plain"
+		if tlsOn {
+			name = "tls"
+		}
+		t.Run(name, func(t *testing.T) {
+			edit := func(c *Config) { c.DrainTimeout = 20 * time.Second }
+			var srv *Server
+			var sink *linetest.Sink
+			var c net.Conn
+			if tlsOn {
+				var dial func(func(net.Conn) net.Conn) *tls.Conn
+				srv, sink, dial = startTLSServer(t, edit)
+				c = dial(nil)
+			} else {
+				srv, sink = startServer(t, edit)
+				var err error
+				if c, err = net.Dial("tcp", srv.Addr().String()); err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+			}
+			c.Write(linetest.AppendLine(nil, 1, 0))
+			waitUntil(t, "the first line delivered", func() bool { return sink.Lines() == 1 })
+			done := make(chan Summary, 1)
+			go func() { done <- srv.Shutdown() }()
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if n, err := c.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
+				t.Fatalf("the client read %d bytes, %v: want the end of stream at the drain's start", n, err)
+			}
+			c.Write(linetest.AppendLine(nil, 1, 1)) // what it had in hand, sent before it closes
+			c.Close()
+			sum := <-done
+			if sink.Lines() != 2 || sum.Ledger.Received != 2 || sum.Ledger.Delivered != 2 || !sum.Clean {
+				t.Fatalf("sink %d lines; ledger %+v", sink.Lines(), sum.Ledger)
+			}
+		})
 	}
 }

@@ -1329,7 +1329,7 @@ func (s *Server) Shutdown() Summary {
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 		if s.udp != nil {
 			s.stopDatagrams()
-		} else if err := s.ln.Shutdown(ctx); err != nil {
+		} else if s.ln.AskToLeave(); s.ln.Shutdown(ctx) != nil {
 			s.log.Warn("drain timeout passed with clients still connected; their connections were closed")
 		}
 		cancel()
