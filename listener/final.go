@@ -1,7 +1,6 @@
 package listener
 
 import (
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -43,55 +42,67 @@ func (c *Conn) cut() {
 	}
 }
 
-// Leave marks c, a TLS connection, as moving to another listener of this
-// process (AdoptConn): from now on this listener's drain deadline leaves
-// it alone, and when its handler returns the listener frees its place
-// without closing it. It reports false, and marks nothing, when the drain
+// Leave marks c as moving to another server: from now on this
+// listener's drain deadline and AskToLeave leave it alone. keepOpen says
+// that c itself moves (a TLS connection, with its session: AdoptConn), so
+// that when its handler returns the listener frees its place without
+// closing it; otherwise a duplicate of its socket moves, and this one is
+// closed as usual. It reports false, and marks nothing, when the drain
 // deadline has come already (the socket is shut: it stays). Stay undoes
 // it when the move failed. Only the goroutine that reads c may call it.
-func (c *Conn) Leave() bool {
+func (c *Conn) Leave(keepOpen bool) bool {
 	c.leaveMu.Lock()
 	defer c.leaveMu.Unlock()
 	if c.interrupted.Load() {
 		return false
 	}
-	c.left = true
+	c.left, c.keepOpen = true, keepOpen
 	return true
 }
 
 // Stay undoes Leave, for a move that failed: c is this listener's again,
-// and a drain deadline that came meanwhile takes effect now.
+// and a drain deadline or an AskToLeave that came meanwhile takes effect
+// now.
 func (c *Conn) Stay() {
 	c.leaveMu.Lock()
 	defer c.leaveMu.Unlock()
-	c.left = false
+	c.left, c.keepOpen = false, false
 	if c.interrupted.Load() {
 		c.cut()
 	}
+	if c.asked {
+		c.closeWrite()
+	}
 }
 
-// askToLeave sends c's client a TLS close_notify, if it speaks TLS, and
-// shuts its socket's write side (AskToLeave), unless c is leaving for
-// another listener. The alert takes at most TLS's own 5 s write deadline,
-// for a client that reads nothing and whose window is full.
+// askToLeave shuts c's socket's write side, a FIN that tells its client
+// nothing more will come (AskToLeave), unless c is leaving for another
+// server (Stay does it then, if the move fails). A TLS client gets no
+// close_notify: a shipper that peeks at its socket for the end of stream
+// (rsyslog) would find the alert, not the end, and one that closed with
+// the alert unread would reset its connection, losing what it had not
+// sent yet.
 func (c *Conn) askToLeave() {
 	c.leaveMu.Lock()
 	defer c.leaveMu.Unlock()
-	if c.left {
-		return
+	c.asked = true
+	if !c.left {
+		c.closeWrite()
 	}
-	if tc, ok := c.Conn.(*tls.Conn); ok {
-		_ = tc.CloseWrite()
-	}
+}
+
+func (c *Conn) closeWrite() {
 	if c.tcp != nil {
 		_ = c.tcp.CloseWrite()
 	}
 }
 
+// hasLeft reports whether c itself moved to another listener (Leave
+// with keepOpen): its listener must not close it.
 func (c *Conn) hasLeft() bool {
 	c.leaveMu.Lock()
 	defer c.leaveMu.Unlock()
-	return c.left
+	return c.left && c.keepOpen
 }
 
 // Pending returns, once, the plaintext a TLS connection's previous

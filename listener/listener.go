@@ -59,8 +59,10 @@ type Conn struct {
 	drain       *drainConn   // the layer under TLS, when there is one (TryRead)
 	pending     []byte       // plaintext a TLS connection's last holder read (AdoptConn)
 
-	leaveMu sync.Mutex // orders Leave and Stay with interrupt
-	left    bool       // Leave: moving to another listener; not shut or closed here
+	leaveMu  sync.Mutex // orders Leave and Stay with interrupt and askToLeave
+	left     bool       // Leave: moving to another server; not shut here
+	keepOpen bool       // Leave(true): c itself moves; not closed here either
+	asked    bool       // askToLeave came
 }
 
 // ResetOnClose makes the connection end with a reset rather than a FIN
@@ -686,8 +688,8 @@ func (l *Listener) track(c *Conn) {
 
 // AskToLeave tells each client the listener serves, and each it serves
 // from now on, that nothing more will come from this end and that it
-// should go: a TLS client gets a close_notify alert, and every socket's
-// write side is shut (a FIN). Reads go on. A shipper that watches its
+// should go: its socket's write side is shut (a FIN; no TLS close_notify,
+// see Conn.askToLeave). Reads go on. A shipper that watches its
 // connection (syslog-ng, rsyslog) then closes it once what it wrote is
 // on its way, and reconnects: to the listener's replacement, or another
 // instance. The drain deadline then cuts nothing it had written, which

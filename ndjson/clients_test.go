@@ -263,9 +263,9 @@ func TestTLSTrickleDoesNotPutOffTheLineTimeout(t *testing.T) {
 	}
 }
 
-// A drain asks its clients to leave: a plain one gets a FIN, a TLS one a
-// close_notify, at the start of the drain rather than a reset at its
-// deadline. A shipper that watches its connection sees the end of
+// A drain asks its clients to leave: each gets a FIN (a TLS one no
+// close_notify, which a client peeking at its socket would take for data)
+// at the start of the drain rather than a reset at its deadline. A shipper that watches its connection sees the end of
 // stream at once, and what it sends until it closes is still read and
 // delivered: nothing it wrote is cut.
 func TestDrainAsksClientsToLeave(t *testing.T) {

@@ -132,8 +132,8 @@ func (cs *clientConn) handOff() (resume, skipping bool) {
 	cs.partial, *pending = nil, nil
 	t.Partial = partial
 	h := s.giving.Load()
-	if h != nil && t.TLS != nil && (!h.tls || !c.Leave()) {
-		h = nil // not to another process; nor once the drain deadline came (the socket is shut): it stays
+	if h != nil && ((t.TLS != nil && !h.tls) || !c.Leave(t.TLS != nil)) {
+		h = nil // a session does not leave the process; nothing moves once the drain deadline came (the socket is shut): it stays
 	}
 	if h != nil {
 		err := h.give(t)
@@ -144,9 +144,7 @@ func (cs *clientConn) handOff() (resume, skipping bool) {
 			cs.settled(true)
 			return false, false
 		}
-		if t.TLS != nil {
-			c.Stay()
-		}
+		c.Stay()
 		c.Log.Warn("client connection not handed over; this listener serves it on", "err", err)
 	}
 	*pending = partial

@@ -182,6 +182,9 @@ func (r *tlsReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 			return n, nil
 		}
 		n, err := r.c.TryRead(buf)
+		if n > 0 {
+			return n, nil // an error with them comes again at the next read
+		}
 		if r.suspended(err) {
 			put()
 			return 0, framer.ErrSuspend
@@ -235,6 +238,11 @@ func readFinal(c *listener.Conn, r any, p []byte) (int, error) {
 			return n, nil
 		}
 		return listener.FinalRead(ir.rc, p)
+	}
+	if tr, ok := r.(*tlsReader); ok && len(tr.pending) > 0 {
+		n := copy(p, tr.pending)
+		tr.pending = tr.pending[n:]
+		return n, nil
 	}
 	if !c.Interrupted() {
 		return 0, listener.ErrDrained // a TLS read could wait

@@ -1061,15 +1061,21 @@ func (cs *clientConn) logClose(err error) {
 // sending for longer than the line timeout. One lazy timer per connection:
 // it looks at the framer when it fires and re-arms for the time left.
 type lineTimer struct {
-	t       *time.Timer
-	fired   atomic.Bool
-	stopped atomic.Bool
+	t     *time.Timer
+	fired atomic.Bool
+	// mu orders stop with a callback under way: once stop returns, no
+	// callback touches the connection's deadline (a connection handed
+	// to another server keeps its tls.Conn, and the deadline with it).
+	mu      sync.Mutex
+	stopped bool
 }
 
 func startLineTimer(c *listener.Conn, idleSince func() time.Time, d time.Duration) *lineTimer {
 	lt := &lineTimer{}
 	lt.t = time.AfterFunc(d, func() {
-		if lt.stopped.Load() {
+		lt.mu.Lock()
+		defer lt.mu.Unlock()
+		if lt.stopped {
 			return
 		}
 		wait := d
@@ -1088,7 +1094,9 @@ func startLineTimer(c *listener.Conn, idleSince func() time.Time, d time.Duratio
 }
 
 func (lt *lineTimer) stop() {
-	lt.stopped.Store(true)
+	lt.mu.Lock()
+	lt.stopped = true
+	lt.mu.Unlock()
 	lt.t.Stop()
 }
 
@@ -1316,6 +1324,17 @@ func (s *Server) takeBatch(from *Server, b *framer.Batch) error {
 	return nil
 }
 
+// askToLeave asks the clients to leave as the drain starts
+// (listener.AskToLeave), except those of a listener with a spool that a
+// reload took out of service: they keep its spool's protection until its
+// drain ends, and its replacement opens the spool only then.
+func (s *Server) askToLeave() {
+	if s.cfg.Spool != nil && s.retired != nil {
+		return
+	}
+	s.ln.AskToLeave()
+}
+
 // Shutdown stops the server as the package doc describes, logs a summary
 // line and returns it. It is safe to call more than once.
 func (s *Server) Shutdown() Summary {
@@ -1329,7 +1348,7 @@ func (s *Server) Shutdown() Summary {
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 		if s.udp != nil {
 			s.stopDatagrams()
-		} else if s.ln.AskToLeave(); s.ln.Shutdown(ctx) != nil {
+		} else if s.askToLeave(); s.ln.Shutdown(ctx) != nil {
 			s.log.Warn("drain timeout passed with clients still connected; their connections were closed")
 		}
 		cancel()

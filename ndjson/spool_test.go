@@ -1,6 +1,8 @@
 package ndjson
 
 import (
+	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"os"
@@ -436,5 +438,39 @@ func TestHeldBackClientMovesToTheSpoolWhenItOpens(t *testing.T) {
 	}
 	if r := ledger.Check(map[uint32]uint32{1: perClient}); r.Lost != 0 || r.Duplicated != 0 || r.Torn != 0 {
 		t.Fatal(r)
+	}
+}
+
+// The clients of a spool listener that a reload took out of service are
+// not asked to leave as its drain starts (TestDrainAsksClientsToLeave):
+// they keep its spool's protection, which its replacement takes only
+// once its drain ends; they are read until they close or the deadline.
+func TestRetiredSpoolListenerKeepsItsClients(t *testing.T) {
+	sink, err := linetest.NewSink("127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sink.Close)
+	srv := startSpoolServer(t, sink, t.TempDir(), time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv.Retire(ctx, func() *Server { return nil })
+	c, err := net.Dial("tcp", srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write(linetest.AppendLine(nil, 1, 0))
+	waitUntil(t, "the first line delivered", func() bool { return sink.Lines() == 1 })
+	done := make(chan Summary, 1)
+	go func() { done <- srv.Shutdown() }()
+	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the client read %v: a retired spool listener asked it to leave", err)
+	}
+	c.Write(linetest.AppendLine(nil, 1, 1))
+	c.Close()
+	if sum := <-done; sink.Lines() != 2 || sum.Ledger.Delivered != 2 {
+		t.Fatalf("sink %d lines; ledger %+v", sink.Lines(), sum.Ledger)
 	}
 }
