@@ -809,10 +809,7 @@ func (l *Listener) Adopt(nc net.Conn, id ksuid.KSUID, client, local net.Addr, pe
 // from it before, which the handler reads first (Conn.Pending). Otherwise
 // as Adopt; old is not used after, whatever the answer.
 func (l *Listener) AdoptConn(old *Conn, pending []byte) bool {
-	c := &Conn{Conn: old.Conn, ID: old.ID, Client: old.Client, Local: old.Local, tcp: old.tcp, drain: old.drain}
-	if len(pending) > 0 {
-		c.pending = pending
-	}
+	c := &Conn{Conn: old.Conn, ID: old.ID, Client: old.Client, Local: old.Local, tcp: old.tcp, drain: old.drain, pending: pending}
 	if c.drain != nil {
 		c.drain.c = c // whose drain deadline its reads follow
 	}

@@ -16,7 +16,8 @@ import (
 )
 
 // Transfer is a client connection on its way to another ndlb process (an
-// upgrade): the socket, who the client is, and where the stream stands.
+// upgrade) or to the listener's replacement (a reload): the socket, who
+// the client is, and where the stream stands.
 type Transfer struct {
 	Conn *net.TCPConn
 	// TLS, instead of Conn, is a TLS connection with its session, on its
@@ -48,12 +49,12 @@ type handOff struct {
 // with the line it was in the middle of; the batches of whole lines
 // already read stay in this server's queue, which it delivers. A
 // connection that give refuses, and every TLS connection (its session
-// cannot leave the process; see HandOffWithTLS), stays and is served on. HandOff returns the number moved
-// once every connection was moved or kept, or when ctx is done, with
-// the number of connections that had not settled by then: their readers
-// were waiting for room in the queue or the spool (every target down),
-// and they stay with this server. Stop accepting first (Handover); call
-// Shutdown after, to deliver and drain.
+// cannot leave the process; see HandOffWithTLS), stays and is served on.
+// HandOff returns the number moved once every connection was moved or
+// kept, or when ctx is done, with the number of connections that had not
+// settled by then: their readers were waiting for room in the queue or
+// the spool (every target down), and they stay with this server. Stop
+// accepting first (Handover); call Shutdown after, to deliver and drain.
 func (s *Server) HandOff(ctx context.Context, give func(Transfer) error) (moved, busy int) {
 	return s.handOff(ctx, &handOff{give: give})
 }
@@ -133,7 +134,9 @@ func (cs *clientConn) handOff() (resume, skipping bool) {
 	t.Partial = partial
 	h := s.giving.Load()
 	if h != nil && ((t.TLS != nil && !h.tls) || !c.Leave(t.TLS != nil)) {
-		h = nil // a session does not leave the process; nothing moves once the drain deadline came (the socket is shut): it stays
+		// A session does not leave the process, and nothing moves once
+		// the drain deadline came (the socket is shut): it stays.
+		h = nil
 	}
 	if h != nil {
 		err := h.give(t)

@@ -69,9 +69,7 @@ func (r *idleReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 		if buf == nil {
 			return 0, nil
 		}
-		n := copy(buf, r.pending)
-		r.pending = r.pending[n:]
-		return n, nil
+		return fromPending(&r.pending, buf), nil
 	}
 	if r.final {
 		return r.finalRead(get, put)
@@ -162,9 +160,7 @@ var _ framer.BufferReader = (*tlsReader)(nil)
 // Read reads the connection as it is, waiting for the client.
 func (r *tlsReader) Read(p []byte) (int, error) {
 	if len(r.pending) > 0 {
-		n := copy(p, r.pending)
-		r.pending = r.pending[n:]
-		return n, nil
+		return fromPending(&r.pending, p), nil
 	}
 	return r.c.Read(p)
 }
@@ -177,9 +173,7 @@ func (r *tlsReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 			return 0, nil // the framer waits for memory, then reads again
 		}
 		if len(r.pending) > 0 {
-			n := copy(buf, r.pending)
-			r.pending = r.pending[n:]
-			return n, nil
+			return fromPending(&r.pending, buf), nil
 		}
 		n, err := r.c.TryRead(buf)
 		if n > 0 {
@@ -210,6 +204,14 @@ func (r *tlsReader) suspended(err error) bool {
 	return err != nil && errors.Is(err, os.ErrDeadlineExceeded) && r.moving != nil && r.moving.Load() && !r.c.Interrupted()
 }
 
+// fromPending moves the start of *pending, bytes a reader holds that it
+// read before (past a PROXY header, or the previous holder's), into p.
+func fromPending(pending *[]byte, p []byte) int {
+	n := copy(p, *pending)
+	*pending = (*pending)[n:]
+	return n
+}
+
 // finalRead reads what the kernel holds without waiting, after the drain
 // deadline; listener.ErrDrained when nothing is left.
 func (r *idleReader) finalRead(get func() []byte, put func()) (int, error) {
@@ -233,16 +235,12 @@ func readFinal(c *listener.Conn, r any, p []byte) (int, error) {
 	}
 	if ir, ok := r.(*idleReader); ok {
 		if len(ir.pending) > 0 {
-			n := copy(p, ir.pending)
-			ir.pending = ir.pending[n:]
-			return n, nil
+			return fromPending(&ir.pending, p), nil
 		}
 		return listener.FinalRead(ir.rc, p)
 	}
 	if tr, ok := r.(*tlsReader); ok && len(tr.pending) > 0 {
-		n := copy(p, tr.pending)
-		tr.pending = tr.pending[n:]
-		return n, nil
+		return fromPending(&tr.pending, p), nil
 	}
 	if !c.Interrupted() {
 		return 0, listener.ErrDrained // a TLS read could wait

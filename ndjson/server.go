@@ -728,12 +728,14 @@ func (s *Server) ServeConn(c *listener.Conn) {
 	if v, ok := s.resuming.LoadAndDelete(c.ID); ok {
 		skipping = v.(bool)
 	}
-	movable := false
+	movable := true
 	switch r := cs.r.(type) {
 	case *idleReader:
-		r.moving, movable = &cs.moving, true
+		r.moving = &cs.moving
 	case *tlsReader:
-		r.moving, movable = &cs.moving, true
+		r.moving = &cs.moving
+	default:
+		movable = false
 	}
 	if movable {
 		s.clients.Store(cs, struct{}{})

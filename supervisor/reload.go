@@ -313,11 +313,11 @@ const reloadHandOff = 5 * time.Second
 // queue, which it delivers. keys are the settings that changed.
 //
 // Some clients cannot move, and drain on o's settings: octet-counted ones
-// (the frames' state lives in their reader; not moved by an upgrade either), those of
-// a listener with a spool (its replacement opens the spool only once o
-// lets it go, at the end of o's shutdown: they keep its protection
-// meanwhile), and all of them when the change is to how connections are
-// made (connectionShape).
+// (the frames' state lives in their reader; not moved by an upgrade
+// either), those of a listener with a spool (its replacement opens the
+// spool only once o lets it go, at the end of o's shutdown: they keep its
+// protection meanwhile), and all of them when the change is to how
+// connections are made (connectionShape).
 func (s *Supervisor) drainHandingOff(o, in *instance, keys []string) {
 	h, ok := o.srv.(tlsHandOffer)
 	_, ok2 := in.srv.(adopter)

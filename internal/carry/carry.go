@@ -2,6 +2,7 @@ package carry
 
 import (
 	"context"
+	"maps"
 	"slices"
 	"sync"
 
@@ -28,8 +29,8 @@ type Group struct {
 	mu      sync.Mutex
 	sources []*Source
 	// counted by removed sources, by instrument and attributes
-	base  map[key]int64
-	fbase map[fkey]float64
+	base  map[key[metric.Int64Observable]]int64
+	fbase map[key[metric.Float64Observable]]float64
 	live  int // keys the last collection or prune found
 }
 
@@ -51,8 +52,10 @@ type Instruments struct {
 	Latest []metric.Observable
 }
 
-type key struct {
-	inst  metric.Int64Observable
+// key is an instrument (I: metric.Int64Observable or
+// metric.Float64Observable) and a set of attributes.
+type key[I comparable] struct {
+	inst  I
 	attrs attribute.Distinct
 }
 
@@ -61,7 +64,7 @@ type key struct {
 // dropped by the SDK.
 func New(m metric.Meter, in Instruments) (*Group, error) {
 	g := &Group{carried: make(map[metric.Observable]bool), latest: make(map[metric.Observable]bool),
-		base: make(map[key]int64), fbase: make(map[fkey]float64)}
+		base: make(map[key[metric.Int64Observable]]int64), fbase: make(map[key[metric.Float64Observable]]float64)}
 	var all []metric.Observable
 	for _, c := range in.Counters {
 		g.carried[c] = true
@@ -93,20 +96,25 @@ func (g *Group) report(_ context.Context, o metric.Observer) error {
 	g.mu.Lock()
 	c := g.collect()
 	g.prune(c)
-	for k, v := range c.ints {
-		if g.carried[k.inst] {
-			v += g.base[k]
-		}
-		o.ObserveInt64(k.inst, v, metric.WithAttributeSet(c.sets[k.attrs]))
-	}
-	for k, v := range c.floats {
-		if g.carried[k.inst] {
-			v += g.fbase[k]
-		}
-		o.ObserveFloat64(k.inst, v, metric.WithAttributeSet(c.sets[k.attrs]))
-	}
+	emit(c.ints, g.base, g.carried, c.sets, o.ObserveInt64)
+	emit(c.floats, g.fbase, g.carried, c.sets, o.ObserveFloat64)
 	g.mu.Unlock()
 	return nil
+}
+
+// emit observes each of cur's values with o, a counter's with its base
+// added.
+func emit[I interface {
+	comparable
+	metric.Observable
+}, V int64 | float64](cur, base map[key[I]]V, carried map[metric.Observable]bool, sets map[attribute.Distinct]attribute.Set,
+	o func(I, V, ...metric.ObserveOption)) {
+	for k, v := range cur {
+		if carried[k.inst] {
+			v += base[k]
+		}
+		o(k.inst, v, metric.WithAttributeSet(sets[k.attrs]))
+	}
 }
 
 // collect has every live source observe. Called with g.mu held.
@@ -133,16 +141,8 @@ func (g *Group) remove(s *Source) {
 	}
 	last := g.newCollector()
 	s.observe(last)
-	for k, v := range last.ints {
-		if g.carried[k.inst] {
-			g.base[k] += v
-		}
-	}
-	for k, v := range last.floats {
-		if g.carried[k.inst] {
-			g.fbase[k] += v
-		}
-	}
+	fold(g.base, last.ints, g.carried)
+	fold(g.fbase, last.floats, g.carried)
 	g.sources = slices.Delete(g.sources, i, i+1)
 	if len(g.base)+len(g.fbase) > 2*g.live+256 {
 		g.prune(g.collect())
@@ -152,22 +152,26 @@ func (g *Group) remove(s *Source) {
 // prune forgets the base entries c, every live source's observations,
 // does not have. Called with g.mu held.
 func (g *Group) prune(c *collector) {
-	for k := range g.base {
-		if _, ok := c.ints[k]; !ok {
-			delete(g.base, k)
-		}
-	}
-	for k := range g.fbase {
-		if _, ok := c.floats[k]; !ok {
-			delete(g.fbase, k)
-		}
-	}
+	maps.DeleteFunc(g.base, func(k key[metric.Int64Observable], _ int64) bool { _, ok := c.ints[k]; return !ok })
+	maps.DeleteFunc(g.fbase, func(k key[metric.Float64Observable], _ float64) bool { _, ok := c.floats[k]; return !ok })
 	g.live = len(c.ints) + len(c.floats)
 }
 
+// fold adds to base the counters' values in last.
+func fold[I interface {
+	comparable
+	metric.Observable
+}, V int64 | float64](base, last map[key[I]]V, carried map[metric.Observable]bool) {
+	for k, v := range last {
+		if carried[k.inst] {
+			base[k] += v
+		}
+	}
+}
+
 func (g *Group) newCollector() *collector {
-	return &collector{latest: g.latest, ints: make(map[key]int64), floats: make(map[fkey]float64),
-		sets: make(map[attribute.Distinct]attribute.Set)}
+	return &collector{latest: g.latest, ints: make(map[key[metric.Int64Observable]]int64),
+		floats: make(map[key[metric.Float64Observable]]float64), sets: make(map[attribute.Distinct]attribute.Set)}
 }
 
 // Source is one member of a Group, reporting until unregistered.
@@ -184,19 +188,14 @@ func (s *Source) Unregister() error {
 	return nil
 }
 
-type fkey struct {
-	inst  metric.Float64Observable
-	attrs attribute.Distinct
-}
-
 // collector is the Observer the sources observe into, one after another
 // in the order they were added: it sums what they observe by instrument
 // and attributes, or keeps the last for the latest instruments.
 type collector struct {
 	embedded.Observer
 	latest map[metric.Observable]bool
-	ints   map[key]int64
-	floats map[fkey]float64
+	ints   map[key[metric.Int64Observable]]int64
+	floats map[key[metric.Float64Observable]]float64
 	sets   map[attribute.Distinct]attribute.Set
 }
 
@@ -211,20 +210,19 @@ func (c *collector) attrs(opts []metric.ObserveOption) attribute.Distinct {
 
 // ObserveInt64 adds v to what inst has with those attributes, or sets it.
 func (c *collector) ObserveInt64(inst metric.Int64Observable, v int64, opts ...metric.ObserveOption) {
-	k := key{inst, c.attrs(opts)}
-	if c.latest[inst] {
-		c.ints[k] = v
-	} else {
-		c.ints[k] += v
-	}
+	merge(c.ints, key[metric.Int64Observable]{inst, c.attrs(opts)}, v, c.latest[inst])
 }
 
 // ObserveFloat64 adds v to what inst has with those attributes, or sets it.
 func (c *collector) ObserveFloat64(inst metric.Float64Observable, v float64, opts ...metric.ObserveOption) {
-	k := fkey{inst, c.attrs(opts)}
-	if c.latest[inst] {
-		c.floats[k] = v
+	merge(c.floats, key[metric.Float64Observable]{inst, c.attrs(opts)}, v, c.latest[inst])
+}
+
+// merge adds v to m[k], or sets it (latest).
+func merge[K comparable, V int64 | float64](m map[K]V, k K, v V, latest bool) {
+	if latest {
+		m[k] = v
 	} else {
-		c.floats[k] += v
+		m[k] += v
 	}
 }
