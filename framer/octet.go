@@ -143,8 +143,12 @@ func (o *OctetReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 
 // ready reports whether produce or marker may write something.
 func (o *OctetReader) ready() bool {
-	return len(o.pend) > 0 || o.needEnd || len(o.carry) > 0 || o.err != nil && o.midFrame() && !o.cut && !o.sent
+	return len(o.pend) > 0 || o.needEnd || len(o.carry) > 0 || o.ended() && o.midFrame() && !o.cut && !o.sent
 }
+
+// ended reports whether the source's stream ended (or failed): not a
+// suspension (ErrSuspend), after which it goes on, here or elsewhere.
+func (o *OctetReader) ended() bool { return o.err != nil && !errors.Is(o.err, ErrSuspend) }
 
 func (o *OctetReader) midFrame() bool { return o.inMsg && !o.skip || len(o.hdr) > 0 }
 
@@ -169,12 +173,62 @@ func (o *OctetReader) stop() error {
 // marker writes one byte for a stream cut inside a frame of which nothing
 // was passed on, so that the framer has a fragment to count as incomplete.
 func (o *OctetReader) marker(p []byte) int {
-	if o.err == nil || o.cut || !o.midFrame() || o.sent || len(p) == 0 || len(o.pend) > 0 || len(o.carry) > 0 {
+	if !o.ended() || o.cut || !o.midFrame() || o.sent || len(p) == 0 || len(o.pend) > 0 || len(o.carry) > 0 {
 		return 0
 	}
 	o.cut = true
 	p[0] = '#'
 	return 1
+}
+
+// Rewind is for a stream whose source suspended it (ErrSuspend, which
+// the framer passed on: a hand-over). It rebuilds the stream from the
+// start of the frame in progress, so that a fresh OctetReader that reads
+// raw first, then the rest of the stream, passes on what this one would
+// have. partial is the framer's unfinished line (Framer.Carry); discarding
+// says the framer was dropping it as too long. skip is the number of the
+// stream's next bytes to skip instead (Skip), for a message being dropped;
+// raw is then empty. The reader is left between frames, reading on from
+// its source.
+//
+// Without Reversible, the escapes already made stay as they are: a
+// message's "#012" reads the same on its second pass, and a '\n' held
+// back is put back. The rebuilt length prefix counts the escaped bytes,
+// so a message may grow past the limit and be skipped on resuming; the
+// framer would have dropped it as too long all the same.
+func (o *OctetReader) Rewind(partial []byte, discarding bool) (raw []byte, skip int) {
+	switch {
+	case o.inMsg && (o.skip || discarding):
+		skip = o.left
+	case o.inMsg:
+		esc := append(append([]byte(nil), partial...), o.carry...)
+		msg := esc
+		if o.reversible {
+			msg = UnescapeOctet(nil, esc)
+		} else if o.heldNL {
+			msg = append(msg, '\n')
+		}
+		raw = strconv.AppendInt(nil, int64(len(msg)+o.left), 10)
+		raw = append(append(raw, ' '), msg...)
+	default:
+		raw = append(raw, o.hdr...)
+	}
+	raw = append(raw, o.pend...)
+	if o.in != nil && o.bsrc != nil {
+		o.putIn()
+	}
+	o.pend, o.hdr, o.carry = nil, o.hdr[:0], o.carry[:0]
+	o.left, o.inMsg, o.skip, o.heldNL, o.needEnd, o.sent, o.cut, o.err = 0, false, false, false, false, false, false, nil
+	return raw, skip
+}
+
+// Skip makes the stream start inside a message being dropped, whose next
+// n bytes are skipped (Rewind's skip, on the reader that resumes the
+// stream). It counts nothing: the message was counted when it began.
+func (o *OctetReader) Skip(n int) {
+	if n > 0 {
+		o.inMsg, o.skip, o.left = true, true, n
+	}
 }
 
 // fill reads the next bytes from the source.

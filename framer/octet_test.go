@@ -230,3 +230,113 @@ func TestOctetReaderSmallReads(t *testing.T) {
 		t.Fatal("the framer stalls on an escape that does not fit its buffer")
 	}
 }
+
+// suspending is a BufferReader that serves pending first, then data in
+// the sizes given, and says ErrSuspend once when at has been served.
+type suspending struct {
+	chunked
+	pending []byte
+	at      int // bytes of data to serve before suspending; -1: never
+}
+
+func (s *suspending) ReadBuffer(get func() []byte, put func()) (int, error) {
+	if s.at == 0 {
+		s.at = -1
+		return 0, ErrSuspend
+	}
+	p := get()
+	if p == nil {
+		return 0, nil
+	}
+	if len(s.pending) > 0 {
+		n := copy(p, s.pending)
+		s.pending = s.pending[n:]
+		return n, nil
+	}
+	if s.at > 0 && len(p) > s.at {
+		p = p[:s.at]
+	}
+	n, err := s.Read(p)
+	if s.at > 0 {
+		s.at -= n
+	}
+	return n, err
+}
+
+// A stream suspended anywhere (inside a length prefix, a message passed on
+// in part, a message skipped as oversize, one the framer drops as too
+// long, an escape cut by a full buffer) and rewound goes on, on the same
+// reader or a fresh one, with exactly the lines and drops an uninterrupted
+// one has.
+func TestOctetRewindResumesTheSameStream(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	alphabet := []byte("ab\\n\n#0 x")
+	const maxBytes = 40
+	for i := range 3000 {
+		var msgs []string
+		for range 1 + r.IntN(8) {
+			m := make([]byte, r.IntN(70)) // some over maxBytes
+			for k := range m {
+				m[k] = alphabet[r.IntN(len(alphabet))]
+			}
+			msgs = append(msgs, string(m))
+		}
+		in := frames(msgs...)
+		reversible := i%2 == 0
+		sizes := []int{1 + r.IntN(9), 1 + r.IntN(60)}
+		frame := func(o *OctetReader, f *Framer, drops *int) (out []byte, err error) {
+			o.OnOversize = func(int) { *drops++ }
+			f.OnDrop = func(d Drop) { *drops++ }
+			for {
+				b, err := f.Next()
+				if err != nil {
+					return out, err
+				}
+				out = append(out, b.Data...)
+				b.Release()
+			}
+		}
+		cfg := DefaultConfig()
+		cfg.ReadBytes, cfg.MaxLineBytes = 16, maxBytes
+		if reversible {
+			cfg.MaxLineBytes = 2 * maxBytes
+		}
+		var wantDrops int
+		o := NewOctetReader(chunkedBuf{&chunked{data: in, sizes: sizes}}, 16, maxBytes, reversible)
+		want, err := frame(o, New(o, cfg, NewPool()), &wantDrops)
+		if !errors.Is(err, io.EOF) {
+			t.Fatalf("%d: uninterrupted: %v", i, err)
+		}
+
+		at := r.IntN(len(in) + 1)
+		src := &suspending{chunked: chunked{data: in, sizes: sizes}, at: at}
+		var drops int
+		o = NewOctetReader(src, 16, maxBytes, reversible)
+		f := New(o, cfg, NewPool())
+		got, err := frame(o, f, &drops)
+		if !errors.Is(err, ErrSuspend) {
+			t.Fatalf("%d: suspended at %d: %v", i, at, err)
+		}
+		partial, discarding := f.Carry()
+		f.Close()
+		raw, skip := o.Rewind(partial, discarding)
+		if skip > 0 && len(raw) > 0 {
+			t.Fatalf("%d: rewound to %q and a skip of %d", i, raw, skip)
+		}
+		if i%4 < 2 { // on to a fresh reader (another listener or process)
+			o = NewOctetReader(chunkedBuf{&chunked{data: append(raw, src.data...), sizes: sizes}}, 16, maxBytes, reversible)
+		} else { // the hand-over refused: the same reader reads on
+			src.pending = raw
+		}
+		o.Skip(skip)
+		f = New(o, cfg, NewPool())
+		rest, err := frame(o, f, &drops)
+		if !errors.Is(err, io.EOF) {
+			t.Fatalf("%d: resumed: %v", i, err)
+		}
+		if got = append(got, rest...); !bytes.Equal(got, want) || drops != wantDrops {
+			t.Fatalf("%d: suspended at %d of %q (reversible %v), rewound to %q skip %d:\n got %q, %d drops\nwant %q, %d drops",
+				i, at, in, reversible, raw, skip, got, drops, want, wantDrops)
+		}
+	}
+}

@@ -2,12 +2,16 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -459,14 +463,36 @@ func TestReloadWithSpoolDoesNotDeliverTwice(t *testing.T) {
 // connection carries on past the old listener's drain timeout, with no
 // line lost, torn or duplicated, and none cut.
 func TestReloadHandsTLSClientsToTheReplacement(t *testing.T) {
+	reloadHandsOver(t, true, false)
+}
+
+// Octet-counted clients move as well, plain and TLS, each from wherever it
+// was in a frame (the clients here write each frame in two pieces): the
+// replacement reads on from the start of the frame in progress.
+func TestReloadHandsOctetClientsToTheReplacement(t *testing.T) {
+	t.Run("plain", func(t *testing.T) { reloadHandsOver(t, false, true) })
+	t.Run("tls", func(t *testing.T) { reloadHandsOver(t, true, true) })
+}
+
+// reloadHandsOver runs clients flat out through a reload that replaces
+// their listener, and checks that every one moved to the replacement,
+// none was cut at the old one's drain, and every line arrived once.
+func reloadHandsOver(t *testing.T, withTLS, octet bool) {
 	dir := t.TempDir()
 	p := newPKI(t)
 	cert, key, _ := p.files(t, "ndlb", "127.0.0.1", "localhost")
 	w := newWorld(t, 2)
+	extra := ""
+	if withTLS {
+		extra += fmt.Sprintf("tls-cert = %q\ntls-key = %q\n", cert, key)
+	}
+	if octet {
+		extra += "framing = \"octet-counted\"\ntarget-framing = \"newline\"\n"
+	}
 	logs := func(connections int) string {
 		return fmt.Sprintf("log-format = \"json\"\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\n"+
-			"drain-timeout = \"1s\"\nconnections = %d\ntls-cert = %q\ntls-key = %q\ntarget = %s\n",
-			connections, cert, key, tomlList([]string{w.sinks[0].Addr(), w.sinks[1].Addr()}))
+			"drain-timeout = \"1s\"\nconnections = %d\n%starget = %s\n",
+			connections, extra, tomlList([]string{w.sinks[0].Addr(), w.sinks[1].Addr()}))
 	}
 	path := writeConfig(t, dir, logs(4))
 	proc := startCmd(t, command(bin, "--config", path))
@@ -479,12 +505,22 @@ func TestReloadHandsTLSClientsToTheReplacement(t *testing.T) {
 	go func() {
 		defer close(done)
 		sent, sendErr = clients(nClients, perClient, func(c uint32) error {
-			conn, err := tls.Dial("tcp", addr, clientTLS)
+			var conn net.Conn
+			var err error
+			if withTLS {
+				conn, err = tls.Dial("tcp", addr, clientTLS)
+			} else {
+				conn, err = net.Dial("tcp", addr)
+			}
 			if err != nil {
 				return err
 			}
 			defer conn.Close()
-			return linetest.SendPaced(conn, c, 0, perClient, 3*time.Second)
+			var out io.Writer = conn
+			if octet {
+				out = &octetWriter{w: conn}
+			}
+			return linetest.SendPaced(out, c, 0, perClient, 3*time.Second)
 		})
 	}()
 	w.waitLines(nClients * perClient / 10)
@@ -492,7 +528,7 @@ func TestReloadHandsTLSClientsToTheReplacement(t *testing.T) {
 	proc.waitLog("listener replaced; the old one drains", 10*time.Second)
 	moved := proc.waitLog("reload: client connections handed over to the listener's replacement", 10*time.Second)
 	if moved["connections"] != float64(nClients) {
-		t.Errorf("handed over %v of %d TLS clients", moved["connections"], nClients)
+		t.Errorf("handed over %v of %d clients", moved["connections"], nClients)
 	}
 	<-done // no client saw an error, though the old listener's drain timeout (1s) passed
 	if sendErr != nil {
@@ -507,6 +543,33 @@ func TestReloadHandsTLSClientsToTheReplacement(t *testing.T) {
 		t.Fatalf("the listener's ledger %+v; clients sent %d, the sinks got %d", g, nClients*perClient, w.lines())
 	}
 	if l := proc.findLogs("drain timeout: read what the client had sent, then closed"); len(l) != 0 {
-		t.Fatalf("a TLS client was cut at the old listener's drain: %v", l[0])
+		t.Fatalf("a client was cut at the old listener's drain: %v", l[0])
 	}
+}
+
+// octetWriter writes the lines given to it as octet-counted frames (each
+// line without its newline), in two writes cut inside a frame.
+type octetWriter struct {
+	w   io.Writer
+	buf []byte
+}
+
+func (o *octetWriter) Write(p []byte) (int, error) {
+	o.buf = o.buf[:0]
+	for rest := p; len(rest) > 0; {
+		end := bytes.IndexByte(rest, '\n')
+		if end < 0 {
+			return 0, errors.New("octetWriter: a line without its newline")
+		}
+		o.buf = strconv.AppendInt(o.buf, int64(end), 10)
+		o.buf = append(append(o.buf, ' '), rest[:end]...)
+		rest = rest[end+1:]
+	}
+	cut := len(o.buf)/2 + 1 // inside a frame, most of the time
+	for _, b := range [][]byte{o.buf[:min(cut, len(o.buf))], o.buf[min(cut, len(o.buf)):]} {
+		if _, err := o.w.Write(b); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
 }

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -67,9 +68,36 @@ func (p *proc) ledgers(name string) (sum ledger, n int) {
 // duplicated or torn; the two processes' ledgers close and add up to what
 // was sent.
 func TestUpgradeKeepsClientConnections(t *testing.T) {
+	upgradeKeeps(t, false)
+}
+
+// Octet-counted clients move too, each from wherever it was in a frame
+// (the clients here write each frame in two pieces; one holds half a
+// frame across the upgrade).
+func TestUpgradeKeepsOctetCountedClients(t *testing.T) {
+	upgradeKeeps(t, true)
+}
+
+func upgradeKeeps(t *testing.T, octet bool) {
 	w := newWorld(t, 2)
 	pidFile := filepath.Join(t.TempDir(), "ndlb.pid")
-	p := startNDLB(t, "--target", w.targets(), "--pid-file", pidFile)
+	args := []string{"--target", w.targets(), "--pid-file", pidFile}
+	out := func(c net.Conn) io.Writer { return c }
+	frame := func(b []byte) []byte { return b }
+	if octet {
+		args = append(args, "--framing", "octet-counted", "--target-framing", "newline")
+		out = func(c net.Conn) io.Writer { return &octetWriter{w: c} }
+		frame = func(b []byte) []byte {
+			var f []byte
+			for len(b) > 0 {
+				i := bytes.IndexByte(b, '\n')
+				f = strconv.AppendInt(f, int64(i), 10)
+				f, b = append(append(f, ' '), b[:i]...), b[i+1:]
+			}
+			return f
+		}
+	}
+	p := startNDLB(t, args...)
 	oldPID := readPID(t, pidFile, 0)
 	if oldPID != p.cmd.Process.Pid {
 		t.Fatalf("PID file names %d, ndlb is %d", oldPID, p.cmd.Process.Pid)
@@ -85,12 +113,12 @@ func TestUpgradeKeepsClientConnections(t *testing.T) {
 		wg.Go(func() {
 			// Flat out, in odd-sized writes that cut lines, until the
 			// upgrade is done; then the rest.
-			if _, err := linetest.Send(conn, c, 0, perClient/2, 3001); err != nil {
+			if _, err := linetest.Send(out(conn), c, 0, perClient/2, 3001); err != nil {
 				errs <- fmt.Errorf("client %d before: %w", c, err)
 				return
 			}
 			<-upgraded
-			if _, err := linetest.Send(conn, c, perClient/2, perClient, 3001); err != nil {
+			if _, err := linetest.Send(out(conn), c, perClient/2, perClient, 3001); err != nil {
 				errs <- fmt.Errorf("client %d after: %w", c, err)
 				return
 			}
@@ -101,7 +129,7 @@ func TestUpgradeKeepsClientConnections(t *testing.T) {
 	const half = n
 	sent[half] = 2
 	hc := dial(t, p.addr)
-	line := linetest.AppendLine(nil, half, 0)
+	line := frame(linetest.AppendLine(nil, half, 0))
 	if _, err := hc.Write(line[:len(line)/2]); err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +143,7 @@ func TestUpgradeKeepsClientConnections(t *testing.T) {
 	}
 	newPID := readPID(t, pidFile, oldPID)
 	close(upgraded)
-	if _, err := hc.Write(append(line[len(line)/2:], linetest.AppendLine(nil, half, 1)...)); err != nil {
+	if _, err := hc.Write(append(line[len(line)/2:], frame(linetest.AppendLine(nil, half, 1))...)); err != nil {
 		t.Fatal(err)
 	}
 	errs <- endClean(hc)

@@ -2,16 +2,20 @@ package ndjson
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/segmentio/ksuid"
 	"golang.org/x/sys/unix"
 
 	"github.com/ndlb/ndlb/dispatch"
+	"github.com/ndlb/ndlb/framer"
 	"github.com/ndlb/ndlb/listener"
 )
 
@@ -32,6 +36,20 @@ type Transfer struct {
 	// Skipping says the stream is inside a line already dropped (and
 	// counted) as too long: the new process skips to its newline.
 	Skipping bool
+	// Framing is how the client frames its stream ("" is newline). An
+	// octet-counted stream's Partial starts at the length prefix of the
+	// frame in progress (framer.OctetReader.Rewind); SkipBytes, instead,
+	// are the rest of a message already dropped (and counted), which the
+	// new reader skips. A listener framing otherwise refuses it.
+	Framing   framer.Framing
+	SkipBytes int
+}
+
+// resumeAt is where an adopted connection's stream starts: inside a line
+// or an octet-counted message that was being dropped.
+type resumeAt struct {
+	skipping  bool // inside a dropped line: skip to its newline
+	skipBytes int  // inside a dropped octet-counted message: skip its rest
 }
 
 // handOff is one HandOff in progress.
@@ -74,7 +92,7 @@ func (s *Server) handOff(ctx context.Context, h *handOff) (moved, busy int) {
 	}
 	s.clients.Range(func(k, _ any) bool {
 		cs := k.(*clientConn)
-		if _, isTLS := cs.r.(*tlsReader); isTLS && !h.tls {
+		if isTLS(cs.src) && !h.tls {
 			return true // its session cannot leave the process: it stays
 		}
 		cs.mu.Lock()
@@ -121,15 +139,24 @@ func (cs *clientConn) settled(end bool) {
 // line.
 func (cs *clientConn) handOff() (resume, skipping bool) {
 	s, c := cs.s, cs.c
-	t := Transfer{ID: c.ID, Client: c.Client, Local: c.Local, Skipping: cs.skipping}
-	var pending *[]byte       // the reader's: what it read and did not serve
-	switch r := cs.r.(type) { // only such connections are asked to move
+	t := Transfer{ID: c.ID, Client: c.Client, Local: c.Local, Skipping: cs.skipping,
+		Framing: cmp.Or(s.cfg.Framing, framer.Newline)}
+	var pending *[]byte         // the reader's: what it read and did not serve
+	switch r := cs.src.(type) { // only such connections are asked to move
 	case *idleReader:
 		t.Conn, pending = r.tcp, &r.pending
 	case *tlsReader:
 		t.TLS, pending = c, &r.pending
 	}
-	partial := append(cs.partial, *pending...)
+	start := cs.partial
+	o, octet := cs.r.(*framer.OctetReader)
+	if octet {
+		// From the frame in progress's length prefix, or the rest of a
+		// message being dropped: the framer's partial line is escaped.
+		start, t.SkipBytes = o.Rewind(cs.partial, cs.skipping)
+		t.Skipping = false
+	}
+	partial := append(start, *pending...)
 	cs.partial, *pending = nil, nil
 	t.Partial = partial
 	h := s.giving.Load()
@@ -151,13 +178,16 @@ func (cs *clientConn) handOff() (resume, skipping bool) {
 		c.Log.Warn("client connection not handed over; this listener serves it on", "err", err)
 	}
 	*pending = partial
+	if octet {
+		o.Skip(t.SkipBytes)
+	}
 	cs.moving.Store(false)
 	_ = c.SetReadDeadline(time.Time{})
 	if c.Interrupted() { // the drain deadline came meanwhile: keep it
 		_ = c.SetReadDeadline(time.Unix(1, 0))
 	}
 	cs.settled(false)
-	return true, cs.skipping
+	return true, t.Skipping
 }
 
 // Adopt serves t, a connection that another process (or the listener
@@ -176,9 +206,13 @@ func (s *Server) Adopt(t Transfer) bool {
 		s.log.Warn("a TLS client connection handed over was refused: this listener is plain now",
 			"conn", t.ID.String(), "client", t.Client.String())
 		return false
+	case cmp.Or(t.Framing, framer.Newline) != cmp.Or(s.cfg.Framing, framer.Newline):
+		s.log.Warn("a client connection handed over was refused: this listener frames messages otherwise now",
+			"conn", t.ID.String(), "client", t.Client, "framing", cmp.Or(s.cfg.Framing, framer.Newline), "client_framing", t.Framing)
+		return false
 	}
-	if t.Skipping {
-		s.resuming.Store(t.ID, true)
+	if t.Skipping || t.SkipBytes > 0 {
+		s.resuming.Store(t.ID, resumeAt{skipping: t.Skipping, skipBytes: t.SkipBytes})
 	}
 	if s.ln != nil && t.TLS != nil && s.ln.AdoptConn(t.TLS, t.Partial) {
 		return true
@@ -212,9 +246,10 @@ func (s *Server) DropCarried(t Transfer) (lines uint64) {
 const maxHeld = 8 << 20
 
 // CountHeld reads what the kernel holds for t.Conn, without waiting, and
-// returns the whole lines there and in t.Partial, and whether an
-// unfinished one follows them.
+// returns the whole lines (or octet-counted messages) there and in
+// t.Partial, and whether an unfinished one follows them.
 func CountHeld(t Transfer) (lines uint64, fragment bool) {
+	src := &heldReader{partial: t.Partial, conn: t.Conn}
 	var newlines uint64
 	var total int
 	var last byte
@@ -224,22 +259,18 @@ func CountHeld(t Transfer) (lines uint64, fragment bool) {
 			total, last = total+len(b), b[len(b)-1]
 		}
 	}
-	count(t.Partial)
-	if t.Conn != nil {
-		if rc, err := t.Conn.SyscallConn(); err == nil {
-			buf := make([]byte, 256<<10)
-			for read := 0; read < maxHeld; {
-				n := 0
-				_ = rc.Read(func(fd uintptr) bool {
-					n, _ = unix.Read(int(fd), buf)
-					return true // never wait
-				})
-				if n <= 0 {
-					break
-				}
-				count(buf[:n])
-				read += n
-			}
+	var r io.Reader = src
+	if t.Framing == framer.OctetCounted {
+		o := framer.NewOctetReader(src, 64<<10, framer.MaxMaxLineBytes, false)
+		o.Skip(t.SkipBytes)
+		r = o // its messages, as lines; a '#' for one cut short
+	}
+	buf := make([]byte, 256<<10)
+	for {
+		n, err := r.Read(buf)
+		count(buf[:n])
+		if err != nil {
+			break
 		}
 	}
 	if t.Skipping { // inside a line dropped (and counted) before the move
@@ -249,4 +280,40 @@ func CountHeld(t Transfer) (lines uint64, fragment bool) {
 		newlines--
 	}
 	return newlines, total > 0 && last != '\n'
+}
+
+// heldReader reads a transfer's partial line, then what the kernel holds
+// for its socket, without waiting: io.EOF when nothing is left, or
+// maxHeld was read from the socket.
+type heldReader struct {
+	partial []byte
+	conn    *net.TCPConn
+	rc      syscall.RawConn
+	read    int
+}
+
+func (h *heldReader) Read(p []byte) (int, error) {
+	if len(h.partial) > 0 {
+		return fromPending(&h.partial, p), nil
+	}
+	if h.conn == nil || h.read >= maxHeld || len(p) == 0 {
+		return 0, io.EOF
+	}
+	if h.rc == nil {
+		rc, err := h.conn.SyscallConn()
+		if err != nil {
+			return 0, io.EOF
+		}
+		h.rc = rc
+	}
+	n := 0
+	_ = h.rc.Read(func(fd uintptr) bool {
+		n, _ = unix.Read(int(fd), p[:min(len(p), maxHeld-h.read)])
+		return true // never wait
+	})
+	if n <= 0 {
+		return 0, io.EOF
+	}
+	h.read += n
+	return n, nil
 }

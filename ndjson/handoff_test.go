@@ -3,7 +3,9 @@ package ndjson
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ndlb/ndlb/dispatch"
+	"github.com/ndlb/ndlb/framer"
 	"github.com/ndlb/ndlb/internal/certtest"
 	"github.com/ndlb/ndlb/internal/linetest"
 )
@@ -316,5 +319,124 @@ func TestHandOffLeavesTLSConnections(t *testing.T) {
 	c.Close()
 	if sum := srv.Shutdown(); sum.Ledger.Received != 2 || sum.Ledger.Delivered != 2 {
 		t.Fatalf("ledger %+v", sum.Ledger)
+	}
+}
+
+// Octet-counted clients move too, from wherever they are in a frame: in a
+// message the old server had passed on in part (newlines in it, escaped
+// for newline targets), inside an oversize message it was skipping, inside
+// a length prefix. The new server reads each on from the start of its
+// frame (or skips the rest of the dropped message, without counting it
+// again); every message arrives whole, once. A hand-over refused later
+// leaves the client with the server that reads on, mid-frame too.
+func TestHandOffMovesOctetClientsMidFrame(t *testing.T) {
+	for _, target := range []framer.Framing{framer.OctetCounted, framer.Newline} {
+		t.Run(string(target), func(t *testing.T) {
+			sink := newRawSink(t)
+			cfg := DefaultConfig()
+			cfg.Targets, cfg.Framing, cfg.TargetFraming = []string{sink.ln.Addr().String()}, framer.OctetCounted, target
+			cfg.Framer.MaxLineBytes = 512
+			cfg.Logger = slog.New(slog.DiscardHandler)
+			old, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			old.Start(newLocalListener(t))
+			next, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			next.Start(newLocalListener(t))
+			// Before the sink's cleanup, which waits for their connections.
+			t.Cleanup(func() { old.Shutdown(); next.Shutdown() })
+			dial := func() net.Conn {
+				c, err := net.Dial("tcp", old.Addr().String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				return c
+			}
+			inMsg, skipping, inPrefix := dial(), dial(), dial()
+			stack := "stack:\n  at a()\n  at b()\\n"
+			second := "second\nmessage"
+			msgs := []string{"first", stack, "after the skipped one", "hello world!", second}
+			inMsg.Write(append(octetFrames(msgs[0]), octetFrames(stack)[:12]...))
+			skipping.Write([]byte("600 " + strings.Repeat("x", 100)))
+			inPrefix.Write([]byte("1"))
+			waitUntil(t, "the first message delivered", func() bool { return old.Stats().Ledger.Delivered == 1 })
+			waitUntil(t, "the oversize message counted", func() bool { return old.Stats().DroppedOversize == 1 })
+			waitUntil(t, "a message held in part", func() bool { return old.Stats().ClientMemory.Used > 0 })
+
+			if ln := old.Handover(); ln != nil {
+				ln.Close()
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if moved, busy := old.HandOff(ctx, moveTo(t, next)); moved != 3 || busy != 0 {
+				t.Fatalf("moved %d connections, %d busy; want 3", moved, busy)
+			}
+			inMsg.Write(octetFrames(stack)[12:])
+			skipping.Write(append([]byte(strings.Repeat("y", 500)), octetFrames(msgs[2])...))
+			inPrefix.Write([]byte("2 " + msgs[3]))
+			frame := octetFrames(second)
+			inMsg.Write(frame[:10])
+			waitUntil(t, "three messages delivered by the new server", func() bool { return next.Stats().Ledger.Delivered == 3 })
+			waitUntil(t, "a message held in part", func() bool { return next.Stats().ClientMemory.Used > 0 })
+			if moved, busy := next.HandOff(ctx, func(Transfer) error { return errors.New("no room") }); moved != 0 || busy != 0 {
+				t.Fatalf("a refused hand-over moved %d, %d busy", moved, busy)
+			}
+			inMsg.Write(frame[10:])
+			for _, c := range []net.Conn{inMsg, skipping, inPrefix} {
+				c.Close()
+			}
+			waitUntil(t, "four messages delivered by the new server", func() bool { return next.Stats().Ledger.Delivered == 4 })
+			a, b := old.Shutdown(), next.Shutdown()
+			if a.Ledger.Received != 2 || a.Ledger.Delivered != 1 || a.DroppedOversize != 1 || !a.Clean {
+				t.Errorf("old server: %+v", a.Ledger)
+			}
+			if b.Ledger.Received != 4 || b.Ledger.Delivered != 4 || b.DroppedOversize != 0 || b.DroppedIncomplete != 0 || b.BadFrames != 0 {
+				t.Errorf("new server: %+v, oversize %d, incomplete %d, bad frames %d", b.Ledger, b.DroppedOversize, b.DroppedIncomplete, b.BadFrames)
+			}
+			want := slices.Clone(msgs)
+			if target == framer.Newline {
+				for i, m := range want {
+					want[i] = strings.ReplaceAll(m, "\n", "#012")
+				}
+			}
+			slices.Sort(want)
+			var got []string
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+				if got = splitMessages(t, sink.bytes(), target); slices.Equal(got, want) {
+					break
+				}
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("the target got\n%q\nwant\n%q", got, want)
+			}
+		})
+	}
+}
+
+// A listener that frames messages otherwise (the framing changed between
+// an upgrade's processes) refuses a connection handed over; what it
+// carried is counted by its own framing: an octet-counted transfer's
+// messages, not its newlines, the rest of a dropped message skipped.
+func TestAdoptRefusesAnotherFraming(t *testing.T) {
+	srv, _ := startServer(t, nil)
+	tr := Transfer{Framing: framer.OctetCounted, Partial: []byte("a\nb5 he\nlo3 ab"), SkipBytes: 3}
+	if srv.Adopt(tr) {
+		t.Fatal("a newline listener adopted an octet-counted connection")
+	}
+	if lines, fragment := CountHeld(tr); lines != 1 || !fragment {
+		t.Fatalf("CountHeld: %d messages, fragment %v; want 1 and a fragment", lines, fragment)
+	}
+	srv.DropCarried(tr)
+	st := srv.Shutdown()
+	if st.Ledger.Dropped[dispatch.DropShutdown] != 1 || st.DroppedIncomplete != 1 || !st.Ledger.Closed() {
+		t.Fatalf("after a refused adoption: %+v, incomplete %d", st.Ledger, st.DroppedIncomplete)
+	}
+	if lines, fragment := CountHeld(Transfer{Partial: []byte("a\nb\nc")}); lines != 2 || !fragment {
+		t.Fatalf("CountHeld of lines: %d, fragment %v", lines, fragment)
 	}
 }

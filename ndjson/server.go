@@ -277,7 +277,7 @@ type Server struct {
 
 	clients  sync.Map // *clientConn → struct{}: the connections HandOff can move
 	giving   atomic.Pointer[handOff]
-	resuming sync.Map // ksuid.KSUID → bool (skipping): connections Adopt took over
+	resuming sync.Map // ksuid.KSUID → resumeAt: connections Adopt took over inside a dropped message
 }
 
 // New returns a server for a valid cfg.
@@ -707,13 +707,18 @@ func (s *Server) Err() <-chan error { return s.serveErr }
 func (s *Server) ServeConn(c *listener.Conn) {
 	cs := &clientConn{s: s, c: c, start: time.Now(), warn: rate.Sometimes{First: 1, Interval: time.Second}}
 	c.Log.Debug("client connected")
-	cs.r = clientReader(c, s.cfg.Framer.ReadBytes, s.cfg.ReadCoalesce)
+	cs.src = clientReader(c, s.cfg.Framer.ReadBytes, s.cfg.ReadCoalesce)
+	cs.r = cs.src
+	var res resumeAt
+	if v, ok := s.resuming.LoadAndDelete(c.ID); ok {
+		res = v.(resumeAt)
+	}
 	if s.cfg.Framing == framer.OctetCounted {
-		// The frames' state lives in the reader: such a connection
-		// is not moved by an upgrade (it drains here). It reads
-		// through the client reader, which holds what came with a
-		// PROXY header and does the final reads at the deadline.
-		inner := cs.r
+		// It reads through the client reader, which holds what came
+		// with a PROXY header (or a hand-over) and does the final reads
+		// at the deadline. A hand-over rewinds it to the start of the
+		// frame in progress (clientConn.handOff).
+		inner := cs.src
 		readBytes := s.cfg.Framer.ReadBytes
 		if _, isBR := inner.(framer.BufferReader); !isBR || isTLS(inner) {
 			readBytes = min(readBytes, tlsRecordBytes) // see serve
@@ -722,14 +727,12 @@ func (s *Server) ServeConn(c *listener.Conn) {
 			s.cfg.TargetFraming == framer.OctetCounted)
 		cs.final = func(p []byte) (int, error) { return readFinal(c, inner, p) }
 		o.OnOversize = func(n int) { cs.dropped(framer.Drop{Reason: framer.ReasonOversize, Bytes: n}) }
+		o.Skip(res.skipBytes)
 		cs.r = o
 	}
-	skipping := false
-	if v, ok := s.resuming.LoadAndDelete(c.ID); ok {
-		skipping = v.(bool)
-	}
+	skipping := res.skipping
 	movable := true
-	switch r := cs.r.(type) {
+	switch r := cs.src.(type) {
 	case *idleReader:
 		r.moving = &cs.moving
 	case *tlsReader:
@@ -743,7 +746,7 @@ func (s *Server) ServeConn(c *listener.Conn) {
 			s.clients.Delete(cs)
 			cs.settled(true)
 		}()
-		if h := s.giving.Load(); h != nil && (h.tls || !isTLS(cs.r)) { // a HandOff began as it was tracked
+		if h := s.giving.Load(); h != nil && (h.tls || !isTLS(cs.src)) { // a HandOff began as it was tracked
 			cs.moving.Store(true)
 			_ = c.SetReadDeadline(time.Unix(1, 0))
 		}
@@ -897,7 +900,8 @@ const paceStep = 50 * time.Millisecond
 type clientConn struct {
 	s     *Server
 	c     *listener.Conn
-	r     io.Reader
+	r     io.Reader // what the framer reads: src, or an octet reader of it
+	src   io.Reader // the connection's reader (clientReader)
 	start time.Time
 	timer *lineTimer
 	warn  rate.Sometimes

@@ -18,7 +18,6 @@ import (
 
 	"github.com/ndlb/ndlb/admin"
 	"github.com/ndlb/ndlb/discovery"
-	"github.com/ndlb/ndlb/framer"
 	"github.com/ndlb/ndlb/health"
 	"github.com/ndlb/ndlb/ndjson"
 	"github.com/ndlb/ndlb/settings"
@@ -312,9 +311,8 @@ const reloadHandOff = 5 * time.Second
 // loses none of the bytes in its socket. What o already read stays in its
 // queue, which it delivers. keys are the settings that changed.
 //
-// Some clients cannot move, and drain on o's settings: octet-counted ones
-// (the frames' state lives in their reader; not moved by an upgrade
-// either), those of a listener with a spool (its replacement opens the
+// Some clients cannot move, and drain on o's settings: those of a
+// listener with a spool (its replacement opens the
 // spool only once o lets it go, at the end of o's shutdown: they keep its
 // protection meanwhile), and all of them when the change is to how
 // connections are made (connectionShape).
@@ -327,8 +325,6 @@ func (s *Supervisor) drainHandingOff(o, in *instance, keys []string) {
 	case !ok || !ok2 || !isNDJSON || s.stopping == nil:
 	case m.Config.Spool != nil:
 		why = "the listener has a spool, which its replacement opens only once the old one lets it go"
-	case m.Config.Framing == framer.OctetCounted:
-		why = "octet-counted connections are not moved"
 	case slices.ContainsFunc(keys, func(k string) bool { return slices.Contains(connectionShape, k) }):
 		why = "the change is to how connections are framed or secured"
 	default:

@@ -20,6 +20,7 @@ import (
 	"github.com/segmentio/ksuid"
 	"golang.org/x/sys/unix"
 
+	"github.com/ndlb/ndlb/framer"
 	"github.com/ndlb/ndlb/listener"
 	"github.com/ndlb/ndlb/ndjson"
 )
@@ -302,6 +303,10 @@ type transferMeta struct {
 	Local    string `json:"local"`
 	Partial  int    `json:"partial"`
 	Skipping bool   `json:"skipping,omitempty"`
+	// Framing and SkipBytes: see ndjson.Transfer. An older process
+	// sends neither (its octet-counted clients stayed with it).
+	Framing   string `json:"framing,omitempty"`
+	SkipBytes int    `json:"skip_bytes,omitempty"`
 }
 
 // maxMeta bounds a transfer's description.
@@ -311,7 +316,8 @@ const maxMeta = 64 << 10
 // the partial line, with the socket attached (SCM_RIGHTS).
 func sendTransfer(ch *net.UnixConn, listener string, t ndjson.Transfer) error {
 	meta, _ := json.Marshal(transferMeta{Listener: listener, ID: t.ID.String(), Client: t.Client.String(),
-		Local: t.Local.String(), Partial: len(t.Partial), Skipping: t.Skipping})
+		Local: t.Local.String(), Partial: len(t.Partial), Skipping: t.Skipping,
+		Framing: string(t.Framing), SkipBytes: t.SkipBytes})
 	msg := binary.BigEndian.AppendUint32(nil, uint32(len(meta)))
 	msg = append(append(msg, meta...), t.Partial...)
 	rc, err := t.Conn.SyscallConn()
@@ -380,7 +386,7 @@ func receiveTransfer(ch *net.UnixConn) (listener string, t ndjson.Transfer, err 
 		closeFDs()
 		return "", t, err
 	}
-	if err := json.Unmarshal(meta, &m); err != nil || m.Partial < 0 || m.Partial > 1<<31 {
+	if err := json.Unmarshal(meta, &m); err != nil || m.Partial < 0 || m.Partial > 1<<31 || m.SkipBytes < 0 || m.SkipBytes > 1<<31 {
 		closeFDs()
 		return "", t, fmt.Errorf("bad transfer description %q", meta)
 	}
@@ -400,7 +406,7 @@ func receiveTransfer(ch *net.UnixConn) (listener string, t ndjson.Transfer, err 
 		c.Close()
 		return "", t, fmt.Errorf("transferred socket is %T, not TCP", c)
 	}
-	t.Conn, t.Skipping = tc, m.Skipping
+	t.Conn, t.Skipping, t.Framing, t.SkipBytes = tc, m.Skipping, framer.Framing(m.Framing), m.SkipBytes
 	t.ID, _ = ksuid.Parse(m.ID)
 	t.Client, t.Local = addrOf(m.Client, tc.RemoteAddr()), addrOf(m.Local, tc.LocalAddr())
 	return m.Listener, t, nil
@@ -541,7 +547,7 @@ func (s *Supervisor) adopt(name string, t ndjson.Transfer) bool {
 		} else { // another mode now: no ledger counts it, the log does
 			lines, _ = ndjson.CountHeld(t)
 		}
-		s.log.Warn("upgrade: a client connection from the old process was refused (this listener requires TLS, or is stopping); what it held was read and dropped, and it was closed",
+		s.log.Warn("upgrade: a client connection from the old process was refused (this listener requires TLS, frames messages otherwise, or is stopping); what it held was read and dropped, and it was closed",
 			"listener", name, "conn", t.ID.String(), "lines_dropped", lines)
 		t.Conn.Close()
 		return false
