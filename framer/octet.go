@@ -46,8 +46,9 @@ const maxLenDigits = 10
 //     undoes, so every message reaches the targets byte for byte.
 //
 // The framer's MaxLineBytes applies to the escaped line. A message whose
-// length prefix already exceeds the limit is skipped as it arrives, never
-// buffered, and reported to OnOversize. A bad length prefix ends the stream
+// length prefix already exceeds the limit (without Reversible, by more
+// than the one byte of a newline ending it, which is dropped) is skipped
+// as it arrives, never buffered, and reported to OnOversize. A bad length prefix ends the stream
 // with an error wrapping ErrBadFrame, after every whole message before it.
 //
 // When the source is a BufferReader, OctetReader is one too: an idle
@@ -191,11 +192,9 @@ func (o *OctetReader) marker(p []byte) int {
 // raw is then empty. The reader is left between frames, reading on from
 // its source.
 //
-// Without Reversible, the escapes already made stay as they are: a
-// message's "#012" reads the same on its second pass, and a '\n' held
-// back is put back. The rebuilt length prefix counts the escaped bytes,
-// so a message may grow past the limit and be skipped on resuming; the
-// framer would have dropped it as too long all the same.
+// The frame is rebuilt as the client sent it, whichever rule escaped it
+// (see unescapeNewlines for the one exception), so that a reader with the
+// other rule (the targets' framing changed) frames it by its own.
 func (o *OctetReader) Rewind(partial []byte, discarding bool) (raw []byte, skip int) {
 	switch {
 	case o.inMsg && (o.skip || discarding):
@@ -205,8 +204,8 @@ func (o *OctetReader) Rewind(partial []byte, discarding bool) (raw []byte, skip 
 		msg := esc
 		if o.reversible {
 			msg = UnescapeOctet(nil, esc)
-		} else if o.heldNL {
-			msg = append(msg, '\n')
+		} else {
+			msg = o.unescapeNewlines(esc)
 		}
 		raw = strconv.AppendInt(nil, int64(len(msg)+o.left), 10)
 		raw = append(append(raw, ' '), msg...)
@@ -220,6 +219,20 @@ func (o *OctetReader) Rewind(partial []byte, discarding bool) (raw []byte, skip 
 	o.pend, o.hdr, o.carry = nil, o.hdr[:0], o.carry[:0]
 	o.left, o.inMsg, o.skip, o.heldNL, o.needEnd, o.sent, o.cut, o.err = 0, false, false, false, false, false, false, nil
 	return raw, skip
+}
+
+// unescapeNewlines returns esc, the current message as passed on (without
+// Reversible), with the newlines it held: those written "#012", and one
+// held back. A "#012" the client sent comes back as a newline too: a
+// reader with the same rule writes it "#012" again, one with the other
+// (the targets' framing changed since) gives that one message a newline
+// where the client sent "#012".
+func (o *OctetReader) unescapeNewlines(esc []byte) []byte {
+	msg := bytes.ReplaceAll(esc, []byte("#012"), []byte{'\n'})
+	if o.heldNL {
+		msg = append(msg, '\n')
+	}
+	return msg
 }
 
 // Skip makes the stream start inside a message being dropped, whose next
@@ -389,7 +402,7 @@ func (o *OctetReader) prefix() {
 				return
 			}
 			o.left, o.inMsg = n, true
-			if n > o.max {
+			if n > o.max+o.endSpare() {
 				o.skip = true
 				if o.OnOversize != nil {
 					o.OnOversize(n)
@@ -401,6 +414,16 @@ func (o *OctetReader) prefix() {
 			return
 		}
 	}
+}
+
+// endSpare is what a message may exceed the limit by and still make a
+// line within it: the newline ending it, which is dropped (without
+// Reversible).
+func (o *OctetReader) endSpare() int {
+	if o.reversible {
+		return 0
+	}
+	return 1
 }
 
 // setBad ends the stream at a bad prefix, keeping what it began with.

@@ -270,73 +270,169 @@ func (s *suspending) ReadBuffer(get func() []byte, put func()) (int, error) {
 // one has.
 func TestOctetRewindResumesTheSameStream(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
-	alphabet := []byte("ab\\n\n#0 x")
 	const maxBytes = 40
 	for i := range 3000 {
+		alphabet := []byte("ab\\n\n#0 x")
+		if i%3 == 0 {
+			alphabet = append(alphabet, "#0121"...) // "#012" as sent, sometimes
+		}
 		var msgs []string
 		for range 1 + r.IntN(8) {
 			m := make([]byte, r.IntN(70)) // some over maxBytes
 			for k := range m {
 				m[k] = alphabet[r.IntN(len(alphabet))]
 			}
+			if r.IntN(3) == 0 {
+				// At the limit once escaped (without Reversible): its
+				// newlines written "#012", the one ending it dropped.
+				nl := r.IntN(4)
+				m = append(bytes.Repeat([]byte("y"), maxBytes-3*nl), '\n')
+				for range nl {
+					m[r.IntN(len(m)-1)] = '\n'
+				}
+			}
 			msgs = append(msgs, string(m))
 		}
 		in := frames(msgs...)
-		reversible := i%2 == 0
-		sizes := []int{1 + r.IntN(9), 1 + r.IntN(60)}
-		frame := func(o *OctetReader, f *Framer, drops *int) (out []byte, err error) {
-			o.OnOversize = func(int) { *drops++ }
-			f.OnDrop = func(d Drop) { *drops++ }
-			for {
-				b, err := f.Next()
-				if err != nil {
-					return out, err
+		c := rewindCase{in: in, max: maxBytes, reversible: i%2 == 0, fresh: i%4 < 2,
+			sizes: []int{1 + r.IntN(9), 1 + r.IntN(60)}, at: r.IntN(len(in) + 1)}
+		c.check(t)
+	}
+}
+
+// Messages at the limit once escaped, suspended at every byte: one whose
+// escaped line is the limit is delivered whole, also when it held "#012"
+// as sent (rebuilt with the escapes' bytes in its prefix).
+func TestOctetRewindAtTheLimit(t *testing.T) {
+	for _, msg := range []string{"a\nbcdef\n", "#012\nab\n", "abcdefghij\n", "abcdefghij"} {
+		in := frames(msg, "ok")
+		for at := range len(in) + 1 {
+			for _, fresh := range []bool{true, false} {
+				c := rewindCase{in: in, max: 10, fresh: fresh, sizes: []int{1}, at: at}
+				if got := c.check(t); !strings.HasPrefix(string(got), strings.TrimSuffix(strings.ReplaceAll(msg, "\n", "#012"), "#012")) {
+					t.Fatalf("suspended at %d: %q not delivered: got %q", at, msg, got)
 				}
-				out = append(out, b.Data...)
-				b.Release()
 			}
 		}
-		cfg := DefaultConfig()
-		cfg.ReadBytes, cfg.MaxLineBytes = 16, maxBytes
-		if reversible {
-			cfg.MaxLineBytes = 2 * maxBytes
-		}
-		var wantDrops int
-		o := NewOctetReader(chunkedBuf{&chunked{data: in, sizes: sizes}}, 16, maxBytes, reversible)
-		want, err := frame(o, New(o, cfg, NewPool()), &wantDrops)
-		if !errors.Is(err, io.EOF) {
-			t.Fatalf("%d: uninterrupted: %v", i, err)
-		}
+	}
+}
 
-		at := r.IntN(len(in) + 1)
-		src := &suspending{chunked: chunked{data: in, sizes: sizes}, at: at}
-		var drops int
-		o = NewOctetReader(src, 16, maxBytes, reversible)
-		f := New(o, cfg, NewPool())
-		got, err := frame(o, f, &drops)
-		if !errors.Is(err, ErrSuspend) {
-			t.Fatalf("%d: suspended at %d: %v", i, at, err)
+// A stream rewound by a reader of one rule goes on with a reader of the
+// other (the targets' framing changed): the message in progress comes out
+// by the new rule, as if the new reader had read it all.
+func TestOctetRewindToTheOtherRule(t *testing.T) {
+	for _, first := range []string{"stack:\n  at a()\n  at b()\n", "#012 as sent\nand a newline"} {
+		in := frames(first, `back\slash`, "last")
+		for _, reversible := range []bool{true, false} {
+			for at := 1; at < len(frames(first)); at++ { // inside the first frame
+				c := rewindCase{in: in, max: 100, reversible: reversible, fresh: true, other: true, sizes: []int{3}, at: at}
+				if reversible || !strings.Contains(first, "#012") { // as sent and escaped: cannot be told apart
+					c.check(t)
+				}
+			}
 		}
-		partial, discarding := f.Carry()
-		f.Close()
-		raw, skip := o.Rewind(partial, discarding)
-		if skip > 0 && len(raw) > 0 {
-			t.Fatalf("%d: rewound to %q and a skip of %d", i, raw, skip)
+	}
+}
+
+// rewindCase frames in through an OctetReader and a Framer, suspended
+// once at byte at, rewound and resumed (on a fresh reader, or the same),
+// and compares the lines and drops with an uninterrupted reading.
+type rewindCase struct {
+	in         []byte
+	max        int
+	reversible bool
+	fresh      bool // resume on a fresh reader, not the same one
+	other      bool // the fresh reader has the other rule: compare with one that read it all
+	sizes      []int
+	at         int
+}
+
+func (c rewindCase) check(t *testing.T) []byte {
+	t.Helper()
+	config := func(reversible bool) Config {
+		cfg := DefaultConfig()
+		cfg.ReadBytes, cfg.MaxLineBytes = 16, c.max
+		if reversible {
+			cfg.MaxLineBytes = 2 * c.max
 		}
-		if i%4 < 2 { // on to a fresh reader (another listener or process)
-			o = NewOctetReader(chunkedBuf{&chunked{data: append(raw, src.data...), sizes: sizes}}, 16, maxBytes, reversible)
-		} else { // the hand-over refused: the same reader reads on
-			src.pending = raw
+		return cfg
+	}
+	frame := func(o *OctetReader, f *Framer, drops *int) (out []byte, err error) {
+		o.OnOversize = func(int) { *drops++ }
+		f.OnDrop = func(d Drop) { *drops++ }
+		for {
+			b, err := f.Next()
+			if err != nil {
+				return out, err
+			}
+			out = append(out, b.Data...)
+			b.Release()
 		}
-		o.Skip(skip)
-		f = New(o, cfg, NewPool())
-		rest, err := frame(o, f, &drops)
-		if !errors.Is(err, io.EOF) {
-			t.Fatalf("%d: resumed: %v", i, err)
-		}
-		if got = append(got, rest...); !bytes.Equal(got, want) || drops != wantDrops {
-			t.Fatalf("%d: suspended at %d of %q (reversible %v), rewound to %q skip %d:\n got %q, %d drops\nwant %q, %d drops",
-				i, at, in, reversible, raw, skip, got, drops, want, wantDrops)
-		}
+	}
+	then := c.reversible != c.other // the rule after the resumption
+	var wantDrops int
+	o := NewOctetReader(chunkedBuf{&chunked{data: c.in, sizes: c.sizes}}, 16, c.max, then)
+	want, err := frame(o, New(o, config(then), NewPool()), &wantDrops)
+	if !errors.Is(err, io.EOF) {
+		t.Fatalf("uninterrupted: %v", err)
+	}
+
+	src := &suspending{chunked: chunked{data: c.in, sizes: c.sizes}, at: c.at}
+	var drops int
+	o = NewOctetReader(src, 16, c.max, c.reversible)
+	f := New(o, config(c.reversible), NewPool())
+	got, err := frame(o, f, &drops)
+	if !errors.Is(err, ErrSuspend) {
+		t.Fatalf("suspended at %d: %v", c.at, err)
+	}
+	partial, discarding := f.Carry()
+	f.Close()
+	raw, skip := o.Rewind(partial, discarding)
+	if skip > 0 && len(raw) > 0 {
+		t.Fatalf("rewound to %q and a skip of %d", raw, skip)
+	}
+	if c.fresh { // on to a fresh reader (another listener or process)
+		o = NewOctetReader(chunkedBuf{&chunked{data: append(raw, src.data...), sizes: c.sizes}}, 16, c.max, then)
+	} else { // the hand-over refused: the same reader reads on
+		src.pending = raw
+	}
+	o.Skip(skip)
+	f = New(o, config(then), NewPool())
+	rest, err := frame(o, f, &drops)
+	if !errors.Is(err, io.EOF) {
+		t.Fatalf("resumed: %v", err)
+	}
+	if got = append(got, rest...); !bytes.Equal(got, want) || drops != wantDrops {
+		t.Fatalf("suspended at %d of %q (reversible %v, then %v), rewound to %q skip %d:\n got %q, %d drops\nwant %q, %d drops",
+			c.at, c.in, c.reversible, then, raw, skip, got, drops, want, wantDrops)
+	}
+	return got
+}
+
+// BenchmarkOctetReader measures framing octet-counted syslog messages of
+// about 200 bytes into lines, by each escaping rule.
+func BenchmarkOctetReader(b *testing.B) {
+	var msgs []string
+	for i := range 5000 {
+		msgs = append(msgs, fmt.Sprintf("<13>1 2026-12-04T10:00:00Z host app %d - - message number %d %s", i, i, strings.Repeat("x", 120)))
+	}
+	in := frames(msgs...)
+	for _, reversible := range []bool{false, true} {
+		b.Run(fmt.Sprintf("reversible=%v", reversible), func(b *testing.B) {
+			b.SetBytes(int64(len(in)))
+			cfg := DefaultConfig()
+			pool := NewPool()
+			for b.Loop() {
+				o := NewOctetReader(bytes.NewReader(in), 64<<10, 1<<20, reversible)
+				f := New(o, cfg, pool)
+				for {
+					batch, err := f.Next()
+					if err != nil {
+						break
+					}
+					batch.Release()
+				}
+			}
+		})
 	}
 }

@@ -386,7 +386,7 @@ func receiveTransfer(ch *net.UnixConn) (listener string, t ndjson.Transfer, err 
 		closeFDs()
 		return "", t, err
 	}
-	if err := json.Unmarshal(meta, &m); err != nil || m.Partial < 0 || m.Partial > 1<<31 || m.SkipBytes < 0 || m.SkipBytes > 1<<31 {
+	if err := json.Unmarshal(meta, &m); err != nil || m.Partial < 0 || m.Partial > 1<<31 || m.SkipBytes < 0 {
 		closeFDs()
 		return "", t, fmt.Errorf("bad transfer description %q", meta)
 	}
