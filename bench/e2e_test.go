@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -170,6 +171,30 @@ func (shipper) write(w net.Conn, buf []byte, i int) ([]byte, error) {
 	return buf, err
 }
 
+// octetShipper is shipper with each record sent as an RFC 6587
+// octet-counted frame ("256 " and the record, its newline included, as
+// syslog senders often end a message), the way rsyslog and syslog-ng
+// send syslog over TCP; ndlb runs with octetArgs. The newline ending each
+// message lets the sinks count messages sent to them directly or through
+// HAProxy, which forwards the frames as they are; ndlb writes each message
+// as a line (its ending newline dropped, one added).
+type octetShipper struct{}
+
+// octetArgs are ndlb's flags for octetShipper's clients.
+var octetArgs = []string{"--framing", "octet-counted", "--target-framing", "newline"}
+
+func (octetShipper) chunks() int     { return shipper{}.chunks() }
+func (octetShipper) chunkLines() int { return shipperLines }
+func (octetShipper) write(w net.Conn, buf []byte, i int) ([]byte, error) {
+	buf = buf[:0]
+	for j := range shipperLines {
+		buf = append(buf, "256 "...)
+		buf = appendRecord(buf, i*shipperLines+j)
+	}
+	_, err := w.Write(buf)
+	return buf, err
+}
+
 var epoch = time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC)
 
 // appendRecord appends a 256-byte JSON log record (255 bytes and '\n').
@@ -204,6 +229,9 @@ func generate(b *testing.B, gen generator, oneCPU bool, addrs []string, sinks []
 	if oneCPU {
 		cmd := exec.Command(os.Args[0])
 		cmd.Env = append(os.Environ(), genEnv+"="+strings.Join(addrs, ","), "GOMAXPROCS=1")
+		if _, ok := gen.(octetShipper); ok {
+			cmd.Env = append(cmd.Env, genOctetEnv+"=1")
+		}
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("generator process: %v\n%s", err, out)
 		}
@@ -233,13 +261,16 @@ func generate(b *testing.B, gen generator, oneCPU bool, addrs []string, sinks []
 // It reports each one's rate, the ratios, and CPU seconds per GB and peak
 // RSS of both proxies: with shipper-like clients that format every record,
 // in a single-threaded process of their own and spread over both CPUs, and
-// with bulk clients that write ready-made chunks. HAProxy must be installed
-// (apt-get install haproxy): a missing peer fails the benchmark.
+// with bulk clients that write ready-made chunks, and with the
+// single-threaded shipper sending octet-counted syslog frames
+// (octetShipper). HAProxy must be installed (apt-get install haproxy): a
+// missing peer fails the benchmark.
 func BenchmarkEndToEnd(b *testing.B) {
 	bin := buildNDLB(b)
 	b.Run("shipper-1cpu", func(b *testing.B) { endToEnd(b, bin, shipper{}, true) })
 	b.Run("shipper", func(b *testing.B) { endToEnd(b, bin, shipper{}, false) })
 	b.Run("bulk", func(b *testing.B) { endToEnd(b, bin, bulk{lines256(e2eChunk)}, false) })
+	b.Run("octet-1cpu", func(b *testing.B) { endToEnd(b, bin, octetShipper{}, true, octetArgs...) })
 }
 
 // startHAProxy runs HAProxy in mode tcp in front of addrs, round-robin,
@@ -264,9 +295,10 @@ func startHAProxy(b *testing.B, addrs []string) peer {
 	return startProxy(b, "haproxy", port, exec.Command(path, "-db", "-f", cfg))
 }
 
-func endToEnd(b *testing.B, bin string, gen generator, oneCPU bool) {
+// endToEnd runs gen directly, through ndlb (with args) and through HAProxy.
+func endToEnd(b *testing.B, bin string, gen generator, oneCPU bool, args ...string) {
 	sinks, addrs := newSinks(b, 2)
-	p := startNDLB(b, bin, addrs)
+	p := startNDLBArgs(b, bin, addrs, args)
 	var once sync.Once
 	defer once.Do(p.stop)
 	hap := startHAProxy(b, addrs)
@@ -370,11 +402,14 @@ func BenchmarkEndToEndBeforeAfter(b *testing.B) {
 	b.Run("shipper-1cpu", func(b *testing.B) { beforeAfter(b, before, after, shipper{}, true) })
 	b.Run("shipper", func(b *testing.B) { beforeAfter(b, before, after, shipper{}, false) })
 	b.Run("bulk", func(b *testing.B) { beforeAfter(b, before, after, bulk{lines256(e2eChunk)}, false) })
+	b.Run("octet-1cpu", func(b *testing.B) { beforeAfter(b, before, after, octetShipper{}, true, octetArgs...) })
 }
 
-func beforeAfter(b *testing.B, beforeBin, afterBin string, gen generator, oneCPU bool) {
+// beforeAfter runs gen directly and through both builds (with args).
+func beforeAfter(b *testing.B, beforeBin, afterBin string, gen generator, oneCPU bool, args ...string) {
 	sinks, addrs := newSinks(b, 2)
-	procs := []*ndlbProc{startNDLB(b, beforeBin, addrs), startNDLBArgs(b, afterBin, addrs, strings.Fields(os.Getenv("NDLB_BENCH_AFTER_ARGS")))}
+	procs := []*ndlbProc{startNDLBArgs(b, beforeBin, addrs, args),
+		startNDLBArgs(b, afterBin, addrs, append(slices.Clone(args), strings.Fields(os.Getenv("NDLB_BENCH_AFTER_ARGS"))...))}
 	defer func() {
 		for _, p := range procs {
 			p.stop()

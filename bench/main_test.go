@@ -16,6 +16,10 @@ import (
 // turn, e2eClients clients in all.
 const genEnv = "NDLB_BENCH_GEN"
 
+// genOctetEnv, set, makes the generator process send octet-counted frames
+// (octetShipper) instead of lines.
+const genOctetEnv = "NDLB_BENCH_GEN_OCTET"
+
 // newConnsEnv makes this test binary a client of new connections instead:
 // NDLB_BENCH_NEWCONNS holds "ADDR WORKERS EACH"; it prints the seconds
 // taken.
@@ -48,7 +52,11 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	if addrs := os.Getenv(genEnv); addrs != "" {
-		if err := runGenerator(strings.Split(addrs, ","), shipper{}); err != nil {
+		var gen generator = shipper{}
+		if os.Getenv(genOctetEnv) != "" {
+			gen = octetShipper{}
+		}
+		if err := runGenerator(strings.Split(addrs, ","), gen); err != nil {
 			fmt.Fprintln(os.Stderr, "generator:", err)
 			os.Exit(1)
 		}

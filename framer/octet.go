@@ -352,6 +352,24 @@ func (o *OctetReader) produce(p []byte) int {
 // whole is cut: its rest waits in carry for the next call.
 func (o *OctetReader) escape(p, msg []byte) (w, used int) {
 	for used < len(msg) && w < len(p) {
+		if !o.heldNL {
+			// A run of bytes that need no escape goes at once.
+			run := msg[used:min(len(msg), used+len(p)-w)]
+			i := -1
+			if o.reversible {
+				i = bytes.IndexAny(run, "\\\n")
+			} else {
+				i = bytes.IndexByte(run, '\n')
+			}
+			if i < 0 {
+				i = len(run)
+			}
+			if i > 0 {
+				copy(p[w:], run[:i])
+				w, used = w+i, used+i
+				continue
+			}
+		}
 		var e [5]byte
 		k := 0
 		c := msg[used]

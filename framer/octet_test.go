@@ -175,6 +175,13 @@ func FuzzOctetReader(f *testing.F) {
 			if !errors.Is(err, io.EOF) || !bytes.Equal(EncodeOctet(nil, out, true), framed) {
 				t.Fatalf("round trip of %q: %q, %v", msg, out, err)
 			}
+			// Without Reversible: one newline ending the message dropped,
+			// every other written #012, nothing else changed.
+			line := strings.ReplaceAll(strings.TrimSuffix(string(msg), "\n"), "\n", "#012") + "\n"
+			out, _, _, err = octetLines(&chunked{data: framed, sizes: sizes}, 50, false)
+			if want := line + "\n" + line; len(line) <= 51 && (!errors.Is(err, io.EOF) || string(out) != want) {
+				t.Fatalf("lines of %q: %q, %v; want %q", msg, out, err, want)
+			}
 		}
 	})
 }
