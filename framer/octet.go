@@ -81,6 +81,12 @@ type OctetReader struct {
 	bad     error  // a bad prefix's error, after what came before it
 	getInFn func() []byte
 	putInFn func()
+	// The framer's get and put, during a ReadBuffer: the reader's own
+	// buffer is taken only with the framer's room, so that it reads only
+	// what the budget has made room for (starved: it had none).
+	fget    func() []byte
+	fput    func()
+	starved bool
 	err     error // the source's, once pend is spent
 }
 
@@ -112,8 +118,12 @@ func (o *OctetReader) Read(p []byte) (int, error) {
 }
 
 // ReadBuffer implements BufferReader: it takes the framer's buffer only
-// when it has something to write into it.
+// when it has something to write into it, and reads its source only while
+// the framer has room (an idle reader holds no buffer; one whose framer
+// waits for memory holds none of its own either).
 func (o *OctetReader) ReadBuffer(get func() []byte, put func()) (int, error) {
+	o.fget, o.fput = get, put
+	defer func() { o.fget, o.fput = nil, nil }()
 	for {
 		if o.ready() {
 			p := get()
@@ -139,6 +149,10 @@ func (o *OctetReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 		}
 		put() // waiting: the framer keeps only its partial line
 		o.fill()
+		if o.starved {
+			o.starved = false
+			return 0, nil // no room to read into: the framer waits for memory
+		}
 	}
 }
 
@@ -271,7 +285,13 @@ func (o *OctetReader) fill() {
 	}
 }
 
+// getIn is the read buffer lent to the source: nil when the framer has no
+// room (the budget is spent), so that the source does not read.
 func (o *OctetReader) getIn() []byte {
+	if o.fget != nil && o.fget() == nil {
+		o.starved = true
+		return nil
+	}
 	if o.in == nil {
 		if b, ok := readBufs.Get().(*[]byte); ok && cap(*b) >= o.readBytes {
 			o.in = (*b)[:o.readBytes]
@@ -282,13 +302,17 @@ func (o *OctetReader) getIn() []byte {
 	return o.in
 }
 
-// putIn lets the read buffer go while the source waits (pend is empty).
+// putIn lets the read buffer go while the source waits (pend is empty),
+// and the framer's room with it.
 func (o *OctetReader) putIn() {
 	if o.in != nil {
 		b := o.in
 		readBufs.Put(&b)
 	}
 	o.in, o.pend = nil, nil
+	if o.fput != nil {
+		o.fput()
+	}
 }
 
 // readBufs are read buffers that idle octet-counted readers gave back.

@@ -443,3 +443,53 @@ func BenchmarkOctetReader(b *testing.B) {
 		})
 	}
 }
+
+// An octet-counted reader reads its source only into room the framer's
+// budget gave: while the framer waits for memory, the reader holds no read
+// buffer of its own (many clients each holding one would be memory outside
+// the budget). Once room comes, every message arrives.
+func TestOctetReaderReadsOnlyWithRoom(t *testing.T) {
+	budget := NewBudget(1 << 20)
+	if !budget.tryAcquire(1<<20, false) { // all of it held elsewhere
+		t.Fatal("budget")
+	}
+	in := frames("hello", "world")
+	o := NewOctetReader(chunkedBuf{&chunked{data: in, sizes: []int{1 << 20}}}, 64<<10, 1000, false)
+	f := New(o, DefaultConfig(), NewPool())
+	f.Budget = budget
+	got := make(chan string, 1)
+	go func() {
+		var out []byte
+		for {
+			b, err := f.Next()
+			if err != nil {
+				got <- string(out)
+				return
+			}
+			out = append(out, b.Data...)
+			b.Release()
+		}
+	}()
+	for deadline := time.Now().Add(5 * time.Second); budget.Stats().Waits == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the framer did not wait for memory")
+		}
+	}
+	// The reader's fields are the framer goroutine's: read them only
+	// after it waits (the budget's lock orders the accesses).
+	budget.mu.Lock()
+	held := len(o.in)
+	budget.mu.Unlock()
+	if held != 0 {
+		t.Errorf("the reader holds a read buffer of %d bytes while the framer waits for memory", held)
+	}
+	budget.release(1 << 20)
+	select {
+	case out := <-got:
+		if out != "hello\nworld\n" {
+			t.Fatalf("got %q", out)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing framed once room came")
+	}
+}

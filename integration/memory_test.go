@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -137,6 +138,50 @@ func TestAllTargetsDownMemoryBounded(t *testing.T) {
 	}
 	if g.delivered != 0 || g.byReason["shutdown"] == 0 {
 		t.Fatalf("ledger %+v: with every target down, what was read must be dropped at shutdown", g)
+	}
+}
+
+// Many octet-counted clients send a read's worth each while every target is
+// down: the budget fills, and a client whose framer waits for room holds no
+// read buffer of its own, so RSS stays within the formula (2 000 such
+// clients took 164 MiB, against a bound of 87, when each held one).
+func TestManyOctetClientsMemoryBounded(t *testing.T) {
+	const clients, bufferBytes, clientBytes = 1500, 4 << 20, 4 << 20
+	raiseFileLimit(t, 2*clients+2048)
+	w := newWorld(t, 1)
+	w.sinks[0].Kill(true)
+	p := startCmd(t, cmdStatic("--addr", "127.0.0.1", "--port", "0", "--log-format", "json",
+		"--target", w.targets(), "--framing", "octet-counted", "--max-line-bytes", "64KiB",
+		"--buffer-bytes", "4MiB", "--client-buffer-bytes", "4MiB",
+		"--drain-timeout", "500ms", "--deliver-timeout", "500ms", "--backoff-max", "100ms"))
+	var frames []byte
+	for i := 0; len(frames) < 64<<10; i++ {
+		msg := append(strconv.AppendInt([]byte("message "), int64(i), 10), bytes.Repeat([]byte("x"), 200)...)
+		frames = append(strconv.AppendInt(frames, int64(len(msg)), 10), ' ')
+		frames = append(frames, msg...)
+	}
+	var wg sync.WaitGroup
+	for range clients {
+		conn, err := net.DialTimeout("tcp", p.addr, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		wg.Go(func() {
+			_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			_, _ = conn.Write(frames) // blocks once ndlb stops reading
+		})
+	}
+	wg.Wait()
+	time.Sleep(time.Second) // the readers settle on the spent budget
+	hwm := p.vmHWM()
+	if code := p.stop(syscall.SIGTERM, 30*time.Second); code != 1 {
+		t.Fatalf("exit code %d, want 1 (lines were dropped at shutdown)", code)
+	}
+	bound := memoryBound(bufferBytes, clientBytes, clients)
+	t.Logf("peak RSS %d MiB with %d octet-counted clients and every target down; formula %d MiB", hwm>>20, clients, bound>>20)
+	if hwm > bound {
+		t.Fatalf("peak RSS %d MiB over the documented bound %d MiB", hwm>>20, bound>>20)
 	}
 }
 
