@@ -375,21 +375,33 @@ func (o *OctetReader) produce(p []byte) int {
 // room, and returns what it wrote and used. An escape that does not fit
 // whole is cut: its rest waits in carry for the next call.
 func (o *OctetReader) escape(p, msg []byte) (w, used int) {
+	nl, bs := -2, -2 // reversible: where the next '\n' and '\\' are in msg, -1 for none; -2 not looked for
 	for used < len(msg) && w < len(p) {
 		if !o.heldNL {
 			// A run of bytes that need no escape goes at once.
-			run := msg[used:min(len(msg), used+len(p)-w)]
-			i := -1
+			room := min(len(msg), used+len(p)-w)
+			var i int
 			if o.reversible {
-				i = bytes.IndexAny(run, "\\\n")
-			} else {
-				i = bytes.IndexByte(run, '\n')
-			}
-			if i < 0 {
-				i = len(run)
+				// Each byte is looked for again only once passed.
+				if nl != -1 && nl < used {
+					nl = indexFrom(msg, used, '\n')
+				}
+				if bs != -1 && bs < used {
+					bs = indexFrom(msg, used, '\\')
+				}
+				end := room
+				if nl >= 0 {
+					end = min(end, nl)
+				}
+				if bs >= 0 {
+					end = min(end, bs)
+				}
+				i = end - used
+			} else if i = bytes.IndexByte(msg[used:room], '\n'); i < 0 {
+				i = room - used
 			}
 			if i > 0 {
-				copy(p[w:], run[:i])
+				copy(p[w:], msg[used:used+i])
 				w, used = w+i, used+i
 				continue
 			}
@@ -422,6 +434,14 @@ func (o *OctetReader) escape(p, msg []byte) (w, used int) {
 		o.carry = append(o.carry[:0], e[n:k]...)
 	}
 	return w, used
+}
+
+// indexFrom is the index of the first c in b at or after from, or -1.
+func indexFrom(b []byte, from int, c byte) int {
+	if i := bytes.IndexByte(b[from:], c); i >= 0 {
+		return from + i
+	}
+	return -1
 }
 
 // prefix reads a length prefix from pend; it sets inMsg once its space is
