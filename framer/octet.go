@@ -111,6 +111,11 @@ func (o *OctetReader) Read(p []byte) (int, error) {
 			if n := o.marker(p); n > 0 {
 				return n, nil
 			}
+			if o.Final != nil && o.in != nil { // the last read: its buffer goes back
+				b := o.in
+				finalBufs.Put(&b)
+				o.in, o.pend = nil, nil
+			}
 			return 0, err
 		}
 		o.fill()
@@ -264,8 +269,16 @@ func (o *OctetReader) fill() {
 	var err error
 	switch {
 	case o.Final != nil:
+		// The final reads count what a client's socket holds as the
+		// process stops, one client after another: a small buffer,
+		// shared through a pool, so that thousands of clients stopped
+		// while waiting for memory do not each take a read's worth.
 		if o.in == nil {
-			o.in = make([]byte, o.readBytes)
+			if b, ok := finalBufs.Get().(*[]byte); ok {
+				o.in = *b
+			} else {
+				o.in = make([]byte, finalReadBytes)
+			}
 		}
 		n, err = o.Final(o.in)
 	case o.bsrc != nil:
@@ -317,6 +330,12 @@ func (o *OctetReader) putIn() {
 
 // readBufs are read buffers that idle octet-counted readers gave back.
 var readBufs sync.Pool
+
+// finalBufs are the buffers of final reads (Final), finalReadBytes each.
+var finalBufs sync.Pool
+
+// finalReadBytes is the size of a final read.
+const finalReadBytes = 16 << 10
 
 // produce writes into p what pend holds, as far as p has room.
 func (o *OctetReader) produce(p []byte) int {
