@@ -131,6 +131,7 @@ type Framer struct {
 	starved    bool  // get found no room in the budget
 
 	idleSince atomic.Int64 // since when (mono) a partial line waits for data; 0 if none
+	waited    int64        // idleSince when the stream was suspended (Waited)
 }
 
 // New returns a Framer reading r. cfg must be valid (see Config.Validate).
@@ -342,7 +343,7 @@ func (f *Framer) Next() (*Batch, error) {
 		}
 	}
 	if errors.Is(f.err, ErrSuspend) {
-		f.idleSince.Store(0)
+		f.waited = f.idleSince.Swap(0)
 		return nil, f.err // the partial line stays for Carry
 	}
 	return f.finish()
@@ -366,6 +367,17 @@ func (f *Framer) Carry() (partial []byte, skipping bool) {
 	f.Close()
 	f.discarding = false
 	return partial, skipping
+}
+
+// Waited is when the line the framer held at a suspension (Next returned
+// ErrSuspend), or the dropped one it was skipping, began to wait for the
+// client's next bytes: the zero time if it was between lines. The stream's
+// next reader goes on timing that wait.
+func (f *Framer) Waited() time.Time {
+	if f.waited == 0 {
+		return time.Time{}
+	}
+	return mono.Time(f.waited)
 }
 
 // Resume makes a new framer continue a stream that another framer carried:

@@ -43,13 +43,19 @@ type Transfer struct {
 	// new reader skips. A listener framing otherwise refuses it.
 	Framing   framer.Framing
 	SkipBytes int
+	// IdleFor is how long the line in progress (or the dropped one being
+	// skipped) had waited for the client's next bytes: the new reader
+	// goes on timing that wait for --line-timeout. Zero: it was not
+	// waiting.
+	IdleFor time.Duration
 }
 
 // resumeAt is where an adopted connection's stream starts: inside a line
 // or an octet-counted message that was being dropped.
 type resumeAt struct {
-	skipping  bool // inside a dropped line: skip to its newline
-	skipBytes int  // inside a dropped octet-counted message: skip its rest
+	skipping  bool      // inside a dropped line: skip to its newline
+	skipBytes int       // inside a dropped octet-counted message: skip its rest
+	idleFrom  time.Time // since when the line in progress waits for the client (Transfer.IdleFor)
 }
 
 // handOff is one HandOff in progress.
@@ -159,6 +165,9 @@ func (cs *clientConn) handOff() (resume, skipping bool) {
 	partial := append(start, *pending...)
 	cs.partial, *pending = nil, nil
 	t.Partial = partial
+	if !cs.waited.IsZero() {
+		t.IdleFor = max(time.Since(cs.waited), time.Nanosecond)
+	}
 	h := s.giving.Load()
 	if h != nil && ((t.TLS != nil && !h.tls) || !c.Leave(t.TLS != nil)) {
 		// A session does not leave the process, and nothing moves once
@@ -181,6 +190,9 @@ func (cs *clientConn) handOff() (resume, skipping bool) {
 	if octet {
 		o.Skip(t.SkipBytes)
 	}
+	// The line goes on waiting: the next framer's wait is timed from then.
+	cs.idleFrom = cs.waited
+	cs.heard.Store(false)
 	cs.moving.Store(false)
 	_ = c.SetReadDeadline(time.Time{})
 	if c.Interrupted() { // the drain deadline came meanwhile: keep it
@@ -211,8 +223,12 @@ func (s *Server) Adopt(t Transfer) bool {
 			"conn", t.ID.String(), "client", t.Client, "framing", cmp.Or(s.cfg.Framing, framer.Newline), "client_framing", t.Framing)
 		return false
 	}
-	if t.Skipping || t.SkipBytes > 0 {
-		s.resuming.Store(t.ID, resumeAt{skipping: t.Skipping, skipBytes: t.SkipBytes})
+	if t.Skipping || t.SkipBytes > 0 || t.IdleFor > 0 {
+		r := resumeAt{skipping: t.Skipping, skipBytes: t.SkipBytes}
+		if t.IdleFor > 0 {
+			r.idleFrom = time.Now().Add(-t.IdleFor)
+		}
+		s.resuming.Store(t.ID, r)
 	}
 	if s.ln != nil && t.TLS != nil && s.ln.AdoptConn(t.TLS, t.Partial) {
 		return true

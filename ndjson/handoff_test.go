@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -438,5 +439,56 @@ func TestAdoptRefusesAnotherFraming(t *testing.T) {
 	}
 	if lines, fragment := CountHeld(Transfer{Partial: []byte("a\nb\nc")}); lines != 2 || !fragment {
 		t.Fatalf("CountHeld of lines: %d, fragment %v", lines, fragment)
+	}
+}
+
+// A client that stopped inside a line is closed at --line-timeout counted
+// from when it stopped, whatever hand-overs came since: one refused (the
+// same server reads on) and one that moved it. Before, each restarted the
+// clock, so reloads more frequent than the timeout kept such a client open
+// for good.
+func TestHandOffKeepsTheLineTimeout(t *testing.T) {
+	const timeout = 2 * time.Second
+	old, _ := startServer(t, func(c *Config) { c.LineTimeout = timeout })
+	next, err := New(old.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next.Start(newLocalListener(t))
+	t.Cleanup(func() { next.Shutdown() })
+	c, err := net.Dial("tcp", old.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	stopped := time.Now()
+	c.Write([]byte(`{"half":`))
+	waitUntil(t, "the partial line held", func() bool { return old.Stats().ClientMemory.Used > 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	time.Sleep(timeout*3/5 - time.Since(stopped))
+	if moved, busy := old.HandOff(ctx, func(Transfer) error { return errors.New("no room") }); moved != 0 || busy != 0 {
+		t.Fatalf("a refused hand-over moved %d, %d busy", moved, busy)
+	}
+	time.Sleep(timeout*4/5 - time.Since(stopped))
+	if ln := old.Handover(); ln != nil {
+		ln.Close()
+	}
+	if moved, busy := old.HandOff(ctx, moveTo(t, next)); moved != 1 || busy != 0 {
+		t.Fatalf("moved %d, %d busy; want 1", moved, busy)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the client was not closed: %v", err)
+	}
+	// Closed at the timeout from when the client stopped, not from the
+	// last hand-over (3.6 s), nor from the refused one (3.2 s); room for a
+	// busy machine.
+	if took := time.Since(stopped); took > timeout*13/10 {
+		t.Fatalf("closed %s after the client stopped; the line timeout is %s", took.Round(time.Millisecond), timeout)
+	}
+	old.Shutdown()
+	if sum := next.Shutdown(); sum.LineTimeouts != 1 || sum.DroppedIncomplete != 1 {
+		t.Fatalf("the new server: line timeouts %d, incomplete %d", sum.LineTimeouts, sum.DroppedIncomplete)
 	}
 }

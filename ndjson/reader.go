@@ -37,6 +37,7 @@ type idleReader struct {
 
 	final  bool         // the drain deadline passed: read what the kernel holds
 	moving *atomic.Bool // set when the connection is being handed to another process
+	heard  *atomic.Bool // set when a read brings the client's bytes (not pending ones)
 	co     *coalescer   // lets a fast client's bytes gather between reads; nil: off
 }
 
@@ -81,6 +82,7 @@ func (r *idleReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 	if r.co != nil {
 		if err == nil && rerr == nil && !noBuf && n > 0 {
 			r.co.read(n)
+			r.hear()
 			return n, nil
 		}
 		if !noBuf {
@@ -111,7 +113,15 @@ func (r *idleReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 	case n == 0:
 		return 0, io.EOF
 	}
+	r.hear()
 	return n, nil
+}
+
+// hear notes that the client sent bytes (see clientConn.idleSince).
+func (r *idleReader) hear() {
+	if r.heard != nil {
+		r.heard.Store(true)
+	}
 }
 
 // read is called by the runtime when the socket may be readable; returning
@@ -153,9 +163,17 @@ type tlsReader struct {
 	c       *listener.Conn
 	pending []byte       // plaintext the connection's previous listener read; served first
 	moving  *atomic.Bool // set when HandOff is moving the connection
+	heard   *atomic.Bool // set when a read brings the client's bytes (not pending ones)
 }
 
 var _ framer.BufferReader = (*tlsReader)(nil)
+
+// hear notes that the client sent bytes (see clientConn.idleSince).
+func (r *tlsReader) hear() {
+	if r.heard != nil {
+		r.heard.Store(true)
+	}
+}
 
 // Read reads the connection as it is, waiting for the client.
 func (r *tlsReader) Read(p []byte) (int, error) {
@@ -177,6 +195,7 @@ func (r *tlsReader) ReadBuffer(get func() []byte, put func()) (int, error) {
 		}
 		n, err := r.c.TryRead(buf)
 		if n > 0 {
+			r.hear()
 			return n, nil // an error with them comes again at the next read
 		}
 		if r.suspended(err) {

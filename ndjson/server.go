@@ -732,11 +732,12 @@ func (s *Server) ServeConn(c *listener.Conn) {
 	}
 	skipping := res.skipping
 	movable := true
+	cs.idleFrom = res.idleFrom
 	switch r := cs.src.(type) {
 	case *idleReader:
-		r.moving = &cs.moving
+		r.moving, r.heard = &cs.moving, &cs.heard
 	case *tlsReader:
-		r.moving = &cs.moving
+		r.moving, r.heard = &cs.moving, &cs.heard
 	default:
 		movable = false
 	}
@@ -786,7 +787,11 @@ func (cs *clientConn) serve(skipping bool) error {
 	f.Resume(skipping)
 	defer f.Close()
 	if s.cfg.LineTimeout > 0 {
-		cs.timer = startLineTimer(c, f.IdleSince, s.cfg.LineTimeout)
+		first := s.cfg.LineTimeout
+		if !cs.idleFrom.IsZero() { // a line carried over, waiting already
+			first = max(first-time.Since(cs.idleFrom), time.Millisecond)
+		}
+		cs.timer = startLineTimer(c, cs.idleSince(f), s.cfg.LineTimeout, first)
 		defer cs.timer.stop()
 	}
 	var lim *rate.Limiter
@@ -799,6 +804,10 @@ func (cs *clientConn) serve(skipping bool) error {
 		if err != nil {
 			switch {
 			case errors.Is(err, framer.ErrSuspend):
+				cs.waited = f.Waited()
+				if !cs.waited.IsZero() && !cs.idleFrom.IsZero() && !cs.heard.Load() {
+					cs.waited = cs.idleFrom // the wait began before the last hand-over
+				}
 				cs.partial, cs.skipping = f.Carry()
 			case errors.Is(err, framer.ErrStopped):
 				// The shutdown deadline passed while the framer waited
@@ -917,6 +926,29 @@ type clientConn struct {
 	ended    bool                        // ServeConn returned
 	partial  []byte                      // the line in progress when the reads were suspended
 	skipping bool                        // inside a dropped line when the reads were suspended
+	waited   time.Time                   // since when that line waited for the client; zero if it did not
+
+	// idleFrom is when the line an adopted connection carried began to
+	// wait for the client (in the server that handed it over); heard is
+	// set once the client has sent a byte since.
+	idleFrom time.Time
+	heard    atomic.Bool
+}
+
+// idleSince is the line timer's clock: the framer's, or, while an adopted
+// connection's client has sent nothing since, when the line it carried
+// began to wait, so that hand-overs do not put off --line-timeout.
+func (cs *clientConn) idleSince(f *framer.Framer) func() time.Time {
+	if cs.idleFrom.IsZero() {
+		return f.IdleSince
+	}
+	return func() time.Time {
+		t := f.IdleSince()
+		if t.IsZero() || cs.heard.Load() {
+			return t
+		}
+		return cs.idleFrom
+	}
 }
 
 // countCutRecord counts, as a fragment, the TLS record a client's stream
@@ -1065,7 +1097,9 @@ func (cs *clientConn) logClose(err error) {
 
 // lineTimer closes a connection whose client holds a partial line without
 // sending for longer than the line timeout. One lazy timer per connection:
-// it looks at the framer when it fires and re-arms for the time left.
+// it looks at the framer when it fires and re-arms for the time left. It
+// fires first after first: d, or less for a line carried over from a
+// hand-over that has waited already.
 type lineTimer struct {
 	t     *time.Timer
 	fired atomic.Bool
@@ -1076,9 +1110,9 @@ type lineTimer struct {
 	stopped bool
 }
 
-func startLineTimer(c *listener.Conn, idleSince func() time.Time, d time.Duration) *lineTimer {
+func startLineTimer(c *listener.Conn, idleSince func() time.Time, d, first time.Duration) *lineTimer {
 	lt := &lineTimer{}
-	lt.t = time.AfterFunc(d, func() {
+	lt.t = time.AfterFunc(first, func() {
 		lt.mu.Lock()
 		defer lt.mu.Unlock()
 		if lt.stopped {

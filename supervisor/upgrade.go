@@ -307,6 +307,7 @@ type transferMeta struct {
 	// sends neither (its octet-counted clients stayed with it).
 	Framing   string `json:"framing,omitempty"`
 	SkipBytes int    `json:"skip_bytes,omitempty"`
+	IdleNS    int64  `json:"idle_ns,omitempty"` // Transfer.IdleFor
 }
 
 // maxMeta bounds a transfer's description.
@@ -317,7 +318,7 @@ const maxMeta = 64 << 10
 func sendTransfer(ch *net.UnixConn, listener string, t ndjson.Transfer) error {
 	meta, _ := json.Marshal(transferMeta{Listener: listener, ID: t.ID.String(), Client: t.Client.String(),
 		Local: t.Local.String(), Partial: len(t.Partial), Skipping: t.Skipping,
-		Framing: string(t.Framing), SkipBytes: t.SkipBytes})
+		Framing: string(t.Framing), SkipBytes: t.SkipBytes, IdleNS: int64(t.IdleFor)})
 	msg := binary.BigEndian.AppendUint32(nil, uint32(len(meta)))
 	msg = append(append(msg, meta...), t.Partial...)
 	rc, err := t.Conn.SyscallConn()
@@ -386,7 +387,7 @@ func receiveTransfer(ch *net.UnixConn) (listener string, t ndjson.Transfer, err 
 		closeFDs()
 		return "", t, err
 	}
-	if err := json.Unmarshal(meta, &m); err != nil || m.Partial < 0 || m.Partial > 1<<31 || m.SkipBytes < 0 {
+	if err := json.Unmarshal(meta, &m); err != nil || m.Partial < 0 || m.Partial > 1<<31 || m.SkipBytes < 0 || m.IdleNS < 0 {
 		closeFDs()
 		return "", t, fmt.Errorf("bad transfer description %q", meta)
 	}
@@ -407,6 +408,7 @@ func receiveTransfer(ch *net.UnixConn) (listener string, t ndjson.Transfer, err 
 		return "", t, fmt.Errorf("transferred socket is %T, not TCP", c)
 	}
 	t.Conn, t.Skipping, t.Framing, t.SkipBytes = tc, m.Skipping, framer.Framing(m.Framing), m.SkipBytes
+	t.IdleFor = time.Duration(m.IdleNS)
 	t.ID, _ = ksuid.Parse(m.ID)
 	t.Client, t.Local = addrOf(m.Client, tc.RemoteAddr()), addrOf(m.Local, tc.LocalAddr())
 	return m.Listener, t, nil

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/segmentio/ksuid"
 
@@ -65,7 +66,8 @@ func TestTransferRoundTrip(t *testing.T) {
 	proxied := &net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 4242}
 	want := ndjson.Transfer{Conn: conn, ID: ksuid.New(), Client: proxied, Local: conn.LocalAddr(),
 		Partial: []byte(strings.Repeat("p", 300<<10)), Skipping: true,
-		Framing: framer.OctetCounted, SkipBytes: 3_000_000_000 - 100} // inside a message of a 10-digit length
+		Framing: framer.OctetCounted, SkipBytes: 3_000_000_000 - 100, // inside a message of a 10-digit length
+		IdleFor: 1500 * time.Millisecond}
 	sent := make(chan error, 1)
 	go func() { sent <- sendTransfer(a, "logs", want) }()
 	name, got, err := receiveTransfer(b)
@@ -78,7 +80,7 @@ func TestTransferRoundTrip(t *testing.T) {
 	defer got.Conn.Close()
 	if name != "logs" || got.ID != want.ID || got.Client.String() != proxied.String() ||
 		got.Local.String() != want.Local.String() || string(got.Partial) != string(want.Partial) || !got.Skipping ||
-		got.Framing != want.Framing || got.SkipBytes != want.SkipBytes {
+		got.Framing != want.Framing || got.SkipBytes != want.SkipBytes || got.IdleFor != want.IdleFor {
 		t.Fatalf("got %s %v %v %v %d bytes %v %q %d", name, got.ID, got.Client, got.Local, len(got.Partial), got.Skipping, got.Framing, got.SkipBytes)
 	}
 	conn.Close() // the sender's copy goes; the socket stays open
