@@ -303,6 +303,11 @@ func (o *OctetReader) fill() {
 func (o *OctetReader) getIn() []byte {
 	if o.fget != nil && o.fget() == nil {
 		o.starved = true
+		if o.in != nil { // kept from the last read (pend is empty): not while waiting
+			b := o.in
+			readBufs.Put(&b)
+			o.in, o.pend = nil, nil
+		}
 		return nil
 	}
 	if o.in == nil {

@@ -493,3 +493,44 @@ func TestOctetReaderReadsOnlyWithRoom(t *testing.T) {
 		t.Fatal("nothing framed once room came")
 	}
 }
+
+// So does a reader that has read before and finds the budget spent at its
+// next read: the buffer of its last read goes back while the framer waits
+// (a client sending flat out never waits in the kernel, where it would).
+func TestOctetReaderReadsOnlyWithRoomAfterARead(t *testing.T) {
+	budget := NewBudget(1 << 20)
+	in := append(frames("hello"), frames("world")...)
+	o := NewOctetReader(chunkedBuf{&chunked{data: in, sizes: []int{7}}}, 64<<10, 1000, false)
+	f := New(o, DefaultConfig(), NewPool())
+	f.Budget = budget
+	b, err := f.Next()
+	if err != nil || string(b.Data) != "hello\n" {
+		t.Fatalf("first batch %v", err)
+	}
+	b.Release()
+	st := budget.Stats()
+	if !budget.tryAcquire(st.Max-st.Used, false) { // the rest held elsewhere
+		t.Fatal("budget")
+	}
+	go func() {
+		for {
+			b, err := f.Next()
+			if err != nil {
+				return
+			}
+			b.Release()
+		}
+	}()
+	for deadline := time.Now().Add(5 * time.Second); budget.Stats().Waits == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the framer did not wait for memory")
+		}
+	}
+	budget.mu.Lock()
+	held, pend := len(o.in), len(o.pend)
+	budget.mu.Unlock()
+	if held != 0 {
+		t.Errorf("the reader holds a read buffer of %d bytes (%d unparsed) while the framer waits for memory", held, pend)
+	}
+	budget.release(st.Max - st.Used)
+}

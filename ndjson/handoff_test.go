@@ -492,3 +492,76 @@ func TestHandOffKeepsTheLineTimeout(t *testing.T) {
 		t.Fatalf("the new server: line timeouts %d, incomplete %d", sum.LineTimeouts, sum.DroppedIncomplete)
 	}
 }
+
+// A client stopped inside a line moves A -> B while B is itself handing
+// over: B suspends the adopted connection before its framer first waits,
+// and passes it on to C, which still times the line from when the client
+// stopped (a review found C timing it from scratch: closed at 3.2 s).
+func TestChainedHandOffKeepsTheLineTimeout(t *testing.T) {
+	const timeout = 2 * time.Second
+	a, _ := startServer(t, func(c *Config) { c.LineTimeout = timeout })
+	b, err := New(a.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Start(newLocalListener(t))
+	cSrv, err := New(a.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cSrv.Start(newLocalListener(t))
+	t.Cleanup(func() { b.Shutdown() })
+	t.Cleanup(func() { cSrv.Shutdown() })
+
+	// An idle client of B keeps B's HandOff open (its give blocks).
+	dummy, err := net.Dial("tcp", b.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dummy.Close()
+	dummy.Write([]byte("{\"d\":1}\n")) // read: its connection is served, and tracked for a hand-off
+	waitUntil(t, "dummy served", func() bool { return b.Stats().Ledger.Received == 1 })
+	entered, release := make(chan struct{}), make(chan struct{})
+	toC := moveTo(t, cSrv)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go b.HandOff(ctx, func(tr Transfer) error {
+		if len(tr.Partial) == 0 {
+			close(entered)
+			<-release
+			return errors.New("stay")
+		}
+		return toC(tr)
+	})
+	defer close(release)
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the dummy was not asked to move")
+	}
+
+	c, err := net.Dial("tcp", a.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	stopped := time.Now()
+	c.Write([]byte(`{"half":`))
+	waitUntil(t, "the partial line held", func() bool { return a.Stats().ClientMemory.Used > 0 })
+	time.Sleep(timeout*3/5 - time.Since(stopped))
+	if ln := a.Handover(); ln != nil {
+		ln.Close()
+	}
+	if moved, busy := a.HandOff(ctx, moveTo(t, b)); moved != 1 || busy != 0 {
+		t.Fatalf("moved %d, %d busy; want 1", moved, busy)
+	}
+	waitUntil(t, "moved on to C", func() bool { return cSrv.Stats().Listener.Adopted == 1 })
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the client was not closed: %v", err)
+	}
+	if took := time.Since(stopped); took > timeout*13/10 {
+		t.Fatalf("closed %s after the client stopped; the line timeout is %s", took.Round(time.Millisecond), timeout)
+	}
+	a.Shutdown()
+}

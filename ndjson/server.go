@@ -788,8 +788,11 @@ func (cs *clientConn) serve(skipping bool) error {
 	defer f.Close()
 	if s.cfg.LineTimeout > 0 {
 		first := s.cfg.LineTimeout
-		if !cs.idleFrom.IsZero() { // a line carried over, waiting already
-			first = max(first-time.Since(cs.idleFrom), time.Millisecond)
+		if !cs.idleFrom.IsZero() {
+			// A line carried over, waiting already. Not at once: the
+			// framer must have read the carried bytes and be waiting
+			// when the timer looks, or it waits a whole timeout more.
+			first = max(first-time.Since(cs.idleFrom), min(first, 100*time.Millisecond))
 		}
 		cs.timer = startLineTimer(c, cs.idleSince(f), s.cfg.LineTimeout, first)
 		defer cs.timer.stop()
@@ -805,8 +808,10 @@ func (cs *clientConn) serve(skipping bool) error {
 			switch {
 			case errors.Is(err, framer.ErrSuspend):
 				cs.waited = f.Waited()
-				if !cs.waited.IsZero() && !cs.idleFrom.IsZero() && !cs.heard.Load() {
-					cs.waited = cs.idleFrom // the wait began before the last hand-over
+				if !cs.idleFrom.IsZero() && !cs.heard.Load() {
+					// The line carried over still waits (moved on
+					// before this framer began to, maybe): since then.
+					cs.waited = cs.idleFrom
 				}
 				cs.partial, cs.skipping = f.Carry()
 			case errors.Is(err, framer.ErrStopped):
