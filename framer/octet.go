@@ -220,7 +220,7 @@ func (o *OctetReader) Rewind(partial []byte, discarding bool) (raw []byte, skip 
 		skip = o.left
 	case o.inMsg:
 		esc := append(append([]byte(nil), partial...), o.carry...)
-		msg := esc
+		var msg []byte
 		if o.reversible {
 			msg = UnescapeOctet(nil, esc)
 		} else {

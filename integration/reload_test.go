@@ -190,39 +190,7 @@ func tomlList(xs []string) string {
 // lost, and the listener's ledger over the process adds up to what they
 // sent.
 func TestReloadHandsClientsToTheReplacement(t *testing.T) {
-	dir := t.TempDir()
-	w := newWorld(t, 2)
-	logs := func(connections int) string {
-		return fmt.Sprintf("log-format = \"json\"\n[[listener]]\nname = \"logs\"\naddr = \"127.0.0.1\"\nport = 0\n"+
-			"drain-timeout = \"1s\"\nconnections = %d\ntarget = %s\n", connections, tomlList([]string{w.sinks[0].Addr(), w.sinks[1].Addr()}))
-	}
-	path := writeConfig(t, dir, logs(4))
-	p := startCmd(t, command(bin, "--config", path))
-	addr := listening(t, p, 1)["logs"]
-	const clients, perClient = 4, 30000
-	wait := pacedClients(addr, clients, perClient, 3*time.Second)
-	w.waitLines(clients * perClient / 10)
-	os.WriteFile(path, []byte(logs(2)), 0o600) // connections: a new listener
-	p.waitLog("listener replaced; the old one drains", 10*time.Second)
-	moved := p.waitLog("reload: client connections handed over to the listener's replacement", 10*time.Second)
-	if moved["connections"] != float64(clients) {
-		t.Errorf("handed over %v of %d clients", moved["connections"], clients)
-	}
-	sent, err := wait() // no client saw an error, though the old listener's drain timeout (1s) passed
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.waitLines(clients * perClient)
-	p.stopOK()
-	if r := w.check(sent); r.Lost != 0 || r.Torn != 0 || r.Duplicated != 0 {
-		t.Fatal(r)
-	}
-	if g := p.ledger("logs"); g.received != clients*perClient || g.delivered != w.lines() {
-		t.Fatalf("the listener's ledger %+v; clients sent %d, the sinks got %d", g, clients*perClient, w.lines())
-	}
-	if l := p.findLogs("drain timeout: read what the client had sent, then closed"); len(l) != 0 {
-		t.Fatalf("a client was cut at the old listener's drain: %v", l[0])
-	}
+	reloadHandsOver(t, false, false)
 }
 
 // Two replacing reloads in a row while every target is down and the
@@ -478,9 +446,10 @@ func TestReloadHandsOctetClientsToTheReplacement(t *testing.T) {
 	t.Run("tls", func(t *testing.T) { reloadHandsOver(t, true, true) })
 }
 
-// reloadHandsOver runs clients flat out through a reload that replaces
-// their listener, and checks that every one moved to the replacement,
-// none was cut at the old one's drain, and every line arrived once.
+// reloadHandsOver runs paced clients (TLS, octet-counted, or neither)
+// through a reload that replaces their listener, and checks that every one
+// moved to the replacement, none was cut at the old one's drain, every
+// line arrived once, and the listener's ledger adds up to what they sent.
 func reloadHandsOver(t *testing.T, withTLS, octet bool) {
 	dir := t.TempDir()
 	p := newPKI(t)
