@@ -35,17 +35,28 @@ type peer struct {
 }
 
 // startPeers starts every proxy in front of backend. Proxies not installed
-// are left out.
+// are left out. NDLB_BENCH_ARGS adds flags to ndlb; NDLB_BENCH_ALT_ARGS or
+// NDLB_BENCH_ALT_ENV (NAME=VALUE ...), when set, start a second ndlb
+// ("ndlb-alt") with those flags instead, or that environment added, so that
+// two settings are compared in the same run, in the same ABBA turns.
 func startPeers(b *testing.B, ndlb, backend string) []peer {
 	b.Helper()
 	peers := []peer{{name: "direct", addr: backend, stop: func() {}}}
-	port := freeLoopbackPort(b)
-	ncmd := exec.Command(ndlb, append([]string{"--passthrough", "--addr", "127.0.0.1", "--port", port,
-		"--target", backend, "--log-level", "warn"}, strings.Fields(os.Getenv("NDLB_BENCH_ARGS"))...)...)
-	if v := os.Getenv("NDLB_BENCH_GOMAXPROCS"); v != "" {
-		ncmd.Env = append(os.Environ(), "GOMAXPROCS="+v)
+	startNDLB := func(name, args string, env ...string) {
+		port := freeLoopbackPort(b)
+		ncmd := exec.Command(ndlb, append([]string{"--passthrough", "--addr", "127.0.0.1", "--port", port,
+			"--target", backend, "--log-level", "warn"}, strings.Fields(args)...)...)
+		if v := os.Getenv("NDLB_BENCH_GOMAXPROCS"); v != "" {
+			env = append(env, "GOMAXPROCS="+v)
+		}
+		ncmd.Env = append(os.Environ(), env...)
+		peers = append(peers, startProxy(b, name, port, ncmd))
 	}
-	peers = append(peers, startProxy(b, "ndlb", port, ncmd))
+	startNDLB("ndlb", os.Getenv("NDLB_BENCH_ARGS"))
+	alt, ok := os.LookupEnv("NDLB_BENCH_ALT_ARGS")
+	if altEnv := os.Getenv("NDLB_BENCH_ALT_ENV"); ok || altEnv != "" {
+		startNDLB("ndlb-alt", alt, strings.Fields(altEnv)...)
+	}
 	if path, err := exec.LookPath("haproxy"); err == nil {
 		port := freeLoopbackPort(b)
 		cfg := filepath.Join(b.TempDir(), "haproxy.cfg")

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +49,10 @@ const smallSplice = 1 << 10
 // before the others get theirs.
 const loopTurnBytes = 1 << 20
 
+// loopRestAfter is how long a loop with a thread of its own goes without
+// an event before it waits as an ordinary system call (runThread).
+const loopRestAfter = 50 * time.Millisecond
+
 // loopIdleWait is the longest a loop sleeps in epoll_wait when no connect
 // or backoff deadline is due sooner.
 const loopIdleWait = time.Second
@@ -65,7 +70,7 @@ const (
 type evloop struct {
 	s          *Server
 	epfd, evfd int
-	file       *os.File // epfd, for the runtime's poller; closed by run
+	file       *os.File // epfd, for the runtime's poller; closed by run; nil for a loop with a thread of its own
 	wg         sync.WaitGroup
 	buf        []byte   // the read buffer; owned by the loop's goroutine
 	ready      []*lconn // connections whose turn ended before they would block; owned by the loop's goroutine
@@ -133,14 +138,20 @@ type ldir struct {
 	done     bool // the source ended and everything was written, or the connection failed
 }
 
-// newLoops starts n event loops; nil if epoll is not available.
-func newLoops(s *Server, n int) ([]*evloop, error) {
+// newLoops starts n event loops; nil if epoll is not available. With
+// threads, each waits in the kernel on a thread of its own (runThread),
+// and GOMAXPROCS grows by n until stopLoops.
+func newLoops(s *Server, n int, threads bool) ([]*evloop, error) {
+	if threads {
+		addLoopProcs(n)
+	}
 	loops := make([]*evloop, 0, n)
 	for range n {
-		l, err := newLoop(s)
+		l, err := newLoop(s, threads)
 		if err != nil {
-			for _, l := range loops {
-				l.stop()
+			stopLoops(loops, threads)
+			if threads {
+				addLoopProcs(-(n - len(loops)))
 			}
 			return nil, err
 		}
@@ -149,7 +160,61 @@ func newLoops(s *Server, n int) ([]*evloop, error) {
 	return loops, nil
 }
 
-func newLoop(s *Server) (*evloop, error) {
+// stopLoops stops the loops newLoops started, and gives back the
+// processors they held.
+func stopLoops(loops []*evloop, threads bool) {
+	for _, l := range loops {
+		l.stop()
+	}
+	if threads {
+		addLoopProcs(-len(loops))
+	}
+}
+
+// The processors loops with threads of their own hold: GOMAXPROCS is
+// baseProcs + loopProcs while loopProcs > 0.
+var (
+	procsMu   sync.Mutex
+	baseProcs int // GOMAXPROCS before the first such loop; 0 while there is none
+	loopProcs int
+)
+
+// addLoopProcs adds n (or removes -n) processors for loops with threads of
+// their own; GOMAXPROCS goes back to what it was when the last one stops.
+func addLoopProcs(n int) {
+	procsMu.Lock()
+	defer procsMu.Unlock()
+	if loopProcs == 0 {
+		baseProcs = runtime.GOMAXPROCS(0)
+	}
+	loopProcs += n
+	runtime.GOMAXPROCS(baseProcs + loopProcs)
+	if loopProcs == 0 {
+		baseProcs = 0
+	}
+}
+
+// cores is GOMAXPROCS without the processors loops with threads of their
+// own hold: the default number of loops.
+func cores() int {
+	procsMu.Lock()
+	defer procsMu.Unlock()
+	if loopProcs > 0 {
+		return baseProcs
+	}
+	return runtime.GOMAXPROCS(0)
+}
+
+func newLoop(s *Server, thread bool) (*evloop, error) {
+	if thread {
+		epfd, evfd, err := newEpollWake(false)
+		if err != nil {
+			return nil, err
+		}
+		l := &evloop{s: s, epfd: epfd, evfd: evfd, buf: make([]byte, loopReadBytes)}
+		l.wg.Go(l.runThread)
+		return l, nil
+	}
 	// Non-blocking, so that os.NewFile puts it in the runtime's poller.
 	epfd, evfd, err := newEpollWake(true)
 	if err != nil {
@@ -251,6 +316,59 @@ func (l *evloop) run() {
 		case err != nil: // not in the runtime's poller, or closed: it would spin
 			l.s.log.Error("event loop failed; its connections stall", "err", err)
 			return
+		}
+	}
+}
+
+// runThread is run for a loop with a thread of its own
+// (Config.EventLoopThreads): it waits in epoll_wait as a raw system call,
+// so that the scheduler neither hands its processor to another thread at
+// each wait nor wakes its monitor, and an event wakes this thread
+// directly. The scheduler counts the goroutine as running; its monitor
+// preempts it every 10 ms with a signal, as a garbage collection's stop
+// does, which ends the wait (EINTR): the loop then yields (Gosched), so
+// that the scheduler can stop it or run another goroutine on its
+// processor, before it waits again. A loop that has had no event for
+// loopRestAfter waits as an ordinary system call instead, which the
+// scheduler sees, so that an idle process takes no signals and its
+// monitor can sleep.
+func (l *evloop) runThread() {
+	defer unix.Close(l.epfd)
+	events := make([]unix.EpollEvent, 256)
+	wait := 0 // milliseconds
+	rest := false
+	last := mono.Now() // the last event
+	for {
+		var n int
+		var err error
+		if rest {
+			n, err = unix.EpollWait(l.epfd, events, wait)
+		} else {
+			n, err = rawio.EpollWait(l.epfd, events, wait)
+		}
+		switch {
+		case err == unix.EINTR:
+			runtime.Gosched()
+			n = 0
+		case err != nil:
+			l.s.log.Error("event loop failed; its connections stall", "err", os.NewSyscallError("epoll_wait", err))
+			return
+		}
+		if l.dispatch(events[:n]) {
+			return
+		}
+		l.timers()
+		l.turn()
+		until, now := l.plan(0)
+		if n > 0 {
+			last = now
+		}
+		rest = now-last >= int64(loopRestAfter)
+		switch {
+		case until <= now || n == len(events):
+			wait = 0 // work now, or more events than one harvest takes
+		default:
+			wait = int((until - now + int64(time.Millisecond) - 1) / int64(time.Millisecond))
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -637,5 +638,50 @@ func TestLoopCount(t *testing.T) {
 		if st := s.Stats(); st.EventLoop != uint64(2*n) || st.Proxied != uint64(2*n) {
 			t.Fatalf("EventLoops %d: stats %+v", n, st)
 		}
+	}
+}
+
+// Loops with threads of their own (EventLoopThreads) each hold a
+// processor, which GOMAXPROCS gains while they run and loses when they
+// stop; two servers' loops add up. A garbage collection, which must stop
+// every goroutine, ends while they wait in the kernel.
+func TestLoopThreadsHoldProcessors(t *testing.T) {
+	base := runtime.GOMAXPROCS(0)
+	live := newBackend(t, nil, echo)
+	cfg := testConfig(live.addr())
+	cfg.EventLoopThreads, cfg.EventLoops = true, 2
+	a := start(t, cfg)
+	if got := runtime.GOMAXPROCS(0); got != base+2 {
+		t.Fatalf("GOMAXPROCS %d with two loops on threads, want %d", got, base+2)
+	}
+	cfg.EventLoops = 0 // one per core: GOMAXPROCS before the loops
+	b := start(t, cfg)
+	if len(b.loops) != min(base, MaxThreadLoops) {
+		t.Fatalf("%d loops by default, want one per core (%d)", len(b.loops), base)
+	}
+	if got := runtime.GOMAXPROCS(0); got != base+2+len(b.loops) {
+		t.Fatalf("GOMAXPROCS %d with two servers' loops on threads, want %d", got, base+2+len(b.loops))
+	}
+	for _, s := range []*Server{a, b} {
+		for range 4 {
+			if err := echoOnce(t, s.Addr().String()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if st := s.Stats(); st.EventLoop != 4 {
+			t.Fatalf("stats %+v", st)
+		}
+	}
+	gcDone := make(chan struct{})
+	go func() { runtime.GC(); close(gcDone) }()
+	select {
+	case <-gcDone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a garbage collection did not end while the loops waited")
+	}
+	a.Shutdown()
+	b.Shutdown()
+	if got := runtime.GOMAXPROCS(0); got != base {
+		t.Fatalf("GOMAXPROCS %d once the loops stopped, want %d", got, base)
 	}
 }

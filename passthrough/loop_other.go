@@ -4,6 +4,7 @@ package passthrough
 
 import (
 	"errors"
+	"runtime"
 
 	"github.com/ndlb/ndlb/listener"
 )
@@ -14,7 +15,11 @@ type (
 	lconn  struct{}
 )
 
-func newLoops(*Server, int) ([]*evloop, error) { return nil, errors.New("event loops need Linux") }
+func newLoops(*Server, int, bool) ([]*evloop, error) {
+	return nil, errors.New("event loops need Linux")
+}
+func stopLoops([]*evloop, bool) {}
+func cores() int                { return runtime.GOMAXPROCS(0) }
 
 func (l *evloop) wake()                             {}
 func (l *evloop) stop()                             {}

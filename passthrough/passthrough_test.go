@@ -116,21 +116,27 @@ func deadAddr(t *testing.T) string {
 
 func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
-// testEventLoop is testConfig's Config.EventLoop; bothEngines sets it.
-var testEventLoop = true
+// testEventLoop and testLoopThreads are testConfig's Config.EventLoop and
+// EventLoopThreads; bothEngines sets them. NDLB_TEST_LOOP_THREADS=0 runs
+// every other test's loops in the runtime's poller.
+var (
+	testEventLoop   = true
+	testLoopThreads = os.Getenv("NDLB_TEST_LOOP_THREADS") != "0"
+)
 
-// bothEngines runs body twice, its servers serving plain TCP connections
-// in event loops, then with goroutines. The package's tests do not run in
-// parallel.
+// bothEngines runs body three times, its servers serving plain TCP
+// connections in event loops with threads of their own (the default),
+// then in loops that wait in the runtime's poller, then with goroutines.
+// The package's tests do not run in parallel.
 func bothEngines(t *testing.T, body func(t *testing.T)) {
-	for _, loop := range []bool{true, false} {
-		name := "loop"
-		if !loop {
-			name = "goroutines"
-		}
-		t.Run(name, func(t *testing.T) {
-			testEventLoop = loop
-			defer func() { testEventLoop = true }()
+	for _, e := range []struct {
+		name          string
+		loop, threads bool
+	}{{"loop", true, true}, {"loop-poller", true, false}, {"goroutines", false, false}} {
+		t.Run(e.name, func(t *testing.T) {
+			was := testLoopThreads
+			testEventLoop, testLoopThreads = e.loop, e.threads
+			defer func() { testEventLoop, testLoopThreads = true, was }()
 			body(t)
 		})
 	}
@@ -138,7 +144,7 @@ func bothEngines(t *testing.T, body func(t *testing.T)) {
 
 func testConfig(targets ...string) Config {
 	cfg := DefaultConfig()
-	cfg.EventLoop = testEventLoop
+	cfg.EventLoop, cfg.EventLoopThreads = testEventLoop, testLoopThreads
 	cfg.Targets = targets
 	cfg.Logger = quiet()
 	cfg.BackoffInitial, cfg.BackoffMax = time.Millisecond, 5*time.Millisecond

@@ -3,7 +3,6 @@ package passthrough
 import (
 	"context"
 	"net"
-	"runtime"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -204,9 +203,12 @@ func (s *Server) startLoops() {
 	if why == "" {
 		n := s.cfg.EventLoops
 		if n == 0 {
-			n = runtime.GOMAXPROCS(0)
+			n = cores()
 		}
-		loops, err := newLoops(s, n)
+		if s.cfg.EventLoopThreads {
+			n = min(n, MaxThreadLoops)
+		}
+		loops, err := newLoops(s, n, s.cfg.EventLoopThreads)
 		if err == nil {
 			s.loops = loops
 			return
@@ -461,9 +463,7 @@ func (s *Server) Shutdown() Summary {
 		s.stopCancel()
 		s.sweep.Wait()
 		s.streams.Close()
-		for _, l := range s.loops {
-			l.stop()
-		}
+		stopLoops(s.loops, s.cfg.EventLoopThreads)
 		if s.parker != nil {
 			s.parker.Stop()
 		}

@@ -109,7 +109,7 @@ var (
 	tcpOnly = []string{"tls-cert", "tls-key", "tls-client-ca", "accept-proxy", "accept-proxy-from", "proxy-header-timeout",
 		"max-conns-per-source", "max-conn-rate-per-source", "client-rate", "line-timeout", "read-bytes", "read-coalesce"}
 	passthroughTCPOnly = []string{"tls-target", "tls-target-ca", "tls-target-server-name", "tls-target-skip-verify",
-		"tls-target-cert", "tls-target-key", "send-proxy", "idle-timeout", "half-close-timeout", "connect-retries", "backoff-max", "hash-key-timeout", "event-loop", "event-loops"}
+		"tls-target-cert", "tls-target-key", "send-proxy", "idle-timeout", "half-close-timeout", "connect-retries", "backoff-max", "hash-key-timeout", "event-loop", "event-loops", "event-loop-threads"}
 )
 
 // UDP reads --proto and --udp, and refuses the settings that do not fit
@@ -623,7 +623,7 @@ func passthroughConfig(c Values, log *slog.Logger, udp bool) (passthrough.Config
 		}
 		cfg.HashKey, cfg.HashFirst = passthrough.HashIP, passthrough.ByteRange{Offset: a, Length: b - a}
 	}
-	cfg.EventLoop, cfg.EventLoops = c.Bool("event-loop"), c.Int("event-loops")
+	cfg.EventLoop, cfg.EventLoops, cfg.EventLoopThreads = c.Bool("event-loop"), c.Int("event-loops"), c.Bool("event-loop-threads")
 	cfg.ConnectRetries, cfg.MaxFails = c.Int("connect-retries"), c.Int("max-fails")
 	cfg.FailTimeout, cfg.IdleTimeout = c.Duration("fail-timeout"), c.Duration("idle-timeout")
 	cfg.HalfCloseTimeout = c.Duration("half-close-timeout")

@@ -117,6 +117,19 @@ func EpollPoll(epfd int, events []unix.EpollEvent) (int, error) {
 	return int(n), nil
 }
 
+// EpollWait is epoll_wait(2) as a raw system call: it waits up to msec
+// milliseconds (-1: without end) for events, on this thread, without
+// telling the Go scheduler, which goes on counting the goroutine as
+// running and keeps its processor. A signal (the scheduler's preemption,
+// every 10 ms) ends the wait with EINTR.
+func EpollWait(epfd int, events []unix.EpollEvent, msec int) (int, error) {
+	n, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
 // Accept4 is accept4(2) on the non-blocking listening socket fd, as a raw
 // system call: the new socket is non-blocking and close-on-exec, and sa
 // holds its peer's address. It returns EAGAIN when no connection is
