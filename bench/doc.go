@@ -5,5 +5,8 @@
 //
 //	go test ./bench -run '^$' -bench . -benchtime 3x
 //
+// bench/wrk/run.sh measures kept-alive HTTP through ndlb and HAProxy with
+// wrk against nginx, the tools the speed goals were first measured with.
+//
 // docs/benchmarks.md records the figures and how they were made.
 package bench

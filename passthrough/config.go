@@ -24,11 +24,7 @@ const (
 	// MaxRetries bounds ConnectRetries and MaxFails.
 	MaxRetries = 1000
 	// MaxEventLoops bounds EventLoops.
-	MaxEventLoops = 1024
-	// MaxThreadLoops bounds EventLoops with EventLoopThreads: each loop
-	// adds a processor to GOMAXPROCS, and the garbage collector sizes its
-	// workers by GOMAXPROCS.
-	MaxThreadLoops        = 64
+	MaxEventLoops         = 1024
 	DefaultFailTimeout    = 10 * time.Second
 	DefaultIdleTimeout    = time.Hour
 	DefaultDrainTimeout   = 30 * time.Second
@@ -146,18 +142,19 @@ type Config struct {
 	// shorter tails at a high rate of small requests, at the cost of the
 	// bytes one loop can move; Validate refuses more than MaxEventLoops.
 	EventLoops int
-	// EventLoopThreads gives each event loop a thread of its own that
-	// waits for its sockets in the kernel (epoll_wait), as HAProxy's
-	// threads do, rather than waiting in the Go runtime's poller: a
-	// socket's event wakes its loop's thread directly, and a thread with
-	// nothing to do sleeps at once instead of looking for other work.
-	// GOMAXPROCS grows by one per loop while the loops run (a waiting
-	// loop holds its processor without using a core). More requests/s
-	// and shorter tails over kept-alive connections, and more bytes per
-	// bulk stream; each new connection then wakes two threads (the
-	// accepting goroutine's, then its loop's) rather than one, which costs
-	// a few percent of the new-connection rate. At most MaxThreadLoops.
-	// On by default.
+	// EventLoopThreads makes each event loop wait for its sockets in the
+	// kernel (epoll_wait), on the thread it runs on, as HAProxy's threads
+	// do, rather than in the Go runtime's poller: a socket's event wakes
+	// its loop's thread directly, and a thread with nothing to do sleeps
+	// at once instead of looking for other work. GOMAXPROCS grows by one
+	// per loop while the loops run (a waiting loop holds its processor
+	// without using a core), for as many loops in the process as it had
+	// processors before; further loops, and every loop under GODEBUG's
+	// asyncpreemptoff=1, wait in the poller. More requests/s and steadier
+	// tails over kept-alive connections; each new connection then wakes
+	// two threads (the accepting goroutine's, then its loop's) rather than
+	// one, which costs a few percent of the new-connection rate. On by
+	// default.
 	EventLoopThreads bool
 	// KeepAlive, if positive, turns TCP keepalive on for target
 	// connections, probing after that much idle time; 0 leaves it off
@@ -262,8 +259,6 @@ func (c Config) Validate() error {
 		return bad("BackoffInitial", "first backoff %s: want at least %s and at most the longest, %s", c.BackoffInitial, MinBackoff, c.BackoffMax)
 	case c.EventLoops < 0 || c.EventLoops > MaxEventLoops:
 		return bad("EventLoops", "%d event loops: want 0 (one per core) to %d", c.EventLoops, MaxEventLoops)
-	case c.EventLoopThreads && c.EventLoops > MaxThreadLoops:
-		return bad("EventLoopThreads", "a thread of its own for each of %d event loops: want at most %d loops", c.EventLoops, MaxThreadLoops)
 	case c.SendProxy != 0 && c.SendProxy != 1 && c.SendProxy != 2:
 		return bad("SendProxy", "PROXY protocol version %d: want 1 or 2 (0: none)", c.SendProxy)
 	}

@@ -32,9 +32,8 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 		{"BackoffInitial", func(c *Config) { c.BackoffInitial = c.BackoffMax }, func(c *Config) { c.BackoffInitial = c.BackoffMax + 1 }},
 		{"BackoffInitial", func(c *Config) { c.BackoffInitial = MinBackoff }, func(c *Config) { c.BackoffInitial = MinBackoff - 1 }},
 		{"SendProxy", func(c *Config) { c.SendProxy = 2 }, func(c *Config) { c.SendProxy = 3 }},
-		{"EventLoops", func(c *Config) { c.EventLoopThreads, c.EventLoops = false, MaxEventLoops }, func(c *Config) { c.EventLoops = MaxEventLoops + 1 }},
+		{"EventLoops", func(c *Config) { c.EventLoops = MaxEventLoops }, func(c *Config) { c.EventLoops = MaxEventLoops + 1 }},
 		{"EventLoops", func(c *Config) { c.EventLoops = 0 }, func(c *Config) { c.EventLoops = -1 }},
-		{"EventLoopThreads", func(c *Config) { c.EventLoopThreads, c.EventLoops = true, MaxThreadLoops }, func(c *Config) { c.EventLoopThreads, c.EventLoops = true, MaxThreadLoops+1 }},
 		{"Listener.MaxConns", func(c *Config) { c.Listener.MaxConns = 0 }, func(c *Config) { c.Listener.MaxConns = -1 }},
 		{"Listener.ProxyHeaderTimeout", func(c *Config) { c.Listener.ProxyHeaderTimeout = 0 }, func(c *Config) { c.Listener.ProxyHeaderTimeout = -1 }},
 	}

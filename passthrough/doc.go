@@ -34,9 +34,12 @@
 // targets are all IP:port hold no goroutine at any time: the client's
 // socket leaves the runtime's poller after accept, the target is dialled
 // with a non-blocking connect, and one epoll loop per processor (or
-// Config.EventLoops of them), waiting in the runtime's poller on its epoll
-// descriptor, runs the connect, failover, retries, copies, splices,
-// half-closes and the end of each connection inline. The goroutine that
+// Config.EventLoops of them) runs the connect, failover, retries, copies,
+// splices, half-closes and the end of each connection inline. Each loop
+// waits in the kernel on its thread, holding a processor that GOMAXPROCS
+// gained for it (Config.EventLoopThreads), or, with that off or past as
+// many such loops as the process has cores, in the runtime's poller on
+// its epoll descriptor. The goroutine that
 // accepted the connection starts its connect and writes what the client
 // has already sent to the target: a target that answers within the
 // connect call (on the same host) then has the client's first bytes

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,9 +50,13 @@ const smallSplice = 1 << 10
 // before the others get theirs.
 const loopTurnBytes = 1 << 20
 
-// loopRestAfter is how long a loop with a thread of its own goes without
-// an event before it waits as an ordinary system call (runThread).
-const loopRestAfter = 50 * time.Millisecond
+// loopRestAfter is how long a loop that waits in the kernel goes without
+// an event before it waits as an ordinary system call, and loopRawWait the
+// longest it waits as a raw one (runThread).
+const (
+	loopRestAfter = 50 * time.Millisecond
+	loopRawWait   = 10 * time.Millisecond
+)
 
 // loopIdleWait is the longest a loop sleeps in epoll_wait when no connect
 // or backoff deadline is due sooner.
@@ -70,7 +75,7 @@ const (
 type evloop struct {
 	s          *Server
 	epfd, evfd int
-	file       *os.File // epfd, for the runtime's poller; closed by run; nil for a loop with a thread of its own
+	file       *os.File // epfd, for the runtime's poller; closed by run; nil for a loop that waits in the kernel
 	wg         sync.WaitGroup
 	buf        []byte   // the read buffer; owned by the loop's goroutine
 	ready      []*lconn // connections whose turn ended before they would block; owned by the loop's goroutine
@@ -139,63 +144,91 @@ type ldir struct {
 }
 
 // newLoops starts n event loops; nil if epoll is not available. With
-// threads, each waits in the kernel on a thread of its own (runThread),
-// and GOMAXPROCS grows by n until stopLoops.
-func newLoops(s *Server, n int, threads bool) ([]*evloop, error) {
-	if threads {
-		addLoopProcs(n)
-	}
-	loops := make([]*evloop, 0, n)
+// threads, each waits in the kernel itself (runThread) on a processor
+// that GOMAXPROCS gains for it, as long as the process's loops that do
+// number no more than its cores (GOMAXPROCS before them): past that, or
+// if it may not change GOMAXPROCS, they wait in the runtime's poller, and
+// held reports false. Give held to stopLoops.
+func newLoops(s *Server, n int, threads bool) (loops []*evloop, held bool, err error) {
+	held = threads && holdLoopProcs(n)
+	loops = make([]*evloop, 0, n)
 	for range n {
-		l, err := newLoop(s, threads)
+		l, err := newLoop(s, held)
 		if err != nil {
-			stopLoops(loops, threads)
-			if threads {
-				addLoopProcs(-(n - len(loops)))
+			stopLoops(loops, held)
+			if held {
+				releaseLoopProcs(n - len(loops))
 			}
-			return nil, err
+			return nil, false, err
 		}
 		loops = append(loops, l)
 	}
-	return loops, nil
+	return loops, held, nil
 }
 
 // stopLoops stops the loops newLoops started, and gives back the
 // processors they held.
-func stopLoops(loops []*evloop, threads bool) {
+func stopLoops(loops []*evloop, held bool) {
 	for _, l := range loops {
 		l.stop()
 	}
-	if threads {
-		addLoopProcs(-len(loops))
+	if held {
+		releaseLoopProcs(len(loops))
 	}
 }
 
-// The processors loops with threads of their own hold: GOMAXPROCS is
-// baseProcs + loopProcs while loopProcs > 0.
+// The processors held by loops that wait in the kernel: GOMAXPROCS is
+// baseProcs + loopProcs while loopProcs > 0. They are at most baseProcs:
+// the garbage collector gives a quarter of GOMAXPROCS to its workers,
+// cores or not, and a process with many listeners would otherwise give
+// it most of the machine while it marks.
 var (
 	procsMu   sync.Mutex
 	baseProcs int // GOMAXPROCS before the first such loop; 0 while there is none
 	loopProcs int
 )
 
-// addLoopProcs adds n (or removes -n) processors for loops with threads of
-// their own; GOMAXPROCS goes back to what it was when the last one stops.
-func addLoopProcs(n int) {
+// holdLoopProcs adds n processors for loops that wait in the kernel, if
+// the process's loops then hold no more than its cores, and the garbage
+// collector can stop them (see runThread): not with GODEBUG's
+// asyncpreemptoff=1, which keeps the signal that ends their wait from
+// being sent.
+func holdLoopProcs(n int) bool {
+	if n <= 0 || asyncPreemptOff() {
+		return false
+	}
 	procsMu.Lock()
 	defer procsMu.Unlock()
+	base := baseProcs
 	if loopProcs == 0 {
-		baseProcs = runtime.GOMAXPROCS(0)
+		base = runtime.GOMAXPROCS(0)
 	}
+	if loopProcs+n > base {
+		return false
+	}
+	baseProcs = base
 	loopProcs += n
+	runtime.GOMAXPROCS(baseProcs + loopProcs)
+	return true
+}
+
+// releaseLoopProcs gives back n processors holdLoopProcs added. When the
+// last goes, GOMAXPROCS is what it was before them. (Having been set, it
+// no longer follows a change of the container's CPU limit while the
+// process runs: runtime.SetDefaultGOMAXPROCS would also undo a value
+// someone else had set.)
+func releaseLoopProcs(n int) {
+	procsMu.Lock()
+	defer procsMu.Unlock()
+	loopProcs -= n
 	runtime.GOMAXPROCS(baseProcs + loopProcs)
 	if loopProcs == 0 {
 		baseProcs = 0
 	}
 }
 
-// cores is GOMAXPROCS without the processors loops with threads of their
-// own hold: the default number of loops.
+// cores is GOMAXPROCS without the processors loops that wait in the
+// kernel hold: the default number of loops.
 func cores() int {
 	procsMu.Lock()
 	defer procsMu.Unlock()
@@ -203,6 +236,18 @@ func cores() int {
 		return baseProcs
 	}
 	return runtime.GOMAXPROCS(0)
+}
+
+// asyncPreemptOff reports whether GODEBUG turns off the scheduler's
+// preemption signals.
+func asyncPreemptOff() bool {
+	off := false
+	for kv := range strings.SplitSeq(os.Getenv("GODEBUG"), ",") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(kv), "="); ok && k == "asyncpreemptoff" {
+			off = v == "1" // the last setting wins
+		}
+	}
+	return off
 }
 
 func newLoop(s *Server, thread bool) (*evloop, error) {
@@ -320,17 +365,21 @@ func (l *evloop) run() {
 	}
 }
 
-// runThread is run for a loop with a thread of its own
-// (Config.EventLoopThreads): it waits in epoll_wait as a raw system call,
-// so that the scheduler neither hands its processor to another thread at
-// each wait nor wakes its monitor, and an event wakes this thread
-// directly. The scheduler counts the goroutine as running; its monitor
-// preempts it every 10 ms with a signal, as a garbage collection's stop
-// does, which ends the wait (EINTR): the loop then yields (Gosched), so
-// that the scheduler can stop it or run another goroutine on its
-// processor, before it waits again. A loop that has had no event for
-// loopRestAfter waits as an ordinary system call instead, which the
-// scheduler sees, so that an idle process takes no signals and its
+// runThread is run for a loop that waits in the kernel
+// (Config.EventLoopThreads): it waits in epoll_wait as a raw system call
+// on the thread it runs on, so that the scheduler neither hands its
+// processor to another thread at each wait nor wakes its monitor, and an
+// event wakes this thread directly. The scheduler counts the goroutine as
+// running; its monitor preempts it after 10 to 20 ms with a signal, as a
+// garbage collection's stop does, which ends the wait (EINTR): the loop
+// then yields (Gosched), so that the scheduler can stop it or run another
+// goroutine on its processor, before it waits again. Goroutines the loop
+// wakes (a connection slot freed) or timers it starts are queued on its
+// processor and wait for that, unless another processor is idle to take
+// them, as one usually is. A raw wait lasts at most loopRawWait, so a stop
+// is not held up for long even without the signal. A loop that has had no
+// event for loopRestAfter waits as an ordinary system call instead, which
+// the scheduler sees, so that an idle process takes no signals and its
 // monitor can sleep.
 func (l *evloop) runThread() {
 	defer unix.Close(l.epfd)
@@ -367,6 +416,9 @@ func (l *evloop) runThread() {
 		switch {
 		case until <= now || n == len(events):
 			wait = 0 // work now, or more events than one harvest takes
+		case !rest:
+			until = min(until, now+int64(loopRawWait))
+			fallthrough
 		default:
 			wait = int((until - now + int64(time.Millisecond) - 1) / int64(time.Millisecond))
 		}

@@ -641,26 +641,30 @@ func TestLoopCount(t *testing.T) {
 	}
 }
 
-// Loops with threads of their own (EventLoopThreads) each hold a
-// processor, which GOMAXPROCS gains while they run and loses when they
-// stop; two servers' loops add up. A garbage collection, which must stop
-// every goroutine, ends while they wait in the kernel.
+// Loops that wait in the kernel (EventLoopThreads) each hold a processor,
+// which GOMAXPROCS gains while they run and loses when they stop, for as
+// many loops in the process as it had processors: a second server's loops
+// past that wait in the runtime's poller. A garbage collection, which
+// must stop every goroutine, ends while they wait in the kernel.
 func TestLoopThreadsHoldProcessors(t *testing.T) {
 	base := runtime.GOMAXPROCS(0)
 	live := newBackend(t, nil, echo)
 	cfg := testConfig(live.addr())
-	cfg.EventLoopThreads, cfg.EventLoops = true, 2
+	cfg.EventLoopThreads = true // cfg.EventLoops 0: one per core
 	a := start(t, cfg)
-	if got := runtime.GOMAXPROCS(0); got != base+2 {
-		t.Fatalf("GOMAXPROCS %d with two loops on threads, want %d", got, base+2)
+	if len(a.loops) != base || !a.loopProcs {
+		t.Fatalf("%d loops, on processors of their own: %v; want %d, true", len(a.loops), a.loopProcs, base)
 	}
-	cfg.EventLoops = 0 // one per core: GOMAXPROCS before the loops
+	if got := runtime.GOMAXPROCS(0); got != 2*base {
+		t.Fatalf("GOMAXPROCS %d with %d loops in the kernel, want %d", got, base, 2*base)
+	}
+	cfg.EventLoops = 1
 	b := start(t, cfg)
-	if len(b.loops) != min(base, MaxThreadLoops) {
-		t.Fatalf("%d loops by default, want one per core (%d)", len(b.loops), base)
+	if len(b.loops) != 1 || b.loopProcs {
+		t.Fatalf("past the cores: %d loops, on processors of their own: %v; want 1, false", len(b.loops), b.loopProcs)
 	}
-	if got := runtime.GOMAXPROCS(0); got != base+2+len(b.loops) {
-		t.Fatalf("GOMAXPROCS %d with two servers' loops on threads, want %d", got, base+2+len(b.loops))
+	if got := runtime.GOMAXPROCS(0); got != 2*base {
+		t.Fatalf("GOMAXPROCS %d with a second server's loop in the poller, want %d", got, 2*base)
 	}
 	for _, s := range []*Server{a, b} {
 		for range 4 {
@@ -680,8 +684,46 @@ func TestLoopThreadsHoldProcessors(t *testing.T) {
 		t.Fatal("a garbage collection did not end while the loops waited")
 	}
 	a.Shutdown()
-	b.Shutdown()
 	if got := runtime.GOMAXPROCS(0); got != base {
 		t.Fatalf("GOMAXPROCS %d once the loops stopped, want %d", got, base)
+	}
+	b.Shutdown()
+	c := start(t, cfg) // the processors are free again
+	if !c.loopProcs || runtime.GOMAXPROCS(0) != base+1 {
+		t.Fatalf("after the others stopped: on processors of their own %v, GOMAXPROCS %d; want true, %d", c.loopProcs, runtime.GOMAXPROCS(0), base+1)
+	}
+	c.Shutdown()
+	if got := runtime.GOMAXPROCS(0); got != base {
+		t.Fatalf("GOMAXPROCS %d at the end, want %d", got, base)
+	}
+}
+
+// GODEBUG=asyncpreemptoff=1 keeps the loops in the runtime's poller: no
+// signal would end their wait for a garbage collection's stop.
+func TestAsyncPreemptOffKeepsLoopsInThePoller(t *testing.T) {
+	for _, tc := range []struct {
+		godebug string
+		off     bool
+	}{
+		{"", false},
+		{"asyncpreemptoff=1", true},
+		{"gctrace=1, asyncpreemptoff=1", true},
+		{"asyncpreemptoff=1,asyncpreemptoff=0", false},
+		{"asyncpreemptoff=0", false},
+	} {
+		t.Setenv("GODEBUG", tc.godebug)
+		if got := asyncPreemptOff(); got != tc.off {
+			t.Errorf("GODEBUG=%q: asyncPreemptOff() = %v", tc.godebug, got)
+		}
+	}
+	t.Setenv("GODEBUG", "asyncpreemptoff=1")
+	cfg := testConfig(newBackend(t, nil, echo).addr())
+	cfg.EventLoopThreads = true
+	s := start(t, cfg)
+	if s.loopProcs || len(s.loops) == 0 {
+		t.Fatalf("%d loops, on processors of their own: %v", len(s.loops), s.loopProcs)
+	}
+	if err := echoOnce(t, s.Addr().String()); err != nil {
+		t.Fatal(err)
 	}
 }

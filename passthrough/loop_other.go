@@ -15,8 +15,8 @@ type (
 	lconn  struct{}
 )
 
-func newLoops(*Server, int, bool) ([]*evloop, error) {
-	return nil, errors.New("event loops need Linux")
+func newLoops(*Server, int, bool) ([]*evloop, bool, error) {
+	return nil, false, errors.New("event loops need Linux")
 }
 func stopLoops([]*evloop, bool) {}
 func cores() int                { return runtime.GOMAXPROCS(0) }

@@ -28,6 +28,9 @@ type Server struct {
 	parker *parker   // nil: streams keep their goroutines
 	loops  []*evloop // nil: connections are served by goroutines
 	inline bool      // ServeConn runs on the accepting goroutine (loops)
+	// loopProcs: the loops wait in the kernel, each on a processor
+	// GOMAXPROCS gained for it (Config.EventLoopThreads).
+	loopProcs bool
 	// nextLoop picks the loop of the next connection, round-robin.
 	nextLoop atomic.Uint32
 	streams  *gopool.Pool // runs streams on reused goroutines
@@ -205,12 +208,13 @@ func (s *Server) startLoops() {
 		if n == 0 {
 			n = cores()
 		}
-		if s.cfg.EventLoopThreads {
-			n = min(n, MaxThreadLoops)
-		}
-		loops, err := newLoops(s, n, s.cfg.EventLoopThreads)
+		loops, held, err := newLoops(s, n, s.cfg.EventLoopThreads)
 		if err == nil {
-			s.loops = loops
+			s.loops, s.loopProcs = loops, held
+			if s.cfg.EventLoopThreads && !held {
+				s.log.Info("event loops wait in the runtime's poller: the process's loops that wait in the kernel already hold as many processors as it has cores, or GODEBUG has asyncpreemptoff=1",
+					"loops", n)
+			}
 			return
 		}
 		why = err.Error()
@@ -463,7 +467,7 @@ func (s *Server) Shutdown() Summary {
 		s.stopCancel()
 		s.sweep.Wait()
 		s.streams.Close()
-		stopLoops(s.loops, s.cfg.EventLoopThreads)
+		stopLoops(s.loops, s.loopProcs)
 		if s.parker != nil {
 			s.parker.Stop()
 		}

@@ -73,7 +73,6 @@ func TestBadValuesNameTheirSetting(t *testing.T) {
 		{"connect-retries", values{"target": target, "passthrough": true, "connect-retries": 1001}},
 		{"event-loops", values{"target": target, "passthrough": true, "event-loops": -1}},
 		{"event-loops", values{"target": target, "passthrough": true, "event-loops": 1025}},
-		{"event-loop-threads", values{"target": target, "passthrough": true, "event-loops": 65, "event-loop-threads": true}},
 		{"event-loop-threads", values{"target": target, "event-loop-threads": true}}, // NDJSON mode
 		{"send-proxy", values{"target": target, "passthrough": true, "send-proxy": "v3"}},
 		{"tls-cert", values{"target": target, "tls-cert": "c.pem"}},
