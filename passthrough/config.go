@@ -148,7 +148,7 @@ type Config struct {
 	// its loop's thread directly, and a thread with nothing to do sleeps
 	// at once instead of looking for other work. GOMAXPROCS grows by one
 	// per loop while the loops run (a waiting loop holds its processor
-	// without using a core), for as many loops in the process as it had
+	// without using a core), for twice as many loops in the process as it had
 	// processors before; further loops, and every loop under GODEBUG's
 	// asyncpreemptoff=1, wait in the poller. More requests/s and steadier
 	// tails over kept-alive connections; each new connection then wakes

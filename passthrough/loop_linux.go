@@ -146,9 +146,10 @@ type ldir struct {
 // newLoops starts n event loops; nil if epoll is not available. With
 // threads, each waits in the kernel itself (runThread) on a processor
 // that GOMAXPROCS gains for it, as long as the process's loops that do
-// number no more than its cores (GOMAXPROCS before them): past that, or
-// if it may not change GOMAXPROCS, they wait in the runtime's poller, and
-// held reports false. Give held to stopLoops.
+// number no more than twice its cores (GOMAXPROCS before them: room for a
+// listener's loops and its replacement's while a reload drains the old
+// one): past that, or if it may not change GOMAXPROCS, they wait in the
+// runtime's poller, and held reports false. Give held to stopLoops.
 func newLoops(s *Server, n int, threads bool) (loops []*evloop, held bool, err error) {
 	held = threads && holdLoopProcs(n)
 	loops = make([]*evloop, 0, n)
@@ -178,18 +179,23 @@ func stopLoops(loops []*evloop, held bool) {
 }
 
 // The processors held by loops that wait in the kernel: GOMAXPROCS is
-// baseProcs + loopProcs while loopProcs > 0. They are at most baseProcs:
-// the garbage collector gives a quarter of GOMAXPROCS to its workers,
-// cores or not, and a process with many listeners would otherwise give
-// it most of the machine while it marks.
+// baseProcs + loopProcs while loopProcs > 0. They are at most
+// maxLoopProcs times baseProcs: the garbage collector gives a quarter of
+// GOMAXPROCS to its workers, cores or not, and a process with many
+// listeners would otherwise give it the whole machine while it marks.
 var (
 	procsMu   sync.Mutex
 	baseProcs int // GOMAXPROCS before the first such loop; 0 while there is none
 	loopProcs int
 )
 
+// maxLoopProcs bounds the processors loops that wait in the kernel hold,
+// in processors the process had before them.
+const maxLoopProcs = 2
+
 // holdLoopProcs adds n processors for loops that wait in the kernel, if
-// the process's loops then hold no more than its cores, and the garbage
+// the process's loops then hold no more than maxLoopProcs times its
+// cores, and the garbage
 // collector can stop them (see runThread): not with GODEBUG's
 // asyncpreemptoff=1, which keeps the signal that ends their wait from
 // being sent.
@@ -203,7 +209,7 @@ func holdLoopProcs(n int) bool {
 	if loopProcs == 0 {
 		base = runtime.GOMAXPROCS(0)
 	}
-	if loopProcs+n > base {
+	if loopProcs+n > maxLoopProcs*base {
 		return false
 	}
 	baseProcs = base

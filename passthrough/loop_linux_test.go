@@ -642,10 +642,12 @@ func TestLoopCount(t *testing.T) {
 }
 
 // Loops that wait in the kernel (EventLoopThreads) each hold a processor,
-// which GOMAXPROCS gains while they run and loses when they stop, for as
-// many loops in the process as it had processors: a second server's loops
-// past that wait in the runtime's poller. A garbage collection, which
-// must stop every goroutine, ends while they wait in the kernel.
+// which GOMAXPROCS gains while they run and loses when they stop, for
+// twice as many loops in the process as it had processors (a listener
+// and its replacement while a reload drains it): a third server's loops
+// wait in the runtime's poller, until the others' processors are free. A
+// garbage collection, which must stop every goroutine, ends while they
+// wait in the kernel.
 func TestLoopThreadsHoldProcessors(t *testing.T) {
 	base := runtime.GOMAXPROCS(0)
 	live := newBackend(t, nil, echo)
@@ -658,15 +660,19 @@ func TestLoopThreadsHoldProcessors(t *testing.T) {
 	if got := runtime.GOMAXPROCS(0); got != 2*base {
 		t.Fatalf("GOMAXPROCS %d with %d loops in the kernel, want %d", got, base, 2*base)
 	}
+	b := start(t, cfg) // a reload's replacement
+	if len(b.loops) != base || !b.loopProcs {
+		t.Fatalf("a second server: %d loops, on processors of their own: %v; want %d, true", len(b.loops), b.loopProcs, base)
+	}
 	cfg.EventLoops = 1
-	b := start(t, cfg)
-	if len(b.loops) != 1 || b.loopProcs {
-		t.Fatalf("past the cores: %d loops, on processors of their own: %v; want 1, false", len(b.loops), b.loopProcs)
+	c := start(t, cfg)
+	if len(c.loops) != 1 || c.loopProcs {
+		t.Fatalf("past twice the cores: %d loops, on processors of their own: %v; want 1, false", len(c.loops), c.loopProcs)
 	}
-	if got := runtime.GOMAXPROCS(0); got != 2*base {
-		t.Fatalf("GOMAXPROCS %d with a second server's loop in the poller, want %d", got, 2*base)
+	if got := runtime.GOMAXPROCS(0); got != 3*base {
+		t.Fatalf("GOMAXPROCS %d with a third server's loop in the poller, want %d", got, 3*base)
 	}
-	for _, s := range []*Server{a, b} {
+	for _, s := range []*Server{a, b, c} {
 		for range 4 {
 			if err := echoOnce(t, s.Addr().String()); err != nil {
 				t.Fatal(err)
@@ -684,15 +690,16 @@ func TestLoopThreadsHoldProcessors(t *testing.T) {
 		t.Fatal("a garbage collection did not end while the loops waited")
 	}
 	a.Shutdown()
-	if got := runtime.GOMAXPROCS(0); got != base {
-		t.Fatalf("GOMAXPROCS %d once the loops stopped, want %d", got, base)
+	if got := runtime.GOMAXPROCS(0); got != 2*base {
+		t.Fatalf("GOMAXPROCS %d once a server's loops stopped, want %d", got, 2*base)
 	}
-	b.Shutdown()
-	c := start(t, cfg) // the processors are free again
-	if !c.loopProcs || runtime.GOMAXPROCS(0) != base+1 {
-		t.Fatalf("after the others stopped: on processors of their own %v, GOMAXPROCS %d; want true, %d", c.loopProcs, runtime.GOMAXPROCS(0), base+1)
+	d := start(t, cfg) // the processors are free again
+	if !d.loopProcs || runtime.GOMAXPROCS(0) != 2*base+1 {
+		t.Fatalf("after a server stopped: on processors of their own %v, GOMAXPROCS %d; want true, %d", d.loopProcs, runtime.GOMAXPROCS(0), 2*base+1)
 	}
-	c.Shutdown()
+	for _, s := range []*Server{b, c, d} {
+		s.Shutdown()
+	}
 	if got := runtime.GOMAXPROCS(0); got != base {
 		t.Fatalf("GOMAXPROCS %d at the end, want %d", got, base)
 	}

@@ -212,7 +212,7 @@ func (s *Server) startLoops() {
 		if err == nil {
 			s.loops, s.loopProcs = loops, held
 			if s.cfg.EventLoopThreads && !held {
-				s.log.Info("event loops wait in the runtime's poller: the process's loops that wait in the kernel already hold as many processors as it has cores, or GODEBUG has asyncpreemptoff=1",
+				s.log.Info("event loops wait in the runtime's poller: the process's loops that wait in the kernel already hold twice as many processors as it has cores, or GODEBUG has asyncpreemptoff=1",
 					"loops", n)
 			}
 			return
