@@ -148,13 +148,13 @@ type Config struct {
 	// its loop's thread directly, and a thread with nothing to do sleeps
 	// at once instead of looking for other work. GOMAXPROCS grows by one
 	// per loop while the loops run (a waiting loop holds its processor
-	// without using a core), for twice as many loops in the process as it had
-	// processors before; further loops, and every loop under GODEBUG's
-	// asyncpreemptoff=1, wait in the poller. More requests/s and steadier
-	// tails over kept-alive connections; each new connection then wakes
-	// two threads (the accepting goroutine's, then its loop's) rather than
-	// one, which costs a few percent of the new-connection rate. On by
-	// default.
+	// without using a core), for twice as many loops in the process as it
+	// had processors before; further loops wait in the poller until a
+	// processor is given back, and every loop under GODEBUG's
+	// asyncpreemptoff=1 does. More requests/s and steadier tails over
+	// kept-alive connections; each new connection then wakes two threads
+	// (the accepting goroutine's, then its loop's) rather than one, which
+	// costs a few percent of the new-connection rate. On by default.
 	EventLoopThreads bool
 	// KeepAlive, if positive, turns TCP keepalive on for target
 	// connections, probing after that much idle time; 0 leaves it off

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -75,12 +76,15 @@ const (
 type evloop struct {
 	s          *Server
 	epfd, evfd int
-	file       *os.File // epfd, for the runtime's poller; closed by run; nil for a loop that waits in the kernel
+	file       *os.File // a duplicate of epfd, in the runtime's poller; closed by run; nil for a loop that waits in the kernel
 	wg         sync.WaitGroup
 	buf        []byte   // the read buffer; owned by the loop's goroutine
 	ready      []*lconn // connections whose turn ended before they would block; owned by the loop's goroutine
 	due        []*lconn // scratch for the timers; owned by the loop's goroutine
 	stopped    atomic.Bool
+	kernel     atomic.Bool // the loop waits in the kernel (runThread)
+	promote    atomic.Bool // it was given a processor: leave the poller for the kernel
+	held       bool        // it holds a processor of its own; guarded by procsMu
 
 	mu     sync.Mutex
 	slots  []*lconn // guarded by mu; a connection's epoll id is its slot + 1 (0: the wake-up eventfd)
@@ -146,91 +150,117 @@ type ldir struct {
 // newLoops starts n event loops; nil if epoll is not available. With
 // threads, each waits in the kernel itself (runThread) on a processor
 // that GOMAXPROCS gains for it, as long as the process's loops that do
-// number no more than twice its cores (GOMAXPROCS before them: room for a
-// listener's loops and its replacement's while a reload drains the old
-// one): past that, or if it may not change GOMAXPROCS, they wait in the
-// runtime's poller, and held reports false. Give held to stopLoops.
-func newLoops(s *Server, n int, threads bool) (loops []*evloop, held bool, err error) {
-	held = threads && holdLoopProcs(n)
+// number no more than twice its cores (GOMAXPROCS before them, at most
+// the machine's CPUs); past that, a loop waits in the runtime's poller
+// until another loop's processor is free (a reload's replacement
+// listener, once the old one has drained), and never under GODEBUG's
+// asyncpreemptoff=1 (see runThread). It returns how many wait in the
+// kernel from the start.
+func newLoops(s *Server, n int, threads bool) (loops []*evloop, kernel int, err error) {
 	loops = make([]*evloop, 0, n)
 	for range n {
-		l, err := newLoop(s, held)
+		l, err := newLoop(s, threads)
 		if err != nil {
-			stopLoops(loops, held)
-			if held {
-				releaseLoopProcs(n - len(loops))
-			}
-			return nil, false, err
+			stopLoops(loops)
+			return nil, 0, err
+		}
+		if l.kernel.Load() {
+			kernel++
 		}
 		loops = append(loops, l)
 	}
-	return loops, held, nil
+	return loops, kernel, nil
 }
 
-// stopLoops stops the loops newLoops started, and gives back the
-// processors they held.
-func stopLoops(loops []*evloop, held bool) {
+// stopLoops stops the loops newLoops started; each gives back the
+// processor it held.
+func stopLoops(loops []*evloop) {
 	for _, l := range loops {
 		l.stop()
-	}
-	if held {
-		releaseLoopProcs(len(loops))
 	}
 }
 
 // The processors held by loops that wait in the kernel: GOMAXPROCS is
 // baseProcs + loopProcs while loopProcs > 0. They are at most
-// maxLoopProcs times baseProcs: the garbage collector gives a quarter of
-// GOMAXPROCS to its workers, cores or not, and a process with many
-// listeners would otherwise give it the whole machine while it marks.
+// maxLoopProcs times baseProcs (or the machine's CPUs, if fewer): the
+// garbage collector gives a quarter of GOMAXPROCS to its workers, cores or
+// not, and a process with many listeners would otherwise give it the
+// whole machine while it marks. Loops that would wait in the kernel but
+// found no processor free wait in the poller, in waiting, oldest first.
 var (
 	procsMu   sync.Mutex
 	baseProcs int // GOMAXPROCS before the first such loop; 0 while there is none
 	loopProcs int
+	waiting   []*evloop
 )
 
 // maxLoopProcs bounds the processors loops that wait in the kernel hold,
 // in processors the process had before them.
 const maxLoopProcs = 2
 
-// holdLoopProcs adds n processors for loops that wait in the kernel, if
-// the process's loops then hold no more than maxLoopProcs times its
-// cores, and the garbage
-// collector can stop them (see runThread): not with GODEBUG's
-// asyncpreemptoff=1, which keeps the signal that ends their wait from
-// being sent.
-func holdLoopProcs(n int) bool {
-	if n <= 0 || asyncPreemptOff() {
+// takeProc gives l a processor of its own, if the cap leaves one and the
+// garbage collector can stop a loop that waits in the kernel (not with
+// GODEBUG's asyncpreemptoff=1, which keeps the signal that ends the wait
+// from being sent). Called with procsMu held.
+func takeProc(l *evloop) bool {
+	if asyncPreemptOff() {
 		return false
 	}
-	procsMu.Lock()
-	defer procsMu.Unlock()
 	base := baseProcs
 	if loopProcs == 0 {
 		base = runtime.GOMAXPROCS(0)
 	}
-	if loopProcs+n > maxLoopProcs*base {
+	if loopProcs+1 > maxLoopProcs*min(base, runtime.NumCPU()) {
 		return false
 	}
 	baseProcs = base
-	loopProcs += n
-	runtime.GOMAXPROCS(baseProcs + loopProcs)
+	loopProcs++
+	l.held = true
 	return true
 }
 
-// releaseLoopProcs gives back n processors holdLoopProcs added. When the
-// last goes, GOMAXPROCS is what it was before them. (Having been set, it
-// no longer follows a change of the container's CPU limit while the
-// process runs: runtime.SetDefaultGOMAXPROCS would also undo a value
-// someone else had set.)
-func releaseLoopProcs(n int) {
-	procsMu.Lock()
-	defer procsMu.Unlock()
-	loopProcs -= n
-	runtime.GOMAXPROCS(baseProcs + loopProcs)
+// setProcs makes GOMAXPROCS baseProcs + loopProcs, if it is not already,
+// and forgets baseProcs once no loop holds a processor: GOMAXPROCS is then
+// what it was before them. (Having been set, it no longer follows a change
+// of the container's CPU limit while the process runs:
+// runtime.SetDefaultGOMAXPROCS would also undo a value someone else had
+// set.) Called with procsMu held.
+func setProcs() {
+	if baseProcs == 0 {
+		return
+	}
+	if want := baseProcs + loopProcs; runtime.GOMAXPROCS(0) != want {
+		runtime.GOMAXPROCS(want)
+	}
 	if loopProcs == 0 {
 		baseProcs = 0
 	}
+}
+
+// exited, once l's goroutine has ended, gives back its processor, or its
+// place in waiting, and gives the processor to the oldest loop waiting in
+// the poller for one, which then moves to the kernel.
+func (l *evloop) exited() {
+	procsMu.Lock()
+	defer procsMu.Unlock()
+	if i := slices.Index(waiting, l); i >= 0 {
+		waiting = slices.Delete(waiting, i, i+1)
+	}
+	if !l.held {
+		return
+	}
+	l.held = false
+	loopProcs--
+	for len(waiting) > 0 {
+		w := waiting[0]
+		if !takeProc(w) {
+			break
+		}
+		waiting = slices.Delete(waiting, 0, 1)
+		w.promote.Store(true)
+		w.wake()
+	}
+	setProcs()
 }
 
 // cores is GOMAXPROCS without the processors loops that wait in the
@@ -256,31 +286,47 @@ func asyncPreemptOff() bool {
 	return off
 }
 
-func newLoop(s *Server, thread bool) (*evloop, error) {
-	if thread {
-		epfd, evfd, err := newEpollWake(false)
-		if err != nil {
-			return nil, err
-		}
-		l := &evloop{s: s, epfd: epfd, evfd: evfd, buf: make([]byte, loopReadBytes)}
-		l.wg.Go(l.runThread)
-		return l, nil
-	}
-	// Non-blocking, so that os.NewFile puts it in the runtime's poller.
+// newLoop starts a loop: waiting in the kernel if threads and takeProc
+// gives it a processor, else in the runtime's poller (and, with threads,
+// in waiting for a processor).
+func newLoop(s *Server, threads bool) (*evloop, error) {
+	// Non-blocking, so that os.NewFile puts a duplicate in the runtime's
+	// poller; epoll_wait itself waits for its timeout either way.
 	epfd, evfd, err := newEpollWake(true)
 	if err != nil {
 		return nil, err
 	}
-	l := &evloop{s: s, epfd: epfd, evfd: evfd, buf: make([]byte, loopReadBytes), file: os.NewFile(uintptr(epfd), "epoll")}
+	l := &evloop{s: s, epfd: epfd, evfd: evfd, buf: make([]byte, loopReadBytes)}
+	procsMu.Lock()
+	defer procsMu.Unlock()
+	if threads && takeProc(l) {
+		setProcs()
+		l.kernel.Store(true)
+		l.wg.Go(func() { defer l.exited(); l.runThread() })
+		return l, nil
+	}
+	// The poller has a duplicate, so that closing it (to move to the
+	// kernel) leaves the epoll set open.
+	dup, err := unix.FcntlInt(uintptr(epfd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	l.file = os.NewFile(uintptr(dup), "epoll")
 	// The loop waits in the runtime's poller with deadlines: an epoll
 	// descriptor the poller did not take cannot have one, and the server
 	// serves with goroutines instead.
 	if err := l.file.SetReadDeadline(time.Time{}); err != nil {
 		l.file.Close()
+		unix.Close(epfd)
 		unix.Close(evfd)
 		return nil, fmt.Errorf("event loop: epoll descriptor not pollable: %w", err)
 	}
-	l.wg.Go(l.run)
+	if threads && !asyncPreemptOff() {
+		waiting = append(waiting, l)
+	}
+	l.wg.Go(func() { defer l.exited(); l.run() })
 	return l, nil
 }
 
@@ -316,18 +362,23 @@ func (l *evloop) stop() {
 // to find the set empty, and the read deadline is set only when the
 // earliest timer moves closer.
 func (l *evloop) run() {
-	defer l.file.Close()
 	rc, err := l.file.SyscallConn()
 	if err != nil {
+		l.file.Close()
+		unix.Close(l.epfd)
 		l.s.log.Error("event loop failed; its connections stall", "err", err)
 		return
 	}
 	events := make([]unix.EpollEvent, 256)
 	var werr error
-	var stopped bool
+	var stopped, promoted bool
 	var deadline int64 // the epoll descriptor's read deadline (mono); 0: none
 	serve := func(fd uintptr) bool {
 		for {
+			if l.promote.Load() { // a processor is ours: wait in the kernel
+				promoted = true
+				return true
+			}
 			n, err := rawio.EpollPoll(int(fd), events)
 			switch {
 			case err == unix.EINTR:
@@ -353,9 +404,20 @@ func (l *evloop) run() {
 			return false
 		}
 	}
+	defer func() {
+		if !promoted {
+			l.file.Close()
+			unix.Close(l.epfd)
+		}
+	}()
 	for {
 		err := rc.Read(serve)
 		switch {
+		case promoted:
+			l.file.Close() // the duplicate: the set stays open
+			l.kernel.Store(true)
+			l.runThread()
+			return
 		case stopped:
 			return
 		case werr != nil:

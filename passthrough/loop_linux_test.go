@@ -641,47 +641,69 @@ func TestLoopCount(t *testing.T) {
 	}
 }
 
+// inKernel counts s's loops that wait in the kernel.
+func inKernel(s *Server) int {
+	n := 0
+	for _, l := range s.loops {
+		if l.kernel.Load() {
+			n++
+		}
+	}
+	return n
+}
+
 // Loops that wait in the kernel (EventLoopThreads) each hold a processor,
 // which GOMAXPROCS gains while they run and loses when they stop, for
 // twice as many loops in the process as it had processors (a listener
 // and its replacement while a reload drains it): a third server's loops
-// wait in the runtime's poller, until the others' processors are free. A
-// garbage collection, which must stop every goroutine, ends while they
-// wait in the kernel.
+// wait in the runtime's poller, and move to the kernel, in order, as
+// others stop. A garbage collection, which must stop every goroutine,
+// ends while they wait in the kernel.
 func TestLoopThreadsHoldProcessors(t *testing.T) {
 	base := runtime.GOMAXPROCS(0)
+	if base > runtime.NumCPU() {
+		t.Skipf("GOMAXPROCS %d is over the %d CPUs, which bound the loops in the kernel", base, runtime.NumCPU())
+	}
 	live := newBackend(t, nil, echo)
 	cfg := testConfig(live.addr())
 	cfg.EventLoopThreads = true // cfg.EventLoops 0: one per core
 	a := start(t, cfg)
-	if len(a.loops) != base || !a.loopProcs {
-		t.Fatalf("%d loops, on processors of their own: %v; want %d, true", len(a.loops), a.loopProcs, base)
+	if len(a.loops) != base || inKernel(a) != base {
+		t.Fatalf("%d loops, %d in the kernel; want %d, all", len(a.loops), inKernel(a), base)
 	}
 	if got := runtime.GOMAXPROCS(0); got != 2*base {
 		t.Fatalf("GOMAXPROCS %d with %d loops in the kernel, want %d", got, base, 2*base)
 	}
 	b := start(t, cfg) // a reload's replacement
-	if len(b.loops) != base || !b.loopProcs {
-		t.Fatalf("a second server: %d loops, on processors of their own: %v; want %d, true", len(b.loops), b.loopProcs, base)
+	if inKernel(b) != base {
+		t.Fatalf("a second server: %d loops in the kernel, want %d", inKernel(b), base)
 	}
-	cfg.EventLoops = 1
+	cfg.EventLoops = base + 1
 	c := start(t, cfg)
-	if len(c.loops) != 1 || c.loopProcs {
-		t.Fatalf("past twice the cores: %d loops, on processors of their own: %v; want 1, false", len(c.loops), c.loopProcs)
+	if len(c.loops) != base+1 || inKernel(c) != 0 {
+		t.Fatalf("past twice the cores: %d loops, %d in the kernel; want %d, none", len(c.loops), inKernel(c), base+1)
 	}
 	if got := runtime.GOMAXPROCS(0); got != 3*base {
-		t.Fatalf("GOMAXPROCS %d with a third server's loop in the poller, want %d", got, 3*base)
+		t.Fatalf("GOMAXPROCS %d with a third server's loops in the poller, want %d", got, 3*base)
 	}
-	for _, s := range []*Server{a, b, c} {
-		for range 4 {
-			if err := echoOnce(t, s.Addr().String()); err != nil {
-				t.Fatal(err)
+	check := func() {
+		t.Helper()
+		for _, s := range []*Server{a, b, c} {
+			if s == nil {
+				continue
+			}
+			before := s.Stats().EventLoop
+			for range 4 {
+				if err := echoOnce(t, s.Addr().String()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if st := s.Stats(); st.EventLoop != before+4 {
+				t.Fatalf("stats %+v", st)
 			}
 		}
-		if st := s.Stats(); st.EventLoop != 4 {
-			t.Fatalf("stats %+v", st)
-		}
 	}
+	check()
 	gcDone := make(chan struct{})
 	go func() { runtime.GC(); close(gcDone) }()
 	select {
@@ -689,17 +711,21 @@ func TestLoopThreadsHoldProcessors(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("a garbage collection did not end while the loops waited")
 	}
-	a.Shutdown()
-	if got := runtime.GOMAXPROCS(0); got != 2*base {
-		t.Fatalf("GOMAXPROCS %d once a server's loops stopped, want %d", got, 2*base)
+	a.Shutdown() // its processors go to c's loops, oldest first
+	a = nil
+	waitFor(t, "the third server's loops in the kernel", func() bool { return inKernel(c) == base })
+	if got := runtime.GOMAXPROCS(0); got != 3*base {
+		t.Fatalf("GOMAXPROCS %d once the first server's processors went to the third's loops, want %d", got, 3*base)
 	}
-	d := start(t, cfg) // the processors are free again
-	if !d.loopProcs || runtime.GOMAXPROCS(0) != 2*base+1 {
-		t.Fatalf("after a server stopped: on processors of their own %v, GOMAXPROCS %d; want true, %d", d.loopProcs, runtime.GOMAXPROCS(0), 2*base+1)
+	check()
+	b.Shutdown()
+	b = nil
+	waitFor(t, "every loop in the kernel", func() bool { return inKernel(c) == base+1 })
+	if got := runtime.GOMAXPROCS(0); got != 2*base+1 {
+		t.Fatalf("GOMAXPROCS %d with %d loops in the kernel, want %d", got, base+1, 2*base+1)
 	}
-	for _, s := range []*Server{b, c, d} {
-		s.Shutdown()
-	}
+	check()
+	c.Shutdown()
 	if got := runtime.GOMAXPROCS(0); got != base {
 		t.Fatalf("GOMAXPROCS %d at the end, want %d", got, base)
 	}
@@ -727,8 +753,8 @@ func TestAsyncPreemptOffKeepsLoopsInThePoller(t *testing.T) {
 	cfg := testConfig(newBackend(t, nil, echo).addr())
 	cfg.EventLoopThreads = true
 	s := start(t, cfg)
-	if s.loopProcs || len(s.loops) == 0 {
-		t.Fatalf("%d loops, on processors of their own: %v", len(s.loops), s.loopProcs)
+	if len(s.loops) == 0 || inKernel(s) != 0 {
+		t.Fatalf("%d loops, %d in the kernel", len(s.loops), inKernel(s))
 	}
 	if err := echoOnce(t, s.Addr().String()); err != nil {
 		t.Fatal(err)

@@ -15,11 +15,11 @@ type (
 	lconn  struct{}
 )
 
-func newLoops(*Server, int, bool) ([]*evloop, bool, error) {
-	return nil, false, errors.New("event loops need Linux")
+func newLoops(*Server, int, bool) ([]*evloop, int, error) {
+	return nil, 0, errors.New("event loops need Linux")
 }
-func stopLoops([]*evloop, bool) {}
-func cores() int                { return runtime.GOMAXPROCS(0) }
+func stopLoops([]*evloop) {}
+func cores() int          { return runtime.GOMAXPROCS(0) }
 
 func (l *evloop) wake()                             {}
 func (l *evloop) stop()                             {}

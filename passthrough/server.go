@@ -28,9 +28,6 @@ type Server struct {
 	parker *parker   // nil: streams keep their goroutines
 	loops  []*evloop // nil: connections are served by goroutines
 	inline bool      // ServeConn runs on the accepting goroutine (loops)
-	// loopProcs: the loops wait in the kernel, each on a processor
-	// GOMAXPROCS gained for it (Config.EventLoopThreads).
-	loopProcs bool
 	// nextLoop picks the loop of the next connection, round-robin.
 	nextLoop atomic.Uint32
 	streams  *gopool.Pool // runs streams on reused goroutines
@@ -208,12 +205,12 @@ func (s *Server) startLoops() {
 		if n == 0 {
 			n = cores()
 		}
-		loops, held, err := newLoops(s, n, s.cfg.EventLoopThreads)
+		loops, kernel, err := newLoops(s, n, s.cfg.EventLoopThreads)
 		if err == nil {
-			s.loops, s.loopProcs = loops, held
-			if s.cfg.EventLoopThreads && !held {
-				s.log.Info("event loops wait in the runtime's poller: the process's loops that wait in the kernel already hold twice as many processors as it has cores, or GODEBUG has asyncpreemptoff=1",
-					"loops", n)
+			s.loops = loops
+			if s.cfg.EventLoopThreads && kernel < n {
+				s.log.Info("event loops wait in the runtime's poller: the process's loops that wait in the kernel already hold twice as many processors as it has cores (these move there as others stop), or GODEBUG has asyncpreemptoff=1",
+					"loops", n, "in_the_kernel", kernel)
 			}
 			return
 		}
@@ -467,7 +464,7 @@ func (s *Server) Shutdown() Summary {
 		s.stopCancel()
 		s.sweep.Wait()
 		s.streams.Close()
-		stopLoops(s.loops, s.loopProcs)
+		stopLoops(s.loops)
 		if s.parker != nil {
 			s.parker.Stop()
 		}
