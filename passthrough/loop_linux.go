@@ -76,7 +76,7 @@ const (
 type evloop struct {
 	s          *Server
 	epfd, evfd int
-	file       *os.File // a duplicate of epfd, in the runtime's poller; closed by run; nil for a loop that waits in the kernel
+	file       *os.File // a duplicate of epfd, in the runtime's poller; closed by run; nil for a loop started in the kernel
 	wg         sync.WaitGroup
 	buf        []byte   // the read buffer; owned by the loop's goroutine
 	ready      []*lconn // connections whose turn ended before they would block; owned by the loop's goroutine
@@ -157,6 +157,7 @@ type ldir struct {
 // asyncpreemptoff=1 (see runThread). It returns how many wait in the
 // kernel from the start.
 func newLoops(s *Server, n int, threads bool) (loops []*evloop, kernel int, err error) {
+	defer batchProcs()()
 	loops = make([]*evloop, 0, n)
 	for range n {
 		l, err := newLoop(s, threads)
@@ -175,14 +176,31 @@ func newLoops(s *Server, n int, threads bool) (loops []*evloop, kernel int, err 
 // stopLoops stops the loops newLoops started; each gives back the
 // processor it held.
 func stopLoops(loops []*evloop) {
+	defer batchProcs()()
 	for _, l := range loops {
 		l.stop()
 	}
 }
 
+// batchProcs holds back setProcs until the function it returns is called,
+// so that starting or stopping a server's loops changes GOMAXPROCS (and
+// stops the world) once, not once per loop.
+func batchProcs() (done func()) {
+	procsMu.Lock()
+	batching++
+	procsMu.Unlock()
+	return func() {
+		procsMu.Lock()
+		defer procsMu.Unlock()
+		batching--
+		setProcs()
+	}
+}
+
 // The processors held by loops that wait in the kernel: GOMAXPROCS is
-// baseProcs + loopProcs while loopProcs > 0. They are at most
-// maxLoopProcs times baseProcs (or the machine's CPUs, if fewer): the
+// baseProcs + loopProcs while loopProcs > 0 (once batchProcs lets
+// setProcs change it). They are at most maxLoopProcs times baseProcs (or
+// the machine's CPUs, if fewer): the
 // garbage collector gives a quarter of GOMAXPROCS to its workers, cores or
 // not, and a process with many listeners would otherwise give it the
 // whole machine while it marks. Loops that would wait in the kernel but
@@ -192,10 +210,11 @@ var (
 	baseProcs int // GOMAXPROCS before the first such loop; 0 while there is none
 	loopProcs int
 	waiting   []*evloop
+	batching  int // batchProcs calls under way
 )
 
 // maxLoopProcs bounds the processors loops that wait in the kernel hold,
-// in processors the process had before them.
+// in processors the process had before them (or CPUs, if fewer).
 const maxLoopProcs = 2
 
 // takeProc gives l a processor of its own, if the cap leaves one and the
@@ -206,8 +225,8 @@ func takeProc(l *evloop) bool {
 	if asyncPreemptOff() {
 		return false
 	}
-	base := baseProcs
-	if loopProcs == 0 {
+	base := baseProcs // still set while setProcs has not yet taken back the last loop's processor
+	if base == 0 {
 		base = runtime.GOMAXPROCS(0)
 	}
 	if loopProcs+1 > maxLoopProcs*min(base, runtime.NumCPU()) {
@@ -226,7 +245,7 @@ func takeProc(l *evloop) bool {
 // runtime.SetDefaultGOMAXPROCS would also undo a value someone else had
 // set.) Called with procsMu held.
 func setProcs() {
-	if baseProcs == 0 {
+	if baseProcs == 0 || batching > 0 {
 		return
 	}
 	if want := baseProcs + loopProcs; runtime.GOMAXPROCS(0) != want {
