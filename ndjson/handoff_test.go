@@ -19,6 +19,20 @@ import (
 	"github.com/ndlb/ndlb/internal/linetest"
 )
 
+// startPeer starts another server with srv's config on a listener of its
+// own, as a reload's replacement of srv would be, and shuts it down at the
+// end of the test.
+func startPeer(t *testing.T, srv *Server) *Server {
+	t.Helper()
+	next, err := New(srv.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next.Start(newLocalListener(t))
+	t.Cleanup(func() { next.Shutdown() })
+	return next
+}
+
 // moveTo gives each transfer to srv as another process would get it: a
 // duplicate of the socket (SCM_RIGHTS makes one), the old one closed.
 func moveTo(t *testing.T, srv *Server) func(Transfer) error {
@@ -46,11 +60,7 @@ func moveTo(t *testing.T, srv *Server) func(Transfer) error {
 // before the move are delivered by the old server.
 func TestHandOffCarriesPartialAndSkippedLines(t *testing.T) {
 	old, sink := startServer(t, func(c *Config) { c.Framer.MaxLineBytes = 512 })
-	next, err := New(old.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	next.Start(newLocalListener(t))
+	next := startPeer(t, old)
 
 	partial, err := net.Dial("tcp", old.Addr().String())
 	if err != nil {
@@ -248,11 +258,7 @@ func (c *holdConn) Write(p []byte) (int, error) {
 // connection go without closing it.
 func TestHandOffWithTLSMovesTheSession(t *testing.T) {
 	old, sink, dial := startTLSServer(t, func(*Config) {})
-	next, err := New(old.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	next.Start(newLocalListener(t))
+	next := startPeer(t, old)
 	var hc *holdConn
 	c := dial(func(nc net.Conn) net.Conn { hc = &holdConn{Conn: nc}; return hc })
 	line1 := linetest.AppendLine(nil, 1, 1)
@@ -450,12 +456,7 @@ func TestAdoptRefusesAnotherFraming(t *testing.T) {
 func TestHandOffKeepsTheLineTimeout(t *testing.T) {
 	const timeout = 2 * time.Second
 	old, _ := startServer(t, func(c *Config) { c.LineTimeout = timeout })
-	next, err := New(old.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	next.Start(newLocalListener(t))
-	t.Cleanup(func() { next.Shutdown() })
+	next := startPeer(t, old)
 	c, err := net.Dial("tcp", old.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -492,18 +493,7 @@ func TestHandOffKeepsTheLineTimeout(t *testing.T) {
 func TestChainedHandOffKeepsTheLineTimeout(t *testing.T) {
 	const timeout = 2 * time.Second
 	a, _ := startServer(t, func(c *Config) { c.LineTimeout = timeout })
-	b, err := New(a.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.Start(newLocalListener(t))
-	cSrv, err := New(a.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cSrv.Start(newLocalListener(t))
-	t.Cleanup(func() { b.Shutdown() })
-	t.Cleanup(func() { cSrv.Shutdown() })
+	b, cSrv := startPeer(t, a), startPeer(t, a)
 
 	// An idle client of B keeps B's HandOff open (its give blocks).
 	dummy, err := net.Dial("tcp", b.Addr().String())

@@ -37,9 +37,9 @@
 // Config.EventLoops of them) runs the connect, failover, retries, copies,
 // splices, half-closes and the end of each connection inline. Each loop
 // waits in the kernel on its thread, holding a processor that GOMAXPROCS
-// gained for it (Config.EventLoopThreads), or, with that off or past as
-// many such loops as the process has cores, in the runtime's poller on
-// its epoll descriptor. The goroutine that
+// gained for it (Config.EventLoopThreads), or, with that off or past
+// twice as many such loops as the process has cores, in the runtime's
+// poller on a duplicate of its epoll descriptor. The goroutine that
 // accepted the connection starts its connect and writes what the client
 // has already sent to the target: a target that answers within the
 // connect call (on the same host) then has the client's first bytes

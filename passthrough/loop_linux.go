@@ -392,7 +392,7 @@ func (l *evloop) run() {
 	var werr error
 	var stopped, promoted bool
 	var deadline int64 // the epoll descriptor's read deadline (mono); 0: none
-	serve := func(fd uintptr) bool {
+	harvest := func(fd uintptr) bool {
 		for {
 			if l.promote.Load() { // a processor is ours: wait in the kernel
 				promoted = true
@@ -406,13 +406,11 @@ func (l *evloop) run() {
 				werr = err
 				return true
 			}
-			if l.dispatch(events[:n]) {
+			stop, until, now := l.serve(events[:n], deadline)
+			if stop {
 				stopped = true
 				return true
 			}
-			l.timers()
-			l.turn()
-			until, now := l.plan(deadline)
 			if until <= now || n == len(events) {
 				continue // work now, or more events than one harvest takes
 			}
@@ -430,7 +428,7 @@ func (l *evloop) run() {
 		}
 	}()
 	for {
-		err := rc.Read(serve)
+		err := rc.Read(harvest)
 		switch {
 		case promoted:
 			l.file.Close() // the duplicate: the set stays open
@@ -490,12 +488,10 @@ func (l *evloop) runThread() {
 			l.s.log.Error("event loop failed; its connections stall", "err", os.NewSyscallError("epoll_wait", err))
 			return
 		}
-		if l.dispatch(events[:n]) {
+		stopped, until, now := l.serve(events[:n], 0)
+		if stopped {
 			return
 		}
-		l.timers()
-		l.turn()
-		until, now := l.plan(0)
 		if n > 0 {
 			last = now
 		}
@@ -510,6 +506,20 @@ func (l *evloop) runThread() {
 			wait = int((until - now + int64(time.Millisecond) - 1) / int64(time.Millisecond))
 		}
 	}
+}
+
+// serve runs one harvest of events, the timers and the connections
+// waiting for another turn, and returns whether the loop was stopped, and
+// plan's when the loop must act next (deadline: the read deadline set, if
+// any) and now.
+func (l *evloop) serve(events []unix.EpollEvent, deadline int64) (stopped bool, until, now int64) {
+	if l.dispatch(events) {
+		return true, 0, 0
+	}
+	l.timers()
+	l.turn()
+	until, now = l.plan(deadline)
+	return false, until, now
 }
 
 // dispatch hands each event to its connection, and reports whether the

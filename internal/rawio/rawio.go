@@ -109,19 +109,13 @@ func Close(fd int) error {
 
 // EpollPoll is epoll_wait(2) with a zero timeout, as a raw system call:
 // the events ready now, without waiting.
-func EpollPoll(epfd int, events []unix.EpollEvent) (int, error) {
-	n, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
-}
+func EpollPoll(epfd int, events []unix.EpollEvent) (int, error) { return EpollWait(epfd, events, 0) }
 
 // EpollWait is epoll_wait(2) as a raw system call: it waits up to msec
 // milliseconds (-1: without end) for events, on this thread, without
 // telling the Go scheduler, which goes on counting the goroutine as
 // running and keeps its processor. A signal (the scheduler's preemption,
-// every 10 ms) ends the wait with EINTR.
+// after 10 to 20 ms) ends the wait with EINTR.
 func EpollWait(epfd int, events []unix.EpollEvent, msec int) (int, error) {
 	n, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
 	if e != 0 {
