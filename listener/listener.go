@@ -279,8 +279,9 @@ type Listener struct {
 	rawRC      syscall.RawConn // rawWait's; owned by Serve
 	rawUntil   time.Time       // the deadline for rawWait, set by Shutdown or Handover; guarded by mu
 	rawLocal   *net.TCPAddr    // the local address of raw sockets, unless listening on a wildcard
-	rawNoDelay bool            // the listening socket has TCP_NODELAY, which raw sockets inherit; set by Serve
+	rawNoDelay atomic.Int32    // noDelaySet, noDelayCheck or noDelayInherited
 	rawAcc     rawAccept       // owned by Serve
+	loops      *loopAccept     // accepting in the handler's event loops (AcceptInLoops); nil when Serve accepts
 	h          Handler
 	cfg        Config
 	log        *slog.Logger
@@ -294,7 +295,9 @@ type Listener struct {
 	interrupted bool                  // reads are being cut off; guarded by mu
 	leaving     bool                  // AskToLeave was called; guarded by mu
 	done        chan struct{}         // closed when Serve returns
-	slots       chan struct{}         // one per connection served, if MaxConns > 0
+	inUse       atomic.Int64          // places under MaxConns taken
+	full        atomic.Bool           // accepting waits for a place under MaxConns (pause)
+	slotFreed   chan struct{}         // signalled when a place is freed while full, for takeSlot
 	workers     *gopool.Pool          // serve connections
 	graceOver   chan struct{}         // closed when Shutdown stops accepting
 	graceOnce   sync.Once
@@ -335,7 +338,7 @@ func New(ln net.Listener, h Handler, cfg Config) *Listener {
 		l.log = slog.Default()
 	}
 	if cfg.MaxConns > 0 {
-		l.slots = make(chan struct{}, cfg.MaxConns)
+		l.slotFreed = make(chan struct{}, 1)
 	}
 	if cfg.AcceptProxy && len(cfg.ProxyFrom) == 0 {
 		l.log.Warn("PROXY headers are accepted from any peer: anyone who can reach this port can claim any client address; list the front balancers with --accept-proxy-from")
@@ -370,6 +373,9 @@ func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 // logged and retried after a delay that doubles up to a second.
 func (l *Listener) Serve() error {
 	defer close(l.done)
+	if l.loops != nil {
+		return l.serveLoops()
+	}
 	var delay time.Duration
 	raw := l.rawAccepting()
 	defer func() {
@@ -435,29 +441,73 @@ func (l *Listener) TrimWorkers() { l.workers.Trim(0) }
 // takeSlot waits for room under MaxConns. It returns false when Shutdown
 // has stopped accepting.
 func (l *Listener) takeSlot() bool {
-	if l.slots == nil {
+	for !l.trySlot() {
+		if l.pause() {
+			continue
+		}
+		select {
+		case <-l.slotFreed:
+		case <-l.graceOver:
+			return false
+		}
+	}
+	return true
+}
+
+// trySlot takes a place under MaxConns if one is free.
+func (l *Listener) trySlot() bool {
+	if l.cfg.MaxConns == 0 {
 		return true
 	}
-	select {
-	case l.slots <- struct{}{}:
+	if l.inUse.Add(1) <= int64(l.cfg.MaxConns) {
 		return true
-	default:
 	}
-	l.limited.Add(1)
-	l.limitLog.Do(func() {
-		l.log.Warn("--max-conns reached; new clients wait in the accept backlog", "max_conns", l.cfg.MaxConns)
-	})
-	select {
-	case l.slots <- struct{}{}:
+	// Given back as any other: someone who found no place while this
+	// one held it for a moment waits for a release.
+	l.freeSlot()
+	return false
+}
+
+// pause records that accepting waits for a place under MaxConns (full):
+// the accepting loops stop watching the listening socket, takeSlot waits,
+// and the next freeSlot resumes them. It returns true, and resumes at
+// once, when a place was freed before full was set, which freed nobody.
+func (l *Listener) pause() (retry bool) {
+	if !l.full.Swap(true) {
+		l.limited.Add(1)
+		l.limitLog.Do(func() {
+			l.log.Warn("--max-conns reached; new clients wait in the accept backlog", "max_conns", l.cfg.MaxConns)
+		})
+	}
+	// Either this sees a place freed before full was set, or the release
+	// comes after and sees full.
+	if l.inUse.Load() < int64(l.cfg.MaxConns) && l.full.CompareAndSwap(true, false) {
+		l.resume()
 		return true
-	case <-l.graceOver:
-		return false
+	}
+	return false
+}
+
+// freeSlot gives a place under MaxConns back, and resumes accepting if
+// it was waiting for one.
+func (l *Listener) freeSlot() {
+	if l.cfg.MaxConns == 0 {
+		return
+	}
+	l.inUse.Add(-1)
+	if l.full.Load() && l.full.CompareAndSwap(true, false) {
+		l.resume()
 	}
 }
 
-func (l *Listener) freeSlot() {
-	if l.slots != nil {
-		<-l.slots
+// resume wakes what waits for a place under MaxConns.
+func (l *Listener) resume() {
+	select {
+	case l.slotFreed <- struct{}{}:
+	default:
+	}
+	if l.loops != nil {
+		l.loops.wakeAll()
 	}
 }
 
@@ -480,6 +530,9 @@ type deadliner interface{ SetDeadline(time.Time) error }
 // when the socket cannot stop an Accept without closing. Call Shutdown
 // afterwards to drain the connections this listener serves.
 func (l *Listener) Handover() net.Listener {
+	if l.loops != nil {
+		return l.handoverLoops()
+	}
 	dl, ok := l.ln.(deadliner)
 	if !ok {
 		return nil
@@ -503,7 +556,9 @@ func (l *Listener) isDraining() bool {
 
 // serveConn runs the PROXY header, the handshake and the handler for one
 // connection, and finishes it unless the handler detached it.
-func (l *Listener) serveConn(nc net.Conn) {
+func (l *Listener) serveConn(nc net.Conn) { l.serveConnWith(nc, l.h) }
+
+func (l *Listener) serveConnWith(nc net.Conn, h Handler) {
 	slow := l.cfg.AcceptProxy || l.cfg.TLS != nil
 	if slow {
 		l.startPrepare(nc)
@@ -531,7 +586,7 @@ func (l *Listener) serveConn(nc net.Conn) {
 		}
 		l.finish(nc)
 	}
-	l.h.ServeConn(c)
+	h.ServeConn(c)
 	if !c.detached {
 		c.release()
 	}
@@ -732,7 +787,7 @@ func (l *Listener) Shutdown(ctx context.Context) error {
 	l.mu.Unlock()
 	if !handedOver {
 		// Accept what the kernel has already queued, then stop.
-		if dl, ok := l.ln.(deadliner); !ok || dl.SetDeadline(grace) != nil {
+		if dl, ok := l.ln.(deadliner); l.loops == nil && (!ok || dl.SetDeadline(grace) != nil) {
 			l.ln.Close()
 		}
 		stop := time.AfterFunc(backlogGrace, l.stopAccepting)
@@ -760,7 +815,17 @@ func (l *Listener) Shutdown(ctx context.Context) error {
 	return ctx.Err()
 }
 
-func (l *Listener) stopAccepting() { l.graceOnce.Do(func() { close(l.graceOver) }) }
+// stopAccepting ends accepting: at once after Handover, at the end of
+// Shutdown's backlog grace otherwise.
+func (l *Listener) stopAccepting() {
+	l.graceOnce.Do(func() {
+		close(l.graceOver)
+		if l.loops != nil {
+			l.loops.stop.Store(true)
+			l.loops.wakeAll()
+		}
+	})
+}
 
 // Stats returns the listener's counters.
 func (l *Listener) Stats() Stats {
@@ -831,14 +896,7 @@ func (l *Listener) adopt(c *Conn) bool {
 	}
 	l.wg.Add(1) // done in release; under mu, so never after Shutdown's Wait began
 	l.mu.Unlock()
-	slot := false
-	if l.slots != nil {
-		select {
-		case l.slots <- struct{}{}:
-			slot = true
-		default:
-		}
-	}
+	slot := l.trySlot()
 	l.adopted.Add(1)
 	_ = c.SetReadDeadline(time.Time{}) // the old holder's, to stop its reads, is past
 	c.Log = connLogger(l.log, c, nil, true)

@@ -134,23 +134,38 @@ func (l *Listener) rawAccepting() bool {
 		l.log.Warn("connections are accepted the usual way: the duplicate of the listening socket is not in the runtime's poller")
 		return false
 	}
-	// Sockets accepted from a listening socket with TCP_NODELAY have it
-	// (Linux copies the listening socket, options included, to each
-	// connection it completes): see Control. The first one accepted
-	// confirms it.
-	v, err := unix.GetsockoptInt(dup, unix.IPPROTO_TCP, unix.TCP_NODELAY)
-	l.rawNoDelay = err == nil && v != 0
+	l.rawSetup(tl, dup)
 	l.mu.Lock()
 	l.rawWait, l.rawRC = f, wrc
 	if !l.rawUntil.IsZero() { // Shutdown or Handover came first
 		_ = f.SetDeadline(l.rawUntil)
 	}
 	l.mu.Unlock()
+	return true
+}
+
+// rawSetup records what every raw socket accepted from tl (through its
+// duplicate dup) shares: whether it inherits TCP_NODELAY, and its local
+// address unless tl listens on a wildcard address.
+func (l *Listener) rawSetup(tl *net.TCPListener, dup int) {
+	// Sockets accepted from a listening socket with TCP_NODELAY have it
+	// (Linux copies the listening socket, options included, to each
+	// connection it completes): see Control. The first one accepted
+	// confirms it.
+	if v, err := unix.GetsockoptInt(dup, unix.IPPROTO_TCP, unix.TCP_NODELAY); err == nil && v != 0 {
+		l.rawNoDelay.Store(noDelayCheck)
+	}
 	if a, ok := tl.Addr().(*net.TCPAddr); ok && !a.IP.IsUnspecified() {
 		l.rawLocal = &net.TCPAddr{IP: a.IP, Port: a.Port, Zone: a.Zone} // shared by the connections
 	}
-	return true
 }
+
+// What raw sockets need for TCP_NODELAY (Listener.rawNoDelay).
+const (
+	noDelaySet       = iota // set it on each
+	noDelayCheck            // the listening socket has it: see whether the first one inherited it
+	noDelayInherited        // they inherit it
+)
 
 // rawDeadline sets the deadline of the raw accepts' wait, now or when it
 // begins. Called with l.mu held.
@@ -197,21 +212,29 @@ func (l *Listener) acceptRaw() (net.Conn, error) {
 	case aerr != nil:
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.ln.Addr(), Err: os.NewSyscallError("accept4", aerr)}
 	}
-	// As Go does for the connections it accepts: no Nagle delay on small
-	// writes (inherited from a listening socket Control set up).
-	if l.rawNoDelay && !a.checked {
+	return l.rawFrom(nfd, &a.sa), nil
+}
+
+// rawFrom makes a raw connection of the socket nfd accepted from the
+// peer sa. As Go does for the connections it accepts, the socket has no
+// Nagle delay on small writes (inherited from a listening socket Control
+// set up, or set here).
+func (l *Listener) rawFrom(nfd int, sa *unix.RawSockaddrAny) *rawConn {
+	switch l.rawNoDelay.Load() {
+	case noDelayCheck:
 		// Trusted once it is seen: an MPTCP listening socket (Go's
 		// default) reports its own flag, which an older kernel may not
 		// pass on to the plain TCP sockets it accepts.
-		a.checked = true
-		if v, err := unix.GetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
-			l.rawNoDelay = false
+		if v, err := unix.GetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY); err == nil && v != 0 {
+			l.rawNoDelay.Store(noDelayInherited)
+			break
 		}
-	}
-	if !l.rawNoDelay {
+		l.rawNoDelay.Store(noDelaySet)
+		fallthrough
+	case noDelaySet:
 		_ = rawio.SetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
-	r := &rawConn{fd: nfd, raddr: rawTCPAddr(&a.sa), laddr: l.rawLocal}
+	r := &rawConn{fd: nfd, raddr: rawTCPAddr(sa), laddr: l.rawLocal}
 	if l.rawLocal == nil { // listening on a wildcard address
 		var lsa unix.RawSockaddrAny
 		if err := rawio.Getsockname(nfd, &lsa); err == nil {
@@ -220,7 +243,7 @@ func (l *Listener) acceptRaw() (net.Conn, error) {
 			r.laddr = l.ln.Addr()
 		}
 	}
-	return r, nil
+	return r
 }
 
 // rawAccept is the state of Serve's raw accepts, kept in the Listener so
@@ -232,7 +255,6 @@ type rawAccept struct {
 	sa       unix.RawSockaddrAny
 	err      error
 	ordinary bool // the handler wants this one accepted the usual way
-	checked  bool // an accepted socket showed whether TCP_NODELAY is inherited
 }
 
 // accept is rawAccept's callback for RawConn.Read: it accepts one

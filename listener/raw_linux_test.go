@@ -406,8 +406,8 @@ func TestRawAcceptInheritsNoDelay(t *testing.T) {
 	}
 	t.Cleanup(func() { ln.Close() })
 	l, h := serveRawOnce(t, ln, 1, 1) // one queued before Serve
-	if !l.rawNoDelay || h.raw.Load() != 2 || h.noDelay.Load() != 2 {
-		t.Fatalf("listener TCP_NODELAY seen %v; %d raw sockets, %d with TCP_NODELAY", l.rawNoDelay, h.raw.Load(), h.noDelay.Load())
+	if l.rawNoDelay.Load() != noDelayInherited || h.raw.Load() != 2 || h.noDelay.Load() != 2 {
+		t.Fatalf("TCP_NODELAY state %d (inherited: %d); %d raw sockets, %d with TCP_NODELAY", l.rawNoDelay.Load(), noDelayInherited, h.raw.Load(), h.noDelay.Load())
 	}
 }
 
@@ -422,8 +422,8 @@ func TestRawAcceptNoDelayNotInherited(t *testing.T) {
 	}
 	setNoDelay := func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) }
 	l, h := serveRawOnce(t, ln, 2, 0, func() { rc.Control(setNoDelay) })
-	if l.rawNoDelay || h.raw.Load() != 2 || h.noDelay.Load() != 2 {
-		t.Fatalf("inheritance trusted %v; %d raw sockets, %d with TCP_NODELAY", l.rawNoDelay, h.raw.Load(), h.noDelay.Load())
+	if l.rawNoDelay.Load() != noDelaySet || h.raw.Load() != 2 || h.noDelay.Load() != 2 {
+		t.Fatalf("TCP_NODELAY state %d (set on each: %d); %d raw sockets, %d with TCP_NODELAY", l.rawNoDelay.Load(), noDelaySet, h.raw.Load(), h.noDelay.Load())
 	}
 }
 

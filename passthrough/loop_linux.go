@@ -82,9 +82,10 @@ type evloop struct {
 	ready      []*lconn // connections whose turn ended before they would block; owned by the loop's goroutine
 	due        []*lconn // scratch for the timers; owned by the loop's goroutine
 	stopped    atomic.Bool
-	kernel     atomic.Bool // the loop waits in the kernel (runThread)
-	promote    atomic.Bool // it was given a processor: leave the poller for the kernel
-	held       bool        // it holds a processor of its own; guarded by procsMu
+	kernel     atomic.Bool                       // the loop waits in the kernel (runThread)
+	promote    atomic.Bool                       // it was given a processor: leave the poller for the kernel
+	acc        atomic.Pointer[listener.Accepter] // accepts the listener's connections (acceptInLoops); used by the loop's goroutine
+	held       bool                              // it holds a processor of its own; guarded by procsMu
 
 	mu     sync.Mutex
 	slots  []*lconn // guarded by mu; a connection's epoll id is its slot + 1 (0: the wake-up eventfd)
@@ -321,7 +322,7 @@ func newLoop(s *Server, threads bool) (*evloop, error) {
 	if threads && takeProc(l) {
 		setProcs()
 		l.kernel.Store(true)
-		l.wg.Go(func() { defer l.exited(); l.runThread() })
+		l.wg.Go(func() { defer l.exited(); defer l.leaveAccepting(); l.runThread() })
 		return l, nil
 	}
 	// The poller has a duplicate, so that closing it (to move to the
@@ -345,8 +346,15 @@ func newLoop(s *Server, threads bool) (*evloop, error) {
 	if threads && !asyncPreemptOff() {
 		waiting = append(waiting, l)
 	}
-	l.wg.Go(func() { defer l.exited(); l.run() })
+	l.wg.Go(func() { defer l.exited(); defer l.leaveAccepting(); l.run() })
 	return l, nil
+}
+
+// leaveAccepting, as the loop's goroutine ends, stops its accepts.
+func (l *evloop) leaveAccepting() {
+	if a := l.acc.Load(); a != nil {
+		a.Close()
+	}
 }
 
 // wake cuts the loop's wait short.
@@ -516,6 +524,9 @@ func (l *evloop) serve(events []unix.EpollEvent, deadline int64) (stopped bool, 
 	if l.dispatch(events) {
 		return true, 0, 0
 	}
+	if a := l.acc.Load(); a != nil {
+		a.Sync()
+	}
 	l.timers()
 	l.turn()
 	until, now = l.plan(deadline)
@@ -526,6 +537,12 @@ func (l *evloop) serve(events []unix.EpollEvent, deadline int64) (stopped bool, 
 // loop was stopped.
 func (l *evloop) dispatch(events []unix.EpollEvent) (stopped bool) {
 	for _, ev := range events {
+		if ev.Fd == acceptTag {
+			if a := l.acc.Load(); a != nil {
+				a.Accept()
+			}
+			continue
+		}
 		if ev.Fd == 0 {
 			var b [8]byte
 			_, _ = unix.Read(l.evfd, b[:])
@@ -750,10 +767,41 @@ func (l *evloop) remove(lc *lconn) {
 	l.mu.Unlock()
 }
 
-// serveInLoop serves c in one of the server's event loops, if it can: c is
-// plain TCP and every target is an IP address and port. It returns false,
-// leaving c untouched, otherwise.
-func (s *Server) serveInLoop(c *listener.Conn) bool {
+// acceptTag marks the listening socket's events in a loop's epoll set
+// (a connection's are its slot + 1, the wake-up eventfd's 0).
+const acceptTag = -1
+
+// acceptInLoops makes the loops accept the listener's connections
+// (listener.AcceptInLoops), each serving those it accepts; it reports
+// whether they do. Called before the listener serves.
+func (s *Server) acceptInLoops() bool {
+	al := make([]listener.AcceptLoop, len(s.loops))
+	for i, l := range s.loops {
+		al[i] = listener.AcceptLoop{EpollFD: l.epfd, Event: unix.EpollEvent{Fd: acceptTag}, Wake: l.wake, Handler: loopHandler{l}}
+	}
+	accs, err := s.ln.AcceptInLoops(al)
+	if err != nil {
+		s.log.Info("connections are accepted on a goroutine, not in the event loops", "reason", err)
+		return false
+	}
+	for i, l := range s.loops {
+		l.acc.Store(accs[i])
+		l.wake() // it starts watching the listening socket (Sync)
+	}
+	return true
+}
+
+// loopHandler serves the connections its loop accepted.
+type loopHandler struct{ l *evloop }
+
+// ServeConn implements listener.Handler.
+func (h loopHandler) ServeConn(c *listener.Conn) { h.l.s.serveConnOn(c, h.l) }
+
+// serveInLoop serves c in an event loop, if it can: c is plain TCP and
+// every target is an IP address and port. The loop is on, the one that
+// accepted c, or else the next in turn. It returns false, leaving c
+// untouched, otherwise.
+func (s *Server) serveInLoop(c *listener.Conn, on *evloop) bool {
 	targets := s.set.Targets()
 	for _, t := range targets {
 		if _, ok := targetAddrPort(t); !ok {
@@ -792,7 +840,10 @@ func (s *Server) serveInLoop(c *listener.Conn) bool {
 		// until one side has something to read.
 		lc.established()
 	}
-	l := s.loops[s.nextLoop.Add(1)%uint32(len(s.loops))]
+	l := on
+	if l == nil {
+		l = s.loops[s.nextLoop.Add(1)%uint32(len(s.loops))]
+	}
 	if err := l.add(lc); err != nil {
 		if lc.phase == phaseProxy {
 			// Connected already (forwardFirst): it ends as a proxied

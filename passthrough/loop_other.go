@@ -21,12 +21,13 @@ func newLoops(*Server, int, bool) ([]*evloop, int, error) {
 func stopLoops([]*evloop) {}
 func cores() int          { return runtime.GOMAXPROCS(0) }
 
-func (l *evloop) wake()                             {}
-func (l *evloop) stop()                             {}
-func (s *Server) serveInLoop(c *listener.Conn) bool { return false }
-func (lc *lconn) close()                            {}
-func (lc *lconn) shutdownSockets()                  {}
-func (lc *lconn) cutIfInFlight() bool               { return false }
+func (l *evloop) wake()                                    {}
+func (l *evloop) stop()                                    {}
+func (s *Server) serveInLoop(*listener.Conn, *evloop) bool { return false }
+func (s *Server) acceptInLoops() bool                      { return false }
+func (lc *lconn) close()                                   {}
+func (lc *lconn) shutdownSockets()                         {}
+func (lc *lconn) cutIfInFlight() bool                      { return false }
 
 // WantsRaw implements listener.RawWanter: never, without the loops.
 func (s *Server) WantsRaw() bool { return false }

@@ -88,6 +88,7 @@ func (s *Server) Start(ln net.Listener) {
 	// the loops take them as they are.
 	lc.Inline, lc.RawAccept = s.inline, s.inline
 	s.ln = listener.New(ln, s, lc)
+	inLoops := s.inline && s.acceptInLoops()
 	// The parker is set before the first connection can read it.
 	if s.cfg.ParkAfter > 0 {
 		p, err := newParker()
@@ -105,7 +106,7 @@ func (s *Server) Start(ln net.Listener) {
 	args := []any{"addr", ln.Addr().String(), "mode", "passthrough", "targets", s.cfg.Targets,
 		"balance", s.cfg.Balance, "tls", lc.TLS != nil, "tls_target", s.cfg.TLS != nil,
 		"accept_proxy", lc.AcceptProxy, "send_proxy", s.cfg.SendProxy, "max_conns", lc.MaxConns,
-		"event_loops", len(s.loops)}
+		"event_loops", len(s.loops), "accept_in_loops", inLoops}
 	if s.cfg.Balance == "hash" {
 		args = append(args, "hash_key", string(s.cfg.HashKey))
 	}
@@ -126,9 +127,13 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 func (s *Server) Err() <-chan error { return s.serveErr }
 
 // ServeConn proxies one client connection. It implements listener.Handler.
-func (s *Server) ServeConn(c *listener.Conn) {
+func (s *Server) ServeConn(c *listener.Conn) { s.serveConnOn(c, nil) }
+
+// serveConnOn is ServeConn for a connection that the event loop on
+// accepted (nil: the listener's goroutine), which serves it if it can.
+func (s *Server) serveConnOn(c *listener.Conn, on *evloop) {
 	if s.loops != nil {
-		if s.serveInLoop(c) {
+		if s.serveInLoop(c, on) {
 			return
 		}
 		// A socket accepted raw goes into the runtime's poller for the
