@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -864,4 +865,93 @@ func TestLocalShortageIsNotTheTargetsFault(t *testing.T) {
 	if !target.Skipped(time.Now()) {
 		t.Fatal("refusals did not skip the target")
 	}
+}
+
+// pingPong writes p on c and reads it back within 10 s.
+func pingPong(c net.Conn, p string) error {
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	defer c.SetDeadline(time.Now().Add(testDeadline))
+	if _, err := c.Write([]byte(p)); err != nil {
+		return err
+	}
+	got := make([]byte, len(p))
+	if _, err := io.ReadFull(c, got); err != nil {
+		return err
+	}
+	if string(got) != p {
+		return fmt.Errorf("read %q, want %q", got, p)
+	}
+	return nil
+}
+
+// Beyond --max-conns, a client waits in the backlog, its bytes unread,
+// until a connection ends; then it is served (whoever accepts: an event
+// loop or the listener's goroutine).
+func TestMaxConnsWaitsInBacklog(t *testing.T) {
+	bothEngines(t, func(t *testing.T) {
+		b := newBackend(t, nil, echo)
+		cfg := testConfig(b.addr())
+		cfg.Listener.MaxConns = 1
+		s := start(t, cfg)
+		first := dialTest(t, s.Addr().String())
+		if err := pingPong(first, "one"); err != nil {
+			t.Fatal(err)
+		}
+		second := dialTest(t, s.Addr().String())
+		second.Write([]byte("two"))
+		second.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if n, err := second.Read(make([]byte, 3)); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("a client beyond --max-conns 1 was served: %d bytes, %v", n, err)
+		}
+		first.Close()
+		second.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got := make([]byte, 3)
+		if _, err := io.ReadFull(second, got); err != nil || string(got) != "two" {
+			t.Fatalf("the waiting client, once a place freed: %q %v", got, err)
+		}
+		if st := s.Stats(); st.Listener.LimitReached == 0 || st.Listener.Accepted != 2 {
+			t.Fatalf("stats %+v", st.Listener)
+		}
+	})
+}
+
+// Handover gives the listening socket to a replacement server: clients
+// that connect meanwhile wait in the backlog and are the replacement's,
+// and the old server's connections go on until they end.
+func TestHandoverKeepsBacklogAndConnections(t *testing.T) {
+	bothEngines(t, func(t *testing.T) {
+		b := newBackend(t, nil, echo)
+		old := start(t, testConfig(b.addr()))
+		held := dialTest(t, old.Addr().String())
+		if err := pingPong(held, "before"); err != nil {
+			t.Fatal(err)
+		}
+		ln := old.Handover()
+		if ln == nil {
+			t.Fatal("no listener handed over")
+		}
+		queued := dialTest(t, old.Addr().String())
+		queued.Write([]byte("queued"))
+		next := startWith(t, testConfig(b.addr()), ln)
+		got := make([]byte, 6)
+		queued.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(queued, got); err != nil || string(got) != "queued" {
+			t.Fatalf("a client queued during the hand-over: %q %v", got, err)
+		}
+		if err := pingPong(held, "after"); err != nil {
+			t.Fatalf("the old server's connection after the hand-over: %v", err)
+		}
+		if err := echoOnce(t, next.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+		held.Close()
+		queued.Close()
+		old.Shutdown()
+		if st := old.Stats(); st.Listener.Accepted != 1 {
+			t.Fatalf("the old server accepted %d, want 1", st.Listener.Accepted)
+		}
+		if st := next.Stats(); st.Listener.Accepted != 2 {
+			t.Fatalf("the replacement accepted %d, want 2", st.Listener.Accepted)
+		}
+	})
 }
