@@ -85,6 +85,7 @@ type evloop struct {
 	kernel     atomic.Bool                       // the loop waits in the kernel (runThread)
 	promote    atomic.Bool                       // it was given a processor: leave the poller for the kernel
 	acc        atomic.Pointer[listener.Accepter] // accepts the listener's connections (acceptInLoops); used by the loop's goroutine
+	conns      atomic.Int32                      // connections added and not removed (nearest)
 	held       bool                              // it holds a processor of its own; guarded by procsMu
 
 	mu     sync.Mutex
@@ -659,6 +660,7 @@ func (l *evloop) add(lc *lconn) error {
 		l.slots = append(l.slots, nil)
 	}
 	l.slots[lc.slot] = lc
+	l.conns.Add(1)
 	lc.l = l
 	// Under the lock, which the loop takes to find lc, so that it sees
 	// lc only once it is watched.
@@ -672,6 +674,7 @@ func (l *evloop) add(lc *lconn) error {
 	if err != nil {
 		l.slots[lc.slot] = nil
 		l.free = append(l.free, lc.slot)
+		l.conns.Add(-1)
 		lc.l = nil
 		l.mu.Unlock()
 		return err
@@ -763,6 +766,7 @@ func (l *evloop) remove(lc *lconn) {
 	if int(lc.slot) < len(l.slots) && l.slots[lc.slot] == lc {
 		l.slots[lc.slot] = nil
 		l.free = append(l.free, lc.slot)
+		l.conns.Add(-1)
 	}
 	l.mu.Unlock()
 }
@@ -789,6 +793,25 @@ func (s *Server) acceptInLoops() bool {
 		l.wake() // it starts watching the listening socket (Sync)
 	}
 	return true
+}
+
+// nearest is the loop a new connection joins: the one that accepted it,
+// on, whose thread has just run its set-up and whose epoll set is warm,
+// unless another serves at least two connections fewer. Connections that
+// arrive together (a client's pool) would otherwise all go to the loop
+// that woke first, and one thread would serve them all. Without on (the
+// listener's goroutine accepted), the loops take turns.
+func (s *Server) nearest(on *evloop) *evloop {
+	if on == nil {
+		return s.loops[s.nextLoop.Add(1)%uint32(len(s.loops))]
+	}
+	best, least := on, on.conns.Load()-1
+	for _, l := range s.loops {
+		if n := l.conns.Load(); n < least {
+			best, least = l, n
+		}
+	}
+	return best
 }
 
 // loopHandler serves the connections its loop accepted.
@@ -840,10 +863,7 @@ func (s *Server) serveInLoop(c *listener.Conn, on *evloop) bool {
 		// until one side has something to read.
 		lc.established()
 	}
-	l := on
-	if l == nil {
-		l = s.loops[s.nextLoop.Add(1)%uint32(len(s.loops))]
-	}
+	l := s.nearest(on)
 	if err := l.add(lc); err != nil {
 		if lc.phase == phaseProxy {
 			// Connected already (forwardFirst): it ends as a proxied

@@ -9,12 +9,14 @@
 #   NDLB=/tmp/ndlb bench/wrk/run.sh [ROUNDS] [SECONDS]
 #
 # Peers: haproxy (nbthread 2, mode tcp), ndlb with its defaults, and ndlb
-# with $ALT_ARGS (default: --event-loop-threads=false). Loopback only,
+# with $ALT_ARGS (default: --event-loop-threads=false; set it empty for
+# none), run from $ALT_NDLB (default: $NDLB; another build). Loopback only,
 # ports 18180-18183.
 set -euo pipefail
 rounds=${1:-10} secs=${2:-4}
 ndlb=${NDLB:?set NDLB to an ndlb binary}
-alt=${ALT_ARGS:---event-loop-threads=false}
+alt=${ALT_ARGS---event-loop-threads=false}
+altbin=${ALT_NDLB:-$ndlb}
 dir=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; nginx -c "$dir/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$dir"; }
@@ -54,7 +56,7 @@ nginx -c "$dir/nginx.conf"
 haproxy -db -f "$dir/haproxy.cfg" >/dev/null 2>&1 & pids+=($!)
 "$ndlb" --passthrough --addr 127.0.0.1 --port 18182 --target 127.0.0.1:18180 --log-level warn & pids+=($!)
 # shellcheck disable=SC2086
-"$ndlb" --passthrough --addr 127.0.0.1 --port 18183 --target 127.0.0.1:18180 --log-level warn $alt & pids+=($!)
+"$altbin" --passthrough --addr 127.0.0.1 --port 18183 --target 127.0.0.1:18180 --log-level warn $alt & pids+=($!)
 for p in 18180 18181 18182 18183; do
   for _ in $(seq 50); do curl -sf "http://127.0.0.1:$p/" >/dev/null && break; sleep 0.1; done
 done
