@@ -370,7 +370,10 @@ func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 // Serve accepts connections until Shutdown or Handover stops it; then it
 // returns nil. It returns net.ErrClosed when the listening socket was
 // closed under it; other accept errors (out of file descriptors) are
-// logged and retried after a delay that doubles up to a second.
+// logged and retried after a delay that doubles up to a second. When
+// event loops accept (AcceptInLoops), Serve only waits for the end of
+// accepting, then closes the socket; a Close of the listener under it
+// does not stop the loops' accepts (they hold a duplicate).
 func (l *Listener) Serve() error {
 	defer close(l.done)
 	if l.loops != nil {
@@ -459,13 +462,15 @@ func (l *Listener) trySlot() bool {
 	if l.cfg.MaxConns == 0 {
 		return true
 	}
-	if l.inUse.Add(1) <= int64(l.cfg.MaxConns) {
-		return true
+	for {
+		n := l.inUse.Load()
+		if n >= int64(l.cfg.MaxConns) {
+			return false
+		}
+		if l.inUse.CompareAndSwap(n, n+1) {
+			return true
+		}
 	}
-	// Given back as any other: someone who found no place while this
-	// one held it for a moment waits for a release.
-	l.freeSlot()
-	return false
 }
 
 // pause records that accepting waits for a place under MaxConns (full):
@@ -523,12 +528,33 @@ func (l *Listener) closeSocket() {
 
 type deadliner interface{ SetDeadline(time.Time) error }
 
+// TCPWrapper is a net.Listener that wraps a TCP listener and changes no
+// more than what it shows (its Addr, say): the listener accepts from the
+// socket under it directly (raw accepts, AcceptInLoops).
+type TCPWrapper interface {
+	net.Listener
+	Unwrap() *net.TCPListener
+}
+
+// tcpListener is ln's TCP listener, if it is one or wraps one.
+func tcpListener(ln net.Listener) (*net.TCPListener, bool) {
+	switch x := ln.(type) {
+	case *net.TCPListener:
+		return x, true
+	case TCPWrapper:
+		return x.Unwrap(), true
+	}
+	return nil, false
+}
+
 // Handover stops accepting and returns the listening socket, still open,
 // for a successor to serve (a reload that replaces this listener's
 // settings): connections the kernel has queued wait in its backlog for the
 // successor instead of being reset. It returns nil, and changes nothing,
 // when the socket cannot stop an Accept without closing. Call Shutdown
-// afterwards to drain the connections this listener serves.
+// afterwards to drain the connections this listener serves. When event
+// loops accepted (AcceptInLoops), the listener returned is a new one for
+// the same socket, and the one this listener was given is closed.
 func (l *Listener) Handover() net.Listener {
 	if l.loops != nil {
 		return l.handoverLoops()

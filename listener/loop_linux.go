@@ -54,6 +54,10 @@ type loopAccept struct {
 	held  atomic.Bool    // an accept failed (out of descriptors): the loops wait, then try again
 	delay atomic.Int64   // the wait after the last failed accept; 0 after a success
 	wg    sync.WaitGroup // one per Accepter not gone
+
+	mu       sync.Mutex
+	closed   bool // the loops may be gone: wake none; guarded by mu
+	fdClosed bool // fd is closed; guarded by the Listener's mu
 }
 
 // acceptBatch is the most connections a loop accepts at one report of
@@ -82,7 +86,7 @@ func (l *Listener) AcceptInLoops(loops []AcceptLoop) ([]*Accepter, error) {
 	if len(loops) == 0 {
 		return nil, errors.New("no event loops")
 	}
-	tl, ok := l.ln.(*net.TCPListener)
+	tl, ok := tcpListener(l.ln)
 	if !ok {
 		return nil, fmt.Errorf("not a TCP listener (%T)", l.ln)
 	}
@@ -160,21 +164,24 @@ func (a *Accepter) leave() {
 func (a *Accepter) Close() { a.leave() }
 
 // Accept takes the connections waiting on the listening socket, up to
-// acceptBatch, and serves each with the loop's Handler.
-func (a *Accepter) Accept() {
+// acceptBatch, and serves each with the loop's Handler. It returns true
+// when it took a whole batch: more may wait, and the loop should look
+// again before it sleeps (a loop that waits in the runtime's poller is
+// not told again of a level-triggered socket still readable).
+func (a *Accepter) Accept() (more bool) {
 	l, lp := a.l, a.l.loops
 	if a.gone {
-		return
+		return false
 	}
 	for range acceptBatch {
 		if lp.stop.Load() || lp.held.Load() {
-			return
+			return false
 		}
 		if !l.trySlot() {
 			if l.pause() {
 				continue
 			}
-			return // Sync stops watching until a place is free
+			return false // Sync stops watching until a place is free
 		}
 		nfd, err := rawio.Accept4(lp.fd, &a.sa)
 		if err != nil {
@@ -183,10 +190,10 @@ func (a *Accepter) Accept() {
 			case unix.EINTR, unix.ECONNABORTED: // as Go's Accept does
 				continue
 			case unix.EAGAIN:
-				return
+				return false
 			}
 			l.holdAccepts(err)
-			return
+			return false
 		}
 		if lp.delay.Load() != 0 {
 			lp.delay.Store(0)
@@ -196,6 +203,7 @@ func (a *Accepter) Accept() {
 		l.prep.Add(1) // done once the handler has it
 		l.serveConnWith(l.rawFrom(nfd, &a.sa), a.loop.Handler)
 	}
+	return true
 }
 
 // holdAccepts stops the loops' accepts after a failed one (out of file
@@ -215,8 +223,14 @@ func (l *Listener) holdAccepts(err error) {
 	})
 }
 
-// wakeAll asks every loop to Sync.
+// wakeAll asks every loop to Sync, until accepting has ended (the loops
+// may be stopped after that, their wake-up descriptors closed).
 func (lp *loopAccept) wakeAll() {
+	lp.mu.Lock()
+	defer lp.mu.Unlock()
+	if lp.closed {
+		return
+	}
 	for _, a := range lp.accs {
 		a.loop.Wake()
 	}
@@ -226,9 +240,16 @@ func (lp *loopAccept) wakeAll() {
 // over and every loop has let go of the listening socket, then closes it
 // (the handed-over listener keeps it open).
 func (l *Listener) serveLoops() error {
+	lp := l.loops
 	<-l.graceOver
-	l.loops.wg.Wait()
-	unix.Close(l.loops.fd)
+	lp.wg.Wait()
+	lp.mu.Lock()
+	lp.closed = true
+	lp.mu.Unlock()
+	l.mu.Lock()
+	lp.fdClosed = true
+	unix.Close(lp.fd)
+	l.mu.Unlock()
 	l.ln.Close()
 	return nil
 }
@@ -236,8 +257,14 @@ func (l *Listener) serveLoops() error {
 // handoverLoops is Handover when the loops accept: the listener returned
 // is a new one, for the same socket, in the runtime's poller again.
 func (l *Listener) handoverLoops() net.Listener {
+	l.mu.Lock()
+	if l.handedOver || l.loops.fdClosed { // handed over already, or Shutdown's grace is over
+		l.mu.Unlock()
+		return nil
+	}
 	dup, err := unix.FcntlInt(uintptr(l.loops.fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
+		l.mu.Unlock()
 		l.log.Warn("the listening socket cannot be handed over", "err", os.NewSyscallError("fcntl", err))
 		return nil
 	}
@@ -245,10 +272,10 @@ func (l *Listener) handoverLoops() net.Listener {
 	ln, err := net.FileListener(f)
 	f.Close()
 	if err != nil {
+		l.mu.Unlock()
 		l.log.Warn("the listening socket cannot be handed over", "err", err)
 		return nil
 	}
-	l.mu.Lock()
 	l.draining, l.handedOver = true, true
 	l.mu.Unlock()
 	l.stopAccepting()

@@ -322,3 +322,24 @@ func TestAcceptInLoopsOutOfDescriptorsBacksOff(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// wrapped is a listener that only shows another address, as the
+// supervisor's for 0.0.0.0.
+type wrapped struct{ *net.TCPListener }
+
+func (w wrapped) Unwrap() *net.TCPListener { return w.TCPListener }
+
+// A wrapped TCP listener (TCPWrapper) is accepted from in loops too.
+func TestAcceptInLoopsUnwraps(t *testing.T) {
+	h := &rawHandler{addrs: make(chan [2]net.Addr, 10)}
+	l := startInLoops(t, wrapped{newLocalListener(t).(*net.TCPListener)}, h, Config{}, 1)
+	c := dialOK(t, l.Addr().String())
+	got := make([]byte, 3)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(got); err != nil || string(got) != "raw" {
+		t.Fatalf("%q %v", got, err)
+	}
+	if err := l.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}

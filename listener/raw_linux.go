@@ -113,7 +113,7 @@ func (l *Listener) rawAccepting() bool {
 	if !l.cfg.RawAccept || !l.cfg.Inline || l.cfg.TLS != nil || l.cfg.AcceptProxy {
 		return false
 	}
-	tl, ok := l.ln.(*net.TCPListener)
+	tl, ok := tcpListener(l.ln)
 	if !ok {
 		return false
 	}

@@ -86,6 +86,7 @@ type evloop struct {
 	promote    atomic.Bool                       // it was given a processor: leave the poller for the kernel
 	acc        atomic.Pointer[listener.Accepter] // accepts the listener's connections (acceptInLoops); used by the loop's goroutine
 	conns      atomic.Int32                      // connections added and not removed (nearest)
+	acceptMore bool                              // the last accept took a whole batch: look again at once; owned by the loop's goroutine
 	held       bool                              // it holds a processor of its own; guarded by procsMu
 
 	mu     sync.Mutex
@@ -353,7 +354,7 @@ func newLoop(s *Server, threads bool) (*evloop, error) {
 
 // leaveAccepting, as the loop's goroutine ends, stops its accepts.
 func (l *evloop) leaveAccepting() {
-	if a := l.acc.Load(); a != nil {
+	if a := l.acc.Swap(noAccepter); a != nil {
 		a.Close()
 	}
 }
@@ -539,8 +540,8 @@ func (l *evloop) serve(events []unix.EpollEvent, deadline int64) (stopped bool, 
 func (l *evloop) dispatch(events []unix.EpollEvent) (stopped bool) {
 	for _, ev := range events {
 		if ev.Fd == acceptTag {
-			if a := l.acc.Load(); a != nil {
-				a.Accept()
+			if a := l.acc.Load(); a != nil && a.Accept() {
+				l.acceptMore = true
 			}
 			continue
 		}
@@ -567,14 +568,16 @@ func (l *evloop) dispatch(events []unix.EpollEvent) (stopped bool) {
 }
 
 // plan returns when the loop must act next (internal/mono), and now:
-// at once when connections wait for another turn, else at the earliest
+// at once when connections wait for another turn or for an accept,
+// else at the earliest
 // deadline, at most loopIdleWait from now. deadline is the read deadline
 // set (0: none), which the wait keeps when it is earlier. It publishes
 // when the wait ends (wakeAt) under the lock add takes, so that a
 // connection added meanwhile is either seen here or wakes the loop.
 func (l *evloop) plan(deadline int64) (until, now int64) {
 	now = mono.Now()
-	if len(l.ready) > 0 {
+	if len(l.ready) > 0 || l.acceptMore {
+		l.acceptMore = false
 		return now, now
 	}
 	until = now + int64(loopIdleWait)
@@ -789,11 +792,17 @@ func (s *Server) acceptInLoops() bool {
 		return false
 	}
 	for i, l := range s.loops {
-		l.acc.Store(accs[i])
+		if !l.acc.CompareAndSwap(nil, accs[i]) { // the loop's goroutine has ended
+			accs[i].Close()
+			continue
+		}
 		l.wake() // it starts watching the listening socket (Sync)
 	}
 	return true
 }
+
+// noAccepter marks a loop whose goroutine has ended (leaveAccepting).
+var noAccepter = new(listener.Accepter)
 
 // nearest is the loop a new connection joins: the one that accepted it,
 // on, whose thread has just run its set-up and whose epoll set is warm,

@@ -88,7 +88,6 @@ func (s *Server) Start(ln net.Listener) {
 	// the loops take them as they are.
 	lc.Inline, lc.RawAccept = s.inline, s.inline
 	s.ln = listener.New(ln, s, lc)
-	inLoops := s.inline && s.acceptInLoops()
 	// The parker is set before the first connection can read it.
 	if s.cfg.ParkAfter > 0 {
 		p, err := newParker()
@@ -98,6 +97,8 @@ func (s *Server) Start(ln net.Listener) {
 			s.parker = p
 		}
 	}
+	// Loops that accept serve at once: the parker is set by now.
+	inLoops := s.inline && s.acceptInLoops()
 	go func() { s.serveErr <- s.ln.Serve() }()
 	if s.parker != nil || s.cfg.IdleTimeout > 0 || s.cfg.HalfCloseTimeout > 0 {
 		s.sweep.Go(s.sweeper)

@@ -391,6 +391,10 @@ type shownListener struct {
 // Addr is the address as configured.
 func (l shownListener) Addr() net.Addr { return l.addr }
 
+// Unwrap is the socket, for the listener's raw accepts
+// (listener.TCPWrapper).
+func (l shownListener) Unwrap() *net.TCPListener { return l.TCPListener }
+
 // use makes ln the instance's listening socket.
 func (in *instance) use(ln net.Listener) {
 	in.ln = ln
@@ -437,7 +441,7 @@ func (in *instance) takeOver(o *instance) bool {
 	if ln == nil {
 		return false
 	}
-	in.use(ln)
+	in.use(asConfigured(ln, in.spec.Addr)) // a new listener when event loops accepted
 	return true
 }
 
