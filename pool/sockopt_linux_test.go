@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"math"
 	"net"
 	"strings"
 	"syscall"
@@ -155,7 +156,11 @@ const stalledLines = 20000
 
 // stallFirstTarget starts a pool of cfg over two sinks, waits for a
 // connection to each, pauses the first sink's reads and pushes
-// stalledLines lines of client 1.
+// stalledLines lines of client 1. The second sink is paused too until
+// the queue stops draining, both workers blocked in writes: otherwise its
+// worker could take nearly every batch while the first took a few, which
+// its socket buffers hold, and the first would never block (seen on a
+// loaded machine).
 func stallFirstTarget(t *testing.T, cfg Config) (*world, *upstream.Target) {
 	t.Helper()
 	w := newWorld(t, 2, cfg)
@@ -163,7 +168,10 @@ func stallFirstTarget(t *testing.T, cfg Config) (*world, *upstream.Target) {
 	w.start()
 	waitFor(t, func() bool { return stalled.Active() == 1 && w.set.Targets()[1].Active() == 1 })
 	w.sinks[0].Pause()
+	w.sinks[1].Pause()
 	w.push(1, 0, stalledLines, 200)
+	w.waitStalled(math.MaxInt)
+	w.sinks[1].Resume()
 	return w, stalled
 }
 
