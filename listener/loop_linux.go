@@ -133,7 +133,9 @@ func (a *Accepter) Sync() {
 }
 
 // arm adds the listening socket to the loop's epoll set (on), or removes
-// it. EPOLLEXCLUSIVE wakes one waiting loop per new connection, not all.
+// it. EPOLLEXCLUSIVE wakes one loop waiting in epoll_wait per new
+// connection, not all (loops that wait in the runtime's poller are each
+// told).
 func (a *Accepter) arm(on bool) {
 	op, ev := unix.EPOLL_CTL_DEL, a.loop.Event
 	if on {
@@ -289,46 +291,67 @@ func (l *Listener) handoverLoops() net.Listener {
 // goroutine waiting), a context switch per connection on top of the
 // loop's. The runtime has no call for it, so the set is found in
 // /proc/self/fdinfo: the one epoll descriptor whose entries include fd
-// (with the socket's inode). Nothing may wait on the listener afterwards
-// (Accept would never wake); its Close still works. A failure changes
-// nothing.
+// (with the socket's inode), remembered for the next listener (the
+// runtime never closes it; a reload with many connections open would
+// otherwise read all their descriptors). Nothing may wait on the
+// listener afterwards (Accept would never wake); its Close still works.
+// A failure changes nothing.
 func leavePoller(fd int) error {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return os.NewSyscallError("fstat", err)
 	}
-	want := fmt.Sprintf("tfd: %8d events:", fd)
-	ino := "ino:" + strconv.FormatUint(st.Ino, 16)
-	entries, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return err
-	}
 	found := -1
-	for _, e := range entries {
-		n, err := strconv.Atoi(e.Name())
-		if err != nil || n == fd {
-			continue
-		}
-		if link, _ := os.Readlink("/proc/self/fd/" + e.Name()); link != "anon_inode:[eventpoll]" {
-			continue
-		}
-		info, err := os.ReadFile("/proc/self/fdinfo/" + e.Name())
+	if p := int(pollerFD.Load()); p >= 0 && epollHolds(p, fd, st.Ino) {
+		found = p
+	} else {
+		entries, err := os.ReadDir("/proc/self/fd")
 		if err != nil {
-			continue
+			return err
 		}
-		sc := bufio.NewScanner(bytes.NewReader(info))
-		for sc.Scan() {
-			line := sc.Text()
-			if bytes.HasPrefix([]byte(line), []byte(want)) && bytes.Contains([]byte(line), []byte(" "+ino+" ")) {
-				if found >= 0 {
-					return errors.New("the socket is in more than one epoll set")
-				}
-				found = n
+		for _, e := range entries {
+			n, err := strconv.Atoi(e.Name())
+			if err != nil || n == fd || !epollHolds(n, fd, st.Ino) {
+				continue
 			}
+			if found >= 0 {
+				return errors.New("the socket is in more than one epoll set")
+			}
+			found = n
 		}
-	}
-	if found < 0 {
-		return errors.New("no epoll set holds the socket")
+		if found < 0 {
+			return errors.New("no epoll set holds the socket")
+		}
+		pollerFD.Store(int32(found))
 	}
 	return os.NewSyscallError("epoll_ctl", unix.EpollCtl(found, unix.EPOLL_CTL_DEL, fd, nil))
+}
+
+// pollerFD is the runtime's epoll descriptor, once leavePoller found it;
+// -1 before.
+var pollerFD atomic.Int32
+
+func init() { pollerFD.Store(-1) }
+
+// epollHolds reports whether descriptor n is an epoll set that holds fd,
+// the socket with inode ino.
+func epollHolds(n, fd int, ino uint64) bool {
+	name := strconv.Itoa(n)
+	if link, _ := os.Readlink("/proc/self/fd/" + name); link != "anon_inode:[eventpoll]" {
+		return false
+	}
+	info, err := os.ReadFile("/proc/self/fdinfo/" + name)
+	if err != nil {
+		return false
+	}
+	// tfd: %8d events: %8x data: %16llx  pos:%lli ino:%lx sdev:%x
+	want := []byte(fmt.Sprintf("tfd: %8d events:", fd))
+	inode := []byte(" ino:" + strconv.FormatUint(ino, 16) + " ")
+	sc := bufio.NewScanner(bytes.NewReader(info))
+	for sc.Scan() {
+		if line := sc.Bytes(); bytes.HasPrefix(line, want) && bytes.Contains(line, inode) {
+			return true
+		}
+	}
+	return false
 }

@@ -332,7 +332,15 @@ func (w wrapped) Unwrap() *net.TCPListener { return w.TCPListener }
 // A wrapped TCP listener (TCPWrapper) is accepted from in loops too.
 func TestAcceptInLoopsUnwraps(t *testing.T) {
 	h := &rawHandler{addrs: make(chan [2]net.Addr, 10)}
-	l := startInLoops(t, wrapped{newLocalListener(t).(*net.TCPListener)}, h, Config{}, 1)
+	tcp := newLocalListener(t).(*net.TCPListener)
+	rc, _ := tcp.SyscallConn()
+	var fd int
+	rc.Control(func(f uintptr) { fd = int(f) })
+	l := startInLoops(t, wrapped{tcp}, h, Config{}, 1)
+	// The runtime's epoll set, found once, is remembered.
+	if pollerFD.Load() < 0 || inAnyEpollSet(t, fd) {
+		t.Fatalf("runtime's epoll set %d; the listening socket still in one: %v", pollerFD.Load(), inAnyEpollSet(t, fd))
+	}
 	c := dialOK(t, l.Addr().String())
 	got := make([]byte, 3)
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
