@@ -303,6 +303,11 @@ type Listener struct {
 	graceOnce   sync.Once
 	handedOver  bool // Handover gave the socket away; guarded by mu
 	limitLog    rate.Sometimes
+	holdLog     rate.Sometimes // accept failures and holds (hold)
+	heldUntil   atomic.Int64   // accepting is held until then (Unix ns; hold)
+	holdDelay   atomic.Int64   // the last hold's length; 0 once accepts go on without failures
+	lastShort   atomic.Int64   // when the last failure came (Unix ns)
+	holds       atomic.Uint64  // failures that held accepting
 
 	untrustedLog rate.Sometimes
 	sources      *sources // nil without per-source limits
@@ -330,7 +335,7 @@ func New(ln net.Listener, h Handler, cfg Config) *Listener {
 	l := &Listener{
 		ln: ln, h: h, cfg: cfg, log: cfg.Logger, conns: make(map[*Conn]struct{}),
 		done: make(chan struct{}), graceOver: make(chan struct{}), workers: gopool.New(maxIdleWorkers),
-		limitLog: rate.Sometimes{First: 1, Interval: time.Minute}, untrustedLog: rate.Sometimes{First: 1, Interval: time.Minute},
+		limitLog: rate.Sometimes{First: 1, Interval: time.Minute}, holdLog: rate.Sometimes{First: 3, Interval: 10 * time.Second}, untrustedLog: rate.Sometimes{First: 1, Interval: time.Minute},
 		sources: newSources(cfg), sourceLog: rate.Sometimes{First: 1, Interval: time.Minute},
 		proxyLog: rate.Sometimes{First: 1, Interval: rejectLogEvery}, tlsLog: rate.Sometimes{First: 1, Interval: rejectLogEvery},
 	}
@@ -379,7 +384,6 @@ func (l *Listener) Serve() error {
 	if l.loops != nil {
 		return l.serveLoops()
 	}
-	var delay time.Duration
 	raw := l.rawAccepting()
 	defer func() {
 		l.mu.Lock()
@@ -387,7 +391,7 @@ func (l *Listener) Serve() error {
 		l.mu.Unlock()
 	}()
 	for {
-		if !l.takeSlot() {
+		if !l.waitHold() || !l.takeSlot() {
 			l.closeSocket()
 			return nil
 		}
@@ -403,13 +407,10 @@ func (l *Listener) Serve() error {
 			}
 			// Out of file descriptors or similar: wait and retry, as
 			// net/http does, instead of spinning.
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			l.log.Warn("accept failed; retrying", "err", err, "delay", delay)
-			time.Sleep(delay)
+			l.hold(err, acceptHold)
 			continue
 		}
-		delay = 0
-		l.accepted.Add(1)
+		l.acceptedOne()
 		l.wg.Add(1)   // done in finish
 		l.prep.Add(1) // done once the handler has it, or it failed
 		if l.cfg.Inline && l.cfg.TLS == nil && !l.cfg.AcceptProxy {
@@ -420,6 +421,57 @@ func (l *Listener) Serve() error {
 		// handler's dial grow a stack, which costs more than a little
 		// at thousands of new connections a second.
 		l.workers.Go(func() { l.serveConn(c) })
+	}
+}
+
+// acceptHold is the first hold of accepting after a failed accept (hold).
+const acceptHold = 5 * time.Millisecond
+
+// hold pauses accepting after err, a failed accept (out of file
+// descriptors or memory), for a delay that doubles from least up to a
+// second while failures go on (none for a second, and an accept, start
+// it again), instead of spinning on a socket that stays readable. It is
+// logged a few times, then once every 10 s at most: each connection that
+// ends frees a descriptor the next accept takes, and the next after it
+// fails again.
+func (l *Listener) hold(err error, least time.Duration) {
+	now := time.Now()
+	l.lastShort.Store(now.UnixNano())
+	d := time.Duration(min(max(2*l.holdDelay.Load(), int64(least)), int64(time.Second)))
+	l.holdDelay.Store(int64(d))
+	if until := now.Add(d).UnixNano(); until > l.heldUntil.Load() {
+		l.heldUntil.Store(until)
+	}
+	n := l.holds.Add(1)
+	l.holdLog.Do(func() { l.log.Warn("accept failed; retrying", "err", err, "delay", d, "failures_so_far", n) })
+	if l.loops != nil {
+		l.loops.holdLoops(l, d)
+	}
+}
+
+// waitHold waits out a hold of accepting; false if Shutdown stopped
+// accepting meanwhile.
+func (l *Listener) waitHold() bool {
+	left := time.Until(time.Unix(0, l.heldUntil.Load()))
+	if left <= 0 {
+		return true
+	}
+	t := time.NewTimer(left)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-l.graceOver:
+		return false
+	}
+}
+
+// acceptedOne counts an accepted connection, and ends the doubling of
+// holds once a second has passed without a failure.
+func (l *Listener) acceptedOne() {
+	l.accepted.Add(1)
+	if l.holdDelay.Load() != 0 && time.Now().UnixNano()-l.lastShort.Load() > int64(time.Second) {
+		l.holdDelay.Store(0)
 	}
 }
 

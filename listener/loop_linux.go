@@ -48,12 +48,11 @@ type Accepter struct {
 
 // loopAccept is the state of accepting in event loops.
 type loopAccept struct {
-	fd    int // a duplicate of the listening socket: the loops' epoll sets hold it
-	accs  []*Accepter
-	stop  atomic.Bool    // accepting is over: Handover, or the end of Shutdown's backlog grace
-	held  atomic.Bool    // an accept failed (out of descriptors): the loops wait, then try again
-	delay atomic.Int64   // the wait after the last failed accept; 0 after a success
-	wg    sync.WaitGroup // one per Accepter not gone
+	fd   int // a duplicate of the listening socket: the loops' epoll sets hold it
+	accs []*Accepter
+	stop atomic.Bool    // accepting is over: Handover, or the end of Shutdown's backlog grace
+	held atomic.Bool    // accepting is held (Listener.hold): the loops wait, then try again
+	wg   sync.WaitGroup // one per Accepter not gone
 
 	mu       sync.Mutex
 	closed   bool // the loops may be gone: wake none; guarded by mu
@@ -194,13 +193,10 @@ func (a *Accepter) Accept() (more bool) {
 			case unix.EAGAIN:
 				return false
 			}
-			l.holdAccepts(err)
+			l.hold(os.NewSyscallError("accept4", err), acceptHold)
 			return false
 		}
-		if lp.delay.Load() != 0 {
-			lp.delay.Store(0)
-		}
-		l.accepted.Add(1)
+		l.acceptedOne()
 		l.wg.Add(1)   // done in finish
 		l.prep.Add(1) // done once the handler has it
 		l.serveConnWith(l.rawFrom(nfd, &a.sa), a.loop.Handler)
@@ -208,21 +204,22 @@ func (a *Accepter) Accept() (more bool) {
 	return true
 }
 
-// holdAccepts stops the loops' accepts after a failed one (out of file
-// descriptors or memory) for a delay that doubles up to a second, as
-// Serve does, instead of spinning on a socket that stays readable.
-func (l *Listener) holdAccepts(err error) {
-	lp := l.loops
-	d := time.Duration(min(max(2*lp.delay.Load(), int64(5*time.Millisecond)), int64(time.Second)))
-	lp.delay.Store(int64(d))
+// holdLoops takes the listening socket out of the loops' sets for d (or
+// until Listener.heldUntil, if a later hold moved it).
+func (lp *loopAccept) holdLoops(l *Listener, d time.Duration) {
 	if lp.held.Swap(true) {
-		return
+		return // a timer is running; it looks at heldUntil
 	}
-	l.log.Warn("accept failed; retrying", "err", os.NewSyscallError("accept4", err), "delay", d)
-	time.AfterFunc(d, func() {
+	var release func()
+	release = func() {
+		if left := time.Until(time.Unix(0, l.heldUntil.Load())); left > 0 {
+			time.AfterFunc(left, release)
+			return
+		}
 		lp.held.Store(false)
 		lp.wakeAll()
-	})
+	}
+	time.AfterFunc(d, release)
 }
 
 // wakeAll asks every loop to Sync, until accepting has ended (the loops

@@ -5,6 +5,7 @@ package listener
 import (
 	"net"
 	"sync/atomic"
+	"time"
 )
 
 // loopAccept is the state of accepting in event loops, which Linux alone
@@ -12,6 +13,8 @@ import (
 type loopAccept struct{ stop atomic.Bool }
 
 func (lp *loopAccept) wakeAll() {}
+
+func (lp *loopAccept) holdLoops(*Listener, time.Duration) {}
 
 func (l *Listener) serveLoops() error { return nil }
 
