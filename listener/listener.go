@@ -19,6 +19,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/ndlb/ndlb/internal/gopool"
+	"github.com/ndlb/ndlb/internal/mono"
 	"github.com/ndlb/ndlb/invalid"
 )
 
@@ -304,9 +305,9 @@ type Listener struct {
 	handedOver  bool // Handover gave the socket away; guarded by mu
 	limitLog    rate.Sometimes
 	holdLog     rate.Sometimes // accept failures and holds (hold)
-	heldUntil   atomic.Int64   // accepting is held until then (Unix ns; hold)
+	heldUntil   atomic.Int64   // accepting is held until then (internal/mono; hold)
 	holdDelay   atomic.Int64   // the last hold's length; 0 once accepts go on without failures
-	lastShort   atomic.Int64   // when the last failure came (Unix ns)
+	lastShort   atomic.Int64   // when the last failure came (internal/mono)
 	holds       atomic.Uint64  // failures that held accepting
 
 	untrustedLog rate.Sometimes
@@ -435,11 +436,11 @@ const acceptHold = 5 * time.Millisecond
 // ends frees a descriptor the next accept takes, and the next after it
 // fails again.
 func (l *Listener) hold(err error, least time.Duration) {
-	now := time.Now()
-	l.lastShort.Store(now.UnixNano())
+	now := mono.Now()
+	l.lastShort.Store(now)
 	d := time.Duration(min(max(2*l.holdDelay.Load(), int64(least)), int64(time.Second)))
 	l.holdDelay.Store(int64(d))
-	if until := now.Add(d).UnixNano(); until > l.heldUntil.Load() {
+	if until := now + int64(d); until > l.heldUntil.Load() {
 		l.heldUntil.Store(until)
 	}
 	n := l.holds.Add(1)
@@ -452,7 +453,7 @@ func (l *Listener) hold(err error, least time.Duration) {
 // waitHold waits out a hold of accepting; false if Shutdown stopped
 // accepting meanwhile.
 func (l *Listener) waitHold() bool {
-	left := time.Until(time.Unix(0, l.heldUntil.Load()))
+	left := time.Duration(l.heldUntil.Load() - mono.Now())
 	if left <= 0 {
 		return true
 	}
@@ -470,7 +471,7 @@ func (l *Listener) waitHold() bool {
 // holds once a second has passed without a failure.
 func (l *Listener) acceptedOne() {
 	l.accepted.Add(1)
-	if l.holdDelay.Load() != 0 && time.Now().UnixNano()-l.lastShort.Load() > int64(time.Second) {
+	if l.holdDelay.Load() != 0 && mono.Now()-l.lastShort.Load() > int64(time.Second) {
 		l.holdDelay.Store(0)
 	}
 }

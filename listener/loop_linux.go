@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ndlb/ndlb/internal/mono"
 	"github.com/ndlb/ndlb/internal/rawio"
 )
 
@@ -212,7 +213,7 @@ func (lp *loopAccept) holdLoops(l *Listener, d time.Duration) {
 	}
 	var release func()
 	release = func() {
-		if left := time.Until(time.Unix(0, l.heldUntil.Load())); left > 0 {
+		if left := time.Duration(l.heldUntil.Load() - mono.Now()); left > 0 {
 			time.AfterFunc(left, release)
 			return
 		}
