@@ -278,38 +278,12 @@ func TestAcceptInLoopsOutOfDescriptorsBacksOff(t *testing.T) {
 		defer mu.Unlock()
 		return strings.Count(logs.String(), "accept failed; retrying")
 	}
-	var old unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
-		t.Fatal(err)
-	}
-	spare, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	probe, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	unix.Close(probe)
-	low := old
-	low.Cur = uint64(probe)
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
-		unix.Close(spare)
-		t.Skipf("cannot lower the descriptor limit: %v", err)
-	}
-	unix.Close(spare)
-	c, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		unix.Setrlimit(unix.RLIMIT_NOFILE, &old)
-		t.Fatal(err)
-	}
+	c, restore := dialOutOfDescriptors(t, l.Addr().String())
 	defer c.Close()
 	for deadline := time.Now().Add(10 * time.Second); retries() < 2 && time.Now().Before(deadline); {
 		time.Sleep(time.Millisecond)
 	}
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
-		t.Fatal(err)
-	}
+	restore()
 	if n := retries(); n < 1 || n > 20 {
 		t.Fatalf("%d retries logged; want a few, spaced", n)
 	}

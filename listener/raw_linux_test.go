@@ -296,10 +296,6 @@ func TestRawAcceptOutOfDescriptorsBacksOff(t *testing.T) {
 		defer mu.Unlock()
 		return strings.Count(logs.String(), "accept failed; retrying")
 	}
-	var old unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
-		t.Fatal(err)
-	}
 	// A first connection: Serve has made its descriptors and waits.
 	first, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
@@ -309,37 +305,13 @@ func TestRawAcceptOutOfDescriptorsBacksOff(t *testing.T) {
 	if raw := <-served; !raw {
 		t.Fatal("the first connection was not accepted raw")
 	}
-	// A spare descriptor, closed under the lowered limit, leaves room
-	// for the client's socket and none for the accepted one.
-	spare, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	probe, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0) // the lowest free number after spare
-	if err != nil {
-		t.Fatal(err)
-	}
-	unix.Close(probe)
-	low := old
-	low.Cur = uint64(probe)
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
-		unix.Close(spare)
-		t.Skipf("cannot lower the descriptor limit: %v", err)
-	}
-	unix.Close(spare)
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		unix.Setrlimit(unix.RLIMIT_NOFILE, &old)
-		t.Fatal(err)
-	}
+	c, restore := dialOutOfDescriptors(t, ln.Addr().String())
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for retries() < 3 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
-		t.Fatal(err)
-	}
+	restore()
 	if n := retries(); n < 3 || n > 8 { // 5, 10, 20 ms, ...: a few, not a spin
 		t.Fatalf("%d retries logged, want 3 to 8\n%s", n, logs.String())
 	}
@@ -466,4 +438,44 @@ func serveRawOnce(t *testing.T, ln net.Listener, queued, later int, before ...fu
 		t.Fatal(err)
 	}
 	return l, h
+}
+
+// dialOutOfDescriptors connects to addr with the descriptor limit lowered
+// so that the client's socket fits and the listener's accepted one does
+// not (a spare descriptor, closed under the lowered limit, leaves room
+// for one); restore raises the limit again. It skips the test where the
+// limit cannot be lowered.
+func dialOutOfDescriptors(t *testing.T, addr string) (c net.Conn, restore func()) {
+	t.Helper()
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	spare, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0) // the lowest free number after spare
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(probe)
+	low := old
+	low.Cur = uint64(probe)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
+		unix.Close(spare)
+		t.Skipf("cannot lower the descriptor limit: %v", err)
+	}
+	unix.Close(spare)
+	restore = func() {
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err = net.Dial("tcp", addr)
+	if err != nil {
+		restore()
+		t.Fatal(err)
+	}
+	return c, restore
 }
