@@ -375,8 +375,9 @@ func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 
 // Serve accepts connections until Shutdown or Handover stops it; then it
 // returns nil. It returns net.ErrClosed when the listening socket was
-// closed under it; other accept errors (out of file descriptors) are
-// logged and retried after a delay that doubles up to a second. When
+// closed under it; other accept errors (out of file descriptors) hold
+// accepting for a delay that doubles up to a second while they go on
+// (hold), and are logged sparingly. When
 // event loops accept (AcceptInLoops), Serve only waits for the end of
 // accepting, then closes the socket; a Close of the listener under it
 // does not stop the loops' accepts (they hold a duplicate).
@@ -431,19 +432,24 @@ const acceptHold = 5 * time.Millisecond
 // hold pauses accepting after err, a failed accept (out of file
 // descriptors or memory), for a delay that doubles from least up to a
 // second while failures go on (none for a second, and an accept, start
-// it again), instead of spinning on a socket that stays readable. It is
-// logged a few times, then once every 10 s at most: each connection that
-// ends frees a descriptor the next accept takes, and the next after it
-// fails again.
+// it again), instead of spinning on a socket that stays readable.
+// Failures within a hold under way (other loops that tried at its end)
+// neither double it nor move it. It is logged a few times, then once
+// every 10 s at most: each connection that ends frees a descriptor the
+// next accept takes, and the next after it fails again.
 func (l *Listener) hold(err error, least time.Duration) {
 	now := mono.Now()
 	l.lastShort.Store(now)
-	d := time.Duration(min(max(2*l.holdDelay.Load(), int64(least)), int64(time.Second)))
-	l.holdDelay.Store(int64(d))
-	if until := now + int64(d); until > l.heldUntil.Load() {
-		l.heldUntil.Store(until)
-	}
 	n := l.holds.Add(1)
+	held := l.heldUntil.Load()
+	if now < held {
+		return
+	}
+	d := time.Duration(min(max(2*l.holdDelay.Load(), int64(least)), int64(time.Second)))
+	if !l.heldUntil.CompareAndSwap(held, now+int64(d)) {
+		return // another failure began the hold
+	}
+	l.holdDelay.Store(int64(d))
 	l.holdLog.Do(func() { l.log.Warn("accept failed; retrying", "err", err, "delay", d, "failures_so_far", n) })
 	if l.loops != nil {
 		l.loops.holdLoops(l, d)

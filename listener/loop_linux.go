@@ -38,7 +38,7 @@ type AcceptLoop struct {
 }
 
 // Accepter accepts for one AcceptLoop. Its methods are called on the
-// loop's goroutine only.
+// loop's goroutine only (Close also by whoever knows it ended).
 type Accepter struct {
 	l     *Listener
 	loop  AcceptLoop
@@ -62,8 +62,7 @@ type loopAccept struct {
 
 // acceptBatch is the most connections a loop accepts at one report of
 // the listening socket, before it serves its other connections' events
-// (the socket is level-triggered: epoll reports it again while
-// connections wait).
+// (Accept then asks the loop to look again).
 const acceptBatch = 16
 
 // AcceptInLoops makes loops accept the listener's connections instead of
@@ -205,8 +204,8 @@ func (a *Accepter) Accept() (more bool) {
 	return true
 }
 
-// holdLoops takes the listening socket out of the loops' sets for d (or
-// until Listener.heldUntil, if a later hold moved it).
+// holdLoops takes the listening socket out of the loops' sets for d, or
+// until Listener.heldUntil if a later hold moved it.
 func (lp *loopAccept) holdLoops(l *Listener, d time.Duration) {
 	if lp.held.Swap(true) {
 		return // a timer is running; it looks at heldUntil
@@ -218,6 +217,12 @@ func (lp *loopAccept) holdLoops(l *Listener, d time.Duration) {
 			return
 		}
 		lp.held.Store(false)
+		// A hold that began between the look and the store found a
+		// timer running: it is this one's to keep.
+		if left := time.Duration(l.heldUntil.Load() - mono.Now()); left > 0 && lp.held.CompareAndSwap(false, true) {
+			time.AfterFunc(left, release)
+			return
+		}
 		lp.wakeAll()
 	}
 	time.AfterFunc(d, release)
@@ -258,7 +263,7 @@ func (l *Listener) serveLoops() error {
 // is a new one, for the same socket, in the runtime's poller again.
 func (l *Listener) handoverLoops() net.Listener {
 	l.mu.Lock()
-	if l.handedOver || l.loops.fdClosed { // handed over already, or Shutdown's grace is over
+	if l.handedOver || l.loops.fdClosed { // handed over already, or Serve closed the socket
 		l.mu.Unlock()
 		return nil
 	}

@@ -87,6 +87,7 @@ type evloop struct {
 	acc        atomic.Pointer[listener.Accepter] // accepts the listener's connections (acceptInLoops); used by the loop's goroutine
 	conns      atomic.Int32                      // connections added and not removed (nearest)
 	acceptMore bool                              // the last accept took a whole batch: look again at once; owned by the loop's goroutine
+	ended      atomic.Bool                       // the loop's goroutine has ended (its connections stall): nearest gives it none
 	held       bool                              // it holds a processor of its own; guarded by procsMu
 
 	mu     sync.Mutex
@@ -352,9 +353,11 @@ func newLoop(s *Server, threads bool) (*evloop, error) {
 	return l, nil
 }
 
-// leaveAccepting, as the loop's goroutine ends, stops its accepts.
+// leaveAccepting, as the loop's goroutine ends, stops its accepts and
+// marks the loop ended.
 func (l *evloop) leaveAccepting() {
-	if a := l.acc.Swap(noAccepter); a != nil {
+	l.ended.Store(true)
+	if a := l.acc.Swap(noAccepter); a != nil && a != noAccepter {
 		a.Close()
 	}
 }
@@ -816,7 +819,7 @@ func (s *Server) nearest(on *evloop) *evloop {
 	}
 	best, least := on, on.conns.Load()-1
 	for _, l := range s.loops {
-		if n := l.conns.Load(); n < least {
+		if n := l.conns.Load(); n < least && !l.ended.Load() {
 			best, least = l, n
 		}
 	}
@@ -830,9 +833,8 @@ type loopHandler struct{ l *evloop }
 func (h loopHandler) ServeConn(c *listener.Conn) { h.l.s.serveConnOn(c, h.l) }
 
 // serveInLoop serves c in an event loop, if it can: c is plain TCP and
-// every target is an IP address and port. The loop is on, the one that
-// accepted c, or else the next in turn. It returns false, leaving c
-// untouched, otherwise.
+// every target is an IP address and port. The loop is nearest's. It
+// returns false, leaving c untouched, otherwise.
 func (s *Server) serveInLoop(c *listener.Conn, on *evloop) bool {
 	targets := s.set.Targets()
 	for _, t := range targets {
