@@ -409,7 +409,7 @@ func (l *Listener) Serve() error {
 			}
 			// Out of file descriptors or similar: wait and retry, as
 			// net/http does, instead of spinning.
-			l.hold(err, acceptHold)
+			l.hold(err)
 			continue
 		}
 		l.acceptedOne()
@@ -430,14 +430,14 @@ func (l *Listener) Serve() error {
 const acceptHold = 5 * time.Millisecond
 
 // hold pauses accepting after err, a failed accept (out of file
-// descriptors or memory), for a delay that doubles from least up to a
+// descriptors or memory), for a delay that doubles from acceptHold up to a
 // second while failures go on (none for a second, and an accept, start
 // it again), instead of spinning on a socket that stays readable.
 // Failures within a hold under way (other loops that tried at its end)
 // neither double it nor move it. It is logged a few times, then once
 // every 10 s at most: each connection that ends frees a descriptor the
 // next accept takes, and the next after it fails again.
-func (l *Listener) hold(err error, least time.Duration) {
+func (l *Listener) hold(err error) {
 	now := mono.Now()
 	l.lastShort.Store(now)
 	n := l.holds.Add(1)
@@ -445,7 +445,7 @@ func (l *Listener) hold(err error, least time.Duration) {
 	if now < held {
 		return
 	}
-	d := time.Duration(min(max(2*l.holdDelay.Load(), int64(least)), int64(time.Second)))
+	d := time.Duration(min(max(2*l.holdDelay.Load(), int64(acceptHold)), int64(time.Second)))
 	if !l.heldUntil.CompareAndSwap(held, now+int64(d)) {
 		return // another failure began the hold
 	}
@@ -643,6 +643,8 @@ func (l *Listener) isDraining() bool {
 // connection, and finishes it unless the handler detached it.
 func (l *Listener) serveConn(nc net.Conn) { l.serveConnWith(nc, l.h) }
 
+// serveConnWith is serveConn with h for the handler (an accepting event
+// loop's own).
 func (l *Listener) serveConnWith(nc net.Conn, h Handler) {
 	slow := l.cfg.AcceptProxy || l.cfg.TLS != nil
 	if slow {

@@ -43,7 +43,7 @@ type Accepter struct {
 	l     *Listener
 	loop  AcceptLoop
 	armed bool // the listening socket is in the loop's epoll set
-	gone  bool // accepting is over for this loop (loopAccept.wg is done)
+	gone  bool // accepting is over for this loop (Close; loopAccept.wg is done)
 	sa    unix.RawSockaddrAny
 }
 
@@ -89,16 +89,9 @@ func (l *Listener) AcceptInLoops(loops []AcceptLoop) ([]*Accepter, error) {
 	if !ok {
 		return nil, fmt.Errorf("not a TCP listener (%T)", l.ln)
 	}
-	rc, err := tl.SyscallConn()
+	orig, dup, err := dupListener(tl)
 	if err != nil {
-		return nil, err
-	}
-	orig, dup := -1, -1
-	if cerr := rc.Control(func(fd uintptr) {
-		orig = int(fd)
-		dup, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
-	}); cerr != nil || err != nil {
-		return nil, fmt.Errorf("duplicating the listening socket: %w", errors.Join(cerr, err))
+		return nil, fmt.Errorf("duplicating the listening socket: %w", err)
 	}
 	l.rawSetup(tl, dup)
 	lp := &loopAccept{fd: dup}
@@ -127,7 +120,7 @@ func (a *Accepter) Sync() {
 		a.arm(want)
 	}
 	if stop && !a.armed {
-		a.leave()
+		a.Close()
 	}
 }
 
@@ -146,23 +139,21 @@ func (a *Accepter) arm(on bool) {
 		a.l.log.Error("an event loop stops accepting: its epoll set would not take the listening socket",
 			"err", os.NewSyscallError("epoll_ctl", err))
 		a.armed = false
-		a.leave()
+		a.Close()
 		return
 	}
 	a.armed = on
 }
 
-// leave ends accepting for the loop.
-func (a *Accepter) leave() {
+// Close ends accepting for the loop: once accepting is over, when its
+// set would not take the socket, or when the loop stops (its epoll set
+// closes with it).
+func (a *Accepter) Close() {
 	if !a.gone {
 		a.gone = true
 		a.l.loops.wg.Done()
 	}
 }
-
-// Close ends accepting for a loop that stops (its epoll set closes with
-// it).
-func (a *Accepter) Close() { a.leave() }
 
 // Accept takes the connections waiting on the listening socket, up to
 // acceptBatch, and serves each with the loop's Handler. It returns true
@@ -193,7 +184,7 @@ func (a *Accepter) Accept() (more bool) {
 			case unix.EAGAIN:
 				return false
 			}
-			l.hold(os.NewSyscallError("accept4", err), acceptHold)
+			l.hold(os.NewSyscallError("accept4", err))
 			return false
 		}
 		l.acceptedOne()

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -147,9 +149,7 @@ func inAnyEpollSet(t *testing.T, fd int) bool {
 // loops serve connections, those queued before too.
 func TestAcceptInLoops(t *testing.T) {
 	ln := newLocalListener(t)
-	rc, _ := ln.(*net.TCPListener).SyscallConn()
-	var fd int
-	rc.Control(func(f uintptr) { fd = int(f) })
+	fd := listenerFD(ln.(*net.TCPListener))
 	if !inAnyEpollSet(t, fd) {
 		t.Fatal("a listening socket is not in the runtime's poller to begin with")
 	}
@@ -164,10 +164,8 @@ func TestAcceptInLoops(t *testing.T) {
 		t.Fatal("the listening socket is still in the runtime's poller")
 	}
 	for i, c := range []net.Conn{queued, dialOK(t, l.Addr().String())} {
-		got := make([]byte, 3)
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := c.Read(got); err != nil || string(got) != "raw" {
-			t.Fatalf("connection %d: %q %v", i, got, err)
+		if err := readRaw(c); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
 		}
 		if a := <-h.addrs; a[0].String() != c.LocalAddr().String() || a[1].String() != c.RemoteAddr().String() {
 			t.Fatalf("connection %d: addresses %v", i, a)
@@ -179,6 +177,25 @@ func TestAcceptInLoops(t *testing.T) {
 	if st := l.Stats(); st.Accepted != 2 || st.Active != 0 {
 		t.Fatalf("stats %+v", st)
 	}
+}
+
+// listenerFD is tl's descriptor.
+func listenerFD(tl *net.TCPListener) int {
+	rc, _ := tl.SyscallConn()
+	fd := -1
+	rc.Control(func(f uintptr) { fd = int(f) })
+	return fd
+}
+
+// readRaw reads what rawHandler writes on a socket it took ("raw"),
+// within 10 s.
+func readRaw(c net.Conn) error {
+	got := make([]byte, 3)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "raw" {
+		return fmt.Errorf("read %q, %v; want \"raw\"", got, err)
+	}
+	return nil
 }
 
 func dialOK(t *testing.T, addr string) net.Conn {
@@ -216,14 +233,7 @@ func TestAcceptInLoopsMaxConns(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the waiting client was not served when a place freed")
 	}
-	done := make(chan struct{})
-	go func() { l.Shutdown(context.Background()); close(done) }()
-	close(h.release)
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Shutdown hung")
-	}
+	shutdownReleasing(t, l, h.release)
 	if st := l.Stats(); st.Accepted < 3 || st.Active != 0 {
 		t.Fatalf("stats %+v", st)
 	}
@@ -287,10 +297,8 @@ func TestAcceptInLoopsOutOfDescriptorsBacksOff(t *testing.T) {
 	if n := retries(); n < 1 || n > 20 {
 		t.Fatalf("%d retries logged; want a few, spaced", n)
 	}
-	got := make([]byte, 3)
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Read(got); err != nil || string(got) != "raw" {
-		t.Fatalf("after the limit was raised: %q %v", got, err)
+	if err := readRaw(c); err != nil {
+		t.Fatalf("after the limit was raised: %v", err)
 	}
 	if err := l.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
@@ -307,19 +315,14 @@ func (w wrapped) Unwrap() *net.TCPListener { return w.TCPListener }
 func TestAcceptInLoopsUnwraps(t *testing.T) {
 	h := &rawHandler{addrs: make(chan [2]net.Addr, 10)}
 	tcp := newLocalListener(t).(*net.TCPListener)
-	rc, _ := tcp.SyscallConn()
-	var fd int
-	rc.Control(func(f uintptr) { fd = int(f) })
+	fd := listenerFD(tcp)
 	l := startInLoops(t, wrapped{tcp}, h, Config{}, 1)
 	// The runtime's epoll set, found once, is remembered.
 	if pollerFD.Load() < 0 || inAnyEpollSet(t, fd) {
 		t.Fatalf("runtime's epoll set %d; the listening socket still in one: %v", pollerFD.Load(), inAnyEpollSet(t, fd))
 	}
-	c := dialOK(t, l.Addr().String())
-	got := make([]byte, 3)
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Read(got); err != nil || string(got) != "raw" {
-		t.Fatalf("%q %v", got, err)
+	if err := readRaw(dialOK(t, l.Addr().String())); err != nil {
+		t.Fatal(err)
 	}
 	if err := l.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)

@@ -184,12 +184,20 @@ func TestShutdownWhileAtMaxConns(t *testing.T) {
 	}
 	defer c.Close()
 	<-h.served
+	shutdownReleasing(t, l, h.release)
+}
+
+// shutdownReleasing shuts l down, closing release (which lets the
+// handlers finish) once Shutdown is under way, and fails the test if it
+// does not return within 10 s.
+func shutdownReleasing(t *testing.T, l *Listener, release chan struct{}) {
+	t.Helper()
 	done := make(chan struct{})
 	go func() { l.Shutdown(context.Background()); close(done) }()
-	close(h.release)
+	close(release)
 	select {
 	case <-done:
-	case <-time.After(5 * time.Second):
+	case <-time.After(10 * time.Second):
 		t.Fatal("Shutdown hung")
 	}
 }

@@ -117,14 +117,9 @@ func (l *Listener) rawAccepting() bool {
 	if !ok {
 		return false
 	}
-	rc, err := tl.SyscallConn()
+	_, dup, err := dupListener(tl)
 	if err != nil {
-		return false
-	}
-	dup := -1
-	if cerr := rc.Control(func(fd uintptr) { dup, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); cerr != nil || err != nil {
-		l.log.Warn("connections are accepted the usual way: the listening socket could not be duplicated for raw accepts",
-			"err", errors.Join(cerr, err))
+		l.log.Warn("connections are accepted the usual way: the listening socket could not be duplicated for raw accepts", "err", err)
 		return false
 	}
 	f := os.NewFile(uintptr(dup), "listener") // non-blocking, as the original: in the runtime's poller
@@ -142,6 +137,23 @@ func (l *Listener) rawAccepting() bool {
 	}
 	l.mu.Unlock()
 	return true
+}
+
+// dupListener returns tl's descriptor and a duplicate of it (close-on-exec,
+// non-blocking as the original), which the caller owns.
+func dupListener(tl *net.TCPListener) (orig, dup int, err error) {
+	rc, err := tl.SyscallConn()
+	if err != nil {
+		return -1, -1, err
+	}
+	orig, dup = -1, -1
+	if cerr := rc.Control(func(fd uintptr) {
+		orig = int(fd)
+		dup, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); cerr != nil || err != nil {
+		return -1, -1, errors.Join(cerr, os.NewSyscallError("fcntl", err))
+	}
+	return orig, dup, nil
 }
 
 // rawSetup records what every raw socket accepted from tl (through its

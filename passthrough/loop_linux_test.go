@@ -760,3 +760,30 @@ func TestAsyncPreemptOffKeepsLoopsInThePoller(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A loop keeps the connections it accepts unless another serves at least
+// two fewer (then the one that serves fewest), and never hands one to a
+// loop that has ended.
+func TestNearestLoop(t *testing.T) {
+	a, b, c := &evloop{}, &evloop{}, &evloop{}
+	s := &Server{loops: []*evloop{a, b, c}}
+	for _, tc := range []struct {
+		conns [3]int32
+		ended *evloop
+		want  *evloop
+	}{
+		{[3]int32{3, 2, 3}, nil, a},
+		{[3]int32{3, 1, 2}, nil, b},
+		{[3]int32{5, 3, 1}, nil, c},
+		{[3]int32{3, 0, 3}, b, a},
+		{[3]int32{4, 0, 1}, b, c},
+	} {
+		for i, l := range s.loops {
+			l.conns.Store(tc.conns[i])
+			l.ended.Store(l == tc.ended)
+		}
+		if got := s.nearest(a); got != tc.want {
+			t.Errorf("conns %v, ended %p: got %p, want %p", tc.conns, tc.ended, got, tc.want)
+		}
+	}
+}

@@ -348,18 +348,7 @@ func echoOnce(t *testing.T, addr string) error {
 		return err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write([]byte("ping")); err != nil {
-		return err
-	}
-	buf := make([]byte, 4)
-	if _, err := io.ReadFull(c, buf); err != nil {
-		return err
-	}
-	if string(buf) != "ping" {
-		return errors.New("bad echo")
-	}
-	return nil
+	return pingPong(c, "ping")
 }
 
 // A refused target is passed over within the connection, and skipped
